@@ -1,0 +1,5 @@
+"""``python -m engramctl`` runs the CLI."""
+
+from engramctl.cli import main
+
+main()

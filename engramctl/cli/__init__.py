@@ -1,0 +1,17 @@
+"""The engramctl command line: a thin typer layer over the library.
+
+Each command module registers its commands on :data:`app`; heavy imports (numba, torch, zarr)
+happen inside the commands, so ``engramctl --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from . import hash_cmd, layout_cmd, vocab_cmd  # noqa: F401  (register commands)
+from .app import app
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main"]

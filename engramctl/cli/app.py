@@ -1,0 +1,86 @@
+"""The typer application, its global options, and the error handling every command shares."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import traceback
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ..errors import EngramError
+
+app = typer.Typer(
+    name="engramctl",
+    help="Build and manage Engram memory tables (hashed n-gram embeddings).\n\n"
+    "Example: engramctl build-vocab --out vocab.parquet",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+STATE = {"verbose": False, "quiet": False}
+
+
+@app.callback()
+def _global_options(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log details; show tracebacks on errors.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or notes.")] = False,
+) -> None:
+    """Build and manage Engram memory tables.
+
+    Example: engramctl build-vocab --out vocab.parquet
+    """
+    STATE["verbose"] = verbose
+    STATE["quiet"] = quiet
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print one error line on stderr and return the Exit to raise."""
+    err_console.print(f"error: {message}", markup=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def command(*args, **kwargs):
+    """``app.command`` that turns library errors into one line and an exit code."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*a, **k):
+            try:
+                return fn(*a, **k)
+            except (typer.Exit, typer.Abort):
+                raise
+            except EngramError as exc:
+                if STATE["verbose"]:
+                    traceback.print_exc()
+                raise fail(str(exc), exc.exit_code) from None
+            except KeyboardInterrupt:
+                raise fail("interrupted", 130) from None
+            except MemoryError:
+                raise fail("out of memory; try a smaller batch or fewer layers") from None
+            except Exception as exc:  # a bug, not a user mistake: say so, keep it one line
+                if STATE["verbose"]:
+                    traceback.print_exc()
+                raise fail(
+                    f"internal error: {type(exc).__name__}: {exc} "
+                    "(rerun with --verbose for the traceback and report it)"
+                ) from None
+
+        return app.command(*args, **kwargs)(wrapper)
+
+    return decorate

@@ -1,0 +1,72 @@
+"""Options shared by several commands, defined once: the vocab path, layout flags, ``--json``."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+class Preset(str, Enum):
+    demo_v1 = "demo-v1"
+    deepseek_v4_1 = "deepseek-v4.1"
+
+
+VocabOpt = Annotated[
+    Path,
+    typer.Option("--vocab", help="Canonical vocab Parquet file (from engramctl build-vocab)."),
+]
+PresetOpt = Annotated[
+    Preset | None,
+    typer.Option("--preset", help="Layout preset; layout flags override its fields. [default: demo-v1]"),
+]
+NgramVocabOpt = Annotated[
+    str | None,
+    typer.Option("--ngram-vocab", help="Rows per head for orders 2..max, e.g. 646400,646400."),
+]
+MaxNgramOpt = Annotated[int | None, typer.Option("--max-ngram", help="Largest n-gram order.")]
+HeadsOpt = Annotated[int | None, typer.Option("--heads", help="Hash heads per n-gram order.")]
+LayersOpt = Annotated[
+    str | None, typer.Option("--layers", help="Engram layer ids, e.g. 1,15.")
+]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Multiplier seed.")]
+PadIdOpt = Annotated[int | None, typer.Option("--pad-id", help="Raw pad token id.")]
+JsonFlag = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")
+]
+
+
+def build_layout(
+    vocab,
+    *,
+    preset: Preset | None,
+    ngram_vocab: str | None,
+    max_ngram: int | None,
+    heads: int | None,
+    layers: str | None,
+    seed: int | None,
+    pad_id: int | None,
+):
+    """The layout named by ``--preset`` (default demo-v1) with any layout flag overriding it."""
+    from ..layout import EngramLayout, parse_int_list
+
+    overrides = {
+        "ngram_vocab": parse_int_list(ngram_vocab, name="--ngram-vocab") if ngram_vocab else None,
+        "max_ngram": max_ngram,
+        "heads": heads,
+        "layers": parse_int_list(layers, name="--layers") if layers else None,
+        "seed": seed,
+        "pad_id": pad_id,
+    }
+    name = preset.value if preset is not None else "demo-v1"
+    layout = EngramLayout.from_preset(name, vocab_size=vocab.canonical_vocab_size, **overrides)
+    layout.pad_canonical_id(vocab)  # validates pad id against the vocab
+    return layout
+
+
+def load_vocab(path: Path):
+    from ..vocab import CanonicalVocab
+
+    return CanonicalVocab.load(path)

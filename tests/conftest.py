@@ -1,0 +1,81 @@
+"""Shared fixtures: a tiny hand-made tokenizer, the bundled DeepSeek vocab, layouts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "sample_data" / "corpus"
+
+TINY_TOKENS = ["<pad>", "<s>", "</s>", "Apple", "apple", "APPLE", "Ġapple", "Ã©", "e", "Ġ", "ĠĠ",
+               "Ġthe", "the", "The", "cat", "Ġcat", "Ã"]
+
+
+def make_tiny_tokenizer_json() -> str:
+    """A byte-level WordLevel tokenizer.json with case/accent/space variants."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {tok: i for i, tok in enumerate(TINY_TOKENS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|special|>"])
+    return tok.to_str()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_path(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    path.write_text(make_tiny_tokenizer_json())
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_vocab(tiny_tokenizer_path):
+    from engramctl import CanonicalVocab
+
+    return CanonicalVocab.from_tokenizer(tiny_tokenizer_path)
+
+
+@pytest.fixture(scope="session")
+def ds_vocab():
+    """The canonical vocab of the bundled DeepSeek-V4 tokenizer (built once per session)."""
+    from engramctl import CanonicalVocab
+
+    return CanonicalVocab.from_tokenizer("deepseek-v4")
+
+
+@pytest.fixture(scope="session")
+def ds_vocab_path(ds_vocab, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("vocab") / "vocab.parquet"
+    ds_vocab.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_layout(ds_vocab):
+    from engramctl import EngramLayout
+
+    return EngramLayout.from_preset("demo-v1", vocab_size=ds_vocab.canonical_vocab_size)
+
+
+@pytest.fixture(scope="session")
+def ds_layout(ds_vocab):
+    from engramctl import EngramLayout
+
+    return EngramLayout.from_preset("deepseek-v4.1", vocab_size=ds_vocab.canonical_vocab_size)
+
+
+def random_ids(rng: np.random.Generator, shape, vocab_size: int, negatives: bool = True):
+    ids = rng.integers(0, vocab_size, size=shape, dtype=np.int64)
+    if negatives:
+        ids[rng.random(shape) < 0.05] = -1
+    return ids
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
