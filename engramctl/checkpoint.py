@@ -47,8 +47,15 @@ class Checkpoint:
 
 
 def save_checkpoint(
-    out_dir: Path, *, model, model_vocab, meta: dict, history: dict, vocab=None,
+    out_dir: Path,
+    *,
+    model,
+    model_vocab,
+    meta: dict,
+    history: dict,
+    vocab=None,
     overwrite: bool = False,
+    compare: dict | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically (temporary sibling, then rename)."""
     from safetensors.torch import save_file
@@ -70,14 +77,16 @@ def save_checkpoint(
         )
         save_file(tensors, str(tmp / "model.safetensors"))
         doc = {
-            "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
-            "model": model.config.to_dict(), **meta,
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "model": model.config.to_dict(),
+            **meta,
         }
         (tmp / "config.json").write_text(json.dumps(doc, indent=2, sort_keys=True))
         (tmp / "history.json").write_text(json.dumps(history))
         if vocab is not None:
             vocab.save(tmp / "vocab.parquet")
-        save_loss_curve(history, tmp / "loss_curve.png", title=out_dir.name)
+        save_loss_curve(history, tmp / "loss_curve.png", title=out_dir.name, runs=compare)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
@@ -137,7 +146,9 @@ def load_checkpoint(path: Path, *, device="cpu") -> Checkpoint:
     except (SafetensorError, OSError) as exc:
         raise EngramError(f"cannot read {path / 'model.safetensors'}: {exc}") from None
     if RAW_IDS_KEY not in tensors or OUTPUT_IDS_KEY not in tensors:
-        raise EngramError(f"{path / 'model.safetensors'} lacks the model vocab; not an engramctl model")
+        raise EngramError(
+            f"{path / 'model.safetensors'} lacks the model vocab; not an engramctl model"
+        )
     model_vocab = ModelVocab(tensors.pop(RAW_IDS_KEY).numpy(), tensors.pop(OUTPUT_IDS_KEY).numpy())
     model = EngramLM(config)
     result = model.load_state_dict(tensors, strict=False)

@@ -20,7 +20,9 @@ def smooth(values, window: int = 20) -> np.ndarray:
     return (csum[idx] - csum[lo]) / (idx - lo)
 
 
-def save_loss_curve(history: dict, path: Path, *, title: str = "", runs: dict | None = None) -> Path:
+def save_loss_curve(
+    history: dict, path: Path, *, title: str = "", runs: dict | None = None
+) -> Path:
     """Plot one run's ``history`` (plus any ``runs`` ``{label: history}``) to a PNG."""
     import matplotlib
 
@@ -32,10 +34,15 @@ def save_loss_curve(history: dict, path: Path, *, title: str = "", runs: dict | 
     for i, (label, hist) in enumerate(all_runs.items()):
         color = f"C{i}"
         if hist.get("train_loss"):
-            ax.plot(hist["step"], smooth(hist["train_loss"]), color=color, alpha=0.45,
-                    label=f"{label} train (smoothed)")
+            ax.plot(
+                hist["step"],
+                smooth(hist["train_loss"]),
+                color=color,
+                alpha=0.45,
+                label=f"{label} train (smoothed)",
+            )
         if hist.get("heldout"):
-            steps, losses = zip(*hist["heldout"])
+            steps, losses = zip(*hist["heldout"], strict=True)
             ax.plot(steps, losses, "o-", color=color, label=f"{label} held-out")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")

@@ -82,11 +82,17 @@ def read_multiple_choice(path: Path) -> list[dict]:
             choices, label = record["choices"], record["label"]
             if not isinstance(record["context"], str):
                 raise EngramError(f"{where}: 'context' must be a string")
-            if not isinstance(choices, list) or len(choices) < 2 or not all(
-                isinstance(c, str) and c for c in choices
+            if (
+                not isinstance(choices, list)
+                or len(choices) < 2
+                or not all(isinstance(c, str) and c for c in choices)
             ):
                 raise EngramError(f"{where}: 'choices' must be a list of 2+ non-empty strings")
-            if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
+            if (
+                isinstance(label, bool)
+                or not isinstance(label, int)
+                or not 0 <= label < len(choices)
+            ):
                 raise EngramError(
                     f"{where}: 'label' must be an integer in 0..{len(choices) - 1}, got {label!r}"
                 )
@@ -124,8 +130,13 @@ class ModelRunner:
 
 
 def open_runner(
-    model_dir: Path, table, *, device: str = "auto", resident: bool = False,
-    cache_rows: int = DEFAULT_CACHE_ROWS, prefetch: bool = True,
+    model_dir: Path,
+    table,
+    *,
+    device: str = "auto",
+    resident: bool = False,
+    cache_rows: int = DEFAULT_CACHE_ROWS,
+    prefetch: bool = True,
 ) -> ModelRunner:
     """Load a checkpoint and the row source of its table, checking they belong together."""
     from .checkpoint import load_checkpoint
@@ -157,7 +168,11 @@ def open_runner(
         )
     hasher = NgramHasher(layout, checkpoint.vocab)
     source = make_row_source(
-        table, hasher, device=torch_device, resident=resident, cache_rows=cache_rows,
+        table,
+        hasher,
+        device=torch_device,
+        resident=resident,
+        cache_rows=cache_rows,
         prefetch=prefetch,
     )
     return ModelRunner(checkpoint, source, torch_device)
@@ -222,7 +237,9 @@ def evaluate_lm(runner: ModelRunner, docs: list[str], tokenizer, *, batch: int) 
     }
 
 
-def evaluate_multiple_choice(runner: ModelRunner, records: list[dict], tokenizer, *, batch: int) -> dict:
+def evaluate_multiple_choice(
+    runner: ModelRunner, records: list[dict], tokenizer, *, batch: int
+) -> dict:
     """Accuracy by summed log-likelihood of each choice given its context."""
     import torch
 
@@ -264,17 +281,27 @@ def evaluate_multiple_choice(runner: ModelRunner, records: list[dict], tokenizer
         correct += int(np.argmax(choice_scores) == record["label"])
         correct_norm += int(np.argmax(choice_scores / lengths) == record["label"])
         offset += k
-    return {"acc": correct / len(records), "acc_norm": correct_norm / len(records),
-            "examples": len(records), "chance": float(np.mean([1 / len(r["choices"]) for r in records]))}
+    return {
+        "acc": correct / len(records),
+        "acc_norm": correct_norm / len(records),
+        "examples": len(records),
+        "chance": float(np.mean([1 / len(r["choices"]) for r in records])),
+    }
 
 
 def evaluate(
-    *, model_dir: Path, benchmark: Path, table=None, device: str = "auto", batch: int = 16,
-    cache_rows: int = DEFAULT_CACHE_ROWS, resident: bool = False, tokenizer_source: str | None = None,
+    *,
+    model_dir: Path,
+    benchmark: Path,
+    table=None,
+    device: str = "auto",
+    batch: int = 16,
+    cache_rows: int = DEFAULT_CACHE_ROWS,
+    resident: bool = False,
+    tokenizer_source: str | None = None,
 ) -> EvalReport:
     """Evaluate a checkpoint on a benchmark file; see the module docstring for the metrics."""
     from .lm_data import read_documents
-    from .tokenizer import load_tokenizer
 
     if batch < 1:
         raise UsageError(f"--batch must be at least 1, got {batch}")
@@ -294,9 +321,14 @@ def evaluate(
     seconds = time.perf_counter() - start
     source = runner.row_source
     return EvalReport(
-        benchmark=str(benchmark), kind=kind, metrics=metrics, tokens=runner.tokens,
-        seconds=seconds, tokens_per_s=runner.tokens / seconds if seconds else 0.0,
-        device=str(runner.device), paging=source.stats.to_dict() if source is not None else None,
+        benchmark=str(benchmark),
+        kind=kind,
+        metrics=metrics,
+        tokens=runner.tokens,
+        seconds=seconds,
+        tokens_per_s=runner.tokens / seconds if seconds else 0.0,
+        device=str(runner.device),
+        paging=source.stats.to_dict() if source is not None else None,
         model={"path": str(model_dir), "engram": runner.model.config.has_engram},
     )
 
@@ -315,11 +347,13 @@ def load_model_tokenizer(checkpoint, source: str | None):
     return tokenizer
 
 
-def explain_gates(*, model_dir: Path, text: str, table, device: str = "auto",
-                  tokenizer_source: str | None = None) -> dict:
+def explain_gates(
+    *, model_dir: Path, text: str, table, device: str = "auto", tokenizer_source: str | None = None
+) -> dict:
     """Tokens of ``text`` and each Engram layer's gate value per token (mean over branches)."""
-    runner = open_runner(model_dir, table, device=device, resident=False, cache_rows=1 << 16,
-                         prefetch=False)
+    runner = open_runner(
+        model_dir, table, device=device, resident=False, cache_rows=1 << 16, prefetch=False
+    )
     if not runner.model.config.has_engram:
         raise UsageError("--explain needs an Engram model (this one was trained with --no-engram)")
     tokenizer = load_model_tokenizer(runner.checkpoint, tokenizer_source)

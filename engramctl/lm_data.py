@@ -47,7 +47,9 @@ def read_documents(path: Path) -> list[str]:
                     except json.JSONDecodeError as exc:
                         raise EngramError(f"{file}:{number}: not valid JSON ({exc.msg})") from None
                     if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                        raise EngramError(f"{file}:{number}: expected an object with a 'text' string")
+                        raise EngramError(
+                            f"{file}:{number}: expected an object with a 'text' string"
+                        )
                     docs.append(record["text"])
         else:
             try:
@@ -86,14 +88,16 @@ def text_windows(stream: np.ndarray, seq_len: int) -> np.ndarray:
     """
     count = (len(stream) - 1) // seq_len
     if count < 1:
-        raise EngramError(f"the corpus has {len(stream)} tokens: too few for one window of {seq_len}")
+        raise EngramError(
+            f"the corpus has {len(stream)} tokens: too few for one window of {seq_len}"
+        )
     starts = np.arange(count) * seq_len
     return stream[starts[:, None] + np.arange(seq_len + 1)[None, :]]
 
 
 @dataclass(frozen=True)
 class ModelVocab:
-    """The model's vocabularies: every raw id seen in training for inputs, frequent ones for outputs.
+    """Model vocabularies: every raw id seen in training (inputs), the frequent ones (outputs).
 
     Model id 0 is "unknown" on both sides; input id ``i + 1`` is ``raw_ids[i]``, output id
     ``j + 1`` is ``output_ids[j]``. Restricting outputs keeps the softmax small enough for CPU

@@ -69,7 +69,7 @@ def signed_sqrt(x: torch.Tensor) -> torch.Tensor:
 
 
 class Engram(nn.Module):
-    """Gated n-gram memory read: rows ``(B, T, H*d)`` and hidden ``(B, T, HC, D)`` -> ``(B, T, HC, D)``."""
+    """Gated memory read: rows ``(B, T, H*d)``, hidden ``(B, T, HC, D)`` -> ``(B, T, HC, D)``."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -166,7 +166,9 @@ class ModelConfig:
     engram_heads: int = 0  # hash heads per Engram layer over all orders, (max_ngram-1)*heads
     engram_dim: int = 0  # values per table row d
     max_ngram: int = 3  # largest n-gram order (short-conv dilation)
-    engram_value_zero_init: bool = True  # value projection starts at 0: the model starts as the baseline
+    engram_value_zero_init: bool = (
+        True  # value projection starts at 0: the model starts as the baseline
+    )
     extra: dict = field(default_factory=dict, compare=False)  # free-form notes kept in config.json
 
     def __post_init__(self):
@@ -254,7 +256,9 @@ class EngramLM(nn.Module):
     def engram_modules(self) -> dict[int, Engram]:
         return {i: b.engram for i, b in enumerate(self.blocks) if b.engram is not None}
 
-    def forward(self, idx: torch.Tensor, rows: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self, idx: torch.Tensor, rows: dict[int, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         B, T = idx.shape
         if T > self.config.block_size:
             raise UsageError(f"sequence of {T} tokens exceeds the model's {self.config.block_size}")

@@ -75,7 +75,9 @@ def resolve_device(name: str):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise EngramError("--device cuda: this machine has no CUDA device (use --device cpu or auto)")
+        raise EngramError(
+            "--device cuda: this machine has no CUDA device (use --device cpu or auto)"
+        )
     if name != "cpu" and not name.startswith("cuda"):
         raise UsageError(f"--device: expected auto, cpu or cuda, got {name!r}")
     return torch.device(name)
@@ -126,8 +128,8 @@ class _LayerCache:
             free = np.flatnonzero(self.last_used < batch_index - IN_FLIGHT)
             if len(free) < n_miss:
                 raise EngramError(
-                    f"--cache-rows too small: a batch needs {len(unique_rows)} distinct rows of one "
-                    f"layer with {IN_FLIGHT} more batches in flight, but the layer's cache holds "
+                    f"--cache-rows too small: a batch needs {len(unique_rows)} distinct rows "
+                    f"of one layer with {IN_FLIGHT} more batches in flight, but its cache holds "
                     f"{self.capacity}; raise --cache-rows or lower --batch"
                 )
             if len(free) > n_miss:

@@ -48,7 +48,9 @@ class TrainConfig:
     def validate(self) -> None:
         for name in ("steps", "seq_len", "batch", "depth", "width", "attn_heads"):
             if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+                raise UsageError(
+                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
+                )
         if self.lr <= 0 or self.table_lr < 0:
             raise UsageError(f"learning rates must be positive, got {self.lr} and {self.table_lr}")
 
@@ -63,7 +65,9 @@ class TrainResult:
     seconds: float
     final_train_loss: float
     final_heldout_loss: float | None
-    history: dict = field(default_factory=dict)  # {"step": [...], "train_loss": [...], "heldout": [[step, loss], ...]}
+    history: dict = field(
+        default_factory=dict
+    )  # {"step": [...], "train_loss": [...], "heldout": [[step, loss], ...]}
     rows_written: int = 0
     passes: float = 0.0  # passes over the training windows
 
@@ -76,7 +80,7 @@ class TrainResult:
 def lr_at(step: int, *, peak: float, warmup: int, total: int) -> float:
     """Linear warm-up then cosine decay to 10% of ``peak``.
 
-    >>> round(lr_at(0, peak=1.0, warmup=10, total=100), 2), lr_at(100, peak=1.0, warmup=10, total=100)
+    >>> lr_at(0, peak=1.0, warmup=10, total=100), lr_at(100, peak=1.0, warmup=10, total=100)
     (0.1, 0.1)
     """
     if step < warmup:
@@ -163,6 +167,7 @@ def train_model(
     overwrite: bool = False,
     on_step: Callable[[int, int, float, float], None] | None = None,
     extra_meta: dict | None = None,
+    compare: dict | None = None,
 ) -> TrainResult:
     """Train the reference model on token windows and save a checkpoint.
 
@@ -175,6 +180,7 @@ def train_model(
         False. Its trained rows are written back at the end.
     vocab : the :class:`CanonicalVocab` the table was built for (hashing needs it).
     on_step : ``on_step(step, total, loss, tokens_per_s)`` after every step (progress bars).
+    compare : ``{label: history}`` of other runs to draw in the loss-curve PNG.
     """
     import torch
 
@@ -186,18 +192,28 @@ def train_model(
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
     base_config = ModelConfig(
-        vocab_size=model_vocab.size, output_vocab_size=model_vocab.output_size, n_layer=config.depth, n_head=config.attn_heads,
-        n_embd=config.width, block_size=config.seq_len,
+        vocab_size=model_vocab.size,
+        output_vocab_size=model_vocab.output_size,
+        n_layer=config.depth,
+        n_head=config.attn_heads,
+        n_embd=config.width,
+        block_size=config.seq_len,
     )
     layout = None
     if config.engram:
         if table is None or vocab is None:
-            raise UsageError("training with Engram needs a table and its vocab (or pass --no-engram)")
+            raise UsageError(
+                "training with Engram needs a table and its vocab (or pass --no-engram)"
+            )
         layout = table.layout
         model_config = ModelConfig(
-            **{**base_config.to_dict(), "engram_layers": layout.layers,
-               "engram_heads": layout.heads_per_layer, "engram_dim": table.dim,
-               "max_ngram": layout.max_ngram},
+            **{
+                **base_config.to_dict(),
+                "engram_layers": layout.layers,
+                "engram_heads": layout.heads_per_layer,
+                "engram_dim": table.dim,
+                "max_ngram": layout.max_ngram,
+            },
         )
     else:
         model_config = base_config
@@ -213,9 +229,12 @@ def train_model(
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, betas=(0.9, 0.95),
+        [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+        betas=(0.9, 0.95),
     )
     tables = {}
     hasher = None
@@ -225,7 +244,10 @@ def train_model(
 
     rng = np.random.default_rng(config.seed)
     order = np.concatenate(
-        [rng.permutation(len(windows)) for _ in range(math.ceil(config.steps * config.batch / len(windows)))]
+        [
+            rng.permutation(len(windows))
+            for _ in range(math.ceil(config.steps * config.batch / len(windows)))
+        ]
     )
     history = {"step": [], "train_loss": [], "heldout": [], "lr": []}
     tokens_per_step = config.batch * config.seq_len
@@ -267,11 +289,17 @@ def train_model(
         history["train_loss"].append(loss_value)
         history["lr"].append(lr)
         last = step + 1 == config.steps
-        if heldout is not None and (last or (config.eval_every and (step + 1) % config.eval_every == 0)):
+        if heldout is not None and (
+            last or (config.eval_every and (step + 1) % config.eval_every == 0)
+        ):
             held = heldout if last else heldout[: config.eval_windows]
             held_loss = heldout_loss(
-                model, held, model_vocab, hasher=hasher,
-                lookup=lambda layer, ids: tables[layer].weight[ids], batch=config.batch,
+                model,
+                held,
+                model_vocab,
+                hasher=hasher,
+                lookup=lambda layer, ids: tables[layer].weight[ids],
+                batch=config.batch,
                 device=device,
             )
             history["heldout"].append([step + 1, held_loss])
@@ -283,22 +311,85 @@ def train_model(
     rows_written = sum(t.write_back(table) for t in tables.values())
     final_heldout = history["heldout"][-1][1] if history["heldout"] else None
     result = TrainResult(
-        out_dir=Path(out_dir), steps=config.steps, tokens=config.steps * tokens_per_step,
-        seconds=seconds, final_train_loss=loss_value, final_heldout_loss=final_heldout,
-        history=history, rows_written=rows_written,
+        out_dir=Path(out_dir),
+        steps=config.steps,
+        tokens=config.steps * tokens_per_step,
+        seconds=seconds,
+        final_train_loss=loss_value,
+        final_heldout_loss=final_heldout,
+        history=history,
+        rows_written=rows_written,
         passes=config.steps * config.batch / len(windows),
     )
     meta = {
-        "train": asdict(config), "result": {k: v for k, v in result.to_dict().items() if k != "history"},
+        "train": asdict(config),
+        "result": {k: v for k, v in result.to_dict().items() if k != "history"},
         "layout": layout.to_dict() if layout is not None else None,
         "vocab_fingerprint": vocab.fingerprint if (vocab is not None and config.engram) else None,
         **(extra_meta or {}),
     }
     save_checkpoint(
-        out_dir, model=model, model_vocab=model_vocab, meta=meta, history=history,
-        vocab=vocab if config.engram else None, overwrite=overwrite,
+        out_dir,
+        model=model,
+        model_vocab=model_vocab,
+        meta=meta,
+        history=history,
+        vocab=vocab if config.engram else None,
+        overwrite=overwrite,
+        compare=compare,
     )
     return result
+
+
+@dataclass
+class TrainingData:
+    """Token windows of the training (and held-out) corpus and the model vocab."""
+
+    windows: np.ndarray  # [N, seq_len + 1] raw ids
+    heldout: np.ndarray | None
+    model_vocab: object  # lm_data.ModelVocab
+    meta: dict  # tokenizer and corpus facts recorded in the checkpoint
+
+
+def prepare_training_data(
+    *,
+    corpus: Path,
+    heldout: Path | None,
+    vocab,
+    tokenizer_source: str | None,
+    seq_len: int,
+    min_count: int = 1,
+) -> TrainingData:
+    """Tokenize the corpora with the vocab's tokenizer (checked by sha256) into windows."""
+    from .lm_data import ModelVocab, read_documents, text_windows, token_stream
+    from .tokenizer import load_tokenizer
+
+    source = tokenizer_source or (vocab.source_name if vocab is not None else "") or "deepseek-v4"
+    tokenizer, info = load_tokenizer(source)
+    if vocab is not None and vocab.source_sha256 and vocab.source_sha256 != info.sha256:
+        raise EngramError(
+            f"the vocab was built from another tokenizer (sha256 {vocab.source_sha256[:12]}) than "
+            f"{info.path} ({info.sha256[:12]}); pass the matching --tokenizer"
+        )
+    stream = token_stream(read_documents(corpus), tokenizer)
+    model_vocab = ModelVocab.from_stream(stream, min_count=min_count)
+    held = None
+    if heldout is not None:
+        held = text_windows(token_stream(read_documents(heldout), tokenizer), seq_len)
+    meta = {
+        "tokenizer": {"name": info.name, "sha256": info.sha256},
+        "corpus": {
+            "path": str(corpus),
+            "tokens": int(len(stream)),
+            "heldout": str(heldout) if heldout else None,
+        },
+        "model_vocab": {
+            "inputs": model_vocab.size,
+            "outputs": model_vocab.output_size,
+            "min_count": min_count,
+        },
+    }
+    return TrainingData(text_windows(stream, seq_len), held, model_vocab, meta)
 
 
 def heldout_loss(model, windows, model_vocab, *, hasher, lookup, batch: int, device) -> float:

@@ -1,0 +1,311 @@
+"""``engramctl train`` and ``engramctl eval``: the reference model, its baseline, paged eval."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from .app import STATE, command, console, err_console
+from .options import JsonFlag
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the model runs.")]
+TokenizerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tokenizer", help="Tokenizer (default: the one the vocab/model was built with)."
+    ),
+]
+
+
+def open_table_for(path: Path, mode: str = "r"):
+    """``engramctl.table.open_table`` (imported lazily; tests may replace this function)."""
+    from ..errors import EngramError
+
+    try:
+        from ..table import open_table
+    except ImportError as exc:  # the table module lands from another branch
+        raise EngramError(f"this engramctl has no table support ({exc})") from None
+    return open_table(path, mode=mode)
+
+
+@command("train")
+def train_command(
+    corpus: Annotated[
+        Path, typer.Option("--corpus", help="Training corpus (.jsonl/.txt or a dir).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory to write.")],
+    table: Annotated[
+        Path | None, typer.Option("--table", help="Engram table (zarr); rows are trained in place.")
+    ] = None,
+    vocab: Annotated[
+        Path | None, typer.Option("--vocab", help="Canonical vocab the table was built for.")
+    ] = None,
+    heldout: Annotated[
+        Path | None, typer.Option("--heldout", help="Held-out corpus for the periodic loss.")
+    ] = None,
+    engram: Annotated[
+        bool,
+        typer.Option("--engram/--no-engram", help="--no-engram: the same backbone, no Engram."),
+    ] = True,
+    steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 300,
+    seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per window.")] = 128,
+    batch: Annotated[int, typer.Option("--batch", help="Windows per step.")] = 16,
+    lr: Annotated[float, typer.Option("--lr", help="Backbone peak learning rate (AdamW).")] = 3e-3,
+    table_lr: Annotated[
+        float, typer.Option("--table-lr", help="Table rows' peak learning rate (sparse Adam).")
+    ] = 1e-2,
+    table_weight_decay: Annotated[
+        float, typer.Option("--table-weight-decay", help="Decay of the rows a step touches.")
+    ] = 0.0,
+    depth: Annotated[int, typer.Option("--depth", help="Transformer blocks.")] = 4,
+    width: Annotated[int, typer.Option("--width", help="Hidden size.")] = 128,
+    attn_heads: Annotated[int, typer.Option("--attn-heads", help="Attention heads.")] = 4,
+    min_count: Annotated[
+        int, typer.Option("--min-count", help="Predict only ids seen this often (others: unknown).")
+    ] = 5,
+    eval_every: Annotated[
+        int, typer.Option("--eval-every", help="Steps between held-out losses.")
+    ] = 50,
+    seed: Annotated[int, typer.Option("--seed", help="Model init and data order.")] = 0,
+    device: DeviceOpt = Device.auto,
+    tokenizer: TokenizerOpt = None,
+    compare_with: Annotated[
+        Path | None,
+        typer.Option("--compare-with", help="Another checkpoint whose curves join the PNG."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --out.")
+    ] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Train the reference model (and its Engram table rows), or the --no-engram baseline.
+
+    Example: engramctl train --corpus train.jsonl --table t.zarr --vocab vocab.parquet --out m
+    """
+    from ..checkpoint import check_checkpoint_target
+    from ..errors import EngramError, UsageError
+    from ..paging import resolve_device
+    from ..train import TrainConfig, prepare_training_data, train_model
+
+    check_checkpoint_target(out, overwrite=overwrite)
+    vocab_map = table_handle = None
+    if engram:
+        if table is None or vocab is None:
+            raise UsageError("training with Engram needs --table and --vocab (or pass --no-engram)")
+        from .options import load_vocab
+
+        vocab_map = load_vocab(vocab)
+        table_handle = open_table_for(table, mode="r+")
+        if table_handle.info.vocab_fingerprint != vocab_map.fingerprint:
+            raise EngramError(
+                f"the table was built for vocab {table_handle.info.vocab_fingerprint}, but "
+                f"{vocab} is {vocab_map.fingerprint}; pass the vocab the table was made with"
+            )
+    compare = None
+    if compare_with is not None:
+        history_path = compare_with / "history.json"
+        if not history_path.exists():
+            raise EngramError(f"--compare-with: {history_path} not found (give a checkpoint dir)")
+        compare = {compare_with.name: json.loads(history_path.read_text())}
+    data = prepare_training_data(
+        corpus=corpus,
+        heldout=heldout,
+        vocab=vocab_map,
+        tokenizer_source=tokenizer,
+        seq_len=seq_len,
+        min_count=min_count,
+    )
+    config = TrainConfig(
+        steps=steps,
+        seq_len=seq_len,
+        batch=batch,
+        lr=lr,
+        table_lr=table_lr,
+        table_weight_decay=table_weight_decay,
+        seed=seed,
+        eval_every=eval_every,
+        engram=engram,
+        depth=depth,
+        width=width,
+        attn_heads=attn_heads,
+        device=str(resolve_device(device.value)),
+    )
+    with _progress(steps) as on_step:
+        result = train_model(
+            windows=data.windows,
+            heldout=data.heldout,
+            model_vocab=data.model_vocab,
+            config=config,
+            out_dir=out,
+            table=table_handle,
+            vocab=vocab_map,
+            overwrite=overwrite,
+            on_step=on_step,
+            extra_meta=data.meta,
+            compare=compare,
+        )
+    if json_out:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    held = f"{result.final_heldout_loss:.4f}" if result.final_heldout_loss is not None else "n/a"
+    console.print(
+        f"trained {'engram' if engram else 'baseline (--no-engram)'} model: {result.steps} steps, "
+        f"{result.tokens:,} tokens ({result.passes:.2f} passes) in {result.seconds:.0f}s; "
+        f"train loss {result.final_train_loss:.4f}, held-out loss {held}"
+    )
+    if engram:
+        console.print(f"wrote {result.rows_written:,} trained rows back to {table}")
+    console.print(f"checkpoint {out}/ (loss curve {out}/loss_curve.png)")
+
+
+class _progress:
+    """A rich progress bar (step, loss, tokens/s, ETA) as an ``on_step`` callback."""
+
+    def __init__(self, total: int):
+        self.total = total
+
+    def __enter__(self):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        if STATE["quiet"]:
+            self.progress = None
+            return lambda *a: None
+        self.progress = Progress(
+            TextColumn("step {task.completed}/{task.total}"),
+            BarColumn(),
+            TextColumn("loss {task.fields[loss]:.3f}"),
+            TextColumn("{task.fields[tps]:,.0f} tok/s"),
+            TimeRemainingColumn(),
+            console=err_console,
+            transient=True,
+        )
+        self.progress.start()
+        task = self.progress.add_task("train", total=self.total, loss=float("nan"), tps=0.0)
+
+        def on_step(step, total, loss, tps):
+            self.progress.update(task, completed=step, loss=loss, tps=tps)
+
+        return on_step
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.stop()
+        return False
+
+
+@command("eval")
+def eval_command(
+    model: Annotated[Path, typer.Option("--model", help="Checkpoint directory (engramctl train).")],
+    benchmark: Annotated[
+        Path | None,
+        typer.Option("--benchmark", help="Corpus (perplexity) or multiple-choice .jsonl."),
+    ] = None,
+    table: Annotated[
+        Path | None, typer.Option("--table", help="The model's trained Engram table.")
+    ] = None,
+    device: DeviceOpt = Device.auto,
+    batch: Annotated[int, typer.Option("--batch", help="Sequences per forward pass.")] = 16,
+    cache_rows: Annotated[
+        int, typer.Option("--cache-rows", help="Device row-cache budget (rows, all layers).")
+    ] = 1 << 18,
+    resident: Annotated[
+        bool, typer.Option("--resident", help="Load whole tables to the device instead of paging.")
+    ] = False,
+    explain: Annotated[
+        str | None, typer.Option("--explain", help="Colour this text's tokens by Engram gate.")
+    ] = None,
+    tokenizer: TokenizerOpt = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Also write the JSON report to this file.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --report.")
+    ] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Evaluate a checkpoint on a benchmark while paging its Engram rows from the table.
+
+    Example: engramctl eval --model m --table t.zarr --benchmark sample_data/bench/mc.jsonl
+    """
+    from ..errors import UsageError
+    from ..evaluate import evaluate, explain_gates
+    from ..io_utils import atomic_write, check_writable_target
+
+    if benchmark is None and explain is None:
+        raise UsageError("give --benchmark FILE, --explain TEXT, or both")
+    if report is not None:
+        check_writable_target(report, overwrite=overwrite)
+    table_handle = open_table_for(table) if table is not None else None
+    doc = {}
+    if benchmark is not None:
+        result = evaluate(
+            model_dir=model,
+            benchmark=benchmark,
+            table=table_handle,
+            device=device.value,
+            batch=batch,
+            cache_rows=cache_rows,
+            resident=resident,
+            tokenizer_source=tokenizer,
+        )
+        doc = result.to_dict()
+    if explain is not None:
+        doc["explain"] = explain_gates(
+            model_dir=model,
+            text=explain,
+            table=table_handle,
+            device=device.value,
+            tokenizer_source=tokenizer,
+        )
+    if report is not None:
+        with atomic_write(report, "w") as handle:
+            handle.write(json.dumps(doc, indent=2))
+    if json_out:
+        typer.echo(json.dumps(doc))
+        return
+    if benchmark is not None:
+        _print_report(doc)
+    if explain is not None:
+        _print_explain(doc["explain"])
+
+
+def _print_report(doc: dict) -> None:
+    metrics = Table(title=f"{doc['benchmark']} ({doc['kind']})", show_header=False)
+    for key, value in doc["metrics"].items():
+        metrics.add_row(key, f"{value:,.4f}" if isinstance(value, float) else f"{value:,}")
+    metrics.add_row("tokens/s", f"{doc['tokens_per_s']:,.0f} on {doc['device']}")
+    console.print(metrics)
+    paging = doc.get("paging")
+    if paging:
+        table = Table(title=f"row {paging['mode']} counters", show_header=False)
+        for key in ("rows_requested", "unique_rows", "cache_hits", "cache_misses", "cache_rows"):
+            table.add_row(key.replace("_", " "), f"{paging[key]:,}")
+        table.add_row("cache hit rate", f"{paging['hit_rate']:.1%}")
+        table.add_row("bytes read from table", f"{paging['bytes_read']:,}")
+        table.add_row("bytes copied to device", f"{paging['bytes_copied']:,}")
+        table.add_row("forward waited on rows", f"{paging['wait_seconds']:.3f} s")
+        console.print(table)
+
+
+def _print_explain(explain: dict) -> None:
+    for layer, gates in explain["gates"].items():
+        text = Text(f"layer {layer} gates (blue low .. red high): ")
+        for piece, gate in zip(explain["tokens"], gates, strict=True):
+            red, blue = int(255 * gate), int(255 * (1 - gate))
+            text.append(piece, style=f"black on rgb({red},90,{blue})")
+        console.print(text)
+        mean = sum(gates) / len(gates)
+        console.print(f"  mean gate {mean:.3f}, min {min(gates):.3f}, max {max(gates):.3f}")
