@@ -122,11 +122,13 @@ class ModelRunner:
             source = self.row_source.iterate(batches)
         else:
             source = ((np.asarray(b), None) for b in batches)
-        with torch.inference_mode():
-            for batch, rows in source:
+        for batch, rows in source:
+            # The grad mode is thread state: never hold it across a yield.
+            with torch.inference_mode():
                 idx = torch.from_numpy(self.model_vocab.encode(batch)).to(self.device)
-                self.tokens += batch.size
-                yield batch, self.model(idx, rows)
+                logits = self.model(idx, rows)
+            self.tokens += batch.size
+            yield batch, logits
 
 
 def open_runner(

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # Batches in flight besides the one being produced: one queued, one being consumed.
 IN_FLIGHT = 2
 HOST_BUFFERS = IN_FLIGHT + 2  # a ring of host staging buffers per layer
+NEVER_USED = -(2**62)  # LRU stamp of an empty slot
 
 
 def decode_table_rows(raw: np.ndarray, dtype: str, dim: int) -> np.ndarray:
@@ -114,7 +115,7 @@ class _LayerCache:
         self.capacity = capacity
         self.slot_of_row = np.full(layer_rows, -1, dtype=np.int32)
         self.row_of_slot = np.full(capacity, -1, dtype=np.int64)
-        self.last_used = np.full(capacity, -1, dtype=np.int64)
+        self.last_used = np.full(capacity, NEVER_USED, dtype=np.int64)
         self.values = torch.zeros((capacity, dim), dtype=torch.float32, device=device)
 
     def assign(self, unique_rows: np.ndarray, batch_index: int) -> tuple[np.ndarray, np.ndarray]:

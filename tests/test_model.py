@@ -21,8 +21,16 @@ from engramctl.model import (  # noqa: E402
 
 def tiny_config(**overrides) -> ModelConfig:
     fields = dict(
-        vocab_size=50, output_vocab_size=30, n_layer=3, n_head=2, n_embd=8, block_size=16,
-        engram_layers=(1,), engram_heads=4, engram_dim=3, max_ngram=3,
+        vocab_size=50,
+        output_vocab_size=30,
+        n_layer=3,
+        n_head=2,
+        n_embd=8,
+        block_size=16,
+        engram_layers=(1,),
+        engram_heads=4,
+        engram_dim=3,
+        max_ngram=3,
     )
     fields.update(overrides)
     return ModelConfig(**fields)

@@ -1,0 +1,340 @@
+"""engramctl train / eval end to end on a tiny model, with the in-memory table double."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from engramctl.cli import app  # noqa: E402
+from engramctl.layout import EngramLayout  # noqa: E402
+from tests.conftest import SAMPLE, read_jsonl  # noqa: E402
+from tests.table_double import InMemoryTable  # noqa: E402
+
+TINY = [
+    "--depth",
+    "2",
+    "--width",
+    "16",
+    "--attn-heads",
+    "2",
+    "--seq-len",
+    "16",
+    "--batch",
+    "2",
+    "--min-count",
+    "1",
+    "--device",
+    "cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A few sample documents (train) and one held-out document."""
+    root = tmp_path_factory.mktemp("corpus")
+    docs = read_jsonl(SAMPLE / "train.jsonl")[:3]
+    (root / "train.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+    held = read_jsonl(SAMPLE / "heldout.jsonl")[0]
+    held["text"] = held["text"][:3000]
+    (root / "heldout.jsonl").write_text(json.dumps(held) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def small_layout(ds_vocab):
+    return EngramLayout(
+        ngram_vocab=(211, 223),
+        max_ngram=3,
+        heads=2,
+        layers=(1,),
+        seed=0,
+        pad_id=2,
+        vocab_size=ds_vocab.canonical_vocab_size,
+    )
+
+
+@pytest.fixture(scope="module")
+def tables():
+    """Route ``--table NAME`` to in-memory tables registered in this dict."""
+    import engramctl.cli.model_cmd as model_cmd
+    from engramctl.errors import EngramError
+
+    registry: dict = {}
+
+    def fake_open(path, mode="r"):
+        if str(path) not in registry:
+            raise EngramError(f"not a table: {path}")
+        return registry[str(path)]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model_cmd, "open_table_for", fake_open)
+        yield registry
+
+
+def run(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result
+
+
+def train(tmp_path, corpus, vocab_path, name, *extra, steps=4):
+    out = tmp_path / name
+    result = run(
+        "train",
+        "--corpus",
+        corpus / "train.jsonl",
+        "--heldout",
+        corpus / "heldout.jsonl",
+        "--out",
+        out,
+        "--steps",
+        steps,
+        "--eval-every",
+        2,
+        *TINY,
+        *extra,
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, corpus, ds_vocab, ds_vocab_path, small_layout, tables):
+    table = InMemoryTable(small_layout, 8, ds_vocab.fingerprint)
+    tables["t.zarr"] = table
+    before = {k: v.copy() for k, v in table.values.items()}
+    model = train(
+        tmp_path_factory.mktemp("trained"),
+        corpus,
+        ds_vocab_path,
+        "engram",
+        "--table",
+        "t.zarr",
+        "--vocab",
+        ds_vocab_path,
+    )
+    return model, table, before
+
+
+def test_train_writes_checkpoint_and_rows(trained):
+    model, table, before = trained
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "vocab.parquet",
+        "loss_curve.png",
+        "history.json",
+    ):
+        assert (model / name).exists(), name
+    meta = json.loads((model / "config.json").read_text())
+    assert meta["model"]["engram_layers"] == [1]
+    assert meta["layout"] == table.layout.to_dict()
+    assert len(json.loads((model / "history.json").read_text())["heldout"]) == 2
+    changed = np.any(before[1] != table.values[1], axis=1)
+    assert 0 < changed.sum() < len(changed)  # only touched rows were trained and written back
+
+
+def test_train_is_deterministic_and_baseline_shares_the_backbone(
+    tmp_path, corpus, ds_vocab, ds_vocab_path, small_layout, tables, trained
+):
+    from safetensors.torch import load_file
+
+    model, _, _ = trained
+    tables["t2.zarr"] = InMemoryTable(small_layout, 8, ds_vocab.fingerprint)
+    again = train(
+        tmp_path, corpus, ds_vocab_path, "again", "--table", "t2.zarr", "--vocab", ds_vocab_path
+    )
+    first, second = load_file(model / "model.safetensors"), load_file(again / "model.safetensors")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    np.testing.assert_array_equal(tables["t.zarr"].values[1], tables["t2.zarr"].values[1])
+    base = train(tmp_path, corpus, ds_vocab_path, "base", "--no-engram", steps=0 + 1)
+    base_meta = json.loads((base / "config.json").read_text())
+    assert base_meta["layout"] is None and base_meta["model"]["engram_layers"] == []
+
+
+def test_paged_and_resident_logits_are_bit_identical(trained, corpus):
+    from engramctl.evaluate import open_runner
+    from engramctl.lm_data import read_documents, text_windows, token_stream
+    from engramctl.tokenizer import load_tokenizer
+
+    model, table, _ = trained
+    tokenizer, _ = load_tokenizer("deepseek-v4")
+    stream = token_stream(read_documents(corpus / "heldout.jsonl"), tokenizer)
+    windows = text_windows(stream, 16)[:, :-1]
+    batches = [windows[i : i + 3] for i in range(0, len(windows), 3)]
+    paged = open_runner(model, table, device="cpu", cache_rows=400)  # small: forces evictions
+    resident = open_runner(model, table, device="cpu", resident=True)
+    n = 0
+    for (_, a), (_, b) in zip(paged.run(batches), resident.run(batches), strict=True):
+        assert torch.equal(a, b)
+        n += 1
+    assert n == len(batches) and paged.row_source.stats.cache_misses > 0
+
+
+def test_eval_lm_and_multiple_choice(trained, corpus, tmp_path):
+    model, _, _ = trained
+    result = run(
+        "eval",
+        "--model",
+        model,
+        "--table",
+        "t.zarr",
+        "--benchmark",
+        corpus / "heldout.jsonl",
+        "--device",
+        "cpu",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["kind"] == "lm" and doc["metrics"]["perplexity"] > 1
+    assert doc["metrics"]["bits_per_byte"] > 0
+    paging = doc["paging"]
+    assert paging["mode"] == "paged" and paging["rows_requested"] > 0
+    assert paging["cache_hits"] + paging["cache_misses"] == paging["unique_rows"]
+
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text(
+        json.dumps({"context": "def main(", "choices": ["):", " banana split"], "label": 0})
+        + "\n"
+        + json.dumps({"context": "import", "choices": [" os", " the", " ("], "label": 0})
+        + "\n"
+    )
+    report = tmp_path / "report.json"
+    result = run(
+        "eval",
+        "--model",
+        model,
+        "--table",
+        "t.zarr",
+        "--benchmark",
+        mc,
+        "--device",
+        "cpu",
+        "--resident",
+        "--report",
+        report,
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(report.read_text())
+    assert doc["kind"] == "multiple_choice" and 0 <= doc["metrics"]["acc"] <= 1
+    assert doc["metrics"]["examples"] == 2 and doc["paging"]["mode"] == "resident"
+
+
+def test_eval_explain(trained):
+    model, _, _ = trained
+    result = run(
+        "eval",
+        "--model",
+        model,
+        "--table",
+        "t.zarr",
+        "--explain",
+        "def f(x):",
+        "--device",
+        "cpu",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    explain = json.loads(result.output)["explain"]
+    assert len(explain["gates"]["1"]) == len(explain["tokens"])
+    assert all(0 < g < 1 for g in explain["gates"]["1"])
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"context": "a", "choices": ["b", "c"]}), "expected keys"),
+        (json.dumps({"context": "a", "choices": ["b", "c"], "label": 2}), "label"),
+    ],
+)
+def test_eval_rejects_malformed_benchmarks(trained, tmp_path, line, message):
+    model, _, _ = trained
+    bench = tmp_path / "bad.jsonl"
+    good = json.dumps({"context": "a", "choices": ["b", "c"], "label": 0})
+    bench.write_text(good + "\n" + line + "\n")
+    result = run("eval", "--model", model, "--table", "t.zarr", "--benchmark", bench)
+    assert result.exit_code == 1
+    assert message in result.output and ":2" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_input_is_one_clear_line(trained, tmp_path, ds_vocab, corpus, tables):
+    model, _, _ = trained
+    other = EngramLayout(
+        ngram_vocab=(307, 311),
+        max_ngram=3,
+        heads=2,
+        layers=(1,),
+        seed=0,
+        pad_id=2,
+        vocab_size=ds_vocab.canonical_vocab_size,
+    )
+    tables["other.zarr"] = InMemoryTable(other, 8, ds_vocab.fingerprint)
+    bench = corpus / "heldout.jsonl"
+    cases = [
+        (["--table", "other.zarr"], "layout does not match"),
+        ([], "pass --table"),
+    ]
+    for extra, message in cases:
+        result = run("eval", "--model", model, "--benchmark", bench, "--device", "cpu", *extra)
+        assert result.exit_code in (1, 2) and message in result.output, result.output
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    result = run("eval", "--model", broken, "--benchmark", bench)
+    assert result.exit_code == 1 and "missing model.safetensors" in result.output
+    if not torch.cuda.is_available():
+        result = run(
+            "eval", "--model", model, "--table", "t.zarr", "--benchmark", bench, "--device", "cuda"
+        )
+        assert result.exit_code == 1 and "no CUDA" in result.output
+    result = run("train", "--corpus", corpus / "train.jsonl", "--out", model, "--no-engram")
+    assert result.exit_code == 1 and "--overwrite" in result.output
+    result = run(
+        "train",
+        "--corpus",
+        corpus / "train.jsonl",
+        "--out",
+        tmp_path / "x",
+        "--table",
+        "t.zarr",
+        "--vocab",
+        tmp_path / "missing.parquet",
+    )
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_depth_must_exceed_table_layers(tmp_path, corpus, ds_vocab, ds_vocab_path, tables):
+    deep = EngramLayout(
+        ngram_vocab=(211, 223),
+        max_ngram=3,
+        heads=2,
+        layers=(5,),
+        seed=0,
+        pad_id=2,
+        vocab_size=ds_vocab.canonical_vocab_size,
+    )
+    tables["deep.zarr"] = InMemoryTable(deep, 8, ds_vocab.fingerprint)
+    result = run(
+        "train",
+        "--corpus",
+        corpus / "train.jsonl",
+        "--out",
+        tmp_path / "m",
+        "--table",
+        "deep.zarr",
+        "--vocab",
+        ds_vocab_path,
+        *TINY,
+    )
+    assert result.exit_code == 2 and "--depth 6" in result.output
+    assert not (tmp_path / "m").exists()
