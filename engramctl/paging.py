@@ -39,7 +39,10 @@ def decode_table_rows(raw: np.ndarray, dtype: str, dim: int) -> np.ndarray:
     """Raw stored rows -> float32 ``[n, dim]`` (float32 tables need no decoding)."""
     if dtype == "float32":
         return np.ascontiguousarray(raw, dtype=np.float32).reshape(-1, dim)
-    from .table import decode_rows
+    try:
+        from .dtypes import decode_rows
+    except ImportError:  # pragma: no cover - older layout of the table modules
+        from .table import decode_rows
 
     return decode_rows(raw, dtype, dim)
 

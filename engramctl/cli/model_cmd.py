@@ -41,6 +41,13 @@ def open_table_for(path: Path, mode: str = "r"):
     return open_table(path, mode=mode)
 
 
+def close_table(table) -> None:
+    """Flush and release a table opened by a command (writer lock included)."""
+    close = getattr(table, "close", None)
+    if close is not None:
+        close()
+
+
 @command("train")
 def train_command(
     corpus: Annotated[
@@ -108,12 +115,6 @@ def train_command(
         from .options import load_vocab
 
         vocab_map = load_vocab(vocab)
-        table_handle = open_table_for(table, mode="r+")
-        if table_handle.info.vocab_fingerprint != vocab_map.fingerprint:
-            raise EngramError(
-                f"the table was built for vocab {table_handle.info.vocab_fingerprint}, but "
-                f"{vocab} is {vocab_map.fingerprint}; pass the vocab the table was made with"
-            )
     compare = None
     if compare_with is not None:
         history_path = compare_with / "history.json"
@@ -143,20 +144,30 @@ def train_command(
         attn_heads=attn_heads,
         device=str(resolve_device(device.value)),
     )
-    with _progress(steps) as on_step:
-        result = train_model(
-            windows=data.windows,
-            heldout=data.heldout,
-            model_vocab=data.model_vocab,
-            config=config,
-            out_dir=out,
-            table=table_handle,
-            vocab=vocab_map,
-            overwrite=overwrite,
-            on_step=on_step,
-            extra_meta=data.meta,
-            compare=compare,
-        )
+    if engram:
+        table_handle = open_table_for(table, mode="r+")
+    try:
+        if engram and table_handle.info.vocab_fingerprint != vocab_map.fingerprint:
+            raise EngramError(
+                f"the table was built for vocab {table_handle.info.vocab_fingerprint}, but "
+                f"{vocab} is {vocab_map.fingerprint}; pass the vocab the table was made with"
+            )
+        with _progress(steps) as on_step:
+            result = train_model(
+                windows=data.windows,
+                heldout=data.heldout,
+                model_vocab=data.model_vocab,
+                config=config,
+                out_dir=out,
+                table=table_handle,
+                vocab=vocab_map,
+                overwrite=overwrite,
+                on_step=on_step,
+                extra_meta=data.meta,
+                compare=compare,
+            )
+    finally:
+        close_table(table_handle)
     if json_out:
         typer.echo(json.dumps(result.to_dict()))
         return
@@ -250,26 +261,29 @@ def eval_command(
         check_writable_target(report, overwrite=overwrite)
     table_handle = open_table_for(table) if table is not None else None
     doc = {}
-    if benchmark is not None:
-        result = evaluate(
-            model_dir=model,
-            benchmark=benchmark,
-            table=table_handle,
-            device=device.value,
-            batch=batch,
-            cache_rows=cache_rows,
-            resident=resident,
-            tokenizer_source=tokenizer,
-        )
-        doc = result.to_dict()
-    if explain is not None:
-        doc["explain"] = explain_gates(
-            model_dir=model,
-            text=explain,
-            table=table_handle,
-            device=device.value,
-            tokenizer_source=tokenizer,
-        )
+    try:
+        if benchmark is not None:
+            result = evaluate(
+                model_dir=model,
+                benchmark=benchmark,
+                table=table_handle,
+                device=device.value,
+                batch=batch,
+                cache_rows=cache_rows,
+                resident=resident,
+                tokenizer_source=tokenizer,
+            )
+            doc = result.to_dict()
+        if explain is not None:
+            doc["explain"] = explain_gates(
+                model_dir=model,
+                text=explain,
+                table=table_handle,
+                device=device.value,
+                tokenizer_source=tokenizer,
+            )
+    finally:
+        close_table(table_handle)
     if report is not None:
         with atomic_write(report, "w") as handle:
             handle.write(json.dumps(doc, indent=2))
