@@ -38,7 +38,7 @@ class TrainConfig:
     warmup: int = 30  # linear warm-up steps, then cosine decay to 10%
     seed: int = 0  # model init and data order
     eval_every: int = 50  # steps between held-out evaluations (0: only at the end)
-    eval_windows: int = 64  # held-out windows per periodic evaluation
+    eval_windows: int = 128  # held-out windows (evenly spaced) of the curve's points
     engram: bool = True  # False: the same backbone without Engram (the baseline)
     depth: int = 4  # transformer blocks
     width: int = 192  # hidden size
@@ -64,7 +64,7 @@ class TrainResult:
     tokens: int
     seconds: float
     final_train_loss: float
-    final_heldout_loss: float | None
+    final_heldout_loss: float | None  # over every held-out window, after the last step
     history: dict = field(
         default_factory=dict
     )  # {"step": [...], "train_loss": [...], "heldout": [[step, loss], ...]}
@@ -250,6 +250,22 @@ def train_model(
         ]
     )
     history = {"step": [], "train_loss": [], "heldout": [], "lr": []}
+    heldout_subset = None
+    if heldout is not None:  # the curve's points: the same evenly spaced windows every time
+        picks = np.linspace(0, len(heldout) - 1, min(config.eval_windows, len(heldout)))
+        heldout_subset = heldout[np.unique(picks.astype(np.int64))]
+
+    def evaluate_heldout(windows_to_score: np.ndarray) -> float:
+        return heldout_loss(
+            model,
+            windows_to_score,
+            model_vocab,
+            hasher=hasher,
+            lookup=lambda layer, ids: tables[layer].weight[ids],
+            batch=config.batch,
+            device=device,
+        )
+
     tokens_per_step = config.batch * config.seq_len
     start = time.perf_counter()
     loss_value = float("nan")
@@ -292,24 +308,16 @@ def train_model(
         if heldout is not None and (
             last or (config.eval_every and (step + 1) % config.eval_every == 0)
         ):
-            held = heldout if last else heldout[: config.eval_windows]
-            held_loss = heldout_loss(
-                model,
-                held,
-                model_vocab,
-                hasher=hasher,
-                lookup=lambda layer, ids: tables[layer].weight[ids],
-                batch=config.batch,
-                device=device,
-            )
+            held_loss = evaluate_heldout(heldout_subset)
             history["heldout"].append([step + 1, held_loss])
-            log.info("step %d heldout loss %.4f", step + 1, held_loss)
+            log.info("step %d heldout loss %.4f (subset)", step + 1, held_loss)
         if on_step is not None:
             elapsed = time.perf_counter() - start
             on_step(step + 1, config.steps, loss_value, tokens_per_step * (step + 1) / elapsed)
     seconds = time.perf_counter() - start
     rows_written = sum(t.write_back(table) for t in tables.values())
-    final_heldout = history["heldout"][-1][1] if history["heldout"] else None
+    final_heldout = evaluate_heldout(heldout) if heldout is not None else None
+    history["heldout_full"] = final_heldout
     result = TrainResult(
         out_dir=Path(out_dir),
         steps=config.steps,
