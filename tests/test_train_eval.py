@@ -338,3 +338,21 @@ def test_depth_must_exceed_table_layers(tmp_path, corpus, ds_vocab, ds_vocab_pat
     )
     assert result.exit_code == 2 and "--depth 6" in result.output
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("name", ["train", "eval"])
+def test_help_has_an_example(name):
+    result = run(name, "--help")
+    assert result.exit_code == 0 and "Example:" in result.output
+
+
+def test_cli_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from typer.testing import CliRunner; from engramctl.cli import app; "
+        "CliRunner().invoke(app, ['--help']); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
