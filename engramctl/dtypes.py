@@ -62,8 +62,12 @@ def format_bytes(n: float) -> str:
 
 # ------------------------------------------------------------------------- storage layout
 # numpy dtype a row is stored as; bfloat16 as its raw 16 bits, fp8 rows as bytes (values, scales).
-STORAGE_DTYPE = {"float32": "float32", "bfloat16": "uint16", "float16": "float16",
-                 "float8_e4m3fn": "uint8"}
+STORAGE_DTYPE = {
+    "float32": "float32",
+    "bfloat16": "uint16",
+    "float16": "float16",
+    "float8_e4m3fn": "uint8",
+}
 FP8_MAX = 448.0  # largest finite float8_e4m3fn value
 UE8M0_BIAS = 127  # a ue8m0 scale byte s means 2**(s - 127)
 
@@ -140,7 +144,9 @@ def fp8_e4m3fn_encode(values: np.ndarray) -> np.ndarray:
     mag = np.abs(x)
     bits = mag.view(np.uint32)
     # normal range: round float32 to 3 mantissa bits, then rebias the exponent (127 -> 7)
-    rounded = (bits + np.uint32(0x7FFFF) + ((bits >> np.uint32(20)) & np.uint32(1))) >> np.uint32(20)
+    rounded = (bits + np.uint32(0x7FFFF) + ((bits >> np.uint32(20)) & np.uint32(1))) >> np.uint32(
+        20
+    )
     normal = rounded.astype(np.int64) - ((127 - 7) << 3)
     # subnormal range (below 2**-6): multiples of 2**-9, rint rounds ties to even
     subnormal = np.rint(mag.astype(np.float64) * 2.0**9).astype(np.int64)

@@ -81,8 +81,9 @@ def _gather_kernel(chunks, state, chunk_rows, row_ids, out, missing):
     return n_missing
 
 
-def gather_rows(chunks, state: np.ndarray, chunk_rows: int, row_ids: np.ndarray,
-                out: np.ndarray) -> np.ndarray:
+def gather_rows(
+    chunks, state: np.ndarray, chunk_rows: int, row_ids: np.ndarray, out: np.ndarray
+) -> np.ndarray:
     """Copy rows into ``out`` from loaded chunks; return the positions of rows left to fill.
 
     Parameters

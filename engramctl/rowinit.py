@@ -193,5 +193,3 @@ def init_values(
     kernel = _init_rows_kernel if parallel else _init_rows_serial_kernel
     kernel(key, _KIND_CODE[recipe.kind], float(recipe.std), row_ids, out)
     return out
-
-

@@ -96,21 +96,38 @@ class TableInfo:
 
     def to_dict(self) -> dict:
         layers = {
-            str(k): {"rows": v.rows, "dim": self.dim, "dtype": self.dtype,
-                     "chunk_rows": v.chunk_rows, "chunks_total": v.chunks_total,
-                     "chunks_written": v.chunks_written, "head_rows": v.head_rows,
-                     "head_offsets": v.head_offsets, "logical_bytes": v.logical_bytes,
-                     "disk_bytes": v.disk_bytes}
+            str(k): {
+                "rows": v.rows,
+                "dim": self.dim,
+                "dtype": self.dtype,
+                "chunk_rows": v.chunk_rows,
+                "chunks_total": v.chunks_total,
+                "chunks_written": v.chunks_written,
+                "head_rows": v.head_rows,
+                "head_offsets": v.head_offsets,
+                "logical_bytes": v.logical_bytes,
+                "disk_bytes": v.disk_bytes,
+            }
             for k, v in self.layers.items()
         }
         return {
-            "path": self.path, "format_version": self.format_version,
-            "layout": self.layout.to_dict(), "vocab_fingerprint": self.vocab_fingerprint,
-            "dim": self.dim, "dtype": self.dtype, "storage_dtype": self.storage_dtype,
-            "row_width": self.row_width, "row_bytes": self.row_bytes,
-            "chunk_rows": self.chunk_rows, "compressor": self.compressor, "init": self.init,
-            "lazy": self.lazy, "status": self.status, "layers": layers,
-            "logical_bytes": self.logical_bytes, "disk_bytes": self.disk_bytes,
+            "path": self.path,
+            "format_version": self.format_version,
+            "layout": self.layout.to_dict(),
+            "vocab_fingerprint": self.vocab_fingerprint,
+            "dim": self.dim,
+            "dtype": self.dtype,
+            "storage_dtype": self.storage_dtype,
+            "row_width": self.row_width,
+            "row_bytes": self.row_bytes,
+            "chunk_rows": self.chunk_rows,
+            "compressor": self.compressor,
+            "init": self.init,
+            "lazy": self.lazy,
+            "status": self.status,
+            "layers": layers,
+            "logical_bytes": self.logical_bytes,
+            "disk_bytes": self.disk_bytes,
         }
 
 
@@ -119,18 +136,31 @@ def table_info(path: Path, meta: TableMeta, manifest: dict) -> TableInfo:
     for layer_id, layer in meta.layers.items():
         written = manifest.get(layer_id, {})
         layers[layer_id] = LayerInfo(
-            rows=layer.rows, chunk_rows=meta.chunk_rows,
-            chunks_total=layer.n_chunks(meta.chunk_rows), chunks_written=len(written),
-            head_rows=list(layer.head_rows), head_offsets=list(layer.head_offsets),
+            rows=layer.rows,
+            chunk_rows=meta.chunk_rows,
+            chunks_total=layer.n_chunks(meta.chunk_rows),
+            chunks_written=len(written),
+            head_rows=list(layer.head_rows),
+            head_offsets=list(layer.head_offsets),
             logical_bytes=layer.rows * meta.row_bytes,
             disk_bytes=sum(int(entry[1]) for entry in written.values()),
         )
     return TableInfo(
-        path=str(path), format_version=meta.format_version, layout=meta.layout,
-        vocab_fingerprint=meta.vocab_fingerprint, dim=meta.dim, dtype=meta.dtype,
-        storage_dtype=str(meta.storage_dtype), row_width=meta.row_width,
-        row_bytes=meta.row_bytes, chunk_rows=meta.chunk_rows, compressor=meta.compressor,
-        init=meta.init.to_dict(), lazy=meta.lazy, status=meta.status, layers=layers,
+        path=str(path),
+        format_version=meta.format_version,
+        layout=meta.layout,
+        vocab_fingerprint=meta.vocab_fingerprint,
+        dim=meta.dim,
+        dtype=meta.dtype,
+        storage_dtype=str(meta.storage_dtype),
+        row_width=meta.row_width,
+        row_bytes=meta.row_bytes,
+        chunk_rows=meta.chunk_rows,
+        compressor=meta.compressor,
+        init=meta.init.to_dict(),
+        lazy=meta.lazy,
+        status=meta.status,
+        layers=layers,
     )
 
 
@@ -165,13 +195,20 @@ def decode_chunk(meta: TableMeta, data, *, where: str) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype).reshape(meta.chunk_rows, meta.row_width)
 
 
-def init_chunk_rows(meta: TableMeta, layer_id: int, chunk_index: int, *,
-                    parallel: bool = True) -> np.ndarray:
+def init_chunk_rows(
+    meta: TableMeta, layer_id: int, chunk_index: int, *, parallel: bool = True
+) -> np.ndarray:
     """Stored rows of a chunk as its init values (rows past the layer end are zero padding)."""
     start, stop = meta.chunk_span(layer_id, chunk_index)
     values = np.zeros((meta.chunk_rows, meta.dim), dtype=np.float32)
-    init_values(meta.init, layer_id, np.arange(start, stop, dtype=np.int64), meta.dim,
-                out=values[: stop - start], parallel=parallel)
+    init_values(
+        meta.init,
+        layer_id,
+        np.arange(start, stop, dtype=np.int64),
+        meta.dim,
+        out=values[: stop - start],
+        parallel=parallel,
+    )
     stored = encode_rows(values, meta.dtype)
     stored[stop - start :] = 0
     return stored
@@ -194,8 +231,16 @@ class _LayerCache:
 class Table:
     """An open engramctl table. Use :func:`open_table`; ``with`` closes it (and flushes)."""
 
-    def __init__(self, path: Path, meta: TableMeta, manifest: dict, *, mode: str,
-                 check_chunks: bool, lock: WriterLock | None):
+    def __init__(
+        self,
+        path: Path,
+        meta: TableMeta,
+        manifest: dict,
+        *,
+        mode: str,
+        check_chunks: bool,
+        lock: WriterLock | None,
+    ):
         self.path = Path(path)
         self.meta = meta
         self.manifest = manifest
@@ -245,7 +290,9 @@ class Table:
         if layer_id not in self._caches:
             layer = self.meta.layer(layer_id)
             self._caches[layer_id] = _LayerCache(
-                layer.n_chunks(self.meta.chunk_rows), self.meta.chunk_rows, self._words,
+                layer.n_chunks(self.meta.chunk_rows),
+                self.meta.chunk_rows,
+                self._words,
                 self._word,
             )
         return self._caches[layer_id]
@@ -335,8 +382,10 @@ class Table:
         shape = (ids.size, self.meta.row_width)
         if out is None:
             out = np.empty(shape, dtype=self.meta.storage_dtype)
-        elif out.shape != shape or out.dtype != self.meta.storage_dtype or not (
-            out.flags.c_contiguous
+        elif (
+            out.shape != shape
+            or out.dtype != self.meta.storage_dtype
+            or not (out.flags.c_contiguous)
         ):
             raise UsageError(
                 f"out must be C-contiguous {self.meta.storage_dtype} {list(shape)}, got "
@@ -396,13 +445,16 @@ class Table:
         if flush:
             self.flush()
 
-    def write_chunk(self, layer_id: int, chunk_index: int, rows: np.ndarray, *,
-                    source: str) -> None:
+    def write_chunk(
+        self, layer_id: int, chunk_index: int, rows: np.ndarray, *, source: str
+    ) -> None:
         """Write one whole chunk (temporary file + rename) and record it in the manifest."""
         data = encode_chunk(self.meta, rows)
         write_file_atomic(self.chunk_path(layer_id, chunk_index), data)
         self.manifest.setdefault(layer_id, {})[chunk_index] = [
-            crc32_of(data), memoryview(data).nbytes, source,
+            crc32_of(data),
+            memoryview(data).nbytes,
+            source,
         ]
         self._unload(layer_id, chunk_index)
         self._dirty = True
@@ -431,8 +483,10 @@ class Table:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"Table({str(self.path)!r}, layers={list(self.layers)}, dim={self.dim}, "
-                f"dtype={self.dtype!r}, mode={self.mode!r})")
+        return (
+            f"Table({str(self.path)!r}, layers={list(self.layers)}, dim={self.dim}, "
+            f"dtype={self.dtype!r}, mode={self.mode!r})"
+        )
 
 
 def open_table(path, mode: str = "r", *, vocab=None, check_chunks: bool = True) -> Table:

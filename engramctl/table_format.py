@@ -82,8 +82,12 @@ class LayerMeta:
         return -(-self.rows // chunk_rows)
 
     def to_dict(self) -> dict:
-        return {"array": self.array, "rows": self.rows, "head_rows": list(self.head_rows),
-                "head_offsets": list(self.head_offsets)}
+        return {
+            "array": self.array,
+            "rows": self.rows,
+            "head_rows": list(self.head_rows),
+            "head_offsets": list(self.head_offsets),
+        }
 
 
 @dataclass(frozen=True)
@@ -165,9 +169,13 @@ class TableMeta:
     def recipe_dict(self) -> dict:
         """The fields that decide every value of a fresh table (compared when resuming)."""
         return {
-            "layout": self.layout.to_dict(), "vocab_fingerprint": self.vocab_fingerprint,
-            "dim": self.dim, "dtype": self.dtype, "chunk_rows": self.chunk_rows,
-            "compressor": self.compressor, "init": self.init.to_dict(),
+            "layout": self.layout.to_dict(),
+            "vocab_fingerprint": self.vocab_fingerprint,
+            "dim": self.dim,
+            "dtype": self.dtype,
+            "chunk_rows": self.chunk_rows,
+            "compressor": self.compressor,
+            "init": self.init.to_dict(),
         }
 
     def to_dict(self) -> dict:
@@ -195,20 +203,28 @@ class TableMeta:
             )
         try:
             layers = {
-                int(k): LayerMeta(int(k), int(v["rows"]), tuple(v["head_rows"]),
-                                  tuple(v["head_offsets"]))
+                int(k): LayerMeta(
+                    int(k), int(v["rows"]), tuple(v["head_rows"]), tuple(v["head_offsets"])
+                )
                 for k, v in data["layers"].items()
             }
             return cls(
                 layout=EngramLayout.from_dict(data["layout"]),
-                vocab_fingerprint=data["vocab_fingerprint"], dim=int(data["dim"]),
-                dtype=data["dtype"], chunk_rows=int(data["chunk_rows"]),
-                compressor=data["compressor"], init=InitRecipe.from_dict(data["init"]),
-                lazy=bool(data["lazy"]), status=data["status"], format_version=version,
+                vocab_fingerprint=data["vocab_fingerprint"],
+                dim=int(data["dim"]),
+                dtype=data["dtype"],
+                chunk_rows=int(data["chunk_rows"]),
+                compressor=data["compressor"],
+                init=InitRecipe.from_dict(data["init"]),
+                lazy=bool(data["lazy"]),
+                status=data["status"],
+                format_version=version,
                 layers=layers,
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise EngramError(f"{where} has damaged metadata ({type(exc).__name__}: {exc})") from exc
+            raise EngramError(
+                f"{where} has damaged metadata ({type(exc).__name__}: {exc})"
+            ) from exc
 
     def with_status(self, status: str) -> TableMeta:
         data = self.to_dict()
@@ -239,7 +255,9 @@ def read_group(path: Path) -> tuple[TableMeta, dict]:
     try:
         doc = json.loads(group_json.read_text())
     except (OSError, ValueError) as exc:
-        raise EngramError(f"{path} is not an engramctl table: unreadable zarr.json ({exc})") from exc
+        raise EngramError(
+            f"{path} is not an engramctl table: unreadable zarr.json ({exc})"
+        ) from exc
     if doc.get("zarr_format") != 3 or doc.get("node_type") != "group":
         raise EngramError(f"{path} is not an engramctl table (not a zarr v3 group)")
     attrs = doc.get("attributes") or {}

@@ -80,8 +80,9 @@ class CreateResult:
 
 
 # ------------------------------------------------------------------------- one chunk
-def write_init_chunk(path: Path, meta: TableMeta, layer_id: int, chunk_index: int, *,
-                     parallel: bool = False) -> ChunkRecord:
+def write_init_chunk(
+    path: Path, meta: TableMeta, layer_id: int, chunk_index: int, *, parallel: bool = False
+) -> ChunkRecord:
     """Write one chunk's init values (temporary file + rename) and return its record."""
     rows = init_chunk_rows(meta, layer_id, chunk_index, parallel=parallel)
     data = encode_chunk(meta, rows)
@@ -109,8 +110,9 @@ def record_chunks(path, records: list[ChunkRecord], *, status: str | None = None
 
 
 # ---------------------------------------------------------------------------- create
-def _build_meta(layout, vocab_fingerprint, dim, dtype, init, std, seed, lazy, chunk_rows,
-                compressor) -> TableMeta:
+def _build_meta(
+    layout, vocab_fingerprint, dim, dtype, init, std, seed, lazy, chunk_rows, compressor
+) -> TableMeta:
     from .dtypes import parse_dtype
 
     dtype = parse_dtype(dtype)
@@ -118,8 +120,14 @@ def _build_meta(layout, vocab_fingerprint, dim, dtype, init, std, seed, lazy, ch
     largest = max(layout.layer_rows(layer) for layer in layout.layers)
     chunk_rows = chunk_rows or default_chunk_rows(dim, dtype, largest)
     return TableMeta.build(
-        layout=layout, vocab_fingerprint=vocab_fingerprint, dim=dim, dtype=dtype,
-        chunk_rows=chunk_rows, compressor=compressor, init=recipe, lazy=lazy,
+        layout=layout,
+        vocab_fingerprint=vocab_fingerprint,
+        dim=dim,
+        dtype=dtype,
+        chunk_rows=chunk_rows,
+        compressor=compressor,
+        init=recipe,
+        lazy=lazy,
         status="lazy" if lazy else "initializing",
     )
 
@@ -136,9 +144,12 @@ def _write_new_group(path: Path, meta: TableMeta) -> None:
         compressors = ZstdCodec(level=ZSTD_LEVEL) if meta.compressor == "zstd" else None
         for layer in meta.layers.values():
             group.create_array(
-                layer.array, shape=(layer.rows, meta.row_width),
-                chunks=(meta.chunk_rows, meta.row_width), dtype=meta.storage_dtype,
-                compressors=compressors, fill_value=0,
+                layer.array,
+                shape=(layer.rows, meta.row_width),
+                chunks=(meta.chunk_rows, meta.row_width),
+                dtype=meta.storage_dtype,
+                compressors=compressors,
+                fill_value=0,
                 attributes={"engramctl_dtype": meta.dtype, "engramctl_dim": meta.dim},
             )
         group.attrs.put({META_KEY: meta.to_dict(), MANIFEST_KEY: {}})
@@ -216,8 +227,9 @@ def create_table(
     """
     path = Path(path)
     started = time.perf_counter()
-    meta = _build_meta(layout, vocab_fingerprint, dim, dtype, init, std, seed, lazy,
-                       chunk_rows, compressor)
+    meta = _build_meta(
+        layout, vocab_fingerprint, dim, dtype, init, std, seed, lazy, chunk_rows, compressor
+    )
     resumed = False
     if path.exists() and not _is_empty_dir(path):
         try:
@@ -254,8 +266,12 @@ def create_table(
             written, skipped, nbytes = initialize_table(path, workers=workers, progress=progress)
     meta, manifest = read_group(path)
     return CreateResult(
-        path=str(path), info=table_info(path, meta, manifest), resumed=resumed,
-        chunks_written=written, chunks_skipped=skipped, bytes_written=nbytes,
+        path=str(path),
+        info=table_info(path, meta, manifest),
+        resumed=resumed,
+        chunks_written=written,
+        chunks_skipped=skipped,
+        bytes_written=nbytes,
         seconds=time.perf_counter() - started,
     )
 
@@ -279,14 +295,15 @@ def _valid_chunks(path: Path, meta: TableMeta, manifest: dict) -> set[tuple[int,
             if len(data) == size and crc32_of(data) == crc:
                 valid.add((layer_id, chunk_index))
             else:
-                log.warning("chunk %d of layer %d fails its checksum; rewriting", chunk_index,
-                            layer_id)
+                log.warning(
+                    "chunk %d of layer %d fails its checksum; rewriting", chunk_index, layer_id
+                )
     return valid
 
 
-def initialize_table(path, *, workers: int | None = None,
-                     progress: Callable[[InitProgress], None] | None = None
-                     ) -> tuple[int, int, int]:
+def initialize_table(
+    path, *, workers: int | None = None, progress: Callable[[InitProgress], None] | None = None
+) -> tuple[int, int, int]:
     """Write every chunk not yet written (or damaged) of a table; the caller holds the lock.
 
     Returns ``(chunks written, chunks skipped, bytes written)``. On any error (disk full,
@@ -334,8 +351,11 @@ def initialize_table(path, *, workers: int | None = None,
                     done += 1
                     bytes_done += meta.chunk_bytes
                     if progress:
-                        progress(InitProgress(bytes_done, total, done, len(todo),
-                                              time.perf_counter() - started))
+                        progress(
+                            InitProgress(
+                                bytes_done, total, done, len(todo), time.perf_counter() - started
+                            )
+                        )
                 now = time.perf_counter()
                 if now - last_flush > MANIFEST_FLUSH_SECONDS:
                     write_group_attrs(path, meta, manifest)
@@ -364,11 +384,17 @@ def _raise_init_failure(failure: BaseException, path: Path, remaining: int) -> N
         ) from failure
     if isinstance(failure, OSError):
         raise EngramError(
-            f"cannot write {path}: {failure.strerror or failure}; rerun the same command to "
-            "resume"
+            f"cannot write {path}: {failure.strerror or failure}; rerun the same command to resume"
         ) from failure
     raise failure
 
 
-__all__ = ["create_table", "init_chunk", "record_chunks", "initialize_table", "InitProgress",
-           "CreateResult", "ChunkRecord"]
+__all__ = [
+    "create_table",
+    "init_chunk",
+    "record_chunks",
+    "initialize_table",
+    "InitProgress",
+    "CreateResult",
+    "ChunkRecord",
+]

@@ -39,8 +39,12 @@ from .table_format import (
 )
 from .table_init import CreateResult, _build_meta, _write_new_group, check_free_space
 
-SAFETENSORS_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16",
-                     "float8_e4m3fn": "F8_E4M3"}
+SAFETENSORS_DTYPE = {
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float8_e4m3fn": "F8_E4M3",
+}
 DTYPE_OF_SAFETENSORS = {v: k for k, v in SAFETENSORS_DTYPE.items()}
 DEFAULT_NAME = "layer_{layer}"
 SCALES_SUFFIX = ".scales"
@@ -61,18 +65,25 @@ def _tensor_plan(meta, name_template: str) -> list[tuple[str, int, str, list[int
     for layer_id, layer in meta.layers.items():
         name = name_template.format(layer=layer_id)
         itemsize = storage_dtype(meta.dtype).itemsize
-        plan.append((name, layer_id, "values", [layer.rows, meta.dim],
-                     layer.rows * meta.dim * itemsize))
+        plan.append(
+            (name, layer_id, "values", [layer.rows, meta.dim], layer.rows * meta.dim * itemsize)
+        )
         if meta.dtype == "float8_e4m3fn":
             width = meta.dim // FP8_SCALE_BLOCK
-            plan.append((name + SCALES_SUFFIX, layer_id, "scales", [layer.rows, width],
-                         layer.rows * width))
+            plan.append(
+                (name + SCALES_SUFFIX, layer_id, "scales", [layer.rows, width], layer.rows * width)
+            )
     return plan
 
 
-def export_safetensors(table_path, out_path, *, overwrite: bool = False,
-                       name_template: str = DEFAULT_NAME,
-                       progress: Callable[[int, int], None] | None = None) -> ExportResult:
+def export_safetensors(
+    table_path,
+    out_path,
+    *,
+    overwrite: bool = False,
+    name_template: str = DEFAULT_NAME,
+    progress: Callable[[int, int], None] | None = None,
+) -> ExportResult:
     """Write a table to one safetensors file, streaming chunk by chunk.
 
     Unwritten (lazy) chunks are exported as their init values. ``progress(done, total)`` gets
@@ -84,10 +95,14 @@ def export_safetensors(table_path, out_path, *, overwrite: bool = False,
     table = open_table(table_path)
     meta = table.meta
     plan = _tensor_plan(meta, name_template)
-    header: dict = {"__metadata__": {
-        "format": "engramctl-table-export", "engramctl_table": json.dumps(meta.to_dict()),
-        "vocab_fingerprint": meta.vocab_fingerprint, "dtype": meta.dtype,
-    }}
+    header: dict = {
+        "__metadata__": {
+            "format": "engramctl-table-export",
+            "engramctl_table": json.dumps(meta.to_dict()),
+            "vocab_fingerprint": meta.vocab_fingerprint,
+            "dtype": meta.dtype,
+        }
+    }
     offset = 0
     for name, _layer, _part, shape, nbytes in plan:
         dtype = "U8" if name.endswith(SCALES_SUFFIX) else SAFETENSORS_DTYPE[meta.dtype]
@@ -113,8 +128,9 @@ def export_safetensors(table_path, out_path, *, overwrite: bool = False,
                     progress(done, total)
     table.close()
     tensors = {name: shape for name, _l, _p, shape, _n in plan}
-    return ExportResult(str(out_path), tensors, 8 + len(blob) + total,
-                        time.perf_counter() - started)
+    return ExportResult(
+        str(out_path), tensors, 8 + len(blob) + total, time.perf_counter() - started
+    )
 
 
 # ---------------------------------------------------------------------------- import
@@ -209,9 +225,16 @@ def _layer_sources(path, header, data_start, layout, name_template):
 
 
 def import_safetensors(
-    in_path, out_path, *, layout: EngramLayout, vocab_fingerprint: str,
-    name_template: str = DEFAULT_NAME, dtype: str | None = None, chunk_rows: int | None = None,
-    compressor: str = "none", overwrite: bool = False,
+    in_path,
+    out_path,
+    *,
+    layout: EngramLayout,
+    vocab_fingerprint: str,
+    name_template: str = DEFAULT_NAME,
+    dtype: str | None = None,
+    chunk_rows: int | None = None,
+    compressor: str = "none",
+    overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> CreateResult:
     """Build a table from a safetensors file with one ``[sum(primes), dim]`` tensor per layer.
@@ -229,11 +252,20 @@ def import_safetensors(
             f"{in_path} was exported from a table for vocab fingerprint {theirs}, but the vocab "
             f"given has {vocab_fingerprint}; use the matching vocab"
         )
-    sources, dim, source_dtype = _layer_sources(in_path, header, data_start, layout,
-                                                name_template)
+    sources, dim, source_dtype = _layer_sources(in_path, header, data_start, layout, name_template)
     dtype = parse_dtype(dtype) if dtype else source_dtype
-    meta = _build_meta(layout, vocab_fingerprint, dim, dtype, InitRecipe("zeros", 0.0, 0), 0.0,
-                       0, False, chunk_rows, compressor)
+    meta = _build_meta(
+        layout,
+        vocab_fingerprint,
+        dim,
+        dtype,
+        InitRecipe("zeros", 0.0, 0),
+        0.0,
+        0,
+        False,
+        chunk_rows,
+        compressor,
+    )
     if out_path.exists():
         try:
             read_group(out_path)
@@ -262,7 +294,7 @@ def import_safetensors(
                 manifest[layer_id][c] = [crc32_of(data), memoryview(data).nbytes, "data"]
                 done += 1
                 if progress:
-                    progress(done, total)
+                    progress(done * meta.chunk_bytes, total * meta.chunk_bytes)
         meta = meta.with_status("complete")
         write_group_attrs(tmp, meta, manifest)
         os.sync()
@@ -276,8 +308,15 @@ def import_safetensors(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     meta, manifest = read_group(out_path)
-    return CreateResult(str(out_path), table_info(out_path, meta, manifest), False, total, 0,
-                        total * meta.chunk_bytes, time.perf_counter() - started)
+    return CreateResult(
+        str(out_path),
+        table_info(out_path, meta, manifest),
+        False,
+        total,
+        0,
+        total * meta.chunk_bytes,
+        time.perf_counter() - started,
+    )
 
 
 def _chunk_from_source(meta, values, scales, source_dtype, start, stop) -> np.ndarray:

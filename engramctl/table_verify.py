@@ -26,6 +26,7 @@ class VerifyReport:
     chunks_written: int = 0
     chunks_checked: int = 0  # checksums re-computed (deep)
     bytes_checked: int = 0
+    bytes_to_check: int = 0
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -34,10 +35,17 @@ class VerifyReport:
         return not self.problems
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "ok": self.ok, "deep": self.deep,
-                "chunks_total": self.chunks_total, "chunks_written": self.chunks_written,
-                "chunks_checked": self.chunks_checked, "bytes_checked": self.bytes_checked,
-                "problems": self.problems, "warnings": self.warnings}
+        return {
+            "path": self.path,
+            "ok": self.ok,
+            "deep": self.deep,
+            "chunks_total": self.chunks_total,
+            "chunks_written": self.chunks_written,
+            "chunks_checked": self.chunks_checked,
+            "bytes_checked": self.bytes_checked,
+            "problems": self.problems,
+            "warnings": self.warnings,
+        }
 
 
 def _check_layout(meta: TableMeta, report: VerifyReport) -> None:
@@ -49,8 +57,11 @@ def _check_layout(meta: TableMeta, report: VerifyReport) -> None:
     for layer_id, layer in meta.layers.items():
         if layer_id not in layout.layers:
             continue
-        expected = (layout.layer_rows(layer_id), tuple(layout.head_rows(layer_id).tolist()),
-                    tuple(layout.head_offsets(layer_id).tolist()))
+        expected = (
+            layout.layer_rows(layer_id),
+            tuple(layout.head_rows(layer_id).tolist()),
+            tuple(layout.head_offsets(layer_id).tolist()),
+        )
         if (layer.rows, tuple(layer.head_rows), tuple(layer.head_offsets)) != expected:
             report.problems.append(
                 f"layer {layer_id}: rows/head rows/head offsets differ from its layout "
@@ -69,8 +80,10 @@ def _check_array(path: Path, meta: TableMeta, layer_id: int, report: VerifyRepor
     expected = {
         "shape": [layer.rows, meta.row_width],
         "data_type": str(meta.storage_dtype),
-        "chunk_grid": {"name": "regular",
-                       "configuration": {"chunk_shape": [meta.chunk_rows, meta.row_width]}},
+        "chunk_grid": {
+            "name": "regular",
+            "configuration": {"chunk_shape": [meta.chunk_rows, meta.row_width]},
+        },
         "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
     }
     for key, value in expected.items():
@@ -84,8 +97,15 @@ def _check_array(path: Path, meta: TableMeta, layer_id: int, report: VerifyRepor
         report.problems.append(f"layer {layer_id}: codecs {names}, expected {wanted}")
 
 
-def _check_files(path: Path, meta: TableMeta, manifest: dict, layer_id: int, deep: bool,
-                 report: VerifyReport, progress) -> None:
+def _check_files(
+    path: Path,
+    meta: TableMeta,
+    manifest: dict,
+    layer_id: int,
+    deep: bool,
+    report: VerifyReport,
+    progress,
+) -> None:
     layer = meta.layers[layer_id]
     n_chunks = layer.n_chunks(meta.chunk_rows)
     entries = manifest.get(layer_id, {})
@@ -107,8 +127,9 @@ def _check_files(path: Path, meta: TableMeta, manifest: dict, layer_id: int, dee
             report.problems.append(f"{where}: file {file} is missing")
             continue
         if size != entry[1]:
-            report.problems.append(f"{where}: {file} has {size} bytes, the manifest says "
-                                   f"{entry[1]} (truncated?)")
+            report.problems.append(
+                f"{where}: {file} has {size} bytes, the manifest says {entry[1]} (truncated?)"
+            )
             continue
         if deep:
             try:
@@ -121,7 +142,7 @@ def _check_files(path: Path, meta: TableMeta, manifest: dict, layer_id: int, dee
             if crc32_of(data) != entry[0]:
                 report.problems.append(f"{where}: {file} fails its checksum (corrupted)")
             if progress:
-                progress(report.bytes_checked)
+                progress(report.bytes_checked, report.bytes_to_check)
     chunk_dir = path / layer.array / "c"
     unrecorded, temporary = [], []
     for root, _dirs, files in os.walk(chunk_dir):
@@ -143,8 +164,9 @@ def _check_files(path: Path, meta: TableMeta, manifest: dict, layer_id: int, dee
         report.warnings.append(f"layer {layer_id}: leftover temporary files: {temporary[:3]}")
 
 
-def verify_table(path, *, deep: bool = False, vocab=None,
-                 progress: Callable[[int], None] | None = None) -> VerifyReport:
+def verify_table(
+    path, *, deep: bool = False, vocab=None, progress: Callable[[int, int], None] | None = None
+) -> VerifyReport:
     """Check a table's metadata (and with ``deep`` every written chunk's checksum).
 
     Parameters
@@ -156,11 +178,18 @@ def verify_table(path, *, deep: bool = False, vocab=None,
     vocab : CanonicalVocab, optional
         Also check the table was made for this vocab.
     progress : callable, optional
-        Called with the bytes checked so far during ``deep``.
+        Called with ``(bytes checked, bytes to check)`` during ``deep``.
     """
     path = Path(path)
     meta, manifest = read_group(path)  # not a table / newer format: EngramError
     report = VerifyReport(path=str(path), deep=deep)
+    if deep:
+        report.bytes_to_check = sum(
+            int(entry[1])
+            for chunks in manifest.values()
+            for entry in chunks.values()
+            if isinstance(entry, list) and len(entry) >= 2
+        )
     if vocab is not None:
         try:
             check_vocab(meta, vocab, where=str(path))
