@@ -29,12 +29,14 @@ from .layout import EngramLayout
 from .rowinit import init_values
 from .table_format import (
     LOCK_NAME,
-    ZSTD_LEVEL,
     TableMeta,
     WriterLock,
     check_vocab,
     chunk_key,
     crc32_of,
+    decode_chunk,
+    encode_chunk,
+    init_chunk_rows,
     read_group,
     write_file_atomic,
     write_group_attrs,
@@ -162,56 +164,6 @@ def table_info(path: Path, meta: TableMeta, manifest: dict) -> TableInfo:
         status=meta.status,
         layers=layers,
     )
-
-
-# --------------------------------------------------------------------------- chunk codec
-def encode_chunk(meta: TableMeta, rows: np.ndarray) -> bytes | np.ndarray:
-    """Bytes of a chunk file from its stored rows ``[chunk_rows, row_width]`` (full size)."""
-    rows = np.ascontiguousarray(rows, dtype=meta.storage_dtype.newbyteorder("<"))
-    if meta.compressor == "zstd":
-        import zstandard
-
-        return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(rows.tobytes())
-    return rows
-
-
-def decode_chunk(meta: TableMeta, data, *, where: str) -> np.ndarray:
-    """Stored rows ``[chunk_rows, row_width]`` from a chunk file's bytes."""
-    if meta.compressor == "zstd":
-        import zstandard
-
-        try:
-            data = zstandard.ZstdDecompressor().decompress(
-                bytes(data), max_output_size=meta.chunk_bytes
-            )
-        except zstandard.ZstdError as exc:
-            raise EngramError(f"{where} is damaged: it does not decompress ({exc})") from exc
-    if len(data) != meta.chunk_bytes:
-        raise EngramError(
-            f"{where} is damaged: {len(data)} bytes instead of {meta.chunk_bytes}; "
-            "run engramctl verify"
-        )
-    dtype = meta.storage_dtype.newbyteorder("<")
-    return np.frombuffer(data, dtype=dtype).reshape(meta.chunk_rows, meta.row_width)
-
-
-def init_chunk_rows(
-    meta: TableMeta, layer_id: int, chunk_index: int, *, parallel: bool = True
-) -> np.ndarray:
-    """Stored rows of a chunk as its init values (rows past the layer end are zero padding)."""
-    start, stop = meta.chunk_span(layer_id, chunk_index)
-    values = np.zeros((meta.chunk_rows, meta.dim), dtype=np.float32)
-    init_values(
-        meta.init,
-        layer_id,
-        np.arange(start, stop, dtype=np.int64),
-        meta.dim,
-        out=values[: stop - start],
-        parallel=parallel,
-    )
-    stored = encode_rows(values, meta.dtype)
-    stored[stop - start :] = 0
-    return stored
 
 
 # --------------------------------------------------------------------------------- table

@@ -1,4 +1,4 @@
-"""The on-disk table format: metadata, the chunk manifest, chunk file names, and the writer lock.
+"""The on-disk table format: metadata, manifest, chunk names and codec, and the writer lock.
 
 A table is a zarr v3 group. Its ``zarr.json`` attributes hold two plain-JSON keys:
 ``engramctl`` (:class:`TableMeta`: layout, vocab fingerprint, dtype, chunking, init recipe,
@@ -19,10 +19,12 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .dtypes import parse_dtype, row_bytes, row_width, storage_dtype
+import numpy as np
+
+from .dtypes import encode_rows, parse_dtype, row_bytes, row_width, storage_dtype
 from .errors import EngramError, UsageError
 from .layout import EngramLayout
-from .rowinit import InitRecipe
+from .rowinit import InitRecipe, init_values
 
 FORMAT = "engramctl-table"
 FORMAT_VERSION = 1
@@ -292,6 +294,56 @@ def write_group_attrs(path: Path, meta: TableMeta, manifest: dict) -> None:
 
     group = zarr.open_group(str(path), mode="r+")
     group.attrs.put({META_KEY: meta.to_dict(), MANIFEST_KEY: manifest_to_json(manifest)})
+
+
+# --------------------------------------------------------------------------- chunk codec
+def encode_chunk(meta: TableMeta, rows: np.ndarray) -> bytes | np.ndarray:
+    """Bytes of a chunk file from its stored rows ``[chunk_rows, row_width]`` (full size)."""
+    rows = np.ascontiguousarray(rows, dtype=meta.storage_dtype.newbyteorder("<"))
+    if meta.compressor == "zstd":
+        import zstandard
+
+        return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(rows.tobytes())
+    return rows
+
+
+def decode_chunk(meta: TableMeta, data, *, where: str) -> np.ndarray:
+    """Stored rows ``[chunk_rows, row_width]`` from a chunk file's bytes."""
+    if meta.compressor == "zstd":
+        import zstandard
+
+        try:
+            data = zstandard.ZstdDecompressor().decompress(
+                bytes(data), max_output_size=meta.chunk_bytes
+            )
+        except zstandard.ZstdError as exc:
+            raise EngramError(f"{where} is damaged: it does not decompress ({exc})") from exc
+    if len(data) != meta.chunk_bytes:
+        raise EngramError(
+            f"{where} is damaged: {len(data)} bytes instead of {meta.chunk_bytes}; "
+            "run engramctl verify"
+        )
+    dtype = meta.storage_dtype.newbyteorder("<")
+    return np.frombuffer(data, dtype=dtype).reshape(meta.chunk_rows, meta.row_width)
+
+
+def init_chunk_rows(
+    meta: TableMeta, layer_id: int, chunk_index: int, *, parallel: bool = True
+) -> np.ndarray:
+    """Stored rows of a chunk as its init values (rows past the layer end are zero padding)."""
+    start, stop = meta.chunk_span(layer_id, chunk_index)
+    values = np.zeros((meta.chunk_rows, meta.dim), dtype=np.float32)
+    init_values(
+        meta.init,
+        layer_id,
+        np.arange(start, stop, dtype=np.int64),
+        meta.dim,
+        out=values[: stop - start],
+        parallel=parallel,
+    )
+    stored = encode_rows(values, meta.dtype)
+    stored[stop - start :] = 0
+    return stored
 
 
 # ------------------------------------------------------------------------------- the lock

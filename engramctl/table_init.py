@@ -26,7 +26,7 @@ from .dtypes import format_bytes
 from .errors import EngramError
 from .layout import EngramLayout
 from .rowinit import InitRecipe
-from .table import TableInfo, encode_chunk, init_chunk_rows, table_info
+from .table import TableInfo, table_info
 from .table_format import (
     MANIFEST_KEY,
     META_KEY,
@@ -36,6 +36,8 @@ from .table_format import (
     chunk_key,
     crc32_of,
     default_chunk_rows,
+    encode_chunk,
+    init_chunk_rows,
     read_group,
     write_file_atomic,
     write_group_attrs,

@@ -28,11 +28,12 @@ from .errors import EngramError
 from .io_utils import atomic_write, check_writable_target
 from .layout import EngramLayout
 from .rowinit import InitRecipe
-from .table import encode_chunk, open_table, table_info
+from .table import open_table, table_info
 from .table_format import (
     WriterLock,
     chunk_key,
     crc32_of,
+    encode_chunk,
     read_group,
     write_file_atomic,
     write_group_attrs,
