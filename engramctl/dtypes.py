@@ -149,7 +149,8 @@ def fp8_e4m3fn_encode(values: np.ndarray) -> np.ndarray:
     )
     normal = rounded.astype(np.int64) - ((127 - 7) << 3)
     # subnormal range (below 2**-6): multiples of 2**-9, rint rounds ties to even
-    subnormal = np.rint(mag.astype(np.float64) * 2.0**9).astype(np.int64)
+    small = np.where(mag < 2.0**-6, mag, 0.0)  # NaN and large values would not fit the cast
+    subnormal = np.rint(small.astype(np.float64) * 2.0**9).astype(np.int64)
     code = np.where(mag < 2.0**-6, subnormal, normal)
     code = np.minimum(code, 0x7E)  # saturate: 0x7E is 448, the largest finite value
     out = code.astype(np.uint8) | sign
