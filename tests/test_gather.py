@@ -39,7 +39,7 @@ def test_unloaded_chunks_are_reported_and_untouched():
     chunks = _chunks(rng, 4, 8, 3)
     state = np.array([1, 0, 1, 0], np.uint8)
     placeholder = np.zeros((0, 3), np.uint32)
-    typed = List([c if s else placeholder for c, s in zip(chunks, state)])
+    typed = List([c if s else placeholder for c, s in zip(chunks, state, strict=True)])
     ids = rng.integers(0, 32, 100)
     out = np.full((100, 3), 99, np.uint32)
     missing = gather_rows(typed, state, 8, ids, out)
