@@ -1,20 +1,25 @@
 """Row gather kernels: copy scattered rows out of per-chunk arrays (memory maps) in parallel.
 
-A layer is a list of chunk arrays ``[chunk_rows, words]`` (memory-mapped chunk files viewed as
-the widest unsigned word that divides a row) and a state byte per chunk (``1`` = its array holds
-the chunk). :func:`gather_rows` copies row ``r`` from chunk ``r // chunk_rows``; rows of chunks
-that are not loaded are flagged for the caller to fill (lazy init values, decoded chunks).
+A layer is a table of chunk base addresses: chunk ``c`` is a C-contiguous ``[chunk_rows, W]``
+array (a memory-mapped chunk file viewed as the widest unsigned word dividing a row) starting at
+``bases[c]``, or ``0`` if it is not loaded. :func:`gather_rows` copies row ``r`` from chunk
+``r // chunk_rows``; rows of chunks not loaded are reported for the caller to fill (lazy init
+values, decoded chunks). Addresses rather than a numba typed list of arrays: fetching an array
+from a typed list per row costs reference counting that halved the throughput.
+The caller keeps the arrays alive while their addresses are in ``bases``.
 :func:`gather_rows_reference` is the plain-numpy specification and test oracle.
 """
 
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 
 from ._numba import njit, prange
 from .errors import EngramError
 
-CHUNK_LOADED = 1
+carray = sys.modules["numba"].carray  # numba itself is imported (cache set up) by ._numba
 
 
 def word_dtype(row_bytes: int) -> np.dtype:
@@ -59,21 +64,49 @@ def gather_rows_reference(chunks: list, chunk_rows: int, row_ids: np.ndarray) ->
 
 
 # ------------------------------------------------------------------------------- kernel
+def _pointer_intrinsic():
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def address_as_pointer(typingctx, address):
+        """An int64 address as a ``void*`` (for ``numba.carray``)."""
+        if not isinstance(address, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+        return types.voidptr(address), codegen
+
+    return address_as_pointer
+
+
+_address_as_pointer = _pointer_intrinsic()
+
+
+@njit(cache=True, inline="always")
+def _carray(address, width, dtype):
+    return carray(_address_as_pointer(address), (width,), dtype)
+
+
 @njit(cache=True, parallel=True)
-def _gather_kernel(chunks, state, chunk_rows, row_ids, out, missing):
-    """chunks: typed list of (chunk_rows, W) arrays; state (n_chunks,) uint8; row_ids (n,)
-    int64; out (n, W); missing (n,) uint8 set to 1 where the chunk is not loaded. Returns the
-    number of missing rows."""
+def _gather_kernel(bases, chunk_rows, row_ids, out, missing):
+    """bases (n_chunks,) int64 addresses of (chunk_rows, W) arrays of out's dtype, 0 = not
+    loaded; row_ids (n,) int64; out (n, W); missing (n,) uint8 set to 1 where the chunk is not
+    loaded. Returns the number of missing rows."""
     n, W = out.shape
+    row_stride = W * out.itemsize
     n_missing = 0
     for i in prange(n):
         r = row_ids[i]
         c = r // chunk_rows
-        if state[c] == 1:
-            src = chunks[c]
-            local = r - c * chunk_rows
+        base = bases[c]
+        if base != 0:
+            src = _carray(base + (r - c * chunk_rows) * row_stride, W, out.dtype)
             for j in range(W):
-                out[i, j] = src[local, j]
+                out[i, j] = src[j]
             missing[i] = 0
         else:
             missing[i] = 1
@@ -81,24 +114,33 @@ def _gather_kernel(chunks, state, chunk_rows, row_ids, out, missing):
     return n_missing
 
 
+def chunk_address(chunk: np.ndarray, chunk_rows: int, width: int, dtype) -> int:
+    """Base address of a chunk array after checking it is a C-contiguous ``[chunk_rows, W]``."""
+    if chunk.shape != (chunk_rows, width) or chunk.dtype != dtype or not chunk.flags.c_contiguous:
+        raise EngramError(
+            f"chunk arrays must be C-contiguous {np.dtype(dtype)} [{chunk_rows}, {width}], got "
+            f"{chunk.dtype} {list(chunk.shape)}"
+        )
+    return int(chunk.ctypes.data)
+
+
 def gather_rows(
-    chunks, state: np.ndarray, chunk_rows: int, row_ids: np.ndarray, out: np.ndarray
+    bases: np.ndarray, chunk_rows: int, row_ids: np.ndarray, out: np.ndarray
 ) -> np.ndarray:
     """Copy rows into ``out`` from loaded chunks; return the positions of rows left to fill.
 
     Parameters
     ----------
-    chunks : numba.typed.List of ndarray
-        One ``[chunk_rows, W]`` array per chunk, all of ``out``'s dtype (a placeholder where
-        ``state`` is not ``1``).
-    state : ndarray of uint8, ``(n_chunks,)``
-        ``1`` where ``chunks[c]`` holds chunk ``c``.
+    bases : ndarray of int64, ``(n_chunks,)``
+        Address of each loaded chunk array (from :func:`chunk_address`, so of ``out``'s dtype
+        and width, C-contiguous ``[chunk_rows, W]``), ``0`` where a chunk is not loaded. The
+        caller keeps the arrays alive.
     chunk_rows : int
         Rows per chunk.
     row_ids : ndarray of int64, ``(n,)``
-        Rows to copy, already checked to be in range.
+        Rows to copy, already checked to be in ``[0, n_chunks * chunk_rows)``.
     out : ndarray ``(n, W)``
-        C-contiguous destination of the chunks' dtype.
+        C-contiguous destination.
 
     Returns
     -------
@@ -107,9 +149,11 @@ def gather_rows(
     """
     if out.ndim != 2 or not out.flags.c_contiguous or out.shape[0] != row_ids.shape[0]:
         raise EngramError(f"gather buffer must be C-contiguous [{row_ids.shape[0]}, W]")
-    if state.dtype != np.uint8 or row_ids.dtype != np.int64:
-        raise EngramError("gather needs uint8 chunk states and int64 row ids")
+    if bases.dtype != np.int64 or row_ids.dtype != np.int64:
+        raise EngramError("gather needs int64 chunk addresses and int64 row ids")
+    if row_ids.size and not 0 <= row_ids.min() <= row_ids.max() < bases.shape[0] * chunk_rows:
+        raise EngramError("row ids must lie inside the chunks (check them with check_row_ids)")
     missing = np.empty(row_ids.shape[0], dtype=np.uint8)
-    if _gather_kernel(chunks, state, np.int64(chunk_rows), row_ids, out, missing):
+    if _gather_kernel(bases, np.int64(chunk_rows), row_ids, out, missing):
         return np.flatnonzero(missing)
     return np.empty(0, dtype=np.int64)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 
 from .dtypes import encode_rows
 from .errors import EngramError, UsageError
-from .gather import CHUNK_LOADED, check_row_ids, gather_rows, word_dtype
+from .gather import check_row_ids, chunk_address, gather_rows, word_dtype
 from .layout import EngramLayout
 from .rowinit import init_values
 from .table_format import (
@@ -167,17 +168,16 @@ def table_info(path: Path, meta: TableMeta, manifest: dict) -> TableInfo:
 
 
 # --------------------------------------------------------------------------------- table
+CHUNK_UNKNOWN, CHUNK_LOADED, CHUNK_UNWRITTEN = 0, 1, 2
+
+
 class _LayerCache:
-    """Loaded chunks of one layer: a typed list of word views and a state byte per chunk."""
+    """Loaded chunks of one layer: their arrays (kept alive) and base addresses for the kernel."""
 
-    def __init__(self, n_chunks: int, chunk_rows: int, words: int, word: np.dtype):
-        from numba.typed import List
-
-        self.placeholder = np.zeros((0, words), dtype=word)
-        self.placeholder.flags.writeable = False  # chunks are read-only maps: one list type
-        self.arrays = List([self.placeholder] * n_chunks)
-        self.state = np.zeros(n_chunks, dtype=np.uint8)
-        self.keep: dict[int, object] = {}  # mmaps / decoded buffers backing the views
+    def __init__(self, n_chunks: int):
+        self.bases = np.zeros(n_chunks, dtype=np.int64)  # 0 = not loaded
+        self.state = np.zeros(n_chunks, dtype=np.uint8)  # CHUNK_UNKNOWN / LOADED / UNWRITTEN
+        self.arrays: dict[int, np.ndarray] = {}  # views of mmaps / decoded chunks
 
 
 class Table:
@@ -204,6 +204,7 @@ class Table:
         self._caches: dict[int, _LayerCache] = {}
         self._decoded: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._dirty = False
+        self._mutex = threading.RLock()
 
     # ---------------------------------------------------------------- properties
     @property
@@ -241,12 +242,7 @@ class Table:
     def _cache(self, layer_id: int) -> _LayerCache:
         if layer_id not in self._caches:
             layer = self.meta.layer(layer_id)
-            self._caches[layer_id] = _LayerCache(
-                layer.n_chunks(self.meta.chunk_rows),
-                self.meta.chunk_rows,
-                self._words,
-                self._word,
-            )
+            self._caches[layer_id] = _LayerCache(layer.n_chunks(self.meta.chunk_rows))
         return self._caches[layer_id]
 
     def read_chunk_file(self, layer_id: int, chunk_index: int) -> np.ndarray | None:
@@ -292,11 +288,12 @@ class Table:
         cache = self._cache(layer_id)
         for c in chunk_indexes.tolist():
             rows = self.read_chunk_file(layer_id, c)
-            if rows is None:
-                continue  # never written: the rows are filled with init values
+            if rows is None:  # never written: its rows are filled with init values
+                cache.state[c] = CHUNK_UNWRITTEN
+                continue
             words = rows.view(self._word).reshape(self.meta.chunk_rows, self._words)
-            words.flags.writeable = False
-            cache.arrays[c] = words
+            cache.arrays[c] = words  # keeps the mmap (or decoded buffer) alive
+            cache.bases[c] = chunk_address(words, self.meta.chunk_rows, self._words, self._word)
             cache.state[c] = CHUNK_LOADED
             if self.meta.compressor != "none":
                 self._decoded[(layer_id, c)] = None
@@ -307,8 +304,9 @@ class Table:
     def _unload(self, layer_id: int, chunk_index: int) -> None:
         cache = self._caches.get(layer_id)
         if cache is not None:
-            cache.state[chunk_index] = 0
-            cache.arrays[chunk_index] = cache.placeholder
+            cache.bases[chunk_index] = 0  # before the array goes: no dangling address
+            cache.state[chunk_index] = CHUNK_UNKNOWN
+            cache.arrays.pop(chunk_index, None)
         self._decoded.pop((layer_id, chunk_index), None)
 
     # ----------------------------------------------------------------------- gather
@@ -345,14 +343,15 @@ class Table:
             )
         if not ids.size:
             return out
-        cache = self._cache(layer_id)
-        needed = np.zeros(cache.state.shape[0], dtype=bool)
-        needed[ids // self.meta.chunk_rows] = True
-        to_load = np.flatnonzero(needed & (cache.state == 0))
-        if to_load.size:
-            self._ensure_loaded(layer_id, to_load)
-        words = out.view(self._word).reshape(ids.size, self._words)
-        missing = gather_rows(cache.arrays, cache.state, self.meta.chunk_rows, ids, words)
+        with self._mutex:  # loads/unloads never race a kernel reading the chunks
+            cache = self._cache(layer_id)
+            needed = np.zeros(cache.state.shape[0], dtype=bool)
+            needed[ids // self.meta.chunk_rows] = True
+            to_load = np.flatnonzero(needed & (cache.state == CHUNK_UNKNOWN))
+            if to_load.size:
+                self._ensure_loaded(layer_id, to_load)
+            words = out.view(self._word).reshape(ids.size, self._words)
+            missing = gather_rows(cache.bases, self.meta.chunk_rows, ids, words)
         if missing.size:  # rows of chunks never written: their init values
             values = init_values(self.meta.init, layer_id, ids[missing], self.meta.dim)
             out[missing] = encode_rows(values, self.meta.dtype)
@@ -408,7 +407,8 @@ class Table:
             memoryview(data).nbytes,
             source,
         ]
-        self._unload(layer_id, chunk_index)
+        with self._mutex:
+            self._unload(layer_id, chunk_index)
         self._dirty = True
 
     def flush(self) -> None:
@@ -422,8 +422,9 @@ class Table:
             if self.mode != "r":
                 self.flush()
         finally:
-            self._caches.clear()
-            self._decoded.clear()
+            with self._mutex:
+                self._caches.clear()
+                self._decoded.clear()
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None

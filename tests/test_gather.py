@@ -6,20 +6,37 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numba.typed import List
 
 from engramctl.errors import EngramError
-from engramctl.gather import check_row_ids, gather_rows, gather_rows_reference, word_dtype
+from engramctl.gather import (
+    check_row_ids,
+    chunk_address,
+    gather_rows,
+    gather_rows_reference,
+    word_dtype,
+)
 
 
 def _chunks(rng, n_chunks, chunk_rows, width, dtype=np.uint32):
     return [rng.integers(0, 2**31, (chunk_rows, width)).astype(dtype) for _ in range(n_chunks)]
 
 
+def addresses(chunks, loaded=None):
+    loaded = [True] * len(chunks) if loaded is None else loaded
+    rows, width = chunks[0].shape
+    return np.array(
+        [
+            chunk_address(c, rows, width, c.dtype) if ok else 0
+            for c, ok in zip(chunks, loaded, strict=True)
+        ],
+        dtype=np.int64,
+    )
+
+
 def test_hand_worked():
     chunks = [np.array([[1, 2], [3, 4]], np.uint16), np.array([[5, 6], [7, 8]], np.uint16)]
     out = np.empty((3, 2), np.uint16)
-    missing = gather_rows(List(chunks), np.ones(2, np.uint8), 2, np.array([3, 0, 2]), out)
+    missing = gather_rows(addresses(chunks), 2, np.array([3, 0, 2]), out)
     assert out.tolist() == [[7, 8], [1, 2], [5, 6]] and missing.size == 0
 
 
@@ -30,7 +47,7 @@ def test_matches_reference(n_chunks, chunk_rows, n, seed):
     chunks = _chunks(rng, n_chunks, chunk_rows, 5)
     ids = rng.integers(0, n_chunks * chunk_rows, n)
     out = np.empty((n, 5), np.uint32)
-    gather_rows(List(chunks), np.ones(n_chunks, np.uint8), chunk_rows, ids, out)
+    gather_rows(addresses(chunks), chunk_rows, ids, out)
     np.testing.assert_array_equal(out, gather_rows_reference(chunks, chunk_rows, ids))
 
 
@@ -38,11 +55,9 @@ def test_unloaded_chunks_are_reported_and_untouched():
     rng = np.random.default_rng(1)
     chunks = _chunks(rng, 4, 8, 3)
     state = np.array([1, 0, 1, 0], np.uint8)
-    placeholder = np.zeros((0, 3), np.uint32)
-    typed = List([c if s else placeholder for c, s in zip(chunks, state, strict=True)])
     ids = rng.integers(0, 32, 100)
     out = np.full((100, 3), 99, np.uint32)
-    missing = gather_rows(typed, state, 8, ids, out)
+    missing = gather_rows(addresses(chunks, state.astype(bool)), 8, ids, out)
     expected_missing = np.flatnonzero(state[ids // 8] == 0)
     np.testing.assert_array_equal(missing, expected_missing)
     assert (out[missing] == 99).all()
@@ -58,6 +73,16 @@ def test_check_row_ids_names_first_bad_id():
         check_row_ids([-1], 5)
     with pytest.raises(EngramError, match="integers"):
         check_row_ids(np.array([0.5]), 5)
+
+
+def test_unsafe_inputs_are_refused():
+    chunks = [np.zeros((4, 2), np.uint32)]
+    with pytest.raises(EngramError, match="inside the chunks"):
+        gather_rows(addresses(chunks), 4, np.array([4]), np.empty((1, 2), np.uint32))
+    with pytest.raises(EngramError, match="inside the chunks"):
+        gather_rows(addresses(chunks), 4, np.array([-1]), np.empty((1, 2), np.uint32))
+    with pytest.raises(EngramError, match="C-contiguous"):
+        chunk_address(np.zeros((4, 4), np.uint32)[:, :2], 4, 2, np.uint32)
 
 
 def test_word_dtype():
