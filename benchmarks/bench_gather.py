@@ -34,8 +34,15 @@ def layout_with_rows(target_rows: int):
     from engramctl import EngramLayout
 
     per_head = max(2, target_rows // 16)
-    return EngramLayout(ngram_vocab=(per_head, per_head), max_ngram=3, heads=8, layers=(1,),
-                        seed=0, pad_id=2, vocab_size=100_000)
+    return EngramLayout(
+        ngram_vocab=(per_head, per_head),
+        max_ngram=3,
+        heads=8,
+        layers=(1,),
+        seed=0,
+        pad_id=2,
+        vocab_size=100_000,
+    )
 
 
 def main() -> None:
@@ -56,20 +63,37 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench_gather_") as tmp:
         path = Path(tmp) / "t.zarr"
         start = time.perf_counter()
-        create_table(path, layout=layout, vocab_fingerprint="sha256:bench", dim=args.dim,
-                     dtype="float16", init="uniform", std=0.02)
+        create_table(
+            path,
+            layout=layout,
+            vocab_fingerprint="sha256:bench",
+            dim=args.dim,
+            dtype="float16",
+            init="uniform",
+            std=0.02,
+        )
         init_seconds = time.perf_counter() - start
         lazy_path = Path(tmp) / "lazy.zarr"
-        create_table(lazy_path, layout=layout, vocab_fingerprint="sha256:bench", dim=args.dim,
-                     dtype="float16", init="normal", std=0.02, lazy=True)
+        create_table(
+            lazy_path,
+            layout=layout,
+            vocab_fingerprint="sha256:bench",
+            dim=args.dim,
+            dtype="float16",
+            init="normal",
+            std=0.02,
+            lazy=True,
+        )
         table = open_table(path)
         rows = table.info.layers[1].rows
         row_bytes = table.info.row_bytes
         logical = rows * row_bytes
-        print(f"table: {rows:,} rows x {args.dim} float16 ({logical / 2**30:.2f} GiB), chunk "
-              f"{table.info.chunk_rows} rows; full init {init_seconds:.1f}s "
-              f"({logical / init_seconds / 1e9:.2f} GB/s); numba threads "
-              f"{os.environ.get('NUMBA_NUM_THREADS', 'default')}")
+        print(
+            f"table: {rows:,} rows x {args.dim} float16 ({logical / 2**30:.2f} GiB), chunk "
+            f"{table.info.chunk_rows} rows; full init {init_seconds:.1f}s "
+            f"({logical / init_seconds / 1e9:.2f} GB/s); numba threads "
+            f"{os.environ.get('NUMBA_NUM_THREADS', 'default')}"
+        )
 
         in_ram = table.gather(1, np.arange(rows))  # maps, checks and pages in every chunk
         rng = np.random.default_rng(0)
@@ -109,19 +133,30 @@ def main() -> None:
         t_lazy = timed(lambda: lazy.gather(1, id_sets[1]), 3)
 
         nbytes = args.n * row_bytes
-        print(f"{args.n:,} random rows ({nbytes / 2**20:.1f} MiB) per gather, median of "
-              f"{args.repeats}:")
-        for name, seconds in [("np.take (in RAM)", t_take), ("engramctl gather (mmap)", t_gather),
-                              ("zarr get_orthogonal_selection", t_zarr),
-                              ("engramctl gather (lazy: init values)", t_lazy)]:
-            print(f"  {name:38s} {seconds * 1e3:9.2f} ms  {args.n / seconds / 1e6:8.2f} M rows/s"
-                  f"  {nbytes / seconds / 1e9:7.2f} GB/s")
+        print(
+            f"{args.n:,} random rows ({nbytes / 2**20:.1f} MiB) per gather, median of "
+            f"{args.repeats}:"
+        )
+        for name, seconds in [
+            ("np.take (in RAM)", t_take),
+            ("engramctl gather (mmap)", t_gather),
+            ("zarr get_orthogonal_selection", t_zarr),
+            ("engramctl gather (lazy: init values)", t_lazy),
+        ]:
+            print(
+                f"  {name:38s} {seconds * 1e3:9.2f} ms  {args.n / seconds / 1e6:8.2f} M rows/s"
+                f"  {nbytes / seconds / 1e9:7.2f} GB/s"
+            )
         vs_take = t_take / t_gather
         vs_zarr = t_zarr / t_gather
-        print(f"gather vs np.take: {vs_take:.2f}x throughput (target >= 0.8x): "
-              f"{'PASS' if vs_take >= 0.8 else 'FAIL'}")
-        print(f"gather vs zarr:    {vs_zarr:.1f}x throughput (target >= 30x): "
-              f"{'PASS' if vs_zarr >= 30 else 'FAIL'}")
+        print(
+            f"gather vs np.take: {vs_take:.2f}x throughput (target >= 0.8x): "
+            f"{'PASS' if vs_take >= 0.8 else 'FAIL'}"
+        )
+        print(
+            f"gather vs zarr:    {vs_zarr:.1f}x throughput (target >= 30x): "
+            f"{'PASS' if vs_zarr >= 30 else 'FAIL'}"
+        )
         table.close()
         lazy.close()
 

@@ -173,16 +173,20 @@ def ue8m0_block_scales(values: np.ndarray) -> np.ndarray:
     """Scale byte per block of ``FP8_SCALE_BLOCK`` values: the smallest power of two ``2**e``
     with ``max|block| / 2**e <= 448``, stored as ``e + 127`` (``[..., dim / 32]`` uint8).
 
+    NaN is ignored for the block maximum; an all-zero (or all-NaN) block gets 0, a block with
+    an infinity 254.
+
     >>> ue8m0_block_scales(np.full((1, 32), 448.0, np.float32)).tolist()
     [[127]]
     """
     blocks = np.asarray(values, dtype=np.float32)
     blocks = blocks.reshape(*blocks.shape[:-1], -1, FP8_SCALE_BLOCK)
-    amax = np.abs(blocks).max(axis=-1).astype(np.float64)
-    with np.errstate(divide="ignore"):
-        mantissa, exponent = np.frexp(amax / FP8_MAX)  # amax/448 = m * 2**k, m in [0.5, 1)
+    amax = np.fmax.reduce(np.abs(blocks), axis=-1).astype(np.float64)  # NaN ignored
+    finite = np.isfinite(amax) & (amax > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mantissa, exponent = np.frexp(np.where(finite, amax, 1.0) / FP8_MAX)
     exponent = np.where(mantissa == 0.5, exponent - 1, exponent)  # exact powers of two
-    exponent = np.where(amax > 0, exponent, -UE8M0_BIAS)
+    exponent = np.where(finite, exponent, np.where(np.isinf(amax), 254, 0) - UE8M0_BIAS)
     return np.clip(exponent + UE8M0_BIAS, 0, 254).astype(np.uint8)
 
 
@@ -203,11 +207,24 @@ def encode_rows(values: np.ndarray, dtype: str) -> np.ndarray:
             return values.astype(np.float16)
     if dtype == "bfloat16":
         return float32_to_bf16_bits(values)
+    row_bytes(values.shape[1], dtype)  # validates dim % 32
+    from .fp8 import encode_fp8_rows  # numba kernel, imported on first use
+
+    return encode_fp8_rows(values)
+
+
+def encode_fp8_rows_reference(values: np.ndarray) -> np.ndarray:
+    """Plain-numpy fp8 row encoding: the specification of :func:`engramctl.fp8.encode_fp8_rows`.
+
+    >>> encode_fp8_rows_reference(np.full((1, 32), 0.5, np.float32))[0, [0, 32]].tolist()
+    [120, 118]
+    """
+    values = np.asarray(values, dtype=np.float32)
     n, dim = values.shape
-    row_bytes(dim, dtype)  # validates dim % 32
     scales = ue8m0_block_scales(values)  # (n, dim/32)
     factor = np.exp2(UE8M0_BIAS - scales.astype(np.float32))  # 1 / scale, exact power of two
-    scaled = values.reshape(n, -1, FP8_SCALE_BLOCK) * factor[:, :, None]
+    with np.errstate(over="ignore"):
+        scaled = values.reshape(n, -1, FP8_SCALE_BLOCK) * factor[:, :, None]
     out = np.empty((n, dim + dim // FP8_SCALE_BLOCK), dtype=np.uint8)
     out[:, :dim] = fp8_e4m3fn_encode(scaled.reshape(n, dim))
     out[:, dim:] = scales

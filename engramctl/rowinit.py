@@ -8,11 +8,12 @@ The generator is splitmix64 used as a counter-based stream (the ``i``-th output 
 sequence started at ``key`` is ``mix(key + (i + 1) * GAMMA)``):
 
 * ``key = mix(mix(seed + GAMMA) ^ layer + GAMMA)`` - one stream per (seed, layer);
-* element ``(row, col)`` of a ``dim``-wide layer has counter ``c = row * dim + col`` and draws
-  ``h1 = mix(key + (2c + 1) * GAMMA)``, ``h2 = mix(key + (2c + 2) * GAMMA)`` (uint64, wrapping);
-* ``u = ((h >> 11) + 0.5) / 2**53`` in (0, 1);
-* ``normal``: ``std * sqrt(-2 ln u1) * cos(2 pi u2)`` (Box-Muller, float64, then float32);
-  ``uniform``: ``std * sqrt(3) * (2 u1 - 1)`` (same standard deviation as ``normal``);
+* element ``(row, col)`` of a ``dim``-wide layer has counter ``c = row * dim + col``;
+  ``u(i) = ((mix(key + i * GAMMA) >> 11) + 0.5) / 2**53`` in (0, 1) (uint64, wrapping);
+* ``normal``: elements ``2q`` and ``2q + 1`` share one Box-Muller draw, ``u1 = u(2q + 1)``,
+  ``u2 = u(2q + 2)`` with ``q = c >> 1``: ``std * sqrt(-2 ln u1) * cos(2 pi u2)`` for even ``c``,
+  ``... * sin(2 pi u2)`` for odd ``c`` (float64, then float32);
+  ``uniform``: ``std * sqrt(3) * (2 u(2c + 1) - 1)`` (same standard deviation as ``normal``);
   ``zeros``: 0.
 
 :func:`init_values_reference` is the readable numpy specification and the test oracle of
@@ -95,15 +96,22 @@ def init_values_reference(
         return np.zeros((rows.shape[0], dim), np.float32)
     key = np.uint64(stream_key(recipe.seed, layer_id))
     counter = rows * np.uint64(dim) + np.arange(dim, dtype=np.uint64)[None, :]
+    one, two, gamma = np.uint64(1), np.uint64(2), np.uint64(GAMMA)
+    if recipe.kind == "uniform":
+        with np.errstate(over="ignore"):
+            h1 = _mix_reference(key + (two * counter + one) * gamma)
+        u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+        return (recipe.std * math.sqrt(3.0) * (2.0 * u1 - 1.0)).astype(np.float32)
+    pair = counter >> one  # elements 2q and 2q + 1 share one Box-Muller draw
     with np.errstate(over="ignore"):
-        h1 = _mix_reference(key + (np.uint64(2) * counter + np.uint64(1)) * np.uint64(GAMMA))
-        h2 = _mix_reference(key + (np.uint64(2) * counter + np.uint64(2)) * np.uint64(GAMMA))
+        h1 = _mix_reference(key + (two * pair + one) * gamma)
+        h2 = _mix_reference(key + (two * pair + two) * gamma)
     u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
     u2 = ((h2 >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
-    if recipe.kind == "uniform":
-        return (recipe.std * math.sqrt(3.0) * (2.0 * u1 - 1.0)).astype(np.float32)
-    normal = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)
-    return (recipe.std * normal).astype(np.float32)
+    radius = recipe.std * np.sqrt(-2.0 * np.log(u1))
+    angle = 2.0 * np.pi * u2
+    normal = np.where(counter & one, radius * np.sin(angle), radius * np.cos(angle))
+    return normal.astype(np.float32)
 
 
 # ------------------------------------------------------------------------------- kernel
@@ -123,17 +131,30 @@ def _init_row(key, kind, std, row, out_row):
     two = np.uint64(2)
     scale = 2.0**-53
     base = np.uint64(row) * np.uint64(dim)
-    for j in range(dim):
+    j = 0
+    while j < dim:
         c = base + np.uint64(j)
-        h1 = _mix(key + (two * c + one) * gamma)
-        u1 = (np.float64(h1 >> np.uint64(11)) + 0.5) * scale
         if kind == 1:
+            h1 = _mix(key + (two * c + one) * gamma)
+            u1 = (np.float64(h1 >> np.uint64(11)) + 0.5) * scale
             out_row[j] = np.float32(std * math.sqrt(3.0) * (2.0 * u1 - 1.0))
+            j += 1
+            continue
+        q = c >> one  # the Box-Muller pair of elements 2q (cos) and 2q + 1 (sin)
+        h1 = _mix(key + (two * q + one) * gamma)
+        h2 = _mix(key + (two * q + two) * gamma)
+        u1 = (np.float64(h1 >> np.uint64(11)) + 0.5) * scale
+        u2 = (np.float64(h2 >> np.uint64(11)) + 0.5) * scale
+        radius = std * math.sqrt(-2.0 * math.log(u1))
+        angle = 2.0 * math.pi * u2
+        if c & one:
+            out_row[j] = np.float32(radius * math.sin(angle))
+            j += 1
         else:
-            h2 = _mix(key + (two * c + two) * gamma)
-            u2 = (np.float64(h2 >> np.uint64(11)) + 0.5) * scale
-            z = math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
-            out_row[j] = np.float32(std * z)
+            out_row[j] = np.float32(radius * math.cos(angle))
+            if j + 1 < dim:  # the pair's sine is the next element of this row
+                out_row[j + 1] = np.float32(radius * math.sin(angle))
+            j += 2
 
 
 @njit(cache=True, parallel=True)

@@ -124,3 +124,32 @@ def test_fp8_scaling_invariance(values, exponent):
     if np.abs(row).max() > 2.0**-100:
         assert a[0, :32].tolist() == b[0, :32].tolist()
         assert int(b[0, 32]) - int(a[0, 32]) == exponent
+
+
+def test_fp8_kernel_matches_numpy_reference():
+    from engramctl.dtypes import encode_fp8_rows_reference
+    from engramctl.fp8 import encode_fp8_rows
+
+    rng = np.random.default_rng(5)
+    magnitudes = rng.choice([1e-30, 1e-6, 0.02, 1.0, 1e4, 1e36], (400, 1))
+    x = (rng.standard_normal((400, 128)) * magnitudes).astype(np.float32)
+    x[0, :5] = [np.nan, -0.0, 0.0, 1e38, -1e-45]
+    x[1, :] = 0.0
+    x[2, :32] = np.nan
+    x[3, 3], x[4, 40] = np.inf, -np.inf
+    x[5, :32] = 448.0 * 2.0**-20  # exact powers of two at the block max
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = encode_fp8_rows_reference(x)
+    np.testing.assert_array_equal(encode_fp8_rows(x), expected)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=64, max_size=64))
+def test_fp8_kernel_matches_reference_on_any_floats(values):
+    from engramctl.dtypes import encode_fp8_rows_reference
+    from engramctl.fp8 import encode_fp8_rows
+
+    x = np.array([values], np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        expected = encode_fp8_rows_reference(x)
+    np.testing.assert_array_equal(encode_fp8_rows(x), expected)
