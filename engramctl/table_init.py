@@ -372,7 +372,13 @@ def initialize_table(
                     manifest[rec.layer_id][rec.chunk_index] = [rec.crc32, rec.nbytes, "init"]
         finally:
             complete = failure is None and done == len(todo)
-            write_group_attrs(path, meta.with_status("complete") if complete else meta, manifest)
+            try:
+                write_group_attrs(
+                    path, meta.with_status("complete") if complete else meta, manifest
+                )
+            except OSError as exc:  # e.g. no space left even for zarr.json: the resume redoes
+                log.error("cannot record the manifest of %s: %s", path, exc)
+                failure = failure or exc
     if failure is not None:
         _raise_init_failure(failure, path, total - bytes_done)
     return done, len(valid), bytes_done

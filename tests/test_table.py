@@ -341,3 +341,28 @@ def test_interrupt_records_finished_chunks(tmp_path, small_layout, monkeypatch):
         make(tmp_path / "t.zarr", small_layout, workers=1)
     _, manifest = read_group(tmp_path / "t.zarr")
     assert sum(len(m) for m in manifest.values()) == 3
+
+
+def test_zstd_cache_eviction_and_unchecked_reads(tmp_path, small_layout, monkeypatch):
+    import engramctl.table as table_module
+
+    path = Path(make(tmp_path / "z.zarr", small_layout, compressor="zstd").path)
+    reference = all_rows(open_table(make(tmp_path / "r.zarr", small_layout).path), 15)
+    monkeypatch.setattr(table_module, "DECODED_CACHE_CHUNKS", 2)
+    table = open_table(path)
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # touch few chunks at a time so the cache keeps evicting
+        ids = rng.integers(0, 2208, 3)
+        np.testing.assert_array_equal(table.gather(15, ids), reference[ids])
+        assert len(table._decoded) <= 3
+    # check_chunks=False skips the checksum (sizes are still checked)
+    victim = path / chunk_key(15, 0)
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF  # corrupt the zstd frame's last byte
+    victim.write_bytes(bytes(data))
+    with pytest.raises(EngramError, match="chunk 0 of layer 15"):
+        open_table(path).gather(15, [0])
+    try:
+        open_table(path, check_chunks=False).gather(15, [0])
+    except EngramError as exc:  # a broken frame may still fail to decompress: a clear error
+        assert "chunk 0 of layer 15" in str(exc)
