@@ -47,7 +47,7 @@ DtypeOpt = Annotated[
     typer.Option("--dtype", help="float32, bfloat16, float16 or float8_e4m3fn."),
 ]
 ChunkRowsOpt = Annotated[
-    int | None, typer.Option("--chunk-rows", help="Rows per chunk. [default: ~4 MiB chunks]")
+    int | None, typer.Option("--chunk-rows", help="Rows per chunk. (default: ~4 MiB chunks)")
 ]
 CompressorOpt = Annotated[
     Compressor,
@@ -122,7 +122,7 @@ def init_table_command(
     layout_seed: LayoutSeedOpt = None,
     pad_id: PadIdOpt = None,
     dim: Annotated[
-        int | None, typer.Option("--dim", help="Values per row. [default: the preset's]")
+        int | None, typer.Option("--dim", help="Values per row. (default: the preset's)")
     ] = None,
     dtype: DtypeOpt = None,
     init: Annotated[InitKind, typer.Option("--init", help="Initial values.")] = InitKind.normal,
@@ -134,15 +134,14 @@ def init_table_command(
     chunk_rows: ChunkRowsOpt = None,
     compressor: CompressorOpt = Compressor.none,
     workers: Annotated[
-        int | None, typer.Option("--workers", help="Writer threads. [default: all cores]")
+        int | None, typer.Option("--workers", help="Writer threads. (default: all cores)")
     ] = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Create a table: one array per Engram layer, filled with deterministic init values.
 
-    Re-running the same command on an interrupted init resumes it (only missing or damaged
-    chunks are written).
+    Re-running the same command on an interrupted init resumes it (writes only what is missing).
 
     Example: engramctl init-table table.zarr --vocab vocab.parquet --preset demo-v1 --lazy
     """
@@ -292,7 +291,7 @@ def export_command(
     overwrite: OverwriteOpt = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """Stream a table to safetensors: one [rows, dim] tensor per layer (+ .scales for fp8).
+    """Stream a table to safetensors: one rows x dim tensor per layer (+ .scales for fp8).
 
     Example: engramctl export table.zarr table.safetensors
     """
@@ -335,14 +334,14 @@ def import_command(
     pad_id: PadIdOpt = None,
     tensor_name: TensorNameOpt = "layer_{layer}",
     dtype: Annotated[
-        str | None, typer.Option("--dtype", help="Convert to this dtype. [default: the file's]")
+        str | None, typer.Option("--dtype", help="Convert to this dtype. (default: the file's)")
     ] = None,
     chunk_rows: ChunkRowsOpt = None,
     compressor: CompressorOpt = Compressor.none,
     overwrite: OverwriteOpt = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """Build a table from safetensors ([sum of head primes, dim] per layer), shapes checked.
+    """Build a table from safetensors: one (sum of head primes) x dim tensor per layer.
 
     Example: engramctl import trained.safetensors table.zarr --vocab vocab.parquet --preset demo-v1
     """
