@@ -17,32 +17,38 @@ echo "== hash (which rows does a sentence touch?)"
 $ENGRAMCTL hash --vocab "$OUT/vocab.parquet" --preset demo-v1 --layers 1 \
     --text "Engram tables remember n-grams." --out "$OUT/hashes.npz" --overwrite
 
+echo "== init-table (a lazy deepseek-v4.1 table: metadata only; a small full demo table)"
+$ENGRAMCTL init-table "$OUT/deepseek-lazy.zarr" --vocab "$OUT/vocab.parquet" --preset deepseek-v4.1 \
+    --lazy --overwrite
+$ENGRAMCTL init-table "$OUT/table.zarr" --vocab "$OUT/vocab.parquet" --preset demo-v1 \
+    --ngram-vocab 5000,5000 --dtype bfloat16 --overwrite
+
+echo "== info and verify --deep"
+$ENGRAMCTL info "$OUT/table.zarr"
+$ENGRAMCTL verify "$OUT/table.zarr" --deep --vocab "$OUT/vocab.parquet"
+
 # The reference model: baseline and Engram, same backbone, data order, steps and seed.
 # Budget: two 300-step runs (one pass over the 0.6M training tokens) of a 4 x 128 model.
-if $ENGRAMCTL init-table --help >/dev/null 2>&1; then
-    echo "== init-table (a small table for the reference model: 2 orders x 4 heads x 20k rows, dim 32)"
-    $ENGRAMCTL init-table "$OUT/engram.zarr" --vocab "$OUT/vocab.parquet" \
-        --ngram-vocab 20000,20000 --max-ngram 3 --heads 4 --layers 1 --pad-id 2 \
-        --dim 32 --dtype float32 --init normal --std 0.02 --overwrite
-    TRAIN_ARGS="--corpus sample_data/corpus/train.jsonl --heldout sample_data/corpus/heldout.jsonl --steps 300 --seed 0 --device cpu --overwrite"
-    echo "== train --no-engram (the baseline)"
-    $ENGRAMCTL train $TRAIN_ARGS --no-engram --out "$OUT/model-baseline"
-    echo "== train (Engram; rows trained in $OUT/engram.zarr)"
-    $ENGRAMCTL train $TRAIN_ARGS --table "$OUT/engram.zarr" --vocab "$OUT/vocab.parquet" \
-        --out "$OUT/model-engram" --compare-with "$OUT/model-baseline"
-    echo "== eval: held-out perplexity and next-line multiple choice (rows paged from the table)"
-    for bench in lm_heldout mc_next_line; do
-        $ENGRAMCTL eval --model "$OUT/model-baseline" --benchmark "sample_data/bench/$bench.jsonl" \
-            --device cpu --report "$OUT/eval-baseline-$bench.json" --overwrite
-        $ENGRAMCTL eval --model "$OUT/model-engram" --table "$OUT/engram.zarr" \
-            --benchmark "sample_data/bench/$bench.jsonl" --device cpu \
-            --report "$OUT/eval-engram-$bench.json" --overwrite
-    done
-    $ENGRAMCTL eval --model "$OUT/model-engram" --table "$OUT/engram.zarr" --device cpu \
-        --explain "def read_file(path): with open(path) as handle: return handle.read()"
-else
-    echo "== (train/eval skipped: this engramctl has no init-table command yet)"
-fi
+echo "== init-table (a small table for the reference model: 2 orders x 4 heads x 20k rows, dim 32)"
+$ENGRAMCTL init-table "$OUT/engram.zarr" --vocab "$OUT/vocab.parquet" \
+    --ngram-vocab 20000,20000 --max-ngram 3 --heads 4 --layers 1 --pad-id 2 \
+    --dim 32 --dtype float32 --init normal --std 0.02 --overwrite
+TRAIN_ARGS="--corpus sample_data/corpus/train.jsonl --heldout sample_data/corpus/heldout.jsonl --steps 300 --seed 0 --device cpu --overwrite"
+echo "== train --no-engram (the baseline)"
+$ENGRAMCTL train $TRAIN_ARGS --no-engram --out "$OUT/model-baseline"
+echo "== train (Engram; rows trained in $OUT/engram.zarr)"
+$ENGRAMCTL train $TRAIN_ARGS --table "$OUT/engram.zarr" --vocab "$OUT/vocab.parquet" \
+    --out "$OUT/model-engram" --compare-with "$OUT/model-baseline"
+echo "== eval: held-out perplexity and next-line multiple choice (rows paged from the table)"
+for bench in lm_heldout mc_next_line; do
+    $ENGRAMCTL eval --model "$OUT/model-baseline" --benchmark "sample_data/bench/$bench.jsonl" \
+        --device cpu --report "$OUT/eval-baseline-$bench.json" --overwrite
+    $ENGRAMCTL eval --model "$OUT/model-engram" --table "$OUT/engram.zarr" \
+        --benchmark "sample_data/bench/$bench.jsonl" --device cpu \
+        --report "$OUT/eval-engram-$bench.json" --overwrite
+done
+$ENGRAMCTL eval --model "$OUT/model-engram" --table "$OUT/engram.zarr" --device cpu \
+    --explain "def read_file(path): with open(path) as handle: return handle.read()"
 
 echo
 echo "outputs in $OUT/:"
