@@ -338,8 +338,11 @@ class RowPager(_RowSource):
             if n_miss:
                 buffer = self._host_buffer(layer, buffer_index, n_miss)
                 staged = buffer.numpy()[:n_miss]
-                raw = self.table.gather(layer, missing_rows)
-                staged[...] = decode_table_rows(raw, self.table.dtype, self.dim)
+                if self.table.dtype == "float32":  # gather straight into the staging buffer
+                    self.table.gather(layer, missing_rows, out=staged)
+                else:
+                    raw = self.table.gather(layer, missing_rows)
+                    staged[...] = decode_table_rows(raw, self.table.dtype, self.dim)
             positions[layer] = slots[inverse.reshape(row_ids.shape)]  # (B, T, H) cache slots
             fills[layer] = (slots[miss], buffer_index, n_miss)
             stats = self.stats
