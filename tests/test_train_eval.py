@@ -282,9 +282,11 @@ def test_bad_input_is_one_clear_line(trained, tmp_path, ds_vocab, corpus, tables
         vocab_size=ds_vocab.canonical_vocab_size,
     )
     tables["other.zarr"] = InMemoryTable(other, 8, ds_vocab.fingerprint)
+    tables["foreign.zarr"] = InMemoryTable(trained[1].layout, 8, "sha256:0000")
     bench = corpus / "heldout.jsonl"
     cases = [
         (["--table", "other.zarr"], "layout does not match"),
+        (["--table", "foreign.zarr"], "built for vocab sha256:0000"),
         ([], "pass --table"),
     ]
     for extra, message in cases:
