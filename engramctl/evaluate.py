@@ -239,14 +239,12 @@ def evaluate_lm(runner: ModelRunner, docs: list[str], tokenizer, *, batch: int) 
     }
 
 
-def evaluate_multiple_choice(
-    runner: ModelRunner, records: list[dict], tokenizer, *, batch: int
-) -> dict:
-    """Accuracy by summed log-likelihood of each choice given its context."""
+def choice_scores(runner: ModelRunner, records: list[dict], tokenizer, *, batch: int) -> np.ndarray:
+    """Summed log-likelihood of every choice's tokens after its context, records in order."""
     import torch
 
     seq_len = runner.model.config.block_size
-    sequences, spans, owners = [], [], []
+    sequences, spans = [], []
     for r, record in enumerate(records):
         context = tokenizer.encode(record["context"], add_special_tokens=False).ids
         for choice in record["choices"]:
@@ -256,7 +254,6 @@ def evaluate_multiple_choice(
             ids = (context + cont)[-(seq_len + 1) :]  # keep the choice, trim the context's start
             sequences.append(ids)
             spans.append(min(len(cont), len(ids) - 1))
-            owners.append(r)
     pad = 0
     inputs = np.full((len(sequences), seq_len), pad, dtype=np.int64)
     targets = np.zeros((len(sequences), seq_len), dtype=np.int64)
@@ -274,14 +271,23 @@ def evaluate_multiple_choice(
         picked = logp.gather(-1, t.unsqueeze(-1)).squeeze(-1)  # (B, T)
         m = torch.from_numpy(score_mask[sl]).to(logp.device)
         scores[sl] = (picked * m).sum(-1).double().cpu().numpy()
+    return scores
+
+
+def evaluate_multiple_choice(
+    runner: ModelRunner, records: list[dict], tokenizer, *, batch: int
+) -> dict:
+    """Accuracy by summed log-likelihood of each choice given its context (``acc``), and by
+    log-likelihood per byte of the choice (``acc_norm``)."""
+    scores = choice_scores(runner, records, tokenizer, batch=batch)
     correct = correct_norm = 0
     offset = 0
     for record in records:
         k = len(record["choices"])
-        choice_scores = scores[offset : offset + k]
+        record_scores = scores[offset : offset + k]
         lengths = np.array([len(c.encode("utf-8")) for c in record["choices"]])
-        correct += int(np.argmax(choice_scores) == record["label"])
-        correct_norm += int(np.argmax(choice_scores / lengths) == record["label"])
+        correct += int(np.argmax(record_scores) == record["label"])
+        correct_norm += int(np.argmax(record_scores / lengths) == record["label"])
         offset += k
     return {
         "acc": correct / len(records),

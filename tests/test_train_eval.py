@@ -407,3 +407,30 @@ def test_real_zarr_table_train_and_paged_eval(
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["paging"]["bytes_read"] > 0
+
+
+def test_choice_scores_match_a_plain_forward(trained):
+    """Batched, padded choice scores equal log-likelihoods from one unpadded forward each."""
+    from engramctl.evaluate import choice_scores, open_runner
+    from engramctl.tokenizer import load_tokenizer
+
+    model, table, _ = trained
+    tokenizer, _ = load_tokenizer("deepseek-v4")
+    records = [
+        {"context": "import os\nimport", "choices": [" sys", " json as j"], "label": 0},
+        {"context": "def f(x):\n    return", "choices": [" x + 1", " None"], "label": 1},
+    ]
+    runner = open_runner(model, table, device="cpu", prefetch=False)
+    scores = choice_scores(runner, records, tokenizer, batch=3)
+    expected = []
+    for record in records:
+        context = tokenizer.encode(record["context"], add_special_tokens=False).ids
+        for choice in record["choices"]:
+            cont = tokenizer.encode(choice, add_special_tokens=False).ids
+            ids = np.array([context + cont])
+            ((_, logits),) = runner.run([ids[:, :-1]])
+            logp = torch.log_softmax(logits[0], dim=-1)
+            targets = runner.model_vocab.encode_targets(ids[0, 1:])
+            picked = [float(logp[t, targets[t]]) for t in range(len(targets))]
+            expected.append(sum(picked[-len(cont) :]))
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
