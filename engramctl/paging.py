@@ -126,6 +126,7 @@ class _LayerCache:
         self.slot_of_row = np.full(layer_rows, -1, dtype=np.int32)
         self.row_of_slot = np.full(capacity, -1, dtype=np.int64)
         self.last_used = np.full(capacity, NEVER_USED, dtype=np.int64)
+        self.filled = 0  # slots 0..filled-1 have held a row; the rest were never used
         self.values = torch.zeros((capacity, dim), dtype=torch.float32, device=device)
 
     def assign(self, unique_rows: np.ndarray, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -133,7 +134,13 @@ class _LayerCache:
         slots = self.slot_of_row[unique_rows].astype(np.int64)
         miss = slots < 0
         n_miss = int(miss.sum())
-        if n_miss:
+        if n_miss and n_miss <= self.capacity - self.filled:  # never-used slots first
+            free = np.arange(self.filled, self.filled + n_miss, dtype=np.int64)
+            self.filled += n_miss
+            self.row_of_slot[free] = unique_rows[miss]
+            self.slot_of_row[unique_rows[miss]] = free
+            slots[miss] = free
+        elif n_miss:
             # Victims: least recently used slots not read by this batch or any batch in flight.
             self.last_used[slots[~miss]] = batch_index
             free = np.flatnonzero(self.last_used < batch_index - IN_FLIGHT)
@@ -145,6 +152,7 @@ class _LayerCache:
                 )
             if len(free) > n_miss:
                 free = free[np.argpartition(self.last_used[free], n_miss - 1)[:n_miss]]
+            self.filled = self.capacity  # the empty slots had the oldest stamps: all taken now
             evicted = self.row_of_slot[free]
             self.slot_of_row[evicted[evicted >= 0]] = -1
             self.row_of_slot[free] = unique_rows[miss]
