@@ -7,8 +7,12 @@ tok_{n-1}*m_{n-1}`` in wrapping int64; head ``h`` of order ``n`` has row id ``mi
 (floor modulo). Output per layer: ``[B, T, (max_ngram-1)*heads]`` int64, ordered like the head
 offsets.
 
-:func:`hash_layer_reference` is the readable specification and test oracle; :class:`NgramHasher`
-runs :func:`_hash_kernel` (numba, parallel over the batch) and is held to the reference by tests.
+:func:`hash_layer_reference` is the readable specification and test oracle. :class:`NgramHasher`
+maps raw ids to canonical ids once per batch (:func:`_canonical_kernel`) and hashes each layer with
+:func:`hash_canonical`, which runs a numba kernel parallel over (sequence, position chunk) tasks:
+:func:`_hash_fast_kernel` (a float-reciprocal floor modulo, exact and vectorized across heads) when
+every prime of the layer is at least ``FAST_MOD_MIN``, else :func:`_hash_exact_kernel` (integer
+``%``). Tests hold both to the reference.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ import numpy as np
 from ._numba import njit, prange
 from .errors import EngramError
 from .layout import EngramLayout
-from .vocab import CanonicalVocab, check_ids_in_vocab
+from .vocab import CanonicalVocab, as_int64_ids, check_ids_in_vocab
 
-# Heads whose prime is at least this use the float-reciprocal reduction of :func:`_hash_fast_kernel`
-# (exact: see its docstring); a layer with any smaller prime uses the integer ``%`` kernel.
+# A layer whose primes are all at least this is hashed with the float-reciprocal floor modulo of
+# :func:`_floor_mod_fast` (exact there: see its docstring); otherwise with the integer ``%`` kernel.
 FAST_MOD_MIN = 2**13
 # Positions per parallel task: keeps the work split even when the batch is small (a single long
 # document still uses every core) and the output a task writes contiguous.
@@ -171,17 +175,17 @@ def hash_canonical(
     orders = multipliers.shape[0] - 1
     H = head_rows.shape[0]
     if multipliers.ndim != 1 or orders < 1:
-        raise ValueError(f"multipliers must be [max_ngram >= 2], got shape {multipliers.shape}")
+        raise EngramError(f"multipliers must be [max_ngram >= 2], got shape {multipliers.shape}")
     if heads < 1 or H != orders * heads:
-        raise ValueError(f"expected {orders} x {heads} head row counts, got {H}")
+        raise EngramError(f"expected {orders} x {heads} head row counts, got {H}")
     if head_rows.min() < 1:
-        raise ValueError("head row counts must be positive")
+        raise EngramError("head row counts must be positive")
     if extended.ndim != 2 or extended.shape[1] < orders:
-        raise ValueError(f"extended ids must be [B, {orders}+T], got shape {extended.shape}")
+        raise EngramError(f"extended ids must be [B, {orders}+T], got shape {extended.shape}")
     B, T = extended.shape[0], extended.shape[1] - orders
     offsets = np.zeros(H, np.int64) if offsets is None else np.asarray(offsets, dtype=np.int64)
     if offsets.shape != (H,):
-        raise ValueError(f"offsets must be [{H}], got shape {offsets.shape}")
+        raise EngramError(f"offsets must be [{H}], got shape {offsets.shape}")
     if out is None:
         out = np.empty((B, T, H), dtype=np.int64)
     elif (
@@ -190,7 +194,7 @@ def hash_canonical(
         or not out.flags.c_contiguous
         or not out.flags.writeable
     ):
-        raise ValueError(f"out must be a writeable C-contiguous int64 [{B}, {T}, {H}] array")
+        raise EngramError(f"out must be a writeable C-contiguous int64 [{B}, {T}, {H}] array")
     out4 = out.reshape(B, T, orders, heads)
     rows2 = head_rows.reshape(orders, heads)
     offsets2 = np.ascontiguousarray(offsets.reshape(orders, heads))
@@ -242,13 +246,11 @@ class NgramHasher:
         return np.full((batch, self.context_size), self.pad, dtype=np.int64)
 
     def _validate(self, ids) -> tuple[np.ndarray, bool]:
-        ids = np.asarray(ids)
-        if ids.dtype.kind not in "iu":
-            raise EngramError(f"token ids must be integers, got dtype {ids.dtype}")
+        ids = as_int64_ids(ids)
         if ids.ndim not in (1, 2):
-            raise EngramError(f"token ids must be [T] or [B, T], got shape {ids.shape}")
+            raise EngramError(f"token ids must be [T] or [B, T], got shape {list(ids.shape)}")
         squeeze = ids.ndim == 1
-        ids = np.ascontiguousarray(np.atleast_2d(ids), dtype=np.int64)
+        ids = np.ascontiguousarray(np.atleast_2d(ids))
         check_ids_in_vocab(ids, self.vocab.source_vocab_size)
         return ids, squeeze
 

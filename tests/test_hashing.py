@@ -23,8 +23,11 @@ def test_hand_worked_small_case():
     # t=0: mix2 = 3*3 ^ 1*5 = 9 ^ 5 = 12; mix3 = 12 ^ 1*7 = 11
     # t=1: mix2 = 5*3 ^ 3*5 = 0;          mix3 = 0 ^ 1*7 = 7
     # t=2: mix2 = 7*3 ^ 5*5 = 21 ^ 25 = 12; mix3 = 12 ^ 3*7 = 12 ^ 21 = 25
-    expected = [[12 % 11, 12 % 13, 11 % 17, 11 % 19], [0, 0, 7, 7],
-                [12 % 11, 12 % 13, 25 % 17, 25 % 19]]
+    expected = [
+        [12 % 11, 12 % 13, 11 % 17, 11 % 19],
+        [0, 0, 7, 7],
+        [12 % 11, 12 % 13, 25 % 17, 25 % 19],
+    ]
     assert out[0].tolist() == expected
 
 
@@ -63,8 +66,15 @@ def test_numba_matches_numpy_spec(preset, ds_vocab):
 
 
 def test_large_primes_use_exact_fallback(ds_vocab):
-    layout = EngramLayout(ngram_vocab=(2**27, 3000), max_ngram=3, heads=2, layers=(0,), seed=5,
-                          pad_id=2, vocab_size=ds_vocab.canonical_vocab_size)
+    layout = EngramLayout(
+        ngram_vocab=(2**27, 3000),
+        max_ngram=3,
+        heads=2,
+        layers=(0,),
+        seed=5,
+        pad_id=2,
+        vocab_size=ds_vocab.canonical_vocab_size,
+    )
     hasher = NgramHasher(layout, ds_vocab)
     ids = random_ids(np.random.default_rng(1), (3, 200), ds_vocab.source_vocab_size)
     np.testing.assert_array_equal(hasher.hash(ids)[0], hasher.hash_reference(ids)[0])
@@ -81,7 +91,7 @@ def test_streaming_pieces_equal_whole(data, ds_vocab, ds_layout):
     whole = hasher.hash(ids)
     stream = HashStream(hasher, batch=2)
     pieces = {layer: [] for layer in ds_layout.layers}
-    for start, stop in zip([0, *cuts], [*cuts, length]):
+    for start, stop in zip([0, *cuts], [*cuts, length], strict=True):
         for layer, rows in stream.feed(ids[:, start:stop]).items():
             pieces[layer].append(rows)
     for layer in ds_layout.layers:
