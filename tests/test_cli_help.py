@@ -58,3 +58,9 @@ def test_engramctl_help_in_a_fresh_process():
         [sys.executable, "-m", "engramctl", "--help"], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and "build-vocab" in done.stdout
+
+
+def test_bare_engramctl_prints_help():
+    result = CliRunner().invoke(app, [])
+    assert result.exit_code in (0, 2)
+    assert "build-vocab" in result.output and "Traceback" not in result.output

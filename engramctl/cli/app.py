@@ -19,6 +19,8 @@ err_console = Console(stderr=True, highlight=False)
 STATE = {"verbose": False, "quiet": False}
 # click's exceptions, from whichever click this typer uses (recent typers vendor their own copy).
 _click_errors = sys.modules[typer.BadParameter.__module__]
+_ABORTS = (typer.Abort, getattr(_click_errors, "Abort", typer.Abort))
+_NO_ARGS_IS_HELP = getattr(_click_errors, "NoArgsIsHelpError", ())  # click >= 8.2
 
 
 class OneLineErrorsGroup(TyperGroup):
@@ -30,7 +32,7 @@ class OneLineErrorsGroup(TyperGroup):
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
             result = super().main(args, prog_name, complete_var, False, **extra)
-        except getattr(_click_errors, "NoArgsIsHelpError", ()) as exc:
+        except _NO_ARGS_IS_HELP as exc:
             exc.show()  # a bare command prints its help
             sys.exit(exc.exit_code)
         except _click_errors.UsageError as exc:
@@ -38,7 +40,7 @@ class OneLineErrorsGroup(TyperGroup):
             raise _exit_with(f"{exc.format_message()}{hint}", exc.exit_code) from None
         except _click_errors.ClickException as exc:
             raise _exit_with(exc.format_message(), exc.exit_code) from None
-        except (typer.Abort, _click_errors.Abort):
+        except _ABORTS:
             raise _exit_with("aborted", 1) from None
         # typer returns the exit code of a typer.Exit, else the command's return value (None).
         sys.exit(result if isinstance(result, int) else 0)
