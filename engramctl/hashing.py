@@ -172,10 +172,13 @@ def hash_canonical(
     extended = np.ascontiguousarray(extended, dtype=np.int64)
     multipliers = np.ascontiguousarray(multipliers, dtype=np.int64)
     head_rows = np.ascontiguousarray(head_rows, dtype=np.int64)
+    if multipliers.ndim != 1 or multipliers.shape[0] < 2 or head_rows.ndim != 1:
+        raise EngramError(
+            f"expected multipliers [max_ngram >= 2] and head_rows [H], got shapes "
+            f"{multipliers.shape} and {head_rows.shape}"
+        )
     orders = multipliers.shape[0] - 1
     H = head_rows.shape[0]
-    if multipliers.ndim != 1 or orders < 1:
-        raise EngramError(f"multipliers must be [max_ngram >= 2], got shape {multipliers.shape}")
     if heads < 1 or H != orders * heads:
         raise EngramError(f"expected {orders} x {heads} head row counts, got {H}")
     if head_rows.min() < 1:
