@@ -11,7 +11,8 @@ ratio (target: >= 25x), plus two figures that explain it:
   writing each element once, with the kernel's threads: a floor under ``hash()`` that only the
   operating system's page zeroing sets.
 
-Run: ``python benchmarks/bench_hashing.py [--batch 64 --seq 4096 --repeats 5]``.
+Run: ``python benchmarks/bench_hashing.py [--batch 64 --seq 4096 --repeats 5 --threads N]``;
+``--threads 1`` compares one core with one core.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import time
 import numpy as np
 
 from engramctl import CanonicalVocab, EngramLayout, NgramHasher
-from engramctl._numba import get_num_threads, njit, prange
+from engramctl._numba import get_num_threads, njit, prange, set_num_threads
 
 TARGET_RATIO = 25.0
 
@@ -54,7 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--preset", default="deepseek-v4.1")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="numba threads (default: numba's, one per core)"
+    )
     args = parser.parse_args(argv)
+    if args.threads:
+        set_num_threads(args.threads)
 
     vocab = CanonicalVocab.from_tokenizer("deepseek-v4")
     layout = EngramLayout.from_preset(args.preset, vocab_size=vocab.canonical_vocab_size)
