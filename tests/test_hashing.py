@@ -253,3 +253,18 @@ def test_next_context_is_the_canonical_tail(ds_vocab, ds_layout):
     expected = [[hasher.pad, hasher.pad, int(ds_vocab.canonical_ids[42])]]
     assert hasher.next_context(short).tolist() == expected
     assert hasher.next_context(short[:, :0]).tolist() == [[hasher.pad] * 3]
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_rows_do_not_depend_on_the_batch(data, ds_vocab, demo_layout):
+    hasher = NgramHasher(demo_layout, ds_vocab)
+    batch = data.draw(st.integers(1, 5))
+    length = data.draw(st.integers(0, 40))
+    seed = data.draw(st.integers(0, 2**32 - 1))
+    ids = random_ids(np.random.default_rng(seed), (batch, length), ds_vocab.source_vocab_size)
+    whole = hasher.hash(ids)
+    for b in range(batch):
+        alone = hasher.hash(ids[b])
+        for layer in demo_layout.layers:
+            np.testing.assert_array_equal(alone[layer], whole[layer][b])
