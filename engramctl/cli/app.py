@@ -42,8 +42,11 @@ class OneLineErrorsGroup(TyperGroup):
             raise _exit_with(exc.format_message(), exc.exit_code) from None
         except _ABORTS:
             raise _exit_with("aborted", 1) from None
-        # typer returns the exit code of a typer.Exit, else the command's return value (None).
-        sys.exit(result if isinstance(result, int) else 0)
+        sys.exit(result or 0)  # the code of a typer.Exit, or None (see invoke)
+
+    def invoke(self, ctx):
+        """Run the command; its return value is not an exit code (as in standalone mode)."""
+        super().invoke(ctx)
 
 
 def _exit_with(message: str, code: int) -> SystemExit:
