@@ -17,6 +17,16 @@ echo "== hash (which rows does a sentence touch?)"
 $ENGRAMCTL hash --vocab "$OUT/vocab.parquet" --preset demo-v1 --layers 1 \
     --text "Engram tables remember n-grams." --out "$OUT/hashes.npz" --overwrite
 
+echo "== init-table (a lazy deepseek-v4.1 table: metadata only; a small full demo table)"
+$ENGRAMCTL init-table "$OUT/deepseek-lazy.zarr" --vocab "$OUT/vocab.parquet" --preset deepseek-v4.1 \
+    --lazy --overwrite
+$ENGRAMCTL init-table "$OUT/table.zarr" --vocab "$OUT/vocab.parquet" --preset demo-v1 \
+    --ngram-vocab 5000,5000 --dtype bfloat16 --overwrite
+
+echo "== info and verify --deep"
+$ENGRAMCTL info "$OUT/table.zarr"
+$ENGRAMCTL verify "$OUT/table.zarr" --deep --vocab "$OUT/vocab.parquet"
+
 echo
 echo "outputs in $OUT/:"
 ls -l "$OUT"

@@ -1,0 +1,376 @@
+"""``engramctl init-table | info | verify | export | import``: tables on disk."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table as RichTable
+
+from .app import STATE, command, console, err_console
+from .options import (
+    HeadsOpt,
+    JsonFlag,
+    LayersOpt,
+    MaxNgramOpt,
+    NgramVocabOpt,
+    PadIdOpt,
+    PresetOpt,
+    VocabOpt,
+    build_layout,
+    load_vocab,
+)
+
+
+class InitKind(str, Enum):
+    normal = "normal"
+    uniform = "uniform"
+    zeros = "zeros"
+
+
+class Compressor(str, Enum):
+    none = "none"
+    zstd = "zstd"
+
+
+TableArg = Annotated[Path, typer.Argument(help="Table directory (a zarr v3 group).")]
+LayoutSeedOpt = Annotated[
+    int | None,
+    typer.Option("--layout-seed", help="The layout's multiplier seed (the --seed of hash/layout)."),
+]
+DtypeOpt = Annotated[
+    str | None,
+    typer.Option("--dtype", help="float32, bfloat16, float16 or float8_e4m3fn."),
+]
+ChunkRowsOpt = Annotated[
+    int | None, typer.Option("--chunk-rows", help="Rows per chunk. (default: ~4 MiB chunks)")
+]
+CompressorOpt = Annotated[
+    Compressor,
+    typer.Option("--compressor", help="none keeps chunks memory-mappable; zstd for cold storage."),
+]
+TensorNameOpt = Annotated[
+    str, typer.Option("--tensor-name", help="safetensors name of a layer's tensor ({layer} = id).")
+]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+
+
+@contextlib.contextmanager
+def byte_progress(description: str, *, enabled: bool):
+    """A rich bar showing bytes done, total, speed and ETA; yields ``update(done, total)``."""
+    if not enabled:
+        yield lambda done, total: None
+        return
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    bar = Progress(*columns, console=err_console, transient=False)
+    task = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal task
+        if task is None:  # start on the first report, so an early error shows no empty bar
+            bar.start()
+            task = bar.add_task(description, total=total)
+        bar.update(task, completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        bar.stop()
+
+
+def _layout(vocab_map, preset, ngram_vocab, max_ngram, heads, layers, layout_seed, pad_id):
+    return build_layout(
+        vocab_map,
+        preset=preset,
+        ngram_vocab=ngram_vocab,
+        max_ngram=max_ngram,
+        heads=heads,
+        layers=layers,
+        seed=layout_seed,
+        pad_id=pad_id,
+    )
+
+
+@command("init-table")
+def init_table_command(
+    out: TableArg,
+    vocab: VocabOpt,
+    preset: PresetOpt = None,
+    ngram_vocab: NgramVocabOpt = None,
+    max_ngram: MaxNgramOpt = None,
+    heads: HeadsOpt = None,
+    layers: LayersOpt = None,
+    layout_seed: LayoutSeedOpt = None,
+    pad_id: PadIdOpt = None,
+    dim: Annotated[
+        int | None, typer.Option("--dim", help="Values per row. (default: the preset's)")
+    ] = None,
+    dtype: DtypeOpt = None,
+    init: Annotated[InitKind, typer.Option("--init", help="Initial values.")] = InitKind.normal,
+    std: Annotated[float, typer.Option("--std", help="Std of normal/uniform values.")] = 0.02,
+    seed: Annotated[int, typer.Option("--seed", help="Init seed (with layer, row, column).")] = 0,
+    lazy: Annotated[
+        bool, typer.Option("--lazy", help="Write metadata only; chunks are made on first write.")
+    ] = False,
+    chunk_rows: ChunkRowsOpt = None,
+    compressor: CompressorOpt = Compressor.none,
+    workers: Annotated[
+        int | None, typer.Option("--workers", help="Writer threads. (default: all cores)")
+    ] = None,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Create a table: one array per Engram layer, filled with deterministic init values.
+
+    Re-running the same command on an interrupted init resumes it (writes only what is missing).
+
+    Example: engramctl init-table table.zarr --vocab vocab.parquet --preset demo-v1 --lazy
+    """
+    from ..dtypes import format_bytes, parse_dtype
+    from ..errors import UsageError
+    from ..layout import PRESET_DTYPE, PRESET_HEAD_DIM
+    from ..table_init import create_table
+
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    vocab_map = load_vocab(vocab)
+    layout = _layout(vocab_map, preset, ngram_vocab, max_ngram, heads, layers, layout_seed, pad_id)
+    name = preset.value if preset else "demo-v1"
+    with byte_progress("init", enabled=not (json_out or STATE["quiet"] or lazy)) as update:
+        result = create_table(
+            out,
+            layout=layout,
+            vocab_fingerprint=vocab_map.fingerprint,
+            dim=dim if dim is not None else PRESET_HEAD_DIM[name],
+            dtype=parse_dtype(dtype or PRESET_DTYPE[name]),
+            init=init.value,
+            std=std,
+            seed=seed,
+            lazy=lazy,
+            chunk_rows=chunk_rows,
+            compressor=compressor.value,
+            workers=workers,
+            overwrite=overwrite,
+            progress=lambda p: update(p.bytes_done, p.bytes_total),
+        )
+    if json_out:
+        doc = result.info.to_dict()
+        doc.update(
+            resumed=result.resumed,
+            chunks_written_now=result.chunks_written,
+            chunks_skipped=result.chunks_skipped,
+            seconds=round(result.seconds, 3),
+        )
+        typer.echo(json.dumps(doc))
+        return
+    if STATE["quiet"]:
+        return
+    info = result.info
+    kind = "lazy table" if info.lazy else "table"
+    verb = "resumed" if result.resumed else "created"
+    console.print(
+        f"{verb} {kind} {out}: layers {list(info.layers)}, dim {info.dim} {info.dtype}, "
+        f"{format_bytes(info.logical_bytes)} logical, {format_bytes(info.disk_bytes)} on disk, "
+        f"{result.chunks_written} chunks written"
+        + (f" ({result.chunks_skipped} already done)" if result.chunks_skipped else "")
+        + f" in {result.seconds:.1f}s"
+    )
+
+
+@command("info")
+def info_command(table: TableArg, json_out: JsonFlag = False) -> None:
+    """Show a table's layout, layers, heads, chunking and size.
+
+    Example: engramctl info table.zarr --json
+    """
+    from ..dtypes import format_bytes
+    from ..table import open_table
+
+    info = open_table(table).info
+    if json_out:
+        typer.echo(json.dumps(info.to_dict()))
+        return
+    lay = info.layout
+    console.print(
+        f"[bold]{table}[/]: format v{info.format_version}, dim {info.dim} {info.dtype} "
+        f"({info.row_bytes} bytes per row), {info.chunk_rows:,} rows per chunk, compressor "
+        f"{info.compressor}, status {info.status}"
+    )
+    console.print(
+        f"layout: orders 2..{lay.max_ngram}, {lay.heads} heads per order, ngram_vocab "
+        f"{list(lay.ngram_vocab)}, seed {lay.seed}, pad id {lay.pad_id}; vocab "
+        f"{info.vocab_fingerprint}; init {info.init['kind']} std {info.init['std']} seed "
+        f"{info.init['seed']}"
+    )
+    grid = RichTable(title="layers")
+    for name in ("layer", "rows", "heads", "chunks written", "logical", "on disk"):
+        grid.add_column(name, justify="right")
+    for layer_id, layer in info.layers.items():
+        grid.add_row(
+            str(layer_id),
+            f"{layer.rows:,}",
+            str(len(layer.head_rows)),
+            f"{layer.chunks_written:,} / {layer.chunks_total:,}",
+            format_bytes(layer.logical_bytes),
+            format_bytes(layer.disk_bytes),
+        )
+    console.print(grid)
+    heads = RichTable(title="heads: rows (offset)")
+    heads.add_column("head", justify="right")
+    for layer_id in info.layers:
+        heads.add_column(f"layer {layer_id}", justify="right")
+    for h in range(len(next(iter(info.layers.values())).head_rows)):
+        heads.add_row(
+            str(h), *[f"{v.head_rows[h]:,} ({v.head_offsets[h]:,})" for v in info.layers.values()]
+        )
+    console.print(heads)
+
+
+@command("verify")
+def verify_command(
+    table: TableArg,
+    deep: Annotated[bool, typer.Option("--deep", help="Re-read every chunk's checksum.")] = False,
+    vocab: Annotated[
+        Path | None, typer.Option("--vocab", help="Also check the table was made for this vocab.")
+    ] = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Check a table's metadata against its layout, and (--deep) every chunk's checksum.
+
+    Exits 1 on any damage.
+
+    Example: engramctl verify table.zarr --deep
+    """
+    from ..table_verify import verify_table
+
+    vocab_map = load_vocab(vocab) if vocab else None
+    with byte_progress("verify", enabled=deep and not (json_out or STATE["quiet"])) as update:
+        report = verify_table(table, deep=deep, vocab=vocab_map, progress=update)
+    if json_out:
+        typer.echo(json.dumps(report.to_dict()))
+    else:
+        for warning in report.warnings:
+            err_console.print(f"warning: {warning}", markup=False)
+        for problem in report.problems:
+            err_console.print(f"damaged: {problem}", markup=False)
+        checked = f", {report.chunks_checked} checksums re-read" if deep else ""
+        status = "[green]ok[/]" if report.ok else f"[red]{len(report.problems)} problem(s)[/]"
+        if not STATE["quiet"]:
+            console.print(
+                f"{table}: {status} ({report.chunks_written} of "
+                f"{report.chunks_total} chunks written{checked})"
+            )
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@command("export")
+def export_command(
+    table: TableArg,
+    out: Annotated[Path, typer.Argument(help="safetensors file to write.")],
+    tensor_name: TensorNameOpt = "layer_{layer}",
+    overwrite: OverwriteOpt = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Stream a table to safetensors: one rows x dim tensor per layer (+ .scales for fp8).
+
+    Example: engramctl export table.zarr table.safetensors
+    """
+    from ..dtypes import format_bytes
+    from ..table_io import export_safetensors
+
+    with byte_progress("export", enabled=not (json_out or STATE["quiet"])) as update:
+        result = export_safetensors(
+            table, out, overwrite=overwrite, name_template=tensor_name, progress=update
+        )
+    if json_out:
+        typer.echo(
+            json.dumps(
+                {
+                    "out": result.path,
+                    "tensors": result.tensors,
+                    "bytes": result.bytes_written,
+                    "seconds": round(result.seconds, 3),
+                }
+            )
+        )
+    elif not STATE["quiet"]:
+        console.print(
+            f"wrote {out}: {len(result.tensors)} tensors, "
+            f"{format_bytes(result.bytes_written)} in {result.seconds:.1f}s"
+        )
+
+
+@command("import")
+def import_command(
+    source: Annotated[Path, typer.Argument(help="safetensors file with one tensor per layer.")],
+    out: TableArg,
+    vocab: VocabOpt,
+    preset: PresetOpt = None,
+    ngram_vocab: NgramVocabOpt = None,
+    max_ngram: MaxNgramOpt = None,
+    heads: HeadsOpt = None,
+    layers: LayersOpt = None,
+    layout_seed: LayoutSeedOpt = None,
+    pad_id: PadIdOpt = None,
+    tensor_name: TensorNameOpt = "layer_{layer}",
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="Convert to this dtype. (default: the file's)")
+    ] = None,
+    chunk_rows: ChunkRowsOpt = None,
+    compressor: CompressorOpt = Compressor.none,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Build a table from safetensors: one (sum of head primes) x dim tensor per layer.
+
+    Example: engramctl import trained.safetensors table.zarr --vocab vocab.parquet --preset demo-v1
+    """
+    from ..dtypes import format_bytes
+    from ..table_io import import_safetensors
+
+    vocab_map = load_vocab(vocab)
+    layout = _layout(vocab_map, preset, ngram_vocab, max_ngram, heads, layers, layout_seed, pad_id)
+    with byte_progress("import (chunks)", enabled=not (json_out or STATE["quiet"])) as update:
+        result = import_safetensors(
+            source,
+            out,
+            layout=layout,
+            vocab_fingerprint=vocab_map.fingerprint,
+            name_template=tensor_name,
+            dtype=dtype,
+            chunk_rows=chunk_rows,
+            compressor=compressor.value,
+            overwrite=overwrite,
+            progress=update,
+        )
+    if json_out:
+        doc = result.info.to_dict()
+        doc["seconds"] = round(result.seconds, 3)
+        typer.echo(json.dumps(doc))
+    elif not STATE["quiet"]:
+        info = result.info
+        console.print(
+            f"imported {source} into {out}: layers {list(info.layers)}, dim "
+            f"{info.dim} {info.dtype}, {format_bytes(info.disk_bytes)} in "
+            f"{result.seconds:.1f}s"
+        )
