@@ -62,6 +62,8 @@ def open_client(
     """
     distributed = _import_distributed()
     kind, value = parse_scheduler(spec)
+    if not log.isEnabledFor(logging.DEBUG):  # dask's INFO chatter drowns the progress bar
+        logging.getLogger("distributed").setLevel(logging.ERROR)
     cluster = None
     try:
         if kind == "local":
@@ -76,6 +78,7 @@ def open_client(
             address = cluster.scheduler_address
         else:
             address = str(value)
+            _probe(address, timeout)
         try:
             client = distributed.Client(address, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError) as exc:
@@ -93,6 +96,23 @@ def open_client(
     finally:
         if cluster is not None:
             cluster.close()
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Fail at once on a refused connection (the dask client would retry until its timeout)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address)
+    if parts.scheme not in ("tcp", "tls") or not parts.hostname or not parts.port:
+        return  # other transports (ucx, inproc): let the dask client try
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=min(timeout, 5.0)).close()
+    except OSError as exc:
+        raise EngramError(
+            f"cannot reach the dask scheduler at {address} ({exc.strerror or exc}); "
+            "start one with `dask scheduler` or use --scheduler local:N"
+        ) from None
 
 
 def _engramctl_version() -> str:

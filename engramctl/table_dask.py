@@ -144,7 +144,7 @@ def _run_tasks(client, store, meta, manifest, progress) -> tuple[int, int, int]:
     if progress:
         progress(InitProgress(0, total, 0, len(every), 0.0))
     failure: BaseException | None = None
-    finished = as_completed(futures)
+    finished = as_completed(futures, loop=client.loop)
     try:
         for future in finished:
             try:

@@ -204,6 +204,56 @@ def check_free_space(path: Path, needed: int) -> None:
         )
 
 
+def _prepare_store(store: TableStore, meta: TableMeta, *, lazy: bool, overwrite: bool) -> bool:
+    """Create the group (or accept an unfinished one to resume); returns whether resuming."""
+    resumed = False
+    if store.exists() and not store.is_empty():
+        try:
+            old, _ = read_group(store)
+        except EngramError:
+            raise EngramError(
+                f"{store.url} exists and is not an engramctl table; refusing to touch it (remove "
+                "it or choose another path)"
+            ) from None
+        if overwrite:
+            with _writer_lock(store):  # refuse to delete a table someone is writing
+                pass
+            store.remove()
+        elif old.status == "initializing" and not lazy:
+            differences = _recipe_differences(old, meta)
+            if differences:
+                raise EngramError(
+                    f"{store.url} is an unfinished table made with other settings: "
+                    f"{'; '.join(differences)}; rerun with the same settings to resume, or pass "
+                    "--overwrite"
+                )
+            resumed = True
+        else:
+            raise EngramError(f"{store.url} exists; pass --overwrite to replace it")
+    if not resumed and store.is_local:
+        if not store.root.parent.is_dir():
+            raise EngramError(f"directory {store.root.parent} does not exist; create it first")
+        if not lazy:
+            check_free_space(store.root, _full_bytes(meta))
+        _write_new_group(store.root, meta)
+    elif not resumed:
+        _upload_new_group(store, meta)
+    return resumed
+
+
+@contextlib.contextmanager
+def _initializer(scheduler: str | None, workers: int | None, lazy: bool):
+    """Yields ``initialize(store, progress)``: local threads, or Dask workers (connected now)."""
+    if not scheduler or lazy:
+        yield lambda store, progress: initialize_table(store, workers=workers, progress=progress)
+        return
+    from .distributed import open_client
+    from .table_dask import initialize_table_dask
+
+    with open_client(scheduler) as client:
+        yield lambda store, progress: initialize_table_dask(store, client=client, progress=progress)
+
+
 def create_table(
     path,
     *,
@@ -261,48 +311,12 @@ def create_table(
     meta = _build_meta(
         layout, vocab_fingerprint, dim, dtype, init, std, seed, lazy, chunk_rows, compressor
     )
-    resumed = False
-    if store.exists() and not store.is_empty():
-        try:
-            old, _ = read_group(store)
-        except EngramError:
-            raise EngramError(
-                f"{store.url} exists and is not an engramctl table; refusing to touch it (remove "
-                "it or choose another path)"
-            ) from None
-        if overwrite:
-            with _writer_lock(store):  # refuse to delete a table someone is writing
-                pass
-            store.remove()
-        elif old.status == "initializing" and not lazy:
-            differences = _recipe_differences(old, meta)
-            if differences:
-                raise EngramError(
-                    f"{store.url} is an unfinished table made with other settings: "
-                    f"{'; '.join(differences)}; rerun with the same settings to resume, or pass "
-                    "--overwrite"
-                )
-            resumed = True
-        else:
-            raise EngramError(f"{store.url} exists; pass --overwrite to replace it")
-    if not resumed and store.is_local:
-        if not store.root.parent.is_dir():
-            raise EngramError(f"directory {store.root.parent} does not exist; create it first")
+    with _initializer(scheduler, workers, lazy) as initialize:  # connect to Dask first
+        resumed = _prepare_store(store, meta, lazy=lazy, overwrite=overwrite)
+        written = skipped = nbytes = 0
         if not lazy:
-            check_free_space(store.root, _full_bytes(meta))
-        _write_new_group(store.root, meta)
-    elif not resumed:
-        _upload_new_group(store, meta)
-    written = skipped = nbytes = 0
-    if not lazy:
-        with _writer_lock(store):
-            if scheduler:
-                from .table_dask import initialize_table_dask
-
-                initialize = initialize_table_dask(store, scheduler=scheduler, progress=progress)
-            else:
-                initialize = initialize_table(store, workers=workers, progress=progress)
-            written, skipped, nbytes = initialize
+            with _writer_lock(store):
+                written, skipped, nbytes = initialize(store, progress)
     meta, manifest = read_group(store)
     return CreateResult(
         path=store.url,
