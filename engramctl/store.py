@@ -262,8 +262,11 @@ class FsspecStore(TableStore):
         return out
 
     def write_bytes(self, key: str, data) -> None:
-        with self._errors():
-            self.fs.pipe_file(self._path(key), bytes(memoryview(data).cast("B")))
+        try:
+            with self._errors():
+                self.fs.pipe_file(self._path(key), bytes(memoryview(data).cast("B")))
+        except FileNotFoundError as exc:  # the bucket (container) itself is missing
+            raise EngramError(f"cannot write {self.where(key)} ({exc}); create it first") from None
 
     def file_sizes(self, prefix: str) -> dict[str, int]:
         base = self._path(prefix).rstrip("/")
