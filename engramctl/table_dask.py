@@ -43,6 +43,16 @@ def init_task_memory(meta: TableMeta) -> int:
     return 3 * values + 2 * meta.chunk_bytes  # + random-stream scratch, stored rows, file bytes
 
 
+def check_init_memory(client, meta: TableMeta) -> None:
+    """Refuse workers whose memory limit cannot hold one chunk task."""
+    check_worker_memory(
+        client,
+        init_task_memory(meta),
+        what="init-table",
+        advice="give the workers more memory or create the table with a smaller --chunk-rows",
+    )
+
+
 def ensure_chunk_task(
     store: TableStore, meta: TableMeta, layer_id: int, chunk_index: int, entry: list | None
 ) -> tuple[ChunkRecord, bool]:
@@ -109,12 +119,7 @@ def initialize_table_dask(
     if store.is_local:
         store = type(store)(store.root.resolve())  # workers may run in another directory
     meta, manifest = read_group(store)
-    check_worker_memory(
-        client,
-        init_task_memory(meta),
-        what="init-table",
-        advice="give the workers more memory or create the table with a smaller --chunk-rows",
-    )
+    check_init_memory(client, meta)
     _check_workers_see(client, store)
     return _run_tasks(client, store, meta, manifest, progress)
 
@@ -187,4 +192,9 @@ def _run_tasks(client, store, meta, manifest, progress) -> tuple[int, int, int]:
     return written, skipped, written * meta.chunk_bytes
 
 
-__all__ = ["initialize_table_dask", "ensure_chunk_task", "init_task_memory"]
+__all__ = [
+    "initialize_table_dask",
+    "ensure_chunk_task",
+    "init_task_memory",
+    "check_init_memory",
+]

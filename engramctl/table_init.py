@@ -242,15 +242,16 @@ def _prepare_store(store: TableStore, meta: TableMeta, *, lazy: bool, overwrite:
 
 
 @contextlib.contextmanager
-def _initializer(scheduler: str | None, workers: int | None, lazy: bool):
-    """Yields ``initialize(store, progress)``: local threads, or Dask workers (connected now)."""
-    if not scheduler or lazy:
+def _initializer(scheduler: str | None, workers: int | None, meta: TableMeta):
+    """Yields ``initialize(store, progress)``: local threads, or Dask workers (checked now)."""
+    if not scheduler or meta.lazy:
         yield lambda store, progress: initialize_table(store, workers=workers, progress=progress)
         return
     from .distributed import open_client
-    from .table_dask import initialize_table_dask
+    from .table_dask import check_init_memory, initialize_table_dask
 
     with open_client(scheduler) as client:
+        check_init_memory(client, meta)  # before the table exists
         yield lambda store, progress: initialize_table_dask(store, client=client, progress=progress)
 
 
@@ -311,7 +312,7 @@ def create_table(
     meta = _build_meta(
         layout, vocab_fingerprint, dim, dtype, init, std, seed, lazy, chunk_rows, compressor
     )
-    with _initializer(scheduler, workers, lazy) as initialize:  # connect to Dask first
+    with _initializer(scheduler, workers, meta) as initialize:  # connect to Dask first
         resumed = _prepare_store(store, meta, lazy=lazy, overwrite=overwrite)
         written = skipped = nbytes = 0
         if not lazy:

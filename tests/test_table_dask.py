@@ -165,3 +165,14 @@ def test_library_needs_a_scheduler_or_client(tmp_path):
 
     with pytest.raises(EngramError, match="needs a scheduler or a client"):
         initialize_table_dask(open_store(tmp_path / "t.zarr"))
+
+
+def test_worker_memory_too_small_is_refused(scheduler, tmp_path, ds_vocab_path, monkeypatch):
+    from engramctl import table_dask
+
+    monkeypatch.setattr(table_dask, "init_task_memory", lambda meta: 2**60)
+    path = tmp_path / "big.zarr"
+    result = run("init-table", path, "--vocab", ds_vocab_path, *SMALL, "--scheduler", scheduler)
+    assert result.exit_code == 1 and "init-table needs about" in result.stderr
+    assert "smaller --chunk-rows" in result.stderr
+    assert not path.exists()

@@ -235,3 +235,16 @@ def test_parse_storage_options():
     }
     with pytest.raises(UsageError, match="expected KEY=VALUE"):
         parse_storage_options(["endpoint_url"])
+
+
+def test_denied_access_names_the_credentials():
+    from engramctl.store import FsspecStore
+
+    class Denied:
+        def cat_file(self, path):
+            raise PermissionError("InvalidAccessKeyId: The AWS Access Key Id does not exist")
+
+    store = FsspecStore("s3://bucket/t.zarr")
+    store._fs, store._root = Denied(), "bucket/t.zarr"
+    with pytest.raises(EngramError, match="access denied .*check the credentials"):
+        store.read_bytes("zarr.json")
