@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import mmap
 import os
 import shutil
 from pathlib import Path
@@ -92,6 +93,10 @@ class TableStore:
     def read_bytes(self, key: str) -> bytes:
         raise NotImplementedError
 
+    def map_or_read(self, key: str, mappable_size: int | None = None):
+        """A file's bytes; memory-mapped instead if local and exactly ``mappable_size`` long."""
+        return self.read_bytes(key)
+
     def read_many(self, keys: list[str]) -> dict[str, bytes | None]:
         """Several files at once (``None`` for missing ones); remote stores fetch concurrently."""
         out: dict[str, bytes | None] = {}
@@ -134,6 +139,13 @@ class LocalStore(TableStore):
 
     def read_bytes(self, key: str) -> bytes:
         return (self.root / key).read_bytes()
+
+    def map_or_read(self, key: str, mappable_size: int | None = None):
+        with open(self.root / key, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if mappable_size and size == mappable_size:
+                return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            return handle.read()
 
     def write_bytes(self, key: str, data) -> None:
         from .table_format import write_file_atomic

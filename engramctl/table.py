@@ -14,8 +14,6 @@ Writing (``mode="r+"``, under the writer lock): :meth:`Table.write_rows` rewrite
 from __future__ import annotations
 
 import logging
-import mmap
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -250,17 +248,6 @@ class Table:
             self._caches[layer_id] = _LayerCache(layer.n_chunks(self.meta.chunk_rows))
         return self._caches[layer_id]
 
-    def _chunk_bytes(self, layer_id: int, chunk_index: int):
-        """A chunk file's bytes: memory-mapped when local and uncompressed, else read whole."""
-        path = self.chunk_path(layer_id, chunk_index)
-        if not self.store.is_local:  # object stores: one GET of the whole chunk
-            return self.store.read_bytes(chunk_key(layer_id, chunk_index))
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if self.meta.compressor == "none" and size == self.meta.chunk_bytes and size:
-                return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-            return handle.read()
-
     def read_chunk_file(
         self, layer_id: int, chunk_index: int, *, fetched=None
     ) -> np.ndarray | None:
@@ -273,8 +260,9 @@ class Table:
         entry = self.manifest.get(layer_id, {}).get(chunk_index)
         where = f"chunk {chunk_index} of layer {layer_id} ({path})"
         try:
-            if fetched is None:
-                data = self._chunk_bytes(layer_id, chunk_index)
+            if fetched is None:  # mmap when the file is raw rows (uncompressed, full size)
+                mappable = self.meta.chunk_bytes if self.meta.compressor == "none" else None
+                data = self.store.map_or_read(chunk_key(layer_id, chunk_index), mappable)
             elif (data := fetched[chunk_key(layer_id, chunk_index)]) is None:
                 raise FileNotFoundError(path)
         except FileNotFoundError:
