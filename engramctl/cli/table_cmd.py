@@ -157,7 +157,8 @@ def init_table_command(
     chunk_rows: ChunkRowsOpt = None,
     compressor: CompressorOpt = Compressor.none,
     workers: Annotated[
-        int | None, typer.Option("--workers", help="Writer threads. (default: all cores)")
+        int | None,
+        typer.Option("--workers", help="Writer threads without --scheduler. (default: all cores)"),
     ] = None,
     overwrite: OverwriteOpt = False,
     scheduler: SchedulerOpt = None,
