@@ -1,10 +1,10 @@
 """Table init on Dask: every chunk is one task that a worker writes straight to the table's store.
 
 :func:`initialize_table_dask` is what ``init-table --scheduler`` runs after the group exists
-(``create_table(..., scheduler=...)``). The client scatters the table metadata to the workers
-once and submits one task per chunk: the task re-checks a chunk the manifest already lists
-(its bytes against the recorded CRC-32, so a resumed init skips good chunks) and otherwise writes
-the chunk's deterministic init values with :func:`engramctl.table_init.write_init_chunk`. The
+(``create_table(..., scheduler=...)``). The table metadata goes to the workers once (one task
+whose result the chunk tasks share), then one task per chunk re-checks a chunk the manifest
+already lists (its bytes against the recorded CRC-32, so a resumed init skips good chunks) or
+writes the chunk's deterministic init values with :func:`engramctl.table_init.write_init_chunk`. The
 values depend only on (seed, layer, row, column), so which worker writes which chunk, and how
 often (a killed worker's tasks are re-run by Dask), never changes a byte of the table.
 
@@ -63,6 +63,10 @@ def ensure_chunk_task(
     if entry is not None and chunk_is_valid(store, layer_id, chunk_index, entry):
         return ChunkRecord(layer_id, chunk_index, int(entry[0]), int(entry[1])), True
     return write_init_chunk(store, meta, layer_id, chunk_index, parallel=True), False
+
+
+def _identity(value):
+    return value
 
 
 def _store_visible(store: TableStore) -> bool:
@@ -129,7 +133,8 @@ def _run_tasks(client, store, meta, manifest, progress) -> tuple[int, int, int]:
 
     every = chunks_to_write(meta, set())
     run = uuid.uuid4().hex[:12]  # fresh task keys: never reuse a result of an earlier run
-    meta_future = client.scatter(meta, broadcast=True)
+    # a task, not scattered data: if every worker holding it dies, the scheduler recomputes it
+    meta_future = client.submit(_identity, meta, key=f"engramctl-meta-{run}", pure=False)
     futures = [
         client.submit(
             ensure_chunk_task,
