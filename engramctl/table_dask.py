@@ -65,6 +65,18 @@ def ensure_chunk_task(
     return write_init_chunk(store, meta, layer_id, chunk_index, parallel=True), False
 
 
+def _remove_temporaries(store: TableStore, meta: TableMeta) -> None:
+    """Delete the temporary files of killed workers' half-written chunks (local tables)."""
+    if not store.is_local:
+        return  # object stores: a chunk is one PUT, nothing is left half-written
+    for layer in meta.layers.values():
+        prefix = f"{layer.array}/c"
+        for key in store.file_sizes(prefix):
+            if ".tmp-" in key.rsplit("/", 1)[-1]:
+                log.info("removing %s, left by a worker that died", key)
+                (store.root / prefix / key).unlink(missing_ok=True)
+
+
 def _identity(value):
     return value
 
@@ -182,6 +194,8 @@ def _run_tasks(client, store, meta, manifest, progress) -> tuple[int, int, int]:
         if failure is not None:
             client.cancel(futures)
         complete = failure is None and done == len(every)
+        if complete:
+            _remove_temporaries(store, meta)
         try:
             write_group_attrs(store, meta.with_status("complete") if complete else meta, manifest)
         except Exception as exc:
