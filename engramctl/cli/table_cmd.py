@@ -64,6 +64,7 @@ StorageOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--storage-option",
+        metavar="KEY=VALUE",
         help="fsspec option of a URL table, KEY=VALUE (repeatable), e.g. endpoint_url=http://h:9000.",
     ),
 ]
@@ -71,6 +72,7 @@ SchedulerOpt = Annotated[
     str | None,
     typer.Option(
         "--scheduler",
+        metavar="ADDRESS",
         help="Write chunks on Dask: a scheduler address (host:8786) or local:N worker processes.",
     ),
 ]
