@@ -14,6 +14,8 @@ from .errors import EngramError
 from .store import TableStore, open_store
 from .table_format import TableMeta, check_vocab, chunk_key, crc32_of, read_group
 
+REMOTE_READ_BATCH = 16  # chunks verify --deep fetches at once from an object store
+
 
 @dataclass
 class VerifyReport:
@@ -111,6 +113,7 @@ def _check_files(
     report.chunks_total += n_chunks
     report.chunks_written += len(entries)
     sizes = store.file_sizes(f"{layer.array}/c")  # one listing (of a bucket, too)
+    to_read: list[tuple[int, list]] = []  # chunks whose checksum --deep re-computes
     for chunk_index in sorted(entries):
         entry = entries[chunk_index]
         where = f"chunk {chunk_index} of layer {layer_id}"
@@ -132,17 +135,8 @@ def _check_files(
             )
             continue
         if deep:
-            try:
-                data = store.read_bytes(key)
-            except OSError as exc:
-                report.problems.append(f"{where}: cannot read {file} ({exc.strerror or exc})")
-                continue
-            report.chunks_checked += 1
-            report.bytes_checked += len(data)
-            if crc32_of(data) != entry[0]:
-                report.problems.append(f"{where}: {file} fails its checksum (corrupted)")
-            if progress:
-                progress(report.bytes_checked, report.bytes_to_check)
+            to_read.append((chunk_index, entry))
+    _check_checksums(store, layer_id, to_read, report, progress)
     unrecorded, temporary = [], []
     for rel_key in sorted(sizes):
         rel = rel_key.split("/")
@@ -161,6 +155,37 @@ def _check_files(
         )
     if temporary:
         report.warnings.append(f"layer {layer_id}: leftover temporary files: {temporary[:3]}")
+
+
+def _check_checksums(
+    store: TableStore, layer_id: int, to_read: list, report: VerifyReport, progress
+) -> None:
+    """Re-read chunks and compare CRC-32s; a remote store fetches a batch concurrently."""
+    batch = 1 if store.is_local else REMOTE_READ_BATCH
+    for start in range(0, len(to_read), batch):
+        group = to_read[start : start + batch]
+        keys = [chunk_key(layer_id, chunk_index) for chunk_index, _ in group]
+        try:
+            fetched = store.read_many(keys)
+        except OSError as exc:  # local stores read one chunk per batch
+            report.problems.append(
+                f"chunk {group[0][0]} of layer {layer_id}: cannot read {store.where(keys[0])} "
+                f"({exc.strerror or exc})"
+            )
+            continue
+        for (chunk_index, entry), key in zip(group, keys, strict=True):
+            where, data = f"chunk {chunk_index} of layer {layer_id}", fetched[key]
+            if data is None:
+                report.problems.append(f"{where}: file {store.where(key)} is missing")
+                continue
+            report.chunks_checked += 1
+            report.bytes_checked += len(data)
+            if crc32_of(data) != entry[0]:
+                report.problems.append(
+                    f"{where}: {store.where(key)} fails its checksum (corrupted)"
+                )
+            if progress:
+                progress(report.bytes_checked, report.bytes_to_check)
 
 
 def verify_table(
