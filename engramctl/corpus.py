@@ -336,8 +336,11 @@ def _flat_dtype(f: CorpusFile, options: CorpusOptions):
 
 
 def _token_arrays(f, options) -> Iterator[tuple[np.ndarray, bool, tuple, int]]:
-    """Token files: ``(ids, starts_documents, where, units in the file)``: 2-D .npy rows are documents; 1-D and
-    flat streams are split by ``--doc-sep-id`` (one document without it)."""
+    """Token files: ``(ids, starts_documents, where, units in the file)``.
+
+    2-D .npy rows are documents; 1-D and flat streams are split by ``--doc-sep-id`` (one document
+    without it).
+    """
     if f.path.suffix.lower() == ".npy":
         try:
             array = np.load(f.path, mmap_mode="r", allow_pickle=False)
@@ -413,7 +416,7 @@ def _stream_pieces(array, starts_docs, where, options):
         cuts = np.flatnonzero(chunk == sep) if sep is not None else np.zeros(0, np.int64)
         bounds = [0, *(cuts + 1).tolist()]
         ends = [*cuts.tolist(), chunk.shape[0]]
-        for i, (a, b) in enumerate(zip(bounds, ends)):
+        for i, (a, b) in enumerate(zip(bounds, ends, strict=True)):
             start = at_doc_start if i == 0 else True
             if b > a:
                 yield chunk[a:b], start, (path, unit, base + lo + a)
@@ -479,7 +482,7 @@ def _parquet_items(array, first_row, f, assembler, is_text, index, fraction):
     lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False)
     flat = pc.list_flatten(array).to_numpy(zero_copy_only=False)
     ends = np.cumsum(lengths)
-    for row, (end, length) in enumerate(zip(ends.tolist(), lengths.tolist())):
+    for row, (end, length) in enumerate(zip(ends.tolist(), lengths.tolist(), strict=True)):
         if assembler.add(flat[end - length : end], True, (path, "row", first_row + row)):
             yield assembler.take(index, fraction)
 
