@@ -34,7 +34,7 @@ from .corpus import (
 from .dtypes import format_bytes
 from .errors import EngramError, UsageError
 from .layout import EngramLayout
-from .stats import NgramCounter, estimate_memory, exact_keys, order_stats
+from .stats import NgramCounter, estimate_memory, order_stats
 from .stats_report import HashStatsReport, SweepPoint
 
 log = logging.getLogger(__name__)
@@ -278,7 +278,9 @@ def count_corpus(
     return counter, warnings, stopped, done if stopped else plan.bytes_total
 
 
-def finalize(counter: NgramCounter, layout: EngramLayout, layer_ids, sweep=()) -> tuple:
+def finalize(
+    counter: NgramCounter, layout: EngramLayout, layer_ids, sweep=(), *, threads: int = 1
+) -> tuple:
     """``(layers, sweep points)``: every figure of the layout's layers and each sweep size."""
     entries = {n: counter.entries(n) for n in range(2, layout.max_ngram + 1)}
 
@@ -292,8 +294,8 @@ def finalize(counter: NgramCounter, layout: EngramLayout, layer_ids, sweep=()) -
                     multipliers[:n],
                     rows[(n - 2) * lay.heads : (n - 1) * lay.heads],
                     order=n,
-                    exact=exact_keys(n, lay.vocab_size),
                     histograms=histograms,
+                    threads=threads,
                 )
                 for n in entries
             }
@@ -341,7 +343,9 @@ def run_hash_stats(
     if counter.tokens == 0 and not stopped:
         names = ", ".join(str(f.path) for f in plan.files[:3])
         raise EngramError(f"the corpus holds no tokens ({names}); nothing to count")
-    layers, sweep = finalize(counter, plan.layout, plan.layer_ids, plan.sweep)
+    layers, sweep = finalize(
+        counter, plan.layout, plan.layer_ids, plan.sweep, threads=threads or cpu_count()
+    )
     layout_dict = plan.layout.to_dict()
     layout_dict["analysed_layers"] = list(plan.layer_ids)
     return HashStatsReport(

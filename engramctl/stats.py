@@ -2,11 +2,11 @@
 
 Counting (one pass over the corpus): per n-gram order, :class:`NgramCounter` keeps an
 open-addressing hash map ``{n-gram -> occurrences}`` (numba, linear probing, grown by rehash). The
-key is the n-gram's canonical ids packed into 64 bits when they fit (``n * ceil(log2 C) <= 64``:
-exact), otherwise a 64-bit fingerprint of the tuple; each slot also keeps the tuple itself. The map
-is independent of layers, heads and table sizes, so one pass serves every layer and every
-``--sweep`` size, and two counters merge by adding counts (identical results whatever the batch
-size, chunking, thread count or order of input files).
+key is the tuple of canonical ids itself, packed losslessly into ``ceil(n / floor(64 / bits))``
+64-bit words (``bits = ceil(log2 C)``: 17 for DeepSeek-V4, so 3 ids a word), so distinct counts
+are exact: no fingerprint, no false merges. The map does not depend on layers, heads or table
+sizes, so one pass serves every layer and every ``--sweep`` size, and two counters merge by adding
+counts (identical results whatever the batch size, chunking, thread count or order of files).
 
 Finalization (:func:`order_stats`): per layer the tuple gives ``mix_n`` exactly as
 :func:`engramctl.hashing.hash_layer_reference` computes it, per head ``row = mix_n mod p``; per-row
@@ -24,13 +24,11 @@ import numpy as np
 
 from ._numba import njit
 from .errors import EngramError
+from .hashing import FAST_MOD_LIMIT, _floor_mod
 from .stats_report import HeadStats, OrderStats
 
 MAX_LOAD = 0.6  # grow a count map when it is this full
 MIN_CAPACITY = 1 << 10
-SLOT_BYTES = 16  # key (uint64) + count (int64); the tuple adds 4 bytes per token
-FINGERPRINT_SEED = np.uint64(0x9E3779B97F4A7C15)
-FINGERPRINT_MULT = np.uint64(0xBF58476D1CE4E5B9)
 
 
 def key_bits(canonical_vocab_size: int) -> int:
@@ -42,13 +40,14 @@ def key_bits(canonical_vocab_size: int) -> int:
     return max(1, (int(canonical_vocab_size) - 1).bit_length())
 
 
-def exact_keys(order: int, canonical_vocab_size: int) -> bool:
-    """Whether n-grams of ``order`` pack losslessly into a 64-bit key.
+def key_words(order: int, bits: int) -> int:
+    """64-bit words of a packed n-gram key (ids never straddle words).
 
-    >>> exact_keys(3, 99092), exact_keys(4, 99092)
-    (True, False)
+    >>> key_words(3, 17), key_words(4, 17)
+    (1, 2)
     """
-    return order * key_bits(canonical_vocab_size) <= 64
+    per_word = 64 // bits
+    return -(-order // per_word)
 
 
 # ------------------------------------------------------------------------------- kernels
@@ -64,16 +63,26 @@ def _fmix64(x):
 
 
 @njit(cache=True, inline="always")
-def _ngram_key(ext, i, n, exact, bits):
-    """Key of the n-gram ending at ``ext[i]`` (``tok_k = ext[i - k]``)."""
-    if exact:
-        packed = np.uint64(0)
-        for k in range(n):
-            packed = (packed << np.uint64(bits)) | np.uint64(ext[i - k])
-        return _fmix64(packed)
-    h = FINGERPRINT_SEED
+def _pack_ngram(ext, i, n, bits, key):
+    """Pack the n-gram ending at ``ext[i]`` into ``key`` (KW,): ``tok_k = ext[i - k]`` in word
+    ``k // per_word`` at bit ``bits * (k % per_word)``; returns the slot hash of the key."""
+    per_word = 64 // bits
+    for w in range(key.shape[0]):
+        key[w] = 0
     for k in range(n):
-        h = _fmix64(h ^ (np.uint64(ext[i - k]) * FINGERPRINT_MULT))
+        w = k // per_word
+        key[w] |= np.uint64(ext[i - k]) << np.uint64(bits * (k % per_word))
+    h = np.uint64(0)
+    for w in range(key.shape[0]):
+        h = _fmix64(h ^ key[w])
+    return h
+
+
+@njit(cache=True, inline="always")
+def _slot_hash(table, s, KW):
+    h = np.uint64(0)
+    for w in range(KW):
+        h = _fmix64(h ^ table[s, w])
     return h
 
 
@@ -108,95 +117,159 @@ def _extend_kernel(raw, offsets, doc_start, lut, pad, carry, ext, real):
 
 
 @njit(cache=True, nogil=True)
-def _count_kernel(ext, real, start, n, exact, bits, keys, counts, grams, size, limit):
+def _count_kernel(ext, real, start, n, bits, table, size, limit):
     """Add the n-grams ending at real positions ``start..`` of ``ext`` to one count map.
 
+    table (cap, KW+1) uint64 slots: the packed key (KW words), then the count (0: a free slot).
     Stops before inserting a new key once ``size == limit``; returns ``(next_index, size)``.
     """
-    mask = keys.shape[0] - 1
-    shift = np.uint64(64 - int(np.log2(keys.shape[0])))
+    mask = table.shape[0] - 1
+    shift = np.uint64(64 - int(np.log2(table.shape[0])))
+    KW = table.shape[1] - 1
+    key = np.empty(KW, dtype=np.uint64)
+    one = np.uint64(1)
     for i in range(start, ext.shape[0]):
         if real[i] == 0:
             continue
-        key = _ngram_key(ext, i, n, exact, bits)
-        pos = np.int64(key >> shift)
+        pos = np.int64(_pack_ngram(ext, i, n, bits, key) >> shift)
         while True:
-            c = counts[pos]
+            c = table[pos, KW]
             if c == 0:
                 if size >= limit:
                     return i, size
-                keys[pos] = key
-                counts[pos] = 1
-                for k in range(n):
-                    grams[pos, k] = ext[i - k]
+                for w in range(KW):
+                    table[pos, w] = key[w]
+                table[pos, KW] = one
                 size += 1
                 break
-            if keys[pos] == key:
-                counts[pos] = c + 1
+            same = True
+            for w in range(KW):
+                if table[pos, w] != key[w]:
+                    same = False
+            if same:
+                table[pos, KW] = c + one
                 break
             pos = (pos + 1) & mask
     return ext.shape[0], size
 
 
 @njit(cache=True, nogil=True)
-def _merge_kernel(src_keys, src_counts, src_grams, start, keys, counts, grams, size, limit):
+def _merge_kernel(src, start, table, size, limit):
     """Add the slots ``start..`` of another count map; returns ``(next_slot, size)``."""
-    mask = keys.shape[0] - 1
-    shift = np.uint64(64 - int(np.log2(keys.shape[0])))
-    n = grams.shape[1]
-    for s in range(start, src_keys.shape[0]):
-        add = src_counts[s]
+    mask = table.shape[0] - 1
+    shift = np.uint64(64 - int(np.log2(table.shape[0])))
+    KW = table.shape[1] - 1
+    for s in range(start, src.shape[0]):
+        add = src[s, KW]
         if add == 0:
             continue
-        key = src_keys[s]
-        pos = np.int64(key >> shift)
+        pos = np.int64(_slot_hash(src, s, KW) >> shift)
         while True:
-            c = counts[pos]
+            c = table[pos, KW]
             if c == 0:
                 if size >= limit:
                     return s, size
-                keys[pos] = key
-                counts[pos] = add
-                for k in range(n):
-                    grams[pos, k] = src_grams[s, k]
+                for w in range(KW + 1):
+                    table[pos, w] = src[s, w]
                 size += 1
                 break
-            if keys[pos] == key:
-                counts[pos] = c + add
+            same = True
+            for w in range(KW):
+                if table[pos, w] != src[s, w]:
+                    same = False
+            if same:
+                table[pos, KW] = c + add
                 break
             pos = (pos + 1) & mask
-    return src_keys.shape[0], size
+    return src.shape[0], size
 
 
 @njit(cache=True, nogil=True)
-def _head_kernel(mix, counts, p, row_counts, all_collided):
-    """Per-row (distinct, occurrences) of one head into ``row_counts`` (p, 2), zeroed by caller.
+def _head_rows_kernel(mix, counts, p, inv_p, two32_mod_p, two64_mod_p, fast, row_counts, rows):
+    """Pass 1 of a head: ``rows[e] = mix[e] mod p``; ``row_counts[r] += (1, count)``.
 
-    Clears ``all_collided[e]`` for n-grams alone in their row. Returns (occupied rows, collided
-    rows, colliding distinct, colliding occurrences, max row load, max row occurrences).
+    row_counts (p, 2) int64 must be zero; returns the max row load (distinct n-grams).
     """
-    D = mix.shape[0]
-    for e in range(D):
-        r = mix[e] % p
-        row_counts[r, 0] += 1
+    mask32 = np.uint64(0xFFFFFFFF)
+    max_load = 0
+    for e in range(mix.shape[0]):
+        m = mix[e]
+        u = np.uint64(m)
+        r = _floor_mod(
+            m, np.int64(u >> np.uint64(32)), np.int64(u & mask32), m >> 63, p, inv_p,
+            two32_mod_p, two64_mod_p, fast,
+        )  # fmt: skip
+        rows[e] = r
+        load = row_counts[r, 0] + 1
+        row_counts[r, 0] = load
         row_counts[r, 1] += counts[e]
-    for e in range(D):
-        if row_counts[mix[e] % p, 0] < 2:
-            all_collided[e] = False
-    occupied = collided = colliding_distinct = colliding_occurrences = 0
-    max_load = max_occurrences = 0
-    for r in range(p):
+        max_load = max(max_load, load)
+    return max_load
+
+
+@njit(cache=True, nogil=True)
+def _head_figures_kernel(rows, row_counts, flags, histogram, reset):
+    """Pass 2 of a head, O(D): visit each occupied row once (its load is negated once seen),
+    count ``histogram[load]``, clear ``flags[e]`` for n-grams alone in their row, and zero the
+    rows again when ``reset``. Returns (occupied rows, collided rows, colliding distinct,
+    colliding occurrences, max row occurrences)."""
+    occupied = collided = colliding_distinct = colliding_occurrences = max_occurrences = 0
+    for e in range(rows.shape[0]):
+        r = rows[e]
         d = row_counts[r, 0]
-        if d == 0:
-            continue
-        occupied += 1
-        if d >= 2:
-            collided += 1
-            colliding_distinct += d
-            colliding_occurrences += row_counts[r, 1]
-        max_load = max(max_load, d)
-        max_occurrences = max(max_occurrences, row_counts[r, 1])
-    return occupied, collided, colliding_distinct, colliding_occurrences, max_load, max_occurrences
+        if d > 0:  # first visit of this row
+            row_counts[r, 0] = -d
+            occupied += 1
+            histogram[d] += 1
+            occ = row_counts[r, 1]
+            max_occurrences = max(max_occurrences, occ)
+            if d >= 2:
+                collided += 1
+                colliding_distinct += d
+                colliding_occurrences += occ
+        else:
+            d = -d
+        if d < 2:
+            flags[e] = False
+    if reset:
+        for e in range(rows.shape[0]):
+            row_counts[rows[e], 0] = 0
+            row_counts[rows[e], 1] = 0
+    return occupied, collided, colliding_distinct, colliding_occurrences, max_occurrences
+
+
+def head_figures(mix: np.ndarray, counts: np.ndarray, p: int, flags: np.ndarray, row_counts=None):
+    """Every figure of one head of ``p`` rows (checks dtypes and shapes).
+
+    Returns ``(figures, histogram)``: (occupied rows, collided rows, colliding distinct, colliding
+    occurrences, max row load, max row occurrences) and rows per load ``0..max``. Clears
+    ``flags`` (D,) bool where an n-gram is alone in its row. ``row_counts`` is an all-zero
+    ``(>= p, 2)`` int64 scratch table, left all zero again.
+    """
+    if mix.dtype != np.int64 or counts.dtype != np.int64 or flags.dtype != np.bool_:
+        raise EngramError("head_figures needs int64 mix and counts and bool flags")
+    if not mix.shape == counts.shape == flags.shape:
+        raise EngramError("mix, counts and flags must have the same shape")
+    p = int(p)
+    if row_counts is None or row_counts.shape[0] < p:
+        row_counts = np.zeros((p, 2), dtype=np.int64)
+    table = row_counts[:p]
+    rows = np.empty(mix.shape[0], dtype=np.int64)
+    max_load = _head_rows_kernel(
+        mix, counts, np.int64(p), 1.0 / p, np.int64((1 << 32) % p), np.int64((1 << 64) % p),
+        p < FAST_MOD_LIMIT, table, rows,
+    )  # fmt: skip
+    histogram = np.zeros(max_load + 1, dtype=np.int64)
+    # zeroing D scattered rows beats clearing all p rows only while D is well below p
+    reset = 4 * mix.shape[0] < p
+    occupied, collided, col_distinct, col_occ, max_occ = _head_figures_kernel(
+        rows, table, flags, histogram, reset
+    )
+    if not reset:
+        table.fill(0)
+    histogram[0] = p - occupied
+    figures = (occupied, collided, col_distinct, col_occ, int(max_load), max_occ)
+    return tuple(int(v) for v in figures), tuple(histogram.tolist())
 
 
 def head_counts_reference(mix: np.ndarray, counts: np.ndarray, p: int):
@@ -222,80 +295,53 @@ def head_counts_reference(mix: np.ndarray, counts: np.ndarray, p: int):
 
 # -------------------------------------------------------------------------- the counter
 class _CountMap:
-    """One order's open-addressing map: keys, counts, tuples (``tok_0`` first)."""
+    """One order's open-addressing map: ``table[slot] = [packed key words..., count]``."""
 
-    def __init__(self, order: int, capacity: int = MIN_CAPACITY):
+    def __init__(self, order: int, bits: int, capacity: int = MIN_CAPACITY):
         capacity = max(MIN_CAPACITY, 1 << max(0, int(capacity - 1).bit_length()))
-        self.order = order
-        self.keys = np.zeros(capacity, dtype=np.uint64)
-        self.counts = np.zeros(capacity, dtype=np.int64)
-        self.grams = np.zeros((capacity, order), dtype=np.int32)
+        self.order, self.bits = order, bits
+        self.table = np.zeros((capacity, key_words(order, bits) + 1), dtype=np.uint64)
         self.size = 0
 
     @property
     def limit(self) -> int:
-        return int(self.keys.shape[0] * MAX_LOAD)
+        return int(self.table.shape[0] * MAX_LOAD)
 
     @property
     def nbytes(self) -> int:
-        return self.keys.nbytes + self.counts.nbytes + self.grams.nbytes
+        return self.table.nbytes
 
     def grow(self) -> None:
-        bigger = _CountMap(self.order, self.keys.shape[0] * 2)
-        done, size = _merge_kernel(
-            self.keys,
-            self.counts,
-            self.grams,
-            0,
-            bigger.keys,
-            bigger.counts,
-            bigger.grams,
-            0,
-            bigger.limit,
-        )
-        assert done == self.keys.shape[0] and size == self.size
-        self.keys, self.counts, self.grams = bigger.keys, bigger.counts, bigger.grams
+        bigger = _CountMap(self.order, self.bits, self.table.shape[0] * 2)
+        done, size = _merge_kernel(self.table, 0, bigger.table, 0, bigger.limit)
+        assert done == self.table.shape[0] and size == self.size
+        self.table = bigger.table
 
-    def count(self, ext, real, exact: bool, bits: int) -> None:
+    def count(self, ext, real) -> None:
         start = 0
         while start < ext.shape[0]:
             start, self.size = _count_kernel(
-                ext,
-                real,
-                start,
-                self.order,
-                exact,
-                bits,
-                self.keys,
-                self.counts,
-                self.grams,
-                self.size,
-                self.limit,
+                ext, real, start, self.order, self.bits, self.table, self.size, self.limit
             )
             if start < ext.shape[0]:
                 self.grow()
 
     def merge(self, other: _CountMap) -> None:
         start = 0
-        while start < other.keys.shape[0]:
-            start, self.size = _merge_kernel(
-                other.keys,
-                other.counts,
-                other.grams,
-                start,
-                self.keys,
-                self.counts,
-                self.grams,
-                self.size,
-                self.limit,
-            )
-            if start < other.keys.shape[0]:
+        while start < other.table.shape[0]:
+            start, self.size = _merge_kernel(other.table, start, self.table, self.size, self.limit)
+            if start < other.table.shape[0]:
                 self.grow()
 
     def entries(self) -> tuple[np.ndarray, np.ndarray]:
         """Distinct n-grams ``(D, order)`` int64 (``tok_0`` first) and their counts ``(D,)``."""
-        used = np.flatnonzero(self.counts)
-        return self.grams[used].astype(np.int64), self.counts[used]
+        used = self.table[np.flatnonzero(self.table[:, -1])]
+        per_word, mask = 64 // self.bits, np.uint64((1 << self.bits) - 1)
+        grams = np.empty((used.shape[0], self.order), dtype=np.int64)
+        for k in range(self.order):
+            shift = np.uint64(self.bits * (k % per_word))
+            grams[:, k] = ((used[:, k // per_word] >> shift) & mask).astype(np.int64)
+        return grams, used[:, -1].astype(np.int64)
 
 
 class NgramCounter:
@@ -321,7 +367,7 @@ class NgramCounter:
         self.max_ngram = max_ngram
         self.pad = int(pad)
         self.bits = key_bits(self.canonical_vocab_size)
-        self.maps = {n: _CountMap(n) for n in range(2, max_ngram + 1)}
+        self.maps = {n: _CountMap(n, self.bits) for n in range(2, max_ngram + 1)}
         self.carry = np.full(max_ngram - 1, self.pad, dtype=np.int32)
         self.tokens = 0
         self.documents = 0
@@ -330,9 +376,6 @@ class NgramCounter:
     @property
     def nbytes(self) -> int:
         return sum(m.nbytes for m in self.maps.values())
-
-    def exact(self, order: int) -> bool:
-        return exact_keys(order, self.canonical_vocab_size)
 
     def add(self, ids: np.ndarray, offsets: np.ndarray, doc_start: np.ndarray) -> int:
         """Count a batch of pieces: ``ids[offsets[s]:offsets[s+1]]`` is piece ``s``.
@@ -363,13 +406,13 @@ class NgramCounter:
         return -1
 
     def _count(self, ext, real) -> None:
-        jobs = [(m, self.exact(n)) for n, m in self.maps.items()]
-        if self.threads == 1 or len(jobs) == 1:
-            for m, exact in jobs:
-                m.count(ext, real, exact, self.bits)
+        maps = list(self.maps.values())
+        if self.threads == 1:
+            for m in maps:
+                m.count(ext, real)
             return
-        with ThreadPoolExecutor(min(self.threads, len(jobs))) as pool:
-            for future in [pool.submit(m.count, ext, real, e, self.bits) for m, e in jobs]:
+        with ThreadPoolExecutor(min(self.threads, len(maps))) as pool:
+            for future in [pool.submit(m.count, ext, real) for m in maps]:
                 future.result()
 
     def merge(self, other: NgramCounter) -> NgramCounter:
@@ -433,45 +476,51 @@ def order_stats(
     head_rows,
     *,
     order: int,
-    exact: bool = True,
     histograms: bool = True,
+    threads: int = 1,
 ) -> OrderStats:
-    """Every figure of one (layer, order): ``grams``/``counts`` from :meth:`NgramCounter.entries`,
-    the layer's multipliers, and the prime row count of each of the order's heads."""
+    """Every figure of one (layer, order).
+
+    ``grams``/``counts`` come from :meth:`NgramCounter.entries`; ``multipliers`` are the layer's,
+    ``head_rows`` the prime row count of each of the order's heads. ``threads`` workers take the
+    heads in turn, each with its own ``(p, 2)`` row table; the result does not depend on it.
+    """
     mix = np.ascontiguousarray(ngram_mix(grams, multipliers))
     counts = np.ascontiguousarray(counts, dtype=np.int64)
-    all_collided = np.ones(mix.shape[0], dtype=np.bool_)
-    largest = max(int(p) for p in head_rows)
-    row_counts = np.empty((largest, 2), dtype=np.int64)
-    heads = []
-    for p in head_rows:
-        p = int(p)
-        table = row_counts[:p]
-        table.fill(0)
-        figures = _head_kernel(mix, counts, np.int64(p), table, all_collided)
-        occupied, collided, col_distinct, col_occ, max_load, max_occ = (int(v) for v in figures)
-        histogram = tuple(np.bincount(table[:, 0]).tolist()) if histograms else ()
-        heads.append(
-            HeadStats(
-                rows=p,
-                occupied_rows=occupied,
-                collided_rows=collided,
-                colliding_distinct=col_distinct,
-                colliding_occurrences=col_occ,
-                max_row_load=max_load,
-                max_row_occurrences=max_occ,
-                distinct=int(mix.shape[0]),
-                occurrences=int(counts.sum()),
-                row_load_histogram=histogram,
-            )
-        )
+    head_rows = [int(p) for p in head_rows]
+    distinct, occurrences = int(mix.shape[0]), int(counts.sum())
+
+    def work(group: list[int]):
+        flags = np.ones(mix.shape[0], dtype=np.bool_)
+        row_counts = np.zeros((max(head_rows[h] for h in group), 2), dtype=np.int64)
+        result = {}
+        for h in group:
+            figures, histogram = head_figures(mix, counts, head_rows[h], flags, row_counts)
+            occupied, collided, col_distinct, col_occ, max_load, max_occ = figures
+            result[h] = HeadStats(
+                rows=head_rows[h], occupied_rows=occupied, collided_rows=collided,
+                colliding_distinct=col_distinct, colliding_occurrences=col_occ,
+                max_row_load=max_load, max_row_occurrences=max_occ, distinct=distinct,
+                occurrences=occurrences,
+                row_load_histogram=histogram if histograms else (),
+            )  # fmt: skip
+        return flags, result
+
+    workers = max(1, min(threads, len(head_rows)))
+    groups = [list(range(w, len(head_rows), workers)) for w in range(workers)]
+    if workers == 1:
+        outputs = [work(groups[0])]
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            outputs = list(pool.map(work, groups))
+    all_collided = np.logical_and.reduce([flags for flags, _ in outputs])
+    heads = {h: stats for _, result in outputs for h, stats in result.items()}
     return OrderStats(
         order=order,
-        occurrences=int(counts.sum()),
-        distinct=int(mix.shape[0]),
+        occurrences=occurrences,
+        distinct=distinct,
         all_heads_colliding_occurrences=int(counts[all_collided].sum()) if heads else 0,
-        exact_keys=exact,
-        heads=tuple(heads),
+        heads=tuple(heads[h] for h in range(len(head_rows))),
     )
 
 
@@ -480,18 +529,19 @@ def estimate_memory(
 ) -> int:
     """Bytes the counter and finalization may need at most for a stream of ``tokens`` tokens.
 
-    Each position adds at most one distinct n-gram per order (and never more than ``C**n``);
-    a map is at most ``1 / (MAX_LOAD / 2)`` times its entries right after growing; finalizing
-    holds one ``(p, 2)`` int64 row table plus a few arrays per distinct n-gram.
+    Each position adds at most one distinct n-gram per order (and never more than ``C**n``); a
+    map holds at most ``1 / MAX_LOAD`` slots per entry rounded up to a power of two, plus the old
+    half while it grows; finalizing holds one ``(p, 2)`` int64 row table plus about 40 bytes per
+    distinct n-gram (tuple, mix, count, rows, flags).
     """
-    total = largest_map = 0
-    largest_distinct = 0
+    bits = key_bits(canonical_vocab_size)
+    total = largest_map = largest_distinct = 0
     for n in range(2, max_ngram + 1):
         distinct = min(int(tokens), canonical_vocab_size**n)
         largest_distinct = max(largest_distinct, distinct)
         slots = max(MIN_CAPACITY, 1 << max(0, int(distinct / MAX_LOAD)).bit_length())
-        total += slots * (SLOT_BYTES + 4 * n)
-        largest_map = max(largest_map, slots * (SLOT_BYTES + 4 * n))
-    finalize = 16 * largest_head_rows + largest_distinct * (8 * max_ngram + 8 + 8 + 1)
-    # growing a map holds the old half next to the new one
+        size = slots * 8 * (key_words(n, bits) + 1)
+        total += size
+        largest_map = max(largest_map, size)
+    finalize = 16 * largest_head_rows + largest_distinct * (8 * max_ngram + 8 + 8 + 8 + 1)
     return total + largest_map // 2 + finalize

@@ -113,7 +113,6 @@ class OrderStats:
     occurrences: int  # n-gram occurrences (one per token position)
     distinct: int  # distinct tuples of n canonical ids, pads included
     all_heads_colliding_occurrences: int  # occurrences colliding in every head of the order
-    exact_keys: bool  # distinct counted exactly (packed keys) or by 64-bit fingerprint
     heads: tuple[HeadStats, ...]
 
     @property
@@ -131,7 +130,6 @@ class OrderStats:
         return {
             "occurrences": self.occurrences,
             "distinct": self.distinct,
-            "exact_keys": self.exact_keys,
             "all_heads_colliding_occurrences": self.all_heads_colliding_occurrences,
             "all_heads_colliding_occurrence_fraction": self.all_heads_colliding_occurrence_fraction,
             "expected_all_heads_colliding_occurrence_fraction": (
@@ -147,7 +145,6 @@ class OrderStats:
             occurrences=data["occurrences"],
             distinct=data["distinct"],
             all_heads_colliding_occurrences=data["all_heads_colliding_occurrences"],
-            exact_keys=data.get("exact_keys", True),
             heads=tuple(
                 HeadStats.from_dict(h, distinct=data["distinct"], occurrences=data["occurrences"])
                 for h in data["heads"]
