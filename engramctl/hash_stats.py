@@ -82,6 +82,7 @@ class HashStatsPlan:
     layer_ids: tuple[int, ...]  # layers of ``layout`` to report
     sweep: tuple[int, ...]  # candidate rows per head, every order
     limit_tokens: int | None
+    threads: int  # counting threads (one order each) and finalization threads (heads)
     tokens_estimate: int
     memory_estimate: int
     max_memory: int
@@ -101,28 +102,29 @@ def _largest_rows(layout: EngramLayout, layer_ids, sweep) -> int:
     return max([largest, *(int(s * 1.01) + 1000 for s in sweep)])
 
 
-def _memory(layout, layer_ids, sweep, tokens: int) -> int:
+def _memory(layout, layer_ids, sweep, tokens: int, threads: int = 1) -> int:
     return estimate_memory(
         tokens=tokens,
         max_ngram=layout.max_ngram,
         canonical_vocab_size=layout.vocab_size,
         largest_head_rows=_largest_rows(layout, layer_ids, sweep),
+        threads=threads,
     )
 
 
-def _what_fits(layout, layer_ids, sweep, tokens, max_memory) -> str:
+def _what_fits(layout, layer_ids, sweep, tokens, max_memory, threads) -> str:
+    def memory(sizes, count):
+        return _memory(layout, layer_ids, sizes, count, threads)
+
     hints = []
-    small_sweep = tuple(s for s in sweep if _memory(layout, layer_ids, (s,), 0) * 2 < max_memory)
-    if (
-        small_sweep != tuple(sweep)
-        and _memory(layout, layer_ids, small_sweep, tokens) <= max_memory
-    ):
+    small_sweep = tuple(s for s in sweep if memory((s,), 0) * 2 < max_memory)
+    if small_sweep != tuple(sweep) and memory(small_sweep, tokens) <= max_memory:
         listed = ",".join(str(s) for s in small_sweep)
         hints.append(f"--sweep {listed}" if small_sweep else "no --sweep")
     lo, hi = 0, tokens
     while lo < hi:  # the most tokens whose bound fits
         mid = (lo + hi + 1) // 2
-        if _memory(layout, layer_ids, sweep, mid) <= max_memory:
+        if memory(sweep, mid) <= max_memory:
             lo = mid
         else:
             hi = mid - 1
@@ -143,10 +145,14 @@ def plan_hash_stats(
     sweep=(),
     limit_tokens: int | None = None,
     max_memory: int | None = None,
+    threads: int | None = None,
 ) -> HashStatsPlan:
     """Find the corpus files and bound the memory; refuse when the bound exceeds ``max_memory``."""
     options = options or CorpusOptions()
     options.validate()
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
+    threads = threads or cpu_count()
     layer_ids = tuple(layer_ids) if layer_ids else layout.layers
     for layer in layer_ids:
         if layer not in layout.layers:
@@ -161,15 +167,24 @@ def plan_hash_stats(
     if limit_tokens is not None:
         tokens = min(tokens, limit_tokens)
     max_memory = parse_memory(None) if max_memory is None else int(max_memory)
-    memory = _memory(layout, layer_ids, sweep, tokens)
+    memory = _memory(layout, layer_ids, sweep, tokens, threads)
     if memory > max_memory:
         raise EngramError(
             f"hash-stats may need up to {format_bytes(memory)} for about {tokens:,} tokens, "
             f"above --max-memory {format_bytes(max_memory)}; "
-            + _what_fits(layout, layer_ids, sweep, tokens, max_memory)
+            + _what_fits(layout, layer_ids, sweep, tokens, max_memory, threads)
         )
     return HashStatsPlan(
-        files, options, layout, layer_ids, tuple(sweep), limit_tokens, tokens, memory, max_memory
+        files,
+        options,
+        layout,
+        layer_ids,
+        tuple(sweep),
+        limit_tokens,
+        threads,
+        tokens,
+        memory,
+        max_memory,
     )
 
 
@@ -229,19 +244,17 @@ def count_corpus(
     *,
     vocab,
     tokenizer: TextTokenizer | None = None,
-    threads: int | None = None,
     progress: Callable[[int, int, int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[NgramCounter, CorpusWarnings, str, int]:
     """The streaming pass: ``(counter, warnings, stopped_reason, bytes read)``."""
     layout = plan.layout
-    threads = threads or min(cpu_count(), layout.max_ngram - 1)
     counter = NgramCounter(
-        vocab, max_ngram=layout.max_ngram, pad=layout.pad_canonical_id(vocab), threads=threads
+        vocab, max_ngram=layout.max_ngram, pad=layout.pad_canonical_id(vocab), threads=plan.threads
     )
     warnings = CorpusWarnings()
     done_before = np.concatenate([[0], np.cumsum([f.size for f in plan.files])])
-    finalize_bytes = plan.memory_estimate - _memory(layout, plan.layer_ids, (), 0)
+    finalize_bytes = plan.memory_estimate - _memory(layout, plan.layer_ids, (), 0, plan.threads)
     stopped = ""
     done = 0
     with _StopFlag(should_stop) as stop:
@@ -283,6 +296,11 @@ def finalize(
 ) -> tuple:
     """``(layers, sweep points)``: every figure of the layout's layers and each sweep size."""
     entries = {n: counter.entries(n) for n in range(2, layout.max_ngram + 1)}
+    sizes = [layout.with_ngram_vocab([size] * (layout.max_ngram - 1)) for size in sweep]
+    largest = max(
+        int(lay.head_rows(layer).max()) for lay in [layout, *sizes] for layer in layer_ids
+    )
+    scratch = [np.zeros((largest, 2), dtype=np.int64) for _ in range(threads)]  # reused, kept 0
 
     def layers_of(lay: EngramLayout, histograms: bool) -> dict:
         result = {}
@@ -296,6 +314,7 @@ def finalize(
                     order=n,
                     histograms=histograms,
                     threads=threads,
+                    scratch=scratch,
                 )
                 for n in entries
             }
@@ -303,8 +322,7 @@ def finalize(
 
     layers = layers_of(layout, True)
     points = []
-    for size in sweep:
-        swept = layout.with_ngram_vocab([size] * (layout.max_ngram - 1))
+    for swept in sizes:
         points.append(SweepPoint(tuple(swept.ngram_vocab), layers_of(swept, False)))
     return layers, tuple(points)
 
@@ -314,7 +332,6 @@ def run_hash_stats(
     *,
     vocab,
     tokenizer: TextTokenizer | None = None,
-    threads: int | None = None,
     progress: Callable[[int, int, int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> HashStatsReport:
@@ -325,7 +342,6 @@ def run_hash_stats(
     plan : from :func:`plan_hash_stats`.
     vocab : the canonical vocab the layout was built for.
     tokenizer : needed for text input (:func:`load_matching_tokenizer`).
-    threads : counting threads (one n-gram order each); results never depend on it.
     progress : called after each batch with ``(bytes done, bytes total, documents, tokens)``.
     should_stop : polled after each batch; true stops the pass like Ctrl-C.
     """
@@ -336,16 +352,13 @@ def run_hash_stats(
         plan,
         vocab=vocab,
         tokenizer=tokenizer,
-        threads=threads,
         progress=progress,
         should_stop=should_stop,
     )
     if counter.tokens == 0 and not stopped:
         names = ", ".join(str(f.path) for f in plan.files[:3])
         raise EngramError(f"the corpus holds no tokens ({names}); nothing to count")
-    layers, sweep = finalize(
-        counter, plan.layout, plan.layer_ids, plan.sweep, threads=threads or cpu_count()
-    )
+    layers, sweep = finalize(counter, plan.layout, plan.layer_ids, plan.sweep, threads=plan.threads)
     layout_dict = plan.layout.to_dict()
     layout_dict["analysed_layers"] = list(plan.layer_ids)
     return HashStatsReport(

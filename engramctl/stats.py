@@ -412,7 +412,8 @@ class NgramCounter:
                 m.count(ext, real)
             return
         with ThreadPoolExecutor(min(self.threads, len(maps))) as pool:
-            for future in [pool.submit(m.count, ext, real) for m in maps]:
+            # the longest n-grams have the most distinct keys: start them first
+            for future in [pool.submit(m.count, ext, real) for m in reversed(maps)]:
                 future.result()
 
     def merge(self, other: NgramCounter) -> NgramCounter:
@@ -478,21 +479,27 @@ def order_stats(
     order: int,
     histograms: bool = True,
     threads: int = 1,
+    scratch: list | None = None,
 ) -> OrderStats:
     """Every figure of one (layer, order).
 
     ``grams``/``counts`` come from :meth:`NgramCounter.entries`; ``multipliers`` are the layer's,
     ``head_rows`` the prime row count of each of the order's heads. ``threads`` workers take the
-    heads in turn, each with its own ``(p, 2)`` row table; the result does not depend on it.
+    heads in turn, each with its own all-zero ``(p, 2)`` int64 row table (from ``scratch`` when
+    given, one per thread, big enough); the result does not depend on ``threads``.
     """
     mix = np.ascontiguousarray(ngram_mix(grams, multipliers))
     counts = np.ascontiguousarray(counts, dtype=np.int64)
     head_rows = [int(p) for p in head_rows]
     distinct, occurrences = int(mix.shape[0]), int(counts.sum())
 
-    def work(group: list[int]):
+    def work(worker: int):
+        group = list(range(worker, len(head_rows), workers))
         flags = np.ones(mix.shape[0], dtype=np.bool_)
-        row_counts = np.zeros((max(head_rows[h] for h in group), 2), dtype=np.int64)
+        if scratch is not None and scratch[worker].shape[0] >= max(head_rows):
+            row_counts = scratch[worker]
+        else:
+            row_counts = np.zeros((max(head_rows[h] for h in group), 2), dtype=np.int64)
         result = {}
         for h in group:
             figures, histogram = head_figures(mix, counts, head_rows[h], flags, row_counts)
@@ -507,12 +514,11 @@ def order_stats(
         return flags, result
 
     workers = max(1, min(threads, len(head_rows)))
-    groups = [list(range(w, len(head_rows), workers)) for w in range(workers)]
     if workers == 1:
-        outputs = [work(groups[0])]
+        outputs = [work(0)]
     else:
         with ThreadPoolExecutor(workers) as pool:
-            outputs = list(pool.map(work, groups))
+            outputs = list(pool.map(work, range(workers)))
     all_collided = np.logical_and.reduce([flags for flags, _ in outputs])
     heads = {h: stats for _, result in outputs for h, stats in result.items()}
     return OrderStats(
@@ -525,14 +531,19 @@ def order_stats(
 
 
 def estimate_memory(
-    *, tokens: int, max_ngram: int, canonical_vocab_size: int, largest_head_rows: int
+    *,
+    tokens: int,
+    max_ngram: int,
+    canonical_vocab_size: int,
+    largest_head_rows: int,
+    threads: int = 1,
 ) -> int:
     """Bytes the counter and finalization may need at most for a stream of ``tokens`` tokens.
 
     Each position adds at most one distinct n-gram per order (and never more than ``C**n``); a
     map holds at most ``1 / MAX_LOAD`` slots per entry rounded up to a power of two, plus the old
-    half while it grows; finalizing holds one ``(p, 2)`` int64 row table plus about 40 bytes per
-    distinct n-gram (tuple, mix, count, rows, flags).
+    half while it grows; finalizing holds one ``(p, 2)`` int64 row table per thread plus about
+    40 bytes per distinct n-gram (tuple, mix, count, rows and flags per thread).
     """
     bits = key_bits(canonical_vocab_size)
     total = largest_map = largest_distinct = 0
@@ -543,5 +554,6 @@ def estimate_memory(
         size = slots * 8 * (key_words(n, bits) + 1)
         total += size
         largest_map = max(largest_map, size)
-    finalize = 16 * largest_head_rows + largest_distinct * (8 * max_ngram + 8 + 8 + 8 + 1)
+    per_distinct = 8 * max_ngram + 8 + 8 + threads * (8 + 1)
+    finalize = threads * 16 * largest_head_rows + largest_distinct * per_distinct
     return total + largest_map // 2 + finalize

@@ -141,7 +141,6 @@ def hash_stats_command(
     Example: engramctl hash-stats train.jsonl --vocab vocab.parquet --sweep 100k,1M --plot s.png
     """
     from ..corpus import CorpusOptions
-    from ..errors import UsageError
     from ..hash_stats import (
         load_matching_tokenizer,
         parse_memory,
@@ -156,8 +155,6 @@ def hash_stats_command(
     for target in (None if to_stdout else json_path, plot):
         if target is not None:
             check_writable_target(target, overwrite=overwrite)
-    if threads is not None and threads < 1:
-        raise UsageError(f"--threads must be at least 1, got {threads}")
     vocab_map = load_vocab(vocab)
     layout, layer_ids = _pick_layout(
         vocab_map, layers, preset=preset, ngram_vocab=ngram_vocab, max_ngram=max_ngram,
@@ -171,7 +168,7 @@ def hash_stats_command(
     plan = plan_hash_stats(
         corpus, layout=layout, layer_ids=layer_ids, options=options,
         sweep=parse_int_list(sweep, name="--sweep") if sweep else (),
-        limit_tokens=limit_tokens, max_memory=parse_memory(max_memory),
+        limit_tokens=limit_tokens, max_memory=parse_memory(max_memory), threads=threads,
     )  # fmt: skip
     text_tokenizer = load_matching_tokenizer(tokenizer, vocab_map) if plan.needs_tokenizer else None
     note = err_console.print if to_stdout else console.print
@@ -183,7 +180,7 @@ def hash_stats_command(
             f"{format_bytes(plan.memory_estimate)} for ~{plan.tokens_estimate:,} tokens "
             f"(--max-memory {format_bytes(plan.max_memory)})"
         )
-    report = _run_with_progress(plan, vocab_map, text_tokenizer, threads, quiet, run_hash_stats)
+    report = _run_with_progress(plan, vocab_map, text_tokenizer, quiet, run_hash_stats)
     if json_path is not None:
         if to_stdout:
             typer.echo(report.to_json())
@@ -204,11 +201,11 @@ def hash_stats_command(
         raise typer.Exit(130)
 
 
-def _run_with_progress(plan, vocab_map, text_tokenizer, threads, quiet, run):
+def _run_with_progress(plan, vocab_map, text_tokenizer, quiet, run):
     import time
 
     if quiet:
-        return run(plan, vocab=vocab_map, tokenizer=text_tokenizer, threads=threads)
+        return run(plan, vocab=vocab_map, tokenizer=text_tokenizer)
     started = time.perf_counter()
     with _progress_bar(plan.bytes_total) as bar:
         task = bar.add_task("hash-stats", total=plan.bytes_total, docs=0, rate="-")
@@ -217,9 +214,7 @@ def _run_with_progress(plan, vocab_map, text_tokenizer, threads, quiet, run):
             rate = tokens / max(time.perf_counter() - started, 1e-9)
             bar.update(task, completed=done, docs=f"{docs:,}", rate=f"{rate:,.0f}")
 
-        return run(
-            plan, vocab=vocab_map, tokenizer=text_tokenizer, threads=threads, progress=progress
-        )
+        return run(plan, vocab=vocab_map, tokenizer=text_tokenizer, progress=progress)
 
 
 def _pct(value: float) -> str:
