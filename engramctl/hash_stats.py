@@ -34,7 +34,7 @@ from .corpus import (
 from .dtypes import format_bytes
 from .errors import EngramError, UsageError
 from .layout import EngramLayout
-from .stats import NgramCounter, estimate_memory, order_stats
+from .stats import NgramCounter, estimate_memory, load_dtype, order_stats
 from .stats_report import HashStatsReport, SweepPoint
 
 log = logging.getLogger(__name__)
@@ -300,7 +300,8 @@ def finalize(
     largest = max(
         int(lay.head_rows(layer).max()) for lay in [layout, *sizes] for layer in layer_ids
     )
-    scratch = [np.zeros((largest, 2), dtype=np.int64) for _ in range(threads)]  # reused, kept 0
+    dtype = load_dtype(max(len(counts) for _, counts in entries.values()))
+    scratch = [np.zeros(largest, dtype=dtype) for _ in range(threads)]  # reused, kept all zero
 
     def layers_of(lay: EngramLayout, histograms: bool) -> dict:
         result = {}

@@ -185,10 +185,10 @@ def _merge_kernel(src, start, table, size, limit):
 
 
 @njit(cache=True, nogil=True)
-def _head_rows_kernel(mix, counts, p, inv_p, two32_mod_p, two64_mod_p, fast, row_counts, rows):
-    """Pass 1 of a head: ``rows[e] = mix[e] mod p``; ``row_counts[r] += (1, count)``.
+def _head_rows_kernel(mix, p, inv_p, two32_mod_p, two64_mod_p, fast, loads, rows):
+    """Pass 1 of a head: ``rows[e] = mix[e] mod p`` and ``loads[r] += 1``.
 
-    row_counts (p, 2) int64 must be zero; returns the max row load (distinct n-grams).
+    loads (p,) signed ints must be zero; returns the max row load (distinct n-grams in a row).
     """
     mask32 = np.uint64(0xFFFFFFFF)
     max_load = 0
@@ -200,95 +200,92 @@ def _head_rows_kernel(mix, counts, p, inv_p, two32_mod_p, two64_mod_p, fast, row
             two32_mod_p, two64_mod_p, fast,
         )  # fmt: skip
         rows[e] = r
-        load = row_counts[r, 0] + 1
-        row_counts[r, 0] = load
-        row_counts[r, 1] += counts[e]
+        load = loads[r] + 1
+        loads[r] = load
         max_load = max(max_load, load)
     return max_load
 
 
 @njit(cache=True, nogil=True)
-def _head_figures_kernel(rows, row_counts, flags, histogram, reset):
+def _head_figures_kernel(rows, counts, loads, flags, histogram, reset):
     """Pass 2 of a head, O(D): visit each occupied row once (its load is negated once seen),
     count ``histogram[load]``, clear ``flags[e]`` for n-grams alone in their row, and zero the
     rows again when ``reset``. Returns (occupied rows, collided rows, colliding distinct,
-    colliding occurrences, max row occurrences)."""
-    occupied = collided = colliding_distinct = colliding_occurrences = max_occurrences = 0
+    colliding occurrences)."""
+    occupied = collided = colliding_distinct = colliding_occurrences = 0
     for e in range(rows.shape[0]):
         r = rows[e]
-        d = row_counts[r, 0]
+        d = loads[r]
         if d > 0:  # first visit of this row
-            row_counts[r, 0] = -d
+            loads[r] = -d
             occupied += 1
             histogram[d] += 1
-            occ = row_counts[r, 1]
-            max_occurrences = max(max_occurrences, occ)
             if d >= 2:
                 collided += 1
                 colliding_distinct += d
-                colliding_occurrences += occ
         else:
             d = -d
-        if d < 2:
+        if d >= 2:
+            colliding_occurrences += counts[e]
+        else:
             flags[e] = False
     if reset:
         for e in range(rows.shape[0]):
-            row_counts[rows[e], 0] = 0
-            row_counts[rows[e], 1] = 0
-    return occupied, collided, colliding_distinct, colliding_occurrences, max_occurrences
+            loads[rows[e]] = 0
+    return occupied, collided, colliding_distinct, colliding_occurrences
 
 
-def head_figures(mix: np.ndarray, counts: np.ndarray, p: int, flags: np.ndarray, row_counts=None):
+def head_figures(mix: np.ndarray, counts: np.ndarray, p: int, flags: np.ndarray, loads=None):
     """Every figure of one head of ``p`` rows (checks dtypes and shapes).
 
     Returns ``(figures, histogram)``: (occupied rows, collided rows, colliding distinct, colliding
-    occurrences, max row load, max row occurrences) and rows per load ``0..max``. Clears
-    ``flags`` (D,) bool where an n-gram is alone in its row. ``row_counts`` is an all-zero
-    ``(>= p, 2)`` int64 scratch table, left all zero again.
+    occurrences, max row load) and rows per load ``0..max``. Clears ``flags`` (D,) bool where an
+    n-gram is alone in its row. ``loads`` is an all-zero scratch array of at least ``p`` int32
+    (int64 from 2**31 distinct n-grams on), left all zero again.
     """
     if mix.dtype != np.int64 or counts.dtype != np.int64 or flags.dtype != np.bool_:
         raise EngramError("head_figures needs int64 mix and counts and bool flags")
     if not mix.shape == counts.shape == flags.shape:
         raise EngramError("mix, counts and flags must have the same shape")
     p = int(p)
-    if row_counts is None or row_counts.shape[0] < p:
-        row_counts = np.zeros((p, 2), dtype=np.int64)
-    table = row_counts[:p]
-    rows = np.empty(mix.shape[0], dtype=np.int64)
+    if loads is None or loads.shape[0] < p or loads.dtype != load_dtype(mix.shape[0]):
+        loads = np.zeros(p, dtype=load_dtype(mix.shape[0]))
+    loads = loads[:p]
+    rows = np.empty(mix.shape[0], dtype=np.uint32 if p <= 2**32 else np.int64)
     max_load = _head_rows_kernel(
-        mix, counts, np.int64(p), 1.0 / p, np.int64((1 << 32) % p), np.int64((1 << 64) % p),
-        p < FAST_MOD_LIMIT, table, rows,
+        mix, np.int64(p), 1.0 / p, np.int64((1 << 32) % p), np.int64((1 << 64) % p),
+        p < FAST_MOD_LIMIT, loads, rows,
     )  # fmt: skip
     histogram = np.zeros(max_load + 1, dtype=np.int64)
     # zeroing D scattered rows beats clearing all p rows only while D is well below p
     reset = 4 * mix.shape[0] < p
-    occupied, collided, col_distinct, col_occ, max_occ = _head_figures_kernel(
-        rows, table, flags, histogram, reset
-    )
+    figures = _head_figures_kernel(rows, counts, loads, flags, histogram, reset)
     if not reset:
-        table.fill(0)
-    histogram[0] = p - occupied
-    figures = (occupied, collided, col_distinct, col_occ, int(max_load), max_occ)
-    return tuple(int(v) for v in figures), tuple(histogram.tolist())
+        loads.fill(0)
+    histogram[0] = p - figures[0]
+    return (*(int(v) for v in figures), int(max_load)), tuple(histogram.tolist())
+
+
+def load_dtype(distinct: int):
+    """Per-row load counter type: int32 (4 bytes a row) unless a row could reach 2**31."""
+    return np.int32 if distinct < 2**31 else np.int64
 
 
 def head_counts_reference(mix: np.ndarray, counts: np.ndarray, p: int):
-    """Plain-numpy specification of :func:`_head_kernel`.
+    """Plain-numpy specification of :func:`head_figures`.
 
-    Returns ``(figures, row_loads, collided)``: the same 6-tuple, distinct n-grams per row
+    Returns ``(figures, row_loads, collided)``: the same 5-tuple, distinct n-grams per row
     ``(p,)``, and whether each n-gram shares its row ``(D,)``.
     """
     rows = np.asarray(mix, dtype=np.int64) % p
     loads = np.bincount(rows, minlength=p)
-    occ = np.bincount(rows, weights=counts, minlength=p).astype(np.int64)
     shared = loads >= 2
     figures = (
         int((loads > 0).sum()),
         int(shared.sum()),
         int(loads[shared].sum()),
-        int(occ[shared].sum()),
+        int(np.asarray(counts)[shared[rows]].sum()),
         int(loads.max(initial=0)),
-        int(occ.max(initial=0)),
     )
     return figures, loads, shared[rows]
 
@@ -485,8 +482,8 @@ def order_stats(
 
     ``grams``/``counts`` come from :meth:`NgramCounter.entries`; ``multipliers`` are the layer's,
     ``head_rows`` the prime row count of each of the order's heads. ``threads`` workers take the
-    heads in turn, each with its own all-zero ``(p, 2)`` int64 row table (from ``scratch`` when
-    given, one per thread, big enough); the result does not depend on ``threads``.
+    heads in turn, each with its own all-zero per-row load array (from ``scratch`` when given, one
+    per thread; see :func:`head_figures`); the result does not depend on ``threads``.
     """
     mix = np.ascontiguousarray(ngram_mix(grams, multipliers))
     counts = np.ascontiguousarray(counts, dtype=np.int64)
@@ -496,18 +493,15 @@ def order_stats(
     def work(worker: int):
         group = list(range(worker, len(head_rows), workers))
         flags = np.ones(mix.shape[0], dtype=np.bool_)
-        if scratch is not None and scratch[worker].shape[0] >= max(head_rows):
-            row_counts = scratch[worker]
-        else:
-            row_counts = np.zeros((max(head_rows[h] for h in group), 2), dtype=np.int64)
+        loads = scratch[worker] if scratch is not None else None
         result = {}
         for h in group:
-            figures, histogram = head_figures(mix, counts, head_rows[h], flags, row_counts)
-            occupied, collided, col_distinct, col_occ, max_load, max_occ = figures
+            figures, histogram = head_figures(mix, counts, head_rows[h], flags, loads)
+            occupied, collided, col_distinct, col_occ, max_load = figures
             result[h] = HeadStats(
                 rows=head_rows[h], occupied_rows=occupied, collided_rows=collided,
                 colliding_distinct=col_distinct, colliding_occurrences=col_occ,
-                max_row_load=max_load, max_row_occurrences=max_occ, distinct=distinct,
+                max_row_load=max_load, distinct=distinct,
                 occurrences=occurrences,
                 row_load_histogram=histogram if histograms else (),
             )  # fmt: skip
@@ -542,8 +536,8 @@ def estimate_memory(
 
     Each position adds at most one distinct n-gram per order (and never more than ``C**n``); a
     map holds at most ``1 / MAX_LOAD`` slots per entry rounded up to a power of two, plus the old
-    half while it grows; finalizing holds one ``(p, 2)`` int64 row table per thread plus about
-    40 bytes per distinct n-gram (tuple, mix, count, rows and flags per thread).
+    half while it grows; finalizing holds a per-row load array (4 bytes a row) per thread plus
+    about 40 bytes per distinct n-gram (tuple, mix, count, rows and flags per thread).
     """
     bits = key_bits(canonical_vocab_size)
     total = largest_map = largest_distinct = 0
@@ -554,6 +548,6 @@ def estimate_memory(
         size = slots * 8 * (key_words(n, bits) + 1)
         total += size
         largest_map = max(largest_map, size)
-    per_distinct = 8 * max_ngram + 8 + 8 + threads * (8 + 1)
-    finalize = threads * 16 * largest_head_rows + largest_distinct * per_distinct
+    per_distinct = 8 * max_ngram + 8 + 8 + threads * (8 + 1)  # tuple, mix, count; rows, flags
+    finalize = threads * 8 * largest_head_rows + largest_distinct * per_distinct
     return total + largest_map // 2 + finalize

@@ -30,7 +30,6 @@ class HeadStats:
     colliding_distinct: int  # distinct n-grams sharing their row with another
     colliding_occurrences: int  # occurrences whose row holds another distinct n-gram
     max_row_load: int  # most distinct n-grams in one row
-    max_row_occurrences: int  # most occurrences landing in one row
     distinct: int  # distinct n-grams of the order (the same for every head)
     occurrences: int  # occurrences of the order (the same for every head)
     row_load_histogram: tuple[int, ...] = ()  # rows holding 0, 1, 2, ... distinct n-grams
@@ -82,7 +81,6 @@ class HeadStats:
             "colliding_occurrences": self.colliding_occurrences,
             "colliding_occurrence_fraction": self.colliding_occurrence_fraction,
             "max_row_load": self.max_row_load,
-            "max_row_occurrences": self.max_row_occurrences,
             "expected_occupied_rows": self.expected_occupied_rows,
             "expected_collided_rows": self.expected_collided_rows,
             "expected_colliding_distinct_fraction": self.expected_colliding_distinct_fraction,
@@ -98,7 +96,6 @@ class HeadStats:
             colliding_distinct=data["colliding_distinct"],
             colliding_occurrences=data["colliding_occurrences"],
             max_row_load=data["max_row_load"],
-            max_row_occurrences=data["max_row_occurrences"],
             distinct=distinct,
             occurrences=occurrences,
             row_load_histogram=tuple(data.get("row_load_histogram", ())),

@@ -32,11 +32,11 @@ def test_order_stats_hand_worked():
     two, three = stats.heads
     # p=2: row 0 {B, D} (2 occ.), row 1 {A, C} (5 occ.)
     assert (two.occupied_rows, two.collided_rows, two.colliding_distinct) == (2, 2, 4)
-    assert (two.colliding_occurrences, two.max_row_load, two.max_row_occurrences) == (7, 2, 5)
+    assert (two.colliding_occurrences, two.max_row_load) == (7, 2)
     assert two.row_load_histogram == (0, 0, 2)
     # p=3: row 0 {C} (2), row 1 {A, D} (4), row 2 {B} (1)
     assert (three.occupied_rows, three.collided_rows, three.colliding_distinct) == (3, 1, 2)
-    assert (three.colliding_occurrences, three.max_row_load, three.max_row_occurrences) == (4, 2, 4)
+    assert (three.colliding_occurrences, three.max_row_load) == (4, 2)
     assert three.row_load_histogram == (0, 2, 1)
     assert three.colliding_distinct_fraction == 0.5
     assert three.colliding_occurrence_fraction == 4 / 7
@@ -76,10 +76,10 @@ def test_head_kernel_matches_numpy_reference(p):
     mix[:500] = mix[500:1000]  # repeated mixes (the same row in every head)
     counts = rng.integers(1, 50, size=3000).astype(np.int64)
     flags = np.ones(3000, dtype=np.bool_)
-    table = np.zeros((p + 5, 2), dtype=np.int64)
-    for _ in range(2):  # the scratch table comes back all zero, ready for the next head
-        figures, histogram = head_figures(mix, counts, p, flags, table)
-        assert not table.any()
+    loads = np.zeros(p + 5, dtype=np.int32)
+    for _ in range(2):  # the scratch array comes back all zero, ready for the next head
+        figures, histogram = head_figures(mix, counts, p, flags, loads)
+        assert not loads.any()
     ref_figures, loads, shared = head_counts_reference(mix, counts, p)
     assert figures == ref_figures
     assert histogram == tuple(np.bincount(loads).tolist())
@@ -152,7 +152,6 @@ def oracle(docs, vocab, layout, layer_ids):
                         len(shared),
                         sum(occurrences[g] for g in shared),
                         max(len(m) for m in members.values()),
-                        max(sum(occurrences[g] for g in m) for m in members.values()),
                     )
                 )
             all_heads = sum(occurrences[g] for g, flag in collided_all.items() if flag)
@@ -175,7 +174,6 @@ def summarize(layers):
                         h.colliding_distinct,
                         h.colliding_occurrences,
                         h.max_row_load,
-                        h.max_row_occurrences,
                     )
                     for h in s.heads
                 ],

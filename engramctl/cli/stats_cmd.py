@@ -123,10 +123,13 @@ def hash_stats_command(
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG plot here.")] = None,
     max_memory: Annotated[
         str | None,
-        typer.Option("--max-memory", help="Refuse above this, e.g. 8G or 50%. [default: 75%]"),
+        typer.Option(
+            "--max-memory", help="Refuse above this, e.g. 8G or 50% (default: 75% of RAM)."
+        ),
     ] = None,
     threads: Annotated[
-        int | None, typer.Option("--threads", help="Counting threads. [default: cores]")
+        int | None,
+        typer.Option("--threads", help="Threads (default: CPU cores); results never depend on it."),
     ] = None,
     batch_tokens: Annotated[
         int, typer.Option("--batch-tokens", help="Tokens per counting batch.")
