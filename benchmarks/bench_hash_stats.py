@@ -83,13 +83,8 @@ def hash_stats_case(workdir: Path, inputs: list[str], **options) -> dict:
 
 def encode_case(workdir: Path, inputs: list[str]) -> dict:
     """The tokenizer's own encode_batch on the same documents in the same batches."""
-    from engramctl.corpus import (
-        CorpusOptions,
-        CorpusWarnings,
-        TextTokenizer,
-        discover_files,
-        read_batches,
-    )
+    from engramctl.corpus import CorpusOptions, CorpusWarnings, discover_files, read_batches
+    from engramctl.corpus_tokenize import TextTokenizer
     from engramctl.tokenizer import load_tokenizer
 
     tokenizer, _ = load_tokenizer("deepseek-v4")

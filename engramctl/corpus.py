@@ -7,9 +7,8 @@ document separator id). Text and JSON Lines may be ``.gz`` or ``.zst`` compresse
 whole: long documents come as several pieces (``doc_start`` false on all but the first), and a
 consumer carries the n-gram context from one piece to the next. Documents are never joined.
 
-Text is tokenized by :class:`TextTokenizer` (the Rust ``tokenizers`` ``encode_batch``, its own
-thread pool, no special tokens) in a background thread, so reading, tokenizing and counting
-overlap. Every batch says where each piece came from, so errors name the file and line or row.
+Text batches are tokenized by :mod:`engramctl.corpus_tokenize`. Every batch says where each
+piece came from, so errors name the file and line or row.
 """
 
 from __future__ import annotations
@@ -19,11 +18,8 @@ import gzip
 import io
 import json
 import os
-import queue
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -485,71 +481,6 @@ def _parquet_items(array, first_row, f, assembler, is_text, index, fraction):
     for row, (end, length) in enumerate(zip(ends.tolist(), lengths.tolist(), strict=True)):
         if assembler.add(flat[end - length : end], True, (path, "row", first_row + row)):
             yield assembler.take(index, fraction)
-
-
-# ---------------------------------------------------------------------------- tokenizing
-class TextTokenizer:
-    """Batch tokenization with the Rust ``tokenizers`` (no special tokens added)."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self._encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
-
-    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Flat int64 ids and offsets ``(len(texts)+1,)`` of a list of texts."""
-        encodings = self._encode(texts, add_special_tokens=False)
-        id_lists = [e.ids for e in encodings]
-        lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
-        offsets = np.zeros(len(id_lists) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        ids = np.fromiter(chain.from_iterable(id_lists), dtype=np.int64, count=int(offsets[-1]))
-        return ids, offsets
-
-
-def tokenized_batches(
-    batches: Iterator[Batch], tokenizer: TextTokenizer | None, *, prefetch: int = 2
-) -> Iterator[Batch]:
-    """Turn text batches into id batches on a background thread (id batches pass through).
-
-    The thread reads and tokenizes up to ``prefetch`` batches ahead; an error there is raised
-    here. Closing the generator stops the thread after its current batch.
-    """
-    results: queue.Queue = queue.Queue(maxsize=prefetch)
-    stop = threading.Event()
-    done = object()
-
-    def work():
-        try:
-            for batch in batches:
-                if stop.is_set():
-                    break
-                if batch.texts is not None:
-                    if tokenizer is None:
-                        raise UsageError("text input needs a tokenizer (--tokenizer)")
-                    batch.ids, batch.offsets = tokenizer.encode(batch.texts)
-                    batch.texts = None
-                results.put(batch)
-            results.put(done)
-        except BaseException as exc:  # handed to the consumer
-            results.put(exc)
-
-    thread = threading.Thread(target=work, name="engramctl-corpus", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = results.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                results.get(timeout=0.05)
-            except queue.Empty:
-                pass
 
 
 def corpus_bytes(files: list[CorpusFile]) -> int:

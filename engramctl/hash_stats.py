@@ -23,18 +23,18 @@ from .corpus import (
     CorpusFile,
     CorpusOptions,
     CorpusWarnings,
-    TextTokenizer,
     corpus_bytes,
     cpu_count,
     discover_files,
     estimate_tokens,
     read_batches,
-    tokenized_batches,
 )
+from .corpus_tokenize import TextTokenizer, tokenized_batches
 from .dtypes import format_bytes
 from .errors import EngramError, UsageError
 from .layout import EngramLayout
-from .stats import NgramCounter, estimate_memory, load_dtype, order_stats
+from .stats import NgramCounter, estimate_memory
+from .stats_figures import load_dtype, order_stats
 from .stats_report import HashStatsReport, SweepPoint
 
 log = logging.getLogger(__name__)

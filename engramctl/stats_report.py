@@ -49,14 +49,14 @@ class HeadStats:
     @property
     def expected_occupied_rows(self) -> float:
         """Ideal uniform hash: ``P (1 - (1 - 1/P)^d)``."""
-        from .stats import expected_occupied_rows
+        from .stats_figures import expected_occupied_rows
 
         return expected_occupied_rows(self.rows, self.distinct)
 
     @property
     def expected_colliding_distinct_fraction(self) -> float:
         """Ideal uniform hash: ``1 - (1 - 1/P)^(d - 1)``."""
-        from .stats import expected_colliding_fraction
+        from .stats_figures import expected_colliding_fraction
 
         return expected_colliding_fraction(self.rows, self.distinct)
 

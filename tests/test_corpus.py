@@ -11,11 +11,10 @@ import pytest
 from engramctl.corpus import (
     CorpusOptions,
     CorpusWarnings,
-    TextTokenizer,
     discover_files,
     read_batches,
-    tokenized_batches,
 )
+from engramctl.corpus_tokenize import TextTokenizer, tokenized_batches
 from engramctl.errors import EngramError, UsageError
 
 DOCS = ["The cat sat.\nOn the mat.", "Engram tables remember n-grams.", "Zürich café, naïve."]

@@ -12,9 +12,8 @@ from hypothesis import strategies as st
 from engramctl import EngramLayout
 from engramctl.hash_stats import finalize
 from engramctl.hashing import hash_layer_reference
-from engramctl.stats import (
-    NgramCounter,
-    estimate_memory,
+from engramctl.stats import NgramCounter, estimate_memory
+from engramctl.stats_figures import (
     expected_colliding_fraction,
     expected_occupied_rows,
     head_counts_reference,
