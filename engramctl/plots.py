@@ -64,18 +64,21 @@ def plot_report(report: HashStatsReport, path: str | Path, *, layer: int | None 
         occupancy = [_mean(h.occupancy for h in s.heads) for _, s in points]
         colliding = [_mean(h.colliding_distinct_fraction for h in s.heads) for _, s in points]
         all_heads = [s.all_heads_colliding_occurrence_fraction for _, s in points]
-        left.plot(sizes, occupancy, "o", color=color, label=f"{order}-gram occupancy")
+        left.plot(
+            sizes, occupancy, "o", color=color, mfc="none", ms=10, label=f"{order}-gram occupancy"
+        )
         left.plot(sizes, colliding, "s", color=color, label=f"{order}-gram colliding distinct")
         left.plot(
             sizes, np.maximum(all_heads, 1e-12), "^", color=color,
             label=f"{order}-gram all-heads colliding occ.",
         )  # fmt: skip
+    left.axvline(report.layout["ngram_vocab"][0], color="grey", lw=0.8, ls=":")
     left.set_xscale("log")
     left.set_yscale("log")
     left.set_ylim(1e-7, 1.5)
     left.set_xlabel("rows per head")
     left.set_ylabel("fraction")
-    left.set_title(f"layer {layer}: measured (markers) vs ideal hash (lines)")
+    left.set_title(f"layer {layer}: measured (markers) vs ideal hash (lines); grey: layout")
     left.legend(fontsize=7, loc="lower left")
     left.grid(True, which="both", alpha=0.2)
     width = 0.8 / max(1, len(orders))
