@@ -254,7 +254,7 @@ def count_corpus(
     )
     warnings = CorpusWarnings()
     done_before = np.concatenate([[0], np.cumsum([f.size for f in plan.files])])
-    finalize_bytes = plan.memory_estimate - _memory(layout, plan.layer_ids, (), 0, plan.threads)
+    largest_rows = _largest_rows(layout, plan.layer_ids, plan.sweep)
     stopped = ""
     done = 0
     with _StopFlag(should_stop) as stop:
@@ -279,7 +279,8 @@ def count_corpus(
                     progress(done, plan.bytes_total, counter.documents, counter.tokens)
                 if stopped:
                     break
-                if counter.nbytes + finalize_bytes > plan.max_memory:
+                peak = counter.peak_bytes(largest_head_rows=largest_rows, threads=plan.threads)
+                if peak > plan.max_memory:
                     stopped = "max-memory"
                     warnings.add("max_memory", f"after {counter.tokens:,} tokens")
                     break

@@ -261,6 +261,13 @@ class NgramCounter:
     def nbytes(self) -> int:
         return sum(m.nbytes for m in self.maps.values())
 
+    def peak_bytes(self, *, largest_head_rows: int, threads: int = 1) -> int:
+        """Memory after the next growth of the largest map, or during finalization."""
+        grow = 2 * max(m.nbytes for m in self.maps.values())
+        distinct = {n: m.size for n, m in self.maps.items()}
+        finalize = finalize_memory(distinct, largest_head_rows=largest_head_rows, threads=threads)
+        return self.nbytes + max(grow, finalize)
+
     def add(self, ids: np.ndarray, offsets: np.ndarray, doc_start: np.ndarray) -> int:
         """Count a batch of pieces: ``ids[offsets[s]:offsets[s+1]]`` is piece ``s``.
 
@@ -323,6 +330,15 @@ class NgramCounter:
         return self.maps[order].entries()
 
 
+def finalize_memory(distinct: dict, *, largest_head_rows: int, threads: int = 1) -> int:
+    """Bytes finalization adds for ``{order: distinct n-grams}``: every order's tuples and counts,
+    one order's mixes, per thread the rows and flags of one order and a per-row int32 load array.
+    """
+    largest = max(distinct.values(), default=0)
+    entries = sum(d * (8 * n + 8) for n, d in distinct.items())
+    return entries + largest * (8 + threads * (4 + 1)) + threads * 4 * largest_head_rows
+
+
 def estimate_memory(
     *,
     tokens: int,
@@ -334,19 +350,18 @@ def estimate_memory(
     """Bytes the counter and finalization may need at most for a stream of ``tokens`` tokens.
 
     Each position adds at most one distinct n-gram per order (and never more than ``C**n``); a
-    map holds at most ``1 / MAX_LOAD`` slots per entry rounded up to a power of two, plus the old
-    half while it grows; finalizing holds a per-row load array (4 bytes a row) per thread plus
-    about 40 bytes per distinct n-gram (tuple, mix, count, rows and flags per thread).
+    map holds at most ``1 / MAX_LOAD`` slots per entry rounded up to a power of two, and growing
+    it briefly holds the old table next to the new one; finalization (with the maps still held)
+    needs :func:`finalize_memory`.
     """
     bits = key_bits(canonical_vocab_size)
-    total = largest_map = largest_distinct = 0
+    maps = largest_map = 0
+    distinct = {}
     for n in range(2, max_ngram + 1):
-        distinct = min(int(tokens), canonical_vocab_size**n)
-        largest_distinct = max(largest_distinct, distinct)
-        slots = max(MIN_CAPACITY, 1 << max(0, int(distinct / MAX_LOAD)).bit_length())
+        distinct[n] = min(int(tokens), canonical_vocab_size**n)
+        slots = max(MIN_CAPACITY, 1 << max(0, int(distinct[n] / MAX_LOAD)).bit_length())
         size = slots * 8 * (key_words(n, bits) + 1)
-        total += size
+        maps += size
         largest_map = max(largest_map, size)
-    per_distinct = 8 * max_ngram + 8 + 8 + threads * (8 + 1)  # tuple, mix, count; rows, flags
-    finalize = threads * 8 * largest_head_rows + largest_distinct * per_distinct
-    return total + largest_map // 2 + finalize
+    finalize = finalize_memory(distinct, largest_head_rows=largest_head_rows, threads=threads)
+    return maps + max(largest_map // 2, finalize)

@@ -272,3 +272,27 @@ def test_report_json_round_trip(ds_vocab):
         h["rows"] for n in "23" for h in data["sweep"][0]["layers"]["1"]["orders"][n]["heads"]
     ]
     assert sweep_rows == [23, 29, 31, 37]
+
+
+def test_pass_stops_before_outgrowing_max_memory(tmp_path, ds_vocab):
+    import dataclasses
+
+    from engramctl.corpus import CorpusOptions
+    from engramctl.hash_stats import plan_hash_stats, run_hash_stats
+
+    layout = EngramLayout(
+        ngram_vocab=(1000, 1000), max_ngram=3, heads=2, layers=(1,), seed=0, pad_id=2,
+        vocab_size=ds_vocab.canonical_vocab_size,
+    )  # fmt: skip
+    ids = np.random.default_rng(0).integers(3, ds_vocab.source_vocab_size, size=200_000)
+    np.save(tmp_path / "ids.npy", ids)
+    plan = plan_hash_stats(
+        [tmp_path / "ids.npy"], layout=layout, options=CorpusOptions(batch_tokens=10_000)
+    )
+    full = run_hash_stats(plan, vocab=ds_vocab)
+    assert not full.partial and full.tokens == 200_000
+    assert plan.memory_estimate >= 2 * (1 << 19) * 16  # the maps' bound for 200k distinct
+    tight = dataclasses.replace(plan, max_memory=plan.memory_estimate // 8)
+    report = run_hash_stats(tight, vocab=ds_vocab)
+    assert report.partial and report.stopped_reason == "max-memory"
+    assert 0 < report.tokens < 200_000 and "max_memory" in report.warnings
