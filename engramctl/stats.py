@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ._numba import njit
+from ._prefetch import AHEAD, prefetch
 from .errors import EngramError
 
 MAX_LOAD = 0.6  # grow a count map when it is this full
@@ -114,17 +115,31 @@ def _count_kernel(ext, real, start, n, bits, table, size, limit):
     """Add the n-grams ending at real positions ``start..`` of ``ext`` to one count map.
 
     table (cap, KW+1) uint64 slots: the packed key (KW words), then the count (0: a free slot).
-    Stops before inserting a new key once ``size == limit``; returns ``(next_index, size)``.
+    Keys and slots of the next AHEAD positions wait in a ring, their slots prefetched. Stops
+    before inserting a new key once ``size == limit``; returns ``(next_index, size)``.
     """
     mask = table.shape[0] - 1
     shift = np.uint64(64 - int(np.log2(table.shape[0])))
     KW = table.shape[1] - 1
+    N = ext.shape[0]
+    ring_slot = np.empty(AHEAD, dtype=np.int64)
+    ring_key = np.empty((AHEAD, KW), dtype=np.uint64)
+    for j in range(start, min(N, start + AHEAD)):
+        r = j % AHEAD
+        ring_slot[r] = np.int64(_pack_ngram(ext, j, n, bits, ring_key[r]) >> shift)
+        prefetch(table, ring_slot[r])
     key = np.empty(KW, dtype=np.uint64)
     one = np.uint64(1)
-    for i in range(start, ext.shape[0]):
+    for i in range(start, N):
+        r = i % AHEAD
+        pos = ring_slot[r]
+        for w in range(KW):
+            key[w] = ring_key[r, w]
+        if i + AHEAD < N:  # (keys of context positions are garbage and never used)
+            ring_slot[r] = np.int64(_pack_ngram(ext, i + AHEAD, n, bits, ring_key[r]) >> shift)
+            prefetch(table, ring_slot[r])
         if real[i] == 0:
             continue
-        pos = np.int64(_pack_ngram(ext, i, n, bits, key) >> shift)
         while True:
             c = table[pos, KW]
             if c == 0:
@@ -143,7 +158,7 @@ def _count_kernel(ext, real, start, n, bits, table, size, limit):
                 table[pos, KW] = c + one
                 break
             pos = (pos + 1) & mask
-    return ext.shape[0], size
+    return N, size
 
 
 @njit(cache=True, nogil=True)
@@ -156,6 +171,9 @@ def _merge_kernel(src, start, table, size, limit):
         add = src[s, KW]
         if add == 0:
             continue
+        ahead = s + AHEAD
+        if ahead < src.shape[0] and src[ahead, KW] != 0:
+            prefetch(table, np.int64(_slot_hash(src, ahead, KW) >> shift))
         pos = np.int64(_slot_hash(src, s, KW) >> shift)
         while True:
             c = table[pos, KW]

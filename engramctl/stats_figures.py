@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ._numba import njit
+from ._prefetch import AHEAD, prefetch
 from .errors import EngramError
 from .hashing import FAST_MOD_LIMIT, _floor_mod
 from .stats_report import HeadStats, OrderStats
@@ -30,14 +31,20 @@ def _head_rows_kernel(mix, p, inv_p, two32_mod_p, two64_mod_p, fast, loads, rows
     """
     mask32 = np.uint64(0xFFFFFFFF)
     max_load = 0
-    for e in range(mix.shape[0]):
-        m = mix[e]
-        u = np.uint64(m)
-        r = _floor_mod(
-            m, np.int64(u >> np.uint64(32)), np.int64(u & mask32), m >> 63, p, inv_p,
-            two32_mod_p, two64_mod_p, fast,
-        )  # fmt: skip
-        rows[e] = r
+    D = mix.shape[0]
+    for e in range(-AHEAD, D):
+        ahead = e + AHEAD  # the row AHEAD entries on: computed and prefetched now
+        if ahead < D:
+            m = mix[ahead]
+            u = np.uint64(m)
+            rows[ahead] = _floor_mod(
+                m, np.int64(u >> np.uint64(32)), np.int64(u & mask32), m >> 63, p, inv_p,
+                two32_mod_p, two64_mod_p, fast,
+            )  # fmt: skip
+            prefetch(loads, rows[ahead])
+        if e < 0:
+            continue
+        r = rows[e]
         load = loads[r] + 1
         loads[r] = load
         max_load = max(max_load, load)
@@ -51,7 +58,10 @@ def _head_figures_kernel(rows, counts, loads, flags, histogram, reset):
     rows again when ``reset``. Returns (occupied rows, collided rows, colliding distinct,
     colliding occurrences)."""
     occupied = collided = colliding_distinct = colliding_occurrences = 0
-    for e in range(rows.shape[0]):
+    D = rows.shape[0]
+    for e in range(D):
+        if e + AHEAD < D:
+            prefetch(loads, rows[e + AHEAD])
         r = rows[e]
         d = loads[r]
         if d > 0:  # first visit of this row
@@ -68,7 +78,9 @@ def _head_figures_kernel(rows, counts, loads, flags, histogram, reset):
         else:
             flags[e] = False
     if reset:
-        for e in range(rows.shape[0]):
+        for e in range(D):
+            if e + AHEAD < D:
+                prefetch(loads, rows[e + AHEAD])
             loads[rows[e]] = 0
     return occupied, collided, colliding_distinct, colliding_occurrences
 
