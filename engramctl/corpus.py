@@ -230,19 +230,14 @@ def _text_pieces(f, options, warnings) -> Iterator[tuple[str, bool, tuple, float
             parts.append(line)
             size += len(line)
         if parts and (blank or size >= options.piece_bytes):
-            where = (str(f.path), "line", first_line)
-            yield (
-                _decode(b"".join(parts), f"{f.path} line {first_line}", warnings),
-                start,
-                where,
-                (fraction),
-            )
+            text = _decode(b"".join(parts), f"{f.path} line {first_line}", warnings)
+            yield text, start, (str(f.path), "line", first_line), fraction
             start, parts, size, first_line = blank, [], 0, lineno + 1
         elif blank:
             start = True
     if parts:
-        where = (str(f.path), "line", first_line)
-        yield _decode(b"".join(parts), f"{f.path} line {first_line}", warnings), start, where, 1.0
+        text = _decode(b"".join(parts), f"{f.path} line {first_line}", warnings)
+        yield text, start, (str(f.path), "line", first_line), 1.0
 
 
 def _jsonl_records(f, options, warnings) -> Iterator[tuple[object, tuple, float]]:

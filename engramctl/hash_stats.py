@@ -263,9 +263,12 @@ def count_corpus(
             for batch in batches:
                 if plan.limit_tokens is not None:
                     room = plan.limit_tokens - counter.tokens
-                    if batch.tokens >= room:
-                        _truncate(batch, room)
+                    if room <= 0:  # more input than the limit: stop before it
                         stopped = "limit-tokens"
+                        break
+                    if batch.tokens > room:
+                        _truncate(batch, room)
+                        stopped = "limit-tokens"  # counted below, then the pass stops
                 bad = counter.add(batch.ids, batch.offsets, batch.doc_start)
                 if bad >= 0:
                     raise EngramError(

@@ -98,7 +98,7 @@ def head_figures(mix: np.ndarray, counts: np.ndarray, p: int, flags: np.ndarray,
     if not mix.shape == counts.shape == flags.shape:
         raise EngramError("mix, counts and flags must have the same shape")
     p = int(p)
-    if loads is None or loads.shape[0] < p or loads.dtype != load_dtype(mix.shape[0]):
+    if loads is None or loads.shape[0] < p or np.iinfo(loads.dtype).max < mix.shape[0]:
         loads = np.zeros(p, dtype=load_dtype(mix.shape[0]))
     loads = loads[:p]
     rows = np.empty(mix.shape[0], dtype=np.uint32 if p <= 2**32 else np.int64)

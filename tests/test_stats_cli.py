@@ -175,3 +175,20 @@ def test_invalid_utf8_is_a_counted_warning(tmp_path, ds_vocab_path):
 def test_help_has_example():
     result = invoke("hash-stats", "--help")
     assert result.exit_code == 0 and "Example:" in result.output
+
+
+def test_limit_equal_to_the_corpus_is_not_partial(ds_vocab_path, token_docs):
+    args = [
+        "hash-stats",
+        token_docs,
+        "--vocab",
+        ds_vocab_path,
+        "--json",
+        "-",
+        "--batch-tokens",
+        500,
+    ]
+    report = json.loads(invoke(*args, "--limit-tokens", 2000).stdout)
+    assert report["tokens"] == 2000 and not report["partial"]
+    report = json.loads(invoke(*args, "--limit-tokens", 1000).stdout)
+    assert report["tokens"] == 1000 and report["partial"] and report["documents"] == 20
