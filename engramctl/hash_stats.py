@@ -34,7 +34,7 @@ from .dtypes import format_bytes
 from .errors import EngramError, UsageError
 from .layout import EngramLayout
 from .stats import NgramCounter, estimate_memory
-from .stats_figures import load_dtype, order_stats
+from .stats_figures import order_stats
 from .stats_report import HashStatsReport, SweepPoint
 
 log = logging.getLogger(__name__)
@@ -304,8 +304,7 @@ def finalize(
     largest = max(
         int(lay.head_rows(layer).max()) for lay in [layout, *sizes] for layer in layer_ids
     )
-    dtype = load_dtype(max(len(counts) for _, counts in entries.values()))
-    scratch = [np.zeros(largest, dtype=dtype) for _ in range(threads)]  # reused, kept all zero
+    scratch = [np.zeros(largest, dtype=np.uint8) for _ in range(threads)]  # reused, kept all zero
 
     def layers_of(lay: EngramLayout, histograms: bool) -> dict:
         result = {}

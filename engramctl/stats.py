@@ -350,11 +350,11 @@ class NgramCounter:
 
 def finalize_memory(distinct: dict, *, largest_head_rows: int, threads: int = 1) -> int:
     """Bytes finalization adds for ``{order: distinct n-grams}``: every order's tuples and counts,
-    one order's mixes, per thread the rows and flags of one order and a per-row int32 load array.
+    one order's mixes, per thread the rows and flags of one order and a per-row load byte.
     """
     largest = max(distinct.values(), default=0)
     entries = sum(d * (8 * n + 8) for n, d in distinct.items())
-    return entries + largest * (8 + threads * (4 + 1)) + threads * 4 * largest_head_rows
+    return entries + largest * (8 + threads * (4 + 1)) + threads * largest_head_rows
 
 
 def estimate_memory(

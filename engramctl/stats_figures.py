@@ -24,10 +24,10 @@ from .stats_report import HeadStats, OrderStats
 
 
 @njit(cache=True, nogil=True)
-def _head_rows_kernel(mix, p, inv_p, two32_mod_p, two64_mod_p, fast, loads, rows):
-    """Pass 1 of a head: ``rows[e] = mix[e] mod p`` and ``loads[r] += 1``.
+def _head_rows_kernel(mix, p, inv_p, two32_mod_p, two64_mod_p, fast, loads, cap, rows):
+    """Pass 1 of a head: ``rows[e] = mix[e] mod p`` and ``loads[r] += 1``, saturating at ``cap``.
 
-    loads (p,) signed ints must be zero; returns the max row load (distinct n-grams in a row).
+    loads (p,) must be zero; returns the max row load (``cap`` means "cap or more").
     """
     mask32 = np.uint64(0xFFFFFFFF)
     max_load = 0
@@ -45,34 +45,26 @@ def _head_rows_kernel(mix, p, inv_p, two32_mod_p, two64_mod_p, fast, loads, rows
         if e < 0:
             continue
         r = rows[e]
-        load = loads[r] + 1
-        loads[r] = load
+        load = np.int64(loads[r])
+        if load < cap:
+            load += 1
+            loads[r] = load
         max_load = max(max_load, load)
     return max_load
 
 
 @njit(cache=True, nogil=True)
-def _head_figures_kernel(rows, counts, loads, flags, histogram, reset):
-    """Pass 2 of a head, O(D): visit each occupied row once (its load is negated once seen),
-    count ``histogram[load]``, clear ``flags[e]`` for n-grams alone in their row, and zero the
-    rows again when ``reset``. Returns (occupied rows, collided rows, colliding distinct,
-    colliding occurrences)."""
-    occupied = collided = colliding_distinct = colliding_occurrences = 0
+def _head_figures_kernel(rows, counts, loads, flags, entries_by_load, reset):
+    """Pass 2 of a head, O(D), reading the loads only: ``entries_by_load[k]`` counts n-grams in
+    rows of load k (a row of load k is seen k times); clears ``flags[e]`` for n-grams alone in
+    their row; zeroes the rows again when ``reset``. Returns the colliding occurrences."""
+    colliding_occurrences = 0
     D = rows.shape[0]
     for e in range(D):
         if e + AHEAD < D:
             prefetch(loads, rows[e + AHEAD])
-        r = rows[e]
-        d = loads[r]
-        if d > 0:  # first visit of this row
-            loads[r] = -d
-            occupied += 1
-            histogram[d] += 1
-            if d >= 2:
-                collided += 1
-                colliding_distinct += d
-        else:
-            d = -d
+        d = loads[rows[e]]
+        entries_by_load[d] += 1
         if d >= 2:
             colliding_occurrences += counts[e]
         else:
@@ -82,7 +74,7 @@ def _head_figures_kernel(rows, counts, loads, flags, histogram, reset):
             if e + AHEAD < D:
                 prefetch(loads, rows[e + AHEAD])
             loads[rows[e]] = 0
-    return occupied, collided, colliding_distinct, colliding_occurrences
+    return colliding_occurrences
 
 
 def head_figures(mix: np.ndarray, counts: np.ndarray, p: int, flags: np.ndarray, loads=None):
@@ -90,35 +82,42 @@ def head_figures(mix: np.ndarray, counts: np.ndarray, p: int, flags: np.ndarray,
 
     Returns ``(figures, histogram)``: (occupied rows, collided rows, colliding distinct, colliding
     occurrences, max row load) and rows per load ``0..max``. Clears ``flags`` (D,) bool where an
-    n-gram is alone in its row. ``loads`` is an all-zero scratch array of at least ``p`` int32
-    (int64 from 2**31 distinct n-grams on), left all zero again.
+    n-gram is alone in its row. ``loads`` is an all-zero uint8 scratch array of at least ``p``
+    (one byte a row keeps it cache-friendly), left all zero again; a head with a row of 255 or
+    more n-grams is redone with int64 loads.
     """
     if mix.dtype != np.int64 or counts.dtype != np.int64 or flags.dtype != np.bool_:
         raise EngramError("head_figures needs int64 mix and counts and bool flags")
     if not mix.shape == counts.shape == flags.shape:
         raise EngramError("mix, counts and flags must have the same shape")
     p = int(p)
-    if loads is None or loads.shape[0] < p or np.iinfo(loads.dtype).max < mix.shape[0]:
-        loads = np.zeros(p, dtype=load_dtype(mix.shape[0]))
+    if loads is None or loads.shape[0] < p or loads.dtype != np.uint8:
+        loads = np.zeros(p, dtype=np.uint8)
     loads = loads[:p]
     rows = np.empty(mix.shape[0], dtype=np.uint32 if p <= 2**32 else np.int64)
-    max_load = _head_rows_kernel(
-        mix, np.int64(p), 1.0 / p, np.int64((1 << 32) % p), np.int64((1 << 64) % p),
-        p < FAST_MOD_LIMIT, loads, rows,
-    )  # fmt: skip
-    histogram = np.zeros(max_load + 1, dtype=np.int64)
+    args = (mix, np.int64(p), 1.0 / p, np.int64((1 << 32) % p), np.int64((1 << 64) % p))
+    max_load = _head_rows_kernel(*args, p < FAST_MOD_LIMIT, loads, 255, rows)
+    if max_load == 255:  # saturated: count exactly in 8 bytes a row
+        loads.fill(0)
+        loads = np.zeros(p, dtype=np.int64)
+        max_load = _head_rows_kernel(*args, p < FAST_MOD_LIMIT, loads, 2**62, rows)
+    entries_by_load = np.zeros(max_load + 1, dtype=np.int64)
     # zeroing D scattered rows beats clearing all p rows only while D is well below p
     reset = 4 * mix.shape[0] < p
-    figures = _head_figures_kernel(rows, counts, loads, flags, histogram, reset)
+    colliding_occurrences = _head_figures_kernel(rows, counts, loads, flags, entries_by_load, reset)
     if not reset:
         loads.fill(0)
-    histogram[0] = p - figures[0]
-    return (*(int(v) for v in figures), int(max_load)), tuple(histogram.tolist())
-
-
-def load_dtype(distinct: int):
-    """Per-row load counter type: int32 (4 bytes a row) unless a row could reach 2**31."""
-    return np.int32 if distinct < 2**31 else np.int64
+    histogram = entries_by_load // np.maximum(np.arange(max_load + 1), 1)
+    occupied = int(histogram[1:].sum())
+    histogram[0] = p - occupied
+    figures = (
+        occupied,
+        int(histogram[2:].sum()),
+        int(entries_by_load[2:].sum()),
+        int(colliding_occurrences),
+        int(max_load),
+    )
+    return figures, tuple(histogram.tolist())
 
 
 def head_counts_reference(mix: np.ndarray, counts: np.ndarray, p: int):

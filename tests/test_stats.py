@@ -68,14 +68,14 @@ def test_ideal_expectations():
     assert abs(head.colliding_distinct_fraction - head.expected_colliding_distinct_fraction) < 0.05
 
 
-@pytest.mark.parametrize("p", [7, 101, 65537, 1_000_003])
+@pytest.mark.parametrize("p", [7, 11, 101, 65537, 1_000_003])
 def test_head_kernel_matches_numpy_reference(p):
     rng = np.random.default_rng(p)
     mix = rng.integers(-(2**63), 2**63 - 1, size=3000, dtype=np.int64)
     mix[:500] = mix[500:1000]  # repeated mixes (the same row in every head)
     counts = rng.integers(1, 50, size=3000).astype(np.int64)
     flags = np.ones(3000, dtype=np.bool_)
-    loads = np.zeros(p + 5, dtype=np.int32)
+    loads = np.zeros(p + 5, dtype=np.uint8)
     for _ in range(2):  # the scratch array comes back all zero, ready for the next head
         figures, histogram = head_figures(mix, counts, p, flags, loads)
         assert not loads.any()
