@@ -132,8 +132,8 @@ def _what_fits(layout, layer_ids, sweep, tokens, max_memory, threads) -> str:
         hints.append(f"--limit-tokens {lo:_}".replace("_", ","))
     if not hints:
         return "lower --max-ngram or the table sizes, or raise --max-memory"
-    return " or ".join(hints) + " would fit (the counts are shared by all layers, so --layers "
-    "barely changes this)"
+    shared = "the counts are shared by all layers, so --layers barely changes this"
+    return " or ".join(hints) + f" would fit ({shared})"
 
 
 def plan_hash_stats(
