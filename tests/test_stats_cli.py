@@ -193,3 +193,19 @@ def test_limit_equal_to_the_corpus_is_not_partial(ds_vocab_path, token_docs):
     assert report["tokens"] == 2000 and not report["partial"]
     report = json.loads(invoke(*args, "--limit-tokens", 1000).stdout)
     assert report["tokens"] == 1000 and report["partial"] and report["documents"] == 20
+
+
+def test_file_order_does_not_change_the_report(tmp_path, ds_vocab_path, token_docs):
+    docs = np.load(token_docs)
+    np.save(tmp_path / "a.npy", docs[:15])
+    np.save(tmp_path / "b.npy", docs[15:])
+    layers = []
+    for files in (
+        [tmp_path / "a.npy", tmp_path / "b.npy"],
+        [tmp_path / "b.npy", tmp_path / "a.npy"],
+    ):
+        result = invoke("hash-stats", *files, "--vocab", ds_vocab_path, "--json", "-")
+        assert result.exit_code == 0, result.output
+        layers.append(json.loads(result.stdout)["layers"])
+    whole = invoke("hash-stats", token_docs, "--vocab", ds_vocab_path, "--json", "-")
+    assert layers[0] == layers[1] == json.loads(whole.stdout)["layers"]
