@@ -17,11 +17,6 @@ from .io_utils import atomic_write
 from .stats_report import HashStatsReport, OrderStats
 
 
-def _mean(values) -> float:
-    values = list(values)
-    return sum(values) / len(values) if values else 0.0
-
-
 def _points(report: HashStatsReport, layer: int, order: int) -> list[tuple[int, OrderStats]]:
     """``(rows per head, OrderStats)`` for the layout and each sweep size, by size."""
     index = order - 2
@@ -61,8 +56,8 @@ def plot_report(report: HashStatsReport, path: str | Path, *, layer: int | None 
         left.plot(grid, occ, color=color, lw=0.8, ls=":")
         left.plot(grid, col, color=color, lw=0.8, ls="--")
         left.plot(grid, np.maximum(allh, 1e-12), color=color, lw=0.8, ls="-.")
-        occupancy = [_mean(h.occupancy for h in s.heads) for _, s in points]
-        colliding = [_mean(h.colliding_distinct_fraction for h in s.heads) for _, s in points]
+        occupancy = [s.mean_occupancy for _, s in points]
+        colliding = [s.mean_colliding_distinct_fraction for _, s in points]
         all_heads = [s.all_heads_colliding_occurrence_fraction for _, s in points]
         left.plot(
             sizes, occupancy, "o", color=color, mfc="none", ms=10, label=f"{order}-gram occupancy"

@@ -117,6 +117,18 @@ class OrderStats:
         return _fraction(self.all_heads_colliding_occurrences, self.occurrences)
 
     @property
+    def mean_occupancy(self) -> float:
+        """Occupancy averaged over the order's heads."""
+        return sum(h.occupancy for h in self.heads) / len(self.heads) if self.heads else 0.0
+
+    @property
+    def mean_colliding_distinct_fraction(self) -> float:
+        """Colliding distinct fraction averaged over the order's heads."""
+        if not self.heads:
+            return 0.0
+        return sum(h.colliding_distinct_fraction for h in self.heads) / len(self.heads)
+
+    @property
     def expected_all_heads_colliding_occurrence_fraction(self) -> float:
         """Ideal: independent uniform heads; an n-gram collides in all with the product."""
         if not self.heads:

@@ -266,8 +266,6 @@ def _render(report) -> None:
 
 
 def _render_sweep(report) -> None:
-    from ..plots import _mean
-
     layer = next(iter(report.layers))
     table = Table(title=f"sweep, layer {layer}: mean over heads (all-heads colliding occ.)")
     table.add_column("rows per head", justify="right")
@@ -281,8 +279,7 @@ def _render_sweep(report) -> None:
         for order in orders:
             s = layers[layer][order]
             cells.append(
-                f"{_pct(_mean(h.occupancy for h in s.heads))} / "
-                f"{_pct(_mean(h.colliding_distinct_fraction for h in s.heads))} / "
+                f"{_pct(s.mean_occupancy)} / {_pct(s.mean_colliding_distinct_fraction)} / "
                 f"{_pct(s.all_heads_colliding_occurrence_fraction)}"
             )
         label = f"{sizes[0]:,}" if len(set(sizes)) == 1 else "/".join(f"{v:,}" for v in sizes)
