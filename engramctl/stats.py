@@ -163,7 +163,11 @@ def _count_kernel(ext, real, start, n, bits, table, size, limit):
 
 @njit(cache=True, nogil=True)
 def _merge_kernel(src, start, table, size, limit):
-    """Add the slots ``start..`` of another count map; returns ``(next_slot, size)``."""
+    """Add the slots ``start..`` of another count map; returns ``(next_slot, size)``.
+
+    A slot's position is the top bits of its key's hash in both maps, so walking ``src`` in slot
+    order writes ``table`` nearly in order too: no prefetch needed.
+    """
     mask = table.shape[0] - 1
     shift = np.uint64(64 - int(np.log2(table.shape[0])))
     KW = table.shape[1] - 1
@@ -171,9 +175,6 @@ def _merge_kernel(src, start, table, size, limit):
         add = src[s, KW]
         if add == 0:
             continue
-        ahead = s + AHEAD
-        if ahead < src.shape[0] and src[ahead, KW] != 0:
-            prefetch(table, np.int64(_slot_hash(src, ahead, KW) >> shift))
         pos = np.int64(_slot_hash(src, s, KW) >> shift)
         while True:
             c = table[pos, KW]
