@@ -1,4 +1,4 @@
-"""Exact, mergeable n-gram counting and the collision statistics of DESIGN.md.
+"""Exact, mergeable n-gram counting: the one pass behind the collision statistics of DESIGN.md.
 
 Counting (one pass over the corpus): per n-gram order, :class:`NgramCounter` keeps an
 open-addressing hash map ``{n-gram -> occurrences}`` (numba, linear probing, grown by rehash). The
