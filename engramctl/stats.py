@@ -196,6 +196,26 @@ def _merge_kernel(src, start, table, size, limit):
     return src.shape[0], size
 
 
+@njit(cache=True, nogil=True)
+def _entries_kernel(table, bits, grams, counts):
+    """Unpack the used slots of a count map into grams (D, n) int64 and counts (D,) int64."""
+    KW = table.shape[1] - 1
+    n = grams.shape[1]
+    per_word = 64 // bits
+    mask = np.uint64((1 << bits) - 1)
+    d = 0
+    for s in range(table.shape[0]):
+        c = table[s, KW]
+        if c == 0:
+            continue
+        for k in range(n):
+            word = table[s, k // per_word]
+            grams[d, k] = np.int64((word >> np.uint64(bits * (k % per_word))) & mask)
+        counts[d] = np.int64(c)
+        d += 1
+    return d
+
+
 # -------------------------------------------------------------------------- the counter
 class _CountMap:
     """One order's open-addressing map: ``table[slot] = [packed key words..., count]``."""
@@ -238,13 +258,11 @@ class _CountMap:
 
     def entries(self) -> tuple[np.ndarray, np.ndarray]:
         """Distinct n-grams ``(D, order)`` int64 (``tok_0`` first) and their counts ``(D,)``."""
-        used = self.table[np.flatnonzero(self.table[:, -1])]
-        per_word, mask = 64 // self.bits, np.uint64((1 << self.bits) - 1)
-        grams = np.empty((used.shape[0], self.order), dtype=np.int64)
-        for k in range(self.order):
-            shift = np.uint64(self.bits * (k % per_word))
-            grams[:, k] = ((used[:, k // per_word] >> shift) & mask).astype(np.int64)
-        return grams, used[:, -1].astype(np.int64)
+        grams = np.empty((self.size, self.order), dtype=np.int64)
+        counts = np.empty(self.size, dtype=np.int64)
+        found = _entries_kernel(self.table, self.bits, grams, counts)
+        assert found == self.size
+        return grams, counts
 
 
 class NgramCounter:

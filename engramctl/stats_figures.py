@@ -102,8 +102,8 @@ def head_figures(mix: np.ndarray, counts: np.ndarray, p: int, flags: np.ndarray,
         loads = np.zeros(p, dtype=np.int64)
         max_load = _head_rows_kernel(*args, p < FAST_MOD_LIMIT, loads, 2**62, rows)
     entries_by_load = np.zeros(max_load + 1, dtype=np.int64)
-    # zeroing D scattered rows beats clearing all p rows only while D is well below p
-    reset = 4 * mix.shape[0] < p
+    # zeroing D scattered rows beats clearing all p bytes only while D is far below p
+    reset = 32 * mix.shape[0] < p
     colliding_occurrences = _head_figures_kernel(rows, counts, loads, flags, entries_by_load, reset)
     if not reset:
         loads.fill(0)
