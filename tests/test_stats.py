@@ -296,3 +296,25 @@ def test_pass_stops_before_outgrowing_max_memory(tmp_path, ds_vocab):
     report = run_hash_stats(tight, vocab=ds_vocab)
     assert report.partial and report.stopped_reason == "max-memory"
     assert 0 < report.tokens < 200_000 and "max_memory" in report.warnings
+
+
+def test_progress_and_should_stop(tmp_path, ds_vocab):
+    from engramctl.corpus import CorpusOptions
+    from engramctl.hash_stats import plan_hash_stats, run_hash_stats
+
+    layout = EngramLayout(
+        ngram_vocab=(101, 103), max_ngram=3, heads=2, layers=(1,), seed=0, pad_id=2,
+        vocab_size=ds_vocab.canonical_vocab_size,
+    )  # fmt: skip
+    rng = np.random.default_rng(1)
+    for name in ("a", "b"):
+        np.save(tmp_path / f"{name}.npy", rng.integers(3, 500, size=(20, 100)))
+    plan = plan_hash_stats([tmp_path], layout=layout, options=CorpusOptions(batch_tokens=500))
+    seen = []
+    report = run_hash_stats(plan, vocab=ds_vocab, progress=lambda *args: seen.append(args))
+    assert not report.partial and report.tokens == 4000 and report.documents == 40
+    assert [s[3] for s in seen] == list(range(500, 4001, 500))  # tokens after each batch
+    assert [s[0] for s in seen] == sorted(s[0] for s in seen) and seen[-1][0] == seen[-1][1]
+    stopped = run_hash_stats(plan, vocab=ds_vocab, should_stop=lambda: True)
+    assert stopped.partial and stopped.stopped_reason == "interrupted" and stopped.tokens == 500
+    assert 0 < stopped.bytes_read < report.bytes_read
