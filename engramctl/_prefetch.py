@@ -18,6 +18,17 @@ from . import _numba  # noqa: F401  (configures numba's cache directory first)
 AHEAD = 16  # iterations between a prefetch and the use of its slot
 
 
+def _intrinsic_name() -> str:
+    """``llvm.prefetch`` mangled for the pointer type: ``p0`` from LLVM 17 (opaque pointers,
+    llvmlite >= 0.45), ``p0i8`` before (llvmlite 0.44, LLVM 15, typed pointers)."""
+    from llvmlite import binding
+
+    return "llvm.prefetch.p0" if binding.llvm_version_info >= (17,) else "llvm.prefetch.p0i8"
+
+
+PREFETCH_INTRINSIC = _intrinsic_name()
+
+
 @intrinsic
 def prefetch(typingctx, array, index):
     """Prefetch ``array[index]`` (a 1-D element or the start of a 2-D row) for writing."""
@@ -38,7 +49,7 @@ def prefetch(typingctx, array, index):
         function = cgutils.get_or_insert_function(
             builder.module,
             ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32]),
-            "llvm.prefetch.p0",
+            PREFETCH_INTRINSIC,
         )
         # (address, write=1, locality=3: keep in all cache levels, data cache=1)
         builder.call(
