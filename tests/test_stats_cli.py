@@ -209,3 +209,30 @@ def test_file_order_does_not_change_the_report(tmp_path, ds_vocab_path, token_do
         layers.append(json.loads(result.stdout)["layers"])
     whole = invoke("hash-stats", token_docs, "--vocab", ds_vocab_path, "--json", "-")
     assert layers[0] == layers[1] == json.loads(whole.stdout)["layers"]
+
+
+def test_hand_counted_sentences(tmp_path, tiny_vocab, tiny_tokenizer_path):
+    # tiny vocab: "cat"/"Ġcat" -> canonical 7, "the"/"Ġthe" -> 6, pad id 2 -> 2. With one head of
+    # p = 2 rows, odd multipliers keep parity: row = (tok_0 + tok_1) mod 2 whatever the seed.
+    vocab_path = tiny_vocab.save(tmp_path / "tiny.parquet")
+    corpus = tmp_path / "two.jsonl"
+    corpus.write_text('{"text": "cat the cat"}\n{"text": "the"}\n')
+    result = invoke(
+        "hash-stats", corpus, "--vocab", vocab_path, "--tokenizer", tiny_tokenizer_path,
+        "--ngram-vocab", 2, "--max-ngram", 2, "--heads", 1, "--layers", 0, "--json", "-",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["tokens"], report["documents"]) == (4, 2)
+    order = report["layers"]["0"]["orders"]["2"]
+    # bigrams (tok_0, tok_1): (7, pad) (6, 7) (7, 6) | (6, pad): 4 distinct, 4 occurrences;
+    # rows 1, 1, 1 | 0: row 1 holds 3 distinct bigrams, row 0 one.
+    assert (order["occurrences"], order["distinct"]) == (4, 4)
+    head = order["heads"][0]
+    assert head["rows"] == 2 and head["occupied_rows"] == 2 and head["collided_rows"] == 1
+    assert head["colliding_distinct"] == 3 and head["colliding_distinct_fraction"] == 0.75
+    assert head["colliding_occurrences"] == 3 and head["max_row_load"] == 3
+    assert head["row_load_histogram"] == [0, 1, 0, 1]  # rows of load 0, 1, 2, 3
+    assert head["expected_occupied_rows"] == pytest.approx(2 * (1 - 0.5**4))
+    assert head["expected_colliding_distinct_fraction"] == pytest.approx(1 - 0.5**3)
+    assert order["all_heads_colliding_occurrence_fraction"] == 0.75
