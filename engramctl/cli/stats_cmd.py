@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.table import Table
 
 from .app import STATE, command, console, err_console
@@ -235,14 +236,17 @@ def _render(report) -> None:
     for kind, entry in report.warnings.items():
         console.print(f"[yellow]warning[/]: {kind} x{entry['count']:,} (first: {entry['first']})")
     for layer, orders in report.layers.items():
-        table = Table(title=f"layer {layer}: per head (ideal uniform hash in brackets)")
-        for name in ("order", "head", "rows", "occupied", "collided rows", "colliding distinct",
+        table = Table(
+            title=f"layer {layer}: per head (ideal uniform hash in brackets)",
+            box=box.SIMPLE_HEAD,
+        )
+        for name in ("n/head", "rows", "occupied", "collided rows", "colliding distinct",
                      "colliding occ.", "max load"):  # fmt: skip
             table.add_column(name, justify="right")
         for order, stats in orders.items():
             for h, head in enumerate(stats.heads):
                 table.add_row(
-                    str(order), str(h), f"{head.rows:,}",
+                    f"{order}/{h}", f"{head.rows:,}",
                     f"{_pct(head.occupancy)} [{_pct(head.expected_occupied_rows / head.rows)}]",
                     f"{head.collided_rows:,} [{head.expected_collided_rows:,.0f}]",
                     f"{_pct(head.colliding_distinct_fraction)} "
@@ -251,7 +255,7 @@ def _render(report) -> None:
                 )  # fmt: skip
             table.add_section()
         console.print(table)
-        summary = Table(title=f"layer {layer}: per n-gram order")
+        summary = Table(title=f"layer {layer}: per n-gram order", box=box.SIMPLE_HEAD)
         for name in ("order", "occurrences", "distinct", "all-heads colliding occ. [ideal]"):
             summary.add_column(name, justify="right")
         for order, stats in orders.items():
@@ -267,7 +271,10 @@ def _render(report) -> None:
 
 def _render_sweep(report) -> None:
     layer = next(iter(report.layers))
-    table = Table(title=f"sweep, layer {layer}: mean over heads (all-heads colliding occ.)")
+    table = Table(
+        title=f"sweep, layer {layer}: mean over heads (all-heads colliding occ.)",
+        box=box.SIMPLE_HEAD,
+    )
     table.add_column("rows per head", justify="right")
     orders = list(report.layers[layer])
     for order in orders:
