@@ -256,13 +256,13 @@ def _render(report) -> None:
             table.add_section()
         console.print(table)
         summary = Table(title=f"layer {layer}: per n-gram order", box=box.SIMPLE_HEAD)
-        for name in ("order", "occurrences", "distinct", "all-heads colliding occ. [ideal]"):
+        for name in ("order", "occurrences", "distinct", "all-heads colliding occ. (ideal)"):
             summary.add_column(name, justify="right")
         for order, stats in orders.items():
             summary.add_row(
                 str(order), f"{stats.occurrences:,}", f"{stats.distinct:,}",
                 f"{_pct(stats.all_heads_colliding_occurrence_fraction)} "
-                f"[{_pct(stats.expected_all_heads_colliding_occurrence_fraction)}]",
+                f"({_pct(stats.expected_all_heads_colliding_occurrence_fraction)})",
             )  # fmt: skip
         console.print(summary)
     if report.sweep:
