@@ -138,7 +138,7 @@ def discover_files(inputs, *, format: str = "auto") -> list[CorpusFile]:
     files: list[CorpusFile] = []
     for item in inputs:
         item = str(item)
-        if glob.has_magic(item):
+        if glob.has_magic(item) and not Path(item).exists():  # an existing path wins
             matches = sorted(glob.glob(item, recursive=True))
             if not matches:
                 raise EngramError(f"no file matches {item}")

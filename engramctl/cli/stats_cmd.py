@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich import box
+from rich.markup import escape
 from rich.table import Table
 
 from .app import STATE, command, console, err_console
@@ -234,7 +235,8 @@ def _render(report) -> None:
         head_line += f" [yellow]partial ({report.stopped_reason})[/]"
     console.print(head_line)
     for kind, entry in report.warnings.items():
-        console.print(f"[yellow]warning[/]: {kind} x{entry['count']:,} (first: {entry['first']})")
+        where = escape(str(entry["first"]))
+        console.print(f"[yellow]warning[/]: {kind} x{entry['count']:,} (first: {where})")
     for layer, orders in report.layers.items():
         table = Table(
             title=f"layer {layer}: per head (ideal uniform hash in brackets)",
