@@ -19,28 +19,23 @@ import numpy as np
 from ._numba import njit
 from ._prefetch import AHEAD, prefetch
 from .errors import EngramError
-from .hashing import FAST_MOD_LIMIT, _floor_mod
+from .hashing import FAST_MOD_MIN, _floor_mod_fast
 from .stats_report import HeadStats, OrderStats
 
 
 @njit(cache=True, nogil=True)
-def _head_rows_kernel(mix, p, inv_p, two32_mod_p, two64_mod_p, fast, loads, cap, rows):
+def _head_rows_kernel(mix, p, inv_p, fast, loads, cap, rows):
     """Pass 1 of a head: ``rows[e] = mix[e] mod p`` and ``loads[r] += 1``, saturating at ``cap``.
 
     loads (p,) must be zero; returns the max row load (``cap`` means "cap or more").
     """
-    mask32 = np.uint64(0xFFFFFFFF)
     max_load = 0
     D = mix.shape[0]
     for e in range(-AHEAD, D):
         ahead = e + AHEAD  # the row AHEAD entries on: computed and prefetched now
         if ahead < D:
             m = mix[ahead]
-            u = np.uint64(m)
-            rows[ahead] = _floor_mod(
-                m, np.int64(u >> np.uint64(32)), np.int64(u & mask32), m >> 63, p, inv_p,
-                two32_mod_p, two64_mod_p, fast,
-            )  # fmt: skip
+            rows[ahead] = _floor_mod_fast(m, np.float64(m), p, inv_p) if fast else m % p
             prefetch(loads, rows[ahead])
         if e < 0:
             continue
@@ -95,12 +90,12 @@ def head_figures(mix: np.ndarray, counts: np.ndarray, p: int, flags: np.ndarray,
         loads = np.zeros(p, dtype=np.uint8)
     loads = loads[:p]
     rows = np.empty(mix.shape[0], dtype=np.uint32 if p <= 2**32 else np.int64)
-    args = (mix, np.int64(p), 1.0 / p, np.int64((1 << 32) % p), np.int64((1 << 64) % p))
-    max_load = _head_rows_kernel(*args, p < FAST_MOD_LIMIT, loads, 255, rows)
+    args = (mix, np.int64(p), 1.0 / p, p >= FAST_MOD_MIN)
+    max_load = _head_rows_kernel(*args, loads, 255, rows)
     if max_load == 255:  # saturated: count exactly in 8 bytes a row
         loads.fill(0)
         loads = np.zeros(p, dtype=np.int64)
-        max_load = _head_rows_kernel(*args, p < FAST_MOD_LIMIT, loads, 2**62, rows)
+        max_load = _head_rows_kernel(*args, loads, 2**62, rows)
     entries_by_load = np.zeros(max_load + 1, dtype=np.int64)
     # zeroing D scattered rows beats clearing all p bytes only while D is far below p
     reset = 32 * mix.shape[0] < p
