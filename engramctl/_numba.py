@@ -7,10 +7,14 @@ directory is configured before the first kernel is compiled.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def _cache_dir_is_writable(path: Path) -> bool:
+    """Create ``path`` if needed and check a file can be written there."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-probe-{os.getpid()}"
@@ -21,24 +25,30 @@ def _cache_dir_is_writable(path: Path) -> bool:
         return False
 
 
-def configure_cache_dir() -> str | None:
-    """Point ``NUMBA_CACHE_DIR`` at a writable directory unless the user chose one.
+def configure_cache_dir(package_dir: Path | None = None) -> str | None:
+    """Point numba's cache at a writable directory unless the user chose one.
 
-    numba writes its cache next to the source file; when the package is installed read-only
-    that fails, so kernels would be recompiled on every run. We fall back to
-    ``$XDG_CACHE_HOME/engramctl/numba`` (``~/.cache/engramctl/numba``).
+    numba writes its cache in ``__pycache__`` next to the source file; when the package is
+    installed read-only that fails, so kernels would be recompiled on every run. We then fall back
+    to ``$XDG_CACHE_HOME/engramctl/numba`` (``~/.cache/engramctl/numba``) by setting
+    ``NUMBA_CACHE_DIR`` (and numba's config, if numba is already imported).
+
+    Returns the directory chosen here, or ``None`` when the user's ``NUMBA_CACHE_DIR`` or the
+    package's own ``__pycache__`` is used (or nothing writable was found: no cache then).
     """
     if os.environ.get("NUMBA_CACHE_DIR"):
-        return os.environ["NUMBA_CACHE_DIR"]
-    package_pycache = Path(__file__).resolve().parent / "__pycache__"
-    if _cache_dir_is_writable(package_pycache):
+        return None
+    package_dir = PACKAGE_DIR if package_dir is None else Path(package_dir)
+    if _cache_dir_is_writable(package_dir / "__pycache__"):
         return None
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     cache = base / "engramctl" / "numba"
-    if _cache_dir_is_writable(cache):
-        os.environ["NUMBA_CACHE_DIR"] = str(cache)
-        return str(cache)
-    return None
+    if not _cache_dir_is_writable(cache):
+        return None
+    os.environ["NUMBA_CACHE_DIR"] = str(cache)
+    if "numba.core.config" in sys.modules:  # numba read the environment already
+        sys.modules["numba.core.config"].CACHE_DIR = str(cache)
+    return str(cache)
 
 
 configure_cache_dir()

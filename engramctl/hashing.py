@@ -7,8 +7,12 @@ tok_{n-1}*m_{n-1}`` in wrapping int64; head ``h`` of order ``n`` has row id ``mi
 (floor modulo). Output per layer: ``[B, T, (max_ngram-1)*heads]`` int64, ordered like the head
 offsets.
 
-:func:`hash_layer_reference` is the readable specification and test oracle; :class:`NgramHasher`
-runs :func:`_hash_kernel` (numba, parallel over the batch) and is held to the reference by tests.
+:func:`hash_layer_reference` is the readable specification and test oracle. :class:`NgramHasher`
+maps raw ids to canonical ids once per batch (:func:`_canonical_kernel`) and hashes each layer with
+:func:`hash_canonical`, which runs a numba kernel parallel over (sequence, position chunk) tasks:
+:func:`_hash_fast_kernel` (a float-reciprocal floor modulo, exact and vectorized across heads) when
+every prime of the layer is at least ``FAST_MOD_MIN``, else :func:`_hash_exact_kernel` (integer
+``%``). Tests hold both to the reference.
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ import numpy as np
 from ._numba import njit, prange
 from .errors import EngramError
 from .layout import EngramLayout
-from .vocab import CanonicalVocab, check_ids_in_vocab
+from .vocab import CanonicalVocab, as_int64_ids, check_ids_in_vocab
 
-# Heads with a prime below this use a float reciprocal reduction, exact because every
-# intermediate stays below 2**53; larger primes fall back to the integer ``%``.
-FAST_MOD_LIMIT = 2**26
+# A layer whose primes are all at least this is hashed with the float-reciprocal floor modulo of
+# :func:`_floor_mod_fast` (exact there: see its docstring); otherwise with the integer ``%`` kernel.
+FAST_MOD_MIN = 2**13
+# Positions per parallel task: keeps the work split even when the batch is small (a single long
+# document still uses every core) and the output a task writes contiguous.
+CHUNK = 1024
 
 
 # --------------------------------------------------------------------------- specification
@@ -57,64 +64,149 @@ def hash_layer_reference(
     return np.stack(hashes, axis=2)
 
 
-# ------------------------------------------------------------------------------- kernel
-@njit(cache=True, inline="always")
-def _floor_mod(mix, hi, lo, negative, p, inv_p, two32_mod_p, two64_mod_p, fast):
-    """``mix mod p`` in [0, p) for int64 ``mix`` split as uint64 ``hi*2**32 + lo``."""
-    if not fast:
-        return mix % p
-    # hi mod p via the float reciprocal; off by at most one p, corrected branch-free.
-    r = hi - np.int64(np.float64(hi) * inv_p) * p
-    r += p & (r >> 63)
-    r -= p
-    r += p & (r >> 63)
-    v = r * two32_mod_p + lo  # < 2**52: exact in float64
-    r = v - np.int64(np.float64(v) * inv_p) * p
-    r += p & (r >> 63)
-    r -= p
-    r += p & (r >> 63)
-    # a negative int64 is its uint64 value minus 2**64
-    r -= two64_mod_p & negative
-    r += p & (r >> 63)
-    return r
+# ------------------------------------------------------------------------------- kernels
+@njit(cache=True, parallel=True)
+def _canonical_kernel(raw, lut, context, extended):
+    """extended (B, K+T) <- context (B, K) ++ lut[raw (B, T)]; negative ids pass unchanged."""
+    B, T = raw.shape
+    K = context.shape[1]
+    for b in prange(B):
+        for k in range(K):
+            extended[b, k] = context[b, k]
+        for t in range(T):
+            tok = raw[b, t]
+            extended[b, K + t] = lut[tok] if tok >= 0 else tok
+
+
+@njit(cache=True)
+def _floor_mod_fast(mix, mix_f, p, inv_p):
+    """``mix mod p`` (floor modulo) for ``p >= FAST_MOD_MIN``, given ``mix_f = float64(mix)``.
+
+    Why it is exact: with ``x = mix / p`` and ``y = fl(mix_f * fl(1/p))`` (three roundings),
+    ``|y - x| <= 3 * 2**-53 * 2**63 / p <= 0.375`` for ``p >= 2**13``, and ``y - 0.5`` is exact
+    (``|y| <= 2**50``), so ``q = floor(y - 0.5)`` is ``floor(x)`` or ``floor(x) - 1``. Then
+    ``r = mix - q*p`` (wrapping int64; the true value fits) lies in ``[0, 2p)``, and the unsigned
+    ``min(r, r - p)`` (``r - p`` wraps to a huge value when ``r < p``) is ``mix mod p``.
+    Branch-free, so a loop over heads vectorizes.
+    """
+    q = np.int64(np.floor(mix_f * inv_p - 0.5))
+    r = np.uint64(mix - q * p)
+    return np.int64(min(r, r - np.uint64(p)))
 
 
 @njit(cache=True, parallel=True)
-def _hash_kernel(
-    raw, lut, context, multipliers, head_rows, inv_rows, two32_mod, two64_mod, fast, heads,
-    offsets, out
-):
-    """raw (B, T) int64 token ids; context (B, K) canonical ids; out (B, T, H) int64."""
-    B, T = raw.shape
-    K = context.shape[1]
-    max_ngram = multipliers.shape[0]
-    mask32 = np.uint64(0xFFFFFFFF)
-    for b in prange(B):
-        for t in range(T):
-            tok = raw[b, t]
-            if tok >= 0:
-                tok = lut[tok]
-            mix = tok * multipliers[0]
-            for n in range(2, max_ngram + 1):
-                k = n - 1
-                if t - k >= 0:
-                    prev = raw[b, t - k]
-                    if prev >= 0:
-                        prev = lut[prev]
-                else:
-                    prev = context[b, K + t - k]
-                mix ^= prev * multipliers[k]
-                u = np.uint64(mix)
-                hi = np.int64(u >> np.uint64(32))
-                lo = np.int64(u & mask32)
-                negative = mix >> 63  # all ones when mix < 0
-                base = (n - 2) * heads
+def _hash_fast_kernel(extended, multipliers, head_rows, inv_rows, offsets, out):
+    """Row ids through :func:`_floor_mod_fast`; every prime must be >= ``FAST_MOD_MIN``.
+
+    extended (B, K+T) canonical ids, context first; head_rows, inv_rows (= 1/p), offsets
+    (orders, heads); out (B, T, orders, heads) int64. The head loop is innermost (it vectorizes
+    across heads); two positions share each pass over the heads, which halves the loop overhead.
+    """
+    B, T, orders, heads = out.shape  # orders == K == max_ngram - 1
+    chunks = (T + CHUNK - 1) // CHUNK
+    for task in prange(B * chunks):
+        b = task // chunks
+        start = (task % chunks) * CHUNK
+        stop = min(T, start + CHUNK)
+        for t in range(start, stop, 2):
+            u = min(t + 1, stop - 1)  # the second position; equal to t (rewritten) at an odd end
+            mix_t = extended[b, orders + t] * multipliers[0]
+            mix_u = extended[b, orders + u] * multipliers[0]
+            for i in range(orders):
+                mix_t ^= extended[b, orders + t - (i + 1)] * multipliers[i + 1]
+                mix_u ^= extended[b, orders + u - (i + 1)] * multipliers[i + 1]
+                mix_t_f = np.float64(mix_t)
+                mix_u_f = np.float64(mix_u)
                 for j in range(heads):
-                    h = base + j
-                    out[b, t, h] = offsets[h] + _floor_mod(
-                        mix, hi, lo, negative, head_rows[h], inv_rows[h], two32_mod[h],
-                        two64_mod[h], fast[h],
-                    )
+                    p = head_rows[i, j]
+                    inv_p = inv_rows[i, j]
+                    out[b, t, i, j] = _floor_mod_fast(mix_t, mix_t_f, p, inv_p) + offsets[i, j]
+                    out[b, u, i, j] = _floor_mod_fast(mix_u, mix_u_f, p, inv_p) + offsets[i, j]
+
+
+@njit(cache=True, parallel=True)
+def _hash_exact_kernel(extended, multipliers, head_rows, offsets, out):
+    """Row ids with integer floor modulo (any prime); arguments as :func:`_hash_fast_kernel`."""
+    B, T, orders, heads = out.shape
+    chunks = (T + CHUNK - 1) // CHUNK
+    for task in prange(B * chunks):
+        b = task // chunks
+        start = (task % chunks) * CHUNK
+        for t in range(start, min(T, start + CHUNK)):
+            mix = extended[b, orders + t] * multipliers[0]
+            for i in range(orders):
+                mix ^= extended[b, orders + t - (i + 1)] * multipliers[i + 1]
+                for j in range(heads):
+                    out[b, t, i, j] = mix % head_rows[i, j] + offsets[i, j]
+
+
+def hash_canonical(
+    extended: np.ndarray,
+    multipliers: np.ndarray,
+    head_rows: np.ndarray,
+    heads: int,
+    *,
+    offsets: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Hash canonical ids of one layer with the numba kernels -> ``[B, T, H]`` int64.
+
+    Parameters
+    ----------
+    extended : canonical ids ``[B, K+T]``, the ``K = max_ngram-1`` context ids first (pad ids
+        where sequences start), then the ``T`` ids to hash.
+    multipliers : int64 ``[max_ngram]`` of the layer.
+    head_rows : the prime row count of each head, ``[(max_ngram-1)*heads]``.
+    heads : heads per n-gram order.
+    offsets : added to each head's row id (the head offsets give whole-table rows); default 0.
+    out : optional C-contiguous int64 ``[B, T, H]`` array to write into (and return).
+
+    Examples
+    --------
+    Pad id 1 as the context of ``[3, 5, 7]`` (the hand-worked case of the tests):
+
+    >>> hash_canonical(np.array([[1, 1, 3, 5, 7]]), np.array([3, 5, 7]),
+    ...                np.array([11, 13, 17, 19]), heads=2)[0].tolist()
+    [[1, 12, 11, 11], [0, 0, 7, 7], [1, 12, 8, 6]]
+    """
+    extended = np.ascontiguousarray(extended, dtype=np.int64)
+    multipliers = np.ascontiguousarray(multipliers, dtype=np.int64)
+    head_rows = np.ascontiguousarray(head_rows, dtype=np.int64)
+    if multipliers.ndim != 1 or multipliers.shape[0] < 2 or head_rows.ndim != 1:
+        raise EngramError(
+            f"expected multipliers [max_ngram >= 2] and head_rows [H], got shapes "
+            f"{multipliers.shape} and {head_rows.shape}"
+        )
+    orders = multipliers.shape[0] - 1
+    H = head_rows.shape[0]
+    if heads < 1 or H != orders * heads:
+        raise EngramError(f"expected {orders} x {heads} head row counts, got {H}")
+    if head_rows.min() < 1:
+        raise EngramError("head row counts must be positive")
+    if extended.ndim != 2 or extended.shape[1] < orders:
+        raise EngramError(f"extended ids must be [B, {orders}+T], got shape {extended.shape}")
+    B, T = extended.shape[0], extended.shape[1] - orders
+    offsets = np.zeros(H, np.int64) if offsets is None else np.asarray(offsets, dtype=np.int64)
+    if offsets.shape != (H,):
+        raise EngramError(f"offsets must be [{H}], got shape {offsets.shape}")
+    if out is None:
+        out = np.empty((B, T, H), dtype=np.int64)
+    elif (
+        out.shape != (B, T, H)
+        or out.dtype != np.int64
+        or not out.flags.c_contiguous
+        or not out.flags.writeable
+    ):
+        raise EngramError(f"out must be a writeable C-contiguous int64 [{B}, {T}, {H}] array")
+    out4 = out.reshape(B, T, orders, heads)
+    rows2 = head_rows.reshape(orders, heads)
+    offsets2 = np.ascontiguousarray(offsets.reshape(orders, heads))
+    if head_rows.min() >= FAST_MOD_MIN:
+        inv_rows = 1.0 / rows2.astype(np.float64)
+        _hash_fast_kernel(extended, multipliers, rows2, inv_rows, offsets2, out4)
+    else:
+        _hash_exact_kernel(extended, multipliers, rows2, offsets2, out4)
+    return out
 
 
 # --------------------------------------------------------------------------- public API
@@ -138,18 +230,14 @@ class NgramHasher:
         self.vocab = vocab
         self.lut = np.ascontiguousarray(vocab.canonical_ids, dtype=np.int64)
         self.pad = layout.pad_canonical_id(vocab)
-        self._params = {}
-        for layer_id in layout.layers:
-            rows = layout.head_rows(layer_id)
-            self._params[layer_id] = (
+        self._params = {
+            layer_id: (
                 layout.multipliers(layer_id),
-                rows,
-                1.0 / rows.astype(np.float64),
-                np.array([(1 << 32) % int(p) for p in rows], dtype=np.int64),
-                np.array([(1 << 64) % int(p) for p in rows], dtype=np.int64),
-                rows < FAST_MOD_LIMIT,
+                layout.head_rows(layer_id),
                 layout.head_offsets(layer_id),
             )
+            for layer_id in layout.layers
+        }
 
     @property
     def context_size(self) -> int:
@@ -161,13 +249,11 @@ class NgramHasher:
         return np.full((batch, self.context_size), self.pad, dtype=np.int64)
 
     def _validate(self, ids) -> tuple[np.ndarray, bool]:
-        ids = np.asarray(ids)
-        if ids.dtype.kind not in "iu":
-            raise EngramError(f"token ids must be integers, got dtype {ids.dtype}")
+        ids = as_int64_ids(ids)
         if ids.ndim not in (1, 2):
-            raise EngramError(f"token ids must be [T] or [B, T], got shape {ids.shape}")
+            raise EngramError(f"token ids must be [T] or [B, T], got shape {list(ids.shape)}")
         squeeze = ids.ndim == 1
-        ids = np.ascontiguousarray(np.atleast_2d(ids), dtype=np.int64)
+        ids = np.ascontiguousarray(np.atleast_2d(ids))
         check_ids_in_vocab(ids, self.vocab.source_vocab_size)
         return ids, squeeze
 
@@ -181,6 +267,37 @@ class NgramHasher:
             )
         return context
 
+    def canonical_with_context(self, ids, context: np.ndarray | None = None) -> np.ndarray:
+        """Canonical ids ``[B, K+T]`` of validated raw ids ``[B, T]``, context prepended."""
+        context = self._context(context, ids.shape[0])
+        extended = np.empty((ids.shape[0], self.context_size + ids.shape[1]), dtype=np.int64)
+        _canonical_kernel(ids, self.lut, context, extended)
+        return extended
+
+    def _layer_ids(self, layers) -> tuple[int, ...]:
+        if layers is None:
+            return self.layout.layers
+        for layer_id in layers:
+            self.layout._check_layer(layer_id)
+        return tuple(layers)
+
+    def _out_buffer(self, out, layer_id: int, shape: tuple[int, ...]) -> np.ndarray | None:
+        if out is None or out.get(layer_id) is None:
+            return None
+        buffer = out[layer_id]
+        if (
+            not isinstance(buffer, np.ndarray)
+            or buffer.shape != shape
+            or buffer.dtype != np.int64
+            or not buffer.flags.c_contiguous
+            or not buffer.flags.writeable
+        ):
+            raise EngramError(
+                f"out[{layer_id}] must be a writeable C-contiguous int64 array of shape "
+                f"{list(shape)}"
+            )
+        return buffer
+
     def hash(
         self,
         ids,
@@ -188,6 +305,7 @@ class NgramHasher:
         context: np.ndarray | None = None,
         layers=None,
         table_rows: bool = False,
+        out: dict[int, np.ndarray] | None = None,
     ) -> dict[int, np.ndarray]:
         """Row ids ``{layer_id: [B, T, H] int64}`` (``[T, H]`` for 1-D input).
 
@@ -198,18 +316,31 @@ class NgramHasher:
             returned by :meth:`next_context`; ``None`` starts every sequence from pad context.
         layers : subset of the layout's layer ids (default: all).
         table_rows : add each head's offset, giving rows of the layer's whole table.
+        out : optional ``{layer_id: array}`` of C-contiguous int64 arrays shaped like the result,
+            written in place and returned. Reusing them across batches of one shape saves
+            allocating (and the kernel zeroing) fresh pages, which costs about as much as the
+            hashing itself.
         """
         ids, squeeze = self._validate(ids)
-        context = self._context(context, ids.shape[0])
+        extended = self.canonical_with_context(ids, context)
+        B, T = ids.shape
+        H = self.layout.heads_per_layer
         result = {}
-        for layer_id in layers if layers is not None else self.layout.layers:
-            mult, rows, inv, two32, two64, fast, offsets = self._params[layer_id]
-            out = np.empty((*ids.shape, rows.shape[0]), dtype=np.int64)
-            _hash_kernel(
-                ids, self.lut, context, mult, rows, inv, two32, two64, fast,
-                self.layout.heads, offsets if table_rows else np.zeros_like(offsets), out,
+        for layer_id in self._layer_ids(layers):
+            multipliers, rows, offsets = self._params[layer_id]
+            buffer = self._out_buffer(out, layer_id, (T, H) if squeeze else (B, T, H))
+            rows_out = hash_canonical(
+                extended,
+                multipliers,
+                rows,
+                self.layout.heads,
+                offsets=offsets if table_rows else None,
+                out=None if buffer is None else buffer.reshape(B, T, H),
             )
-            result[layer_id] = out[0] if squeeze else out
+            if buffer is not None:
+                result[layer_id] = buffer  # rows_out is a view of it
+            else:
+                result[layer_id] = rows_out[0] if squeeze else rows_out
         return result
 
     def hash_reference(self, ids, *, context=None, layers=None, table_rows=False):
@@ -218,7 +349,7 @@ class NgramHasher:
         context = self._context(context, ids.shape[0])
         canonical = self.vocab.apply(ids)
         result = {}
-        for layer_id in layers if layers is not None else self.layout.layers:
+        for layer_id in self._layer_ids(layers):
             out = hash_layer_reference(
                 canonical,
                 self.layout.multipliers(layer_id),
@@ -235,8 +366,8 @@ class NgramHasher:
     def next_context(self, ids, context: np.ndarray | None = None) -> np.ndarray:
         """The context to carry after hashing ``ids`` (its last ``max_ngram-1`` canonical ids)."""
         ids, _ = self._validate(ids)
-        context = self._context(context, ids.shape[0])
-        joined = np.concatenate([context, self.vocab.apply(ids)], axis=1)
+        tail = ids[:, max(0, ids.shape[1] - self.context_size) :]  # only these can matter
+        joined = self.canonical_with_context(tail, context)
         return np.ascontiguousarray(joined[:, joined.shape[1] - self.context_size :])
 
 

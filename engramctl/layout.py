@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 
 import numpy as np
 
@@ -38,6 +37,9 @@ PRESETS: dict[str, dict] = {
 PRESET_HEAD_DIM = {"demo-v1": 64, "deepseek-v4.1": 256}
 PRESET_DTYPE = {"demo-v1": "float32", "deepseek-v4.1": "float8_e4m3fn"}
 LAYER_SEED_PRIME = 10007
+# Sanity bounds: beyond them a layout is a typo, and the prime search would run for minutes.
+MAX_NGRAM_LIMIT = 16
+MAX_HEADS = 1024
 INT64_MAX = 2**63 - 1
 # Deterministic Miller-Rabin witnesses, exact for every n < 3.3e24 (so every int64).
 _MR_BASES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41)
@@ -83,6 +85,17 @@ def next_unused_prime(start: int, used: set[int]) -> int:
     return candidate
 
 
+def _as_int(name: str, value) -> int:
+    """A layout field as a Python int: integers (numpy's too) pass, anything else is refused.
+
+    >>> _as_int("heads", np.int64(8))
+    8
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise UsageError(f"layout {name}: expected an integer, got {value!r}")
+    return int(value)
+
+
 def parse_int_list(text: str, *, name: str) -> tuple[int, ...]:
     """Parse ``"646400,646400"`` (``k``/``M``/``G`` suffixes allowed) into ints.
 
@@ -99,9 +112,7 @@ def parse_int_list(text: str, *, name: str) -> tuple[int, ...]:
         try:
             values.append(int(float(digits) * scale) if scale != 1 else int(digits))
         except ValueError:
-            raise UsageError(
-                f"{name}: expected comma-separated integers, got {text!r}"
-            ) from None
+            raise UsageError(f"{name}: expected comma-separated integers, got {text!r}") from None
     if not values:
         raise UsageError(f"{name}: expected at least one integer, got {text!r}")
     return tuple(values)
@@ -121,16 +132,26 @@ class EngramLayout:
     _cache: dict = field(default_factory=dict, compare=False, repr=False, hash=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "ngram_vocab", tuple(int(v) for v in self.ngram_vocab))
-        object.__setattr__(self, "layers", tuple(int(v) for v in self.layers))
+        for name in ("ngram_vocab", "layers"):
+            values = getattr(self, name)
+            if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+                raise UsageError(f"layout {name}: expected a list of integers, got {values!r}")
+            object.__setattr__(self, name, tuple(_as_int(name, v) for v in values))
+        for name in ("max_ngram", "heads", "seed", "pad_id", "vocab_size"):
+            object.__setattr__(self, name, _as_int(name, getattr(self, name)))
         self.validate()
 
     # --------------------------------------------------------------- validation
     def validate(self) -> None:
-        if self.max_ngram < 2:
-            raise UsageError(f"max n-gram order must be at least 2, got {self.max_ngram}")
-        if self.heads < 1:
-            raise UsageError(f"heads per n-gram order must be at least 1, got {self.heads}")
+        """Raise :class:`UsageError` naming the first nonsensical field."""
+        if not 2 <= self.max_ngram <= MAX_NGRAM_LIMIT:
+            raise UsageError(
+                f"max n-gram order must be between 2 and {MAX_NGRAM_LIMIT}, got {self.max_ngram}"
+            )
+        if not 1 <= self.heads <= MAX_HEADS:
+            raise UsageError(
+                f"heads per n-gram order must be between 1 and {MAX_HEADS}, got {self.heads}"
+            )
         if len(self.ngram_vocab) != self.max_ngram - 1:
             raise UsageError(
                 f"expected {self.max_ngram - 1} n-gram vocab sizes (one per order "
@@ -151,6 +172,8 @@ class EngramLayout:
             raise UsageError(f"canonical vocab size must be at least 2, got {self.vocab_size}")
         if self.seed < 0:
             raise UsageError(f"seed must be >= 0, got {self.seed}")
+        if self.pad_id < 0:
+            raise UsageError(f"pad id must be >= 0, got {self.pad_id}")
 
     # ------------------------------------------------------------- constructors
     @classmethod
@@ -160,8 +183,10 @@ class EngramLayout:
             raise UsageError(f"unknown preset {name!r}; expected one of: {', '.join(PRESETS)}")
         fields = dict(PRESETS[name])
         fields.update({k: v for k, v in overrides.items() if v is not None})
-        if "max_ngram" in overrides and overrides["max_ngram"] is not None and (
-            overrides.get("ngram_vocab") is None
+        if (
+            "max_ngram" in overrides
+            and overrides["max_ngram"] is not None
+            and (overrides.get("ngram_vocab") is None)
         ):
             # Keep the preset's per-order size when only the order changes.
             fields["ngram_vocab"] = (fields["ngram_vocab"][0],) * (fields["max_ngram"] - 1)
@@ -259,4 +284,6 @@ class EngramLayout:
 
     def _check_layer(self, layer_id: int) -> None:
         if layer_id not in self.layers:
-            raise UsageError(f"layer {layer_id} is not an Engram layer of this layout {self.layers}")
+            raise UsageError(
+                f"layer {layer_id} is not an Engram layer of this layout {self.layers}"
+            )

@@ -14,8 +14,6 @@ Writing (``mode="r+"``, under the writer lock): :meth:`Table.write_rows` rewrite
 from __future__ import annotations
 
 import logging
-import mmap
-import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -28,6 +26,7 @@ from .errors import EngramError, UsageError
 from .gather import check_row_ids, chunk_address, gather_rows, word_dtype
 from .layout import EngramLayout
 from .rowinit import init_values
+from .store import LocalStore, TableStore, open_store
 from .table_format import (
     LOCK_NAME,
     TableMeta,
@@ -192,8 +191,10 @@ class Table:
         mode: str,
         check_chunks: bool,
         lock: WriterLock | None,
+        store: TableStore | None = None,
     ):
-        self.path = Path(path)
+        self.store = store if store is not None else LocalStore(path)
+        self.path = self.store.root if self.store.is_local else self.store.url  # str for URLs
         self.meta = meta
         self.manifest = manifest
         self.mode = mode
@@ -235,8 +236,10 @@ class Table:
         """Raise if ``vocab`` is not the vocab this table was made for (names both)."""
         check_vocab(self.meta, vocab, where=str(self.path))
 
-    def chunk_path(self, layer_id: int, chunk_index: int) -> Path:
-        return self.path / chunk_key(layer_id, chunk_index)
+    def chunk_path(self, layer_id: int, chunk_index: int) -> Path | str:
+        """The chunk's file (a URL string for a remote table)."""
+        key = chunk_key(layer_id, chunk_index)
+        return self.path / key if self.store.is_local else self.store.where(key)
 
     # --------------------------------------------------------------- chunk loading
     def _cache(self, layer_id: int) -> _LayerCache:
@@ -245,18 +248,23 @@ class Table:
             self._caches[layer_id] = _LayerCache(layer.n_chunks(self.meta.chunk_rows))
         return self._caches[layer_id]
 
-    def read_chunk_file(self, layer_id: int, chunk_index: int) -> np.ndarray | None:
-        """Stored rows of a written chunk, checked against the manifest; ``None`` if unwritten."""
+    def read_chunk_file(
+        self, layer_id: int, chunk_index: int, *, fetched=None
+    ) -> np.ndarray | None:
+        """Stored rows of a written chunk, checked against the manifest; ``None`` if unwritten.
+
+        ``fetched`` maps chunk keys to bytes already read (``None``: missing), as
+        :meth:`TableStore.read_many` returns them.
+        """
         path = self.chunk_path(layer_id, chunk_index)
         entry = self.manifest.get(layer_id, {}).get(chunk_index)
         where = f"chunk {chunk_index} of layer {layer_id} ({path})"
         try:
-            with open(path, "rb") as handle:
-                size = os.fstat(handle.fileno()).st_size
-                if self.meta.compressor == "none" and size == self.meta.chunk_bytes and size:
-                    data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-                else:
-                    data = handle.read()
+            if fetched is None:  # mmap when the file is raw rows (uncompressed, full size)
+                mappable = self.meta.chunk_bytes if self.meta.compressor == "none" else None
+                data = self.store.map_or_read(chunk_key(layer_id, chunk_index), mappable)
+            elif (data := fetched[chunk_key(layer_id, chunk_index)]) is None:
+                raise FileNotFoundError(path)
         except FileNotFoundError:
             if entry is not None:
                 raise EngramError(
@@ -286,8 +294,12 @@ class Table:
 
     def _ensure_loaded(self, layer_id: int, chunk_indexes: np.ndarray) -> None:
         cache = self._cache(layer_id)
+        fetched = None
+        if not self.store.is_local:  # fetch the chunks of this gather concurrently
+            keys = [chunk_key(layer_id, c) for c in chunk_indexes.tolist()]
+            fetched = self.store.read_many(keys)
         for c in chunk_indexes.tolist():
-            rows = self.read_chunk_file(layer_id, c)
+            rows = self.read_chunk_file(layer_id, c, fetched=fetched)
             if rows is None:  # never written: its rows are filled with init values
                 cache.state[c] = CHUNK_UNWRITTEN
                 continue
@@ -295,7 +307,7 @@ class Table:
             cache.arrays[c] = words  # keeps the mmap (or decoded buffer) alive
             cache.bases[c] = chunk_address(words, self.meta.chunk_rows, self._words, self._word)
             cache.state[c] = CHUNK_LOADED
-            if self.meta.compressor != "none":
+            if self.meta.compressor != "none" or not self.store.is_local:  # bounded: LRU
                 self._decoded[(layer_id, c)] = None
         while len(self._decoded) > max(DECODED_CACHE_CHUNKS, len(chunk_indexes)):
             old_layer, old_chunk = self._decoded.popitem(last=False)[0]
@@ -442,13 +454,21 @@ class Table:
         )
 
 
-def open_table(path, mode: str = "r", *, vocab=None, check_chunks: bool = True) -> Table:
+def open_table(
+    path,
+    mode: str = "r",
+    *,
+    vocab=None,
+    check_chunks: bool = True,
+    storage_options: dict | None = None,
+) -> Table:
     """Open an engramctl table.
 
     Parameters
     ----------
     path : str or Path
-        The table directory (a zarr v3 group written by engramctl).
+        The table directory (a zarr v3 group written by engramctl), or an fsspec URL
+        (``s3://bucket/t.zarr``; read-only: chunks are fetched whole, not memory-mapped).
     mode : {"r", "r+"}
         ``"r+"`` takes the writer lock (a second writer is refused) and allows
         :meth:`Table.write_rows`.
@@ -457,20 +477,28 @@ def open_table(path, mode: str = "r", *, vocab=None, check_chunks: bool = True) 
     check_chunks : bool
         Check each chunk's CRC-32 against the manifest the first time it is loaded (reads the
         whole chunk once). Turn off to serve a cold table with single-row reads.
+    storage_options : dict, optional
+        fsspec options of a URL (``endpoint_url``, ``key``, ``secret``, ``anon`` ...).
     """
     if mode not in ("r", "r+"):
         raise UsageError(f"mode must be 'r' or 'r+', got {mode!r}")
-    path = Path(path)
-    meta, manifest = read_group(path)
-    check_vocab(meta, vocab, where=str(path))
-    lock = WriterLock(path).acquire() if mode == "r+" else None
+    store = open_store(path, storage_options)
+    meta, manifest = read_group(store)
+    check_vocab(meta, vocab, where=store.url)
+    if mode == "r+" and not store.is_local:
+        raise EngramError(
+            f"{store.url}: tables in object stores open read-only; write rows to a local copy"
+        )
+    lock = WriterLock(store.root).acquire() if mode == "r+" else None
     if lock is not None:
         try:
-            meta, manifest = read_group(path)  # re-read under the lock
+            meta, manifest = read_group(store)  # re-read under the lock
         except BaseException:
             lock.release()
             raise
-    return Table(path, meta, manifest, mode=mode, check_chunks=check_chunks, lock=lock)
+    return Table(
+        store.url, meta, manifest, mode=mode, check_chunks=check_chunks, lock=lock, store=store
+    )
 
 
 __all__ = ["open_table", "Table", "TableInfo", "LayerInfo", "LOCK_NAME"]

@@ -246,27 +246,34 @@ def check_vocab(meta: TableMeta, vocab, *, where: str = "the table") -> None:
 
 
 # --------------------------------------------------------------------------- the group
-def read_group(path: Path) -> tuple[TableMeta, dict]:
-    """Read ``(meta, manifest)`` from a table's group attributes, refusing anything else."""
-    path = Path(path)
-    if not path.exists():
-        raise EngramError(f"no table at {path}: the path does not exist")
-    group_json = path / "zarr.json"
-    if not path.is_dir() or not group_json.is_file():
-        raise EngramError(f"{path} is not an engramctl table (not a zarr v3 group)")
+def read_group(path) -> tuple[TableMeta, dict]:
+    """Read ``(meta, manifest)`` from a table's group attributes, refusing anything else.
+
+    ``path`` is a local path, an fsspec URL or a :class:`~engramctl.store.TableStore`.
+    """
+    from .store import open_store
+
+    store = open_store(path)
+    where = store.url
+    if not store.exists():
+        raise EngramError(f"no table at {where}: the path does not exist")
+    if store.is_local and not store.root.is_dir():
+        raise EngramError(f"{where} is not an engramctl table (not a zarr v3 group)")
     try:
-        doc = json.loads(group_json.read_text())
+        doc = json.loads(store.read_bytes("zarr.json"))
+    except (FileNotFoundError, IsADirectoryError):
+        raise EngramError(f"{where} is not an engramctl table (not a zarr v3 group)") from None
     except (OSError, ValueError) as exc:
         raise EngramError(
-            f"{path} is not an engramctl table: unreadable zarr.json ({exc})"
+            f"{where} is not an engramctl table: unreadable zarr.json ({exc})"
         ) from exc
-    if doc.get("zarr_format") != 3 or doc.get("node_type") != "group":
-        raise EngramError(f"{path} is not an engramctl table (not a zarr v3 group)")
+    if not isinstance(doc, dict) or doc.get("zarr_format") != 3 or doc.get("node_type") != "group":
+        raise EngramError(f"{where} is not an engramctl table (not a zarr v3 group)")
     attrs = doc.get("attributes") or {}
     if META_KEY not in attrs:
-        raise EngramError(f"{path} is a zarr group but not an engramctl table (no metadata)")
-    meta = TableMeta.from_dict(attrs[META_KEY], where=str(path))
-    manifest = parse_manifest(attrs.get(MANIFEST_KEY) or {}, meta, where=str(path))
+        raise EngramError(f"{where} is a zarr group but not an engramctl table (no metadata)")
+    meta = TableMeta.from_dict(attrs[META_KEY], where=where)
+    manifest = parse_manifest(attrs.get(MANIFEST_KEY) or {}, meta, where=where)
     return meta, manifest
 
 
@@ -288,11 +295,13 @@ def manifest_to_json(manifest: dict[int, dict[int, list]]) -> dict:
     }
 
 
-def write_group_attrs(path: Path, meta: TableMeta, manifest: dict) -> None:
-    """Replace the group attributes (zarr's LocalStore writes ``zarr.json`` atomically)."""
+def write_group_attrs(path, meta: TableMeta, manifest: dict) -> None:
+    """Replace the group attributes (one atomic write of ``zarr.json``, local or remote)."""
     import zarr
 
-    group = zarr.open_group(str(path), mode="r+")
+    from .store import open_store
+
+    group = zarr.open_group(open_store(path).zarr_location(), mode="r+")
     group.attrs.put({META_KEY: meta.to_dict(), MANIFEST_KEY: manifest_to_json(manifest)})
 
 

@@ -12,6 +12,7 @@ other processes and merges the returned records with :func:`record_chunks`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -26,6 +27,7 @@ from .dtypes import format_bytes
 from .errors import EngramError
 from .layout import EngramLayout
 from .rowinit import InitRecipe
+from .store import TableStore, open_store
 from .table import TableInfo, table_info
 from .table_format import (
     MANIFEST_KEY,
@@ -83,12 +85,17 @@ class CreateResult:
 
 # ------------------------------------------------------------------------- one chunk
 def write_init_chunk(
-    path: Path, meta: TableMeta, layer_id: int, chunk_index: int, *, parallel: bool = False
+    path, meta: TableMeta, layer_id: int, chunk_index: int, *, parallel: bool = False
 ) -> ChunkRecord:
-    """Write one chunk's init values (temporary file + rename) and return its record."""
+    """Write one chunk's init values (atomically, to a path or store) and return its record."""
     rows = init_chunk_rows(meta, layer_id, chunk_index, parallel=parallel)
     data = encode_chunk(meta, rows)
-    write_file_atomic(Path(path) / chunk_key(layer_id, chunk_index), data)
+    key = chunk_key(layer_id, chunk_index)
+    if isinstance(path, TableStore) and not path.is_local:
+        path.write_bytes(key, data)  # one PUT: the object appears whole or not at all
+    else:
+        root = path.root if isinstance(path, TableStore) else Path(path)
+        write_file_atomic(root / key, data)
     return ChunkRecord(layer_id, chunk_index, crc32_of(data), memoryview(data).nbytes)
 
 
@@ -97,14 +104,16 @@ def init_chunk(path, layer_id: int, chunk_index: int) -> ChunkRecord:
 
     The values depend only on (seed, layer, row, column), so any process may write any chunk
     in any order. The manifest is not touched: pass the records to :func:`record_chunks`.
+    ``path`` may be a local path, an fsspec URL or a :class:`~engramctl.store.TableStore`.
     """
-    meta, _ = read_group(Path(path))
-    return write_init_chunk(Path(path), meta, layer_id, chunk_index, parallel=True)
+    store = open_store(path)
+    meta, _ = read_group(store)
+    return write_init_chunk(store, meta, layer_id, chunk_index, parallel=True)
 
 
 def record_chunks(path, records: list[ChunkRecord], *, status: str | None = None) -> None:
     """Add chunk records to a table's manifest (and optionally set its status)."""
-    path = Path(path)
+    path = open_store(path)
     meta, manifest = read_group(path)
     for rec in records:
         manifest.setdefault(rec.layer_id, {})[rec.chunk_index] = [rec.crc32, rec.nbytes, "init"]
@@ -162,8 +171,21 @@ def _write_new_group(path: Path, meta: TableMeta) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _is_empty_dir(path: Path) -> bool:
-    return path.is_dir() and not any(path.iterdir())
+def _upload_new_group(store: TableStore, meta: TableMeta) -> None:
+    """Create the group in a local scratch directory, then upload it (group zarr.json last)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="engramctl-") as scratch:
+        local = Path(scratch) / "table.zarr"
+        _write_new_group(local, meta)
+        files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+        for key in sorted(files, key=lambda k: k == "zarr.json"):  # the table appears last
+            store.write_bytes(key, (local / key).read_bytes())
+
+
+def _writer_lock(store: TableStore):
+    """The writer lock of a local table; object stores have no lock (one writer at a time)."""
+    return WriterLock(store.root) if store.is_local else contextlib.nullcontext()
 
 
 def _recipe_differences(old: TableMeta, new: TableMeta) -> list[str]:
@@ -182,6 +204,57 @@ def check_free_space(path: Path, needed: int) -> None:
         )
 
 
+def _prepare_store(store: TableStore, meta: TableMeta, *, lazy: bool, overwrite: bool) -> bool:
+    """Create the group (or accept an unfinished one to resume); returns whether resuming."""
+    resumed = False
+    if store.exists() and not store.is_empty():
+        try:
+            old, _ = read_group(store)
+        except EngramError:
+            raise EngramError(
+                f"{store.url} exists and is not an engramctl table; refusing to touch it (remove "
+                "it or choose another path)"
+            ) from None
+        if overwrite:
+            with _writer_lock(store):  # refuse to delete a table someone is writing
+                pass
+            store.remove()
+        elif old.status == "initializing" and not lazy:
+            differences = _recipe_differences(old, meta)
+            if differences:
+                raise EngramError(
+                    f"{store.url} is an unfinished table made with other settings: "
+                    f"{'; '.join(differences)}; rerun with the same settings to resume, or pass "
+                    "--overwrite"
+                )
+            resumed = True
+        else:
+            raise EngramError(f"{store.url} exists; pass --overwrite to replace it")
+    if not resumed and store.is_local:
+        if not store.root.parent.is_dir():
+            raise EngramError(f"directory {store.root.parent} does not exist; create it first")
+        if not lazy:
+            check_free_space(store.root, _full_bytes(meta))
+        _write_new_group(store.root, meta)
+    elif not resumed:
+        _upload_new_group(store, meta)
+    return resumed
+
+
+@contextlib.contextmanager
+def _initializer(scheduler: str | None, workers: int | None, meta: TableMeta):
+    """Yields ``initialize(store, progress)``: local threads, or Dask workers (checked now)."""
+    if not scheduler or meta.lazy:
+        yield lambda store, progress: initialize_table(store, workers=workers, progress=progress)
+        return
+    from .distributed import open_client
+    from .table_dask import check_init_memory, initialize_table_dask
+
+    with open_client(scheduler) as client:
+        check_init_memory(client, meta)  # before the table exists
+        yield lambda store, progress: initialize_table_dask(store, client=client, progress=progress)
+
+
 def create_table(
     path,
     *,
@@ -198,13 +271,15 @@ def create_table(
     workers: int | None = None,
     overwrite: bool = False,
     progress: Callable[[InitProgress], None] | None = None,
+    scheduler: str | None = None,
+    storage_options: dict | None = None,
 ) -> CreateResult:
     """Create a table (or finish an interrupted init of the same table).
 
     Parameters
     ----------
     path : str or Path
-        The table directory to create.
+        The table directory to create, or an fsspec URL (``s3://bucket/t.zarr``).
     layout : EngramLayout
         Fixes the layers, their rows (sum of head primes) and head offsets.
     vocab_fingerprint : str
@@ -226,50 +301,27 @@ def create_table(
         Replace an existing engramctl table at ``path``.
     progress : callable, optional
         Called with an :class:`InitProgress` after every chunk written.
+    scheduler : str, optional
+        ``local:N`` or a dask scheduler address: the chunks are written by the Dask workers
+        (see :mod:`engramctl.table_dask`); the table is bit-identical either way.
+    storage_options : dict, optional
+        fsspec options of a URL ``path`` (``endpoint_url``, ``key``, ``secret`` ...).
     """
-    path = Path(path)
+    store = open_store(path, storage_options)
     started = time.perf_counter()
     meta = _build_meta(
         layout, vocab_fingerprint, dim, dtype, init, std, seed, lazy, chunk_rows, compressor
     )
-    resumed = False
-    if path.exists() and not _is_empty_dir(path):
-        try:
-            old, _ = read_group(path)
-        except EngramError:
-            raise EngramError(
-                f"{path} exists and is not an engramctl table; refusing to touch it (remove it "
-                "or choose another path)"
-            ) from None
-        if overwrite:
-            with WriterLock(path):  # refuse to delete a table someone is writing
-                pass
-            shutil.rmtree(path)
-        elif old.status == "initializing" and not lazy:
-            differences = _recipe_differences(old, meta)
-            if differences:
-                raise EngramError(
-                    f"{path} is an unfinished table made with other settings: "
-                    f"{'; '.join(differences)}; rerun with the same settings to resume, or pass "
-                    "--overwrite"
-                )
-            resumed = True
-        else:
-            raise EngramError(f"{path} exists; pass --overwrite to replace it")
-    if not resumed:
-        if not path.parent.is_dir():
-            raise EngramError(f"directory {path.parent} does not exist; create it first")
+    with _initializer(scheduler, workers, meta) as initialize:  # connect to Dask first
+        resumed = _prepare_store(store, meta, lazy=lazy, overwrite=overwrite)
+        written = skipped = nbytes = 0
         if not lazy:
-            check_free_space(path, _full_bytes(meta))
-        _write_new_group(path, meta)
-    written = skipped = nbytes = 0
-    if not lazy:
-        with WriterLock(path):
-            written, skipped, nbytes = initialize_table(path, workers=workers, progress=progress)
-    meta, manifest = read_group(path)
+            with _writer_lock(store):
+                written, skipped, nbytes = initialize(store, progress)
+    meta, manifest = read_group(store)
     return CreateResult(
-        path=str(path),
-        info=table_info(path, meta, manifest),
+        path=store.url,
+        info=table_info(store.url, meta, manifest),
         resumed=resumed,
         chunks_written=written,
         chunks_skipped=skipped,
@@ -284,23 +336,36 @@ def _full_bytes(meta: TableMeta) -> int:
 
 
 # ------------------------------------------------------------------------- full init
-def _valid_chunks(path: Path, meta: TableMeta, manifest: dict) -> set[tuple[int, int]]:
+def chunk_is_valid(store: TableStore, layer_id: int, chunk_index: int, entry) -> bool:
+    """Whether a chunk's file exists and matches its manifest entry ``[crc32, nbytes, ...]``."""
+    try:
+        data = store.read_bytes(chunk_key(layer_id, chunk_index))
+    except OSError:
+        return False
+    if len(data) == entry[1] and crc32_of(data) == entry[0]:
+        return True
+    log.warning("chunk %d of layer %d fails its checksum; rewriting", chunk_index, layer_id)
+    return False
+
+
+def _valid_chunks(store: TableStore, meta: TableMeta, manifest: dict) -> set[tuple[int, int]]:
     """Chunks whose file exists and matches its manifest checksum."""
-    valid = set()
-    for layer_id, chunks in manifest.items():
-        for chunk_index, (crc, size, *_) in chunks.items():
-            file = path / chunk_key(layer_id, chunk_index)
-            try:
-                data = file.read_bytes()
-            except OSError:
-                continue
-            if len(data) == size and crc32_of(data) == crc:
-                valid.add((layer_id, chunk_index))
-            else:
-                log.warning(
-                    "chunk %d of layer %d fails its checksum; rewriting", chunk_index, layer_id
-                )
-    return valid
+    return {
+        (layer_id, chunk_index)
+        for layer_id, chunks in manifest.items()
+        for chunk_index, entry in chunks.items()
+        if chunk_is_valid(store, layer_id, chunk_index, entry)
+    }
+
+
+def chunks_to_write(meta: TableMeta, valid: set[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Every ``(layer, chunk)`` of the table not in ``valid``, in layer then chunk order."""
+    return [
+        (layer_id, c)
+        for layer_id, layer in meta.layers.items()
+        for c in range(layer.n_chunks(meta.chunk_rows))
+        if (layer_id, c) not in valid
+    ]
 
 
 def initialize_table(
@@ -311,20 +376,16 @@ def initialize_table(
     Returns ``(chunks written, chunks skipped, bytes written)``. On any error (disk full,
     interrupt) the chunks finished so far are recorded, so a rerun resumes.
     """
-    path = Path(path)
+    path = open_store(path)
     meta, manifest = read_group(path)
     valid = _valid_chunks(path, meta, manifest)
     for layer_id, chunks in manifest.items():  # drop records of damaged chunks
         for chunk_index in [c for c in chunks if (layer_id, c) not in valid]:
             del chunks[chunk_index]
-    todo = [
-        (layer_id, c)
-        for layer_id, layer in meta.layers.items()
-        for c in range(layer.n_chunks(meta.chunk_rows))
-        if (layer_id, c) not in valid
-    ]
+    todo = chunks_to_write(meta, valid)
     total = len(todo) * meta.chunk_bytes
-    check_free_space(path, total)
+    if path.is_local:
+        check_free_space(path.root, total)
     workers = max(1, workers or os.cpu_count() or 1)
     started = last_flush = time.perf_counter()
     done = bytes_done = 0
@@ -380,11 +441,11 @@ def initialize_table(
                 log.error("cannot record the manifest of %s: %s", path, exc)
                 failure = failure or exc
     if failure is not None:
-        _raise_init_failure(failure, path, total - bytes_done)
+        _raise_init_failure(failure, path.url, total - bytes_done)
     return done, len(valid), bytes_done
 
 
-def _raise_init_failure(failure: BaseException, path: Path, remaining: int) -> None:
+def _raise_init_failure(failure: BaseException, path: str, remaining: int) -> None:
     if isinstance(failure, OSError) and failure.errno in (errno.ENOSPC, errno.EDQUOT):
         raise EngramError(
             f"disk full while initializing {path} ({format_bytes(remaining)} still to write); "

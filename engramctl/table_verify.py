@@ -7,13 +7,14 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .errors import EngramError
+from .store import TableStore, open_store
 from .table_format import TableMeta, check_vocab, chunk_key, crc32_of, read_group
+
+REMOTE_READ_BATCH = 16  # chunks verify --deep fetches at once from an object store
 
 
 @dataclass
@@ -69,11 +70,11 @@ def _check_layout(meta: TableMeta, report: VerifyReport) -> None:
             )
 
 
-def _check_array(path: Path, meta: TableMeta, layer_id: int, report: VerifyReport) -> None:
+def _check_array(store: TableStore, meta: TableMeta, layer_id: int, report: VerifyReport) -> None:
     layer = meta.layers[layer_id]
-    array_json = path / layer.array / "zarr.json"
+    array_json = store.where(f"{layer.array}/zarr.json")
     try:
-        doc = json.loads(array_json.read_text())
+        doc = json.loads(store.read_bytes(f"{layer.array}/zarr.json"))
     except (OSError, ValueError) as exc:
         report.problems.append(f"layer {layer_id}: array metadata {array_json} unreadable ({exc})")
         return
@@ -98,7 +99,7 @@ def _check_array(path: Path, meta: TableMeta, layer_id: int, report: VerifyRepor
 
 
 def _check_files(
-    path: Path,
+    store: TableStore,
     meta: TableMeta,
     manifest: dict,
     layer_id: int,
@@ -111,6 +112,8 @@ def _check_files(
     entries = manifest.get(layer_id, {})
     report.chunks_total += n_chunks
     report.chunks_written += len(entries)
+    sizes = store.file_sizes(f"{layer.array}/c")  # one listing (of a bucket, too)
+    to_read: list[tuple[int, list]] = []  # chunks whose checksum --deep re-computes
     for chunk_index in sorted(entries):
         entry = entries[chunk_index]
         where = f"chunk {chunk_index} of layer {layer_id}"
@@ -120,10 +123,10 @@ def _check_files(
         if not (isinstance(entry, list) and len(entry) >= 2):
             report.problems.append(f"manifest entry of {where} is malformed: {entry!r}")
             continue
-        file = path / chunk_key(layer_id, chunk_index)
-        try:
-            size = file.stat().st_size
-        except FileNotFoundError:
+        key = chunk_key(layer_id, chunk_index)
+        file = store.where(key)
+        size = sizes.get(f"{chunk_index}/0")
+        if size is None:
             report.problems.append(f"{where}: file {file} is missing")
             continue
         if size != entry[1]:
@@ -132,29 +135,19 @@ def _check_files(
             )
             continue
         if deep:
-            try:
-                data = file.read_bytes()
-            except OSError as exc:
-                report.problems.append(f"{where}: cannot read {file} ({exc.strerror})")
-                continue
-            report.chunks_checked += 1
-            report.bytes_checked += len(data)
-            if crc32_of(data) != entry[0]:
-                report.problems.append(f"{where}: {file} fails its checksum (corrupted)")
-            if progress:
-                progress(report.bytes_checked, report.bytes_to_check)
-    chunk_dir = path / layer.array / "c"
+            to_read.append((chunk_index, entry))
+    _check_checksums(store, layer_id, to_read, report, progress)
     unrecorded, temporary = [], []
-    for root, _dirs, files in os.walk(chunk_dir):
-        for name in files:
-            rel = Path(root, name).relative_to(chunk_dir).parts
-            if ".tmp-" in name:
-                temporary.append(str(Path(root, name)))
-            elif len(rel) == 2 and rel[1] == "0" and rel[0].isdigit():
-                if int(rel[0]) not in entries:
-                    unrecorded.append(int(rel[0]))
-            else:
-                report.warnings.append(f"layer {layer_id}: unexpected file {Path(root, name)}")
+    for rel_key in sorted(sizes):
+        rel = rel_key.split("/")
+        full = store.where(f"{layer.array}/c/{rel_key}")
+        if ".tmp-" in rel[-1]:
+            temporary.append(full)
+        elif len(rel) == 2 and rel[1] == "0" and rel[0].isdigit():
+            if int(rel[0]) not in entries:
+                unrecorded.append(int(rel[0]))
+        else:
+            report.warnings.append(f"layer {layer_id}: unexpected file {full}")
     if unrecorded:
         report.warnings.append(
             f"layer {layer_id}: {len(unrecorded)} chunk files are not in the manifest (an "
@@ -164,25 +157,63 @@ def _check_files(
         report.warnings.append(f"layer {layer_id}: leftover temporary files: {temporary[:3]}")
 
 
+def _check_checksums(
+    store: TableStore, layer_id: int, to_read: list, report: VerifyReport, progress
+) -> None:
+    """Re-read chunks and compare CRC-32s; a remote store fetches a batch concurrently."""
+    batch = 1 if store.is_local else REMOTE_READ_BATCH
+    for start in range(0, len(to_read), batch):
+        group = to_read[start : start + batch]
+        keys = [chunk_key(layer_id, chunk_index) for chunk_index, _ in group]
+        try:
+            fetched = store.read_many(keys)
+        except OSError as exc:  # local stores read one chunk per batch
+            report.problems.append(
+                f"chunk {group[0][0]} of layer {layer_id}: cannot read {store.where(keys[0])} "
+                f"({exc.strerror or exc})"
+            )
+            continue
+        for (chunk_index, entry), key in zip(group, keys, strict=True):
+            where, data = f"chunk {chunk_index} of layer {layer_id}", fetched[key]
+            if data is None:
+                report.problems.append(f"{where}: file {store.where(key)} is missing")
+                continue
+            report.chunks_checked += 1
+            report.bytes_checked += len(data)
+            if crc32_of(data) != entry[0]:
+                report.problems.append(
+                    f"{where}: {store.where(key)} fails its checksum (corrupted)"
+                )
+            if progress:
+                progress(report.bytes_checked, report.bytes_to_check)
+
+
 def verify_table(
-    path, *, deep: bool = False, vocab=None, progress: Callable[[int, int], None] | None = None
+    path,
+    *,
+    deep: bool = False,
+    vocab=None,
+    progress: Callable[[int, int], None] | None = None,
+    storage_options: dict | None = None,
 ) -> VerifyReport:
     """Check a table's metadata (and with ``deep`` every written chunk's checksum).
 
     Parameters
     ----------
     path : str or Path
-        The table.
+        The table: a local path or an fsspec URL (``s3://bucket/t.zarr``).
     deep : bool
         Re-read every written chunk and compare its CRC-32 with the manifest.
     vocab : CanonicalVocab, optional
         Also check the table was made for this vocab.
     progress : callable, optional
         Called with ``(bytes checked, bytes to check)`` during ``deep``.
+    storage_options : dict, optional
+        fsspec options of a URL (``endpoint_url``, ``key``, ``secret`` ...).
     """
-    path = Path(path)
-    meta, manifest = read_group(path)  # not a table / newer format: EngramError
-    report = VerifyReport(path=str(path), deep=deep)
+    store = open_store(path, storage_options)
+    meta, manifest = read_group(store)  # not a table / newer format: EngramError
+    report = VerifyReport(path=store.url, deep=deep)
     if deep:
         report.bytes_to_check = sum(
             int(entry[1])
@@ -192,7 +223,7 @@ def verify_table(
         )
     if vocab is not None:
         try:
-            check_vocab(meta, vocab, where=str(path))
+            check_vocab(meta, vocab, where=store.url)
         except EngramError as exc:
             report.problems.append(str(exc))
     _check_layout(meta, report)
@@ -200,8 +231,8 @@ def verify_table(
     if unknown:
         report.problems.append(f"manifest lists chunks of unknown layers {unknown}")
     for layer_id in meta.layers:
-        _check_array(path, meta, layer_id, report)
-        _check_files(path, meta, manifest, layer_id, deep, report, progress)
+        _check_array(store, meta, layer_id, report)
+        _check_files(store, meta, manifest, layer_id, deep, report, progress)
     if meta.status == "initializing":
         report.warnings.append(
             f"init unfinished: {report.chunks_written} of {report.chunks_total} chunks written; "

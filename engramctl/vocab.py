@@ -56,7 +56,7 @@ def canonical_keys(decoded: list[str], tokens: list[str]) -> list[str]:
     """
     normalizer = make_normalizer()
     keys = []
-    for text, token in zip(decoded, tokens):
+    for text, token in zip(decoded, tokens, strict=True):
         if "\ufffd" in text:  # a partial UTF-8 sequence: keep the token string itself
             keys.append(token)
             continue
@@ -166,10 +166,7 @@ class CanonicalVocab:
 
         Raises :class:`EngramError` naming the first id at or above the source vocab size.
         """
-        ids = np.asarray(ids)
-        if ids.dtype.kind not in "iu":
-            raise EngramError(f"token ids must be integers, got dtype {ids.dtype}")
-        ids = ids.astype(np.int64, copy=False)
+        ids = as_int64_ids(ids)
         check_ids_in_vocab(ids, self.source_vocab_size)
         return np.where(ids >= 0, self.canonical_ids[np.clip(ids, 0, None)], ids)
 
@@ -223,7 +220,9 @@ class CanonicalVocab:
 
         path = Path(path)
         if not path.exists():
-            raise EngramError(f"vocab file not found: {path} (create one with engramctl build-vocab)")
+            raise EngramError(
+                f"vocab file not found: {path} (create one with engramctl build-vocab)"
+            )
         try:
             table = pq.read_table(path)
         except (OSError, pa.ArrowException) as exc:
@@ -232,8 +231,11 @@ class CanonicalVocab:
                 "create one with engramctl build-vocab"
             ) from exc
         raw_meta = (table.schema.metadata or {}).get(METADATA_KEY)
-        meta = json.loads(raw_meta) if raw_meta else {}
-        if meta.get("format") != VOCAB_FORMAT:
+        try:
+            meta = json.loads(raw_meta) if raw_meta else {}
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            meta = None
+        if not isinstance(meta, dict) or meta.get("format") != VOCAB_FORMAT:
             raise EngramError(
                 f"{path} is not an engramctl vocab file (no engramctl metadata); "
                 "create one with engramctl build-vocab"
@@ -246,14 +248,31 @@ class CanonicalVocab:
         expected = {"token_id", "canonical_id", "token", "key"}
         if not expected <= set(table.column_names):
             raise EngramError(f"{path} lacks columns {sorted(expected - set(table.column_names))}")
-        token_ids = table.column("token_id").to_numpy()
+        try:
+            token_ids = table.column("token_id").to_numpy()
+            canonical_ids = as_int64_ids(table.column("canonical_id").to_numpy())
+            tokens = [str(t) for t in table.column("token").to_pylist()]
+            keys = [str(k) for k in table.column("key").to_pylist()]
+            texts = table.column("text").to_pylist() if "text" in table.column_names else []
+        except (EngramError, TypeError, ValueError, pa.ArrowException) as exc:
+            raise EngramError(f"{path} is damaged: unexpected column types ({exc})") from exc
         if not np.array_equal(token_ids, np.arange(len(token_ids))):
             raise EngramError(f"{path} is damaged: token_id is not 0..{len(token_ids) - 1}")
+        if len(canonical_ids) == 0 or not is_first_appearance_numbering(canonical_ids):
+            raise EngramError(
+                f"{path} is damaged: canonical ids are not numbered 0, 1, 2, ... in order of "
+                "first appearance; rebuild it with engramctl build-vocab"
+            )
+        if meta.get("source_vocab_size", len(token_ids)) != len(token_ids):
+            raise EngramError(
+                f"{path} is damaged: {len(token_ids)} rows, but its metadata says "
+                f"{meta['source_vocab_size']} token ids"
+            )
         vocab = cls(
-            canonical_ids=table.column("canonical_id").to_numpy().astype(np.int64),
-            tokens=table.column("token").to_pylist(),
-            keys=table.column("key").to_pylist(),
-            texts=table.column("text").to_pylist() if "text" in table.column_names else [],
+            canonical_ids=canonical_ids,
+            tokens=tokens,
+            keys=keys,
+            texts=[str(t) for t in texts],
             source_sha256=meta.get("source_sha256", ""),
             source_name=meta.get("source_name", ""),
             normalizer=meta.get("normalizer", NORMALIZER_DESCRIPTION),
@@ -262,6 +281,31 @@ class CanonicalVocab:
         if meta.get("fingerprint") and meta["fingerprint"] != vocab.fingerprint:
             raise EngramError(f"{path} is damaged: its id map does not match its fingerprint")
         return vocab
+
+
+def is_first_appearance_numbering(canonical_ids: np.ndarray) -> bool:
+    """True if ids are 0, 1, 2, ... numbered in order of first appearance.
+
+    >>> is_first_appearance_numbering(np.array([0, 1, 0, 2])), is_first_appearance_numbering(
+    ...     np.array([1, 0]))
+    (True, False)
+    """
+    distinct, first = np.unique(canonical_ids, return_index=True)
+    return bool(np.array_equal(distinct, np.arange(len(distinct))) and np.all(np.diff(first) > 0))
+
+
+def as_int64_ids(ids) -> np.ndarray:
+    """Token ids as an int64 array; refuses non-integer dtypes and unsigned ids beyond int64.
+
+    >>> as_int64_ids(np.array([1, 2], dtype=np.uint8)).dtype
+    dtype('int64')
+    """
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise EngramError(f"token ids must be integers, got dtype {ids.dtype}")
+    if ids.dtype == np.uint64 and ids.size and int(ids.max()) > np.iinfo(np.int64).max:
+        raise EngramError(f"token id {int(ids.max())} does not fit in int64")
+    return ids.astype(np.int64, copy=False)
 
 
 def check_ids_in_vocab(ids: np.ndarray, vocab_size: int, *, what: str = "token id") -> None:

@@ -17,6 +17,11 @@ echo "== hash (which rows does a sentence touch?)"
 $ENGRAMCTL hash --vocab "$OUT/vocab.parquet" --preset demo-v1 --layers 1 \
     --text "Engram tables remember n-grams." --out "$OUT/hashes.npz" --overwrite
 
+echo "== hash-stats (how badly do the sample corpus's n-grams collide, and at which table size?)"
+$ENGRAMCTL hash-stats sample_data/corpus/train.jsonl --vocab "$OUT/vocab.parquet" --preset demo-v1 \
+    --layers 1 --sweep 50k,200k,2M --json "$OUT/hash-stats.json" --plot "$OUT/hash-stats.png" \
+    --overwrite
+
 echo "== init-table (a lazy deepseek-v4.1 table: metadata only; a small full demo table)"
 $ENGRAMCTL init-table "$OUT/deepseek-lazy.zarr" --vocab "$OUT/vocab.parquet" --preset deepseek-v4.1 \
     --lazy --overwrite

@@ -11,8 +11,25 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data" / "corpus"
 
-TINY_TOKENS = ["<pad>", "<s>", "</s>", "Apple", "apple", "APPLE", "Ġapple", "Ã©", "e", "Ġ", "ĠĠ",
-               "Ġthe", "the", "The", "cat", "Ġcat", "Ã"]
+TINY_TOKENS = [
+    "<pad>",
+    "<s>",
+    "</s>",
+    "Apple",
+    "apple",
+    "APPLE",
+    "Ġapple",
+    "Ã©",
+    "e",
+    "Ġ",
+    "ĠĠ",
+    "Ġthe",
+    "the",
+    "The",
+    "cat",
+    "Ġcat",
+    "Ã",
+]
 
 
 def make_tiny_tokenizer_json() -> str:

@@ -82,3 +82,56 @@ def test_load_refuses_foreign_files(tmp_path):
         CanonicalVocab.load(junk)
     with pytest.raises(EngramError, match="not found"):
         CanonicalVocab.load(tmp_path / "missing.parquet")
+
+
+def _rewrite(path, out, *, columns=None, meta=None):
+    """Copy a vocab Parquet file with some columns or the metadata replaced."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    for name, values in (columns or {}).items():
+        table = table.set_column(table.column_names.index(name), name, pa.array(values))
+    old = json.loads(table.schema.metadata[b"engramctl"])
+    if isinstance(meta, bytes):
+        raw = meta
+    else:
+        raw = json.dumps(meta(old) if meta else old).encode()
+    pq.write_table(table.replace_schema_metadata({b"engramctl": raw}), out)
+    return out
+
+
+def test_load_refuses_damaged_files(tiny_vocab, tmp_path):
+    good = tiny_vocab.save(tmp_path / "good.parquet")
+    n = tiny_vocab.source_vocab_size
+    cases = {
+        "not numbered 0, 1, 2": {"columns": {"canonical_id": [1, 0] + [2] * (n - 2)}},
+        "unexpected column types": {"columns": {"canonical_id": ["x"] * n}},
+        "token_id is not 0..": {"columns": {"token_id": list(range(1, n + 1))}},
+        "metadata says": {"meta": lambda m: {**m, "source_vocab_size": n + 1}},
+        "no engramctl metadata": {"meta": b"{not json"},
+        "does not match its fingerprint": {
+            "meta": lambda m: {**m, "fingerprint": "sha256:0000000000000000"}
+        },
+        "newer than this": {"meta": lambda m: {**m, "format_version": 99}},
+    }
+    for message, change in cases.items():
+        bad = _rewrite(good, tmp_path / "bad.parquet", **change)
+        with pytest.raises(EngramError, match=message):
+            CanonicalVocab.load(bad)
+
+
+def test_as_int64_ids():
+    from engramctl.vocab import as_int64_ids, is_first_appearance_numbering
+
+    assert as_int64_ids(np.array([3], dtype=np.uint32)).dtype == np.int64
+    assert as_int64_ids([1, -2]).tolist() == [1, -2]
+    with pytest.raises(EngramError, match="must be integers"):
+        as_int64_ids(np.array([1.0]))
+    with pytest.raises(EngramError, match="does not fit in int64"):
+        as_int64_ids(np.array([2**64 - 1], dtype=np.uint64))
+    assert is_first_appearance_numbering(np.array([0, 0, 1, 0, 2]))
+    assert not is_first_appearance_numbering(np.array([0, 2, 1]))
+    assert not is_first_appearance_numbering(np.array([0, 2]))

@@ -6,7 +6,7 @@ happen inside the commands, so ``engramctl --help`` stays fast.
 
 from __future__ import annotations
 
-from . import hash_cmd, layout_cmd, model_cmd, table_cmd, vocab_cmd  # noqa: F401 (commands)
+from . import hash_cmd, layout_cmd, model_cmd, stats_cmd, table_cmd, vocab_cmd  # noqa: F401
 from .app import app
 
 

@@ -29,6 +29,7 @@ from .options import (
 def read_ids_file(path: Path) -> np.ndarray:
     """A ``.npy`` of integer token ids, ``[T]`` or ``[B, T]``."""
     from ..errors import EngramError
+    from ..vocab import as_int64_ids
 
     if not path.exists():
         raise EngramError(f"ids file not found: {path}")
@@ -37,6 +38,7 @@ def read_ids_file(path: Path) -> np.ndarray:
     except (ValueError, OSError, EOFError) as exc:
         raise EngramError(f"{path} is not a readable .npy array ({exc})") from exc
     if not isinstance(ids, np.ndarray):
+        ids.close()  # an .npz archive
         raise EngramError(f"{path} holds several arrays; give a single .npy array")
     if ids.dtype.kind not in "iu":
         raise EngramError(f"{path}: token ids must be integers (int64), got dtype {ids.dtype}")
@@ -44,7 +46,10 @@ def read_ids_file(path: Path) -> np.ndarray:
         raise EngramError(f"{path}: token ids must be [T] or [B, T], got shape {list(ids.shape)}")
     if ids.size == 0:
         raise EngramError(f"{path} holds no token ids")
-    return ids.astype(np.int64)
+    try:
+        return as_int64_ids(ids)
+    except EngramError as exc:
+        raise EngramError(f"{path}: {exc}") from None
 
 
 def encode_text(text: str, tokenizer_source: str, vocab) -> tuple[np.ndarray, list[str]]:
@@ -90,7 +95,9 @@ def hash_command(
     table_rows: Annotated[
         bool, typer.Option("--table-rows", help="Add head offsets: rows of the whole layer table.")
     ] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing --out.")
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Hash text or token ids to the row id of every head of every Engram layer.
@@ -107,8 +114,14 @@ def hash_command(
         check_writable_target(out, overwrite=overwrite)
     vocab_map = load_vocab(vocab)
     layout = build_layout(
-        vocab_map, preset=preset, ngram_vocab=ngram_vocab, max_ngram=max_ngram, heads=heads,
-        layers=layers, seed=seed, pad_id=pad_id,
+        vocab_map,
+        preset=preset,
+        ngram_vocab=ngram_vocab,
+        max_ngram=max_ngram,
+        heads=heads,
+        layers=layers,
+        seed=seed,
+        pad_id=pad_id,
     )
     if text is not None:
         ids, pieces = encode_text(text, tokenizer, vocab_map)

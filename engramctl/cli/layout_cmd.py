@@ -81,8 +81,14 @@ def layout_command(
 
     vocab_map = load_vocab(vocab)
     layout = build_layout(
-        vocab_map, preset=preset, ngram_vocab=ngram_vocab, max_ngram=max_ngram, heads=heads,
-        layers=layers, seed=seed, pad_id=pad_id,
+        vocab_map,
+        preset=preset,
+        ngram_vocab=ngram_vocab,
+        max_ngram=max_ngram,
+        heads=heads,
+        layers=layers,
+        seed=seed,
+        pad_id=pad_id,
     )
     name = preset.value if preset else "demo-v1"
     dim = dim if dim is not None else PRESET_HEAD_DIM[name]
@@ -99,12 +105,16 @@ def layout_command(
     )
     for layer_id in lay.layers:
         info = report["layers"][str(layer_id)]
-        table = Table(title=f"layer {layer_id}: {info['rows']:,} rows, {format_bytes(info['bytes'])}")
+        table = Table(
+            title=f"layer {layer_id}: {info['rows']:,} rows, {format_bytes(info['bytes'])}"
+        )
         table.add_column("head", justify="right")
         table.add_column("order", justify="right")
         table.add_column("rows (prime)", justify="right")
         table.add_column("offset", justify="right")
-        for h, (rows, offset) in enumerate(zip(info["head_rows"], info["head_offsets"])):
+        for h, (rows, offset) in enumerate(
+            zip(info["head_rows"], info["head_offsets"], strict=True)
+        ):
             table.add_row(str(h), str(2 + h // lay.heads), f"{rows:,}", f"{offset:,}")
         console.print(table)
     console.print(

@@ -20,7 +20,9 @@ VocabOpt = Annotated[
 ]
 PresetOpt = Annotated[
     Preset | None,
-    typer.Option("--preset", help="Layout preset; layout flags override its fields. [default: demo-v1]"),
+    typer.Option(
+        "--preset", help="Layout preset; layout flags override its fields. [default: demo-v1]"
+    ),
 ]
 NgramVocabOpt = Annotated[
     str | None,
@@ -28,9 +30,7 @@ NgramVocabOpt = Annotated[
 ]
 MaxNgramOpt = Annotated[int | None, typer.Option("--max-ngram", help="Largest n-gram order.")]
 HeadsOpt = Annotated[int | None, typer.Option("--heads", help="Hash heads per n-gram order.")]
-LayersOpt = Annotated[
-    str | None, typer.Option("--layers", help="Engram layer ids, e.g. 1,15.")
-]
+LayersOpt = Annotated[str | None, typer.Option("--layers", help="Engram layer ids, e.g. 1,15.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Multiplier seed.")]
 PadIdOpt = Annotated[int | None, typer.Option("--pad-id", help="Raw pad token id.")]
 JsonFlag = Annotated[

@@ -57,6 +57,31 @@ TensorNameOpt = Annotated[
     str, typer.Option("--tensor-name", help="safetensors name of a layer's tensor ({layer} = id).")
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+TableUrlArg = Annotated[
+    str, typer.Argument(help="Table directory, or an fsspec URL such as s3://bucket/t.zarr.")
+]
+StorageOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--storage-option",
+        metavar="KEY=VALUE",
+        help="fsspec option of a URL table, KEY=VALUE (repeatable), e.g. endpoint_url=http://h:9000.",
+    ),
+]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Write chunks on Dask: a scheduler address (host:8786) or local:N worker processes.",
+    ),
+]
+
+
+def _storage_options(items: list[str] | None) -> dict | None:
+    from ..store import parse_storage_options
+
+    return parse_storage_options(items) or None
 
 
 @contextlib.contextmanager
@@ -112,7 +137,7 @@ def _layout(vocab_map, preset, ngram_vocab, max_ngram, heads, layers, layout_see
 
 @command("init-table")
 def init_table_command(
-    out: TableArg,
+    out: TableUrlArg,
     vocab: VocabOpt,
     preset: PresetOpt = None,
     ngram_vocab: NgramVocabOpt = None,
@@ -134,14 +159,19 @@ def init_table_command(
     chunk_rows: ChunkRowsOpt = None,
     compressor: CompressorOpt = Compressor.none,
     workers: Annotated[
-        int | None, typer.Option("--workers", help="Writer threads. (default: all cores)")
+        int | None,
+        typer.Option("--workers", help="Writer threads without --scheduler. (default: all cores)"),
     ] = None,
     overwrite: OverwriteOpt = False,
+    scheduler: SchedulerOpt = None,
+    storage_option: StorageOpt = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Create a table: one array per Engram layer, filled with deterministic init values.
 
     Re-running the same command on an interrupted init resumes it (writes only what is missing).
+    With --scheduler the Dask workers write the chunks straight to the table's store (a shared
+    path or a URL); the table is bit-identical to a single-process init.
 
     Example: engramctl init-table table.zarr --vocab vocab.parquet --preset demo-v1 --lazy
     """
@@ -171,6 +201,8 @@ def init_table_command(
             workers=workers,
             overwrite=overwrite,
             progress=lambda p: update(p.bytes_done, p.bytes_total),
+            scheduler=scheduler,
+            storage_options=_storage_options(storage_option),
         )
     if json_out:
         doc = result.info.to_dict()
@@ -197,15 +229,17 @@ def init_table_command(
 
 
 @command("info")
-def info_command(table: TableArg, json_out: JsonFlag = False) -> None:
-    """Show a table's layout, layers, heads, chunking and size.
+def info_command(
+    table: TableUrlArg, storage_option: StorageOpt = None, json_out: JsonFlag = False
+) -> None:
+    """Show a table's layout, layers, heads, chunking and size (local or fsspec URL).
 
     Example: engramctl info table.zarr --json
     """
     from ..dtypes import format_bytes
     from ..table import open_table
 
-    info = open_table(table).info
+    info = open_table(table, storage_options=_storage_options(storage_option)).info
     if json_out:
         typer.echo(json.dumps(info.to_dict()))
         return
@@ -247,11 +281,12 @@ def info_command(table: TableArg, json_out: JsonFlag = False) -> None:
 
 @command("verify")
 def verify_command(
-    table: TableArg,
+    table: TableUrlArg,
     deep: Annotated[bool, typer.Option("--deep", help="Re-read every chunk's checksum.")] = False,
     vocab: Annotated[
         Path | None, typer.Option("--vocab", help="Also check the table was made for this vocab.")
     ] = None,
+    storage_option: StorageOpt = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Check a table's metadata against its layout, and (--deep) every chunk's checksum.
@@ -264,7 +299,13 @@ def verify_command(
 
     vocab_map = load_vocab(vocab) if vocab else None
     with byte_progress("verify", enabled=deep and not (json_out or STATE["quiet"])) as update:
-        report = verify_table(table, deep=deep, vocab=vocab_map, progress=update)
+        report = verify_table(
+            table,
+            deep=deep,
+            vocab=vocab_map,
+            progress=update,
+            storage_options=_storage_options(storage_option),
+        )
     if json_out:
         typer.echo(json.dumps(report.to_dict()))
     else:

@@ -30,20 +30,19 @@ def build_vocab(
             "--tokenizer", "-t", help="Path to a tokenizer.json, or 'deepseek-v4' (bundled)."
         ),
     ] = "deepseek-v4",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing file.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing file.")
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Compute the canonical vocab: token ids folded by case, accents and whitespace.
 
     Example: engramctl build-vocab --tokenizer deepseek-v4 --out vocab.parquet
     """
-    from ..errors import EngramError
+    from ..io_utils import check_writable_target
     from ..vocab import CanonicalVocab
 
-    if out.exists() and not overwrite:
-        raise EngramError(f"{out} exists; pass --overwrite to replace it")
-    if out.is_dir():
-        raise EngramError(f"{out} is a directory; give a file name for --out")
+    check_writable_target(out, overwrite=overwrite)
     started = time.perf_counter()
     vocab = CanonicalVocab.from_tokenizer(tokenizer)
     vocab.save(out)
