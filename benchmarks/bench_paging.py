@@ -124,7 +124,7 @@ def main(argv=None) -> dict:
 
     from engramctl.hashing import NgramHasher
     from engramctl.layout import EngramLayout
-    from engramctl.lm_data import read_documents, text_windows, token_stream
+    from engramctl.lm_data import read_corpus_stream, text_windows
     from engramctl.model import EngramLM, ModelConfig
     from engramctl.paging import ResidentRows, RowPager, resolve_device
     from engramctl.tokenizer import load_tokenizer
@@ -148,7 +148,7 @@ def main(argv=None) -> dict:
         )
         table, table_kind = make_table(root, vocab_path, vocab, layout, args.dim)
         tokenizer, _ = load_tokenizer("deepseek-v4")
-        stream = token_stream(read_documents(REPO / "sample_data/corpus/heldout.jsonl"), tokenizer)
+        stream = read_corpus_stream(REPO / "sample_data/corpus/heldout.jsonl", tokenizer).ids
         windows = text_windows(stream, args.seq_len)[:, :-1]
         need = args.batches * args.batch
         windows = np.resize(windows, (max(need, 1), args.seq_len))

@@ -2,7 +2,7 @@
 
 Two kinds of benchmark:
 
-- language modelling on any corpus (``.jsonl`` with ``text``, ``.txt``): every token of the
+- language modelling on any corpus :mod:`engramctl.corpus` reads: every token of the
   stream is scored once, in windows of the model's length; reports loss (nats/token), perplexity
   and bits per byte (summed nats / ln 2 / UTF-8 bytes of the text);
 - multiple choice JSON Lines in the lm-evaluation-harness style, one
@@ -204,13 +204,13 @@ def _batches(array: np.ndarray, batch: int):
         yield array[start : start + batch]
 
 
-def evaluate_lm(runner: ModelRunner, docs: list[str], tokenizer, *, batch: int) -> dict:
-    """Loss, perplexity and bits per byte over every token of the documents."""
+def evaluate_lm(runner: ModelRunner, corpus, tokenizer, *, batch: int) -> dict:
+    """Loss, perplexity and bits per byte over every token of a :class:`CorpusStream`."""
     import torch
 
-    from .lm_data import eos_id, token_stream
+    from .lm_data import eos_id
 
-    stream = token_stream(docs, tokenizer)
+    stream = corpus.ids
     seq_len = runner.model.config.block_size
     # Pad with EOS (a real id, so hashing accepts it); padded targets are masked out.
     windows, mask = lm_windows(stream, seq_len, pad=eos_id(tokenizer))
@@ -227,12 +227,13 @@ def evaluate_lm(runner: ModelRunner, docs: list[str], tokenizer, *, batch: int) 
         total_nats += float(nats[m.flatten()].double().sum())
         scored += int(m.sum())
         unknown += int(((t == 0) & m).sum())
-    n_bytes = sum(len(doc.encode("utf-8")) for doc in docs)
+    n_bytes = corpus.text_bytes
     loss = total_nats / scored
     return {
         "loss": loss,
         "perplexity": math.exp(loss),
-        "bits_per_byte": total_nats / math.log(2) / max(1, n_bytes),
+        # None for pre-tokenized corpora: their text bytes are unknown
+        "bits_per_byte": total_nats / math.log(2) / n_bytes if n_bytes else None,
         "scored_tokens": scored,
         "bytes": n_bytes,
         "unknown_target_fraction": unknown / scored,
@@ -309,7 +310,7 @@ def evaluate(
     tokenizer_source: str | None = None,
 ) -> EvalReport:
     """Evaluate a checkpoint on a benchmark file; see the module docstring for the metrics."""
-    from .lm_data import read_documents
+    from .lm_data import read_corpus_stream
 
     if batch < 1:
         raise UsageError(f"--batch must be at least 1, got {batch}")
@@ -318,12 +319,12 @@ def evaluate(
         raise EngramError(f"benchmark not found: {benchmark}")
     kind = benchmark_kind(benchmark)
     records = read_multiple_choice(benchmark) if kind == "multiple_choice" else None
-    docs = read_documents(benchmark) if kind == "lm" else None
     runner = open_runner(model_dir, table, device=device, resident=resident, cache_rows=cache_rows)
     tokenizer = load_model_tokenizer(runner.checkpoint, tokenizer_source)
+    corpus = read_corpus_stream(benchmark, tokenizer) if kind == "lm" else None
     start = time.perf_counter()
     if kind == "lm":
-        metrics = evaluate_lm(runner, docs, tokenizer, batch=batch)
+        metrics = evaluate_lm(runner, corpus, tokenizer, batch=batch)
     else:
         metrics = evaluate_multiple_choice(runner, records, tokenizer, batch=batch)
     seconds = time.perf_counter() - start

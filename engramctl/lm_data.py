@@ -1,64 +1,61 @@
-"""Language-model data for train/eval: documents, token streams, the model vocab, windows.
+"""Language-model data for train/eval: token streams, the model vocab, windows.
 
-A private stand-in for ``corpus.py`` (another branch) until it lands: reads ``.jsonl`` (a
-``text`` field per line), ``.txt`` (one document per file) or a directory of those. Documents are
-tokenized without special tokens and joined by the tokenizer's end-of-sequence id into one stream,
-which is cut into non-overlapping windows of ``seq_len + 1`` tokens (inputs and shifted targets).
+Corpora are read with :mod:`engramctl.corpus` (every format ``hash-stats`` reads: text, JSON
+Lines, Parquet, pre-tokenized streams, compressed or not). Documents are tokenized without special
+tokens and joined by the tokenizer's end-of-sequence id into one stream, which is cut into
+windows of ``seq_len + 1`` tokens (inputs and shifted targets).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from .errors import EngramError
 
-TEXT_SUFFIXES = (".jsonl", ".txt")
 EOS_TOKENS = ("<｜end▁of▁sentence｜>", "</s>", "<|endoftext|>", "<eos>")
 
 
-def corpus_files(path: Path) -> list[Path]:
-    """The readable files of a corpus path (a file, or a directory searched recursively)."""
-    path = Path(path)
-    if not path.exists():
-        raise EngramError(f"corpus not found: {path}")
-    if path.is_file():
-        return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
-    if not files:
-        raise EngramError(f"no {'/'.join(TEXT_SUFFIXES)} files under {path}")
-    return files
+@dataclass(frozen=True)
+class CorpusStream:
+    """A corpus as one EOS-joined int64 token stream, and its UTF-8 text bytes."""
+
+    ids: np.ndarray  # raw token ids, each document followed by EOS
+    text_bytes: int | None  # bytes of the text read (None for pre-tokenized input)
+    documents: int
 
 
-def read_documents(path: Path) -> list[str]:
-    """Texts of every document of a corpus file or directory (jsonl ``text`` fields, txt files)."""
-    docs: list[str] = []
-    for file in corpus_files(path):
-        if file.suffix == ".jsonl":
-            with open(file, encoding="utf-8") as handle:
-                for number, line in enumerate(handle, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise EngramError(f"{file}:{number}: not valid JSON ({exc.msg})") from None
-                    if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                        raise EngramError(
-                            f"{file}:{number}: expected an object with a 'text' string"
-                        )
-                    docs.append(record["text"])
+def read_corpus_stream(path, tokenizer) -> CorpusStream:
+    """Read and tokenize a corpus path (file, directory or glob) into one token stream."""
+    from .corpus import CorpusOptions, CorpusWarnings, discover_files, read_batches
+    from .corpus_tokenize import TextTokenizer
+
+    files = discover_files([str(path)])
+    encoder = TextTokenizer(tokenizer)
+    eos = np.array([eos_id(tokenizer)], dtype=np.int64)
+    pieces: list[np.ndarray] = []
+    text_bytes: int | None = 0
+    documents = 0
+    for batch in read_batches(files, CorpusOptions(), CorpusWarnings()):
+        if batch.texts is not None:
+            text_bytes = (
+                None
+                if text_bytes is None
+                else text_bytes + sum(len(t.encode("utf-8")) for t in batch.texts)
+            )
+            ids, offsets = encoder.encode(batch.texts)
         else:
-            try:
-                docs.append(file.read_text(encoding="utf-8"))
-            except UnicodeDecodeError:
-                raise EngramError(f"{file} is not UTF-8 text") from None
-    if not docs:
+            text_bytes, ids, offsets = None, batch.ids, batch.offsets
+        for k, start in enumerate(batch.doc_start):
+            if start and documents:
+                pieces.append(eos)  # the previous document ends here
+            documents += bool(start)
+            pieces.append(np.asarray(ids[offsets[k] : offsets[k + 1]], dtype=np.int64))
+    if not documents:
         raise EngramError(f"corpus {path} holds no documents")
-    return docs
+    pieces.append(eos)
+    return CorpusStream(np.concatenate(pieces), text_bytes, documents)
 
 
 def eos_id(tokenizer) -> int:
@@ -68,16 +65,6 @@ def eos_id(tokenizer) -> int:
         if token_id is not None:
             return int(token_id)
     return 0
-
-
-def token_stream(docs: list[str], tokenizer) -> np.ndarray:
-    """All documents tokenized (no special tokens), each followed by EOS, as one int64 stream."""
-    eos = eos_id(tokenizer)
-    pieces = []
-    for encoding in tokenizer.encode_batch(docs, add_special_tokens=False):
-        pieces.append(np.asarray(encoding.ids, dtype=np.int64))
-        pieces.append(np.array([eos], dtype=np.int64))
-    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int64)
 
 
 def text_windows(stream: np.ndarray, seq_len: int) -> np.ndarray:

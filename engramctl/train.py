@@ -369,7 +369,7 @@ def prepare_training_data(
     min_count: int = 1,
 ) -> TrainingData:
     """Tokenize the corpora with the vocab's tokenizer (checked by sha256) into windows."""
-    from .lm_data import ModelVocab, read_documents, text_windows, token_stream
+    from .lm_data import ModelVocab, read_corpus_stream, text_windows
     from .tokenizer import load_tokenizer
 
     source = tokenizer_source or (vocab.source_name if vocab is not None else "") or "deepseek-v4"
@@ -379,11 +379,11 @@ def prepare_training_data(
             f"the vocab was built from another tokenizer (sha256 {vocab.source_sha256[:12]}) than "
             f"{info.path} ({info.sha256[:12]}); pass the matching --tokenizer"
         )
-    stream = token_stream(read_documents(corpus), tokenizer)
+    stream = read_corpus_stream(corpus, tokenizer).ids
     model_vocab = ModelVocab.from_stream(stream, min_count=min_count)
     held = None
     if heldout is not None:
-        held = text_windows(token_stream(read_documents(heldout), tokenizer), seq_len)
+        held = text_windows(read_corpus_stream(heldout, tokenizer).ids, seq_len)
     meta = {
         "tokenizer": {"name": info.name, "sha256": info.sha256},
         "corpus": {

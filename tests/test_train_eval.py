@@ -164,12 +164,12 @@ def test_train_is_deterministic_and_baseline_shares_the_backbone(
 
 def test_paged_and_resident_logits_are_bit_identical(trained, corpus):
     from engramctl.evaluate import open_runner
-    from engramctl.lm_data import read_documents, text_windows, token_stream
+    from engramctl.lm_data import read_corpus_stream, text_windows
     from engramctl.tokenizer import load_tokenizer
 
     model, table, _ = trained
     tokenizer, _ = load_tokenizer("deepseek-v4")
-    stream = token_stream(read_documents(corpus / "heldout.jsonl"), tokenizer)
+    stream = read_corpus_stream(corpus / "heldout.jsonl", tokenizer).ids
     windows = text_windows(stream, 16)[:, :-1]
     batches = [windows[i : i + 3] for i in range(0, len(windows), 3)]
     paged = open_runner(model, table, device="cpu", cache_rows=400)  # small: forces evictions

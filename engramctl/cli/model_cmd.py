@@ -299,7 +299,10 @@ def eval_command(
 def _print_report(doc: dict) -> None:
     metrics = Table(title=f"{doc['benchmark']} ({doc['kind']})", show_header=False)
     for key, value in doc["metrics"].items():
-        metrics.add_row(key, f"{value:,.4f}" if isinstance(value, float) else f"{value:,}")
+        if value is None:
+            metrics.add_row(key, "n/a")
+        else:
+            metrics.add_row(key, f"{value:,.4f}" if isinstance(value, float) else f"{value:,}")
     metrics.add_row("tokens/s", f"{doc['tokens_per_s']:,.0f} on {doc['device']}")
     console.print(metrics)
     paging = doc.get("paging")
