@@ -41,7 +41,7 @@ class TrainConfig:
     eval_windows: int = 128  # held-out windows (evenly spaced) of the curve's points
     engram: bool = True  # False: the same backbone without Engram (the baseline)
     depth: int = 4  # transformer blocks
-    width: int = 192  # hidden size
+    width: int = 128  # hidden size
     attn_heads: int = 4  # attention heads
     device: str = "cpu"  # resolved device
 
