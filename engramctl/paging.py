@@ -325,6 +325,9 @@ class RowPager(_RowSource):
         self.stats.cache_rows = total
         self.cuda = device.type == "cuda"
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
+        # On CUDA, an event per consumed batch marks "the forward passes issued so far": a copy
+        # may overwrite slots only once the passes that could still read them have run.
+        self.forward_events: list = []
         self.buffers = {layer: [None] * HOST_BUFFERS for layer in self.layers}
         self.buffer_events = {layer: [None] * HOST_BUFFERS for layer in self.layers}
 
@@ -373,6 +376,10 @@ class RowPager(_RowSource):
         import torch
 
         self.stats.batches += 1
+        if self.cuda:
+            issued = torch.cuda.Event()
+            issued.record(torch.cuda.current_stream(self.device))  # forward passes up to k-1
+            self.forward_events = [*self.forward_events[-1:], issued]
         out = {}
         for layer, (fill_slots, buffer_index, n_miss) in prepared.fills.items():
             cache = self.caches[layer].values
@@ -382,6 +389,8 @@ class RowPager(_RowSource):
                 if self.cuda:
                     # Copy on a side stream; the model's stream waits only for this copy.
                     with torch.cuda.stream(self.copy_stream):
+                        if len(self.forward_events) == 2:  # passes up to k-2 read evicted slots
+                            self.copy_stream.wait_event(self.forward_events[0])
                         device_rows = host.to(self.device, non_blocking=True)
                         device_slots = slots.to(self.device, non_blocking=True)
                         cache.index_copy_(0, device_slots, device_rows)
