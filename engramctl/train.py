@@ -155,7 +155,26 @@ class TrainableTable:
         return int(len(changed))
 
 
-def train_model(
+def train_model(**kwargs) -> TrainResult:
+    """Train the reference model on token windows and save a checkpoint.
+
+    Deterministic on CPU: the run enables torch's deterministic algorithms (the backward of the
+    row gather accumulates in a fixed order) and restores the previous setting afterwards.
+    Keyword arguments are those of :func:`_train_model`.
+    """
+    import torch
+
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    if str(kwargs["config"].device) == "cpu":
+        torch.use_deterministic_algorithms(True)
+    try:
+        return _train_model(**kwargs)
+    finally:
+        torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
+
+
+def _train_model(
     *,
     windows: np.ndarray,
     heldout: np.ndarray | None,
@@ -169,7 +188,7 @@ def train_model(
     extra_meta: dict | None = None,
     compare: dict | None = None,
 ) -> TrainResult:
-    """Train the reference model on token windows and save a checkpoint.
+    """Train (see :func:`train_model`).
 
     Parameters
     ----------
