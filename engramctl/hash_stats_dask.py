@@ -26,6 +26,7 @@ import copy
 import logging
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -72,12 +73,12 @@ def count_shard(shard: CorpusFile, setup: _Setup) -> ShardCounts:
         valid = before[(before >= 0) & (before < counter.lut.shape[0])]
         tail = counter.lut[valid] if valid.size == before.size else np.zeros(0, np.int32)
         counter.carry[counter.carry.shape[0] - tail.shape[0] :] = tail
-    counter, warnings, stopped, _ = count_corpus(
+    counter, found, stopped, _ = count_corpus(
         plan, vocab=setup.vocab, tokenizer=setup.tokenizer, counter=counter
     )
     if stopped:  # pragma: no cover - no limit, no memory stop and no SIGINT on a worker
         raise EngramError(f"counting {shard.path} stopped early ({stopped})")
-    return ShardCounts(counter, warnings.counts)
+    return ShardCounts(counter, found.counts)
 
 
 def merge_counts(*parts: ShardCounts) -> ShardCounts:
@@ -87,13 +88,13 @@ def merge_counts(*parts: ShardCounts) -> ShardCounts:
     """
     largest = max(range(len(parts)), key=lambda i: parts[i].counter.nbytes)
     counter = copy.deepcopy(parts[largest].counter)
-    warnings = CorpusWarnings()
+    found = CorpusWarnings()
     for i, part in enumerate(parts):
         if i != largest:
             counter.merge(part.counter)
         for kind, entry in part.warnings.items():
-            warnings.add(kind, entry["first"], entry["count"])
-    return ShardCounts(counter, warnings.counts)
+            found.add(kind, entry["first"], entry["count"])
+    return ShardCounts(counter, found.counts)
 
 
 def _summary(part: ShardCounts) -> tuple[int, int]:
@@ -190,8 +191,8 @@ def run_hash_stats_dask(
     _check_workers_see(client, files)
     task_plan = replace(plan, files=[], threads=1, limit_tokens=None, max_memory=2**62)
     counts = _run_tasks(client, shards, _Setup(vocab, tokenizer, task_plan), progress, plan)
-    warnings = CorpusWarnings(counts.warnings)
-    return build_report(plan, counts.counter, warnings, "", plan.bytes_total, started)
+    found = CorpusWarnings(counts.warnings)
+    return build_report(plan, counts.counter, found, "", plan.bytes_total, started)
 
 
 def _check_workers_see(client, files: list[CorpusFile]) -> None:
@@ -212,7 +213,11 @@ def _run_tasks(client, shards, setup: _Setup, progress, plan: HashStatsPlan) -> 
     from distributed import as_completed
 
     run = uuid.uuid4().hex[:12]  # fresh task keys: never reuse a result of an earlier run
-    setup_future = client.submit(_identity, setup, key=f"engramctl-stats-setup-{run}", pure=False)
+    with warnings.catch_warnings():  # the vocab and tokenizer are a few MiB, sent once
+        warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
+        setup_future = client.submit(
+            _identity, setup, key=f"engramctl-stats-setup-{run}", pure=False
+        )
     futures = [
         client.submit(count_shard, shard, setup_future, key=f"engramctl-stats-{run}-{i}")
         for i, shard in enumerate(shards)
