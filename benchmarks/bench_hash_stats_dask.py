@@ -9,9 +9,9 @@ separator id; most 3-grams distinct, a pessimistic load for the count maps), cut
 - ``dask N``: ``run_hash_stats_dask`` on a LocalCluster of N single-threaded workers (started
   before the clock; numba's cache is warm), end to end, and its counting phase alone (until the
   last shard task finished);
-- ``merge``: the tree merge of every shard's counter (``merge_counts``, fan-in 4) on one core, and
-  the Dask run's tail (last shard counted -> report: the merges left, fetching the merged counter
-  and finalizing on the client).
+- ``merge``: the tree merge of every shard's counter (``merge_counts``, fan-in 4) on one core, the
+  finalization alone, and the Dask run's tail (last shard counted -> report: the merges left,
+  fetching the merged counter and finalizing on the client).
 
 Every report is checked identical (timing keys aside) to the single-process one.
 ``docs/scale-out.md`` turns the per-worker figure into workers needed for a corpus.
@@ -60,7 +60,7 @@ def main() -> None:
     from engramctl import CanonicalVocab, EngramLayout
     from engramctl.corpus import CorpusOptions
     from engramctl.corpus_shards import split_files
-    from engramctl.hash_stats import plan_hash_stats, run_hash_stats
+    from engramctl.hash_stats import finalize, plan_hash_stats, run_hash_stats
     from engramctl.hash_stats_dask import _Setup, count_shard, merge_counts, run_hash_stats_dask
 
     vocab = CanonicalVocab.from_tokenizer("deepseek-v4")
@@ -88,6 +88,9 @@ def main() -> None:
         while len(parts) > 1:
             parts = [merge_counts(*parts[i : i + 4]) for i in range(0, len(parts), 4)]
         merge_s = time.perf_counter() - started
+        started = time.perf_counter()
+        finalize(parts[0].counter, layout, plan.layer_ids, plan.sweep, threads=plan.threads)
+        finalize_s = time.perf_counter() - started
 
         identical = True
         tails = {}
@@ -138,6 +141,7 @@ def main() -> None:
     print(f"  tree merge of {len(shards)} shard counters on one core: {merge_s:.2f} s")
     print("  dask tail (last shard counted -> report): " + ", ".join(
         f"{w} worker(s) {t:.2f} s" for w, t in tails.items()))  # fmt: skip
+    print(f"  finalization (on the client, {plan.threads} thread): {finalize_s:.2f} s")
     print(f"  reports identical: {identical}")
     if not identical:
         raise SystemExit("the Dask reports differ from the single-process report")

@@ -37,7 +37,7 @@ from .corpus_shards import DEFAULT_SHARD_BYTES, split_files
 from .distributed import check_worker_memory, open_client, tree_reduce
 from .errors import EngramError, UsageError
 from .hash_stats import HashStatsPlan, build_report, count_corpus
-from .stats import NgramCounter, count_maps_memory
+from .stats import MAX_LOAD, NgramCounter, _CountMap, count_maps_memory
 from .stats_report import HashStatsReport
 
 log = logging.getLogger(__name__)
@@ -84,14 +84,18 @@ def count_shard(shard: CorpusFile, setup: _Setup) -> ShardCounts:
 def merge_counts(*parts: ShardCounts) -> ShardCounts:
     """Runs on a worker: add counts (exact, in any grouping); warnings keep the first in order.
 
-    The inputs are left untouched (a re-run merge must not count anything twice).
+    The inputs are left untouched (a re-run merge must not count anything twice): they are added
+    into fresh maps sized for the sum of their entries, so no map grows (rehashes) on the way.
     """
-    largest = max(range(len(parts)), key=lambda i: parts[i].counter.nbytes)
-    counter = copy.deepcopy(parts[largest].counter)
+    counter = copy.copy(parts[0].counter)  # shares the read-only lut; maps and totals are new
+    counter.maps = {
+        n: _CountMap(n, m.bits, int(sum(p.counter.maps[n].size for p in parts) / MAX_LOAD) + 1)
+        for n, m in counter.maps.items()
+    }
+    counter.tokens = counter.documents = 0
     found = CorpusWarnings()
-    for i, part in enumerate(parts):
-        if i != largest:
-            counter.merge(part.counter)
+    for part in parts:
+        counter.merge(part.counter)
         for kind, entry in part.warnings.items():
             found.add(kind, entry["first"], entry["count"])
     return ShardCounts(counter, found.counts)
