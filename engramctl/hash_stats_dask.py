@@ -5,19 +5,18 @@
 (:func:`engramctl.corpus_shards.split_files`); each shard is one task that counts its n-grams into
 an :class:`~engramctl.stats.NgramCounter` on a worker. Counters merge exactly by adding counts,
 so :func:`engramctl.distributed.tree_reduce` merges them on the workers in any grouping and the
-merged counter is the one a single pass would build. The client fetches it and finalizes with the
-same code as the single-process path: the report is identical, figure for figure (only its timing
-differs).
+merged counter is the one a single pass would build. The worker holding it finalizes with the
+same code as the single-process path (:func:`finalize_counts`) and only the small report travels
+back to the client: it is identical, figure for figure (only its timing differs).
 
 The vocab, layout and tokenizer go to the workers once, as one small task whose result every
 shard task shares (a task, not scattered data: if every worker holding it dies, the scheduler
 recomputes it). A killed worker's shards are re-run by Dask; counting a shard twice never happens,
-because merges copy their inputs instead of adding into them.
+because merges add their inputs into new maps, never into an input.
 
 Memory (:func:`worker_memory`): a shard task holds the count maps of its tokens; the last merge
-holds the maps of the whole corpus (its inputs and its output), so a worker needs about as much
-memory as the single-process pass's count maps; finalization runs on the client, whose memory
-``plan_hash_stats`` already bounded with ``--max-memory``.
+holds the maps of the whole corpus (its inputs and its output), and finalization needs what the
+single-process pass needs (``plan.memory_estimate``, which grows with ``--sweep``), on one worker.
 """
 
 from __future__ import annotations
@@ -101,6 +100,13 @@ def merge_counts(*parts: ShardCounts) -> ShardCounts:
     return ShardCounts(counter, found.counts)
 
 
+def finalize_counts(counts: ShardCounts, plan: HashStatsPlan) -> HashStatsReport:
+    """Runs on the worker holding the merged counts: every figure, as the single pass finalizes
+    (``plan.threads`` threads); the report's ``seconds`` is the client's to set."""
+    found = CorpusWarnings(counts.warnings)
+    return build_report(plan, counts.counter, found, "", plan.bytes_total, time.perf_counter())
+
+
 def _summary(part: ShardCounts) -> tuple[int, int]:
     return part.counter.tokens, part.counter.documents
 
@@ -116,11 +122,14 @@ def _files_visible(paths: list[str]) -> list[str]:
 
 
 def worker_memory(plan: HashStatsPlan, shards: list[CorpusFile]) -> int:
-    """Bytes a worker may need: the larger of one shard task and the last merge.
+    """Bytes a worker may need: the largest of one shard task, the last merge, finalization.
 
     A shard task holds its counter (bounded by its tokens; growing needs half the largest map
     again) and a batch of ids; the last merge holds the count maps of every token twice (inputs
-    and output). Bounds assume every position is a new n-gram, as ``plan_hash_stats`` does.
+    and output); finalization holds the merged maps and the arrays of the single-process bound
+    (``plan.memory_estimate``: per-n-gram tuples, per-row loads of the largest table of the
+    layout and of ``--sweep``). Bounds assume every position is a new n-gram, as
+    ``plan_hash_stats`` does.
     """
     layout = plan.layout
 
@@ -135,7 +144,8 @@ def worker_memory(plan: HashStatsPlan, shards: list[CorpusFile]) -> int:
     task_maps, task_largest = maps(task_tokens)
     batch = plan.options.batch_tokens * (8 + 8 + 4 + 1) * 2  # ids, offsets, ext, flags; prefetch
     total_maps, total_largest = maps(plan.tokens_estimate)
-    return max(task_maps + task_largest // 2 + batch, 2 * total_maps + total_largest // 2)
+    merge = 2 * total_maps + total_largest // 2
+    return max(task_maps + task_largest // 2 + batch, merge, plan.memory_estimate)
 
 
 def check_hash_stats_memory(client, plan: HashStatsPlan, shards: list[CorpusFile]) -> int:
@@ -194,9 +204,8 @@ def run_hash_stats_dask(
     check_hash_stats_memory(client, plan, shards)
     _check_workers_see(client, files)
     task_plan = replace(plan, files=[], threads=1, limit_tokens=None, max_memory=2**62)
-    counts = _run_tasks(client, shards, _Setup(vocab, tokenizer, task_plan), progress, plan)
-    found = CorpusWarnings(counts.warnings)
-    return build_report(plan, counts.counter, found, "", plan.bytes_total, started)
+    report = _run_tasks(client, shards, _Setup(vocab, tokenizer, task_plan), progress, plan)
+    return replace(report, seconds=time.perf_counter() - started)
 
 
 def _check_workers_see(client, files: list[CorpusFile]) -> None:
@@ -213,7 +222,7 @@ def _check_workers_see(client, files: list[CorpusFile]) -> None:
             )
 
 
-def _run_tasks(client, shards, setup: _Setup, progress, plan: HashStatsPlan) -> ShardCounts:
+def _run_tasks(client, shards, setup: _Setup, progress, plan: HashStatsPlan) -> HashStatsReport:
     from distributed import as_completed
 
     run = uuid.uuid4().hex[:12]  # fresh task keys: never reuse a result of an earlier run
@@ -230,7 +239,9 @@ def _run_tasks(client, shards, setup: _Setup, progress, plan: HashStatsPlan) -> 
         client.submit(_summary, future, key=f"engramctl-stats-sum-{run}-{i}"): shards[i].size
         for i, future in enumerate(futures)
     }
-    root = tree_reduce(client, futures, merge_counts, fanin=MERGE_FANIN)
+    merged = tree_reduce(client, futures, merge_counts, fanin=MERGE_FANIN)
+    # finalized where the merged counts are: only the small report travels to the client
+    root = client.submit(finalize_counts, merged, plan, key=f"engramctl-stats-report-{run}")
     done = documents = tokens = 0
     try:
         if progress:
@@ -244,7 +255,7 @@ def _run_tasks(client, shards, setup: _Setup, progress, plan: HashStatsPlan) -> 
                 progress(done, plan.bytes_total, documents, tokens)
         return root.result()
     except BaseException as exc:  # an error in a task, Ctrl-C: stop the rest
-        client.cancel([root, *futures, *summaries])
+        client.cancel([root, merged, *futures, *summaries])
         if type(exc).__name__ == "KilledWorker":
             raise EngramError(
                 f"dask workers kept dying while counting ({exc}); check their memory and logs"
