@@ -141,6 +141,11 @@ def test_line_shards_keep_line_numbers(corpora, ds_vocab, demo_layout):
     assert len(text) > 2
     raw = (corpora["text"] / "c.txt").read_bytes()
     assert all(raw[s.span[0] - 2 : s.span[0]] == b"\n\n" for s in text[1:])
+    parquet = split_files(discover_files([corpora["text"] / "b.parquet"]), CorpusOptions(), 6_000)
+    import pyarrow.parquet as pq
+
+    groups = pq.ParquetFile(corpora["text"] / "b.parquet").metadata.num_row_groups
+    assert len(parquet) > 1 and parquet[-1].span[1] == groups  # runs of whole row groups
     # one document per file, or compressed: never cut
     assert len(split_files(discover_files([corpora["text"] / "c.txt"]), CorpusOptions(), 900)) == 1
 
