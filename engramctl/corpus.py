@@ -19,7 +19,7 @@ import io
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +71,10 @@ class CorpusFile:
     format: str
     compression: str | None
     size: int
+    # A shard of the file (``hash-stats --scheduler``): ``[start, stop)`` in bytes (text, jsonl;
+    # cut at line starts), row groups (parquet), rows (2-D .npy) or tokens (1-D token streams).
+    span: tuple[int, int] | None = None
+    first_line: int = 1  # number of the line at the span's first byte (text, jsonl)
 
 
 @dataclass
@@ -197,10 +201,15 @@ def _open_binary(f: CorpusFile):
 def _lines(f: CorpusFile) -> Iterator[tuple[int, bytes, float]]:
     """``(line number, line bytes, fraction of the file read)``; one clear error if unreadable."""
     stream, raw = _open_binary(f)
-    lineno = 0
+    lineno = f.first_line - 1
+    start, stop = f.span or (0, None)
     try:
         with raw:
-            for lineno, line in enumerate(stream, start=1):  # noqa: B007
+            raw.seek(start)  # (a span is only ever made for uncompressed files)
+            for lineno, line in enumerate(stream, start=f.first_line):  # noqa: B007
+                if stop is not None and start >= stop:
+                    break
+                start += len(line)
                 yield lineno, line, raw.tell() / f.size if f.size else 1.0
     except Exception as exc:  # gzip/zstd/OS errors: the consumer's own errors never get here
         kind = f"{f.compression}-compressed " if f.compression else ""
@@ -301,9 +310,12 @@ def _parquet_batches(f, options) -> Iterator[tuple[object, int, float]]:
     if not ok:
         raise EngramError(f"{f.path}: column {column!r} has type {kind}, expected {expected}")
     rows = parquet.metadata.num_rows or 1
-    done = 0
+    groups = range(*(f.span or (0, parquet.num_row_groups)))
+    done = sum(parquet.metadata.row_group(g).num_rows for g in range(groups.start))
     try:
-        for record_batch in parquet.iter_batches(batch_size=4096, columns=[column]):
+        for record_batch in parquet.iter_batches(
+            batch_size=4096, row_groups=groups, columns=[column]
+        ):
             array = record_batch.column(0)
             yield array, done, min(1.0, (done + len(array)) / rows)
             done += len(array)
@@ -340,7 +352,7 @@ def _token_arrays(f, options) -> Iterator[tuple[np.ndarray, bool, tuple, int]]:
         if array.dtype.kind not in "iu":
             raise EngramError(f"{f.path}: token ids must be integers, got dtype {array.dtype}")
         if array.ndim == 2:
-            for row in range(array.shape[0]):
+            for row in range(*(f.span or (0, array.shape[0]))):
                 yield np.asarray(array[row]), True, (str(f.path), "row", row), array.shape[0]
             return
         if array.ndim != 1:
@@ -353,7 +365,8 @@ def _token_arrays(f, options) -> Iterator[tuple[np.ndarray, bool, tuple, int]]:
                 "check --token-dtype"
             )
         array = np.memmap(f.path, dtype=dtype, mode="r") if f.size else np.zeros(0, dtype)
-    yield array, False, (str(f.path), "token", 0), max(1, array.shape[0])
+    start, stop = f.span or (0, array.shape[0])
+    yield array[start:stop], False, (str(f.path), "token", start), max(1, array.shape[0])
 
 
 # ----------------------------------------------------------------------- batch assembly
@@ -393,13 +406,28 @@ class _Assembler:
         return batch
 
 
-def _stream_pieces(array, starts_docs, where, options):
+def token_context(f: CorpusFile, options: CorpusOptions, length: int) -> tuple[np.ndarray, bool]:
+    """The raw ids of the document before a token-stream shard (up to ``length``, fewer after a
+    document start) and whether the shard starts a document; ``([], True)`` for other files."""
+    start = f.span[0] if f.span and f.format == "tokens" else 0
+    if start == 0 or f.path.suffix.lower() == ".npy" and np.load(f.path, mmap_mode="r").ndim == 2:
+        return np.zeros(0, np.int64), True
+    stream = next(_token_arrays(replace(f, span=(max(0, start - length), start)), options))[0]
+    before = np.asarray(stream, dtype=np.int64)
+    if options.doc_sep_id is not None:
+        cuts = np.flatnonzero(before == options.doc_sep_id)
+        if cuts.size:
+            before = before[cuts[-1] + 1 :]
+            return before, before.size == 0
+    return before, False
+
+
+def _stream_pieces(array, starts_docs, where, options, at_doc_start: bool = True):
     """Split a flat token stream at ``doc_sep_id`` into pieces of at most ``batch_tokens``."""
     path, unit, base = where
     if starts_docs:
         yield array, True, where
         return
-    at_doc_start = True
     step = options.batch_tokens
     sep = options.doc_sep_id
     for lo in range(0, array.shape[0], step):
@@ -443,8 +471,10 @@ def read_batches(
             for array, first_row, fraction in _parquet_batches(f, options):
                 yield from _parquet_items(array, first_row, f, assembler, is_text, index, fraction)
         else:
+            at_doc_start = True if f.span is None else token_context(f, options, 1)[1]
             for array, starts_docs, where, units in _token_arrays(f, options):
-                for piece, start, piece_where in _stream_pieces(array, starts_docs, where, options):
+                pieces = _stream_pieces(array, starts_docs, where, options, at_doc_start)
+                for piece, start, piece_where in pieces:
                     if assembler.add(piece, start, piece_where):
                         yield assembler.take(index, (piece_where[2] + 1) / units)
         last = assembler.take(index, 1.0)

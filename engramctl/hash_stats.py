@@ -246,12 +246,21 @@ def count_corpus(
     tokenizer: TextTokenizer | None = None,
     progress: Callable[[int, int, int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    counter: NgramCounter | None = None,
 ) -> tuple[NgramCounter, CorpusWarnings, str, int]:
-    """The streaming pass: ``(counter, warnings, stopped_reason, bytes read)``."""
+    """The streaming pass: ``(counter, warnings, stopped_reason, bytes read)``.
+
+    ``counter`` (default: a new one) is counted into; its ``carry`` is the context of the first
+    piece (a token-stream shard that starts inside a document).
+    """
     layout = plan.layout
-    counter = NgramCounter(
-        vocab, max_ngram=layout.max_ngram, pad=layout.pad_canonical_id(vocab), threads=plan.threads
-    )
+    if counter is None:
+        counter = NgramCounter(
+            vocab,
+            max_ngram=layout.max_ngram,
+            pad=layout.pad_canonical_id(vocab),
+            threads=plan.threads,
+        )
     warnings = CorpusWarnings()
     done_before = np.concatenate([[0], np.cumsum([f.size for f in plan.files])])
     largest_rows = _largest_rows(layout, plan.layer_ids, plan.sweep)
@@ -359,6 +368,18 @@ def run_hash_stats(
         progress=progress,
         should_stop=should_stop,
     )
+    return build_report(plan, counter, warnings, stopped, bytes_read, started)
+
+
+def build_report(
+    plan: HashStatsPlan,
+    counter: NgramCounter,
+    warnings: CorpusWarnings,
+    stopped: str,
+    bytes_read: int,
+    started: float,
+) -> HashStatsReport:
+    """Finalize the counts of a whole pass (here, with ``plan.threads``) into the report."""
     if counter.tokens == 0 and not stopped:
         names = ", ".join(str(f.path) for f in plan.files[:3])
         raise EngramError(f"the corpus holds no tokens ({names}); nothing to count")

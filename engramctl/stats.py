@@ -391,14 +391,23 @@ def estimate_memory(
     it briefly holds the old table next to the new one; finalization (with the maps still held)
     needs :func:`finalize_memory`.
     """
+    maps, largest_map = count_maps_memory(
+        tokens=tokens, max_ngram=max_ngram, canonical_vocab_size=canonical_vocab_size
+    )
+    distinct = {n: min(int(tokens), canonical_vocab_size**n) for n in range(2, max_ngram + 1)}
+    finalize = finalize_memory(distinct, largest_head_rows=largest_head_rows, threads=threads)
+    return maps + max(largest_map // 2, finalize)
+
+
+def count_maps_memory(*, tokens: int, max_ngram: int, canonical_vocab_size: int) -> tuple[int, int]:
+    """``(bytes of every order's count map, bytes of the largest)`` at most for ``tokens`` tokens
+    (growing the largest briefly needs half its size again)."""
     bits = key_bits(canonical_vocab_size)
     maps = largest_map = 0
-    distinct = {}
     for n in range(2, max_ngram + 1):
-        distinct[n] = min(int(tokens), canonical_vocab_size**n)
-        slots = max(MIN_CAPACITY, 1 << max(0, int(distinct[n] / MAX_LOAD)).bit_length())
+        distinct = min(int(tokens), canonical_vocab_size**n)
+        slots = max(MIN_CAPACITY, 1 << max(0, int(distinct / MAX_LOAD)).bit_length())
         size = slots * 8 * (key_words(n, bits) + 1)
         maps += size
         largest_map = max(largest_map, size)
-    finalize = finalize_memory(distinct, largest_head_rows=largest_head_rows, threads=threads)
-    return maps + max(largest_map // 2, finalize)
+    return maps, largest_map

@@ -33,6 +33,14 @@ HeadsOpt = Annotated[int | None, typer.Option("--heads", help="Hash heads per n-
 LayersOpt = Annotated[str | None, typer.Option("--layers", help="Engram layer ids, e.g. 1,15.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Multiplier seed.")]
 PadIdOpt = Annotated[int | None, typer.Option("--pad-id", help="Raw pad token id.")]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Run on Dask: a scheduler address (host:8786) or local:N worker processes.",
+    ),
+]
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")
 ]

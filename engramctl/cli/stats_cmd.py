@@ -19,6 +19,7 @@ from .options import (
     NgramVocabOpt,
     PadIdOpt,
     PresetOpt,
+    SchedulerOpt,
     SeedOpt,
     VocabOpt,
     build_layout,
@@ -140,8 +141,12 @@ def hash_stats_command(
         bool, typer.Option("--overwrite", help="Replace existing --json/--plot files.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.")] = False,
+    scheduler: SchedulerOpt = None,
 ) -> None:
     """Stream a corpus through the multi-head hashing; report collisions and occupancy.
+
+    With --scheduler the files are cut into shards counted on Dask workers and the exact counts
+    are merged in a tree: the report is the same as without it (see docs/scale-out.md).
 
     Example: engramctl hash-stats train.jsonl --vocab vocab.parquet --sweep 100k,1M --plot s.png
     """
@@ -185,7 +190,14 @@ def hash_stats_command(
             f"{format_bytes(plan.memory_estimate)} for ~{plan.tokens_estimate:,} tokens "
             f"(--max-memory {format_bytes(plan.max_memory)})"
         )
-    report = _run_with_progress(plan, vocab_map, text_tokenizer, quiet, run_hash_stats)
+    run = run_hash_stats
+    if scheduler:
+        from functools import partial
+
+        from ..hash_stats_dask import run_hash_stats_dask
+
+        run = partial(run_hash_stats_dask, scheduler=scheduler)
+    report = _run_with_progress(plan, vocab_map, text_tokenizer, quiet, run)
     if json_path is not None:
         if to_stdout:
             typer.echo(report.to_json())

@@ -20,6 +20,7 @@ from .options import (
     NgramVocabOpt,
     PadIdOpt,
     PresetOpt,
+    SchedulerOpt,
     VocabOpt,
     build_layout,
     load_vocab,
@@ -66,14 +67,6 @@ StorageOpt = Annotated[
         "--storage-option",
         metavar="KEY=VALUE",
         help="fsspec option of a URL table, KEY=VALUE (repeatable), e.g. endpoint_url=http://h:9000.",
-    ),
-]
-SchedulerOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--scheduler",
-        metavar="ADDRESS",
-        help="Write chunks on Dask: a scheduler address (host:8786) or local:N worker processes.",
     ),
 ]
 
