@@ -236,3 +236,29 @@ def test_hand_counted_sentences(tmp_path, tiny_vocab, tiny_tokenizer_path):
     assert head["expected_occupied_rows"] == pytest.approx(2 * (1 - 0.5**4))
     assert head["expected_colliding_distinct_fraction"] == pytest.approx(1 - 0.5**3)
     assert order["all_heads_colliding_occurrence_fraction"] == 0.75
+
+
+def test_layout_from_table_equals_the_flags(tmp_path, ds_vocab_path, tiny_vocab, token_docs):
+    table = tmp_path / "t.zarr"
+    made = invoke(
+        "init-table", table, "--vocab", ds_vocab_path, "--ngram-vocab", "101,103",
+        "--layers", "3,7", "--dim", "8", "--dtype", "float32", "--lazy",
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    common = ["hash-stats", token_docs, "--vocab", ds_vocab_path, "-q", "--json", "-"]
+    from_flags = invoke(*common, "--ngram-vocab", "101,103", "--layers", "3,7")
+    from_table = invoke(*common, "--table", table)
+    assert from_flags.exit_code == 0 and from_table.exit_code == 0, from_table.output
+    strip = ("seconds", "tokens_per_second")
+    flags_doc = {k: v for k, v in json.loads(from_flags.stdout).items() if k not in strip}
+    table_doc = {k: v for k, v in json.loads(from_table.stdout).items() if k not in strip}
+    assert table_doc == flags_doc
+    one_layer = invoke(*common, "--table", table, "--layers", "7")
+    assert list(json.loads(one_layer.stdout)["layers"]) == ["7"]
+    # refusals: a layer the table lacks, layout flags with --table, another vocab
+    assert invoke(*common, "--table", table, "--layers", "5").exit_code == 2
+    assert invoke(*common, "--table", table, "--preset", "demo-v1").exit_code == 2
+    other = tmp_path / "other.parquet"
+    tiny_vocab.save(other)
+    refused = invoke("hash-stats", token_docs, "--vocab", other, "--table", table, "-q")
+    assert refused.exit_code == 1 and "was made for vocab" in refused.output

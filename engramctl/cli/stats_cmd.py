@@ -11,6 +11,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from ..errors import UsageError
 from .app import STATE, command, console, err_console
 from .options import (
     HeadsOpt,
@@ -54,6 +55,27 @@ def _pick_layout(vocab_map, layers: str | None, **flags):
     return layout, layout.layers
 
 
+def _table_layout(table: str, vocab_map, layers: str | None):
+    """The layout of an existing table, refusing a vocab other than the one it was made for."""
+    from ..errors import EngramError
+    from ..layout import parse_int_list
+    from ..table_format import read_group
+
+    meta, _ = read_group(table)
+    if meta.vocab_fingerprint != vocab_map.fingerprint:
+        raise EngramError(
+            f"table {table} was made for vocab {meta.vocab_fingerprint} but --vocab is "
+            f"{vocab_map.fingerprint}; pass the vocab the table was created with"
+        )
+    if not layers:
+        return meta.layout, meta.layout.layers
+    wanted = parse_int_list(layers, name="--layers")
+    missing = sorted(set(wanted) - set(meta.layout.layers))
+    if missing:
+        raise UsageError(f"--layers {missing} are not layers of table {table} {meta.layout.layers}")
+    return meta.layout, wanted
+
+
 def _progress_bar(total_bytes: int):
     from rich.progress import (
         BarColumn,
@@ -89,6 +111,13 @@ def hash_stats_command(
     layers: LayersOpt = None,
     seed: SeedOpt = None,
     pad_id: PadIdOpt = None,
+    table: Annotated[
+        str | None,
+        typer.Option(
+            "--table",
+            help="Take the layout from this table (path or URL) instead of --preset/layout flags.",
+        ),
+    ] = None,
     tokenizer: Annotated[
         str, typer.Option("--tokenizer", help="Tokenizer for text input (must match the vocab).")
     ] = "deepseek-v4",
@@ -166,10 +195,16 @@ def hash_stats_command(
         if target is not None:
             check_writable_target(target, overwrite=overwrite)
     vocab_map = load_vocab(vocab)
-    layout, layer_ids = _pick_layout(
-        vocab_map, layers, preset=preset, ngram_vocab=ngram_vocab, max_ngram=max_ngram,
-        heads=heads, seed=seed, pad_id=pad_id,
-    )  # fmt: skip
+    if table is not None:
+        flags = (preset, ngram_vocab, max_ngram, heads, seed, pad_id)
+        if any(flag is not None for flag in flags):
+            raise UsageError("--table fixes the layout; drop --preset and the layout flags")
+        layout, layer_ids = _table_layout(table, vocab_map, layers)
+    else:
+        layout, layer_ids = _pick_layout(
+            vocab_map, layers, preset=preset, ngram_vocab=ngram_vocab, max_ngram=max_ngram,
+            heads=heads, seed=seed, pad_id=pad_id,
+        )  # fmt: skip
     options = CorpusOptions(
         format=corpus_format.value, text_field=text_field, tokens_field=tokens_field,
         doc_sep=doc_sep, doc_sep_id=doc_sep_id,
