@@ -434,3 +434,19 @@ def test_choice_scores_match_a_plain_forward(trained):
             picked = [float(logp[t, targets[t]]) for t in range(len(targets))]
             expected.append(sum(picked[-len(cont) :]))
     np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_numbers_and_a_file_as_out_fail_before_training(tmp_path, corpus):
+    base = ["train", "--corpus", corpus / "train.jsonl", "--no-engram", "--device", "cpu"]
+    for extra, message in [
+        (["--seq-len", "0"], "--seq-len must be at least 1"),  # was a ZeroDivisionError
+        (["--eval-every", "-1"], "--eval-every must be >= 0"),
+    ]:
+        result = run(*base, "--out", tmp_path / "m", *extra)
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert not (tmp_path / "m").exists()
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    result = run(*base, "--out", a_file, "--overwrite")
+    assert result.exit_code == 1 and "is a file, not a checkpoint directory" in result.output
+    assert a_file.read_text() == "keep me" and "Traceback" not in result.output
