@@ -450,3 +450,15 @@ def test_bad_numbers_and_a_file_as_out_fail_before_training(tmp_path, corpus):
     result = run(*base, "--out", a_file, "--overwrite")
     assert result.exit_code == 1 and "is a file, not a checkpoint directory" in result.output
     assert a_file.read_text() == "keep me" and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("first_line_ok", [False, True])
+def test_eval_binary_junk_benchmark_is_one_line(trained, tmp_path, first_line_ok):
+    model, _, _ = trained
+    bench = tmp_path / "junk.jsonl"
+    good = json.dumps({"context": "a", "choices": ["b", "c"], "label": 0}).encode()
+    junk = bytes(range(128, 256)) * 4
+    bench.write_bytes((good + b"\n" if first_line_ok else b"") + junk + b"\n")
+    result = run("eval", "--model", model, "--table", "t.zarr", "--benchmark", bench)
+    assert result.exit_code == 1 and "internal error" not in result.output, result.output
+    assert "Traceback" not in result.output
