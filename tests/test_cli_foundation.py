@@ -99,6 +99,8 @@ def test_layout_human_output(tiny_vocab_file):
     assert result.exit_code == 0, result.output
     assert "16,000,057" in result.stdout
     assert "264 bytes per row" in result.stdout and "188.8 GiB" in result.stdout
+    last = result.stdout.rstrip().splitlines()[-1]  # the README pipes it to `tail -1`
+    assert last.startswith("table at dim 256") and last.endswith("188.8 GiB on disk")
 
 
 # ----------------------------------------------------------------------------------------- hash
@@ -229,6 +231,7 @@ BAD_INPUTS = {
     "ngram vocab text": (["layout", "--vocab", "{v}", "--ngram-vocab", "lots"], 2,
                          "expected comma-separated integers"),
     "negative layer": (["layout", "--vocab", "{v}", "--layers", "-1"], 2, "layer ids"),
+    "empty layers": (["layout", "--vocab", "{v}", "--layers", ""], 2, "--layers: expected"),
     "pad id outside": (["layout", "--vocab", "{v}", "--pad-id", "999"], 2, "pad id 999"),
     "heads not a number": (["layout", "--vocab", "{v}", "--heads", "many"], 2,
                            "Invalid value for '--heads'"),
