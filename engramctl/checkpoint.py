@@ -113,6 +113,10 @@ def check_checkpoint_target(out_dir: Path, *, overwrite: bool) -> None:
 def read_checkpoint_meta(path: Path) -> dict:
     """``config.json`` of a checkpoint, checking that its files are all there."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise EngramError(
+            f"{path} is a file, not a model directory (give the --out of engramctl train)"
+        )
     if not path.is_dir():
         raise EngramError(f"model directory not found: {path} (give the --out of engramctl train)")
     missing = [name for name in REQUIRED_FILES if not (path / name).exists()]

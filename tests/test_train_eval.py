@@ -450,6 +450,8 @@ def test_bad_numbers_and_a_file_as_out_fail_before_training(tmp_path, corpus):
     result = run(*base, "--out", a_file, "--overwrite")
     assert result.exit_code == 1 and "is a file, not a checkpoint directory" in result.output
     assert a_file.read_text() == "keep me" and "Traceback" not in result.output
+    result = run("eval", "--model", a_file, "--explain", "x")
+    assert result.exit_code == 1 and "is a file, not a model directory" in result.output
 
 
 @pytest.mark.parametrize("first_line_ok", [False, True])
