@@ -216,6 +216,8 @@ BAD_INPUTS = {
     "ids empty": (["hash", "--vocab", "{v}", "--ids-file", "{d}/empty.npy"], 1, "no token ids"),
     "ids npz": (["hash", "--vocab", "{v}", "--ids-file", "{d}/two.npz"], 1, "several arrays"),
     "ids missing": (["hash", "--vocab", "{v}", "--ids-file", "{d}/none.npy"], 1, "not found"),
+    "ids not npy": (["hash", "--vocab", "{v}", "--ids-file", "{d}/junk.parquet"], 1,
+                    "is not a .npy file"),
     "empty text": (["hash", "--vocab", "{v}", "--tokenizer", "{tok}", "--text", "", "-o",
                     "{d}/o.npz"], 1, "--text is empty"),
     "text and ids": (["hash", "--vocab", "{v}", "--text", "a", "--ids-file", "{d}/ok.npy"], 2,
