@@ -100,6 +100,10 @@ def check_checkpoint_target(out_dir: Path, *, overwrite: bool) -> None:
     out_dir = Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise EngramError(f"{out_dir} exists; pass --overwrite to replace it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EngramError(
+            f"{out_dir} is a file, not a checkpoint directory; refusing to replace it"
+        )
     if out_dir.exists() and not (out_dir / "config.json").exists() and any(out_dir.iterdir()):
         raise EngramError(f"{out_dir} is a non-empty directory that is not a checkpoint; refusing")
     if not out_dir.parent.exists():
@@ -109,6 +113,10 @@ def check_checkpoint_target(out_dir: Path, *, overwrite: bool) -> None:
 def read_checkpoint_meta(path: Path) -> dict:
     """``config.json`` of a checkpoint, checking that its files are all there."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise EngramError(
+            f"{path} is a file, not a model directory (give the --out of engramctl train)"
+        )
     if not path.is_dir():
         raise EngramError(f"model directory not found: {path} (give the --out of engramctl train)")
     missing = [name for name in REQUIRED_FILES if not (path / name).exists()]

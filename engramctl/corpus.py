@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import EngramError, UsageError
+from .vocab import METADATA_KEY
 
 FORMATS = ("text", "jsonl", "parquet", "tokens")
 SUFFIX_FORMATS = {
@@ -292,6 +293,8 @@ def _parquet_batches(f, options) -> Iterator[tuple[object, int, float]]:
         raise EngramError(f"{f.path} is not a readable Parquet file ({exc})") from exc
     column = options.tokens_field or options.text_field
     schema = parquet.schema_arrow
+    if METADATA_KEY in (schema.metadata or {}):
+        raise EngramError(f"{f.path} is an engramctl vocab file, not a corpus; pass it as --vocab")
     if column not in schema.names:
         flag = "--tokens-field" if options.tokens_field else "--text-field"
         raise EngramError(

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
+from urllib.parse import urlsplit
 
 from .errors import EngramError, UsageError
 
@@ -36,6 +37,16 @@ def parse_scheduler(spec: str) -> tuple[str, int | str]:
         raise UsageError("--scheduler: expected local:N or a scheduler address, got ''")
     if "://" not in spec:
         spec = f"tcp://{spec}"
+    parts = urlsplit(spec)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme in ("tcp", "tls") and (not parts.hostname or port is None):
+        raise UsageError(
+            f"--scheduler: expected local:N or a scheduler address HOST:PORT "
+            f"(e.g. 10.0.0.5:8786), got {spec.removeprefix('tcp://')!r}"
+        )
     return "address", spec
 
 

@@ -52,7 +52,8 @@ def benchmark_kind(path: Path) -> str:
     """``multiple_choice`` when the first record of a ``.jsonl`` has context/choices/label."""
     path = Path(path)
     if path.is_file() and path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as handle:
+        # bad bytes fail json.loads below and are reported by the reader with their line number
+        with open(path, encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 if line.strip():
                     try:
@@ -67,36 +68,35 @@ def benchmark_kind(path: Path) -> str:
 
 def read_multiple_choice(path: Path) -> list[dict]:
     """Validated multiple-choice records; one clear error naming the first bad line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise EngramError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EngramError(f"{where}: not valid JSON ({exc.msg})") from None
-            if not isinstance(record, dict) or any(k not in record for k in MC_KEYS):
-                raise EngramError(f"{where}: expected keys {', '.join(MC_KEYS)}")
-            choices, label = record["choices"], record["label"]
-            if not isinstance(record["context"], str):
-                raise EngramError(f"{where}: 'context' must be a string")
-            if (
-                not isinstance(choices, list)
-                or len(choices) < 2
-                or not all(isinstance(c, str) and c for c in choices)
-            ):
-                raise EngramError(f"{where}: 'choices' must be a list of 2+ non-empty strings")
-            if (
-                isinstance(label, bool)
-                or not isinstance(label, int)
-                or not 0 <= label < len(choices)
-            ):
-                raise EngramError(
-                    f"{where}: 'label' must be an integer in 0..{len(choices) - 1}, got {label!r}"
-                )
-            records.append(record)
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EngramError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or any(k not in record for k in MC_KEYS):
+            raise EngramError(f"{where}: expected keys {', '.join(MC_KEYS)}")
+        choices, label = record["choices"], record["label"]
+        if not isinstance(record["context"], str):
+            raise EngramError(f"{where}: 'context' must be a string")
+        if (
+            not isinstance(choices, list)
+            or len(choices) < 2
+            or not all(isinstance(c, str) and c for c in choices)
+        ):
+            raise EngramError(f"{where}: 'choices' must be a list of 2+ non-empty strings")
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
+            raise EngramError(
+                f"{where}: 'label' must be an integer in 0..{len(choices) - 1}, got {label!r}"
+            )
+        records.append(record)
     if not records:
         raise EngramError(f"{path} holds no multiple-choice records")
     return records

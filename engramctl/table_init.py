@@ -129,7 +129,8 @@ def _build_meta(
     dtype = parse_dtype(dtype)
     recipe = init if isinstance(init, InitRecipe) else InitRecipe(kind=init, std=std, seed=seed)
     largest = max(layout.layer_rows(layer) for layer in layout.layers)
-    chunk_rows = chunk_rows or default_chunk_rows(dim, dtype, largest)
+    if chunk_rows is None:  # 0 or less is refused by TableMeta.build, not replaced
+        chunk_rows = default_chunk_rows(dim, dtype, largest)
     return TableMeta.build(
         layout=layout,
         vocab_fingerprint=vocab_fingerprint,

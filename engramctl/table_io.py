@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .dtypes import FP8_SCALE_BLOCK, decode_rows, encode_rows, parse_dtype, storage_dtype
-from .errors import EngramError
+from .errors import EngramError, UsageError
 from .io_utils import atomic_write, check_writable_target
 from .layout import EngramLayout
 from .rowinit import InitRecipe
@@ -60,11 +60,30 @@ class ExportResult:
     seconds: float
 
 
+def layer_tensor_names(name_template: str, layer_ids) -> dict[int, str]:
+    """The safetensors tensor name of each layer from ``--tensor-name``; raises
+    :class:`UsageError` on a template that does not format or names two layers alike."""
+    try:
+        names = {layer_id: name_template.format(layer=layer_id) for layer_id in layer_ids}
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        raise UsageError(
+            f"--tensor-name {name_template!r} is not a valid template ({type(exc).__name__}: "
+            f"{exc}); use {{layer}} for the layer id, e.g. {DEFAULT_NAME!r}"
+        ) from None
+    if len(set(names.values())) != len(names):
+        raise UsageError(
+            f"--tensor-name {name_template!r} gives every layer the same name; include a "
+            f"{{layer}} placeholder, e.g. {DEFAULT_NAME!r}"
+        )
+    return names
+
+
 def _tensor_plan(meta, name_template: str) -> list[tuple[str, int, str, list[int], int]]:
     """``(name, layer, part, shape, nbytes)`` of every tensor, in file order."""
     plan = []
+    names = layer_tensor_names(name_template, meta.layers)
     for layer_id, layer in meta.layers.items():
-        name = name_template.format(layer=layer_id)
+        name = names[layer_id]
         itemsize = storage_dtype(meta.dtype).itemsize
         plan.append(
             (name, layer_id, "values", [layer.rows, meta.dim], layer.rows * meta.dim * itemsize)
@@ -183,8 +202,9 @@ def _source_array(path: Path, entry: dict, data_start: int, numpy_dtype) -> np.n
 def _layer_sources(path, header, data_start, layout, name_template):
     """Per layer ``(values memmap, scales memmap or None, source dtype)``, checked."""
     sources, dims, dtypes = {}, set(), set()
+    names = layer_tensor_names(name_template, layout.layers)
     for layer_id in layout.layers:
-        name = name_template.format(layer=layer_id)
+        name = names[layer_id]
         if name not in header:
             shown = ", ".join(sorted(header)[:8]) or "none"
             raise EngramError(

@@ -51,6 +51,10 @@ class TrainConfig:
                 raise UsageError(
                     f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
                 )
+        if self.eval_every < 0:
+            raise UsageError(
+                f"--eval-every must be >= 0 (0: only at the end), got {self.eval_every}"
+            )
         if self.lr <= 0 or self.table_lr < 0:
             raise UsageError(f"learning rates must be positive, got {self.lr} and {self.table_lr}")
 

@@ -99,6 +99,8 @@ def test_layout_human_output(tiny_vocab_file):
     assert result.exit_code == 0, result.output
     assert "16,000,057" in result.stdout
     assert "264 bytes per row" in result.stdout and "188.8 GiB" in result.stdout
+    last = result.stdout.rstrip().splitlines()[-1]  # the README pipes it to `tail -1`
+    assert last.startswith("table at dim 256") and last.endswith("188.8 GiB on disk")
 
 
 # ----------------------------------------------------------------------------------------- hash
@@ -214,6 +216,8 @@ BAD_INPUTS = {
     "ids empty": (["hash", "--vocab", "{v}", "--ids-file", "{d}/empty.npy"], 1, "no token ids"),
     "ids npz": (["hash", "--vocab", "{v}", "--ids-file", "{d}/two.npz"], 1, "several arrays"),
     "ids missing": (["hash", "--vocab", "{v}", "--ids-file", "{d}/none.npy"], 1, "not found"),
+    "ids not npy": (["hash", "--vocab", "{v}", "--ids-file", "{d}/junk.parquet"], 1,
+                    "is not a .npy file"),
     "empty text": (["hash", "--vocab", "{v}", "--tokenizer", "{tok}", "--text", "", "-o",
                     "{d}/o.npz"], 1, "--text is empty"),
     "text and ids": (["hash", "--vocab", "{v}", "--text", "a", "--ids-file", "{d}/ok.npy"], 2,
@@ -229,6 +233,7 @@ BAD_INPUTS = {
     "ngram vocab text": (["layout", "--vocab", "{v}", "--ngram-vocab", "lots"], 2,
                          "expected comma-separated integers"),
     "negative layer": (["layout", "--vocab", "{v}", "--layers", "-1"], 2, "layer ids"),
+    "empty layers": (["layout", "--vocab", "{v}", "--layers", ""], 2, "--layers: expected"),
     "pad id outside": (["layout", "--vocab", "{v}", "--pad-id", "999"], 2, "pad id 999"),
     "heads not a number": (["layout", "--vocab", "{v}", "--heads", "many"], 2,
                            "Invalid value for '--heads'"),

@@ -186,3 +186,10 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path):
     assert docs == ["ok", "caf\ufffd \ufffd"]
     assert warnings["invalid_utf8"]["count"] == 2
     assert "u.jsonl line 2" in warnings["invalid_utf8"]["first"]
+
+
+def test_a_vocab_file_given_as_corpus_is_refused(tmp_path, tiny_vocab):
+    path = tmp_path / "vocab.parquet"
+    tiny_vocab.save(path)
+    with pytest.raises(EngramError, match="is an engramctl vocab file, not a corpus"):
+        read_docs([path])

@@ -29,6 +29,9 @@ def test_parse_scheduler():
     assert parse_scheduler("host:8786") == ("address", "tcp://host:8786")
     with pytest.raises(UsageError):
         parse_scheduler("local:0")
+    for bad in ["bogus", "host:port", "tcp://host", ":8786"]:  # no port: dask raised ValueError
+        with pytest.raises(UsageError, match="HOST:PORT"):
+            parse_scheduler(bad)
 
 
 def test_unreachable_scheduler_fails_fast():

@@ -126,3 +126,16 @@ def test_lazy_deepseek_and_no_torch_at_import(tmp_path, ds_vocab_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_bad_tensor_name_and_zero_chunk_rows_refused(table, tmp_path, ds_vocab_path):
+    # A template without {layer} would write every layer under one name (the last one wins).
+    out = tmp_path / "x.safetensors"
+    for template, words in [("foo", "same name"), ("{bad}", "not a valid template")]:
+        result = run("export", table, out, "--tensor-name", template)
+        assert result.exit_code == 2 and words in result.stderr, result.output
+        assert "Traceback" not in result.output and not out.exists()
+    # --chunk-rows 0 is refused like a negative count, not replaced by the default.
+    result = run("init-table", tmp_path / "z.zarr", "--vocab", ds_vocab_path, "--chunk-rows", "0")
+    assert result.exit_code == 2 and "--chunk-rows must be at least 1" in result.stderr
+    assert not (tmp_path / "z.zarr").exists()

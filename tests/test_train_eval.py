@@ -434,3 +434,33 @@ def test_choice_scores_match_a_plain_forward(trained):
             picked = [float(logp[t, targets[t]]) for t in range(len(targets))]
             expected.append(sum(picked[-len(cont) :]))
     np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_numbers_and_a_file_as_out_fail_before_training(tmp_path, corpus):
+    base = ["train", "--corpus", corpus / "train.jsonl", "--no-engram", "--device", "cpu"]
+    for extra, message in [
+        (["--seq-len", "0"], "--seq-len must be at least 1"),  # was a ZeroDivisionError
+        (["--eval-every", "-1"], "--eval-every must be >= 0"),
+    ]:
+        result = run(*base, "--out", tmp_path / "m", *extra)
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert not (tmp_path / "m").exists()
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    result = run(*base, "--out", a_file, "--overwrite")
+    assert result.exit_code == 1 and "is a file, not a checkpoint directory" in result.output
+    assert a_file.read_text() == "keep me" and "Traceback" not in result.output
+    result = run("eval", "--model", a_file, "--explain", "x")
+    assert result.exit_code == 1 and "is a file, not a model directory" in result.output
+
+
+@pytest.mark.parametrize("first_line_ok", [False, True])
+def test_eval_binary_junk_benchmark_is_one_line(trained, tmp_path, first_line_ok):
+    model, _, _ = trained
+    bench = tmp_path / "junk.jsonl"
+    good = json.dumps({"context": "a", "choices": ["b", "c"], "label": 0}).encode()
+    junk = bytes(range(128, 256)) * 4
+    bench.write_bytes((good + b"\n" if first_line_ok else b"") + junk + b"\n")
+    result = run("eval", "--model", model, "--table", "t.zarr", "--benchmark", bench)
+    assert result.exit_code == 1 and "internal error" not in result.output, result.output
+    assert "Traceback" not in result.output

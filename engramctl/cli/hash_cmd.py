@@ -36,6 +36,8 @@ def read_ids_file(path: Path) -> np.ndarray:
     try:
         ids = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
+        if "pickle" in str(exc):  # numpy's guess for a file without the .npy magic
+            raise EngramError(f"{path} is not a .npy file (save the ids with numpy.save)") from None
         raise EngramError(f"{path} is not a readable .npy array ({exc})") from exc
     if not isinstance(ids, np.ndarray):
         ids.close()  # an .npz archive

@@ -119,5 +119,6 @@ def layout_command(
         console.print(table)
     console.print(
         f"table at dim {dim} {dtype}: {report['row_bytes']} bytes per row, "
-        f"{report['total_rows']:,} rows, [bold]{format_bytes(report['total_bytes'])}[/] on disk"
+        f"{report['total_rows']:,} rows, [bold]{format_bytes(report['total_bytes'])}[/] on disk",
+        soft_wrap=True,  # one line even when piped (`| tail -1` in the README)
     )

@@ -84,7 +84,8 @@ def train_command(
         int, typer.Option("--min-count", help="Predict only ids seen this often (others: unknown).")
     ] = 5,
     eval_every: Annotated[
-        int, typer.Option("--eval-every", help="Steps between held-out losses.")
+        int,
+        typer.Option("--eval-every", help="Steps between held-out losses (0: only at the end)."),
     ] = 50,
     seed: Annotated[int, typer.Option("--seed", help="Model init and data order.")] = 0,
     device: DeviceOpt = Device.auto,
@@ -121,14 +122,6 @@ def train_command(
         if not history_path.exists():
             raise EngramError(f"--compare-with: {history_path} not found (give a checkpoint dir)")
         compare = {compare_with.name: json.loads(history_path.read_text())}
-    data = prepare_training_data(
-        corpus=corpus,
-        heldout=heldout,
-        vocab=vocab_map,
-        tokenizer_source=tokenizer,
-        seq_len=seq_len,
-        min_count=min_count,
-    )
     config = TrainConfig(
         steps=steps,
         seq_len=seq_len,
@@ -143,6 +136,15 @@ def train_command(
         width=width,
         attn_heads=attn_heads,
         device=str(resolve_device(device.value)),
+    )
+    config.validate()  # before reading the corpus: bad numbers fail at once
+    data = prepare_training_data(
+        corpus=corpus,
+        heldout=heldout,
+        vocab=vocab_map,
+        tokenizer_source=tokenizer,
+        seq_len=seq_len,
+        min_count=min_count,
     )
     if engram:
         table_handle = open_table_for(table, mode="r+")
@@ -249,7 +251,7 @@ def eval_command(
 ) -> None:
     """Evaluate a checkpoint on a benchmark while paging its Engram rows from the table.
 
-    Example: engramctl eval --model m --table t.zarr --benchmark sample_data/bench/mc.jsonl
+    Example: engramctl eval --model m --table t.zarr --benchmark sample_data/bench/lm_heldout.jsonl
     """
     from ..errors import UsageError
     from ..evaluate import evaluate, explain_gates

@@ -61,10 +61,12 @@ def build_layout(
     from ..layout import EngramLayout, parse_int_list
 
     overrides = {
-        "ngram_vocab": parse_int_list(ngram_vocab, name="--ngram-vocab") if ngram_vocab else None,
+        "ngram_vocab": (
+            parse_int_list(ngram_vocab, name="--ngram-vocab") if ngram_vocab is not None else None
+        ),
         "max_ngram": max_ngram,
         "heads": heads,
-        "layers": parse_int_list(layers, name="--layers") if layers else None,
+        "layers": parse_int_list(layers, name="--layers") if layers is not None else None,
         "seed": seed,
         "pad_id": pad_id,
     }

@@ -112,7 +112,8 @@ def byte_progress(description: str, *, enabled: bool):
     try:
         yield update
     finally:
-        bar.stop()
+        if task is not None:  # stopping a bar never started prints an empty line
+            bar.stop()
 
 
 def _layout(vocab_map, preset, ngram_vocab, max_ngram, heads, layers, layout_seed, pad_id):
