@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import layout_with_rows
 
 
 def timed(fn, repeats: int) -> float:
@@ -28,21 +29,6 @@ def timed(fn, repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def layout_with_rows(target_rows: int):
-    from engramctl import EngramLayout
-
-    per_head = max(2, target_rows // 16)
-    return EngramLayout(
-        ngram_vocab=(per_head, per_head),
-        max_ngram=3,
-        heads=8,
-        layers=(1,),
-        seed=0,
-        pad_id=2,
-        vocab_size=100_000,
-    )
 
 
 def main() -> None:

@@ -18,20 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def layout_with_rows(target_rows: int):
-    from engramctl import EngramLayout
-
-    per_head = max(2, target_rows // 16)
-    return EngramLayout(
-        ngram_vocab=(per_head, per_head),
-        max_ngram=3,
-        heads=8,
-        layers=(1,),
-        seed=0,
-        pad_id=2,
-        vocab_size=100_000,
-    )
+from _common import layout_with_rows
 
 
 def files_of(path: Path) -> dict[str, bytes]:

@@ -19,6 +19,8 @@ _LAZY = {
     "HashStream": "engramctl.hashing",
     "EngramError": "engramctl.errors",
     "load_tokenizer": "engramctl.tokenizer",
+    "open_table": "engramctl.table",
+    "create_table": "engramctl.table_init",
 }
 
 __all__ = ["__version__", *_LAZY]

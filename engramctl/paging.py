@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .dtypes import row_bytes
+from .dtypes import decode_rows, row_bytes
 from .errors import EngramError, UsageError
 
 log = logging.getLogger(__name__)
@@ -33,18 +33,6 @@ log = logging.getLogger(__name__)
 IN_FLIGHT = 2
 HOST_BUFFERS = IN_FLIGHT + 2  # a ring of host staging buffers per layer
 NEVER_USED = -(2**62)  # LRU stamp of an empty slot
-
-
-def decode_table_rows(raw: np.ndarray, dtype: str, dim: int) -> np.ndarray:
-    """Raw stored rows -> float32 ``[n, dim]`` (float32 tables need no decoding)."""
-    if dtype == "float32":
-        return np.ascontiguousarray(raw, dtype=np.float32).reshape(-1, dim)
-    try:
-        from .dtypes import decode_rows
-    except ImportError:  # pragma: no cover - older layout of the table modules
-        from .table import decode_rows
-
-    return decode_rows(raw, dtype, dim)
 
 
 @dataclass
@@ -264,7 +252,7 @@ class ResidentRows(_RowSource):
             weight = torch.empty((rows, self.dim), dtype=torch.float32, device=device)
             for start in range(0, rows, chunk_rows):
                 ids = np.arange(start, min(rows, start + chunk_rows), dtype=np.int64)
-                values = decode_table_rows(table.gather(layer, ids), table.dtype, self.dim)
+                values = decode_rows(table.gather(layer, ids), table.dtype, self.dim)
                 weight[start : start + len(ids)] = torch.from_numpy(values).to(device)
             self.weights[layer] = weight
             self.stats.bytes_read += rows * self.row_nbytes
@@ -360,7 +348,7 @@ class RowPager(_RowSource):
                     self.table.gather(layer, missing_rows, out=staged)
                 else:
                     raw = self.table.gather(layer, missing_rows)
-                    staged[...] = decode_table_rows(raw, self.table.dtype, self.dim)
+                    staged[...] = decode_rows(raw, self.table.dtype, self.dim)
             positions[layer] = slots[inverse.reshape(row_ids.shape)]  # (B, T, H) cache slots
             fills[layer] = (slots[miss], buffer_index, n_miss)
             stats = self.stats

@@ -135,14 +135,14 @@ class TrainableTable:
     def __init__(self, table, layer_id: int, device):
         import torch
 
-        from .paging import decode_table_rows
+        from .dtypes import decode_rows
 
         rows = table.layout.layer_rows(layer_id)
         values = np.empty((rows, table.dim), dtype=np.float32)
         step = 1 << 16
         for start in range(0, rows, step):
             ids = np.arange(start, min(rows, start + step), dtype=np.int64)
-            values[start : start + len(ids)] = decode_table_rows(
+            values[start : start + len(ids)] = decode_rows(
                 table.gather(layer_id, ids), table.dtype, table.dim
             )
         self.layer_id = layer_id
