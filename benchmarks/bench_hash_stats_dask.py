@@ -58,10 +58,10 @@ def main() -> None:
     import distributed
 
     from engramctl import CanonicalVocab, EngramLayout
-    from engramctl.corpus import CorpusOptions
-    from engramctl.corpus_shards import split_files
-    from engramctl.hash_stats import finalize, plan_hash_stats, run_hash_stats
-    from engramctl.hash_stats_dask import _Setup, count_shard, merge_counts, run_hash_stats_dask
+    from engramctl.corpus.readers import CorpusOptions
+    from engramctl.corpus.shards import split_files
+    from engramctl.stats.run import finalize, plan_hash_stats, run_hash_stats
+    from engramctl.stats.run_dask import _Setup, count_shard, merge_counts, run_hash_stats_dask
 
     vocab = CanonicalVocab.from_tokenizer("deepseek-v4")
     layout = EngramLayout.from_preset(args.preset, vocab_size=vocab.canonical_vocab_size)

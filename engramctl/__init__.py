@@ -20,7 +20,7 @@ _LAZY = {
     "EngramError": "engramctl.errors",
     "load_tokenizer": "engramctl.tokenizer",
     "open_table": "engramctl.table",
-    "create_table": "engramctl.table_init",
+    "create_table": "engramctl.table",
 }
 
 __all__ = ["__version__", *_LAZY]

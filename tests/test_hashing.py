@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 from engramctl import EngramLayout, HashStream, NgramHasher
 from engramctl.errors import EngramError
 from engramctl.hashing import CHUNK, FAST_MOD_MIN, hash_canonical, hash_layer_reference
-
-from .conftest import random_ids
+from tests.conftest import random_ids
 
 
 def test_hand_worked_small_case():

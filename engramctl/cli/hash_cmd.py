@@ -106,9 +106,9 @@ def hash_command(
 
     Example: engramctl hash --vocab vocab.parquet --preset demo-v1 --text "Hello world"
     """
+    from .._files import atomic_write, check_writable_target
     from ..errors import UsageError
     from ..hashing import NgramHasher
-    from ..io_utils import atomic_write, check_writable_target
 
     if (text is None) == (ids_file is None):
         raise UsageError("give exactly one of --text or --ids-file")

@@ -26,7 +26,7 @@ from .options import (
 
 def layout_report(layout, *, dim: int, dtype: str) -> dict:
     """Rows, offsets and bytes per layer of a layout stored at ``dim``/``dtype``."""
-    from ..dtypes import row_bytes
+    from ..table.dtypes import row_bytes
 
     per_row = row_bytes(dim, dtype)
     layers = {}
@@ -76,8 +76,8 @@ def layout_command(
 
     Example: engramctl layout --vocab vocab.parquet --preset deepseek-v4.1
     """
-    from ..dtypes import format_bytes, parse_dtype
     from ..layout import PRESET_DTYPE, PRESET_HEAD_DIM
+    from ..table.dtypes import format_bytes, parse_dtype
 
     vocab_map = load_vocab(vocab)
     layout = build_layout(

@@ -31,11 +31,11 @@ TokenizerOpt = Annotated[
 
 
 def open_table_for(path: Path, mode: str = "r"):
-    """``engramctl.table.open_table`` (imported lazily; tests may replace this function)."""
+    """``engramctl.table.table.open_table`` (imported lazily; tests may replace this function)."""
     from ..errors import EngramError
 
     try:
-        from ..table import open_table
+        from ..table.table import open_table
     except ImportError as exc:  # the table module lands from another branch
         raise EngramError(f"this engramctl has no table support ({exc})") from None
     return open_table(path, mode=mode)
@@ -103,10 +103,10 @@ def train_command(
 
     Example: engramctl train --corpus train.jsonl --table t.zarr --vocab vocab.parquet --out m
     """
-    from ..checkpoint import check_checkpoint_target
     from ..errors import EngramError, UsageError
-    from ..paging import resolve_device
-    from ..train import TrainConfig, prepare_training_data, train_model
+    from ..model.checkpoint import check_checkpoint_target
+    from ..model.paging import resolve_device
+    from ..model.train import TrainConfig, prepare_training_data, train_model
 
     check_checkpoint_target(out, overwrite=overwrite)
     vocab_map = table_handle = None
@@ -253,9 +253,9 @@ def eval_command(
 
     Example: engramctl eval --model m --table t.zarr --benchmark sample_data/bench/lm_heldout.jsonl
     """
+    from .._files import atomic_write, check_writable_target
     from ..errors import UsageError
-    from ..evaluate import evaluate, explain_gates
-    from ..io_utils import atomic_write, check_writable_target
+    from ..model.evaluate import evaluate, explain_gates
 
     if benchmark is None and explain is None:
         raise UsageError("give --benchmark FILE, --explain TEXT, or both")

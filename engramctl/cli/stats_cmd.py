@@ -59,7 +59,7 @@ def _table_layout(table: str, vocab_map, layers: str | None):
     """The layout of an existing table, refusing a vocab other than the one it was made for."""
     from ..errors import EngramError
     from ..layout import parse_int_list
-    from ..table_format import read_group
+    from ..table.format import read_group
 
     meta, _ = read_group(table)
     if meta.vocab_fingerprint != vocab_map.fingerprint:
@@ -179,15 +179,15 @@ def hash_stats_command(
 
     Example: engramctl hash-stats train.jsonl --vocab vocab.parquet --sweep 100k,1M --plot s.png
     """
-    from ..corpus import CorpusOptions
-    from ..hash_stats import (
+    from .._files import atomic_write, check_writable_target
+    from ..corpus.readers import CorpusOptions
+    from ..layout import parse_int_list
+    from ..stats.run import (
         load_matching_tokenizer,
         parse_memory,
         plan_hash_stats,
         run_hash_stats,
     )
-    from ..io_utils import atomic_write, check_writable_target
-    from ..layout import parse_int_list
 
     quiet = quiet or STATE["quiet"]
     to_stdout = json_path is not None and str(json_path) == "-"
@@ -218,7 +218,7 @@ def hash_stats_command(
     text_tokenizer = load_matching_tokenizer(tokenizer, vocab_map) if plan.needs_tokenizer else None
     note = err_console.print if to_stdout else console.print
     if not quiet:
-        from ..dtypes import format_bytes
+        from ..table.dtypes import format_bytes
 
         note(
             f"{len(plan.files)} file(s), {format_bytes(plan.bytes_total)}; accumulators need up to "
@@ -229,7 +229,7 @@ def hash_stats_command(
     if scheduler:
         from functools import partial
 
-        from ..hash_stats_dask import run_hash_stats_dask
+        from ..stats.run_dask import run_hash_stats_dask
 
         run = partial(run_hash_stats_dask, scheduler=scheduler)
     report = _run_with_progress(plan, vocab_map, text_tokenizer, quiet, run)
@@ -240,7 +240,7 @@ def hash_stats_command(
             with atomic_write(json_path, "w") as handle:
                 handle.write(report.to_json())
     if plot is not None:
-        from ..plots import plot_report
+        from ..stats.plot import plot_report
 
         plot_report(report, plot)
     if not to_stdout:

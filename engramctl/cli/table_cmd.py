@@ -72,7 +72,7 @@ StorageOpt = Annotated[
 
 
 def _storage_options(items: list[str] | None) -> dict | None:
-    from ..store import parse_storage_options
+    from ..table.store import parse_storage_options
 
     return parse_storage_options(items) or None
 
@@ -169,10 +169,10 @@ def init_table_command(
 
     Example: engramctl init-table table.zarr --vocab vocab.parquet --preset demo-v1 --lazy
     """
-    from ..dtypes import format_bytes, parse_dtype
     from ..errors import UsageError
     from ..layout import PRESET_DTYPE, PRESET_HEAD_DIM
-    from ..table_init import create_table
+    from ..table.create import create_table
+    from ..table.dtypes import format_bytes, parse_dtype
 
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
@@ -230,8 +230,8 @@ def info_command(
 
     Example: engramctl info table.zarr --json
     """
-    from ..dtypes import format_bytes
-    from ..table import open_table
+    from ..table.dtypes import format_bytes
+    from ..table.table import open_table
 
     info = open_table(table, storage_options=_storage_options(storage_option)).info
     if json_out:
@@ -289,7 +289,7 @@ def verify_command(
 
     Example: engramctl verify table.zarr --deep
     """
-    from ..table_verify import verify_table
+    from ..table.verify import verify_table
 
     vocab_map = load_vocab(vocab) if vocab else None
     with byte_progress("verify", enabled=deep and not (json_out or STATE["quiet"])) as update:
@@ -330,8 +330,8 @@ def export_command(
 
     Example: engramctl export table.zarr table.safetensors
     """
-    from ..dtypes import format_bytes
-    from ..table_io import export_safetensors
+    from ..table.dtypes import format_bytes
+    from ..table.safetensors import export_safetensors
 
     with byte_progress("export", enabled=not (json_out or STATE["quiet"])) as update:
         result = export_safetensors(
@@ -380,8 +380,8 @@ def import_command(
 
     Example: engramctl import trained.safetensors table.zarr --vocab vocab.parquet --preset demo-v1
     """
-    from ..dtypes import format_bytes
-    from ..table_io import import_safetensors
+    from ..table.dtypes import format_bytes
+    from ..table.safetensors import import_safetensors
 
     vocab_map = load_vocab(vocab)
     layout = _layout(vocab_map, preset, ngram_vocab, max_ngram, heads, layers, layout_seed, pad_id)

@@ -39,7 +39,7 @@ def build_vocab(
 
     Example: engramctl build-vocab --tokenizer deepseek-v4 --out vocab.parquet
     """
-    from ..io_utils import check_writable_target
+    from .._files import check_writable_target
     from ..vocab import CanonicalVocab
 
     check_writable_target(out, overwrite=overwrite)

@@ -1,0 +1,26 @@
+"""Corpus reading: find files (directories, globs, compressed), read them as batches of document
+pieces in every format hash-stats and the model read (text, JSON Lines, Parquet, token streams),
+tokenize text on a background thread, and cut files into byte-range shards for scale-out.
+
+Documents are never joined here; consumers carry the n-gram context from piece to piece.
+"""
+
+from __future__ import annotations
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "CorpusOptions": ".readers",
+    "CorpusFile": ".readers",
+    "CorpusWarnings": ".readers",
+    "Batch": ".readers",
+    "discover_files": ".readers",
+    "read_batches": ".readers",
+    "estimate_tokens": ".readers",
+    "token_context": ".readers",
+    "TextTokenizer": ".tokenize",
+    "tokenized_batches": ".tokenize",
+    "split_files": ".shards",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,273 @@
+"""``hash-stats`` on Dask: shards counted on the workers, count maps merged in a tree.
+
+:func:`run_hash_stats_dask` is what ``hash-stats --scheduler`` runs instead of
+:func:`engramctl.stats.run.run_hash_stats`. The corpus is cut into shards
+(:func:`engramctl.corpus.shards.split_files`); each shard is one task that counts its n-grams into
+an :class:`~engramctl.stats.counter.NgramCounter` on a worker. Counters merge exactly by
+adding counts, so :func:`engramctl.cluster.tree_reduce` merges them on the workers in any
+grouping and the merged counter is the one a single pass would build. The worker holding it
+finalizes with the same code as the single-process path (:func:`finalize_counts`) and only the small report travels
+back to the client: it is identical, figure for figure (only its timing differs).
+
+The vocab, layout and tokenizer go to the workers once, as one small task whose result every
+shard task shares (a task, not scattered data: if every worker holding it dies, the scheduler
+recomputes it). A killed worker's shards are re-run by Dask; counting a shard twice never happens,
+because merges add their inputs into new maps, never into an input.
+
+Memory (:func:`worker_memory`): a shard task holds the count maps of its tokens; the last merge
+holds the maps of the whole corpus (its inputs and its output), and finalization needs what the
+single-process pass needs (``plan.memory_estimate``, which grows with ``--sweep``), on one worker.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..cluster import check_worker_memory, open_client, tree_reduce
+from ..corpus.readers import CorpusFile, CorpusWarnings, estimate_tokens, token_context
+from ..corpus.shards import DEFAULT_SHARD_BYTES, split_files
+from ..errors import EngramError, UsageError
+from .counter import MAX_LOAD, NgramCounter, _CountMap, count_maps_memory
+from .report import HashStatsReport
+from .run import HashStatsPlan, build_report, count_corpus
+
+log = logging.getLogger(__name__)
+MERGE_FANIN = 4
+
+
+@dataclass
+class ShardCounts:
+    """A task's result: the counts of one or more consecutive shards and their warnings."""
+
+    counter: NgramCounter
+    warnings: dict = field(default_factory=dict)  # CorpusWarnings.counts, first in file order
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """What every shard task needs, sent to the workers once."""
+
+    vocab: object
+    tokenizer: object
+    plan: HashStatsPlan  # files replaced by the shard, one counting thread, no memory stop
+
+
+def count_shard(shard: CorpusFile, setup: _Setup) -> ShardCounts:
+    """Runs on a worker: count one shard exactly as the single pass counts those bytes."""
+    plan = replace(setup.plan, files=[shard])
+    layout = plan.layout
+    counter = NgramCounter(
+        setup.vocab, max_ngram=layout.max_ngram, pad=layout.pad_canonical_id(setup.vocab)
+    )
+    before, _ = token_context(shard, plan.options, layout.max_ngram - 1)
+    if before.size:  # a token range inside a document: start from the ids before it
+        valid = before[(before >= 0) & (before < counter.lut.shape[0])]
+        tail = counter.lut[valid] if valid.size == before.size else np.zeros(0, np.int32)
+        counter.carry[counter.carry.shape[0] - tail.shape[0] :] = tail
+    counter, found, stopped, _ = count_corpus(
+        plan, vocab=setup.vocab, tokenizer=setup.tokenizer, counter=counter
+    )
+    if stopped:  # pragma: no cover - no limit, no memory stop and no SIGINT on a worker
+        raise EngramError(f"counting {shard.path} stopped early ({stopped})")
+    return ShardCounts(counter, found.counts)
+
+
+def merge_counts(*parts: ShardCounts) -> ShardCounts:
+    """Runs on a worker: add counts (exact, in any grouping); warnings keep the first in order.
+
+    The inputs are left untouched (a re-run merge must not count anything twice): they are added
+    into fresh maps sized for the sum of their entries, so no map grows (rehashes) on the way.
+    """
+    counter = copy.copy(parts[0].counter)  # shares the read-only lut; maps and totals are new
+    counter.maps = {
+        n: _CountMap(n, m.bits, int(sum(p.counter.maps[n].size for p in parts) / MAX_LOAD) + 1)
+        for n, m in counter.maps.items()
+    }
+    counter.tokens = counter.documents = 0
+    found = CorpusWarnings()
+    for part in parts:
+        counter.merge(part.counter)
+        for kind, entry in part.warnings.items():
+            found.add(kind, entry["first"], entry["count"])
+    return ShardCounts(counter, found.counts)
+
+
+def finalize_counts(counts: ShardCounts, plan: HashStatsPlan) -> HashStatsReport:
+    """Runs on the worker holding the merged counts: every figure, as the single pass finalizes
+    (``plan.threads`` threads); the report's ``seconds`` is the client's to set."""
+    found = CorpusWarnings(counts.warnings)
+    return build_report(plan, counts.counter, found, "", plan.bytes_total, time.perf_counter())
+
+
+def _summary(part: ShardCounts) -> tuple[int, int]:
+    return part.counter.tokens, part.counter.documents
+
+
+def _identity(value):
+    return value
+
+
+def _files_visible(paths: list[str]) -> list[str]:
+    import os
+
+    return [p for p in paths if not os.path.exists(p)]
+
+
+def worker_memory(plan: HashStatsPlan, shards: list[CorpusFile]) -> int:
+    """Bytes a worker may need: the largest of one shard task, the last merge, finalization.
+
+    A shard task holds its counter (bounded by its tokens; growing needs half the largest map
+    again) and a batch of ids; the last merge holds the count maps of every token twice (inputs
+    and output); finalization holds the merged maps and the arrays of the single-process bound
+    (``plan.memory_estimate``: per-n-gram tuples, per-row loads of the largest table of the
+    layout and of ``--sweep``). Bounds assume every position is a new n-gram, as
+    ``plan_hash_stats`` does.
+    """
+    layout = plan.layout
+
+    def maps(tokens: int) -> tuple[int, int]:
+        return count_maps_memory(
+            tokens=tokens,
+            max_ngram=layout.max_ngram,
+            canonical_vocab_size=layout.vocab_size,
+        )
+
+    task_tokens = max(estimate_tokens([s], plan.options) for s in shards)
+    task_maps, task_largest = maps(task_tokens)
+    batch = plan.options.batch_tokens * (8 + 8 + 4 + 1) * 2  # ids, offsets, ext, flags; prefetch
+    total_maps, total_largest = maps(plan.tokens_estimate)
+    merge = 2 * total_maps + total_largest // 2
+    return max(task_maps + task_largest // 2 + batch, merge, plan.memory_estimate)
+
+
+def check_hash_stats_memory(client, plan: HashStatsPlan, shards: list[CorpusFile]) -> int:
+    """Refuse workers whose memory limit is below :func:`worker_memory`; returns the need."""
+    needed = worker_memory(plan, shards)
+    check_worker_memory(
+        client,
+        needed,
+        what=f"hash-stats of about {plan.tokens_estimate:,} tokens",
+        advice="give the workers more memory (dask worker --memory-limit), lower --max-ngram, "
+        "or count fewer files per run",
+    )
+    return needed
+
+
+def run_hash_stats_dask(
+    plan: HashStatsPlan,
+    *,
+    vocab,
+    tokenizer=None,
+    scheduler: str | None = None,
+    client=None,
+    progress: Callable[[int, int, int, int], None] | None = None,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> HashStatsReport:
+    """The report of :func:`engramctl.stats.run.run_hash_stats`, counted on Dask workers.
+
+    Parameters
+    ----------
+    plan : from :func:`engramctl.stats.run.plan_hash_stats` (without ``limit_tokens``).
+    vocab, tokenizer : as for ``run_hash_stats``; sent to the workers once.
+    scheduler : ``local:N`` or a scheduler address (:func:`engramctl.cluster.open_client`).
+    client : an open ``distributed.Client`` to use instead of ``scheduler``.
+    progress : called as shard tasks finish with ``(bytes done, bytes total, documents, tokens)``.
+    shard_bytes : about how many bytes of a file one task reads.
+    """
+    if plan.limit_tokens is not None:
+        raise UsageError("--limit-tokens counts the first tokens in order; drop --scheduler")
+    if plan.needs_tokenizer and tokenizer is None:
+        raise UsageError("text input needs a tokenizer; pass --tokenizer")
+    if client is None:
+        if not scheduler:
+            raise EngramError("run_hash_stats_dask needs a scheduler or a client")
+        with open_client(scheduler) as opened:
+            return run_hash_stats_dask(
+                plan,
+                vocab=vocab,
+                tokenizer=tokenizer,
+                client=opened,
+                progress=progress,
+                shard_bytes=shard_bytes,
+            )
+    started = time.perf_counter()
+    files = [replace(f, path=f.path.resolve()) for f in plan.files]  # workers may run elsewhere
+    shards = split_files(files, plan.options, shard_bytes)
+    check_hash_stats_memory(client, plan, shards)
+    _check_workers_see(client, files)
+    task_plan = replace(plan, files=[], threads=1, limit_tokens=None, max_memory=2**62)
+    report = _run_tasks(client, shards, _Setup(vocab, tokenizer, task_plan), progress, plan)
+    return replace(report, seconds=time.perf_counter() - started)
+
+
+def _check_workers_see(client, files: list[CorpusFile]) -> None:
+    paths = [str(f.path) for f in files]
+    try:
+        missing = client.run(_files_visible, paths)
+    except Exception as exc:
+        raise EngramError(f"the dask workers cannot check the corpus files ({exc})") from None
+    for worker, lost in sorted(missing.items()):
+        if lost:
+            raise EngramError(
+                f"dask worker {worker} cannot see {lost[0]}: the corpus must be on a file system "
+                "every worker mounts at the same path"
+            )
+
+
+def _run_tasks(client, shards, setup: _Setup, progress, plan: HashStatsPlan) -> HashStatsReport:
+    from distributed import as_completed
+
+    run = uuid.uuid4().hex[:12]  # fresh task keys: never reuse a result of an earlier run
+    with warnings.catch_warnings():  # the vocab and tokenizer are a few MiB, sent once
+        warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
+        setup_future = client.submit(
+            _identity, setup, key=f"engramctl-stats-setup-{run}", pure=False
+        )
+    futures = [
+        client.submit(count_shard, shard, setup_future, key=f"engramctl-stats-{run}-{i}")
+        for i, shard in enumerate(shards)
+    ]
+    summaries = {
+        client.submit(_summary, future, key=f"engramctl-stats-sum-{run}-{i}"): shards[i].size
+        for i, future in enumerate(futures)
+    }
+    merged = tree_reduce(client, futures, merge_counts, fanin=MERGE_FANIN)
+    # finalized where the merged counts are: only the small report travels to the client
+    root = client.submit(finalize_counts, merged, plan, key=f"engramctl-stats-report-{run}")
+    done = documents = tokens = 0
+    try:
+        if progress:
+            progress(0, plan.bytes_total, 0, 0)
+        for future in as_completed(list(summaries), loop=client.loop):
+            shard_tokens, shard_documents = future.result()
+            done += summaries[future]
+            tokens += shard_tokens
+            documents += shard_documents
+            if progress:
+                progress(done, plan.bytes_total, documents, tokens)
+        return root.result()
+    except BaseException as exc:  # an error in a task, Ctrl-C: stop the rest
+        client.cancel([root, merged, *futures, *summaries])
+        if type(exc).__name__ == "KilledWorker":
+            raise EngramError(
+                f"dask workers kept dying while counting ({exc}); check their memory and logs"
+            ) from None
+        raise
+
+
+__all__ = [
+    "run_hash_stats_dask",
+    "count_shard",
+    "merge_counts",
+    "worker_memory",
+    "check_hash_stats_memory",
+    "ShardCounts",
+]

@@ -1,0 +1,219 @@
+"""Table init on Dask: every chunk is one task that a worker writes straight to the table's store.
+
+:func:`initialize_table_dask` is what ``init-table --scheduler`` runs after the group exists
+(``create_table(..., scheduler=...)``). The table metadata goes to the workers once (one task
+whose result the chunk tasks share), then one task per chunk re-checks a chunk the manifest
+already lists (its bytes against the recorded CRC-32, so a resumed init skips good chunks) or
+writes the chunk's deterministic init values with
+:func:`engramctl.table.create.write_init_chunk`. The values depend only on (seed, layer, row, column), so which worker writes which chunk, and how
+often (a killed worker's tasks are re-run by Dask), never changes a byte of the table.
+
+Only the client touches the manifest: it records finished chunks as futures complete (every
+couple of seconds and at the end, however the run ends), so an interrupted run resumes like a
+local one. A worker holds one chunk at a time (:func:`init_task_memory`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+from ..cluster import check_worker_memory, open_client
+from ..errors import EngramError
+from .create import (
+    MANIFEST_FLUSH_SECONDS,
+    ChunkRecord,
+    InitProgress,
+    _raise_init_failure,
+    chunk_is_valid,
+    chunks_to_write,
+    write_init_chunk,
+)
+from .format import TableMeta, read_group, write_group_attrs
+from .store import TableStore
+
+log = logging.getLogger(__name__)
+
+
+def init_task_memory(meta: TableMeta) -> int:
+    """Bytes a worker needs for one chunk task: float32 values, their encoding, the file bytes."""
+    values = meta.chunk_rows * meta.dim * 4  # float32 init values of the whole chunk
+    return 3 * values + 2 * meta.chunk_bytes  # + random-stream scratch, stored rows, file bytes
+
+
+def check_init_memory(client, meta: TableMeta) -> None:
+    """Refuse workers whose memory limit cannot hold one chunk task."""
+    check_worker_memory(
+        client,
+        init_task_memory(meta),
+        what="init-table",
+        advice="give the workers more memory or create the table with a smaller --chunk-rows",
+    )
+
+
+def ensure_chunk_task(
+    store: TableStore, meta: TableMeta, layer_id: int, chunk_index: int, entry: list | None
+) -> tuple[ChunkRecord, bool]:
+    """Runs on a worker: keep a chunk matching its manifest ``entry``, else (re)write it.
+
+    Returns the chunk's record and whether it was already there (skipped).
+    """
+    if entry is not None and chunk_is_valid(store, layer_id, chunk_index, entry):
+        return ChunkRecord(layer_id, chunk_index, int(entry[0]), int(entry[1])), True
+    return write_init_chunk(store, meta, layer_id, chunk_index, parallel=True), False
+
+
+def _remove_temporaries(store: TableStore, meta: TableMeta) -> None:
+    """Delete the temporary files of killed workers' half-written chunks (local tables)."""
+    if not store.is_local:
+        return  # object stores: a chunk is one PUT, nothing is left half-written
+    for layer in meta.layers.values():
+        prefix = f"{layer.array}/c"
+        for key in store.file_sizes(prefix):
+            if ".tmp-" in key.rsplit("/", 1)[-1]:
+                log.info("removing %s, left by a worker that died", key)
+                (store.root / prefix / key).unlink(missing_ok=True)
+
+
+def _identity(value):
+    return value
+
+
+def _store_visible(store: TableStore) -> bool:
+    return store.exists()
+
+
+def _check_workers_see(client, store: TableStore) -> None:
+    """Refuse a local path that some worker cannot see (not on a shared file system)."""
+    try:
+        seen = client.run(_store_visible, store)
+    except EngramError:
+        raise
+    except Exception as exc:
+        raise EngramError(f"the dask workers cannot open {store.url} ({exc})") from None
+    blind = sorted(worker for worker, ok in seen.items() if not ok)
+    if blind:
+        raise EngramError(
+            f"dask worker {blind[0]} cannot see {store.url}: a local path must be on a file "
+            "system every worker mounts at the same path; or use an fsspec URL (s3://...)"
+        )
+
+
+def initialize_table_dask(
+    store: TableStore,
+    *,
+    scheduler: str | None = None,
+    client=None,
+    progress: Callable[[InitProgress], None] | None = None,
+) -> tuple[int, int, int]:
+    """Write every missing or damaged chunk of a table from the Dask workers.
+
+    Parameters
+    ----------
+    store : TableStore
+        The table (already created with its group metadata; see :func:`create_table`). A local
+        path must be on a file system every worker shares.
+    scheduler : str, optional
+        ``local:N`` or a scheduler address, opened with :func:`engramctl.cluster.open_client`.
+    client : distributed.Client, optional
+        An open client to use instead of ``scheduler``.
+    progress : callable, optional
+        Called with an :class:`InitProgress` as chunks complete; chunks found intact (resume)
+        count as done without being written.
+
+    Returns
+    -------
+    (chunks written, chunks skipped, bytes written)
+    """
+    if client is None:
+        if not scheduler:
+            raise EngramError("initialize_table_dask needs a scheduler or a client")
+        with open_client(scheduler) as opened:
+            return initialize_table_dask(store, client=opened, progress=progress)
+    if store.is_local:
+        store = type(store)(store.root.resolve())  # workers may run in another directory
+    meta, manifest = read_group(store)
+    check_init_memory(client, meta)
+    _check_workers_see(client, store)
+    return _run_tasks(client, store, meta, manifest, progress)
+
+
+def _run_tasks(client, store, meta, manifest, progress) -> tuple[int, int, int]:
+    from distributed import as_completed
+
+    every = chunks_to_write(meta, set())
+    run = uuid.uuid4().hex[:12]  # fresh task keys: never reuse a result of an earlier run
+    # a task, not scattered data: if every worker holding it dies, the scheduler recomputes it
+    meta_future = client.submit(_identity, meta, key=f"engramctl-meta-{run}", pure=False)
+    futures = [
+        client.submit(
+            ensure_chunk_task,
+            store,
+            meta_future,
+            layer_id,
+            chunk_index,
+            manifest.get(layer_id, {}).get(chunk_index),
+            key=f"engramctl-init-{run}-{layer_id}-{chunk_index}",
+            pure=False,
+        )
+        for layer_id, chunk_index in every
+    ]
+    total = len(every) * meta.chunk_bytes
+    started = last_flush = time.perf_counter()
+    done = written = skipped = 0
+    if progress:
+        progress(InitProgress(0, total, 0, len(every), 0.0))
+    failure: BaseException | None = None
+    finished = as_completed(futures, loop=client.loop)
+    try:
+        for future in finished:
+            try:
+                record, was_there = future.result()
+            except Exception as exc:  # disk full, permissions, a chunk that killed its workers
+                failure = failure or exc
+                break
+            manifest.setdefault(record.layer_id, {})[record.chunk_index] = [
+                record.crc32,
+                record.nbytes,
+                "init",
+            ]
+            done += 1
+            skipped += was_there
+            written += not was_there
+            if progress:
+                elapsed = time.perf_counter() - started
+                progress(InitProgress(done * meta.chunk_bytes, total, done, len(every), elapsed))
+            if time.perf_counter() - last_flush > MANIFEST_FLUSH_SECONDS:
+                write_group_attrs(store, meta, manifest)
+                last_flush = time.perf_counter()
+    except BaseException as exc:  # KeyboardInterrupt: record what finished, stop the rest
+        failure = exc
+    finally:
+        if failure is not None:
+            client.cancel(futures)
+        complete = failure is None and done == len(every)
+        if complete:
+            _remove_temporaries(store, meta)
+        try:
+            write_group_attrs(store, meta.with_status("complete") if complete else meta, manifest)
+        except Exception as exc:
+            log.error("cannot record the manifest of %s: %s", store.url, exc)
+            failure = failure or exc
+    if failure is not None:
+        if type(failure).__name__ == "KilledWorker":
+            raise EngramError(
+                f"dask workers kept dying while writing a chunk of {store.url} ({failure}); "
+                "check their memory and logs, then rerun the same command to resume"
+            ) from None
+        _raise_init_failure(failure, store.url, total - done * meta.chunk_bytes)
+    return written, skipped, written * meta.chunk_bytes
+
+
+__all__ = [
+    "initialize_table_dask",
+    "ensure_chunk_task",
+    "init_task_memory",
+    "check_init_memory",
+]

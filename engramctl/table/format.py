@@ -1,0 +1,416 @@
+"""The on-disk table format: metadata, manifest, chunk names and codec, and the writer lock.
+
+A table is a zarr v3 group. Its ``zarr.json`` attributes hold two plain-JSON keys:
+``engramctl`` (:class:`TableMeta`: layout, vocab fingerprint, dtype, chunking, init recipe,
+format version) and ``engramctl_manifest`` (per layer, per written chunk: CRC-32 and size).
+One 2-D array per Engram layer, ``layer_<id>``, of shape ``(rows, row_width)`` with row-block
+chunks ``(chunk_rows, row_width)``; zarr's default v3 chunk key encoding puts chunk ``k`` of
+layer ``L`` at ``layer_<L>/c/<k>/0``. See docs/format.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import socket
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EngramError, UsageError
+from ..layout import EngramLayout
+from .dtypes import encode_rows, parse_dtype, row_bytes, row_width, storage_dtype
+from .rowinit import InitRecipe, init_values
+
+FORMAT = "engramctl-table"
+FORMAT_VERSION = 1
+META_KEY = "engramctl"
+MANIFEST_KEY = "engramctl_manifest"
+LOCK_NAME = ".engramctl.lock"
+COMPRESSORS = ("none", "zstd")
+ZSTD_LEVEL = 3
+TARGET_CHUNK_BYTES = 4 * 2**20  # a chunk of a few MiB: one mmap, one checksum, one rename
+
+
+def default_chunk_rows(dim: int, dtype: str, rows: int | None = None) -> int:
+    """Rows per chunk so that a chunk is about 4 MiB (a multiple of 256 rows when large).
+
+    >>> default_chunk_rows(256, "float16"), default_chunk_rows(256, "float8_e4m3fn")
+    (8192, 15872)
+    """
+    per_chunk = max(1, TARGET_CHUNK_BYTES // row_bytes(dim, dtype))
+    if per_chunk >= 512:
+        per_chunk -= per_chunk % 256
+    return min(per_chunk, rows) if rows else per_chunk
+
+
+def array_name(layer_id: int) -> str:
+    """Name of a layer's zarr array: ``layer_<id>``."""
+    return f"layer_{layer_id}"
+
+
+def chunk_key(layer_id: int, chunk_index: int) -> str:
+    """Path of a chunk file inside the table (zarr v3 default key encoding, ``/`` separator).
+
+    >>> chunk_key(15, 3)
+    'layer_15/c/3/0'
+    """
+    return f"{array_name(layer_id)}/c/{chunk_index}/0"
+
+
+def crc32_of(data) -> int:
+    """CRC-32 (zlib) of a bytes-like object, as an unsigned int."""
+    return zlib.crc32(memoryview(data).cast("B")) & 0xFFFFFFFF
+
+
+@dataclass(frozen=True)
+class LayerMeta:
+    """One layer's array: rows and the heads stored back to back in it."""
+
+    layer_id: int
+    rows: int  # sum of the layer's head primes
+    head_rows: tuple[int, ...]  # rows of each head (primes), order-2 heads first
+    head_offsets: tuple[int, ...]  # first row of each head
+
+    @property
+    def array(self) -> str:
+        return array_name(self.layer_id)
+
+    def n_chunks(self, chunk_rows: int) -> int:
+        return -(-self.rows // chunk_rows)
+
+    def to_dict(self) -> dict:
+        return {
+            "array": self.array,
+            "rows": self.rows,
+            "head_rows": list(self.head_rows),
+            "head_offsets": list(self.head_offsets),
+        }
+
+
+@dataclass(frozen=True)
+class TableMeta:
+    """Everything about a table except its manifest (the ``engramctl`` group attribute)."""
+
+    layout: EngramLayout
+    vocab_fingerprint: str  # CanonicalVocab.fingerprint of the vocab the layout was made for
+    dim: int  # values per row
+    dtype: str  # logical dtype: float32 | bfloat16 | float16 | float8_e4m3fn
+    chunk_rows: int  # rows per chunk (the last chunk of a layer is padded to full size)
+    compressor: str  # none | zstd
+    init: InitRecipe  # values of chunks never written
+    lazy: bool  # created without writing chunks
+    status: str = "complete"  # lazy | initializing | complete
+    format_version: int = FORMAT_VERSION
+    layers: dict[int, LayerMeta] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, *, layout: EngramLayout, **fields) -> TableMeta:
+        """Meta for a new table: layer rows and head offsets follow from the layout."""
+        layers = {
+            layer_id: LayerMeta(
+                layer_id,
+                layout.layer_rows(layer_id),
+                tuple(int(r) for r in layout.head_rows(layer_id)),
+                tuple(int(o) for o in layout.head_offsets(layer_id)),
+            )
+            for layer_id in layout.layers
+        }
+        return cls(layout=layout, layers=layers, **fields)
+
+    def __post_init__(self):
+        parse_dtype(self.dtype)
+        row_bytes(self.dim, self.dtype)
+        if self.chunk_rows < 1:
+            raise UsageError(f"--chunk-rows must be at least 1, got {self.chunk_rows}")
+        if self.compressor not in COMPRESSORS:
+            raise UsageError(
+                f"--compressor must be one of {', '.join(COMPRESSORS)}, got {self.compressor!r}"
+            )
+
+    # derived sizes
+    @property
+    def storage_dtype(self):
+        return storage_dtype(self.dtype)
+
+    @property
+    def row_width(self) -> int:
+        return row_width(self.dim, self.dtype)
+
+    @property
+    def row_bytes(self) -> int:
+        return row_bytes(self.dim, self.dtype)
+
+    @property
+    def chunk_bytes(self) -> int:
+        """Bytes of one decoded chunk (also of an uncompressed chunk file)."""
+        return self.chunk_rows * self.row_bytes
+
+    def layer(self, layer_id: int) -> LayerMeta:
+        if layer_id not in self.layers:
+            raise EngramError(
+                f"layer {layer_id} is not in this table; its layers are {sorted(self.layers)}"
+            )
+        return self.layers[layer_id]
+
+    def chunk_span(self, layer_id: int, chunk_index: int) -> tuple[int, int]:
+        """Rows ``[start, stop)`` of a chunk that lie inside the layer."""
+        rows = self.layer(layer_id).rows
+        n_chunks = self.layer(layer_id).n_chunks(self.chunk_rows)
+        if not 0 <= chunk_index < n_chunks:
+            raise EngramError(
+                f"chunk {chunk_index} is out of range for layer {layer_id} ({n_chunks} chunks)"
+            )
+        start = chunk_index * self.chunk_rows
+        return start, min(start + self.chunk_rows, rows)
+
+    def recipe_dict(self) -> dict:
+        """The fields that decide every value of a fresh table (compared when resuming)."""
+        return {
+            "layout": self.layout.to_dict(),
+            "vocab_fingerprint": self.vocab_fingerprint,
+            "dim": self.dim,
+            "dtype": self.dtype,
+            "chunk_rows": self.chunk_rows,
+            "compressor": self.compressor,
+            "init": self.init.to_dict(),
+        }
+
+    def to_dict(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": self.format_version,
+            **self.recipe_dict(),
+            "storage_dtype": str(self.storage_dtype),
+            "row_width": self.row_width,
+            "row_bytes": self.row_bytes,
+            "lazy": self.lazy,
+            "status": self.status,
+            "layers": {str(k): v.to_dict() for k, v in self.layers.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, *, where: str = "table") -> TableMeta:
+        if data.get("format") != FORMAT:
+            raise EngramError(f"{where} is not an engramctl table (format {data.get('format')!r})")
+        version = data.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise EngramError(
+                f"{where} has table format version {version}, newer than this engramctl reads "
+                f"({FORMAT_VERSION}); upgrade engramctl"
+            )
+        try:
+            layers = {
+                int(k): LayerMeta(
+                    int(k), int(v["rows"]), tuple(v["head_rows"]), tuple(v["head_offsets"])
+                )
+                for k, v in data["layers"].items()
+            }
+            return cls(
+                layout=EngramLayout.from_dict(data["layout"]),
+                vocab_fingerprint=data["vocab_fingerprint"],
+                dim=int(data["dim"]),
+                dtype=data["dtype"],
+                chunk_rows=int(data["chunk_rows"]),
+                compressor=data["compressor"],
+                init=InitRecipe.from_dict(data["init"]),
+                lazy=bool(data["lazy"]),
+                status=data["status"],
+                format_version=version,
+                layers=layers,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EngramError(
+                f"{where} has damaged metadata ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    def with_status(self, status: str) -> TableMeta:
+        data = self.to_dict()
+        data["status"] = status
+        return TableMeta.from_dict(data)
+
+
+def check_vocab(meta: TableMeta, vocab, *, where: str = "the table") -> None:
+    """Refuse a vocab whose fingerprint differs from the one the table was made for."""
+    if vocab is None:
+        return
+    if vocab.fingerprint != meta.vocab_fingerprint:
+        raise EngramError(
+            f"vocab fingerprint {vocab.fingerprint} differs from {where}'s "
+            f"{meta.vocab_fingerprint}; use the vocab the table was made with"
+        )
+
+
+# --------------------------------------------------------------------------- the group
+def read_group(path) -> tuple[TableMeta, dict]:
+    """Read ``(meta, manifest)`` from a table's group attributes, refusing anything else.
+
+    ``path`` is a local path, an fsspec URL or a :class:`~engramctl.table.store.TableStore`.
+    """
+    from .store import open_store
+
+    store = open_store(path)
+    where = store.url
+    if not store.exists():
+        raise EngramError(f"no table at {where}: the path does not exist")
+    if store.is_local and not store.root.is_dir():
+        raise EngramError(f"{where} is not an engramctl table (not a zarr v3 group)")
+    try:
+        doc = json.loads(store.read_bytes("zarr.json"))
+    except (FileNotFoundError, IsADirectoryError):
+        raise EngramError(f"{where} is not an engramctl table (not a zarr v3 group)") from None
+    except (OSError, ValueError) as exc:
+        raise EngramError(
+            f"{where} is not an engramctl table: unreadable zarr.json ({exc})"
+        ) from exc
+    if not isinstance(doc, dict) or doc.get("zarr_format") != 3 or doc.get("node_type") != "group":
+        raise EngramError(f"{where} is not an engramctl table (not a zarr v3 group)")
+    attrs = doc.get("attributes") or {}
+    if META_KEY not in attrs:
+        raise EngramError(f"{where} is a zarr group but not an engramctl table (no metadata)")
+    meta = TableMeta.from_dict(attrs[META_KEY], where=where)
+    manifest = parse_manifest(attrs.get(MANIFEST_KEY) or {}, meta, where=where)
+    return meta, manifest
+
+
+def parse_manifest(data: dict, meta: TableMeta, *, where: str) -> dict[int, dict[int, list]]:
+    """``{layer: {chunk: [crc32, nbytes, source]}}`` from its JSON form (string keys)."""
+    try:
+        return {
+            int(layer): {int(chunk): list(entry) for chunk, entry in chunks.items()}
+            for layer, chunks in data.items()
+        } | {layer_id: {} for layer_id in meta.layers if str(layer_id) not in data}
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise EngramError(f"{where} has a damaged chunk manifest ({exc})") from exc
+
+
+def manifest_to_json(manifest: dict[int, dict[int, list]]) -> dict:
+    return {
+        str(layer): {str(chunk): entry for chunk, entry in sorted(chunks.items())}
+        for layer, chunks in sorted(manifest.items())
+    }
+
+
+def write_group_attrs(path, meta: TableMeta, manifest: dict) -> None:
+    """Replace the group attributes (one atomic write of ``zarr.json``, local or remote)."""
+    import zarr
+
+    from .store import open_store
+
+    group = zarr.open_group(open_store(path).zarr_location(), mode="r+")
+    group.attrs.put({META_KEY: meta.to_dict(), MANIFEST_KEY: manifest_to_json(manifest)})
+
+
+# --------------------------------------------------------------------------- chunk codec
+def encode_chunk(meta: TableMeta, rows: np.ndarray) -> bytes | np.ndarray:
+    """Bytes of a chunk file from its stored rows ``[chunk_rows, row_width]`` (full size)."""
+    rows = np.ascontiguousarray(rows, dtype=meta.storage_dtype.newbyteorder("<"))
+    if meta.compressor == "zstd":
+        import zstandard
+
+        return zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(rows.tobytes())
+    return rows
+
+
+def decode_chunk(meta: TableMeta, data, *, where: str) -> np.ndarray:
+    """Stored rows ``[chunk_rows, row_width]`` from a chunk file's bytes."""
+    if meta.compressor == "zstd":
+        import zstandard
+
+        try:
+            data = zstandard.ZstdDecompressor().decompress(
+                bytes(data), max_output_size=meta.chunk_bytes
+            )
+        except zstandard.ZstdError as exc:
+            raise EngramError(f"{where} is damaged: it does not decompress ({exc})") from exc
+    if len(data) != meta.chunk_bytes:
+        raise EngramError(
+            f"{where} is damaged: {len(data)} bytes instead of {meta.chunk_bytes}; "
+            "run engramctl verify"
+        )
+    dtype = meta.storage_dtype.newbyteorder("<")
+    return np.frombuffer(data, dtype=dtype).reshape(meta.chunk_rows, meta.row_width)
+
+
+def init_chunk_rows(
+    meta: TableMeta, layer_id: int, chunk_index: int, *, parallel: bool = True
+) -> np.ndarray:
+    """Stored rows of a chunk as its init values (rows past the layer end are zero padding)."""
+    start, stop = meta.chunk_span(layer_id, chunk_index)
+    values = np.zeros((meta.chunk_rows, meta.dim), dtype=np.float32)
+    init_values(
+        meta.init,
+        layer_id,
+        np.arange(start, stop, dtype=np.int64),
+        meta.dim,
+        out=values[: stop - start],
+        parallel=parallel,
+    )
+    stored = encode_rows(values, meta.dtype)
+    stored[stop - start :] = 0
+    return stored
+
+
+# ------------------------------------------------------------------------------- the lock
+class WriterLock:
+    """An exclusive ``flock`` on ``<table>/.engramctl.lock``; a second writer is refused.
+
+    The kernel drops the lock when the holder exits, so a crash never leaves a stale lock.
+    """
+
+    def __init__(self, table_path: Path):
+        self.path = Path(table_path) / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> WriterLock:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise EngramError(
+                    f"{self.path.parent} is being written by {holder}; wait for it to finish "
+                    "(only one writer at a time)"
+                ) from None
+            raise EngramError(f"cannot lock {self.path}: {exc.strerror}") from exc
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> WriterLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def write_file_atomic(path: Path, data, *, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` via a temporary sibling and a rename (no reader sees half)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(memoryview(data).cast("B"))
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()

@@ -1,0 +1,355 @@
+"""Streaming tables to and from safetensors, one chunk at a time (bounded memory).
+
+A safetensors file is an 8-byte little-endian header length, a JSON header
+(``{name: {"dtype", "shape", "data_offsets": [begin, end]}, "__metadata__": {str: str}}``,
+offsets relative to the end of the header) and the raw little-endian tensor bytes. We write the
+header ourselves so row blocks can be streamed straight from the chunks.
+
+Tensors per layer ``L``: ``layer_<L>`` ``[rows, dim]`` in F32, F16, BF16 or F8_E4M3; fp8 tables
+add ``layer_<L>.scales`` ``[rows, dim / 32]`` U8 (ue8m0 exponents: scale ``2**(s - 127)``),
+since safetensors has no dtype for a value-plus-scale row. Round trips are bit-for-bit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .._files import atomic_write, check_writable_target
+from ..errors import EngramError, UsageError
+from ..layout import EngramLayout
+from .create import CreateResult, _build_meta, _write_new_group, check_free_space
+from .dtypes import FP8_SCALE_BLOCK, decode_rows, encode_rows, parse_dtype, storage_dtype
+from .format import (
+    WriterLock,
+    chunk_key,
+    crc32_of,
+    encode_chunk,
+    read_group,
+    write_file_atomic,
+    write_group_attrs,
+)
+from .rowinit import InitRecipe
+from .table import open_table, table_info
+
+SAFETENSORS_DTYPE = {
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "float8_e4m3fn": "F8_E4M3",
+}
+DTYPE_OF_SAFETENSORS = {v: k for k, v in SAFETENSORS_DTYPE.items()}
+DEFAULT_NAME = "layer_{layer}"
+SCALES_SUFFIX = ".scales"
+MAX_HEADER_BYTES = 100 * 2**20
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: str
+    tensors: dict[str, list[int]]  # name -> shape
+    bytes_written: int
+    seconds: float
+
+
+def layer_tensor_names(name_template: str, layer_ids) -> dict[int, str]:
+    """The safetensors tensor name of each layer from ``--tensor-name``; raises
+    :class:`UsageError` on a template that does not format or names two layers alike."""
+    try:
+        names = {layer_id: name_template.format(layer=layer_id) for layer_id in layer_ids}
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        raise UsageError(
+            f"--tensor-name {name_template!r} is not a valid template ({type(exc).__name__}: "
+            f"{exc}); use {{layer}} for the layer id, e.g. {DEFAULT_NAME!r}"
+        ) from None
+    if len(set(names.values())) != len(names):
+        raise UsageError(
+            f"--tensor-name {name_template!r} gives every layer the same name; include a "
+            f"{{layer}} placeholder, e.g. {DEFAULT_NAME!r}"
+        )
+    return names
+
+
+def _tensor_plan(meta, name_template: str) -> list[tuple[str, int, str, list[int], int]]:
+    """``(name, layer, part, shape, nbytes)`` of every tensor, in file order."""
+    plan = []
+    names = layer_tensor_names(name_template, meta.layers)
+    for layer_id, layer in meta.layers.items():
+        name = names[layer_id]
+        itemsize = storage_dtype(meta.dtype).itemsize
+        plan.append(
+            (name, layer_id, "values", [layer.rows, meta.dim], layer.rows * meta.dim * itemsize)
+        )
+        if meta.dtype == "float8_e4m3fn":
+            width = meta.dim // FP8_SCALE_BLOCK
+            plan.append(
+                (name + SCALES_SUFFIX, layer_id, "scales", [layer.rows, width], layer.rows * width)
+            )
+    return plan
+
+
+def export_safetensors(
+    table_path,
+    out_path,
+    *,
+    overwrite: bool = False,
+    name_template: str = DEFAULT_NAME,
+    progress: Callable[[int, int], None] | None = None,
+) -> ExportResult:
+    """Write a table to one safetensors file, streaming chunk by chunk.
+
+    Unwritten (lazy) chunks are exported as their init values. ``progress(done, total)`` gets
+    bytes. The file is written under a temporary name and renamed into place.
+    """
+    started = time.perf_counter()
+    out_path = Path(out_path)
+    check_writable_target(out_path, overwrite=overwrite)
+    table = open_table(table_path)
+    meta = table.meta
+    plan = _tensor_plan(meta, name_template)
+    header: dict = {
+        "__metadata__": {
+            "format": "engramctl-table-export",
+            "engramctl_table": json.dumps(meta.to_dict()),
+            "vocab_fingerprint": meta.vocab_fingerprint,
+            "dtype": meta.dtype,
+        }
+    }
+    offset = 0
+    for name, _layer, _part, shape, nbytes in plan:
+        dtype = "U8" if name.endswith(SCALES_SUFFIX) else SAFETENSORS_DTYPE[meta.dtype]
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # pad so the data starts 8-byte aligned
+    total = offset
+    check_free_space(out_path.parent, 8 + len(blob) + total)
+    done = 0
+    with atomic_write(out_path) as handle:
+        handle.write(struct.pack("<Q", len(blob)) + blob)
+        for _name, layer_id, part, _shape, _nbytes in plan:
+            for c in range(meta.layers[layer_id].n_chunks(meta.chunk_rows)):
+                start, stop = meta.chunk_span(layer_id, c)
+                rows = table._load(layer_id, c)[: stop - start]
+                if meta.dtype == "float8_e4m3fn":
+                    rows = rows[:, : meta.dim] if part == "values" else rows[:, meta.dim :]
+                data = np.ascontiguousarray(rows)
+                handle.write(memoryview(data).cast("B"))
+                done += data.nbytes
+                if progress:
+                    progress(done, total)
+    table.close()
+    tensors = {name: shape for name, _l, _p, shape, _n in plan}
+    return ExportResult(
+        str(out_path), tensors, 8 + len(blob) + total, time.perf_counter() - started
+    )
+
+
+# ---------------------------------------------------------------------------- import
+def read_safetensors_header(path: Path) -> tuple[dict, dict, int]:
+    """``(tensors, metadata, data_start)`` of a safetensors file, validated."""
+    path = Path(path)
+    if not path.is_file():
+        raise EngramError(f"no safetensors file at {path}")
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise EngramError(f"{path} is not a safetensors file (too short)")
+        (length,) = struct.unpack("<Q", head)
+        if length > min(MAX_HEADER_BYTES, size - 8):
+            raise EngramError(f"{path} is not a safetensors file (bad header length {length})")
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError as exc:
+            raise EngramError(f"{path} is not a safetensors file (bad header: {exc})") from exc
+    if not isinstance(header, dict):
+        raise EngramError(f"{path} is not a safetensors file (header is not an object)")
+    metadata = header.pop("__metadata__", None) or {}
+    data_start = 8 + length
+    for name, entry in header.items():
+        try:
+            begin, end = entry["data_offsets"]
+            shape = [int(s) for s in entry["shape"]]
+            entry["dtype"]
+        except (KeyError, TypeError, ValueError):
+            raise EngramError(f"{path}: tensor {name!r} has a malformed header entry") from None
+        if not 0 <= begin <= end <= size - data_start:
+            raise EngramError(f"{path}: tensor {name!r} lies outside the file (truncated?)")
+        entry["shape"] = shape
+    return header, metadata, data_start
+
+
+def _source_array(path: Path, entry: dict, data_start: int, numpy_dtype) -> np.ndarray:
+    shape = tuple(entry["shape"])
+    begin, end = entry["data_offsets"]
+    dtype = np.dtype(numpy_dtype).newbyteorder("<")
+    if end - begin != int(np.prod(shape)) * dtype.itemsize:
+        raise EngramError(f"{path}: a tensor's byte size does not match its shape {list(shape)}")
+    if end == begin:
+        return np.zeros(shape, dtype)
+    return np.memmap(path, dtype=dtype, mode="r", offset=data_start + begin, shape=shape)
+
+
+def _layer_sources(path, header, data_start, layout, name_template):
+    """Per layer ``(values memmap, scales memmap or None, source dtype)``, checked."""
+    sources, dims, dtypes = {}, set(), set()
+    names = layer_tensor_names(name_template, layout.layers)
+    for layer_id in layout.layers:
+        name = names[layer_id]
+        if name not in header:
+            shown = ", ".join(sorted(header)[:8]) or "none"
+            raise EngramError(
+                f"{path} has no tensor {name!r} for layer {layer_id} (tensors: {shown}); "
+                "pass --tensor-name with a {layer} placeholder"
+            )
+        entry = header[name]
+        st_dtype = entry["dtype"]
+        if st_dtype not in DTYPE_OF_SAFETENSORS:
+            raise EngramError(
+                f"{path}: tensor {name!r} has dtype {st_dtype}; expected one of "
+                f"{', '.join(DTYPE_OF_SAFETENSORS)}"
+            )
+        dtype = DTYPE_OF_SAFETENSORS[st_dtype]
+        rows = layout.layer_rows(layer_id)
+        if len(entry["shape"]) != 2 or entry["shape"][0] != rows:
+            raise EngramError(
+                f"{path}: tensor {name!r} has shape {entry['shape']}, but layer {layer_id} of the "
+                f"layout has {rows} rows (the sum of its head primes): expected [{rows}, dim]"
+            )
+        dim = entry["shape"][1]
+        values = _source_array(path, entry, data_start, storage_dtype(dtype))
+        scales = None
+        if dtype == "float8_e4m3fn":
+            scale_entry = header.get(name + SCALES_SUFFIX)
+            want = [rows, dim // FP8_SCALE_BLOCK]
+            if scale_entry is None or scale_entry["dtype"] != "U8" or scale_entry["shape"] != want:
+                raise EngramError(
+                    f"{path}: an F8_E4M3 tensor {name!r} needs ue8m0 scales "
+                    f"{name + SCALES_SUFFIX!r} of U8 {want}"
+                )
+            scales = _source_array(path, scale_entry, data_start, np.uint8)
+        sources[layer_id] = (values, scales)
+        dims.add(dim)
+        dtypes.add(dtype)
+    if len(dims) != 1 or len(dtypes) != 1:
+        raise EngramError(f"{path}: layers differ in dim {sorted(dims)} or dtype {sorted(dtypes)}")
+    return sources, dims.pop(), dtypes.pop()
+
+
+def import_safetensors(
+    in_path,
+    out_path,
+    *,
+    layout: EngramLayout,
+    vocab_fingerprint: str,
+    name_template: str = DEFAULT_NAME,
+    dtype: str | None = None,
+    chunk_rows: int | None = None,
+    compressor: str = "none",
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> CreateResult:
+    """Build a table from a safetensors file with one ``[sum(primes), dim]`` tensor per layer.
+
+    Shapes are checked against ``layout``. ``dtype`` (default: the file's) converts values
+    (through float32) when it differs from the file's; otherwise rows are copied bit for bit.
+    The table is assembled under a temporary name and renamed into place when complete.
+    """
+    started = time.perf_counter()
+    in_path, out_path = Path(in_path), Path(out_path)
+    header, metadata, data_start = read_safetensors_header(in_path)
+    theirs = metadata.get("vocab_fingerprint")
+    if theirs and theirs != vocab_fingerprint:
+        raise EngramError(
+            f"{in_path} was exported from a table for vocab fingerprint {theirs}, but the vocab "
+            f"given has {vocab_fingerprint}; use the matching vocab"
+        )
+    sources, dim, source_dtype = _layer_sources(in_path, header, data_start, layout, name_template)
+    dtype = parse_dtype(dtype) if dtype else source_dtype
+    meta = _build_meta(
+        layout,
+        vocab_fingerprint,
+        dim,
+        dtype,
+        InitRecipe("zeros", 0.0, 0),
+        0.0,
+        0,
+        False,
+        chunk_rows,
+        compressor,
+    )
+    if out_path.exists():
+        try:
+            read_group(out_path)
+        except EngramError:
+            raise EngramError(
+                f"{out_path} exists and is not an engramctl table; refusing to touch it"
+            ) from None
+        if not overwrite:
+            raise EngramError(f"{out_path} exists; pass --overwrite to replace it")
+    elif not out_path.parent.is_dir():
+        raise EngramError(f"directory {out_path.parent} does not exist; create it first")
+    total = sum(layer.n_chunks(meta.chunk_rows) for layer in meta.layers.values())
+    check_free_space(out_path.parent, total * meta.chunk_bytes)
+    tmp = out_path.with_name(f".{out_path.name}.importing-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_new_group(tmp, meta)
+        manifest: dict = {layer_id: {} for layer_id in meta.layers}
+        done = 0
+        for layer_id, (values, scales) in sources.items():
+            for c in range(meta.layers[layer_id].n_chunks(meta.chunk_rows)):
+                start, stop = meta.chunk_span(layer_id, c)
+                rows = _chunk_from_source(meta, values, scales, source_dtype, start, stop)
+                data = encode_chunk(meta, rows)
+                write_file_atomic(tmp / chunk_key(layer_id, c), data, fsync=False)
+                manifest[layer_id][c] = [crc32_of(data), memoryview(data).nbytes, "data"]
+                done += 1
+                if progress:
+                    progress(done * meta.chunk_bytes, total * meta.chunk_bytes)
+        meta = meta.with_status("complete")
+        write_group_attrs(tmp, meta, manifest)
+        os.sync()
+        if out_path.exists():
+            with WriterLock(out_path):
+                pass
+            shutil.rmtree(out_path)
+        os.replace(tmp, out_path)
+    except OSError as exc:
+        raise EngramError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    meta, manifest = read_group(out_path)
+    return CreateResult(
+        str(out_path),
+        table_info(out_path, meta, manifest),
+        False,
+        total,
+        0,
+        total * meta.chunk_bytes,
+        time.perf_counter() - started,
+    )
+
+
+def _chunk_from_source(meta, values, scales, source_dtype, start, stop) -> np.ndarray:
+    """Stored rows of one chunk (full size, zero padded) from the source tensors."""
+    rows = np.zeros((meta.chunk_rows, meta.row_width), dtype=meta.storage_dtype)
+    n = stop - start
+    if source_dtype == "float8_e4m3fn":
+        raw = np.concatenate([values[start:stop], scales[start:stop]], axis=1)
+    else:
+        raw = np.asarray(values[start:stop])
+    if source_dtype == meta.dtype:
+        rows[:n] = raw
+    else:
+        rows[:n] = encode_rows(decode_rows(raw, source_dtype, meta.dim), meta.dtype)
+    return rows

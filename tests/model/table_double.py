@@ -1,0 +1,43 @@
+"""A test double of the on-disk table (``engramctl.table.table``): same interface, held in memory.
+
+``InMemoryTable`` offers what the model code relies on (``gather``, ``write_rows``, ``layout``,
+``dim``, ``dtype``, ``layers``, ``info.vocab_fingerprint``) with float32 rows, so paging and
+training can be tested before (and independently of) the zarr table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class DoubleInfo:
+    vocab_fingerprint: str
+
+
+class InMemoryTable:
+    """float32 rows per layer, normal(0, std) init from a seed; counts the rows it gathered."""
+
+    dtype = "float32"
+
+    def __init__(self, layout, dim: int, vocab_fingerprint: str, *, std=0.02, seed=0):
+        self.layout = layout
+        self.dim = dim
+        self.layers = tuple(layout.layers)
+        self.info = DoubleInfo(vocab_fingerprint)
+        rng = np.random.default_rng(seed)
+        self.values = {
+            layer: (rng.standard_normal((layout.layer_rows(layer), dim)) * std).astype(np.float32)
+            for layer in self.layers
+        }
+        self.rows_gathered = 0
+
+    def gather(self, layer_id, row_ids, out=None):
+        row_ids = np.asarray(row_ids, dtype=np.int64)
+        self.rows_gathered += len(row_ids)
+        return np.take(self.values[layer_id], row_ids, axis=0, out=out)
+
+    def write_rows(self, layer_id, row_ids, values):
+        self.values[layer_id][np.asarray(row_ids, dtype=np.int64)] = values

@@ -1,0 +1,466 @@
+"""engramctl train / eval end to end on a tiny model, with the in-memory table double."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from engramctl.cli import app  # noqa: E402
+from engramctl.layout import EngramLayout  # noqa: E402
+from tests.conftest import SAMPLE, read_jsonl  # noqa: E402
+from tests.model.table_double import InMemoryTable  # noqa: E402
+
+TINY = [
+    "--depth",
+    "2",
+    "--width",
+    "16",
+    "--attn-heads",
+    "2",
+    "--seq-len",
+    "16",
+    "--batch",
+    "2",
+    "--min-count",
+    "1",
+    "--device",
+    "cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A few sample documents (train) and one held-out document."""
+    root = tmp_path_factory.mktemp("corpus")
+    docs = read_jsonl(SAMPLE / "train.jsonl")[:3]
+    (root / "train.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n")
+    held = read_jsonl(SAMPLE / "heldout.jsonl")[0]
+    held["text"] = held["text"][:3000]
+    (root / "heldout.jsonl").write_text(json.dumps(held) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def small_layout(ds_vocab):
+    return EngramLayout(
+        ngram_vocab=(211, 223),
+        max_ngram=3,
+        heads=2,
+        layers=(1,),
+        seed=0,
+        pad_id=2,
+        vocab_size=ds_vocab.canonical_vocab_size,
+    )
+
+
+@pytest.fixture(scope="module")
+def tables():
+    """Route ``--table NAME`` to in-memory tables registered in this dict."""
+    import engramctl.cli.model_cmd as model_cmd
+    from engramctl.errors import EngramError
+
+    registry: dict = {}
+
+    real_open = model_cmd.open_table_for
+
+    def fake_open(path, mode="r"):
+        if str(path) in registry:
+            return registry[str(path)]
+        if str(path).endswith(".zarr") and path.exists():
+            return real_open(path, mode)
+        raise EngramError(f"not a table: {path}")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(model_cmd, "open_table_for", fake_open)
+        yield registry
+
+
+def run(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    return result
+
+
+def train(tmp_path, corpus, vocab_path, name, *extra, steps=4):
+    out = tmp_path / name
+    result = run(
+        "train",
+        "--corpus",
+        corpus / "train.jsonl",
+        "--heldout",
+        corpus / "heldout.jsonl",
+        "--out",
+        out,
+        "--steps",
+        steps,
+        "--eval-every",
+        2,
+        *TINY,
+        *extra,
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, corpus, ds_vocab, ds_vocab_path, small_layout, tables):
+    table = InMemoryTable(small_layout, 8, ds_vocab.fingerprint)
+    tables["t.zarr"] = table
+    before = {k: v.copy() for k, v in table.values.items()}
+    model = train(
+        tmp_path_factory.mktemp("trained"),
+        corpus,
+        ds_vocab_path,
+        "engram",
+        "--table",
+        "t.zarr",
+        "--vocab",
+        ds_vocab_path,
+    )
+    return model, table, before
+
+
+def test_train_writes_checkpoint_and_rows(trained):
+    model, table, before = trained
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "vocab.parquet",
+        "loss_curve.png",
+        "history.json",
+    ):
+        assert (model / name).exists(), name
+    meta = json.loads((model / "config.json").read_text())
+    assert meta["model"]["engram_layers"] == [1]
+    assert meta["layout"] == table.layout.to_dict()
+    assert len(json.loads((model / "history.json").read_text())["heldout"]) == 2
+    changed = np.any(before[1] != table.values[1], axis=1)
+    assert 0 < changed.sum() < len(changed)  # only touched rows were trained and written back
+
+
+def test_train_is_deterministic_and_baseline_shares_the_backbone(
+    tmp_path, corpus, ds_vocab, ds_vocab_path, small_layout, tables, trained
+):
+    from safetensors.torch import load_file
+
+    model, _, _ = trained
+    tables["t2.zarr"] = InMemoryTable(small_layout, 8, ds_vocab.fingerprint)
+    again = train(
+        tmp_path, corpus, ds_vocab_path, "again", "--table", "t2.zarr", "--vocab", ds_vocab_path
+    )
+    first, second = load_file(model / "model.safetensors"), load_file(again / "model.safetensors")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    np.testing.assert_array_equal(tables["t.zarr"].values[1], tables["t2.zarr"].values[1])
+    base = train(tmp_path, corpus, ds_vocab_path, "base", "--no-engram", steps=0 + 1)
+    base_meta = json.loads((base / "config.json").read_text())
+    assert base_meta["layout"] is None and base_meta["model"]["engram_layers"] == []
+
+
+def test_paged_and_resident_logits_are_bit_identical(trained, corpus):
+    from engramctl.model.data import read_corpus_stream, text_windows
+    from engramctl.model.evaluate import open_runner
+    from engramctl.tokenizer import load_tokenizer
+
+    model, table, _ = trained
+    tokenizer, _ = load_tokenizer("deepseek-v4")
+    stream = read_corpus_stream(corpus / "heldout.jsonl", tokenizer).ids
+    windows = text_windows(stream, 16)[:, :-1]
+    batches = [windows[i : i + 3] for i in range(0, len(windows), 3)]
+    paged = open_runner(model, table, device="cpu", cache_rows=400)  # small: forces evictions
+    resident = open_runner(model, table, device="cpu", resident=True)
+    n = 0
+    for (_, a), (_, b) in zip(paged.run(batches), resident.run(batches), strict=True):
+        assert torch.equal(a, b)
+        n += 1
+    assert n == len(batches) and paged.row_source.stats.cache_misses > 0
+
+
+def test_eval_lm_and_multiple_choice(trained, corpus, tmp_path):
+    model, _, _ = trained
+    result = run(
+        "eval",
+        "--model",
+        model,
+        "--table",
+        "t.zarr",
+        "--benchmark",
+        corpus / "heldout.jsonl",
+        "--device",
+        "cpu",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["kind"] == "lm" and doc["metrics"]["perplexity"] > 1
+    assert doc["metrics"]["bits_per_byte"] > 0
+    paging = doc["paging"]
+    assert paging["mode"] == "paged" and paging["rows_requested"] > 0
+    assert paging["cache_hits"] + paging["cache_misses"] == paging["unique_rows"]
+
+    mc = tmp_path / "mc.jsonl"
+    mc.write_text(
+        json.dumps({"context": "def main(", "choices": ["):", " banana split"], "label": 0})
+        + "\n"
+        + json.dumps({"context": "import", "choices": [" os", " the", " ("], "label": 0})
+        + "\n"
+    )
+    report = tmp_path / "report.json"
+    result = run(
+        "eval",
+        "--model",
+        model,
+        "--table",
+        "t.zarr",
+        "--benchmark",
+        mc,
+        "--device",
+        "cpu",
+        "--resident",
+        "--report",
+        report,
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(report.read_text())
+    assert doc["kind"] == "multiple_choice" and 0 <= doc["metrics"]["acc"] <= 1
+    assert doc["metrics"]["examples"] == 2 and doc["paging"]["mode"] == "resident"
+
+
+def test_eval_explain(trained):
+    model, _, _ = trained
+    result = run(
+        "eval",
+        "--model",
+        model,
+        "--table",
+        "t.zarr",
+        "--explain",
+        "def f(x):",
+        "--device",
+        "cpu",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    explain = json.loads(result.output)["explain"]
+    assert len(explain["gates"]["1"]) == len(explain["tokens"])
+    assert all(0 < g < 1 for g in explain["gates"]["1"])
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"context": "a", "choices": ["b", "c"]}), "expected keys"),
+        (json.dumps({"context": "a", "choices": ["b", "c"], "label": 2}), "label"),
+    ],
+)
+def test_eval_rejects_malformed_benchmarks(trained, tmp_path, line, message):
+    model, _, _ = trained
+    bench = tmp_path / "bad.jsonl"
+    good = json.dumps({"context": "a", "choices": ["b", "c"], "label": 0})
+    bench.write_text(good + "\n" + line + "\n")
+    result = run("eval", "--model", model, "--table", "t.zarr", "--benchmark", bench)
+    assert result.exit_code == 1
+    assert message in result.output and ":2" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_input_is_one_clear_line(trained, tmp_path, ds_vocab, corpus, tables):
+    model, _, _ = trained
+    other = EngramLayout(
+        ngram_vocab=(307, 311),
+        max_ngram=3,
+        heads=2,
+        layers=(1,),
+        seed=0,
+        pad_id=2,
+        vocab_size=ds_vocab.canonical_vocab_size,
+    )
+    tables["other.zarr"] = InMemoryTable(other, 8, ds_vocab.fingerprint)
+    tables["foreign.zarr"] = InMemoryTable(trained[1].layout, 8, "sha256:0000")
+    bench = corpus / "heldout.jsonl"
+    cases = [
+        (["--table", "other.zarr"], "layout does not match"),
+        (["--table", "foreign.zarr"], "built for vocab sha256:0000"),
+        ([], "pass --table"),
+    ]
+    for extra, message in cases:
+        result = run("eval", "--model", model, "--benchmark", bench, "--device", "cpu", *extra)
+        assert result.exit_code in (1, 2) and message in result.output, result.output
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    result = run("eval", "--model", broken, "--benchmark", bench)
+    assert result.exit_code == 1 and "missing model.safetensors" in result.output
+    if not torch.cuda.is_available():
+        result = run(
+            "eval", "--model", model, "--table", "t.zarr", "--benchmark", bench, "--device", "cuda"
+        )
+        assert result.exit_code == 1 and "no CUDA" in result.output
+    result = run("train", "--corpus", corpus / "train.jsonl", "--out", model, "--no-engram")
+    assert result.exit_code == 1 and "--overwrite" in result.output
+    result = run(
+        "train",
+        "--corpus",
+        corpus / "train.jsonl",
+        "--out",
+        tmp_path / "x",
+        "--table",
+        "t.zarr",
+        "--vocab",
+        tmp_path / "missing.parquet",
+    )
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert not (tmp_path / "x").exists()
+
+
+def test_depth_must_exceed_table_layers(tmp_path, corpus, ds_vocab, ds_vocab_path, tables):
+    deep = EngramLayout(
+        ngram_vocab=(211, 223),
+        max_ngram=3,
+        heads=2,
+        layers=(5,),
+        seed=0,
+        pad_id=2,
+        vocab_size=ds_vocab.canonical_vocab_size,
+    )
+    tables["deep.zarr"] = InMemoryTable(deep, 8, ds_vocab.fingerprint)
+    result = run(
+        "train",
+        "--corpus",
+        corpus / "train.jsonl",
+        "--out",
+        tmp_path / "m",
+        "--table",
+        "deep.zarr",
+        "--vocab",
+        ds_vocab_path,
+        *TINY,
+    )
+    assert result.exit_code == 2 and "--depth 6" in result.output
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("name", ["train", "eval"])
+def test_help_has_an_example(name):
+    result = run(name, "--help")
+    assert result.exit_code == 0 and "Example:" in result.output
+
+
+def test_cli_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from typer.testing import CliRunner; from engramctl.cli import app; "
+        "CliRunner().invoke(app, ['--help']); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16"])
+def test_real_zarr_table_train_and_paged_eval(
+    tmp_path, corpus, ds_vocab, ds_vocab_path, small_layout, tables, dtype
+):
+    """The same flow on a real on-disk table: rows trained in place, paged == resident."""
+    from engramctl.model.evaluate import open_runner
+    from engramctl.table.create import create_table
+    from engramctl.table.table import open_table
+
+    path = tmp_path / "real.zarr"
+    create_table(
+        path,
+        layout=small_layout,
+        vocab_fingerprint=ds_vocab.fingerprint,
+        dim=8,
+        dtype=dtype,
+        workers=1,
+    )
+    with open_table(path) as table:
+        before = table.gather(1, np.arange(small_layout.layer_rows(1)))
+    model = train(tmp_path, corpus, ds_vocab_path, "m", "--table", path, "--vocab", ds_vocab_path)
+    with open_table(path) as table:
+        after = table.gather(1, np.arange(small_layout.layer_rows(1)))
+        assert np.any(before != after) and table.info.vocab_fingerprint == ds_vocab.fingerprint
+        batches = [np.array([[10, 20, 30, 40, 50, 60]] * 2), np.array([[7, 8, 9, 10, 11, 12]])]
+        paged = open_runner(model, table, device="cpu", cache_rows=200)
+        resident = open_runner(model, table, device="cpu", resident=True)
+        for (_, a), (_, b) in zip(paged.run(batches), resident.run(batches), strict=True):
+            assert torch.equal(a, b)
+    result = run(
+        "eval",
+        "--model",
+        model,
+        "--table",
+        path,
+        "--benchmark",
+        corpus / "heldout.jsonl",
+        "--device",
+        "cpu",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["paging"]["bytes_read"] > 0
+
+
+def test_choice_scores_match_a_plain_forward(trained):
+    """Batched, padded choice scores equal log-likelihoods from one unpadded forward each."""
+    from engramctl.model.evaluate import choice_scores, open_runner
+    from engramctl.tokenizer import load_tokenizer
+
+    model, table, _ = trained
+    tokenizer, _ = load_tokenizer("deepseek-v4")
+    records = [
+        {"context": "import os\nimport", "choices": [" sys", " json as j"], "label": 0},
+        {"context": "def f(x):\n    return", "choices": [" x + 1", " None"], "label": 1},
+    ]
+    runner = open_runner(model, table, device="cpu", prefetch=False)
+    scores = choice_scores(runner, records, tokenizer, batch=3)
+    expected = []
+    for record in records:
+        context = tokenizer.encode(record["context"], add_special_tokens=False).ids
+        for choice in record["choices"]:
+            cont = tokenizer.encode(choice, add_special_tokens=False).ids
+            ids = np.array([context + cont])
+            ((_, logits),) = runner.run([ids[:, :-1]])
+            logp = torch.log_softmax(logits[0], dim=-1)
+            targets = runner.model_vocab.encode_targets(ids[0, 1:])
+            picked = [float(logp[t, targets[t]]) for t in range(len(targets))]
+            expected.append(sum(picked[-len(cont) :]))
+    np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_numbers_and_a_file_as_out_fail_before_training(tmp_path, corpus):
+    base = ["train", "--corpus", corpus / "train.jsonl", "--no-engram", "--device", "cpu"]
+    for extra, message in [
+        (["--seq-len", "0"], "--seq-len must be at least 1"),  # was a ZeroDivisionError
+        (["--eval-every", "-1"], "--eval-every must be >= 0"),
+    ]:
+        result = run(*base, "--out", tmp_path / "m", *extra)
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert not (tmp_path / "m").exists()
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    result = run(*base, "--out", a_file, "--overwrite")
+    assert result.exit_code == 1 and "is a file, not a checkpoint directory" in result.output
+    assert a_file.read_text() == "keep me" and "Traceback" not in result.output
+    result = run("eval", "--model", a_file, "--explain", "x")
+    assert result.exit_code == 1 and "is a file, not a model directory" in result.output
+
+
+@pytest.mark.parametrize("first_line_ok", [False, True])
+def test_eval_binary_junk_benchmark_is_one_line(trained, tmp_path, first_line_ok):
+    model, _, _ = trained
+    bench = tmp_path / "junk.jsonl"
+    good = json.dumps({"context": "a", "choices": ["b", "c"], "label": 0}).encode()
+    junk = bytes(range(128, 256)) * 4
+    bench.write_bytes((good + b"\n" if first_line_ok else b"") + junk + b"\n")
+    result = run("eval", "--model", model, "--table", "t.zarr", "--benchmark", bench)
+    assert result.exit_code == 1 and "internal error" not in result.output, result.output
+    assert "Traceback" not in result.output
