@@ -3,11 +3,11 @@
 :func:`run_hash_stats_dask` is what ``hash-stats --scheduler`` runs instead of
 :func:`engramctl.stats.run.run_hash_stats`. The corpus is cut into shards
 (:func:`engramctl.corpus.shards.split_files`); each shard is one task that counts its n-grams into
-an :class:`~engramctl.stats.counter.NgramCounter` on a worker. Counters merge exactly by
-adding counts, so :func:`engramctl.cluster.tree_reduce` merges them on the workers in any
-grouping and the merged counter is the one a single pass would build. The worker holding it
-finalizes with the same code as the single-process path (:func:`finalize_counts`) and only the small report travels
-back to the client: it is identical, figure for figure (only its timing differs).
+an :class:`~engramctl.stats.counter.NgramCounter` on a worker. Counters merge exactly by adding
+counts, so :func:`engramctl.cluster.tree_reduce` merges them on the workers in any grouping and the
+merged counter is the one a single pass would build. The worker holding it finalizes with the same
+code as the single-process path (:func:`finalize_counts`) and only the small report travels back to
+the client: it is identical, figure for figure (only its timing differs).
 
 The vocab, layout and tokenizer go to the workers once, as one small task whose result every
 shard task shares (a task, not scattered data: if every worker holding it dies, the scheduler

@@ -1,12 +1,12 @@
 """Table init on Dask: every chunk is one task that a worker writes straight to the table's store.
 
 :func:`initialize_table_dask` is what ``init-table --scheduler`` runs after the group exists
-(``create_table(..., scheduler=...)``). The table metadata goes to the workers once (one task
-whose result the chunk tasks share), then one task per chunk re-checks a chunk the manifest
-already lists (its bytes against the recorded CRC-32, so a resumed init skips good chunks) or
-writes the chunk's deterministic init values with
-:func:`engramctl.table.create.write_init_chunk`. The values depend only on (seed, layer, row, column), so which worker writes which chunk, and how
-often (a killed worker's tasks are re-run by Dask), never changes a byte of the table.
+(``create_table(..., scheduler=...)``). The table metadata goes to the workers once (one task whose
+result the chunk tasks share), then one task per chunk re-checks a chunk the manifest already lists
+(its bytes against the recorded CRC-32, so a resumed init skips good chunks) or writes the chunk's
+deterministic init values with :func:`engramctl.table.create.write_init_chunk`. The values depend
+only on (seed, layer, row, column), so which worker writes which chunk, and how often (a killed
+worker's tasks are re-run by Dask), never changes a byte of the table.
 
 Only the client touches the manifest: it records finished chunks as futures complete (every
 couple of seconds and at the end, however the run ends), so an interrupted run resumes like a
