@@ -14,12 +14,14 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import EngramError, UsageError
+from .optim import Optimizers, SparseRowAdam, configure_optimizers, lr_at
 
 log = logging.getLogger(__name__)
 
@@ -81,54 +83,6 @@ class TrainResult:
         return data
 
 
-def lr_at(step: int, *, peak: float, warmup: int, total: int) -> float:
-    """Linear warm-up then cosine decay to 10% of ``peak``.
-
-    >>> lr_at(0, peak=1.0, warmup=10, total=100), lr_at(100, peak=1.0, warmup=10, total=100)
-    (0.1, 0.1)
-    """
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-class SparseRowAdam:
-    """Lazy Adam on the rows a step gathered: state and updates touch only those rows.
-
-    ``weight`` is a ``(rows, d)`` float32 tensor; :meth:`step` takes the unique row ids of the
-    batch and the gradient of their gathered copy.
-    """
-
-    def __init__(self, weight, *, betas=(0.9, 0.99), eps: float = 1e-8):
-        import torch
-
-        self.weight = weight
-        self.exp_avg = torch.zeros_like(weight)
-        self.exp_avg_sq = torch.zeros_like(weight)
-        self.steps = torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device)
-        self.betas, self.eps = betas, eps
-
-    def step(self, row_ids, grad, *, lr: float, weight_decay: float = 0.0) -> None:
-        import torch
-
-        with torch.no_grad():
-            b1, b2 = self.betas
-            t = self.steps[row_ids] + 1
-            self.steps[row_ids] = t
-            m = self.exp_avg[row_ids].mul_(b1).add_(grad, alpha=1 - b1)
-            v = self.exp_avg_sq[row_ids].mul_(b2).addcmul_(grad, grad, value=1 - b2)
-            self.exp_avg[row_ids] = m
-            self.exp_avg_sq[row_ids] = v
-            t = t.to(grad.dtype).unsqueeze(1)
-            m_hat = m / (1 - b1**t)
-            v_hat = v / (1 - b2**t)
-            rows = self.weight[row_ids]
-            if weight_decay:
-                rows.mul_(1 - lr * weight_decay)
-            self.weight[row_ids] = rows - lr * m_hat / (v_hat.sqrt() + self.eps)
-
-
 class TrainableTable:
     """A table layer held in memory as float32 for training, with the rows it changed."""
 
@@ -150,6 +104,19 @@ class TrainableTable:
         self.touched = np.zeros(rows, dtype=bool)
         self.optimizer = SparseRowAdam(self.weight)
 
+    def gather(self, unique: np.ndarray, unique_t):
+        """The rows ``unique`` as a leaf tensor ``(U, d)`` whose gradient :meth:`step` reads."""
+        return self.weight[unique_t].requires_grad_(True)
+
+    def step(self, unique: np.ndarray, unique_t, leaf, *, lr: float, weight_decay: float) -> None:
+        """Sparse Adam on the gathered rows; they are written back by :meth:`write_back`."""
+        self.optimizer.step(unique_t, leaf.grad, lr=lr, weight_decay=weight_decay)
+        self.touched[unique] = True
+
+    def lookup(self, ids_t):
+        """Rows for evaluation (no gradient)."""
+        return self.weight[ids_t]
+
     def write_back(self, table) -> int:
         """Write every row changed since the last write back; returns how many."""
         changed = np.flatnonzero(self.touched)
@@ -159,26 +126,146 @@ class TrainableTable:
         return int(len(changed))
 
 
-def train_model(**kwargs) -> TrainResult:
-    """Train the reference model on token windows and save a checkpoint.
+@contextmanager
+def deterministic_torch(device: str):
+    """Torch's deterministic algorithms on CPU for the block, the previous setting restored.
 
-    Deterministic on CPU: the run enables torch's deterministic algorithms (the backward of the
-    row gather accumulates in a fixed order) and restores the previous setting afterwards.
-    Keyword arguments are those of :func:`_train_model`.
+    The backward of the row gather otherwise accumulates in a varying order.
     """
     import torch
 
     previous = torch.are_deterministic_algorithms_enabled()
     previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    if str(kwargs["config"].device) == "cpu":
+    if str(device) == "cpu":
         torch.use_deterministic_algorithms(True)
     try:
-        return _train_model(**kwargs)
+        yield
     finally:
         torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
 
 
-def _train_model(
+def build_model(config: TrainConfig, model_vocab, table=None):
+    """The model of ``config`` (with the table's Engram layers unless ``config.engram`` is False).
+
+    The same backbone init for engram and baseline runs: the baseline is built under the seed and
+    its weights copied; the Engram modules get their own init under ``seed + 1``.
+    """
+    import torch
+
+    from .transformer import EngramLM, ModelConfig
+
+    torch.manual_seed(config.seed)
+    base_config = ModelConfig(
+        vocab_size=model_vocab.size,
+        output_vocab_size=model_vocab.output_size,
+        n_layer=config.depth,
+        n_head=config.attn_heads,
+        n_embd=config.width,
+        block_size=config.seq_len,
+    )
+    model_config = base_config
+    if config.engram:
+        layout = table.layout
+        model_config = ModelConfig(
+            **{
+                **base_config.to_dict(),
+                "engram_layers": layout.layers,
+                "engram_heads": layout.heads_per_layer,
+                "engram_dim": table.dim,
+                "max_ngram": layout.max_ngram,
+            },
+        )
+    baseline_model = EngramLM(base_config)
+    torch.manual_seed(config.seed + 1)
+    model = EngramLM(model_config)
+    model.load_state_dict(baseline_model.state_dict(), strict=False)
+    return model.to(torch.device(config.device))
+
+
+def data_order(n_windows: int, config: TrainConfig) -> np.ndarray:
+    """Window indices of every step, in order: a new seeded permutation per pass."""
+    rng = np.random.default_rng(config.seed)
+    passes = math.ceil(config.steps * config.batch / n_windows)
+    return np.concatenate([rng.permutation(n_windows) for _ in range(passes)])
+
+
+def get_batch(windows: np.ndarray, order: np.ndarray, step: int, batch: int) -> np.ndarray:
+    """The raw token windows ``[batch, seq_len + 1]`` of one step."""
+    return windows[order[step * batch : (step + 1) * batch]]
+
+
+def gather_rows(batch: np.ndarray, *, hasher, tables: dict, device) -> tuple[dict, dict]:
+    """Hash a batch and gather its unique rows per layer as gradient leaves.
+
+    Returns ``rows`` (``{layer: (B, T, H*d)}``, the model's input) and ``gathered``
+    (``{layer: (unique, unique_t, leaf)}``, what the table's optimizer step needs).
+    """
+    import torch
+
+    rows, gathered = {}, {}
+    for layer, row_ids in hasher.hash(batch[:, :-1], table_rows=True).items():
+        unique, inverse = np.unique(row_ids, return_inverse=True)
+        unique_t = torch.from_numpy(unique).to(device)
+        leaf = tables[layer].gather(unique, unique_t)  # (U, d)
+        gathered[layer] = (unique, unique_t, leaf)
+        inv = torch.from_numpy(inverse.reshape(row_ids.shape)).to(device)
+        rows[layer] = leaf[inv].flatten(2)  # (B, T, H*d)
+    return rows, gathered
+
+
+def train_step(
+    model, batch: np.ndarray, model_vocab, *, optimizers: Optimizers, hasher, lr, table_lr, config
+) -> float:
+    """Forward, backward, clip, and one step of every optimizer; returns the batch loss."""
+    import torch
+
+    device = torch.device(config.device)
+    optimizers.set_lr(lr)
+    model.train()
+    idx = torch.from_numpy(model_vocab.encode(batch[:, :-1])).to(device)
+    targets = torch.from_numpy(model_vocab.encode_targets(batch[:, 1:])).to(device)
+    rows, gathered = None, {}
+    if hasher is not None:
+        rows, gathered = gather_rows(batch, hasher=hasher, tables=optimizers.tables, device=device)
+    logits = model(idx, rows)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    if optimizers.backbone is not None:
+        optimizers.backbone.zero_grad(set_to_none=True)
+    loss.backward()
+    if optimizers.backbone is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizers.backbone.step()
+    for layer, (unique, unique_t, leaf) in gathered.items():
+        optimizers.tables[layer].step(
+            unique, unique_t, leaf, lr=table_lr, weight_decay=config.table_weight_decay
+        )
+    return float(loss.item())
+
+
+def estimate_loss(model, windows, model_vocab, *, hasher, tables: dict, config) -> float:
+    """Mean held-out loss (nats/token) of ``windows`` with the rows as trained so far."""
+    import torch
+
+    return heldout_loss(
+        model,
+        windows,
+        model_vocab,
+        hasher=hasher,
+        lookup=lambda layer, ids: tables[layer].lookup(ids),
+        batch=config.batch,
+        device=torch.device(config.device),
+    )
+
+
+def curve_windows(heldout: np.ndarray | None, config: TrainConfig) -> np.ndarray | None:
+    """The curve's held-out points: the same evenly spaced windows every time."""
+    if heldout is None:
+        return None
+    picks = np.linspace(0, len(heldout) - 1, min(config.eval_windows, len(heldout)))
+    return heldout[np.unique(picks.astype(np.int64))]
+
+
+def train_model(
     *,
     windows: np.ndarray,
     heldout: np.ndarray | None,
@@ -192,7 +279,10 @@ def _train_model(
     extra_meta: dict | None = None,
     compare: dict | None = None,
 ) -> TrainResult:
-    """Train (see :func:`train_model`).
+    """Train the reference model on token windows and save a checkpoint.
+
+    Deterministic on CPU: the run enables torch's deterministic algorithms (the backward of the
+    row gather accumulates in a fixed order) and restores the previous setting afterwards.
 
     Parameters
     ----------
@@ -205,153 +295,105 @@ def _train_model(
     on_step : ``on_step(step, total, loss, tokens_per_s)`` after every step (progress bars).
     compare : ``{label: history}`` of other runs to draw in the loss-curve PNG.
     """
-    import torch
-
     from ..hashing import NgramHasher
-    from .checkpoint import save_checkpoint
-    from .transformer import EngramLM, ModelConfig
 
     config.validate()
-    device = torch.device(config.device)
-    torch.manual_seed(config.seed)
-    base_config = ModelConfig(
-        vocab_size=model_vocab.size,
-        output_vocab_size=model_vocab.output_size,
-        n_layer=config.depth,
-        n_head=config.attn_heads,
-        n_embd=config.width,
-        block_size=config.seq_len,
-    )
-    layout = None
-    if config.engram:
-        if table is None or vocab is None:
-            raise UsageError(
-                "training with Engram needs a table and its vocab (or pass --no-engram)"
-            )
-        layout = table.layout
-        model_config = ModelConfig(
-            **{
-                **base_config.to_dict(),
-                "engram_layers": layout.layers,
-                "engram_heads": layout.heads_per_layer,
-                "engram_dim": table.dim,
-                "max_ngram": layout.max_ngram,
-            },
-        )
-    else:
-        model_config = base_config
-    # The same backbone init for engram and baseline runs: build the baseline under the seed and
-    # copy its weights; the Engram modules get their own seeded init.
-    baseline_model = EngramLM(base_config)
-    torch.manual_seed(config.seed + 1)
-    model = EngramLM(model_config)
-    model.load_state_dict(baseline_model.state_dict(), strict=False)
-    del baseline_model
-    model.to(device)
-
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=config.lr,
-        betas=(0.9, 0.95),
-    )
-    tables = {}
-    hasher = None
-    if config.engram:
-        hasher = NgramHasher(layout, vocab)
-        tables = {layer: TrainableTable(table, layer, device) for layer in layout.layers}
-
-    rng = np.random.default_rng(config.seed)
-    order = np.concatenate(
-        [
-            rng.permutation(len(windows))
-            for _ in range(math.ceil(config.steps * config.batch / len(windows)))
-        ]
-    )
-    history = {"step": [], "train_loss": [], "heldout": [], "lr": []}
-    heldout_subset = None
-    if heldout is not None:  # the curve's points: the same evenly spaced windows every time
-        picks = np.linspace(0, len(heldout) - 1, min(config.eval_windows, len(heldout)))
-        heldout_subset = heldout[np.unique(picks.astype(np.int64))]
-
-    def evaluate_heldout(windows_to_score: np.ndarray) -> float:
-        return heldout_loss(
-            model,
-            windows_to_score,
-            model_vocab,
-            hasher=hasher,
-            lookup=lambda layer, ids: tables[layer].weight[ids],
-            batch=config.batch,
-            device=device,
-        )
-
-    tokens_per_step = config.batch * config.seq_len
-    start = time.perf_counter()
-    loss_value = float("nan")
-    for step in range(config.steps):
-        batch = windows[order[step * config.batch : (step + 1) * config.batch]]
-        lr = lr_at(step, peak=config.lr, warmup=config.warmup, total=config.steps)
-        table_lr = lr_at(step, peak=config.table_lr, warmup=config.warmup, total=config.steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        idx = torch.from_numpy(model_vocab.encode(batch[:, :-1])).to(device)
-        targets = torch.from_numpy(model_vocab.encode_targets(batch[:, 1:])).to(device)
-        gathered = {}
-        rows = None
+    if config.engram and (table is None or vocab is None):
+        raise UsageError("training with Engram needs a table and its vocab (or pass --no-engram)")
+    with deterministic_torch(config.device):
+        model = build_model(config, model_vocab, table)
+        tables, hasher = {}, None
         if config.engram:
-            rows = {}
-            for layer, row_ids in hasher.hash(batch[:, :-1], table_rows=True).items():
-                unique, inverse = np.unique(row_ids, return_inverse=True)
-                unique_t = torch.from_numpy(unique).to(device)
-                leaf = tables[layer].weight[unique_t].requires_grad_(True)  # (U, d)
-                gathered[layer] = (unique, unique_t, leaf)
-                inv = torch.from_numpy(inverse.reshape(row_ids.shape)).to(device)
-                rows[layer] = leaf[inv].flatten(2)  # (B, T, H*d)
-        logits = model(idx, rows)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        for layer, (unique, unique_t, leaf) in gathered.items():
-            tables[layer].optimizer.step(
-                unique_t, leaf.grad, lr=table_lr, weight_decay=config.table_weight_decay
+            hasher = NgramHasher(table.layout, vocab)
+            tables = {
+                layer: TrainableTable(table, layer, config.device) for layer in table.layout.layers
+            }
+        optimizers = configure_optimizers(
+            model, lr=config.lr, weight_decay=config.weight_decay, tables=tables
+        )
+        order = data_order(len(windows), config)
+        heldout_subset = curve_windows(heldout, config)
+        history = {"step": [], "train_loss": [], "heldout": [], "lr": []}
+        tokens_per_step = config.batch * config.seq_len
+        start = time.perf_counter()
+        loss_value = float("nan")
+        for step in range(config.steps):
+            lr = lr_at(step, peak=config.lr, warmup=config.warmup, total=config.steps)
+            table_lr = lr_at(step, peak=config.table_lr, warmup=config.warmup, total=config.steps)
+            loss_value = train_step(
+                model,
+                get_batch(windows, order, step, config.batch),
+                model_vocab,
+                optimizers=optimizers,
+                hasher=hasher,
+                lr=lr,
+                table_lr=table_lr,
+                config=config,
             )
-            tables[layer].touched[unique] = True
-        loss_value = float(loss.item())
-        history["step"].append(step + 1)
-        history["train_loss"].append(loss_value)
-        history["lr"].append(lr)
-        last = step + 1 == config.steps
-        if heldout is not None and (
-            last or (config.eval_every and (step + 1) % config.eval_every == 0)
-        ):
-            held_loss = evaluate_heldout(heldout_subset)
-            history["heldout"].append([step + 1, held_loss])
-            log.info("step %d heldout loss %.4f (subset)", step + 1, held_loss)
-        if on_step is not None:
-            elapsed = time.perf_counter() - start
-            on_step(step + 1, config.steps, loss_value, tokens_per_step * (step + 1) / elapsed)
-    seconds = time.perf_counter() - start
-    rows_written = sum(t.write_back(table) for t in tables.values())
-    final_heldout = evaluate_heldout(heldout) if heldout is not None else None
-    history["heldout_full"] = final_heldout
-    result = TrainResult(
-        out_dir=Path(out_dir),
-        steps=config.steps,
-        tokens=config.steps * tokens_per_step,
-        seconds=seconds,
-        final_train_loss=loss_value,
-        final_heldout_loss=final_heldout,
-        history=history,
-        rows_written=rows_written,
-        passes=config.steps * config.batch / len(windows),
-    )
+            history["step"].append(step + 1)
+            history["train_loss"].append(loss_value)
+            history["lr"].append(lr)
+            last = step + 1 == config.steps
+            if heldout is not None and (
+                last or (config.eval_every and (step + 1) % config.eval_every == 0)
+            ):
+                held_loss = estimate_loss(
+                    model, heldout_subset, model_vocab, hasher=hasher, tables=tables, config=config
+                )
+                history["heldout"].append([step + 1, held_loss])
+                log.info("step %d heldout loss %.4f (subset)", step + 1, held_loss)
+            if on_step is not None:
+                elapsed = time.perf_counter() - start
+                on_step(step + 1, config.steps, loss_value, tokens_per_step * (step + 1) / elapsed)
+        seconds = time.perf_counter() - start
+        rows_written = sum(t.write_back(table) for t in tables.values())
+        final_heldout = None
+        if heldout is not None:
+            final_heldout = estimate_loss(
+                model, heldout, model_vocab, hasher=hasher, tables=tables, config=config
+            )
+        history["heldout_full"] = final_heldout
+        result = TrainResult(
+            out_dir=Path(out_dir),
+            steps=config.steps,
+            tokens=config.steps * tokens_per_step,
+            seconds=seconds,
+            final_train_loss=loss_value,
+            final_heldout_loss=final_heldout,
+            history=history,
+            rows_written=rows_written,
+            passes=config.steps * config.batch / len(windows),
+        )
+        save_run(
+            result,
+            model=model,
+            model_vocab=model_vocab,
+            config=config,
+            table=table,
+            vocab=vocab,
+            overwrite=overwrite,
+            extra_meta=extra_meta,
+            compare=compare,
+        )
+    return result
+
+
+def save_run(
+    result: TrainResult,
+    *,
+    model,
+    model_vocab,
+    config: TrainConfig,
+    table,
+    vocab,
+    overwrite: bool,
+    extra_meta: dict | None,
+    compare: dict | None,
+) -> None:
+    """Write the checkpoint of a run: weights, config with options and result, history."""
+    from .checkpoint import save_checkpoint
+
+    layout = table.layout if config.engram else None
     meta = {
         "train": asdict(config),
         "result": {k: v for k, v in result.to_dict().items() if k != "history"},
@@ -360,16 +402,15 @@ def _train_model(
         **(extra_meta or {}),
     }
     save_checkpoint(
-        out_dir,
+        result.out_dir,
         model=model,
         model_vocab=model_vocab,
         meta=meta,
-        history=history,
+        history=result.history,
         vocab=vocab if config.engram else None,
         overwrite=overwrite,
         compare=compare,
     )
-    return result
 
 
 @dataclass
