@@ -67,6 +67,13 @@ def train_command(
         bool,
         typer.Option("--engram/--no-engram", help="--no-engram: the same backbone, no Engram."),
     ] = True,
+    short_conv: Annotated[
+        bool,
+        typer.Option(
+            "--short-conv/--no-short-conv",
+            help="The Engram module's short convolution (DeepSeek-V4.1 removed it).",
+        ),
+    ] = True,
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 300,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per window.")] = 128,
     batch: Annotated[int, typer.Option("--batch", help="Windows per step.")] = 16,
@@ -132,6 +139,7 @@ def train_command(
         seed=seed,
         eval_every=eval_every,
         engram=engram,
+        short_conv=short_conv,
         depth=depth,
         width=width,
         attn_heads=attn_heads,

@@ -42,6 +42,7 @@ class TrainConfig:
     eval_every: int = 50  # steps between held-out evaluations (0: only at the end)
     eval_windows: int = 128  # held-out windows (evenly spaced) of the curve's points
     engram: bool = True  # False: the same backbone without Engram (the baseline)
+    short_conv: bool = True  # the Engram module's short convolution (DeepSeek-V4.1 drops it)
     depth: int = 4  # transformer blocks
     width: int = 128  # hidden size
     attn_heads: int = 4  # attention heads
@@ -173,6 +174,7 @@ def build_model(config: TrainConfig, model_vocab, table=None):
                 "engram_heads": layout.heads_per_layer,
                 "engram_dim": table.dim,
                 "max_ngram": layout.max_ngram,
+                "short_conv": config.short_conv,
             },
         )
     baseline_model = EngramLM(base_config)

@@ -162,6 +162,45 @@ def test_train_is_deterministic_and_baseline_shares_the_backbone(
     assert base_meta["layout"] is None and base_meta["model"]["engram_layers"] == []
 
 
+def test_no_short_conv_trains_records_and_evaluates(
+    tmp_path, corpus, ds_vocab, ds_vocab_path, small_layout, tables
+):
+    tables["nsc.zarr"] = InMemoryTable(small_layout, 8, ds_vocab.fingerprint)
+    model = train(
+        tmp_path,
+        corpus,
+        ds_vocab_path,
+        "nsc",
+        "--table",
+        "nsc.zarr",
+        "--vocab",
+        ds_vocab_path,
+        "--no-short-conv",
+        steps=2,
+    )
+    meta = json.loads((model / "config.json").read_text())
+    assert meta["model"]["short_conv"] is False and meta["train"]["short_conv"] is False
+    assert meta["model"]["gate_norm_eps"] is None
+    from safetensors import safe_open
+
+    with safe_open(model / "model.safetensors", "pt") as handle:
+        assert not any("short_conv" in k for k in handle.keys())
+    result = run(
+        "eval",
+        "--model",
+        model,
+        "--table",
+        "nsc.zarr",
+        "--benchmark",
+        corpus / "heldout.jsonl",
+        "--device",
+        "cpu",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["metrics"]["loss"] > 0
+
+
 def test_paged_and_resident_logits_are_bit_identical(trained, corpus):
     from engramctl.model.data import read_corpus_stream, text_windows
     from engramctl.model.evaluate import open_runner
