@@ -25,7 +25,6 @@ from torch import nn
 
 from ..errors import UsageError
 
-
 LEGACY_GATE_NORM_EPS = 1e-5  # gate norms of checkpoints whose config predates gate_norm_eps
 
 
