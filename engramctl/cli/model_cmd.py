@@ -95,6 +95,13 @@ def train_command(
         typer.Option("--eval-every", help="Steps between held-out losses (0: only at the end)."),
     ] = 50,
     seed: Annotated[int, typer.Option("--seed", help="Model init and data order.")] = 0,
+    threads: Annotated[
+        int,
+        typer.Option(
+            "--threads",
+            help="CPU threads of the model's math; results are bit-identical for a given count.",
+        ),
+    ] = 1,
     device: DeviceOpt = Device.auto,
     tokenizer: TokenizerOpt = None,
     compare_with: Annotated[
@@ -140,6 +147,7 @@ def train_command(
         eval_every=eval_every,
         engram=engram,
         short_conv=short_conv,
+        threads=threads,
         depth=depth,
         width=width,
         attn_heads=attn_heads,

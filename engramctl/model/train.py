@@ -47,9 +47,10 @@ class TrainConfig:
     width: int = 128  # hidden size
     attn_heads: int = 4  # attention heads
     device: str = "cpu"  # resolved device
+    threads: int = 1  # CPU intra-op threads during training (the figures depend on it, nothing else)
 
     def validate(self) -> None:
-        for name in ("steps", "seq_len", "batch", "depth", "width", "attn_heads"):
+        for name in ("steps", "seq_len", "batch", "depth", "width", "attn_heads", "threads"):
             if getattr(self, name) < 1:
                 raise UsageError(
                     f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
@@ -128,21 +129,29 @@ class TrainableTable:
 
 
 @contextmanager
-def deterministic_torch(device: str):
-    """Torch's deterministic algorithms on CPU for the block, the previous setting restored.
+def reproducible_torch(device: str, threads: int):
+    """Bit-reproducible CPU training for the block; torch's previous settings restored after.
 
-    The backward of the row gather otherwise accumulates in a varying order.
+    Two things make a CPU run depend on the machine rather than on the seed: the backward of the
+    row gather accumulates in a varying order unless torch's deterministic algorithms are on, and
+    BLAS and ATen reductions split their sums across however many threads run them (so 1 and 2
+    threads, or a thread pool that shrinks under load, round differently). The run therefore
+    uses deterministic algorithms and a fixed intra-op thread count (``--threads``, default 1,
+    recorded in the checkpoint): the figures are the same for that count on any machine.
     """
     import torch
 
     previous = torch.are_deterministic_algorithms_enabled()
     previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    previous_threads = torch.get_num_threads()
     if str(device) == "cpu":
         torch.use_deterministic_algorithms(True)
+        torch.set_num_threads(threads)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
+        torch.set_num_threads(previous_threads)
 
 
 def build_model(config: TrainConfig, model_vocab, table=None):
@@ -283,8 +292,8 @@ def train_model(
 ) -> TrainResult:
     """Train the reference model on token windows and save a checkpoint.
 
-    Deterministic on CPU: the run enables torch's deterministic algorithms (the backward of the
-    row gather accumulates in a fixed order) and restores the previous setting afterwards.
+    Bit-reproducible on CPU whatever the machine's load or thread settings (see
+    :func:`reproducible_torch`).
 
     Parameters
     ----------
@@ -302,7 +311,7 @@ def train_model(
     config.validate()
     if config.engram and (table is None or vocab is None):
         raise UsageError("training with Engram needs a table and its vocab (or pass --no-engram)")
-    with deterministic_torch(config.device):
+    with reproducible_torch(config.device, config.threads):
         model = build_model(config, model_vocab, table)
         tables, hasher = {}, None
         if config.engram:
