@@ -47,7 +47,7 @@ class TrainConfig:
     width: int = 128  # hidden size
     attn_heads: int = 4  # attention heads
     device: str = "cpu"  # resolved device
-    threads: int = 1  # CPU intra-op threads during training (the figures depend on it, nothing else)
+    threads: int = 1  # CPU intra-op threads of the run (figures depend on it, not on load)
 
     def validate(self) -> None:
         for name in ("steps", "seq_len", "batch", "depth", "width", "attn_heads", "threads"):
