@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,9 +49,21 @@ class TrainConfig:
     attn_heads: int = 4  # attention heads
     device: str = "cpu"  # resolved device
     threads: int = 1  # CPU intra-op threads of the run (figures depend on it, not on load)
+    freeze_backbone: bool = False  # table-only adaptation: train table rows, nothing else
+    out_of_core: bool = False  # rows gathered per step from the table (else decoded in memory)
+    buffer_rows: int = 1 << 18  # out of core: dirty rows per layer held before a flush
 
     def validate(self) -> None:
-        for name in ("steps", "seq_len", "batch", "depth", "width", "attn_heads", "threads"):
+        for name in (
+            "steps",
+            "seq_len",
+            "batch",
+            "depth",
+            "width",
+            "attn_heads",
+            "threads",
+            "buffer_rows",
+        ):
             if getattr(self, name) < 1:
                 raise UsageError(
                     f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
@@ -78,6 +91,8 @@ class TrainResult:
     )  # {"step": [...], "train_loss": [...], "heldout": [[step, loss], ...]}
     rows_written: int = 0
     passes: float = 0.0  # passes over the training windows
+    write_seconds: float = 0.0  # out of core: time spent writing rows and moments back
+    moments: str | None = None  # out of core: the sparse Adam's moment store
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -289,6 +304,8 @@ def train_model(
     on_step: Callable[[int, int, float, float], None] | None = None,
     extra_meta: dict | None = None,
     compare: dict | None = None,
+    base=None,
+    moments: Path | None = None,
 ) -> TrainResult:
     """Train the reference model on token windows and save a checkpoint.
 
@@ -305,22 +322,48 @@ def train_model(
     vocab : the :class:`CanonicalVocab` the table was built for (hashing needs it).
     on_step : ``on_step(step, total, loss, tokens_per_s)`` after every step (progress bars).
     compare : ``{label: history}`` of other runs to draw in the loss-curve PNG.
+    base : a loaded :class:`~engramctl.model.checkpoint.Checkpoint` to start from
+        (``--init-from``); with ``config.freeze_backbone`` only its table rows train.
+    moments : the sparse Adam's moment store of an out-of-core run (default
+        ``<table>.adam.zarr``, see :mod:`engramctl.model.table_rows`).
     """
     from ..hashing import NgramHasher
 
     config.validate()
     if config.engram and (table is None or vocab is None):
         raise UsageError("training with Engram needs a table and its vocab (or pass --no-engram)")
-    with reproducible_torch(config.device, config.threads):
-        model = build_model(config, model_vocab, table)
-        tables, hasher = {}, None
+    if config.freeze_backbone and base is None:
+        raise UsageError("--freeze-backbone needs --init-from MODEL_DIR (the model to adapt)")
+    with reproducible_torch(config.device, config.threads), ExitStack() as stack:
+        if base is not None:
+            model = base.model.to(config.device)
+        else:
+            model = build_model(config, model_vocab, table)
+        tables, hasher, moments_store = {}, None, None
         if config.engram:
             hasher = NgramHasher(table.layout, vocab)
-            tables = {
-                layer: TrainableTable(table, layer, config.device) for layer in table.layout.layers
-            }
+            if config.out_of_core:
+                from .table_rows import OutOfCoreRows, default_moments_path, open_moment_store
+
+                moments = Path(moments) if moments else default_moments_path(table.path)
+                moments_store = stack.enter_context(open_moment_store(table, moments))
+                tables = {
+                    layer: OutOfCoreRows(
+                        table, layer, moments_store, config.device, buffer_rows=config.buffer_rows
+                    )
+                    for layer in table.layout.layers
+                }
+            else:
+                tables = {
+                    layer: TrainableTable(table, layer, config.device)
+                    for layer in table.layout.layers
+                }
         optimizers = configure_optimizers(
-            model, lr=config.lr, weight_decay=config.weight_decay, tables=tables
+            model,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            tables=tables,
+            frozen=config.freeze_backbone,
         )
         order = data_order(len(windows), config)
         heldout_subset = curve_windows(heldout, config)
@@ -358,6 +401,7 @@ def train_model(
                 on_step(step + 1, config.steps, loss_value, tokens_per_step * (step + 1) / elapsed)
         seconds = time.perf_counter() - start
         rows_written = sum(t.write_back(table) for t in tables.values())
+        write_seconds = sum(getattr(t, "write_seconds", 0.0) for t in tables.values())
         final_heldout = None
         if heldout is not None:
             final_heldout = estimate_loss(
@@ -374,6 +418,8 @@ def train_model(
             history=history,
             rows_written=rows_written,
             passes=config.steps * config.batch / len(windows),
+            write_seconds=write_seconds,
+            moments=str(moments) if moments_store is not None else None,
         )
         save_run(
             result,
@@ -385,6 +431,7 @@ def train_model(
             overwrite=overwrite,
             extra_meta=extra_meta,
             compare=compare,
+            base=base,
         )
     return result
 
@@ -400,8 +447,13 @@ def save_run(
     overwrite: bool,
     extra_meta: dict | None,
     compare: dict | None,
+    base=None,
 ) -> None:
-    """Write the checkpoint of a run: weights, config with options and result, history."""
+    """Write the checkpoint of a run: weights, config with options and result, history.
+
+    A table-only adaptation copies the base checkpoint's ``model.safetensors`` byte for byte and
+    records the adaptation (base model, corpus, steps, table, moment store) in ``config.json``.
+    """
     from .checkpoint import save_checkpoint
 
     layout = table.layout if config.engram else None
@@ -412,6 +464,24 @@ def save_run(
         "vocab_fingerprint": vocab.fingerprint if (vocab is not None and config.engram) else None,
         **(extra_meta or {}),
     }
+    weights_file = None
+    if base is not None:
+        meta["init_from"] = {
+            "model": str(base.path),
+            "train": base.meta.get("train"),
+            "corpus": base.meta.get("corpus"),
+            "result": base.meta.get("result"),
+        }
+        if config.freeze_backbone:
+            weights_file = Path(base.path) / "model.safetensors"
+            meta["adaptation"] = {
+                "kind": "table-only",
+                "base_model": str(base.path),
+                "corpus": (extra_meta or {}).get("corpus"),
+                "steps": config.steps,
+                "table": str(table.path),
+                "moments": result.moments,
+            }
     save_checkpoint(
         result.out_dir,
         model=model,
@@ -421,6 +491,7 @@ def save_run(
         vocab=vocab if config.engram else None,
         overwrite=overwrite,
         compare=compare,
+        weights_file=weights_file,
     )
 
 
@@ -442,8 +513,12 @@ def prepare_training_data(
     tokenizer_source: str | None,
     seq_len: int,
     min_count: int = 1,
+    model_vocab=None,
 ) -> TrainingData:
-    """Tokenize the corpora with the vocab's tokenizer (checked by sha256) into windows."""
+    """Tokenize the corpora with the vocab's tokenizer (checked by sha256) into windows.
+
+    ``model_vocab``: use this model vocab (a base checkpoint's) instead of the corpus's own.
+    """
     from ..tokenizer import load_tokenizer
     from .data import ModelVocab, read_corpus_stream, text_windows
 
@@ -455,7 +530,13 @@ def prepare_training_data(
             f"{info.path} ({info.sha256[:12]}); pass the matching --tokenizer"
         )
     stream = read_corpus_stream(corpus, tokenizer).ids
-    model_vocab = ModelVocab.from_stream(stream, min_count=min_count)
+    if len(stream) < seq_len + 1:
+        raise EngramError(
+            f"{corpus} tokenizes to {len(stream)} tokens, fewer than one window of "
+            f"--seq-len {seq_len} + 1; give a larger corpus"
+        )
+    if model_vocab is None:
+        model_vocab = ModelVocab.from_stream(stream, min_count=min_count)
     held = None
     if heldout is not None:
         held = text_windows(read_corpus_stream(heldout, tokenizer).ids, seq_len)
@@ -473,6 +554,50 @@ def prepare_training_data(
         },
     }
     return TrainingData(text_windows(stream, seq_len), held, model_vocab, meta)
+
+
+def load_base(path: Path, *, table, vocab, device: str):
+    """The ``--init-from`` checkpoint, checked against the table and vocab it will train with."""
+    from .checkpoint import load_checkpoint
+
+    base = load_checkpoint(path, device=device)
+    if table is not None:
+        if base.layout is None:
+            raise UsageError(f"{path} has no Engram layers; it cannot be adapted by a table")
+        if base.layout.to_dict() != table.layout.to_dict():
+            raise EngramError(
+                f"{path} was trained with another layout than the table {table.path}; give the "
+                "table the model was trained with (or a copy of it)"
+            )
+        if base.model.config.engram_dim != table.dim:
+            raise EngramError(
+                f"{path} reads rows of {base.model.config.engram_dim} values, the table has "
+                f"{table.dim}"
+            )
+    if vocab is not None and base.vocab is not None and base.vocab.fingerprint != vocab.fingerprint:
+        raise EngramError(
+            f"{path} was trained with vocab {base.vocab.fingerprint}, --vocab is "
+            f"{vocab.fingerprint}; pass the model's vocab"
+        )
+    return base
+
+
+def table_fits_in_memory(table, *, fraction: float = 0.5) -> bool:
+    """Whether the table's layers decoded to float32 take under ``fraction`` of free memory."""
+    needed = sum(table.layout.layer_rows(layer) for layer in table.layout.layers) * table.dim * 4
+    return needed * 3 < fraction * available_memory()  # rows + the two Adam moments
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (Linux MemAvailable, else free pages)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def heldout_loss(model, windows, model_vocab, *, hasher, lookup, batch: int, device) -> float:

@@ -18,8 +18,8 @@ torch = pytest.importorskip("torch")
 from typer.testing import CliRunner  # noqa: E402
 
 from engramctl.cli import app  # noqa: E402
-from engramctl.layout import EngramLayout  # noqa: E402
 from tests.conftest import SAMPLE, read_jsonl  # noqa: E402
+from tests.model.table_double import small_real_table  # noqa: E402
 
 TINY = ["--depth", "2", "--width", "32", "--attn-heads", "2", "--seq-len", "32", "--batch", "4"]
 
@@ -35,22 +35,6 @@ def corpus(tmp_path_factory):
     return root
 
 
-def make_table(path, ds_vocab):
-    from engramctl.table.create import create_table
-
-    layout = EngramLayout(
-        ngram_vocab=(401, 409),
-        max_ngram=3,
-        heads=2,
-        layers=(1,),
-        seed=0,
-        pad_id=2,
-        vocab_size=ds_vocab.canonical_vocab_size,
-    )
-    create_table(path, layout=layout, vocab_fingerprint=ds_vocab.fingerprint, dim=8, workers=1)
-    return layout
-
-
 def train_once(tmp_path, corpus, ds_vocab, ds_vocab_path, name, *, threads, slow, monkeypatch):
     import numba
 
@@ -58,7 +42,7 @@ def train_once(tmp_path, corpus, ds_vocab, ds_vocab_path, name, *, threads, slow
     from engramctl.table.table import Table
 
     table = tmp_path / f"{name}.zarr"
-    layout = make_table(table, ds_vocab)
+    small_real_table(table, ds_vocab, primes=(401, 409))
     torch.set_num_threads(threads)
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     if slow:
@@ -108,7 +92,7 @@ def train_once(tmp_path, corpus, ds_vocab, ds_vocab_path, name, *, threads, slow
     from engramctl.table.table import open_table
 
     with open_table(table) as handle:
-        rows = handle.gather(1, np.arange(layout.layer_rows(1)))
+        rows = handle.gather(1, np.arange(handle.layout.layer_rows(1)))
     return out, rows
 
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner  # noqa: E402
 from engramctl.cli import app  # noqa: E402
 from engramctl.layout import EngramLayout  # noqa: E402
 from tests.conftest import SAMPLE, read_jsonl  # noqa: E402
-from tests.model.table_double import InMemoryTable  # noqa: E402
+from tests.model.table_double import InMemoryTable, small_layout_for  # noqa: E402
 
 TINY = [
     "--depth",
@@ -48,15 +48,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small_layout(ds_vocab):
-    return EngramLayout(
-        ngram_vocab=(211, 223),
-        max_ngram=3,
-        heads=2,
-        layers=(1,),
-        seed=0,
-        pad_id=2,
-        vocab_size=ds_vocab.canonical_vocab_size,
-    )
+    return small_layout_for(ds_vocab)
 
 
 @pytest.fixture(scope="module")
