@@ -10,7 +10,9 @@ it is full, or at an evaluation or the end, it is flushed: the dirty rows sorted
 
 The moment store is itself an engramctl table (``<table>.adam.zarr`` by default, named in the
 checkpoint): the table's layout, float32 rows of ``exp_avg | exp_avg_sq | step`` (``2 d + 1``
-values), lazy and zero-initialized, so untouched rows cost no disk and ``verify`` covers it.
+values), lazy and zero-initialized, so untouched rows cost no disk and ``verify`` covers it;
+its chunks hold the same rows as the table's. Every flush rewrites the chunks it touches whole,
+so a large table trained out of core wants small chunks (``init-table --chunk-rows``).
 
 For a float32 table the arithmetic is the in-memory path's, value for value (a test compares
 the checkpoints and rows bit for bit). For other storage dtypes every step's rows are rounded to
@@ -20,6 +22,7 @@ happen; the in-memory path keeps float32 until the end and differs in the last b
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -56,6 +59,7 @@ def open_moment_store(table, path, *, create: bool = True):
             dtype="float32",
             init="zeros",
             lazy=True,
+            chunk_rows=table.meta.chunk_rows,  # chunk boundaries aligned with the table's
         )
     store = open_table(path, mode="r+")
     if store.layout.to_dict() != table.layout.to_dict() or store.dim != width:
@@ -225,8 +229,13 @@ class OutOfCoreRows:
     def _write(self, ids, rows, m, v, t) -> None:
         """Rows to the table, moments to the moment store: one ``write_rows`` call each."""
         started = time.perf_counter()
-        self.table.write_rows(self.layer_id, ids, rows)
-        self.moments.write_rows(self.layer_id, ids, np.concatenate([m, v, t[:, None]], axis=1))
+        state = np.concatenate([m, v, t[:, None]], axis=1)
+        # chunk files first (page cache), one sync for all of them, then the two manifests
+        self.table.write_rows(self.layer_id, ids, rows, flush=False, fsync=False)
+        self.moments.write_rows(self.layer_id, ids, state, flush=False, fsync=False)
+        os.sync()
+        self.table.flush()
+        self.moments.flush()
         self.write_seconds += time.perf_counter() - started
         self.rows_written += len(ids)
         self.flushes += 1

@@ -399,8 +399,8 @@ def train_model(
             if on_step is not None:
                 elapsed = time.perf_counter() - start
                 on_step(step + 1, config.steps, loss_value, tokens_per_step * (step + 1) / elapsed)
-        seconds = time.perf_counter() - start
         rows_written = sum(t.write_back(table) for t in tables.values())
+        seconds = time.perf_counter() - start  # the rows' write back included
         write_seconds = sum(getattr(t, "write_seconds", 0.0) for t in tables.values())
         final_heldout = None
         if heldout is not None:
