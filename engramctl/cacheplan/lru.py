@@ -1,0 +1,224 @@
+"""LRU hit rates of every cache size from one pass over a trace (Mattson stack distances).
+
+An access's *stack distance* is the number of distinct other rows used since that row's last use;
+an LRU cache of ``C`` rows hits exactly the accesses whose distance is below ``C`` (the inclusion
+property). One pass over the trace computes every distance with a Fenwick tree that marks each
+row's last-use position: the distance of an access is the number of marks after the row's previous
+position, O(log n) per access. A histogram of distances then answers any number of sizes at once.
+
+Two curves share the machinery:
+
+- ``lru``: textbook LRU over the trace, access by access (a miss may evict a row that a later
+  access of the same batch needs). Checked against an ``OrderedDict`` simulation
+  (:func:`lru_hits_reference`).
+- ``pager``: what :class:`engramctl.model.paging.RowPager` does. The pager looks at a batch's rows
+  all at once: the rows already cached are hits (never evicted by that batch's misses), and misses
+  evict the least recently used rows, by (last batch, row id). Its cache therefore holds the ``C``
+  rows of highest (last batch, row id), so a row hits when fewer than ``C`` rows outrank it at the
+  *start* of its batch: the same distances, taken before the batch updates the tree. The pager
+  also refuses a cache that cannot hold the rows of the batches in flight; the smallest size it
+  accepts comes out of the same pass. Checked against :func:`pager_hits_reference`.
+
+Memory: the trace's dense ids, a Fenwick tree over trace positions and a last-use position per
+distinct row: O(accesses + distinct rows), never O(table rows).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+
+from .._numba import njit
+from ..errors import EngramError
+
+# Batches the pager may still be reading while it prepares the next one (model/paging.IN_FLIGHT).
+PAGER_IN_FLIGHT = 2
+
+
+@njit(cache=True)
+def _fenwick_add(tree, index, delta):
+    i = index + 1
+    n = tree.shape[0]
+    while i < n:
+        tree[i] += delta
+        i += i & (-i)
+
+
+@njit(cache=True)
+def _fenwick_prefix(tree, index):
+    """Sum of marks at positions 0..index (inclusive)."""
+    total = 0
+    i = index + 1
+    while i > 0:
+        total += tree[i]
+        i -= i & (-i)
+    return total
+
+
+@njit(cache=True)
+def lru_histogram_kernel(ids, n_distinct, count_from, hist):
+    """Stack distances of ``ids[count_from:]`` counted into ``hist`` (cold misses at
+    ``hist[n_distinct]``); accesses before ``count_from`` only warm the stack."""
+    n = ids.shape[0]
+    tree = np.zeros(n + 1, dtype=np.int32)
+    last = np.full(n_distinct, -1, dtype=np.int64)
+    live = 0
+    for i in range(n):
+        r = ids[i]
+        p = last[r]
+        if p < 0:
+            distance = n_distinct
+            live += 1
+        else:
+            distance = live - _fenwick_prefix(tree, p)
+            _fenwick_add(tree, p, -1)
+        _fenwick_add(tree, i, 1)
+        last[r] = i
+        if i >= count_from:
+            hist[distance] += 1
+
+
+@njit(cache=True)
+def pager_histogram_kernel(ids, bounds, n_distinct, count_from_batch, in_flight, hist):
+    """Batch-start ranks of the accesses of batches ``count_from_batch..`` counted into ``hist``;
+    returns the smallest cache the pager accepts (rows of in-flight batches stay)."""
+    n = ids.shape[0]
+    tree = np.zeros(n + 1, dtype=np.int32)
+    last = np.full(n_distinct, -1, dtype=np.int64)
+    live = 0
+    need = 1
+    for k in range(bounds.shape[0] - 1):
+        start, stop = bounds[k], bounds[k + 1]
+        deepest = -1  # the largest rank in this batch: a cache of that size or less misses
+        for i in range(start, stop):
+            p = last[ids[i]]
+            distance = n_distinct if p < 0 else live - _fenwick_prefix(tree, p)
+            deepest = max(deepest, distance)
+            if k >= count_from_batch:
+                hist[distance] += 1
+        for i in range(start, stop):
+            r = ids[i]
+            p = last[r]
+            if p < 0:
+                live += 1
+            else:
+                _fenwick_add(tree, p, -1)
+            _fenwick_add(tree, i, 1)
+            last[r] = i
+        first = bounds[max(0, k - in_flight)]  # rows of this batch and those in flight
+        window = live - (_fenwick_prefix(tree, first - 1) if first > 0 else 0)
+        # The pager fails at size C when the batch misses (C <= deepest) and the rows it may not
+        # evict (this batch's and the in-flight batches') do not fit (C < window).
+        need = max(need, min(window - 1, deepest) + 1)
+    return need
+
+
+def _dense(ids: np.ndarray, n_distinct: int) -> np.ndarray:
+    ids = np.ascontiguousarray(ids)
+    if ids.ndim != 1 or ids.dtype.kind not in "iu":
+        raise EngramError(f"a trace must be a 1-D integer array, got {ids.dtype} {ids.shape}")
+    if len(ids) and (int(ids.min()) < 0 or int(ids.max()) >= n_distinct):
+        raise EngramError(f"trace ids must lie in [0, {n_distinct})")
+    return ids
+
+
+def lru_histogram(ids: np.ndarray, n_distinct: int, *, count_from: int = 0) -> np.ndarray:
+    """Histogram of LRU stack distances, ``[n_distinct + 1]`` int64 (last bin: cold misses).
+
+    ``ids`` are dense row ids in ``[0, n_distinct)``; accesses before ``count_from`` warm the
+    cache without being counted. An LRU cache of ``C`` rows hits ``hist[:C].sum()`` accesses.
+
+    >>> lru_histogram(np.array([0, 1, 0, 2, 1]), 3).tolist()
+    [0, 1, 1, 3]
+    """
+    ids = _dense(ids, n_distinct)
+    hist = np.zeros(n_distinct + 1, dtype=np.int64)
+    lru_histogram_kernel(ids, n_distinct, int(count_from), hist)
+    return hist
+
+
+def pager_histogram(
+    ids: np.ndarray, bounds: np.ndarray, n_distinct: int, *, count_from_batch: int = 0
+) -> tuple[np.ndarray, int]:
+    """The pager's histogram of batch-start ranks and the smallest cache it accepts.
+
+    ``bounds[k]:bounds[k+1]`` are batch ``k``'s accesses (its distinct rows, ascending row id).
+    A pager cache of ``C >= min_rows`` rows hits ``hist[:C].sum()`` accesses.
+
+    >>> hist, need = pager_histogram(np.array([0, 1, 0, 2, 1]), np.array([0, 2, 4, 5]), 3)
+    >>> hist.tolist(), need
+    ([0, 1, 1, 3], 3)
+    """
+    ids = _dense(ids, n_distinct)
+    bounds = np.ascontiguousarray(bounds, dtype=np.int64)
+    if bounds.ndim != 1 or len(bounds) < 1 or bounds[0] != 0 or bounds[-1] != len(ids):
+        raise EngramError("batch bounds must run from 0 to the trace length")
+    if np.any(np.diff(bounds) < 0):
+        raise EngramError("batch bounds must not decrease")
+    hist = np.zeros(n_distinct + 1, dtype=np.int64)
+    need = pager_histogram_kernel(
+        ids, bounds, n_distinct, int(count_from_batch), PAGER_IN_FLIGHT, hist
+    )
+    return hist, int(need)
+
+
+def hits_at(hist: np.ndarray, sizes) -> np.ndarray:
+    """Hits of a cache of each size from a distance histogram (any number of sizes, O(1) each).
+
+    >>> hits_at(np.array([0, 1, 1, 3]), [1, 2, 3, 99]).tolist()
+    [0, 1, 2, 2]
+    """
+    cumulative = np.concatenate([[0], np.cumsum(hist[:-1])])  # hits of size C = cumulative[C]
+    sizes = np.minimum(np.asarray(sizes, dtype=np.int64), len(hist) - 1)
+    return cumulative[sizes]
+
+
+# ------------------------------------------------------------------------- references
+def lru_hits_reference(ids, size: int, *, count_from: int = 0) -> int:
+    """Hits of a plain ``OrderedDict`` LRU cache of ``size`` rows (the specification)."""
+    cache: OrderedDict = OrderedDict()
+    hits = 0
+    for i, row in enumerate(ids):
+        row = int(row)
+        if row in cache:
+            cache.move_to_end(row)
+            hits += i >= count_from
+        else:
+            cache[row] = None
+            if len(cache) > size:
+                cache.popitem(last=False)
+    return hits
+
+
+def pager_hits_reference(ids, bounds, size: int, *, count_from_batch: int = 0) -> int | None:
+    """Hits of the pager's policy simulated batch by batch (``None``: the pager refuses ``size``).
+
+    Mirrors ``RowPager``: a batch's cached rows are hits and are stamped first; misses take
+    never-used slots while there are enough, else evict the rows of lowest (stamp, row id) among
+    those not used by this batch or the ``PAGER_IN_FLIGHT`` before it.
+    """
+    stamp: dict = {}  # cached row -> last batch
+    filled = 0
+    hits = 0
+    for k in range(len(bounds) - 1):
+        rows = [int(r) for r in ids[bounds[k] : bounds[k + 1]]]
+        missing = [r for r in rows if r not in stamp]
+        if k >= count_from_batch:
+            hits += len(rows) - len(missing)
+        for r in rows:
+            if r in stamp:
+                stamp[r] = k
+        if missing and len(missing) <= size - filled:
+            filled += len(missing)
+        elif missing:
+            empty = size - len(stamp)
+            old = sorted((s, r) for r, s in stamp.items() if s < k - PAGER_IN_FLIGHT)
+            if empty + len(old) < len(missing):
+                return None
+            for _, r in old[: max(0, len(missing) - empty)]:
+                del stamp[r]
+            filled = size
+        for r in missing:
+            stamp[r] = k
+    return hits
