@@ -75,3 +75,14 @@ def load_tokenizer(source: str | Path = DEFAULT_TOKENIZER):
     return tokenizer, TokenizerSource(
         name=str(source), path=path, sha256=hashlib.sha256(raw).hexdigest()
     )
+
+
+def load_tokenizer_for_vocab(source: str | Path, vocab):
+    """Load a tokenizer, refusing one other than the tokenizer ``vocab`` was built from."""
+    tokenizer, info = load_tokenizer(source)
+    if vocab.source_sha256 and vocab.source_sha256 != info.sha256:
+        raise EngramError(
+            f"the vocab was built from another tokenizer (sha256 {vocab.source_sha256[:12]}) than "
+            f"{info.path} ({info.sha256[:12]}); pass the matching --tokenizer"
+        )
+    return tokenizer

@@ -109,6 +109,16 @@ def check_sizes(sizes) -> tuple[int, ...]:
     return tuple(sorted(set(sizes)))
 
 
+def check_options(batch: int, warmup_fraction: float, tokens_per_s: float | None) -> None:
+    """The numbers a plan takes, checked before any work."""
+    if batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {batch}")
+    if not 0 <= warmup_fraction < 1 or math.isnan(warmup_fraction):
+        raise UsageError(f"--warmup-fraction must be in [0, 1), got {warmup_fraction}")
+    if tokens_per_s is not None and not tokens_per_s > 0:
+        raise UsageError(f"--tokens-per-s must be positive, got {tokens_per_s}")
+
+
 def check_policies(policies) -> tuple[str, ...]:
     unknown = [p for p in policies if p not in POLICIES]
     if unknown or not policies:
@@ -233,10 +243,7 @@ def plan_cache(
     from ..table.dtypes import parse_dtype, row_bytes
 
     started = time.perf_counter()
-    if not 0 <= warmup_fraction < 1 or math.isnan(warmup_fraction):
-        raise UsageError(f"--warmup-fraction must be in [0, 1), got {warmup_fraction}")
-    if tokens_per_s is not None and not tokens_per_s > 0:
-        raise UsageError(f"--tokens-per-s must be positive, got {tokens_per_s}")
+    check_options(batch, warmup_fraction, tokens_per_s)
     if sizes is not None:
         sizes = check_sizes(sizes)
     policies = check_policies(policies)
@@ -321,3 +328,76 @@ def _all_layers(plan: CachePlan, sizes, nbytes, tokens_per_s, positions) -> dict
             for p in points
         ]
     return out
+
+
+# ------------------------------------------------------------------------ entry point
+@dataclass(frozen=True)
+class TableShape:
+    """What a table fixes for a plan: its layout and the size of its rows."""
+
+    layout: object  # EngramLayout
+    dim: int
+    dtype: str
+
+
+def table_shape(path, vocab) -> TableShape:
+    """Read a table's layout, row width and dtype, refusing a vocab it was not made for."""
+    from ..table.format import check_vocab, read_group
+
+    meta, _ = read_group(path)
+    check_vocab(meta, vocab, where=f"table {path}")
+    return TableShape(meta.layout, int(meta.dim), meta.dtype)
+
+
+def plan_workload(
+    *,
+    paths,
+    vocab,
+    layout,
+    layer_ids=None,
+    dim: int,
+    dtype: str,
+    tokenizer: str = "deepseek-v4",
+    batch: int = 16,
+    seq_len: int = 128,
+    sizes=None,
+    points: int = DEFAULT_POINTS,
+    warmup_fraction: float = 0.1,
+    tokens_per_s: float | None = None,
+    policies=POLICIES,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> CachePlan:
+    """Read workload files (cut as ``eval`` cuts them) and plan their cache: ``cache-plan``.
+
+    ``vocab`` is the canonical vocab of ``layout``; ``tokenizer`` must be the one it was built
+    from (it encodes text and names the EOS id). Everything else is as in :func:`plan_cache`.
+    Cheap arguments are checked before any file is read.
+    """
+    from ..hashing import NgramHasher
+    from ..tokenizer import load_tokenizer_for_vocab
+    from .trace import read_workload
+
+    check_options(batch, warmup_fraction, tokens_per_s)
+    if sizes is not None:
+        check_sizes(sizes)
+    check_policies(policies)
+    hasher = NgramHasher(layout, vocab)
+    workload = read_workload(
+        paths, tokenizer=load_tokenizer_for_vocab(tokenizer, vocab), seq_len=seq_len
+    )
+    return plan_cache(
+        workload=workload,
+        workload_paths=paths,
+        hasher=hasher,
+        layer_ids=layout.layers if layer_ids is None else layer_ids,
+        dim=dim,
+        dtype=dtype,
+        batch=batch,
+        seq_len=seq_len,
+        sizes=sizes,
+        points=points,
+        warmup_fraction=warmup_fraction,
+        tokens_per_s=tokens_per_s,
+        policies=policies,
+        progress=progress,
+    )

@@ -190,15 +190,9 @@ def plan_hash_stats(
 
 def load_matching_tokenizer(source: str, vocab) -> TextTokenizer:
     """The tokenizer for text input; refuses one the vocab was not built from."""
-    from ..tokenizer import load_tokenizer
+    from ..tokenizer import load_tokenizer_for_vocab
 
-    tokenizer, info = load_tokenizer(source)
-    if vocab.source_sha256 and vocab.source_sha256 != info.sha256:
-        raise EngramError(
-            f"the vocab was built from another tokenizer (sha256 {vocab.source_sha256[:12]}) than "
-            f"{info.path} ({info.sha256[:12]}); pass the matching --tokenizer"
-        )
-    return TextTokenizer(tokenizer)
+    return TextTokenizer(load_tokenizer_for_vocab(source, vocab))
 
 
 @dataclass

@@ -1,0 +1,242 @@
+"""``engramctl cache-plan``: how much fast memory serving a workload needs."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from ..errors import UsageError
+from .app import STATE, command, console, err_console
+from .options import (
+    HeadsOpt,
+    JsonFlag,
+    LayersOpt,
+    MaxNgramOpt,
+    NgramVocabOpt,
+    PadIdOpt,
+    PresetOpt,
+    SeedOpt,
+    VocabOpt,
+    build_layout,
+    load_vocab,
+)
+
+
+class ServeDtype(str, Enum):
+    fp8 = "fp8"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+    float32 = "float32"
+
+
+@command("cache-plan")
+def cache_plan_command(
+    workload: Annotated[
+        list[str],
+        typer.Argument(
+            help="Workload files (any corpus hash-stats reads; 2-D .npy: one sequence per row)."
+        ),
+    ],
+    vocab: VocabOpt,
+    table: Annotated[
+        str | None,
+        typer.Option("--table", help="Take the layout, row width and dtype from this table."),
+    ] = None,
+    preset: PresetOpt = None,
+    ngram_vocab: NgramVocabOpt = None,
+    max_ngram: MaxNgramOpt = None,
+    heads: HeadsOpt = None,
+    layers: LayersOpt = None,
+    seed: SeedOpt = None,
+    pad_id: PadIdOpt = None,
+    tokenizer: Annotated[
+        str, typer.Option("--tokenizer", help="Tokenizer for text (must match the vocab).")
+    ] = "deepseek-v4",
+    batch: Annotated[
+        int, typer.Option("--batch", help="Sequences per batch (as eval --batch).")
+    ] = 16,
+    seq_len: Annotated[
+        int, typer.Option("--seq-len", help="Tokens per window of text (the model's length).")
+    ] = 128,
+    sizes: Annotated[
+        str | None,
+        typer.Option("--sizes", help="Cache sizes in rows per layer, e.g. 64k,1M,16M."),
+    ] = None,
+    points: Annotated[
+        int, typer.Option("--points", help="Without --sizes: this many log-spaced sizes.")
+    ] = 16,
+    warmup_fraction: Annotated[
+        float,
+        typer.Option(
+            "--warmup-fraction",
+            help="First batches that warm the caches (and rank the static one), not counted.",
+        ),
+    ] = 0.1,
+    dtype: Annotated[
+        ServeDtype | None,
+        typer.Option("--dtype", help="Row dtype served (default: the table's or preset's)."),
+    ] = None,
+    tokens_per_s: Annotated[
+        float | None,
+        typer.Option(
+            "--tokens-per-s", help="Target throughput: report the bandwidth each size needs."
+        ),
+    ] = None,
+    policy: Annotated[
+        str,
+        typer.Option(
+            "--policy",
+            help="Policies: lru (textbook), pager (what eval's RowPager does), static "
+            "(warm-up's top rows), opt (Belady's bound; one simulation per size, slower).",
+        ),
+    ] = "lru,pager,static,opt",
+    json_out: JsonFlag = False,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Also write the JSON document to this file.")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write a PNG of hit rate against cache size.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing --report/--plot files.")
+    ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Hit rate of a row cache of every size for a workload's traffic, and what misses cost.
+
+    Per Engram layer: the LRU hit rate of each size from one pass (stack distances), the
+    pager's (what eval --cache-rows does, exactly), a static cache of the warm-up's most looked-up
+    rows, and Belady's optimum (slower: one simulation per size); distinct rows per batch, bytes
+    per token paged for the row size, bandwidth at --tokens-per-s, and the smallest caches that
+    reach 50/90/99% hits. Sizes are rows per layer; eval --cache-rows N splits N over the layers.
+
+    Example: engramctl cache-plan chat.jsonl --vocab vocab.parquet --preset deepseek-v4.1
+    --sizes 64k,1M,16M --tokens-per-s 5000 --plot plan.png
+    """
+    from .._files import atomic_write, check_writable_target
+    from ..cacheplan.plan import plan_workload, table_shape
+    from ..layout import PRESET_DTYPE, PRESET_HEAD_DIM, parse_int_list
+
+    quiet = quiet or STATE["quiet"] or json_out
+    for target in (report, plot):
+        if target is not None:
+            check_writable_target(target, overwrite=overwrite)
+    size_list = parse_int_list(sizes, name="--sizes") if sizes is not None else None
+    policies = tuple(p.strip() for p in policy.split(",") if p.strip())
+    vocab_map = load_vocab(vocab)
+    if table is not None:
+        if any(f is not None for f in (preset, ngram_vocab, max_ngram, heads, seed, pad_id)):
+            raise UsageError("--table fixes the layout; drop --preset and the layout flags")
+        shape = table_shape(table, vocab_map)
+        layout, dim, served = shape.layout, shape.dim, shape.dtype
+    else:
+        flags = dict(
+            preset=preset, ngram_vocab=ngram_vocab, max_ngram=max_ngram, heads=heads, seed=seed,
+            pad_id=pad_id,
+        )  # fmt: skip
+        layout = build_layout(vocab_map, layers=None, **flags)
+        if layers is not None and not set(parse_int_list(layers, name="--layers")) <= set(
+            layout.layers
+        ):  # other layer ids than the preset's define a new layout (new primes)
+            layout = build_layout(vocab_map, layers=layers, **flags)
+        name = preset.value if preset is not None else "demo-v1"
+        dim, served = PRESET_HEAD_DIM[name], PRESET_DTYPE[name]
+    layer_ids = layout.layers
+    if layers is not None:
+        layer_ids = parse_int_list(layers, name="--layers")
+        missing = sorted(set(layer_ids) - set(layout.layers))
+        if missing:
+            raise UsageError(f"--layers {missing} are not layers of {table} {layout.layers}")
+    plan = _run(
+        quiet,
+        plan_workload,
+        paths=workload, vocab=vocab_map, layout=layout, layer_ids=layer_ids, dim=dim,
+        dtype=dtype.value if dtype is not None else served, tokenizer=tokenizer, batch=batch,
+        seq_len=seq_len, sizes=size_list, points=points, warmup_fraction=warmup_fraction,
+        tokens_per_s=tokens_per_s, policies=policies,
+    )  # fmt: skip
+    document = json.dumps(plan.to_dict(), indent=2)
+    if report is not None:
+        with atomic_write(report, "w") as handle:
+            handle.write(document + "\n")
+    if plot is not None:
+        from ..cacheplan.plot import plot_plan
+
+        plot_plan(plan, plot)
+    if json_out:
+        typer.echo(document)
+        return
+    _render(plan)
+    for path in (report, plot):
+        if path is not None:
+            console.print(f"wrote {path}")
+
+
+def _run(quiet: bool, plan_workload, **kwargs):
+    if quiet:
+        return plan_workload(**kwargs)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(
+        TextColumn("[bold]cache-plan[/] {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task("reading", total=None)
+
+        def progress(stage: str, done: int, total: int) -> None:
+            bar.update(task, description=stage, completed=done, total=total)
+
+        return plan_workload(progress=progress, **kwargs)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _render(plan) -> None:
+    console.print(
+        f"[bold]{plan.tokens:,}[/] tokens, {plan.cut}; {plan.batches:,} batches of "
+        f"{plan.batch} ({plan.warmup_batches:,} warm-up, not counted); rows of {plan.dim} "
+        f"{plan.dtype} = {plan.row_bytes} B; {plan.seconds:.1f}s"
+    )
+    policies = plan.policies
+    for layer, lp in plan.layers.items():
+        title = (
+            f"layer {layer}: {lp.distinct_rows:,} of {lp.table_rows:,} rows touched; "
+            f"{lp.unique_rows_per_batch_mean:,.0f} distinct rows per batch "
+            f"(p99 {lp.unique_rows_per_batch_p99:,.0f}); lookups / distinct {lp.dedup_ratio:.2f}; "
+            f"{lp.rows_per_token:.1f} rows per token at 0% hits"
+        )
+        table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+        table.add_column("cache rows", justify="right")
+        for name in policies:
+            table.add_column(f"{name} hits", justify="right")
+        table.add_column("lru B/token", justify="right")
+        if plan.tokens_per_s:
+            table.add_column(f"lru MiB/s at {plan.tokens_per_s:,.0f} tok/s", justify="right")
+        lru = lp.curves.get("lru")
+        for i, size in enumerate(plan.sizes):
+            cells = [f"{size:,}"] + [_pct(lp.curves[p][i].hit_rate) for p in policies]
+            point = lru[i] if lru else None
+            cells.append(f"{point.bytes_per_token:,.0f}" if point else "-")
+            if plan.tokens_per_s:
+                cells.append(f"{point.bandwidth / 2**20:,.1f}" if point else "-")
+            table.add_row(*cells)
+        console.print(table)
+        for name, reach in lp.reach.items():
+            found = " / ".join("-" if rows is None else f"{rows:,}" for rows in reach.values())
+            console.print(f"  smallest {name} cache for {'/'.join(reach)} hits: {found}")
+        if "pager" in policies:
+            console.print(
+                f"  the pager (eval --cache-rows) needs {lp.pager_min_rows:,}+ rows per layer "
+                "(a batch's rows and those of the batches in flight)"
+            )
