@@ -55,7 +55,11 @@ def test_npy_rows_are_sequences_and_batches_keep_their_order(tmp_path, tokenizer
     np.testing.assert_array_equal(workload.sequences, rows)
     traces = build_traces(workload, small_hasher, batch=3, layers=(1, 4), warmup_batches=1)
     for layer, trace in traces.items():
-        assert trace.batches == 3 and trace.lookups.tolist() == [120, 120, 40]  # rows x 10 x 4 heads
+        assert trace.batches == 3 and trace.lookups.tolist() == [
+            120,
+            120,
+            40,
+        ]  # rows x 10 x 4 heads
         for k in range(3):
             expected = small_hasher.hash_reference(rows[3 * k : 3 * k + 3], table_rows=True)
             got = trace.rows[trace.ids[trace.bounds[k] : trace.bounds[k + 1]]]

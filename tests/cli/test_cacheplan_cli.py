@@ -48,7 +48,7 @@ def test_json_report_and_plot(tmp_path, ds_vocab_path, chat):
             assert [p["cache_rows"] for p in points] == [100, 1000, 4000]
         lru = [p["hit_rate"] for p in entry["lru"]]
         assert lru == sorted(lru) and lru[-1] > 0.8  # six templates repeat: almost all hits
-        assert all(o["hits"] >= p["hits"] for o, p in zip(entry["opt"], entry["lru"]))
+        assert all(o["hits"] >= p["hits"] for o, p in zip(entry["opt"], entry["lru"], strict=True))
         top = entry["lru"][-1]
         assert top["bandwidth"] == pytest.approx(top["bytes_per_token"] * 1000)
         assert entry["dedup_ratio"] > 1 and entry["rows_per_token"] > 0
@@ -86,7 +86,8 @@ def test_table_sets_the_layout_and_its_vocab_is_checked(tmp_path, ds_vocab_path,
     tiny_vocab.save(other)
     refused = invoke(*common, "--vocab", other, "--table", table)
     assert refused.exit_code == 1 and "vocab fingerprint" in refused.output
-    assert invoke(*common, "--vocab", ds_vocab_path, "--table", table, "--heads", "4").exit_code == 2
+    flags_too = invoke(*common, "--vocab", ds_vocab_path, "--table", table, "--heads", "4")
+    assert flags_too.exit_code == 2
 
 
 @pytest.mark.parametrize(
