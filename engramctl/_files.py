@@ -36,3 +36,19 @@ def atomic_write(path: Path, mode: str = "wb"):
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Render a matplotlib figure to PNG and write it atomically; the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    path = Path(path)
+    with atomic_write(path) as handle:
+        handle.write(buffer.getvalue())
+    return path

@@ -7,10 +7,9 @@ token). The pager's curve starts at the smallest cache it accepts.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
-from .._files import atomic_write
+from .._files import save_figure
 from .plan import CachePlan
 
 STYLE = {"lru": "o-", "pager": "x--", "static": "s-", "opt": "^:"}
@@ -65,11 +64,4 @@ def plot_plan(plan: CachePlan, path: str | Path) -> Path:
     fig.suptitle(
         f"{plan.cut}; batch {plan.batch}, {plan.warmup_batches} of {plan.batches} batches warm-up"
     )
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    path = Path(path)
-    with atomic_write(path) as handle:
-        handle.write(buffer.getvalue())
-    return path
+    return save_figure(fig, path)
