@@ -2,9 +2,10 @@
 
 An access's *stack distance* is the number of distinct other rows used since that row's last use;
 an LRU cache of ``C`` rows hits exactly the accesses whose distance is below ``C`` (the inclusion
-property). One pass over the trace computes every distance with a Fenwick tree that marks each
-row's last-use position: the distance of an access is the number of marks after the row's previous
-position, O(log n) per access. A histogram of distances then answers any number of sizes at once.
+property). One pass over the trace computes every distance with a Fenwick tree over trace
+positions that marks the stale ones (uses followed by a later use of the same row): the distance
+of an access is the number of positions since the row's previous use less the stale ones among
+them, O(log n) per access. A histogram of distances then answers any number of sizes at once.
 
 Two curves share the machinery:
 
@@ -37,19 +38,39 @@ PAGER_IN_FLIGHT = 2
 
 
 @njit(cache=True)
-def _fenwick_add(tree, index, delta):
-    i = index + 1
-    n = tree.shape[0]
-    while i < n:
-        tree[i] += delta
+def _popcount(x):
+    """Set bits of a uint64 (SWAR; LLVM turns it into one instruction where there is one)."""
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return (x * np.uint64(0x0101010101010101)) >> np.uint64(56)
+
+
+@njit(cache=True)
+def _new_marks(n):
+    """Position marks: a bit per position in 64-bit words, and a Fenwick tree of per-word counts
+    (n/64 nodes: small enough to stay in cache, where a tree over positions would not)."""
+    words = (n >> 6) + 1
+    return np.zeros(words, dtype=np.uint64), np.zeros(words + 1, dtype=np.int32)
+
+
+@njit(cache=True)
+def _mark(bits, tree, position):
+    word = position >> 6
+    bits[word] |= np.uint64(1) << np.uint64(position & 63)
+    i = word + 1
+    while i < tree.shape[0]:
+        tree[i] += 1
         i += i & (-i)
 
 
 @njit(cache=True)
-def _fenwick_prefix(tree, index):
-    """Sum of marks at positions 0..index (inclusive)."""
-    total = 0
-    i = index + 1
+def _marked_through(bits, tree, position):
+    """Marks at positions 0..position (inclusive)."""
+    word = position >> 6
+    below = (np.uint64(2) << np.uint64(position & 63)) - np.uint64(1)  # wraps to all ones at 63
+    total = np.int64(_popcount(bits[word] & below))
+    i = word
     while i > 0:
         total += tree[i]
         i -= i & (-i)
@@ -59,21 +80,25 @@ def _fenwick_prefix(tree, index):
 @njit(cache=True)
 def lru_histogram_kernel(ids, n_distinct, count_from, hist):
     """Stack distances of ``ids[count_from:]`` counted into ``hist`` (cold misses at
-    ``hist[n_distinct]``); accesses before ``count_from`` only warm the stack."""
+    ``hist[n_distinct]``); accesses before ``count_from`` only warm the stack.
+
+    The tree marks *stale* positions (a row's earlier uses): the distinct rows used after
+    position ``p`` are the positions after it, less the stale ones. One query and one update per
+    access, both starting at ``p`` (one cache line for the two).
+    """
     n = ids.shape[0]
-    tree = np.zeros(n + 1, dtype=np.int32)
+    bits, tree = _new_marks(n)
     last = np.full(n_distinct, -1, dtype=np.int64)
-    live = 0
+    stale = 0
     for i in range(n):
         r = ids[i]
         p = last[r]
         if p < 0:
             distance = n_distinct
-            live += 1
         else:
-            distance = live - _fenwick_prefix(tree, p)
-            _fenwick_add(tree, p, -1)
-        _fenwick_add(tree, i, 1)
+            distance = (i - p - 1) - (stale - _marked_through(bits, tree, p))
+            _mark(bits, tree, p)
+            stale += 1
         last[r] = i
         if i >= count_from:
             hist[distance] += 1
@@ -84,30 +109,31 @@ def pager_histogram_kernel(ids, bounds, n_distinct, count_from_batch, in_flight,
     """Batch-start ranks of the accesses of batches ``count_from_batch..`` counted into ``hist``;
     returns the smallest cache the pager accepts (rows of in-flight batches stay)."""
     n = ids.shape[0]
-    tree = np.zeros(n + 1, dtype=np.int32)
+    bits, tree = _new_marks(n)  # stale positions, as in lru_histogram_kernel
     last = np.full(n_distinct, -1, dtype=np.int64)
-    live = 0
+    stale = 0
     need = 1
     for k in range(bounds.shape[0] - 1):
         start, stop = bounds[k], bounds[k + 1]
         deepest = -1  # the largest rank in this batch: a cache of that size or less misses
         for i in range(start, stop):
             p = last[ids[i]]
-            distance = n_distinct if p < 0 else live - _fenwick_prefix(tree, p)
+            if p < 0:
+                distance = n_distinct
+            else:  # rows whose last use, as the batch starts, is after p
+                distance = (start - p - 1) - (stale - _marked_through(bits, tree, p))
             deepest = max(deepest, distance)
             if k >= count_from_batch:
                 hist[distance] += 1
         for i in range(start, stop):
-            r = ids[i]
-            p = last[r]
-            if p < 0:
-                live += 1
-            else:
-                _fenwick_add(tree, p, -1)
-            _fenwick_add(tree, i, 1)
-            last[r] = i
+            p = last[ids[i]]
+            if p >= 0:
+                _mark(bits, tree, p)
+                stale += 1
+            last[ids[i]] = i
         first = bounds[max(0, k - in_flight)]  # rows of this batch and those in flight
-        window = live - (_fenwick_prefix(tree, first - 1) if first > 0 else 0)
+        before = _marked_through(bits, tree, first - 1) if first > 0 else 0
+        window = (stop - first) - (stale - before)
         # The pager fails at size C when the batch misses (C <= deepest) and the rows it may not
         # evict (this batch's and the in-flight batches') do not fit (C < window).
         need = max(need, min(window - 1, deepest) + 1)
