@@ -153,7 +153,8 @@ def lru_histogram(ids: np.ndarray, n_distinct: int, *, count_from: int = 0) -> n
     """Histogram of LRU stack distances, ``[n_distinct + 1]`` int64 (last bin: cold misses).
 
     ``ids`` are dense row ids in ``[0, n_distinct)``; accesses before ``count_from`` warm the
-    cache without being counted. An LRU cache of ``C`` rows hits ``hist[:C].sum()`` accesses.
+    cache without being counted. An LRU cache of ``C`` rows hits ``hist[:C].sum()`` accesses
+    (:func:`hits_at`).
 
     >>> lru_histogram(np.array([0, 1, 0, 2, 1]), 3).tolist()
     [0, 1, 1, 3]
@@ -189,14 +190,24 @@ def pager_histogram(
     return hist, int(need)
 
 
-def hits_at(hist: np.ndarray, sizes) -> np.ndarray:
-    """Hits of a cache of each size from a distance histogram (any number of sizes, O(1) each).
+def cumulative_hits(hist: np.ndarray) -> np.ndarray:
+    """``out[C]``: hits of a cache of ``C`` rows, for ``C`` in ``0..n_distinct``.
 
-    >>> hits_at(np.array([0, 1, 1, 3]), [1, 2, 3, 99]).tolist()
+    >>> cumulative_hits(np.array([0, 1, 1, 3])).tolist()
+    [0, 0, 1, 2]
+    """
+    out = np.zeros(len(hist), dtype=np.int64)
+    np.cumsum(hist[:-1], out=out[1:])
+    return out
+
+
+def hits_at(cumulative: np.ndarray, sizes) -> np.ndarray:
+    """Hits of a cache of each size, from :func:`cumulative_hits` (O(1) per size).
+
+    >>> hits_at(cumulative_hits(np.array([0, 1, 1, 3])), [1, 2, 3, 99]).tolist()
     [0, 1, 2, 2]
     """
-    cumulative = np.concatenate([[0], np.cumsum(hist[:-1])])  # hits of size C = cumulative[C]
-    sizes = np.minimum(np.asarray(sizes, dtype=np.int64), len(hist) - 1)
+    sizes = np.minimum(np.asarray(sizes, dtype=np.int64), len(cumulative) - 1)
     return cumulative[sizes]
 
 

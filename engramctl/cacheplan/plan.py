@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ..errors import EngramError, UsageError
-from .lru import hits_at, lru_histogram, pager_histogram
+from .lru import cumulative_hits, hits_at, lru_histogram, pager_histogram
 from .opt import opt_hits
-from .static import static_hits, static_ranks
+from .static import access_ranks, static_ranks
 from .trace import LayerTrace, Workload, batch_count, build_traces
 
 POLICIES = ("lru", "pager", "static", "opt")
@@ -147,6 +147,16 @@ def _reach(cumulative_hits: np.ndarray, accesses: int, floor: int = 1) -> dict:
     return out
 
 
+def _static_reach(ranks: np.ndarray, accesses: int) -> dict:
+    """Smallest static cache reaching each target: ``ranks`` sorted, one per hitting access."""
+    out = {}
+    for target in TARGETS:
+        need = math.ceil(target * accesses - 1e-9)
+        reached = 0 < need <= len(ranks)
+        out[f"{100 * target:g}%"] = int(ranks[need - 1]) + 1 if reached else None
+    return out
+
+
 # ------------------------------------------------------------------------------- policies
 def _layer_plan(trace: LayerTrace, *, warmup: int, sizes, policies, table_rows) -> LayerPlan:
     start = int(trace.bounds[warmup])
@@ -158,25 +168,24 @@ def _layer_plan(trace: LayerTrace, *, warmup: int, sizes, policies, table_rows) 
     for policy in policies:
         t0 = time.perf_counter()
         if policy == "lru":
-            hist = lru_histogram(trace.ids, trace.distinct, count_from=start)
-            hits[policy] = hits_at(hist, sizes)
-            reach[policy] = _reach(np.concatenate([[0], np.cumsum(hist[:-1])]), accesses)
+            cumulative = cumulative_hits(lru_histogram(trace.ids, trace.distinct, count_from=start))
+            hits[policy] = hits_at(cumulative, sizes)
+            reach[policy] = _reach(cumulative, accesses)
         elif policy == "pager":
             hist, pager_min = pager_histogram(
                 trace.ids, trace.bounds, trace.distinct, count_from_batch=warmup
             )
-            found = hits_at(hist, sizes)
+            cumulative = cumulative_hits(hist)
+            found = hits_at(cumulative, sizes)
             hits[policy] = [
                 None if s < pager_min else int(h) for s, h in zip(sizes, found, strict=True)
             ]
-            cumulative = np.concatenate([[0], np.cumsum(hist[:-1])])
             reach[policy] = _reach(cumulative, accesses, floor=pager_min)
         elif policy == "static" and warmup > 0:
             ranked, _ = static_ranks(trace.warm_rows, trace.warm_lookups)
-            counted_rows = trace.rows[trace.ids[start:]]
-            hits[policy] = static_hits(ranked, counted_rows, sizes)
-            every = static_hits(ranked, counted_rows, np.arange(len(ranked) + 1))
-            reach[policy] = _reach(every, accesses)
+            ranks = access_ranks(ranked, trace.rows[trace.ids[start:]])
+            hits[policy] = np.searchsorted(ranks, np.asarray(sizes, dtype=np.int64))
+            reach[policy] = _static_reach(ranks, accesses)
         elif policy == "opt":
             hits[policy] = opt_hits(trace.ids, trace.distinct, sizes, count_from=start)
         seconds[policy] = time.perf_counter() - t0

@@ -33,19 +33,32 @@ def static_ranks(rows: np.ndarray, lookups: np.ndarray) -> tuple[np.ndarray, np.
     return unique[order], totals[order]
 
 
+def access_ranks(ranked_rows: np.ndarray, accesses: np.ndarray) -> np.ndarray:
+    """Ranks of the accesses' rows in the static order, ascending; unranked rows left out.
+
+    A static cache of ``C`` rows hits the accesses whose rank is below ``C``.
+
+    >>> access_ranks(np.array([3, 5, 7]), np.array([5, 9, 3, 7, 5])).tolist()
+    [0, 1, 1, 2]
+    """
+    ranked_rows = np.asarray(ranked_rows, dtype=np.int64)
+    accesses = np.asarray(accesses, dtype=np.int64)
+    if len(ranked_rows) == 0:
+        return np.zeros(0, dtype=np.int64)
+    by_row = np.argsort(ranked_rows, kind="stable")
+    sorted_rows = ranked_rows[by_row]
+    at = np.minimum(np.searchsorted(sorted_rows, accesses), len(sorted_rows) - 1)
+    found = sorted_rows[at] == accesses
+    return np.sort(by_row[at[found]])
+
+
 def static_hits(ranked_rows: np.ndarray, accesses: np.ndarray, sizes) -> np.ndarray:
     """Hits among ``accesses`` (row ids) of a static cache of the top ``C`` ranked rows, per size.
 
     >>> static_hits(np.array([3, 5, 7]), np.array([5, 9, 3, 7]), [1, 2, 3]).tolist()
     [1, 2, 3]
     """
-    ranked_rows = np.asarray(ranked_rows, dtype=np.int64)
-    accesses = np.asarray(accesses, dtype=np.int64)
-    by_row = np.argsort(ranked_rows, kind="stable")
-    sorted_rows = ranked_rows[by_row]
-    at = np.minimum(np.searchsorted(sorted_rows, accesses), max(len(sorted_rows) - 1, 0))
-    found = (sorted_rows[at] == accesses) if len(sorted_rows) else np.zeros(len(accesses), bool)
-    ranks = np.sort(by_row[at][found])  # rank of each access's row, for rows that are ranked
+    ranks = access_ranks(ranked_rows, accesses)
     return np.searchsorted(ranks, np.asarray(sizes, dtype=np.int64), side="left")
 
 

@@ -109,6 +109,21 @@ def read_workload(paths, *, tokenizer, seq_len: int) -> Workload:
     return Workload(sequences, int(len(stream.ids) - 1), stream.documents, cut)
 
 
+def sorted_unique(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct values, ascending, and how often each occurs (a sort; numpy's hash-based
+    ``unique`` is several times slower on a batch's row ids).
+
+    >>> [a.tolist() for a in sorted_unique(np.array([5, 2, 5, 9]))]
+    [[2, 5, 9], [1, 2, 1]]
+    """
+    ordered = np.sort(values, kind="stable" if values.dtype.kind == "b" else None)
+    if ordered.size == 0:
+        return ordered, np.zeros(0, dtype=np.int64)
+    starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
+    counts = np.diff(np.append(starts, ordered.size))
+    return ordered[starts], counts.astype(np.int64)
+
+
 def batch_count(workload: Workload, batch: int) -> int:
     """Batches of ``batch`` consecutive sequences (the last may be short)."""
     if batch < 1:
@@ -146,12 +161,10 @@ def build_traces(
         for layer in layers:
             ids = hashed[layer].ravel()
             lookups[layer][k] = ids.size
+            unique, counts = sorted_unique(ids)
             if k < warmup_batches:
-                unique, counts = np.unique(ids, return_counts=True)
                 warm[layer][0].append(unique)
-                warm[layer][1].append(counts.astype(np.int64))
-            else:
-                unique = np.unique(ids)
+                warm[layer][1].append(counts)
             pieces[layer].append(unique)
         if progress is not None:
             progress(k + 1, total)

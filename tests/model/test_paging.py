@@ -170,7 +170,12 @@ def test_cuda_paged_equals_resident(small_layout, tiny_vocab, hasher):
 )
 def test_layer_cache_is_the_cache_plan_pager_model(batch_rows, capacity):
     """The pager's hits (or its refusal) equal cache-plan's one-pass pager curve at this size."""
-    from engramctl.cacheplan.lru import PAGER_IN_FLIGHT, hits_at, pager_histogram
+    from engramctl.cacheplan.lru import (
+        PAGER_IN_FLIGHT,
+        cumulative_hits,
+        hits_at,
+        pager_histogram,
+    )
     from engramctl.model.paging import IN_FLIGHT
 
     assert PAGER_IN_FLIGHT == IN_FLIGHT
@@ -186,4 +191,4 @@ def test_layer_cache_is_the_cache_plan_pager_model(batch_rows, capacity):
     except EngramError:
         assert capacity < need
         return
-    assert capacity >= need and hits == hits_at(hist, [capacity])[0]
+    assert capacity >= need and hits == hits_at(cumulative_hits(hist), [capacity])[0]
