@@ -30,44 +30,51 @@ def next_use_kernel(ids, n_distinct, out):
 
 
 @njit(cache=True)
-def _sift_up(heap, key, where, at):
-    row = heap[at]
-    while at > 0:
-        parent = (at - 1) >> 1
-        if key[heap[parent]] >= key[row]:
-            break
-        heap[at] = heap[parent]
-        where[heap[at]] = at
-        at = parent
-    heap[at] = row
+def _place(keys, rows, where, at, key, row):
+    keys[at] = key
+    rows[at] = row
     where[row] = at
 
 
 @njit(cache=True)
-def _sift_down(heap, key, where, at, size):
-    row = heap[at]
+def _sift_up(keys, rows, where, at, key, row):
+    """Put (key, row) at ``at`` and move it towards the root of the max-heap."""
+    while at > 0:
+        parent = (at - 1) >> 1
+        if keys[parent] >= key:
+            break
+        _place(keys, rows, where, at, keys[parent], rows[parent])
+        at = parent
+    _place(keys, rows, where, at, key, row)
+
+
+@njit(cache=True)
+def _sift_down(keys, rows, where, at, size, key, row):
+    """Put (key, row) at ``at`` and move it towards the leaves of the max-heap."""
     while True:
         child = 2 * at + 1
         if child >= size:
             break
-        if child + 1 < size and key[heap[child + 1]] > key[heap[child]]:
+        if child + 1 < size and keys[child + 1] > keys[child]:
             child += 1
-        if key[heap[child]] <= key[row]:
+        if keys[child] <= key:
             break
-        heap[at] = heap[child]
-        where[heap[at]] = at
+        _place(keys, rows, where, at, keys[child], rows[child])
         at = child
-    heap[at] = row
-    where[row] = at
+    _place(keys, rows, where, at, key, row)
 
 
 @njit(cache=True)
 def opt_hits_kernel(ids, next_use, n_distinct, count_from, size):
-    """Hits of MIN with ``size`` rows on ``ids[count_from:]``, warm-started from the warm-up."""
+    """Hits of MIN with ``size`` rows on ``ids[count_from:]``, warm-started from the warm-up.
+
+    The cache is a max-heap of (next use, row), keys stored beside the rows so that sifting
+    reads consecutive memory; ``where`` finds a cached row's heap slot.
+    """
     n = ids.shape[0]
-    key = np.zeros(n_distinct, dtype=np.int64)  # next use of each cached row
     where = np.full(n_distinct, -1, dtype=np.int64)  # heap slot of each cached row, -1 if absent
-    heap = np.empty(size, dtype=np.int64)
+    keys = np.empty(size, dtype=np.int64)
+    rows = np.empty(size, dtype=np.int64)
     filled = 0
     if count_from > 0:
         # Warm start: each warm-up row's first use at or after count_from, soonest first.
@@ -78,28 +85,22 @@ def opt_hits_kernel(ids, next_use, n_distinct, count_from, size):
         order = np.argsort(upcoming[candidates], kind="mergesort")
         for j in range(min(size, candidates.shape[0])):
             row = candidates[order[j]]
-            key[row] = upcoming[row]
-            heap[filled] = row
-            where[row] = filled
             filled += 1
-            _sift_up(heap, key, where, filled - 1)
+            _sift_up(keys, rows, where, filled - 1, upcoming[row], row)
     hits = 0
     for i in range(count_from, n):
         row = ids[i]
-        key[row] = next_use[i]
-        if where[row] >= 0:
+        key = next_use[i]
+        at = where[row]
+        if at >= 0:
             hits += 1
-            _sift_up(heap, key, where, where[row])  # its key only grows
+            _sift_up(keys, rows, where, at, key, row)  # its next use only moves later
         elif filled < size:
-            heap[filled] = row
-            where[row] = filled
             filled += 1
-            _sift_up(heap, key, where, filled - 1)
+            _sift_up(keys, rows, where, filled - 1, key, row)
         else:
-            where[heap[0]] = -1  # evict the row used farthest ahead
-            heap[0] = row
-            where[row] = 0
-            _sift_down(heap, key, where, 0, filled)
+            where[rows[0]] = -1  # evict the row used farthest ahead
+            _sift_down(keys, rows, where, 0, filled, key, row)
     return hits
 
 

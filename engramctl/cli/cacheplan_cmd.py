@@ -217,9 +217,9 @@ def _render(plan) -> None:
             f"{lp.rows_per_token:.1f} rows per token at 0% hits"
         )
         table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
-        table.add_column("cache rows", justify="right")
+        table.add_column("cache rows", justify="right", no_wrap=True)
         for name in policies:
-            table.add_column(f"{name} hits", justify="right")
+            table.add_column(f"{name} hits", justify="right", no_wrap=True)
         table.add_column("lru B/token", justify="right")
         if plan.tokens_per_s:
             table.add_column(f"lru MiB/s at {plan.tokens_per_s:,.0f} tok/s", justify="right")
