@@ -216,13 +216,16 @@ def _render(plan) -> None:
             f"(p99 {lp.unique_rows_per_batch_p99:,.0f}); lookups / distinct {lp.dedup_ratio:.2f}; "
             f"{lp.rows_per_token:.1f} rows per token at 0% hits"
         )
-        table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
-        table.add_column("cache rows", justify="right", no_wrap=True)
-        for name in policies:
-            table.add_column(f"{name} hits", justify="right", no_wrap=True)
-        table.add_column("lru B/token", justify="right")
+        caption = "hit rates; B/token: bytes paged per token by the lru cache"
         if plan.tokens_per_s:
-            table.add_column(f"lru MiB/s at {plan.tokens_per_s:,.0f} tok/s", justify="right")
+            caption += f"; MiB/s: at {plan.tokens_per_s:,.0f} tokens/s"
+        table = Table(
+            title=title, caption=caption, box=box.SIMPLE_HEAD, title_justify="left",
+            caption_justify="left",
+        )  # fmt: skip
+        for name in ("cache rows", *policies, "B/token", "MiB/s" if plan.tokens_per_s else None):
+            if name is not None:
+                table.add_column(name, justify="right", no_wrap=True)
         lru = lp.curves.get("lru")
         for i, size in enumerate(plan.sizes):
             cells = [f"{size:,}"] + [_pct(lp.curves[p][i].hit_rate) for p in policies]
