@@ -110,11 +110,14 @@ def cache_plan_command(
 ) -> None:
     """Hit rate of a row cache of every size for a workload's traffic, and what misses cost.
 
-    Per Engram layer: the LRU hit rate of each size from one pass (stack distances), the
-    pager's (what eval --cache-rows does, exactly), a static cache of the warm-up's most looked-up
-    rows, and Belady's optimum (slower: one simulation per size); distinct rows per batch, bytes
-    per token paged for the row size, bandwidth at --tokens-per-s, and the smallest caches that
-    reach 50/90/99% hits. Sizes are rows per layer; eval --cache-rows N splits N over the layers.
+    Per Engram layer, over the batches after the warm-up:
+    lru: textbook LRU, every size from one pass (stack distances);
+    pager: what eval --cache-rows does, exactly (it refuses caches below a minimum);
+    static: a fixed cache of the warm-up's most looked-up rows;
+    opt: Belady's optimum (slower: one simulation per size).
+    Also: distinct rows per batch, bytes per token paged, bandwidth at --tokens-per-s,
+    and the smallest caches reaching 50/90/99% hits.
+    Sizes are rows per layer; eval --cache-rows N splits N evenly over the layers.
 
     Example: engramctl cache-plan chat.jsonl --vocab vocab.parquet --preset deepseek-v4.1
     --sizes 64k,1M,16M --tokens-per-s 5000 --plot plan.png
