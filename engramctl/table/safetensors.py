@@ -27,7 +27,7 @@ from .._files import atomic_write, check_writable_target
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
 from .create import CreateResult, _build_meta, _write_new_group, check_free_space
-from .dtypes import FP8_SCALE_BLOCK, decode_rows, encode_rows, parse_dtype, storage_dtype
+from .dtypes import decode_rows, encode_rows, parse_dtype, storage_dtype
 from .format import (
     WriterLock,
     chunk_key,
@@ -37,6 +37,7 @@ from .format import (
     write_file_atomic,
     write_group_attrs,
 )
+from .fp8 import FP8_SCALE_BLOCK
 from .rowinit import InitRecipe
 from .table import open_table, table_info
 
