@@ -23,6 +23,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._files import atomic_directory, write_file_atomic
 from ..errors import EngramError
 from ..layout import EngramLayout
 from .dtypes import format_bytes
@@ -38,7 +39,6 @@ from .format import (
     encode_chunk,
     init_chunk_rows,
     read_group,
-    write_file_atomic,
     write_group_attrs,
 )
 from .rowinit import InitRecipe
@@ -149,9 +149,7 @@ def _write_new_group(path: Path, meta: TableMeta) -> None:
     import zarr
     from zarr.codecs import ZstdCodec
 
-    tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_directory(path, label="creating") as tmp:
         group = zarr.open_group(str(tmp), mode="w-")
         compressors = ZstdCodec(level=ZSTD_LEVEL) if meta.compressor == "zstd" else None
         for layer in meta.layers.values():
@@ -165,11 +163,6 @@ def _write_new_group(path: Path, meta: TableMeta) -> None:
                 attributes={"engramctl_dtype": meta.dtype, "engramctl_dim": meta.dim},
             )
         group.attrs.put({META_KEY: meta.to_dict(), MANIFEST_KEY: {}})
-        if path.exists():  # an empty directory the user made for it
-            path.rmdir()
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _upload_new_group(store: TableStore, meta: TableMeta) -> None:

@@ -25,6 +25,7 @@ from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
 from .dtypes import encode_rows, parse_dtype, row_bytes, row_width, storage_dtype
 from .rowinit import InitRecipe, init_values
+from .store import open_store
 
 FORMAT = "engramctl-table"
 FORMAT_VERSION = 1
@@ -251,7 +252,6 @@ def read_group(path) -> tuple[TableMeta, dict]:
 
     ``path`` is a local path, an fsspec URL or a :class:`~engramctl.table.store.TableStore`.
     """
-    from .store import open_store
 
     store = open_store(path)
     where = store.url
@@ -298,8 +298,6 @@ def manifest_to_json(manifest: dict[int, dict[int, list]]) -> dict:
 def write_group_attrs(path, meta: TableMeta, manifest: dict) -> None:
     """Replace the group attributes (one atomic write of ``zarr.json``, local or remote)."""
     import zarr
-
-    from .store import open_store
 
     group = zarr.open_group(open_store(path).zarr_location(), mode="r+")
     group.attrs.put({META_KEY: meta.to_dict(), MANIFEST_KEY: manifest_to_json(manifest)})
@@ -398,19 +396,3 @@ class WriterLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-def write_file_atomic(path: Path, data, *, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` via a temporary sibling and a rename (no reader sees half)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(memoryview(data).cast("B"))
-            if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()

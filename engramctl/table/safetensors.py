@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._files import atomic_write, check_writable_target
+from .._files import atomic_directory, atomic_write, check_writable_target, write_file_atomic
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
 from .create import CreateResult, _build_meta, _write_new_group, check_free_space
@@ -34,7 +33,6 @@ from .format import (
     crc32_of,
     encode_chunk,
     read_group,
-    write_file_atomic,
     write_group_attrs,
 )
 from .fp8 import FP8_SCALE_BLOCK
@@ -301,34 +299,28 @@ def import_safetensors(
         raise EngramError(f"directory {out_path.parent} does not exist; create it first")
     total = sum(layer.n_chunks(meta.chunk_rows) for layer in meta.layers.values())
     check_free_space(out_path.parent, total * meta.chunk_bytes)
-    tmp = out_path.with_name(f".{out_path.name}.importing-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write_new_group(tmp, meta)
-        manifest: dict = {layer_id: {} for layer_id in meta.layers}
-        done = 0
-        for layer_id, (values, scales) in sources.items():
-            for c in range(meta.layers[layer_id].n_chunks(meta.chunk_rows)):
-                start, stop = meta.chunk_span(layer_id, c)
-                rows = _chunk_from_source(meta, values, scales, source_dtype, start, stop)
-                data = encode_chunk(meta, rows)
-                write_file_atomic(tmp / chunk_key(layer_id, c), data, fsync=False)
-                manifest[layer_id][c] = [crc32_of(data), memoryview(data).nbytes, "data"]
-                done += 1
-                if progress:
-                    progress(done * meta.chunk_bytes, total * meta.chunk_bytes)
-        meta = meta.with_status("complete")
-        write_group_attrs(tmp, meta, manifest)
-        os.sync()
-        if out_path.exists():
-            with WriterLock(out_path):
-                pass
-            shutil.rmtree(out_path)
-        os.replace(tmp, out_path)
+        with atomic_directory(
+            out_path, label="importing", replace=True, before_replace=_refuse_if_written
+        ) as tmp:
+            _write_new_group(tmp, meta)
+            manifest: dict = {layer_id: {} for layer_id in meta.layers}
+            done = 0
+            for layer_id, (values, scales) in sources.items():
+                for c in range(meta.layers[layer_id].n_chunks(meta.chunk_rows)):
+                    start, stop = meta.chunk_span(layer_id, c)
+                    rows = _chunk_from_source(meta, values, scales, source_dtype, start, stop)
+                    data = encode_chunk(meta, rows)
+                    write_file_atomic(tmp / chunk_key(layer_id, c), data, fsync=False)
+                    manifest[layer_id][c] = [crc32_of(data), memoryview(data).nbytes, "data"]
+                    done += 1
+                    if progress:
+                        progress(done * meta.chunk_bytes, total * meta.chunk_bytes)
+            meta = meta.with_status("complete")
+            write_group_attrs(tmp, meta, manifest)
+            os.sync()
     except OSError as exc:
         raise EngramError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     meta, manifest = read_group(out_path)
     return CreateResult(
         str(out_path),
@@ -354,3 +346,9 @@ def _chunk_from_source(meta, values, scales, source_dtype, start, stop) -> np.nd
     else:
         rows[:n] = encode_rows(decode_rows(raw, source_dtype, meta.dim), meta.dtype)
     return rows
+
+
+def _refuse_if_written(path: Path) -> None:
+    """Take and drop the writer lock of the table about to be replaced: refused while in use."""
+    with WriterLock(path):
+        pass

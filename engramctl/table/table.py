@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import write_file_atomic
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
 from .dtypes import encode_rows
@@ -35,7 +36,6 @@ from .format import (
     encode_chunk,
     init_chunk_rows,
     read_group,
-    write_file_atomic,
     write_group_attrs,
 )
 from .gather import check_row_ids, chunk_address, gather_rows, word_dtype
