@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from urllib.parse import urlsplit
 
+from ._system import format_bytes
 from .errors import EngramError, UsageError
 
 log = logging.getLogger(__name__)
@@ -162,8 +163,6 @@ def worker_memory_limits(client) -> dict[str, int]:
 
 def check_worker_memory(client, needed_bytes: int, *, what: str, advice: str) -> None:
     """Refuse when a worker's memory limit is below ``needed_bytes``."""
-    from .table.dtypes import format_bytes
-
     for worker, limit in sorted(worker_memory_limits(client).items()):
         if limit and limit < needed_bytes:
             raise EngramError(

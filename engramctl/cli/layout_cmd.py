@@ -76,8 +76,9 @@ def layout_command(
 
     Example: engramctl layout --vocab vocab.parquet --preset deepseek-v4.1
     """
+    from .._system import format_bytes
     from ..layout import PRESET_DTYPE, PRESET_HEAD_DIM
-    from ..table.dtypes import format_bytes, parse_dtype
+    from ..table.dtypes import parse_dtype
 
     vocab_map = load_vocab(vocab)
     layout = build_layout(

@@ -169,10 +169,11 @@ def init_table_command(
 
     Example: engramctl init-table table.zarr --vocab vocab.parquet --preset demo-v1 --lazy
     """
+    from .._system import format_bytes
     from ..errors import UsageError
     from ..layout import PRESET_DTYPE, PRESET_HEAD_DIM
     from ..table.create import create_table
-    from ..table.dtypes import format_bytes, parse_dtype
+    from ..table.dtypes import parse_dtype
 
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
@@ -230,7 +231,7 @@ def info_command(
 
     Example: engramctl info table.zarr --json
     """
-    from ..table.dtypes import format_bytes
+    from .._system import format_bytes
     from ..table.table import open_table
 
     info = open_table(table, storage_options=_storage_options(storage_option)).info
@@ -330,7 +331,7 @@ def export_command(
 
     Example: engramctl export table.zarr table.safetensors
     """
-    from ..table.dtypes import format_bytes
+    from .._system import format_bytes
     from ..table.safetensors import export_safetensors
 
     with byte_progress("export", enabled=not (json_out or STATE["quiet"])) as update:
@@ -380,7 +381,7 @@ def import_command(
 
     Example: engramctl import trained.safetensors table.zarr --vocab vocab.parquet --preset demo-v1
     """
-    from ..table.dtypes import format_bytes
+    from .._system import format_bytes
     from ..table.safetensors import import_safetensors
 
     vocab_map = load_vocab(vocab)

@@ -17,7 +17,6 @@ import glob
 import gzip
 import io
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -513,7 +512,3 @@ def _parquet_items(array, first_row, f, assembler, is_text, index, fraction):
 
 def corpus_bytes(files: list[CorpusFile]) -> int:
     return sum(f.size for f in files)
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -24,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._files import atomic_directory, write_file_atomic
+from .._system import cpu_count, format_bytes
 from ..errors import EngramError
 from ..layout import EngramLayout
-from .dtypes import format_bytes
 from .format import (
     MANIFEST_KEY,
     META_KEY,
@@ -380,7 +379,7 @@ def initialize_table(
     total = len(todo) * meta.chunk_bytes
     if path.is_local:
         check_free_space(path.root, total)
-    workers = max(1, workers or os.cpu_count() or 1)
+    workers = max(1, workers or cpu_count())
     started = last_flush = time.perf_counter()
     done = bytes_done = 0
     if progress:

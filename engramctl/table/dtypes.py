@@ -47,19 +47,6 @@ def row_bytes(dim: int, dtype: str) -> int:
     return dim * DTYPE_ITEMSIZE[dtype]
 
 
-def format_bytes(n: float) -> str:
-    """Human-readable binary size.
-
-    >>> format_bytes(98 * 2**30)
-    '98.0 GiB'
-    """
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
 # ------------------------------------------------------------------------- storage layout
 # numpy dtype a row is stored as; bfloat16 as its raw 16 bits, fp8 rows as bytes (values, scales).
 STORAGE_DTYPE = {
