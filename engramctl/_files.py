@@ -1,5 +1,5 @@
 """Small file helpers: the one atomic file write, the one atomic directory write, refusing to
-overwrite.
+overwrite, and the free-space check.
 
 Every writer in the package goes through these: a file or directory appears under its final name
 only once it is complete (a temporary sibling, then a rename), and a failure leaves no
@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+from ._system import format_bytes
 from .errors import EngramError
 
 
@@ -95,3 +96,14 @@ def atomic_directory(path: Path, *, label: str = "tmp", replace: bool = False, b
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_free_space(path: Path, needed: int) -> None:
+    """Refuse to start when the file system of ``path`` has less than ``needed`` bytes free."""
+    probe = path if path.exists() else path.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise EngramError(
+            f"not enough disk space on {probe}: the table needs {format_bytes(needed)} more, "
+            f"{format_bytes(free)} is free; free some space or create it with --lazy"
+        )

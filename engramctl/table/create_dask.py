@@ -4,7 +4,7 @@
 (``create_table(..., scheduler=...)``). The table metadata goes to the workers once (one task whose
 result the chunk tasks share), then one task per chunk re-checks a chunk the manifest already lists
 (its bytes against the recorded CRC-32, so a resumed init skips good chunks) or writes the chunk's
-deterministic init values with :func:`engramctl.table.create.write_init_chunk`. The values depend
+deterministic init values with :func:`engramctl.table.chunks.write_init_chunk`. The values depend
 only on (seed, layer, row, column), so which worker writes which chunk, and how often (a killed
 worker's tasks are re-run by Dask), never changes a byte of the table.
 
@@ -16,22 +16,21 @@ local one. A worker holds one chunk at a time (:func:`init_task_memory`).
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable
 
 from ..cluster import check_worker_memory, open_client
 from ..errors import EngramError
-from .create import (
-    MANIFEST_FLUSH_SECONDS,
+from .chunks import (
     ChunkRecord,
     InitProgress,
-    _raise_init_failure,
+    ManifestRecorder,
     chunk_is_valid,
     chunks_to_write,
+    raise_init_failure,
     write_init_chunk,
 )
-from .format import TableMeta, read_group, write_group_attrs
+from .format import TableMeta, read_group
 from .store import TableStore
 
 log = logging.getLogger(__name__)
@@ -160,54 +159,35 @@ def _run_tasks(client, store, meta, manifest, progress) -> tuple[int, int, int]:
         )
         for layer_id, chunk_index in every
     ]
-    total = len(every) * meta.chunk_bytes
-    started = last_flush = time.perf_counter()
-    done = written = skipped = 0
-    if progress:
-        progress(InitProgress(0, total, 0, len(every), 0.0))
+    recorder = ManifestRecorder(store, meta, manifest, chunks_total=len(every), progress=progress)
+    written = skipped = 0
     failure: BaseException | None = None
-    finished = as_completed(futures, loop=client.loop)
     try:
-        for future in finished:
+        for future in as_completed(futures, loop=client.loop):
             try:
                 record, was_there = future.result()
             except Exception as exc:  # disk full, permissions, a chunk that killed its workers
                 failure = failure or exc
                 break
-            manifest.setdefault(record.layer_id, {})[record.chunk_index] = [
-                record.crc32,
-                record.nbytes,
-                "init",
-            ]
-            done += 1
+            recorder.record(record)
             skipped += was_there
             written += not was_there
-            if progress:
-                elapsed = time.perf_counter() - started
-                progress(InitProgress(done * meta.chunk_bytes, total, done, len(every), elapsed))
-            if time.perf_counter() - last_flush > MANIFEST_FLUSH_SECONDS:
-                write_group_attrs(store, meta, manifest)
-                last_flush = time.perf_counter()
+            recorder.flush_if_due()
     except BaseException as exc:  # KeyboardInterrupt: record what finished, stop the rest
         failure = exc
     finally:
         if failure is not None:
             client.cancel(futures)
-        complete = failure is None and done == len(every)
-        if complete:
+        elif recorder.complete:
             _remove_temporaries(store, meta)
-        try:
-            write_group_attrs(store, meta.with_status("complete") if complete else meta, manifest)
-        except Exception as exc:
-            log.error("cannot record the manifest of %s: %s", store.url, exc)
-            failure = failure or exc
+        failure = recorder.finish(failure)
     if failure is not None:
         if type(failure).__name__ == "KilledWorker":
             raise EngramError(
                 f"dask workers kept dying while writing a chunk of {store.url} ({failure}); "
                 "check their memory and logs, then rerun the same command to resume"
             ) from None
-        _raise_init_failure(failure, store.url, total - done * meta.chunk_bytes)
+        raise_init_failure(failure, store.url, recorder.bytes_total - recorder.bytes_done)
     return written, skipped, written * meta.chunk_bytes
 
 

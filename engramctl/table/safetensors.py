@@ -22,10 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .._files import atomic_directory, atomic_write, check_writable_target, write_file_atomic
+from .._files import (
+    atomic_directory,
+    atomic_write,
+    check_free_space,
+    check_writable_target,
+    write_file_atomic,
+)
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
-from .create import CreateResult, _build_meta, _write_new_group, check_free_space
+from .create import CreateResult, build_meta, write_new_group
 from .dtypes import decode_rows, encode_rows, parse_dtype, storage_dtype
 from .format import (
     WriterLock,
@@ -274,17 +280,14 @@ def import_safetensors(
         )
     sources, dim, source_dtype = _layer_sources(in_path, header, data_start, layout, name_template)
     dtype = parse_dtype(dtype) if dtype else source_dtype
-    meta = _build_meta(
-        layout,
-        vocab_fingerprint,
-        dim,
-        dtype,
-        InitRecipe("zeros", 0.0, 0),
-        0.0,
-        0,
-        False,
-        chunk_rows,
-        compressor,
+    meta = build_meta(
+        layout=layout,
+        vocab_fingerprint=vocab_fingerprint,
+        dim=dim,
+        dtype=dtype,
+        init=InitRecipe("zeros", 0.0, 0),
+        chunk_rows=chunk_rows,
+        compressor=compressor,
     )
     if out_path.exists():
         try:
@@ -303,7 +306,7 @@ def import_safetensors(
         with atomic_directory(
             out_path, label="importing", replace=True, before_replace=_refuse_if_written
         ) as tmp:
-            _write_new_group(tmp, meta)
+            write_new_group(tmp, meta)
             manifest: dict = {layer_id: {} for layer_id in meta.layers}
             done = 0
             for layer_id, (values, scales) in sources.items():
