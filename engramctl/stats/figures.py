@@ -18,7 +18,7 @@ import numpy as np
 from .._numba import njit
 from .._prefetch import AHEAD, prefetch
 from ..errors import EngramError
-from ..hashing import FAST_MOD_MIN, _floor_mod_fast
+from ..hashing import FAST_MOD_MIN, floor_mod_fast
 from .report import HeadStats, OrderStats
 
 
@@ -34,7 +34,7 @@ def _head_rows_kernel(mix, p, inv_p, fast, loads, cap, rows):
         ahead = e + AHEAD  # the row AHEAD entries on: computed and prefetched now
         if ahead < D:
             m = mix[ahead]
-            rows[ahead] = _floor_mod_fast(m, np.float64(m), p, inv_p) if fast else m % p
+            rows[ahead] = floor_mod_fast(m, np.float64(m), p, inv_p) if fast else m % p
             prefetch(loads, rows[ahead])
         if e < 0:
             continue

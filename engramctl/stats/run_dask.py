@@ -21,7 +21,6 @@ single-process pass needs (``plan.memory_estimate``, which grows with ``--sweep`
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 import uuid
@@ -35,7 +34,7 @@ from ..cluster import check_worker_memory, open_client, tree_reduce
 from ..corpus.readers import CorpusFile, CorpusWarnings, estimate_tokens, token_context
 from ..corpus.shards import DEFAULT_SHARD_BYTES, split_files
 from ..errors import EngramError, UsageError
-from .counter import MAX_LOAD, NgramCounter, _CountMap, count_maps_memory
+from .counter import NgramCounter, count_maps_memory
 from .report import HashStatsReport
 from .run import HashStatsPlan, build_report, count_corpus
 
@@ -86,15 +85,9 @@ def merge_counts(*parts: ShardCounts) -> ShardCounts:
     The inputs are left untouched (a re-run merge must not count anything twice): they are added
     into fresh maps sized for the sum of their entries, so no map grows (rehashes) on the way.
     """
-    counter = copy.copy(parts[0].counter)  # shares the read-only lut; maps and totals are new
-    counter.maps = {
-        n: _CountMap(n, m.bits, int(sum(p.counter.maps[n].size for p in parts) / MAX_LOAD) + 1)
-        for n, m in counter.maps.items()
-    }
-    counter.tokens = counter.documents = 0
+    counter = NgramCounter.sum_of([part.counter for part in parts])
     found = CorpusWarnings()
     for part in parts:
-        counter.merge(part.counter)
         for kind, entry in part.warnings.items():
             found.add(kind, entry["first"], entry["count"])
     return ShardCounts(counter, found.counts)

@@ -143,7 +143,7 @@ def export_safetensors(
         for _name, layer_id, part, _shape, _nbytes in plan:
             for c in range(meta.layers[layer_id].n_chunks(meta.chunk_rows)):
                 start, stop = meta.chunk_span(layer_id, c)
-                rows = table._load(layer_id, c)[: stop - start]
+                rows = table.read_chunk(layer_id, c)[: stop - start]
                 if meta.dtype == "float8_e4m3fn":
                     rows = rows[:, : meta.dim] if part == "values" else rows[:, meta.dim :]
                 data = np.ascontiguousarray(rows)

@@ -287,7 +287,7 @@ class Table:
             log.warning("%s is not in the manifest (an interrupted write?)", where)
         return decode_chunk(self.meta, data, where=where)
 
-    def _load(self, layer_id: int, chunk_index: int) -> np.ndarray:
+    def read_chunk(self, layer_id: int, chunk_index: int) -> np.ndarray:
         """Stored rows of any chunk: its file, or its init values if never written."""
         rows = self.read_chunk_file(layer_id, chunk_index)
         return init_chunk_rows(self.meta, layer_id, chunk_index) if rows is None else rows
@@ -402,7 +402,7 @@ class Table:
             if not group.size:
                 continue
             c = int(chunk_of[group[0]])
-            rows = np.array(self._load(layer_id, c))  # a writable copy
+            rows = np.array(self.read_chunk(layer_id, c))  # a writable copy
             rows[ids[group] - c * self.meta.chunk_rows] = stored[group]
             self.write_chunk(layer_id, c, rows, source="data")
         if flush:
