@@ -75,3 +75,27 @@ def load_tokenizer(source: str | Path = DEFAULT_TOKENIZER):
     return tokenizer, TokenizerSource(
         name=str(source), path=path, sha256=hashlib.sha256(raw).hexdigest()
     )
+
+
+def check_tokenizer(
+    info: TokenizerSource, sha256: str | None, *, built: str = "the vocab was built from"
+) -> None:
+    """Refuse a tokenizer whose ``tokenizer.json`` is not the one recorded (``sha256``).
+
+    The one "is this the tokenizer the vocab (or model) was built from" check; ``built`` names
+    what recorded it. Nothing is recorded (``sha256`` empty or None): nothing to check.
+    """
+    if sha256 and sha256 != info.sha256:
+        raise EngramError(
+            f"{built} another tokenizer (sha256 {sha256[:12]}) than {info.path} "
+            f"({info.sha256[:12]}); pass the matching --tokenizer"
+        )
+
+
+def load_checked_tokenizer(
+    source: str | Path, *, sha256: str | None, built: str = "the vocab was built from"
+):
+    """:func:`load_tokenizer`, then :func:`check_tokenizer` against the recorded ``sha256``."""
+    tokenizer, info = load_tokenizer(source)
+    check_tokenizer(info, sha256, built=built)
+    return tokenizer, info

@@ -57,16 +57,11 @@ def read_ids_file(path: Path) -> np.ndarray:
 def encode_text(text: str, tokenizer_source: str, vocab) -> tuple[np.ndarray, list[str]]:
     """Token ids (no special tokens) and their decoded pieces, refusing a foreign tokenizer."""
     from ..errors import EngramError
-    from ..tokenizer import load_tokenizer
+    from ..tokenizer import load_checked_tokenizer
 
     if not text:
         raise EngramError("--text is empty; give some text to hash")
-    tokenizer, info = load_tokenizer(tokenizer_source)
-    if vocab.source_sha256 and vocab.source_sha256 != info.sha256:
-        raise EngramError(
-            f"the vocab was built from another tokenizer (sha256 {vocab.source_sha256[:12]}) than "
-            f"{info.path} ({info.sha256[:12]}); pass the matching --tokenizer"
-        )
+    tokenizer, _ = load_checked_tokenizer(tokenizer_source, sha256=vocab.source_sha256)
     ids = tokenizer.encode(text, add_special_tokens=False).ids
     if not ids:
         raise EngramError("the text encodes to no tokens")

@@ -344,16 +344,12 @@ def evaluate(
 
 def load_model_tokenizer(checkpoint, source: str | None):
     """The tokenizer the checkpoint was trained with (or ``source``), checked by sha256."""
-    from ..tokenizer import load_tokenizer
+    from ..tokenizer import load_checked_tokenizer
 
     recorded = checkpoint.meta.get("tokenizer", {})
-    tokenizer, info = load_tokenizer(source or recorded.get("name") or "deepseek-v4")
-    if recorded.get("sha256") and recorded["sha256"] != info.sha256:
-        raise EngramError(
-            f"the model was trained with another tokenizer (sha256 {recorded['sha256'][:12]}) "
-            f"than {info.path}; pass the matching --tokenizer"
-        )
-    return tokenizer
+    source = source or recorded.get("name") or "deepseek-v4"
+    sha256 = recorded.get("sha256")
+    return load_checked_tokenizer(source, sha256=sha256, built="the model was trained with")[0]
 
 
 def explain_gates(

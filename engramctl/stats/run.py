@@ -32,6 +32,7 @@ from ..corpus.readers import (
 from ..corpus.tokenize import TextTokenizer, tokenized_batches
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
+from ..tokenizer import load_checked_tokenizer
 from .counter import NgramCounter, estimate_memory
 from .figures import order_stats
 from .report import HashStatsReport, SweepPoint
@@ -157,15 +158,7 @@ def plan_hash_stats(
 
 def load_matching_tokenizer(source: str, vocab) -> TextTokenizer:
     """The tokenizer for text input; refuses one the vocab was not built from."""
-    from ..tokenizer import load_tokenizer
-
-    tokenizer, info = load_tokenizer(source)
-    if vocab.source_sha256 and vocab.source_sha256 != info.sha256:
-        raise EngramError(
-            f"the vocab was built from another tokenizer (sha256 {vocab.source_sha256[:12]}) than "
-            f"{info.path} ({info.sha256[:12]}); pass the matching --tokenizer"
-        )
-    return TextTokenizer(tokenizer)
+    return TextTokenizer(load_checked_tokenizer(source, sha256=vocab.source_sha256)[0])
 
 
 @dataclass
