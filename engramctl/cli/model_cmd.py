@@ -107,6 +107,7 @@ def train_command(
     from ..model.checkpoint import check_checkpoint_target
     from ..model.paging import resolve_device
     from ..model.train import TrainConfig, prepare_training_data, train_model
+    from ..table.format import check_vocab_fingerprint
 
     check_checkpoint_target(out, overwrite=overwrite)
     vocab_map = table_handle = None
@@ -149,10 +150,9 @@ def train_command(
     if engram:
         table_handle = open_table_for(table, mode="r+")
     try:
-        if engram and table_handle.info.vocab_fingerprint != vocab_map.fingerprint:
-            raise EngramError(
-                f"the table was built for vocab {table_handle.info.vocab_fingerprint}, but "
-                f"{vocab} is {vocab_map.fingerprint}; pass the vocab the table was made with"
+        if engram:
+            check_vocab_fingerprint(
+                table_handle.info.vocab_fingerprint, vocab_map.fingerprint, given=str(vocab)
             )
         with _progress(steps) as on_step:
             result = train_model(

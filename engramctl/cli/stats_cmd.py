@@ -57,16 +57,13 @@ def _pick_layout(vocab_map, layers: str | None, **flags):
 
 def _table_layout(table: str, vocab_map, layers: str | None):
     """The layout of an existing table, refusing a vocab other than the one it was made for."""
-    from ..errors import EngramError
     from ..layout import parse_int_list
-    from ..table.format import read_group
+    from ..table.format import check_vocab_fingerprint, read_group
 
     meta, _ = read_group(table)
-    if meta.vocab_fingerprint != vocab_map.fingerprint:
-        raise EngramError(
-            f"table {table} was made for vocab {meta.vocab_fingerprint} but --vocab is "
-            f"{vocab_map.fingerprint}; pass the vocab the table was created with"
-        )
+    check_vocab_fingerprint(
+        meta.vocab_fingerprint, vocab_map.fingerprint, what=f"table {table}", given="--vocab"
+    )
     if not layers:
         return meta.layout, meta.layout.layers
     wanted = parse_int_list(layers, name="--layers")

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EngramError, UsageError
+from ..table.format import check_vocab_fingerprint
 
 MC_KEYS = ("context", "choices", "label")
 DEFAULT_CACHE_ROWS = 1 << 18
@@ -157,12 +158,12 @@ def open_runner(
             f"the table's layout does not match the model's (table {table.layout.to_json()} vs "
             f"model {layout.to_json()}); pass the table the model was trained with"
         )
-    fingerprint = checkpoint.meta.get("vocab_fingerprint")
-    if table.info.vocab_fingerprint != fingerprint:
-        raise EngramError(
-            f"the table was built for vocab {table.info.vocab_fingerprint}, the model for "
-            f"{fingerprint}; pass the table the model was trained with"
-        )
+    check_vocab_fingerprint(
+        table.info.vocab_fingerprint,
+        checkpoint.meta.get("vocab_fingerprint"),
+        given="the model",
+        advice="pass the table the model was trained with",
+    )
     if table.dim != checkpoint.model.config.engram_dim:
         raise EngramError(
             f"the table has rows of {table.dim} values, the model expects "

@@ -235,15 +235,30 @@ class TableMeta:
         return TableMeta.from_dict(data)
 
 
-def check_vocab(meta: TableMeta, vocab, *, where: str = "the table") -> None:
-    """Refuse a vocab whose fingerprint differs from the one the table was made for."""
-    if vocab is None:
-        return
-    if vocab.fingerprint != meta.vocab_fingerprint:
+def check_vocab_fingerprint(
+    made_for: str | None,
+    fingerprint: str | None,
+    *,
+    what: str = "the table",
+    given: str = "the vocab given",
+    advice: str = "pass the vocab the table was made with",
+) -> None:
+    """The one "was this table made for this vocab" check: refuse differing fingerprints.
+
+    ``made_for`` is the fingerprint ``what`` (a table, an export of one) records; ``fingerprint``
+    the one of ``given`` (a vocab, a model). The error names both and says what to do.
+    """
+    if fingerprint != made_for:
         raise EngramError(
-            f"vocab fingerprint {vocab.fingerprint} differs from {where}'s "
-            f"{meta.vocab_fingerprint}; use the vocab the table was made with"
+            f"{what} was made for vocab fingerprint {made_for}, but {given} has {fingerprint}; "
+            f"{advice}"
         )
+
+
+def check_vocab(meta: TableMeta, vocab, *, where: str = "the table") -> None:
+    """Refuse a vocab (``None``: nothing to check) other than the one the table was made for."""
+    if vocab is not None:
+        check_vocab_fingerprint(meta.vocab_fingerprint, vocab.fingerprint, what=where)
 
 
 # --------------------------------------------------------------------------- the group

@@ -35,6 +35,7 @@ from .create import CreateResult, build_meta, write_new_group
 from .dtypes import decode_rows, encode_rows, parse_dtype, storage_dtype
 from .format import (
     WriterLock,
+    check_vocab_fingerprint,
     chunk_key,
     crc32_of,
     encode_chunk,
@@ -273,11 +274,8 @@ def import_safetensors(
     in_path, out_path = Path(in_path), Path(out_path)
     header, metadata, data_start = read_safetensors_header(in_path)
     theirs = metadata.get("vocab_fingerprint")
-    if theirs and theirs != vocab_fingerprint:
-        raise EngramError(
-            f"{in_path} was exported from a table for vocab fingerprint {theirs}, but the vocab "
-            f"given has {vocab_fingerprint}; use the matching vocab"
-        )
+    if theirs:
+        check_vocab_fingerprint(theirs, vocab_fingerprint, what=f"{in_path}")
     sources, dim, source_dtype = _layer_sources(in_path, header, data_start, layout, name_template)
     dtype = parse_dtype(dtype) if dtype else source_dtype
     meta = build_meta(
