@@ -19,7 +19,7 @@ import logging
 import uuid
 from collections.abc import Callable
 
-from ..cluster import check_worker_memory, open_client
+from ..cluster import check_worker_memory, check_workers_see, open_client, submit_shared
 from ..errors import EngramError
 from .chunks import (
     ChunkRecord,
@@ -76,28 +76,9 @@ def _remove_temporaries(store: TableStore, meta: TableMeta) -> None:
                 (store.root / prefix / key).unlink(missing_ok=True)
 
 
-def _identity(value):
-    return value
-
-
-def _store_visible(store: TableStore) -> bool:
-    return store.exists()
-
-
-def _check_workers_see(client, store: TableStore) -> None:
-    """Refuse a local path that some worker cannot see (not on a shared file system)."""
-    try:
-        seen = client.run(_store_visible, store)
-    except EngramError:
-        raise
-    except Exception as exc:
-        raise EngramError(f"the dask workers cannot open {store.url} ({exc})") from None
-    blind = sorted(worker for worker, ok in seen.items() if not ok)
-    if blind:
-        raise EngramError(
-            f"dask worker {blind[0]} cannot see {store.url}: a local path must be on a file "
-            "system every worker mounts at the same path; or use an fsspec URL (s3://...)"
-        )
+def _store_missing(store: TableStore) -> list[str]:
+    """Runs on a worker: the table's URL if this worker cannot see it."""
+    return [] if store.exists() else [store.url]
 
 
 def initialize_table_dask(
@@ -135,7 +116,14 @@ def initialize_table_dask(
         store = type(store)(store.root.resolve())  # workers may run in another directory
     meta, manifest = read_group(store)
     check_init_memory(client, meta)
-    _check_workers_see(client, store)
+    check_workers_see(
+        client,
+        _store_missing,
+        store,
+        what=store.url,
+        advice="a local path must be on a file system every worker mounts at the same path; or "
+        "use an fsspec URL (s3://...)",
+    )
     return _run_tasks(client, store, meta, manifest, progress)
 
 
@@ -145,7 +133,7 @@ def _run_tasks(client, store, meta, manifest, progress) -> tuple[int, int, int]:
     every = chunks_to_write(meta, set())
     run = uuid.uuid4().hex[:12]  # fresh task keys: never reuse a result of an earlier run
     # a task, not scattered data: if every worker holding it dies, the scheduler recomputes it
-    meta_future = client.submit(_identity, meta, key=f"engramctl-meta-{run}", pure=False)
+    meta_future = submit_shared(client, meta, key=f"engramctl-meta-{run}")
     futures = [
         client.submit(
             ensure_chunk_task,
