@@ -103,8 +103,8 @@ class _Prepared:
     fills: dict  # layer -> (slots int64 [M], host buffer index, M)
 
 
-class _LayerCache:
-    """Slots of one layer's device cache and their LRU stamps (producer side)."""
+class DeviceRowCache:
+    """One layer's rows cached on the device: slots, the row in each, LRU stamps (producer)."""
 
     def __init__(self, layer_rows: int, capacity: int, dim: int, device):
         import torch
@@ -279,7 +279,7 @@ class RowPager(_RowSource):
                 f"more than is free; lower --cache-rows"
             )
         self.caches = {
-            layer: _LayerCache(table.layout.layer_rows(layer), cap, self.dim, device)
+            layer: DeviceRowCache(table.layout.layer_rows(layer), cap, self.dim, device)
             for layer, cap in self.caches.items()
         }
         self.stats.cache_rows = total

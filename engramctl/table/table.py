@@ -170,7 +170,7 @@ def table_info(path: Path, meta: TableMeta, manifest: dict) -> TableInfo:
 CHUNK_UNKNOWN, CHUNK_LOADED, CHUNK_UNWRITTEN = 0, 1, 2
 
 
-class _LayerCache:
+class _LoadedChunks:
     """Loaded chunks of one layer: their arrays (kept alive) and base addresses for the kernel."""
 
     def __init__(self, n_chunks: int):
@@ -202,7 +202,7 @@ class Table:
         self._lock = lock
         self._word = word_dtype(meta.row_bytes)
         self._words = meta.row_bytes // self._word.itemsize
-        self._caches: dict[int, _LayerCache] = {}
+        self._caches: dict[int, _LoadedChunks] = {}
         self._decoded: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._dirty = False
         self._mutex = threading.RLock()
@@ -242,10 +242,10 @@ class Table:
         return self.path / key if self.store.is_local else self.store.where(key)
 
     # --------------------------------------------------------------- chunk loading
-    def _cache(self, layer_id: int) -> _LayerCache:
+    def _cache(self, layer_id: int) -> _LoadedChunks:
         if layer_id not in self._caches:
             layer = self.meta.layer(layer_id)
-            self._caches[layer_id] = _LayerCache(layer.n_chunks(self.meta.chunk_rows))
+            self._caches[layer_id] = _LoadedChunks(layer.n_chunks(self.meta.chunk_rows))
         return self._caches[layer_id]
 
     def read_chunk_file(
