@@ -213,7 +213,9 @@ def test_newer_format_and_damaged_metadata(tmp_path, small_layout):
 def test_vocab_fingerprint_mismatch(tmp_path, small_layout):
     path = make(tmp_path / "t.zarr", small_layout, lazy=True).path
     other = SimpleNamespace(fingerprint="sha256:ffffffffffffffff")
-    with pytest.raises(EngramError, match=f"made for vocab fingerprint {FP}, but .* has sha256:ffffffffffffffff"):
+    with pytest.raises(
+        EngramError, match=f"made for vocab fingerprint {FP}, but .* has sha256:ffffffffffffffff"
+    ):
         open_table(path, vocab=other)
     assert not verify_table(path, vocab=other).ok
     open_table(path, vocab=SimpleNamespace(fingerprint=FP)).check_vocab(
