@@ -177,7 +177,7 @@ def hash_stats_command(
     Example: engramctl hash-stats train.jsonl --vocab vocab.parquet --sweep 100k,1M --plot s.png
     """
     from .._files import atomic_write, check_writable_target
-    from ..corpus.readers import CorpusOptions
+    from ..corpus.files import CorpusOptions
     from ..layout import parse_int_list
     from ..stats.run import (
         load_matching_tokenizer,

@@ -1,7 +1,7 @@
 """Cut corpus files into shards that count to exactly the same n-grams as the whole files.
 
 ``hash-stats --scheduler`` counts each shard in its own task. A shard is a
-:class:`~engramctl.corpus.readers.CorpusFile` with a ``span``:
+:class:`~engramctl.corpus.files.CorpusFile` with a ``span``:
 
 - uncompressed JSON Lines: byte ranges cut at line starts (a line is a document);
 - uncompressed plain text with ``--doc-sep``: byte ranges cut after blank lines (at document
@@ -24,7 +24,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from .readers import CorpusFile, CorpusOptions, flat_dtype
+from .files import CorpusFile, CorpusOptions, flat_dtype
 
 DEFAULT_SHARD_BYTES = 64 << 20
 

@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._system import cpu_count, format_bytes, parse_memory
-from ..corpus.readers import (
+from ..corpus.files import (
     CorpusFile,
     CorpusOptions,
     CorpusWarnings,
     corpus_bytes,
     discover_files,
     estimate_tokens,
-    read_batches,
 )
+from ..corpus.readers import read_batches
 from ..corpus.tokenize import TextTokenizer, tokenized_batches
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout

@@ -38,7 +38,8 @@ from ..cluster import (
     submit_shared,
     tree_reduce,
 )
-from ..corpus.readers import CorpusFile, CorpusWarnings, estimate_tokens, token_context
+from ..corpus.files import CorpusFile, CorpusWarnings, estimate_tokens
+from ..corpus.readers import token_context
 from ..corpus.shards import DEFAULT_SHARD_BYTES, split_files
 from ..errors import EngramError, UsageError
 from .counter import NgramCounter, count_maps_memory

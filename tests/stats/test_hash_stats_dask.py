@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from engramctl.corpus.readers import CorpusOptions, discover_files
+from engramctl.corpus.files import CorpusOptions, discover_files
 from engramctl.corpus.shards import split_files
 from engramctl.errors import EngramError, UsageError
 from engramctl.stats.run import load_matching_tokenizer, plan_hash_stats, run_hash_stats

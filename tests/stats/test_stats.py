@@ -275,7 +275,7 @@ def test_report_json_round_trip(ds_vocab):
 def test_pass_stops_before_outgrowing_max_memory(tmp_path, ds_vocab):
     import dataclasses
 
-    from engramctl.corpus.readers import CorpusOptions
+    from engramctl.corpus.files import CorpusOptions
     from engramctl.stats.run import plan_hash_stats, run_hash_stats
 
     layout = EngramLayout(
@@ -297,7 +297,7 @@ def test_pass_stops_before_outgrowing_max_memory(tmp_path, ds_vocab):
 
 
 def test_progress_and_should_stop(tmp_path, ds_vocab):
-    from engramctl.corpus.readers import CorpusOptions
+    from engramctl.corpus.files import CorpusOptions
     from engramctl.stats.run import plan_hash_stats, run_hash_stats
 
     layout = EngramLayout(
