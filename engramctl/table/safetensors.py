@@ -277,16 +277,42 @@ def import_safetensors(
     if theirs:
         check_vocab_fingerprint(theirs, vocab_fingerprint, what=f"{in_path}")
     sources, dim, source_dtype = _layer_sources(in_path, header, data_start, layout, name_template)
-    dtype = parse_dtype(dtype) if dtype else source_dtype
     meta = build_meta(
         layout=layout,
         vocab_fingerprint=vocab_fingerprint,
         dim=dim,
-        dtype=dtype,
+        dtype=parse_dtype(dtype) if dtype else source_dtype,
         init=InitRecipe("zeros", 0.0, 0),
         chunk_rows=chunk_rows,
         compressor=compressor,
     )
+    _check_import_target(out_path, overwrite=overwrite)
+    total = sum(layer.n_chunks(meta.chunk_rows) for layer in meta.layers.values())
+    check_free_space(out_path.parent, total * meta.chunk_bytes)
+    try:
+        with atomic_directory(
+            out_path, label="importing", replace=True, before_replace=_refuse_if_written
+        ) as tmp:
+            write_new_group(tmp, meta)
+            manifest = _copy_chunks(tmp, meta, sources, source_dtype, progress=progress)
+            write_group_attrs(tmp, meta.with_status("complete"), manifest)
+            os.sync()
+    except OSError as exc:
+        raise EngramError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
+    meta, manifest = read_group(out_path)
+    return CreateResult(
+        path=str(out_path),
+        info=table_info(out_path, meta, manifest),
+        resumed=False,
+        chunks_written=total,
+        chunks_skipped=0,
+        bytes_written=total * meta.chunk_bytes,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _check_import_target(out_path: Path, *, overwrite: bool) -> None:
+    """Refuse to replace anything but an engramctl table, and that only with ``overwrite``."""
     if out_path.exists():
         try:
             read_group(out_path)
@@ -298,40 +324,24 @@ def import_safetensors(
             raise EngramError(f"{out_path} exists; pass --overwrite to replace it")
     elif not out_path.parent.is_dir():
         raise EngramError(f"directory {out_path.parent} does not exist; create it first")
+
+
+def _copy_chunks(tmp: Path, meta, sources: dict, source_dtype: str, *, progress) -> dict:
+    """Write every chunk of the new table at ``tmp`` from the source tensors; its manifest."""
     total = sum(layer.n_chunks(meta.chunk_rows) for layer in meta.layers.values())
-    check_free_space(out_path.parent, total * meta.chunk_bytes)
-    try:
-        with atomic_directory(
-            out_path, label="importing", replace=True, before_replace=_refuse_if_written
-        ) as tmp:
-            write_new_group(tmp, meta)
-            manifest: dict = {layer_id: {} for layer_id in meta.layers}
-            done = 0
-            for layer_id, (values, scales) in sources.items():
-                for c in range(meta.layers[layer_id].n_chunks(meta.chunk_rows)):
-                    start, stop = meta.chunk_span(layer_id, c)
-                    rows = _chunk_from_source(meta, values, scales, source_dtype, start, stop)
-                    data = encode_chunk(meta, rows)
-                    write_file_atomic(tmp / chunk_key(layer_id, c), data, fsync=False)
-                    manifest[layer_id][c] = [crc32_of(data), memoryview(data).nbytes, "data"]
-                    done += 1
-                    if progress:
-                        progress(done * meta.chunk_bytes, total * meta.chunk_bytes)
-            meta = meta.with_status("complete")
-            write_group_attrs(tmp, meta, manifest)
-            os.sync()
-    except OSError as exc:
-        raise EngramError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
-    meta, manifest = read_group(out_path)
-    return CreateResult(
-        str(out_path),
-        table_info(out_path, meta, manifest),
-        False,
-        total,
-        0,
-        total * meta.chunk_bytes,
-        time.perf_counter() - started,
-    )
+    manifest: dict = {layer_id: {} for layer_id in meta.layers}
+    done = 0
+    for layer_id, (values, scales) in sources.items():
+        for c in range(meta.layers[layer_id].n_chunks(meta.chunk_rows)):
+            start, stop = meta.chunk_span(layer_id, c)
+            rows = _chunk_from_source(meta, values, scales, source_dtype, start, stop)
+            data = encode_chunk(meta, rows)
+            write_file_atomic(tmp / chunk_key(layer_id, c), data, fsync=False)
+            manifest[layer_id][c] = [crc32_of(data), memoryview(data).nbytes, "data"]
+            done += 1
+            if progress:
+                progress(done * meta.chunk_bytes, total * meta.chunk_bytes)
+    return manifest
 
 
 def _chunk_from_source(meta, values, scales, source_dtype, start, stop) -> np.ndarray:
