@@ -68,18 +68,15 @@ def build_meta(
     layout: EngramLayout,
     vocab_fingerprint: str,
     dim: int,
-    dtype: str = "float32",
-    init: str | InitRecipe = "normal",
-    std: float = 0.02,
-    seed: int = 0,
+    dtype: str,
+    init: InitRecipe,
     lazy: bool = False,
     chunk_rows: int | None = None,
     compressor: str = "none",
 ) -> TableMeta:
-    """The metadata of a new table (arguments as :func:`create_table`'s); ``chunk_rows``
-    defaults to about 4 MiB per chunk."""
+    """The metadata of a new table (arguments as :func:`create_table`'s, the init as a recipe);
+    ``chunk_rows`` defaults to about 4 MiB per chunk."""
     dtype = parse_dtype(dtype)
-    recipe = init if isinstance(init, InitRecipe) else InitRecipe(kind=init, std=std, seed=seed)
     largest = max(layout.layer_rows(layer) for layer in layout.layers)
     if chunk_rows is None:  # 0 or less is refused by TableMeta.build, not replaced
         chunk_rows = default_chunk_rows(dim, dtype, largest)
@@ -90,7 +87,7 @@ def build_meta(
         dtype=dtype,
         chunk_rows=chunk_rows,
         compressor=compressor,
-        init=recipe,
+        init=init,
         lazy=lazy,
         status="lazy" if lazy else "initializing",
     )
@@ -246,9 +243,7 @@ def create_table(
         vocab_fingerprint=vocab_fingerprint,
         dim=dim,
         dtype=dtype,
-        init=init,
-        std=std,
-        seed=seed,
+        init=init if isinstance(init, InitRecipe) else InitRecipe(kind=init, std=std, seed=seed),
         lazy=lazy,
         chunk_rows=chunk_rows,
         compressor=compressor,
