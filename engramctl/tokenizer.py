@@ -75,3 +75,23 @@ def load_tokenizer(source: str | Path = DEFAULT_TOKENIZER):
     return tokenizer, TokenizerSource(
         name=str(source), path=path, sha256=hashlib.sha256(raw).hexdigest()
     )
+
+
+def encode_text(text: str, tokenizer_source: str, vocab):
+    """Token ids (int64, no special tokens) and their decoded pieces, refusing a tokenizer other
+    than the one ``vocab`` (a CanonicalVocab) was built from."""
+    import numpy as np
+
+    if not text:
+        raise EngramError("--text is empty; give some text to hash")
+    tokenizer, info = load_tokenizer(tokenizer_source)
+    if vocab.source_sha256 and vocab.source_sha256 != info.sha256:
+        raise EngramError(
+            f"the vocab was built from another tokenizer (sha256 {vocab.source_sha256[:12]}) than "
+            f"{info.path} ({info.sha256[:12]}); pass the matching --tokenizer"
+        )
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    if not ids:
+        raise EngramError("the text encodes to no tokens")
+    pieces = [tokenizer.decode([i], skip_special_tokens=False) for i in ids]
+    return np.array(ids, dtype=np.int64), pieces
