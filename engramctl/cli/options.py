@@ -33,6 +33,10 @@ Device = _choices("Device", DEVICES)
 LAYOUT_PANEL = "Layout"
 
 
+def _layout_option(flag: str, help_text: str, metavar: str | None = None):
+    return typer.Option(flag, metavar=metavar, help=help_text, rich_help_panel=LAYOUT_PANEL)
+
+
 class LayoutFlags:
     """The layout options, declared once. A command that takes a layout lists every one of them
     in its signature (typer reads options from the signature), under the same parameter names,
@@ -45,46 +49,24 @@ class LayoutFlags:
 
     Preset = Annotated[
         Preset | None,
-        typer.Option(
+        _layout_option(
             "--preset",
-            help=f"Layout preset; layout flags override its fields. (default: {DEFAULT_PRESET})",
-            rich_help_panel=LAYOUT_PANEL,
+            f"Layout preset; layout flags override its fields. (default: {DEFAULT_PRESET})",
         ),
     ]
     NgramVocab = Annotated[
         str | None,
-        typer.Option(
-            "--ngram-vocab",
-            metavar="ROWS,...",
-            help="Rows per head for orders 2..max, e.g. 646400,646400.",
-            rich_help_panel=LAYOUT_PANEL,
+        _layout_option(
+            "--ngram-vocab", "Rows per head for orders 2..max, e.g. 646400,646400.", "ROWS,..."
         ),
     ]
-    MaxNgram = Annotated[
-        int | None,
-        typer.Option("--max-ngram", help="Largest n-gram order.", rich_help_panel=LAYOUT_PANEL),
-    ]
-    Heads = Annotated[
-        int | None,
-        typer.Option("--heads", help="Hash heads per n-gram order.", rich_help_panel=LAYOUT_PANEL),
-    ]
+    MaxNgram = Annotated[int | None, _layout_option("--max-ngram", "Largest n-gram order.")]
+    Heads = Annotated[int | None, _layout_option("--heads", "Hash heads per n-gram order.")]
     Layers = Annotated[
-        str | None,
-        typer.Option(
-            "--layers",
-            metavar="IDS",
-            help="Engram layer ids, e.g. 1,15.",
-            rich_help_panel=LAYOUT_PANEL,
-        ),
+        str | None, _layout_option("--layers", "Engram layer ids, e.g. 1,15.", "IDS")
     ]
-    Seed = Annotated[
-        int | None,
-        typer.Option("--seed", help="The multipliers' seed.", rich_help_panel=LAYOUT_PANEL),
-    ]
-    PadId = Annotated[
-        int | None,
-        typer.Option("--pad-id", help="Raw pad token id.", rich_help_panel=LAYOUT_PANEL),
-    ]
+    Seed = Annotated[int | None, _layout_option("--seed", "The multipliers' seed.")]
+    PadId = Annotated[int | None, _layout_option("--pad-id", "Raw pad token id.")]
 
     # The parameter name each command gives each option above (the LayoutRequest field names).
     NAMES = ("preset", "ngram_vocab", "max_ngram", "heads", "layers", "seed", "pad_id")
