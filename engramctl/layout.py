@@ -222,7 +222,7 @@ class EngramLayout:
 
     def multipliers(self, layer_id: int) -> np.ndarray:
         """Odd int64 multipliers ``[max_ngram]`` of one layer."""
-        self._check_layer(layer_id)
+        self.check_layer(layer_id)
         key = ("mult", layer_id)
         if key not in self._cache:
             half = max(1, INT64_MAX // self.vocab_size // 2)
@@ -251,7 +251,7 @@ class EngramLayout:
 
     def head_rows(self, layer_id: int) -> np.ndarray:
         """Row count (a prime) of each head of a layer, ``[(max_ngram-1)*heads]`` int64."""
-        self._check_layer(layer_id)
+        self.check_layer(layer_id)
         return np.array(self._primes[layer_id], dtype=np.int64)
 
     def head_offsets(self, layer_id: int) -> np.ndarray:
@@ -282,7 +282,7 @@ class EngramLayout:
         data["ngram_vocab"] = list(ngram_vocab)
         return EngramLayout.from_dict(data)
 
-    def _check_layer(self, layer_id: int) -> None:
+    def check_layer(self, layer_id: int) -> None:
         if layer_id not in self.layers:
             raise UsageError(
                 f"layer {layer_id} is not an Engram layer of this layout {self.layers}"

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ._files import atomic_write
 from .errors import EngramError
 
 VOCAB_FORMAT = "engramctl-vocab"
@@ -202,14 +202,8 @@ class CanonicalVocab:
             }
         )
         table = table.replace_schema_metadata({METADATA_KEY: json.dumps(self.metadata())})
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise EngramError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_write(path) as handle:
+            pq.write_table(table, handle)
         return path
 
     @classmethod

@@ -39,8 +39,9 @@ def layout_command(
     Example:
     engramctl layout --vocab vocab.parquet --preset deepseek-v4.1
     """
+    from .._system import format_bytes
     from ..layout import layout_report
-    from ..table.dtypes import format_bytes, parse_dtype, row_bytes
+    from ..table.dtypes import parse_dtype, row_bytes
 
     resolved = resolve_layout_flags(ctx.params, load_vocab(vocab))
     dim = dim if dim is not None else resolved.dim

@@ -138,7 +138,7 @@ def hash_stats_command(
     text_tokenizer = load_matching_tokenizer(tokenizer, vocab_map) if plan.needs_tokenizer else None
     note = err_console.print if json_out else console.print
     if not quiet:
-        from ..table.dtypes import format_bytes
+        from .._system import format_bytes
 
         note(
             f"{len(plan.files)} file(s), {format_bytes(plan.bytes_total)}; accumulators need up to "

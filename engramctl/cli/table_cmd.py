@@ -98,9 +98,10 @@ def init_table_command(
     Example:
     engramctl init-table t.zarr --vocab vocab.parquet --preset demo-v1 --lazy
     """
+    from .._system import format_bytes
     from ..errors import UsageError
     from ..table.create import create_table
-    from ..table.dtypes import format_bytes, parse_dtype
+    from ..table.dtypes import parse_dtype
 
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
@@ -158,7 +159,7 @@ def info_command(
     Example:
     engramctl info table.zarr --json
     """
-    from ..table.dtypes import format_bytes
+    from .._system import format_bytes
     from ..table.table import open_table
 
     info = open_table(table, storage_options=_storage_options(storage_option)).info
@@ -260,7 +261,7 @@ def export_command(
     Example:
     engramctl export table.zarr table.safetensors
     """
-    from ..table.dtypes import format_bytes
+    from .._system import format_bytes
     from ..table.safetensors import export_safetensors
 
     with progress("export", enabled=not (json_out or STATE["quiet"])) as update:
@@ -313,7 +314,7 @@ def import_command(
     engramctl import trained.safetensors table.zarr \\
         --vocab vocab.parquet --preset demo-v1
     """
-    from ..table.dtypes import format_bytes
+    from .._system import format_bytes
     from ..table.safetensors import import_safetensors
 
     vocab_map = load_vocab(vocab)

@@ -17,7 +17,6 @@ import glob
 import gzip
 import io
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -329,10 +328,10 @@ def _parquet_batches(f, options) -> Iterator[tuple[object, int, float]]:
 def _token_itemsize(f: CorpusFile, options: CorpusOptions) -> int:
     if f.path.suffix.lower() == ".npy":
         return 4  # estimate only
-    return np.dtype(_flat_dtype(f, options)).itemsize
+    return np.dtype(flat_dtype(f, options)).itemsize
 
 
-def _flat_dtype(f: CorpusFile, options: CorpusOptions):
+def flat_dtype(f: CorpusFile, options: CorpusOptions):
     suffix = f.path.suffix.lower()
     if options.token_dtype:
         return TOKEN_DTYPES[options.token_dtype]
@@ -361,7 +360,7 @@ def _token_arrays(f, options) -> Iterator[tuple[np.ndarray, bool, tuple, int]]:
         if array.ndim != 1:
             raise EngramError(f"{f.path}: expected a [T] or [B, T] array, got {list(array.shape)}")
     else:
-        dtype = np.dtype(_flat_dtype(f, options))
+        dtype = np.dtype(flat_dtype(f, options))
         if f.size % dtype.itemsize:
             raise EngramError(
                 f"{f.path}: {f.size} bytes is not a whole number of {dtype.name} token ids; "
@@ -513,7 +512,3 @@ def _parquet_items(array, first_row, f, assembler, is_text, index, fraction):
 
 def corpus_bytes(files: list[CorpusFile]) -> int:
     return sum(f.size for f in files)
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -71,7 +71,7 @@ def test_refusals(table, tmp_path, ds_vocab_path, tiny_vocab):
     other = tmp_path / "tiny.parquet"
     tiny_vocab.save(other)
     result = run("verify", table, "--vocab", other)
-    assert result.exit_code == 1 and "vocab fingerprint" in result.stderr
+    assert result.exit_code == 1 and "was made for vocab" in result.stderr
 
 
 def test_export_import_round_trip(table, tmp_path, ds_vocab_path):

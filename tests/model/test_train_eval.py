@@ -289,7 +289,7 @@ def test_bad_input_is_one_clear_line(trained, tmp_path, ds_vocab, corpus, tables
     bench = corpus / "heldout.jsonl"
     cases = [
         (["--table", "other.zarr"], "layout does not match"),
-        (["--table", "foreign.zarr"], "built for vocab sha256:0000"),
+        (["--table", "foreign.zarr"], "made for vocab fingerprint sha256:0000"),
         ([], "pass --table"),
     ]
     for extra, message in cases:

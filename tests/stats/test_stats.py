@@ -12,14 +12,12 @@ from hypothesis import strategies as st
 from engramctl import EngramLayout
 from engramctl.hashing import hash_layer_reference
 from engramctl.stats.counter import NgramCounter, estimate_memory
-from engramctl.stats.figures import (
+from engramctl.stats.figures import head_counts_reference, head_figures, order_stats
+from engramctl.stats.report import (
+    HashStatsReport,
     expected_colliding_fraction,
     expected_occupied_rows,
-    head_counts_reference,
-    head_figures,
-    order_stats,
 )
-from engramctl.stats.report import HashStatsReport
 from engramctl.stats.run import finalize
 
 
