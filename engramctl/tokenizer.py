@@ -99,3 +99,18 @@ def load_checked_tokenizer(
     tokenizer, info = load_tokenizer(source)
     check_tokenizer(info, sha256, built=built)
     return tokenizer, info
+
+
+def encode_text(text: str, tokenizer_source: str, vocab):
+    """Token ids (int64, no special tokens) and their decoded pieces, refusing a tokenizer other
+    than the one ``vocab`` (a CanonicalVocab) was built from."""
+    import numpy as np
+
+    if not text:
+        raise EngramError("--text is empty; give some text to hash")
+    tokenizer, _ = load_checked_tokenizer(tokenizer_source, sha256=vocab.source_sha256)
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    if not ids:
+        raise EngramError("the text encodes to no tokens")
+    pieces = [tokenizer.decode([i], skip_special_tokens=False) for i in ids]
+    return np.array(ids, dtype=np.int64), pieces

@@ -29,6 +29,7 @@ from ..table.dtypes import decode_rows, row_bytes
 log = logging.getLogger(__name__)
 
 # Batches in flight besides the one being produced: one queued, one being consumed.
+DEVICES = ("auto", "cpu", "cuda")  # what --device accepts (auto: cuda when available)
 IN_FLIGHT = 2
 HOST_BUFFERS = IN_FLIGHT + 2  # a ring of host staging buffers per layer
 NEVER_USED = -(2**62)  # LRU stamp of an empty slot

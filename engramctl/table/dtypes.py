@@ -14,6 +14,7 @@ from .fp8 import FP8_SCALE_BLOCK, UE8M0_BIAS, fp8_e4m3fn_decode
 
 DTYPE_ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1}
 DTYPES = tuple(DTYPE_ITEMSIZE)
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp8": "float8_e4m3fn"}
 
 
 def parse_dtype(name: str) -> str:
@@ -22,8 +23,7 @@ def parse_dtype(name: str) -> str:
     >>> parse_dtype("bfloat16")
     'bfloat16'
     """
-    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp8": "float8_e4m3fn"}
-    name = aliases.get(name, name)
+    name = DTYPE_ALIASES.get(name, name)
     if name not in DTYPE_ITEMSIZE:
         raise UsageError(f"unknown dtype {name!r}; expected one of: {', '.join(DTYPES)}")
     return name

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EngramError, UsageError
-from ..layout import EngramLayout
+from ..layout import EngramLayout, LayoutSource
+from .choices import COMPRESSORS
 from .dtypes import encode_rows, parse_dtype, row_bytes, row_width, storage_dtype
 from .rowinit import InitRecipe, init_values
 from .store import open_store
@@ -32,7 +33,6 @@ FORMAT_VERSION = 1
 META_KEY = "engramctl"
 MANIFEST_KEY = "engramctl_manifest"
 LOCK_NAME = ".engramctl.lock"
-COMPRESSORS = ("none", "zstd")
 ZSTD_LEVEL = 3
 TARGET_CHUNK_BYTES = 4 * 2**20  # a chunk of a few MiB: one mmap, one checksum, one rename
 
@@ -316,6 +316,14 @@ def write_group_attrs(path, meta: TableMeta, manifest: dict) -> None:
 
     group = zarr.open_group(open_store(path).zarr_location(), mode="r+")
     group.attrs.put({META_KEY: meta.to_dict(), MANIFEST_KEY: manifest_to_json(manifest)})
+
+
+def table_layout_source(path, *, vocab=None) -> LayoutSource:
+    """A table's layout as the layout source of ``--table`` (its dim and dtype with it), refusing
+    a vocab the table was not made for."""
+    meta, _ = read_group(path)
+    check_vocab(meta, vocab, where=str(path))
+    return LayoutSource(meta.layout, meta.dim, meta.dtype, flag="--table", where=f"table {path}")
 
 
 # --------------------------------------------------------------------------- chunk codec
