@@ -261,4 +261,4 @@ def test_layout_from_table_equals_the_flags(tmp_path, ds_vocab_path, tiny_vocab,
     other = tmp_path / "other.parquet"
     tiny_vocab.save(other)
     refused = invoke("hash-stats", token_docs, "--vocab", other, "--table", table, "-q")
-    assert refused.exit_code == 1 and "use the vocab the table was made with" in refused.output
+    assert refused.exit_code == 1 and "the vocab the table was made with" in refused.output
