@@ -340,24 +340,6 @@ def _all_layers(plan: CachePlan, sizes, nbytes, tokens_per_s, positions) -> dict
 
 
 # ------------------------------------------------------------------------ entry point
-@dataclass(frozen=True)
-class TableShape:
-    """What a table fixes for a plan: its layout and the size of its rows."""
-
-    layout: object  # EngramLayout
-    dim: int
-    dtype: str
-
-
-def table_shape(path, vocab) -> TableShape:
-    """Read a table's layout, row width and dtype, refusing a vocab it was not made for."""
-    from ..table.format import check_vocab, read_group
-
-    meta, _ = read_group(path)
-    check_vocab(meta, vocab, where=f"table {path}")
-    return TableShape(meta.layout, int(meta.dim), meta.dtype)
-
-
 def plan_workload(
     *,
     paths,
@@ -383,7 +365,7 @@ def plan_workload(
     Cheap arguments are checked before any file is read.
     """
     from ..hashing import NgramHasher
-    from ..tokenizer import load_tokenizer_for_vocab
+    from ..tokenizer import load_checked_tokenizer
     from .trace import read_workload
 
     check_options(batch, warmup_fraction, tokens_per_s)
@@ -391,9 +373,8 @@ def plan_workload(
         check_sizes(sizes)
     check_policies(policies)
     hasher = NgramHasher(layout, vocab)
-    workload = read_workload(
-        paths, tokenizer=load_tokenizer_for_vocab(tokenizer, vocab), seq_len=seq_len
-    )
+    text_tokenizer, _ = load_checked_tokenizer(tokenizer, sha256=vocab.source_sha256)
+    workload = read_workload(paths, tokenizer=text_tokenizer, seq_len=seq_len)
     return plan_cache(
         workload=workload,
         workload_paths=paths,

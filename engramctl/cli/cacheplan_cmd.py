@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -11,32 +10,14 @@ import typer
 from rich import box
 from rich.table import Table
 
-from ..errors import UsageError
-from .app import STATE, command, console, err_console
-from .options import (
-    HeadsOpt,
-    JsonFlag,
-    LayersOpt,
-    MaxNgramOpt,
-    NgramVocabOpt,
-    PadIdOpt,
-    PresetOpt,
-    SeedOpt,
-    VocabOpt,
-    build_layout,
-    load_vocab,
-)
-
-
-class ServeDtype(str, Enum):
-    fp8 = "fp8"
-    bfloat16 = "bfloat16"
-    float16 = "float16"
-    float32 = "float32"
+from .app import STATE, command, console
+from .options import Dtype, JsonFlag, LayoutFlags, VocabOpt, load_vocab, resolve_layout_flags
+from .progress import progress
 
 
 @command("cache-plan")
 def cache_plan_command(
+    ctx: typer.Context,
     workload: Annotated[
         list[str],
         typer.Argument(
@@ -44,17 +25,21 @@ def cache_plan_command(
         ),
     ],
     vocab: VocabOpt,
+    preset: LayoutFlags.Preset = None,
+    ngram_vocab: LayoutFlags.NgramVocab = None,
+    max_ngram: LayoutFlags.MaxNgram = None,
+    heads: LayoutFlags.Heads = None,
+    layers: LayoutFlags.Layers = None,
+    seed: LayoutFlags.Seed = None,
+    pad_id: LayoutFlags.PadId = None,
     table: Annotated[
         str | None,
-        typer.Option("--table", help="Take the layout, row width and dtype from this table."),
+        typer.Option(
+            "--table",
+            help="Take the layout, row width and dtype from this table (path or URL).",
+            rich_help_panel="Layout",
+        ),
     ] = None,
-    preset: PresetOpt = None,
-    ngram_vocab: NgramVocabOpt = None,
-    max_ngram: MaxNgramOpt = None,
-    heads: HeadsOpt = None,
-    layers: LayersOpt = None,
-    seed: SeedOpt = None,
-    pad_id: PadIdOpt = None,
     tokenizer: Annotated[
         str, typer.Option("--tokenizer", help="Tokenizer for text (must match the vocab).")
     ] = "deepseek-v4",
@@ -79,7 +64,7 @@ def cache_plan_command(
         ),
     ] = 0.1,
     dtype: Annotated[
-        ServeDtype | None,
+        Dtype | None,
         typer.Option("--dtype", help="Row dtype served (default: the table's or preset's)."),
     ] = None,
     tokens_per_s: Annotated[
@@ -106,7 +91,6 @@ def cache_plan_command(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace existing --report/--plot files.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Hit rate of a row cache of every size for a workload's traffic, and what misses cost.
 
@@ -119,48 +103,28 @@ def cache_plan_command(
     and the smallest caches reaching 50/90/99% hits.
     Sizes are rows per layer; eval --cache-rows N splits N evenly over the layers.
 
-    Example: engramctl cache-plan chat.jsonl --vocab vocab.parquet --preset deepseek-v4.1
-    --sizes 64k,1M,16M --tokens-per-s 5000 --plot plan.png
+    Example:
+    engramctl cache-plan chat.jsonl --vocab vocab.parquet --preset deepseek-v4.1 \\
+        --sizes 64k,1M,16M --tokens-per-s 5000 --plot plan.png
     """
     from .._files import atomic_write, check_writable_target
-    from ..cacheplan.plan import plan_workload, table_shape
-    from ..layout import PRESET_DTYPE, PRESET_HEAD_DIM, parse_int_list
+    from ..cacheplan.plan import plan_workload
+    from ..layout import parse_int_list
 
-    quiet = quiet or STATE["quiet"] or json_out
+    quiet = STATE["quiet"] or json_out
     for target in (report, plot):
         if target is not None:
             check_writable_target(target, overwrite=overwrite)
     size_list = parse_int_list(sizes, name="--sizes") if sizes is not None else None
     policies = tuple(p.strip() for p in policy.split(",") if p.strip())
     vocab_map = load_vocab(vocab)
-    if table is not None:
-        if any(f is not None for f in (preset, ngram_vocab, max_ngram, heads, seed, pad_id)):
-            raise UsageError("--table fixes the layout; drop --preset and the layout flags")
-        shape = table_shape(table, vocab_map)
-        layout, dim, served = shape.layout, shape.dim, shape.dtype
-    else:
-        flags = dict(
-            preset=preset, ngram_vocab=ngram_vocab, max_ngram=max_ngram, heads=heads, seed=seed,
-            pad_id=pad_id,
-        )  # fmt: skip
-        layout = build_layout(vocab_map, layers=None, **flags)
-        if layers is not None and not set(parse_int_list(layers, name="--layers")) <= set(
-            layout.layers
-        ):  # other layer ids than the preset's define a new layout (new primes)
-            layout = build_layout(vocab_map, layers=layers, **flags)
-        name = preset.value if preset is not None else "demo-v1"
-        dim, served = PRESET_HEAD_DIM[name], PRESET_DTYPE[name]
-    layer_ids = layout.layers
-    if layers is not None:
-        layer_ids = parse_int_list(layers, name="--layers")
-        missing = sorted(set(layer_ids) - set(layout.layers))
-        if missing:
-            raise UsageError(f"--layers {missing} are not layers of {table} {layout.layers}")
+    resolved = resolve_layout_flags(ctx.params, vocab_map, table=table, pick_layers=True)
     plan = _run(
         quiet,
         plan_workload,
-        paths=workload, vocab=vocab_map, layout=layout, layer_ids=layer_ids, dim=dim,
-        dtype=dtype.value if dtype is not None else served, tokenizer=tokenizer, batch=batch,
+        paths=workload, vocab=vocab_map, layout=resolved.layout, layer_ids=resolved.layer_ids,
+        dim=resolved.dim, dtype=dtype.value if dtype is not None else resolved.dtype,
+        tokenizer=tokenizer, batch=batch,
         seq_len=seq_len, sizes=size_list, points=points, warmup_fraction=warmup_fraction,
         tokens_per_s=tokens_per_s, policies=policies,
     )  # fmt: skip
@@ -182,23 +146,8 @@ def cache_plan_command(
 
 
 def _run(quiet: bool, plan_workload, **kwargs):
-    if quiet:
-        return plan_workload(**kwargs)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-
-    with Progress(
-        TextColumn("[bold]cache-plan[/] {task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=err_console,
-        transient=True,
-    ) as bar:
-        task = bar.add_task("reading", total=None)
-
-        def progress(stage: str, done: int, total: int) -> None:
-            bar.update(task, description=stage, completed=done, total=total)
-
-        return plan_workload(progress=progress, **kwargs)
+    with progress("cache-plan", enabled=not quiet, unit="steps", transient=True) as update:
+        return plan_workload(progress=lambda stage, done, total: update(done, total), **kwargs)
 
 
 def _pct(value) -> str:

@@ -30,7 +30,8 @@ class CorpusStream:
 def read_corpus_stream(path, tokenizer) -> CorpusStream:
     """Read and tokenize corpus paths (a file, directory or glob, or a list of them) into one
     token stream."""
-    from .readers import CorpusOptions, CorpusWarnings, discover_files, read_batches
+    from .files import CorpusOptions, CorpusWarnings, discover_files
+    from .readers import read_batches
     from .tokenize import TextTokenizer
 
     paths = [str(p) for p in path] if isinstance(path, list | tuple) else [str(path)]

@@ -14,9 +14,9 @@ from engramctl.errors import EngramError  # noqa: E402
 from engramctl.hashing import NgramHasher  # noqa: E402
 from engramctl.layout import EngramLayout  # noqa: E402
 from engramctl.model.paging import (  # noqa: E402
+    DeviceRowCache,
     ResidentRows,
     RowPager,
-    _LayerCache,
     resolve_device,
 )
 from tests.model.table_double import InMemoryTable  # noqa: E402
@@ -101,7 +101,7 @@ def test_layer_cache_never_evicts_in_flight_rows(capacity_extra, batch_rows):
     """Whatever the batches, a slot read by an in-flight batch keeps its row."""
     batch_rows = [np.unique(np.array(b, dtype=np.int64)) for b in batch_rows]
     capacity = 3 * max(len(b) for b in batch_rows) + capacity_extra
-    cache = _LayerCache(61, capacity, 1, CPU)
+    cache = DeviceRowCache(61, capacity, 1, CPU)
     history = []
     for index, rows in enumerate(batch_rows):
         slots, miss = cache.assign(rows, index)
@@ -112,7 +112,7 @@ def test_layer_cache_never_evicts_in_flight_rows(capacity_extra, batch_rows):
 
 
 def test_layer_cache_lru_hand_worked():
-    cache = _LayerCache(10, 4, 1, CPU)
+    cache = DeviceRowCache(10, 4, 1, CPU)
     cache.assign(np.array([1]), 0)
     cache.assign(np.array([2]), 1)
     cache.assign(np.array([3]), 2)
@@ -168,7 +168,7 @@ def test_cuda_paged_equals_resident(small_layout, tiny_vocab, hasher):
 @example(  # ties within a batch decide the victim: argpartition by stamp alone missed this
     batch_rows=[{0, 1, 2, 3, 4, 5, 7, 9, 11}, {0}, {0}, {0, 2, 6, 8, 10}, {1}], capacity=14
 )
-def test_layer_cache_is_the_cache_plan_pager_model(batch_rows, capacity):
+def test_device_row_cache_is_the_cache_plan_pager_model(batch_rows, capacity):
     """The pager's hits (or its refusal) equal cache-plan's one-pass pager curve at this size."""
     from engramctl.cacheplan.lru import (
         PAGER_IN_FLIGHT,
@@ -182,7 +182,7 @@ def test_layer_cache_is_the_cache_plan_pager_model(batch_rows, capacity):
     ids = np.array([r for rows in batch_rows for r in sorted(rows)], dtype=np.int64)
     bounds = np.cumsum([0] + [len(rows) for rows in batch_rows])
     hist, need = pager_histogram(ids, bounds, 15)
-    cache = _LayerCache(15, capacity, 1, CPU)
+    cache = DeviceRowCache(15, capacity, 1, CPU)
     hits = 0
     try:
         for k, rows in enumerate(batch_rows):
