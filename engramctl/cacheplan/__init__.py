@@ -15,6 +15,7 @@ _EXPORTS = {
     "CachePlan": ".plan",
     "LayerPlan": ".plan",
     "plan_cache": ".plan",
+    "plan_workload": ".plan",
     "build_traces": ".trace",
     "LayerTrace": ".trace",
     "plot_plan": ".plot",
