@@ -11,14 +11,10 @@ from __future__ import annotations
 
 from .._lazy import lazy_exports
 
-_EXPORTS = {
-    "CachePlan": ".plan",
-    "LayerPlan": ".plan",
-    "plan_cache": ".plan",
-    "plan_workload": ".plan",
-    "build_traces": ".trace",
-    "LayerTrace": ".trace",
-    "plot_plan": ".plot",
+_EXPORTS = {  # module -> the public names it holds
+    ".plan": ("CachePlan", "LayerPlan", "CurvePoint", "plan_cache", "plan_workload"),
+    ".trace": ("Workload", "LayerTrace", "read_workload", "build_traces"),
+    ".plot": ("plot_plan",),
 }
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
