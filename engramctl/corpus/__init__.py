@@ -1,6 +1,7 @@
-"""Corpus reading: find files (directories, globs, compressed), read them as batches of document
-pieces in every format hash-stats and the model read (text, JSON Lines, Parquet, token streams),
-tokenize text on a background thread, and cut files into byte-range shards for scale-out.
+"""Corpus reading: find files (directories, globs, compressed: ``files``), read them as batches
+of document pieces in every format hash-stats and the model read (``readers``: text, JSON Lines,
+Parquet, token streams), tokenize text on a background thread (``tokenize``), and cut files into
+byte-range shards for scale-out (``shards``).
 
 Documents are never joined here; consumers carry the n-gram context from piece to piece.
 """
@@ -9,18 +10,17 @@ from __future__ import annotations
 
 from .._lazy import lazy_exports
 
-_EXPORTS = {
-    "CorpusOptions": ".readers",
-    "CorpusFile": ".readers",
-    "CorpusWarnings": ".readers",
-    "Batch": ".readers",
-    "discover_files": ".readers",
-    "read_batches": ".readers",
-    "estimate_tokens": ".readers",
-    "token_context": ".readers",
-    "TextTokenizer": ".tokenize",
-    "tokenized_batches": ".tokenize",
-    "split_files": ".shards",
+_EXPORTS = {  # module -> the public names it holds
+    ".files": (
+        "CorpusOptions",
+        "CorpusFile",
+        "CorpusWarnings",
+        "discover_files",
+        "estimate_tokens",
+    ),
+    ".readers": ("Batch", "read_batches", "token_context"),
+    ".tokenize": ("TextTokenizer", "tokenized_batches"),
+    ".shards": ("split_files",),
 }
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -3,8 +3,10 @@
 Engram lookups are known from token ids alone, so a batch's rows can be fetched before its forward
 pass. :class:`RowPager` runs, on a background thread one batch ahead of the model: hash the batch on
 the CPU (every Engram layer), deduplicate the row ids, find which rows the device cache lacks,
-choose their slots (least recently used first, never a slot an in-flight batch reads), gather the
-missing rows from the table into reusable (pinned, on CUDA) host buffers and decode them to float32.
+choose their slots (least recently used first, by batch and then row id, never a slot an in-flight
+batch reads), gather the missing rows from the table into reusable (pinned, on CUDA) host buffers
+and decode them to float32. ``engramctl cache-plan`` models this policy exactly (its ``pager``
+curve).
 The consumer copies them into the cache asynchronously (``non_blocking`` on a side CUDA stream) and
 indexes the cache. :class:`ResidentRows` keeps whole layers on the device instead (``--resident``);
 both produce bit-identical rows, so the model's logits are identical.
@@ -16,20 +18,20 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .._background import background_iter
 from ..errors import EngramError, UsageError
 from ..table.dtypes import decode_rows, row_bytes
 
 log = logging.getLogger(__name__)
 
 # Batches in flight besides the one being produced: one queued, one being consumed.
+DEVICES = ("auto", "cpu", "cuda")  # what --device accepts (auto: cuda when available)
 IN_FLIGHT = 2
 HOST_BUFFERS = IN_FLIGHT + 2  # a ring of host staging buffers per layer
 NEVER_USED = -(2**62)  # LRU stamp of an empty slot
@@ -104,8 +106,8 @@ class _Prepared:
     fills: dict  # layer -> (slots int64 [M], host buffer index, M)
 
 
-class _LayerCache:
-    """Slots of one layer's device cache and their LRU stamps (producer side)."""
+class DeviceRowCache:
+    """One layer's rows cached on the device: slots, the row in each, LRU stamps (producer)."""
 
     def __init__(self, layer_rows: int, capacity: int, dim: int, device):
         import torch
@@ -139,7 +141,7 @@ class _LayerCache:
                     f"{self.capacity}; raise --cache-rows or lower --batch"
                 )
             if len(free) > n_miss:
-                free = free[np.argpartition(self.last_used[free], n_miss - 1)[:n_miss]]
+                free = self._victims(free, n_miss)
             self.filled = self.capacity  # the empty slots had the oldest stamps: all taken now
             evicted = self.row_of_slot[free]
             self.slot_of_row[evicted[evicted >= 0]] = -1
@@ -148,6 +150,22 @@ class _LayerCache:
             slots[miss] = free
         self.last_used[slots] = batch_index
         return slots, miss
+
+    def _victims(self, free: np.ndarray, count: int) -> np.ndarray:
+        """The ``count`` slots of ``free`` with the lowest (last batch, row id).
+
+        Among rows a batch used last, the lower row id goes first: the order in which
+        ``cache-plan``'s trace lists a batch's rows, so its ``pager`` curve is this policy exactly.
+        O(len(free)): a partition by stamp, then one by row id among the stamp at the boundary.
+        """
+        stamps = self.last_used[free]
+        boundary = np.partition(stamps, count - 1)[count - 1]
+        below = free[stamps < boundary]
+        tied = free[stamps == boundary]
+        need = count - len(below)
+        if need < len(tied):
+            tied = tied[np.argpartition(self.row_of_slot[tied], need - 1)[:need]]
+        return np.concatenate([below, tied])
 
 
 class _RowSource:
@@ -183,46 +201,19 @@ class _RowSource:
                 self.stats.wait_seconds += time.perf_counter() - t0
                 yield prepared.batch, rows
             return
-        ready: queue.Queue = queue.Queue(maxsize=1)
-        stop = threading.Event()
-
-        def produce():
-            try:
-                for index, batch in enumerate(batches):
-                    item = self._prepare_timed(index, batch)
-                    while not stop.is_set():
-                        try:
-                            ready.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-                ready.put(None)
-            except BaseException as exc:  # handed to the consumer, raised there
-                ready.put(exc)
-
-        worker = threading.Thread(target=produce, name="engram-row-pager", daemon=True)
-        worker.start()
+        prepared = (self._prepare_timed(index, batch) for index, batch in enumerate(batches))
+        ahead = background_iter(prepared, ahead=1, name="engram-row-pager")
         try:
             while True:
                 t0 = time.perf_counter()
-                item = ready.get()
-                if isinstance(item, BaseException):
-                    raise item
+                item = next(ahead, None)
                 if item is None:
                     break
                 rows = self._rows(item)
                 self.stats.wait_seconds += time.perf_counter() - t0
                 yield item.batch, rows
         finally:
-            stop.set()
-            while worker.is_alive():
-                try:
-                    ready.get(timeout=0.05)
-                except queue.Empty:
-                    pass
-            worker.join()
+            ahead.close()
 
     def _prepare_timed(self, index: int, batch: np.ndarray) -> _Prepared:
         t0 = time.perf_counter()
@@ -307,7 +298,7 @@ class RowPager(_RowSource):
                 f"more than is free; lower --cache-rows"
             )
         self.caches = {
-            layer: _LayerCache(table.layout.layer_rows(layer), cap, self.dim, device)
+            layer: DeviceRowCache(table.layout.layer_rows(layer), cap, self.dim, device)
             for layer, cap in self.caches.items()
         }
         self.stats.cache_rows = total
