@@ -13,6 +13,7 @@ The directory is written under a temporary name and renamed into place.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
