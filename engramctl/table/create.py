@@ -121,7 +121,7 @@ def record_chunks(path, records: list[ChunkRecord], *, status: str | None = None
 
 
 # ---------------------------------------------------------------------------- create
-def _build_meta(
+def build_meta(
     layout, vocab_fingerprint, dim, dtype, init, std, seed, lazy, chunk_rows, compressor
 ) -> TableMeta:
     from .dtypes import parse_dtype
@@ -144,7 +144,7 @@ def _build_meta(
     )
 
 
-def _write_new_group(path: Path, meta: TableMeta) -> None:
+def write_new_group(path: Path, meta: TableMeta) -> None:
     """Create the zarr group and arrays under a temporary name, then rename it to ``path``."""
     import zarr
     from zarr.codecs import ZstdCodec
@@ -178,7 +178,7 @@ def _upload_new_group(store: TableStore, meta: TableMeta) -> None:
 
     with tempfile.TemporaryDirectory(prefix="engramctl-") as scratch:
         local = Path(scratch) / "table.zarr"
-        _write_new_group(local, meta)
+        write_new_group(local, meta)
         files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
         for key in sorted(files, key=lambda k: k == "zarr.json"):  # the table appears last
             store.write_bytes(key, (local / key).read_bytes())
@@ -236,7 +236,7 @@ def _prepare_store(store: TableStore, meta: TableMeta, *, lazy: bool, overwrite:
             raise EngramError(f"directory {store.root.parent} does not exist; create it first")
         if not lazy:
             check_free_space(store.root, _full_bytes(meta))
-        _write_new_group(store.root, meta)
+        write_new_group(store.root, meta)
     elif not resumed:
         _upload_new_group(store, meta)
     return resumed
@@ -310,7 +310,7 @@ def create_table(
     """
     store = open_store(path, storage_options)
     started = time.perf_counter()
-    meta = _build_meta(
+    meta = build_meta(
         layout, vocab_fingerprint, dim, dtype, init, std, seed, lazy, chunk_rows, compressor
     )
     with _initializer(scheduler, workers, meta) as initialize:  # connect to Dask first

@@ -26,7 +26,7 @@ import numpy as np
 from .._files import atomic_write, check_writable_target
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
-from .create import CreateResult, _build_meta, _write_new_group, check_free_space
+from .create import CreateResult, build_meta, check_free_space, write_new_group
 from .dtypes import FP8_SCALE_BLOCK, decode_rows, encode_rows, parse_dtype, storage_dtype
 from .format import (
     WriterLock,
@@ -275,7 +275,7 @@ def import_safetensors(
         )
     sources, dim, source_dtype = _layer_sources(in_path, header, data_start, layout, name_template)
     dtype = parse_dtype(dtype) if dtype else source_dtype
-    meta = _build_meta(
+    meta = build_meta(
         layout,
         vocab_fingerprint,
         dim,
@@ -303,7 +303,7 @@ def import_safetensors(
     tmp = out_path.with_name(f".{out_path.name}.importing-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write_new_group(tmp, meta)
+        write_new_group(tmp, meta)
         manifest: dict = {layer_id: {} for layer_id in meta.layers}
         done = 0
         for layer_id, (values, scales) in sources.items():
