@@ -12,9 +12,10 @@ from engramctl.table.checkpoint_export import safetensors_header
 
 
 def small_layout(vocab, **overrides) -> EngramLayout:
-    fields = dict(
-        ngram_vocab=(50, 60), max_ngram=3, heads=2, layers=(1, 4), seed=0, pad_id=0
-    ) | overrides
+    fields = (
+        dict(ngram_vocab=(50, 60), max_ngram=3, heads=2, layers=(1, 4), seed=0, pad_id=0)
+        | overrides
+    )
     return EngramLayout(vocab_size=vocab.canonical_vocab_size, **fields)
 
 
@@ -70,7 +71,9 @@ def write_checkpoint(
         shards = [[t for shard in shards for t in shard]]
     weight_map = {}
     for i, shard in enumerate(shards):
-        name = "model.safetensors" if single else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        name = (
+            "model.safetensors" if single else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        )
         header = safetensors_header([(n, d, s, a.nbytes) for n, d, s, a in shard])
         with open(path / name, "wb") as handle:
             handle.write(header)
