@@ -12,6 +12,7 @@ from rich.table import Table
 
 from .app import command, console
 from .options import (
+    ConfigOpt,
     HeadsOpt,
     JsonFlag,
     LayersOpt,
@@ -84,6 +85,7 @@ def hash_command(
     layers: LayersOpt = None,
     seed: SeedOpt = None,
     pad_id: PadIdOpt = None,
+    config: ConfigOpt = None,
     text: Annotated[str | None, typer.Option("--text", help="Text to tokenize and hash.")] = None,
     ids_file: Annotated[
         Path | None, typer.Option("--ids-file", help=".npy of int64 raw token ids, [T] or [B, T].")
@@ -124,6 +126,7 @@ def hash_command(
         layers=layers,
         seed=seed,
         pad_id=pad_id,
+        config=config,
     )
     if text is not None:
         ids, pieces = encode_text(text, tokenizer, vocab_map)

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from .app import command, console
 from .options import (
+    ConfigOpt,
     HeadsOpt,
     JsonFlag,
     LayersOpt,
@@ -20,6 +21,7 @@ from .options import (
     SeedOpt,
     VocabOpt,
     build_layout,
+    layout_defaults,
     load_vocab,
 )
 
@@ -60,6 +62,7 @@ def layout_command(
     layers: LayersOpt = None,
     seed: SeedOpt = None,
     pad_id: PadIdOpt = None,
+    config: ConfigOpt = None,
     dim: Annotated[
         int | None, typer.Option("--dim", help="Values per head row. [default: the preset's]")
     ] = None,
@@ -75,8 +78,9 @@ def layout_command(
     """Show a layout's rows per head and layer, and the size of a table stored with it.
 
     Example: engramctl layout --vocab vocab.parquet --preset deepseek-v4.1
+
+    Example: engramctl layout --vocab vocab.parquet --config DeepSeek-V4.1/config.json
     """
-    from ..layout import PRESET_DTYPE, PRESET_HEAD_DIM
     from ..table.dtypes import format_bytes, parse_dtype
 
     vocab_map = load_vocab(vocab)
@@ -89,10 +93,11 @@ def layout_command(
         layers=layers,
         seed=seed,
         pad_id=pad_id,
+        config=config,
     )
-    name = preset.value if preset else "demo-v1"
-    dim = dim if dim is not None else PRESET_HEAD_DIM[name]
-    dtype = parse_dtype(dtype if dtype is not None else PRESET_DTYPE[name])
+    default_dim, default_dtype = layout_defaults(preset, config)
+    dim = dim if dim is not None else default_dim
+    dtype = parse_dtype(dtype if dtype is not None else default_dtype)
     report = layout_report(layout, dim=dim, dtype=dtype)
     if json_out:
         typer.echo(json.dumps(report))

@@ -33,6 +33,14 @@ HeadsOpt = Annotated[int | None, typer.Option("--heads", help="Hash heads per n-
 LayersOpt = Annotated[str | None, typer.Option("--layers", help="Engram layer ids, e.g. 1,15.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Multiplier seed.")]
 PadIdOpt = Annotated[int | None, typer.Option("--pad-id", help="Raw pad token id.")]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="A model's config.json (or its checkpoint directory): its engram_* keys give the "
+        "layout (instead of --preset and the layout flags).",
+    ),
+]
 SchedulerOpt = Annotated[
     str | None,
     typer.Option(
@@ -56,9 +64,24 @@ def build_layout(
     layers: str | None,
     seed: int | None,
     pad_id: int | None,
+    config: Path | None = None,
 ):
-    """The layout named by ``--preset`` (default demo-v1) with any layout flag overriding it."""
-    from ..layout import EngramLayout, parse_int_list
+    """The layout named by ``--preset`` (default demo-v1) with any layout flag overriding it,
+    or the layout of a model's ``--config`` (checked against the vocab)."""
+    from ..errors import UsageError
+    from ..layout import EngramLayout, parse_int_list, read_model_config
+
+    if config is not None:
+        flags = {
+            "--preset": preset, "--ngram-vocab": ngram_vocab, "--max-ngram": max_ngram,
+            "--heads": heads, "--layers": layers, "--seed": seed, "--pad-id": pad_id,
+        }  # fmt: skip
+        given = [name for name, value in flags.items() if value is not None]
+        if given:
+            raise UsageError(f"--config gives the whole layout; drop {', '.join(given)}")
+        layout = read_model_config(config).layout(vocab_size=vocab.canonical_vocab_size)
+        layout.pad_canonical_id(vocab)
+        return layout
 
     overrides = {
         "ngram_vocab": (
@@ -80,3 +103,14 @@ def load_vocab(path: Path):
     from ..vocab import CanonicalVocab
 
     return CanonicalVocab.load(path)
+
+
+def layout_defaults(preset: Preset | None, config: Path | None) -> tuple[int, str]:
+    """``(dim, dtype)`` a layout is stored with by default: the config's head dim in fp8, or
+    the preset's."""
+    from ..layout import PRESET_DTYPE, PRESET_HEAD_DIM, read_model_config
+
+    if config is not None:
+        return read_model_config(config).head_dim, "float8_e4m3fn"
+    name = preset.value if preset is not None else "demo-v1"
+    return PRESET_HEAD_DIM[name], PRESET_DTYPE[name]

@@ -14,6 +14,7 @@ from rich.table import Table
 from ..errors import UsageError
 from .app import STATE, command, console, err_console
 from .options import (
+    ConfigOpt,
     HeadsOpt,
     LayersOpt,
     MaxNgramOpt,
@@ -111,6 +112,7 @@ def hash_stats_command(
     layers: LayersOpt = None,
     seed: SeedOpt = None,
     pad_id: PadIdOpt = None,
+    config: ConfigOpt = None,
     table: Annotated[
         str | None,
         typer.Option(
@@ -196,14 +198,14 @@ def hash_stats_command(
             check_writable_target(target, overwrite=overwrite)
     vocab_map = load_vocab(vocab)
     if table is not None:
-        flags = (preset, ngram_vocab, max_ngram, heads, seed, pad_id)
+        flags = (preset, ngram_vocab, max_ngram, heads, seed, pad_id, config)
         if any(flag is not None for flag in flags):
             raise UsageError("--table fixes the layout; drop --preset and the layout flags")
         layout, layer_ids = _table_layout(table, vocab_map, layers)
     else:
         layout, layer_ids = _pick_layout(
             vocab_map, layers, preset=preset, ngram_vocab=ngram_vocab, max_ngram=max_ngram,
-            heads=heads, seed=seed, pad_id=pad_id,
+            heads=heads, seed=seed, pad_id=pad_id, config=config,
         )  # fmt: skip
     options = CorpusOptions(
         format=corpus_format.value, text_field=text_field, tokens_field=tokens_field,

@@ -13,6 +13,7 @@ from rich.table import Table as RichTable
 
 from .app import STATE, command, console, err_console
 from .options import (
+    ConfigOpt,
     HeadsOpt,
     JsonFlag,
     LayersOpt,
@@ -23,6 +24,7 @@ from .options import (
     SchedulerOpt,
     VocabOpt,
     build_layout,
+    layout_defaults,
     load_vocab,
 )
 
@@ -31,6 +33,11 @@ class InitKind(str, Enum):
     normal = "normal"
     uniform = "uniform"
     zeros = "zeros"
+
+
+class ExportFormat(str, Enum):
+    safetensors = "safetensors"
+    deepseek = "deepseek"
 
 
 class Compressor(str, Enum):
@@ -116,7 +123,7 @@ def byte_progress(description: str, *, enabled: bool):
             bar.stop()
 
 
-def _layout(vocab_map, preset, ngram_vocab, max_ngram, heads, layers, layout_seed, pad_id):
+def _layout(vocab_map, preset, ngram_vocab, max_ngram, heads, layers, layout_seed, pad_id, config):
     return build_layout(
         vocab_map,
         preset=preset,
@@ -126,6 +133,7 @@ def _layout(vocab_map, preset, ngram_vocab, max_ngram, heads, layers, layout_see
         layers=layers,
         seed=layout_seed,
         pad_id=pad_id,
+        config=config,
     )
 
 
@@ -140,6 +148,7 @@ def init_table_command(
     layers: LayersOpt = None,
     layout_seed: LayoutSeedOpt = None,
     pad_id: PadIdOpt = None,
+    config: ConfigOpt = None,
     dim: Annotated[
         int | None, typer.Option("--dim", help="Values per row. (default: the preset's)")
     ] = None,
@@ -170,22 +179,23 @@ def init_table_command(
     Example: engramctl init-table table.zarr --vocab vocab.parquet --preset demo-v1 --lazy
     """
     from ..errors import UsageError
-    from ..layout import PRESET_DTYPE, PRESET_HEAD_DIM
     from ..table.create import create_table
     from ..table.dtypes import format_bytes, parse_dtype
 
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     vocab_map = load_vocab(vocab)
-    layout = _layout(vocab_map, preset, ngram_vocab, max_ngram, heads, layers, layout_seed, pad_id)
-    name = preset.value if preset else "demo-v1"
+    layout = _layout(
+        vocab_map, preset, ngram_vocab, max_ngram, heads, layers, layout_seed, pad_id, config
+    )
+    default_dim, default_dtype = layout_defaults(preset, config)
     with byte_progress("init", enabled=not (json_out or STATE["quiet"] or lazy)) as update:
         result = create_table(
             out,
             layout=layout,
             vocab_fingerprint=vocab_map.fingerprint,
-            dim=dim if dim is not None else PRESET_HEAD_DIM[name],
-            dtype=parse_dtype(dtype or PRESET_DTYPE[name]),
+            dim=dim if dim is not None else default_dim,
+            dtype=parse_dtype(dtype or default_dtype),
             init=init.value,
             std=std,
             seed=seed,
@@ -271,6 +281,29 @@ def info_command(
             str(h), *[f"{v.head_rows[h]:,} ({v.head_offsets[h]:,})" for v in info.layers.values()]
         )
     console.print(heads)
+    if info.sources:
+        _print_sources(info.sources)
+
+
+def _print_sources(sources: dict) -> None:
+    """The checkpoint files a linked (or imported) table reads, and where its tensors lie."""
+    verb = "linked to" if sources["mode"] == "link" else "imported from"
+    console.print(f"{verb} checkpoint [bold]{sources['checkpoint']}[/]")
+    grid = RichTable(title="sources")
+    for name in ("layer", "part", "tensor", "file", "offset", "shape"):
+        grid.add_column(name, justify="right" if name in ("layer", "offset") else "left")
+    for layer_id, layer in sources["layers"].items():
+        for part, entry in layer.items():
+            grid.add_row(
+                layer_id, part, entry["tensor"], entry["file"], f"{entry['offset']:,}",
+                f"{entry['dtype']} {entry['shape']}",
+            )  # fmt: skip
+    console.print(grid)
+    for name, record in sources["files"].items():
+        console.print(
+            f"  {name}: {record['size']:,} bytes, header sha256 {record['header_sha256'][:16]}",
+            markup=False,
+        )
 
 
 @command("verify")
@@ -321,16 +354,76 @@ def verify_command(
 @command("export")
 def export_command(
     table: TableArg,
-    out: Annotated[Path, typer.Argument(help="safetensors file to write.")],
+    out: Annotated[
+        Path,
+        typer.Argument(help="safetensors file to write (a directory with --format deepseek)."),
+    ],
+    export_format: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format",
+            help="safetensors: one file, one tensor per layer. deepseek: a checkpoint directory "
+            "(layers.L.engram.embed.weight/scale shards, index, config.json).",
+        ),
+    ] = ExportFormat.safetensors,
+    max_shard_size: Annotated[
+        str,
+        typer.Option("--max-shard-size", help="Largest shard of --format deepseek (5GB, 4GiB)."),
+    ] = "5GB",
     tensor_name: TensorNameOpt = "layer_{layer}",
     overwrite: OverwriteOpt = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """Stream a table to safetensors: one rows x dim tensor per layer (+ .scales for fp8).
+    """Stream a table to safetensors: one file, or a DeepSeek checkpoint directory.
+
+    --format deepseek writes F8_E4M3 weights and F8_E8M0 scales under the checkpoint's names; a
+    float table is quantized on the way and the relative error (per row, L2) is reported.
 
     Example: engramctl export table.zarr table.safetensors
+
+    Example: engramctl export table.zarr ckpt_out --format deepseek --max-shard-size 5GB
     """
+    from ..errors import UsageError
     from ..table.dtypes import format_bytes
+
+    if export_format is ExportFormat.deepseek:
+        from ..table.checkpoint_export import export_checkpoint, parse_shard_size
+
+        if tensor_name != "layer_{layer}":
+            raise UsageError("--tensor-name: --format deepseek uses the checkpoint's names")
+        limit = parse_shard_size(max_shard_size)
+        with byte_progress("export", enabled=not (json_out or STATE["quiet"])) as update:
+            ckpt = export_checkpoint(
+                table, out, max_shard_size=limit, overwrite=overwrite, progress=update
+            )
+        if json_out:
+            typer.echo(
+                json.dumps(
+                    {
+                        "out": ckpt.path,
+                        "format": "deepseek",
+                        "shards": ckpt.shards,
+                        "tensors": ckpt.tensors,
+                        "bytes": ckpt.bytes_written,
+                        "quantized": ckpt.quantized,
+                        "max_relative_error": ckpt.max_relative_error,
+                        "mean_relative_error": ckpt.mean_relative_error,
+                        "seconds": round(ckpt.seconds, 3),
+                    }
+                )
+            )
+        elif not STATE["quiet"]:
+            error = (
+                f"; quantized to e4m3 + ue8m0, relative error per row max "
+                f"{ckpt.max_relative_error:.4f}, mean {ckpt.mean_relative_error:.4f}"
+                if ckpt.quantized
+                else ""
+            )
+            console.print(
+                f"wrote {out}: {len(ckpt.shards)} shards, {len(ckpt.tensors)} tensors, "
+                f"{format_bytes(ckpt.bytes_written)} in {ckpt.seconds:.1f}s{error}"
+            )
+        return
     from ..table.safetensors import export_safetensors
 
     with byte_progress("export", enabled=not (json_out or STATE["quiet"])) as update:
@@ -357,16 +450,44 @@ def export_command(
 
 @command("import")
 def import_command(
-    source: Annotated[Path, typer.Argument(help="safetensors file with one tensor per layer.")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A checkpoint directory (config.json + safetensors shards), or a safetensors "
+            "file with one tensor per layer."
+        ),
+    ],
     out: TableArg,
-    vocab: VocabOpt,
+    vocab: Annotated[
+        Path | None,
+        typer.Option(
+            "--vocab",
+            help="Canonical vocab Parquet (from engramctl build-vocab). A checkpoint directory "
+            "with a tokenizer.json may omit it.",
+        ),
+    ] = None,
+    link: Annotated[
+        bool,
+        typer.Option(
+            "--link",
+            help="Checkpoint directory: record where the rows lie instead of copying them "
+            "(zero-copy, read-only; seconds and kilobytes at any size).",
+        ),
+    ] = False,
     preset: PresetOpt = None,
     ngram_vocab: NgramVocabOpt = None,
     max_ngram: MaxNgramOpt = None,
     heads: HeadsOpt = None,
-    layers: LayersOpt = None,
+    layers: Annotated[
+        str | None,
+        typer.Option(
+            "--layers",
+            help="Engram layer ids, e.g. 1,14 (a checkpoint directory: import only these).",
+        ),
+    ] = None,
     layout_seed: LayoutSeedOpt = None,
     pad_id: PadIdOpt = None,
+    config: ConfigOpt = None,
     tensor_name: TensorNameOpt = "layer_{layer}",
     dtype: Annotated[
         str | None, typer.Option("--dtype", help="Convert to this dtype. (default: the file's)")
@@ -376,36 +497,90 @@ def import_command(
     overwrite: OverwriteOpt = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """Build a table from safetensors: one (sum of head primes) x dim tensor per layer.
+    """Build a table from a model checkpoint (copy or --link) or from a safetensors file.
+
+    A checkpoint directory's config.json gives the layout (checked against the vocab) and its
+    layers.L.engram.embed.weight/scale tensors the rows. A copy is resumable: rerun the same
+    command after an interruption. A safetensors file needs one (sum of head primes) x dim
+    tensor per layer and the layout flags.
+
+    Example: engramctl import DeepSeek-V4.1/ v41.zarr --link --vocab vocab.parquet
 
     Example: engramctl import trained.safetensors table.zarr --vocab vocab.parquet --preset demo-v1
     """
+    from ..errors import UsageError
     from ..table.dtypes import format_bytes
-    from ..table.safetensors import import_safetensors
 
-    vocab_map = load_vocab(vocab)
-    layout = _layout(vocab_map, preset, ngram_vocab, max_ngram, heads, layers, layout_seed, pad_id)
-    with byte_progress("import (chunks)", enabled=not (json_out or STATE["quiet"])) as update:
-        result = import_safetensors(
-            source,
-            out,
-            layout=layout,
-            vocab_fingerprint=vocab_map.fingerprint,
-            name_template=tensor_name,
-            dtype=dtype,
-            chunk_rows=chunk_rows,
-            compressor=compressor.value,
-            overwrite=overwrite,
-            progress=update,
+    if source.is_dir():
+        from ..layout import parse_int_list
+        from ..table.checkpoint_import import checkpoint_vocab, import_checkpoint
+
+        flags = {
+            "--preset": preset, "--ngram-vocab": ngram_vocab, "--max-ngram": max_ngram,
+            "--heads": heads, "--layout-seed": layout_seed, "--pad-id": pad_id,
+            "--config": config,
+        }  # fmt: skip
+        given = [name for name, value in flags.items() if value is not None]
+        if tensor_name != "layer_{layer}":
+            given.append("--tensor-name")
+        if given:
+            raise UsageError(
+                f"{source} is a checkpoint directory: its config.json gives the layout and its "
+                f"tensor names are fixed; drop {', '.join(given)}"
+            )
+        vocab_map = checkpoint_vocab(source, vocab)
+        description = "link" if link else "import (chunks)"
+        with byte_progress(description, enabled=not (json_out or STATE["quiet"])) as update:
+            result = import_checkpoint(
+                source,
+                out,
+                vocab=vocab_map,
+                layers=parse_int_list(layers, name="--layers") if layers is not None else None,
+                link=link,
+                dtype=dtype,
+                chunk_rows=chunk_rows,
+                compressor=compressor.value,
+                overwrite=overwrite,
+                progress=update,
+            )
+    else:
+        from ..table.safetensors import import_safetensors
+
+        if link:
+            raise UsageError(f"--link needs a checkpoint directory; {source} is not one")
+        if vocab is None:
+            raise UsageError("importing a safetensors file needs --vocab")
+        vocab_map = load_vocab(vocab)
+        layout = _layout(
+            vocab_map, preset, ngram_vocab, max_ngram, heads, layers, layout_seed, pad_id, config
         )
+        with byte_progress("import (chunks)", enabled=not (json_out or STATE["quiet"])) as update:
+            result = import_safetensors(
+                source,
+                out,
+                layout=layout,
+                vocab_fingerprint=vocab_map.fingerprint,
+                name_template=tensor_name,
+                dtype=dtype,
+                chunk_rows=chunk_rows,
+                compressor=compressor.value,
+                overwrite=overwrite,
+                progress=update,
+            )
     if json_out:
         doc = result.info.to_dict()
-        doc["seconds"] = round(result.seconds, 3)
+        doc.update(
+            resumed=result.resumed,
+            chunks_written_now=result.chunks_written,
+            chunks_skipped=result.chunks_skipped,
+            seconds=round(result.seconds, 3),
+        )
         typer.echo(json.dumps(doc))
     elif not STATE["quiet"]:
         info = result.info
+        verb = "linked" if link else ("resumed and imported" if result.resumed else "imported")
         console.print(
-            f"imported {source} into {out}: layers {list(info.layers)}, dim "
-            f"{info.dim} {info.dtype}, {format_bytes(info.disk_bytes)} in "
-            f"{result.seconds:.1f}s"
+            f"{verb} {source} into {out}: layers {list(info.layers)}, dim "
+            f"{info.dim} {info.dtype}, {format_bytes(info.logical_bytes)} of rows, "
+            f"{format_bytes(info.disk_bytes)} written in {result.seconds:.1f}s"
         )

@@ -49,6 +49,29 @@ class CheckpointExportResult:
     mean_relative_error: float
 
 
+def parse_shard_size(text) -> int:
+    """``"5GB"`` (decimal units, as Hugging Face writes them), ``"4GiB"`` (binary) or bytes.
+
+    >>> parse_shard_size("5GB"), parse_shard_size("1.5MiB"), parse_shard_size(100)
+    (5000000000, 1572864, 100)
+    """
+    value = str(text).strip()
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40, "K": 10**3, "M": 10**6,
+             "G": 10**9, "T": 10**12}  # fmt: skip
+    number = value.rstrip("BbIiKkMmGgTt ")
+    unit = value[len(number) :].strip().upper()
+    try:
+        size = float(number) * units[unit]
+    except (ValueError, KeyError):
+        raise UsageError(
+            f"--max-shard-size: expected e.g. 5GB, 500MB or 4GiB, got {text!r}"
+        ) from None
+    if size < 1:
+        raise UsageError(f"--max-shard-size must be positive, got {text!r}")
+    return int(size)
+
+
 def safetensors_header(tensors: list[tuple[str, str, list[int], int]], metadata=None) -> bytes:
     """Length-prefixed header for ``(name, dtype, shape, nbytes)`` laid out back to back."""
     header: dict = {"__metadata__": dict(metadata or {"format": "pt"})}

@@ -40,7 +40,7 @@ def source_name(file: Path, table_path: Path) -> str:
 def resolve_source(name: str, table_path) -> Path:
     """The file a recorded source name points at (relative names count from the table)."""
     path = Path(name)
-    return path if path.is_absolute() else Path(table_path) / path
+    return path if path.is_absolute() else Path(os.path.normpath(Path(table_path) / path))
 
 
 def sources_record(
