@@ -117,7 +117,10 @@ class _LayerCache:
         self.row_of_slot = np.full(capacity, -1, dtype=np.int64)
         self.last_used = np.full(capacity, NEVER_USED, dtype=np.int64)
         self.filled = 0  # slots 0..filled-1 have held a row; the rest were never used
-        self.values = torch.zeros((capacity, dim), dtype=torch.float32, device=device)
+        # empty, not zeros: a slot is always filled before it is read, and on the CPU the pages
+        # of a large cache then become resident only as slots fill (a 1M-row cache of 256-value
+        # rows would otherwise take 1 GiB of RSS at start).
+        self.values = torch.empty((capacity, dim), dtype=torch.float32, device=device)
 
     def assign(self, unique_rows: np.ndarray, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
         """Slots of ``unique_rows`` and the mask of those that must be filled (misses)."""

@@ -84,3 +84,58 @@ def write_checkpoint(
         index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
         (path / "model.safetensors.index.json").write_text(json.dumps(index))
     return rows_of
+
+
+def sparse_files_supported(directory: Path) -> bool:
+    """Whether ``directory``'s file system keeps holes (a 64 MiB hole takes < 1 MiB on disk)."""
+    probe = Path(directory) / ".sparse-probe"
+    try:
+        with open(probe, "wb") as handle:
+            handle.truncate(64 * 2**20)
+        return probe.stat().st_blocks * 512 < 2**20
+    except OSError:
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def write_sparse_checkpoint(
+    path: Path, config: dict, layer_rows: dict[int, int], written: dict, *, dim: int = 256
+) -> None:
+    """A checkpoint at full size whose shards are holes except at ``written`` rows.
+
+    ``written`` maps a layer to ``(row ids, fp8 rows [n, dim + dim/32])``. One shard per
+    layer (its weight then its scale) plus a small shard of another tensor; the shards are
+    ``ftruncate``d to their full size, and only the given rows are written (``pwrite``).
+    """
+    import os
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(config))
+    width = dim // 32
+    weight_map = {"model.embed.weight": "model-00001-of-00003.safetensors"}
+    with open(path / "model-00001-of-00003.safetensors", "wb") as handle:
+        handle.write(safetensors_header([("model.embed.weight", "BF16", [2, 4], 16)]))
+        handle.write(bytes(16))
+    for i, (layer_id, rows) in enumerate(sorted(layer_rows.items())):
+        name = f"model-{i + 2:05d}-of-00003.safetensors"
+        weight, scale = (f"model.layers.{layer_id}.engram.embed.{p}" for p in ("weight", "scale"))
+        header = safetensors_header(
+            [
+                (weight, "F8_E4M3", [rows, dim], rows * dim),
+                (scale, "F8_E8M0", [rows, width], rows * width),
+            ]
+        )
+        ids, data = written[layer_id]
+        fd = os.open(path / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            os.write(fd, header)
+            os.ftruncate(fd, len(header) + rows * (dim + width))
+            for row, values in zip(ids.tolist(), data, strict=True):
+                os.pwrite(fd, values[:dim].tobytes(), len(header) + row * dim)
+                os.pwrite(fd, values[dim:].tobytes(), len(header) + rows * dim + row * width)
+        finally:
+            os.close(fd)
+        weight_map.update({weight: name, scale: name})
+    index = {"metadata": {"total_size": 0}, "weight_map": weight_map}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))

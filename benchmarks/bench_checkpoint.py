@@ -1,0 +1,246 @@
+"""A full-size DeepSeek-V4.1 checkpoint in bounded memory: link, info, verify, gather, page.
+
+Builds a *sparse* checkpoint at V4.1's real shapes (layers 1 and 14: 384,006,168 and
+384,016,682 rows of 256 e4m3 values + 8 ue8m0 scales, ~203 GB apparent) whose shards hold data
+only at the rows a chosen text hashes to plus a few hundred random rows (a few MB on disk), then
+runs each step in its own process and prints its wall time and peak RSS
+(``resource.getrusage``): ``import --link``, ``info``, ``verify``, gathering the text's rows
+through the table (compared with the bytes written) and paging them through the RowPager with a
+1M-row cache (compared with the dequantized bytes). Every step must stay under 1 GiB of RSS.
+Skips with a message on a file system without sparse files.
+
+    python benchmarks/bench_checkpoint.py [--dir DIR] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+TEXT = "Alexander the Great was tutored by Aristotle until the age of 16."
+RANDOM_ROWS = 300
+CACHE_ROWS = 1_000_000
+RSS_LIMIT = 2**30
+V41 = {
+    "engram_layer_ids": [1, 14],
+    "engram_max_ngram_size": 4,
+    "engram_n_heads": 8,
+    "engram_head_dim": 256,
+    "engram_vocab_size": 16000000,
+    "engram_num_embeddings": [384006168, 384016682],
+    "engram_pad_token_id": 2,
+    "engram_compressed_vocab_size": 99092,
+}
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def cli(*args) -> str:
+    """Run an engramctl command in this process; its stdout."""
+    import contextlib
+    import io
+
+    from engramctl.cli import app
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            app([str(a) for a in args], standalone_mode=False)
+        except SystemExit as exc:
+            if exc.code:
+                raise
+    return out.getvalue()
+
+
+def text_ids(vocab):
+    from engramctl.tokenizer import load_tokenizer
+
+    tokenizer, _ = load_tokenizer("deepseek-v4")
+    return np.array(tokenizer.encode(TEXT, add_special_tokens=False).ids, dtype=np.int64)
+
+
+# ------------------------------------------------------------------------------ the steps
+def step_build(work: Path) -> str:
+    from engramctl.hashing import NgramHasher
+    from engramctl.layout import read_model_config
+    from engramctl.vocab import CanonicalVocab
+    from tests.table.ckpt_util import random_fp8_rows, write_sparse_checkpoint
+
+    vocab = CanonicalVocab.from_tokenizer("deepseek-v4")
+    vocab.save(work / "vocab.parquet")
+    (work / "config.json").write_text(json.dumps({"text_config": V41}))
+    layout = read_model_config(work / "config.json").layout(vocab_size=vocab.canonical_vocab_size)
+    hashed = NgramHasher(layout, vocab).hash(text_ids(vocab), table_rows=True)
+    rng = np.random.default_rng(0)
+    written, rows_of = {}, {}
+    for layer_id in layout.layers:
+        rows_of[layer_id] = layout.layer_rows(layer_id)
+        extra = rng.integers(0, rows_of[layer_id], size=RANDOM_ROWS)
+        targets = np.unique(np.concatenate([hashed[layer_id].reshape(-1), extra]))
+        written[layer_id] = (targets, random_fp8_rows(rng, targets.size, 256))
+    write_sparse_checkpoint(work / "ckpt", {"text_config": V41}, rows_of, written)
+    np.savez(
+        work / "written.npz",
+        **{f"ids_{k}": v[0] for k, v in written.items()},
+        **{f"rows_{k}": v[1] for k, v in written.items()},
+    )
+    files = list((work / "ckpt").iterdir())
+    apparent = sum(f.stat().st_size for f in files)
+    disk = sum(f.stat().st_blocks * 512 for f in files)
+    rows = sum(v[0].size for v in written.values())
+    return f"{apparent / 1e9:.1f} GB apparent, {disk / 1e6:.1f} MB on disk, {rows} rows written"
+
+
+def step_link(work: Path) -> str:
+    shutil.rmtree(work / "v41.zarr", ignore_errors=True)
+    doc = json.loads(
+        cli(
+            "import",
+            work / "ckpt",
+            work / "v41.zarr",
+            "--link",
+            "--vocab",
+            work / "vocab.parquet",
+            "--json",
+        )  # fmt: skip
+    )
+    size = sum(f.stat().st_size for f in (work / "v41.zarr").rglob("*") if f.is_file())
+    return f"{doc['logical_bytes'] / 1e9:.1f} GB of rows linked, {size / 1e3:.1f} kB written"
+
+
+def step_info(work: Path) -> str:
+    doc = json.loads(cli("info", work / "v41.zarr", "--json"))
+    rows = [doc["layers"][k]["rows"] for k in ("1", "14")]
+    return f"rows {rows}, {len(doc['sources']['files'])} source files"
+
+
+def step_verify(work: Path) -> str:
+    doc = json.loads(cli("verify", work / "v41.zarr", "--vocab", work / "vocab.parquet", "--json"))
+    assert doc["ok"], doc["problems"]
+    return "ok (sizes and header hashes of the linked shards)"
+
+
+def step_gather(work: Path) -> str:
+    from engramctl.hashing import NgramHasher
+    from engramctl.table.table import open_table
+    from engramctl.vocab import CanonicalVocab
+
+    vocab = CanonicalVocab.load(work / "vocab.parquet")
+    written = np.load(work / "written.npz")
+    with open_table(work / "v41.zarr", vocab=vocab) as table:
+        hashed = NgramHasher(table.layout, vocab).hash(text_ids(vocab), table_rows=True)
+        checked = 0
+        for layer_id in table.layers:
+            ids, rows = written[f"ids_{layer_id}"], written[f"rows_{layer_id}"]
+            np.testing.assert_array_equal(table.gather(layer_id, ids), rows)
+            text_rows = hashed[layer_id].reshape(-1)
+            expected = rows[np.searchsorted(ids, text_rows)]
+            np.testing.assert_array_equal(table.gather(layer_id, text_rows), expected)
+            checked += ids.size + text_rows.size
+    return f"{checked} rows equal the bytes written"
+
+
+def step_pager(work: Path) -> str:
+    import torch
+
+    from engramctl.hashing import NgramHasher
+    from engramctl.model.paging import RowPager
+    from engramctl.table.dtypes import decode_rows
+    from engramctl.table.table import open_table
+    from engramctl.vocab import CanonicalVocab
+
+    vocab = CanonicalVocab.load(work / "vocab.parquet")
+    written = np.load(work / "written.npz")
+    ids = text_ids(vocab)[None, :]
+    with open_table(work / "v41.zarr", vocab=vocab) as table:
+        hasher = NgramHasher(table.layout, vocab)
+        pager = RowPager(table, hasher, device=torch.device("cpu"), cache_rows=CACHE_ROWS)
+        batches = [ids, ids]  # the second time every row is a cache hit
+        for batch, rows in pager.iterate(batches):
+            hashed = hasher.hash(batch, table_rows=True)
+            for layer_id, paged in rows.items():
+                stored, raw = written[f"ids_{layer_id}"], written[f"rows_{layer_id}"]
+                flat = hashed[layer_id].reshape(-1)
+                expected = decode_rows(raw[np.searchsorted(stored, flat)], "float8_e4m3fn", 256)
+                got = paged.reshape(-1, 256).numpy()
+                np.testing.assert_array_equal(got, expected)
+        stats = pager.stats
+    return (
+        f"{stats.batches} batches, {stats.unique_rows} unique rows, hit rate "
+        f"{stats.hit_rate:.2f}, cache {stats.cache_rows:,} rows: paged rows equal the bytes"
+    )
+
+
+STEPS = {
+    "build": step_build,
+    "import --link": step_link,
+    "info": step_info,
+    "verify": step_verify,
+    "gather": step_gather,
+    "pager (1M-row cache)": step_pager,
+}
+
+
+def run_step(name: str, work: Path) -> None:
+    started = time.perf_counter()
+    note = STEPS[name](work)
+    print(json.dumps({"step": name, "seconds": time.perf_counter() - started,
+                      "peak_rss": peak_rss(), "note": note}))  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", type=Path, help="work directory (default: a temporary one)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--step", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.step:
+        run_step(args.step, args.dir)
+        return 0
+    from tests.table.ckpt_util import sparse_files_supported
+
+    work = args.dir or Path(tempfile.mkdtemp(prefix="engram-v41-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if not sparse_files_supported(work):
+        print(f"skipped: {work}'s file system does not keep sparse files (203 GB would be real)")
+        return 0
+    print(f"sparse DeepSeek-V4.1 checkpoint in {work}; text: {TEXT!r}")
+    print(f"{'step':<22} {'seconds':>8} {'peak RSS':>10}  result")
+    failed = False
+    try:
+        for name in STEPS:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--step", name, "--dir", str(work)],
+                capture_output=True, text=True, cwd=REPO,
+            )  # fmt: skip
+            if proc.returncode:
+                print(f"{name:<22} FAILED\n{proc.stderr[-3000:]}")
+                return 1
+            doc = json.loads(proc.stdout.strip().splitlines()[-1])
+            rss = doc["peak_rss"]
+            flag = "" if rss < RSS_LIMIT else "  OVER 1 GiB"
+            failed |= bool(flag)
+            print(f"{name:<22} {doc['seconds']:8.2f} {rss / 2**20:7.0f} MiB  {doc['note']}{flag}")
+    finally:
+        if not args.keep and not args.dir:
+            shutil.rmtree(work, ignore_errors=True)
+    print("every step under 1 GiB peak RSS" if not failed else "a step went over 1 GiB")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
