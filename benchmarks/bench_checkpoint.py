@@ -33,16 +33,12 @@ TEXT = "Alexander the Great was tutored by Aristotle until the age of 16."
 RANDOM_ROWS = 300
 CACHE_ROWS = 1_000_000
 RSS_LIMIT = 2**30
-V41 = {
-    "engram_layer_ids": [1, 14],
-    "engram_max_ngram_size": 4,
-    "engram_n_heads": 8,
-    "engram_head_dim": 256,
-    "engram_vocab_size": 16000000,
-    "engram_num_embeddings": [384006168, 384016682],
-    "engram_pad_token_id": 2,
-    "engram_compressed_vocab_size": 99092,
-}
+
+
+def v41_config() -> dict:
+    from engramctl.layout import PUBLISHED_CONFIGS
+
+    return {"text_config": PUBLISHED_CONFIGS["deepseek-v4.1"]}
 
 
 def peak_rss() -> int:
@@ -82,7 +78,7 @@ def step_build(work: Path) -> str:
 
     vocab = CanonicalVocab.from_tokenizer("deepseek-v4")
     vocab.save(work / "vocab.parquet")
-    (work / "config.json").write_text(json.dumps({"text_config": V41}))
+    (work / "config.json").write_text(json.dumps(v41_config()))
     layout = read_model_config(work / "config.json").layout(vocab_size=vocab.canonical_vocab_size)
     hashed = NgramHasher(layout, vocab).hash(text_ids(vocab), table_rows=True)
     rng = np.random.default_rng(0)
@@ -92,7 +88,7 @@ def step_build(work: Path) -> str:
         extra = rng.integers(0, rows_of[layer_id], size=RANDOM_ROWS)
         targets = np.unique(np.concatenate([hashed[layer_id].reshape(-1), extra]))
         written[layer_id] = (targets, random_fp8_rows(rng, targets.size, 256))
-    write_sparse_checkpoint(work / "ckpt", {"text_config": V41}, rows_of, written)
+    write_sparse_checkpoint(work / "ckpt", v41_config(), rows_of, written)
     np.savez(
         work / "written.npz",
         **{f"ids_{k}": v[0] for k, v in written.items()},

@@ -33,6 +33,19 @@ PRESETS: dict[str, dict] = {
         "pad_id": 2,
     },
 }
+# The engram_* keys of a published checkpoint's config.json whose layout a preset reproduces.
+PUBLISHED_CONFIGS: dict[str, dict] = {
+    "deepseek-v4.1": {
+        "engram_layer_ids": [1, 14],
+        "engram_max_ngram_size": 4,
+        "engram_n_heads": 8,
+        "engram_head_dim": 256,
+        "engram_vocab_size": 16000000,
+        "engram_num_embeddings": [384006168, 384016682],  # = the sums of the preset's primes
+        "engram_pad_token_id": 2,
+        "engram_compressed_vocab_size": 99092,
+    }
+}
 # Values per head row a preset is served with (demo-v1: 512 per order / 8 heads).
 PRESET_HEAD_DIM = {"demo-v1": 64, "deepseek-v4.1": 256}
 PRESET_DTYPE = {"demo-v1": "float32", "deepseek-v4.1": "float8_e4m3fn"}

@@ -9,7 +9,8 @@ import pytest
 from engramctl.errors import UsageError
 from engramctl.layout import EngramLayout, EngramModelConfig, read_model_config
 
-# DeepSeek-V4.1's published config values (DESIGN.md, "Real checkpoints").
+# DeepSeek-V4.1's published config values (DESIGN.md, "Real checkpoints"), written out here
+# so that a change to the library's copy shows.
 V41 = {
     "engram_layer_ids": [1, 14],
     "engram_max_ngram_size": 4,
@@ -48,6 +49,12 @@ def test_v41_config_gives_the_preset_layout(tmp_path, ds_layout, ds_vocab):
         82619226485591,
     ]
     assert config.head_dim == 256
+
+
+def test_the_library_holds_the_published_config():
+    from engramctl.layout import PUBLISHED_CONFIGS
+
+    assert PUBLISHED_CONFIGS["deepseek-v4.1"] == V41
 
 
 def test_text_config_and_directory(tmp_path, ds_vocab):

@@ -397,21 +397,7 @@ def export_command(
                 table, out, max_shard_size=limit, overwrite=overwrite, progress=update
             )
         if json_out:
-            typer.echo(
-                json.dumps(
-                    {
-                        "out": ckpt.path,
-                        "format": "deepseek",
-                        "shards": ckpt.shards,
-                        "tensors": ckpt.tensors,
-                        "bytes": ckpt.bytes_written,
-                        "quantized": ckpt.quantized,
-                        "max_relative_error": ckpt.max_relative_error,
-                        "mean_relative_error": ckpt.mean_relative_error,
-                        "seconds": round(ckpt.seconds, 3),
-                    }
-                )
-            )
+            typer.echo(json.dumps(ckpt.to_dict()))
         elif not STATE["quiet"]:
             error = (
                 f"; quantized to e4m3 + ue8m0, relative error per row max "

@@ -46,6 +46,7 @@ class ShardHeader:
     data_start: int  # 8 + header length: where offsets count from
     tensors: dict  # name -> {"dtype", "shape", "data_offsets"}
     header_sha256: str  # sha256 of the 8 length bytes and the JSON header
+    metadata: dict  # the header's "__metadata__" (str -> str)
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ def read_shard_header(path) -> ShardHeader:
         with open(path, "rb") as handle:
             head = handle.read(8)
             if len(head) < 8:
-                raise EngramError(f"{path} is not a safetensors file (shorter than 8 bytes)")
+                raise EngramError(f"{path} is not a safetensors file (too short)")
             (length,) = struct.unpack("<Q", head)
             if length > MAX_HEADER_BYTES or 8 + length > size:
                 raise EngramError(
@@ -83,7 +84,7 @@ def read_shard_header(path) -> ShardHeader:
                 )
             blob = handle.read(length)
     except FileNotFoundError:
-        raise EngramError(f"shard {path} is missing") from None
+        raise EngramError(f"no safetensors file at {path}") from None
     except IsADirectoryError:
         raise EngramError(f"{path} is a directory, not a safetensors file") from None
     except OSError as exc:
@@ -94,7 +95,9 @@ def read_shard_header(path) -> ShardHeader:
         raise EngramError(f"{path}: the safetensors header is not JSON ({exc})") from None
     if not isinstance(header, dict):
         raise EngramError(f"{path}: the safetensors header is not a JSON object")
-    header.pop("__metadata__", None)
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise EngramError(f"{path}: the safetensors __metadata__ is not an object")
     data_start = 8 + length
     spans = []
     for name, entry in header.items():
@@ -104,7 +107,7 @@ def read_shard_header(path) -> ShardHeader:
         if begin_b < end_a:
             raise EngramError(f"{path}: tensors {name_a!r} and {name_b!r} overlap")
     digest = hashlib.sha256(head + blob).hexdigest()
-    return ShardHeader(path, size, data_start, header, digest)
+    return ShardHeader(path, size, data_start, header, digest, metadata)
 
 
 def _check_entry(path: Path, name: str, entry, data_bytes: int) -> tuple[int, int]:

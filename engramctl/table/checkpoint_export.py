@@ -48,6 +48,20 @@ class CheckpointExportResult:
     max_relative_error: float  # per-row L2 relative error (0 for an fp8 table)
     mean_relative_error: float
 
+    def to_dict(self) -> dict:
+        """The ``export --format deepseek --json`` document."""
+        return {
+            "out": self.path,
+            "format": "deepseek",
+            "shards": self.shards,
+            "tensors": self.tensors,
+            "bytes": self.bytes_written,
+            "quantized": self.quantized,
+            "max_relative_error": self.max_relative_error,
+            "mean_relative_error": self.mean_relative_error,
+            "seconds": round(self.seconds, 3),
+        }
+
 
 def parse_shard_size(text) -> int:
     """``"5GB"`` (decimal units, as Hugging Face writes them), ``"4GiB"`` (binary) or bytes.

@@ -26,9 +26,9 @@ from ..layout import EngramLayout
 from .checkpoint import Checkpoint, open_checkpoint
 from .create import (
     CreateResult,
-    build_meta,
     check_free_space,
     chunk_is_valid,
+    data_meta,
     write_new_group,
 )
 from .dtypes import decode_rows, encode_rows, parse_dtype
@@ -44,7 +44,6 @@ from .format import (
 )
 from .fp8_check import InvalidRowsError, check_fp8_rows
 from .linked import COPY_MODE, LINK_MODE, SourceReader, Span, sources_record
-from .rowinit import InitRecipe
 from .store import open_store
 from .table import table_info
 
@@ -88,18 +87,7 @@ def _select_layers(layout: EngramLayout, layers) -> tuple[int, ...]:
 def _table_meta(
     layout, vocab_fingerprint, dim, dtype, chunk_rows, compressor, layers, sources, status
 ) -> TableMeta:
-    meta = build_meta(
-        layout,
-        vocab_fingerprint,
-        dim,
-        dtype,
-        InitRecipe("zeros", 0.0, 0),
-        0.0,
-        0,
-        False,
-        chunk_rows,
-        compressor,
-    )
+    meta = data_meta(layout, vocab_fingerprint, dim, dtype, chunk_rows, compressor)
     data = meta.to_dict()
     data["layers"] = {k: v for k, v in data["layers"].items() if int(k) in layers}
     data["status"] = status

@@ -172,6 +172,14 @@ def write_new_group(path: Path, meta: TableMeta) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def data_meta(layout, vocab_fingerprint, dim, dtype, chunk_rows, compressor) -> TableMeta:
+    """Meta of a table whose every chunk is written from data (an import): zeros recipe."""
+    return build_meta(
+        layout, vocab_fingerprint, dim, dtype, InitRecipe("zeros", 0.0, 0), 0.0, 0, False,
+        chunk_rows, compressor,
+    )  # fmt: skip
+
+
 def _upload_new_group(store: TableStore, meta: TableMeta) -> None:
     """Create the group in a local scratch directory, then upload it (group zarr.json last)."""
     import tempfile

@@ -26,7 +26,8 @@ import numpy as np
 from .._files import atomic_write, check_writable_target
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
-from .create import CreateResult, build_meta, check_free_space, write_new_group
+from .checkpoint import read_shard_header
+from .create import CreateResult, check_free_space, data_meta, write_new_group
 from .dtypes import FP8_SCALE_BLOCK, decode_rows, encode_rows, parse_dtype, storage_dtype
 from .format import (
     WriterLock,
@@ -37,7 +38,6 @@ from .format import (
     write_file_atomic,
     write_group_attrs,
 )
-from .rowinit import InitRecipe
 from .table import open_table, table_info
 
 SAFETENSORS_DTYPE = {
@@ -155,37 +155,10 @@ def export_safetensors(
 
 # ---------------------------------------------------------------------------- import
 def read_safetensors_header(path: Path) -> tuple[dict, dict, int]:
-    """``(tensors, metadata, data_start)`` of a safetensors file, validated."""
-    path = Path(path)
-    if not path.is_file():
-        raise EngramError(f"no safetensors file at {path}")
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            raise EngramError(f"{path} is not a safetensors file (too short)")
-        (length,) = struct.unpack("<Q", head)
-        if length > min(MAX_HEADER_BYTES, size - 8):
-            raise EngramError(f"{path} is not a safetensors file (bad header length {length})")
-        try:
-            header = json.loads(handle.read(length))
-        except ValueError as exc:
-            raise EngramError(f"{path} is not a safetensors file (bad header: {exc})") from exc
-    if not isinstance(header, dict):
-        raise EngramError(f"{path} is not a safetensors file (header is not an object)")
-    metadata = header.pop("__metadata__", None) or {}
-    data_start = 8 + length
-    for name, entry in header.items():
-        try:
-            begin, end = entry["data_offsets"]
-            shape = [int(s) for s in entry["shape"]]
-            entry["dtype"]
-        except (KeyError, TypeError, ValueError):
-            raise EngramError(f"{path}: tensor {name!r} has a malformed header entry") from None
-        if not 0 <= begin <= end <= size - data_start:
-            raise EngramError(f"{path}: tensor {name!r} lies outside the file (truncated?)")
-        entry["shape"] = shape
-    return header, metadata, data_start
+    """``(tensors, metadata, data_start)`` of a safetensors file, strictly validated
+    (:func:`engramctl.table.checkpoint.read_shard_header`)."""
+    header = read_shard_header(path)
+    return header.tensors, header.metadata, header.data_start
 
 
 def _source_array(path: Path, entry: dict, data_start: int, numpy_dtype) -> np.ndarray:
@@ -275,18 +248,7 @@ def import_safetensors(
         )
     sources, dim, source_dtype = _layer_sources(in_path, header, data_start, layout, name_template)
     dtype = parse_dtype(dtype) if dtype else source_dtype
-    meta = build_meta(
-        layout,
-        vocab_fingerprint,
-        dim,
-        dtype,
-        InitRecipe("zeros", 0.0, 0),
-        0.0,
-        0,
-        False,
-        chunk_rows,
-        compressor,
-    )
+    meta = data_meta(layout, vocab_fingerprint, dim, dtype, chunk_rows, compressor)
     if out_path.exists():
         try:
             read_group(out_path)
