@@ -150,3 +150,22 @@ def test_linked_source_changed_is_one_line(ckpt, tmp_path, tiny_vocab_file, tiny
     lookup = ["lookup", out, "--vocab", tiny_vocab_file, "--tokenizer", tiny_tokenizer_path]
     line = assert_one_error_line(run(*lookup, "--text", "the cat"), 1)
     assert f"{shard} changed since linking" in line
+
+
+def test_init_table_and_safetensors_import_take_a_config(ckpt, tmp_path, tiny_vocab_file):
+    path, rows = ckpt
+    lazy = tmp_path / "lazy.zarr"
+    made = run("init-table", lazy, "--vocab", tiny_vocab_file, "--config", path, "--lazy", "--json")
+    assert made.exit_code == 0, made.output
+    doc = json.loads(made.stdout)
+    assert doc["dim"] == 64 and doc["dtype"] == "float8_e4m3fn"  # the config's head dim, fp8
+    linked = tmp_path / "l.zarr"
+    assert run("import", path, linked, "--link", "--vocab", tiny_vocab_file).exit_code == 0
+    assert open_table(lazy).layout == open_table(linked).layout
+    exported = tmp_path / "t.safetensors"
+    assert run("export", linked, exported).exit_code == 0
+    back = tmp_path / "back.zarr"
+    result = run("import", exported, back, "--vocab", tiny_vocab_file, "--config", path)
+    assert result.exit_code == 0, result.output
+    with open_table(back) as table:
+        np.testing.assert_array_equal(table.gather(1, np.arange(len(rows[1]))), rows[1])
