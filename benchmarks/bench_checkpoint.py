@@ -6,7 +6,10 @@ only at the rows a chosen text hashes to plus a few hundred random rows (a few M
 runs each step in its own process and prints its wall time and peak RSS
 (``resource.getrusage``): ``import --link``, ``info``, ``verify``, gathering the text's rows
 through the table (compared with the bytes written) and paging them through the RowPager with a
-1M-row cache (compared with the dequantized bytes). Every step must stay under 1 GiB of RSS.
+1M-row cache (compared with the dequantized bytes). Then the streamed paths on a dense checkpoint
+of ~0.5 GB (2 layers x ~1M rows; 203 GB would not fit this disk): a copy import, ``verify
+--deep`` of a link to it (its chunk checksums must equal the copy's) and ``export --format
+deepseek``, with their throughput. Every step must stay under 1 GiB of RSS.
 Skips with a message on a file system without sparse files.
 
     python benchmarks/bench_checkpoint.py [--dir DIR] [--keep]
@@ -33,6 +36,7 @@ TEXT = "Alexander the Great was tutored by Aristotle until the age of 16."
 RANDOM_ROWS = 300
 CACHE_ROWS = 1_000_000
 RSS_LIMIT = 2**30
+DENSE_NGRAM_VOCAB = (40_000, 40_000, 40_000)  # ~1M rows per layer: the streamed paths
 
 
 def v41_config() -> dict:
@@ -181,6 +185,102 @@ def step_pager(work: Path) -> str:
     )
 
 
+def step_dense(work: Path) -> str:
+    """A dense checkpoint of 2 layers x ~1M rows (random valid fp8), written in blocks."""
+    import os
+
+    from engramctl.layout import EngramLayout, EngramModelConfig
+    from engramctl.table.checkpoint_export import safetensors_header
+    from engramctl.vocab import CanonicalVocab
+
+    vocab = CanonicalVocab.load(work / "vocab.parquet")
+    layout = EngramLayout(
+        ngram_vocab=DENSE_NGRAM_VOCAB, max_ngram=4, heads=8, layers=(1, 14), seed=0, pad_id=2,
+        vocab_size=vocab.canonical_vocab_size,
+    )  # fmt: skip
+    dense = work / "dense"
+    dense.mkdir(exist_ok=True)
+    config = EngramModelConfig.from_layout(layout, head_dim=256).to_dict()
+    (dense / "config.json").write_text(json.dumps(config))
+    rng = np.random.default_rng(1)
+    weight_map, total = {}, 0
+    for i, layer_id in enumerate(layout.layers):
+        rows = layout.layer_rows(layer_id)
+        name = f"model-{i + 1:05d}-of-00002.safetensors"
+        parts = [(f"layers.{layer_id}.engram.embed.weight", "F8_E4M3", 256),
+                 (f"layers.{layer_id}.engram.embed.scale", "F8_E8M0", 8)]  # fmt: skip
+        with open(dense / name, "wb") as handle:
+            handle.write(safetensors_header([(n, d, [rows, w], rows * w) for n, d, w in parts]))
+            for tensor, _, width in parts:
+                for start in range(0, rows, 1 << 16):
+                    n = min(rows, start + (1 << 16)) - start
+                    if width == 256:
+                        block = rng.integers(0, 256, size=(n, width), dtype=np.uint8)
+                        block[(block & 0x7F) == 0x7F] = 0x11
+                    else:
+                        block = rng.integers(110, 135, size=(n, width), dtype=np.uint8)
+                    handle.write(block.tobytes())
+                weight_map[tensor] = name
+            total += handle.tell()
+        os.sync()
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (dense / "model.safetensors.index.json").write_text(json.dumps(index))
+    rows = [layout.layer_rows(layer) for layer in layout.layers]
+    return f"{total / 1e9:.2f} GB, rows {rows}"
+
+
+def step_copy(work: Path) -> str:
+    shutil.rmtree(work / "dense.zarr", ignore_errors=True)
+    started = time.perf_counter()
+    doc = json.loads(
+        cli(
+            "import",
+            work / "dense",
+            work / "dense.zarr",
+            "--vocab",
+            work / "vocab.parquet",
+            "--json",
+        )  # fmt: skip
+    )
+    rate = doc["logical_bytes"] / (time.perf_counter() - started) / 1e9
+    return f"{doc['logical_bytes'] / 1e9:.2f} GB copied into chunks, {rate:.2f} GB/s"
+
+
+def step_deep(work: Path) -> str:
+    shutil.rmtree(work / "dense-link.zarr", ignore_errors=True)
+    cli("import", work / "dense", work / "dense-link.zarr", "--link", "--vocab",
+        work / "vocab.parquet", "--json")  # fmt: skip
+    started = time.perf_counter()
+    doc = json.loads(cli("verify", work / "dense-link.zarr", "--deep", "--json"))
+    assert doc["ok"], doc["problems"]
+    copied = json.loads((work / "dense.zarr" / "zarr.json").read_text())["attributes"]
+    linked = json.loads((work / "dense-link.zarr" / "zarr.json").read_text())["attributes"]
+    crc = {k: {c: e[0] for c, e in v.items()} for k, v in copied["engramctl_manifest"].items()}
+    crc_link = {k: {c: e[0] for c, e in v.items()} for k, v in linked["engramctl_manifest"].items()}
+    assert crc == crc_link, "the link's chunk checksums differ from the copy's"
+    rate = doc["bytes_checked"] / (time.perf_counter() - started) / 1e9
+    return f"{doc['chunks_checked']} chunk checksums of the link = the copy's, {rate:.2f} GB/s"
+
+
+def step_export(work: Path) -> str:
+    shutil.rmtree(work / "dense-out", ignore_errors=True)
+    started = time.perf_counter()
+    doc = json.loads(
+        cli(
+            "export",
+            work / "dense.zarr",
+            work / "dense-out",
+            "--format",
+            "deepseek",
+            "--max-shard-size",
+            "200MB",
+            "--json",
+        )  # fmt: skip
+    )
+    rate = doc["bytes"] / (time.perf_counter() - started) / 1e9
+    return f"{len(doc['shards'])} shards, {doc['bytes'] / 1e9:.2f} GB, {rate:.2f} GB/s"
+
+
 STEPS = {
     "build": step_build,
     "import --link": step_link,
@@ -188,6 +288,10 @@ STEPS = {
     "verify": step_verify,
     "gather": step_gather,
     "pager (1M-row cache)": step_pager,
+    "build dense (~0.5 GB)": step_dense,
+    "import (copy)": step_copy,
+    "link + verify --deep": step_deep,
+    "export --format deepseek": step_export,
 }
 
 
