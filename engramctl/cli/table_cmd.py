@@ -262,12 +262,13 @@ def info_command(
     grid = RichTable(title="layers")
     for name in ("layer", "rows", "heads", "chunks written", "logical", "on disk"):
         grid.add_column(name, justify="right")
+    linked = "linked" if info.sources and info.sources["mode"] == "link" else ""
     for layer_id, layer in info.layers.items():
         grid.add_row(
             str(layer_id),
             f"{layer.rows:,}",
             str(len(layer.head_rows)),
-            f"{layer.chunks_written:,} / {layer.chunks_total:,}",
+            linked or f"{layer.chunks_written:,} / {layer.chunks_total:,}",
             format_bytes(layer.logical_bytes),
             format_bytes(layer.disk_bytes),
         )
