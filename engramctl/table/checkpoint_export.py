@@ -233,7 +233,7 @@ def _write_rows(table, fds, where, progress, total) -> tuple[int, float, float]:
         scale = where[SCALE_NAME.format(layer=layer_id)]
         for c in range(layer.n_chunks(meta.chunk_rows)):
             start, stop = meta.chunk_span(layer_id, c)
-            raw = table.gather(layer_id, np.arange(start, stop, dtype=np.int64))
+            raw = table.read_chunk(layer_id, c)[: stop - start]  # one chunk, not kept mapped
             if meta.dtype == FP8:
                 rows = raw
             else:

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from ..errors import EngramError, UsageError
@@ -50,6 +52,7 @@ from .table import table_info
 log = logging.getLogger(__name__)
 FP8 = "float8_e4m3fn"
 MANIFEST_FLUSH_SECONDS = 2.0
+COPY_WORKERS = 4  # threads reading, checking and writing chunks (I/O bound: a few suffice)
 
 
 def checkpoint_vocab(checkpoint_dir, vocab_path=None):
@@ -207,10 +210,8 @@ def import_checkpoint(
 
 
 # ----------------------------------------------------------------------------- the copy
-def _copy_rows(out_path: Path, tensors, *, resumed: bool, progress) -> tuple[int, int]:
-    """Write every chunk not yet valid; on a NaN row the unfinished table is removed."""
-    store = open_store(out_path)
-    meta, manifest = read_group(store)
+def _valid_copied_chunks(store, manifest: dict, resumed: bool) -> set[tuple[int, int]]:
+    """Chunks of an unfinished copy that are on disk with their recorded checksum."""
     valid = set()
     if resumed:
         for layer_id, chunks in manifest.items():
@@ -219,48 +220,111 @@ def _copy_rows(out_path: Path, tensors, *, resumed: bool, progress) -> tuple[int
                     valid.add((layer_id, c))
                 else:
                     del chunks[c]
-    todo = [
-        (layer_id, c)
-        for layer_id, layer in meta.layers.items()
-        for c in range(layer.n_chunks(meta.chunk_rows))
-        if (layer_id, c) not in valid
-    ]
-    total = len(todo) * meta.chunk_bytes
-    readers = {
-        layer_id: SourceReader(Span.of(weight), Span.of(scale), meta.chunk_rows)
-        for layer_id, (weight, scale) in tensors.items()
-    }
-    done, last_flush, complete = 0, time.perf_counter(), False
+    return valid
+
+
+def _copy_chunk(meta, tensors, readers: queue.Queue, out_path: Path, layer_id: int, c: int):
+    """Read, check, convert and write one chunk; returns its manifest record."""
+    reader_set = readers.get()  # each worker thread reads into its own buffers
     try:
-        for layer_id, c in todo:
-            start, stop = meta.chunk_span(layer_id, c)
-            rows = readers[layer_id].rows(start, stop)
-            where = f"{tensors[layer_id][0].path} (layer {layer_id})"
-            check_fp8_rows(rows[: stop - start], meta.dim, first_row=start, where=where)
-            if meta.dtype != FP8:
-                rows = encode_rows(decode_rows(rows, FP8, meta.dim), meta.dtype)
-            data = encode_chunk(meta, rows)
-            write_file_atomic(out_path / chunk_key(layer_id, c), data, fsync=False)
-            manifest[layer_id][c] = [crc32_of(data), memoryview(data).nbytes, "data"]
-            done += 1
-            if progress:
-                progress(done * meta.chunk_bytes, total)
-            if time.perf_counter() - last_flush > MANIFEST_FLUSH_SECONDS:
-                write_group_attrs(out_path, meta, manifest)
-                last_flush = time.perf_counter()
+        start, stop = meta.chunk_span(layer_id, c)
+        rows = reader_set[layer_id].rows(start, stop)
+        where = f"{tensors[layer_id][0].path} (layer {layer_id})"
+        check_fp8_rows(rows[: stop - start], meta.dim, first_row=start, where=where)
+        if meta.dtype != FP8:
+            rows = encode_rows(decode_rows(rows, FP8, meta.dim), meta.dtype)
+        data = encode_chunk(meta, rows)
+        write_file_atomic(out_path / chunk_key(layer_id, c), data, fsync=False)
+        return layer_id, c, [crc32_of(data), memoryview(data).nbytes, "data"]
+    finally:
+        readers.put(reader_set)
+
+
+def _copy_rows(out_path: Path, tensors, *, resumed: bool, progress, workers=None):
+    """Write every chunk not yet valid from a few threads (reads, checks and writes overlap).
+
+    On a NaN row the unfinished table is removed and the first bad row (in layer, row order)
+    is named; on any other failure the chunks written are recorded, so a rerun resumes.
+    """
+    store = open_store(out_path)
+    meta, manifest = read_group(store)
+    valid = _valid_copied_chunks(store, manifest, resumed)
+    todo = iter(
+        [
+            (layer_id, c)
+            for layer_id, layer in meta.layers.items()
+            for c in range(layer.n_chunks(meta.chunk_rows))
+            if (layer_id, c) not in valid
+        ]
+    )
+    total = sum(layer.n_chunks(meta.chunk_rows) for layer in meta.layers.values()) - len(valid)
+    total *= meta.chunk_bytes
+    workers = max(1, min(COPY_WORKERS, workers or os.cpu_count() or 1))
+    readers: queue.Queue = queue.Queue()
+    for _ in range(workers):
+        readers.put(
+            {
+                layer_id: SourceReader(Span.of(weight), Span.of(scale), meta.chunk_rows)
+                for layer_id, (weight, scale) in tensors.items()
+            }
+        )
+    done, last_flush, complete = 0, time.perf_counter(), False
+    bad_rows: list[tuple[tuple[int, int], InvalidRowsError]] = []
+    failure: BaseException | None = None
+    pending: dict = {}
+    try:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engram-copy") as pool:
+            try:
+                while True:
+                    while failure is None and not bad_rows and len(pending) < 2 * workers:
+                        item = next(todo, None)
+                        if item is None:
+                            break
+                        future = pool.submit(_copy_chunk, meta, tensors, readers, out_path, *item)
+                        pending[future] = item
+                    if not pending:
+                        break
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        item = pending.pop(future)
+                        exc = future.exception()
+                        if isinstance(exc, InvalidRowsError):
+                            bad_rows.append((item, exc))
+                        elif exc is not None:
+                            failure = failure or exc
+                        else:
+                            layer_id, c, record = future.result()
+                            manifest[layer_id][c] = record
+                            done += 1
+                            if progress:
+                                progress(done * meta.chunk_bytes, total)
+                    if time.perf_counter() - last_flush > MANIFEST_FLUSH_SECONDS:
+                        write_group_attrs(out_path, meta, manifest)
+                        last_flush = time.perf_counter()
+            except BaseException as exc:  # Ctrl-C: record the chunks that finish
+                failure = exc
+                for future in pending:
+                    future.cancel()
+                for future, (layer_id, c) in pending.items():
+                    if not future.cancelled() and future.exception() is None:
+                        manifest[layer_id][c] = future.result()[2]
+        if bad_rows:  # bad data: nothing of this import is kept; name the first bad row
+            shutil.rmtree(out_path, ignore_errors=True)
+            order = list(meta.layers)
+            raise min(bad_rows, key=lambda b: (order.index(b[0][0]), b[0][1]))[1]
+        if failure is not None:
+            raise failure
         os.sync()
         complete = True
-    except InvalidRowsError:  # bad data: nothing of this import is kept
-        shutil.rmtree(out_path, ignore_errors=True)
-        raise
     except OSError as exc:
         raise EngramError(
             f"cannot write {out_path}: {exc.strerror or exc}; the chunks copied so far are "
             "kept: rerun the same command to resume"
         ) from exc
     finally:
-        for reader in readers.values():
-            reader.close()
+        while not readers.empty():
+            for reader in readers.get().values():
+                reader.close()
         if out_path.exists():
             write_group_attrs(
                 out_path, meta.with_status("complete") if complete else meta, manifest

@@ -37,7 +37,7 @@ def first_invalid_row_reference(rows: np.ndarray, dim: int) -> tuple[int, int]:
     return int(row), int(column)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _first_invalid_row_kernel(rows, dim):
     """rows (n, dim + dim/32) uint8 -> (row, column) of the first NaN code/scale, or (-1, -1)."""
     n, width = rows.shape

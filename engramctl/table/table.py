@@ -304,6 +304,12 @@ class Table:
                 )
             return self._linked[layer_id]
 
+    def read_chunk(self, layer_id: int, chunk_index: int) -> np.ndarray:
+        """Stored rows ``[chunk_rows, row_width]`` of any chunk (its file, its linked rows, or
+        its init values), read now and not kept: streaming a whole table through this holds
+        one chunk in memory, unlike :meth:`gather`, which keeps the chunks it maps."""
+        return self._load(layer_id, chunk_index)
+
     def _load(self, layer_id: int, chunk_index: int) -> np.ndarray:
         """Stored rows of any chunk: its file, or its init values if never written."""
         if self.meta.linked:  # the chunk's rows from the shards, zero padded like a chunk
