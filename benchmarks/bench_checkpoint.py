@@ -40,7 +40,7 @@ DENSE_NGRAM_VOCAB = (40_000, 40_000, 40_000)  # ~1M rows per layer: the streamed
 
 
 def v41_config() -> dict:
-    from engramctl.layout import PUBLISHED_CONFIGS
+    from engramctl.model_config import PUBLISHED_CONFIGS
 
     return {"text_config": PUBLISHED_CONFIGS["deepseek-v4.1"]}
 
@@ -76,7 +76,7 @@ def text_ids(vocab):
 # ------------------------------------------------------------------------------ the steps
 def step_build(work: Path) -> str:
     from engramctl.hashing import NgramHasher
-    from engramctl.layout import read_model_config
+    from engramctl.model_config import read_model_config
     from engramctl.vocab import CanonicalVocab
     from tests.table.ckpt_util import random_fp8_rows, write_sparse_checkpoint
 
@@ -189,7 +189,8 @@ def step_dense(work: Path) -> str:
     """A dense checkpoint of 2 layers x ~1M rows (random valid fp8), written in blocks."""
     import os
 
-    from engramctl.layout import EngramLayout, EngramModelConfig
+    from engramctl.layout import EngramLayout
+    from engramctl.model_config import EngramModelConfig
     from engramctl.table.checkpoint_export import safetensors_header
     from engramctl.vocab import CanonicalVocab
 

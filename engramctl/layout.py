@@ -33,19 +33,6 @@ PRESETS: dict[str, dict] = {
         "pad_id": 2,
     },
 }
-# The engram_* keys of a published checkpoint's config.json whose layout a preset reproduces.
-PUBLISHED_CONFIGS: dict[str, dict] = {
-    "deepseek-v4.1": {
-        "engram_layer_ids": [1, 14],
-        "engram_max_ngram_size": 4,
-        "engram_n_heads": 8,
-        "engram_head_dim": 256,
-        "engram_vocab_size": 16000000,
-        "engram_num_embeddings": [384006168, 384016682],  # = the sums of the preset's primes
-        "engram_pad_token_id": 2,
-        "engram_compressed_vocab_size": 99092,
-    }
-}
 # Values per head row a preset is served with (demo-v1: 512 per order / 8 heads).
 PRESET_HEAD_DIM = {"demo-v1": 64, "deepseek-v4.1": 256}
 PRESET_DTYPE = {"demo-v1": "float32", "deepseek-v4.1": "float8_e4m3fn"}
@@ -235,7 +222,7 @@ class EngramLayout:
 
     def multipliers(self, layer_id: int) -> np.ndarray:
         """Odd int64 multipliers ``[max_ngram]`` of one layer."""
-        self._check_layer(layer_id)
+        self.check_layer(layer_id)
         key = ("mult", layer_id)
         if key not in self._cache:
             half = max(1, INT64_MAX // self.vocab_size // 2)
@@ -264,7 +251,7 @@ class EngramLayout:
 
     def head_rows(self, layer_id: int) -> np.ndarray:
         """Row count (a prime) of each head of a layer, ``[(max_ngram-1)*heads]`` int64."""
-        self._check_layer(layer_id)
+        self.check_layer(layer_id)
         return np.array(self._primes[layer_id], dtype=np.int64)
 
     def head_offsets(self, layer_id: int) -> np.ndarray:
@@ -295,168 +282,147 @@ class EngramLayout:
         data["ngram_vocab"] = list(ngram_vocab)
         return EngramLayout.from_dict(data)
 
-    def _check_layer(self, layer_id: int) -> None:
+    def check_layer(self, layer_id: int) -> None:
         if layer_id not in self.layers:
             raise UsageError(
                 f"layer {layer_id} is not an Engram layer of this layout {self.layers}"
             )
 
 
-# ------------------------------------------------------------------------ model config.json
-CONFIG_NAME = "config.json"
+# ------------------------------------------------------------------ resolving a layout
+DEFAULT_PRESET = "demo-v1"
+
+
+def _int_list_or_none(value, flag: str) -> tuple[int, ...] | None:
+    """A flag's comma-separated integers (a string) or an already parsed sequence."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return parse_int_list(value, name=flag)
+    return tuple(_as_int(flag, v) for v in value)
 
 
 @dataclass(frozen=True)
-class EngramModelConfig:
-    """The ``engram_*`` keys of a model's ``config.json`` (top level or under ``text_config``)."""
+class LayoutRequest:
+    """A layout as a command names it: a preset and the fields its flags override (None: not
+    given). ``ngram_vocab`` and ``layers`` may be flag strings (``"646400,646400"``)."""
 
-    path: str  # the config.json read
-    layer_ids: tuple[int, ...]  # engram_layer_ids
-    max_ngram: int  # engram_max_ngram_size
-    heads: int  # engram_n_heads (per n-gram order)
-    head_dim: int  # engram_head_dim: values per table row
-    ngram_vocab: tuple[int, ...]  # engram_vocab_size, per order (where each prime search starts)
-    pad_id: int  # engram_pad_token_id
-    num_embeddings: tuple[int, ...] | None  # engram_num_embeddings: rows per layer, if published
-    compressed_vocab_size: int | None  # engram_compressed_vocab_size, if published
-    seed: int = 0  # the official multipliers are default_rng(10007 * layer id): seed 0
+    preset: str | None = None  # None: demo-v1
+    ngram_vocab: tuple[int, ...] | str | None = None
+    max_ngram: int | None = None
+    heads: int | None = None
+    layers: tuple[int, ...] | str | None = None
+    seed: int | None = None  # the multipliers' seed
+    pad_id: int | None = None
 
-    def layout(self, *, vocab_size: int) -> EngramLayout:
-        """The layout this config describes for a canonical vocab of ``vocab_size`` ids.
+    def __post_init__(self):
+        for name, flag in (("ngram_vocab", "--ngram-vocab"), ("layers", "--layers")):
+            object.__setattr__(self, name, _int_list_or_none(getattr(self, name), flag))
 
-        Refuses (one line naming both values) a vocab whose size is not the config's
-        ``engram_compressed_vocab_size`` (every multiplier, hence every row, would differ) and
-        a config whose ``engram_num_embeddings`` are not the sums of the layout's primes.
-        """
-        if self.compressed_vocab_size is not None and self.compressed_vocab_size != vocab_size:
+    def overrides(self) -> dict:
+        """The layout fields given, layers included: ``{"heads": 4}``."""
+        names = ("ngram_vocab", "max_ngram", "heads", "layers", "seed", "pad_id")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
+@dataclass(frozen=True)
+class LayoutSource:
+    """A layout fixed whole by something other than the flags (a table's metadata), with the row
+    width and storage dtype it comes with."""
+
+    layout: EngramLayout
+    dim: int | None
+    dtype: str | None
+    flag: str  # the option that named it, e.g. "--table"
+    where: str  # what it is, e.g. "table t.zarr"
+
+
+@dataclass(frozen=True)
+class ResolvedLayout:
+    """The layout a command works with, the layers it works on, and the table shape its source
+    serves (a preset's head dim and dtype, or a table's)."""
+
+    layout: EngramLayout
+    layer_ids: tuple[int, ...]  # == layout.layers unless layers were picked from the source
+    dim: int | None
+    dtype: str | None
+    source: str  # "preset demo-v1" or a LayoutSource's ``where``
+
+
+def resolve_layout(
+    request: LayoutRequest,
+    *,
+    vocab,
+    source: LayoutSource | None = None,
+    pick_layers: bool = False,
+) -> ResolvedLayout:
+    """The one way a command turns its layout flags (and a table) into a layout.
+
+    Without ``source``: the preset (default demo-v1) with every given field overriding it. With
+    ``pick_layers``, ``layers`` that are all layers of the preset pick those layers and keep the
+    preset's primes (primes depend on the whole layer list); other ids define a new layout.
+    With ``source`` (``--table``): its layout, whole; only ``layers`` may be given, and it picks a
+    subset of the source's layers. The pad id is checked against ``vocab`` either way.
+    """
+    if source is not None:
+        resolved = _from_source(request, source)
+    else:
+        resolved = _from_preset(request, vocab_size=vocab.canonical_vocab_size, pick=pick_layers)
+    resolved.layout.pad_canonical_id(vocab)  # a pad id outside the tokenizer is refused here
+    return resolved
+
+
+def _from_source(request: LayoutRequest, source: LayoutSource) -> ResolvedLayout:
+    fixed = {**request.overrides(), "preset": request.preset}
+    fixed.pop("layers", None)
+    if any(value is not None for value in fixed.values()):
+        raise UsageError(f"{source.flag} fixes the layout; drop --preset and the layout flags")
+    layer_ids = source.layout.layers
+    if request.layers is not None:
+        missing = sorted(set(request.layers) - set(layer_ids))
+        if missing:
             raise UsageError(
-                f"{self.path}: engram_compressed_vocab_size is {self.compressed_vocab_size}, but "
-                f"the vocab in use has {vocab_size} canonical ids; every row would hash "
-                "elsewhere: use the vocab of the model's tokenizer"
+                f"--layers {missing} are not layers of {source.where} {source.layout.layers}"
             )
-        layout = EngramLayout(
-            ngram_vocab=self.ngram_vocab,
-            max_ngram=self.max_ngram,
-            heads=self.heads,
-            layers=self.layer_ids,
-            seed=self.seed,
-            pad_id=self.pad_id,
-            vocab_size=vocab_size,
-        )
-        if self.num_embeddings is not None:
-            rows = tuple(layout.layer_rows(layer) for layer in layout.layers)
-            if rows != self.num_embeddings:
-                raise UsageError(
-                    f"{self.path}: engram_num_embeddings {list(self.num_embeddings)} differ from "
-                    f"the sums of the layout's primes per layer {list(rows)}; the config does "
-                    "not describe this prime search"
-                )
-        return layout
+        layer_ids = request.layers
+    return ResolvedLayout(source.layout, tuple(layer_ids), source.dim, source.dtype, source.where)
 
-    def to_dict(self) -> dict:
-        """The ``engram_*`` keys, as a config.json holds them."""
-        data = {
-            "engram_layer_ids": list(self.layer_ids),
-            "engram_max_ngram_size": self.max_ngram,
-            "engram_n_heads": self.heads,
-            "engram_head_dim": self.head_dim,
-            "engram_vocab_size": (
-                self.ngram_vocab[0] if len(set(self.ngram_vocab)) == 1 else list(self.ngram_vocab)
-            ),
-            "engram_pad_token_id": self.pad_id,
+
+def _from_preset(request: LayoutRequest, *, vocab_size: int, pick: bool) -> ResolvedLayout:
+    name = request.preset if request.preset is not None else DEFAULT_PRESET
+    overrides = request.overrides()
+    layers = overrides.get("layers")
+    if pick and layers is not None:
+        without_layers = {**overrides, "layers": None}
+        base = EngramLayout.from_preset(name, vocab_size=vocab_size, **without_layers)
+        if set(layers) <= set(base.layers):
+            overrides["layers"] = None  # the preset's layers, and so its primes
+    layout = EngramLayout.from_preset(name, vocab_size=vocab_size, **overrides)
+    layer_ids = layers if layers is not None else layout.layers
+    return ResolvedLayout(
+        layout, tuple(layer_ids), PRESET_HEAD_DIM[name], PRESET_DTYPE[name], f"preset {name}"
+    )
+
+
+def layout_report(layout: EngramLayout, *, dim: int, dtype: str, row_bytes: int) -> dict:
+    """The ``engramctl layout --json`` document: rows, offsets, multipliers and bytes per layer
+    of ``layout`` stored at ``dim`` values of ``dtype`` (``row_bytes`` bytes) per row."""
+    layers = {}
+    for layer_id in layout.layers:
+        rows = layout.layer_rows(layer_id)
+        layers[str(layer_id)] = {
+            "rows": rows,
+            "head_rows": layout.head_rows(layer_id).tolist(),
+            "head_offsets": layout.head_offsets(layer_id).tolist(),
+            "multipliers": layout.multipliers(layer_id).tolist(),
+            "bytes": rows * row_bytes,
         }
-        if self.num_embeddings is not None:
-            data["engram_num_embeddings"] = list(self.num_embeddings)
-        if self.compressed_vocab_size is not None:
-            data["engram_compressed_vocab_size"] = self.compressed_vocab_size
-        return data
-
-    @classmethod
-    def from_layout(
-        cls, layout: EngramLayout, *, head_dim: int, path: str = ""
-    ) -> EngramModelConfig:
-        """The config keys describing ``layout`` (what ``export --format deepseek`` writes)."""
-        if layout.seed != 0:
-            raise UsageError(
-                f"layout seed {layout.seed}: a model config has no seed (the checkpoint's "
-                "multipliers use seed 0); only a seed-0 layout can be written as a config"
-            )
-        return cls(
-            path=path,
-            layer_ids=layout.layers,
-            max_ngram=layout.max_ngram,
-            heads=layout.heads,
-            head_dim=head_dim,
-            ngram_vocab=layout.ngram_vocab,
-            pad_id=layout.pad_id,
-            num_embeddings=tuple(layout.layer_rows(layer) for layer in layout.layers),
-            compressed_vocab_size=layout.vocab_size,
-        )
-
-
-def _config_section(doc: dict, where: str) -> dict:
-    """The dict holding the ``engram_*`` keys: the top level or ``text_config``."""
-    if any(key.startswith("engram_") for key in doc):
-        return doc
-    text = doc.get("text_config")
-    if isinstance(text, dict) and any(key.startswith("engram_") for key in text):
-        return text
-    raise UsageError(
-        f"{where} has no engram_* keys (top level or under text_config): this model has no "
-        "Engram tables; use --preset or the layout flags"
-    )
-
-
-def read_model_config(path) -> EngramModelConfig:
-    """Read the Engram keys of a model's ``config.json`` (or of a directory holding one)."""
-    from pathlib import Path
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / CONFIG_NAME
-    if not path.is_file():
-        raise UsageError(f"--config: no config file at {path}")
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UsageError(f"--config: {path} is not a JSON file ({exc})") from None
-    if not isinstance(doc, dict):
-        raise UsageError(f"--config: {path} is not a JSON object")
-    section = _config_section(doc, str(path))
-    required = (
-        "engram_layer_ids",
-        "engram_max_ngram_size",
-        "engram_n_heads",
-        "engram_head_dim",
-        "engram_vocab_size",
-        "engram_pad_token_id",
-    )
-    missing = [key for key in required if key not in section]
-    if missing:
-        raise UsageError(f"{path}: missing Engram keys {missing}")
-
-    def ints(key, value) -> tuple[int, ...]:
-        values = value if isinstance(value, list) else [value]
-        return tuple(_as_int(key, v) for v in values)
-
-    max_ngram = _as_int("engram_max_ngram_size", section["engram_max_ngram_size"])
-    ngram_vocab = ints("engram_vocab_size", section["engram_vocab_size"])
-    if len(ngram_vocab) == 1:  # one start for every order
-        ngram_vocab = ngram_vocab * max(1, max_ngram - 1)
-    num_embeddings = section.get("engram_num_embeddings")
-    compressed = section.get("engram_compressed_vocab_size")
-    return EngramModelConfig(
-        path=str(path),
-        layer_ids=ints("engram_layer_ids", section["engram_layer_ids"]),
-        max_ngram=max_ngram,
-        heads=_as_int("engram_n_heads", section["engram_n_heads"]),
-        head_dim=_as_int("engram_head_dim", section["engram_head_dim"]),
-        ngram_vocab=ngram_vocab,
-        pad_id=_as_int("engram_pad_token_id", section["engram_pad_token_id"]),
-        num_embeddings=None
-        if num_embeddings is None
-        else ints("engram_num_embeddings", num_embeddings),
-        compressed_vocab_size=None
-        if compressed is None
-        else _as_int("engram_compressed_vocab_size", compressed),
-    )
+    return {
+        "layout": layout.to_dict(),
+        "dim": dim,
+        "dtype": dtype,
+        "row_bytes": row_bytes,
+        "layers": layers,
+        "total_rows": layout.total_rows,
+        "total_bytes": layout.total_rows * row_bytes,
+    }

@@ -30,11 +30,12 @@ def lookup_command(
     The text is hashed with the table's own layout (the vocab must be the table's); rows are
     read from the table as the engines decode them (e4m3 * 2**(e - 127) for fp8).
 
-    Example: engramctl lookup v41.zarr --vocab vocab.parquet --text "Alexander the Great" --values 4
+    Example:
+    engramctl lookup v41.zarr --vocab vocab.parquet --text "the Great" --values 4
     """
     from ..table.lookup import lookup_rows
     from ..table.table import open_table
-    from .hash_cmd import encode_text
+    from ..tokenizer import encode_text
 
     vocab_map = load_vocab(vocab)
     with open_table(table, vocab=vocab_map) as opened:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from enum import Enum
 from pathlib import Path
@@ -13,26 +12,20 @@ from rich.table import Table as RichTable
 
 from .app import STATE, command, console, err_console
 from .options import (
-    ConfigOpt,
-    HeadsOpt,
+    Compressor,
+    DimOpt,
+    Dtype,
+    DtypeOpt,
+    InitKind,
     JsonFlag,
-    LayersOpt,
-    MaxNgramOpt,
-    NgramVocabOpt,
-    PadIdOpt,
-    PresetOpt,
+    LayoutFlags,
+    OverwriteOpt,
     SchedulerOpt,
     VocabOpt,
-    build_layout,
-    layout_defaults,
     load_vocab,
+    resolve_layout_flags,
 )
-
-
-class InitKind(str, Enum):
-    normal = "normal"
-    uniform = "uniform"
-    zeros = "zeros"
+from .progress import progress
 
 
 class ExportFormat(str, Enum):
@@ -40,20 +33,7 @@ class ExportFormat(str, Enum):
     deepseek = "deepseek"
 
 
-class Compressor(str, Enum):
-    none = "none"
-    zstd = "zstd"
-
-
 TableArg = Annotated[Path, typer.Argument(help="Table directory (a zarr v3 group).")]
-LayoutSeedOpt = Annotated[
-    int | None,
-    typer.Option("--layout-seed", help="The layout's multiplier seed (the --seed of hash/layout)."),
-]
-DtypeOpt = Annotated[
-    str | None,
-    typer.Option("--dtype", help="float32, bfloat16, float16 or float8_e4m3fn."),
-]
 ChunkRowsOpt = Annotated[
     int | None, typer.Option("--chunk-rows", help="Rows per chunk. (default: ~4 MiB chunks)")
 ]
@@ -64,7 +44,6 @@ CompressorOpt = Annotated[
 TensorNameOpt = Annotated[
     str, typer.Option("--tensor-name", help="safetensors name of a layer's tensor ({layer} = id).")
 ]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 TableUrlArg = Annotated[
     str, typer.Argument(help="Table directory, or an fsspec URL such as s3://bucket/t.zarr.")
 ]
@@ -84,78 +63,26 @@ def _storage_options(items: list[str] | None) -> dict | None:
     return parse_storage_options(items) or None
 
 
-@contextlib.contextmanager
-def byte_progress(description: str, *, enabled: bool):
-    """A rich bar showing bytes done, total, speed and ETA; yields ``update(done, total)``."""
-    if not enabled:
-        yield lambda done, total: None
-        return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    bar = Progress(*columns, console=err_console, transient=False)
-    task = None
-
-    def update(done: int, total: int) -> None:
-        nonlocal task
-        if task is None:  # start on the first report, so an early error shows no empty bar
-            bar.start()
-            task = bar.add_task(description, total=total)
-        bar.update(task, completed=done, total=total)
-
-    try:
-        yield update
-    finally:
-        if task is not None:  # stopping a bar never started prints an empty line
-            bar.stop()
-
-
-def _layout(vocab_map, preset, ngram_vocab, max_ngram, heads, layers, layout_seed, pad_id, config):
-    return build_layout(
-        vocab_map,
-        preset=preset,
-        ngram_vocab=ngram_vocab,
-        max_ngram=max_ngram,
-        heads=heads,
-        layers=layers,
-        seed=layout_seed,
-        pad_id=pad_id,
-        config=config,
-    )
-
-
 @command("init-table")
 def init_table_command(
+    ctx: typer.Context,
     out: TableUrlArg,
     vocab: VocabOpt,
-    preset: PresetOpt = None,
-    ngram_vocab: NgramVocabOpt = None,
-    max_ngram: MaxNgramOpt = None,
-    heads: HeadsOpt = None,
-    layers: LayersOpt = None,
-    layout_seed: LayoutSeedOpt = None,
-    pad_id: PadIdOpt = None,
-    config: ConfigOpt = None,
-    dim: Annotated[
-        int | None, typer.Option("--dim", help="Values per row. (default: the preset's)")
-    ] = None,
+    preset: LayoutFlags.Preset = None,
+    ngram_vocab: LayoutFlags.NgramVocab = None,
+    max_ngram: LayoutFlags.MaxNgram = None,
+    heads: LayoutFlags.Heads = None,
+    layers: LayoutFlags.Layers = None,
+    seed: LayoutFlags.Seed = None,
+    pad_id: LayoutFlags.PadId = None,
+    config: LayoutFlags.Config = None,
+    dim: DimOpt = None,
     dtype: DtypeOpt = None,
     init: Annotated[InitKind, typer.Option("--init", help="Initial values.")] = InitKind.normal,
     std: Annotated[float, typer.Option("--std", help="Std of normal/uniform values.")] = 0.02,
-    seed: Annotated[int, typer.Option("--seed", help="Init seed (with layer, row, column).")] = 0,
+    init_seed: Annotated[
+        int, typer.Option("--init-seed", help="Init seed (with layer, row, column).")
+    ] = 0,
     lazy: Annotated[
         bool, typer.Option("--lazy", help="Write metadata only; chunks are made on first write.")
     ] = False,
@@ -176,29 +103,28 @@ def init_table_command(
     With --scheduler the Dask workers write the chunks straight to the table's store (a shared
     path or a URL); the table is bit-identical to a single-process init.
 
-    Example: engramctl init-table table.zarr --vocab vocab.parquet --preset demo-v1 --lazy
+    Example:
+    engramctl init-table t.zarr --vocab vocab.parquet --preset demo-v1 --lazy
     """
+    from .._system import format_bytes
     from ..errors import UsageError
     from ..table.create import create_table
-    from ..table.dtypes import format_bytes, parse_dtype
+    from ..table.dtypes import parse_dtype
 
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     vocab_map = load_vocab(vocab)
-    layout = _layout(
-        vocab_map, preset, ngram_vocab, max_ngram, heads, layers, layout_seed, pad_id, config
-    )
-    default_dim, default_dtype = layout_defaults(preset, config)
-    with byte_progress("init", enabled=not (json_out or STATE["quiet"] or lazy)) as update:
+    resolved = resolve_layout_flags(ctx.params, vocab_map)
+    with progress("init", enabled=not (json_out or STATE["quiet"] or lazy)) as update:
         result = create_table(
             out,
-            layout=layout,
+            layout=resolved.layout,
             vocab_fingerprint=vocab_map.fingerprint,
-            dim=dim if dim is not None else default_dim,
-            dtype=parse_dtype(dtype or default_dtype),
+            dim=dim if dim is not None else resolved.dim,
+            dtype=parse_dtype(dtype.value if dtype is not None else resolved.dtype),
             init=init.value,
             std=std,
-            seed=seed,
+            seed=init_seed,
             lazy=lazy,
             chunk_rows=chunk_rows,
             compressor=compressor.value,
@@ -238,9 +164,10 @@ def info_command(
 ) -> None:
     """Show a table's layout, layers, heads, chunking and size (local or fsspec URL).
 
-    Example: engramctl info table.zarr --json
+    Example:
+    engramctl info table.zarr --json
     """
-    from ..table.dtypes import format_bytes
+    from .._system import format_bytes
     from ..table.table import open_table
 
     info = open_table(table, storage_options=_storage_options(storage_option)).info
@@ -283,28 +210,9 @@ def info_command(
         )
     console.print(heads)
     if info.sources:
-        _print_sources(info.sources)
+        from .checkpoint_cmd import print_sources
 
-
-def _print_sources(sources: dict) -> None:
-    """The checkpoint files a linked (or imported) table reads, and where its tensors lie."""
-    verb = "linked to" if sources["mode"] == "link" else "imported from"
-    console.print(f"{verb} checkpoint [bold]{sources['checkpoint']}[/]")
-    grid = RichTable(title="sources")
-    for name in ("layer", "part", "tensor", "file", "offset", "shape"):
-        grid.add_column(name, justify="right" if name in ("layer", "offset") else "left")
-    for layer_id, layer in sources["layers"].items():
-        for part, entry in layer.items():
-            grid.add_row(
-                layer_id, part, entry["tensor"], entry["file"], f"{entry['offset']:,}",
-                f"{entry['dtype']} {entry['shape']}",
-            )  # fmt: skip
-    console.print(grid)
-    for name, record in sources["files"].items():
-        console.print(
-            f"  {name}: {record['size']:,} bytes, header sha256 {record['header_sha256'][:16]}",
-            markup=False,
-        )
+        print_sources(info.sources)
 
 
 @command("verify")
@@ -321,12 +229,13 @@ def verify_command(
 
     Exits 1 on any damage.
 
-    Example: engramctl verify table.zarr --deep
+    Example:
+    engramctl verify table.zarr --deep
     """
     from ..table.verify import verify_table
 
     vocab_map = load_vocab(vocab) if vocab else None
-    with byte_progress("verify", enabled=deep and not (json_out or STATE["quiet"])) as update:
+    with progress("verify", enabled=deep and not (json_out or STATE["quiet"])) as update:
         report = verify_table(
             table,
             deep=deep,
@@ -356,64 +265,44 @@ def verify_command(
 def export_command(
     table: TableArg,
     out: Annotated[
-        Path,
-        typer.Argument(help="safetensors file to write (a directory with --format deepseek)."),
+        Path, typer.Argument(help="safetensors file (a directory with --format deepseek).")
     ],
     export_format: Annotated[
         ExportFormat,
         typer.Option(
             "--format",
-            help="safetensors: one file, one tensor per layer. deepseek: a checkpoint directory "
+            help="safetensors: one file, a tensor per layer. deepseek: a checkpoint directory "
             "(layers.L.engram.embed.weight/scale shards, index, config.json).",
         ),
     ] = ExportFormat.safetensors,
     max_shard_size: Annotated[
-        str,
-        typer.Option("--max-shard-size", help="Largest shard of --format deepseek (5GB, 4GiB)."),
+        str, typer.Option("--max-shard-size", help="Largest shard with --format deepseek.")
     ] = "5GB",
     tensor_name: TensorNameOpt = "layer_{layer}",
     overwrite: OverwriteOpt = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """Stream a table to safetensors: one file, or a DeepSeek checkpoint directory.
+    """Stream a table to safetensors: one file, or a DeepSeek checkpoint (--format deepseek:
+    F8_E4M3 weights + F8_E8M0 scales; a float table is quantized, its error reported).
 
-    --format deepseek writes F8_E4M3 weights and F8_E8M0 scales under the checkpoint's names; a
-    float table is quantized on the way and the relative error (per row, L2) is reported.
-
-    Example: engramctl export table.zarr table.safetensors
-
-    Example: engramctl export table.zarr ckpt_out --format deepseek --max-shard-size 5GB
+    Example:
+    engramctl export table.zarr ckpt_out --format deepseek --max-shard-size 5GB
     """
+    from .._system import format_bytes
     from ..errors import UsageError
-    from ..table.dtypes import format_bytes
+    from ..table.safetensors import export_safetensors
 
-    if export_format is ExportFormat.deepseek:
-        from ..table.checkpoint_export import export_checkpoint, parse_shard_size
+    if export_format == ExportFormat.deepseek:
+        from .checkpoint_cmd import export_deepseek
 
         if tensor_name != "layer_{layer}":
             raise UsageError("--tensor-name: --format deepseek uses the checkpoint's names")
-        limit = parse_shard_size(max_shard_size)
-        with byte_progress("export", enabled=not (json_out or STATE["quiet"])) as update:
-            ckpt = export_checkpoint(
-                table, out, max_shard_size=limit, overwrite=overwrite, progress=update
-            )
-        if json_out:
-            typer.echo(json.dumps(ckpt.to_dict()))
-        elif not STATE["quiet"]:
-            error = (
-                f"; quantized to e4m3 + ue8m0, relative error per row max "
-                f"{ckpt.max_relative_error:.4f}, mean {ckpt.mean_relative_error:.4f}"
-                if ckpt.quantized
-                else ""
-            )
-            console.print(
-                f"wrote {out}: {len(ckpt.shards)} shards, {len(ckpt.tensors)} tensors, "
-                f"{format_bytes(ckpt.bytes_written)} in {ckpt.seconds:.1f}s{error}"
-            )
+        export_deepseek(
+            table, out, max_shard_size=max_shard_size, overwrite=overwrite, json_out=json_out
+        )
         return
-    from ..table.safetensors import export_safetensors
 
-    with byte_progress("export", enabled=not (json_out or STATE["quiet"])) as update:
+    with progress("export", enabled=not (json_out or STATE["quiet"])) as update:
         result = export_safetensors(
             table, out, overwrite=overwrite, name_template=tensor_name, progress=update
         )
@@ -437,6 +326,7 @@ def export_command(
 
 @command("import")
 def import_command(
+    ctx: typer.Context,
     source: Annotated[
         Path,
         typer.Argument(
@@ -449,111 +339,86 @@ def import_command(
         Path | None,
         typer.Option(
             "--vocab",
-            help="Canonical vocab Parquet (from engramctl build-vocab). A checkpoint directory "
-            "with a tokenizer.json may omit it.",
+            help="Canonical vocab Parquet (engramctl build-vocab); a checkpoint directory with a "
+            "tokenizer.json may omit it.",
         ),
     ] = None,
     link: Annotated[
         bool,
         typer.Option(
             "--link",
-            help="Checkpoint directory: record where the rows lie instead of copying them "
+            help="Checkpoint directory: record where its rows lie instead of copying them "
             "(zero-copy, read-only; seconds and kilobytes at any size).",
         ),
     ] = False,
-    preset: PresetOpt = None,
-    ngram_vocab: NgramVocabOpt = None,
-    max_ngram: MaxNgramOpt = None,
-    heads: HeadsOpt = None,
-    layers: Annotated[
-        str | None,
-        typer.Option(
-            "--layers",
-            help="Engram layer ids, e.g. 1,14 (a checkpoint directory: import only these).",
-        ),
-    ] = None,
-    layout_seed: LayoutSeedOpt = None,
-    pad_id: PadIdOpt = None,
-    config: ConfigOpt = None,
+    preset: LayoutFlags.Preset = None,
+    ngram_vocab: LayoutFlags.NgramVocab = None,
+    max_ngram: LayoutFlags.MaxNgram = None,
+    heads: LayoutFlags.Heads = None,
+    layers: LayoutFlags.Layers = None,
+    seed: LayoutFlags.Seed = None,
+    pad_id: LayoutFlags.PadId = None,
+    config: LayoutFlags.Config = None,
     tensor_name: TensorNameOpt = "layer_{layer}",
     dtype: Annotated[
-        str | None, typer.Option("--dtype", help="Convert to this dtype. (default: the file's)")
+        Dtype | None, typer.Option("--dtype", help="Convert to this dtype. (default: the file's)")
     ] = None,
     chunk_rows: ChunkRowsOpt = None,
     compressor: CompressorOpt = Compressor.none,
     overwrite: OverwriteOpt = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """Build a table from a model checkpoint (copy or --link) or from a safetensors file.
+    """Build a table from a model checkpoint (a resumable copy, or --link) or a safetensors file.
 
     A checkpoint directory's config.json gives the layout (checked against the vocab) and its
-    layers.L.engram.embed.weight/scale tensors the rows. A copy is resumable: rerun the same
-    command after an interruption. A safetensors file needs one (sum of head primes) x dim
-    tensor per layer and the layout flags.
+    layers.L.engram.embed.weight/scale tensors the rows; --layers picks some of its layers. A
+    safetensors file needs one (sum of head primes) x dim tensor per layer and a layout.
 
-    Example: engramctl import DeepSeek-V4.1/ v41.zarr --link --vocab vocab.parquet
-
-    Example: engramctl import trained.safetensors table.zarr --vocab vocab.parquet --preset demo-v1
+    Example:
+    engramctl import DeepSeek-V4.1 v41.zarr --link --vocab vocab.parquet
     """
     from ..errors import UsageError
-    from ..table.dtypes import format_bytes
+    from ..table.safetensors import import_safetensors
 
+    dtype_name = dtype.value if dtype is not None else None
     if source.is_dir():
-        from ..layout import parse_int_list
-        from ..table.checkpoint_import import checkpoint_vocab, import_checkpoint
+        from .checkpoint_cmd import import_checkpoint_dir
 
-        flags = {
-            "--preset": preset, "--ngram-vocab": ngram_vocab, "--max-ngram": max_ngram,
-            "--heads": heads, "--layout-seed": layout_seed, "--pad-id": pad_id,
-            "--config": config,
-        }  # fmt: skip
-        given = [name for name, value in flags.items() if value is not None]
-        if tensor_name != "layer_{layer}":
-            given.append("--tensor-name")
-        if given:
-            raise UsageError(
-                f"{source} is a checkpoint directory: its config.json gives the layout and its "
-                f"tensor names are fixed; drop {', '.join(given)}"
-            )
-        vocab_map = checkpoint_vocab(source, vocab)
-        description = "link" if link else "import (chunks)"
-        with byte_progress(description, enabled=not (json_out or STATE["quiet"])) as update:
-            result = import_checkpoint(
-                source,
-                out,
-                vocab=vocab_map,
-                layers=parse_int_list(layers, name="--layers") if layers is not None else None,
-                link=link,
-                dtype=dtype,
-                chunk_rows=chunk_rows,
-                compressor=compressor.value,
-                overwrite=overwrite,
-                progress=update,
-            )
-    else:
-        from ..table.safetensors import import_safetensors
-
-        if link:
-            raise UsageError(f"--link needs a checkpoint directory; {source} is not one")
-        if vocab is None:
-            raise UsageError("importing a safetensors file needs --vocab")
-        vocab_map = load_vocab(vocab)
-        layout = _layout(
-            vocab_map, preset, ngram_vocab, max_ngram, heads, layers, layout_seed, pad_id, config
+        fixed = [f"--{n.replace('_', '-')}" for n in (*LayoutFlags.NAMES, "config")
+                 if n != "layers" and ctx.params[n] is not None]  # fmt: skip
+        fixed += ["--tensor-name"] if tensor_name != "layer_{layer}" else []
+        result = import_checkpoint_dir(
+            source, out, vocab=vocab, layers=layers, link=link, dtype=dtype_name,
+            chunk_rows=chunk_rows, compressor=compressor.value, overwrite=overwrite,
+            json_out=json_out, fixed_flags=fixed,
+        )  # fmt: skip
+        _print_import(result, source, out, link=link, json_out=json_out)
+        return
+    if link:
+        raise UsageError(f"--link needs a checkpoint directory; {source} is not one")
+    if vocab is None:
+        raise UsageError("importing a safetensors file needs --vocab")
+    vocab_map = load_vocab(vocab)
+    layout = resolve_layout_flags(ctx.params, vocab_map).layout
+    with progress("import (chunks)", enabled=not (json_out or STATE["quiet"])) as update:
+        result = import_safetensors(
+            source,
+            out,
+            layout=layout,
+            vocab_fingerprint=vocab_map.fingerprint,
+            name_template=tensor_name,
+            dtype=dtype_name,
+            chunk_rows=chunk_rows,
+            compressor=compressor.value,
+            overwrite=overwrite,
+            progress=update,
         )
-        with byte_progress("import (chunks)", enabled=not (json_out or STATE["quiet"])) as update:
-            result = import_safetensors(
-                source,
-                out,
-                layout=layout,
-                vocab_fingerprint=vocab_map.fingerprint,
-                name_template=tensor_name,
-                dtype=dtype,
-                chunk_rows=chunk_rows,
-                compressor=compressor.value,
-                overwrite=overwrite,
-                progress=update,
-            )
+    _print_import(result, source, out, link=False, json_out=json_out)
+
+
+def _print_import(result, source, out, *, link: bool, json_out: bool) -> None:
+    from .._system import format_bytes
+
     if json_out:
         doc = result.info.to_dict()
         doc.update(
@@ -567,7 +432,7 @@ def import_command(
         info = result.info
         verb = "linked" if link else ("resumed and imported" if result.resumed else "imported")
         console.print(
-            f"{verb} {source} into {out}: layers {list(info.layers)}, dim "
-            f"{info.dim} {info.dtype}, {format_bytes(info.logical_bytes)} of rows, "
+            f"{verb} {source} into {out}: layers {list(info.layers)}, dim {info.dim} "
+            f"{info.dtype}, {format_bytes(info.logical_bytes)} of rows, "
             f"{format_bytes(info.disk_bytes)} written in {result.seconds:.1f}s"
         )

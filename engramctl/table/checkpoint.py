@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import EngramError, UsageError
-from ..layout import CONFIG_NAME, EngramLayout, EngramModelConfig, read_model_config
+from ..layout import EngramLayout
+from ..model_config import CONFIG_NAME, EngramModelConfig, read_model_config
 from .dtypes import FP8_SCALE_BLOCK
 
 INDEX_NAME = "model.safetensors.index.json"

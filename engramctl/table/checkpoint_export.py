@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import check_free_space
 from ..errors import EngramError, UsageError
-from ..layout import CONFIG_NAME, EngramModelConfig
+from ..model_config import CONFIG_NAME, EngramModelConfig
 from .checkpoint import INDEX_NAME, SCALE_DTYPE, SCALE_NAME, WEIGHT_DTYPE, WEIGHT_NAME
-from .create import check_free_space
 from .dtypes import FP8_SCALE_BLOCK, decode_rows, encode_rows
 from .table import open_table
 

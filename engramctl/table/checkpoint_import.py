@@ -23,16 +23,12 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from .._files import check_free_space, write_file_atomic
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
 from .checkpoint import Checkpoint, open_checkpoint
-from .create import (
-    CreateResult,
-    check_free_space,
-    chunk_is_valid,
-    data_meta,
-    write_new_group,
-)
+from .chunks import chunk_is_valid
+from .create import CreateResult, build_meta, write_new_group
 from .dtypes import decode_rows, encode_rows, parse_dtype
 from .format import (
     TableMeta,
@@ -41,11 +37,11 @@ from .format import (
     crc32_of,
     encode_chunk,
     read_group,
-    write_file_atomic,
     write_group_attrs,
 )
 from .fp8_check import InvalidRowsError, check_fp8_rows
 from .linked import COPY_MODE, LINK_MODE, SourceReader, Span, sources_record
+from .rowinit import InitRecipe
 from .store import open_store
 from .table import table_info
 
@@ -90,7 +86,15 @@ def _select_layers(layout: EngramLayout, layers) -> tuple[int, ...]:
 def _table_meta(
     layout, vocab_fingerprint, dim, dtype, chunk_rows, compressor, layers, sources, status
 ) -> TableMeta:
-    meta = data_meta(layout, vocab_fingerprint, dim, dtype, chunk_rows, compressor)
+    meta = build_meta(
+        layout=layout,
+        vocab_fingerprint=vocab_fingerprint,
+        dim=dim,
+        dtype=dtype,
+        init=InitRecipe("zeros", 0.0, 0),  # never read: every chunk is written from data
+        chunk_rows=chunk_rows,
+        compressor=compressor,
+    )
     data = meta.to_dict()
     data["layers"] = {k: v for k, v in data["layers"].items() if int(k) in layers}
     data["status"] = status

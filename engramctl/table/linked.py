@@ -16,6 +16,7 @@ truncated file would otherwise fault inside the map); the header hash is compare
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from ..errors import EngramError
 from .checkpoint import TensorRef, read_shard_header
 
 LINK_MODE, COPY_MODE = "link", "copy"
+COPY_HINT = "import the checkpoint without --link to get a table you can write"
 
 
 def source_name(file: Path, table_path: Path) -> str:
@@ -267,3 +269,35 @@ class LinkedLayer:
         """Rows ``[start, stop)`` as fp8 table rows (one read of each tensor's span)."""
         self.check_files()
         return np.concatenate([self.weight[start:stop], self.scale[start:stop]], axis=1)
+
+
+class LinkedLayers:
+    """The mapped layers of one linked table, each opened (files checked) on first use."""
+
+    def __init__(self, meta, table_path):
+        self.meta, self.table_path = meta, table_path
+        self._layers: dict[int, LinkedLayer] = {}
+        self._lock = threading.Lock()
+
+    def layer(self, layer_id: int) -> LinkedLayer:
+        with self._lock:
+            if layer_id not in self._layers:
+                self._layers[layer_id] = LinkedLayer.open(
+                    self.meta.sources,
+                    layer_id,
+                    self.table_path,
+                    rows=self.meta.layer(layer_id).rows,
+                    dim=self.meta.dim,
+                )
+            return self._layers[layer_id]
+
+    def chunk(self, layer_id: int, chunk_index: int) -> np.ndarray:
+        """A chunk's rows as a copied table stores them (zero padded past the layer's end)."""
+        start, stop = self.meta.chunk_span(layer_id, chunk_index)
+        rows = np.zeros((self.meta.chunk_rows, self.meta.row_width), np.uint8)
+        rows[: stop - start] = self.layer(layer_id).rows(start, stop)
+        return rows
+
+    def clear(self) -> None:
+        with self._lock:
+            self._layers.clear()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import write_file_atomic
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
 from .dtypes import encode_rows
@@ -35,11 +36,10 @@ from .format import (
     encode_chunk,
     init_chunk_rows,
     read_group,
-    write_file_atomic,
     write_group_attrs,
 )
 from .gather import check_row_ids, chunk_address, gather_rows, word_dtype
-from .linked import LinkedLayer
+from .linked import COPY_HINT, LinkedLayers
 from .rowinit import init_values
 from .store import LocalStore, TableStore, open_store
 
@@ -173,7 +173,7 @@ def table_info(path: Path, meta: TableMeta, manifest: dict) -> TableInfo:
 CHUNK_UNKNOWN, CHUNK_LOADED, CHUNK_UNWRITTEN = 0, 1, 2
 
 
-class _LayerCache:
+class _LoadedChunks:
     """Loaded chunks of one layer: their arrays (kept alive) and base addresses for the kernel."""
 
     def __init__(self, n_chunks: int):
@@ -205,11 +205,11 @@ class Table:
         self._lock = lock
         self._word = word_dtype(meta.row_bytes)
         self._words = meta.row_bytes // self._word.itemsize
-        self._caches: dict[int, _LayerCache] = {}
+        self._caches: dict[int, _LoadedChunks] = {}
         self._decoded: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._dirty = False
         self._mutex = threading.RLock()
-        self._linked: dict[int, LinkedLayer] = {}  # layers mapped from checkpoint shards
+        self._linked = LinkedLayers(meta, self.path)  # layers mapped from checkpoint shards
 
     # ---------------------------------------------------------------- properties
     @property
@@ -246,10 +246,10 @@ class Table:
         return self.path / key if self.store.is_local else self.store.where(key)
 
     # --------------------------------------------------------------- chunk loading
-    def _cache(self, layer_id: int) -> _LayerCache:
+    def _cache(self, layer_id: int) -> _LoadedChunks:
         if layer_id not in self._caches:
             layer = self.meta.layer(layer_id)
-            self._caches[layer_id] = _LayerCache(layer.n_chunks(self.meta.chunk_rows))
+            self._caches[layer_id] = _LoadedChunks(layer.n_chunks(self.meta.chunk_rows))
         return self._caches[layer_id]
 
     def read_chunk_file(
@@ -291,32 +291,12 @@ class Table:
             log.warning("%s is not in the manifest (an interrupted write?)", where)
         return decode_chunk(self.meta, data, where=where)
 
-    def linked_layer(self, layer_id: int) -> LinkedLayer:
-        """A linked table's layer, its shard files checked and mapped on first use."""
-        with self._mutex:
-            if layer_id not in self._linked:
-                self._linked[layer_id] = LinkedLayer.open(
-                    self.meta.sources,
-                    layer_id,
-                    self.path,
-                    rows=self.meta.layer(layer_id).rows,
-                    dim=self.meta.dim,
-                )
-            return self._linked[layer_id]
-
     def read_chunk(self, layer_id: int, chunk_index: int) -> np.ndarray:
-        """Stored rows ``[chunk_rows, row_width]`` of any chunk (its file, its linked rows, or
-        its init values), read now and not kept: streaming a whole table through this holds
-        one chunk in memory, unlike :meth:`gather`, which keeps the chunks it maps."""
-        return self._load(layer_id, chunk_index)
-
-    def _load(self, layer_id: int, chunk_index: int) -> np.ndarray:
-        """Stored rows of any chunk: its file, or its init values if never written."""
-        if self.meta.linked:  # the chunk's rows from the shards, zero padded like a chunk
-            start, stop = self.meta.chunk_span(layer_id, chunk_index)
-            rows = np.zeros((self.meta.chunk_rows, self.meta.row_width), np.uint8)
-            rows[: stop - start] = self.linked_layer(layer_id).rows(start, stop)
-            return rows
+        """Stored rows ``[chunk_rows, row_width]`` of any chunk: its file, its linked rows, or
+        its init values if never written; read now and not kept (streaming a table through this
+        holds one chunk, unlike :meth:`gather`, which keeps the chunks it maps)."""
+        if self.meta.linked:  # the chunk's rows from the checkpoint's shards
+            return self._linked.chunk(layer_id, chunk_index)
         rows = self.read_chunk_file(layer_id, chunk_index)
         return init_chunk_rows(self.meta, layer_id, chunk_index) if rows is None else rows
 
@@ -384,7 +364,7 @@ class Table:
         if not ids.size:
             return out
         if self.meta.linked:
-            return self.linked_layer(layer_id).gather(ids, out)
+            return self._linked.layer(layer_id).gather(ids, out)
         with self._mutex:  # loads/unloads never race a kernel reading the chunks
             cache = self._cache(layer_id)
             needed = np.zeros(cache.state.shape[0], dtype=bool)
@@ -424,10 +404,7 @@ class Table:
         if self.mode == "r":
             raise EngramError(f"{self.path} is open read-only; open it with mode='r+' to write")
         if self.meta.linked:
-            raise EngramError(
-                f"{self.path} is linked to a checkpoint's shards (read-only); import it without "
-                "--link to get a table you can write"
-            )
+            raise EngramError(f"{self.path} is linked to a checkpoint (read-only); {COPY_HINT}")
         ids = check_row_ids(row_ids, self.meta.layer(layer_id).rows)
         stored = self._stored_rows(values, ids.size)
         chunk_of = ids // self.meta.chunk_rows
@@ -437,7 +414,7 @@ class Table:
             if not group.size:
                 continue
             c = int(chunk_of[group[0]])
-            rows = np.array(self._load(layer_id, c))  # a writable copy
+            rows = np.array(self.read_chunk(layer_id, c))  # a writable copy
             rows[ids[group] - c * self.meta.chunk_rows] = stored[group]
             self.write_chunk(layer_id, c, rows, source="data")
         if flush:

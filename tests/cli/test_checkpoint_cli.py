@@ -13,7 +13,7 @@ from engramctl.cli import app
 from engramctl.table.table import open_table
 
 from ..table.ckpt_util import small_layout, write_checkpoint
-from ..test_layout_config import V41
+from ..test_model_config import V41
 from .test_cli_foundation import assert_one_error_line
 
 runner = CliRunner()

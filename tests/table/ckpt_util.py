@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engramctl.layout import EngramLayout, EngramModelConfig
+from engramctl.layout import EngramLayout
+from engramctl.model_config import EngramModelConfig
 from engramctl.table.checkpoint_export import safetensors_header
 
 

@@ -13,7 +13,8 @@ from engramctl.table.checkpoint import open_checkpoint, read_shard_header
 from engramctl.table.checkpoint_export import export_checkpoint, plan_shards
 from engramctl.table.checkpoint_import import import_checkpoint
 from engramctl.table.create import create_table
-from engramctl.table.dtypes import FP8_LUT, decode_rows
+from engramctl.table.dtypes import decode_rows
+from engramctl.table.fp8 import FP8_LUT
 from engramctl.table.table import open_table
 
 from .ckpt_util import small_layout, write_checkpoint

@@ -11,7 +11,7 @@ from engramctl.table.checkpoint_import import import_checkpoint
 from engramctl.table.table import open_table
 from engramctl.table.verify import verify_table
 
-from ..test_layout_config import V41
+from ..test_model_config import V41
 from .ckpt_util import random_fp8_rows, sparse_files_supported, write_sparse_checkpoint
 
 TEXT = "Alexander the Great was tutored by Aristotle until the age of 16."

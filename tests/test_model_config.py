@@ -7,7 +7,8 @@ import json
 import pytest
 
 from engramctl.errors import UsageError
-from engramctl.layout import EngramLayout, EngramModelConfig, read_model_config
+from engramctl.layout import EngramLayout
+from engramctl.model_config import EngramModelConfig, read_model_config
 
 # DeepSeek-V4.1's published config values (DESIGN.md, "Real checkpoints"), written out here
 # so that a change to the library's copy shows.
@@ -52,7 +53,7 @@ def test_v41_config_gives_the_preset_layout(tmp_path, ds_layout, ds_vocab):
 
 
 def test_the_library_holds_the_published_config():
-    from engramctl.layout import PUBLISHED_CONFIGS
+    from engramctl.model_config import PUBLISHED_CONFIGS
 
     assert PUBLISHED_CONFIGS["deepseek-v4.1"] == V41
 
