@@ -27,7 +27,7 @@ from .._files import check_free_space, write_file_atomic
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
 from .checkpoint import Checkpoint, open_checkpoint
-from .chunks import chunk_is_valid
+from .chunks import ChunkRecord, ManifestRecorder, chunk_is_valid
 from .create import CreateResult, build_meta, write_new_group
 from .dtypes import decode_rows, encode_rows, parse_dtype
 from .format import (
@@ -37,7 +37,6 @@ from .format import (
     crc32_of,
     encode_chunk,
     read_group,
-    write_group_attrs,
 )
 from .fp8_check import InvalidRowsError, check_fp8_rows
 from .linked import COPY_MODE, LINK_MODE, SourceReader, Span, sources_record
@@ -47,7 +46,6 @@ from .table import table_info
 
 log = logging.getLogger(__name__)
 FP8 = "float8_e4m3fn"
-MANIFEST_FLUSH_SECONDS = 2.0
 COPY_WORKERS = 4  # threads reading, checking and writing chunks (I/O bound: a few suffice)
 
 
@@ -228,7 +226,7 @@ def _valid_copied_chunks(store, manifest: dict, resumed: bool) -> set[tuple[int,
 
 
 def _copy_chunk(meta, tensors, readers: queue.Queue, out_path: Path, layer_id: int, c: int):
-    """Read, check, convert and write one chunk; returns its manifest record."""
+    """Read, check, convert and write one chunk; returns its :class:`ChunkRecord`."""
     reader_set = readers.get()  # each worker thread reads into its own buffers
     try:
         start, stop = meta.chunk_span(layer_id, c)
@@ -239,40 +237,47 @@ def _copy_chunk(meta, tensors, readers: queue.Queue, out_path: Path, layer_id: i
             rows = encode_rows(decode_rows(rows, FP8, meta.dim), meta.dtype)
         data = encode_chunk(meta, rows)
         write_file_atomic(out_path / chunk_key(layer_id, c), data, fsync=False)
-        return layer_id, c, [crc32_of(data), memoryview(data).nbytes, "data"]
+        return ChunkRecord(layer_id, c, crc32_of(data), memoryview(data).nbytes)
     finally:
         readers.put(reader_set)
+
+
+def _reader_pool(tensors, chunk_rows: int, workers: int) -> queue.Queue:
+    """One set of per-layer source readers (own buffers) for each worker thread."""
+    readers: queue.Queue = queue.Queue()
+    for _ in range(workers):
+        readers.put(
+            {
+                layer_id: SourceReader(Span.of(weight), Span.of(scale), chunk_rows)
+                for layer_id, (weight, scale) in tensors.items()
+            }
+        )
+    return readers
 
 
 def _copy_rows(out_path: Path, tensors, *, resumed: bool, progress, workers=None):
     """Write every chunk not yet valid from a few threads (reads, checks and writes overlap).
 
-    On a NaN row the unfinished table is removed and the first bad row (in layer, row order)
-    is named; on any other failure the chunks written are recorded, so a rerun resumes.
+    The manifest is kept by the one :class:`~engramctl.table.chunks.ManifestRecorder` (flushed
+    every couple of seconds and however the run ends, so a rerun resumes). On a NaN row the
+    unfinished table is removed and the first bad row (in layer, row order) is named.
     """
     store = open_store(out_path)
     meta, manifest = read_group(store)
     valid = _valid_copied_chunks(store, manifest, resumed)
-    todo = iter(
-        [
-            (layer_id, c)
-            for layer_id, layer in meta.layers.items()
-            for c in range(layer.n_chunks(meta.chunk_rows))
-            if (layer_id, c) not in valid
-        ]
-    )
-    total = sum(layer.n_chunks(meta.chunk_rows) for layer in meta.layers.values()) - len(valid)
-    total *= meta.chunk_bytes
+    todo = [
+        (layer_id, c)
+        for layer_id, layer in meta.layers.items()
+        for c in range(layer.n_chunks(meta.chunk_rows))
+        if (layer_id, c) not in valid
+    ]
+    recorder = ManifestRecorder(
+        store, meta, manifest, chunks_total=len(todo), source="data",
+        progress=(lambda p: progress(p.bytes_done, p.bytes_total)) if progress else None,
+    )  # fmt: skip
     workers = max(1, min(COPY_WORKERS, workers or os.cpu_count() or 1))
-    readers: queue.Queue = queue.Queue()
-    for _ in range(workers):
-        readers.put(
-            {
-                layer_id: SourceReader(Span.of(weight), Span.of(scale), meta.chunk_rows)
-                for layer_id, (weight, scale) in tensors.items()
-            }
-        )
-    done, last_flush, complete = 0, time.perf_counter(), False
+    readers = _reader_pool(tensors, meta.chunk_rows, workers)
+    queued = iter(todo)
     bad_rows: list[tuple[tuple[int, int], InvalidRowsError]] = []
     failure: BaseException | None = None
     pending: dict = {}
@@ -281,7 +286,7 @@ def _copy_rows(out_path: Path, tensors, *, resumed: bool, progress, workers=None
             try:
                 while True:
                     while failure is None and not bad_rows and len(pending) < 2 * workers:
-                        item = next(todo, None)
+                        item = next(queued, None)
                         if item is None:
                             break
                         future = pool.submit(_copy_chunk, meta, tensors, readers, out_path, *item)
@@ -290,50 +295,41 @@ def _copy_rows(out_path: Path, tensors, *, resumed: bool, progress, workers=None
                         break
                     finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in finished:
-                        item = pending.pop(future)
-                        exc = future.exception()
+                        item, exc = pending.pop(future), future.exception()
                         if isinstance(exc, InvalidRowsError):
                             bad_rows.append((item, exc))
                         elif exc is not None:
                             failure = failure or exc
                         else:
-                            layer_id, c, record = future.result()
-                            manifest[layer_id][c] = record
-                            done += 1
-                            if progress:
-                                progress(done * meta.chunk_bytes, total)
-                    if time.perf_counter() - last_flush > MANIFEST_FLUSH_SECONDS:
-                        write_group_attrs(out_path, meta, manifest)
-                        last_flush = time.perf_counter()
+                            recorder.record(future.result())
+                    recorder.flush_if_due()
             except BaseException as exc:  # Ctrl-C: record the chunks that finish
                 failure = exc
                 for future in pending:
                     future.cancel()
-                for future, (layer_id, c) in pending.items():
+                for future in pending:
                     if not future.cancelled() and future.exception() is None:
-                        manifest[layer_id][c] = future.result()[2]
+                        recorder.note(future.result())
         if bad_rows:  # bad data: nothing of this import is kept; name the first bad row
             shutil.rmtree(out_path, ignore_errors=True)
             order = list(meta.layers)
             raise min(bad_rows, key=lambda b: (order.index(b[0][0]), b[0][1]))[1]
-        if failure is not None:
-            raise failure
-        os.sync()
-        complete = True
-    except OSError as exc:
-        raise EngramError(
-            f"cannot write {out_path}: {exc.strerror or exc}; the chunks copied so far are "
-            "kept: rerun the same command to resume"
-        ) from exc
+        if failure is None:
+            os.sync()  # the chunks are on disk before the table says complete
     finally:
         while not readers.empty():
             for reader in readers.get().values():
                 reader.close()
         if out_path.exists():
-            write_group_attrs(
-                out_path, meta.with_status("complete") if complete else meta, manifest
-            )
-    return done, len(valid)
+            failure = recorder.finish(failure)
+    if isinstance(failure, OSError):
+        raise EngramError(
+            f"cannot write {out_path}: {failure.strerror or failure}; the chunks copied so far "
+            "are kept: rerun the same command to resume"
+        ) from failure
+    if failure is not None:
+        raise failure
+    return recorder.done, len(valid)
 
 
 __all__ = ["import_checkpoint", "checkpoint_vocab", "checkpoint_layout"]
