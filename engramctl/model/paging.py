@@ -26,7 +26,6 @@ import numpy as np
 from .._background import background_iter
 from ..errors import EngramError, UsageError
 from ..table.dtypes import decode_rows, row_bytes
-from .slotmap import RowSlotMap
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +112,8 @@ class DeviceRowCache:
         import torch
 
         self.capacity = capacity
+        from .slotmap import RowSlotMap  # numba: not imported with the CLI's option enums
+
         self.slot_of_row = RowSlotMap(capacity)  # O(cache rows), not O(table rows)
         self.row_of_slot = np.full(capacity, -1, dtype=np.int64)
         self.last_used = np.full(capacity, NEVER_USED, dtype=np.int64)
