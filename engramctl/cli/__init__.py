@@ -7,6 +7,7 @@ happen inside the commands, so ``engramctl --help`` stays fast.
 from __future__ import annotations
 
 from . import (  # noqa: F401
+    cacheplan_cmd,
     hash_cmd,
     layout_cmd,
     lookup_cmd,
