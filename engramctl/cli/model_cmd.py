@@ -280,6 +280,18 @@ def eval_command(
     explain: Annotated[
         str | None, typer.Option("--explain", help="Colour this text's tokens by Engram gate.")
     ] = None,
+    lm_eval_tasks: Annotated[
+        str | None,
+        typer.Option(
+            "--lm-eval-tasks",
+            help="Run lm-evaluation-harness tasks: harness task names and/or one directory of "
+            "task YAMLs (its include_path), comma-separated. Needs engramctl[eval].",
+        ),
+    ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", help="With --lm-eval-tasks: at most this many documents per task."),
+    ] = None,
     tokenizer: TokenizerOpt = None,
     report: Annotated[
         Path | None, typer.Option("--report", help="Also write the JSON report to this file.")
@@ -292,28 +304,46 @@ def eval_command(
     Example:
     engramctl eval --model m --table t.zarr \\
         --benchmark sample_data/bench/lm_heldout.jsonl
+
+    lm-evaluation-harness (pip install 'engramctl[eval]'), the two sample tasks:
+    engramctl eval --model m --table t.zarr --lm-eval-tasks sample_data/bench
     """
     from .._files import atomic_write, check_writable_target
     from ..errors import UsageError
     from ..model.evaluate import evaluate, explain_gates
 
-    if benchmark is None and explain is None:
-        raise UsageError("give --benchmark FILE, --explain TEXT, or both")
+    if lm_eval_tasks is not None and (benchmark is not None or explain is not None):
+        raise UsageError("--lm-eval-tasks runs on its own: drop --benchmark/--explain")
+    if limit is not None and lm_eval_tasks is None:
+        raise UsageError("--limit applies to --lm-eval-tasks only")
+    if benchmark is None and explain is None and lm_eval_tasks is None:
+        raise UsageError("give --benchmark FILE, --explain TEXT (or both), or --lm-eval-tasks")
     if report is not None:
         check_writable_target(report, overwrite=overwrite)
     table_handle = open_table_for(table) if table is not None else None
     doc = {}
+    rows = {"device": device.value, "cache_rows": cache_rows, "resident": resident}
     try:
+        if lm_eval_tasks is not None:
+            from ..model.lm_eval_adapter import run_lm_eval
+
+            doc = run_lm_eval(
+                model_dir=model,
+                tasks=lm_eval_tasks,
+                table=table_handle,
+                limit=limit,
+                batch=batch,
+                tokenizer_source=tokenizer,
+                **rows,
+            )
         if benchmark is not None:
             result = evaluate(
                 model_dir=model,
                 benchmark=benchmark,
                 table=table_handle,
-                device=device.value,
                 batch=batch,
-                cache_rows=cache_rows,
-                resident=resident,
                 tokenizer_source=tokenizer,
+                **rows,
             )
             doc = result.to_dict()
         if explain is not None:
@@ -326,12 +356,16 @@ def eval_command(
             )
     finally:
         close_table(table_handle)
+    harness_table = doc.pop("table", None)
     if report is not None:
         with atomic_write(report, "w") as handle:
             handle.write(json.dumps(doc, indent=2))
     if json_out:
         typer.echo(json.dumps(doc))
         return
+    if harness_table is not None:
+        typer.echo(harness_table)
+        _print_paging(doc.get("paging"))
     if benchmark is not None:
         _print_report(doc)
     if explain is not None:
@@ -347,7 +381,10 @@ def _print_report(doc: dict) -> None:
             metrics.add_row(key, f"{value:,.4f}" if isinstance(value, float) else f"{value:,}")
     metrics.add_row("tokens/s", f"{doc['tokens_per_s']:,.0f} on {doc['device']}")
     console.print(metrics)
-    paging = doc.get("paging")
+    _print_paging(doc.get("paging"))
+
+
+def _print_paging(paging: dict | None) -> None:
     if paging:
         table = Table(title=f"row {paging['mode']} counters", show_header=False)
         for key in ("rows_requested", "unique_rows", "cache_hits", "cache_misses", "cache_rows"):

@@ -225,19 +225,36 @@ def evaluate_lm(runner: ModelRunner, corpus, tokenizer, *, batch: int) -> dict:
 
 def choice_scores(runner: ModelRunner, records: list[dict], tokenizer, *, batch: int) -> np.ndarray:
     """Summed log-likelihood of every choice's tokens after its context, records in order."""
-    import torch
-
-    seq_len = runner.model.config.block_size
-    sequences, spans = [], []
+    pairs = []
     for r, record in enumerate(records):
         context = tokenizer.encode(record["context"], add_special_tokens=False).ids
         for choice in record["choices"]:
             cont = tokenizer.encode(choice, add_special_tokens=False).ids
             if not cont:
                 raise EngramError(f"record {r + 1}: a choice encodes to no tokens")
-            ids = (context + cont)[-(seq_len + 1) :]  # keep the choice, trim the context's start
-            sequences.append(ids)
-            spans.append(min(len(cont), len(ids) - 1))
+            pairs.append((context, cont))
+    return score_continuations(runner, pairs, batch=batch)[0]
+
+
+def score_continuations(
+    runner: ModelRunner, pairs: list[tuple[list[int], list[int]]], *, batch: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Summed log-likelihood of each continuation's tokens after its context (raw token ids),
+    and whether greedy decoding would produce every one of them.
+
+    Context and continuation are concatenated as token lists (each encoded on its own); a
+    sequence longer than the model's window keeps the continuation and drops the context's
+    start. This is the scoring of ``eval --benchmark`` multiple choice and of the
+    lm-evaluation-harness adapter (:mod:`engramctl.model.lm_eval_adapter`).
+    """
+    import torch
+
+    seq_len = runner.model.config.block_size
+    sequences, spans = [], []
+    for context, cont in pairs:
+        ids = (list(context) + list(cont))[-(seq_len + 1) :]  # keep the continuation
+        sequences.append(ids)
+        spans.append(min(len(cont), len(ids) - 1))
     pad = 0
     inputs = np.full((len(sequences), seq_len), pad, dtype=np.int64)
     targets = np.zeros((len(sequences), seq_len), dtype=np.int64)
@@ -245,9 +262,10 @@ def choice_scores(runner: ModelRunner, records: list[dict], tokenizer, *, batch:
     for s, ids in enumerate(sequences):
         n = len(ids) - 1
         inputs[s, :n] = ids[:-1]
-        targets[s, :n] = runner.model_vocab.encode_targets(np.array(ids[1:]))
+        targets[s, :n] = runner.model_vocab.encode_targets(np.array(ids[1:], dtype=np.int64))
         score_mask[s, n - spans[s] : n] = True
     scores = np.zeros(len(sequences))
+    greedy = np.zeros(len(sequences), dtype=bool)
     for i, (_, logits) in enumerate(runner.run(_batches(inputs, batch))):
         sl = slice(i * batch, i * batch + logits.shape[0])
         logp = torch.log_softmax(logits.float(), dim=-1)
@@ -255,7 +273,9 @@ def choice_scores(runner: ModelRunner, records: list[dict], tokenizer, *, batch:
         picked = logp.gather(-1, t.unsqueeze(-1)).squeeze(-1)  # (B, T)
         m = torch.from_numpy(score_mask[sl]).to(logp.device)
         scores[sl] = (picked * m).sum(-1).double().cpu().numpy()
-    return scores
+        hits = (logp.argmax(-1) == t) | ~m
+        greedy[sl] = hits.all(-1).cpu().numpy()
+    return scores, greedy
 
 
 def evaluate_multiple_choice(
