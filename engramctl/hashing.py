@@ -381,6 +381,15 @@ class HashStream:
         self.hasher = hasher
         self.context = hasher.start_context(batch)
 
+    @property
+    def layout(self):
+        return self.hasher.layout
+
+    def hash(self, ids, *, table_rows: bool = False) -> dict[int, np.ndarray]:
+        """:meth:`feed`, under :meth:`NgramHasher.hash`'s name: a row source given a stream
+        hashes each batch it is handed as the next piece of the stream (``generate``)."""
+        return self.feed(ids, table_rows=table_rows)
+
     def feed(self, ids, **kwargs) -> dict[int, np.ndarray]:
         ids2d = np.atleast_2d(np.asarray(ids))
         out = self.hasher.hash(ids2d, context=self.context, **kwargs)

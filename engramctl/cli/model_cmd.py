@@ -23,6 +23,16 @@ TokenizerOpt = Annotated[
     ),
 ]
 
+ModelTableOpt = Annotated[
+    Path | None, typer.Option("--table", help="The model's trained Engram table.")
+]
+CacheRowsOpt = Annotated[
+    int, typer.Option("--cache-rows", help="Device row-cache budget (rows, all layers).")
+]
+ResidentOpt = Annotated[
+    bool, typer.Option("--resident", help="Load whole tables to the device instead of paging.")
+]
+
 
 def open_table_for(path: Path, mode: str = "r", *, vocab=None):
     """``engramctl.table.table.open_table`` (imported lazily; tests may replace this function)."""
@@ -266,17 +276,11 @@ def eval_command(
         Path | None,
         typer.Option("--benchmark", help="Corpus (perplexity) or multiple-choice .jsonl."),
     ] = None,
-    table: Annotated[
-        Path | None, typer.Option("--table", help="The model's trained Engram table.")
-    ] = None,
+    table: ModelTableOpt = None,
     device: DeviceOpt = Device.auto,
     batch: Annotated[int, typer.Option("--batch", help="Sequences per forward pass.")] = 16,
-    cache_rows: Annotated[
-        int, typer.Option("--cache-rows", help="Device row-cache budget (rows, all layers).")
-    ] = 1 << 18,
-    resident: Annotated[
-        bool, typer.Option("--resident", help="Load whole tables to the device instead of paging.")
-    ] = False,
+    cache_rows: CacheRowsOpt = 1 << 18,
+    resident: ResidentOpt = False,
     explain: Annotated[
         str | None, typer.Option("--explain", help="Colour this text's tokens by Engram gate.")
     ] = None,
@@ -365,7 +369,7 @@ def eval_command(
         return
     if harness_table is not None:
         typer.echo(harness_table)
-        _print_paging(doc.get("paging"))
+        print_paging(doc.get("paging"))
     if benchmark is not None:
         _print_report(doc)
     if explain is not None:
@@ -381,10 +385,10 @@ def _print_report(doc: dict) -> None:
             metrics.add_row(key, f"{value:,.4f}" if isinstance(value, float) else f"{value:,}")
     metrics.add_row("tokens/s", f"{doc['tokens_per_s']:,.0f} on {doc['device']}")
     console.print(metrics)
-    _print_paging(doc.get("paging"))
+    print_paging(doc.get("paging"))
 
 
-def _print_paging(paging: dict | None) -> None:
+def print_paging(paging: dict | None) -> None:
     if paging:
         table = Table(title=f"row {paging['mode']} counters", show_header=False)
         for key in ("rows_requested", "unique_rows", "cache_hits", "cache_misses", "cache_rows"):

@@ -141,9 +141,14 @@ def open_runner(
     resident: bool = False,
     cache_rows: int = DEFAULT_CACHE_ROWS,
     prefetch: bool = True,
+    stream: bool = False,
 ) -> ModelRunner:
-    """Load a checkpoint and the row source of its table, checking they belong together."""
-    from ..hashing import NgramHasher
+    """Load a checkpoint and the row source of its table, checking they belong together.
+
+    ``stream``: the row source hashes each batch as the continuation of the previous ones
+    (:class:`~engramctl.hashing.HashStream`, n-gram context carried; no prefetch), for decoding.
+    """
+    from ..hashing import HashStream, NgramHasher
     from .checkpoint import load_checkpoint
     from .paging import make_row_source, resolve_device
 
@@ -171,6 +176,8 @@ def open_runner(
             f"{checkpoint.model.config.engram_dim}"
         )
     hasher = NgramHasher(layout, checkpoint.vocab)
+    if stream:
+        hasher, prefetch = HashStream(hasher), False
     source = make_row_source(
         table,
         hasher,
