@@ -124,7 +124,7 @@ def _make_class(base):
                 kwargs = dict(kwargs or {})
                 if kwargs.get("do_sample") or (kwargs.get("temperature") or 0) > 0:
                     raise EngramError(
-                        f"task {request.task_name!r} asks for sampled generation "
+                        f"task {getattr(request, 'task_name', None)!r} asks for sampled generation "
                         f"({kwargs}); engramctl's harness model decodes greedily only"
                     )
                 until = kwargs.get("until") or []
@@ -184,7 +184,7 @@ def resolve_tasks(spec: str):
     TASKS is a comma-separated list of harness task/group/tag names and at most one directory of
     task YAMLs (every task defined under it runs).
     """
-    lm_eval = import_lm_eval()
+    import_lm_eval()
     from lm_eval.tasks import TaskManager
 
     items = [item.strip() for item in spec.split(",") if item.strip()]
@@ -197,7 +197,6 @@ def resolve_tasks(spec: str):
     if include is not None and not any(include.rglob("*.yaml")):
         raise EngramError(f"--lm-eval-tasks: {dirs[0]} holds no task YAMLs (*.yaml)")
     names_only = [item for item in items if not Path(item).is_dir()]
-    del lm_eval
     manager = TaskManager(
         include_path=str(include) if include else None,
         include_defaults=bool(names_only) or include is None,
@@ -273,12 +272,14 @@ def run_lm_eval(
     cache_rows: int = DEFAULT_CACHE_ROWS,
     resident: bool = False,
     tokenizer_source: str | None = None,
+    bootstrap_iters: int = 1000,
 ) -> dict:
     """Run the harness's ``simple_evaluate`` on a checkpoint; ``{"results", "table", "paging"}``.
 
     ``results``: the harness's results (``results``, ``groups``, ``versions``, ``n-shot``,
     ``higher_is_better``, ``n-samples``); ``table``: its printed result table (markdown);
-    ``paging``: engramctl's paging counters (None for a baseline model).
+    ``paging``: engramctl's paging counters (None for a baseline model). ``bootstrap_iters``:
+    the harness's standard errors (closed form for means such as ``acc``; 0: none).
     """
     import json
 
@@ -308,7 +309,7 @@ def run_lm_eval(
             task_manager=manager,
             limit=limit,
             log_samples=False,
-            bootstrap_iters=0,
+            bootstrap_iters=bootstrap_iters,
             verbosity=None,
         )
     keep = ("results", "groups", "group_subtasks", "versions", "n-shot", "higher_is_better")
