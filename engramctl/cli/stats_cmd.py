@@ -171,13 +171,32 @@ def hash_stats_command(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.")] = False,
     scheduler: SchedulerOpt = None,
+    partitions: Annotated[
+        int | None,
+        typer.Option(
+            "--partitions",
+            help="Count exactly in K key-space partitions (~1/K the memory; K passes without "
+            "--scheduler). Default: 1, or the smallest K that fits --max-memory.",
+        ),
+    ] = None,
+    spill_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--spill-dir",
+            help="Where --partitions keeps each partition's n-grams (default: TMPDIR).",
+        ),
+    ] = None,
 ) -> None:
     """Stream a corpus through the multi-head hashing; report collisions and occupancy.
 
     With --scheduler the files are cut into shards counted on Dask workers and the exact counts
     are merged in a tree: the report is the same as without it (see docs/scale-out.md).
+    --partitions K splits the n-grams by a hash of the key into K partitions counted one after
+    another (or on the workers): the same report in about 1/K of the memory.
 
     Example: engramctl hash-stats train.jsonl --vocab vocab.parquet --sweep 100k,1M --plot s.png
+
+    Example: engramctl hash-stats tokens/ --vocab vocab.parquet --partitions 4 --spill-dir /scratch
     """
     from .._files import atomic_write, check_writable_target
     from ..corpus.readers import CorpusOptions
@@ -214,6 +233,7 @@ def hash_stats_command(
         corpus, layout=layout, layer_ids=layer_ids, options=options,
         sweep=parse_int_list(sweep, name="--sweep") if sweep else (),
         limit_tokens=limit_tokens, max_memory=parse_memory(max_memory), threads=threads,
+        partitions=partitions, spill_dir=str(spill_dir) if spill_dir else None,
     )  # fmt: skip
     text_tokenizer = load_matching_tokenizer(tokenizer, vocab_map) if plan.needs_tokenizer else None
     note = err_console.print if to_stdout else console.print
@@ -224,7 +244,14 @@ def hash_stats_command(
             f"{len(plan.files)} file(s), {format_bytes(plan.bytes_total)}; accumulators need up to "
             f"{format_bytes(plan.memory_estimate)} for ~{plan.tokens_estimate:,} tokens "
             f"(--max-memory {format_bytes(plan.max_memory)})"
+            + (f" per partition, {plan.partitions} partition(s)" if plan.partitions else "")
         )
+        if plan.partitions_chosen:
+            note(
+                f"the single pass would not fit --max-memory {format_bytes(plan.max_memory)}: "
+                f"counting in {plan.partitions} partitions (--partitions {plan.partitions}, "
+                f"{'on the workers' if scheduler else f'{plan.partitions} passes over the input'})"
+            )
     run = run_hash_stats
     if scheduler:
         from functools import partial

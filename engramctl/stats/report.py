@@ -206,6 +206,7 @@ class HashStatsReport:
     memory_estimate_bytes: int = 0  # the up-front bound printed before the pass
     stopped_reason: str = ""  # "", "interrupted" or "limit-tokens"
     warnings: dict = field(default_factory=dict)  # {kind: {"count": n, "first": "where"}}
+    partitions_counted: int = 0  # stopped during partitioned counting: the partitions finalized
 
     @property
     def tokens_per_second(self) -> float:
@@ -225,6 +226,7 @@ class HashStatsReport:
             "tokens_per_second": self.tokens_per_second,
             "memory_estimate_bytes": self.memory_estimate_bytes,
             "warnings": self.warnings,
+            **({"partitions_counted": self.partitions_counted} if self.partitions_counted else {}),
             "layout": self.layout,
             "layers": layers_to_dict(self.layers),
             "sweep": [point.to_dict() for point in self.sweep],
@@ -248,4 +250,5 @@ class HashStatsReport:
             memory_estimate_bytes=data.get("memory_estimate_bytes", 0),
             stopped_reason=data.get("stopped_reason", ""),
             warnings=data.get("warnings", {}),
+            partitions_counted=data.get("partitions_counted", 0),
         )

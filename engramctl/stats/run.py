@@ -86,6 +86,9 @@ class HashStatsPlan:
     tokens_estimate: int
     memory_estimate: int
     max_memory: int
+    partitions: int | None = None  # count in K key-space partitions (None: one single pass)
+    partitions_chosen: bool = False  # K was chosen to fit --max-memory, not given
+    spill_dir: str | None = None  # where partitioned counting keeps each partition's n-grams
 
     @property
     def bytes_total(self) -> int:
@@ -146,8 +149,15 @@ def plan_hash_stats(
     limit_tokens: int | None = None,
     max_memory: int | None = None,
     threads: int | None = None,
+    partitions: int | None = None,
+    spill_dir: str | None = None,
 ) -> HashStatsPlan:
-    """Find the corpus files and bound the memory; refuse when the bound exceeds ``max_memory``."""
+    """Find the corpus files and bound the memory; refuse when the bound exceeds ``max_memory``.
+
+    ``partitions`` K counts the n-grams in K key-space partitions, one after another (see
+    :mod:`engramctl.stats.partition_run`), bounding the memory of one partition; ``None`` makes
+    one pass when it fits ``max_memory`` and otherwise chooses the smallest K that fits.
+    """
     options = options or CorpusOptions()
     options.validate()
     if threads is not None and threads < 1:
@@ -167,8 +177,28 @@ def plan_hash_stats(
     if limit_tokens is not None:
         tokens = min(tokens, limit_tokens)
     max_memory = parse_memory(None) if max_memory is None else int(max_memory)
+    if partitions is not None and partitions < 1:
+        raise UsageError(f"--partitions must be at least 1, got {partitions}")
     memory = _memory(layout, layer_ids, sweep, tokens, threads)
-    if memory > max_memory:
+    chosen = False
+    if partitions is None and memory > max_memory:
+        partitions = _choose_partitions(layout, layer_ids, sweep, tokens, max_memory)
+        chosen = partitions is not None
+    if partitions is not None:
+        memory = _partition_memory(layout, layer_ids, sweep, tokens, partitions)
+        if memory > max_memory:
+            raise EngramError(
+                f"hash-stats in {partitions} partition(s) may need up to {format_bytes(memory)} "
+                f"per partition for about {tokens:,} tokens, above --max-memory "
+                f"{format_bytes(max_memory)}; "
+                + (
+                    "raise --partitions or --max-memory"
+                    if chosen or _choose_partitions(layout, layer_ids, sweep, tokens, max_memory)
+                    else "the per-row loads of the largest table do not fit at any --partitions: "
+                    "lower the table sizes or --sweep, or raise --max-memory"
+                )
+            )
+    elif memory > max_memory:
         raise EngramError(
             f"hash-stats may need up to {format_bytes(memory)} for about {tokens:,} tokens, "
             f"above --max-memory {format_bytes(max_memory)}; "
@@ -185,6 +215,30 @@ def plan_hash_stats(
         tokens,
         memory,
         max_memory,
+        partitions,
+        chosen,
+        spill_dir,
+    )
+
+
+def _partition_memory(layout, layer_ids, sweep, tokens: int, parts: int) -> int:
+    from .partition import partition_memory
+
+    return partition_memory(
+        tokens=tokens,
+        parts=parts,
+        max_ngram=layout.max_ngram,
+        canonical_vocab_size=layout.vocab_size,
+        heads=layout.heads,
+        largest_head_rows=_largest_rows(layout, layer_ids, sweep),
+    )
+
+
+def _choose_partitions(layout, layer_ids, sweep, tokens: int, max_memory: int) -> int | None:
+    from .partition import choose_partitions
+
+    return choose_partitions(
+        lambda k: _partition_memory(layout, layer_ids, sweep, tokens, k), max_memory
     )
 
 
@@ -358,6 +412,12 @@ def run_hash_stats(
     progress : called after each batch with ``(bytes done, bytes total, documents, tokens)``.
     should_stop : polled after each batch; true stops the pass like Ctrl-C.
     """
+    if plan.partitions is not None:  # K passes, one per key-space partition
+        from .partition_run import run_partitioned
+
+        return run_partitioned(
+            plan, vocab=vocab, tokenizer=tokenizer, progress=progress, should_stop=should_stop
+        )
     if plan.needs_tokenizer and tokenizer is None:
         raise UsageError("text input needs a tokenizer; pass --tokenizer")
     started = time.perf_counter()
@@ -384,11 +444,31 @@ def build_report(
         names = ", ".join(str(f.path) for f in plan.files[:3])
         raise EngramError(f"the corpus holds no tokens ({names}); nothing to count")
     layers, sweep = finalize(counter, plan.layout, plan.layer_ids, plan.sweep, threads=plan.threads)
+    return make_report(
+        plan, layers, sweep, tokens=counter.tokens, documents=counter.documents,
+        warnings=warnings, stopped=stopped, bytes_read=bytes_read, started=started,
+    )  # fmt: skip
+
+
+def make_report(
+    plan: HashStatsPlan,
+    layers: dict,
+    sweep: tuple[SweepPoint, ...],
+    *,
+    tokens: int,
+    documents: int,
+    warnings: CorpusWarnings,
+    stopped: str,
+    bytes_read: int,
+    started: float,
+    **extra,
+) -> HashStatsReport:
+    """The report of a pass's figures (``extra``: more :class:`HashStatsReport` fields)."""
     layout_dict = plan.layout.to_dict()
     layout_dict["analysed_layers"] = list(plan.layer_ids)
     return HashStatsReport(
-        tokens=counter.tokens,
-        documents=counter.documents,
+        tokens=tokens,
+        documents=documents,
         partial=bool(stopped),
         layout=layout_dict,
         layers=layers,
@@ -399,4 +479,5 @@ def build_report(
         memory_estimate_bytes=plan.memory_estimate,
         stopped_reason=stopped,
         warnings=warnings.counts,
+        **extra,
     )
