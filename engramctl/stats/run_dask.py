@@ -150,7 +150,12 @@ def worker_memory(plan: HashStatsPlan, shards: list[CorpusFile]) -> int:
 
 def check_hash_stats_memory(client, plan: HashStatsPlan, shards: list[CorpusFile]) -> int:
     """Refuse workers whose memory limit is below :func:`worker_memory`; returns the need."""
-    needed = worker_memory(plan, shards)
+    if plan.partitions is not None:
+        from .partition_dask import partitioned_worker_memory
+
+        needed = partitioned_worker_memory(plan, shards)
+    else:
+        needed = worker_memory(plan, shards)
     check_worker_memory(
         client,
         needed,
@@ -239,9 +244,17 @@ def _run_tasks(client, shards, setup: _Setup, progress, plan: HashStatsPlan) -> 
         client.submit(_summary, future, key=f"engramctl-stats-sum-{run}-{i}"): shards[i].size
         for i, future in enumerate(futures)
     }
-    merged = tree_reduce(client, futures, merge_counts, fanin=MERGE_FANIN)
-    # finalized where the merged counts are: only the small report travels to the client
-    root = client.submit(finalize_counts, merged, plan, key=f"engramctl-stats-report-{run}")
+    if plan.partitions is not None:  # shuffled into key-space partitions, finalized in two looks
+        from .partition_dask import finish_report, partitioned_tasks
+
+        figures, totals, held = partitioned_tasks(client, futures, plan, run)
+        root = None
+    else:
+        merged = tree_reduce(client, futures, merge_counts, fanin=MERGE_FANIN)
+        # finalized where the merged counts are: only the small report travels to the client
+        root = client.submit(finalize_counts, merged, plan, key=f"engramctl-stats-report-{run}")
+        held = [root, merged]
+    started = time.perf_counter()
     done = documents = tokens = 0
     try:
         if progress:
@@ -253,9 +266,11 @@ def _run_tasks(client, shards, setup: _Setup, progress, plan: HashStatsPlan) -> 
             documents += shard_documents
             if progress:
                 progress(done, plan.bytes_total, documents, tokens)
+        if root is None:
+            return finish_report(plan, figures, totals, started)
         return root.result()
     except BaseException as exc:  # an error in a task, Ctrl-C: stop the rest
-        client.cancel([root, merged, *futures, *summaries])
+        client.cancel([*held, *futures, *summaries])
         if type(exc).__name__ == "KilledWorker":
             raise EngramError(
                 f"dask workers kept dying while counting ({exc}); check their memory and logs"
