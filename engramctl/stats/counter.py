@@ -282,7 +282,7 @@ class _CountMap:
                 self.grow()
 
     def split(self, parts: int) -> list[_CountMap]:
-        """This map's keys in ``parts`` new maps by :func:`partition_of_keys` (exact, disjoint)."""
+        """This map's keys in ``parts`` new maps, by key-space partition (exact, disjoint)."""
         which = np.empty(self.table.shape[0], dtype=np.int64)
         _slot_partitions_kernel(self.table, parts, which)
         out = []
@@ -317,8 +317,8 @@ class NgramCounter:
     pad : canonical pad id (context before a document starts).
     threads : worker threads (one order per thread); the result does not depend on it.
     partition : ``(part, parts)``: count only the n-grams of that partition of the key space
-        (a hash of the packed key, :func:`partition_of_keys`); partitions are disjoint and cover
-        every n-gram, so their counts together are the whole counter's.
+        (a hash of the packed key, :func:`engramctl.stats.partition.partition_of_keys`);
+        partitions are disjoint and cover every n-gram, so their counts add up to the whole's.
     """
 
     def __init__(self, vocab, *, max_ngram: int, pad: int, threads: int = 1, partition=None):
@@ -355,26 +355,14 @@ class NgramCounter:
         Returns -1, or the index into ``ids`` of the first id outside the vocab (nothing of the
         batch is counted then).
         """
-        ids = np.ascontiguousarray(ids)
-        if ids.dtype.kind not in "iu" or ids.ndim != 1:
-            raise EngramError(
-                f"token ids must be a flat integer array, got {ids.dtype} {ids.shape}"
-            )
-        offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-        doc_start = np.ascontiguousarray(doc_start, dtype=np.uint8)
-        if offsets.shape[0] != doc_start.shape[0] + 1 or offsets[-1] != ids.shape[0]:
-            raise EngramError("offsets must hold one more entry than doc_start and end at len(ids)")
-        K = self.max_ngram - 1
-        ext = np.empty(ids.shape[0] + K * doc_start.shape[0], dtype=np.int32)
-        real = np.empty(ext.shape[0], dtype=np.uint8)
-        carry = self.carry.copy()
-        bad = _extend_kernel(ids, offsets, doc_start, self.lut, self.pad, carry, ext, real)
+        context = (self.lut, self.pad, self.carry)
+        ext, real, carry, bad = extend_batch(ids, offsets, doc_start, *context)
         if bad >= 0:
-            return int(bad)
+            return bad
         self._count(ext, real)
         self.carry = carry
-        self.tokens += int(ids.shape[0])
-        self.documents += int(doc_start.sum())
+        self.tokens += int(np.asarray(ids).shape[0])
+        self.documents += int(np.asarray(doc_start).sum())
         return -1
 
     def _count(self, ext, real) -> None:
@@ -438,30 +426,31 @@ class NgramCounter:
         return self.maps[order].entries()
 
 
-def _fmix64_reference(x: np.ndarray) -> np.ndarray:
-    x = x ^ (x >> np.uint64(33))
-    x = x * np.uint64(0xFF51AFD7ED558CCD)
-    x = x ^ (x >> np.uint64(33))
-    x = x * np.uint64(0xC4CEB9FE1A85EC53)
-    return x ^ (x >> np.uint64(33))
+def extend_batch(ids, offsets, doc_start, lut, pad: int, carry: np.ndarray):
+    """Canonical ids of a batch of pieces with each piece's n-gram context in front.
 
-
-def partition_of_keys(grams: np.ndarray, bits: int, parts: int) -> np.ndarray:
-    """Plain-numpy specification of the key-space partition of each n-gram ``(D, n)``
-    (``tok_0`` first): the packed key's slot hash, mixed once more with a salt, modulo ``parts``.
+    Returns ``(ext, real, carry after the batch, bad)``: ``real`` marks the positions of ``ext``
+    that hold a token of the corpus (an n-gram ends at each); ``bad`` is -1 or the index into
+    ``ids`` of the first id outside the vocab (``ext`` is then incomplete). ``carry`` (the
+    context before the batch) is left untouched.
     """
-    grams = np.asarray(grams, dtype=np.uint64)
-    n = grams.shape[1]
-    per_word = 64 // bits
-    h = np.zeros(grams.shape[0], dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for w in range(key_words(n, bits)):
-            word = np.zeros(grams.shape[0], dtype=np.uint64)
-            for k in range(w * per_word, min(n, (w + 1) * per_word)):
-                word |= grams[:, k] << np.uint64(bits * (k % per_word))
-            h = _fmix64_reference(h ^ word)
-        mixed = _fmix64_reference(h ^ np.uint64(PARTITION_SALT))
-    return (mixed % np.uint64(parts)).astype(np.int64)
+    ids = np.ascontiguousarray(ids)
+    if ids.dtype.kind not in "iu" or ids.ndim != 1:
+        raise EngramError(f"token ids must be a flat integer array, got {ids.dtype} {ids.shape}")
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    doc_start = np.ascontiguousarray(doc_start, dtype=np.uint8)
+    if offsets.shape[0] != doc_start.shape[0] + 1 or offsets[-1] != ids.shape[0]:
+        raise EngramError("offsets must hold one more entry than doc_start and end at len(ids)")
+    K = carry.shape[0]
+    ext = np.empty(ids.shape[0] + K * doc_start.shape[0], dtype=np.int32)
+    real = np.empty(ext.shape[0], dtype=np.uint8)
+    carry = carry.copy()
+    bad = _extend_kernel(ids, offsets, doc_start, lut, pad, carry, ext, real)
+    return ext, real, carry, int(bad)
+
+
+# the slot hash of the n-gram ending at ext[i], packed into key: (ext, i, n, bits, key) -> uint64
+ngram_key_hash = _pack_ngram
 
 
 def finalize_memory(distinct: dict, *, largest_head_rows: int, threads: int = 1) -> int:

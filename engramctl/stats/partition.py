@@ -1,10 +1,10 @@
 """Partitioned exact counting: the figures of a pass whose n-grams are split into K partitions.
 
-The n-gram key space is split by a hash of the packed key (:func:`engramctl.stats.counter.
-partition_of_keys`) into K disjoint partitions, each counted on its own (one pass over the input
-per partition here, one worker per partition on Dask). Per-row figures add up across partitions,
-so the figures of a *target* (one table size, layer and order: its heads) come in two looks at
-each partition's distinct n-grams:
+The n-gram key space is split by a hash of the packed key (:func:`partition_of_keys`) into K
+disjoint partitions, each counted on its own (one pass over the input per partition here, one
+worker per partition on Dask). Per-row figures add up across partitions, so the figures of a
+*target* (one table size, layer and order: its heads) come in two looks at each partition's
+distinct n-grams:
 
 1. **loads**: per head, distinct n-grams per row (one byte a row, saturating; a head where a row
    reaches 255 is redone with 8 bytes a row), summed over the partitions. The loads give occupied
@@ -29,7 +29,7 @@ import numpy as np
 
 from .._numba import njit
 from ..errors import EngramError
-from .counter import count_maps_memory
+from .counter import PARTITION_SALT, count_maps_memory, key_words
 from .figures import ngram_mix
 from .report import HeadStats, OrderStats
 
@@ -66,6 +66,32 @@ def targets(layout, layer_ids, sweep=()) -> list[Target]:
                     )
                 )  # fmt: skip
     return out
+
+
+def _fmix64_reference(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xFF51AFD7ED558CCD)
+    x = x ^ (x >> np.uint64(33))
+    x = x * np.uint64(0xC4CEB9FE1A85EC53)
+    return x ^ (x >> np.uint64(33))
+
+
+def partition_of_keys(grams: np.ndarray, bits: int, parts: int) -> np.ndarray:
+    """Plain-numpy specification of the key-space partition of each n-gram ``(D, n)``
+    (``tok_0`` first): the packed key's slot hash, mixed once more with a salt, modulo ``parts``.
+    """
+    grams = np.asarray(grams, dtype=np.uint64)
+    n = grams.shape[1]
+    per_word = 64 // bits
+    h = np.zeros(grams.shape[0], dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for w in range(key_words(n, bits)):
+            word = np.zeros(grams.shape[0], dtype=np.uint64)
+            for k in range(w * per_word, min(n, (w + 1) * per_word)):
+                word |= grams[:, k] << np.uint64(bits * (k % per_word))
+            h = _fmix64_reference(h ^ word)
+        mixed = _fmix64_reference(h ^ np.uint64(PARTITION_SALT))
+    return (mixed % np.uint64(parts)).astype(np.int64)
 
 
 # ------------------------------------------------------------------------------- kernels

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from engramctl import EngramLayout
 from engramctl.corpus.readers import CorpusOptions
 from engramctl.errors import EngramError, UsageError
-from engramctl.stats.counter import NgramCounter, partition_of_keys
+from engramctl.stats.counter import NgramCounter
 from engramctl.stats.figures import order_stats
 from engramctl.stats.partition import (
     add_loads,
@@ -22,6 +22,7 @@ from engramctl.stats.partition import (
     order_stats_of,
     partition_collisions,
     partition_loads,
+    partition_of_keys,
     targets,
 )
 from engramctl.stats.run import plan_hash_stats, run_hash_stats

@@ -9,8 +9,11 @@ import signal
 import pytest
 
 from engramctl.stats.run import load_matching_tokenizer, plan_hash_stats, run_hash_stats
-from tests.stats.test_hash_stats_dask import SEP, _plan, corpora  # noqa: F401 (a fixture)
+from tests.stats import test_hash_stats_dask as base
 from tests.stats.test_partition import figures
+
+SEP, _plan = base.SEP, base._plan
+corpora = base.corpora  # the same module-scoped fixture: token files and text with warnings
 
 
 @pytest.fixture(scope="module")
