@@ -179,6 +179,14 @@ def hash_stats_command(
             "--scheduler). Default: 1, or the smallest K that fits --max-memory.",
         ),
     ] = None,
+    estimate: Annotated[
+        bool,
+        typer.Option(
+            "--estimate",
+            help="Estimate distinct n-grams with HyperLogLog sketches (constant memory) and every "
+            "figure from the ideal-hash formulas; no row-load histograms.",
+        ),
+    ] = False,
     spill_dir: Annotated[
         Path | None,
         typer.Option(
@@ -197,6 +205,8 @@ def hash_stats_command(
     Example: engramctl hash-stats train.jsonl --vocab vocab.parquet --sweep 100k,1M --plot s.png
 
     Example: engramctl hash-stats tokens/ --vocab vocab.parquet --partitions 4 --spill-dir /scratch
+
+    Example: engramctl hash-stats tokens/ --vocab vocab.parquet --estimate --sweep 1M,16M
     """
     from .._files import atomic_write, check_writable_target
     from ..corpus.readers import CorpusOptions
@@ -209,6 +219,11 @@ def hash_stats_command(
     )
 
     quiet = quiet or STATE["quiet"]
+    if estimate and plot is not None:
+        raise UsageError(
+            "--plot draws row-load histograms, which only exact counting gives; drop --estimate "
+            "or --plot"
+        )
     to_stdout = json_path is not None and str(json_path) == "-"
     for target in (None if to_stdout else json_path, plot):
         if target is not None:
@@ -234,6 +249,7 @@ def hash_stats_command(
         sweep=parse_int_list(sweep, name="--sweep") if sweep else (),
         limit_tokens=limit_tokens, max_memory=parse_memory(max_memory), threads=threads,
         partitions=partitions, spill_dir=str(spill_dir) if spill_dir else None,
+        estimate=estimate,
     )  # fmt: skip
     text_tokenizer = load_matching_tokenizer(tokenizer, vocab_map) if plan.needs_tokenizer else None
     note = err_console.print if to_stdout else console.print

@@ -89,6 +89,8 @@ class HashStatsPlan:
     partitions: int | None = None  # count in K key-space partitions (None: one single pass)
     partitions_chosen: bool = False  # K was chosen to fit --max-memory, not given
     spill_dir: str | None = None  # where partitioned counting keeps each partition's n-grams
+    estimate: bool = False  # HyperLogLog sketches and ideal-hash figures instead of exact counts
+    extrapolate: float | None = None  # also predict the figures at this many tokens (Heaps' law)
 
     @property
     def bytes_total(self) -> int:
@@ -151,12 +153,16 @@ def plan_hash_stats(
     threads: int | None = None,
     partitions: int | None = None,
     spill_dir: str | None = None,
+    estimate: bool = False,
+    extrapolate: float | None = None,
 ) -> HashStatsPlan:
     """Find the corpus files and bound the memory; refuse when the bound exceeds ``max_memory``.
 
     ``partitions`` K counts the n-grams in K key-space partitions, one after another (see
     :mod:`engramctl.stats.partition_run`), bounding the memory of one partition; ``None`` makes
     one pass when it fits ``max_memory`` and otherwise chooses the smallest K that fits.
+    ``estimate`` sketches the distinct n-grams in constant memory (:mod:`.sketch`);
+    ``extrapolate`` predicts the figures at that many tokens (:mod:`.extrapolate`).
     """
     options = options or CorpusOptions()
     options.validate()
@@ -179,6 +185,42 @@ def plan_hash_stats(
     max_memory = parse_memory(None) if max_memory is None else int(max_memory)
     if partitions is not None and partitions < 1:
         raise UsageError(f"--partitions must be at least 1, got {partitions}")
+    if extrapolate is not None:
+        from .extrapolate import check_target
+
+        check_target(extrapolate, tokens)
+    if estimate:
+        if partitions is not None:
+            raise UsageError("--estimate counts nothing exactly; drop --partitions")
+        from .sketch import sketch_memory
+
+        memory, chosen = sketch_memory(layout.max_ngram, options.batch_tokens), False
+    else:
+        memory, partitions, chosen = _fit_memory(
+            layout, layer_ids, sweep, tokens, max_memory, threads, partitions
+        )
+    return HashStatsPlan(
+        files,
+        options,
+        layout,
+        layer_ids,
+        tuple(sweep),
+        limit_tokens,
+        threads,
+        tokens,
+        memory,
+        max_memory,
+        partitions,
+        chosen,
+        spill_dir,
+        estimate,
+        None if extrapolate is None else float(extrapolate),
+    )
+
+
+def _fit_memory(layout, layer_ids, sweep, tokens, max_memory, threads, partitions):
+    """``(bytes, partitions, chosen)``: the single pass's bound, or a partition's (K given, or
+    the smallest K that fits when the single pass does not); refuses when nothing fits."""
     memory = _memory(layout, layer_ids, sweep, tokens, threads)
     chosen = False
     if partitions is None and memory > max_memory:
@@ -204,21 +246,7 @@ def plan_hash_stats(
             f"above --max-memory {format_bytes(max_memory)}; "
             + _what_fits(layout, layer_ids, sweep, tokens, max_memory, threads)
         )
-    return HashStatsPlan(
-        files,
-        options,
-        layout,
-        layer_ids,
-        tuple(sweep),
-        limit_tokens,
-        threads,
-        tokens,
-        memory,
-        max_memory,
-        partitions,
-        chosen,
-        spill_dir,
-    )
+    return memory, partitions, chosen
 
 
 def _partition_memory(layout, layer_ids, sweep, tokens: int, parts: int) -> int:
@@ -421,13 +449,23 @@ def run_hash_stats(
     if plan.needs_tokenizer and tokenizer is None:
         raise UsageError("text input needs a tokenizer; pass --tokenizer")
     started = time.perf_counter()
+    counter = None
+    if plan.estimate:
+        from .sketch import new_sketch
+
+        counter = new_sketch(plan, vocab)
     counter, warnings, stopped, bytes_read = count_corpus(
         plan,
         vocab=vocab,
         tokenizer=tokenizer,
         progress=progress,
         should_stop=should_stop,
+        counter=counter,
     )
+    if plan.estimate:
+        from .sketch import sketch_report
+
+        return sketch_report(plan, counter, warnings, stopped, bytes_read, started)
     return build_report(plan, counter, warnings, stopped, bytes_read, started)
 
 

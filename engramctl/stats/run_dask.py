@@ -64,9 +64,14 @@ def count_shard(shard: CorpusFile, setup: _Setup) -> ShardCounts:
     """Runs on a worker: count one shard exactly as the single pass counts those bytes."""
     plan = replace(setup.plan, files=[shard])
     layout = plan.layout
-    counter = NgramCounter(
-        setup.vocab, max_ngram=layout.max_ngram, pad=layout.pad_canonical_id(setup.vocab)
-    )
+    if plan.estimate:  # a HyperLogLog sketch instead of exact counts (same feeding contract)
+        from .sketch import new_sketch
+
+        counter = new_sketch(plan, setup.vocab)
+    else:
+        counter = NgramCounter(
+            setup.vocab, max_ngram=layout.max_ngram, pad=layout.pad_canonical_id(setup.vocab)
+        )
     before, _ = token_context(shard, plan.options, layout.max_ngram - 1)
     if before.size:  # a token range inside a document: start from the ids before it
         valid = before[(before >= 0) & (before < counter.lut.shape[0])]
@@ -87,10 +92,13 @@ def merge_counts(*parts: ShardCounts) -> ShardCounts:
     into fresh maps sized for the sum of their entries, so no map grows (rehashes) on the way.
     """
     counter = copy.copy(parts[0].counter)  # shares the read-only lut; maps and totals are new
-    counter.maps = {
-        n: _CountMap(n, m.bits, int(sum(p.counter.maps[n].size for p in parts) / MAX_LOAD) + 1)
-        for n, m in counter.maps.items()
-    }
+    if hasattr(counter, "registers"):  # sketches: register-wise maximum into new registers
+        counter.registers = {n: np.zeros_like(r) for n, r in counter.registers.items()}
+    else:
+        counter.maps = {
+            n: _CountMap(n, m.bits, int(sum(p.counter.maps[n].size for p in parts) / MAX_LOAD) + 1)
+            for n, m in counter.maps.items()
+        }
     counter.tokens = counter.documents = 0
     found = CorpusWarnings()
     for part in parts:
@@ -104,6 +112,10 @@ def finalize_counts(counts: ShardCounts, plan: HashStatsPlan) -> HashStatsReport
     """Runs on the worker holding the merged counts: every figure, as the single pass finalizes
     (``plan.threads`` threads); the report's ``seconds`` is the client's to set."""
     found = CorpusWarnings(counts.warnings)
+    if plan.estimate:
+        from .sketch import sketch_report
+
+        return sketch_report(plan, counts.counter, found, "", plan.bytes_total, time.perf_counter())
     return build_report(plan, counts.counter, found, "", plan.bytes_total, time.perf_counter())
 
 
@@ -150,7 +162,9 @@ def worker_memory(plan: HashStatsPlan, shards: list[CorpusFile]) -> int:
 
 def check_hash_stats_memory(client, plan: HashStatsPlan, shards: list[CorpusFile]) -> int:
     """Refuse workers whose memory limit is below :func:`worker_memory`; returns the need."""
-    if plan.partitions is not None:
+    if plan.estimate:  # sketches: the registers and a batch, whatever the corpus size
+        needed = plan.memory_estimate * 2
+    elif plan.partitions is not None:
         from .partition_dask import partitioned_worker_memory
 
         needed = partitioned_worker_memory(plan, shards)

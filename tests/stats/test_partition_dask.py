@@ -65,3 +65,15 @@ def test_partitioned_dask_survives_a_killed_worker(client, corpora, ds_vocab, de
     assert killed
     assert single.warnings["invalid_utf8"]["count"] >= 2
     assert figures(report) == figures(single)
+
+
+@pytest.mark.slow
+def test_estimate_on_dask_equals_single_process(client, corpora, ds_vocab, demo_layout):
+    """Sketches merge by register-wise maximum: the same estimates whatever the shards."""
+    from dataclasses import replace
+
+    plan = _plan([corpora["tokens"]], demo_layout, doc_sep_id=SEP, batch_tokens=5000)
+    plan = replace(plan, estimate=True)
+    single = run_hash_stats(plan, vocab=ds_vocab)
+    report = _dask(plan, ds_vocab, client, shard_bytes=20_000)
+    assert report.estimated and figures(report) == figures(single)
