@@ -187,6 +187,15 @@ def hash_stats_command(
             "figure from the ideal-hash formulas; no row-load histograms.",
         ),
     ] = False,
+    extrapolate: Annotated[
+        str | None,
+        typer.Option(
+            "--extrapolate",
+            metavar="TOKENS",
+            help="Also predict the figures at a corpus of TOKENS tokens (e.g. 1e12, 500B) from "
+            "Heaps' law fitted during the pass, with a check of the fit on the first 25%.",
+        ),
+    ] = None,
     spill_dir: Annotated[
         Path | None,
         typer.Option(
@@ -207,10 +216,13 @@ def hash_stats_command(
     Example: engramctl hash-stats tokens/ --vocab vocab.parquet --partitions 4 --spill-dir /scratch
 
     Example: engramctl hash-stats tokens/ --vocab vocab.parquet --estimate --sweep 1M,16M
+
+    Example: engramctl hash-stats sample.jsonl --vocab vocab.parquet --extrapolate 1e12
     """
     from .._files import atomic_write, check_writable_target
     from ..corpus.readers import CorpusOptions
     from ..layout import parse_int_list
+    from ..stats.extrapolate import parse_tokens
     from ..stats.run import (
         load_matching_tokenizer,
         parse_memory,
@@ -249,7 +261,7 @@ def hash_stats_command(
         sweep=parse_int_list(sweep, name="--sweep") if sweep else (),
         limit_tokens=limit_tokens, max_memory=parse_memory(max_memory), threads=threads,
         partitions=partitions, spill_dir=str(spill_dir) if spill_dir else None,
-        estimate=estimate,
+        estimate=estimate, extrapolate=parse_tokens(extrapolate) if extrapolate else None,
     )  # fmt: skip
     text_tokenizer = load_matching_tokenizer(tokenizer, vocab_map) if plan.needs_tokenizer else None
     note = err_console.print if to_stdout else console.print
@@ -323,6 +335,13 @@ def _render(report) -> None:
     )
     if report.partial:
         head_line += f" [yellow]partial ({report.stopped_reason})[/]"
+    if report.estimated:
+        head_line += (
+            f" [cyan]estimated[/] (distinct n-grams +-{100 * report.relative_standard_error:.2g}% "
+            "relative standard error; per-head figures of ideal hashing)"
+        )
+    if report.partitions_counted:
+        head_line += f" [yellow]figures of the first {report.partitions_counted} partition(s)[/]"
     console.print(head_line)
     for kind, entry in report.warnings.items():
         where = escape(str(entry["first"]))
@@ -359,6 +378,54 @@ def _render(report) -> None:
         console.print(summary)
     if report.sweep:
         _render_sweep(report)
+    if report.extrapolation:
+        _render_extrapolation(report.extrapolation)
+
+
+def _render_extrapolation(section: dict) -> None:
+    if "error" in section:
+        console.print(f"[yellow]no extrapolation[/]: {escape(section['error'])}")
+        return
+    table = Table(
+        title=f"extrapolated to {section['tokens']:,.0f} tokens (Heaps' law, distinct = k T^beta, "
+        f"fitted on {section['fitted_on_tokens']:,} tokens)",
+        box=box.SIMPLE_HEAD,
+    )
+    for name in ("order", "k", "beta", "predicted distinct", "check: fit on first 25%",
+                 "predicts", "found", "error"):  # fmt: skip
+        table.add_column(name, justify="right")
+    for order, entry in section["orders"].items():
+        check = entry.get("check")
+        cells = ["-", "-", "-", "-"]
+        if check:
+            cells = [
+                f"{check['fitted_on_tokens']:,} tok",
+                f"{check['predicted_distinct']:,}",
+                f"{check['actual_distinct']:,}",
+                f"{100 * check['relative_error']:+.1f}%",
+            ]
+        table.add_row(order, f"{entry['k']:.3g}", f"{entry['beta']:.3f}",
+                      f"{entry['distinct']:,}", *cells)  # fmt: skip
+    console.print(table)
+    sizes = [
+        (section["layers"], None),
+        *((p["layers"], p["ngram_vocab"]) for p in section["sweep"]),
+    ]
+    summary = Table(title="predicted, mean over heads (ideal hashing)", box=box.SIMPLE_HEAD)
+    for name in ("rows per head", "order", "occupancy", "colliding distinct", "all heads"):
+        summary.add_column(name, justify="right")
+    for layers, vocab in sizes:
+        layer = next(iter(layers.values()))
+        for order, stats in layer["orders"].items():
+            heads = stats["heads"]
+            rows = f"{heads[0]['rows']:,}" if vocab is None else f"{vocab[0]:,}"
+            summary.add_row(
+                rows, order, _pct(sum(h["occupancy"] for h in heads) / len(heads)),
+                _pct(sum(h["colliding_distinct_fraction"] for h in heads) / len(heads)),
+                _pct(stats["all_heads_colliding_occurrence_fraction"]),
+            )  # fmt: skip
+        summary.add_section()
+    console.print(summary)
 
 
 def _render_sweep(report) -> None:

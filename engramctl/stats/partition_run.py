@@ -98,7 +98,14 @@ def run_partitioned(
     spill = open_spill_dir(plan.spill_dir)
     try:
         first, counted = None, 0
+        checkpoints = None
+        if plan.extrapolate is not None:
+            from .extrapolate import Checkpoints
+
+            checkpoints = Checkpoints(range(2, plan.layout.max_ngram + 1))
         for part in range(parts):
+            if checkpoints is not None:
+                checkpoints.restart()
             pass_plan = plan
             if part and first[2]:  # pass 0 stopped early: count the same first tokens
                 pass_plan = replace(plan, limit_tokens=first[0].tokens)
@@ -121,6 +128,7 @@ def run_partitioned(
                 progress=step,
                 should_stop=should_stop if part == 0 or not first[2] else None,
                 counter=counter,
+                on_batch=checkpoints,
             )
             if part == 0:
                 first = result
@@ -148,8 +156,17 @@ def run_partitioned(
         SweepPoint(tuple(lay.ngram_vocab), layers)
         for lay, layers in zip(sizes, points[1:], strict=True)
     )
+    extra = {}
+    if checkpoints is not None:
+        from .extrapolate import extrapolation
+
+        extra["extrapolation"] = (
+            extrapolation(plan, checkpoints, tokens)
+            if counted == parts
+            else {"tokens": plan.extrapolate, "error": "stopped before every partition counted"}
+        )
     return make_report(
         plan, points[0], sweep, tokens=tokens, documents=documents, warnings=warnings,
         stopped=stopped, bytes_read=bytes_read, started=started,
-        partitions_counted=counted if counted < parts else 0,
+        partitions_counted=counted if counted < parts else 0, **extra,
     )  # fmt: skip

@@ -10,6 +10,7 @@ and says ``partial``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import threading
@@ -186,9 +187,11 @@ def plan_hash_stats(
     if partitions is not None and partitions < 1:
         raise UsageError(f"--partitions must be at least 1, got {partitions}")
     if extrapolate is not None:
-        from .extrapolate import check_target
+        from .extrapolate import batch_tokens_for, check_target
 
-        check_target(extrapolate, tokens)
+        check_target(extrapolate, tokens)  # and batches small enough for the checkpoints
+        batch = batch_tokens_for(tokens, options.batch_tokens)
+        options = dataclasses.replace(options, batch_tokens=batch)
     if estimate:
         if partitions is not None:
             raise UsageError("--estimate counts nothing exactly; drop --partitions")
@@ -329,11 +332,13 @@ def count_corpus(
     progress: Callable[[int, int, int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     counter: NgramCounter | None = None,
+    on_batch: Callable | None = None,
 ) -> tuple[NgramCounter, CorpusWarnings, str, int]:
     """The streaming pass: ``(counter, warnings, stopped_reason, bytes read)``.
 
     ``counter`` (default: a new one) is counted into; its ``carry`` is the context of the first
-    piece (a token-stream shard that starts inside a document).
+    piece (a token-stream shard that starts inside a document). ``on_batch(counter)`` is called
+    after each batch is counted (and ``on_batch(counter, end=True)`` at the end).
     """
     layout = plan.layout
     if counter is None:
@@ -367,6 +372,8 @@ def count_corpus(
                         f"tokenizer's vocab (0..{vocab.source_vocab_size - 1}); use the vocab "
                         "built from the tokenizer that produced these ids"
                     )
+                if on_batch is not None:
+                    on_batch(counter)
                 f = plan.files[batch.file_index]
                 done = int(done_before[batch.file_index] + batch.file_fraction * f.size)
                 if progress is not None:
@@ -383,6 +390,8 @@ def count_corpus(
                     break
         finally:
             batches.close()
+    if on_batch is not None:
+        on_batch(counter, end=True)
     return counter, warnings, stopped, done if stopped else plan.bytes_total
 
 
@@ -449,11 +458,15 @@ def run_hash_stats(
     if plan.needs_tokenizer and tokenizer is None:
         raise UsageError("text input needs a tokenizer; pass --tokenizer")
     started = time.perf_counter()
-    counter = None
+    counter = checkpoints = None
     if plan.estimate:
         from .sketch import new_sketch
 
         counter = new_sketch(plan, vocab)
+    if plan.extrapolate is not None:
+        from .extrapolate import Checkpoints
+
+        checkpoints = Checkpoints(range(2, plan.layout.max_ngram + 1))
     counter, warnings, stopped, bytes_read = count_corpus(
         plan,
         vocab=vocab,
@@ -461,12 +474,18 @@ def run_hash_stats(
         progress=progress,
         should_stop=should_stop,
         counter=counter,
+        on_batch=checkpoints,
     )
+    extra = {}
+    if checkpoints is not None:
+        from .extrapolate import extrapolation
+
+        extra["extrapolation"] = extrapolation(plan, checkpoints, counter.tokens)
     if plan.estimate:
         from .sketch import sketch_report
 
-        return sketch_report(plan, counter, warnings, stopped, bytes_read, started)
-    return build_report(plan, counter, warnings, stopped, bytes_read, started)
+        return sketch_report(plan, counter, warnings, stopped, bytes_read, started, **extra)
+    return build_report(plan, counter, warnings, stopped, bytes_read, started, **extra)
 
 
 def build_report(
@@ -476,6 +495,7 @@ def build_report(
     stopped: str,
     bytes_read: int,
     started: float,
+    **extra,
 ) -> HashStatsReport:
     """Finalize the counts of a whole pass (here, with ``plan.threads``) into the report."""
     if counter.tokens == 0 and not stopped:
@@ -484,7 +504,7 @@ def build_report(
     layers, sweep = finalize(counter, plan.layout, plan.layer_ids, plan.sweep, threads=plan.threads)
     return make_report(
         plan, layers, sweep, tokens=counter.tokens, documents=counter.documents,
-        warnings=warnings, stopped=stopped, bytes_read=bytes_read, started=started,
+        warnings=warnings, stopped=stopped, bytes_read=bytes_read, started=started, **extra,
     )  # fmt: skip
 
 

@@ -203,6 +203,11 @@ def run_hash_stats_dask(
     """
     if plan.limit_tokens is not None:
         raise UsageError("--limit-tokens counts the first tokens in order; drop --scheduler")
+    if plan.extrapolate is not None:
+        raise UsageError(
+            "--extrapolate fits how distinct n-grams grow as the corpus is read in order; "
+            "drop --scheduler"
+        )
     if plan.needs_tokenizer and tokenizer is None:
         raise UsageError("text input needs a tokenizer; pass --tokenizer")
     if client is None:

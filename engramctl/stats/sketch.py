@@ -214,23 +214,27 @@ class NgramSketch:
 # -------------------------------------------------------------------- ideal-hash figures
 def expected_max_load(rows: int, distinct: int) -> int:
     """The largest k with at least half a row expected to hold k or more n-grams (loads are
-    Poisson with mean ``distinct / rows``)."""
+    Poisson with mean ``distinct / rows``; a normal approximation above a mean of 1,000)."""
     if distinct <= 0:
         return 0
     lam = distinct / rows
-
-    def tail(k: int) -> float:  # P(X >= k), summed from its first term on
-        t = math.exp(-lam + k * math.log(lam) - math.lgamma(k + 1))
-        total, j = 0.0, k
-        while t > 0 and t > total * 1e-17:
-            total += t
-            j += 1
-            t *= lam / j
-        return total
-
+    if lam > 1000:  # rows * P(Z >= z) = 0.5, by bisection on the normal tail
+        lo, hi = 0.0, 40.0
+        for _ in range(100):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if rows * 0.5 * math.erfc(mid / math.sqrt(2)) >= 0.5 else (lo, mid)
+        return int(lam + lo * math.sqrt(lam))
     k = max(1, math.floor(lam))
-    while rows * tail(k + 1) >= 0.5:
+    pmf = math.exp(-lam + k * math.log(lam) - math.lgamma(k + 1))  # P(X = k)
+    tail, t, j = 0.0, pmf, k  # P(X >= k)
+    while t > 0 and t > tail * 1e-17:
+        tail += t
+        j += 1
+        t *= lam / j
+    while rows * (tail - pmf) >= 0.5:  # P(X >= k + 1) = P(X >= k) - P(X = k)
+        tail -= pmf
         k += 1
+        pmf *= lam / k
     return k
 
 
