@@ -108,7 +108,7 @@ def run_partitioned(
                 checkpoints.restart()
             pass_plan = plan
             if part and first[2]:  # pass 0 stopped early: count the same first tokens
-                pass_plan = replace(plan, limit_tokens=first[0].tokens)
+                pass_plan = replace(plan, limit_tokens=first[0][0])
 
             def step(done, total, docs, tokens, _part=part):
                 if progress is not None:
@@ -130,21 +130,19 @@ def run_partitioned(
                 counter=counter,
                 on_batch=checkpoints,
             )
-            if part == 0:
-                first = result
+            if part == 0:  # (tokens, documents), warnings, stopped, bytes read: not the maps
+                first = ((result[0].tokens, result[0].documents), *result[1:])
             elif result[2] not in ("", "limit-tokens"):
                 break  # stopped in a later pass: finalize the partitions counted so far
             _spill(spill, part, result[0])
             counted += 1
             del counter, result
-        head, warnings, stopped, bytes_read = first
+        (tokens, documents), warnings, stopped, bytes_read = first
         if counted < parts and not stopped:
             stopped = "interrupted"
-        if head.tokens == 0 and not stopped:
+        if tokens == 0 and not stopped:
             names = ", ".join(str(f.path) for f in plan.files[:3])
             raise EngramError(f"the corpus holds no tokens ({names}); nothing to count")
-        tokens, documents = head.tokens, head.documents
-        del head, first
         figures = {}
         for target in targets(plan.layout, plan.layer_ids, plan.sweep):
             figures[target] = target_figures(target, _spilled(spill, counted, target.order))
