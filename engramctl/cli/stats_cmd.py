@@ -268,11 +268,12 @@ def hash_stats_command(
     if not quiet:
         from ..table.dtypes import format_bytes
 
+        per = f" per partition ({plan.partitions} in all)" if plan.partitions else ""
+        kind = "sketches need" if plan.estimate else "accumulators need up to"
         note(
-            f"{len(plan.files)} file(s), {format_bytes(plan.bytes_total)}; accumulators need up to "
-            f"{format_bytes(plan.memory_estimate)} for ~{plan.tokens_estimate:,} tokens "
+            f"{len(plan.files)} file(s), {format_bytes(plan.bytes_total)}; {kind} "
+            f"{format_bytes(plan.memory_estimate)}{per} for ~{plan.tokens_estimate:,} tokens "
             f"(--max-memory {format_bytes(plan.max_memory)})"
-            + (f" per partition, {plan.partitions} partition(s)" if plan.partitions else "")
         )
         if plan.partitions_chosen:
             note(

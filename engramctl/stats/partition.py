@@ -76,10 +76,10 @@ def _fmix64_reference(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(33))
 
 
-def partition_of_keys(grams: np.ndarray, bits: int, parts: int) -> np.ndarray:
-    """Plain-numpy specification of the key-space partition of each n-gram ``(D, n)``
-    (``tok_0`` first): the packed key's slot hash, mixed once more with a salt, modulo ``parts``.
-    """
+def key_hash_reference(grams: np.ndarray, bits: int) -> np.ndarray:
+    """Plain-numpy specification of the 64-bit key hash of each n-gram ``(D, n)`` (``tok_0``
+    first): its ids packed into words as the count maps pack them, each word mixed in with
+    MurmurHash3's finalizer (:func:`engramctl.stats.counter.ngram_key_hash`)."""
     grams = np.asarray(grams, dtype=np.uint64)
     n = grams.shape[1]
     per_word = 64 // bits
@@ -90,7 +90,14 @@ def partition_of_keys(grams: np.ndarray, bits: int, parts: int) -> np.ndarray:
             for k in range(w * per_word, min(n, (w + 1) * per_word)):
                 word |= grams[:, k] << np.uint64(bits * (k % per_word))
             h = _fmix64_reference(h ^ word)
-        mixed = _fmix64_reference(h ^ np.uint64(PARTITION_SALT))
+    return h
+
+
+def partition_of_keys(grams: np.ndarray, bits: int, parts: int) -> np.ndarray:
+    """Plain-numpy specification of the key-space partition of each n-gram ``(D, n)``: its key
+    hash, mixed once more with a salt, modulo ``parts``."""
+    with np.errstate(over="ignore"):
+        mixed = _fmix64_reference(key_hash_reference(grams, bits) ^ np.uint64(PARTITION_SALT))
     return (mixed % np.uint64(parts)).astype(np.int64)
 
 

@@ -83,6 +83,20 @@ def test_sketch_estimates_the_counter_and_merges_exactly(ds_vocab, demo_layout):
     )
 
 
+def test_sketch_registers_equal_the_reference(ds_vocab, demo_layout):
+    """The registers are those of hll_update on the key hashes of the exact distinct n-grams."""
+    from engramctl.stats.partition import key_hash_reference
+
+    ids, offsets = _stream(2, 8000)
+    kw = dict(max_ngram=4, pad=demo_layout.pad_canonical_id(ds_vocab))
+    exact = _feed(NgramCounter(ds_vocab, **kw), ids, offsets, 2)
+    sketch = _feed(NgramSketch(ds_vocab, precision=10, **kw), ids, offsets, 3)
+    for n in range(2, 5):
+        registers = np.zeros(1 << 10, np.uint8)
+        hll_update(registers, key_hash_reference(exact.entries(n)[0], exact.bits))
+        assert np.array_equal(registers, sketch.registers[n])
+
+
 def test_ideal_figures():
     stats = ideal_order_stats(2, occurrences=1000, distinct=500, head_rows=[1009, 2003])
     head = stats.heads[0]
