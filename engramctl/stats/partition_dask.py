@@ -43,19 +43,16 @@ from .partition import (
     partition_share,
     targets,
 )
+from .passes import make_report
 from .report import SweepPoint
-from .run import make_report
-from .run_dask import ShardCounts, merge_counts
 
 
 def split_counts(counts, parts: int) -> tuple:
     """Runs on a worker: a shard's counts in ``parts`` key-space partitions (warnings, tokens and
     documents go with partition 0, so merging the partitions back gives the shard's counts)."""
     pieces = counts.counter.split(parts)
-    return tuple(
-        ShardCounts(piece, counts.warnings if part == 0 else {})
-        for part, piece in enumerate(pieces)
-    )
+    same = type(counts)  # run_dask.ShardCounts
+    return tuple(same(p, counts.warnings if j == 0 else {}) for j, p in enumerate(pieces))
 
 
 def _loads(counts, target):
@@ -108,11 +105,13 @@ def partitioned_worker_memory(plan, shards) -> int:
     return max(task, merge, finalize + 2 * layout.heads * largest_rows)
 
 
-def partitioned_tasks(client, shard_futures, plan, run: str):
-    """Submit the shuffle and both looks; returns ``(figures, totals, held)``: a callable that
-    submits the looks target by target and waits for every target's :class:`OrderStats` (the
-    report's layers and sweep points), the future of partition 0's ``(tokens, documents,
-    warnings)``, and the futures to cancel on failure."""
+def partitioned_tasks(client, shard_futures, plan, run: str, merge_counts):
+    """Submit the shuffle (pieces merged with ``merge_counts``) and both looks.
+
+    Returns ``(figures, totals, held)``: a callable that submits the looks target by target and
+    waits for every target's :class:`OrderStats` (the report's layers and sweep points), the
+    future of partition 0's ``(tokens, documents, warnings)``, and the futures to cancel on
+    failure."""
     parts = int(plan.partitions)
     splits = [
         client.submit(split_counts, f, parts, key=f"engramctl-stats-split-{run}-{i}")

@@ -35,8 +35,8 @@ from ..corpus.tokenize import TextTokenizer
 from ..errors import EngramError, UsageError
 from .counter import NgramCounter
 from .partition import assemble, target_figures, targets
+from .passes import count_corpus, make_report
 from .report import HashStatsReport, SweepPoint
-from .run import HashStatsPlan, count_corpus, make_report
 
 
 def open_spill_dir(parent: str | None) -> Path:
@@ -82,7 +82,7 @@ def _spilled(directory: Path, parts: int, order: int):
 
 
 def run_partitioned(
-    plan: HashStatsPlan,
+    plan,  # a HashStatsPlan with partitions
     *,
     vocab,
     tokenizer: TextTokenizer | None = None,

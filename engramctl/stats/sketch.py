@@ -202,6 +202,18 @@ class NgramSketch:
         self.documents += other.documents
         return self
 
+    @classmethod
+    def sum_of(cls, sketches) -> NgramSketch:
+        """A fresh sketch of the union of ``sketches`` (inputs untouched; any grouping)."""
+        import copy
+
+        total = copy.copy(sketches[0])  # shares the read-only lut; registers and totals are new
+        total.registers = {n: np.zeros_like(r) for n, r in total.registers.items()}
+        total.tokens = total.documents = 0
+        for sketch in sketches:
+            total.merge(sketch)
+        return total
+
     def distinct(self, order: int) -> int:
         """Estimated distinct n-grams of ``order`` (rounded; never above the tokens)."""
         return min(round(hll_estimate(self.registers[order])), self.tokens)
@@ -307,7 +319,7 @@ def sketch_layers(plan, sketch) -> tuple[dict, tuple]:
 
 def sketch_report(plan, sketch, warnings, stopped: str, bytes_read: int, started: float, **extra):
     """The report of an estimating pass: ``estimated`` and the relative standard error."""
-    from .run import make_report
+    from .passes import make_report
 
     if sketch.tokens == 0 and not stopped:
         names = ", ".join(str(f.path) for f in plan.files[:3])

@@ -35,15 +35,15 @@ def _report(path):
 def test_partitions_and_max_memory_give_the_single_pass_report(tmp_path, ds_vocab_path, stream):
     base = ["hash-stats", stream, "--vocab", ds_vocab_path, "--doc-sep-id", 7,
             "--ngram-vocab", "60000,60000", "--sweep", "5k"]  # fmt: skip
-    one = invoke(*base, "-q", "--json", tmp_path / "one.json")
+    one = invoke(*base, "-q", "--report", tmp_path / "one.json")
     assert one.exit_code == 0, one.output
-    parted = invoke(*base, "-q", "--partitions", 3, "--spill-dir", tmp_path, "--json",
+    parted = invoke(*base, "-q", "--partitions", 3, "--spill-dir", tmp_path, "--report",
                     tmp_path / "three.json")  # fmt: skip
     assert parted.exit_code == 0, parted.output
     assert _report(tmp_path / "three.json") == _report(tmp_path / "one.json")
-    plain = invoke(*base, "--json", tmp_path / "x.json")
+    plain = invoke(*base, "--report", tmp_path / "x.json")
     bound = json.loads((tmp_path / "x.json").read_text())["memory_estimate_bytes"]
-    chosen = invoke(*base, "--max-memory", bound // 3, "--json", tmp_path / "auto.json")
+    chosen = invoke(*base, "--max-memory", bound // 3, "--report", tmp_path / "auto.json")
     assert chosen.exit_code == 0, chosen.output
     assert plain.exit_code == 0 and "counting in" not in plain.output
     text = " ".join(chosen.output.split())
@@ -56,7 +56,7 @@ def test_estimate_and_extrapolate(tmp_path, ds_vocab_path, stream):
     out = tmp_path / "e.json"
     result = invoke(
         "hash-stats", stream, "--vocab", ds_vocab_path, "--doc-sep-id", 7,
-        "--estimate", "--extrapolate", "2B", "--sweep", "1M", "--json", out,
+        "--estimate", "--extrapolate", "2B", "--sweep", "1M", "--report", out,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
