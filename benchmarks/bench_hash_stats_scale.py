@@ -40,7 +40,7 @@ def current_rss_mib() -> float:
 
 def run_one(workdir: Path, case: str) -> dict:
     from engramctl import CanonicalVocab, EngramLayout
-    from engramctl.corpus.readers import CorpusOptions
+    from engramctl.corpus.files import CorpusOptions
     from engramctl.stats.run import plan_hash_stats, run_hash_stats
 
     vocab = CanonicalVocab.load(workdir / "vocab.parquet")
@@ -92,7 +92,7 @@ def pass_rates(workdir: Path) -> dict:
 
 def passes_only(workdir: Path) -> dict:
     from engramctl import CanonicalVocab, EngramLayout
-    from engramctl.corpus.readers import CorpusOptions
+    from engramctl.corpus.files import CorpusOptions
     from engramctl.stats.run import count_corpus, plan_hash_stats
     from engramctl.stats.sketch import new_sketch
 

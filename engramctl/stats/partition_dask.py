@@ -29,7 +29,7 @@ from __future__ import annotations
 import operator
 
 from ..cluster import tree_reduce
-from ..corpus.readers import CorpusWarnings, estimate_tokens
+from ..corpus.files import CorpusWarnings, estimate_tokens
 from ..errors import EngramError
 from .counter import count_maps_memory
 from .partition import (

@@ -33,7 +33,13 @@ import numpy as np
 from .._numba import njit
 from ..errors import EngramError
 from .counter import extend_batch, key_bits, key_words, ngram_key_hash
-from .report import HeadStats, OrderStats
+from .report import (
+    HeadStats,
+    OrderStats,
+    SweepPoint,
+    expected_colliding_fraction,
+    expected_occupied_rows,
+)
 
 DEFAULT_PRECISION = 18
 MIN_PRECISION, MAX_PRECISION = 8, 24
@@ -253,8 +259,6 @@ def expected_max_load(rows: int, distinct: int) -> int:
 def ideal_order_stats(order: int, occurrences: int, distinct: int, head_rows) -> OrderStats:
     """An :class:`OrderStats` of ideal uniform hashing for ``distinct`` n-grams (integer counts
     rounded from the expectations)."""
-    from .figures import expected_colliding_fraction, expected_occupied_rows
-
     heads = []
     for p in head_rows:
         p = int(p)
@@ -302,8 +306,6 @@ def ideal_layers(layout, layer_ids, distinct: dict[int, int], occurrences: int) 
 # ---------------------------------------------------------------------------- the pass
 def sketch_layers(plan, sketch) -> tuple[dict, tuple]:
     """``(layers, sweep points)`` of ideal hashing with the sketch's distinct estimates."""
-    from .report import SweepPoint
-
     distinct = {n: sketch.distinct(n) for n in sketch.registers}
     layers = ideal_layers(plan.layout, plan.layer_ids, distinct, sketch.tokens)
     points = []

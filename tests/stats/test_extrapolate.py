@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from engramctl.corpus.readers import CorpusOptions
+from engramctl.corpus.files import CorpusOptions
 from engramctl.errors import UsageError
 from engramctl.stats.extrapolate import fit_heaps, parse_tokens
 from engramctl.stats.run import plan_hash_stats, run_hash_stats

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engramctl import EngramLayout
-from engramctl.corpus.readers import CorpusOptions
+from engramctl.corpus.files import CorpusOptions
 from engramctl.errors import EngramError, UsageError
 from engramctl.stats.counter import NgramCounter
 from engramctl.stats.figures import order_stats
