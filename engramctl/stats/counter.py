@@ -392,8 +392,6 @@ class NgramCounter:
         """The counts in ``parts`` counters, one per partition of the key space (see
         ``partition``); tokens and documents stay with the first, so the parts merge back into
         this counter. This counter is left untouched."""
-        import copy
-
         pieces = {n: m.split(parts) for n, m in self.maps.items()}
         out = []
         for part in range(parts):
