@@ -27,8 +27,6 @@ from ..errors import EngramError
 from ..layout import EngramLayout
 from .dtypes import format_bytes
 from .format import (
-    MANIFEST_KEY,
-    META_KEY,
     ZSTD_LEVEL,
     TableMeta,
     WriterLock,
@@ -36,6 +34,7 @@ from .format import (
     crc32_of,
     default_chunk_rows,
     encode_chunk,
+    group_attrs,
     init_chunk_rows,
     read_group,
     write_file_atomic,
@@ -164,7 +163,7 @@ def _write_new_group(path: Path, meta: TableMeta) -> None:
                 fill_value=0,
                 attributes={"engramctl_dtype": meta.dtype, "engramctl_dim": meta.dim},
             )
-        group.attrs.put({META_KEY: meta.to_dict(), MANIFEST_KEY: {}})
+        group.attrs.put(group_attrs(meta, {}))
         if path.exists():  # an empty directory the user made for it
             path.rmdir()
         os.replace(tmp, path)

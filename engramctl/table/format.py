@@ -2,7 +2,8 @@
 
 A table is a zarr v3 group. Its ``zarr.json`` attributes hold two plain-JSON keys:
 ``engramctl`` (:class:`TableMeta`: layout, vocab fingerprint, dtype, chunking, init recipe,
-format version) and ``engramctl_manifest`` (per layer, per written chunk: CRC-32 and size).
+format version), ``engramctl_manifest`` (per layer, per written chunk: CRC-32 and size) and
+``engramctl_checksum`` (SHA-256 of each of the other two, so an edit of either is refused).
 One 2-D array per Engram layer, ``layer_<id>``, of shape ``(rows, row_width)`` with row-block
 chunks ``(chunk_rows, row_width)``; zarr's default v3 chunk key encoding puts chunk ``k`` of
 layer ``L`` at ``layer_<L>/c/<k>/0``. See docs/format.md.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import socket
@@ -30,6 +32,7 @@ FORMAT = "engramctl-table"
 FORMAT_VERSION = 1
 META_KEY = "engramctl"
 MANIFEST_KEY = "engramctl_manifest"
+CHECKSUM_KEY = "engramctl_checksum"
 LOCK_NAME = ".engramctl.lock"
 COMPRESSORS = ("none", "zstd")
 ZSTD_LEVEL = 3
@@ -195,14 +198,7 @@ class TableMeta:
 
     @classmethod
     def from_dict(cls, data: dict, *, where: str = "table") -> TableMeta:
-        if data.get("format") != FORMAT:
-            raise EngramError(f"{where} is not an engramctl table (format {data.get('format')!r})")
-        version = data.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise EngramError(
-                f"{where} has table format version {version}, newer than this engramctl reads "
-                f"({FORMAT_VERSION}); upgrade engramctl"
-            )
+        version = check_format_version(data, where=where)
         try:
             layers = {
                 int(k): LayerMeta(
@@ -234,6 +230,20 @@ class TableMeta:
         return TableMeta.from_dict(data)
 
 
+def check_format_version(data, *, where: str) -> int:
+    """The format version of an ``engramctl`` attribute; refuses another format or a newer one."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else data
+        raise EngramError(f"{where} is not an engramctl table (format {found!r})")
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise EngramError(
+            f"{where} has table format version {version}, newer than this engramctl reads "
+            f"({FORMAT_VERSION}); upgrade engramctl"
+        )
+    return version
+
+
 def check_vocab(meta: TableMeta, vocab, *, where: str = "the table") -> None:
     """Refuse a vocab whose fingerprint differs from the one the table was made for."""
     if vocab is None:
@@ -246,8 +256,8 @@ def check_vocab(meta: TableMeta, vocab, *, where: str = "the table") -> None:
 
 
 # --------------------------------------------------------------------------- the group
-def read_group(path) -> tuple[TableMeta, dict]:
-    """Read ``(meta, manifest)`` from a table's group attributes, refusing anything else.
+def read_group_attrs(path) -> tuple[dict, str]:
+    """``(attributes, where)`` of a table's group, refusing anything that is not a table.
 
     ``path`` is a local path, an fsspec URL or a :class:`~engramctl.table.store.TableStore`.
     """
@@ -270,11 +280,61 @@ def read_group(path) -> tuple[TableMeta, dict]:
     if not isinstance(doc, dict) or doc.get("zarr_format") != 3 or doc.get("node_type") != "group":
         raise EngramError(f"{where} is not an engramctl table (not a zarr v3 group)")
     attrs = doc.get("attributes") or {}
-    if META_KEY not in attrs:
+    if not isinstance(attrs, dict) or META_KEY not in attrs:
         raise EngramError(f"{where} is a zarr group but not an engramctl table (no metadata)")
+    return attrs, where
+
+
+def read_group(path, *, check: bool = True) -> tuple[TableMeta, dict]:
+    """Read ``(meta, manifest)`` from a table's group attributes, refusing anything else.
+
+    ``path`` is a local path, an fsspec URL or a :class:`~engramctl.table.store.TableStore`.
+    ``check`` refuses metadata or a manifest that does not match its recorded checksum.
+    """
+    attrs, where = read_group_attrs(path)
+    check_format_version(attrs[META_KEY], where=where)  # a newer format may checksum otherwise
+    if check and (problems := checksum_problems(attrs)):
+        raise EngramError(f"{where}: {problems[0]}")
     meta = TableMeta.from_dict(attrs[META_KEY], where=where)
     manifest = parse_manifest(attrs.get(MANIFEST_KEY) or {}, meta, where=where)
     return meta, manifest
+
+
+def json_digest(value) -> str:
+    """``sha256:<hex>`` of the canonical JSON of ``value`` (sorted keys, no spaces)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+CHECKSUMMED = {
+    META_KEY: "table metadata (the 'engramctl' attribute of zarr.json)",
+    MANIFEST_KEY: "chunk manifest (the 'engramctl_manifest' attribute of zarr.json)",
+}
+
+
+def checksum_problems(attrs: dict) -> list[str]:
+    """Why the group attributes do not match their recorded checksums (empty: they do).
+
+    Attributes written by an engramctl older than the checksums have none; nothing is
+    refused then (``verify`` warns, and the next write adds them).
+    """
+    sums = attrs.get(CHECKSUM_KEY)
+    if sums is None:
+        return []
+    if not isinstance(sums, dict):
+        return [f"the checksum record {CHECKSUM_KEY!r} of zarr.json is malformed: {sums!r}"]
+    problems = []
+    for key, what in CHECKSUMMED.items():
+        try:
+            actual = json_digest(attrs.get(key) or {})
+        except (TypeError, ValueError):
+            actual = None
+        if sums.get(key) != actual:
+            problems.append(
+                f"the {what} does not match its checksum: it was edited or damaged, and the "
+                "values or addresses of rows may be wrong; restore it or rebuild the table"
+            )
+    return problems
 
 
 def parse_manifest(data: dict, meta: TableMeta, *, where: str) -> dict[int, dict[int, list]]:
@@ -295,6 +355,16 @@ def manifest_to_json(manifest: dict[int, dict[int, list]]) -> dict:
     }
 
 
+def group_attrs(meta: TableMeta, manifest: dict) -> dict:
+    """The group attributes of a table: metadata, manifest and the checksums of both."""
+    meta_json, manifest_json = meta.to_dict(), manifest_to_json(manifest)
+    return {
+        META_KEY: meta_json,
+        MANIFEST_KEY: manifest_json,
+        CHECKSUM_KEY: {META_KEY: json_digest(meta_json), MANIFEST_KEY: json_digest(manifest_json)},
+    }
+
+
 def write_group_attrs(path, meta: TableMeta, manifest: dict) -> None:
     """Replace the group attributes (one atomic write of ``zarr.json``, local or remote)."""
     import zarr
@@ -302,7 +372,7 @@ def write_group_attrs(path, meta: TableMeta, manifest: dict) -> None:
     from .store import open_store
 
     group = zarr.open_group(open_store(path).zarr_location(), mode="r+")
-    group.attrs.put({META_KEY: meta.to_dict(), MANIFEST_KEY: manifest_to_json(manifest)})
+    group.attrs.put(group_attrs(meta, manifest))
 
 
 # --------------------------------------------------------------------------- chunk codec

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
+from .checks import metadata_problems
 from .dtypes import encode_rows
 from .format import (
     LOCK_NAME,
@@ -272,19 +273,24 @@ class Table:
                     "(run engramctl verify)"
                 ) from None
             return None
-        if entry is not None:
-            if len(data) != entry[1]:
+        if entry is None:  # the manifest is the record of what the table holds
+            if self.meta.status == "complete":
                 raise EngramError(
-                    f"{where} is damaged: {len(data)} bytes, the manifest says {entry[1]}; "
-                    "run engramctl verify"
+                    f"{where} is damaged: it is not in the manifest of this complete table, so "
+                    "its checksum is unknown; run engramctl verify"
                 )
-            if self.check_chunks and crc32_of(data) != entry[0]:
-                raise EngramError(
-                    f"{where} is damaged: its checksum does not match the manifest; "
-                    "run engramctl verify"
-                )
-        else:
-            log.warning("%s is not in the manifest (an interrupted write?)", where)
+            log.warning("%s is not in the manifest (an interrupted write): its init values", where)
+            return None
+        if len(data) != entry[1]:
+            raise EngramError(
+                f"{where} is damaged: {len(data)} bytes, the manifest says {entry[1]}; "
+                "run engramctl verify"
+            )
+        if self.check_chunks and crc32_of(data) != entry[0]:
+            raise EngramError(
+                f"{where} is damaged: its checksum does not match the manifest; "
+                "run engramctl verify"
+            )
         return decode_chunk(self.meta, data, where=where)
 
     def _load(self, layer_id: int, chunk_index: int) -> np.ndarray:
@@ -454,6 +460,14 @@ class Table:
         )
 
 
+def check_metadata(store: TableStore, meta: TableMeta) -> None:
+    """Refuse metadata that ``verify`` would report (cheap: O(layers)), naming the first fault."""
+    problems = metadata_problems(store, meta)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise EngramError(f"{store.url} is damaged: {problems[0]}{more}; run engramctl verify")
+
+
 def open_table(
     path,
     mode: str = "r",
@@ -484,6 +498,7 @@ def open_table(
         raise UsageError(f"mode must be 'r' or 'r+', got {mode!r}")
     store = open_store(path, storage_options)
     meta, manifest = read_group(store)
+    check_metadata(store, meta)
     check_vocab(meta, vocab, where=store.url)
     if mode == "r+" and not store.is_local:
         raise EngramError(
