@@ -378,18 +378,35 @@ def import_command(
 ) -> None:
     """Build a table from safetensors: one (sum of head primes) x dim tensor per layer.
 
-    Example: engramctl import trained.safetensors table.zarr --vocab vocab.parquet --preset demo-v1
+    A file written by engramctl export records its layout: no layout flags are needed, and
+    flags that disagree with it are refused. Other files need the layout flags.
+
+    Example: engramctl import trained.safetensors table.zarr --vocab vocab.parquet
     """
     from ..table.dtypes import format_bytes
-    from ..table.safetensors import import_safetensors
+    from ..table.safetensors import file_layout, import_safetensors
 
     vocab_map = load_vocab(vocab)
-    layout = _layout(vocab_map, preset, ngram_vocab, max_ngram, heads, layers, layout_seed, pad_id)
+    flags = dict(
+        preset=preset.value if preset is not None else None,
+        ngram_vocab=ngram_vocab,
+        max_ngram=max_ngram,
+        heads=heads,
+        layers=layers,
+        seed=layout_seed,
+        pad_id=pad_id,
+    )
+    layout = None  # a file exported by engramctl records its layout: the flags are checked
+    if file_layout(source) is None:
+        layout = _layout(
+            vocab_map, preset, ngram_vocab, max_ngram, heads, layers, layout_seed, pad_id
+        )
     with byte_progress("import (chunks)", enabled=not (json_out or STATE["quiet"])) as update:
         result = import_safetensors(
             source,
             out,
             layout=layout,
+            layout_flags=flags,
             vocab_fingerprint=vocab_map.fingerprint,
             name_template=tensor_name,
             dtype=dtype,

@@ -188,6 +188,98 @@ def read_safetensors_header(path: Path) -> tuple[dict, dict, int]:
     return header, metadata, data_start
 
 
+# the layout fields a user can give on the command line, and their flags
+LAYOUT_FLAGS = {
+    "preset": "--preset",
+    "ngram_vocab": "--ngram-vocab",
+    "max_ngram": "--max-ngram",
+    "heads": "--heads",
+    "layers": "--layers",
+    "seed": "--seed",
+    "pad_id": "--pad-id",
+}
+
+
+def recorded_layout(metadata: dict, *, where) -> EngramLayout | None:
+    """The layout an ``engramctl export`` recorded in the file's metadata (``None``: none)."""
+    text = metadata.get("engramctl_table") if isinstance(metadata, dict) else None
+    if text is None:
+        return None
+    try:
+        return EngramLayout.from_dict(json.loads(text)["layout"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EngramError(
+            f"{where}: the table metadata recorded in the file is damaged ({exc})"
+        ) from None
+
+
+def file_layout(path) -> EngramLayout | None:
+    """The layout recorded in a safetensors file exported by engramctl, or ``None``."""
+    _header, metadata, _start = read_safetensors_header(path)
+    return recorded_layout(metadata, where=path)
+
+
+def _given_layout_fields(flags: dict, vocab_size: int) -> dict:
+    """``{field: value}`` the layout flags ask for, as layout values (a preset: all its fields)."""
+    from ..layout import parse_int_list
+
+    given = {k: v for k, v in flags.items() if v is not None}
+    for key in ("ngram_vocab", "layers"):
+        if isinstance(given.get(key), str):
+            given[key] = parse_int_list(given[key], name=LAYOUT_FLAGS[key])
+    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in given.items()}
+    preset = fields.pop("preset", None)
+    if preset is not None:
+        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        base = EngramLayout.from_preset(preset, vocab_size=vocab_size, **overrides).to_dict()
+        base.pop("vocab_size", None)
+        fields = {
+            k: (v, f"--preset {preset} gives {k}") for k, v in base.items() if k not in fields
+        }
+        fields |= {k: (v, f"{LAYOUT_FLAGS[k]}") for k, v in given.items() if k != "preset"}
+        return fields
+    return {k: (v, LAYOUT_FLAGS[k]) for k, v in fields.items()}
+
+
+def check_layout_flags(recorded: EngramLayout, flags: dict | None, *, where) -> None:
+    """Refuse layout flags that disagree with the layout a file records, naming both values."""
+    if not flags or all(v is None for v in flags.values()):
+        return
+    file_fields = recorded.to_dict()
+    differences = []
+    for key, (value, said) in _given_layout_fields(flags, recorded.vocab_size).items():
+        value = list(value) if isinstance(value, tuple) else value
+        theirs = file_fields.get(key)
+        if value != theirs:
+            shown = ",".join(map(str, value)) if isinstance(value, list) else value
+            mine = ",".join(map(str, theirs)) if isinstance(theirs, list) else theirs
+            differences.append(f"{said} {shown}, the file has {mine}")
+    if differences:
+        raise UsageError(
+            f"{where} records the layout it was exported with, and the layout flags disagree: "
+            f"{'; '.join(differences)}. Drop the layout flags (the file's layout is used)"
+        )
+
+
+def _import_layout(recorded, layout, layout_flags, *, where) -> EngramLayout:
+    """The layout to import with: the file's when it records one (flags must agree)."""
+    if recorded is None:
+        if layout is None:
+            raise UsageError(
+                f"{where} records no layout (not exported by engramctl); give it with --preset "
+                "and the layout flags"
+            )
+        return layout
+    check_layout_flags(recorded, layout_flags, where=where)
+    if layout is not None and layout.to_dict() != recorded.to_dict():
+        a, b = layout.to_dict(), recorded.to_dict()
+        differences = [f"{k} {a[k]} (given) vs {b[k]} (file)" for k in a if a[k] != b.get(k)]
+        raise EngramError(
+            f"{where} records another layout than the one given: {'; '.join(differences)}"
+        )
+    return recorded
+
+
 def _source_array(path: Path, entry: dict, data_start: int, numpy_dtype) -> np.ndarray:
     shape = tuple(entry["shape"])
     begin, end = entry["data_offsets"]
@@ -249,7 +341,8 @@ def import_safetensors(
     in_path,
     out_path,
     *,
-    layout: EngramLayout,
+    layout: EngramLayout | None = None,
+    layout_flags: dict | None = None,
     vocab_fingerprint: str,
     name_template: str = DEFAULT_NAME,
     dtype: str | None = None,
@@ -260,7 +353,11 @@ def import_safetensors(
 ) -> CreateResult:
     """Build a table from a safetensors file with one ``[sum(primes), dim]`` tensor per layer.
 
-    Shapes are checked against ``layout``. ``dtype`` (default: the file's) converts values
+    A file exported by engramctl records its layout: it is used, and ``layout_flags`` (the
+    layout fields the user gave: ``preset``, ``ngram_vocab``, ``max_ngram``, ``heads``, ``layers``,
+    ``seed``, ``pad_id``; ``None`` for not given) or a ``layout`` that disagree with it are refused,
+    naming both values. Other files need ``layout``.
+    Shapes are checked against the layout. ``dtype`` (default: the file's) converts values
     (through float32) when it differs from the file's; otherwise rows are copied bit for bit.
     The table is assembled under a temporary name and renamed into place when complete.
     """
@@ -273,6 +370,8 @@ def import_safetensors(
             f"{in_path} was exported from a table for vocab fingerprint {theirs}, but the vocab "
             f"given has {vocab_fingerprint}; use the matching vocab"
         )
+    recorded = recorded_layout(metadata, where=in_path)
+    layout = _import_layout(recorded, layout, layout_flags, where=in_path)
     sources, dim, source_dtype = _layer_sources(in_path, header, data_start, layout, name_template)
     dtype = parse_dtype(dtype) if dtype else source_dtype
     meta = _build_meta(

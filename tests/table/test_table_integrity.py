@@ -19,6 +19,7 @@ from engramctl.table.safetensors import export_safetensors
 from engramctl.table.table import open_table
 from engramctl.table.verify import verify_table
 
+from .conftest import FP
 from .conftest import make as make_table
 
 
@@ -138,3 +139,49 @@ def test_array_metadata_edited_is_refused_at_open(tmp_path, small_layout):
     doc["chunk_grid"]["configuration"]["chunk_shape"] = [100, 64]
     array_json.write_text(json.dumps(doc))
     refused_everywhere(path, tmp_path, "array chunk_grid")
+
+
+# ------------------------------------------- item 1: import takes the file's recorded layout
+@pytest.fixture
+def exported(tmp_path, small_layout):
+    path = make(tmp_path / "t.zarr", small_layout, lazy=True)
+    out = tmp_path / "t.safetensors"
+    export_safetensors(path, out)
+    return path, out
+
+
+@pytest.mark.parametrize(
+    "flags,named",
+    [
+        ({"seed": 7}, "--seed 7, the file has 0"),
+        ({"pad_id": 0}, "--pad-id 0, the file has 2"),
+        ({"layers": "1,2"}, "--layers 1,2, the file has 1,15"),
+        ({"preset": "demo-v1"}, "--preset demo-v1 gives"),
+    ],
+)
+def test_import_refuses_flags_that_disagree_with_the_file(tmp_path, exported, flags, named):
+    from engramctl.errors import UsageError
+    from engramctl.table.safetensors import import_safetensors
+
+    _, out = exported
+    with pytest.raises(UsageError, match=named):
+        import_safetensors(out, tmp_path / "back.zarr", vocab_fingerprint=FP, layout_flags=flags)
+    assert not (tmp_path / "back.zarr").exists()
+
+
+def test_import_takes_the_layout_from_the_file(tmp_path, exported, small_layout):
+    from engramctl.table.safetensors import import_safetensors
+
+    path, out = exported
+    agreeing = {"seed": 0, "pad_id": 2, "heads": 2, "ngram_vocab": "500,500", "preset": None}
+    result = import_safetensors(
+        out, tmp_path / "back.zarr", vocab_fingerprint=FP, layout_flags=agreeing
+    )
+    assert result.info.layout == small_layout
+    ids = np.arange(small_layout.layer_rows(15))
+    np.testing.assert_array_equal(
+        open_table(path).gather(15, ids), open_table(tmp_path / "back.zarr").gather(15, ids)
+    )
+    other = small_layout.__class__(**{**small_layout.to_dict(), "seed": 7})
+    with pytest.raises(EngramError, match="seed 7 \\(given\\) vs 0 \\(file\\)"):
+        import_safetensors(out, tmp_path / "c.zarr", vocab_fingerprint=FP, layout=other)
