@@ -29,7 +29,6 @@ from ..layout import EngramLayout
 from .create import CreateResult, _build_meta, _write_new_group, check_free_space
 from .dtypes import FP8_SCALE_BLOCK, decode_rows, encode_rows, parse_dtype, storage_dtype
 from .format import (
-    WriterLock,
     chunk_key,
     crc32_of,
     encode_chunk,
@@ -37,6 +36,7 @@ from .format import (
     write_file_atomic,
     write_group_attrs,
 )
+from .replace import install_table, is_unborn, locked_path
 from .rowinit import InitRecipe
 from .table import open_table, table_info
 
@@ -386,47 +386,41 @@ def import_safetensors(
         chunk_rows,
         compressor,
     )
-    if out_path.exists():
-        try:
-            read_group(out_path)
-        except EngramError:
-            raise EngramError(
-                f"{out_path} exists and is not an engramctl table; refusing to touch it"
-            ) from None
-        if not overwrite:
-            raise EngramError(f"{out_path} exists; pass --overwrite to replace it")
-    elif not out_path.parent.is_dir():
+    if not out_path.parent.is_dir():
         raise EngramError(f"directory {out_path.parent} does not exist; create it first")
+    _check_import_target(out_path, overwrite=overwrite)
     total = sum(layer.n_chunks(meta.chunk_rows) for layer in meta.layers.values())
     check_free_space(out_path.parent, total * meta.chunk_bytes)
-    tmp = out_path.with_name(f".{out_path.name}.importing-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = out_path.with_name(f".{out_path.name}.importing")  # only the lock holder touches it
     try:
-        _write_new_group(tmp, meta)
-        manifest: dict = {layer_id: {} for layer_id in meta.layers}
-        done = 0
-        for layer_id, (values, scales) in sources.items():
-            for c in range(meta.layers[layer_id].n_chunks(meta.chunk_rows)):
-                start, stop = meta.chunk_span(layer_id, c)
-                rows = _chunk_from_source(meta, values, scales, source_dtype, start, stop)
-                data = encode_chunk(meta, rows)
-                write_file_atomic(tmp / chunk_key(layer_id, c), data, fsync=False)
-                manifest[layer_id][c] = [crc32_of(data), memoryview(data).nbytes, "data"]
-                done += 1
-                if progress:
-                    progress(done * meta.chunk_bytes, total * meta.chunk_bytes)
-        meta = meta.with_status("complete")
-        write_group_attrs(tmp, meta, manifest)
-        os.sync()
-        if out_path.exists():
-            with WriterLock(out_path):
-                pass
-            shutil.rmtree(out_path)
-        os.replace(tmp, out_path)
+        with locked_path(out_path):  # held from the check to the swap: no writer slips in
+            new_lock = None
+            try:
+                _check_import_target(out_path, overwrite=overwrite)
+                shutil.rmtree(tmp, ignore_errors=True)
+                _write_new_group(tmp, meta)
+                manifest: dict = {layer_id: {} for layer_id in meta.layers}
+                done = 0
+                for layer_id, (values, scales) in sources.items():
+                    for c in range(meta.layers[layer_id].n_chunks(meta.chunk_rows)):
+                        start, stop = meta.chunk_span(layer_id, c)
+                        rows = _chunk_from_source(meta, values, scales, source_dtype, start, stop)
+                        data = encode_chunk(meta, rows)
+                        write_file_atomic(tmp / chunk_key(layer_id, c), data, fsync=False)
+                        manifest[layer_id][c] = [crc32_of(data), memoryview(data).nbytes, "data"]
+                        done += 1
+                        if progress:
+                            progress(done * meta.chunk_bytes, total * meta.chunk_bytes)
+                meta = meta.with_status("complete")
+                write_group_attrs(tmp, meta, manifest)
+                os.sync()
+                new_lock = install_table(tmp, out_path)  # the new table's lock, held
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if new_lock is not None:
+                    new_lock.release()
     except OSError as exc:
         raise EngramError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     meta, manifest = read_group(out_path)
     return CreateResult(
         str(out_path),
@@ -437,6 +431,20 @@ def import_safetensors(
         total * meta.chunk_bytes,
         time.perf_counter() - started,
     )
+
+
+def _check_import_target(out_path: Path, *, overwrite: bool) -> None:
+    """Refuse a target that is something else than a table, or a table without ``overwrite``."""
+    if not out_path.exists() or is_unborn(out_path):
+        return
+    try:
+        read_group(out_path, check=False)
+    except EngramError:
+        raise EngramError(
+            f"{out_path} exists and is not an engramctl table; refusing to touch it"
+        ) from None
+    if not overwrite:
+        raise EngramError(f"{out_path} exists; pass --overwrite to replace it")
 
 
 def _chunk_from_source(meta, values, scales, source_dtype, start, stop) -> np.ndarray:
