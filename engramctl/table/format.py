@@ -470,6 +470,30 @@ class WriterLock:
         self.release()
 
 
+def active_writer(table_path) -> str | None:
+    """``"pid N on HOST"`` of the process holding a table's writer lock, or ``None``.
+
+    Read-only: the holder's own note in the lock file (a writer truncates it on release; a
+    killed writer's note names a dead pid on this host and is ignored). Taking the lock to test
+    it could make a starting writer fail, so it is not taken.
+    """
+    try:
+        note = (Path(table_path) / LOCK_NAME).read_text(errors="replace").strip()
+    except OSError:
+        return None
+    parts = note.split()
+    if len(parts) != 4 or parts[0] != "pid" or not parts[1].isdigit():
+        return None
+    if parts[3] == socket.gethostname():
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            return None  # the writer died (the kernel released its lock)
+        except PermissionError:
+            pass  # alive, another user's
+    return note
+
+
 def write_file_atomic(path: Path, data, *, fsync: bool = True) -> None:
     """Write ``data`` to ``path`` via a temporary sibling and a rename (no reader sees half)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from .format import (
     LOCK_NAME,
     TableMeta,
     WriterLock,
+    active_writer,
     check_vocab,
     chunk_key,
     crc32_of,
@@ -45,6 +47,8 @@ from .store import LocalStore, TableStore, open_store
 
 log = logging.getLogger(__name__)
 DECODED_CACHE_CHUNKS = 64  # zstd chunks kept decoded (64 x 4 MiB by default)
+WRITER_WAIT_SECONDS = 60.0  # how long a reader waits for a writer to record a chunk it rewrote
+WRITER_POLL_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -171,6 +175,10 @@ def table_info(path: Path, meta: TableMeta, manifest: dict) -> TableInfo:
 CHUNK_UNKNOWN, CHUNK_LOADED, CHUNK_UNWRITTEN = 0, 1, 2
 
 
+class ChunkMismatch(EngramError):
+    """A chunk file disagrees with the manifest this reader holds (damage, or a writer at work)."""
+
+
 class _LayerCache:
     """Loaded chunks of one layer: their arrays (kept alive) and base addresses for the kernel."""
 
@@ -255,8 +263,50 @@ class Table:
         """Stored rows of a written chunk, checked against the manifest; ``None`` if unwritten.
 
         ``fetched`` maps chunk keys to bytes already read (``None``: missing), as
-        :meth:`TableStore.read_many` returns them.
+        :meth:`TableStore.read_many` returns them. A chunk that does not match the manifest
+        while another process writes the table is read again once the writer has recorded it
+        (up to ``WRITER_WAIT_SECONDS``); it is called damaged only when no writer is at work.
         """
+        waited = 0.0
+        while True:
+            try:
+                return self._read_chunk_once(layer_id, chunk_index, fetched)
+            except ChunkMismatch as exc:
+                if self.mode != "r" or not self.store.is_local:  # a writer trusts its manifest
+                    raise EngramError(str(exc)) from None
+                if self._refresh_entry(layer_id, chunk_index):
+                    fetched = None
+                    continue  # a writer recorded the chunk since we read the manifest
+                holder = active_writer(self.store.root)
+                if holder is None:
+                    raise EngramError(str(exc)) from None
+                if waited >= WRITER_WAIT_SECONDS:
+                    raise EngramError(
+                        f"chunk {chunk_index} of layer {layer_id} of {self.path} changed under "
+                        f"this reader while {holder} writes the table (it is not damaged); rerun "
+                        "when the writer has finished"
+                    ) from None
+                time.sleep(WRITER_POLL_SECONDS)
+                waited += WRITER_POLL_SECONDS
+                fetched = None
+
+    def _refresh_entry(self, layer_id: int, chunk_index: int) -> bool:
+        """Re-read the manifest; whether this chunk's entry changed (then it is taken)."""
+        try:
+            _, manifest = read_group(self.store)
+        except EngramError:
+            return False
+        old = self.manifest.get(layer_id, {}).get(chunk_index)
+        new = manifest.get(layer_id, {}).get(chunk_index)
+        if new == old:
+            return False
+        if new is None:
+            self.manifest.get(layer_id, {}).pop(chunk_index, None)
+        else:
+            self.manifest.setdefault(layer_id, {})[chunk_index] = new
+        return True
+
+    def _read_chunk_once(self, layer_id: int, chunk_index: int, fetched) -> np.ndarray | None:
         path = self.chunk_path(layer_id, chunk_index)
         entry = self.manifest.get(layer_id, {}).get(chunk_index)
         where = f"chunk {chunk_index} of layer {layer_id} ({path})"
@@ -268,26 +318,26 @@ class Table:
                 raise FileNotFoundError(path)
         except FileNotFoundError:
             if entry is not None:
-                raise EngramError(
+                raise ChunkMismatch(
                     f"{where} is missing although the manifest lists it; the table is damaged "
                     "(run engramctl verify)"
                 ) from None
             return None
         if entry is None:  # the manifest is the record of what the table holds
             if self.meta.status == "complete":
-                raise EngramError(
+                raise ChunkMismatch(
                     f"{where} is damaged: it is not in the manifest of this complete table, so "
                     "its checksum is unknown; run engramctl verify"
                 )
             log.warning("%s is not in the manifest (an interrupted write): its init values", where)
             return None
         if len(data) != entry[1]:
-            raise EngramError(
+            raise ChunkMismatch(
                 f"{where} is damaged: {len(data)} bytes, the manifest says {entry[1]}; "
                 "run engramctl verify"
             )
         if self.check_chunks and crc32_of(data) != entry[0]:
-            raise EngramError(
+            raise ChunkMismatch(
                 f"{where} is damaged: its checksum does not match the manifest; "
                 "run engramctl verify"
             )

@@ -14,6 +14,7 @@ from .checks import metadata_problems
 from .format import (
     CHECKSUM_KEY,
     TableMeta,
+    active_writer,
     check_vocab,
     checksum_problems,
     chunk_key,
@@ -206,6 +207,14 @@ def verify_table(
         report.problems.append(f"manifest lists chunks of unknown layers {unknown}")
     for layer_id in meta.layers:
         _check_files(store, meta, manifest, layer_id, deep, report, progress)
+    holder = active_writer(store.root) if store.is_local else None
+    if holder is not None and report.problems:  # a write under way looks like damage
+        raise EngramError(
+            f"{store.url} is being written by {holder}: its files changed during the check, so "
+            "damage cannot be told from the write under way; verify again when it has finished"
+        )
+    if holder is not None:
+        report.warnings.append(f"the table was being written by {holder} during the check")
     if meta.status == "initializing":
         report.warnings.append(
             f"init unfinished: {report.chunks_written} of {report.chunks_total} chunks written; "

@@ -166,3 +166,57 @@ def test_import_overwrite_holds_the_lock(tmp_path, small_layout, monkeypatch):
     assert seen and all("is being written by pid" in s for s in seen), seen
     assert verify_table(path, deep=True).ok
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.safetensors", "t.zarr"]
+
+
+# ------------------------------------------- item 11: readers racing a writer see no damage
+def _rewrite_unflushed(writer, layer_id=15, chunk=2, value=5.0):
+    """What write_rows does before its manifest write: the new chunk renamed into place."""
+    start = chunk * writer.meta.chunk_rows
+    ids = np.arange(start, start + 10)
+    writer.write_rows(layer_id, ids, np.full((10, 64), value, np.float32), flush=False)
+    return ids
+
+
+def test_reader_waits_for_a_writer_mid_write(tmp_path, small_layout):
+    import threading
+
+    path = tmp_path / "t.zarr"
+    make(path, small_layout)
+    writer = open_table(path, mode="r+")
+    ids = _rewrite_unflushed(writer)
+    threading.Timer(0.5, writer.flush).start()  # the writer records the chunk a moment later
+    got = open_table(path).gather(15, ids)  # the reader read the manifest before that
+    np.testing.assert_array_equal(got, np.full((10, 64), 5.0, np.float32))
+    writer.close()
+    assert verify_table(path, deep=True).ok
+
+
+def test_reader_and_verify_never_call_a_table_mid_write_damaged(
+    tmp_path, small_layout, monkeypatch
+):
+    import engramctl.table.table as table_module
+
+    monkeypatch.setattr(table_module, "WRITER_WAIT_SECONDS", 0.4)
+    path = tmp_path / "t.zarr"
+    make(path, small_layout)
+    writer = open_table(path, mode="r+")
+    ids = _rewrite_unflushed(writer)
+    with pytest.raises(EngramError, match="while pid .* writes the table \\(it is not damaged\\)"):
+        open_table(path).gather(15, ids)
+    with pytest.raises(EngramError, match="is being written by pid .*verify again when"):
+        verify_table(path, deep=True)
+    writer.close()
+    assert verify_table(path, deep=True).ok
+    np.testing.assert_array_equal(open_table(path).gather(15, ids)[:, 0], np.full(10, 5.0))
+
+
+def test_damage_without_a_writer_is_still_damage(tmp_path, small_layout):
+    path = tmp_path / "t.zarr"
+    make(path, small_layout)
+    writer = open_table(path, mode="r+")
+    _rewrite_unflushed(writer)
+    writer._dirty = False  # a writer killed before its manifest write
+    writer.close()
+    with pytest.raises(EngramError, match="chunk 2 of layer 15 .* is damaged"):
+        open_table(path).gather(15, [600])
+    assert not verify_table(path, deep=True).ok
