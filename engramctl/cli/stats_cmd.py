@@ -179,7 +179,8 @@ def hash_stats_command(
 
     Example: engramctl hash-stats train.jsonl --vocab vocab.parquet --sweep 100k,1M --plot s.png
     """
-    from .._files import atomic_write, check_writable_target
+    from .._files import atomic_write
+    from .._outputs import check_output_target, save_with_fallback
     from ..corpus.readers import CorpusOptions
     from ..layout import parse_int_list
     from ..stats.run import (
@@ -193,7 +194,7 @@ def hash_stats_command(
     to_stdout = json_path is not None and str(json_path) == "-"
     for target in (None if to_stdout else json_path, plot):
         if target is not None:
-            check_writable_target(target, overwrite=overwrite)
+            check_output_target(target, overwrite=overwrite)  # before the pass, not after
     vocab_map = load_vocab(vocab)
     if table is not None:
         flags = (preset, ngram_vocab, max_ngram, heads, seed, pad_id)
@@ -233,21 +234,31 @@ def hash_stats_command(
 
         run = partial(run_hash_stats_dask, scheduler=scheduler)
     report = _run_with_progress(plan, vocab_map, text_tokenizer, quiet, run)
+    saved = []  # a target that fails now (disk full) does not lose the pass: a fallback file
     if json_path is not None:
         if to_stdout:
             typer.echo(report.to_json())
         else:
-            with atomic_write(json_path, "w") as handle:
-                handle.write(report.to_json())
+
+            def write_json(path):
+                with atomic_write(path, "w") as handle:
+                    handle.write(report.to_json())
+
+            saved.append(save_with_fallback(json_path, write_json))
     if plot is not None:
         from ..stats.plot import plot_report
 
-        plot_report(report, plot)
+        saved.append(save_with_fallback(plot, lambda path: plot_report(report, path)))
     if not to_stdout:
         _render(report)
-        for path in (json_path, plot):
-            if path is not None:
-                console.print(f"wrote {path}")
+        for item in saved:
+            if item.failure is None:
+                console.print(f"wrote {item.path}")
+    for item in saved:
+        if item.failure is not None:
+            err_console.print(f"{item.failure}; wrote it to {item.path} instead")
+    if any(item.failure is not None for item in saved):
+        raise typer.Exit(1)
     if report.stopped_reason == "interrupted":
         err_console.print("interrupted: the figures cover what was read (partial)")
         raise typer.Exit(130)

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._files import atomic_write, check_writable_target
+from .._files import atomic_write
+from .._outputs import check_output_target
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
 from .create import CreateResult, _build_meta, _write_new_group, check_free_space
@@ -111,7 +112,7 @@ def export_safetensors(
     """
     started = time.perf_counter()
     out_path = Path(out_path)
-    check_writable_target(out_path, overwrite=overwrite)
+    check_output_target(out_path, overwrite=overwrite)  # before the pass, not after
     table = open_table(table_path)
     meta = table.meta
     plan = _tensor_plan(meta, name_template)
