@@ -61,7 +61,7 @@ def expand_glob(pattern: str) -> list[Path]:
         rel = Path(dirpath).relative_to(root).parts
         for name in sorted(filenames + dirnames):
             if _matches((*rel, name), rest):
-                found.append(Path(dirpath, name) if first else Path(dirpath, name))
+                found.append(Path(dirpath, name))
     return sorted(found)
 
 
