@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import EngramError, UsageError
 from .optim import Optimizers, SparseRowAdam, configure_optimizers, lr_at
+from .provenance import check_prior_runs, new_run, table_pin
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +135,13 @@ class TrainableTable:
         """Rows for evaluation (no gradient)."""
         return self.weight[ids_t]
 
-    def write_back(self, table) -> int:
+    def write_back(self, table, *, flush: bool = True) -> int:
         """Write every row changed since the last write back; returns how many."""
         changed = np.flatnonzero(self.touched)
         if len(changed):
-            table.write_rows(self.layer_id, changed, self.weight[changed].cpu().numpy())
+            table.write_rows(
+                self.layer_id, changed, self.weight[changed].cpu().numpy(), flush=flush
+            )
             self.touched[:] = False
         return int(len(changed))
 
@@ -306,6 +309,7 @@ def train_model(
     compare: dict | None = None,
     base=None,
     moments: Path | None = None,
+    prior_runs: str = "refuse",
 ) -> TrainResult:
     """Train the reference model on token windows and save a checkpoint.
 
@@ -326,6 +330,12 @@ def train_model(
         (``--init-from``); with ``config.freeze_backbone`` only its table rows train.
     moments : the sparse Adam's moment store of an out-of-core run (default
         ``<table>.adam.zarr``, see :mod:`engramctl.model.table_rows`).
+    prior_runs : what to do when another run already trained the table's rows: ``refuse``
+        (default), ``continue`` or ``overwrite`` (see :mod:`engramctl.model.provenance`).
+
+    The checkpoint is written first, under a temporary name; then the rows are written to the
+    table and recorded (run id, checksum of the rows) with its manifest; then the checkpoint is
+    renamed into place. A failure at the checkpoint leaves the table as it was.
     """
     from ..hashing import NgramHasher
 
@@ -334,6 +344,8 @@ def train_model(
         raise UsageError("training with Engram needs a table and its vocab (or pass --no-engram)")
     if config.freeze_backbone and base is None:
         raise UsageError("--freeze-backbone needs --init-from MODEL_DIR (the model to adapt)")
+    if config.engram:
+        check_prior_runs(table, prior_runs, base_meta=base.meta if base is not None else None)
     with reproducible_torch(config.device, config.threads), ExitStack() as stack:
         if base is not None:
             model = base.model.to(config.device)
@@ -399,8 +411,11 @@ def train_model(
             if on_step is not None:
                 elapsed = time.perf_counter() - start
                 on_step(step + 1, config.steps, loss_value, tokens_per_step * (step + 1) / elapsed)
-        rows_written = sum(t.write_back(table) for t in tables.values())
-        seconds = time.perf_counter() - start  # the rows' write back included
+        if config.out_of_core:  # its rows went to the table during the run
+            rows_written = sum(t.write_back(table) for t in tables.values())
+        else:  # written after the checkpoint (commit_rows)
+            rows_written = sum(int(t.touched.sum()) for t in tables.values())
+        seconds = time.perf_counter() - start
         write_seconds = sum(getattr(t, "write_seconds", 0.0) for t in tables.values())
         final_heldout = None
         if heldout is not None:
@@ -421,6 +436,7 @@ def train_model(
             write_seconds=write_seconds,
             moments=str(moments) if moments_store is not None else None,
         )
+        run = new_run(out_dir, steps=config.steps, policy=prior_runs) if config.engram else None
         save_run(
             result,
             model=model,
@@ -432,8 +448,25 @@ def train_model(
             extra_meta=extra_meta,
             compare=compare,
             base=base,
+            table_pin=table_pin(run, table) if run is not None else None,
+            before_publish=(lambda: commit_rows(table, tables, run)) if run is not None else None,
         )
     return result
+
+
+def commit_rows(table, tables: dict, run: dict) -> None:
+    """Write the trained rows and the run's record (one manifest write), once the checkpoint
+    is complete under its temporary name. A failure part way records the run as incomplete
+    (the table's close writes the manifest of what was written), so no checkpoint matches it."""
+    try:
+        for rows in tables.values():
+            if isinstance(rows, TrainableTable):  # out-of-core rows are in the table already
+                rows.write_back(table, flush=False)
+    except BaseException:
+        table.record_run({**run, "incomplete": True})
+        raise
+    table.record_run(run)
+    table.flush()
 
 
 def save_run(
@@ -448,6 +481,8 @@ def save_run(
     extra_meta: dict | None,
     compare: dict | None,
     base=None,
+    table_pin: dict | None = None,
+    before_publish=None,
 ) -> None:
     """Write the checkpoint of a run: weights, config with options and result, history.
 
@@ -464,6 +499,8 @@ def save_run(
         "vocab_fingerprint": vocab.fingerprint if (vocab is not None and config.engram) else None,
         **(extra_meta or {}),
     }
+    if table_pin is not None:
+        meta["table_state"] = table_pin
     weights_file = None
     if base is not None:
         meta["init_from"] = {
@@ -492,6 +529,7 @@ def save_run(
         overwrite=overwrite,
         compare=compare,
         weights_file=weights_file,
+        before_publish=before_publish,
     )
 
 

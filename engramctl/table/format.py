@@ -110,6 +110,7 @@ class TableMeta:
     status: str = "complete"  # lazy | initializing | complete
     format_version: int = FORMAT_VERSION
     layers: dict[int, LayerMeta] = field(default_factory=dict)
+    runs: tuple[dict, ...] = ()  # training runs that wrote rows, oldest first (provenance)
 
     @classmethod
     def build(cls, *, layout: EngramLayout, **fields) -> TableMeta:
@@ -194,7 +195,7 @@ class TableMeta:
             "lazy": self.lazy,
             "status": self.status,
             "layers": {str(k): v.to_dict() for k, v in self.layers.items()},
-        }
+        } | ({"runs": list(self.runs)} if self.runs else {})
 
     @classmethod
     def from_dict(cls, data: dict, *, where: str = "table") -> TableMeta:
@@ -218,6 +219,7 @@ class TableMeta:
                 status=data["status"],
                 format_version=version,
                 layers=layers,
+                runs=tuple(dict(run) for run in data.get("runs") or ()),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise EngramError(
@@ -228,6 +230,12 @@ class TableMeta:
         data = self.to_dict()
         data["status"] = status
         return TableMeta.from_dict(data)
+
+
+def table_state(meta: TableMeta, manifest: dict) -> str:
+    """A checksum of a table's content: its recipe (which fixes unwritten rows) and the CRC-32 of
+    every written chunk. Two tables with the same state hold the same rows."""
+    return json_digest({"recipe": meta.recipe_dict(), "manifest": manifest_to_json(manifest)})
 
 
 def check_format_version(data, *, where: str) -> int:

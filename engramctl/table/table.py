@@ -13,6 +13,7 @@ Writing (``mode="r+"``, under the writer lock): :meth:`Table.write_rows` rewrite
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -38,6 +39,7 @@ from .format import (
     encode_chunk,
     init_chunk_rows,
     read_group,
+    table_state,
     write_file_atomic,
     write_group_attrs,
 )
@@ -484,6 +486,26 @@ class Table:
         with self._mutex:
             self._unload(layer_id, chunk_index)
         self._dirty = True
+
+    @property
+    def state(self) -> str:
+        """Checksum of the rows as this handle holds them (written chunks included)."""
+        return table_state(self.meta, self.manifest)
+
+    @property
+    def runs(self) -> tuple[dict, ...]:
+        """Training runs that wrote rows to this table, oldest first (see :meth:`record_run`)."""
+        return self.meta.runs
+
+    def record_run(self, run: dict) -> dict:
+        """Record a run that wrote rows (after its rows, before :meth:`flush`, which writes the
+        record with the manifest in one atomic write). Returns the record, with ``state``."""
+        if self.mode == "r":
+            raise EngramError(f"{self.path} is open read-only; open it with mode='r+' to write")
+        record = {**run, "state": self.state}
+        self.meta = dataclasses.replace(self.meta, runs=(*self.meta.runs, record))
+        self._dirty = True
+        return record
 
     def flush(self) -> None:
         """Write the manifest to the group attributes if chunks were written."""
