@@ -557,16 +557,12 @@ def prepare_training_data(
 
     ``model_vocab``: use this model vocab (a base checkpoint's) instead of the corpus's own.
     """
-    from ..tokenizer import load_tokenizer
+    from ..tokenizer import load_checked_tokenizer
     from .data import ModelVocab, read_corpus_stream, text_windows
 
     source = tokenizer_source or (vocab.source_name if vocab is not None else "") or "deepseek-v4"
-    tokenizer, info = load_tokenizer(source)
-    if vocab is not None and vocab.source_sha256 and vocab.source_sha256 != info.sha256:
-        raise EngramError(
-            f"the vocab was built from another tokenizer (sha256 {vocab.source_sha256[:12]}) than "
-            f"{info.path} ({info.sha256[:12]}); pass the matching --tokenizer"
-        )
+    sha256 = vocab.source_sha256 if vocab is not None else None
+    tokenizer, info = load_checked_tokenizer(source, sha256=sha256)
     stream = read_corpus_stream(corpus, tokenizer).ids
     if len(stream) < seq_len + 1:
         raise EngramError(

@@ -23,20 +23,25 @@ from pathlib import Path
 
 import numpy as np
 
-from .._files import atomic_write
+from .._files import (
+    atomic_write,
+    check_free_space,
+    write_file_atomic,
+)
 from .._outputs import check_output_target
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
-from .create import CreateResult, _build_meta, _write_new_group, check_free_space
-from .dtypes import FP8_SCALE_BLOCK, decode_rows, encode_rows, parse_dtype, storage_dtype
+from .create import CreateResult, build_meta, write_new_group
+from .dtypes import decode_rows, encode_rows, parse_dtype, storage_dtype
 from .format import (
+    check_vocab_fingerprint,
     chunk_key,
     crc32_of,
     encode_chunk,
     read_group,
-    write_file_atomic,
     write_group_attrs,
 )
+from .fp8 import FP8_SCALE_BLOCK
 from .replace import install_table, is_unborn, locked_path
 from .rowinit import InitRecipe
 from .table import open_table, table_info
@@ -139,7 +144,7 @@ def export_safetensors(
         for _name, layer_id, part, _shape, _nbytes in plan:
             for c in range(meta.layers[layer_id].n_chunks(meta.chunk_rows)):
                 start, stop = meta.chunk_span(layer_id, c)
-                rows = table._load(layer_id, c)[: stop - start]
+                rows = table.read_chunk(layer_id, c)[: stop - start]
                 if meta.dtype == "float8_e4m3fn":
                     rows = rows[:, : meta.dim] if part == "values" else rows[:, meta.dim :]
                 data = np.ascontiguousarray(rows)
@@ -366,29 +371,20 @@ def import_safetensors(
     in_path, out_path = Path(in_path), Path(out_path)
     header, metadata, data_start = read_safetensors_header(in_path)
     theirs = metadata.get("vocab_fingerprint")
-    if theirs and theirs != vocab_fingerprint:
-        raise EngramError(
-            f"{in_path} was exported from a table for vocab fingerprint {theirs}, but the vocab "
-            f"given has {vocab_fingerprint}; use the matching vocab"
-        )
+    if theirs:
+        check_vocab_fingerprint(theirs, vocab_fingerprint, what=f"{in_path}")
     recorded = recorded_layout(metadata, where=in_path)
     layout = _import_layout(recorded, layout, layout_flags, where=in_path)
     sources, dim, source_dtype = _layer_sources(in_path, header, data_start, layout, name_template)
-    dtype = parse_dtype(dtype) if dtype else source_dtype
-    meta = _build_meta(
-        layout,
-        vocab_fingerprint,
-        dim,
-        dtype,
-        InitRecipe("zeros", 0.0, 0),
-        0.0,
-        0,
-        False,
-        chunk_rows,
-        compressor,
+    meta = build_meta(
+        layout=layout,
+        vocab_fingerprint=vocab_fingerprint,
+        dim=dim,
+        dtype=parse_dtype(dtype) if dtype else source_dtype,
+        init=InitRecipe("zeros", 0.0, 0),
+        chunk_rows=chunk_rows,
+        compressor=compressor,
     )
-    if not out_path.parent.is_dir():
-        raise EngramError(f"directory {out_path.parent} does not exist; create it first")
     _check_import_target(out_path, overwrite=overwrite)
     total = sum(layer.n_chunks(meta.chunk_rows) for layer in meta.layers.values())
     check_free_space(out_path.parent, total * meta.chunk_bytes)
@@ -399,21 +395,9 @@ def import_safetensors(
             try:
                 _check_import_target(out_path, overwrite=overwrite)
                 shutil.rmtree(tmp, ignore_errors=True)
-                _write_new_group(tmp, meta)
-                manifest: dict = {layer_id: {} for layer_id in meta.layers}
-                done = 0
-                for layer_id, (values, scales) in sources.items():
-                    for c in range(meta.layers[layer_id].n_chunks(meta.chunk_rows)):
-                        start, stop = meta.chunk_span(layer_id, c)
-                        rows = _chunk_from_source(meta, values, scales, source_dtype, start, stop)
-                        data = encode_chunk(meta, rows)
-                        write_file_atomic(tmp / chunk_key(layer_id, c), data, fsync=False)
-                        manifest[layer_id][c] = [crc32_of(data), memoryview(data).nbytes, "data"]
-                        done += 1
-                        if progress:
-                            progress(done * meta.chunk_bytes, total * meta.chunk_bytes)
-                meta = meta.with_status("complete")
-                write_group_attrs(tmp, meta, manifest)
+                write_new_group(tmp, meta)
+                manifest = _copy_chunks(tmp, meta, sources, source_dtype, progress=progress)
+                write_group_attrs(tmp, meta.with_status("complete"), manifest)
                 os.sync()
                 new_lock = install_table(tmp, out_path)  # the new table's lock, held
             finally:
@@ -424,28 +408,48 @@ def import_safetensors(
         raise EngramError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
     meta, manifest = read_group(out_path)
     return CreateResult(
-        str(out_path),
-        table_info(out_path, meta, manifest),
-        False,
-        total,
-        0,
-        total * meta.chunk_bytes,
-        time.perf_counter() - started,
+        path=str(out_path),
+        info=table_info(out_path, meta, manifest),
+        resumed=False,
+        chunks_written=total,
+        chunks_skipped=0,
+        bytes_written=total * meta.chunk_bytes,
+        seconds=time.perf_counter() - started,
     )
 
 
 def _check_import_target(out_path: Path, *, overwrite: bool) -> None:
-    """Refuse a target that is something else than a table, or a table without ``overwrite``."""
+    """Refuse to replace anything but an engramctl table, and that only with ``overwrite``."""
+    if not out_path.parent.is_dir():
+        raise EngramError(f"directory {out_path.parent} does not exist; create it first")
     if not out_path.exists() or is_unborn(out_path):
         return
     try:
-        read_group(out_path, check=False)
+        read_group(out_path, check=False)  # a damaged table may be replaced
     except EngramError:
         raise EngramError(
             f"{out_path} exists and is not an engramctl table; refusing to touch it"
         ) from None
     if not overwrite:
         raise EngramError(f"{out_path} exists; pass --overwrite to replace it")
+
+
+def _copy_chunks(tmp: Path, meta, sources: dict, source_dtype: str, *, progress) -> dict:
+    """Write every chunk of the new table at ``tmp`` from the source tensors; its manifest."""
+    total = sum(layer.n_chunks(meta.chunk_rows) for layer in meta.layers.values())
+    manifest: dict = {layer_id: {} for layer_id in meta.layers}
+    done = 0
+    for layer_id, (values, scales) in sources.items():
+        for c in range(meta.layers[layer_id].n_chunks(meta.chunk_rows)):
+            start, stop = meta.chunk_span(layer_id, c)
+            rows = _chunk_from_source(meta, values, scales, source_dtype, start, stop)
+            data = encode_chunk(meta, rows)
+            write_file_atomic(tmp / chunk_key(layer_id, c), data, fsync=False)
+            manifest[layer_id][c] = [crc32_of(data), memoryview(data).nbytes, "data"]
+            done += 1
+            if progress:
+                progress(done * meta.chunk_bytes, total * meta.chunk_bytes)
+    return manifest
 
 
 def _chunk_from_source(meta, values, scales, source_dtype, start, stop) -> np.ndarray:
