@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from ..corpus.readers import FORMATS, TOKEN_DTYPES
+from ..corpus.files import FORMATS, TOKEN_DTYPES
 from ..layout import DEFAULT_PRESET, PRESETS, LayoutRequest, ResolvedLayout
 from ..model.paging import DEVICES
 from ..table.choices import COMPRESSORS, INIT_KINDS
