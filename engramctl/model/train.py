@@ -346,6 +346,9 @@ def train_model(
         raise UsageError("--freeze-backbone needs --init-from MODEL_DIR (the model to adapt)")
     if config.engram:
         check_prior_runs(table, prior_runs, base_meta=base.meta if base is not None else None)
+    run = new_run(out_dir, steps=config.steps, policy=prior_runs) if config.engram else None
+    if run is not None and config.out_of_core:  # rows reach the table during the run: its
+        table.record_run({**run, "incomplete": True})  # first flush says so, the end replaces it
     with reproducible_torch(config.device, config.threads), ExitStack() as stack:
         if base is not None:
             model = base.model.to(config.device)
@@ -436,7 +439,6 @@ def train_model(
             write_seconds=write_seconds,
             moments=str(moments) if moments_store is not None else None,
         )
-        run = new_run(out_dir, steps=config.steps, policy=prior_runs) if config.engram else None
         save_run(
             result,
             model=model,

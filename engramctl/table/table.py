@@ -499,11 +499,13 @@ class Table:
 
     def record_run(self, run: dict) -> dict:
         """Record a run that wrote rows (after its rows, before :meth:`flush`, which writes the
-        record with the manifest in one atomic write). Returns the record, with ``state``."""
+        record with the manifest in one atomic write); it replaces an earlier record of the same
+        ``run_id``. Returns the record, with ``state``."""
         if self.mode == "r":
             raise EngramError(f"{self.path} is open read-only; open it with mode='r+' to write")
         record = {**run, "state": self.state}
-        self.meta = dataclasses.replace(self.meta, runs=(*self.meta.runs, record))
+        earlier = tuple(r for r in self.meta.runs if r.get("run_id") != run.get("run_id"))
+        self.meta = dataclasses.replace(self.meta, runs=(*earlier, record))
         self._dirty = True
         return record
 

@@ -48,7 +48,7 @@ class InMemoryTable:
 
     def record_run(self, run: dict) -> dict:
         record = {**run, "state": self.state}
-        self.runs = (*self.runs, record)
+        self.runs = (*(r for r in self.runs if r.get("run_id") != run.get("run_id")), record)
         return record
 
     def flush(self) -> None:

@@ -125,3 +125,33 @@ def test_full_disk_at_the_checkpoint_leaves_the_table_untouched(
     assert after[0] == before[0] == () and after[1] == before[1]
     np.testing.assert_array_equal(after[2], before[2])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.zarr"]
+
+
+def test_interrupted_out_of_core_run_is_on_record(
+    tmp_path, corpus, ds_vocab, ds_vocab_path, monkeypatch
+):
+    """Out of core, rows reach the table during the run: a run stopped half way is recorded as
+    incomplete, so the rows it left are never taken for a checkpoint's."""
+    import engramctl.model.train as train_module
+
+    table = small_real_table(tmp_path / "t.zarr", ds_vocab)
+    assert train(corpus, table, ds_vocab_path, tmp_path / "m1").exit_code == 0
+    calls = {"n": 0}
+    real = train_module.train_step
+
+    def stop_at_third(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train_module, "train_step", stop_at_third)
+    result = train(
+        corpus, table, ds_vocab_path, tmp_path / "m2", "--continue", "--out-of-core",
+        "--buffer-rows", "4",
+    )  # fmt: skip
+    assert result.exit_code != 0 and not (tmp_path / "m2").exists()
+    runs, _, _ = table_facts(table)
+    assert len(runs) == 2 and runs[-1]["incomplete"] is True
+    stale = evaluate(tmp_path / "m1", table)
+    assert "trained again after this checkpoint" in said(stale), stale.output
