@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
@@ -22,8 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EngramError, UsageError
+from .finish import commit_rows, save_run
 from .optim import Optimizers, SparseRowAdam, configure_optimizers, lr_at
 from .provenance import check_prior_runs, new_run, table_pin
+from .train_inputs import (  # noqa: F401 - the names commands and scripts import from here
+    TrainingData,
+    available_memory,
+    load_base,
+    prepare_training_data,
+    table_fits_in_memory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -451,189 +458,13 @@ def train_model(
             compare=compare,
             base=base,
             table_pin=table_pin(run, table) if run is not None else None,
-            before_publish=(lambda: commit_rows(table, tables, run)) if run is not None else None,
+            before_publish=(
+                (lambda: commit_rows(table, tables, run, out_of_core=config.out_of_core))
+                if run is not None
+                else None
+            ),
         )
     return result
-
-
-def commit_rows(table, tables: dict, run: dict) -> None:
-    """Write the trained rows and the run's record (one manifest write), once the checkpoint
-    is complete under its temporary name. A failure part way records the run as incomplete
-    (the table's close writes the manifest of what was written), so no checkpoint matches it."""
-    try:
-        for rows in tables.values():
-            if isinstance(rows, TrainableTable):  # out-of-core rows are in the table already
-                rows.write_back(table, flush=False)
-    except BaseException:
-        table.record_run({**run, "incomplete": True})
-        raise
-    table.record_run(run)
-    table.flush()
-
-
-def save_run(
-    result: TrainResult,
-    *,
-    model,
-    model_vocab,
-    config: TrainConfig,
-    table,
-    vocab,
-    overwrite: bool,
-    extra_meta: dict | None,
-    compare: dict | None,
-    base=None,
-    table_pin: dict | None = None,
-    before_publish=None,
-) -> None:
-    """Write the checkpoint of a run: weights, config with options and result, history.
-
-    A table-only adaptation copies the base checkpoint's ``model.safetensors`` byte for byte and
-    records the adaptation (base model, corpus, steps, table, moment store) in ``config.json``.
-    """
-    from .checkpoint import save_checkpoint
-
-    layout = table.layout if config.engram else None
-    meta = {
-        "train": asdict(config),
-        "result": {k: v for k, v in result.to_dict().items() if k != "history"},
-        "layout": layout.to_dict() if layout is not None else None,
-        "vocab_fingerprint": vocab.fingerprint if (vocab is not None and config.engram) else None,
-        **(extra_meta or {}),
-    }
-    if table_pin is not None:
-        meta["table_state"] = table_pin
-    weights_file = None
-    if base is not None:
-        meta["init_from"] = {
-            "model": str(base.path),
-            "train": base.meta.get("train"),
-            "corpus": base.meta.get("corpus"),
-            "result": base.meta.get("result"),
-        }
-        if config.freeze_backbone:
-            weights_file = Path(base.path) / "model.safetensors"
-            meta["adaptation"] = {
-                "kind": "table-only",
-                "base_model": str(base.path),
-                "corpus": (extra_meta or {}).get("corpus"),
-                "steps": config.steps,
-                "table": str(table.path),
-                "moments": result.moments,
-            }
-    save_checkpoint(
-        result.out_dir,
-        model=model,
-        model_vocab=model_vocab,
-        meta=meta,
-        history=result.history,
-        vocab=vocab if config.engram else None,
-        overwrite=overwrite,
-        compare=compare,
-        weights_file=weights_file,
-        before_publish=before_publish,
-    )
-
-
-@dataclass
-class TrainingData:
-    """Token windows of the training (and held-out) corpus and the model vocab."""
-
-    windows: np.ndarray  # [N, seq_len + 1] raw ids
-    heldout: np.ndarray | None
-    model_vocab: object  # lm_data.ModelVocab
-    meta: dict  # tokenizer and corpus facts recorded in the checkpoint
-
-
-def prepare_training_data(
-    *,
-    corpus: Path,
-    heldout: Path | None,
-    vocab,
-    tokenizer_source: str | None,
-    seq_len: int,
-    min_count: int = 1,
-    model_vocab=None,
-) -> TrainingData:
-    """Tokenize the corpora with the vocab's tokenizer (checked by sha256) into windows.
-
-    ``model_vocab``: use this model vocab (a base checkpoint's) instead of the corpus's own.
-    """
-    from ..tokenizer import load_checked_tokenizer
-    from .data import ModelVocab, read_corpus_stream, text_windows
-
-    source = tokenizer_source or (vocab.source_name if vocab is not None else "") or "deepseek-v4"
-    sha256 = vocab.source_sha256 if vocab is not None else None
-    tokenizer, info = load_checked_tokenizer(source, sha256=sha256)
-    stream = read_corpus_stream(corpus, tokenizer).ids
-    if len(stream) < seq_len + 1:
-        raise EngramError(
-            f"{corpus} tokenizes to {len(stream)} tokens, fewer than one window of "
-            f"--seq-len {seq_len} + 1; give a larger corpus"
-        )
-    if model_vocab is None:
-        model_vocab = ModelVocab.from_stream(stream, min_count=min_count)
-    held = None
-    if heldout is not None:
-        held = text_windows(read_corpus_stream(heldout, tokenizer).ids, seq_len)
-    meta = {
-        "tokenizer": {"name": info.name, "sha256": info.sha256},
-        "corpus": {
-            "path": str(corpus),
-            "tokens": int(len(stream)),
-            "heldout": str(heldout) if heldout else None,
-        },
-        "model_vocab": {
-            "inputs": model_vocab.size,
-            "outputs": model_vocab.output_size,
-            "min_count": min_count,
-        },
-    }
-    return TrainingData(text_windows(stream, seq_len), held, model_vocab, meta)
-
-
-def load_base(path: Path, *, table, vocab, device: str):
-    """The ``--init-from`` checkpoint, checked against the table and vocab it will train with."""
-    from .checkpoint import load_checkpoint
-
-    base = load_checkpoint(path, device=device)
-    if table is not None:
-        if base.layout is None:
-            raise UsageError(f"{path} has no Engram layers; it cannot be adapted by a table")
-        if base.layout.to_dict() != table.layout.to_dict():
-            raise EngramError(
-                f"{path} was trained with another layout than the table {table.path}; give the "
-                "table the model was trained with (or a copy of it)"
-            )
-        if base.model.config.engram_dim != table.dim:
-            raise EngramError(
-                f"{path} reads rows of {base.model.config.engram_dim} values, the table has "
-                f"{table.dim}"
-            )
-    if vocab is not None and base.vocab is not None and base.vocab.fingerprint != vocab.fingerprint:
-        raise EngramError(
-            f"{path} was trained with vocab {base.vocab.fingerprint}, --vocab is "
-            f"{vocab.fingerprint}; pass the model's vocab"
-        )
-    return base
-
-
-def table_fits_in_memory(table, *, fraction: float = 0.5) -> bool:
-    """Whether the table's layers decoded to float32 take under ``fraction`` of free memory."""
-    needed = sum(table.layout.layer_rows(layer) for layer in table.layout.layers) * table.dim * 4
-    return needed * 3 < fraction * available_memory()  # rows + the two Adam moments
-
-
-def available_memory() -> int:
-    """Bytes of memory available to new allocations (Linux MemAvailable, else free pages)."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def heldout_loss(model, windows, model_vocab, *, hasher, lookup, batch: int, device) -> float:
