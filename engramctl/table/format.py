@@ -107,6 +107,12 @@ class TableMeta:
     format_version: int = FORMAT_VERSION
     layers: dict[int, LayerMeta] = field(default_factory=dict)
     runs: tuple[dict, ...] = ()  # training runs that wrote rows, oldest first (provenance)
+    sources: dict | None = None  # checkpoint the rows come from (linked, or copied): linked.py
+
+    @property
+    def linked(self) -> bool:
+        """Rows are read from a checkpoint's shard files (``import --link``), not chunks."""
+        return bool(self.sources) and self.sources.get("mode") == "link"
 
     @classmethod
     def build(cls, *, layout: EngramLayout, **fields) -> TableMeta:
@@ -181,17 +187,21 @@ class TableMeta:
         }
 
     def to_dict(self) -> dict:
-        return {
-            "format": FORMAT,
-            "format_version": self.format_version,
-            **self.recipe_dict(),
-            "storage_dtype": str(self.storage_dtype),
-            "row_width": self.row_width,
-            "row_bytes": self.row_bytes,
-            "lazy": self.lazy,
-            "status": self.status,
-            "layers": {str(k): v.to_dict() for k, v in self.layers.items()},
-        } | ({"runs": list(self.runs)} if self.runs else {})
+        return (
+            {
+                "format": FORMAT,
+                "format_version": self.format_version,
+                **self.recipe_dict(),
+                "storage_dtype": str(self.storage_dtype),
+                "row_width": self.row_width,
+                "row_bytes": self.row_bytes,
+                "lazy": self.lazy,
+                "status": self.status,
+                "layers": {str(k): v.to_dict() for k, v in self.layers.items()},
+            }
+            | ({"runs": list(self.runs)} if self.runs else {})
+            | ({"sources": self.sources} if self.sources else {})
+        )
 
     @classmethod
     def from_dict(cls, data: dict, *, where: str = "table") -> TableMeta:
@@ -216,6 +226,7 @@ class TableMeta:
                 format_version=version,
                 layers=layers,
                 runs=tuple(dict(run) for run in data.get("runs") or ()),
+                sources=data.get("sources"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise EngramError(

@@ -43,6 +43,7 @@ class TableInfo:
     lazy: bool
     status: str
     layers: dict[int, LayerInfo]
+    sources: dict | None = None  # the checkpoint a linked (or imported) table reads
 
     @property
     def head_rows(self) -> dict[int, list[int]]:
@@ -94,7 +95,7 @@ class TableInfo:
             "layers": layers,
             "logical_bytes": self.logical_bytes,
             "disk_bytes": self.disk_bytes,
-        }
+        } | ({"sources": self.sources} if self.sources else {})
 
 
 def table_info(path: Path, meta: TableMeta, manifest: dict) -> TableInfo:
@@ -127,4 +128,5 @@ def table_info(path: Path, meta: TableMeta, manifest: dict) -> TableInfo:
         lazy=meta.lazy,
         status=meta.status,
         layers=layers,
+        sources=meta.sources,
     )
