@@ -405,10 +405,8 @@ def import_command(
     if flags["preset"] is not None:
         flags["preset"] = flags["preset"].value
     layout = None  # a file exported by engramctl records its layout: the flags are checked
-    if file_layout(source) is None:
-        layout = resolve_layout_flags(ctx.params, vocab_map).layout
-    elif ctx.params.get("config") is not None:
-        raise UsageError(f"{source} records its layout; drop --config")
+    if file_layout(source) is None or ctx.params.get("config") is not None:
+        layout = resolve_layout_flags(ctx.params, vocab_map).layout  # --config: compared too
     with progress("import (chunks)", enabled=not (json_out or STATE["quiet"])) as update:
         result = import_safetensors(
             source,
