@@ -148,8 +148,7 @@ def train_command(
         --vocab vocab.parquet --out m
 
     Table-only adaptation (backbone frozen, rows trained out of core):
-    engramctl train --freeze-backbone --init-from m \\
-        --table t.zarr --corpus new.jsonl --out m2
+    engramctl train --freeze-backbone --init-from m --table t.zarr --corpus new.jsonl --out m2
     """
     from ..errors import EngramError, UsageError
     from ..model.checkpoint import check_checkpoint_target
@@ -240,7 +239,7 @@ def train_command(
         if engram and table_handle.info.vocab_fingerprint != vocab_map.fingerprint:
             raise EngramError(
                 f"the table was built for vocab {table_handle.info.vocab_fingerprint}, but "
-                f"{vocab} is {vocab_map.fingerprint}; pass the vocab the table was made with"
+                f"the model's vocab is {vocab_map.fingerprint}; give the table it was trained with"
             )
         detail = "loss {loss:.3f}, {tps:,.0f} tok/s"
         with progress(
