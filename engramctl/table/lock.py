@@ -8,6 +8,7 @@ import contextlib
 import errno
 import os
 import socket
+import time
 from pathlib import Path
 
 from ..errors import EngramError
@@ -32,7 +33,13 @@ class WriterLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            holder = ""
+            for _ in range(20):  # the holder writes its note just after taking the lock
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+                if holder:
+                    break
+                time.sleep(0.01)
+            holder = holder or "another process"
             os.close(fd)
             if exc.errno in (errno.EAGAIN, errno.EACCES):
                 raise EngramError(
