@@ -147,7 +147,8 @@ def hash_stats_command(
     engramctl hash-stats train.jsonl --vocab vocab.parquet \\
         --sweep 100k,1M --report stats.json --plot stats.png
     """
-    from .._files import atomic_write, check_writable_target
+    from .._files import atomic_write
+    from .._outputs import check_output_target, save_with_fallback
     from ..corpus.files import CorpusOptions
     from ..layout import parse_int_list
     from ..stats.extrapolate import parse_tokens
@@ -166,7 +167,7 @@ def hash_stats_command(
         )
     for target in (report_path, plot):
         if target is not None:
-            check_writable_target(target, overwrite=overwrite)
+            check_output_target(target, overwrite=overwrite)  # before the pass, not after
     vocab_map = load_vocab(vocab)
     resolved = resolve_layout_flags(ctx.params, vocab_map, table=table, pick_layers=True)
     layout, layer_ids = resolved.layout, resolved.layer_ids
@@ -208,20 +209,30 @@ def hash_stats_command(
 
         run = partial(run_hash_stats_dask, scheduler=scheduler)
     report = _run_with_progress(plan, vocab_map, text_tokenizer, quiet, run)
+    saved = []  # a target that fails now (disk full) does not lose the pass: a fallback file
     if report_path is not None:
-        with atomic_write(report_path, "w") as handle:
-            handle.write(report.to_json())
+
+        def write_report(path):
+            with atomic_write(path, "w") as handle:
+                handle.write(report.to_json())
+
+        saved.append(save_with_fallback(report_path, write_report))
     if plot is not None:
         from ..stats.plot import plot_report
 
-        plot_report(report, plot)
+        saved.append(save_with_fallback(plot, lambda path: plot_report(report, path)))
     if json_out:
         typer.echo(report.to_json())
     else:
         _render(report)
-        for path in (report_path, plot):
-            if path is not None:
-                console.print(f"wrote {path}")
+        for item in saved:
+            if item.failure is None:
+                console.print(f"wrote {item.path}")
+    for item in saved:
+        if item.failure is not None:
+            err_console.print(f"{item.failure}; wrote it to {item.path} instead")
+    if any(item.failure is not None for item in saved):
+        raise typer.Exit(1)
     if report.stopped_reason == "interrupted":
         err_console.print("interrupted: the figures cover what was read (partial)")
         raise typer.Exit(130)
