@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from . import model_cmd
-from .app import command, console
+from .app import command, console, err_console
 from .model_cmd import (
     CacheRowsOpt,
     DeviceOpt,
@@ -55,6 +55,12 @@ def generate_command(
     # model_cmd.open_table_for: looked up at call time (tests route it to table doubles)
     table_handle = model_cmd.open_table_for(table) if table is not None else None
     try:
+        if table_handle is not None:
+            from ..model.provenance import checkpoint_table_problem
+
+            problem = checkpoint_table_problem(model, table_handle)
+            if problem is not None:
+                err_console.print(f"warning: {problem}")
         report = generate(
             model_dir=model,
             prompt=prompt,
