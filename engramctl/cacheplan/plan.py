@@ -165,12 +165,12 @@ def _layer_plan(stream: LayerStream, *, warmup: int, sizes, policies, table_rows
     for policy in policies:
         t0 = time.perf_counter()
         if policy == "lru":
-            cumulative = cumulative_hits(stream.lru.histogram(stream.distinct))
+            cumulative = cumulative_hits(stream.stacks.histogram(stream.distinct))
             hits[policy] = hits_at(cumulative, sizes)
             reach[policy] = _reach(cumulative, accesses)
         elif policy == "pager":
-            pager_min = stream.pager.pager_min_rows
-            cumulative = cumulative_hits(stream.pager.histogram(stream.distinct))
+            pager_min = stream.stacks.pager_min_rows
+            cumulative = cumulative_hits(stream.stacks.histogram(stream.distinct, pager=True))
             found = hits_at(cumulative, sizes)
             hits[policy] = [
                 None if s < pager_min else int(h) for s, h in zip(sizes, found, strict=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .._numba import njit
+from ..errors import EngramError
 from .lru import PAGER_IN_FLIGHT, mark, marked_through, new_marks
 
 _EMPTY = -1
@@ -71,92 +72,90 @@ def intern_kernel(keys, values, shift, rows, count, out):
 
 
 class RowIndex:
-    """Row id (non-negative int64) -> dense id, in first-seen order; ``rows[:count]`` inverts it."""
+    """Row id (non-negative int64) -> dense id (int32), in first-seen order.
+
+    An open-addressing table at most half full: 24 to 48 bytes per distinct row.
+    """
 
     def __init__(self) -> None:
         self.count = 0
-        self.rows = np.zeros(0, dtype=np.int64)
         self._alloc(1 << 12)
 
     def _alloc(self, slots: int) -> None:
         self._keys = np.full(slots, _EMPTY, dtype=np.int64)
-        self._values = np.zeros(slots, dtype=np.int64)
+        self._values = np.zeros(slots, dtype=np.int32)
         self._shift = 64 - (slots.bit_length() - 1)
 
     def dense(self, rows: np.ndarray) -> np.ndarray:
         """Dense ids of ``rows`` (non-negative int64), assigning new ones to unseen rows."""
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         need = 2 * (self.count + len(rows))
+        if need >= 2**31:
+            raise EngramError("more than 2**30 distinct rows in one layer: too many to plan")
         if need > len(self._keys):
             slots = len(self._keys)
             while slots < need:
                 slots *= 2
+            old = self.row_ids()
             self._alloc(slots)
-            scratch = np.empty(self.count, dtype=np.int64)
-            intern_kernel(
-                self._keys, self._values, self._shift, self.rows[: self.count], 0, scratch
-            )
+            intern_kernel(self._keys, self._values, self._shift, old, 0, np.empty_like(old))
         out = np.empty(len(rows), dtype=np.int64)
-        before = self.count
         self.count = int(
             intern_kernel(self._keys, self._values, self._shift, rows, self.count, out)
         )
-        if self.count > before:
-            self.rows = grown(self.rows, self.count, 0)
-            self.rows[before : self.count] = rows[out >= before]
+        return out
+
+    def row_ids(self) -> np.ndarray:
+        """``out[dense id]``: the row id (a scan of the table)."""
+        used = self._keys != _EMPTY
+        out = np.empty(self.count, dtype=np.int64)
+        out[self._values[used]] = self._keys[used]
         return out
 
 
 # ------------------------------------------------------------------------ stack distances
 @njit(cache=True)
-def lru_batch_kernel(ids, last, bits, tree, state, counting, hist):
-    """:func:`.lru.lru_histogram_kernel` over one batch; ``state``: [position, stale, cold]."""
-    position, stale = state[0], state[1]
-    for j in range(ids.shape[0]):
-        r = ids[j]
+def distances_batch_kernel(ids, last, bits, tree, state, starts, counting, lru, pager):
+    """One batch of :func:`.lru.lru_histogram_kernel` (into ``lru``) and
+    :func:`.lru.pager_histogram_kernel` (into ``pager``; an empty array skips either): both mark
+    the same stale positions, so they share the tree and the last uses.
+
+    ``state``: [position, stale, cold misses counted, smallest pager cache]; ``starts``: the
+    window positions of the in-flight batches' starts and this batch's, oldest first (shifted on
+    by one batch here).
+    """
+    start, stale = state[0], state[1]
+    n = ids.shape[0]
+    deepest = -1
+    if pager.shape[0] > 0:  # ranks as the batch starts, before it updates the tree
+        for i in range(n):
+            p = last[ids[i]]
+            if p < 0:
+                distance = _COLD
+            else:
+                distance = (start - p - 1) - (stale - marked_through(bits, tree, p))
+                if counting:
+                    pager[distance] += 1
+            deepest = max(deepest, distance)
+    for i in range(n):
+        r = ids[i]
         p = last[r]
         if p < 0:
             state[2] += counting
         else:
-            distance = (position - p - 1) - (stale - marked_through(bits, tree, p))
+            if lru.shape[0] > 0:
+                distance = (start + i - p - 1) - (stale - marked_through(bits, tree, p))
+                if counting:
+                    lru[distance] += 1
             mark(bits, tree, p)
             stale += 1
-            if counting:
-                hist[distance] += 1
-        last[r] = position
-        position += 1
-    state[0], state[1] = position, stale
-
-
-@njit(cache=True)
-def pager_batch_kernel(ids, last, bits, tree, state, starts, counting, hist):
-    """:func:`.lru.pager_histogram_kernel` over one batch; ``state``: [position, stale, cold,
-    smallest cache]; ``starts``: the window positions of the in-flight batches' starts and this
-    batch's, oldest first (shifted on by one batch here)."""
-    start, stale = state[0], state[1]
-    n = ids.shape[0]
-    deepest = -1
-    for i in range(n):
-        p = last[ids[i]]
-        if p < 0:
-            distance = _COLD
-            state[2] += counting
-        else:
-            distance = (start - p - 1) - (stale - marked_through(bits, tree, p))
-            if counting:
-                hist[distance] += 1
-        deepest = max(deepest, distance)
-    for i in range(n):
-        p = last[ids[i]]
-        if p >= 0:
-            mark(bits, tree, p)
-            stale += 1
-        last[ids[i]] = start + i
+        last[r] = start + i
     stop = start + n
-    first = starts[0]
-    before = marked_through(bits, tree, first - 1) if first > 0 else 0
-    window = (stop - first) - (stale - before)
-    state[3] = max(state[3], min(window - 1, deepest) + 1)
+    if pager.shape[0] > 0:
+        first = starts[0]
+        before = marked_through(bits, tree, first - 1) if first > 0 else 0
+        window = (stop - first) - (stale - before)
+        state[3] = max(state[3], min(window - 1, deepest) + 1)
     for k in range(starts.shape[0] - 1):
         starts[k] = starts[k + 1]
     starts[starts.shape[0] - 1] = stop
@@ -178,53 +177,51 @@ def compact_kernel(last, bits, tree, starts):
 
 
 class StackDistances:
-    """A stack-distance histogram fed batch by batch: ``pager=False`` gives
-    :func:`.lru.lru_histogram`, ``pager=True`` :func:`.lru.pager_histogram`.
+    """Stack-distance histograms fed batch by batch: ``lru`` gives :func:`.lru.lru_histogram`,
+    ``pager`` :func:`.lru.pager_histogram` (either or both, from one pass).
 
-    Memory: a last-use position and a histogram bin per distinct row, and a window of positions
-    of at most ``2 x (distinct rows + largest batch)`` (1 bit each plus a 4-byte count per 64).
+    Memory: a last-use position and a histogram bin per distinct row and curve, and a window of
+    positions of at most ``2 x (distinct rows + largest batch)`` (1 bit each plus 4 bytes per 64).
     """
 
-    def __init__(self, *, pager: bool = False, min_window: int = _MIN_WINDOW) -> None:
-        self.pager = pager
+    def __init__(self, *, lru: bool = True, pager: bool = True, min_window: int = _MIN_WINDOW):
         self.min_window = max(64, int(min_window))
         self.compactions = 0
         self._last = np.zeros(0, dtype=np.int64)
-        self._hist = np.zeros(0, dtype=np.int64)
+        self._lru = np.zeros(16 if lru else 0, dtype=np.int64)
+        self._pager = np.zeros(16 if pager else 0, dtype=np.int64)
         self._state = np.zeros(4, dtype=np.int64)  # position, stale, cold, smallest pager cache
         self._state[3] = 1
         self._starts = np.zeros(PAGER_IN_FLIGHT + 1, dtype=np.int64)
-        self._window = self.min_window
-        self._bits, self._tree = new_marks(self._window)
+        self.window = self.min_window
+        self._bits, self._tree = new_marks(self.window)
 
     def add(self, dense: np.ndarray, n_distinct: int, *, counting: bool) -> None:
         """One batch's dense ids (``n_distinct``: rows seen so far, this batch's included)."""
         self._last = grown(self._last, n_distinct, -1)
-        self._hist = grown(self._hist, n_distinct, 0)
-        if self._state[0] + len(dense) > self._window:
+        if len(self._lru):
+            self._lru = grown(self._lru, n_distinct, 0)
+        if len(self._pager):
+            self._pager = grown(self._pager, n_distinct, 0)
+        if self._state[0] + len(dense) > self.window:
             self._compact(len(dense))
-        if self.pager:
-            pager_batch_kernel(
-                dense, self._last, self._bits, self._tree, self._state, self._starts,
-                int(counting), self._hist,
-            )  # fmt: skip
-        else:
-            lru_batch_kernel(
-                dense, self._last, self._bits, self._tree, self._state, int(counting), self._hist
-            )
+        distances_batch_kernel(
+            dense, self._last, self._bits, self._tree, self._state, self._starts,
+            int(counting), self._lru, self._pager,
+        )  # fmt: skip
 
     def _compact(self, incoming: int) -> None:
         compact_kernel(self._last, self._bits, self._tree, self._starts)
         self._state[0] -= self._state[1]  # the live positions: one per row seen
         self._state[1] = 0
-        self._window = max(self.min_window, 2 * int(self._state[0] + incoming))
-        self._bits, self._tree = new_marks(self._window)
+        self.window = max(self.min_window, 2 * int(self._state[0] + incoming))
+        self._bits, self._tree = new_marks(self.window)
         self.compactions += 1
 
-    def histogram(self, n_distinct: int) -> np.ndarray:
+    def histogram(self, n_distinct: int, *, pager: bool = False) -> np.ndarray:
         """``[n_distinct + 1]`` int64, as the in-memory functions give (last bin: cold misses)."""
         out = np.zeros(n_distinct + 1, dtype=np.int64)
-        out[:n_distinct] = self._hist[:n_distinct]
+        out[:n_distinct] = (self._pager if pager else self._lru)[:n_distinct]
         out[n_distinct] = self._state[2]
         return out
 
@@ -261,7 +258,7 @@ class StaticRanks:
         """A counted batch's accesses (ranks the warm-up rows on the first call)."""
         if self._rank is None:
             seen = np.flatnonzero(self._warm > 0)
-            order = np.lexsort((index.rows[seen], -self._warm[seen]))
+            order = np.lexsort((index.row_ids()[seen], -self._warm[seen]))
             self._rank = np.full(index.count, -1, dtype=np.int64)
             self._rank[seen[order]] = np.arange(len(seen))
             self._hist = np.zeros(len(seen), dtype=np.int64)
@@ -306,8 +303,8 @@ class LayerStream:
         self.lookups: list = []  # positions x heads per batch
         self.counted_from = 0  # accesses before the first counted batch
         self.accesses = 0
-        self.lru = StackDistances() if "lru" in policies else None
-        self.pager = StackDistances(pager=True) if "pager" in policies else None
+        lru, pager = "lru" in policies, "pager" in policies
+        self.stacks = StackDistances(lru=lru, pager=pager) if lru or pager else None
         self.static = StaticRanks() if "static" in policies and warmup > 0 else None
         self.spill = Spill(spill, id_dtype) if "opt" in policies and spill is not None else None
 
@@ -322,9 +319,8 @@ class LayerStream:
             self.counted_from = self.accesses
         dense = self.index.dense(rows)
         n = self.index.count
-        for stack in (self.lru, self.pager):
-            if stack is not None:
-                stack.add(dense, n, counting=counting)
+        if self.stacks is not None:
+            self.stacks.add(dense, n, counting=counting)
         if self.static is not None:
             if counting:
                 self.static.count(dense, self.index)

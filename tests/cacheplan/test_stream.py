@@ -45,8 +45,7 @@ def test_streaming_equals_in_memory(tmp_path_factory, trace, warm, window):
     stream = LayerStream(1, warmup=warm, policies=("lru", "pager", "static", "opt"),
                          spill=spill, id_dtype=np.int32)  # fmt: skip
     # a window of 64..200 positions: compactions every few batches
-    stream.lru = StackDistances(min_window=window)
-    stream.pager = StackDistances(pager=True, min_window=window)
+    stream.stacks = StackDistances(min_window=window)
     for b, c in zip(batches, lookups, strict=True):
         stream.add(b, c, int(c.sum()))
     stream.close()
@@ -54,11 +53,11 @@ def test_streaming_equals_in_memory(tmp_path_factory, trace, warm, window):
     assert n == len(rows) and stream.counted_from == start
     assert stream.accesses == len(dense)
     np.testing.assert_array_equal(
-        stream.lru.histogram(n), lru_histogram(dense, n, count_from=start)
+        stream.stacks.histogram(n), lru_histogram(dense, n, count_from=start)
     )
     hist, need = pager_histogram(dense, bounds, n, count_from_batch=warm)
-    np.testing.assert_array_equal(stream.pager.histogram(n), hist)
-    assert stream.pager.pager_min_rows == need
+    np.testing.assert_array_equal(stream.stacks.histogram(n, pager=True), hist)
+    assert stream.stacks.pager_min_rows == need
     sizes = list(range(1, n + 2))
     np.testing.assert_array_equal(
         opt_hits_spilled(stream.spill, n, sizes, count_from=start, chunk=7),
@@ -70,13 +69,14 @@ def test_streaming_equals_in_memory(tmp_path_factory, trace, warm, window):
         expected = np.searchsorted(ranks, np.arange(len(ranked) + 1))
         np.testing.assert_array_equal(stream.static.cumulative(), expected)
     if len(dense) > 2 * window:
-        assert stream.lru.compactions > 0
+        assert stream.stacks.compactions > 0
 
 
 def test_long_trace_compacts_and_keeps_its_window_bounded():
     rng = np.random.default_rng(7)
     universe = np.sort(rng.choice(2**40, 500, replace=False))
-    stack, pager = StackDistances(min_window=64), StackDistances(pager=True, min_window=64)
+    stack = StackDistances(lru=True, pager=False, min_window=64)
+    pager = StackDistances(lru=False, pager=True, min_window=64)
     index = RowIndex()
     batches = [np.unique(rng.choice(universe, 30)) for _ in range(2000)]
     for k, b in enumerate(batches):
@@ -89,10 +89,11 @@ def test_long_trace_compacts_and_keeps_its_window_bounded():
     start = int(bounds[10])
     np.testing.assert_array_equal(stack.histogram(500), lru_histogram(dense, 500, count_from=start))
     np.testing.assert_array_equal(
-        pager.histogram(500), pager_histogram(dense, bounds, 500, count_from_batch=10)[0]
+        pager.histogram(500, pager=True),
+        pager_histogram(dense, bounds, 500, count_from_batch=10)[0],
     )
     assert stack.compactions > 10  # ~55k accesses, a window of ~2 x (500 + 30)
-    assert stack._window <= 2 * (500 + 30)
+    assert stack.window <= 2 * (500 + 30)
 
 
 def test_row_index_grows_and_keeps_its_ids():
@@ -101,7 +102,7 @@ def test_row_index_grows_and_keeps_its_ids():
     first = np.concatenate([index.dense(rows[i : i + 1000]) for i in range(0, 20000, 1000)])
     np.testing.assert_array_equal(first, np.arange(20000))
     np.testing.assert_array_equal(index.dense(rows[::-1]), np.arange(20000)[::-1])
-    np.testing.assert_array_equal(index.rows[: index.count], rows)
+    np.testing.assert_array_equal(index.row_ids(), rows)
 
 
 @pytest.mark.parametrize("fail", [False, True])
