@@ -200,7 +200,7 @@ def main() -> int:
         print(
             f"plan, {label:>8}: {row['seconds']:6.2f} s wall, {row['cpu_seconds']:6.2f} s CPU; "
             f"{row['tokens_per_s']:,.0f} tokens/s, {row['lookups_per_s']:,.0f} lookups/s "
-            f"(CPU time); lru pass {row['lru_seconds']:.2f} s wall"
+            f"(CPU time); lru+pager pass {row['lru_seconds']:.2f} s wall"
         )
     ratio = many["cpu_seconds"] / four["cpu_seconds"]
     verdict = "ok" if ratio < 1.2 else "MISSED"

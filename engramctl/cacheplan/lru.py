@@ -20,8 +20,10 @@ Two curves share the machinery:
   also refuses a cache that cannot hold the rows of the batches in flight; the smallest size it
   accepts comes out of the same pass. Checked against :func:`pager_hits_reference`.
 
-Memory: the trace's dense ids, a Fenwick tree over trace positions and a last-use position per
-distinct row: O(accesses + distinct rows), never O(table rows).
+Memory here: the trace's dense ids, a Fenwick tree over trace positions and a last-use position
+per distinct row: O(accesses + distinct rows), never O(table rows). The plan feeds the same
+kernels' arithmetic batch by batch over a compacted window instead (:mod:`.stream`): O(distinct
+rows); these whole-trace functions are its oracle in the tests.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ from the warm-up), so the figure bounds every policy scored on the same accesses
 
 Unlike LRU, MIN has no cheap all-sizes pass here: each size is one simulation, O(n log C) with an
 indexed max-heap of next-use times, so it takes about as long as the LRU pass per size asked.
+:func:`opt_hits_spilled` runs the same simulation over a trace spilled to disk, reading it in
+chunks: RAM O(distinct rows + chunk) (the plan's path); :func:`opt_hits` holds the trace.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ class LayerPlan:
     pager_min_rows: int  # the smallest cache the pager accepts (rows of batches in flight)
     curves: dict  # policy -> [CurvePoint]
     reach: dict  # policy -> {"50%": rows or None, ...} (exact, not limited to the sizes asked)
-    seconds: dict  # policy -> seconds
+    seconds: dict  # policy -> seconds (lru and pager share one streamed pass: each shows it)
 
     def to_dict(self) -> dict:
         doc = {k: v for k, v in asdict(self).items() if k not in ("curves", "layer")}
@@ -185,6 +185,9 @@ def _layer_plan(stream: LayerStream, *, warmup: int, sizes, policies, table_rows
                 stream.spill, stream.distinct, sizes, count_from=stream.counted_from
             )
         seconds[policy] = time.perf_counter() - t0
+        # plus the streamed part (lru and pager share one pass: each is given its time)
+        part = {"lru": "stacks", "pager": "stacks", "static": "static", "opt": "spill"}[policy]
+        seconds[policy] += stream.seconds[part]
     return LayerPlan(
         layer=stream.layer,
         table_rows=int(table_rows),

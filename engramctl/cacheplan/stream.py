@@ -21,6 +21,7 @@ Each is checked against the in-memory result (tests/cacheplan/test_stream.py).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -307,6 +308,7 @@ class LayerStream:
         self.stacks = StackDistances(lru=lru, pager=pager) if lru or pager else None
         self.static = StaticRanks() if "static" in policies and warmup > 0 else None
         self.spill = Spill(spill, id_dtype) if "opt" in policies and spill is not None else None
+        self.seconds = {"stacks": 0.0, "static": 0.0, "spill": 0.0}  # time in each part
 
     @property
     def distinct(self) -> int:
@@ -319,15 +321,21 @@ class LayerStream:
             self.counted_from = self.accesses
         dense = self.index.dense(rows)
         n = self.index.count
+        t0 = time.perf_counter()
         if self.stacks is not None:
             self.stacks.add(dense, n, counting=counting)
+        t1 = time.perf_counter()
         if self.static is not None:
             if counting:
                 self.static.count(dense, self.index)
             else:
                 self.static.warm(dense, counts, n)
+        t2 = time.perf_counter()
         if self.spill is not None:
             self.spill.add(dense)
+        t3 = time.perf_counter()
+        for part, seconds in zip(self.seconds, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            self.seconds[part] += seconds
         self.unique.append(len(rows))
         self.lookups.append(int(lookups))
         self.accesses += len(rows)
