@@ -31,6 +31,7 @@ from .._files import (
 )
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
+from .checkpoint import read_shard_header
 from .create import CreateResult, build_meta, write_new_group
 from .dtypes import decode_rows, encode_rows, parse_dtype, storage_dtype
 from .format import (
@@ -161,37 +162,10 @@ def export_safetensors(
 
 # ---------------------------------------------------------------------------- import
 def read_safetensors_header(path: Path) -> tuple[dict, dict, int]:
-    """``(tensors, metadata, data_start)`` of a safetensors file, validated."""
-    path = Path(path)
-    if not path.is_file():
-        raise EngramError(f"no safetensors file at {path}")
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            raise EngramError(f"{path} is not a safetensors file (too short)")
-        (length,) = struct.unpack("<Q", head)
-        if length > min(MAX_HEADER_BYTES, size - 8):
-            raise EngramError(f"{path} is not a safetensors file (bad header length {length})")
-        try:
-            header = json.loads(handle.read(length))
-        except ValueError as exc:
-            raise EngramError(f"{path} is not a safetensors file (bad header: {exc})") from exc
-    if not isinstance(header, dict):
-        raise EngramError(f"{path} is not a safetensors file (header is not an object)")
-    metadata = header.pop("__metadata__", None) or {}
-    data_start = 8 + length
-    for name, entry in header.items():
-        try:
-            begin, end = entry["data_offsets"]
-            shape = [int(s) for s in entry["shape"]]
-            entry["dtype"]
-        except (KeyError, TypeError, ValueError):
-            raise EngramError(f"{path}: tensor {name!r} has a malformed header entry") from None
-        if not 0 <= begin <= end <= size - data_start:
-            raise EngramError(f"{path}: tensor {name!r} lies outside the file (truncated?)")
-        entry["shape"] = shape
-    return header, metadata, data_start
+    """``(tensors, metadata, data_start)`` of a safetensors file, strictly validated
+    (:func:`engramctl.table.checkpoint.read_shard_header`)."""
+    header = read_shard_header(path)
+    return header.tensors, header.metadata, header.data_start
 
 
 def _source_array(path: Path, entry: dict, data_start: int, numpy_dtype) -> np.ndarray:

@@ -39,6 +39,7 @@ from .format import (
     write_group_attrs,
 )
 from .gather import check_row_ids, chunk_address, gather_rows, word_dtype
+from .linked import COPY_HINT, LinkedLayers
 from .rowinit import init_values
 from .store import LocalStore, TableStore, open_store
 
@@ -79,6 +80,7 @@ class TableInfo:
     lazy: bool
     status: str
     layers: dict[int, LayerInfo]
+    sources: dict | None = None  # the checkpoint a linked (or imported) table reads
 
     @property
     def head_rows(self) -> dict[int, list[int]]:
@@ -130,7 +132,7 @@ class TableInfo:
             "layers": layers,
             "logical_bytes": self.logical_bytes,
             "disk_bytes": self.disk_bytes,
-        }
+        } | ({"sources": self.sources} if self.sources else {})
 
 
 def table_info(path: Path, meta: TableMeta, manifest: dict) -> TableInfo:
@@ -163,6 +165,7 @@ def table_info(path: Path, meta: TableMeta, manifest: dict) -> TableInfo:
         lazy=meta.lazy,
         status=meta.status,
         layers=layers,
+        sources=meta.sources,
     )
 
 
@@ -206,6 +209,7 @@ class Table:
         self._decoded: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._dirty = False
         self._mutex = threading.RLock()
+        self._linked = LinkedLayers(meta, self.path)  # layers mapped from checkpoint shards
 
     # ---------------------------------------------------------------- properties
     @property
@@ -288,7 +292,11 @@ class Table:
         return decode_chunk(self.meta, data, where=where)
 
     def read_chunk(self, layer_id: int, chunk_index: int) -> np.ndarray:
-        """Stored rows of any chunk: its file, or its init values if never written."""
+        """Stored rows ``[chunk_rows, row_width]`` of any chunk: its file, its linked rows, or
+        its init values if never written; read now and not kept (streaming a table through this
+        holds one chunk, unlike :meth:`gather`, which keeps the chunks it maps)."""
+        if self.meta.linked:  # the chunk's rows from the checkpoint's shards
+            return self._linked.chunk(layer_id, chunk_index)
         rows = self.read_chunk_file(layer_id, chunk_index)
         return init_chunk_rows(self.meta, layer_id, chunk_index) if rows is None else rows
 
@@ -355,6 +363,8 @@ class Table:
             )
         if not ids.size:
             return out
+        if self.meta.linked:
+            return self._linked.layer(layer_id).gather(ids, out)
         with self._mutex:  # loads/unloads never race a kernel reading the chunks
             cache = self._cache(layer_id)
             needed = np.zeros(cache.state.shape[0], dtype=bool)
@@ -393,6 +403,8 @@ class Table:
         """
         if self.mode == "r":
             raise EngramError(f"{self.path} is open read-only; open it with mode='r+' to write")
+        if self.meta.linked:
+            raise EngramError(f"{self.path} is linked to a checkpoint (read-only); {COPY_HINT}")
         ids = check_row_ids(row_ids, self.meta.layer(layer_id).rows)
         stored = self._stored_rows(values, ids.size)
         chunk_of = ids // self.meta.chunk_rows
@@ -437,6 +449,7 @@ class Table:
             with self._mutex:
                 self._caches.clear()
                 self._decoded.clear()
+                self._linked.clear()
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
