@@ -110,7 +110,8 @@ def child(args) -> dict:
     tokenizer, _ = load_tokenizer("deepseek-v4")
     workload = read_workload([args.workload], tokenizer=tokenizer, seq_len=SEQ_LEN)
     if args.what == "rss_trace":  # the in-memory trace of both layers (before streaming)
-        traces = build_traces(workload, NgramHasher(layout, vocab), batch=BATCH, layers=layout.layers)
+        hasher = NgramHasher(layout, vocab)
+        traces = build_traces(workload, hasher, batch=BATCH, layers=layout.layers)
         return {"accesses": sum(len(t.ids) for t in traces.values())}
     trace = build_traces(workload, NgramHasher(layout, vocab), batch=BATCH, layers=(1,))[1]
     lru_histogram(trace.ids[:1000], trace.distinct)  # compile / load
