@@ -298,7 +298,9 @@ class Table:
         if self.meta.linked:  # the chunk's rows from the checkpoint's shards
             return self._linked.chunk(layer_id, chunk_index)
         rows = self.read_chunk_file(layer_id, chunk_index)
-        return init_chunk_rows(self.meta, layer_id, chunk_index) if rows is None else rows
+        if rows is None:  # one chunk: numba's thread pool costs more than it saves here
+            return init_chunk_rows(self.meta, layer_id, chunk_index, parallel=False)
+        return rows
 
     def _ensure_loaded(self, layer_id: int, chunk_indexes: np.ndarray) -> None:
         cache = self._cache(layer_id)
@@ -394,12 +396,16 @@ class Table:
             f"floats [{n}, {meta.dim}], got {values.dtype} {list(values.shape)}"
         )
 
-    def write_rows(self, layer_id: int, row_ids, values, *, flush: bool = True) -> None:
-        """Overwrite rows of one layer; whole chunks are rewritten atomically.
+    def write_rows(
+        self, layer_id: int, row_ids, values, *, flush: bool = True, fsync: bool = True
+    ) -> None:
+        """Overwrite rows of one layer; whole chunks are rewritten atomically, each once.
 
         ``values`` are stored rows as :meth:`gather` returns them, or floats ``[n, dim]``
         encoded to the table's dtype. Of repeated row ids the last one wins. ``flush`` writes
         the manifest at the end of the call (otherwise at :meth:`flush` / :meth:`close`).
+        ``fsync=False`` leaves the chunk files to the page cache: the caller makes them durable
+        (one ``os.sync()`` for many chunks) before it flushes the manifest.
         """
         if self.mode == "r":
             raise EngramError(f"{self.path} is open read-only; open it with mode='r+' to write")
@@ -416,16 +422,16 @@ class Table:
             c = int(chunk_of[group[0]])
             rows = np.array(self.read_chunk(layer_id, c))  # a writable copy
             rows[ids[group] - c * self.meta.chunk_rows] = stored[group]
-            self.write_chunk(layer_id, c, rows, source="data")
+            self.write_chunk(layer_id, c, rows, source="data", fsync=fsync)
         if flush:
             self.flush()
 
     def write_chunk(
-        self, layer_id: int, chunk_index: int, rows: np.ndarray, *, source: str
+        self, layer_id: int, chunk_index: int, rows: np.ndarray, *, source: str, fsync=True
     ) -> None:
         """Write one whole chunk (temporary file + rename) and record it in the manifest."""
         data = encode_chunk(self.meta, rows)
-        write_file_atomic(self.chunk_path(layer_id, chunk_index), data)
+        write_file_atomic(self.chunk_path(layer_id, chunk_index), data, fsync=fsync)
         self.manifest.setdefault(layer_id, {})[chunk_index] = [
             crc32_of(data),
             memoryview(data).nbytes,
