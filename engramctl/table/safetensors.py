@@ -38,6 +38,7 @@ from .format import (
     write_group_attrs,
 )
 from .rowinit import InitRecipe
+from .st_header import read_header
 from .table import open_table, table_info
 
 SAFETENSORS_DTYPE = {
@@ -49,7 +50,6 @@ SAFETENSORS_DTYPE = {
 DTYPE_OF_SAFETENSORS = {v: k for k, v in SAFETENSORS_DTYPE.items()}
 DEFAULT_NAME = "layer_{layer}"
 SCALES_SUFFIX = ".scales"
-MAX_HEADER_BYTES = 100 * 2**20
 
 
 @dataclass(frozen=True)
@@ -155,45 +155,16 @@ def export_safetensors(
 
 # ---------------------------------------------------------------------------- import
 def read_safetensors_header(path: Path) -> tuple[dict, dict, int]:
-    """``(tensors, metadata, data_start)`` of a safetensors file, validated."""
-    path = Path(path)
-    if not path.is_file():
-        raise EngramError(f"no safetensors file at {path}")
-    size = path.stat().st_size
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-        if len(head) < 8:
-            raise EngramError(f"{path} is not a safetensors file (too short)")
-        (length,) = struct.unpack("<Q", head)
-        if length > min(MAX_HEADER_BYTES, size - 8):
-            raise EngramError(f"{path} is not a safetensors file (bad header length {length})")
-        try:
-            header = json.loads(handle.read(length))
-        except ValueError as exc:
-            raise EngramError(f"{path} is not a safetensors file (bad header: {exc})") from exc
-    if not isinstance(header, dict):
-        raise EngramError(f"{path} is not a safetensors file (header is not an object)")
-    metadata = header.pop("__metadata__", None) or {}
-    data_start = 8 + length
-    for name, entry in header.items():
-        try:
-            begin, end = entry["data_offsets"]
-            shape = [int(s) for s in entry["shape"]]
-            entry["dtype"]
-        except (KeyError, TypeError, ValueError):
-            raise EngramError(f"{path}: tensor {name!r} has a malformed header entry") from None
-        if not 0 <= begin <= end <= size - data_start:
-            raise EngramError(f"{path}: tensor {name!r} lies outside the file (truncated?)")
-        entry["shape"] = shape
-    return header, metadata, data_start
+    """``(tensors, metadata, data_start)`` of a safetensors file, strictly validated
+    (:func:`engramctl.table.st_header.read_header`)."""
+    header = read_header(path)
+    return header.tensors, header.metadata, header.data_start
 
 
 def _source_array(path: Path, entry: dict, data_start: int, numpy_dtype) -> np.ndarray:
     shape = tuple(entry["shape"])
     begin, end = entry["data_offsets"]
     dtype = np.dtype(numpy_dtype).newbyteorder("<")
-    if end - begin != int(np.prod(shape)) * dtype.itemsize:
-        raise EngramError(f"{path}: a tensor's byte size does not match its shape {list(shape)}")
     if end == begin:
         return np.zeros(shape, dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=data_start + begin, shape=shape)

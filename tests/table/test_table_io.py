@@ -156,16 +156,16 @@ def test_import_refusals(tmp_path, layout):
 def test_not_safetensors_and_truncated(tmp_path, layout):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x01")
-    with pytest.raises(EngramError, match="too short"):
+    with pytest.raises(EngramError, match="shorter than 8 bytes"):
         read_safetensors_header(bad)
     bad.write_bytes(struct.pack("<Q", 10**12) + b"{}")
-    with pytest.raises(EngramError, match="bad header length"):
+    with pytest.raises(EngramError, match="header length 1000000000000 runs past"):
         read_safetensors_header(bad)
     src = create_table(tmp_path / "s.zarr", layout=layout, vocab_fingerprint=FP, dim=32, lazy=True)
     out = tmp_path / "s.safetensors"
     export_safetensors(src.path, out)
     out.write_bytes(out.read_bytes()[:-10])
-    with pytest.raises(EngramError, match="outside the file \\(truncated\\?\\)"):
+    with pytest.raises(EngramError, match="truncated"):
         import_safetensors(out, tmp_path / "t.zarr", layout=layout, vocab_fingerprint=FP)
     assert not (tmp_path / "t.zarr").exists()
     assert not list(tmp_path.glob(".*importing*"))
