@@ -31,6 +31,7 @@ bench: setup
 lint: setup
 	$(VENV)/bin/ruff check engramctl tests benchmarks sample_data scripts
 	$(VENV)/bin/ruff format --check engramctl tests benchmarks sample_data scripts
+	$(VENV)/bin/lint-imports --no-cache
 
 format: setup
 	$(VENV)/bin/ruff format engramctl tests benchmarks sample_data scripts

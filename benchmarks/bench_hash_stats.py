@@ -52,7 +52,7 @@ def load(workdir: Path):
 
 def hash_stats_case(workdir: Path, inputs: list[str], **options) -> dict:
     """Run plan + pass + finalization of one layer; split pass and finalization times."""
-    from engramctl.corpus.readers import CorpusOptions
+    from engramctl.corpus.files import CorpusOptions
     from engramctl.stats import run as hash_stats
 
     vocab, layout = load(workdir)
@@ -83,7 +83,8 @@ def hash_stats_case(workdir: Path, inputs: list[str], **options) -> dict:
 
 def encode_case(workdir: Path, inputs: list[str]) -> dict:
     """The tokenizer's own encode_batch on the same documents in the same batches."""
-    from engramctl.corpus.readers import CorpusOptions, CorpusWarnings, discover_files, read_batches
+    from engramctl.corpus.files import CorpusOptions, CorpusWarnings, discover_files
+    from engramctl.corpus.readers import read_batches
     from engramctl.corpus.tokenize import TextTokenizer
     from engramctl.tokenizer import load_tokenizer
 

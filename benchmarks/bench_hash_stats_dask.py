@@ -58,7 +58,7 @@ def main() -> None:
     import distributed
 
     from engramctl import CanonicalVocab, EngramLayout
-    from engramctl.corpus.readers import CorpusOptions
+    from engramctl.corpus.files import CorpusOptions
     from engramctl.corpus.shards import split_files
     from engramctl.stats.run import finalize, plan_hash_stats, run_hash_stats
     from engramctl.stats.run_dask import _Setup, count_shard, merge_counts, run_hash_stats_dask

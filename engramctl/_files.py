@@ -1,11 +1,19 @@
-"""Small file helpers: atomic writes and refusing to overwrite."""
+"""Small file helpers: the one atomic file write, the one atomic directory write, refusing to
+overwrite, and the free-space check.
+
+Every writer in the package goes through these: a file or directory appears under its final name
+only once it is complete (a temporary sibling, then a rename), and a failure leaves no
+half-written output behind.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from pathlib import Path
 
+from ._system import format_bytes
 from .errors import EngramError
 
 
@@ -20,19 +28,82 @@ def check_writable_target(path: Path, *, overwrite: bool) -> None:
         raise EngramError(f"directory {path.parent} does not exist; create it first")
 
 
-@contextlib.contextmanager
-def atomic_write(path: Path, mode: str = "wb"):
-    """Open a temporary sibling of ``path``; rename it into place only if the block succeeds."""
+def temporary_sibling(path: Path, label: str = "tmp") -> Path:
+    """The temporary name ``path`` is written under: ``.<name>.<label>-<pid>`` beside it."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    return path.with_name(f".{path.name}.{label}-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path, mode: str = "wb", *, fsync: bool = True):
+    """Open a temporary sibling of ``path``; rename it into place only if the block succeeds.
+
+    ``OSError`` propagates as it is (callers that tell a full disk from other failures need its
+    errno); :func:`atomic_write` turns it into one :class:`EngramError` line.
+    """
+    path = Path(path)
+    tmp = temporary_sibling(path)
     try:
         with open(tmp, mode) as handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
+    finally:  # OSError: a read-only or vanished directory must not hide the first error
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path, mode: str = "wb"):
+    """:func:`atomic_open` with a failure reported as ``cannot write <path>: <reason>``."""
+    try:
+        with atomic_open(path, mode) as handle:
+            yield handle
     except OSError as exc:
         raise EngramError(f"cannot write {path}: {exc.strerror or exc}") from exc
+
+
+def write_file_atomic(path: Path, data, *, fsync: bool = True) -> None:
+    """Write the bytes of ``data`` to ``path`` atomically, creating its parent directories."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, fsync=fsync) as handle:
+        handle.write(memoryview(data).cast("B"))
+
+
+@contextlib.contextmanager
+def atomic_directory(path: Path, *, label: str = "tmp", replace: bool = False, before_replace=None):
+    """Yield a temporary sibling directory name (not yet created) to build ``path`` under.
+
+    When the block succeeds the temporary directory is renamed to ``path``. An existing ``path``
+    is removed first if ``replace`` (after ``before_replace(path)``, e.g. taking its writer lock);
+    otherwise only an empty directory may stand there. The temporary directory never survives.
+    """
+    path = Path(path)
+    tmp = temporary_sibling(path, label)
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+        if path.exists():
+            if before_replace is not None:
+                before_replace(path)
+            if replace:
+                shutil.rmtree(path)
+            else:
+                path.rmdir()  # an empty directory the user made for it
+        os.replace(tmp, path)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_free_space(path: Path, needed: int) -> None:
+    """Refuse to start when the file system of ``path`` has less than ``needed`` bytes free."""
+    probe = path if path.exists() else path.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise EngramError(
+            f"not enough disk space on {probe}: the table needs {format_bytes(needed)} more, "
+            f"{format_bytes(free)} is free; free some space or create it with --lazy"
+        )

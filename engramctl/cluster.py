@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from urllib.parse import urlsplit
 
+from ._system import format_bytes
 from .errors import EngramError, UsageError
 
 log = logging.getLogger(__name__)
@@ -162,14 +163,42 @@ def worker_memory_limits(client) -> dict[str, int]:
 
 def check_worker_memory(client, needed_bytes: int, *, what: str, advice: str) -> None:
     """Refuse when a worker's memory limit is below ``needed_bytes``."""
-    from .table.dtypes import format_bytes
-
     for worker, limit in sorted(worker_memory_limits(client).items()):
         if limit and limit < needed_bytes:
             raise EngramError(
                 f"{what} needs about {format_bytes(needed_bytes)} per worker but worker {worker} "
                 f"has a limit of {format_bytes(limit)}; {advice}"
             )
+
+
+def _identity(value):
+    return value
+
+
+def submit_shared(client, value, *, key: str):
+    """Send ``value`` to the workers once, for many tasks to share: a future of a task, not
+    scattered data, so if every worker holding it dies the scheduler recomputes it."""
+    return client.submit(_identity, value, key=key, pure=False)
+
+
+def check_workers_see(
+    client, missing: Callable[..., list[str]], *args, what: str, advice: str
+) -> None:
+    """Refuse input some worker cannot see: ``missing(*args)`` runs on every worker and returns
+    what that worker cannot open (empty when all is well).
+
+    ``what`` names the input in the error when the check itself fails; ``advice`` follows the
+    first thing a worker cannot see.
+    """
+    try:
+        lost = client.run(missing, *args)
+    except EngramError:
+        raise
+    except Exception as exc:
+        raise EngramError(f"the dask workers cannot open {what} ({exc})") from None
+    for worker, items in sorted(lost.items()):
+        if items:
+            raise EngramError(f"dask worker {worker} cannot see {items[0]}: {advice}")
 
 
 def tree_reduce(client, futures: Sequence, merge: Callable, *, fanin: int = 4):

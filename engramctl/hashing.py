@@ -25,7 +25,7 @@ from .layout import EngramLayout
 from .vocab import CanonicalVocab, as_int64_ids, check_ids_in_vocab
 
 # A layer whose primes are all at least this is hashed with the float-reciprocal floor modulo of
-# :func:`_floor_mod_fast` (exact there: see its docstring); otherwise with the integer ``%`` kernel.
+# :func:`floor_mod_fast` (exact there: see its docstring); otherwise with the integer ``%`` kernel.
 FAST_MOD_MIN = 2**13
 # Positions per parallel task: keeps the work split even when the batch is small (a single long
 # document still uses every core) and the output a task writes contiguous.
@@ -79,7 +79,7 @@ def _canonical_kernel(raw, lut, context, extended):
 
 
 @njit(cache=True)
-def _floor_mod_fast(mix, mix_f, p, inv_p):
+def floor_mod_fast(mix, mix_f, p, inv_p):
     """``mix mod p`` (floor modulo) for ``p >= FAST_MOD_MIN``, given ``mix_f = float64(mix)``.
 
     Why it is exact: with ``x = mix / p`` and ``y = fl(mix_f * fl(1/p))`` (three roundings),
@@ -96,7 +96,7 @@ def _floor_mod_fast(mix, mix_f, p, inv_p):
 
 @njit(cache=True, parallel=True)
 def _hash_fast_kernel(extended, multipliers, head_rows, inv_rows, offsets, out):
-    """Row ids through :func:`_floor_mod_fast`; every prime must be >= ``FAST_MOD_MIN``.
+    """Row ids through :func:`floor_mod_fast`; every prime must be >= ``FAST_MOD_MIN``.
 
     extended (B, K+T) canonical ids, context first; head_rows, inv_rows (= 1/p), offsets
     (orders, heads); out (B, T, orders, heads) int64. The head loop is innermost (it vectorizes
@@ -120,8 +120,8 @@ def _hash_fast_kernel(extended, multipliers, head_rows, inv_rows, offsets, out):
                 for j in range(heads):
                     p = head_rows[i, j]
                     inv_p = inv_rows[i, j]
-                    out[b, t, i, j] = _floor_mod_fast(mix_t, mix_t_f, p, inv_p) + offsets[i, j]
-                    out[b, u, i, j] = _floor_mod_fast(mix_u, mix_u_f, p, inv_p) + offsets[i, j]
+                    out[b, t, i, j] = floor_mod_fast(mix_t, mix_t_f, p, inv_p) + offsets[i, j]
+                    out[b, u, i, j] = floor_mod_fast(mix_u, mix_u_f, p, inv_p) + offsets[i, j]
 
 
 @njit(cache=True, parallel=True)
@@ -278,7 +278,7 @@ class NgramHasher:
         if layers is None:
             return self.layout.layers
         for layer_id in layers:
-            self.layout._check_layer(layer_id)
+            self.layout.check_layer(layer_id)
         return tuple(layers)
 
     def _out_buffer(self, out, layer_id: int, shape: tuple[int, ...]) -> np.ndarray | None:

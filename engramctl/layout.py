@@ -222,7 +222,7 @@ class EngramLayout:
 
     def multipliers(self, layer_id: int) -> np.ndarray:
         """Odd int64 multipliers ``[max_ngram]`` of one layer."""
-        self._check_layer(layer_id)
+        self.check_layer(layer_id)
         key = ("mult", layer_id)
         if key not in self._cache:
             half = max(1, INT64_MAX // self.vocab_size // 2)
@@ -251,7 +251,7 @@ class EngramLayout:
 
     def head_rows(self, layer_id: int) -> np.ndarray:
         """Row count (a prime) of each head of a layer, ``[(max_ngram-1)*heads]`` int64."""
-        self._check_layer(layer_id)
+        self.check_layer(layer_id)
         return np.array(self._primes[layer_id], dtype=np.int64)
 
     def head_offsets(self, layer_id: int) -> np.ndarray:
@@ -282,8 +282,147 @@ class EngramLayout:
         data["ngram_vocab"] = list(ngram_vocab)
         return EngramLayout.from_dict(data)
 
-    def _check_layer(self, layer_id: int) -> None:
+    def check_layer(self, layer_id: int) -> None:
         if layer_id not in self.layers:
             raise UsageError(
                 f"layer {layer_id} is not an Engram layer of this layout {self.layers}"
             )
+
+
+# ------------------------------------------------------------------ resolving a layout
+DEFAULT_PRESET = "demo-v1"
+
+
+def _int_list_or_none(value, flag: str) -> tuple[int, ...] | None:
+    """A flag's comma-separated integers (a string) or an already parsed sequence."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return parse_int_list(value, name=flag)
+    return tuple(_as_int(flag, v) for v in value)
+
+
+@dataclass(frozen=True)
+class LayoutRequest:
+    """A layout as a command names it: a preset and the fields its flags override (None: not
+    given). ``ngram_vocab`` and ``layers`` may be flag strings (``"646400,646400"``)."""
+
+    preset: str | None = None  # None: demo-v1
+    ngram_vocab: tuple[int, ...] | str | None = None
+    max_ngram: int | None = None
+    heads: int | None = None
+    layers: tuple[int, ...] | str | None = None
+    seed: int | None = None  # the multipliers' seed
+    pad_id: int | None = None
+
+    def __post_init__(self):
+        for name, flag in (("ngram_vocab", "--ngram-vocab"), ("layers", "--layers")):
+            object.__setattr__(self, name, _int_list_or_none(getattr(self, name), flag))
+
+    def overrides(self) -> dict:
+        """The layout fields given, layers included: ``{"heads": 4}``."""
+        names = ("ngram_vocab", "max_ngram", "heads", "layers", "seed", "pad_id")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
+@dataclass(frozen=True)
+class LayoutSource:
+    """A layout fixed whole by something other than the flags (a table's metadata), with the row
+    width and storage dtype it comes with."""
+
+    layout: EngramLayout
+    dim: int | None
+    dtype: str | None
+    flag: str  # the option that named it, e.g. "--table"
+    where: str  # what it is, e.g. "table t.zarr"
+
+
+@dataclass(frozen=True)
+class ResolvedLayout:
+    """The layout a command works with, the layers it works on, and the table shape its source
+    serves (a preset's head dim and dtype, or a table's)."""
+
+    layout: EngramLayout
+    layer_ids: tuple[int, ...]  # == layout.layers unless layers were picked from the source
+    dim: int | None
+    dtype: str | None
+    source: str  # "preset demo-v1" or a LayoutSource's ``where``
+
+
+def resolve_layout(
+    request: LayoutRequest,
+    *,
+    vocab,
+    source: LayoutSource | None = None,
+    pick_layers: bool = False,
+) -> ResolvedLayout:
+    """The one way a command turns its layout flags (and a table) into a layout.
+
+    Without ``source``: the preset (default demo-v1) with every given field overriding it. With
+    ``pick_layers``, ``layers`` that are all layers of the preset pick those layers and keep the
+    preset's primes (primes depend on the whole layer list); other ids define a new layout.
+    With ``source`` (``--table``): its layout, whole; only ``layers`` may be given, and it picks a
+    subset of the source's layers. The pad id is checked against ``vocab`` either way.
+    """
+    if source is not None:
+        resolved = _from_source(request, source)
+    else:
+        resolved = _from_preset(request, vocab_size=vocab.canonical_vocab_size, pick=pick_layers)
+    resolved.layout.pad_canonical_id(vocab)  # a pad id outside the tokenizer is refused here
+    return resolved
+
+
+def _from_source(request: LayoutRequest, source: LayoutSource) -> ResolvedLayout:
+    fixed = {**request.overrides(), "preset": request.preset}
+    fixed.pop("layers", None)
+    if any(value is not None for value in fixed.values()):
+        raise UsageError(f"{source.flag} fixes the layout; drop --preset and the layout flags")
+    layer_ids = source.layout.layers
+    if request.layers is not None:
+        missing = sorted(set(request.layers) - set(layer_ids))
+        if missing:
+            raise UsageError(
+                f"--layers {missing} are not layers of {source.where} {source.layout.layers}"
+            )
+        layer_ids = request.layers
+    return ResolvedLayout(source.layout, tuple(layer_ids), source.dim, source.dtype, source.where)
+
+
+def _from_preset(request: LayoutRequest, *, vocab_size: int, pick: bool) -> ResolvedLayout:
+    name = request.preset if request.preset is not None else DEFAULT_PRESET
+    overrides = request.overrides()
+    layers = overrides.get("layers")
+    if pick and layers is not None:
+        without_layers = {**overrides, "layers": None}
+        base = EngramLayout.from_preset(name, vocab_size=vocab_size, **without_layers)
+        if set(layers) <= set(base.layers):
+            overrides["layers"] = None  # the preset's layers, and so its primes
+    layout = EngramLayout.from_preset(name, vocab_size=vocab_size, **overrides)
+    layer_ids = layers if layers is not None else layout.layers
+    return ResolvedLayout(
+        layout, tuple(layer_ids), PRESET_HEAD_DIM[name], PRESET_DTYPE[name], f"preset {name}"
+    )
+
+
+def layout_report(layout: EngramLayout, *, dim: int, dtype: str, row_bytes: int) -> dict:
+    """The ``engramctl layout --json`` document: rows, offsets, multipliers and bytes per layer
+    of ``layout`` stored at ``dim`` values of ``dtype`` (``row_bytes`` bytes) per row."""
+    layers = {}
+    for layer_id in layout.layers:
+        rows = layout.layer_rows(layer_id)
+        layers[str(layer_id)] = {
+            "rows": rows,
+            "head_rows": layout.head_rows(layer_id).tolist(),
+            "head_offsets": layout.head_offsets(layer_id).tolist(),
+            "multipliers": layout.multipliers(layer_id).tolist(),
+            "bytes": rows * row_bytes,
+        }
+    return {
+        "layout": layout.to_dict(),
+        "dim": dim,
+        "dtype": dtype,
+        "row_bytes": row_bytes,
+        "layers": layers,
+        "total_rows": layout.total_rows,
+        "total_bytes": layout.total_rows * row_bytes,
+    }

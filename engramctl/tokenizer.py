@@ -75,3 +75,42 @@ def load_tokenizer(source: str | Path = DEFAULT_TOKENIZER):
     return tokenizer, TokenizerSource(
         name=str(source), path=path, sha256=hashlib.sha256(raw).hexdigest()
     )
+
+
+def check_tokenizer(
+    info: TokenizerSource, sha256: str | None, *, built: str = "the vocab was built from"
+) -> None:
+    """Refuse a tokenizer whose ``tokenizer.json`` is not the one recorded (``sha256``).
+
+    The one "is this the tokenizer the vocab (or model) was built from" check; ``built`` names
+    what recorded it. Nothing is recorded (``sha256`` empty or None): nothing to check.
+    """
+    if sha256 and sha256 != info.sha256:
+        raise EngramError(
+            f"{built} another tokenizer (sha256 {sha256[:12]}) than {info.path} "
+            f"({info.sha256[:12]}); pass the matching --tokenizer"
+        )
+
+
+def load_checked_tokenizer(
+    source: str | Path, *, sha256: str | None, built: str = "the vocab was built from"
+):
+    """:func:`load_tokenizer`, then :func:`check_tokenizer` against the recorded ``sha256``."""
+    tokenizer, info = load_tokenizer(source)
+    check_tokenizer(info, sha256, built=built)
+    return tokenizer, info
+
+
+def encode_text(text: str, tokenizer_source: str, vocab):
+    """Token ids (int64, no special tokens) and their decoded pieces, refusing a tokenizer other
+    than the one ``vocab`` (a CanonicalVocab) was built from."""
+    import numpy as np
+
+    if not text:
+        raise EngramError("--text is empty; give some text to hash")
+    tokenizer, _ = load_checked_tokenizer(tokenizer_source, sha256=vocab.source_sha256)
+    ids = tokenizer.encode(text, add_special_tokens=False).ids
+    if not ids:
+        raise EngramError("the text encodes to no tokens")
+    pieces = [tokenizer.decode([i], skip_special_tokens=False) for i in ids]
+    return np.array(ids, dtype=np.int64), pieces

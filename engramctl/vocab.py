@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ._files import atomic_write
 from .errors import EngramError
 
 VOCAB_FORMAT = "engramctl-vocab"
@@ -202,14 +202,8 @@ class CanonicalVocab:
             }
         )
         table = table.replace_schema_metadata({METADATA_KEY: json.dumps(self.metadata())})
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            pq.write_table(table, tmp)
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise EngramError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_write(path) as handle:
+            pq.write_table(table, handle)
         return path
 
     @classmethod
@@ -319,3 +313,29 @@ def check_ids_in_vocab(ids: np.ndarray, vocab_size: int, *, what: str = "token i
             f"{what} {first} is at or above the tokenizer's vocab size {vocab_size}; "
             "use the vocab built from the tokenizer that produced these ids"
         )
+
+
+def read_ids_file(path) -> np.ndarray:
+    """A ``.npy`` of integer token ids, ``[T]`` or ``[B, T]``."""
+    path = Path(path)
+    if not path.exists():
+        raise EngramError(f"ids file not found: {path}")
+    try:
+        ids = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        if "pickle" in str(exc):  # numpy's guess for a file without the .npy magic
+            raise EngramError(f"{path} is not a .npy file (save the ids with numpy.save)") from None
+        raise EngramError(f"{path} is not a readable .npy array ({exc})") from exc
+    if not isinstance(ids, np.ndarray):
+        ids.close()  # an .npz archive
+        raise EngramError(f"{path} holds several arrays; give a single .npy array")
+    if ids.dtype.kind not in "iu":
+        raise EngramError(f"{path}: token ids must be integers (int64), got dtype {ids.dtype}")
+    if ids.ndim not in (1, 2):
+        raise EngramError(f"{path}: token ids must be [T] or [B, T], got shape {list(ids.shape)}")
+    if ids.size == 0:
+        raise EngramError(f"{path} holds no token ids")
+    try:
+        return as_int64_ids(ids)
+    except EngramError as exc:
+        raise EngramError(f"{path}: {exc}") from None

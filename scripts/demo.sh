@@ -19,7 +19,7 @@ $ENGRAMCTL hash --vocab "$OUT/vocab.parquet" --preset demo-v1 --layers 1 \
 
 echo "== hash-stats (how badly do the sample corpus's n-grams collide, and at which table size?)"
 $ENGRAMCTL hash-stats sample_data/corpus/train.jsonl --vocab "$OUT/vocab.parquet" --preset demo-v1 \
-    --layers 1 --sweep 50k,200k,2M --json "$OUT/hash-stats.json" --plot "$OUT/hash-stats.png" \
+    --layers 1 --sweep 50k,200k,2M --report "$OUT/hash-stats.json" --plot "$OUT/hash-stats.png" \
     --overwrite
 
 echo "== init-table (a lazy deepseek-v4.1 table: metadata only; a small full demo table)"

@@ -225,3 +225,59 @@ def test_pad_id_must_be_a_token_of_the_vocab(tiny_vocab):
     with pytest.raises(UsageError, match="pad id .* is outside the tokenizer's vocab"):
         layout.pad_canonical_id(tiny_vocab)
     assert small_layout(pad_id=4).pad_canonical_id(tiny_vocab) == tiny_vocab.canonical_ids[4]
+
+
+# ----------------------------------------------------------------- resolve_layout
+class _Vocab:
+    """The two things resolve_layout reads of a vocab."""
+
+    canonical_vocab_size = 1000
+    source_vocab_size = 1200
+    canonical_ids = np.arange(1200) % 1000
+
+
+def test_resolve_layout_is_the_preset_with_the_given_fields_overriding_it():
+    from engramctl.layout import PRESET_DTYPE, PRESET_HEAD_DIM, LayoutRequest, resolve_layout
+
+    default = resolve_layout(LayoutRequest(), vocab=_Vocab())
+    assert default.layout == EngramLayout.from_preset("demo-v1", vocab_size=1000)
+    assert (default.dim, default.dtype) == (PRESET_HEAD_DIM["demo-v1"], PRESET_DTYPE["demo-v1"])
+    request = LayoutRequest(preset="deepseek-v4.1", ngram_vocab="101,103,107", layers="3", seed=5)
+    got = resolve_layout(request, vocab=_Vocab())
+    want = EngramLayout.from_preset(
+        "deepseek-v4.1", vocab_size=1000, ngram_vocab=(101, 103, 107), layers=(3,), seed=5
+    )
+    assert got.layout == want and got.layer_ids == (3,) and got.dim == 256
+    with pytest.raises(UsageError, match="--layers"):
+        LayoutRequest(layers="")
+    with pytest.raises(UsageError, match="pad id 5000"):
+        resolve_layout(LayoutRequest(pad_id=5000), vocab=_Vocab())
+
+
+def test_picked_layers_keep_the_presets_primes():
+    from engramctl.layout import LayoutRequest, resolve_layout
+
+    picked = resolve_layout(LayoutRequest(layers=(15,)), vocab=_Vocab(), pick_layers=True)
+    assert picked.layout.layers == (1, 15) and picked.layer_ids == (15,)
+    new = resolve_layout(LayoutRequest(layers=(15,)), vocab=_Vocab())
+    assert new.layout.layers == (15,)
+    assert new.layout.head_rows(15).tolist() != picked.layout.head_rows(15).tolist()
+    other = resolve_layout(LayoutRequest(layers=(2,)), vocab=_Vocab(), pick_layers=True)
+    assert other.layout.layers == (2,) and other.layer_ids == (2,)
+
+
+def test_a_source_fixes_the_layout_and_layers_pick_from_it():
+    from engramctl.layout import LayoutRequest, LayoutSource, resolve_layout
+
+    layout = small_layout(vocab_size=1000)
+    source = LayoutSource(layout, 8, "float32", flag="--table", where="table t.zarr")
+    whole = resolve_layout(LayoutRequest(), vocab=_Vocab(), source=source)
+    assert whole.layout == layout and whole.layer_ids == (0, 1) and whole.dim == 8
+    assert resolve_layout(LayoutRequest(layers="1"), vocab=_Vocab(), source=source).layer_ids == (
+        1,
+    )
+    with pytest.raises(UsageError, match=r"--layers \[7\] are not layers of table t.zarr"):
+        resolve_layout(LayoutRequest(layers="1,7"), vocab=_Vocab(), source=source)
+    for given_flag in (LayoutRequest(preset="demo-v1"), LayoutRequest(heads=2)):
+        with pytest.raises(UsageError, match="--table fixes the layout"):
+            resolve_layout(given_flag, vocab=_Vocab(), source=source)

@@ -3,24 +3,101 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
+import os
 import sys
 import traceback
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
+from .. import __version__
 from ..errors import EngramError
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+PIPED_WIDTH = 10_000  # a stream that is no terminal: lines are not wrapped (no 80-column default)
+
+
+def _console(*, stderr: bool) -> Console:
+    """A rich console at the terminal's width, or unwrapped when its stream is piped or a file
+    (unless ``COLUMNS`` says otherwise)."""
+    stream = sys.stderr if stderr else sys.stdout
+    piped = not (stream is not None and hasattr(stream, "isatty") and stream.isatty())
+    width = PIPED_WIDTH if piped and "COLUMNS" not in os.environ else None
+    return Console(stderr=stderr, highlight=False, width=width)
+
+
+console = _console(stderr=False)
+err_console = _console(stderr=True)
 STATE = {"verbose": False, "quiet": False}
 # click's exceptions, from whichever click this typer uses (recent typers vendor their own copy).
 _click_errors = sys.modules[typer.BadParameter.__module__]
 _ABORTS = (typer.Abort, getattr(_click_errors, "Abort", typer.Abort))
 _NO_ARGS_IS_HELP = getattr(_click_errors, "NoArgsIsHelpError", ())  # click >= 8.2
+GLOBAL_PANEL = "Global options"
+VERBOSE_HELP = "Log details; show tracebacks on errors."
+QUIET_HELP = "No progress bars or notes."
+
+
+def _set_logging() -> None:
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger().setLevel(logging.DEBUG if STATE["verbose"] else logging.WARNING)
+
+
+def _global_flag(param: typer.CallbackParam, value: bool) -> None:
+    """``-v``/``-q`` given after a command name: the same as before it."""
+    if value:
+        STATE[param.name] = True
+        _set_logging()
+
+
+def _hide_bool_metavars(params) -> None:
+    """Flags take no value: show no ``<bool>`` type for them in help."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+def _after_command(decls: tuple[str, str], help_text: str):
+    return typer.Option(
+        *decls,
+        help=help_text,
+        callback=_global_flag,
+        expose_value=False,
+        rich_help_panel=GLOBAL_PANEL,
+    )
+
+
+VerboseAfter = Annotated[bool, _after_command(("--verbose", "-v"), VERBOSE_HELP)]
+QuietAfter = Annotated[bool, _after_command(("--quiet", "-q"), QUIET_HELP)]
+
+
+def _global_flags_holder(verbose: VerboseAfter = False, quiet: QuietAfter = False) -> None:
+    """Never run: typer builds the options of ``-v``/``-q`` after a command from it."""
+
+
+@functools.cache
+def _global_params() -> tuple:
+    """``--verbose``/``--quiet`` as options of a command, built by typer like any other."""
+    holder = typer.Typer(add_completion=False)
+    holder.command()(_global_flags_holder)
+    return tuple(typer.main.get_command(holder).params)
+
+
+class Command(TyperCommand):
+    """Every command: also takes the app's ``-v``/``-q`` after its name, and shows no ``<bool>``
+    for flags."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.params.extend(_global_params())
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)  # with --help
+        _hide_bool_metavars(params)
+        return params
 
 
 class OneLineErrorsGroup(TyperGroup):
@@ -44,6 +121,11 @@ class OneLineErrorsGroup(TyperGroup):
             raise _exit_with("aborted", 1) from None
         sys.exit(result or 0)  # the code of a typer.Exit, or None (see invoke)
 
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        _hide_bool_metavars(params)
+        return params
+
     def invoke(self, ctx):
         """Run the command; its return value is not an exit code (as in standalone mode)."""
         super().invoke(ctx)
@@ -58,41 +140,59 @@ app = typer.Typer(
     cls=OneLineErrorsGroup,
     name="engramctl",
     help="Build and manage Engram memory tables (hashed n-gram embeddings).\n\n"
-    "Example: engramctl build-vocab --out vocab.parquet",
+    "Example:\nengramctl build-vocab --out vocab.parquet",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"engramctl {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _global_options(
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Log details; show tracebacks on errors.")
-    ] = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress bars or notes.")
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help=VERBOSE_HELP)] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help=QUIET_HELP)] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
     ] = False,
 ) -> None:
     """Build and manage Engram memory tables.
 
-    Example: engramctl build-vocab --out vocab.parquet
+    Example:
+    engramctl build-vocab --out vocab.parquet
     """
     STATE["verbose"] = verbose
     STATE["quiet"] = quiet
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    _set_logging()
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print one error line on stderr and return the Exit to raise."""
     err_console.print(f"error: {message}", markup=False, soft_wrap=True)
     return typer.Exit(code)
+
+
+def help_text(docstring: str) -> str:
+    """A command's docstring as its help: each paragraph one line (rich help keeps line breaks,
+    so a wrapped docstring would break lines twice), except the example, kept line by line.
+
+    >>> help_text("Do it.\n\n    More\n    words.\n\n    Example:\n    engramctl x --y")
+    'Do it.\n\nMore words.\n\nExample:\nengramctl x --y'
+    """
+    paragraphs = inspect.cleandoc(docstring).split("\n\n")
+    return "\n\n".join(
+        text if text.startswith("Example") else " ".join(text.split("\n")) for text in paragraphs
+    )
 
 
 def command(*args, **kwargs):
@@ -121,6 +221,6 @@ def command(*args, **kwargs):
                     "(rerun with --verbose for the traceback and report it)"
                 ) from None
 
-        return app.command(*args, **kwargs)(wrapper)
+        return app.command(*args, cls=Command, help=help_text(fn.__doc__), **kwargs)(wrapper)
 
     return decorate

@@ -12,78 +12,26 @@ from rich.table import Table
 
 from .app import command, console
 from .options import (
-    HeadsOpt,
     JsonFlag,
-    LayersOpt,
-    MaxNgramOpt,
-    NgramVocabOpt,
-    PadIdOpt,
-    PresetOpt,
-    SeedOpt,
+    LayoutFlags,
+    OverwriteOpt,
     VocabOpt,
-    build_layout,
     load_vocab,
+    resolve_layout_flags,
 )
-
-
-def read_ids_file(path: Path) -> np.ndarray:
-    """A ``.npy`` of integer token ids, ``[T]`` or ``[B, T]``."""
-    from ..errors import EngramError
-    from ..vocab import as_int64_ids
-
-    if not path.exists():
-        raise EngramError(f"ids file not found: {path}")
-    try:
-        ids = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        if "pickle" in str(exc):  # numpy's guess for a file without the .npy magic
-            raise EngramError(f"{path} is not a .npy file (save the ids with numpy.save)") from None
-        raise EngramError(f"{path} is not a readable .npy array ({exc})") from exc
-    if not isinstance(ids, np.ndarray):
-        ids.close()  # an .npz archive
-        raise EngramError(f"{path} holds several arrays; give a single .npy array")
-    if ids.dtype.kind not in "iu":
-        raise EngramError(f"{path}: token ids must be integers (int64), got dtype {ids.dtype}")
-    if ids.ndim not in (1, 2):
-        raise EngramError(f"{path}: token ids must be [T] or [B, T], got shape {list(ids.shape)}")
-    if ids.size == 0:
-        raise EngramError(f"{path} holds no token ids")
-    try:
-        return as_int64_ids(ids)
-    except EngramError as exc:
-        raise EngramError(f"{path}: {exc}") from None
-
-
-def encode_text(text: str, tokenizer_source: str, vocab) -> tuple[np.ndarray, list[str]]:
-    """Token ids (no special tokens) and their decoded pieces, refusing a foreign tokenizer."""
-    from ..errors import EngramError
-    from ..tokenizer import load_tokenizer
-
-    if not text:
-        raise EngramError("--text is empty; give some text to hash")
-    tokenizer, info = load_tokenizer(tokenizer_source)
-    if vocab.source_sha256 and vocab.source_sha256 != info.sha256:
-        raise EngramError(
-            f"the vocab was built from another tokenizer (sha256 {vocab.source_sha256[:12]}) than "
-            f"{info.path} ({info.sha256[:12]}); pass the matching --tokenizer"
-        )
-    ids = tokenizer.encode(text, add_special_tokens=False).ids
-    if not ids:
-        raise EngramError("the text encodes to no tokens")
-    pieces = [tokenizer.decode([i], skip_special_tokens=False) for i in ids]
-    return np.array(ids, dtype=np.int64), pieces
 
 
 @command("hash")
 def hash_command(
+    ctx: typer.Context,
     vocab: VocabOpt,
-    preset: PresetOpt = None,
-    ngram_vocab: NgramVocabOpt = None,
-    max_ngram: MaxNgramOpt = None,
-    heads: HeadsOpt = None,
-    layers: LayersOpt = None,
-    seed: SeedOpt = None,
-    pad_id: PadIdOpt = None,
+    preset: LayoutFlags.Preset = None,
+    ngram_vocab: LayoutFlags.NgramVocab = None,
+    max_ngram: LayoutFlags.MaxNgram = None,
+    heads: LayoutFlags.Heads = None,
+    layers: LayoutFlags.Layers = None,
+    seed: LayoutFlags.Seed = None,
+    pad_id: LayoutFlags.PadId = None,
     text: Annotated[str | None, typer.Option("--text", help="Text to tokenize and hash.")] = None,
     ids_file: Annotated[
         Path | None, typer.Option("--ids-file", help=".npy of int64 raw token ids, [T] or [B, T].")
@@ -97,34 +45,26 @@ def hash_command(
     table_rows: Annotated[
         bool, typer.Option("--table-rows", help="Add head offsets: rows of the whole layer table.")
     ] = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing --out.")
-    ] = False,
+    overwrite: OverwriteOpt = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Hash text or token ids to the row id of every head of every Engram layer.
 
-    Example: engramctl hash --vocab vocab.parquet --preset demo-v1 --text "Hello world"
+    Example:
+    engramctl hash --vocab vocab.parquet --preset demo-v1 --text "Hello world"
     """
     from .._files import atomic_write, check_writable_target
     from ..errors import UsageError
     from ..hashing import NgramHasher
+    from ..tokenizer import encode_text
+    from ..vocab import read_ids_file
 
     if (text is None) == (ids_file is None):
         raise UsageError("give exactly one of --text or --ids-file")
     if out is not None:
         check_writable_target(out, overwrite=overwrite)
     vocab_map = load_vocab(vocab)
-    layout = build_layout(
-        vocab_map,
-        preset=preset,
-        ngram_vocab=ngram_vocab,
-        max_ngram=max_ngram,
-        heads=heads,
-        layers=layers,
-        seed=seed,
-        pad_id=pad_id,
-    )
+    layout = resolve_layout_flags(ctx.params, vocab_map).layout
     if text is not None:
         ids, pieces = encode_text(text, tokenizer, vocab_map)
     else:

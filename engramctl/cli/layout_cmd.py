@@ -3,97 +3,51 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from .app import command, console
 from .options import (
-    HeadsOpt,
+    DimOpt,
+    DtypeOpt,
     JsonFlag,
-    LayersOpt,
-    MaxNgramOpt,
-    NgramVocabOpt,
-    PadIdOpt,
-    PresetOpt,
-    SeedOpt,
+    LayoutFlags,
     VocabOpt,
-    build_layout,
     load_vocab,
+    resolve_layout_flags,
 )
-
-
-def layout_report(layout, *, dim: int, dtype: str) -> dict:
-    """Rows, offsets and bytes per layer of a layout stored at ``dim``/``dtype``."""
-    from ..table.dtypes import row_bytes
-
-    per_row = row_bytes(dim, dtype)
-    layers = {}
-    for layer_id in layout.layers:
-        rows = layout.layer_rows(layer_id)
-        layers[str(layer_id)] = {
-            "rows": rows,
-            "head_rows": layout.head_rows(layer_id).tolist(),
-            "head_offsets": layout.head_offsets(layer_id).tolist(),
-            "multipliers": layout.multipliers(layer_id).tolist(),
-            "bytes": rows * per_row,
-        }
-    return {
-        "layout": layout.to_dict(),
-        "dim": dim,
-        "dtype": dtype,
-        "row_bytes": per_row,
-        "layers": layers,
-        "total_rows": layout.total_rows,
-        "total_bytes": layout.total_rows * per_row,
-    }
 
 
 @command("layout")
 def layout_command(
+    ctx: typer.Context,
     vocab: VocabOpt,
-    preset: PresetOpt = None,
-    ngram_vocab: NgramVocabOpt = None,
-    max_ngram: MaxNgramOpt = None,
-    heads: HeadsOpt = None,
-    layers: LayersOpt = None,
-    seed: SeedOpt = None,
-    pad_id: PadIdOpt = None,
-    dim: Annotated[
-        int | None, typer.Option("--dim", help="Values per head row. [default: the preset's]")
-    ] = None,
-    dtype: Annotated[
-        str | None,
-        typer.Option(
-            "--dtype",
-            help="float32, bfloat16, float16 or float8_e4m3fn. [default: the preset's]",
-        ),
-    ] = None,
+    preset: LayoutFlags.Preset = None,
+    ngram_vocab: LayoutFlags.NgramVocab = None,
+    max_ngram: LayoutFlags.MaxNgram = None,
+    heads: LayoutFlags.Heads = None,
+    layers: LayoutFlags.Layers = None,
+    seed: LayoutFlags.Seed = None,
+    pad_id: LayoutFlags.PadId = None,
+    dim: DimOpt = None,
+    dtype: DtypeOpt = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Show a layout's rows per head and layer, and the size of a table stored with it.
 
-    Example: engramctl layout --vocab vocab.parquet --preset deepseek-v4.1
+    Example:
+    engramctl layout --vocab vocab.parquet --preset deepseek-v4.1
     """
-    from ..layout import PRESET_DTYPE, PRESET_HEAD_DIM
-    from ..table.dtypes import format_bytes, parse_dtype
+    from .._system import format_bytes
+    from ..layout import layout_report
+    from ..table.dtypes import parse_dtype, row_bytes
 
-    vocab_map = load_vocab(vocab)
-    layout = build_layout(
-        vocab_map,
-        preset=preset,
-        ngram_vocab=ngram_vocab,
-        max_ngram=max_ngram,
-        heads=heads,
-        layers=layers,
-        seed=seed,
-        pad_id=pad_id,
-    )
-    name = preset.value if preset else "demo-v1"
-    dim = dim if dim is not None else PRESET_HEAD_DIM[name]
-    dtype = parse_dtype(dtype if dtype is not None else PRESET_DTYPE[name])
-    report = layout_report(layout, dim=dim, dtype=dtype)
+    resolved = resolve_layout_flags(ctx.params, load_vocab(vocab))
+    dim = dim if dim is not None else resolved.dim
+    dtype = parse_dtype(dtype.value if dtype is not None else resolved.dtype)
+    layout = resolved.layout
+    report = layout_report(layout, dim=dim, dtype=dtype, row_bytes=row_bytes(dim, dtype))
     if json_out:
         typer.echo(json.dumps(report))
         return

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -11,15 +10,9 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .app import STATE, command, console, err_console
-from .options import JsonFlag
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
+from .app import STATE, command, console
+from .options import Device, JsonFlag, OverwriteOpt
+from .progress import progress
 
 DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the model runs.")]
 TokenizerOpt = Annotated[
@@ -30,15 +23,11 @@ TokenizerOpt = Annotated[
 ]
 
 
-def open_table_for(path: Path, mode: str = "r"):
+def open_table_for(path: Path, mode: str = "r", *, vocab=None):
     """``engramctl.table.table.open_table`` (imported lazily; tests may replace this function)."""
-    from ..errors import EngramError
+    from ..table.table import open_table
 
-    try:
-        from ..table.table import open_table
-    except ImportError as exc:  # the table module lands from another branch
-        raise EngramError(f"this engramctl has no table support ({exc})") from None
-    return open_table(path, mode=mode)
+    return open_table(path, mode=mode, vocab=vocab)
 
 
 def close_table(table) -> None:
@@ -94,14 +83,14 @@ def train_command(
         Path | None,
         typer.Option("--compare-with", help="Another checkpoint whose curves join the PNG."),
     ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing --out.")
-    ] = False,
+    overwrite: OverwriteOpt = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Train the reference model (and its Engram table rows), or the --no-engram baseline.
 
-    Example: engramctl train --corpus train.jsonl --table t.zarr --vocab vocab.parquet --out m
+    Example:
+    engramctl train --corpus train.jsonl --table t.zarr \\
+        --vocab vocab.parquet --out m
     """
     from ..errors import EngramError, UsageError
     from ..model.checkpoint import check_checkpoint_target
@@ -146,15 +135,13 @@ def train_command(
         seq_len=seq_len,
         min_count=min_count,
     )
-    if engram:
-        table_handle = open_table_for(table, mode="r+")
+    if engram:  # refuses a table made for another vocab
+        table_handle = open_table_for(table, mode="r+", vocab=vocab_map)
     try:
-        if engram and table_handle.info.vocab_fingerprint != vocab_map.fingerprint:
-            raise EngramError(
-                f"the table was built for vocab {table_handle.info.vocab_fingerprint}, but "
-                f"{vocab} is {vocab_map.fingerprint}; pass the vocab the table was made with"
-            )
-        with _progress(steps) as on_step:
+        detail = "loss {loss:.3f}, {tps:,.0f} tok/s"
+        with progress(
+            "train", enabled=not STATE["quiet"], unit="steps", detail=detail, transient=True
+        ) as update:
             result = train_model(
                 windows=data.windows,
                 heldout=data.heldout,
@@ -164,7 +151,7 @@ def train_command(
                 table=table_handle,
                 vocab=vocab_map,
                 overwrite=overwrite,
-                on_step=on_step,
+                on_step=lambda step, total, loss, tps: update(step, total, loss=loss, tps=tps),
                 extra_meta=data.meta,
                 compare=compare,
             )
@@ -182,41 +169,6 @@ def train_command(
     if engram:
         console.print(f"wrote {result.rows_written:,} trained rows back to {table}")
     console.print(f"checkpoint {out}/ (loss curve {out}/loss_curve.png)")
-
-
-class _progress:
-    """A rich progress bar (step, loss, tokens/s, ETA) as an ``on_step`` callback."""
-
-    def __init__(self, total: int):
-        self.total = total
-
-    def __enter__(self):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        if STATE["quiet"]:
-            self.progress = None
-            return lambda *a: None
-        self.progress = Progress(
-            TextColumn("step {task.completed}/{task.total}"),
-            BarColumn(),
-            TextColumn("loss {task.fields[loss]:.3f}"),
-            TextColumn("{task.fields[tps]:,.0f} tok/s"),
-            TimeRemainingColumn(),
-            console=err_console,
-            transient=True,
-        )
-        self.progress.start()
-        task = self.progress.add_task("train", total=self.total, loss=float("nan"), tps=0.0)
-
-        def on_step(step, total, loss, tps):
-            self.progress.update(task, completed=step, loss=loss, tps=tps)
-
-        return on_step
-
-    def __exit__(self, *exc):
-        if self.progress is not None:
-            self.progress.stop()
-        return False
 
 
 @command("eval")
@@ -244,14 +196,14 @@ def eval_command(
     report: Annotated[
         Path | None, typer.Option("--report", help="Also write the JSON report to this file.")
     ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an existing --report.")
-    ] = False,
+    overwrite: OverwriteOpt = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Evaluate a checkpoint on a benchmark while paging its Engram rows from the table.
 
-    Example: engramctl eval --model m --table t.zarr --benchmark sample_data/bench/lm_heldout.jsonl
+    Example:
+    engramctl eval --model m --table t.zarr \\
+        --benchmark sample_data/bench/lm_heldout.jsonl
     """
     from .._files import atomic_write, check_writable_target
     from ..errors import UsageError

@@ -1,4 +1,6 @@
-"""Options shared by several commands, defined once: the vocab path, layout flags, ``--json``."""
+"""Options shared by several commands, defined once: the vocab path, the layout flags
+(:class:`LayoutFlags`), ``--json``, and the enums of choices, built from the library's constants.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +10,104 @@ from typing import Annotated
 
 import typer
 
+from ..corpus.files import FORMATS, TOKEN_DTYPES
+from ..layout import DEFAULT_PRESET, PRESETS, LayoutRequest, ResolvedLayout
+from ..model.paging import DEVICES
+from ..table.choices import COMPRESSORS, INIT_KINDS
+from ..table.dtypes import DTYPE_ALIASES, DTYPES
 
-class Preset(str, Enum):
-    demo_v1 = "demo-v1"
-    deepseek_v4_1 = "deepseek-v4.1"
+
+def _choices(name: str, values) -> type[Enum]:
+    """A str Enum whose members are ``values`` (typer shows them as the choices)."""
+    return Enum(name, [(value, value) for value in values], type=str)
+
+
+Preset = _choices("Preset", PRESETS)
+Dtype = _choices("Dtype", [*DTYPES, *DTYPE_ALIASES])
+InitKind = _choices("InitKind", INIT_KINDS)
+Compressor = _choices("Compressor", COMPRESSORS)
+CorpusFormat = _choices("CorpusFormat", ["auto", *FORMATS])
+TokenDtype = _choices("TokenDtype", TOKEN_DTYPES)
+Device = _choices("Device", DEVICES)
+
+LAYOUT_PANEL = "Layout"
+
+
+def _layout_option(flag: str, help_text: str, metavar: str | None = None):
+    return typer.Option(flag, metavar=metavar, help=help_text, rich_help_panel=LAYOUT_PANEL)
+
+
+class LayoutFlags:
+    """The layout options, declared once. A command that takes a layout lists every one of them
+    in its signature (typer reads options from the signature), under the same parameter names,
+    with a ``ctx: typer.Context`` parameter, and calls :func:`resolve_layout_flags` with
+    ``ctx.params``, which it reads by name.
+
+    A new layout source (``--config PATH``) is one more alias here, one more field of
+    :class:`~engramctl.layout.LayoutRequest` and one more branch in ``layout.resolve_layout``.
+    """
+
+    Preset = Annotated[
+        Preset | None,
+        _layout_option(
+            "--preset",
+            f"Layout preset; layout flags override its fields. (default: {DEFAULT_PRESET})",
+        ),
+    ]
+    NgramVocab = Annotated[
+        str | None,
+        _layout_option(
+            "--ngram-vocab", "Rows per head for orders 2..max, e.g. 646400,646400.", "ROWS,..."
+        ),
+    ]
+    MaxNgram = Annotated[int | None, _layout_option("--max-ngram", "Largest n-gram order.")]
+    Heads = Annotated[int | None, _layout_option("--heads", "Hash heads per n-gram order.")]
+    Layers = Annotated[
+        str | None, _layout_option("--layers", "Engram layer ids, e.g. 1,15.", "IDS")
+    ]
+    Seed = Annotated[int | None, _layout_option("--seed", "The multipliers' seed.")]
+    PadId = Annotated[int | None, _layout_option("--pad-id", "Raw pad token id.")]
+
+    # The parameter name each command gives each option above (the LayoutRequest field names).
+    NAMES = ("preset", "ngram_vocab", "max_ngram", "heads", "layers", "seed", "pad_id")
+
+
+def resolve_layout_flags(
+    params: dict, vocab, *, table=None, pick_layers: bool = False
+) -> ResolvedLayout:
+    """The layout a command's :class:`LayoutFlags` (``params``: its ``ctx.params``) name, and
+    ``--table`` if given. One call of :func:`engramctl.layout.resolve_layout` (the rules).
+    """
+    from ..layout import resolve_layout
+
+    missing = [name for name in LayoutFlags.NAMES if name not in params]
+    if missing:  # a command that declares only some layout flags: a bug, not a user mistake
+        raise RuntimeError(f"command lacks layout parameters {missing}")
+    flags = {name: params[name] for name in LayoutFlags.NAMES}
+    if flags["preset"] is not None:
+        flags["preset"] = flags["preset"].value
+    source = None
+    if table is not None:
+        from ..table.format import table_layout_source
+
+        source = table_layout_source(table, vocab=vocab)
+    return resolve_layout(
+        LayoutRequest(**flags), vocab=vocab, source=source, pick_layers=pick_layers
+    )
 
 
 VocabOpt = Annotated[
     Path,
     typer.Option("--vocab", help="Canonical vocab Parquet file (from engramctl build-vocab)."),
 ]
-PresetOpt = Annotated[
-    Preset | None,
-    typer.Option(
-        "--preset", help="Layout preset; layout flags override its fields. [default: demo-v1]"
-    ),
+DimOpt = Annotated[
+    int | None,
+    typer.Option("--dim", help="Values per head row. (default: the preset's)"),
 ]
-NgramVocabOpt = Annotated[
-    str | None,
-    typer.Option("--ngram-vocab", help="Rows per head for orders 2..max, e.g. 646400,646400."),
+DtypeOpt = Annotated[
+    Dtype | None,
+    typer.Option("--dtype", help="Storage dtype of the rows. (default: the preset's)"),
 ]
-MaxNgramOpt = Annotated[int | None, typer.Option("--max-ngram", help="Largest n-gram order.")]
-HeadsOpt = Annotated[int | None, typer.Option("--heads", help="Hash heads per n-gram order.")]
-LayersOpt = Annotated[str | None, typer.Option("--layers", help="Engram layer ids, e.g. 1,15.")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Multiplier seed.")]
-PadIdOpt = Annotated[int | None, typer.Option("--pad-id", help="Raw pad token id.")]
 SchedulerOpt = Annotated[
     str | None,
     typer.Option(
@@ -44,36 +119,7 @@ SchedulerOpt = Annotated[
 JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")
 ]
-
-
-def build_layout(
-    vocab,
-    *,
-    preset: Preset | None,
-    ngram_vocab: str | None,
-    max_ngram: int | None,
-    heads: int | None,
-    layers: str | None,
-    seed: int | None,
-    pad_id: int | None,
-):
-    """The layout named by ``--preset`` (default demo-v1) with any layout flag overriding it."""
-    from ..layout import EngramLayout, parse_int_list
-
-    overrides = {
-        "ngram_vocab": (
-            parse_int_list(ngram_vocab, name="--ngram-vocab") if ngram_vocab is not None else None
-        ),
-        "max_ngram": max_ngram,
-        "heads": heads,
-        "layers": parse_int_list(layers, name="--layers") if layers is not None else None,
-        "seed": seed,
-        "pad_id": pad_id,
-    }
-    name = preset.value if preset is not None else "demo-v1"
-    layout = EngramLayout.from_preset(name, vocab_size=vocab.canonical_vocab_size, **overrides)
-    layout.pad_canonical_id(vocab)  # validates pad id against the vocab
-    return layout
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 
 
 def load_vocab(path: Path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -11,111 +10,40 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import UsageError
 from .app import STATE, command, console, err_console
 from .options import (
-    HeadsOpt,
-    LayersOpt,
-    MaxNgramOpt,
-    NgramVocabOpt,
-    PadIdOpt,
-    PresetOpt,
+    CorpusFormat,
+    JsonFlag,
+    LayoutFlags,
     SchedulerOpt,
-    SeedOpt,
+    TokenDtype,
     VocabOpt,
-    build_layout,
     load_vocab,
+    resolve_layout_flags,
 )
-
-
-class CorpusFormat(str, Enum):
-    auto = "auto"
-    text = "text"
-    jsonl = "jsonl"
-    parquet = "parquet"
-    tokens = "tokens"
-
-
-class TokenDtype(str, Enum):
-    uint16 = "uint16"
-    uint32 = "uint32"
-
-
-def _pick_layout(vocab_map, layers: str | None, **flags):
-    """Layers of the preset keep the preset's primes; other layer ids define a new layout."""
-    from ..layout import parse_int_list
-
-    base = build_layout(vocab_map, layers=None, **flags)
-    if not layers:
-        return base, base.layers
-    wanted = parse_int_list(layers, name="--layers")
-    if set(wanted) <= set(base.layers):
-        return base, wanted
-    layout = build_layout(vocab_map, layers=layers, **flags)
-    return layout, layout.layers
-
-
-def _table_layout(table: str, vocab_map, layers: str | None):
-    """The layout of an existing table, refusing a vocab other than the one it was made for."""
-    from ..errors import EngramError
-    from ..layout import parse_int_list
-    from ..table.format import read_group
-
-    meta, _ = read_group(table)
-    if meta.vocab_fingerprint != vocab_map.fingerprint:
-        raise EngramError(
-            f"table {table} was made for vocab {meta.vocab_fingerprint} but --vocab is "
-            f"{vocab_map.fingerprint}; pass the vocab the table was created with"
-        )
-    if not layers:
-        return meta.layout, meta.layout.layers
-    wanted = parse_int_list(layers, name="--layers")
-    missing = sorted(set(wanted) - set(meta.layout.layers))
-    if missing:
-        raise UsageError(f"--layers {missing} are not layers of table {table} {meta.layout.layers}")
-    return meta.layout, wanted
-
-
-def _progress_bar(total_bytes: int):
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]hash-stats"),
-        BarColumn(),
-        DownloadColumn(),
-        TextColumn("{task.fields[docs]} docs, {task.fields[rate]} tok/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    )
+from .progress import progress
 
 
 @command("hash-stats")
 def hash_stats_command(
+    ctx: typer.Context,
     corpus: Annotated[
         list[str], typer.Argument(help="Corpus files, directories or globs ('data/**/*.jsonl').")
     ],
     vocab: VocabOpt,
-    preset: PresetOpt = None,
-    ngram_vocab: NgramVocabOpt = None,
-    max_ngram: MaxNgramOpt = None,
-    heads: HeadsOpt = None,
-    layers: LayersOpt = None,
-    seed: SeedOpt = None,
-    pad_id: PadIdOpt = None,
+    preset: LayoutFlags.Preset = None,
+    ngram_vocab: LayoutFlags.NgramVocab = None,
+    max_ngram: LayoutFlags.MaxNgram = None,
+    heads: LayoutFlags.Heads = None,
+    layers: LayoutFlags.Layers = None,
+    seed: LayoutFlags.Seed = None,
+    pad_id: LayoutFlags.PadId = None,
     table: Annotated[
         str | None,
         typer.Option(
             "--table",
             help="Take the layout from this table (path or URL) instead of --preset/layout flags.",
+            rich_help_panel="Layout",
         ),
     ] = None,
     tokenizer: Annotated[
@@ -148,9 +76,9 @@ def hash_stats_command(
     limit_tokens: Annotated[
         int | None, typer.Option("--limit-tokens", help="Stop after this many tokens.")
     ] = None,
-    json_path: Annotated[
-        Path | None,
-        typer.Option("--json", help="Write the report as JSON to this file ('-': stdout)."),
+    json_out: JsonFlag = False,
+    report_path: Annotated[
+        Path | None, typer.Option("--report", help="Also write the JSON report to this file.")
     ] = None,
     plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG plot here.")] = None,
     max_memory: Annotated[
@@ -167,9 +95,8 @@ def hash_stats_command(
         int, typer.Option("--batch-tokens", help="Tokens per counting batch.")
     ] = 1 << 20,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace existing --json/--plot files.")
+        bool, typer.Option("--overwrite", help="Replace existing --report/--plot files.")
     ] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or notes.")] = False,
     scheduler: SchedulerOpt = None,
 ) -> None:
     """Stream a corpus through the multi-head hashing; report collisions and occupancy.
@@ -177,10 +104,12 @@ def hash_stats_command(
     With --scheduler the files are cut into shards counted on Dask workers and the exact counts
     are merged in a tree: the report is the same as without it (see docs/scale-out.md).
 
-    Example: engramctl hash-stats train.jsonl --vocab vocab.parquet --sweep 100k,1M --plot s.png
+    Example:
+    engramctl hash-stats train.jsonl --vocab vocab.parquet \\
+        --sweep 100k,1M --report stats.json --plot stats.png
     """
     from .._files import atomic_write, check_writable_target
-    from ..corpus.readers import CorpusOptions
+    from ..corpus.files import CorpusOptions
     from ..layout import parse_int_list
     from ..stats.run import (
         load_matching_tokenizer,
@@ -189,22 +118,13 @@ def hash_stats_command(
         run_hash_stats,
     )
 
-    quiet = quiet or STATE["quiet"]
-    to_stdout = json_path is not None and str(json_path) == "-"
-    for target in (None if to_stdout else json_path, plot):
+    quiet = STATE["quiet"]
+    for target in (report_path, plot):
         if target is not None:
             check_writable_target(target, overwrite=overwrite)
     vocab_map = load_vocab(vocab)
-    if table is not None:
-        flags = (preset, ngram_vocab, max_ngram, heads, seed, pad_id)
-        if any(flag is not None for flag in flags):
-            raise UsageError("--table fixes the layout; drop --preset and the layout flags")
-        layout, layer_ids = _table_layout(table, vocab_map, layers)
-    else:
-        layout, layer_ids = _pick_layout(
-            vocab_map, layers, preset=preset, ngram_vocab=ngram_vocab, max_ngram=max_ngram,
-            heads=heads, seed=seed, pad_id=pad_id,
-        )  # fmt: skip
+    resolved = resolve_layout_flags(ctx.params, vocab_map, table=table, pick_layers=True)
+    layout, layer_ids = resolved.layout, resolved.layer_ids
     options = CorpusOptions(
         format=corpus_format.value, text_field=text_field, tokens_field=tokens_field,
         doc_sep=doc_sep, doc_sep_id=doc_sep_id,
@@ -216,9 +136,9 @@ def hash_stats_command(
         limit_tokens=limit_tokens, max_memory=parse_memory(max_memory), threads=threads,
     )  # fmt: skip
     text_tokenizer = load_matching_tokenizer(tokenizer, vocab_map) if plan.needs_tokenizer else None
-    note = err_console.print if to_stdout else console.print
+    note = err_console.print if json_out else console.print
     if not quiet:
-        from ..table.dtypes import format_bytes
+        from .._system import format_bytes
 
         note(
             f"{len(plan.files)} file(s), {format_bytes(plan.bytes_total)}; accumulators need up to "
@@ -233,19 +153,18 @@ def hash_stats_command(
 
         run = partial(run_hash_stats_dask, scheduler=scheduler)
     report = _run_with_progress(plan, vocab_map, text_tokenizer, quiet, run)
-    if json_path is not None:
-        if to_stdout:
-            typer.echo(report.to_json())
-        else:
-            with atomic_write(json_path, "w") as handle:
-                handle.write(report.to_json())
+    if report_path is not None:
+        with atomic_write(report_path, "w") as handle:
+            handle.write(report.to_json())
     if plot is not None:
         from ..stats.plot import plot_report
 
         plot_report(report, plot)
-    if not to_stdout:
+    if json_out:
+        typer.echo(report.to_json())
+    else:
         _render(report)
-        for path in (json_path, plot):
+        for path in (report_path, plot):
             if path is not None:
                 console.print(f"wrote {path}")
     if report.stopped_reason == "interrupted":
@@ -256,17 +175,15 @@ def hash_stats_command(
 def _run_with_progress(plan, vocab_map, text_tokenizer, quiet, run):
     import time
 
-    if quiet:
-        return run(plan, vocab=vocab_map, tokenizer=text_tokenizer)
     started = time.perf_counter()
-    with _progress_bar(plan.bytes_total) as bar:
-        task = bar.add_task("hash-stats", total=plan.bytes_total, docs=0, rate="-")
+    detail = "{docs:,} docs, {rate:,.0f} tok/s"
+    with progress("hash-stats", enabled=not quiet, detail=detail, transient=True) as update:
 
-        def progress(done, total, docs, tokens):
+        def on_progress(done, total, docs, tokens):
             rate = tokens / max(time.perf_counter() - started, 1e-9)
-            bar.update(task, completed=done, docs=f"{docs:,}", rate=f"{rate:,.0f}")
+            update(done, total, docs=docs, rate=rate)
 
-        return run(plan, vocab=vocab_map, tokenizer=text_tokenizer, progress=progress)
+        return run(plan, vocab=vocab_map, tokenizer=text_tokenizer, progress=on_progress)
 
 
 def _pct(value: float) -> str:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -13,40 +11,22 @@ from rich.table import Table as RichTable
 
 from .app import STATE, command, console, err_console
 from .options import (
-    HeadsOpt,
+    Compressor,
+    DimOpt,
+    Dtype,
+    DtypeOpt,
+    InitKind,
     JsonFlag,
-    LayersOpt,
-    MaxNgramOpt,
-    NgramVocabOpt,
-    PadIdOpt,
-    PresetOpt,
+    LayoutFlags,
+    OverwriteOpt,
     SchedulerOpt,
     VocabOpt,
-    build_layout,
     load_vocab,
+    resolve_layout_flags,
 )
-
-
-class InitKind(str, Enum):
-    normal = "normal"
-    uniform = "uniform"
-    zeros = "zeros"
-
-
-class Compressor(str, Enum):
-    none = "none"
-    zstd = "zstd"
-
+from .progress import progress
 
 TableArg = Annotated[Path, typer.Argument(help="Table directory (a zarr v3 group).")]
-LayoutSeedOpt = Annotated[
-    int | None,
-    typer.Option("--layout-seed", help="The layout's multiplier seed (the --seed of hash/layout)."),
-]
-DtypeOpt = Annotated[
-    str | None,
-    typer.Option("--dtype", help="float32, bfloat16, float16 or float8_e4m3fn."),
-]
 ChunkRowsOpt = Annotated[
     int | None, typer.Option("--chunk-rows", help="Rows per chunk. (default: ~4 MiB chunks)")
 ]
@@ -57,7 +37,6 @@ CompressorOpt = Annotated[
 TensorNameOpt = Annotated[
     str, typer.Option("--tensor-name", help="safetensors name of a layer's tensor ({layer} = id).")
 ]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 TableUrlArg = Annotated[
     str, typer.Argument(help="Table directory, or an fsspec URL such as s3://bucket/t.zarr.")
 ]
@@ -77,76 +56,25 @@ def _storage_options(items: list[str] | None) -> dict | None:
     return parse_storage_options(items) or None
 
 
-@contextlib.contextmanager
-def byte_progress(description: str, *, enabled: bool):
-    """A rich bar showing bytes done, total, speed and ETA; yields ``update(done, total)``."""
-    if not enabled:
-        yield lambda done, total: None
-        return
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-    )
-    bar = Progress(*columns, console=err_console, transient=False)
-    task = None
-
-    def update(done: int, total: int) -> None:
-        nonlocal task
-        if task is None:  # start on the first report, so an early error shows no empty bar
-            bar.start()
-            task = bar.add_task(description, total=total)
-        bar.update(task, completed=done, total=total)
-
-    try:
-        yield update
-    finally:
-        if task is not None:  # stopping a bar never started prints an empty line
-            bar.stop()
-
-
-def _layout(vocab_map, preset, ngram_vocab, max_ngram, heads, layers, layout_seed, pad_id):
-    return build_layout(
-        vocab_map,
-        preset=preset,
-        ngram_vocab=ngram_vocab,
-        max_ngram=max_ngram,
-        heads=heads,
-        layers=layers,
-        seed=layout_seed,
-        pad_id=pad_id,
-    )
-
-
 @command("init-table")
 def init_table_command(
+    ctx: typer.Context,
     out: TableUrlArg,
     vocab: VocabOpt,
-    preset: PresetOpt = None,
-    ngram_vocab: NgramVocabOpt = None,
-    max_ngram: MaxNgramOpt = None,
-    heads: HeadsOpt = None,
-    layers: LayersOpt = None,
-    layout_seed: LayoutSeedOpt = None,
-    pad_id: PadIdOpt = None,
-    dim: Annotated[
-        int | None, typer.Option("--dim", help="Values per row. (default: the preset's)")
-    ] = None,
+    preset: LayoutFlags.Preset = None,
+    ngram_vocab: LayoutFlags.NgramVocab = None,
+    max_ngram: LayoutFlags.MaxNgram = None,
+    heads: LayoutFlags.Heads = None,
+    layers: LayoutFlags.Layers = None,
+    seed: LayoutFlags.Seed = None,
+    pad_id: LayoutFlags.PadId = None,
+    dim: DimOpt = None,
     dtype: DtypeOpt = None,
     init: Annotated[InitKind, typer.Option("--init", help="Initial values.")] = InitKind.normal,
     std: Annotated[float, typer.Option("--std", help="Std of normal/uniform values.")] = 0.02,
-    seed: Annotated[int, typer.Option("--seed", help="Init seed (with layer, row, column).")] = 0,
+    init_seed: Annotated[
+        int, typer.Option("--init-seed", help="Init seed (with layer, row, column).")
+    ] = 0,
     lazy: Annotated[
         bool, typer.Option("--lazy", help="Write metadata only; chunks are made on first write.")
     ] = False,
@@ -167,28 +95,28 @@ def init_table_command(
     With --scheduler the Dask workers write the chunks straight to the table's store (a shared
     path or a URL); the table is bit-identical to a single-process init.
 
-    Example: engramctl init-table table.zarr --vocab vocab.parquet --preset demo-v1 --lazy
+    Example:
+    engramctl init-table t.zarr --vocab vocab.parquet --preset demo-v1 --lazy
     """
+    from .._system import format_bytes
     from ..errors import UsageError
-    from ..layout import PRESET_DTYPE, PRESET_HEAD_DIM
     from ..table.create import create_table
-    from ..table.dtypes import format_bytes, parse_dtype
+    from ..table.dtypes import parse_dtype
 
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
     vocab_map = load_vocab(vocab)
-    layout = _layout(vocab_map, preset, ngram_vocab, max_ngram, heads, layers, layout_seed, pad_id)
-    name = preset.value if preset else "demo-v1"
-    with byte_progress("init", enabled=not (json_out or STATE["quiet"] or lazy)) as update:
+    resolved = resolve_layout_flags(ctx.params, vocab_map)
+    with progress("init", enabled=not (json_out or STATE["quiet"] or lazy)) as update:
         result = create_table(
             out,
-            layout=layout,
+            layout=resolved.layout,
             vocab_fingerprint=vocab_map.fingerprint,
-            dim=dim if dim is not None else PRESET_HEAD_DIM[name],
-            dtype=parse_dtype(dtype or PRESET_DTYPE[name]),
+            dim=dim if dim is not None else resolved.dim,
+            dtype=parse_dtype(dtype.value if dtype is not None else resolved.dtype),
             init=init.value,
             std=std,
-            seed=seed,
+            seed=init_seed,
             lazy=lazy,
             chunk_rows=chunk_rows,
             compressor=compressor.value,
@@ -228,9 +156,10 @@ def info_command(
 ) -> None:
     """Show a table's layout, layers, heads, chunking and size (local or fsspec URL).
 
-    Example: engramctl info table.zarr --json
+    Example:
+    engramctl info table.zarr --json
     """
-    from ..table.dtypes import format_bytes
+    from .._system import format_bytes
     from ..table.table import open_table
 
     info = open_table(table, storage_options=_storage_options(storage_option)).info
@@ -287,12 +216,13 @@ def verify_command(
 
     Exits 1 on any damage.
 
-    Example: engramctl verify table.zarr --deep
+    Example:
+    engramctl verify table.zarr --deep
     """
     from ..table.verify import verify_table
 
     vocab_map = load_vocab(vocab) if vocab else None
-    with byte_progress("verify", enabled=deep and not (json_out or STATE["quiet"])) as update:
+    with progress("verify", enabled=deep and not (json_out or STATE["quiet"])) as update:
         report = verify_table(
             table,
             deep=deep,
@@ -328,12 +258,13 @@ def export_command(
 ) -> None:
     """Stream a table to safetensors: one rows x dim tensor per layer (+ .scales for fp8).
 
-    Example: engramctl export table.zarr table.safetensors
+    Example:
+    engramctl export table.zarr table.safetensors
     """
-    from ..table.dtypes import format_bytes
+    from .._system import format_bytes
     from ..table.safetensors import export_safetensors
 
-    with byte_progress("export", enabled=not (json_out or STATE["quiet"])) as update:
+    with progress("export", enabled=not (json_out or STATE["quiet"])) as update:
         result = export_safetensors(
             table, out, overwrite=overwrite, name_template=tensor_name, progress=update
         )
@@ -357,19 +288,20 @@ def export_command(
 
 @command("import")
 def import_command(
+    ctx: typer.Context,
     source: Annotated[Path, typer.Argument(help="safetensors file with one tensor per layer.")],
     out: TableArg,
     vocab: VocabOpt,
-    preset: PresetOpt = None,
-    ngram_vocab: NgramVocabOpt = None,
-    max_ngram: MaxNgramOpt = None,
-    heads: HeadsOpt = None,
-    layers: LayersOpt = None,
-    layout_seed: LayoutSeedOpt = None,
-    pad_id: PadIdOpt = None,
+    preset: LayoutFlags.Preset = None,
+    ngram_vocab: LayoutFlags.NgramVocab = None,
+    max_ngram: LayoutFlags.MaxNgram = None,
+    heads: LayoutFlags.Heads = None,
+    layers: LayoutFlags.Layers = None,
+    seed: LayoutFlags.Seed = None,
+    pad_id: LayoutFlags.PadId = None,
     tensor_name: TensorNameOpt = "layer_{layer}",
     dtype: Annotated[
-        str | None, typer.Option("--dtype", help="Convert to this dtype. (default: the file's)")
+        Dtype | None, typer.Option("--dtype", help="Convert to this dtype. (default: the file's)")
     ] = None,
     chunk_rows: ChunkRowsOpt = None,
     compressor: CompressorOpt = Compressor.none,
@@ -378,21 +310,23 @@ def import_command(
 ) -> None:
     """Build a table from safetensors: one (sum of head primes) x dim tensor per layer.
 
-    Example: engramctl import trained.safetensors table.zarr --vocab vocab.parquet --preset demo-v1
+    Example:
+    engramctl import trained.safetensors table.zarr \\
+        --vocab vocab.parquet --preset demo-v1
     """
-    from ..table.dtypes import format_bytes
+    from .._system import format_bytes
     from ..table.safetensors import import_safetensors
 
     vocab_map = load_vocab(vocab)
-    layout = _layout(vocab_map, preset, ngram_vocab, max_ngram, heads, layers, layout_seed, pad_id)
-    with byte_progress("import (chunks)", enabled=not (json_out or STATE["quiet"])) as update:
+    layout = resolve_layout_flags(ctx.params, vocab_map).layout
+    with progress("import (chunks)", enabled=not (json_out or STATE["quiet"])) as update:
         result = import_safetensors(
             source,
             out,
             layout=layout,
             vocab_fingerprint=vocab_map.fingerprint,
             name_template=tensor_name,
-            dtype=dtype,
+            dtype=dtype.value if dtype is not None else None,
             chunk_rows=chunk_rows,
             compressor=compressor.value,
             overwrite=overwrite,

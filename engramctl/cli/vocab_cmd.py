@@ -37,7 +37,8 @@ def build_vocab(
 ) -> None:
     """Compute the canonical vocab: token ids folded by case, accents and whitespace.
 
-    Example: engramctl build-vocab --tokenizer deepseek-v4 --out vocab.parquet
+    Example:
+    engramctl build-vocab --tokenizer deepseek-v4 --out vocab.parquet
     """
     from .._files import check_writable_target
     from ..vocab import CanonicalVocab

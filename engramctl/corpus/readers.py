@@ -1,4 +1,4 @@
-"""Corpus readers: files, directories and globs streamed as batches of document pieces.
+"""Corpus readers: corpus files streamed as batches of document pieces, one reader per format.
 
 Formats: plain text (one document per file, or blank-line-separated documents), JSON Lines with a
 text (or token-id list) field, Parquet with a string or list-of-int column (read with pyarrow in
@@ -7,86 +7,30 @@ document separator id). Text and JSON Lines may be ``.gz`` or ``.zst`` compresse
 whole: long documents come as several pieces (``doc_start`` false on all but the first), and a
 consumer carries the n-gram context from one piece to the next. Documents are never joined.
 
+Which files and how to read them (discovery, formats, options) is :mod:`engramctl.corpus.files`.
 Text batches are tokenized by :mod:`engramctl.corpus.tokenize`. Every batch says where each
 piece came from, so errors name the file and line or row.
 """
 
 from __future__ import annotations
 
-import glob
 import gzip
 import io
 import json
-import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from ..errors import EngramError, UsageError
 from ..vocab import METADATA_KEY
-
-FORMATS = ("text", "jsonl", "parquet", "tokens")
-SUFFIX_FORMATS = {
-    ".txt": "text", ".text": "text", ".md": "text", ".rst": "text",
-    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
-    ".parquet": "parquet", ".pq": "parquet",
-    ".npy": "tokens", ".bin": "tokens", ".u16": "tokens", ".u32": "tokens",
-}  # fmt: skip
-COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
-TOKEN_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
-# Typical bytes per token of text (for the up-front memory estimate only) and a guess at the
-# compression ratio of .gz/.zst text.
-BYTES_PER_TOKEN = 3
-COMPRESSION_RATIO = 4
-
-
-@dataclass(frozen=True)
-class CorpusOptions:
-    """How to read a corpus (defaults suit JSON Lines with a ``text`` field)."""
-
-    format: str = "auto"  # auto (by suffix), text, jsonl, parquet or tokens
-    text_field: str = "text"  # jsonl field / parquet column holding the text
-    tokens_field: str | None = None  # jsonl field / parquet column of token-id lists instead
-    doc_sep: bool = False  # plain text: blank lines separate documents (else one per file)
-    doc_sep_id: int | None = None  # token streams: this id ends a document (not counted)
-    token_dtype: str | None = None  # flat binaries: uint16 or uint32 (.u16/.u32 imply it)
-    batch_tokens: int = 1 << 20  # tokens per batch handed to the counter
-    piece_bytes: int = 1 << 20  # long text documents are tokenized in pieces of about this
-
-    def validate(self) -> None:
-        if self.format not in ("auto", *FORMATS):
-            raise UsageError(f"--format: expected auto or one of {', '.join(FORMATS)}")
-        if self.token_dtype is not None and self.token_dtype not in TOKEN_DTYPES:
-            raise UsageError(f"--token-dtype: expected uint16 or uint32, got {self.token_dtype!r}")
-        if self.batch_tokens < 1 or self.piece_bytes < 1:
-            raise UsageError("batch and piece sizes must be positive")
-
-
-@dataclass(frozen=True)
-class CorpusFile:
-    """One input file: its format, compression and size on disk."""
-
-    path: Path
-    format: str
-    compression: str | None
-    size: int
-    # A shard of the file (``hash-stats --scheduler``): ``[start, stop)`` in bytes (text, jsonl;
-    # cut at line starts), row groups (parquet), rows (2-D .npy) or tokens (1-D token streams).
-    span: tuple[int, int] | None = None
-    first_line: int = 1  # number of the line at the span's first byte (text, jsonl)
-
-
-@dataclass
-class CorpusWarnings:
-    """Recoverable problems, counted: ``{kind: {"count": n, "first": "file line 3"}}``."""
-
-    counts: dict = field(default_factory=dict)
-
-    def add(self, kind: str, where: str, count: int = 1) -> None:
-        entry = self.counts.setdefault(kind, {"count": 0, "first": where})
-        entry["count"] += count
+from .files import (
+    BYTES_PER_TOKEN,
+    CorpusFile,
+    CorpusOptions,
+    CorpusWarnings,
+    flat_dtype,
+)
 
 
 @dataclass
@@ -115,72 +59,6 @@ class Batch:
         if unit == "token":
             at += index - int(self.offsets[piece])
         return f"{path} {unit} {at}"
-
-
-# ------------------------------------------------------------------------------ discovery
-def _split_suffix(path: Path) -> tuple[str, str | None]:
-    suffixes = [s.lower() for s in path.suffixes]
-    compression = COMPRESSIONS.get(suffixes[-1]) if suffixes else None
-    if compression:
-        suffixes = suffixes[:-1]
-    return (suffixes[-1] if suffixes else ""), compression
-
-
-def _classify(path: Path, fmt: str) -> CorpusFile | None:
-    suffix, compression = _split_suffix(path)
-    detected = SUFFIX_FORMATS.get(suffix)
-    if fmt != "auto":
-        detected = fmt
-    if detected is None:
-        return None
-    if compression and detected in ("parquet", "tokens"):
-        raise EngramError(f"{path}: {detected} files cannot be {compression}-compressed")
-    return CorpusFile(path, detected, compression, path.stat().st_size)
-
-
-def discover_files(inputs, *, format: str = "auto") -> list[CorpusFile]:
-    """Expand files, directories (recursively) and globs into corpus files, sorted per input."""
-    files: list[CorpusFile] = []
-    for item in inputs:
-        item = str(item)
-        if glob.has_magic(item) and not Path(item).exists():  # an existing path wins
-            matches = sorted(glob.glob(item, recursive=True))
-            if not matches:
-                raise EngramError(f"no file matches {item}")
-            paths = [Path(m) for m in matches if Path(m).is_file()]
-        elif Path(item).is_dir():
-            paths = sorted(p for p in Path(item).rglob("*") if p.is_file())
-        elif Path(item).exists():
-            paths = [Path(item)]
-        else:
-            raise EngramError(f"corpus file not found: {item}")
-        found = [f for f in (_classify(p, format) for p in paths) if f is not None]
-        if not found and len(paths) == 1 and not Path(item).is_dir():
-            raise UsageError(
-                f"{item}: cannot tell the format from its name; pass --format "
-                f"({', '.join(FORMATS)})"
-            )
-        if not found:
-            known = ", ".join(sorted(SUFFIX_FORMATS))
-            raise EngramError(f"{item} holds no corpus files (looked for {known}, .gz, .zst)")
-        files.extend(found)
-    if not files:
-        raise UsageError("give at least one corpus file, directory or glob")
-    return files
-
-
-def estimate_tokens(files: list[CorpusFile], options: CorpusOptions) -> int:
-    """Tokens to expect: exact for token arrays, about ``bytes / 3`` for text."""
-    total = 0
-    for f in files:
-        if f.format == "tokens":
-            total += f.size // _token_itemsize(f, options)
-        elif f.format == "parquet" and options.tokens_field:
-            total += f.size // 2  # compressed int lists: a generous guess
-        else:
-            ratio = COMPRESSION_RATIO if f.compression else 1
-            total += f.size * ratio // BYTES_PER_TOKEN
-    return total
 
 
 # --------------------------------------------------------------------------- raw readers
@@ -326,21 +204,6 @@ def _parquet_batches(f, options) -> Iterator[tuple[object, int, float]]:
         raise EngramError(f"{f.path} row {done}: cannot read Parquet data ({exc})") from exc
 
 
-def _token_itemsize(f: CorpusFile, options: CorpusOptions) -> int:
-    if f.path.suffix.lower() == ".npy":
-        return 4  # estimate only
-    return np.dtype(_flat_dtype(f, options)).itemsize
-
-
-def _flat_dtype(f: CorpusFile, options: CorpusOptions):
-    suffix = f.path.suffix.lower()
-    if options.token_dtype:
-        return TOKEN_DTYPES[options.token_dtype]
-    if suffix in (".u16", ".u32"):
-        return np.uint16 if suffix == ".u16" else np.uint32
-    raise UsageError(f"{f.path}: flat token files need --token-dtype uint16 or uint32")
-
-
 def _token_arrays(f, options) -> Iterator[tuple[np.ndarray, bool, tuple, int]]:
     """Token files: ``(ids, starts_documents, where, units in the file)``.
 
@@ -361,7 +224,7 @@ def _token_arrays(f, options) -> Iterator[tuple[np.ndarray, bool, tuple, int]]:
         if array.ndim != 1:
             raise EngramError(f"{f.path}: expected a [T] or [B, T] array, got {list(array.shape)}")
     else:
-        dtype = np.dtype(_flat_dtype(f, options))
+        dtype = np.dtype(flat_dtype(f, options))
         if f.size % dtype.itemsize:
             raise EngramError(
                 f"{f.path}: {f.size} bytes is not a whole number of {dtype.name} token ids; "
@@ -509,11 +372,3 @@ def _parquet_items(array, first_row, f, assembler, is_text, index, fraction):
     for row, (end, length) in enumerate(zip(ends.tolist(), lengths.tolist(), strict=True)):
         if assembler.add(flat[end - length : end], True, (path, "row", first_row + row)):
             yield assembler.take(index, fraction)
-
-
-def corpus_bytes(files: list[CorpusFile]) -> int:
-    return sum(f.size for f in files)
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

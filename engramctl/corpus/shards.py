@@ -1,7 +1,7 @@
 """Cut corpus files into shards that count to exactly the same n-grams as the whole files.
 
 ``hash-stats --scheduler`` counts each shard in its own task. A shard is a
-:class:`~engramctl.corpus.readers.CorpusFile` with a ``span``:
+:class:`~engramctl.corpus.files.CorpusFile` with a ``span``:
 
 - uncompressed JSON Lines: byte ranges cut at line starts (a line is a document);
 - uncompressed plain text with ``--doc-sep``: byte ranges cut after blank lines (at document
@@ -24,7 +24,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from .readers import CorpusFile, CorpusOptions, _flat_dtype
+from .files import CorpusFile, CorpusOptions, flat_dtype
 
 DEFAULT_SHARD_BYTES = 64 << 20
 
@@ -109,7 +109,7 @@ def _token_shards(f: CorpusFile, options: CorpusOptions, shard_bytes: int) -> li
         units = array.shape[0]
         per_unit = array.dtype.itemsize * (array.shape[1] if array.ndim == 2 else 1)
     else:
-        itemsize = np.dtype(_flat_dtype(f, options)).itemsize
+        itemsize = np.dtype(flat_dtype(f, options)).itemsize
         if f.size % itemsize:
             return [f]
         units, per_unit = f.size // itemsize, itemsize

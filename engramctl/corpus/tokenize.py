@@ -7,13 +7,12 @@ consumer, so reading, tokenizing (the tokenizer's own thread pool) and counting 
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Iterator
 from itertools import chain
 
 import numpy as np
 
+from .._background import background_iter
 from ..errors import UsageError
 from .readers import Batch
 
@@ -42,41 +41,16 @@ def tokenized_batches(
     """Turn text batches into id batches on a background thread (id batches pass through).
 
     The thread reads and tokenizes up to ``prefetch`` batches ahead; an error there is raised
-    here. Closing the generator stops the thread after its current batch.
+    here. Closing the generator stops the thread after its current batch
+    (:func:`engramctl._background.background_iter`).
     """
-    results: queue.Queue = queue.Queue(maxsize=prefetch)
-    stop = threading.Event()
-    done = object()
 
-    def work():
-        try:
-            for batch in batches:
-                if stop.is_set():
-                    break
-                if batch.texts is not None:
-                    if tokenizer is None:
-                        raise UsageError("text input needs a tokenizer (--tokenizer)")
-                    batch.ids, batch.offsets = tokenizer.encode(batch.texts)
-                    batch.texts = None
-                results.put(batch)
-            results.put(done)
-        except BaseException as exc:  # handed to the consumer
-            results.put(exc)
+    def tokenize(batch: Batch) -> Batch:
+        if batch.texts is not None:
+            if tokenizer is None:
+                raise UsageError("text input needs a tokenizer (--tokenizer)")
+            batch.ids, batch.offsets = tokenizer.encode(batch.texts)
+            batch.texts = None
+        return batch
 
-    thread = threading.Thread(target=work, name="engramctl-corpus", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = results.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                results.get(timeout=0.05)
-            except queue.Empty:
-                pass
+    return background_iter(map(tokenize, batches), ahead=prefetch, name="engramctl-corpus")

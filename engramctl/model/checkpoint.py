@@ -13,12 +13,12 @@ The directory is written under a temporary name and renamed into place.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .._files import atomic_directory
 from ..errors import EngramError, UsageError
 from .config_check import check_checkpoint_meta, check_weights_match
 
@@ -65,11 +65,10 @@ def save_checkpoint(
 
     out_dir = Path(out_dir)
     check_checkpoint_target(out_dir, overwrite=overwrite)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(out_dir, replace=True) as tmp:
         import torch
+
+        tmp.mkdir(parents=True)
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         tensors[RAW_IDS_KEY] = torch.from_numpy(np.asarray(model_vocab.raw_ids, dtype=np.int64))
@@ -88,11 +87,6 @@ def save_checkpoint(
         if vocab is not None:
             vocab.save(tmp / "vocab.parquet")
         save_loss_curve(history, tmp / "loss_curve.png", title=out_dir.name, runs=compare)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -28,7 +28,8 @@ class CorpusStream:
 
 def read_corpus_stream(path, tokenizer) -> CorpusStream:
     """Read and tokenize a corpus path (file, directory or glob) into one token stream."""
-    from ..corpus.readers import CorpusOptions, CorpusWarnings, discover_files, read_batches
+    from ..corpus.files import CorpusOptions, CorpusWarnings, discover_files
+    from ..corpus.readers import read_batches
     from ..corpus.tokenize import TextTokenizer
 
     files = discover_files([str(path)])

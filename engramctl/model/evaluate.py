@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EngramError, UsageError
+from ..table.format import check_vocab_fingerprint
 
 MC_KEYS = ("context", "choices", "label")
 DEFAULT_CACHE_ROWS = 1 << 18
@@ -157,12 +158,12 @@ def open_runner(
             f"the table's layout does not match the model's (table {table.layout.to_json()} vs "
             f"model {layout.to_json()}); pass the table the model was trained with"
         )
-    fingerprint = checkpoint.meta.get("vocab_fingerprint")
-    if table.info.vocab_fingerprint != fingerprint:
-        raise EngramError(
-            f"the table was built for vocab {table.info.vocab_fingerprint}, the model for "
-            f"{fingerprint}; pass the table the model was trained with"
-        )
+    check_vocab_fingerprint(
+        table.info.vocab_fingerprint,
+        checkpoint.meta.get("vocab_fingerprint"),
+        given="the model",
+        advice="pass the table the model was trained with",
+    )
     if table.dim != checkpoint.model.config.engram_dim:
         raise EngramError(
             f"the table has rows of {table.dim} values, the model expects "
@@ -344,16 +345,12 @@ def evaluate(
 
 def load_model_tokenizer(checkpoint, source: str | None):
     """The tokenizer the checkpoint was trained with (or ``source``), checked by sha256."""
-    from ..tokenizer import load_tokenizer
+    from ..tokenizer import load_checked_tokenizer
 
     recorded = checkpoint.meta.get("tokenizer", {})
-    tokenizer, info = load_tokenizer(source or recorded.get("name") or "deepseek-v4")
-    if recorded.get("sha256") and recorded["sha256"] != info.sha256:
-        raise EngramError(
-            f"the model was trained with another tokenizer (sha256 {recorded['sha256'][:12]}) "
-            f"than {info.path}; pass the matching --tokenizer"
-        )
-    return tokenizer
+    source = source or recorded.get("name") or "deepseek-v4"
+    sha256 = recorded.get("sha256")
+    return load_checked_tokenizer(source, sha256=sha256, built="the model was trained with")[0]
 
 
 def explain_gates(

@@ -16,20 +16,20 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .._background import background_iter
 from ..errors import EngramError, UsageError
 from ..table.dtypes import decode_rows, row_bytes
 
 log = logging.getLogger(__name__)
 
 # Batches in flight besides the one being produced: one queued, one being consumed.
+DEVICES = ("auto", "cpu", "cuda")  # what --device accepts (auto: cuda when available)
 IN_FLIGHT = 2
 HOST_BUFFERS = IN_FLIGHT + 2  # a ring of host staging buffers per layer
 NEVER_USED = -(2**62)  # LRU stamp of an empty slot
@@ -104,8 +104,8 @@ class _Prepared:
     fills: dict  # layer -> (slots int64 [M], host buffer index, M)
 
 
-class _LayerCache:
-    """Slots of one layer's device cache and their LRU stamps (producer side)."""
+class DeviceRowCache:
+    """One layer's rows cached on the device: slots, the row in each, LRU stamps (producer)."""
 
     def __init__(self, layer_rows: int, capacity: int, dim: int, device):
         import torch
@@ -183,46 +183,19 @@ class _RowSource:
                 self.stats.wait_seconds += time.perf_counter() - t0
                 yield prepared.batch, rows
             return
-        ready: queue.Queue = queue.Queue(maxsize=1)
-        stop = threading.Event()
-
-        def produce():
-            try:
-                for index, batch in enumerate(batches):
-                    item = self._prepare_timed(index, batch)
-                    while not stop.is_set():
-                        try:
-                            ready.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
-                        return
-                ready.put(None)
-            except BaseException as exc:  # handed to the consumer, raised there
-                ready.put(exc)
-
-        worker = threading.Thread(target=produce, name="engram-row-pager", daemon=True)
-        worker.start()
+        prepared = (self._prepare_timed(index, batch) for index, batch in enumerate(batches))
+        ahead = background_iter(prepared, ahead=1, name="engram-row-pager")
         try:
             while True:
                 t0 = time.perf_counter()
-                item = ready.get()
-                if isinstance(item, BaseException):
-                    raise item
+                item = next(ahead, None)
                 if item is None:
                     break
                 rows = self._rows(item)
                 self.stats.wait_seconds += time.perf_counter() - t0
                 yield item.batch, rows
         finally:
-            stop.set()
-            while worker.is_alive():
-                try:
-                    ready.get(timeout=0.05)
-                except queue.Empty:
-                    pass
-            worker.join()
+            ahead.close()
 
     def _prepare_timed(self, index: int, batch: np.ndarray) -> _Prepared:
         t0 = time.perf_counter()
@@ -307,7 +280,7 @@ class RowPager(_RowSource):
                 f"more than is free; lower --cache-rows"
             )
         self.caches = {
-            layer: _LayerCache(table.layout.layer_rows(layer), cap, self.dim, device)
+            layer: DeviceRowCache(table.layout.layer_rows(layer), cap, self.dim, device)
             for layer, cap in self.caches.items()
         }
         self.stats.cache_rows = total

@@ -392,16 +392,12 @@ def prepare_training_data(
     min_count: int = 1,
 ) -> TrainingData:
     """Tokenize the corpora with the vocab's tokenizer (checked by sha256) into windows."""
-    from ..tokenizer import load_tokenizer
+    from ..tokenizer import load_checked_tokenizer
     from .data import ModelVocab, read_corpus_stream, text_windows
 
     source = tokenizer_source or (vocab.source_name if vocab is not None else "") or "deepseek-v4"
-    tokenizer, info = load_tokenizer(source)
-    if vocab is not None and vocab.source_sha256 and vocab.source_sha256 != info.sha256:
-        raise EngramError(
-            f"the vocab was built from another tokenizer (sha256 {vocab.source_sha256[:12]}) than "
-            f"{info.path} ({info.sha256[:12]}); pass the matching --tokenizer"
-        )
+    sha256 = vocab.source_sha256 if vocab is not None else None
+    tokenizer, info = load_checked_tokenizer(source, sha256=sha256)
     stream = read_corpus_stream(corpus, tokenizer).ids
     model_vocab = ModelVocab.from_stream(stream, min_count=min_count)
     held = None

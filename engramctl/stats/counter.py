@@ -13,6 +13,8 @@ The figures of each head follow from these counts in :mod:`engramctl.stats.figur
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -355,6 +357,24 @@ class NgramCounter:
         self.tokens += other.tokens
         self.documents += other.documents
         return self
+
+    @classmethod
+    def sum_of(cls, counters: Sequence[NgramCounter]) -> NgramCounter:
+        """A fresh counter holding the sum of ``counters`` (exact, in any grouping).
+
+        The inputs are left untouched (a re-run merge must not count anything twice): they are
+        added into fresh maps sized for the sum of their entries, so no map grows on the way.
+        """
+        first = counters[0]
+        total = copy.copy(first)  # shares the read-only lut; maps and totals are new
+        total.maps = {
+            n: _CountMap(n, m.bits, int(sum(c.maps[n].size for c in counters) / MAX_LOAD) + 1)
+            for n, m in first.maps.items()
+        }
+        total.tokens = total.documents = 0
+        for counter in counters:
+            total.merge(counter)
+        return total
 
     def distinct(self, order: int) -> int:
         return self.maps[order].size

@@ -11,7 +11,6 @@ passes are O(distinct). :func:`head_counts_reference` is the plain-numpy specifi
 
 from __future__ import annotations
 
-import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -19,7 +18,7 @@ import numpy as np
 from .._numba import njit
 from .._prefetch import AHEAD, prefetch
 from ..errors import EngramError
-from ..hashing import FAST_MOD_MIN, _floor_mod_fast
+from ..hashing import FAST_MOD_MIN, floor_mod_fast
 from .report import HeadStats, OrderStats
 
 
@@ -35,7 +34,7 @@ def _head_rows_kernel(mix, p, inv_p, fast, loads, cap, rows):
         ahead = e + AHEAD  # the row AHEAD entries on: computed and prefetched now
         if ahead < D:
             m = mix[ahead]
-            rows[ahead] = _floor_mod_fast(m, np.float64(m), p, inv_p) if fast else m % p
+            rows[ahead] = floor_mod_fast(m, np.float64(m), p, inv_p) if fast else m % p
             prefetch(loads, rows[ahead])
         if e < 0:
             continue
@@ -143,26 +142,6 @@ def ngram_mix(grams: np.ndarray, multipliers: np.ndarray) -> np.ndarray:
         for k in range(1, grams.shape[1]):
             mix = np.bitwise_xor(mix, grams[:, k] * multipliers[k])
     return mix
-
-
-def expected_occupied_rows(rows: int, distinct: int) -> float:
-    """Ideal uniform hashing: ``P (1 - (1 - 1/P)^d)``.
-
-    >>> round(expected_occupied_rows(2, 2), 6)
-    1.5
-    """
-    return -rows * math.expm1(distinct * math.log1p(-1.0 / rows))
-
-
-def expected_colliding_fraction(rows: int, distinct: int) -> float:
-    """Ideal uniform hashing: a distinct n-gram shares its row w.p. ``1 - (1 - 1/P)^(d-1)``.
-
-    >>> expected_colliding_fraction(2, 2)
-    0.5
-    """
-    if distinct < 1:
-        return 0.0
-    return -math.expm1((distinct - 1) * math.log1p(-1.0 / rows))
 
 
 def order_stats(

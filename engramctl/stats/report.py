@@ -20,6 +20,26 @@ def _fraction(part: int, whole: int) -> float:
     return part / whole if whole else 0.0
 
 
+def expected_occupied_rows(rows: int, distinct: int) -> float:
+    """Ideal uniform hashing: ``P (1 - (1 - 1/P)^d)``.
+
+    >>> round(expected_occupied_rows(2, 2), 6)
+    1.5
+    """
+    return -rows * math.expm1(distinct * math.log1p(-1.0 / rows))
+
+
+def expected_colliding_fraction(rows: int, distinct: int) -> float:
+    """Ideal uniform hashing: a distinct n-gram shares its row w.p. ``1 - (1 - 1/P)^(d-1)``.
+
+    >>> expected_colliding_fraction(2, 2)
+    0.5
+    """
+    if distinct < 1:
+        return 0.0
+    return -math.expm1((distinct - 1) * math.log1p(-1.0 / rows))
+
+
 @dataclass(frozen=True)
 class HeadStats:
     """One hash head (``rows`` a prime) of one (layer, order)."""
@@ -49,15 +69,11 @@ class HeadStats:
     @property
     def expected_occupied_rows(self) -> float:
         """Ideal uniform hash: ``P (1 - (1 - 1/P)^d)``."""
-        from .figures import expected_occupied_rows
-
         return expected_occupied_rows(self.rows, self.distinct)
 
     @property
     def expected_colliding_distinct_fraction(self) -> float:
         """Ideal uniform hash: ``1 - (1 - 1/P)^(d - 1)``."""
-        from .figures import expected_colliding_fraction
-
         return expected_colliding_fraction(self.rows, self.distinct)
 
     @property

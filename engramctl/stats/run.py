@@ -19,57 +19,25 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..corpus.readers import (
+from .._system import cpu_count, format_bytes, parse_memory
+from ..corpus.files import (
     CorpusFile,
     CorpusOptions,
     CorpusWarnings,
     corpus_bytes,
-    cpu_count,
     discover_files,
     estimate_tokens,
-    read_batches,
 )
+from ..corpus.readers import read_batches
 from ..corpus.tokenize import TextTokenizer, tokenized_batches
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
-from ..table.dtypes import format_bytes
+from ..tokenizer import load_checked_tokenizer
 from .counter import NgramCounter, estimate_memory
 from .figures import order_stats
 from .report import HashStatsReport, SweepPoint
 
 log = logging.getLogger(__name__)
-DEFAULT_MEMORY_FRACTION = 0.75
-
-
-def physical_memory() -> int:
-    """Bytes of physical RAM (0 when unknown)."""
-    try:
-        import os
-
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
-        return 0
-
-
-def parse_memory(text: str | None) -> int:
-    """``"8G"``, ``"512M"``, ``"75%"`` (of physical RAM) or bytes; ``None`` is 75%.
-
-    >>> parse_memory("2k"), parse_memory("1.5G")
-    (2048, 1610612736)
-    """
-    if text is None:
-        return int(physical_memory() * DEFAULT_MEMORY_FRACTION)
-    value = str(text).strip().lower().removesuffix("b").removesuffix("i")
-    try:
-        if value.endswith("%"):
-            return int(physical_memory() * float(value[:-1]) / 100)
-        scale = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}.get(value[-1:], 1)
-        number = float(value[:-1] if scale != 1 else value)
-    except (ValueError, IndexError):
-        raise UsageError(f"--max-memory: expected e.g. 8G, 512M or 75%, got {text!r}") from None
-    if number <= 0:
-        raise UsageError(f"--max-memory must be positive, got {text!r}")
-    return int(number * scale)
 
 
 @dataclass(frozen=True)
@@ -190,15 +158,7 @@ def plan_hash_stats(
 
 def load_matching_tokenizer(source: str, vocab) -> TextTokenizer:
     """The tokenizer for text input; refuses one the vocab was not built from."""
-    from ..tokenizer import load_tokenizer
-
-    tokenizer, info = load_tokenizer(source)
-    if vocab.source_sha256 and vocab.source_sha256 != info.sha256:
-        raise EngramError(
-            f"the vocab was built from another tokenizer (sha256 {vocab.source_sha256[:12]}) than "
-            f"{info.path} ({info.sha256[:12]}); pass the matching --tokenizer"
-        )
-    return TextTokenizer(tokenizer)
+    return TextTokenizer(load_checked_tokenizer(source, sha256=vocab.source_sha256)[0])
 
 
 @dataclass

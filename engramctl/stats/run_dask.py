@@ -21,8 +21,8 @@ single-process pass needs (``plan.memory_estimate``, which grows with ``--sweep`
 
 from __future__ import annotations
 
-import copy
 import logging
+import os
 import time
 import uuid
 import warnings
@@ -31,11 +31,18 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..cluster import check_worker_memory, open_client, tree_reduce
-from ..corpus.readers import CorpusFile, CorpusWarnings, estimate_tokens, token_context
+from ..cluster import (
+    check_worker_memory,
+    check_workers_see,
+    open_client,
+    submit_shared,
+    tree_reduce,
+)
+from ..corpus.files import CorpusFile, CorpusWarnings, estimate_tokens
+from ..corpus.readers import token_context
 from ..corpus.shards import DEFAULT_SHARD_BYTES, split_files
 from ..errors import EngramError, UsageError
-from .counter import MAX_LOAD, NgramCounter, _CountMap, count_maps_memory
+from .counter import NgramCounter, count_maps_memory
 from .report import HashStatsReport
 from .run import HashStatsPlan, build_report, count_corpus
 
@@ -86,15 +93,9 @@ def merge_counts(*parts: ShardCounts) -> ShardCounts:
     The inputs are left untouched (a re-run merge must not count anything twice): they are added
     into fresh maps sized for the sum of their entries, so no map grows (rehashes) on the way.
     """
-    counter = copy.copy(parts[0].counter)  # shares the read-only lut; maps and totals are new
-    counter.maps = {
-        n: _CountMap(n, m.bits, int(sum(p.counter.maps[n].size for p in parts) / MAX_LOAD) + 1)
-        for n, m in counter.maps.items()
-    }
-    counter.tokens = counter.documents = 0
+    counter = NgramCounter.sum_of([part.counter for part in parts])
     found = CorpusWarnings()
     for part in parts:
-        counter.merge(part.counter)
         for kind, entry in part.warnings.items():
             found.add(kind, entry["first"], entry["count"])
     return ShardCounts(counter, found.counts)
@@ -111,13 +112,8 @@ def _summary(part: ShardCounts) -> tuple[int, int]:
     return part.counter.tokens, part.counter.documents
 
 
-def _identity(value):
-    return value
-
-
-def _files_visible(paths: list[str]) -> list[str]:
-    import os
-
+def _files_missing(paths: list[str]) -> list[str]:
+    """Runs on a worker: the corpus files this worker cannot see."""
     return [p for p in paths if not os.path.exists(p)]
 
 
@@ -202,24 +198,16 @@ def run_hash_stats_dask(
     files = [replace(f, path=f.path.resolve()) for f in plan.files]  # workers may run elsewhere
     shards = split_files(files, plan.options, shard_bytes)
     check_hash_stats_memory(client, plan, shards)
-    _check_workers_see(client, files)
+    check_workers_see(
+        client,
+        _files_missing,
+        [str(f.path) for f in files],
+        what="the corpus files",
+        advice="the corpus must be on a file system every worker mounts at the same path",
+    )
     task_plan = replace(plan, files=[], threads=1, limit_tokens=None, max_memory=2**62)
     report = _run_tasks(client, shards, _Setup(vocab, tokenizer, task_plan), progress, plan)
     return replace(report, seconds=time.perf_counter() - started)
-
-
-def _check_workers_see(client, files: list[CorpusFile]) -> None:
-    paths = [str(f.path) for f in files]
-    try:
-        missing = client.run(_files_visible, paths)
-    except Exception as exc:
-        raise EngramError(f"the dask workers cannot check the corpus files ({exc})") from None
-    for worker, lost in sorted(missing.items()):
-        if lost:
-            raise EngramError(
-                f"dask worker {worker} cannot see {lost[0]}: the corpus must be on a file system "
-                "every worker mounts at the same path"
-            )
 
 
 def _run_tasks(client, shards, setup: _Setup, progress, plan: HashStatsPlan) -> HashStatsReport:
@@ -228,9 +216,7 @@ def _run_tasks(client, shards, setup: _Setup, progress, plan: HashStatsPlan) -> 
     run = uuid.uuid4().hex[:12]  # fresh task keys: never reuse a result of an earlier run
     with warnings.catch_warnings():  # the vocab and tokenizer are a few MiB, sent once
         warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
-        setup_future = client.submit(
-            _identity, setup, key=f"engramctl-stats-setup-{run}", pure=False
-        )
+        setup_future = submit_shared(client, setup, key=f"engramctl-stats-setup-{run}")
     futures = [
         client.submit(count_shard, shard, setup_future, key=f"engramctl-stats-{run}-{i}")
         for i, shard in enumerate(shards)

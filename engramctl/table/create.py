@@ -1,4 +1,4 @@
-"""Creating tables: :func:`create_table` (lazy or full, resumable) and :func:`init_chunk`.
+"""Creating tables: :func:`create_table` (lazy or full, resumable) and :func:`initialize_table`.
 
 A full init writes every chunk's deterministic init values (:mod:`engramctl.table.rowinit`), each to
 a temporary name renamed into place, from a pool of ``workers`` threads (the numba kernel runs
@@ -6,68 +6,47 @@ without the GIL). Checksums go to the manifest in the group attributes every cou
 and when the run ends, however it ends. Re-running the same command on an interrupted table
 re-checks the written chunks and writes only those missing or failing their checksum.
 
-:func:`init_chunk` initializes ONE chunk given the table path: scale-out code (Dask) calls it from
-other processes and merges the returned records with :func:`record_chunks`.
+Writing, checking and recording single chunks (and the one manifest flush loop) live in
+:mod:`engramctl.table.chunks`, shared with the Dask init of :mod:`engramctl.table.create_dask`,
+which ``create_table(..., scheduler=...)`` uses instead of the local threads.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import logging
-import os
-import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._files import atomic_directory, check_free_space
+from .._system import cpu_count
+from ..cluster import open_client
 from ..errors import EngramError
 from ..layout import EngramLayout
-from .dtypes import format_bytes
+from .chunks import (
+    InitProgress,
+    ManifestRecorder,
+    chunks_to_write,
+    raise_init_failure,
+    valid_chunks,
+    write_init_chunk,
+)
+from .create_dask import check_init_memory, initialize_table_dask
+from .dtypes import parse_dtype
 from .format import (
     MANIFEST_KEY,
     META_KEY,
     ZSTD_LEVEL,
     TableMeta,
     WriterLock,
-    chunk_key,
-    crc32_of,
     default_chunk_rows,
-    encode_chunk,
-    init_chunk_rows,
     read_group,
-    write_file_atomic,
-    write_group_attrs,
 )
 from .rowinit import InitRecipe
 from .store import TableStore, open_store
 from .table import TableInfo, table_info
-
-log = logging.getLogger(__name__)
-MANIFEST_FLUSH_SECONDS = 2.0
-
-
-@dataclass(frozen=True)
-class InitProgress:
-    """Passed to the progress callback after every chunk."""
-
-    bytes_done: int  # chunk bytes written in this run
-    bytes_total: int  # chunk bytes this run has to write
-    chunks_done: int
-    chunks_total: int
-    seconds: float
-
-
-@dataclass(frozen=True)
-class ChunkRecord:
-    """One written chunk, as the manifest records it."""
-
-    layer_id: int
-    chunk_index: int
-    crc32: int
-    nbytes: int
 
 
 @dataclass(frozen=True)
@@ -83,51 +62,21 @@ class CreateResult:
     seconds: float
 
 
-# ------------------------------------------------------------------------- one chunk
-def write_init_chunk(
-    path, meta: TableMeta, layer_id: int, chunk_index: int, *, parallel: bool = False
-) -> ChunkRecord:
-    """Write one chunk's init values (atomically, to a path or store) and return its record."""
-    rows = init_chunk_rows(meta, layer_id, chunk_index, parallel=parallel)
-    data = encode_chunk(meta, rows)
-    key = chunk_key(layer_id, chunk_index)
-    if isinstance(path, TableStore) and not path.is_local:
-        path.write_bytes(key, data)  # one PUT: the object appears whole or not at all
-    else:
-        root = path.root if isinstance(path, TableStore) else Path(path)
-        write_file_atomic(root / key, data)
-    return ChunkRecord(layer_id, chunk_index, crc32_of(data), memoryview(data).nbytes)
-
-
-def init_chunk(path, layer_id: int, chunk_index: int) -> ChunkRecord:
-    """Initialize ONE chunk of an existing table from its metadata (for other processes).
-
-    The values depend only on (seed, layer, row, column), so any process may write any chunk
-    in any order. The manifest is not touched: pass the records to :func:`record_chunks`.
-    ``path`` may be a local path, an fsspec URL or a :class:`~engramctl.table.store.TableStore`.
-    """
-    store = open_store(path)
-    meta, _ = read_group(store)
-    return write_init_chunk(store, meta, layer_id, chunk_index, parallel=True)
-
-
-def record_chunks(path, records: list[ChunkRecord], *, status: str | None = None) -> None:
-    """Add chunk records to a table's manifest (and optionally set its status)."""
-    path = open_store(path)
-    meta, manifest = read_group(path)
-    for rec in records:
-        manifest.setdefault(rec.layer_id, {})[rec.chunk_index] = [rec.crc32, rec.nbytes, "init"]
-    write_group_attrs(path, meta.with_status(status) if status else meta, manifest)
-
-
 # ---------------------------------------------------------------------------- create
-def _build_meta(
-    layout, vocab_fingerprint, dim, dtype, init, std, seed, lazy, chunk_rows, compressor
+def build_meta(
+    *,
+    layout: EngramLayout,
+    vocab_fingerprint: str,
+    dim: int,
+    dtype: str,
+    init: InitRecipe,
+    lazy: bool = False,
+    chunk_rows: int | None = None,
+    compressor: str = "none",
 ) -> TableMeta:
-    from .dtypes import parse_dtype
-
+    """The metadata of a new table (arguments as :func:`create_table`'s, the init as a recipe);
+    ``chunk_rows`` defaults to about 4 MiB per chunk."""
     dtype = parse_dtype(dtype)
-    recipe = init if isinstance(init, InitRecipe) else InitRecipe(kind=init, std=std, seed=seed)
     largest = max(layout.layer_rows(layer) for layer in layout.layers)
     if chunk_rows is None:  # 0 or less is refused by TableMeta.build, not replaced
         chunk_rows = default_chunk_rows(dim, dtype, largest)
@@ -138,20 +87,18 @@ def _build_meta(
         dtype=dtype,
         chunk_rows=chunk_rows,
         compressor=compressor,
-        init=recipe,
+        init=init,
         lazy=lazy,
         status="lazy" if lazy else "initializing",
     )
 
 
-def _write_new_group(path: Path, meta: TableMeta) -> None:
+def write_new_group(path: Path, meta: TableMeta) -> None:
     """Create the zarr group and arrays under a temporary name, then rename it to ``path``."""
     import zarr
     from zarr.codecs import ZstdCodec
 
-    tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic_directory(path, label="creating") as tmp:
         group = zarr.open_group(str(tmp), mode="w-")
         compressors = ZstdCodec(level=ZSTD_LEVEL) if meta.compressor == "zstd" else None
         for layer in meta.layers.values():
@@ -165,11 +112,6 @@ def _write_new_group(path: Path, meta: TableMeta) -> None:
                 attributes={"engramctl_dtype": meta.dtype, "engramctl_dim": meta.dim},
             )
         group.attrs.put({META_KEY: meta.to_dict(), MANIFEST_KEY: {}})
-        if path.exists():  # an empty directory the user made for it
-            path.rmdir()
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _upload_new_group(store: TableStore, meta: TableMeta) -> None:
@@ -178,7 +120,7 @@ def _upload_new_group(store: TableStore, meta: TableMeta) -> None:
 
     with tempfile.TemporaryDirectory(prefix="engramctl-") as scratch:
         local = Path(scratch) / "table.zarr"
-        _write_new_group(local, meta)
+        write_new_group(local, meta)
         files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
         for key in sorted(files, key=lambda k: k == "zarr.json"):  # the table appears last
             store.write_bytes(key, (local / key).read_bytes())
@@ -192,17 +134,6 @@ def _writer_lock(store: TableStore):
 def _recipe_differences(old: TableMeta, new: TableMeta) -> list[str]:
     a, b = old.recipe_dict(), new.recipe_dict()
     return [f"{key} {a[key]!r} (table) vs {b[key]!r} (now)" for key in a if a[key] != b[key]]
-
-
-def check_free_space(path: Path, needed: int) -> None:
-    """Refuse to start when the file system of ``path`` has less than ``needed`` bytes free."""
-    probe = path if path.exists() else path.parent
-    free = shutil.disk_usage(probe).free
-    if free < needed:
-        raise EngramError(
-            f"not enough disk space on {probe}: the table needs {format_bytes(needed)} more, "
-            f"{format_bytes(free)} is free; free some space or create it with --lazy"
-        )
 
 
 def _prepare_store(store: TableStore, meta: TableMeta, *, lazy: bool, overwrite: bool) -> bool:
@@ -236,7 +167,7 @@ def _prepare_store(store: TableStore, meta: TableMeta, *, lazy: bool, overwrite:
             raise EngramError(f"directory {store.root.parent} does not exist; create it first")
         if not lazy:
             check_free_space(store.root, _full_bytes(meta))
-        _write_new_group(store.root, meta)
+        write_new_group(store.root, meta)
     elif not resumed:
         _upload_new_group(store, meta)
     return resumed
@@ -248,9 +179,6 @@ def _initializer(scheduler: str | None, workers: int | None, meta: TableMeta):
     if not scheduler or meta.lazy:
         yield lambda store, progress: initialize_table(store, workers=workers, progress=progress)
         return
-    from ..cluster import open_client
-    from .create_dask import check_init_memory, initialize_table_dask
-
     with open_client(scheduler) as client:
         check_init_memory(client, meta)  # before the table exists
         yield lambda store, progress: initialize_table_dask(store, client=client, progress=progress)
@@ -310,8 +238,15 @@ def create_table(
     """
     store = open_store(path, storage_options)
     started = time.perf_counter()
-    meta = _build_meta(
-        layout, vocab_fingerprint, dim, dtype, init, std, seed, lazy, chunk_rows, compressor
+    meta = build_meta(
+        layout=layout,
+        vocab_fingerprint=vocab_fingerprint,
+        dim=dim,
+        dtype=dtype,
+        init=init if isinstance(init, InitRecipe) else InitRecipe(kind=init, std=std, seed=seed),
+        lazy=lazy,
+        chunk_rows=chunk_rows,
+        compressor=compressor,
     )
     with _initializer(scheduler, workers, meta) as initialize:  # connect to Dask first
         resumed = _prepare_store(store, meta, lazy=lazy, overwrite=overwrite)
@@ -337,38 +272,6 @@ def _full_bytes(meta: TableMeta) -> int:
 
 
 # ------------------------------------------------------------------------- full init
-def chunk_is_valid(store: TableStore, layer_id: int, chunk_index: int, entry) -> bool:
-    """Whether a chunk's file exists and matches its manifest entry ``[crc32, nbytes, ...]``."""
-    try:
-        data = store.read_bytes(chunk_key(layer_id, chunk_index))
-    except OSError:
-        return False
-    if len(data) == entry[1] and crc32_of(data) == entry[0]:
-        return True
-    log.warning("chunk %d of layer %d fails its checksum; rewriting", chunk_index, layer_id)
-    return False
-
-
-def _valid_chunks(store: TableStore, meta: TableMeta, manifest: dict) -> set[tuple[int, int]]:
-    """Chunks whose file exists and matches its manifest checksum."""
-    return {
-        (layer_id, chunk_index)
-        for layer_id, chunks in manifest.items()
-        for chunk_index, entry in chunks.items()
-        if chunk_is_valid(store, layer_id, chunk_index, entry)
-    }
-
-
-def chunks_to_write(meta: TableMeta, valid: set[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Every ``(layer, chunk)`` of the table not in ``valid``, in layer then chunk order."""
-    return [
-        (layer_id, c)
-        for layer_id, layer in meta.layers.items()
-        for c in range(layer.n_chunks(meta.chunk_rows))
-        if (layer_id, c) not in valid
-    ]
-
-
 def initialize_table(
     path, *, workers: int | None = None, progress: Callable[[InitProgress], None] | None = None
 ) -> tuple[int, int, int]:
@@ -377,21 +280,38 @@ def initialize_table(
     Returns ``(chunks written, chunks skipped, bytes written)``. On any error (disk full,
     interrupt) the chunks finished so far are recorded, so a rerun resumes.
     """
-    path = open_store(path)
-    meta, manifest = read_group(path)
-    valid = _valid_chunks(path, meta, manifest)
-    for layer_id, chunks in manifest.items():  # drop records of damaged chunks
+    store = open_store(path)
+    meta, manifest = read_group(store)
+    valid = valid_chunks(store, meta, manifest)
+    _drop_damaged(manifest, valid)
+    todo = chunks_to_write(meta, valid)
+    if store.is_local:
+        check_free_space(store.root, len(todo) * meta.chunk_bytes)
+    recorder = ManifestRecorder(store, meta, manifest, chunks_total=len(todo), progress=progress)
+    failure = _write_chunks(store, meta, todo, recorder, workers=max(1, workers or cpu_count()))
+    failure = recorder.finish(failure)
+    if failure is not None:
+        raise_init_failure(failure, store.url, recorder.bytes_total - recorder.bytes_done)
+    return recorder.done, len(valid), recorder.bytes_done
+
+
+def _drop_damaged(manifest: dict, valid: set[tuple[int, int]]) -> None:
+    """Forget the manifest records of chunks that are missing or fail their checksum."""
+    for layer_id, chunks in manifest.items():
         for chunk_index in [c for c in chunks if (layer_id, c) not in valid]:
             del chunks[chunk_index]
-    todo = chunks_to_write(meta, valid)
-    total = len(todo) * meta.chunk_bytes
-    if path.is_local:
-        check_free_space(path.root, total)
-    workers = max(1, workers or os.cpu_count() or 1)
-    started = last_flush = time.perf_counter()
-    done = bytes_done = 0
-    if progress:
-        progress(InitProgress(0, total, 0, len(todo), 0.0))
+
+
+def _write_chunks(
+    store: TableStore,
+    meta: TableMeta,
+    todo: list[tuple[int, int]],
+    recorder: ManifestRecorder,
+    *,
+    workers: int,
+) -> BaseException | None:
+    """Write ``todo`` from a thread pool (at most ``2 * workers`` chunks in flight), recording
+    each finished chunk; returns what stopped the run, if anything."""
     pending: set = set()
     failure: BaseException | None = None
     queue = iter(todo)
@@ -402,7 +322,7 @@ def initialize_table(
                     item = next(queue, None)
                     if item is None:
                         break
-                    pending.add(pool.submit(write_init_chunk, path, meta, *item))
+                    pending.add(pool.submit(write_init_chunk, store, meta, *item))
                 if not pending:
                     break
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
@@ -410,61 +330,22 @@ def initialize_table(
                     if future.exception() is not None:
                         failure = failure or future.exception()
                         continue
-                    rec = future.result()
-                    manifest[rec.layer_id][rec.chunk_index] = [rec.crc32, rec.nbytes, "init"]
-                    done += 1
-                    bytes_done += meta.chunk_bytes
-                    if progress:
-                        progress(
-                            InitProgress(
-                                bytes_done, total, done, len(todo), time.perf_counter() - started
-                            )
-                        )
-                now = time.perf_counter()
-                if now - last_flush > MANIFEST_FLUSH_SECONDS:
-                    write_group_attrs(path, meta, manifest)
-                    last_flush = now
+                    recorder.record(future.result())
+                recorder.flush_if_due()
         except BaseException as exc:  # KeyboardInterrupt: let running chunks finish first
             failure = exc
             for future in pending:
                 future.cancel()
             for future in pending:
                 if not future.cancelled() and future.exception() is None:
-                    rec = future.result()
-                    manifest[rec.layer_id][rec.chunk_index] = [rec.crc32, rec.nbytes, "init"]
-        finally:
-            complete = failure is None and done == len(todo)
-            try:
-                write_group_attrs(
-                    path, meta.with_status("complete") if complete else meta, manifest
-                )
-            except OSError as exc:  # e.g. no space left even for zarr.json: the resume redoes
-                log.error("cannot record the manifest of %s: %s", path, exc)
-                failure = failure or exc
-    if failure is not None:
-        _raise_init_failure(failure, path.url, total - bytes_done)
-    return done, len(valid), bytes_done
-
-
-def _raise_init_failure(failure: BaseException, path: str, remaining: int) -> None:
-    if isinstance(failure, OSError) and failure.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise EngramError(
-            f"disk full while initializing {path} ({format_bytes(remaining)} still to write); "
-            "the chunks written so far are kept: free space and rerun the same command to resume"
-        ) from failure
-    if isinstance(failure, OSError):
-        raise EngramError(
-            f"cannot write {path}: {failure.strerror or failure}; rerun the same command to resume"
-        ) from failure
-    raise failure
+                    recorder.note(future.result())
+    return failure
 
 
 __all__ = [
     "create_table",
-    "init_chunk",
-    "record_chunks",
     "initialize_table",
-    "InitProgress",
+    "build_meta",
+    "write_new_group",
     "CreateResult",
-    "ChunkRecord",
 ]

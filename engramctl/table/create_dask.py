@@ -4,7 +4,7 @@
 (``create_table(..., scheduler=...)``). The table metadata goes to the workers once (one task whose
 result the chunk tasks share), then one task per chunk re-checks a chunk the manifest already lists
 (its bytes against the recorded CRC-32, so a resumed init skips good chunks) or writes the chunk's
-deterministic init values with :func:`engramctl.table.create.write_init_chunk`. The values depend
+deterministic init values with :func:`engramctl.table.chunks.write_init_chunk`. The values depend
 only on (seed, layer, row, column), so which worker writes which chunk, and how often (a killed
 worker's tasks are re-run by Dask), never changes a byte of the table.
 
@@ -16,22 +16,21 @@ local one. A worker holds one chunk at a time (:func:`init_task_memory`).
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable
 
-from ..cluster import check_worker_memory, open_client
+from ..cluster import check_worker_memory, check_workers_see, open_client, submit_shared
 from ..errors import EngramError
-from .create import (
-    MANIFEST_FLUSH_SECONDS,
+from .chunks import (
     ChunkRecord,
     InitProgress,
-    _raise_init_failure,
+    ManifestRecorder,
     chunk_is_valid,
     chunks_to_write,
+    raise_init_failure,
     write_init_chunk,
 )
-from .format import TableMeta, read_group, write_group_attrs
+from .format import TableMeta, read_group
 from .store import TableStore
 
 log = logging.getLogger(__name__)
@@ -77,28 +76,9 @@ def _remove_temporaries(store: TableStore, meta: TableMeta) -> None:
                 (store.root / prefix / key).unlink(missing_ok=True)
 
 
-def _identity(value):
-    return value
-
-
-def _store_visible(store: TableStore) -> bool:
-    return store.exists()
-
-
-def _check_workers_see(client, store: TableStore) -> None:
-    """Refuse a local path that some worker cannot see (not on a shared file system)."""
-    try:
-        seen = client.run(_store_visible, store)
-    except EngramError:
-        raise
-    except Exception as exc:
-        raise EngramError(f"the dask workers cannot open {store.url} ({exc})") from None
-    blind = sorted(worker for worker, ok in seen.items() if not ok)
-    if blind:
-        raise EngramError(
-            f"dask worker {blind[0]} cannot see {store.url}: a local path must be on a file "
-            "system every worker mounts at the same path; or use an fsspec URL (s3://...)"
-        )
+def _store_missing(store: TableStore) -> list[str]:
+    """Runs on a worker: the table's URL if this worker cannot see it."""
+    return [] if store.exists() else [store.url]
 
 
 def initialize_table_dask(
@@ -136,7 +116,14 @@ def initialize_table_dask(
         store = type(store)(store.root.resolve())  # workers may run in another directory
     meta, manifest = read_group(store)
     check_init_memory(client, meta)
-    _check_workers_see(client, store)
+    check_workers_see(
+        client,
+        _store_missing,
+        store,
+        what=store.url,
+        advice="a local path must be on a file system every worker mounts at the same path; or "
+        "use an fsspec URL (s3://...)",
+    )
     return _run_tasks(client, store, meta, manifest, progress)
 
 
@@ -146,7 +133,7 @@ def _run_tasks(client, store, meta, manifest, progress) -> tuple[int, int, int]:
     every = chunks_to_write(meta, set())
     run = uuid.uuid4().hex[:12]  # fresh task keys: never reuse a result of an earlier run
     # a task, not scattered data: if every worker holding it dies, the scheduler recomputes it
-    meta_future = client.submit(_identity, meta, key=f"engramctl-meta-{run}", pure=False)
+    meta_future = submit_shared(client, meta, key=f"engramctl-meta-{run}")
     futures = [
         client.submit(
             ensure_chunk_task,
@@ -160,54 +147,35 @@ def _run_tasks(client, store, meta, manifest, progress) -> tuple[int, int, int]:
         )
         for layer_id, chunk_index in every
     ]
-    total = len(every) * meta.chunk_bytes
-    started = last_flush = time.perf_counter()
-    done = written = skipped = 0
-    if progress:
-        progress(InitProgress(0, total, 0, len(every), 0.0))
+    recorder = ManifestRecorder(store, meta, manifest, chunks_total=len(every), progress=progress)
+    written = skipped = 0
     failure: BaseException | None = None
-    finished = as_completed(futures, loop=client.loop)
     try:
-        for future in finished:
+        for future in as_completed(futures, loop=client.loop):
             try:
                 record, was_there = future.result()
             except Exception as exc:  # disk full, permissions, a chunk that killed its workers
                 failure = failure or exc
                 break
-            manifest.setdefault(record.layer_id, {})[record.chunk_index] = [
-                record.crc32,
-                record.nbytes,
-                "init",
-            ]
-            done += 1
+            recorder.record(record)
             skipped += was_there
             written += not was_there
-            if progress:
-                elapsed = time.perf_counter() - started
-                progress(InitProgress(done * meta.chunk_bytes, total, done, len(every), elapsed))
-            if time.perf_counter() - last_flush > MANIFEST_FLUSH_SECONDS:
-                write_group_attrs(store, meta, manifest)
-                last_flush = time.perf_counter()
+            recorder.flush_if_due()
     except BaseException as exc:  # KeyboardInterrupt: record what finished, stop the rest
         failure = exc
     finally:
         if failure is not None:
             client.cancel(futures)
-        complete = failure is None and done == len(every)
-        if complete:
+        elif recorder.complete:
             _remove_temporaries(store, meta)
-        try:
-            write_group_attrs(store, meta.with_status("complete") if complete else meta, manifest)
-        except Exception as exc:
-            log.error("cannot record the manifest of %s: %s", store.url, exc)
-            failure = failure or exc
+        failure = recorder.finish(failure)
     if failure is not None:
         if type(failure).__name__ == "KilledWorker":
             raise EngramError(
                 f"dask workers kept dying while writing a chunk of {store.url} ({failure}); "
                 "check their memory and logs, then rerun the same command to resume"
             ) from None
-        _raise_init_failure(failure, store.url, total - done * meta.chunk_bytes)
+        raise_init_failure(failure, store.url, recorder.bytes_total - recorder.bytes_done)
     return written, skipped, written * meta.chunk_bytes
 
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UsageError
+from .fp8 import FP8_SCALE_BLOCK, UE8M0_BIAS, fp8_e4m3fn_decode
 
-FP8_SCALE_BLOCK = 32
 DTYPE_ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1}
 DTYPES = tuple(DTYPE_ITEMSIZE)
+DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp8": "float8_e4m3fn"}
 
 
 def parse_dtype(name: str) -> str:
@@ -22,8 +23,7 @@ def parse_dtype(name: str) -> str:
     >>> parse_dtype("bfloat16")
     'bfloat16'
     """
-    aliases = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "fp8": "float8_e4m3fn"}
-    name = aliases.get(name, name)
+    name = DTYPE_ALIASES.get(name, name)
     if name not in DTYPE_ITEMSIZE:
         raise UsageError(f"unknown dtype {name!r}; expected one of: {', '.join(DTYPES)}")
     return name
@@ -47,19 +47,6 @@ def row_bytes(dim: int, dtype: str) -> int:
     return dim * DTYPE_ITEMSIZE[dtype]
 
 
-def format_bytes(n: float) -> str:
-    """Human-readable binary size.
-
-    >>> format_bytes(98 * 2**30)
-    '98.0 GiB'
-    """
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"  # pragma: no cover
-
-
 # ------------------------------------------------------------------------- storage layout
 # numpy dtype a row is stored as; bfloat16 as its raw 16 bits, fp8 rows as bytes (values, scales).
 STORAGE_DTYPE = {
@@ -68,8 +55,6 @@ STORAGE_DTYPE = {
     "float16": "float16",
     "float8_e4m3fn": "uint8",
 }
-FP8_MAX = 448.0  # largest finite float8_e4m3fn value
-UE8M0_BIAS = 127  # a ue8m0 scale byte s means 2**(s - 127)
 
 
 def storage_dtype(dtype: str) -> np.dtype:
@@ -116,80 +101,6 @@ def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
     return wide.view(np.float32)
 
 
-# -------------------------------------------------------------------------- float8 e4m3fn
-def _fp8_lut() -> np.ndarray:
-    """float32 value of each of the 256 float8_e4m3fn bit patterns (0x7F and 0xFF are NaN)."""
-    codes = np.arange(256, dtype=np.int64)
-    sign = np.where(codes & 0x80, -1.0, 1.0)
-    exponent = (codes >> 3) & 0xF
-    mantissa = codes & 0x7
-    normal = (1.0 + mantissa / 8.0) * np.exp2(exponent - 7.0)
-    subnormal = (mantissa / 8.0) * 2.0**-6
-    values = sign * np.where(exponent == 0, subnormal, normal)
-    values[(codes & 0x7F) == 0x7F] = np.nan
-    return values.astype(np.float32)
-
-
-FP8_LUT = _fp8_lut()
-
-
-def fp8_e4m3fn_encode(values: np.ndarray) -> np.ndarray:
-    """Round float32 to float8_e4m3fn bits (nearest, ties to even; saturates at +-448).
-
-    >>> fp8_e4m3fn_encode(np.array([1.0, -0.5, 448.0, 1000.0], np.float32)).tolist()
-    [56, 176, 126, 126]
-    """
-    x = np.asarray(values, dtype=np.float32)
-    sign = (x.view(np.uint32) >> np.uint32(24)).astype(np.uint8) & np.uint8(0x80)
-    mag = np.abs(x)
-    bits = mag.view(np.uint32)
-    # normal range: round float32 to 3 mantissa bits, then rebias the exponent (127 -> 7)
-    rounded = (bits + np.uint32(0x7FFFF) + ((bits >> np.uint32(20)) & np.uint32(1))) >> np.uint32(
-        20
-    )
-    normal = rounded.astype(np.int64) - ((127 - 7) << 3)
-    # subnormal range (below 2**-6): multiples of 2**-9, rint rounds ties to even
-    small = np.where(mag < 2.0**-6, mag, 0.0)  # NaN and large values would not fit the cast
-    subnormal = np.rint(small.astype(np.float64) * 2.0**9).astype(np.int64)
-    code = np.where(mag < 2.0**-6, subnormal, normal)
-    code = np.minimum(code, 0x7E)  # saturate: 0x7E is 448, the largest finite value
-    out = code.astype(np.uint8) | sign
-    nan = np.isnan(x)
-    if nan.any():
-        out[nan] = 0x7F
-    return out
-
-
-def fp8_e4m3fn_decode(codes: np.ndarray) -> np.ndarray:
-    """float32 values of float8_e4m3fn bits (exact).
-
-    >>> fp8_e4m3fn_decode(np.array([56, 176, 126], np.uint8)).tolist()
-    [1.0, -0.5, 448.0]
-    """
-    return FP8_LUT[np.asarray(codes, dtype=np.uint8)]
-
-
-def ue8m0_block_scales(values: np.ndarray) -> np.ndarray:
-    """Scale byte per block of ``FP8_SCALE_BLOCK`` values: the smallest power of two ``2**e``
-    with ``max|block| / 2**e <= 448``, stored as ``e + 127`` (``[..., dim / 32]`` uint8).
-
-    NaN is ignored for the block maximum; an all-zero (or all-NaN) block gets 0, a block with
-    an infinity 254.
-
-    >>> ue8m0_block_scales(np.full((1, 32), 448.0, np.float32)).tolist()
-    [[127]]
-    """
-    blocks = np.asarray(values, dtype=np.float32)
-    blocks = blocks.reshape(*blocks.shape[:-1], -1, FP8_SCALE_BLOCK)
-    amax = np.fmax.reduce(np.abs(blocks), axis=-1).astype(np.float64)  # NaN ignored
-    finite = np.isfinite(amax) & (amax > 0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mantissa, exponent = np.frexp(np.where(finite, amax, 1.0) / FP8_MAX)
-    exponent = np.where(mantissa == 0.5, exponent - 1, exponent)  # exact powers of two
-    exponent = np.where(finite, exponent, np.where(np.isinf(amax), 254, 0) - UE8M0_BIAS)
-    return np.clip(exponent + UE8M0_BIAS, 0, 254).astype(np.uint8)
-
-
 def encode_rows(values: np.ndarray, dtype: str) -> np.ndarray:
     """Encode float rows ``[n, dim]`` to stored rows ``[n, row_width]`` of the storage dtype.
 
@@ -208,27 +119,9 @@ def encode_rows(values: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "bfloat16":
         return float32_to_bf16_bits(values)
     row_bytes(values.shape[1], dtype)  # validates dim % 32
-    from .fp8 import encode_fp8_rows  # numba kernel, imported on first use
+    from .fp8_kernel import encode_fp8_rows  # numba kernel, imported on first use
 
     return encode_fp8_rows(values)
-
-
-def encode_fp8_rows_reference(values: np.ndarray) -> np.ndarray:
-    """Plain-numpy fp8 row encoding: the spec of :func:`engramctl.table.fp8.encode_fp8_rows`.
-
-    >>> encode_fp8_rows_reference(np.full((1, 32), 0.5, np.float32))[0, [0, 32]].tolist()
-    [120, 118]
-    """
-    values = np.asarray(values, dtype=np.float32)
-    n, dim = values.shape
-    scales = ue8m0_block_scales(values)  # (n, dim/32)
-    factor = np.exp2(UE8M0_BIAS - scales.astype(np.float32))  # 1 / scale, exact power of two
-    with np.errstate(over="ignore"):
-        scaled = values.reshape(n, -1, FP8_SCALE_BLOCK) * factor[:, :, None]
-    out = np.empty((n, dim + dim // FP8_SCALE_BLOCK), dtype=np.uint8)
-    out[:, :dim] = fp8_e4m3fn_encode(scaled.reshape(n, dim))
-    out[:, dim:] = scales
-    return out
 
 
 def decode_rows(raw: np.ndarray, dtype: str, dim: int) -> np.ndarray:

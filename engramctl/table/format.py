@@ -22,16 +22,17 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EngramError, UsageError
-from ..layout import EngramLayout
+from ..layout import EngramLayout, LayoutSource
+from .choices import COMPRESSORS
 from .dtypes import encode_rows, parse_dtype, row_bytes, row_width, storage_dtype
 from .rowinit import InitRecipe, init_values
+from .store import open_store
 
 FORMAT = "engramctl-table"
 FORMAT_VERSION = 1
 META_KEY = "engramctl"
 MANIFEST_KEY = "engramctl_manifest"
 LOCK_NAME = ".engramctl.lock"
-COMPRESSORS = ("none", "zstd")
 ZSTD_LEVEL = 3
 TARGET_CHUNK_BYTES = 4 * 2**20  # a chunk of a few MiB: one mmap, one checksum, one rename
 
@@ -242,15 +243,30 @@ class TableMeta:
         return TableMeta.from_dict(data)
 
 
-def check_vocab(meta: TableMeta, vocab, *, where: str = "the table") -> None:
-    """Refuse a vocab whose fingerprint differs from the one the table was made for."""
-    if vocab is None:
-        return
-    if vocab.fingerprint != meta.vocab_fingerprint:
+def check_vocab_fingerprint(
+    made_for: str | None,
+    fingerprint: str | None,
+    *,
+    what: str = "the table",
+    given: str = "the vocab given",
+    advice: str = "pass the vocab the table was made with",
+) -> None:
+    """The one "was this table made for this vocab" check: refuse differing fingerprints.
+
+    ``made_for`` is the fingerprint ``what`` (a table, an export of one) records; ``fingerprint``
+    the one of ``given`` (a vocab, a model). The error names both and says what to do.
+    """
+    if fingerprint != made_for:
         raise EngramError(
-            f"vocab fingerprint {vocab.fingerprint} differs from {where}'s "
-            f"{meta.vocab_fingerprint}; use the vocab the table was made with"
+            f"{what} was made for vocab fingerprint {made_for}, but {given} has {fingerprint}; "
+            f"{advice}"
         )
+
+
+def check_vocab(meta: TableMeta, vocab, *, where: str = "the table") -> None:
+    """Refuse a vocab (``None``: nothing to check) other than the one the table was made for."""
+    if vocab is not None:
+        check_vocab_fingerprint(meta.vocab_fingerprint, vocab.fingerprint, what=where)
 
 
 # --------------------------------------------------------------------------- the group
@@ -259,7 +275,6 @@ def read_group(path) -> tuple[TableMeta, dict]:
 
     ``path`` is a local path, an fsspec URL or a :class:`~engramctl.table.store.TableStore`.
     """
-    from .store import open_store
 
     store = open_store(path)
     where = store.url
@@ -335,10 +350,16 @@ def write_group_attrs(path, meta: TableMeta, manifest: dict) -> None:
     """Replace the group attributes (one atomic write of ``zarr.json``, local or remote)."""
     import zarr
 
-    from .store import open_store
-
     group = zarr.open_group(open_store(path).zarr_location(), mode="r+")
     group.attrs.put({META_KEY: meta.to_dict(), MANIFEST_KEY: manifest_to_json(manifest)})
+
+
+def table_layout_source(path, *, vocab=None) -> LayoutSource:
+    """A table's layout as the layout source of ``--table`` (its dim and dtype with it), refusing
+    a vocab the table was not made for."""
+    meta, _ = read_group(path)
+    check_vocab(meta, vocab, where=str(path))
+    return LayoutSource(meta.layout, meta.dim, meta.dtype, flag="--table", where=f"table {path}")
 
 
 # --------------------------------------------------------------------------- chunk codec
@@ -434,19 +455,3 @@ class WriterLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
-
-
-def write_file_atomic(path: Path, data, *, fsync: bool = True) -> None:
-    """Write ``data`` to ``path`` via a temporary sibling and a rename (no reader sees half)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(memoryview(data).cast("B"))
-            if fsync:
-                handle.flush()
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()

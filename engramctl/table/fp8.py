@@ -1,89 +1,106 @@
-"""numba kernel that encodes float32 rows to float8_e4m3fn rows with ue8m0 block scales.
+"""float8_e4m3fn with ue8m0 block scales: the constants and the plain-numpy specification.
 
-The numpy specification and test oracle is :func:`engramctl.table.dtypes.encode_fp8_rows_reference`
-(about 10x slower: it materializes several temporaries per value). Same rounding: per block of
-32 values the smallest power-of-two scale with ``max|block| / scale <= 448``, then each scaled
-float32 value rounded to 3 mantissa bits, nearest with ties to even, saturating at 448.
+A stored fp8 row is ``dim`` e4m3fn codes followed by one ue8m0 scale byte per block of
+``FP8_SCALE_BLOCK`` values. :func:`encode_fp8_rows_reference` is the oracle of the numba kernel in
+:mod:`engramctl.table.fp8_kernel`; :mod:`engramctl.table.dtypes` encodes and decodes rows of every
+storage dtype on top of this module.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from .._numba import njit, prange
-from ..errors import UsageError
-from .dtypes import FP8_MAX, FP8_SCALE_BLOCK, UE8M0_BIAS
+FP8_SCALE_BLOCK = 32
+FP8_MAX = 448.0  # largest finite float8_e4m3fn value
+UE8M0_BIAS = 127  # a ue8m0 scale byte s means 2**(s - 127)
 
 
-@njit(cache=True, inline="always")
-def _block_scale(values, i, start):
-    """ue8m0 scale byte of ``values[i, start:start+32]`` (NaN ignored; inf -> 254; 0 -> 0)."""
-    amax = np.float32(0.0)
-    for j in range(start, start + FP8_SCALE_BLOCK):
-        a = abs(values[i, j])
-        if a > amax:  # False for NaN
-            amax = a
-    if math.isinf(amax):
-        return 254
-    if amax == 0:
-        return 0
-    mantissa, exponent = math.frexp(np.float64(amax) / FP8_MAX)  # m * 2**e, m in [0.5, 1)
-    if mantissa == 0.5:  # an exact power of two already fits
-        exponent -= 1
-    return min(max(exponent + UE8M0_BIAS, 0), 254)
+def _fp8_lut() -> np.ndarray:
+    """float32 value of each of the 256 float8_e4m3fn bit patterns (0x7F and 0xFF are NaN)."""
+    codes = np.arange(256, dtype=np.int64)
+    sign = np.where(codes & 0x80, -1.0, 1.0)
+    exponent = (codes >> 3) & 0xF
+    mantissa = codes & 0x7
+    normal = (1.0 + mantissa / 8.0) * np.exp2(exponent - 7.0)
+    subnormal = (mantissa / 8.0) * 2.0**-6
+    values = sign * np.where(exponent == 0, subnormal, normal)
+    values[(codes & 0x7F) == 0x7F] = np.nan
+    return values.astype(np.float32)
 
 
-@njit(cache=True, inline="always")
-def _e4m3_code(bits, magnitude):
-    """float8_e4m3fn code (without sign) of a float32 given by its bits and magnitude."""
-    m = bits & np.uint32(0x7FFFFFFF)
-    if m > np.uint32(0x7F800000):  # NaN
-        return 0x7F
-    if m < np.uint32(0x3C800000):  # below 2**-6: e4m3 subnormals, multiples of 2**-9
-        f = np.float64(magnitude) * 512.0
-        code = math.floor(f)
-        diff = f - code
-        if diff > 0.5 or (diff == 0.5 and code % 2 == 1):  # ties to even
-            code += 1.0
-        return np.int64(code)
-    # round the float32 mantissa to 3 bits (ties to even), then rebias the exponent 127 -> 7
-    rounded = (m + np.uint32(0x7FFFF) + ((m >> 20) & np.uint32(1))) >> 20
-    return min(np.int64(rounded) - ((127 - 7) << 3), 0x7E)  # saturate at 448
+FP8_LUT = _fp8_lut()
 
 
-@njit(cache=True, parallel=True)
-def _fp8_encode_kernel(values, out):
-    """values (n, dim) float32; out (n, dim + dim/32) uint8: codes then scale bytes."""
+def fp8_e4m3fn_encode(values: np.ndarray) -> np.ndarray:
+    """Round float32 to float8_e4m3fn bits (nearest, ties to even; saturates at +-448).
+
+    >>> fp8_e4m3fn_encode(np.array([1.0, -0.5, 448.0, 1000.0], np.float32)).tolist()
+    [56, 176, 126, 126]
+    """
+    x = np.asarray(values, dtype=np.float32)
+    sign = (x.view(np.uint32) >> np.uint32(24)).astype(np.uint8) & np.uint8(0x80)
+    mag = np.abs(x)
+    bits = mag.view(np.uint32)
+    # normal range: round float32 to 3 mantissa bits, then rebias the exponent (127 -> 7)
+    rounded = (bits + np.uint32(0x7FFFF) + ((bits >> np.uint32(20)) & np.uint32(1))) >> np.uint32(
+        20
+    )
+    normal = rounded.astype(np.int64) - ((127 - 7) << 3)
+    # subnormal range (below 2**-6): multiples of 2**-9, rint rounds ties to even
+    small = np.where(mag < 2.0**-6, mag, 0.0)  # NaN and large values would not fit the cast
+    subnormal = np.rint(small.astype(np.float64) * 2.0**9).astype(np.int64)
+    code = np.where(mag < 2.0**-6, subnormal, normal)
+    code = np.minimum(code, 0x7E)  # saturate: 0x7E is 448, the largest finite value
+    out = code.astype(np.uint8) | sign
+    nan = np.isnan(x)
+    if nan.any():
+        out[nan] = 0x7F
+    return out
+
+
+def fp8_e4m3fn_decode(codes: np.ndarray) -> np.ndarray:
+    """float32 values of float8_e4m3fn bits (exact).
+
+    >>> fp8_e4m3fn_decode(np.array([56, 176, 126], np.uint8)).tolist()
+    [1.0, -0.5, 448.0]
+    """
+    return FP8_LUT[np.asarray(codes, dtype=np.uint8)]
+
+
+def ue8m0_block_scales(values: np.ndarray) -> np.ndarray:
+    """Scale byte per block of ``FP8_SCALE_BLOCK`` values: the smallest power of two ``2**e``
+    with ``max|block| / 2**e <= 448``, stored as ``e + 127`` (``[..., dim / 32]`` uint8).
+
+    NaN is ignored for the block maximum; an all-zero (or all-NaN) block gets 0, a block with
+    an infinity 254.
+
+    >>> ue8m0_block_scales(np.full((1, 32), 448.0, np.float32)).tolist()
+    [[127]]
+    """
+    blocks = np.asarray(values, dtype=np.float32)
+    blocks = blocks.reshape(*blocks.shape[:-1], -1, FP8_SCALE_BLOCK)
+    amax = np.fmax.reduce(np.abs(blocks), axis=-1).astype(np.float64)  # NaN ignored
+    finite = np.isfinite(amax) & (amax > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mantissa, exponent = np.frexp(np.where(finite, amax, 1.0) / FP8_MAX)
+    exponent = np.where(mantissa == 0.5, exponent - 1, exponent)  # exact powers of two
+    exponent = np.where(finite, exponent, np.where(np.isinf(amax), 254, 0) - UE8M0_BIAS)
+    return np.clip(exponent + UE8M0_BIAS, 0, 254).astype(np.uint8)
+
+
+def encode_fp8_rows_reference(values: np.ndarray) -> np.ndarray:
+    """Plain-numpy fp8 row encoding: the spec of :func:`engramctl.table.fp8_kernel.encode_fp8_rows`.
+
+    >>> encode_fp8_rows_reference(np.full((1, 32), 0.5, np.float32))[0, [0, 32]].tolist()
+    [120, 118]
+    """
+    values = np.asarray(values, dtype=np.float32)
     n, dim = values.shape
-    for i in prange(n):
-        scaled = np.empty(dim, np.float32)
-        bits = scaled.view(np.uint32)
-        for b in range(dim // FP8_SCALE_BLOCK):
-            start = b * FP8_SCALE_BLOCK
-            scale = _block_scale(values, i, start)
-            out[i, dim + b] = scale
-            factor = np.float32(math.ldexp(1.0, UE8M0_BIAS - scale))  # exact power of two
-            for j in range(start, start + FP8_SCALE_BLOCK):
-                scaled[j] = values[i, j] * factor
-        for j in range(dim):
-            code = np.uint8(_e4m3_code(bits[j], abs(scaled[j])))
-            if code != 0x7F:  # NaN is always 0x7F, whatever its sign
-                code |= np.uint8((bits[j] >> 24) & 0x80)
-            out[i, j] = code
-
-
-def encode_fp8_rows(values: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Encode float32 rows ``[n, dim]`` to fp8 rows ``[n, dim + dim/32]`` (values, scales)."""
-    values = np.ascontiguousarray(values, dtype=np.float32)
-    if values.ndim != 2 or values.shape[1] % FP8_SCALE_BLOCK:
-        raise UsageError(
-            f"fp8 rows must be [n, dim] with dim divisible by {FP8_SCALE_BLOCK}, got "
-            f"{list(values.shape)}"
-        )
-    n, dim = values.shape
-    if out is None:
-        out = np.empty((n, dim + dim // FP8_SCALE_BLOCK), dtype=np.uint8)
-    _fp8_encode_kernel(values, out)
+    scales = ue8m0_block_scales(values)  # (n, dim/32)
+    factor = np.exp2(UE8M0_BIAS - scales.astype(np.float32))  # 1 / scale, exact power of two
+    with np.errstate(over="ignore"):
+        scaled = values.reshape(n, -1, FP8_SCALE_BLOCK) * factor[:, :, None]
+    out = np.empty((n, dim + dim // FP8_SCALE_BLOCK), dtype=np.uint8)
+    out[:, :dim] = fp8_e4m3fn_encode(scaled.reshape(n, dim))
+    out[:, dim:] = scales
     return out

@@ -29,11 +29,11 @@ import numpy as np
 
 from .._numba import njit, prange
 from ..errors import UsageError
+from .choices import INIT_KINDS
 
 GAMMA = 0x9E3779B97F4A7C15  # splitmix64 increment (2**64 / golden ratio, odd)
 MIX1 = 0xBF58476D1CE4E5B9
 MIX2 = 0x94D049BB133111EB
-INIT_KINDS = ("normal", "uniform", "zeros")
 _KIND_CODE = {kind: code for code, kind in enumerate(INIT_KINDS)}
 ALGORITHM = "splitmix64-counter-v1"  # recorded in table metadata; bump if the recipe changes
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 import time
 from collections.abc import Callable
@@ -23,20 +22,27 @@ from pathlib import Path
 
 import numpy as np
 
-from .._files import atomic_write, check_writable_target
+from .._files import (
+    atomic_directory,
+    atomic_write,
+    check_free_space,
+    check_writable_target,
+    write_file_atomic,
+)
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
-from .create import CreateResult, _build_meta, _write_new_group, check_free_space
-from .dtypes import FP8_SCALE_BLOCK, decode_rows, encode_rows, parse_dtype, storage_dtype
+from .create import CreateResult, build_meta, write_new_group
+from .dtypes import decode_rows, encode_rows, parse_dtype, storage_dtype
 from .format import (
     WriterLock,
+    check_vocab_fingerprint,
     chunk_key,
     crc32_of,
     encode_chunk,
     read_group,
-    write_file_atomic,
     write_group_attrs,
 )
+from .fp8 import FP8_SCALE_BLOCK
 from .rowinit import InitRecipe
 from .st_header import read_header
 from .table import open_table, table_info
@@ -138,7 +144,7 @@ def export_safetensors(
         for _name, layer_id, part, _shape, _nbytes in plan:
             for c in range(meta.layers[layer_id].n_chunks(meta.chunk_rows)):
                 start, stop = meta.chunk_span(layer_id, c)
-                rows = table._load(layer_id, c)[: stop - start]
+                rows = table.read_chunk(layer_id, c)[: stop - start]
                 if meta.dtype == "float8_e4m3fn":
                     rows = rows[:, : meta.dim] if part == "values" else rows[:, meta.dim :]
                 data = np.ascontiguousarray(rows)
@@ -239,25 +245,45 @@ def import_safetensors(
     in_path, out_path = Path(in_path), Path(out_path)
     header, metadata, data_start = read_safetensors_header(in_path)
     theirs = metadata.get("vocab_fingerprint")
-    if theirs and theirs != vocab_fingerprint:
-        raise EngramError(
-            f"{in_path} was exported from a table for vocab fingerprint {theirs}, but the vocab "
-            f"given has {vocab_fingerprint}; use the matching vocab"
-        )
+    if theirs:
+        check_vocab_fingerprint(theirs, vocab_fingerprint, what=f"{in_path}")
     sources, dim, source_dtype = _layer_sources(in_path, header, data_start, layout, name_template)
-    dtype = parse_dtype(dtype) if dtype else source_dtype
-    meta = _build_meta(
-        layout,
-        vocab_fingerprint,
-        dim,
-        dtype,
-        InitRecipe("zeros", 0.0, 0),
-        0.0,
-        0,
-        False,
-        chunk_rows,
-        compressor,
+    meta = build_meta(
+        layout=layout,
+        vocab_fingerprint=vocab_fingerprint,
+        dim=dim,
+        dtype=parse_dtype(dtype) if dtype else source_dtype,
+        init=InitRecipe("zeros", 0.0, 0),
+        chunk_rows=chunk_rows,
+        compressor=compressor,
     )
+    _check_import_target(out_path, overwrite=overwrite)
+    total = sum(layer.n_chunks(meta.chunk_rows) for layer in meta.layers.values())
+    check_free_space(out_path.parent, total * meta.chunk_bytes)
+    try:
+        with atomic_directory(
+            out_path, label="importing", replace=True, before_replace=_refuse_if_written
+        ) as tmp:
+            write_new_group(tmp, meta)
+            manifest = _copy_chunks(tmp, meta, sources, source_dtype, progress=progress)
+            write_group_attrs(tmp, meta.with_status("complete"), manifest)
+            os.sync()
+    except OSError as exc:
+        raise EngramError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
+    meta, manifest = read_group(out_path)
+    return CreateResult(
+        path=str(out_path),
+        info=table_info(out_path, meta, manifest),
+        resumed=False,
+        chunks_written=total,
+        chunks_skipped=0,
+        bytes_written=total * meta.chunk_bytes,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _check_import_target(out_path: Path, *, overwrite: bool) -> None:
+    """Refuse to replace anything but an engramctl table, and that only with ``overwrite``."""
     if out_path.exists():
         try:
             read_group(out_path)
@@ -269,46 +295,24 @@ def import_safetensors(
             raise EngramError(f"{out_path} exists; pass --overwrite to replace it")
     elif not out_path.parent.is_dir():
         raise EngramError(f"directory {out_path.parent} does not exist; create it first")
+
+
+def _copy_chunks(tmp: Path, meta, sources: dict, source_dtype: str, *, progress) -> dict:
+    """Write every chunk of the new table at ``tmp`` from the source tensors; its manifest."""
     total = sum(layer.n_chunks(meta.chunk_rows) for layer in meta.layers.values())
-    check_free_space(out_path.parent, total * meta.chunk_bytes)
-    tmp = out_path.with_name(f".{out_path.name}.importing-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        _write_new_group(tmp, meta)
-        manifest: dict = {layer_id: {} for layer_id in meta.layers}
-        done = 0
-        for layer_id, (values, scales) in sources.items():
-            for c in range(meta.layers[layer_id].n_chunks(meta.chunk_rows)):
-                start, stop = meta.chunk_span(layer_id, c)
-                rows = _chunk_from_source(meta, values, scales, source_dtype, start, stop)
-                data = encode_chunk(meta, rows)
-                write_file_atomic(tmp / chunk_key(layer_id, c), data, fsync=False)
-                manifest[layer_id][c] = [crc32_of(data), memoryview(data).nbytes, "data"]
-                done += 1
-                if progress:
-                    progress(done * meta.chunk_bytes, total * meta.chunk_bytes)
-        meta = meta.with_status("complete")
-        write_group_attrs(tmp, meta, manifest)
-        os.sync()
-        if out_path.exists():
-            with WriterLock(out_path):
-                pass
-            shutil.rmtree(out_path)
-        os.replace(tmp, out_path)
-    except OSError as exc:
-        raise EngramError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    meta, manifest = read_group(out_path)
-    return CreateResult(
-        str(out_path),
-        table_info(out_path, meta, manifest),
-        False,
-        total,
-        0,
-        total * meta.chunk_bytes,
-        time.perf_counter() - started,
-    )
+    manifest: dict = {layer_id: {} for layer_id in meta.layers}
+    done = 0
+    for layer_id, (values, scales) in sources.items():
+        for c in range(meta.layers[layer_id].n_chunks(meta.chunk_rows)):
+            start, stop = meta.chunk_span(layer_id, c)
+            rows = _chunk_from_source(meta, values, scales, source_dtype, start, stop)
+            data = encode_chunk(meta, rows)
+            write_file_atomic(tmp / chunk_key(layer_id, c), data, fsync=False)
+            manifest[layer_id][c] = [crc32_of(data), memoryview(data).nbytes, "data"]
+            done += 1
+            if progress:
+                progress(done * meta.chunk_bytes, total * meta.chunk_bytes)
+    return manifest
 
 
 def _chunk_from_source(meta, values, scales, source_dtype, start, stop) -> np.ndarray:
@@ -324,3 +328,9 @@ def _chunk_from_source(meta, values, scales, source_dtype, start, stop) -> np.nd
     else:
         rows[:n] = encode_rows(decode_rows(raw, source_dtype, meta.dim), meta.dtype)
     return rows
+
+
+def _refuse_if_written(path: Path) -> None:
+    """Take and drop the writer lock of the table about to be replaced: refused while in use."""
+    with WriterLock(path):
+        pass

@@ -20,6 +20,7 @@ import os
 import shutil
 from pathlib import Path
 
+from .._files import write_file_atomic
 from ..errors import EngramError, UsageError
 
 CREDENTIAL_ADVICE = (
@@ -148,8 +149,6 @@ class LocalStore(TableStore):
             return handle.read()
 
     def write_bytes(self, key: str, data) -> None:
-        from .format import write_file_atomic
-
         write_file_atomic(self.root / key, data)
 
     def file_sizes(self, prefix: str) -> dict[str, int]:

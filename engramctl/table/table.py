@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import write_file_atomic
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
 from .dtypes import encode_rows
@@ -35,7 +36,6 @@ from .format import (
     encode_chunk,
     init_chunk_rows,
     read_group,
-    write_file_atomic,
     write_group_attrs,
 )
 from .gather import check_row_ids, chunk_address, gather_rows, word_dtype
@@ -170,7 +170,7 @@ def table_info(path: Path, meta: TableMeta, manifest: dict) -> TableInfo:
 CHUNK_UNKNOWN, CHUNK_LOADED, CHUNK_UNWRITTEN = 0, 1, 2
 
 
-class _LayerCache:
+class _LoadedChunks:
     """Loaded chunks of one layer: their arrays (kept alive) and base addresses for the kernel."""
 
     def __init__(self, n_chunks: int):
@@ -202,7 +202,7 @@ class Table:
         self._lock = lock
         self._word = word_dtype(meta.row_bytes)
         self._words = meta.row_bytes // self._word.itemsize
-        self._caches: dict[int, _LayerCache] = {}
+        self._caches: dict[int, _LoadedChunks] = {}
         self._decoded: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._dirty = False
         self._mutex = threading.RLock()
@@ -242,10 +242,10 @@ class Table:
         return self.path / key if self.store.is_local else self.store.where(key)
 
     # --------------------------------------------------------------- chunk loading
-    def _cache(self, layer_id: int) -> _LayerCache:
+    def _cache(self, layer_id: int) -> _LoadedChunks:
         if layer_id not in self._caches:
             layer = self.meta.layer(layer_id)
-            self._caches[layer_id] = _LayerCache(layer.n_chunks(self.meta.chunk_rows))
+            self._caches[layer_id] = _LoadedChunks(layer.n_chunks(self.meta.chunk_rows))
         return self._caches[layer_id]
 
     def read_chunk_file(
@@ -287,7 +287,7 @@ class Table:
             log.warning("%s is not in the manifest (an interrupted write?)", where)
         return decode_chunk(self.meta, data, where=where)
 
-    def _load(self, layer_id: int, chunk_index: int) -> np.ndarray:
+    def read_chunk(self, layer_id: int, chunk_index: int) -> np.ndarray:
         """Stored rows of any chunk: its file, or its init values if never written."""
         rows = self.read_chunk_file(layer_id, chunk_index)
         return init_chunk_rows(self.meta, layer_id, chunk_index) if rows is None else rows
@@ -402,7 +402,7 @@ class Table:
             if not group.size:
                 continue
             c = int(chunk_of[group[0]])
-            rows = np.array(self._load(layer_id, c))  # a writable copy
+            rows = np.array(self.read_chunk(layer_id, c))  # a writable copy
             rows[ids[group] - c * self.meta.chunk_rows] = stored[group]
             self.write_chunk(layer_id, c, rows, source="data")
         if flush:

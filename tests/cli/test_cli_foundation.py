@@ -239,7 +239,7 @@ BAD_INPUTS = {
                            "Invalid value for '--heads'"),
     "unknown option": (["layout", "--vocab", "{v}", "--bogus"], 2, "No such option: --bogus"),
     "missing vocab option": (["hash", "--text", "x"], 2, "Missing option '--vocab'"),
-    "unknown dtype": (["layout", "--vocab", "{v}", "--dtype", "int3"], 2, "unknown dtype"),
+    "unknown dtype": (["layout", "--vocab", "{v}", "--dtype", "int3"], 2, "'int3' is not one of"),
     "zero dim": (["layout", "--vocab", "{v}", "--dim", "0"], 2, "dim must be at least 1"),
     "unknown command": (["frobnicate"], 2, "No such command"),
 }  # fmt: skip

@@ -35,7 +35,7 @@ def test_text_corpus_writes_json_and_plot(tmp_path, ds_vocab_path):
     (tmp_path / "small.jsonl").write_text("\n".join(lines) + "\n")
     result = invoke(
         "hash-stats", tmp_path / "small.jsonl", "--vocab", ds_vocab_path, "--preset", "demo-v1",
-        "--layers", "15", "--sweep", "1k,10k", "--json", out, "--plot", png, "-q",
+        "--layers", "15", "--sweep", "1k,10k", "--report", out, "--plot", png, "-q",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "layer 15" in result.output and "sweep" in result.output
@@ -57,17 +57,19 @@ def test_text_corpus_writes_json_and_plot(tmp_path, ds_vocab_path):
 
 def test_json_on_stdout_and_refusing_to_overwrite(tmp_path, ds_vocab_path, token_docs):
     args = ["hash-stats", token_docs, "--vocab", ds_vocab_path, "--ngram-vocab", "101,103"]
-    result = invoke(*args, "--json", "-")
+    result = invoke(*args, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)  # nothing else on stdout
     assert (report["tokens"], report["documents"]) == (2000, 40)
     heads = report["layers"]["1"]["orders"]["3"]["heads"]
     assert all(h["collided_rows"] > 0 for h in heads)
     (tmp_path / "r.json").write_text("{}")
-    result = invoke(*args, "--json", tmp_path / "r.json")
+    result = invoke(*args, "--report", tmp_path / "r.json")
     assert result.exit_code == 1 and "--overwrite" in result.output
-    assert invoke(*args, "--json", tmp_path / "r.json", "--overwrite", "-q").exit_code == 0
-    assert json.loads((tmp_path / "r.json").read_text())["tokens"] == 2000
+    both = invoke(*args, "--report", tmp_path / "r.json", "--overwrite", "--json", "-q")
+    assert both.exit_code == 0
+    assert json.loads((tmp_path / "r.json").read_text()) == json.loads(both.stdout)
+    assert json.loads(both.stdout)["tokens"] == 2000
 
 
 def test_batch_size_and_threads_do_not_change_the_report(tmp_path, ds_vocab_path, token_docs):
@@ -81,7 +83,7 @@ def test_batch_size_and_threads_do_not_change_the_report(tmp_path, ds_vocab_path
     ]:  # fmt: skip
         result = invoke(
             "hash-stats", path, "--vocab", ds_vocab_path, "--preset", "deepseek-v4.1",
-            "--ngram-vocab", "97,89,83", "--json", "-", *extra,
+            "--ngram-vocab", "97,89,83", "--json", *extra,
         )  # fmt: skip
         assert result.exit_code == 0, result.output
         reports.append(json.loads(result.stdout))
@@ -90,7 +92,7 @@ def test_batch_size_and_threads_do_not_change_the_report(tmp_path, ds_vocab_path
 
 def test_limit_tokens_and_max_memory(tmp_path, ds_vocab_path, token_docs):
     base = ["hash-stats", token_docs, "--vocab", ds_vocab_path]
-    result = invoke(*base, "--limit-tokens", 120, "--json", "-")
+    result = invoke(*base, "--limit-tokens", 120, "--json")
     report = json.loads(result.stdout)
     assert report["tokens"] == 120 and report["partial"] and report["documents"] == 3
     result = invoke(*base, "--preset", "deepseek-v4.1", "--max-memory", "16M")
@@ -125,7 +127,7 @@ def test_ctrl_c_writes_partial_json(tmp_path, ds_vocab_path, token_docs, monkeyp
         ds_vocab_path,
         "--batch-tokens",
         100,
-        "--json",
+        "--report",
         out,
         "-q",
     )
@@ -166,7 +168,7 @@ def test_out_of_vocab_id_names_file_and_token(tmp_path, ds_vocab_path):
 
 def test_invalid_utf8_is_a_counted_warning(tmp_path, ds_vocab_path):
     (tmp_path / "u.txt").write_bytes(b"caf\xe9 au lait\n")
-    result = invoke("hash-stats", tmp_path / "u.txt", "--vocab", ds_vocab_path, "--json", "-")
+    result = invoke("hash-stats", tmp_path / "u.txt", "--vocab", ds_vocab_path, "--json")
     assert result.exit_code == 0, result.output
     warnings = json.loads(result.stdout)["warnings"]
     assert warnings["invalid_utf8"]["count"] == 1
@@ -184,7 +186,6 @@ def test_limit_equal_to_the_corpus_is_not_partial(ds_vocab_path, token_docs):
         "--vocab",
         ds_vocab_path,
         "--json",
-        "-",
         "--batch-tokens",
         500,
     ]
@@ -203,10 +204,10 @@ def test_file_order_does_not_change_the_report(tmp_path, ds_vocab_path, token_do
         [tmp_path / "a.npy", tmp_path / "b.npy"],
         [tmp_path / "b.npy", tmp_path / "a.npy"],
     ):
-        result = invoke("hash-stats", *files, "--vocab", ds_vocab_path, "--json", "-")
+        result = invoke("hash-stats", *files, "--vocab", ds_vocab_path, "--json")
         assert result.exit_code == 0, result.output
         layers.append(json.loads(result.stdout)["layers"])
-    whole = invoke("hash-stats", token_docs, "--vocab", ds_vocab_path, "--json", "-")
+    whole = invoke("hash-stats", token_docs, "--vocab", ds_vocab_path, "--json")
     assert layers[0] == layers[1] == json.loads(whole.stdout)["layers"]
 
 
@@ -218,7 +219,7 @@ def test_hand_counted_sentences(tmp_path, tiny_vocab, tiny_tokenizer_path):
     corpus.write_text('{"text": "cat the cat"}\n{"text": "the"}\n')
     result = invoke(
         "hash-stats", corpus, "--vocab", vocab_path, "--tokenizer", tiny_tokenizer_path,
-        "--ngram-vocab", 2, "--max-ngram", 2, "--heads", 1, "--layers", 0, "--json", "-",
+        "--ngram-vocab", 2, "--max-ngram", 2, "--heads", 1, "--layers", 0, "--json",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -244,7 +245,7 @@ def test_layout_from_table_equals_the_flags(tmp_path, ds_vocab_path, tiny_vocab,
         "--layers", "3,7", "--dim", "8", "--dtype", "float32", "--lazy",
     )  # fmt: skip
     assert made.exit_code == 0, made.output
-    common = ["hash-stats", token_docs, "--vocab", ds_vocab_path, "-q", "--json", "-"]
+    common = ["hash-stats", token_docs, "--vocab", ds_vocab_path, "-q", "--json"]
     from_flags = invoke(*common, "--ngram-vocab", "101,103", "--layers", "3,7")
     from_table = invoke(*common, "--table", table)
     assert from_flags.exit_code == 0 and from_table.exit_code == 0, from_table.output
@@ -260,4 +261,4 @@ def test_layout_from_table_equals_the_flags(tmp_path, ds_vocab_path, tiny_vocab,
     other = tmp_path / "other.parquet"
     tiny_vocab.save(other)
     refused = invoke("hash-stats", token_docs, "--vocab", other, "--table", table, "-q")
-    assert refused.exit_code == 1 and "was made for vocab" in refused.output
+    assert refused.exit_code == 1 and "the vocab the table was made with" in refused.output

@@ -30,12 +30,6 @@ def table(tmp_path, ds_vocab_path):
     return path
 
 
-@pytest.mark.parametrize("name", ["init-table", "info", "verify", "export", "import"])
-def test_help_has_example(name):
-    result = run(name, "--help")
-    assert result.exit_code == 0 and "Example: engramctl " + name in result.output
-
-
 def test_init_info_verify(table, ds_vocab, ds_vocab_path):
     info = json.loads(run("info", table, "--json").stdout)
     assert info["format_version"] == 1 and info["vocab_fingerprint"] == ds_vocab.fingerprint
@@ -71,13 +65,13 @@ def test_refusals(table, tmp_path, ds_vocab_path, tiny_vocab):
     result = run("info", tmp_path / "nothing.zarr")
     assert result.exit_code == 1 and "no table at" in result.stderr
     result = run("init-table", tmp_path / "x.zarr", "--vocab", ds_vocab_path, "--dtype", "int8")
-    assert result.exit_code == 2 and "unknown dtype 'int8'" in result.stderr
+    assert result.exit_code == 2 and "'int8' is not one of" in result.stderr
     result = run("init-table", tmp_path / "x.zarr", "--vocab", ds_vocab_path, "--workers", "0")
     assert result.exit_code == 2
     other = tmp_path / "tiny.parquet"
     tiny_vocab.save(other)
     result = run("verify", table, "--vocab", other)
-    assert result.exit_code == 1 and "vocab fingerprint" in result.stderr
+    assert result.exit_code == 1 and "was made for vocab" in result.stderr
 
 
 def test_export_import_round_trip(table, tmp_path, ds_vocab_path):

@@ -8,12 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from engramctl.corpus.readers import (
-    CorpusOptions,
-    CorpusWarnings,
-    discover_files,
-    read_batches,
-)
+from engramctl.corpus.files import CorpusOptions, CorpusWarnings, discover_files
+from engramctl.corpus.readers import read_batches
 from engramctl.corpus.tokenize import TextTokenizer, tokenized_batches
 from engramctl.errors import EngramError, UsageError
 

@@ -14,9 +14,9 @@ from engramctl.errors import EngramError  # noqa: E402
 from engramctl.hashing import NgramHasher  # noqa: E402
 from engramctl.layout import EngramLayout  # noqa: E402
 from engramctl.model.paging import (  # noqa: E402
+    DeviceRowCache,
     ResidentRows,
     RowPager,
-    _LayerCache,
     resolve_device,
 )
 from tests.model.table_double import InMemoryTable  # noqa: E402
@@ -101,7 +101,7 @@ def test_layer_cache_never_evicts_in_flight_rows(capacity_extra, batch_rows):
     """Whatever the batches, a slot read by an in-flight batch keeps its row."""
     batch_rows = [np.unique(np.array(b, dtype=np.int64)) for b in batch_rows]
     capacity = 3 * max(len(b) for b in batch_rows) + capacity_extra
-    cache = _LayerCache(61, capacity, 1, CPU)
+    cache = DeviceRowCache(61, capacity, 1, CPU)
     history = []
     for index, rows in enumerate(batch_rows):
         slots, miss = cache.assign(rows, index)
@@ -112,7 +112,7 @@ def test_layer_cache_never_evicts_in_flight_rows(capacity_extra, batch_rows):
 
 
 def test_layer_cache_lru_hand_worked():
-    cache = _LayerCache(10, 4, 1, CPU)
+    cache = DeviceRowCache(10, 4, 1, CPU)
     cache.assign(np.array([1]), 0)
     cache.assign(np.array([2]), 1)
     cache.assign(np.array([3]), 2)

@@ -69,11 +69,14 @@ def tables():
 
     real_open = model_cmd.open_table_for
 
-    def fake_open(path, mode="r"):
+    def fake_open(path, mode="r", *, vocab=None):
         if str(path) in registry:
-            return registry[str(path)]
+            double = registry[str(path)]
+            if vocab is not None and vocab.fingerprint != double.info.vocab_fingerprint:
+                raise EngramError(f"vocab differs from {path}'s")  # as open_table(vocab=...)
+            return double
         if str(path).endswith(".zarr") and path.exists():
-            return real_open(path, mode)
+            return real_open(path, mode, vocab=vocab)
         raise EngramError(f"not a table: {path}")
 
     with pytest.MonkeyPatch.context() as patch:
@@ -286,7 +289,7 @@ def test_bad_input_is_one_clear_line(trained, tmp_path, ds_vocab, corpus, tables
     bench = corpus / "heldout.jsonl"
     cases = [
         (["--table", "other.zarr"], "layout does not match"),
-        (["--table", "foreign.zarr"], "built for vocab sha256:0000"),
+        (["--table", "foreign.zarr"], "made for vocab fingerprint sha256:0000"),
         ([], "pass --table"),
     ]
     for extra, message in cases:

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from engramctl.corpus.readers import CorpusOptions, discover_files
+from engramctl.corpus.files import CorpusOptions, discover_files
 from engramctl.corpus.shards import split_files
 from engramctl.errors import EngramError, UsageError
 from engramctl.stats.run import load_matching_tokenizer, plan_hash_stats, run_hash_stats
@@ -227,10 +227,10 @@ def _cli(corpus: Path, vocab_path, *extra):
 def test_cli_scheduler_report_equals_single_process(client, corpora, ds_vocab_path, tmp_path):
     client.wait_for_workers(2, timeout=60)
     address = client.scheduler.address
-    one = _cli(corpora["tokens"], ds_vocab_path, "--json", tmp_path / "one.json")
+    one = _cli(corpora["tokens"], ds_vocab_path, "--report", tmp_path / "one.json")
     assert one.exit_code == 0, one.output
     many = _cli(
-        corpora["tokens"], ds_vocab_path, "--json", tmp_path / "d.json", "--scheduler", address
+        corpora["tokens"], ds_vocab_path, "--report", tmp_path / "d.json", "--scheduler", address
     )
     assert many.exit_code == 0, many.output
     load = [json.loads((tmp_path / n).read_text()) for n in ("one.json", "d.json")]

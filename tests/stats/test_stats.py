@@ -12,14 +12,12 @@ from hypothesis import strategies as st
 from engramctl import EngramLayout
 from engramctl.hashing import hash_layer_reference
 from engramctl.stats.counter import NgramCounter, estimate_memory
-from engramctl.stats.figures import (
+from engramctl.stats.figures import head_counts_reference, head_figures, order_stats
+from engramctl.stats.report import (
+    HashStatsReport,
     expected_colliding_fraction,
     expected_occupied_rows,
-    head_counts_reference,
-    head_figures,
-    order_stats,
 )
-from engramctl.stats.report import HashStatsReport
 from engramctl.stats.run import finalize
 
 
@@ -277,7 +275,7 @@ def test_report_json_round_trip(ds_vocab):
 def test_pass_stops_before_outgrowing_max_memory(tmp_path, ds_vocab):
     import dataclasses
 
-    from engramctl.corpus.readers import CorpusOptions
+    from engramctl.corpus.files import CorpusOptions
     from engramctl.stats.run import plan_hash_stats, run_hash_stats
 
     layout = EngramLayout(
@@ -299,7 +297,7 @@ def test_pass_stops_before_outgrowing_max_memory(tmp_path, ds_vocab):
 
 
 def test_progress_and_should_stop(tmp_path, ds_vocab):
-    from engramctl.corpus.readers import CorpusOptions
+    from engramctl.corpus.files import CorpusOptions
     from engramctl.stats.run import plan_hash_stats, run_hash_stats
 
     layout = EngramLayout(

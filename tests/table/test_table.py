@@ -13,7 +13,8 @@ import pytest
 
 from engramctl import EngramLayout
 from engramctl.errors import EngramError
-from engramctl.table.create import create_table, init_chunk, record_chunks
+from engramctl.table.chunks import init_chunk, record_chunks
+from engramctl.table.create import create_table
 from engramctl.table.dtypes import encode_rows
 from engramctl.table.format import chunk_key, read_group
 from engramctl.table.rowinit import InitRecipe, init_values
@@ -212,7 +213,9 @@ def test_newer_format_and_damaged_metadata(tmp_path, small_layout):
 def test_vocab_fingerprint_mismatch(tmp_path, small_layout):
     path = make(tmp_path / "t.zarr", small_layout, lazy=True).path
     other = SimpleNamespace(fingerprint="sha256:ffffffffffffffff")
-    with pytest.raises(EngramError, match=f"sha256:ffffffffffffffff differs.*{FP}"):
+    with pytest.raises(
+        EngramError, match=f"made for vocab fingerprint {FP}, but .* has sha256:ffffffffffffffff"
+    ):
         open_table(path, vocab=other)
     assert not verify_table(path, vocab=other).ok
     open_table(path, vocab=SimpleNamespace(fingerprint=FP)).check_vocab(
@@ -276,10 +279,10 @@ def test_overwrite_rules(tmp_path, small_layout):
 
 
 def test_free_space_is_checked_first(tmp_path, small_layout, monkeypatch):
-    import engramctl.table.create as table_init
+    import engramctl._files as files
 
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(table_init.shutil, "disk_usage", lambda p: usage._replace(free=1_000_000))
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: usage._replace(free=1_000_000))
     with pytest.raises(EngramError, match="not enough disk space.*needs 1\\.1 MiB more"):
         make(tmp_path / "t.zarr", small_layout)
     assert not (tmp_path / "t.zarr").exists()
@@ -287,7 +290,7 @@ def test_free_space_is_checked_first(tmp_path, small_layout, monkeypatch):
 
 
 def test_disk_full_then_resume(tmp_path, small_layout, monkeypatch):
-    import engramctl.table.create as table_init
+    import engramctl.table.chunks as table_init
 
     reference = chunk_files(Path(make(tmp_path / "ref.zarr", small_layout).path))
     real_write = table_init.write_file_atomic

@@ -13,13 +13,11 @@ from engramctl.table.dtypes import (
     decode_rows,
     encode_rows,
     float32_to_bf16_bits,
-    fp8_e4m3fn_decode,
-    fp8_e4m3fn_encode,
     row_width,
     storage_dtype,
     to_torch,
-    ue8m0_block_scales,
 )
+from engramctl.table.fp8 import fp8_e4m3fn_decode, fp8_e4m3fn_encode, ue8m0_block_scales
 
 torch = pytest.importorskip("torch")
 
@@ -127,8 +125,8 @@ def test_fp8_scaling_invariance(values, exponent):
 
 
 def test_fp8_kernel_matches_numpy_reference():
-    from engramctl.table.dtypes import encode_fp8_rows_reference
-    from engramctl.table.fp8 import encode_fp8_rows
+    from engramctl.table.fp8 import encode_fp8_rows_reference
+    from engramctl.table.fp8_kernel import encode_fp8_rows
 
     rng = np.random.default_rng(5)
     magnitudes = rng.choice([1e-30, 1e-6, 0.02, 1.0, 1e4, 1e36], (400, 1))
@@ -146,8 +144,8 @@ def test_fp8_kernel_matches_numpy_reference():
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=64, max_size=64))
 def test_fp8_kernel_matches_reference_on_any_floats(values):
-    from engramctl.table.dtypes import encode_fp8_rows_reference
-    from engramctl.table.fp8 import encode_fp8_rows
+    from engramctl.table.fp8 import encode_fp8_rows_reference
+    from engramctl.table.fp8_kernel import encode_fp8_rows
 
     x = np.array([values], np.float32)
     with np.errstate(over="ignore", invalid="ignore"):

@@ -1,0 +1,73 @@
+"""House rules that the import contract (.importlinter, run by `make lint`) cannot see.
+
+import-linter checks modules (layers, no cycles, no typer/rich below the CLI, private modules);
+these tests check names: no module imports another module's ``_private`` name or reaches into
+another object's ``_private`` attribute, and no module grows past ~500 lines.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import engramctl
+
+PACKAGE = Path(engramctl.__file__).parent
+MAX_LINES = 520
+
+
+def _modules():
+    return sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _target_dir(path: Path, node: ast.ImportFrom) -> Path:
+    base = path.parent
+    for _ in range(max(node.level - 1, 0)):
+        base = base.parent
+    if node.level == 0:
+        base = PACKAGE.parent
+    for part in (node.module or "").split("."):
+        if part:
+            base = base / part
+    return base
+
+
+def _private_reach_ins(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.level or "engramctl" in (node.module or "")):
+            target = _target_dir(path, node)
+            for alias in node.names:
+                is_module = (target / f"{alias.name}.py").exists() or (target / alias.name).is_dir()
+                if _is_private(alias.name) and not is_module:  # a private helper module is fine
+                    found.append(f"{path.name}:{node.lineno} imports {alias.name}")
+        elif isinstance(node, ast.Attribute) and _is_private(node.attr):
+            owner = node.value
+            if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")):
+                found.append(f"{path.name}:{node.lineno} reaches into .{node.attr}")
+    return found
+
+
+def test_no_private_reach_ins():
+    found = [hit for path in _modules() for hit in _private_reach_ins(path)]
+    assert not found, "private names used across modules:\n" + "\n".join(found)
+
+
+def test_the_check_catches_a_reach_in(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("from engramctl.hashing import _private_thing\nx = other._secret\n")
+    assert len(_private_reach_ins(probe)) == 2
+
+
+def test_no_module_over_the_size_limit():
+    big = {
+        p.relative_to(PACKAGE).as_posix(): n
+        for p in _modules()
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert not big, f"modules over {MAX_LINES} lines (split them into named parts): {big}"
