@@ -94,6 +94,8 @@ def atomic_directory(path: Path, *, label: str = "tmp", replace: bool = False, b
             else:
                 path.rmdir()  # an empty directory the user made for it
         os.replace(tmp, path)
+    except OSError as exc:  # read-only, full, not permitted: one line naming the output
+        raise EngramError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
