@@ -3,7 +3,6 @@ allowed): every writer ends in one ``error:`` line and leaves no half-written ou
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 
