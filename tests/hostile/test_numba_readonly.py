@@ -45,8 +45,8 @@ def test_hash_runs_from_a_read_only_install(read_only_install, tmp_path, vocab_p
     env.update(HOME=str(home), PYTHONPATH=str(read_only_install), PYTHONDONTWRITEBYTECODE="1")
     script = (
         "import sys, engramctl; assert engramctl.__file__.startswith(sys.argv[1]), "
-        "engramctl.__file__; from engramctl.cli import main; sys.argv = ['engramctl', *sys.argv[2:]]; "
-        "main()"
+        "engramctl.__file__; from engramctl.cli import main; "
+        "sys.argv = ['engramctl', *sys.argv[2:]]; main()"
     )
     proc = subprocess.run(
         [
