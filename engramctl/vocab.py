@@ -234,7 +234,13 @@ class CanonicalVocab:
                 f"{path} is not an engramctl vocab file (no engramctl metadata); "
                 "create one with engramctl build-vocab"
             )
-        if meta.get("format_version", 0) > VOCAB_FORMAT_VERSION:
+        version = meta.get("format_version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise EngramError(
+                f"{path} is a damaged vocab file: format_version is {version!r}, not an integer; "
+                "rebuild it with engramctl build-vocab"
+            )
+        if version > VOCAB_FORMAT_VERSION:
             raise EngramError(
                 f"{path} has vocab format version {meta['format_version']}, newer than this "
                 f"engramctl supports ({VOCAB_FORMAT_VERSION}); upgrade engramctl"

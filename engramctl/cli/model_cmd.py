@@ -127,17 +127,17 @@ def train_command(
         device=str(resolve_device(device.value)),
     )
     config.validate()  # before reading the corpus: bad numbers fail at once
-    data = prepare_training_data(
-        corpus=corpus,
-        heldout=heldout,
-        vocab=vocab_map,
-        tokenizer_source=tokenizer,
-        seq_len=seq_len,
-        min_count=min_count,
-    )
-    if engram:  # refuses a table made for another vocab
+    if engram:  # refuses a table made for another vocab (cheap: before reading the corpus)
         table_handle = open_table_for(table, mode="r+", vocab=vocab_map)
     try:
+        data = prepare_training_data(
+            corpus=corpus,
+            heldout=heldout,
+            vocab=vocab_map,
+            tokenizer_source=tokenizer,
+            seq_len=seq_len,
+            min_count=min_count,
+        )
         detail = "loss {loss:.3f}, {tps:,.0f} tok/s"
         with progress(
             "train", enabled=not STATE["quiet"], unit="steps", detail=detail, transient=True

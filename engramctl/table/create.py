@@ -23,7 +23,7 @@ from pathlib import Path
 from .._files import atomic_directory, check_free_space
 from .._system import cpu_count
 from ..cluster import open_client
-from ..errors import EngramError
+from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
 from .chunks import (
     InitProgress,
@@ -80,6 +80,11 @@ def build_meta(
     largest = max(layout.layer_rows(layer) for layer in layout.layers)
     if chunk_rows is None:  # 0 or less is refused by TableMeta.build, not replaced
         chunk_rows = default_chunk_rows(dim, dtype, largest)
+    elif chunk_rows > largest:  # a chunk is padded to full size: the file would be mostly zeros
+        raise UsageError(
+            f"--chunk-rows {chunk_rows} is larger than the largest layer ({largest} rows); use at "
+            f"most {largest}, or leave it out for about 4 MiB chunks"
+        )
     return TableMeta.build(
         layout=layout,
         vocab_fingerprint=vocab_fingerprint,

@@ -272,6 +272,11 @@ class Table:
                     "(run engramctl verify)"
                 ) from None
             return None
+        except OSError as exc:  # a directory, unreadable, an I/O error: the table, not the output
+            raise EngramError(
+                f"cannot read {where}: {exc.strerror or exc}; the table is damaged or unreadable "
+                "(run engramctl verify)"
+            ) from None
         if entry is not None:
             if len(data) != entry[1]:
                 raise EngramError(
