@@ -8,7 +8,10 @@ another object's ``_private`` attribute, and no module grows past ~500 lines.
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
+
+import pytest
 
 import engramctl
 
@@ -71,3 +74,13 @@ def test_no_module_over_the_size_limit():
         if (n := len(p.read_text().splitlines())) > MAX_LINES
     }
     assert not big, f"modules over {MAX_LINES} lines (split them into named parts): {big}"
+
+
+@pytest.mark.parametrize("package", ["engramctl.corpus", "engramctl.stats", "engramctl.table"])
+def test_every_re_exported_name_resolves(package):
+    module = importlib.import_module(package)
+    assert module.__all__, f"{package} re-exports nothing"
+    for name in module.__all__:
+        assert getattr(module, name) is not None, f"{package}.{name}"
+    with pytest.raises(AttributeError):
+        module.no_such_name  # noqa: B018

@@ -10,18 +10,17 @@ from __future__ import annotations
 
 from .._lazy import lazy_exports
 
-_EXPORTS = {
-    "CorpusOptions": ".files",
-    "CorpusFile": ".files",
-    "CorpusWarnings": ".files",
-    "Batch": ".readers",
-    "discover_files": ".files",
-    "read_batches": ".readers",
-    "estimate_tokens": ".files",
-    "token_context": ".readers",
-    "TextTokenizer": ".tokenize",
-    "tokenized_batches": ".tokenize",
-    "split_files": ".shards",
+_EXPORTS = {  # module -> the public names it holds
+    ".files": (
+        "CorpusOptions",
+        "CorpusFile",
+        "CorpusWarnings",
+        "discover_files",
+        "estimate_tokens",
+    ),
+    ".readers": ("Batch", "read_batches", "token_context"),
+    ".tokenize": ("TextTokenizer", "tokenized_batches"),
+    ".shards": ("split_files",),
 }
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

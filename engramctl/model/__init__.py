@@ -8,18 +8,12 @@ from __future__ import annotations
 
 from .._lazy import lazy_exports
 
-_EXPORTS = {
-    "ModelConfig": ".transformer",
-    "EngramLM": ".transformer",
-    "Checkpoint": ".checkpoint",
-    "save_checkpoint": ".checkpoint",
-    "load_checkpoint": ".checkpoint",
-    "RowPager": ".paging",
-    "ResidentRows": ".paging",
-    "TrainConfig": ".train",
-    "train_model": ".train",
-    "evaluate": ".evaluate",
-    "EvalReport": ".evaluate",
+_EXPORTS = {  # module -> the public names it holds
+    ".transformer": ("ModelConfig", "EngramLM"),
+    ".checkpoint": ("Checkpoint", "save_checkpoint", "load_checkpoint"),
+    ".paging": ("RowPager", "ResidentRows"),
+    ".train": ("TrainConfig", "train_model"),
+    ".evaluate": ("evaluate", "EvalReport"),
 }
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -10,17 +10,12 @@ from __future__ import annotations
 
 from .._lazy import lazy_exports
 
-_EXPORTS = {
-    "NgramCounter": ".counter",
-    "HashStatsReport": ".report",
-    "OrderStats": ".report",
-    "HeadStats": ".report",
-    "SweepPoint": ".report",
-    "HashStatsPlan": ".run",
-    "plan_hash_stats": ".run",
-    "run_hash_stats": ".run",
-    "run_hash_stats_dask": ".run_dask",
-    "plot_report": ".plot",
+_EXPORTS = {  # module -> the public names it holds
+    ".counter": ("NgramCounter",),
+    ".report": ("HashStatsReport", "OrderStats", "HeadStats", "SweepPoint"),
+    ".run": ("HashStatsPlan", "plan_hash_stats", "run_hash_stats"),
+    ".run_dask": ("run_hash_stats_dask",),
+    ".plot": ("plot_report",),
 }
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

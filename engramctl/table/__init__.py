@@ -11,22 +11,13 @@ from __future__ import annotations
 
 from .._lazy import lazy_exports
 
-_EXPORTS = {
-    "Table": ".table",
-    "TableInfo": ".table",
-    "open_table": ".table",
-    "table_info": ".table",
-    "create_table": ".create",
-    "CreateResult": ".create",
-    "verify_table": ".verify",
-    "VerifyReport": ".verify",
-    "export_safetensors": ".safetensors",
-    "import_safetensors": ".safetensors",
-    "decode_rows": ".dtypes",
-    "encode_rows": ".dtypes",
-    "to_torch": ".dtypes",
-    "row_bytes": ".dtypes",
-    "InitRecipe": ".rowinit",
+_EXPORTS = {  # module -> the public names it holds
+    ".table": ("Table", "TableInfo", "open_table", "table_info"),
+    ".create": ("create_table", "CreateResult"),
+    ".verify": ("verify_table", "VerifyReport"),
+    ".safetensors": ("export_safetensors", "import_safetensors"),
+    ".dtypes": ("decode_rows", "encode_rows", "to_torch", "row_bytes"),
+    ".rowinit": ("InitRecipe",),
 }
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
