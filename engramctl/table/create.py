@@ -30,6 +30,7 @@ from .chunks import (
     ManifestRecorder,
     chunks_to_write,
     raise_init_failure,
+    remove_stale_chunk_files,
     valid_chunks,
     write_init_chunk,
 )
@@ -156,6 +157,13 @@ def _prepare_store(store: TableStore, meta: TableMeta, *, lazy: bool, overwrite:
             with _writer_lock(store):  # refuse to delete a table someone is writing
                 pass
             store.remove()
+        elif (
+            old.status == "complete"
+            and not lazy
+            and not old.lazy
+            and not _recipe_differences(old, meta)
+        ):
+            resumed = True  # a rerun after a kill that landed once the table was complete
         elif old.status == "initializing" and not lazy:
             differences = _recipe_differences(old, meta)
             if differences:
@@ -287,6 +295,7 @@ def initialize_table(
     """
     store = open_store(path)
     meta, manifest = read_group(store)
+    remove_stale_chunk_files(store, meta)  # a killed writer's .0.tmp-<pid> files
     valid = valid_chunks(store, meta, manifest)
     _drop_damaged(manifest, valid)
     todo = chunks_to_write(meta, valid)

@@ -1,7 +1,7 @@
 """Shared pieces of the hostile-input suite: a tiny table, a checker for "one clear line".
 
 Every case must end in exit 0 with correct data, or one ``error:`` line with exit 1 or 2: never
-"internal error", never a traceback. ``HOSTILE_EXAMPLES`` (default 25) sets how many examples each
+"internal error", never a traceback. ``HOSTILE_EXAMPLES`` (default 10) sets how many examples each
 hypothesis test draws; ``make fuzz`` raises it.
 """
 
@@ -17,11 +17,11 @@ from typer.testing import CliRunner
 
 from engramctl.cli import app
 
-EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "10"))
 HOSTILE = settings(
     max_examples=EXAMPLES,
     deadline=None,
-    derandomize=EXAMPLES <= 25,  # `make test` runs the same cases every time
+    derandomize=EXAMPLES <= 10,  # `make test` runs the same cases every time
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 SMALL = ["--ngram-vocab", "500,500", "--heads", "2", "--dim", "32", "--chunk-rows", "300"]

@@ -113,3 +113,29 @@ def test_train_reports_the_vocab_mismatch_before_reading_the_corpus(
     result = _train(tmp_path, "--corpus", corpus, "--table", small_table, "--vocab", ds_vocab_path)
     line = assert_one_error(result, "fingerprint")
     assert "too few" not in line
+
+
+def test_rerun_after_completion_says_already_complete(tmp_path, small_table, vocab_path):
+    table = tmp_path / "t.zarr"
+    shutil.copytree(small_table, table)
+    result = cli("init-table", table, "--vocab", vocab_path, *SMALL)
+    assert result.exit_code == 0 and "already complete" in result.stdout, result.output
+
+
+def test_stale_temporary_chunk_files_are_cleaned_by_resume(tmp_path, small_table, vocab_path):
+    table = tmp_path / "t.zarr"
+    shutil.copytree(small_table, table)
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    stale = table / "layer_1" / "c" / "0" / f".0.tmp-{dead}"
+    stale.write_bytes(b"half a chunk")
+    doc = json.loads((table / "zarr.json").read_text())
+    doc["attributes"]["engramctl"]["status"] = "initializing"
+    (table / "zarr.json").write_text(json.dumps(doc))
+    result = cli("-q", "init-table", table, "--vocab", vocab_path, *SMALL)
+    assert result.exit_code == 0, result.output
+    assert not stale.exists()
+    sibling = tmp_path / f".new.zarr.creating-{dead}"  # a kill while the group was created
+    (sibling / "layer_1").mkdir(parents=True)
+    result = cli("-q", "init-table", tmp_path / "new.zarr", "--vocab", vocab_path, *SMALL, "--lazy")
+    assert result.exit_code == 0 and not sibling.exists(), result.output
+    assert cli("verify", table, "--deep", "--json").exit_code == 0
