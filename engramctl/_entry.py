@@ -1,23 +1,38 @@
 """The ``engramctl`` console script: Ctrl-C at any moment is one line, even during start-up.
 
-The CLI's own handler (``cli.app.command``) only exists once typer, rich and the command modules
-are imported, which takes a noticeable fraction of a second; an interrupt before that used to
-print a ``KeyboardInterrupt`` traceback. This module imports nothing heavy itself.
+The CLI's own handler (``cli.app.command``) only exists once typer, rich, numpy and the command
+modules are imported, which takes a good fraction of a second. A ``KeyboardInterrupt`` raised in
+the middle of those imports surfaces in odd ways (numpy turns it into an ``ImportError`` with a
+page of advice, importlib prints "Exception ignored in ..."). So while importing, SIGINT ends the
+process at once with one line (nothing has been written yet); the command itself then gets
+Python's usual ``KeyboardInterrupt``, which the CLI turns into ``error: interrupted`` after
+closing its outputs.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
+
+INTERRUPTED_EXIT = 130
+
+
+def _exit_at_once(signum, frame) -> None:
+    os.write(2, b"error: interrupted\n")
+    os._exit(INTERRUPTED_EXIT)
 
 
 def main() -> None:
-    try:
-        from .cli import main as run
+    signal.signal(signal.SIGINT, _exit_at_once)
+    from .cli import main as run
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
         run()
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted\n")
-        sys.exit(130)
+        sys.exit(INTERRUPTED_EXIT)
 
 
 __all__ = ["main"]
