@@ -161,6 +161,12 @@ class CanonicalVocab:
         return [members[cid] for cid in biggest]
 
     # ------------------------------------------------------------------ applying
+    def pieces(self, ids) -> list[str]:
+        """Each id of a 1-D sequence shown as text: decoded alone where the vocab recorded it,
+        else the tokenizer's token string; ``?`` for an id outside the vocab."""
+        names = self.texts if len(self.texts) == len(self.tokens) else self.tokens
+        return [names[i] if 0 <= i < len(names) else "?" for i in np.asarray(ids).tolist()]
+
     def apply(self, ids: np.ndarray) -> np.ndarray:
         """Map raw token ids to canonical ids; negative ids pass through unchanged.
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -139,3 +140,11 @@ def test_stale_temporary_chunk_files_are_cleaned_by_resume(tmp_path, small_table
     result = cli("-q", "init-table", tmp_path / "new.zarr", "--vocab", vocab_path, *SMALL, "--lazy")
     assert result.exit_code == 0 and not sibling.exists(), result.output
     assert cli("verify", table, "--deep", "--json").exit_code == 0
+
+
+def test_hash_ids_file_shows_the_tokens(tmp_path, vocab_path, tiny_vocab):
+    ids = tmp_path / "ids.npy"
+    np.save(ids, np.array([11, 15], dtype=np.int64))  # "Ġthe", "Ġcat"
+    result = cli("hash", "--ids-file", ids, "--vocab", vocab_path, "--ngram-vocab", "500,500")
+    assert result.exit_code == 0, result.output
+    assert "␣the" in result.stdout and "␣cat" in result.stdout, result.stdout
