@@ -151,3 +151,19 @@ def check_free_space(path: Path, needed: int) -> None:
             f"not enough disk space on {probe}: the table needs {format_bytes(needed)} more, "
             f"{format_bytes(free)} is free; free some space or create it with --lazy"
         )
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Render a matplotlib figure to PNG and write it atomically; the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    path = Path(path)
+    with atomic_write(path) as handle:
+        handle.write(buffer.getvalue())
+    return path

@@ -6,7 +6,15 @@ happen inside the commands, so ``engramctl --help`` stays fast.
 
 from __future__ import annotations
 
-from . import hash_cmd, layout_cmd, model_cmd, stats_cmd, table_cmd, vocab_cmd  # noqa: F401
+from . import (  # noqa: F401
+    cacheplan_cmd,
+    hash_cmd,
+    layout_cmd,
+    model_cmd,
+    stats_cmd,
+    table_cmd,
+    vocab_cmd,
+)
 from .app import app
 
 

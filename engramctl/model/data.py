@@ -1,9 +1,8 @@
-"""Language-model data for train/eval: token streams, the model vocab, windows.
+"""Language-model data for train/eval: the model vocab and training windows.
 
-Corpora are read with :mod:`engramctl.corpus.readers` (every format ``hash-stats`` reads: text, JSON
-Lines, Parquet, pre-tokenized streams, compressed or not). Documents are tokenized without special
-tokens and joined by the tokenizer's end-of-sequence id into one stream, which is cut into
-windows of ``seq_len + 1`` tokens (inputs and shifted targets).
+Corpora become one EOS-joined token stream in :mod:`engramctl.corpus.stream` (shared with
+``cache-plan``, re-exported here); training cuts it into windows of ``seq_len + 1`` tokens (inputs
+and shifted targets).
 """
 
 from __future__ import annotations
@@ -12,60 +11,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..corpus.stream import EOS_TOKENS, CorpusStream, eos_id, read_corpus_stream
 from ..errors import EngramError
 
-EOS_TOKENS = ("<｜end▁of▁sentence｜>", "</s>", "<|endoftext|>", "<eos>")
-
-
-@dataclass(frozen=True)
-class CorpusStream:
-    """A corpus as one EOS-joined int64 token stream, and its UTF-8 text bytes."""
-
-    ids: np.ndarray  # raw token ids, each document followed by EOS
-    text_bytes: int | None  # bytes of the text read (None for pre-tokenized input)
-    documents: int
-
-
-def read_corpus_stream(path, tokenizer) -> CorpusStream:
-    """Read and tokenize a corpus path (file, directory or glob) into one token stream."""
-    from ..corpus.files import CorpusOptions, CorpusWarnings, discover_files
-    from ..corpus.readers import read_batches
-    from ..corpus.tokenize import TextTokenizer
-
-    files = discover_files([str(path)])
-    encoder = TextTokenizer(tokenizer)
-    eos = np.array([eos_id(tokenizer)], dtype=np.int64)
-    pieces: list[np.ndarray] = []
-    text_bytes: int | None = 0
-    documents = 0
-    for batch in read_batches(files, CorpusOptions(field_flags=False), CorpusWarnings()):
-        if batch.texts is not None:
-            text_bytes = (
-                None
-                if text_bytes is None
-                else text_bytes + sum(len(t.encode("utf-8")) for t in batch.texts)
-            )
-            ids, offsets = encoder.encode(batch.texts)
-        else:
-            text_bytes, ids, offsets = None, batch.ids, batch.offsets
-        for k, start in enumerate(batch.doc_start):
-            if start and documents:
-                pieces.append(eos)  # the previous document ends here
-            documents += bool(start)
-            pieces.append(np.asarray(ids[offsets[k] : offsets[k + 1]], dtype=np.int64))
-    if not documents:
-        raise EngramError(f"corpus {path} holds no documents")
-    pieces.append(eos)
-    return CorpusStream(np.concatenate(pieces), text_bytes, documents)
-
-
-def eos_id(tokenizer) -> int:
-    """The tokenizer's end-of-sequence id (the document separator), or 0."""
-    for token in EOS_TOKENS:
-        token_id = tokenizer.token_to_id(token)
-        if token_id is not None:
-            return int(token_id)
-    return 0
+__all__ = [
+    "EOS_TOKENS",
+    "CorpusStream",
+    "ModelVocab",
+    "eos_id",
+    "read_corpus_stream",
+    "text_windows",
+]
 
 
 def text_windows(stream: np.ndarray, seq_len: int) -> np.ndarray:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..corpus.stream import lm_windows
 from ..errors import EngramError, UsageError
 from ..table.format import check_vocab_fingerprint
 
@@ -181,25 +182,6 @@ def open_runner(
     return ModelRunner(checkpoint, source, torch_device)
 
 
-def lm_windows(stream: np.ndarray, seq_len: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
-    """Windows ``[N, seq_len + 1]`` scoring every target once, and the mask of real targets.
-
-    >>> w, m = lm_windows(np.arange(6), 3, pad=-1)
-    >>> w.tolist(), m.tolist()
-    ([[0, 1, 2, 3], [3, 4, 5, -1]], [[True, True, True], [True, True, False]])
-    """
-    n_targets = len(stream) - 1
-    if n_targets < 1:
-        raise EngramError("the benchmark holds fewer than two tokens")
-    count = math.ceil(n_targets / seq_len)
-    padded = np.full(count * seq_len + 1, pad, dtype=np.int64)
-    padded[: len(stream)] = stream
-    starts = np.arange(count)[:, None] * seq_len
-    windows = padded[starts + np.arange(seq_len + 1)[None, :]]
-    mask = (starts + np.arange(1, seq_len + 1)[None, :]) < len(stream)
-    return windows, mask
-
-
 def _batches(array: np.ndarray, batch: int):
     for start in range(0, len(array), batch):
         yield array[start : start + batch]
@@ -209,7 +191,7 @@ def evaluate_lm(runner: ModelRunner, corpus, tokenizer, *, batch: int) -> dict:
     """Loss, perplexity and bits per byte over every token of a :class:`CorpusStream`."""
     import torch
 
-    from .data import eos_id
+    from ..corpus.stream import eos_id
 
     stream = corpus.ids
     seq_len = runner.model.config.block_size
@@ -311,7 +293,7 @@ def evaluate(
     tokenizer_source: str | None = None,
 ) -> EvalReport:
     """Evaluate a checkpoint on a benchmark file; see the module docstring for the metrics."""
-    from .data import read_corpus_stream
+    from ..corpus.stream import read_corpus_stream
 
     if batch < 1:
         raise UsageError(f"--batch must be at least 1, got {batch}")

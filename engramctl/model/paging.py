@@ -3,8 +3,10 @@
 Engram lookups are known from token ids alone, so a batch's rows can be fetched before its forward
 pass. :class:`RowPager` runs, on a background thread one batch ahead of the model: hash the batch on
 the CPU (every Engram layer), deduplicate the row ids, find which rows the device cache lacks,
-choose their slots (least recently used first, never a slot an in-flight batch reads), gather the
-missing rows from the table into reusable (pinned, on CUDA) host buffers and decode them to float32.
+choose their slots (least recently used first, by batch and then row id, never a slot an in-flight
+batch reads), gather the missing rows from the table into reusable (pinned, on CUDA) host buffers
+and decode them to float32. ``engramctl cache-plan`` models this policy exactly (its ``pager``
+curve).
 The consumer copies them into the cache asynchronously (``non_blocking`` on a side CUDA stream) and
 indexes the cache. :class:`ResidentRows` keeps whole layers on the device instead (``--resident``);
 both produce bit-identical rows, so the model's logits are identical.
@@ -139,7 +141,7 @@ class DeviceRowCache:
                     f"{self.capacity}; raise --cache-rows or lower --batch"
                 )
             if len(free) > n_miss:
-                free = free[np.argpartition(self.last_used[free], n_miss - 1)[:n_miss]]
+                free = self._victims(free, n_miss)
             self.filled = self.capacity  # the empty slots had the oldest stamps: all taken now
             evicted = self.row_of_slot[free]
             self.slot_of_row[evicted[evicted >= 0]] = -1
@@ -148,6 +150,22 @@ class DeviceRowCache:
             slots[miss] = free
         self.last_used[slots] = batch_index
         return slots, miss
+
+    def _victims(self, free: np.ndarray, count: int) -> np.ndarray:
+        """The ``count`` slots of ``free`` with the lowest (last batch, row id).
+
+        Among rows a batch used last, the lower row id goes first: the order in which
+        ``cache-plan``'s trace lists a batch's rows, so its ``pager`` curve is this policy exactly.
+        O(len(free)): a partition by stamp, then one by row id among the stamp at the boundary.
+        """
+        stamps = self.last_used[free]
+        boundary = np.partition(stamps, count - 1)[count - 1]
+        below = free[stamps < boundary]
+        tied = free[stamps == boundary]
+        need = count - len(below)
+        if need < len(tied):
+            tied = tied[np.argpartition(self.row_of_slot[tied], need - 1)[:need]]
+        return np.concatenate([below, tied])
 
 
 class _RowSource:

@@ -7,13 +7,12 @@ Left: occupancy and collision rates against rows per head (the layout's size and
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
 import numpy as np
 
-from .._files import atomic_write
+from .._files import save_figure
 from .report import HashStatsReport, OrderStats
 
 
@@ -101,11 +100,4 @@ def plot_report(report: HashStatsReport, path: str | Path, *, layer: int | None 
         f"{report.tokens:,} tokens, {report.documents:,} documents"
         + (" (partial)" if report.partial else "")
     )
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    path = Path(path)
-    with atomic_write(path) as handle:
-        handle.write(buffer.getvalue())
-    return path
+    return save_figure(fig, path)

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from engramctl.errors import EngramError  # noqa: E402
@@ -156,3 +156,39 @@ def test_cuda_paged_equals_resident(small_layout, tiny_vocab, hasher):
     for (_, paged), (_, whole) in zip(pager.iterate(data), resident.iterate(data), strict=True):
         for layer in small_layout.layers:
             assert torch.equal(paged[layer], whole[layer])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    batch_rows=st.lists(
+        st.sets(st.integers(0, 14), min_size=1, max_size=9), min_size=2, max_size=30
+    ),
+    capacity=st.integers(1, 16),
+)
+@example(  # ties within a batch decide the victim: argpartition by stamp alone missed this
+    batch_rows=[{0, 1, 2, 3, 4, 5, 7, 9, 11}, {0}, {0}, {0, 2, 6, 8, 10}, {1}], capacity=14
+)
+def test_device_row_cache_is_the_cache_plan_pager_model(batch_rows, capacity):
+    """The pager's hits (or its refusal) equal cache-plan's one-pass pager curve at this size."""
+    from engramctl.cacheplan.lru import (
+        PAGER_IN_FLIGHT,
+        cumulative_hits,
+        hits_at,
+        pager_histogram,
+    )
+    from engramctl.model.paging import IN_FLIGHT
+
+    assert PAGER_IN_FLIGHT == IN_FLIGHT
+    ids = np.array([r for rows in batch_rows for r in sorted(rows)], dtype=np.int64)
+    bounds = np.cumsum([0] + [len(rows) for rows in batch_rows])
+    hist, need = pager_histogram(ids, bounds, 15)
+    cache = DeviceRowCache(15, capacity, 1, CPU)
+    hits = 0
+    try:
+        for k, rows in enumerate(batch_rows):
+            _, miss = cache.assign(np.array(sorted(rows), dtype=np.int64), k)
+            hits += int((~miss).sum())
+    except EngramError:
+        assert capacity < need
+        return
+    assert capacity >= need and hits == hits_at(cumulative_hits(hist), [capacity])[0]

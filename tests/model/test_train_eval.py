@@ -467,3 +467,41 @@ def test_eval_binary_junk_benchmark_is_one_line(trained, tmp_path, first_line_ok
     result = run("eval", "--model", model, "--table", "t.zarr", "--benchmark", bench)
     assert result.exit_code == 1 and "internal error" not in result.output, result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_eval_hit_rate_equals_cache_plan_pager_curve(trained, ds_vocab_path, small_layout):
+    """eval --cache-rows N pages exactly what cache-plan --warmup-fraction 0 predicts at N."""
+    model, _, _ = trained
+    bench = SAMPLE.parent / "bench" / "lm_heldout.jsonl"  # real text, ~18k tokens
+    layout_flags = [
+        "--ngram-vocab", "211,223", "--max-ngram", "3", "--heads", "2", "--layers", "1",
+        "--seed", "0", "--pad-id", "2",
+    ]  # fmt: skip
+    assert EngramLayout.from_preset(
+        "demo-v1", vocab_size=small_layout.vocab_size, ngram_vocab=(211, 223), max_ngram=3,
+        heads=2, layers=(1,), seed=0, pad_id=2,
+    ).to_dict() == small_layout.to_dict()  # fmt: skip
+    sizes = [250, 420, 640]
+    planned = run(
+        "cache-plan", bench, "--vocab", ds_vocab_path, *layout_flags, "--seq-len", 16,
+        "--batch", 2, "--warmup-fraction", 0, "--sizes", ",".join(map(str, sizes)), "--json",
+    )  # fmt: skip
+    assert planned.exit_code == 0, planned.output
+    layer = json.loads(planned.stdout)["layers"]["1"]
+    assert 250 < layer["pager_min_rows"] < 420, layer["pager_min_rows"]  # sizes on both sides
+    for size, point in zip(sizes, layer["pager"], strict=True):
+        result = run(
+            "eval", "--model", model, "--table", "t.zarr", "--benchmark", bench,
+            "--device", "cpu", "--batch", 2, "--cache-rows", size, "--json",
+        )  # fmt: skip
+        if size < layer["pager_min_rows"]:
+            assert result.exit_code == 1 and "--cache-rows too small" in result.output
+            assert point["hit_rate"] is None
+            continue
+        assert result.exit_code == 0, result.output
+        paging = json.loads(result.stdout)["paging"]
+        assert paging["cache_hits"] == point["hits"], size
+        assert paging["cache_hits"] + paging["cache_misses"] == layer["accesses"]
+        assert paging["hit_rate"] == pytest.approx(point["hit_rate"], abs=1e-12)
+        assert 0 < point["hit_rate"] < 1

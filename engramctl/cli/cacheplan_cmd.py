@@ -1,0 +1,197 @@
+"""``engramctl cache-plan``: how much fast memory serving a workload needs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from .app import STATE, command, console
+from .options import Dtype, JsonFlag, LayoutFlags, VocabOpt, load_vocab, resolve_layout_flags
+from .progress import progress
+
+
+@command("cache-plan")
+def cache_plan_command(
+    ctx: typer.Context,
+    workload: Annotated[
+        list[str],
+        typer.Argument(
+            help="Workload files (any corpus hash-stats reads; 2-D .npy: one sequence per row)."
+        ),
+    ],
+    vocab: VocabOpt,
+    preset: LayoutFlags.Preset = None,
+    ngram_vocab: LayoutFlags.NgramVocab = None,
+    max_ngram: LayoutFlags.MaxNgram = None,
+    heads: LayoutFlags.Heads = None,
+    layers: LayoutFlags.Layers = None,
+    seed: LayoutFlags.Seed = None,
+    pad_id: LayoutFlags.PadId = None,
+    table: Annotated[
+        str | None,
+        typer.Option(
+            "--table",
+            help="Take the layout, row width and dtype from this table (path or URL).",
+            rich_help_panel="Layout",
+        ),
+    ] = None,
+    tokenizer: Annotated[
+        str, typer.Option("--tokenizer", help="Tokenizer for text (must match the vocab).")
+    ] = "deepseek-v4",
+    batch: Annotated[
+        int, typer.Option("--batch", help="Sequences per batch (as eval --batch).")
+    ] = 16,
+    seq_len: Annotated[
+        int, typer.Option("--seq-len", help="Tokens per window of text (the model's length).")
+    ] = 128,
+    sizes: Annotated[
+        str | None,
+        typer.Option("--sizes", help="Cache sizes in rows per layer, e.g. 64k,1M,16M."),
+    ] = None,
+    points: Annotated[
+        int, typer.Option("--points", help="Without --sizes: this many log-spaced sizes.")
+    ] = 16,
+    warmup_fraction: Annotated[
+        float,
+        typer.Option(
+            "--warmup-fraction",
+            help="First batches that warm the caches (and rank the static one), not counted.",
+        ),
+    ] = 0.1,
+    dtype: Annotated[
+        Dtype | None,
+        typer.Option("--dtype", help="Row dtype served (default: the table's or preset's)."),
+    ] = None,
+    tokens_per_s: Annotated[
+        float | None,
+        typer.Option(
+            "--tokens-per-s", help="Target throughput: report the bandwidth each size needs."
+        ),
+    ] = None,
+    policy: Annotated[
+        str,
+        typer.Option(
+            "--policy",
+            help="Policies: lru (textbook), pager (what eval's RowPager does), static "
+            "(warm-up's top rows), opt (Belady's bound; one simulation per size, slower).",
+        ),
+    ] = "lru,pager,static,opt",
+    json_out: JsonFlag = False,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="Also write the JSON document to this file.")
+    ] = None,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write a PNG of hit rate against cache size.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace existing --report/--plot files.")
+    ] = False,
+) -> None:
+    """Hit rate of a row cache of every size for a workload's traffic, and what misses cost.
+
+    Per Engram layer, over the batches after the warm-up:
+    lru: textbook LRU, every size from one pass (stack distances);
+    pager: what eval --cache-rows does, exactly (it refuses caches below a minimum);
+    static: a fixed cache of the warm-up's most looked-up rows;
+    opt: Belady's optimum (slower: one simulation per size).
+    Also: distinct rows per batch, bytes per token paged, bandwidth at --tokens-per-s,
+    and the smallest caches reaching 50/90/99% hits.
+    Sizes are rows per layer; eval --cache-rows N splits N evenly over the layers.
+
+    Example:
+    engramctl cache-plan chat.jsonl --vocab vocab.parquet --preset deepseek-v4.1 \\
+        --sizes 64k,1M,16M --tokens-per-s 5000 --plot plan.png
+    """
+    from .._files import atomic_write, check_writable_target
+    from ..cacheplan.plan import plan_workload
+    from ..layout import parse_int_list
+
+    quiet = STATE["quiet"] or json_out
+    for target in (report, plot):
+        if target is not None:
+            check_writable_target(target, overwrite=overwrite)
+    size_list = parse_int_list(sizes, name="--sizes") if sizes is not None else None
+    policies = tuple(p.strip() for p in policy.split(",") if p.strip())
+    vocab_map = load_vocab(vocab)
+    resolved = resolve_layout_flags(ctx.params, vocab_map, table=table, pick_layers=True)
+    plan = _run(
+        quiet,
+        plan_workload,
+        paths=workload, vocab=vocab_map, layout=resolved.layout, layer_ids=resolved.layer_ids,
+        dim=resolved.dim, dtype=dtype.value if dtype is not None else resolved.dtype,
+        tokenizer=tokenizer, batch=batch,
+        seq_len=seq_len, sizes=size_list, points=points, warmup_fraction=warmup_fraction,
+        tokens_per_s=tokens_per_s, policies=policies,
+    )  # fmt: skip
+    document = json.dumps(plan.to_dict(), indent=2)
+    if report is not None:
+        with atomic_write(report, "w") as handle:
+            handle.write(document + "\n")
+    if plot is not None:
+        from ..cacheplan.plot import plot_plan
+
+        plot_plan(plan, plot)
+    if json_out:
+        typer.echo(document)
+        return
+    _render(plan)
+    for path in (report, plot):
+        if path is not None:
+            console.print(f"wrote {path}")
+
+
+def _run(quiet: bool, plan_workload, **kwargs):
+    with progress("cache-plan", enabled=not quiet, unit="steps", transient=True) as update:
+        return plan_workload(progress=lambda stage, done, total: update(done, total), **kwargs)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _render(plan) -> None:
+    console.print(
+        f"[bold]{plan.tokens:,}[/] tokens, {plan.cut}; {plan.batches:,} batches of "
+        f"{plan.batch} ({plan.warmup_batches:,} warm-up, not counted); rows of {plan.dim} "
+        f"{plan.dtype} = {plan.row_bytes} B; {plan.seconds:.1f}s"
+    )
+    policies = plan.policies
+    for layer, lp in plan.layers.items():
+        title = (
+            f"layer {layer}: {lp.distinct_rows:,} of {lp.table_rows:,} rows touched; "
+            f"{lp.unique_rows_per_batch_mean:,.0f} distinct rows per batch "
+            f"(p99 {lp.unique_rows_per_batch_p99:,.0f}); lookups / distinct {lp.dedup_ratio:.2f}; "
+            f"{lp.rows_per_token:.1f} rows per token at 0% hits"
+        )
+        caption = "hit rates; B/token: bytes paged per token by the lru cache"
+        if plan.tokens_per_s:
+            caption += f"; MiB/s: at {plan.tokens_per_s:,.0f} tokens/s"
+        table = Table(
+            title=title, caption=caption, box=box.SIMPLE_HEAD, title_justify="left",
+            caption_justify="left",
+        )  # fmt: skip
+        for name in ("cache rows", *policies, "B/token", "MiB/s" if plan.tokens_per_s else None):
+            if name is not None:
+                table.add_column(name, justify="right", no_wrap=True)
+        lru = lp.curves.get("lru")
+        for i, size in enumerate(plan.sizes):
+            cells = [f"{size:,}"] + [_pct(lp.curves[p][i].hit_rate) for p in policies]
+            point = lru[i] if lru else None
+            cells.append(f"{point.bytes_per_token:,.0f}" if point else "-")
+            if plan.tokens_per_s:
+                cells.append(f"{point.bandwidth / 2**20:,.1f}" if point else "-")
+            table.add_row(*cells)
+        console.print(table)
+        for name, reach in lp.reach.items():
+            found = " / ".join("-" if rows is None else f"{rows:,}" for rows in reach.values())
+            console.print(f"  smallest {name} cache for {'/'.join(reach)} hits: {found}")
+        if "pager" in policies:
+            console.print(
+                f"  the pager (eval --cache-rows) needs {lp.pager_min_rows:,}+ rows per layer "
+                "(a batch's rows and those of the batches in flight)"
+            )
