@@ -4,7 +4,8 @@ The CLI's own handler (``cli.app.command``) only exists once typer, rich, numpy 
 modules are imported, which takes a good fraction of a second. A ``KeyboardInterrupt`` raised in
 the middle of those imports surfaces in odd ways (numpy turns it into an ``ImportError`` with a
 page of advice, importlib prints "Exception ignored in ..."). So while importing, SIGINT ends the
-process at once with one line (nothing has been written yet); the command itself then gets
+process at once with one line (nothing has been written yet; it dies of SIGINT, exit status 130
+in a shell); the command itself then gets
 Python's usual ``KeyboardInterrupt``, which the CLI turns into ``error: interrupted`` after
 closing its outputs.
 """
@@ -19,8 +20,10 @@ INTERRUPTED_EXIT = 130
 
 
 def _exit_at_once(signum, frame) -> None:
+    """Say so, then die of SIGINT itself (the shell reports 130), running no cleanup code."""
     os.write(2, b"error: interrupted\n")
-    os._exit(INTERRUPTED_EXIT)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
 
 
 def main() -> None:
