@@ -10,6 +10,7 @@ from . import (  # noqa: F401
     cacheplan_cmd,
     hash_cmd,
     layout_cmd,
+    lookup_cmd,
     model_cmd,
     stats_cmd,
     table_cmd,

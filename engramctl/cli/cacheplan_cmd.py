@@ -32,6 +32,7 @@ def cache_plan_command(
     layers: LayoutFlags.Layers = None,
     seed: LayoutFlags.Seed = None,
     pad_id: LayoutFlags.PadId = None,
+    config: LayoutFlags.Config = None,
     table: Annotated[
         str | None,
         typer.Option(

@@ -32,6 +32,7 @@ def hash_command(
     layers: LayoutFlags.Layers = None,
     seed: LayoutFlags.Seed = None,
     pad_id: LayoutFlags.PadId = None,
+    config: LayoutFlags.Config = None,
     text: Annotated[str | None, typer.Option("--text", help="Text to tokenize and hash.")] = None,
     ids_file: Annotated[
         Path | None, typer.Option("--ids-file", help=".npy of int64 raw token ids, [T] or [B, T].")

@@ -30,6 +30,7 @@ def layout_command(
     layers: LayoutFlags.Layers = None,
     seed: LayoutFlags.Seed = None,
     pad_id: LayoutFlags.PadId = None,
+    config: LayoutFlags.Config = None,
     dim: DimOpt = None,
     dtype: DtypeOpt = None,
     json_out: JsonFlag = False,

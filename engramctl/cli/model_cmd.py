@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -56,6 +57,13 @@ def train_command(
         bool,
         typer.Option("--engram/--no-engram", help="--no-engram: the same backbone, no Engram."),
     ] = True,
+    short_conv: Annotated[
+        bool,
+        typer.Option(
+            "--short-conv/--no-short-conv",
+            help="The Engram module's short convolution (DeepSeek-V4.1 removed it).",
+        ),
+    ] = True,
     steps: Annotated[int, typer.Option("--steps", help="Optimizer steps.")] = 300,
     seq_len: Annotated[int, typer.Option("--seq-len", help="Tokens per window.")] = 128,
     batch: Annotated[int, typer.Option("--batch", help="Windows per step.")] = 16,
@@ -77,12 +85,44 @@ def train_command(
         typer.Option("--eval-every", help="Steps between held-out losses (0: only at the end)."),
     ] = 50,
     seed: Annotated[int, typer.Option("--seed", help="Model init and data order.")] = 0,
+    threads: Annotated[
+        int,
+        typer.Option(
+            "--threads",
+            help="CPU threads of the model's math; results are bit-identical for a given count.",
+        ),
+    ] = 1,
     device: DeviceOpt = Device.auto,
     tokenizer: TokenizerOpt = None,
     compare_with: Annotated[
         Path | None,
         typer.Option("--compare-with", help="Another checkpoint whose curves join the PNG."),
     ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option("--init-from", help="Start from this checkpoint (its weights and vocab)."),
+    ] = None,
+    freeze_backbone: Annotated[
+        bool,
+        typer.Option(
+            "--freeze-backbone",
+            help="Table-only adaptation of --init-from: only table rows train (out of core).",
+        ),
+    ] = False,
+    out_of_core: Annotated[
+        bool | None,
+        typer.Option(
+            "--out-of-core/--in-memory",
+            help="Gather rows from the table per step (default: when the table does not fit).",
+        ),
+    ] = None,
+    moments: Annotated[
+        Path | None,
+        typer.Option("--moments", help="Out of core: sparse Adam moment store (t.adam.zarr)."),
+    ] = None,
+    buffer_rows: Annotated[
+        int, typer.Option("--buffer-rows", help="Out of core: dirty rows per layer per flush.")
+    ] = 1 << 18,
     overwrite: OverwriteOpt = False,
     json_out: JsonFlag = False,
 ) -> None:
@@ -91,20 +131,34 @@ def train_command(
     Example:
     engramctl train --corpus train.jsonl --table t.zarr \\
         --vocab vocab.parquet --out m
+
+    Table-only adaptation (backbone frozen, rows trained out of core):
+    engramctl train --freeze-backbone --init-from m --table t.zarr --corpus new.jsonl --out m2
     """
     from ..errors import EngramError, UsageError
     from ..model.checkpoint import check_checkpoint_target
     from ..model.paging import resolve_device
-    from ..model.train import TrainConfig, prepare_training_data, train_model
+    from ..model.train import (
+        TrainConfig,
+        load_base,
+        prepare_training_data,
+        table_fits_in_memory,
+        train_model,
+    )
 
+    if freeze_backbone and init_from is None:
+        raise UsageError("--freeze-backbone needs --init-from MODEL_DIR (the model to adapt)")
+    if freeze_backbone and not engram:
+        raise UsageError("--freeze-backbone trains table rows only; it cannot go with --no-engram")
     check_checkpoint_target(out, overwrite=overwrite)
     vocab_map = table_handle = None
     if engram:
-        if table is None or vocab is None:
+        if table is None or (vocab is None and init_from is None):
             raise UsageError("training with Engram needs --table and --vocab (or pass --no-engram)")
-        from .options import load_vocab
+        if vocab is not None:
+            from .options import load_vocab
 
-        vocab_map = load_vocab(vocab)
+            vocab_map = load_vocab(vocab)
     compare = None
     if compare_with is not None:
         history_path = compare_with / "history.json"
@@ -121,23 +175,49 @@ def train_command(
         seed=seed,
         eval_every=eval_every,
         engram=engram,
+        short_conv=short_conv,
+        threads=threads,
+        freeze_backbone=freeze_backbone,
+        buffer_rows=buffer_rows,
         depth=depth,
         width=width,
         attn_heads=attn_heads,
         device=str(resolve_device(device.value)),
     )
     config.validate()  # before reading the corpus: bad numbers fail at once
-    if engram:  # refuses a table made for another vocab (cheap: before reading the corpus)
+    if engram:  # refuses a table made for another vocab
         table_handle = open_table_for(table, mode="r+", vocab=vocab_map)
     try:
+        base = None
+        if init_from is not None:
+            base = load_base(init_from, table=table_handle, vocab=vocab_map, device=config.device)
+            vocab_map = vocab_map or base.vocab
+            config = replace(
+                config,
+                depth=base.model.config.n_layer,
+                width=base.model.config.n_embd,
+                attn_heads=base.model.config.n_head,
+                seq_len=min(seq_len, base.model.config.block_size),
+                short_conv=base.model.config.short_conv,
+            )
+        if engram:
+            if out_of_core is None:
+                out_of_core = freeze_backbone or not table_fits_in_memory(table_handle)
+            config = replace(config, out_of_core=out_of_core)
         data = prepare_training_data(
             corpus=corpus,
             heldout=heldout,
             vocab=vocab_map,
             tokenizer_source=tokenizer,
-            seq_len=seq_len,
+            seq_len=config.seq_len,
             min_count=min_count,
+            model_vocab=base.model_vocab if base is not None else None,
         )
+        if engram and table_handle.info.vocab_fingerprint != vocab_map.fingerprint:
+            raise EngramError(
+                f"the table was built for vocab {table_handle.info.vocab_fingerprint}, but "
+                f"the model's vocab is {vocab_map.fingerprint}; give the table it was trained with"
+            )
         detail = "loss {loss:.3f}, {tps:,.0f} tok/s"
         with progress(
             "train", enabled=not STATE["quiet"], unit="steps", detail=detail, transient=True
@@ -154,6 +234,8 @@ def train_command(
                 on_step=lambda step, total, loss, tps: update(step, total, loss=loss, tps=tps),
                 extra_meta=data.meta,
                 compare=compare,
+                base=base,
+                moments=moments,
             )
     finally:
         close_table(table_handle)
@@ -168,6 +250,12 @@ def train_command(
     )
     if engram:
         console.print(f"wrote {result.rows_written:,} trained rows back to {table}")
+    if result.moments:
+        rate = result.rows_written / result.write_seconds if result.write_seconds else 0.0
+        console.print(
+            f"out of core: {result.write_seconds:.1f}s writing rows ({rate:,.0f} rows/s), "
+            f"Adam moments in {result.moments}"
+        )
     console.print(f"checkpoint {out}/ (loss curve {out}/loss_curve.png)")
 
 

@@ -43,8 +43,9 @@ class LayoutFlags:
     with a ``ctx: typer.Context`` parameter, and calls :func:`resolve_layout_flags` with
     ``ctx.params``, which it reads by name.
 
-    A new layout source (``--config PATH``) is one more alias here, one more field of
-    :class:`~engramctl.layout.LayoutRequest` and one more branch in ``layout.resolve_layout``.
+    ``--config PATH`` (a model's config.json) is a layout source like ``--table``: it fixes
+    the whole layout (:func:`engramctl.model_config.config_layout_source`); ``--layers`` then
+    picks among its layers.
     """
 
     Preset = Annotated[
@@ -67,9 +68,19 @@ class LayoutFlags:
     ]
     Seed = Annotated[int | None, _layout_option("--seed", "The multipliers' seed.")]
     PadId = Annotated[int | None, _layout_option("--pad-id", "Raw pad token id.")]
+    Config = Annotated[
+        Path | None,
+        _layout_option(
+            "--config",
+            "A model's config.json (or its checkpoint directory): its engram_* keys give the "
+            "whole layout, checked against the vocab.",
+            "PATH",
+        ),
+    ]
 
     # The parameter name each command gives each option above (the LayoutRequest field names).
     NAMES = ("preset", "ngram_vocab", "max_ngram", "heads", "layers", "seed", "pad_id")
+    SOURCES = ("config",)  # layout sources among the flags (not LayoutRequest fields)
 
 
 def resolve_layout_flags(
@@ -80,17 +91,25 @@ def resolve_layout_flags(
     """
     from ..layout import resolve_layout
 
-    missing = [name for name in LayoutFlags.NAMES if name not in params]
+    missing = [name for name in (*LayoutFlags.NAMES, *LayoutFlags.SOURCES) if name not in params]
     if missing:  # a command that declares only some layout flags: a bug, not a user mistake
         raise RuntimeError(f"command lacks layout parameters {missing}")
     flags = {name: params[name] for name in LayoutFlags.NAMES}
     if flags["preset"] is not None:
         flags["preset"] = flags["preset"].value
     source = None
+    if table is not None and params["config"] is not None:
+        from ..errors import UsageError
+
+        raise UsageError("--table and --config both fix the layout; give one")
     if table is not None:
         from ..table.format import table_layout_source
 
         source = table_layout_source(table, vocab=vocab)
+    elif params["config"] is not None:
+        from ..model_config import config_layout_source
+
+        source = config_layout_source(params["config"], vocab=vocab)
     return resolve_layout(
         LayoutRequest(**flags), vocab=vocab, source=source, pick_layers=pick_layers
     )

@@ -38,6 +38,7 @@ def hash_stats_command(
     layers: LayoutFlags.Layers = None,
     seed: LayoutFlags.Seed = None,
     pad_id: LayoutFlags.PadId = None,
+    config: LayoutFlags.Config = None,
     table: Annotated[
         str | None,
         typer.Option(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +26,12 @@ from .options import (
     resolve_layout_flags,
 )
 from .progress import progress
+
+
+class ExportFormat(str, Enum):
+    safetensors = "safetensors"
+    deepseek = "deepseek"
+
 
 TableArg = Annotated[Path, typer.Argument(help="Table directory (a zarr v3 group).")]
 ChunkRowsOpt = Annotated[
@@ -68,6 +75,7 @@ def init_table_command(
     layers: LayoutFlags.Layers = None,
     seed: LayoutFlags.Seed = None,
     pad_id: LayoutFlags.PadId = None,
+    config: LayoutFlags.Config = None,
     dim: DimOpt = None,
     dtype: DtypeOpt = None,
     init: Annotated[InitKind, typer.Option("--init", help="Initial values.")] = InitKind.normal,
@@ -184,12 +192,13 @@ def info_command(
     grid = RichTable(title="layers")
     for name in ("layer", "rows", "heads", "chunks written", "logical", "on disk"):
         grid.add_column(name, justify="right")
+    linked = "linked" if info.sources and info.sources["mode"] == "link" else ""
     for layer_id, layer in info.layers.items():
         grid.add_row(
             str(layer_id),
             f"{layer.rows:,}",
             str(len(layer.head_rows)),
-            f"{layer.chunks_written:,} / {layer.chunks_total:,}",
+            linked or f"{layer.chunks_written:,} / {layer.chunks_total:,}",
             format_bytes(layer.logical_bytes),
             format_bytes(layer.disk_bytes),
         )
@@ -203,6 +212,10 @@ def info_command(
             str(h), *[f"{v.head_rows[h]:,} ({v.head_offsets[h]:,})" for v in info.layers.values()]
         )
     console.print(heads)
+    if info.sources:
+        from .checkpoint_cmd import print_sources
+
+        print_sources(info.sources)
 
 
 @command("verify")
@@ -254,18 +267,43 @@ def verify_command(
 @command("export")
 def export_command(
     table: TableArg,
-    out: Annotated[Path, typer.Argument(help="safetensors file to write.")],
+    out: Annotated[
+        Path, typer.Argument(help="safetensors file (a directory with --format deepseek).")
+    ],
+    export_format: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format",
+            help="safetensors: one file, a tensor per layer. deepseek: a checkpoint directory "
+            "(layers.L.engram.embed.weight/scale shards, index, config.json).",
+        ),
+    ] = ExportFormat.safetensors,
+    max_shard_size: Annotated[
+        str, typer.Option("--max-shard-size", help="Largest shard with --format deepseek.")
+    ] = "5GB",
     tensor_name: TensorNameOpt = "layer_{layer}",
     overwrite: OverwriteOpt = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """Stream a table to safetensors: one rows x dim tensor per layer (+ .scales for fp8).
+    """Stream a table to safetensors: one file, or a DeepSeek checkpoint (--format deepseek:
+    F8_E4M3 weights + F8_E8M0 scales; a float table is quantized, its error reported).
 
     Example:
-    engramctl export table.zarr table.safetensors
+    engramctl export table.zarr ckpt_out --format deepseek --max-shard-size 5GB
     """
     from .._system import format_bytes
+    from ..errors import UsageError
     from ..table.safetensors import export_safetensors
+
+    if export_format == ExportFormat.deepseek:
+        from .checkpoint_cmd import export_deepseek
+
+        if tensor_name != "layer_{layer}":
+            raise UsageError("--tensor-name: --format deepseek uses the checkpoint's names")
+        export_deepseek(
+            table, out, max_shard_size=max_shard_size, overwrite=overwrite, json_out=json_out
+        )
+        return
 
     with progress("export", enabled=not (json_out or STATE["quiet"])) as update:
         result = export_safetensors(
@@ -292,9 +330,30 @@ def export_command(
 @command("import")
 def import_command(
     ctx: typer.Context,
-    source: Annotated[Path, typer.Argument(help="safetensors file with one tensor per layer.")],
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A checkpoint directory (config.json + safetensors shards), or a safetensors "
+            "file with one tensor per layer."
+        ),
+    ],
     out: TableArg,
-    vocab: VocabOpt,
+    vocab: Annotated[
+        Path | None,
+        typer.Option(
+            "--vocab",
+            help="Canonical vocab Parquet (engramctl build-vocab); a checkpoint directory with a "
+            "tokenizer.json may omit it.",
+        ),
+    ] = None,
+    link: Annotated[
+        bool,
+        typer.Option(
+            "--link",
+            help="Checkpoint directory: record where its rows lie instead of copying them "
+            "(zero-copy, read-only; seconds and kilobytes at any size).",
+        ),
+    ] = False,
     preset: LayoutFlags.Preset = None,
     ngram_vocab: LayoutFlags.NgramVocab = None,
     max_ngram: LayoutFlags.MaxNgram = None,
@@ -302,6 +361,7 @@ def import_command(
     layers: LayoutFlags.Layers = None,
     seed: LayoutFlags.Seed = None,
     pad_id: LayoutFlags.PadId = None,
+    config: LayoutFlags.Config = None,
     tensor_name: TensorNameOpt = "layer_{layer}",
     dtype: Annotated[
         Dtype | None, typer.Option("--dtype", help="Convert to this dtype. (default: the file's)")
@@ -311,15 +371,36 @@ def import_command(
     overwrite: OverwriteOpt = False,
     json_out: JsonFlag = False,
 ) -> None:
-    """Build a table from safetensors: one (sum of head primes) x dim tensor per layer.
+    """Build a table from a model checkpoint (a resumable copy, or --link) or a safetensors file.
+
+    A checkpoint directory's config.json gives the layout (checked against the vocab) and its
+    layers.L.engram.embed.weight/scale tensors the rows; --layers picks some of its layers. A
+    safetensors file needs one (sum of head primes) x dim tensor per layer and a layout.
 
     Example:
-    engramctl import trained.safetensors table.zarr \\
-        --vocab vocab.parquet --preset demo-v1
+    engramctl import DeepSeek-V4.1 v41.zarr --link --vocab vocab.parquet
     """
-    from .._system import format_bytes
+    from ..errors import UsageError
     from ..table.safetensors import import_safetensors
 
+    dtype_name = dtype.value if dtype is not None else None
+    if source.is_dir():
+        from .checkpoint_cmd import import_checkpoint_dir
+
+        fixed = [f"--{n.replace('_', '-')}" for n in (*LayoutFlags.NAMES, "config")
+                 if n != "layers" and ctx.params[n] is not None]  # fmt: skip
+        fixed += ["--tensor-name"] if tensor_name != "layer_{layer}" else []
+        result = import_checkpoint_dir(
+            source, out, vocab=vocab, layers=layers, link=link, dtype=dtype_name,
+            chunk_rows=chunk_rows, compressor=compressor.value, overwrite=overwrite,
+            json_out=json_out, fixed_flags=fixed,
+        )  # fmt: skip
+        _print_import(result, source, out, link=link, json_out=json_out)
+        return
+    if link:
+        raise UsageError(f"--link needs a checkpoint directory; {source} is not one")
+    if vocab is None:
+        raise UsageError("importing a safetensors file needs --vocab")
     vocab_map = load_vocab(vocab)
     layout = resolve_layout_flags(ctx.params, vocab_map).layout
     with progress("import (chunks)", enabled=not (json_out or STATE["quiet"])) as update:
@@ -329,20 +410,32 @@ def import_command(
             layout=layout,
             vocab_fingerprint=vocab_map.fingerprint,
             name_template=tensor_name,
-            dtype=dtype.value if dtype is not None else None,
+            dtype=dtype_name,
             chunk_rows=chunk_rows,
             compressor=compressor.value,
             overwrite=overwrite,
             progress=update,
         )
+    _print_import(result, source, out, link=False, json_out=json_out)
+
+
+def _print_import(result, source, out, *, link: bool, json_out: bool) -> None:
+    from .._system import format_bytes
+
     if json_out:
         doc = result.info.to_dict()
-        doc["seconds"] = round(result.seconds, 3)
+        doc.update(
+            resumed=result.resumed,
+            chunks_written_now=result.chunks_written,
+            chunks_skipped=result.chunks_skipped,
+            seconds=round(result.seconds, 3),
+        )
         typer.echo(json.dumps(doc))
     elif not STATE["quiet"]:
         info = result.info
+        verb = "linked" if link else ("resumed and imported" if result.resumed else "imported")
         console.print(
-            f"imported {source} into {out}: layers {list(info.layers)}, dim "
-            f"{info.dim} {info.dtype}, {format_bytes(info.disk_bytes)} in "
-            f"{result.seconds:.1f}s"
+            f"{verb} {source} into {out}: layers {list(info.layers)}, dim {info.dim} "
+            f"{info.dtype}, {format_bytes(info.logical_bytes)} of rows, "
+            f"{format_bytes(info.disk_bytes)} written in {result.seconds:.1f}s"
         )

@@ -13,6 +13,7 @@ The directory is written under a temporary name and renamed into place.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,8 +58,13 @@ def save_checkpoint(
     vocab=None,
     overwrite: bool = False,
     compare: dict | None = None,
+    weights_file: Path | None = None,
 ) -> Path:
-    """Write a checkpoint directory atomically (temporary sibling, then rename)."""
+    """Write a checkpoint directory atomically (temporary sibling, then rename).
+
+    ``weights_file``: copy this ``model.safetensors`` byte for byte instead of serializing the
+    model (a table-only adaptation, whose weights are the base's).
+    """
     from safetensors.torch import save_file
 
     from .curves import save_loss_curve
@@ -75,7 +81,10 @@ def save_checkpoint(
         tensors[OUTPUT_IDS_KEY] = torch.from_numpy(
             np.asarray(model_vocab.output_ids, dtype=np.int64)
         )
-        save_file(tensors, str(tmp / "model.safetensors"))
+        if weights_file is not None:
+            shutil.copyfile(weights_file, tmp / "model.safetensors")
+        else:
+            save_file(tensors, str(tmp / "model.safetensors"))
         doc = {
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_VERSION,

@@ -11,7 +11,8 @@ The consumer copies them into the cache asynchronously (``non_blocking`` on a si
 indexes the cache. :class:`ResidentRows` keeps whole layers on the device instead (``--resident``);
 both produce bit-identical rows, so the model's logits are identical.
 
-Memory: the pager keeps an int32 row -> slot map per layer (4 bytes per table row, host).
+Memory: the pager's row -> slot map per layer is a hash table of the cached rows only
+(:class:`engramctl.model.slotmap.RowSlotMap`, ~24 bytes per cache row), whatever the table size.
 """
 
 from __future__ import annotations
@@ -113,22 +114,27 @@ class DeviceRowCache:
         import torch
 
         self.capacity = capacity
-        self.slot_of_row = np.full(layer_rows, -1, dtype=np.int32)
+        from .slotmap import RowSlotMap  # numba: not imported with the CLI's option enums
+
+        self.slot_of_row = RowSlotMap(capacity)  # O(cache rows), not O(table rows)
         self.row_of_slot = np.full(capacity, -1, dtype=np.int64)
         self.last_used = np.full(capacity, NEVER_USED, dtype=np.int64)
         self.filled = 0  # slots 0..filled-1 have held a row; the rest were never used
-        self.values = torch.zeros((capacity, dim), dtype=torch.float32, device=device)
+        # empty, not zeros: a slot is always filled before it is read, and on the CPU the pages
+        # of a large cache then become resident only as slots fill (a 1M-row cache of 256-value
+        # rows would otherwise take 1 GiB of RSS at start).
+        self.values = torch.empty((capacity, dim), dtype=torch.float32, device=device)
 
     def assign(self, unique_rows: np.ndarray, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
         """Slots of ``unique_rows`` and the mask of those that must be filled (misses)."""
-        slots = self.slot_of_row[unique_rows].astype(np.int64)
+        slots = self.slot_of_row.lookup(unique_rows)
         miss = slots < 0
         n_miss = int(miss.sum())
         if n_miss and n_miss <= self.capacity - self.filled:  # never-used slots first
             free = np.arange(self.filled, self.filled + n_miss, dtype=np.int64)
             self.filled += n_miss
             self.row_of_slot[free] = unique_rows[miss]
-            self.slot_of_row[unique_rows[miss]] = free
+            self.slot_of_row.insert(unique_rows[miss], free)
             slots[miss] = free
         elif n_miss:
             # Victims: least recently used slots not read by this batch or any batch in flight.
@@ -144,9 +150,9 @@ class DeviceRowCache:
                 free = self._victims(free, n_miss)
             self.filled = self.capacity  # the empty slots had the oldest stamps: all taken now
             evicted = self.row_of_slot[free]
-            self.slot_of_row[evicted[evicted >= 0]] = -1
+            self.slot_of_row.remove(evicted[evicted >= 0])
             self.row_of_slot[free] = unique_rows[miss]
-            self.slot_of_row[unique_rows[miss]] = free
+            self.slot_of_row.insert(unique_rows[miss], free)
             slots[miss] = free
         self.last_used[slots] = batch_index
         return slots, miss

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import EngramError, UsageError
+from .optim import Optimizers, SparseRowAdam, configure_optimizers, lr_at
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +43,27 @@ class TrainConfig:
     eval_every: int = 50  # steps between held-out evaluations (0: only at the end)
     eval_windows: int = 128  # held-out windows (evenly spaced) of the curve's points
     engram: bool = True  # False: the same backbone without Engram (the baseline)
+    short_conv: bool = True  # the Engram module's short convolution (DeepSeek-V4.1 drops it)
     depth: int = 4  # transformer blocks
     width: int = 128  # hidden size
     attn_heads: int = 4  # attention heads
     device: str = "cpu"  # resolved device
+    threads: int = 1  # CPU intra-op threads of the run (figures depend on it, not on load)
+    freeze_backbone: bool = False  # table-only adaptation: train table rows, nothing else
+    out_of_core: bool = False  # rows gathered per step from the table (else decoded in memory)
+    buffer_rows: int = 1 << 18  # out of core: dirty rows per layer held before a flush
 
     def validate(self) -> None:
-        for name in ("steps", "seq_len", "batch", "depth", "width", "attn_heads"):
+        for name in (
+            "steps",
+            "seq_len",
+            "batch",
+            "depth",
+            "width",
+            "attn_heads",
+            "threads",
+            "buffer_rows",
+        ):
             if getattr(self, name) < 1:
                 raise UsageError(
                     f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
@@ -74,59 +91,13 @@ class TrainResult:
     )  # {"step": [...], "train_loss": [...], "heldout": [[step, loss], ...]}
     rows_written: int = 0
     passes: float = 0.0  # passes over the training windows
+    write_seconds: float = 0.0  # out of core: time spent writing rows and moments back
+    moments: str | None = None  # out of core: the sparse Adam's moment store
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["out_dir"] = str(self.out_dir)
         return data
-
-
-def lr_at(step: int, *, peak: float, warmup: int, total: int) -> float:
-    """Linear warm-up then cosine decay to 10% of ``peak``.
-
-    >>> lr_at(0, peak=1.0, warmup=10, total=100), lr_at(100, peak=1.0, warmup=10, total=100)
-    (0.1, 0.1)
-    """
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-class SparseRowAdam:
-    """Lazy Adam on the rows a step gathered: state and updates touch only those rows.
-
-    ``weight`` is a ``(rows, d)`` float32 tensor; :meth:`step` takes the unique row ids of the
-    batch and the gradient of their gathered copy.
-    """
-
-    def __init__(self, weight, *, betas=(0.9, 0.99), eps: float = 1e-8):
-        import torch
-
-        self.weight = weight
-        self.exp_avg = torch.zeros_like(weight)
-        self.exp_avg_sq = torch.zeros_like(weight)
-        self.steps = torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device)
-        self.betas, self.eps = betas, eps
-
-    def step(self, row_ids, grad, *, lr: float, weight_decay: float = 0.0) -> None:
-        import torch
-
-        with torch.no_grad():
-            b1, b2 = self.betas
-            t = self.steps[row_ids] + 1
-            self.steps[row_ids] = t
-            m = self.exp_avg[row_ids].mul_(b1).add_(grad, alpha=1 - b1)
-            v = self.exp_avg_sq[row_ids].mul_(b2).addcmul_(grad, grad, value=1 - b2)
-            self.exp_avg[row_ids] = m
-            self.exp_avg_sq[row_ids] = v
-            t = t.to(grad.dtype).unsqueeze(1)
-            m_hat = m / (1 - b1**t)
-            v_hat = v / (1 - b2**t)
-            rows = self.weight[row_ids]
-            if weight_decay:
-                rows.mul_(1 - lr * weight_decay)
-            self.weight[row_ids] = rows - lr * m_hat / (v_hat.sqrt() + self.eps)
 
 
 class TrainableTable:
@@ -150,6 +121,19 @@ class TrainableTable:
         self.touched = np.zeros(rows, dtype=bool)
         self.optimizer = SparseRowAdam(self.weight)
 
+    def gather(self, unique: np.ndarray, unique_t):
+        """The rows ``unique`` as a leaf tensor ``(U, d)`` whose gradient :meth:`step` reads."""
+        return self.weight[unique_t].requires_grad_(True)
+
+    def step(self, unique: np.ndarray, unique_t, leaf, *, lr: float, weight_decay: float) -> None:
+        """Sparse Adam on the gathered rows; they are written back by :meth:`write_back`."""
+        self.optimizer.step(unique_t, leaf.grad, lr=lr, weight_decay=weight_decay)
+        self.touched[unique] = True
+
+    def lookup(self, ids_t):
+        """Rows for evaluation (no gradient)."""
+        return self.weight[ids_t]
+
     def write_back(self, table) -> int:
         """Write every row changed since the last write back; returns how many."""
         changed = np.flatnonzero(self.touched)
@@ -159,26 +143,155 @@ class TrainableTable:
         return int(len(changed))
 
 
-def train_model(**kwargs) -> TrainResult:
-    """Train the reference model on token windows and save a checkpoint.
+@contextmanager
+def reproducible_torch(device: str, threads: int):
+    """Bit-reproducible CPU training for the block; torch's previous settings restored after.
 
-    Deterministic on CPU: the run enables torch's deterministic algorithms (the backward of the
-    row gather accumulates in a fixed order) and restores the previous setting afterwards.
-    Keyword arguments are those of :func:`_train_model`.
+    Two things make a CPU run depend on the machine rather than on the seed: the backward of the
+    row gather accumulates in a varying order unless torch's deterministic algorithms are on, and
+    BLAS and ATen reductions split their sums across however many threads run them (so 1 and 2
+    threads, or a thread pool that shrinks under load, round differently). The run therefore
+    uses deterministic algorithms and a fixed intra-op thread count (``--threads``, default 1,
+    recorded in the checkpoint): the figures are the same for that count on any machine.
     """
     import torch
 
     previous = torch.are_deterministic_algorithms_enabled()
     previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    if str(kwargs["config"].device) == "cpu":
+    previous_threads = torch.get_num_threads()
+    if str(device) == "cpu":
         torch.use_deterministic_algorithms(True)
+        torch.set_num_threads(threads)
     try:
-        return _train_model(**kwargs)
+        yield
     finally:
         torch.use_deterministic_algorithms(previous, warn_only=previous_warn)
+        torch.set_num_threads(previous_threads)
 
 
-def _train_model(
+def build_model(config: TrainConfig, model_vocab, table=None):
+    """The model of ``config`` (with the table's Engram layers unless ``config.engram`` is False).
+
+    The same backbone init for engram and baseline runs: the baseline is built under the seed and
+    its weights copied; the Engram modules get their own init under ``seed + 1``.
+    """
+    import torch
+
+    from .transformer import EngramLM, ModelConfig
+
+    torch.manual_seed(config.seed)
+    base_config = ModelConfig(
+        vocab_size=model_vocab.size,
+        output_vocab_size=model_vocab.output_size,
+        n_layer=config.depth,
+        n_head=config.attn_heads,
+        n_embd=config.width,
+        block_size=config.seq_len,
+    )
+    model_config = base_config
+    if config.engram:
+        layout = table.layout
+        model_config = ModelConfig(
+            **{
+                **base_config.to_dict(),
+                "engram_layers": layout.layers,
+                "engram_heads": layout.heads_per_layer,
+                "engram_dim": table.dim,
+                "max_ngram": layout.max_ngram,
+                "short_conv": config.short_conv,
+            },
+        )
+    baseline_model = EngramLM(base_config)
+    torch.manual_seed(config.seed + 1)
+    model = EngramLM(model_config)
+    model.load_state_dict(baseline_model.state_dict(), strict=False)
+    return model.to(torch.device(config.device))
+
+
+def data_order(n_windows: int, config: TrainConfig) -> np.ndarray:
+    """Window indices of every step, in order: a new seeded permutation per pass."""
+    rng = np.random.default_rng(config.seed)
+    passes = math.ceil(config.steps * config.batch / n_windows)
+    return np.concatenate([rng.permutation(n_windows) for _ in range(passes)])
+
+
+def get_batch(windows: np.ndarray, order: np.ndarray, step: int, batch: int) -> np.ndarray:
+    """The raw token windows ``[batch, seq_len + 1]`` of one step."""
+    return windows[order[step * batch : (step + 1) * batch]]
+
+
+def gather_rows(batch: np.ndarray, *, hasher, tables: dict, device) -> tuple[dict, dict]:
+    """Hash a batch and gather its unique rows per layer as gradient leaves.
+
+    Returns ``rows`` (``{layer: (B, T, H*d)}``, the model's input) and ``gathered``
+    (``{layer: (unique, unique_t, leaf)}``, what the table's optimizer step needs).
+    """
+    import torch
+
+    rows, gathered = {}, {}
+    for layer, row_ids in hasher.hash(batch[:, :-1], table_rows=True).items():
+        unique, inverse = np.unique(row_ids, return_inverse=True)
+        unique_t = torch.from_numpy(unique).to(device)
+        leaf = tables[layer].gather(unique, unique_t)  # (U, d)
+        gathered[layer] = (unique, unique_t, leaf)
+        inv = torch.from_numpy(inverse.reshape(row_ids.shape)).to(device)
+        rows[layer] = leaf[inv].flatten(2)  # (B, T, H*d)
+    return rows, gathered
+
+
+def train_step(
+    model, batch: np.ndarray, model_vocab, *, optimizers: Optimizers, hasher, lr, table_lr, config
+) -> float:
+    """Forward, backward, clip, and one step of every optimizer; returns the batch loss."""
+    import torch
+
+    device = torch.device(config.device)
+    optimizers.set_lr(lr)
+    model.train()
+    idx = torch.from_numpy(model_vocab.encode(batch[:, :-1])).to(device)
+    targets = torch.from_numpy(model_vocab.encode_targets(batch[:, 1:])).to(device)
+    rows, gathered = None, {}
+    if hasher is not None:
+        rows, gathered = gather_rows(batch, hasher=hasher, tables=optimizers.tables, device=device)
+    logits = model(idx, rows)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    if optimizers.backbone is not None:
+        optimizers.backbone.zero_grad(set_to_none=True)
+    loss.backward()
+    if optimizers.backbone is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizers.backbone.step()
+    for layer, (unique, unique_t, leaf) in gathered.items():
+        optimizers.tables[layer].step(
+            unique, unique_t, leaf, lr=table_lr, weight_decay=config.table_weight_decay
+        )
+    return float(loss.item())
+
+
+def estimate_loss(model, windows, model_vocab, *, hasher, tables: dict, config) -> float:
+    """Mean held-out loss (nats/token) of ``windows`` with the rows as trained so far."""
+    import torch
+
+    return heldout_loss(
+        model,
+        windows,
+        model_vocab,
+        hasher=hasher,
+        lookup=lambda layer, ids: tables[layer].lookup(ids),
+        batch=config.batch,
+        device=torch.device(config.device),
+    )
+
+
+def curve_windows(heldout: np.ndarray | None, config: TrainConfig) -> np.ndarray | None:
+    """The curve's held-out points: the same evenly spaced windows every time."""
+    if heldout is None:
+        return None
+    picks = np.linspace(0, len(heldout) - 1, min(config.eval_windows, len(heldout)))
+    return heldout[np.unique(picks.astype(np.int64))]
+
+
+def train_model(
     *,
     windows: np.ndarray,
     heldout: np.ndarray | None,
@@ -191,8 +304,13 @@ def _train_model(
     on_step: Callable[[int, int, float, float], None] | None = None,
     extra_meta: dict | None = None,
     compare: dict | None = None,
+    base=None,
+    moments: Path | None = None,
 ) -> TrainResult:
-    """Train (see :func:`train_model`).
+    """Train the reference model on token windows and save a checkpoint.
+
+    Bit-reproducible on CPU whatever the machine's load or thread settings (see
+    :func:`reproducible_torch`).
 
     Parameters
     ----------
@@ -204,154 +322,141 @@ def _train_model(
     vocab : the :class:`CanonicalVocab` the table was built for (hashing needs it).
     on_step : ``on_step(step, total, loss, tokens_per_s)`` after every step (progress bars).
     compare : ``{label: history}`` of other runs to draw in the loss-curve PNG.
+    base : a loaded :class:`~engramctl.model.checkpoint.Checkpoint` to start from
+        (``--init-from``); with ``config.freeze_backbone`` only its table rows train.
+    moments : the sparse Adam's moment store of an out-of-core run (default
+        ``<table>.adam.zarr``, see :mod:`engramctl.model.table_rows`).
     """
-    import torch
-
     from ..hashing import NgramHasher
-    from .checkpoint import save_checkpoint
-    from .transformer import EngramLM, ModelConfig
 
     config.validate()
-    device = torch.device(config.device)
-    torch.manual_seed(config.seed)
-    base_config = ModelConfig(
-        vocab_size=model_vocab.size,
-        output_vocab_size=model_vocab.output_size,
-        n_layer=config.depth,
-        n_head=config.attn_heads,
-        n_embd=config.width,
-        block_size=config.seq_len,
-    )
-    layout = None
-    if config.engram:
-        if table is None or vocab is None:
-            raise UsageError(
-                "training with Engram needs a table and its vocab (or pass --no-engram)"
-            )
-        layout = table.layout
-        model_config = ModelConfig(
-            **{
-                **base_config.to_dict(),
-                "engram_layers": layout.layers,
-                "engram_heads": layout.heads_per_layer,
-                "engram_dim": table.dim,
-                "max_ngram": layout.max_ngram,
-            },
-        )
-    else:
-        model_config = base_config
-    # The same backbone init for engram and baseline runs: build the baseline under the seed and
-    # copy its weights; the Engram modules get their own seeded init.
-    baseline_model = EngramLM(base_config)
-    torch.manual_seed(config.seed + 1)
-    model = EngramLM(model_config)
-    model.load_state_dict(baseline_model.state_dict(), strict=False)
-    del baseline_model
-    model.to(device)
-
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=config.lr,
-        betas=(0.9, 0.95),
-    )
-    tables = {}
-    hasher = None
-    if config.engram:
-        hasher = NgramHasher(layout, vocab)
-        tables = {layer: TrainableTable(table, layer, device) for layer in layout.layers}
-
-    rng = np.random.default_rng(config.seed)
-    order = np.concatenate(
-        [
-            rng.permutation(len(windows))
-            for _ in range(math.ceil(config.steps * config.batch / len(windows)))
-        ]
-    )
-    history = {"step": [], "train_loss": [], "heldout": [], "lr": []}
-    heldout_subset = None
-    if heldout is not None:  # the curve's points: the same evenly spaced windows every time
-        picks = np.linspace(0, len(heldout) - 1, min(config.eval_windows, len(heldout)))
-        heldout_subset = heldout[np.unique(picks.astype(np.int64))]
-
-    def evaluate_heldout(windows_to_score: np.ndarray) -> float:
-        return heldout_loss(
-            model,
-            windows_to_score,
-            model_vocab,
-            hasher=hasher,
-            lookup=lambda layer, ids: tables[layer].weight[ids],
-            batch=config.batch,
-            device=device,
-        )
-
-    tokens_per_step = config.batch * config.seq_len
-    start = time.perf_counter()
-    loss_value = float("nan")
-    for step in range(config.steps):
-        batch = windows[order[step * config.batch : (step + 1) * config.batch]]
-        lr = lr_at(step, peak=config.lr, warmup=config.warmup, total=config.steps)
-        table_lr = lr_at(step, peak=config.table_lr, warmup=config.warmup, total=config.steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        idx = torch.from_numpy(model_vocab.encode(batch[:, :-1])).to(device)
-        targets = torch.from_numpy(model_vocab.encode_targets(batch[:, 1:])).to(device)
-        gathered = {}
-        rows = None
+    if config.engram and (table is None or vocab is None):
+        raise UsageError("training with Engram needs a table and its vocab (or pass --no-engram)")
+    if config.freeze_backbone and base is None:
+        raise UsageError("--freeze-backbone needs --init-from MODEL_DIR (the model to adapt)")
+    with reproducible_torch(config.device, config.threads), ExitStack() as stack:
+        if base is not None:
+            model = base.model.to(config.device)
+        else:
+            model = build_model(config, model_vocab, table)
+        tables, hasher, moments_store = {}, None, None
         if config.engram:
-            rows = {}
-            for layer, row_ids in hasher.hash(batch[:, :-1], table_rows=True).items():
-                unique, inverse = np.unique(row_ids, return_inverse=True)
-                unique_t = torch.from_numpy(unique).to(device)
-                leaf = tables[layer].weight[unique_t].requires_grad_(True)  # (U, d)
-                gathered[layer] = (unique, unique_t, leaf)
-                inv = torch.from_numpy(inverse.reshape(row_ids.shape)).to(device)
-                rows[layer] = leaf[inv].flatten(2)  # (B, T, H*d)
-        logits = model(idx, rows)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        for layer, (unique, unique_t, leaf) in gathered.items():
-            tables[layer].optimizer.step(
-                unique_t, leaf.grad, lr=table_lr, weight_decay=config.table_weight_decay
+            hasher = NgramHasher(table.layout, vocab)
+            if config.out_of_core:
+                from .table_rows import OutOfCoreRows, default_moments_path, open_moment_store
+
+                moments = Path(moments) if moments else default_moments_path(table.path)
+                moments_store = stack.enter_context(open_moment_store(table, moments))
+                tables = {
+                    layer: OutOfCoreRows(
+                        table, layer, moments_store, config.device, buffer_rows=config.buffer_rows
+                    )
+                    for layer in table.layout.layers
+                }
+            else:
+                tables = {
+                    layer: TrainableTable(table, layer, config.device)
+                    for layer in table.layout.layers
+                }
+        optimizers = configure_optimizers(
+            model,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            tables=tables,
+            frozen=config.freeze_backbone,
+        )
+        order = data_order(len(windows), config)
+        heldout_subset = curve_windows(heldout, config)
+        history = {"step": [], "train_loss": [], "heldout": [], "lr": []}
+        tokens_per_step = config.batch * config.seq_len
+        start = time.perf_counter()
+        loss_value = float("nan")
+        for step in range(config.steps):
+            lr = lr_at(step, peak=config.lr, warmup=config.warmup, total=config.steps)
+            table_lr = lr_at(step, peak=config.table_lr, warmup=config.warmup, total=config.steps)
+            loss_value = train_step(
+                model,
+                get_batch(windows, order, step, config.batch),
+                model_vocab,
+                optimizers=optimizers,
+                hasher=hasher,
+                lr=lr,
+                table_lr=table_lr,
+                config=config,
             )
-            tables[layer].touched[unique] = True
-        loss_value = float(loss.item())
-        history["step"].append(step + 1)
-        history["train_loss"].append(loss_value)
-        history["lr"].append(lr)
-        last = step + 1 == config.steps
-        if heldout is not None and (
-            last or (config.eval_every and (step + 1) % config.eval_every == 0)
-        ):
-            held_loss = evaluate_heldout(heldout_subset)
-            history["heldout"].append([step + 1, held_loss])
-            log.info("step %d heldout loss %.4f (subset)", step + 1, held_loss)
-        if on_step is not None:
-            elapsed = time.perf_counter() - start
-            on_step(step + 1, config.steps, loss_value, tokens_per_step * (step + 1) / elapsed)
-    seconds = time.perf_counter() - start
-    rows_written = sum(t.write_back(table) for t in tables.values())
-    final_heldout = evaluate_heldout(heldout) if heldout is not None else None
-    history["heldout_full"] = final_heldout
-    result = TrainResult(
-        out_dir=Path(out_dir),
-        steps=config.steps,
-        tokens=config.steps * tokens_per_step,
-        seconds=seconds,
-        final_train_loss=loss_value,
-        final_heldout_loss=final_heldout,
-        history=history,
-        rows_written=rows_written,
-        passes=config.steps * config.batch / len(windows),
-    )
+            history["step"].append(step + 1)
+            history["train_loss"].append(loss_value)
+            history["lr"].append(lr)
+            last = step + 1 == config.steps
+            if heldout is not None and (
+                last or (config.eval_every and (step + 1) % config.eval_every == 0)
+            ):
+                held_loss = estimate_loss(
+                    model, heldout_subset, model_vocab, hasher=hasher, tables=tables, config=config
+                )
+                history["heldout"].append([step + 1, held_loss])
+                log.info("step %d heldout loss %.4f (subset)", step + 1, held_loss)
+            if on_step is not None:
+                elapsed = time.perf_counter() - start
+                on_step(step + 1, config.steps, loss_value, tokens_per_step * (step + 1) / elapsed)
+        rows_written = sum(t.write_back(table) for t in tables.values())
+        seconds = time.perf_counter() - start  # the rows' write back included
+        write_seconds = sum(getattr(t, "write_seconds", 0.0) for t in tables.values())
+        final_heldout = None
+        if heldout is not None:
+            final_heldout = estimate_loss(
+                model, heldout, model_vocab, hasher=hasher, tables=tables, config=config
+            )
+        history["heldout_full"] = final_heldout
+        result = TrainResult(
+            out_dir=Path(out_dir),
+            steps=config.steps,
+            tokens=config.steps * tokens_per_step,
+            seconds=seconds,
+            final_train_loss=loss_value,
+            final_heldout_loss=final_heldout,
+            history=history,
+            rows_written=rows_written,
+            passes=config.steps * config.batch / len(windows),
+            write_seconds=write_seconds,
+            moments=str(moments) if moments_store is not None else None,
+        )
+        save_run(
+            result,
+            model=model,
+            model_vocab=model_vocab,
+            config=config,
+            table=table,
+            vocab=vocab,
+            overwrite=overwrite,
+            extra_meta=extra_meta,
+            compare=compare,
+            base=base,
+        )
+    return result
+
+
+def save_run(
+    result: TrainResult,
+    *,
+    model,
+    model_vocab,
+    config: TrainConfig,
+    table,
+    vocab,
+    overwrite: bool,
+    extra_meta: dict | None,
+    compare: dict | None,
+    base=None,
+) -> None:
+    """Write the checkpoint of a run: weights, config with options and result, history.
+
+    A table-only adaptation copies the base checkpoint's ``model.safetensors`` byte for byte and
+    records the adaptation (base model, corpus, steps, table, moment store) in ``config.json``.
+    """
+    from .checkpoint import save_checkpoint
+
+    layout = table.layout if config.engram else None
     meta = {
         "train": asdict(config),
         "result": {k: v for k, v in result.to_dict().items() if k != "history"},
@@ -359,17 +464,35 @@ def _train_model(
         "vocab_fingerprint": vocab.fingerprint if (vocab is not None and config.engram) else None,
         **(extra_meta or {}),
     }
+    weights_file = None
+    if base is not None:
+        meta["init_from"] = {
+            "model": str(base.path),
+            "train": base.meta.get("train"),
+            "corpus": base.meta.get("corpus"),
+            "result": base.meta.get("result"),
+        }
+        if config.freeze_backbone:
+            weights_file = Path(base.path) / "model.safetensors"
+            meta["adaptation"] = {
+                "kind": "table-only",
+                "base_model": str(base.path),
+                "corpus": (extra_meta or {}).get("corpus"),
+                "steps": config.steps,
+                "table": str(table.path),
+                "moments": result.moments,
+            }
     save_checkpoint(
-        out_dir,
+        result.out_dir,
         model=model,
         model_vocab=model_vocab,
         meta=meta,
-        history=history,
+        history=result.history,
         vocab=vocab if config.engram else None,
         overwrite=overwrite,
         compare=compare,
+        weights_file=weights_file,
     )
-    return result
 
 
 @dataclass
@@ -390,8 +513,12 @@ def prepare_training_data(
     tokenizer_source: str | None,
     seq_len: int,
     min_count: int = 1,
+    model_vocab=None,
 ) -> TrainingData:
-    """Tokenize the corpora with the vocab's tokenizer (checked by sha256) into windows."""
+    """Tokenize the corpora with the vocab's tokenizer (checked by sha256) into windows.
+
+    ``model_vocab``: use this model vocab (a base checkpoint's) instead of the corpus's own.
+    """
     from ..tokenizer import load_checked_tokenizer
     from .data import ModelVocab, read_corpus_stream, text_windows
 
@@ -401,7 +528,13 @@ def prepare_training_data(
     sha256 = vocab.source_sha256 if vocab is not None else None
     tokenizer, info = load_checked_tokenizer(source, sha256=sha256)
     stream = read_corpus_stream(corpus, tokenizer).ids
-    model_vocab = ModelVocab.from_stream(stream, min_count=min_count)
+    if len(stream) < seq_len + 1:
+        raise EngramError(
+            f"{corpus} tokenizes to {len(stream)} tokens, fewer than one window of "
+            f"--seq-len {seq_len} + 1; give a larger corpus"
+        )
+    if model_vocab is None:
+        model_vocab = ModelVocab.from_stream(stream, min_count=min_count)
     held = None
     if heldout is not None:
         held = text_windows(read_corpus_stream(heldout, tokenizer).ids, seq_len)
@@ -419,6 +552,50 @@ def prepare_training_data(
         },
     }
     return TrainingData(text_windows(stream, seq_len), held, model_vocab, meta)
+
+
+def load_base(path: Path, *, table, vocab, device: str):
+    """The ``--init-from`` checkpoint, checked against the table and vocab it will train with."""
+    from .checkpoint import load_checkpoint
+
+    base = load_checkpoint(path, device=device)
+    if table is not None:
+        if base.layout is None:
+            raise UsageError(f"{path} has no Engram layers; it cannot be adapted by a table")
+        if base.layout.to_dict() != table.layout.to_dict():
+            raise EngramError(
+                f"{path} was trained with another layout than the table {table.path}; give the "
+                "table the model was trained with (or a copy of it)"
+            )
+        if base.model.config.engram_dim != table.dim:
+            raise EngramError(
+                f"{path} reads rows of {base.model.config.engram_dim} values, the table has "
+                f"{table.dim}"
+            )
+    if vocab is not None and base.vocab is not None and base.vocab.fingerprint != vocab.fingerprint:
+        raise EngramError(
+            f"{path} was trained with vocab {base.vocab.fingerprint}, --vocab is "
+            f"{vocab.fingerprint}; pass the model's vocab"
+        )
+    return base
+
+
+def table_fits_in_memory(table, *, fraction: float = 0.5) -> bool:
+    """Whether the table's layers decoded to float32 take under ``fraction`` of free memory."""
+    needed = sum(table.layout.layer_rows(layer) for layer in table.layout.layers) * table.dim * 4
+    return needed * 3 < fraction * available_memory()  # rows + the two Adam moments
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (Linux MemAvailable, else free pages)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def heldout_loss(model, windows, model_vocab, *, hasher, lookup, batch: int, device) -> float:

@@ -4,8 +4,10 @@ The Engram module follows the reference semantics (DESIGN.md, "Reference model a
 rows of every hash head (all n-gram orders) are concatenated, a value projection and, per residual
 branch, a key projection read them; the gate is
 ``sigmoid(signed_sqrt(<RMSNorm(key), RMSNorm(hidden)> / sqrt(d)))``; a depthwise causal short
-convolution (RMSNorm, kernel 4, dilation ``max_ngram``, SiLU) of the gated value is added to it; the
-block adds the result to its residual stream before attention.
+convolution (RMSNorm, kernel 4, dilation ``max_ngram``, SiLU) of the gated value is added to it
+(unless ``short_conv`` is off, DeepSeek-V4.1's variant); the block adds the result to its residual
+stream before attention. The gate's RMSNorms use torch's default epsilon like the reference's
+``nn.RMSNorm(D)`` (the dtype's machine epsilon); the short convolution's use 1e-5, as there.
 
 The model never owns table rows: callers pass the looked-up rows, ``{layer_id: (B, T, H*d)}``,
 so that the same forward pass runs from a resident table, a paged one, or trainable embeddings.
@@ -23,11 +25,16 @@ from torch import nn
 
 from ..errors import UsageError
 
+LEGACY_GATE_NORM_EPS = 1e-5  # gate norms of checkpoints whose config predates gate_norm_eps
+
 
 class RMSNorm(nn.Module):
-    """Root-mean-square norm with a learned scale: ``x / rms(x) * weight``."""
+    """Root-mean-square norm with a learned scale: ``x / rms(x) * weight``.
 
-    def __init__(self, dim: int, eps: float = 1e-5):
+    ``eps=None`` is torch's default (``nn.RMSNorm``): the machine epsilon of the input's dtype.
+    """
+
+    def __init__(self, dim: int, eps: float | None = 1e-5):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
@@ -75,12 +82,17 @@ class Engram(nn.Module):
         super().__init__()
         D, hc = config.n_embd, config.hc_mult
         memory_dim = config.engram_heads * config.engram_dim
+        eps = config.gate_norm_eps
         self.value_proj = nn.Linear(memory_dim, D)
         self.key_projs = nn.ModuleList([nn.Linear(memory_dim, D) for _ in range(hc)])
-        self.key_norms = nn.ModuleList([RMSNorm(D) for _ in range(hc)])
-        self.hidden_norms = nn.ModuleList([RMSNorm(D) for _ in range(hc)])
-        self.short_conv = ShortConv(D, hc, kernel_size=4, dilation=config.max_ngram)
-        self.scale = 1.0 / math.sqrt(D)
+        self.key_norms = nn.ModuleList([RMSNorm(D, eps) for _ in range(hc)])
+        self.hidden_norms = nn.ModuleList([RMSNorm(D, eps) for _ in range(hc)])
+        self.short_conv = (
+            ShortConv(D, hc, kernel_size=4, dilation=config.max_ngram)
+            if config.short_conv
+            else None
+        )
+        self.sqrt_d = math.sqrt(D)
         self.last_gate: torch.Tensor | None = None  # (B, T, HC), kept for --explain
 
     def gates(self, rows: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -89,7 +101,7 @@ class Engram(nn.Module):
         for g in range(hidden.shape[2]):
             key = self.key_norms[g](self.key_projs[g](rows))
             query = self.hidden_norms[g](hidden[:, :, g, :])
-            score = (key * query).sum(-1) * self.scale  # (B, T)
+            score = (key * query).sum(-1) / self.sqrt_d  # (B, T)
             gates.append(torch.sigmoid(signed_sqrt(score)))
         return torch.stack(gates, dim=2).unsqueeze(-1)
 
@@ -97,6 +109,8 @@ class Engram(nn.Module):
         gate = self.gates(rows, hidden)
         self.last_gate = gate.detach().squeeze(-1)
         value = gate * self.value_proj(rows).unsqueeze(2)  # (B, T, HC, D)
+        if self.short_conv is None:  # DeepSeek-V4.1's variant
+            return value
         return value + self.short_conv(value)
 
 
@@ -169,6 +183,8 @@ class ModelConfig:
     engram_value_zero_init: bool = (
         True  # value projection starts at 0: the model starts as the baseline
     )
+    short_conv: bool = True  # the gated value's short convolution (DeepSeek-V4.1 drops it)
+    gate_norm_eps: float | None = None  # gate RMSNorms; None: dtype eps, as the reference
     extra: dict = field(default_factory=dict, compare=False)  # free-form notes kept in config.json
 
     def __post_init__(self):
@@ -214,6 +230,7 @@ class ModelConfig:
     def from_dict(cls, data: dict) -> ModelConfig:
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
+        data = {"gate_norm_eps": LEGACY_GATE_NORM_EPS, **data}  # configs from before the field
         if unknown:
             raise UsageError(f"model config has unknown fields {sorted(unknown)}")
         return cls(**data)

@@ -154,8 +154,10 @@ class ManifestRecorder:
         *,
         chunks_total: int,
         progress: Callable[[InitProgress], None] | None = None,
+        source: str = "init",
     ):
         self.store, self.meta, self.manifest = store, meta, manifest
+        self.source = source  # the manifest's source of each chunk: "init" or "data" (imports)
         self.chunks_total = chunks_total
         self.bytes_total = chunks_total * meta.chunk_bytes
         self.progress = progress
@@ -170,7 +172,7 @@ class ManifestRecorder:
 
     def note(self, record: ChunkRecord) -> None:
         """Put a chunk in the manifest without counting it (one that finished after a failure)."""
-        entry = [record.crc32, record.nbytes, "init"]
+        entry = [record.crc32, record.nbytes, self.source]
         self.manifest.setdefault(record.layer_id, {})[record.chunk_index] = entry
 
     def record(self, record: ChunkRecord) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import UsageError
-from .fp8 import FP8_SCALE_BLOCK, UE8M0_BIAS, fp8_e4m3fn_decode
+from .fp8 import FP8_SCALE_BLOCK, fp8_e4m3fn_decode, ue8m0_scales
 
 DTYPE_ITEMSIZE = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1}
 DTYPES = tuple(DTYPE_ITEMSIZE)
@@ -146,8 +146,9 @@ def decode_rows(raw: np.ndarray, dtype: str, dim: int) -> np.ndarray:
         return bf16_bits_to_float32(raw)
     n = raw.shape[0]
     values = fp8_e4m3fn_decode(raw[:, :dim]).reshape(n, -1, FP8_SCALE_BLOCK)
-    scales = np.exp2(raw[:, dim:].astype(np.float32) - UE8M0_BIAS)
-    return (values * scales[:, :, None]).reshape(n, dim)
+    scales = ue8m0_scales(raw[:, dim:])  # bit-exact with the engines' exponent shift
+    with np.errstate(over="ignore"):  # 448 * 2**127 is inf in float32, as on the engines
+        return (values * scales[:, :, None]).reshape(n, dim)
 
 
 def to_torch(raw: np.ndarray, dtype: str, dim: int):

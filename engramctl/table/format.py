@@ -108,6 +108,12 @@ class TableMeta:
     status: str = "complete"  # lazy | initializing | complete
     format_version: int = FORMAT_VERSION
     layers: dict[int, LayerMeta] = field(default_factory=dict)
+    sources: dict | None = None  # checkpoint the rows come from (linked, or copied): linked.py
+
+    @property
+    def linked(self) -> bool:
+        """Rows are read from a checkpoint's shard files (``import --link``), not chunks."""
+        return bool(self.sources) and self.sources.get("mode") == "link"
 
     @classmethod
     def build(cls, *, layout: EngramLayout, **fields) -> TableMeta:
@@ -192,7 +198,7 @@ class TableMeta:
             "lazy": self.lazy,
             "status": self.status,
             "layers": {str(k): v.to_dict() for k, v in self.layers.items()},
-        }
+        } | ({"sources": self.sources} if self.sources else {})
 
     @classmethod
     def from_dict(cls, data: dict, *, where: str = "table") -> TableMeta:
@@ -229,6 +235,7 @@ class TableMeta:
                 status=data["status"],
                 format_version=version,
                 layers=layers,
+                sources=data.get("sources"),
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise EngramError(

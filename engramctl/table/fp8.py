@@ -12,7 +12,7 @@ import numpy as np
 
 FP8_SCALE_BLOCK = 32
 FP8_MAX = 448.0  # largest finite float8_e4m3fn value
-UE8M0_BIAS = 127  # a ue8m0 scale byte s means 2**(s - 127)
+UE8M0_BIAS = 127  # a ue8m0 scale byte s means 2**(s - 127) (s = 0: a zero scale)
 
 
 def _fp8_lut() -> np.ndarray:
@@ -72,7 +72,7 @@ def ue8m0_block_scales(values: np.ndarray) -> np.ndarray:
     with ``max|block| / 2**e <= 448``, stored as ``e + 127`` (``[..., dim / 32]`` uint8).
 
     NaN is ignored for the block maximum; an all-zero (or all-NaN) block gets 0, a block with
-    an infinity 254.
+    an infinity 254, any other block at least 1 (engines decode 0 as a zero scale).
 
     >>> ue8m0_block_scales(np.full((1, 32), 448.0, np.float32)).tolist()
     [[127]]
@@ -85,7 +85,8 @@ def ue8m0_block_scales(values: np.ndarray) -> np.ndarray:
         mantissa, exponent = np.frexp(np.where(finite, amax, 1.0) / FP8_MAX)
     exponent = np.where(mantissa == 0.5, exponent - 1, exponent)  # exact powers of two
     exponent = np.where(finite, exponent, np.where(np.isinf(amax), 254, 0) - UE8M0_BIAS)
-    return np.clip(exponent + UE8M0_BIAS, 0, 254).astype(np.uint8)
+    # a nonzero block gets at least 1: engines decode byte 0 as a zero scale
+    return np.clip(exponent + UE8M0_BIAS, np.where(finite, 1, 0), 254).astype(np.uint8)
 
 
 def encode_fp8_rows_reference(values: np.ndarray) -> np.ndarray:
@@ -104,3 +105,16 @@ def encode_fp8_rows_reference(values: np.ndarray) -> np.ndarray:
     out[:, :dim] = fp8_e4m3fn_encode(scaled.reshape(n, dim))
     out[:, dim:] = scales
     return out
+
+
+def ue8m0_scales(scale_bytes: np.ndarray) -> np.ndarray:
+    """float32 scales of ue8m0 bytes exactly as the serving engines compute them: the byte
+    shifted into a float32 exponent (bits ``e << 23``), so ``e`` means ``2**(e - 127)`` for
+    ``e`` in 1..254, and ``e = 0`` gives 0.0 (not the subnormal ``2**-127``).
+
+    >>> ue8m0_scales(np.array([127, 128, 0], np.uint8)).tolist()
+    [1.0, 2.0, 0.0]
+    """
+    return (np.asarray(scale_bytes, dtype=np.uint8).astype(np.uint32) << np.uint32(23)).view(
+        np.float32
+    )

@@ -32,7 +32,7 @@ def _block_scale(values, i, start):
     mantissa, exponent = math.frexp(np.float64(amax) / FP8_MAX)  # m * 2**e, m in [0.5, 1)
     if mantissa == 0.5:  # an exact power of two already fits
         exponent -= 1
-    return min(max(exponent + UE8M0_BIAS, 0), 254)
+    return min(max(exponent + UE8M0_BIAS, 1), 254)  # 0 means a zero scale to the engines
 
 
 @njit(cache=True, inline="always")

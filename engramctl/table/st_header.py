@@ -9,7 +9,8 @@ object, then the tensor bytes. The rules checked here are the format's own (thos
 - ``__metadata__``, if present, maps strings to strings;
 - every other key is a tensor: ``{"dtype": str, "shape": [int >= 0, ...], "data_offsets":
   [begin, end]}`` with integer offsets (not floats, strings or booleans) and a known dtype;
-- ``end - begin`` is the product of the shape times the dtype's size (computed without overflow);
+- ``end - begin`` is the product of the shape times the dtype's size in bits, over 8 (Python
+  integers: no overflow; sub-byte dtypes must end on a byte boundary);
 - the tensors tile the data exactly: sorted by offset each begins where the previous ended (no
   overlap, no hole) and the last ends at the end of the file.
 
@@ -29,11 +30,13 @@ from ..errors import EngramError
 
 MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit
 MAX_RANK = 16
-ITEMSIZE = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
-    "U16": 2, "I16": 2, "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4,
-    "U64": 8, "I64": 8, "F64": 8,
+BITS = {
+    "BOOL": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "U8": 8, "I8": 8, "F8_E5M2": 8,
+    "F8_E4M3": 8, "F8_E8M0": 8, "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "I16": 16, "U16": 16,
+    "F16": 16, "BF16": 16, "I32": 32, "U32": 32, "F32": 32, "C64": 64, "F64": 64, "I64": 64,
+    "U64": 64,
 }  # fmt: skip
+"""Bits per element of every dtype the safetensors format knows (0.8: sub-byte F4/F6 too)."""
 ENTRY_KEYS = {"dtype", "shape", "data_offsets"}
 
 
@@ -130,9 +133,9 @@ def _check_entry(path: Path, name: str, entry, data_bytes: int) -> tuple[int, in
             f"{where} has a malformed header entry (needs exactly dtype, shape, data_offsets)"
         )
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if not isinstance(dtype, str) or dtype not in ITEMSIZE:
+    if not isinstance(dtype, str) or dtype not in BITS:
         raise EngramError(
-            f"{where} has dtype {dtype!r}, which is not a safetensors dtype ({', '.join(ITEMSIZE)})"
+            f"{where} has dtype {dtype!r}, which is not a safetensors dtype ({', '.join(BITS)})"
         )
     if (
         not isinstance(shape, list)
@@ -157,15 +160,18 @@ def _check_entry(path: Path, name: str, entry, data_bytes: int) -> tuple[int, in
             f"{where} ends at byte {end} of the data, past the file's {data_bytes} data bytes "
             "(truncated?)"
         )
-    count = 1
+    bits = BITS[dtype]
     for s in shape:
-        count *= s
-    if end - begin != count * ITEMSIZE[dtype]:
+        bits *= s
+    if bits % 8:
         raise EngramError(
-            f"{where} ({dtype} {shape}) spans {end - begin} bytes, but its shape needs "
-            f"{count * ITEMSIZE[dtype]}"
+            f"{where} ({dtype} {shape}) holds {bits} bits, which do not end on a byte boundary"
+        )
+    if end - begin != bits // 8:
+        raise EngramError(
+            f"{where} ({dtype} {shape}) spans {end - begin} bytes, but its shape needs {bits // 8}"
         )
     return begin, end
 
 
-__all__ = ["SafetensorsHeader", "read_header", "ITEMSIZE", "MAX_HEADER_BYTES"]
+__all__ = ["SafetensorsHeader", "read_header", "BITS", "MAX_HEADER_BYTES"]

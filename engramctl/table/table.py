@@ -39,6 +39,7 @@ from .format import (
     write_group_attrs,
 )
 from .gather import check_row_ids, chunk_address, gather_rows, word_dtype
+from .linked import COPY_HINT, LinkedLayers
 from .rowinit import init_values
 from .store import LocalStore, TableStore, open_store
 
@@ -79,6 +80,7 @@ class TableInfo:
     lazy: bool
     status: str
     layers: dict[int, LayerInfo]
+    sources: dict | None = None  # the checkpoint a linked (or imported) table reads
 
     @property
     def head_rows(self) -> dict[int, list[int]]:
@@ -130,7 +132,7 @@ class TableInfo:
             "layers": layers,
             "logical_bytes": self.logical_bytes,
             "disk_bytes": self.disk_bytes,
-        }
+        } | ({"sources": self.sources} if self.sources else {})
 
 
 def table_info(path: Path, meta: TableMeta, manifest: dict) -> TableInfo:
@@ -163,6 +165,7 @@ def table_info(path: Path, meta: TableMeta, manifest: dict) -> TableInfo:
         lazy=meta.lazy,
         status=meta.status,
         layers=layers,
+        sources=meta.sources,
     )
 
 
@@ -206,6 +209,7 @@ class Table:
         self._decoded: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._dirty = False
         self._mutex = threading.RLock()
+        self._linked = LinkedLayers(meta, self.path)  # layers mapped from checkpoint shards
 
     # ---------------------------------------------------------------- properties
     @property
@@ -293,9 +297,15 @@ class Table:
         return decode_chunk(self.meta, data, where=where)
 
     def read_chunk(self, layer_id: int, chunk_index: int) -> np.ndarray:
-        """Stored rows of any chunk: its file, or its init values if never written."""
+        """Stored rows ``[chunk_rows, row_width]`` of any chunk: its file, its linked rows, or
+        its init values if never written; read now and not kept (streaming a table through this
+        holds one chunk, unlike :meth:`gather`, which keeps the chunks it maps)."""
+        if self.meta.linked:  # the chunk's rows from the checkpoint's shards
+            return self._linked.chunk(layer_id, chunk_index)
         rows = self.read_chunk_file(layer_id, chunk_index)
-        return init_chunk_rows(self.meta, layer_id, chunk_index) if rows is None else rows
+        if rows is None:  # one chunk: numba's thread pool costs more than it saves here
+            return init_chunk_rows(self.meta, layer_id, chunk_index, parallel=False)
+        return rows
 
     def _ensure_loaded(self, layer_id: int, chunk_indexes: np.ndarray) -> None:
         cache = self._cache(layer_id)
@@ -360,6 +370,8 @@ class Table:
             )
         if not ids.size:
             return out
+        if self.meta.linked:
+            return self._linked.layer(layer_id).gather(ids, out)
         with self._mutex:  # loads/unloads never race a kernel reading the chunks
             cache = self._cache(layer_id)
             needed = np.zeros(cache.state.shape[0], dtype=bool)
@@ -389,15 +401,21 @@ class Table:
             f"floats [{n}, {meta.dim}], got {values.dtype} {list(values.shape)}"
         )
 
-    def write_rows(self, layer_id: int, row_ids, values, *, flush: bool = True) -> None:
-        """Overwrite rows of one layer; whole chunks are rewritten atomically.
+    def write_rows(
+        self, layer_id: int, row_ids, values, *, flush: bool = True, fsync: bool = True
+    ) -> None:
+        """Overwrite rows of one layer; whole chunks are rewritten atomically, each once.
 
         ``values`` are stored rows as :meth:`gather` returns them, or floats ``[n, dim]``
         encoded to the table's dtype. Of repeated row ids the last one wins. ``flush`` writes
         the manifest at the end of the call (otherwise at :meth:`flush` / :meth:`close`).
+        ``fsync=False`` leaves the chunk files to the page cache: the caller makes them durable
+        (one ``os.sync()`` for many chunks) before it flushes the manifest.
         """
         if self.mode == "r":
             raise EngramError(f"{self.path} is open read-only; open it with mode='r+' to write")
+        if self.meta.linked:
+            raise EngramError(f"{self.path} is linked to a checkpoint (read-only); {COPY_HINT}")
         ids = check_row_ids(row_ids, self.meta.layer(layer_id).rows)
         stored = self._stored_rows(values, ids.size)
         chunk_of = ids // self.meta.chunk_rows
@@ -409,16 +427,16 @@ class Table:
             c = int(chunk_of[group[0]])
             rows = np.array(self.read_chunk(layer_id, c))  # a writable copy
             rows[ids[group] - c * self.meta.chunk_rows] = stored[group]
-            self.write_chunk(layer_id, c, rows, source="data")
+            self.write_chunk(layer_id, c, rows, source="data", fsync=fsync)
         if flush:
             self.flush()
 
     def write_chunk(
-        self, layer_id: int, chunk_index: int, rows: np.ndarray, *, source: str
+        self, layer_id: int, chunk_index: int, rows: np.ndarray, *, source: str, fsync=True
     ) -> None:
         """Write one whole chunk (temporary file + rename) and record it in the manifest."""
         data = encode_chunk(self.meta, rows)
-        write_file_atomic(self.chunk_path(layer_id, chunk_index), data)
+        write_file_atomic(self.chunk_path(layer_id, chunk_index), data, fsync=fsync)
         self.manifest.setdefault(layer_id, {})[chunk_index] = [
             crc32_of(data),
             memoryview(data).nbytes,
@@ -442,6 +460,7 @@ class Table:
             with self._mutex:
                 self._caches.clear()
                 self._decoded.clear()
+                self._linked.clear()
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None

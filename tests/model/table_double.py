@@ -41,3 +41,29 @@ class InMemoryTable:
 
     def write_rows(self, layer_id, row_ids, values):
         self.values[layer_id][np.asarray(row_ids, dtype=np.int64)] = values
+
+
+def small_layout_for(ds_vocab, primes=(211, 223)):
+    """The model tests' layout: layer 1, orders 2..3, 2 heads of the given primes."""
+    from engramctl.layout import EngramLayout
+
+    return EngramLayout(
+        ngram_vocab=primes,
+        max_ngram=3,
+        heads=2,
+        layers=(1,),
+        seed=0,
+        pad_id=2,
+        vocab_size=ds_vocab.canonical_vocab_size,
+    )
+
+
+def small_real_table(path, ds_vocab, *, primes=(211, 223), dim=8, dtype="float32"):
+    """A real on-disk table of :func:`small_layout_for` for the model tests; returns path."""
+    from engramctl.table.create import create_table
+
+    layout = small_layout_for(ds_vocab, primes)
+    create_table(
+        path, layout=layout, vocab_fingerprint=ds_vocab.fingerprint, dim=dim, dtype=dtype, workers=1
+    )
+    return path

@@ -76,11 +76,12 @@ def test_engram_gate_and_output_by_hand():
     rows = torch.randn(2, 5, config.engram_heads * config.engram_dim)
     hidden = torch.randn(2, 5, 2, config.n_embd)
     out = module(rows, hidden)
+    eps = torch.finfo(torch.float32).eps  # the reference's nn.RMSNorm(D) default
     for g in range(2):
         key = module.key_projs[g](rows)
-        key = key / torch.sqrt(key.pow(2).mean(-1, keepdim=True) + 1e-5)
+        key = key / torch.sqrt(key.pow(2).mean(-1, keepdim=True) + eps)
         query = hidden[:, :, g]
-        query = query / torch.sqrt(query.pow(2).mean(-1, keepdim=True) + 1e-5)
+        query = query / torch.sqrt(query.pow(2).mean(-1, keepdim=True) + eps)
         s = (key * query).sum(-1) / math.sqrt(config.n_embd)
         gate = torch.sigmoid(torch.sign(s) * torch.sqrt(s.abs()))
         torch.testing.assert_close(module.last_gate[:, :, g], gate, rtol=1e-5, atol=1e-6)

@@ -119,7 +119,7 @@ def test_layer_cache_lru_hand_worked():
     cache.assign(np.array([4]), 3)  # full: rows 1..4
     slots, miss = cache.assign(np.array([2, 5]), 4)  # 2 hits; 5 evicts row 1 (least recent)
     assert miss.tolist() == [False, True]
-    assert cache.slot_of_row[1] == -1 and cache.row_of_slot[slots[1]] == 5
+    assert cache.slot_of_row.lookup(np.array([1]))[0] == -1 and cache.row_of_slot[slots[1]] == 5
     with pytest.raises(EngramError, match="--cache-rows too small"):
         cache.assign(np.array([6, 7, 8]), 5)  # only row 3's slot is free of in-flight batches
 

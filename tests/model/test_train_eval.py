@@ -14,7 +14,7 @@ from typer.testing import CliRunner  # noqa: E402
 from engramctl.cli import app  # noqa: E402
 from engramctl.layout import EngramLayout  # noqa: E402
 from tests.conftest import SAMPLE, read_jsonl  # noqa: E402
-from tests.model.table_double import InMemoryTable  # noqa: E402
+from tests.model.table_double import InMemoryTable, small_layout_for  # noqa: E402
 
 TINY = [
     "--depth",
@@ -48,15 +48,7 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def small_layout(ds_vocab):
-    return EngramLayout(
-        ngram_vocab=(211, 223),
-        max_ngram=3,
-        heads=2,
-        layers=(1,),
-        seed=0,
-        pad_id=2,
-        vocab_size=ds_vocab.canonical_vocab_size,
-    )
+    return small_layout_for(ds_vocab)
 
 
 @pytest.fixture(scope="module")
@@ -163,6 +155,45 @@ def test_train_is_deterministic_and_baseline_shares_the_backbone(
     base = train(tmp_path, corpus, ds_vocab_path, "base", "--no-engram", steps=0 + 1)
     base_meta = json.loads((base / "config.json").read_text())
     assert base_meta["layout"] is None and base_meta["model"]["engram_layers"] == []
+
+
+def test_no_short_conv_trains_records_and_evaluates(
+    tmp_path, corpus, ds_vocab, ds_vocab_path, small_layout, tables
+):
+    tables["nsc.zarr"] = InMemoryTable(small_layout, 8, ds_vocab.fingerprint)
+    model = train(
+        tmp_path,
+        corpus,
+        ds_vocab_path,
+        "nsc",
+        "--table",
+        "nsc.zarr",
+        "--vocab",
+        ds_vocab_path,
+        "--no-short-conv",
+        steps=2,
+    )
+    meta = json.loads((model / "config.json").read_text())
+    assert meta["model"]["short_conv"] is False and meta["train"]["short_conv"] is False
+    assert meta["model"]["gate_norm_eps"] is None
+    from safetensors import safe_open
+
+    with safe_open(model / "model.safetensors", "pt") as handle:
+        assert not any("short_conv" in k for k in handle.keys())
+    result = run(
+        "eval",
+        "--model",
+        model,
+        "--table",
+        "nsc.zarr",
+        "--benchmark",
+        corpus / "heldout.jsonl",
+        "--device",
+        "cpu",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["metrics"]["loss"] > 0
 
 
 def test_paged_and_resident_logits_are_bit_identical(trained, corpus):

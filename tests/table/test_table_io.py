@@ -159,13 +159,13 @@ def test_not_safetensors_and_truncated(tmp_path, layout):
     with pytest.raises(EngramError, match="shorter than 8 bytes"):
         read_safetensors_header(bad)
     bad.write_bytes(struct.pack("<Q", 10**12) + b"{}")
-    with pytest.raises(EngramError, match="header length 1000000000000 runs past"):
+    with pytest.raises(EngramError, match="header length .* runs past the file"):
         read_safetensors_header(bad)
     src = create_table(tmp_path / "s.zarr", layout=layout, vocab_fingerprint=FP, dim=32, lazy=True)
     out = tmp_path / "s.safetensors"
     export_safetensors(src.path, out)
     out.write_bytes(out.read_bytes()[:-10])
-    with pytest.raises(EngramError, match="truncated"):
+    with pytest.raises(EngramError, match="past the file.s .* data bytes \\(truncated\\?\\)"):
         import_safetensors(out, tmp_path / "t.zarr", layout=layout, vocab_fingerprint=FP)
     assert not (tmp_path / "t.zarr").exists()
     assert not list(tmp_path.glob(".*importing*"))
