@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from .app import STATE, command, console
+from .app import STATE, command, console, err_console
 from .options import Device, JsonFlag, OverwriteOpt
 from .progress import progress
 
@@ -124,9 +124,24 @@ def train_command(
         int, typer.Option("--buffer-rows", help="Out of core: dirty rows per layer per flush.")
     ] = 1 << 18,
     overwrite: OverwriteOpt = False,
+    continue_rows: Annotated[
+        bool,
+        typer.Option(
+            "--continue", help="Train on from rows another run trained (recorded in the table)."
+        ),
+    ] = False,
+    overwrite_rows: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite-rows", help="Replace rows another run trained (its model loses them)."
+        ),
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Train the reference model (and its Engram table rows), or the --no-engram baseline.
+
+    The table records which run wrote its rows; training a table another run trained needs
+    --continue or --overwrite-rows (or --init-from the model that trained it).
 
     Example:
     engramctl train --corpus train.jsonl --table t.zarr \\
@@ -146,6 +161,9 @@ def train_command(
         train_model,
     )
 
+    if continue_rows and overwrite_rows:
+        raise UsageError("--continue and --overwrite-rows exclude each other; pick one")
+    prior_runs = "continue" if continue_rows else "overwrite" if overwrite_rows else "refuse"
     if freeze_backbone and init_from is None:
         raise UsageError("--freeze-backbone needs --init-from MODEL_DIR (the model to adapt)")
     if freeze_backbone and not engram:
@@ -185,7 +203,7 @@ def train_command(
         device=str(resolve_device(device.value)),
     )
     config.validate()  # before reading the corpus: bad numbers fail at once
-    if engram:  # refuses a table made for another vocab
+    if engram:  # refuses a table made for another vocab (when --vocab is given)
         table_handle = open_table_for(table, mode="r+", vocab=vocab_map)
     try:
         base = None
@@ -200,7 +218,12 @@ def train_command(
                 seq_len=min(seq_len, base.model.config.block_size),
                 short_conv=base.model.config.short_conv,
             )
-        if engram:
+        if engram:  # cheap refusals before the corpus is read
+            from ..model.provenance import check_prior_runs
+
+            check_prior_runs(
+                table_handle, prior_runs, base_meta=base.meta if base is not None else None
+            )
             if out_of_core is None:
                 out_of_core = freeze_backbone or not table_fits_in_memory(table_handle)
             config = replace(config, out_of_core=out_of_core)
@@ -236,6 +259,7 @@ def train_command(
                 compare=compare,
                 base=base,
                 moments=moments,
+                prior_runs=prior_runs,
             )
     finally:
         close_table(table_handle)
@@ -285,9 +309,19 @@ def eval_command(
         Path | None, typer.Option("--report", help="Also write the JSON report to this file.")
     ] = None,
     overwrite: OverwriteOpt = False,
+    strict_table: Annotated[
+        bool,
+        typer.Option(
+            "--strict-table",
+            help="Refuse a table whose rows changed since the checkpoint (default: warn).",
+        ),
+    ] = False,
     json_out: JsonFlag = False,
 ) -> None:
     """Evaluate a checkpoint on a benchmark while paging its Engram rows from the table.
+
+    A table whose rows another run changed since the checkpoint was trained gets a warning
+    (--strict-table: an error).
 
     Example:
     engramctl eval --model m --table t.zarr \\
@@ -304,6 +338,12 @@ def eval_command(
     table_handle = open_table_for(table) if table is not None else None
     doc = {}
     try:
+        if table_handle is not None:
+            from ..model.provenance import checkpoint_table_problem
+
+            problem = checkpoint_table_problem(model, table_handle, strict=strict_table)
+            if problem is not None:
+                err_console.print(f"warning: {problem} (--strict-table refuses)")
         if benchmark is not None:
             result = evaluate(
                 model_dir=model,

@@ -10,6 +10,7 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from ..errors import UsageError
 from .app import STATE, command, console, err_console
 from .options import (
     CorpusFormat,
@@ -99,19 +100,58 @@ def hash_stats_command(
         bool, typer.Option("--overwrite", help="Replace existing --report/--plot files.")
     ] = False,
     scheduler: SchedulerOpt = None,
+    partitions: Annotated[
+        int | None,
+        typer.Option(
+            "--partitions",
+            help="Count exactly in K key-space partitions (~1/K the memory; K passes without "
+            "--scheduler). Default: 1, or the smallest K that fits --max-memory.",
+        ),
+    ] = None,
+    estimate: Annotated[
+        bool,
+        typer.Option(
+            "--estimate",
+            help="Estimate distinct n-grams with HyperLogLog sketches (constant memory) and every "
+            "figure from the ideal-hash formulas; no row-load histograms.",
+        ),
+    ] = False,
+    extrapolate: Annotated[
+        str | None,
+        typer.Option(
+            "--extrapolate",
+            metavar="TOKENS",
+            help="Also predict the figures at a corpus of TOKENS tokens (e.g. 1e12, 500B) from "
+            "Heaps' law fitted during the pass, with a check of the fit on the first 25%.",
+        ),
+    ] = None,
+    spill_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--spill-dir",
+            help="Where --partitions keeps each partition's n-grams (default: TMPDIR).",
+        ),
+    ] = None,
 ) -> None:
     """Stream a corpus through the multi-head hashing; report collisions and occupancy.
 
     With --scheduler the files are cut into shards counted on Dask workers and the exact counts
     are merged in a tree: the report is the same as without it (see docs/scale-out.md).
+    --partitions K splits the n-grams by a hash of the key into K partitions counted one after
+    another (or on the workers): the same report in about 1/K of the memory.
+
+    --estimate answers in constant memory from HyperLogLog sketches (ideal-hash figures), and
+    --extrapolate 1e12 predicts the figures at 10^12 tokens from Heaps' law (docs/hash-stats.md).
 
     Example:
     engramctl hash-stats train.jsonl --vocab vocab.parquet \\
         --sweep 100k,1M --report stats.json --plot stats.png
     """
-    from .._files import atomic_write, check_writable_target
+    from .._files import atomic_write
+    from .._outputs import check_output_target, save_with_fallback
     from ..corpus.files import CorpusOptions
     from ..layout import parse_int_list
+    from ..stats.extrapolate import parse_tokens
     from ..stats.run import (
         load_matching_tokenizer,
         parse_memory,
@@ -120,9 +160,14 @@ def hash_stats_command(
     )
 
     quiet = STATE["quiet"]
+    if estimate and plot is not None:
+        raise UsageError(
+            "--plot draws row-load histograms, which only exact counting gives; drop --estimate "
+            "or --plot"
+        )
     for target in (report_path, plot):
         if target is not None:
-            check_writable_target(target, overwrite=overwrite)
+            check_output_target(target, overwrite=overwrite)  # before the pass, not after
     vocab_map = load_vocab(vocab)
     resolved = resolve_layout_flags(ctx.params, vocab_map, table=table, pick_layers=True)
     layout, layer_ids = resolved.layout, resolved.layer_ids
@@ -135,17 +180,27 @@ def hash_stats_command(
         corpus, layout=layout, layer_ids=layer_ids, options=options,
         sweep=parse_int_list(sweep, name="--sweep") if sweep else (),
         limit_tokens=limit_tokens, max_memory=parse_memory(max_memory), threads=threads,
+        partitions=partitions, spill_dir=str(spill_dir) if spill_dir else None,
+        estimate=estimate, extrapolate=parse_tokens(extrapolate) if extrapolate else None,
     )  # fmt: skip
     text_tokenizer = load_matching_tokenizer(tokenizer, vocab_map) if plan.needs_tokenizer else None
     note = err_console.print if json_out else console.print
     if not quiet:
         from .._system import format_bytes
 
+        per = f" per partition ({plan.partitions} in all)" if plan.partitions else ""
+        kind = "sketches need" if plan.estimate else "accumulators need up to"
         note(
-            f"{len(plan.files)} file(s), {format_bytes(plan.bytes_total)}; accumulators need up to "
-            f"{format_bytes(plan.memory_estimate)} for ~{plan.tokens_estimate:,} tokens "
+            f"{len(plan.files)} file(s), {format_bytes(plan.bytes_total)}; {kind} "
+            f"{format_bytes(plan.memory_estimate)}{per} for ~{plan.tokens_estimate:,} tokens "
             f"(--max-memory {format_bytes(plan.max_memory)})"
         )
+        if plan.partitions_chosen:
+            note(
+                f"the single pass would not fit --max-memory {format_bytes(plan.max_memory)}: "
+                f"counting in {plan.partitions} partitions (--partitions {plan.partitions}, "
+                f"{'on the workers' if scheduler else f'{plan.partitions} passes over the input'})"
+            )
     run = run_hash_stats
     if scheduler:
         from functools import partial
@@ -154,20 +209,30 @@ def hash_stats_command(
 
         run = partial(run_hash_stats_dask, scheduler=scheduler)
     report = _run_with_progress(plan, vocab_map, text_tokenizer, quiet, run)
+    saved = []  # a target that fails now (disk full) does not lose the pass: a fallback file
     if report_path is not None:
-        with atomic_write(report_path, "w") as handle:
-            handle.write(report.to_json())
+
+        def write_report(path):
+            with atomic_write(path, "w") as handle:
+                handle.write(report.to_json())
+
+        saved.append(save_with_fallback(report_path, write_report))
     if plot is not None:
         from ..stats.plot import plot_report
 
-        plot_report(report, plot)
+        saved.append(save_with_fallback(plot, lambda path: plot_report(report, path)))
     if json_out:
         typer.echo(report.to_json())
     else:
         _render(report)
-        for path in (report_path, plot):
-            if path is not None:
-                console.print(f"wrote {path}")
+        for item in saved:
+            if item.failure is None:
+                console.print(f"wrote {item.path}")
+    for item in saved:
+        if item.failure is not None:
+            err_console.print(f"{item.failure}; wrote it to {item.path} instead")
+    if any(item.failure is not None for item in saved):
+        raise typer.Exit(1)
     if report.stopped_reason == "interrupted":
         err_console.print("interrupted: the figures cover what was read (partial)")
         raise typer.Exit(130)
@@ -198,6 +263,13 @@ def _render(report) -> None:
     )
     if report.partial:
         head_line += f" [yellow]partial ({report.stopped_reason})[/]"
+    if report.estimated:
+        head_line += (
+            f" [cyan]estimated[/] (distinct n-grams +-{100 * report.relative_standard_error:.2g}% "
+            "relative standard error; per-head figures of ideal hashing)"
+        )
+    if report.partitions_counted:
+        head_line += f" [yellow]figures of the first {report.partitions_counted} partition(s)[/]"
     console.print(head_line)
     for kind, entry in report.warnings.items():
         where = escape(str(entry["first"]))
@@ -234,6 +306,54 @@ def _render(report) -> None:
         console.print(summary)
     if report.sweep:
         _render_sweep(report)
+    if report.extrapolation:
+        _render_extrapolation(report.extrapolation)
+
+
+def _render_extrapolation(section: dict) -> None:
+    if "error" in section:
+        console.print(f"[yellow]no extrapolation[/]: {escape(section['error'])}")
+        return
+    table = Table(
+        title=f"extrapolated to {section['tokens']:,.0f} tokens (Heaps' law, distinct = k T^beta, "
+        f"fitted on {section['fitted_on_tokens']:,} tokens)",
+        box=box.SIMPLE_HEAD,
+    )
+    for name in ("order", "k", "beta", "predicted distinct", "check: fit on first 25%",
+                 "predicts", "found", "error"):  # fmt: skip
+        table.add_column(name, justify="right")
+    for order, entry in section["orders"].items():
+        check = entry.get("check")
+        cells = ["-", "-", "-", "-"]
+        if check:
+            cells = [
+                f"{check['fitted_on_tokens']:,} tok",
+                f"{check['predicted_distinct']:,}",
+                f"{check['actual_distinct']:,}",
+                f"{100 * check['relative_error']:+.1f}%",
+            ]
+        table.add_row(order, f"{entry['k']:.3g}", f"{entry['beta']:.3f}",
+                      f"{entry['distinct']:,}", *cells)  # fmt: skip
+    console.print(table)
+    sizes = [
+        (section["layers"], None),
+        *((p["layers"], p["ngram_vocab"]) for p in section["sweep"]),
+    ]
+    summary = Table(title="predicted, mean over heads (ideal hashing)", box=box.SIMPLE_HEAD)
+    for name in ("rows per head", "order", "occupancy", "colliding distinct", "all heads"):
+        summary.add_column(name, justify="right")
+    for layers, vocab in sizes:
+        layer = next(iter(layers.values()))
+        for order, stats in layer["orders"].items():
+            heads = stats["heads"]
+            rows = f"{heads[0]['rows']:,}" if vocab is None else f"{vocab[0]:,}"
+            summary.add_row(
+                rows, order, _pct(sum(h["occupancy"] for h in heads) / len(heads)),
+                _pct(sum(h["colliding_distinct_fraction"] for h in heads) / len(heads)),
+                _pct(stats["all_heads_colliding_occurrence_fraction"]),
+            )  # fmt: skip
+        summary.add_section()
+    console.print(summary)
 
 
 def _render_sweep(report) -> None:

@@ -375,13 +375,15 @@ def import_command(
 
     A checkpoint directory's config.json gives the layout (checked against the vocab) and its
     layers.L.engram.embed.weight/scale tensors the rows; --layers picks some of its layers. A
-    safetensors file needs one (sum of head primes) x dim tensor per layer and a layout.
+    safetensors file needs one (sum of head primes) x dim tensor per layer and a layout; a file
+    written by engramctl export records its layout, and layout flags that disagree with it are
+    refused (naming both values).
 
     Example:
     engramctl import DeepSeek-V4.1 v41.zarr --link --vocab vocab.parquet
     """
     from ..errors import UsageError
-    from ..table.safetensors import import_safetensors
+    from ..table.safetensors import LAYOUT_FLAGS, file_layout, import_safetensors
 
     dtype_name = dtype.value if dtype is not None else None
     if source.is_dir():
@@ -402,12 +404,18 @@ def import_command(
     if vocab is None:
         raise UsageError("importing a safetensors file needs --vocab")
     vocab_map = load_vocab(vocab)
-    layout = resolve_layout_flags(ctx.params, vocab_map).layout
+    flags = {name: ctx.params.get(name) for name in LAYOUT_FLAGS}
+    if flags["preset"] is not None:
+        flags["preset"] = flags["preset"].value
+    layout = None  # a file exported by engramctl records its layout: the flags are checked
+    if file_layout(source) is None or ctx.params.get("config") is not None:
+        layout = resolve_layout_flags(ctx.params, vocab_map).layout  # --config: compared too
     with progress("import (chunks)", enabled=not (json_out or STATE["quiet"])) as update:
         result = import_safetensors(
             source,
             out,
             layout=layout,
+            layout_flags=flags,
             vocab_fingerprint=vocab_map.fingerprint,
             name_template=tensor_name,
             dtype=dtype_name,

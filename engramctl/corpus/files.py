@@ -10,12 +10,14 @@ gives the up-front token estimate. The per-format readers are :mod:`engramctl.co
 from __future__ import annotations
 
 import glob
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import EngramError, UsageError
+from .globbing import expand_glob, unique_files
 
 FORMATS = ("text", "jsonl", "parquet", "tokens")
 SUFFIX_FORMATS = {
@@ -109,19 +111,21 @@ def _classify(path: Path, fmt: str) -> CorpusFile | None:
 def discover_files(inputs, *, format: str = "auto") -> list[CorpusFile]:
     """Expand files, directories (recursively) and globs into corpus files, sorted per input."""
     files: list[CorpusFile] = []
+    seen: set[str] = set()  # real paths: each real file is read once (symlinks, loops)
     for item in inputs:
         item = str(item)
         if glob.has_magic(item) and not Path(item).exists():  # an existing path wins
-            matches = sorted(glob.glob(item, recursive=True))
+            matches = expand_glob(item)
             if not matches:
                 raise EngramError(f"no file matches {item}")
-            paths = [Path(m) for m in matches if Path(m).is_file()]
+            paths = [m for m in matches if m.is_file()]
         elif Path(item).is_dir():
             paths = sorted(p for p in Path(item).rglob("*") if p.is_file())
         elif Path(item).exists():
             paths = [Path(item)]
         else:
             raise EngramError(f"corpus file not found: {item}")
+        paths = unique_files(paths)
         found = [f for f in (_classify(p, format) for p in paths) if f is not None]
         if not found and len(paths) == 1 and not Path(item).is_dir():
             raise UsageError(
@@ -131,7 +135,8 @@ def discover_files(inputs, *, format: str = "auto") -> list[CorpusFile]:
         if not found:
             known = ", ".join(sorted(SUFFIX_FORMATS))
             raise EngramError(f"{item} holds no corpus files (looked for {known}, .gz, .zst)")
-        files.extend(found)
+        files.extend(f for f in found if os.path.realpath(f.path) not in seen)
+        seen.update(os.path.realpath(f.path) for f in found)
     if not files:
         raise UsageError("give at least one corpus file, directory or glob")
     return files

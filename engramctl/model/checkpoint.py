@@ -59,11 +59,14 @@ def save_checkpoint(
     overwrite: bool = False,
     compare: dict | None = None,
     weights_file: Path | None = None,
+    before_publish=None,
 ) -> Path:
     """Write a checkpoint directory atomically (temporary sibling, then rename).
 
     ``weights_file``: copy this ``model.safetensors`` byte for byte instead of serializing the
-    model (a table-only adaptation, whose weights are the base's).
+    model (a table-only adaptation, whose weights are the base's). ``before_publish()`` runs
+    once the checkpoint is complete under its temporary name, before the rename (train writes
+    its rows there: a full disk at the checkpoint leaves the table untouched).
     """
     from safetensors.torch import save_file
 
@@ -96,6 +99,8 @@ def save_checkpoint(
         if vocab is not None:
             vocab.save(tmp / "vocab.parquet")
         save_loss_curve(history, tmp / "loss_curve.png", title=out_dir.name, runs=compare)
+        if before_publish is not None:
+            before_publish()
     return out_dir
 
 

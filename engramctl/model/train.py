@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
@@ -22,7 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EngramError, UsageError
+from .finish import commit_rows, save_run
 from .optim import Optimizers, SparseRowAdam, configure_optimizers, lr_at
+from .provenance import check_prior_runs, new_run, table_pin
+from .train_inputs import (  # noqa: F401 - the names commands and scripts import from here
+    TrainingData,
+    available_memory,
+    load_base,
+    prepare_training_data,
+    table_fits_in_memory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +142,13 @@ class TrainableTable:
         """Rows for evaluation (no gradient)."""
         return self.weight[ids_t]
 
-    def write_back(self, table) -> int:
+    def write_back(self, table, *, flush: bool = True) -> int:
         """Write every row changed since the last write back; returns how many."""
         changed = np.flatnonzero(self.touched)
         if len(changed):
-            table.write_rows(self.layer_id, changed, self.weight[changed].cpu().numpy())
+            table.write_rows(
+                self.layer_id, changed, self.weight[changed].cpu().numpy(), flush=flush
+            )
             self.touched[:] = False
         return int(len(changed))
 
@@ -306,6 +316,7 @@ def train_model(
     compare: dict | None = None,
     base=None,
     moments: Path | None = None,
+    prior_runs: str = "refuse",
 ) -> TrainResult:
     """Train the reference model on token windows and save a checkpoint.
 
@@ -326,6 +337,12 @@ def train_model(
         (``--init-from``); with ``config.freeze_backbone`` only its table rows train.
     moments : the sparse Adam's moment store of an out-of-core run (default
         ``<table>.adam.zarr``, see :mod:`engramctl.model.table_rows`).
+    prior_runs : what to do when another run already trained the table's rows: ``refuse``
+        (default), ``continue`` or ``overwrite`` (see :mod:`engramctl.model.provenance`).
+
+    The checkpoint is written first, under a temporary name; then the rows are written to the
+    table and recorded (run id, checksum of the rows) with its manifest; then the checkpoint is
+    renamed into place. A failure at the checkpoint leaves the table as it was.
     """
     from ..hashing import NgramHasher
 
@@ -334,6 +351,11 @@ def train_model(
         raise UsageError("training with Engram needs a table and its vocab (or pass --no-engram)")
     if config.freeze_backbone and base is None:
         raise UsageError("--freeze-backbone needs --init-from MODEL_DIR (the model to adapt)")
+    if config.engram:
+        check_prior_runs(table, prior_runs, base_meta=base.meta if base is not None else None)
+    run = new_run(out_dir, steps=config.steps, policy=prior_runs) if config.engram else None
+    if run is not None and config.out_of_core:  # rows reach the table during the run: its
+        table.record_run({**run, "incomplete": True})  # first flush says so, the end replaces it
     with reproducible_torch(config.device, config.threads), ExitStack() as stack:
         if base is not None:
             model = base.model.to(config.device)
@@ -399,8 +421,11 @@ def train_model(
             if on_step is not None:
                 elapsed = time.perf_counter() - start
                 on_step(step + 1, config.steps, loss_value, tokens_per_step * (step + 1) / elapsed)
-        rows_written = sum(t.write_back(table) for t in tables.values())
-        seconds = time.perf_counter() - start  # the rows' write back included
+        if config.out_of_core:  # its rows went to the table during the run
+            rows_written = sum(t.write_back(table) for t in tables.values())
+        else:  # written after the checkpoint (commit_rows)
+            rows_written = sum(int(t.touched.sum()) for t in tables.values())
+        seconds = time.perf_counter() - start
         write_seconds = sum(getattr(t, "write_seconds", 0.0) for t in tables.values())
         final_heldout = None
         if heldout is not None:
@@ -432,170 +457,14 @@ def train_model(
             extra_meta=extra_meta,
             compare=compare,
             base=base,
+            table_pin=table_pin(run, table) if run is not None else None,
+            before_publish=(
+                (lambda: commit_rows(table, tables, run, out_of_core=config.out_of_core))
+                if run is not None
+                else None
+            ),
         )
     return result
-
-
-def save_run(
-    result: TrainResult,
-    *,
-    model,
-    model_vocab,
-    config: TrainConfig,
-    table,
-    vocab,
-    overwrite: bool,
-    extra_meta: dict | None,
-    compare: dict | None,
-    base=None,
-) -> None:
-    """Write the checkpoint of a run: weights, config with options and result, history.
-
-    A table-only adaptation copies the base checkpoint's ``model.safetensors`` byte for byte and
-    records the adaptation (base model, corpus, steps, table, moment store) in ``config.json``.
-    """
-    from .checkpoint import save_checkpoint
-
-    layout = table.layout if config.engram else None
-    meta = {
-        "train": asdict(config),
-        "result": {k: v for k, v in result.to_dict().items() if k != "history"},
-        "layout": layout.to_dict() if layout is not None else None,
-        "vocab_fingerprint": vocab.fingerprint if (vocab is not None and config.engram) else None,
-        **(extra_meta or {}),
-    }
-    weights_file = None
-    if base is not None:
-        meta["init_from"] = {
-            "model": str(base.path),
-            "train": base.meta.get("train"),
-            "corpus": base.meta.get("corpus"),
-            "result": base.meta.get("result"),
-        }
-        if config.freeze_backbone:
-            weights_file = Path(base.path) / "model.safetensors"
-            meta["adaptation"] = {
-                "kind": "table-only",
-                "base_model": str(base.path),
-                "corpus": (extra_meta or {}).get("corpus"),
-                "steps": config.steps,
-                "table": str(table.path),
-                "moments": result.moments,
-            }
-    save_checkpoint(
-        result.out_dir,
-        model=model,
-        model_vocab=model_vocab,
-        meta=meta,
-        history=result.history,
-        vocab=vocab if config.engram else None,
-        overwrite=overwrite,
-        compare=compare,
-        weights_file=weights_file,
-    )
-
-
-@dataclass
-class TrainingData:
-    """Token windows of the training (and held-out) corpus and the model vocab."""
-
-    windows: np.ndarray  # [N, seq_len + 1] raw ids
-    heldout: np.ndarray | None
-    model_vocab: object  # lm_data.ModelVocab
-    meta: dict  # tokenizer and corpus facts recorded in the checkpoint
-
-
-def prepare_training_data(
-    *,
-    corpus: Path,
-    heldout: Path | None,
-    vocab,
-    tokenizer_source: str | None,
-    seq_len: int,
-    min_count: int = 1,
-    model_vocab=None,
-) -> TrainingData:
-    """Tokenize the corpora with the vocab's tokenizer (checked by sha256) into windows.
-
-    ``model_vocab``: use this model vocab (a base checkpoint's) instead of the corpus's own.
-    """
-    from ..tokenizer import load_checked_tokenizer
-    from .data import ModelVocab, read_corpus_stream, text_windows
-
-    if min_count < 1:
-        raise UsageError(f"--min-count must be at least 1, got {min_count}")
-    source = tokenizer_source or (vocab.source_name if vocab is not None else "") or "deepseek-v4"
-    sha256 = vocab.source_sha256 if vocab is not None else None
-    tokenizer, info = load_checked_tokenizer(source, sha256=sha256)
-    stream = read_corpus_stream(corpus, tokenizer).ids
-    if len(stream) < seq_len + 1:
-        raise EngramError(
-            f"{corpus} tokenizes to {len(stream)} tokens, fewer than one window of "
-            f"--seq-len {seq_len} + 1; give a larger corpus"
-        )
-    if model_vocab is None:
-        model_vocab = ModelVocab.from_stream(stream, min_count=min_count)
-    held = None
-    if heldout is not None:
-        held = text_windows(read_corpus_stream(heldout, tokenizer).ids, seq_len)
-    meta = {
-        "tokenizer": {"name": info.name, "sha256": info.sha256},
-        "corpus": {
-            "path": str(corpus),
-            "tokens": int(len(stream)),
-            "heldout": str(heldout) if heldout else None,
-        },
-        "model_vocab": {
-            "inputs": model_vocab.size,
-            "outputs": model_vocab.output_size,
-            "min_count": min_count,
-        },
-    }
-    return TrainingData(text_windows(stream, seq_len), held, model_vocab, meta)
-
-
-def load_base(path: Path, *, table, vocab, device: str):
-    """The ``--init-from`` checkpoint, checked against the table and vocab it will train with."""
-    from .checkpoint import load_checkpoint
-
-    base = load_checkpoint(path, device=device)
-    if table is not None:
-        if base.layout is None:
-            raise UsageError(f"{path} has no Engram layers; it cannot be adapted by a table")
-        if base.layout.to_dict() != table.layout.to_dict():
-            raise EngramError(
-                f"{path} was trained with another layout than the table {table.path}; give the "
-                "table the model was trained with (or a copy of it)"
-            )
-        if base.model.config.engram_dim != table.dim:
-            raise EngramError(
-                f"{path} reads rows of {base.model.config.engram_dim} values, the table has "
-                f"{table.dim}"
-            )
-    if vocab is not None and base.vocab is not None and base.vocab.fingerprint != vocab.fingerprint:
-        raise EngramError(
-            f"{path} was trained with vocab {base.vocab.fingerprint}, --vocab is "
-            f"{vocab.fingerprint}; pass the model's vocab"
-        )
-    return base
-
-
-def table_fits_in_memory(table, *, fraction: float = 0.5) -> bool:
-    """Whether the table's layers decoded to float32 take under ``fraction`` of free memory."""
-    needed = sum(table.layout.layer_rows(layer) for layer in table.layout.layers) * table.dim * 4
-    return needed * 3 < fraction * available_memory()  # rows + the two Adam moments
-
-
-def available_memory() -> int:
-    """Bytes of memory available to new allocations (Linux MemAvailable, else free pages)."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 def heldout_loss(model, windows, model_vocab, *, hasher, lookup, batch: int, device) -> float:

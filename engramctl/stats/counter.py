@@ -25,6 +25,7 @@ from ..errors import EngramError
 
 MAX_LOAD = 0.6  # grow a count map when it is this full
 MIN_CAPACITY = 1 << 10
+PARTITION_SALT = 0x9E3779B97F4A7C15  # partitions use other bits of the key hash than the slots
 
 
 def key_bits(canonical_vocab_size: int) -> int:
@@ -80,6 +81,30 @@ def _slot_hash(table, s, KW):
     for w in range(KW):
         h = _fmix64(h ^ table[s, w])
     return h
+
+
+@njit(cache=True, inline="always")
+def _partition_of(h, parts):
+    """The partition (0..parts-1) of a key whose slot hash is ``h``."""
+    return np.int64(_fmix64(h ^ np.uint64(PARTITION_SALT)) % np.uint64(parts))
+
+
+@njit(cache=True, nogil=True)
+def _partition_real_kernel(ext, real, n, bits, KW, parts, part, out):
+    """``out[i] = real[i]`` where the n-gram ending at ``ext[i]`` is in partition ``part``."""
+    key = np.empty(KW, dtype=np.uint64)
+    for i in range(ext.shape[0]):
+        out[i] = 0
+        if real[i] and _partition_of(_pack_ngram(ext, i, n, bits, key), parts) == part:
+            out[i] = 1
+
+
+@njit(cache=True, nogil=True)
+def _slot_partitions_kernel(table, parts, which):
+    """``which[s]``: the partition of the key in slot ``s``, or -1 for a free slot."""
+    KW = table.shape[1] - 1
+    for s in range(table.shape[0]):
+        which[s] = _partition_of(_slot_hash(table, s, KW), parts) if table[s, KW] else -1
 
 
 @njit(cache=True, nogil=True)
@@ -258,6 +283,19 @@ class _CountMap:
             if start < other.table.shape[0]:
                 self.grow()
 
+    def split(self, parts: int) -> list[_CountMap]:
+        """This map's keys in ``parts`` new maps, by key-space partition (exact, disjoint)."""
+        which = np.empty(self.table.shape[0], dtype=np.int64)
+        _slot_partitions_kernel(self.table, parts, which)
+        out = []
+        for part in range(parts):
+            slots = self.table[which == part]
+            piece = _CountMap(self.order, self.bits, int(slots.shape[0] / MAX_LOAD) + 1)
+            done, piece.size = _merge_kernel(slots, 0, piece.table, 0, piece.limit)
+            assert done == slots.shape[0] and piece.size == slots.shape[0]
+            out.append(piece)
+        return out
+
     def entries(self) -> tuple[np.ndarray, np.ndarray]:
         """Distinct n-grams ``(D, order)`` int64 (``tok_0`` first) and their counts ``(D,)``."""
         grams = np.empty((self.size, self.order), dtype=np.int64)
@@ -280,11 +318,17 @@ class NgramCounter:
     max_ngram : largest n-gram order.
     pad : canonical pad id (context before a document starts).
     threads : worker threads (one order per thread); the result does not depend on it.
+    partition : ``(part, parts)``: count only the n-grams of that partition of the key space
+        (a hash of the packed key, :func:`engramctl.stats.partition.partition_of_keys`);
+        partitions are disjoint and cover every n-gram, so their counts add up to the whole's.
     """
 
-    def __init__(self, vocab, *, max_ngram: int, pad: int, threads: int = 1):
+    def __init__(self, vocab, *, max_ngram: int, pad: int, threads: int = 1, partition=None):
         if max_ngram < 2:
             raise EngramError(f"max n-gram order must be at least 2, got {max_ngram}")
+        if partition is not None and not 0 <= partition[0] < partition[1]:
+            raise EngramError(f"partition {partition[0]} of {partition[1]} does not exist")
+        self.partition = None if partition is None or partition[1] == 1 else tuple(partition)
         self.lut = np.ascontiguousarray(vocab.canonical_ids, dtype=np.int32)
         self.canonical_vocab_size = vocab.canonical_vocab_size
         self.max_ngram = max_ngram
@@ -313,38 +357,51 @@ class NgramCounter:
         Returns -1, or the index into ``ids`` of the first id outside the vocab (nothing of the
         batch is counted then).
         """
-        ids = np.ascontiguousarray(ids)
-        if ids.dtype.kind not in "iu" or ids.ndim != 1:
-            raise EngramError(
-                f"token ids must be a flat integer array, got {ids.dtype} {ids.shape}"
-            )
-        offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-        doc_start = np.ascontiguousarray(doc_start, dtype=np.uint8)
-        if offsets.shape[0] != doc_start.shape[0] + 1 or offsets[-1] != ids.shape[0]:
-            raise EngramError("offsets must hold one more entry than doc_start and end at len(ids)")
-        K = self.max_ngram - 1
-        ext = np.empty(ids.shape[0] + K * doc_start.shape[0], dtype=np.int32)
-        real = np.empty(ext.shape[0], dtype=np.uint8)
-        carry = self.carry.copy()
-        bad = _extend_kernel(ids, offsets, doc_start, self.lut, self.pad, carry, ext, real)
+        context = (self.lut, self.pad, self.carry)
+        ext, real, carry, bad = extend_batch(ids, offsets, doc_start, *context)
         if bad >= 0:
-            return int(bad)
+            return bad
         self._count(ext, real)
         self.carry = carry
-        self.tokens += int(ids.shape[0])
-        self.documents += int(doc_start.sum())
+        self.tokens += int(np.asarray(ids).shape[0])
+        self.documents += int(np.asarray(doc_start).sum())
         return -1
 
     def _count(self, ext, real) -> None:
         maps = list(self.maps.values())
+
+        def count(m: _CountMap) -> None:
+            mine = real
+            if self.partition is not None:
+                mine = np.empty_like(real)
+                words = m.table.shape[1] - 1
+                part, parts = self.partition
+                _partition_real_kernel(ext, real, m.order, self.bits, words, parts, part, mine)
+            m.count(ext, mine)
+
         if self.threads == 1:
             for m in maps:
-                m.count(ext, real)
+                count(m)
             return
         with ThreadPoolExecutor(min(self.threads, len(maps))) as pool:
             # the longest n-grams have the most distinct keys: start them first
-            for future in [pool.submit(m.count, ext, real) for m in reversed(maps)]:
+            for future in [pool.submit(count, m) for m in reversed(maps)]:
                 future.result()
+
+    def split(self, parts: int) -> list[NgramCounter]:
+        """The counts in ``parts`` counters, one per partition of the key space (see
+        ``partition``); tokens and documents stay with the first, so the parts merge back into
+        this counter. This counter is left untouched."""
+        pieces = {n: m.split(parts) for n, m in self.maps.items()}
+        out = []
+        for part in range(parts):
+            counter = copy.copy(self)  # shares the read-only lut
+            counter.maps = {n: pieces[n][part] for n in self.maps}
+            counter.partition = (part, parts) if parts > 1 else None
+            counter.tokens = self.tokens if part == 0 else 0
+            counter.documents = self.documents if part == 0 else 0
+            out.append(counter)
+        return out
 
     def merge(self, other: NgramCounter) -> NgramCounter:
         """Add another counter's counts into this one (exact, order-independent)."""
@@ -385,6 +442,33 @@ class NgramCounter:
         Their order depends on insertion history; every figure computed from them does not.
         """
         return self.maps[order].entries()
+
+
+def extend_batch(ids, offsets, doc_start, lut, pad: int, carry: np.ndarray):
+    """Canonical ids of a batch of pieces with each piece's n-gram context in front.
+
+    Returns ``(ext, real, carry after the batch, bad)``: ``real`` marks the positions of ``ext``
+    that hold a token of the corpus (an n-gram ends at each); ``bad`` is -1 or the index into
+    ``ids`` of the first id outside the vocab (``ext`` is then incomplete). ``carry`` (the
+    context before the batch) is left untouched.
+    """
+    ids = np.ascontiguousarray(ids)
+    if ids.dtype.kind not in "iu" or ids.ndim != 1:
+        raise EngramError(f"token ids must be a flat integer array, got {ids.dtype} {ids.shape}")
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    doc_start = np.ascontiguousarray(doc_start, dtype=np.uint8)
+    if offsets.shape[0] != doc_start.shape[0] + 1 or offsets[-1] != ids.shape[0]:
+        raise EngramError("offsets must hold one more entry than doc_start and end at len(ids)")
+    K = carry.shape[0]
+    ext = np.empty(ids.shape[0] + K * doc_start.shape[0], dtype=np.int32)
+    real = np.empty(ext.shape[0], dtype=np.uint8)
+    carry = carry.copy()
+    bad = _extend_kernel(ids, offsets, doc_start, lut, pad, carry, ext, real)
+    return ext, real, carry, int(bad)
+
+
+# the slot hash of the n-gram ending at ext[i], packed into key: (ext, i, n, bits, key) -> uint64
+ngram_key_hash = _pack_ngram
 
 
 def finalize_memory(distinct: dict, *, largest_head_rows: int, threads: int = 1) -> int:

@@ -222,6 +222,10 @@ class HashStatsReport:
     memory_estimate_bytes: int = 0  # the up-front bound printed before the pass
     stopped_reason: str = ""  # "", "interrupted" or "limit-tokens"
     warnings: dict = field(default_factory=dict)  # {kind: {"count": n, "first": "where"}}
+    partitions_counted: int = 0  # stopped during partitioned counting: the partitions finalized
+    estimated: bool = False  # --estimate: distinct counts from sketches, ideal-hash figures
+    relative_standard_error: float = 0.0  # of each estimated distinct count (0: exact)
+    extrapolation: dict = field(default_factory=dict)  # --extrapolate: fit, check, predictions
 
     @property
     def tokens_per_second(self) -> float:
@@ -240,10 +244,14 @@ class HashStatsReport:
             "seconds": self.seconds,
             "tokens_per_second": self.tokens_per_second,
             "memory_estimate_bytes": self.memory_estimate_bytes,
+            "estimated": self.estimated,
+            "relative_standard_error": self.relative_standard_error,
             "warnings": self.warnings,
+            **({"partitions_counted": self.partitions_counted} if self.partitions_counted else {}),
             "layout": self.layout,
             "layers": layers_to_dict(self.layers),
             "sweep": [point.to_dict() for point in self.sweep],
+            **({"extrapolation": self.extrapolation} if self.extrapolation else {}),
         }
 
     def to_json(self) -> str:
@@ -264,4 +272,8 @@ class HashStatsReport:
             memory_estimate_bytes=data.get("memory_estimate_bytes", 0),
             stopped_reason=data.get("stopped_reason", ""),
             warnings=data.get("warnings", {}),
+            partitions_counted=data.get("partitions_counted", 0),
+            estimated=data.get("estimated", False),
+            relative_standard_error=data.get("relative_standard_error", 0.0),
+            extrapolation=data.get("extrapolation", {}),
         )

@@ -10,32 +10,32 @@ and says ``partial``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import signal
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-
-import numpy as np
+from dataclasses import dataclass
 
 from .._system import cpu_count, format_bytes, parse_memory
 from ..corpus.files import (
     CorpusFile,
     CorpusOptions,
-    CorpusWarnings,
     corpus_bytes,
     discover_files,
     estimate_tokens,
 )
-from ..corpus.readers import read_batches
-from ..corpus.tokenize import TextTokenizer, tokenized_batches
+from ..corpus.tokenize import TextTokenizer
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
 from ..tokenizer import load_checked_tokenizer
-from .counter import NgramCounter, estimate_memory
-from .figures import order_stats
-from .report import HashStatsReport, SweepPoint
+from .counter import estimate_memory
+from .passes import build_report, count_corpus, finalize, largest_rows, make_report
+from .report import HashStatsReport
+
+__all__ = [  # count_corpus, finalize, build_report, make_report live in .passes (shared by modes)
+    "HashStatsPlan", "plan_hash_stats", "run_hash_stats", "load_matching_tokenizer",
+    "count_corpus", "finalize", "build_report", "make_report",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,11 @@ class HashStatsPlan:
     tokens_estimate: int
     memory_estimate: int
     max_memory: int
+    partitions: int | None = None  # count in K key-space partitions (None: one single pass)
+    partitions_chosen: bool = False  # K was chosen to fit --max-memory, not given
+    spill_dir: str | None = None  # where partitioned counting keeps each partition's n-grams
+    estimate: bool = False  # HyperLogLog sketches and ideal-hash figures instead of exact counts
+    extrapolate: float | None = None  # also predict the figures at this many tokens (Heaps' law)
 
     @property
     def bytes_total(self) -> int:
@@ -64,18 +69,12 @@ class HashStatsPlan:
         return any(f.format != "tokens" for f in self.files) and not self.options.tokens_field
 
 
-def _largest_rows(layout: EngramLayout, layer_ids, sweep) -> int:
-    largest = max(int(layout.head_rows(layer).max()) for layer in layer_ids)
-    # the next primes above a sweep size are well within 1% (plus a little for tiny sizes)
-    return max([largest, *(int(s * 1.01) + 1000 for s in sweep)])
-
-
 def _memory(layout, layer_ids, sweep, tokens: int, threads: int = 1) -> int:
     return estimate_memory(
         tokens=tokens,
         max_ngram=layout.max_ngram,
         canonical_vocab_size=layout.vocab_size,
-        largest_head_rows=_largest_rows(layout, layer_ids, sweep),
+        largest_head_rows=largest_rows(layout, layer_ids, sweep),
         threads=threads,
     )
 
@@ -114,8 +113,19 @@ def plan_hash_stats(
     limit_tokens: int | None = None,
     max_memory: int | None = None,
     threads: int | None = None,
+    partitions: int | None = None,
+    spill_dir: str | None = None,
+    estimate: bool = False,
+    extrapolate: float | None = None,
 ) -> HashStatsPlan:
-    """Find the corpus files and bound the memory; refuse when the bound exceeds ``max_memory``."""
+    """Find the corpus files and bound the memory; refuse when the bound exceeds ``max_memory``.
+
+    ``partitions`` K counts the n-grams in K key-space partitions, one after another (see
+    :mod:`engramctl.stats.partition_run`), bounding the memory of one partition; ``None`` makes
+    one pass when it fits ``max_memory`` and otherwise chooses the smallest K that fits.
+    ``estimate`` sketches the distinct n-grams in constant memory (:mod:`.sketch`);
+    ``extrapolate`` predicts the figures at that many tokens (:mod:`.extrapolate`).
+    """
     options = options or CorpusOptions()
     options.validate()
     if threads is not None and threads < 1:
@@ -135,12 +145,23 @@ def plan_hash_stats(
     if limit_tokens is not None:
         tokens = min(tokens, limit_tokens)
     max_memory = parse_memory(None) if max_memory is None else int(max_memory)
-    memory = _memory(layout, layer_ids, sweep, tokens, threads)
-    if memory > max_memory:
-        raise EngramError(
-            f"hash-stats may need up to {format_bytes(memory)} for about {tokens:,} tokens, "
-            f"above --max-memory {format_bytes(max_memory)}; "
-            + _what_fits(layout, layer_ids, sweep, tokens, max_memory, threads)
+    if partitions is not None and partitions < 1:
+        raise UsageError(f"--partitions must be at least 1, got {partitions}")
+    if extrapolate is not None:
+        from .extrapolate import batch_tokens_for, check_target
+
+        check_target(extrapolate, tokens)  # and batches small enough for the checkpoints
+        batch = batch_tokens_for(tokens, options.batch_tokens)
+        options = dataclasses.replace(options, batch_tokens=batch)
+    if estimate:
+        if partitions is not None:
+            raise UsageError("--estimate counts nothing exactly; drop --partitions")
+        from .sketch import sketch_memory
+
+        memory, chosen = sketch_memory(layout.max_ngram, options.batch_tokens), False
+    else:
+        memory, partitions, chosen = _fit_memory(
+            layout, layer_ids, sweep, tokens, max_memory, threads, partitions
         )
     return HashStatsPlan(
         files,
@@ -153,151 +174,69 @@ def plan_hash_stats(
         tokens,
         memory,
         max_memory,
+        partitions,
+        chosen,
+        spill_dir,
+        estimate,
+        None if extrapolate is None else float(extrapolate),
+    )
+
+
+def _fit_memory(layout, layer_ids, sweep, tokens, max_memory, threads, partitions):
+    """``(bytes, partitions, chosen)``: the single pass's bound, or a partition's (K given, or
+    the smallest K that fits when the single pass does not); refuses when nothing fits."""
+    memory = _memory(layout, layer_ids, sweep, tokens, threads)
+    chosen = False
+    if partitions is None and memory > max_memory:
+        partitions = _choose_partitions(layout, layer_ids, sweep, tokens, max_memory)
+        chosen = partitions is not None
+    if partitions is not None:
+        memory = _partition_memory(layout, layer_ids, sweep, tokens, partitions)
+        if memory > max_memory:
+            raise EngramError(
+                f"hash-stats in {partitions} partition(s) may need up to {format_bytes(memory)} "
+                f"per partition for about {tokens:,} tokens, above --max-memory "
+                f"{format_bytes(max_memory)}; "
+                + (
+                    "raise --partitions or --max-memory"
+                    if chosen or _choose_partitions(layout, layer_ids, sweep, tokens, max_memory)
+                    else "the per-row loads of the largest table do not fit at any --partitions: "
+                    "lower the table sizes or --sweep, or raise --max-memory"
+                )
+            )
+    elif memory > max_memory:
+        raise EngramError(
+            f"hash-stats may need up to {format_bytes(memory)} for about {tokens:,} tokens, "
+            f"above --max-memory {format_bytes(max_memory)}; "
+            + _what_fits(layout, layer_ids, sweep, tokens, max_memory, threads)
+        )
+    return memory, partitions, chosen
+
+
+def _partition_memory(layout, layer_ids, sweep, tokens: int, parts: int) -> int:
+    from .partition import partition_memory
+
+    return partition_memory(
+        tokens=tokens,
+        parts=parts,
+        max_ngram=layout.max_ngram,
+        canonical_vocab_size=layout.vocab_size,
+        heads=layout.heads,
+        largest_head_rows=largest_rows(layout, layer_ids, sweep),
+    )
+
+
+def _choose_partitions(layout, layer_ids, sweep, tokens: int, max_memory: int) -> int | None:
+    from .partition import choose_partitions
+
+    return choose_partitions(
+        lambda k: _partition_memory(layout, layer_ids, sweep, tokens, k), max_memory
     )
 
 
 def load_matching_tokenizer(source: str, vocab) -> TextTokenizer:
     """The tokenizer for text input; refuses one the vocab was not built from."""
     return TextTokenizer(load_checked_tokenizer(source, sha256=vocab.source_sha256)[0])
-
-
-@dataclass
-class _StopFlag:
-    """Set by SIGINT (first Ctrl-C) or a caller's ``should_stop``."""
-
-    should_stop: Callable[[], bool] | None = None
-    interrupted: bool = False
-    _previous: object = field(default=None, repr=False)
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-    def _on_sigint(self, signum, frame):
-        if self.interrupted:  # a second Ctrl-C: stop at once
-            raise KeyboardInterrupt
-        self.interrupted = True
-
-    def __call__(self) -> bool:
-        if self.should_stop is not None and self.should_stop():
-            self.interrupted = True
-        return self.interrupted
-
-
-def _truncate(batch, keep: int) -> None:
-    """Keep the first ``keep`` tokens of an id batch."""
-    pieces = int(np.searchsorted(batch.offsets, keep, side="left"))
-    pieces = max(1, pieces)
-    batch.offsets = np.minimum(batch.offsets[: pieces + 1], keep)
-    batch.ids = batch.ids[:keep]
-    batch.doc_start = batch.doc_start[:pieces]
-    batch.where = batch.where[:pieces]
-
-
-def count_corpus(
-    plan: HashStatsPlan,
-    *,
-    vocab,
-    tokenizer: TextTokenizer | None = None,
-    progress: Callable[[int, int, int, int], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    counter: NgramCounter | None = None,
-) -> tuple[NgramCounter, CorpusWarnings, str, int]:
-    """The streaming pass: ``(counter, warnings, stopped_reason, bytes read)``.
-
-    ``counter`` (default: a new one) is counted into; its ``carry`` is the context of the first
-    piece (a token-stream shard that starts inside a document).
-    """
-    layout = plan.layout
-    if counter is None:
-        counter = NgramCounter(
-            vocab,
-            max_ngram=layout.max_ngram,
-            pad=layout.pad_canonical_id(vocab),
-            threads=plan.threads,
-        )
-    warnings = CorpusWarnings()
-    done_before = np.concatenate([[0], np.cumsum([f.size for f in plan.files])])
-    largest_rows = _largest_rows(layout, plan.layer_ids, plan.sweep)
-    stopped = ""
-    done = 0
-    with _StopFlag(should_stop) as stop:
-        batches = tokenized_batches(read_batches(plan.files, plan.options, warnings), tokenizer)
-        try:
-            for batch in batches:
-                if plan.limit_tokens is not None:
-                    room = plan.limit_tokens - counter.tokens
-                    if room <= 0:  # more input than the limit: stop before it
-                        stopped = "limit-tokens"
-                        break
-                    if batch.tokens > room:
-                        _truncate(batch, room)
-                        stopped = "limit-tokens"  # counted below, then the pass stops
-                bad = counter.add(batch.ids, batch.offsets, batch.doc_start)
-                if bad >= 0:
-                    raise EngramError(
-                        f"{batch.locate(bad)}: token id {int(batch.ids[bad])} is outside the "
-                        f"tokenizer's vocab (0..{vocab.source_vocab_size - 1}); use the vocab "
-                        "built from the tokenizer that produced these ids"
-                    )
-                f = plan.files[batch.file_index]
-                done = int(done_before[batch.file_index] + batch.file_fraction * f.size)
-                if progress is not None:
-                    progress(done, plan.bytes_total, counter.documents, counter.tokens)
-                if stopped:
-                    break
-                peak = counter.peak_bytes(largest_head_rows=largest_rows, threads=plan.threads)
-                if peak > plan.max_memory:
-                    stopped = "max-memory"
-                    warnings.add("max_memory", f"after {counter.tokens:,} tokens")
-                    break
-                if stop():
-                    stopped = "interrupted"
-                    break
-        finally:
-            batches.close()
-    return counter, warnings, stopped, done if stopped else plan.bytes_total
-
-
-def finalize(
-    counter: NgramCounter, layout: EngramLayout, layer_ids, sweep=(), *, threads: int = 1
-) -> tuple:
-    """``(layers, sweep points)``: every figure of the layout's layers and each sweep size."""
-    entries = {n: counter.entries(n) for n in range(2, layout.max_ngram + 1)}
-    sizes = [layout.with_ngram_vocab([size] * (layout.max_ngram - 1)) for size in sweep]
-    largest = max(
-        int(lay.head_rows(layer).max()) for lay in [layout, *sizes] for layer in layer_ids
-    )
-    scratch = [np.zeros(largest, dtype=np.uint8) for _ in range(threads)]  # reused, kept all zero
-
-    def layers_of(lay: EngramLayout, histograms: bool) -> dict:
-        result = {}
-        for layer in layer_ids:
-            multipliers, rows = lay.multipliers(layer), lay.head_rows(layer)
-            result[layer] = {
-                n: order_stats(
-                    *entries[n],
-                    multipliers[:n],
-                    rows[(n - 2) * lay.heads : (n - 1) * lay.heads],
-                    order=n,
-                    histograms=histograms,
-                    threads=threads,
-                    scratch=scratch,
-                )
-                for n in entries
-            }
-        return result
-
-    layers = layers_of(layout, True)
-    points = []
-    for swept in sizes:
-        points.append(SweepPoint(tuple(swept.ngram_vocab), layers_of(swept, False)))
-    return layers, tuple(points)
 
 
 def run_hash_stats(
@@ -318,45 +257,40 @@ def run_hash_stats(
     progress : called after each batch with ``(bytes done, bytes total, documents, tokens)``.
     should_stop : polled after each batch; true stops the pass like Ctrl-C.
     """
+    if plan.partitions is not None:  # K passes, one per key-space partition
+        from .partition_run import run_partitioned
+
+        return run_partitioned(
+            plan, vocab=vocab, tokenizer=tokenizer, progress=progress, should_stop=should_stop
+        )
     if plan.needs_tokenizer and tokenizer is None:
         raise UsageError("text input needs a tokenizer; pass --tokenizer")
     started = time.perf_counter()
+    counter = checkpoints = None
+    if plan.estimate:
+        from .sketch import new_sketch
+
+        counter = new_sketch(plan, vocab)
+    if plan.extrapolate is not None:
+        from .extrapolate import Checkpoints
+
+        checkpoints = Checkpoints(range(2, plan.layout.max_ngram + 1))
     counter, warnings, stopped, bytes_read = count_corpus(
         plan,
         vocab=vocab,
         tokenizer=tokenizer,
         progress=progress,
         should_stop=should_stop,
+        counter=counter,
+        on_batch=checkpoints,
     )
-    return build_report(plan, counter, warnings, stopped, bytes_read, started)
+    extra = {}
+    if checkpoints is not None:
+        from .extrapolate import extrapolation
 
+        extra["extrapolation"] = extrapolation(plan, checkpoints, counter.tokens)
+    if plan.estimate:
+        from .sketch import sketch_report
 
-def build_report(
-    plan: HashStatsPlan,
-    counter: NgramCounter,
-    warnings: CorpusWarnings,
-    stopped: str,
-    bytes_read: int,
-    started: float,
-) -> HashStatsReport:
-    """Finalize the counts of a whole pass (here, with ``plan.threads``) into the report."""
-    if counter.tokens == 0 and not stopped:
-        names = ", ".join(str(f.path) for f in plan.files[:3])
-        raise EngramError(f"the corpus holds no tokens ({names}); nothing to count")
-    layers, sweep = finalize(counter, plan.layout, plan.layer_ids, plan.sweep, threads=plan.threads)
-    layout_dict = plan.layout.to_dict()
-    layout_dict["analysed_layers"] = list(plan.layer_ids)
-    return HashStatsReport(
-        tokens=counter.tokens,
-        documents=counter.documents,
-        partial=bool(stopped),
-        layout=layout_dict,
-        layers=layers,
-        sweep=sweep,
-        files=tuple(str(f.path) for f in plan.files),
-        bytes_read=bytes_read,
-        seconds=time.perf_counter() - started,
-        memory_estimate_bytes=plan.memory_estimate,
-        stopped_reason=stopped,
-        warnings=warnings.counts,
-    )
+        return sketch_report(plan, counter, warnings, stopped, bytes_read, started, **extra)
+    return build_report(plan, counter, warnings, stopped, bytes_read, started, **extra)

@@ -71,9 +71,14 @@ def count_shard(shard: CorpusFile, setup: _Setup) -> ShardCounts:
     """Runs on a worker: count one shard exactly as the single pass counts those bytes."""
     plan = replace(setup.plan, files=[shard])
     layout = plan.layout
-    counter = NgramCounter(
-        setup.vocab, max_ngram=layout.max_ngram, pad=layout.pad_canonical_id(setup.vocab)
-    )
+    if plan.estimate:  # a HyperLogLog sketch instead of exact counts (same feeding contract)
+        from .sketch import new_sketch
+
+        counter = new_sketch(plan, setup.vocab)
+    else:
+        counter = NgramCounter(
+            setup.vocab, max_ngram=layout.max_ngram, pad=layout.pad_canonical_id(setup.vocab)
+        )
     before, _ = token_context(shard, plan.options, layout.max_ngram - 1)
     if before.size:  # a token range inside a document: start from the ids before it
         valid = before[(before >= 0) & (before < counter.lut.shape[0])]
@@ -93,7 +98,8 @@ def merge_counts(*parts: ShardCounts) -> ShardCounts:
     The inputs are left untouched (a re-run merge must not count anything twice): they are added
     into fresh maps sized for the sum of their entries, so no map grows (rehashes) on the way.
     """
-    counter = NgramCounter.sum_of([part.counter for part in parts])
+    first = parts[0].counter  # an NgramCounter, or an NgramSketch with --estimate
+    counter = type(first).sum_of([part.counter for part in parts])
     found = CorpusWarnings()
     for part in parts:
         for kind, entry in part.warnings.items():
@@ -105,6 +111,10 @@ def finalize_counts(counts: ShardCounts, plan: HashStatsPlan) -> HashStatsReport
     """Runs on the worker holding the merged counts: every figure, as the single pass finalizes
     (``plan.threads`` threads); the report's ``seconds`` is the client's to set."""
     found = CorpusWarnings(counts.warnings)
+    if plan.estimate:
+        from .sketch import sketch_report
+
+        return sketch_report(plan, counts.counter, found, "", plan.bytes_total, time.perf_counter())
     return build_report(plan, counts.counter, found, "", plan.bytes_total, time.perf_counter())
 
 
@@ -146,7 +156,14 @@ def worker_memory(plan: HashStatsPlan, shards: list[CorpusFile]) -> int:
 
 def check_hash_stats_memory(client, plan: HashStatsPlan, shards: list[CorpusFile]) -> int:
     """Refuse workers whose memory limit is below :func:`worker_memory`; returns the need."""
-    needed = worker_memory(plan, shards)
+    if plan.estimate:  # sketches: the registers and a batch, whatever the corpus size
+        needed = plan.memory_estimate * 2
+    elif plan.partitions is not None:
+        from .partition_dask import partitioned_worker_memory
+
+        needed = partitioned_worker_memory(plan, shards)
+    else:
+        needed = worker_memory(plan, shards)
     check_worker_memory(
         client,
         needed,
@@ -180,6 +197,11 @@ def run_hash_stats_dask(
     """
     if plan.limit_tokens is not None:
         raise UsageError("--limit-tokens counts the first tokens in order; drop --scheduler")
+    if plan.extrapolate is not None:
+        raise UsageError(
+            "--extrapolate fits how distinct n-grams grow as the corpus is read in order; "
+            "drop --scheduler"
+        )
     if plan.needs_tokenizer and tokenizer is None:
         raise UsageError("text input needs a tokenizer; pass --tokenizer")
     if client is None:
@@ -225,9 +247,17 @@ def _run_tasks(client, shards, setup: _Setup, progress, plan: HashStatsPlan) -> 
         client.submit(_summary, future, key=f"engramctl-stats-sum-{run}-{i}"): shards[i].size
         for i, future in enumerate(futures)
     }
-    merged = tree_reduce(client, futures, merge_counts, fanin=MERGE_FANIN)
-    # finalized where the merged counts are: only the small report travels to the client
-    root = client.submit(finalize_counts, merged, plan, key=f"engramctl-stats-report-{run}")
+    if plan.partitions is not None:  # shuffled into key-space partitions, finalized in two looks
+        from .partition_dask import finish_report, partitioned_tasks
+
+        figures, totals, held = partitioned_tasks(client, futures, plan, run, merge_counts)
+        root = None
+    else:
+        merged = tree_reduce(client, futures, merge_counts, fanin=MERGE_FANIN)
+        # finalized where the merged counts are: only the small report travels to the client
+        root = client.submit(finalize_counts, merged, plan, key=f"engramctl-stats-report-{run}")
+        held = [root, merged]
+    started = time.perf_counter()
     done = documents = tokens = 0
     try:
         if progress:
@@ -239,9 +269,11 @@ def _run_tasks(client, shards, setup: _Setup, progress, plan: HashStatsPlan) -> 
             documents += shard_documents
             if progress:
                 progress(done, plan.bytes_total, documents, tokens)
+        if root is None:
+            return finish_report(plan, figures, totals, started)
         return root.result()
     except BaseException as exc:  # an error in a task, Ctrl-C: stop the rest
-        client.cancel([root, merged, *futures, *summaries])
+        client.cancel([*held, *futures, *summaries])
         if type(exc).__name__ == "KilledWorker":
             raise EngramError(
                 f"dask workers kept dying while counting ({exc}); check their memory and logs"

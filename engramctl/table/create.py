@@ -14,6 +14,7 @@ which ``create_table(..., scheduler=...)`` uses instead of the local threads.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -37,16 +38,15 @@ from .chunks import (
 from .create_dask import check_init_memory, initialize_table_dask
 from .dtypes import parse_dtype
 from .format import (
-    MANIFEST_KEY,
-    META_KEY,
     ZSTD_LEVEL,
     TableMeta,
-    WriterLock,
     default_chunk_rows,
+    group_attrs,
     read_group,
 )
+from .replace import clear_unborn, install_table, is_unborn, locked_path
 from .rowinit import InitRecipe
-from .store import TableStore, open_store
+from .store import LocalStore, TableStore, open_store
 from .table import TableInfo, table_info
 
 
@@ -99,25 +99,30 @@ def build_meta(
     )
 
 
-def write_new_group(path: Path, meta: TableMeta) -> None:
-    """Create the zarr group and arrays under a temporary name, then rename it to ``path``."""
+def write_group_files(path: Path, meta: TableMeta) -> None:
+    """Create the zarr group and its arrays (no chunks) at ``path``, which must not exist."""
     import zarr
     from zarr.codecs import ZstdCodec
 
+    group = zarr.open_group(str(path), mode="w-")
+    compressors = ZstdCodec(level=ZSTD_LEVEL) if meta.compressor == "zstd" else None
+    for layer in meta.layers.values():
+        group.create_array(
+            layer.array,
+            shape=(layer.rows, meta.row_width),
+            chunks=(meta.chunk_rows, meta.row_width),
+            dtype=meta.storage_dtype,
+            compressors=compressors,
+            fill_value=0,
+            attributes={"engramctl_dtype": meta.dtype, "engramctl_dim": meta.dim},
+        )
+    group.attrs.put(group_attrs(meta, {}))
+
+
+def write_new_group(path: Path, meta: TableMeta) -> None:
+    """Create the zarr group and arrays under a temporary name, then rename it to ``path``."""
     with atomic_directory(path, label="creating") as tmp:
-        group = zarr.open_group(str(tmp), mode="w-")
-        compressors = ZstdCodec(level=ZSTD_LEVEL) if meta.compressor == "zstd" else None
-        for layer in meta.layers.values():
-            group.create_array(
-                layer.array,
-                shape=(layer.rows, meta.row_width),
-                chunks=(meta.chunk_rows, meta.row_width),
-                dtype=meta.storage_dtype,
-                compressors=compressors,
-                fill_value=0,
-                attributes={"engramctl_dtype": meta.dtype, "engramctl_dim": meta.dim},
-            )
-        group.attrs.put({META_KEY: meta.to_dict(), MANIFEST_KEY: {}})
+        write_group_files(tmp, meta)
 
 
 def _upload_new_group(store: TableStore, meta: TableMeta) -> None:
@@ -132,58 +137,103 @@ def _upload_new_group(store: TableStore, meta: TableMeta) -> None:
             store.write_bytes(key, (local / key).read_bytes())
 
 
-def _writer_lock(store: TableStore):
-    """The writer lock of a local table; object stores have no lock (one writer at a time)."""
-    return WriterLock(store.root) if store.is_local else contextlib.nullcontext()
-
-
 def _recipe_differences(old: TableMeta, new: TableMeta) -> list[str]:
     a, b = old.recipe_dict(), new.recipe_dict()
     return [f"{key} {a[key]!r} (table) vs {b[key]!r} (now)" for key in a if a[key] != b[key]]
 
 
-def _prepare_store(store: TableStore, meta: TableMeta, *, lazy: bool, overwrite: bool) -> bool:
-    """Create the group (or accept an unfinished one to resume); returns whether resuming."""
-    resumed = False
+def _existing_table(store: TableStore) -> TableMeta:
+    """The metadata of the table at ``store`` (maybe damaged); refuses anything else."""
+    try:
+        old, _ = read_group(store, check=False)
+    except EngramError:
+        raise EngramError(
+            f"{store.url} exists and is not an engramctl table; refusing to touch it (remove "
+            "it or choose another path)"
+        ) from None
+    return old
+
+
+def _can_resume(store: TableStore, old: TableMeta, meta: TableMeta, *, lazy: bool) -> bool:
+    """Whether ``old`` is an unfinished init of the same table (other settings: refused), or
+    the same table complete (a rerun after a kill that landed once it was complete)."""
+    if lazy or old.status not in ("complete", "initializing"):
+        return False
+    read_group(store)  # metadata that fails its checksum is not resumed
+    if old.status == "complete":
+        return not old.lazy and not _recipe_differences(old, meta)
+    differences = _recipe_differences(old, meta)
+    if differences:
+        raise EngramError(
+            f"{store.url} is an unfinished table made with other settings: "
+            f"{'; '.join(differences)}; rerun with the same settings to resume, or pass "
+            "--overwrite"
+        )
+    return True
+
+
+def _prepare_remote(store: TableStore, meta: TableMeta, *, lazy: bool, overwrite: bool) -> bool:
+    """Create the group in an object store (or accept an unfinished one to resume)."""
     if store.exists() and not store.is_empty():
-        try:
-            old, _ = read_group(store)
-        except EngramError:
-            raise EngramError(
-                f"{store.url} exists and is not an engramctl table; refusing to touch it (remove "
-                "it or choose another path)"
-            ) from None
-        if overwrite:
-            with _writer_lock(store):  # refuse to delete a table someone is writing
-                pass
-            store.remove()
-        elif (
-            old.status == "complete"
-            and not lazy
-            and not old.lazy
-            and not _recipe_differences(old, meta)
-        ):
-            resumed = True  # a rerun after a kill that landed once the table was complete
-        elif old.status == "initializing" and not lazy:
-            differences = _recipe_differences(old, meta)
-            if differences:
-                raise EngramError(
-                    f"{store.url} is an unfinished table made with other settings: "
-                    f"{'; '.join(differences)}; rerun with the same settings to resume, or pass "
-                    "--overwrite"
-                )
-            resumed = True
-        else:
+        old = _existing_table(store)
+        if not overwrite and _can_resume(store, old, meta, lazy=lazy):
+            return True
+        if not overwrite:
             raise EngramError(f"{store.url} exists; pass --overwrite to replace it")
-    if not resumed and store.is_local:
-        if not store.root.parent.is_dir():
-            raise EngramError(f"directory {store.root.parent} does not exist; create it first")
-        if not lazy:
-            check_free_space(store.root, _full_bytes(meta))
-        write_new_group(store.root, meta)
-    elif not resumed:
-        _upload_new_group(store, meta)
-    return resumed
+        store.remove()
+    _upload_new_group(store, meta)
+    return False
+
+
+def _resumable_beside(beside: Path, meta: TableMeta, *, lazy: bool) -> bool:
+    """Whether ``beside`` holds an interrupted replacement with the same settings."""
+    if lazy or not beside.is_dir():
+        return False
+    try:
+        old, _ = read_group(beside)
+    except EngramError:
+        return False
+    return old.status == "initializing" and not _recipe_differences(old, meta)
+
+
+def _create_local(store: LocalStore, meta: TableMeta, *, lazy, overwrite, initialize):
+    """Create, resume or replace a local table, holding its writer lock from the first check to
+    the last rename; returns ``(resumed, (chunks written, skipped, bytes))``.
+
+    A new table is put in place whole (metadata, no chunks) and then filled in place, so an
+    interrupted init resumes. A replaced table is built beside it (``.<name>.overwrite``, which a
+    rerun resumes) and swapped in at the end: an interruption leaves the old table.
+    """
+    root = store.root
+    if not root.parent.is_dir():
+        raise EngramError(f"directory {root.parent} does not exist; create it first")
+    if root.exists() and not is_unborn(root):
+        _existing_table(store)  # refuse to touch something else before taking any lock
+    counts = (0, 0, 0)
+    with locked_path(root):
+        old = None if is_unborn(root) else _existing_table(store)  # again, under the lock
+        if old is not None and not overwrite:
+            if not _can_resume(store, old, meta, lazy=lazy):
+                raise EngramError(f"{store.url} exists; pass --overwrite to replace it")
+            return True, initialize(store)
+        beside = root.with_name(f".{root.name}.overwrite" if old else f".{root.name}.creating")
+        resumed = old is not None and _resumable_beside(beside, meta, lazy=lazy)
+        if not resumed:
+            shutil.rmtree(beside, ignore_errors=True)
+            if not lazy:
+                check_free_space(root if old is None else root.parent, _full_bytes(meta))
+            if old is None:
+                clear_unborn(root)
+            write_group_files(beside, meta)
+        if old is not None and not lazy:  # the new table is filled beside the old one
+            counts = initialize(LocalStore(beside))
+        new_lock = install_table(beside, root)
+        try:
+            if old is None and not lazy:  # a new table is filled in place: resumable
+                counts = initialize(store)
+        finally:
+            new_lock.release()
+    return resumed, counts
 
 
 @contextlib.contextmanager
@@ -262,10 +312,18 @@ def create_table(
         compressor=compressor,
     )
     with _initializer(scheduler, workers, meta) as initialize:  # connect to Dask first
-        resumed = _prepare_store(store, meta, lazy=lazy, overwrite=overwrite)
-        written = skipped = nbytes = 0
-        if not lazy:
-            with _writer_lock(store):
+        if store.is_local:
+            resumed, (written, skipped, nbytes) = _create_local(
+                store,
+                meta,
+                lazy=lazy,
+                overwrite=overwrite,
+                initialize=lambda target: initialize(target, progress),
+            )
+        else:
+            resumed = _prepare_remote(store, meta, lazy=lazy, overwrite=overwrite)
+            written = skipped = nbytes = 0
+            if not lazy:
                 written, skipped, nbytes = initialize(store, progress)
     meta, manifest = read_group(store)
     return CreateResult(

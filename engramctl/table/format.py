@@ -2,7 +2,8 @@
 
 A table is a zarr v3 group. Its ``zarr.json`` attributes hold two plain-JSON keys:
 ``engramctl`` (:class:`TableMeta`: layout, vocab fingerprint, dtype, chunking, init recipe,
-format version) and ``engramctl_manifest`` (per layer, per written chunk: CRC-32 and size).
+format version), ``engramctl_manifest`` (per layer, per written chunk: CRC-32 and size) and
+``engramctl_checksum`` (SHA-256 of each of the other two, so an edit of either is refused).
 One 2-D array per Engram layer, ``layer_<id>``, of shape ``(rows, row_width)`` with row-block
 chunks ``(chunk_rows, row_width)``; zarr's default v3 chunk key encoding puts chunk ``k`` of
 layer ``L`` at ``layer_<L>/c/<k>/0``. See docs/format.md.
@@ -10,14 +11,10 @@ layer ``L`` at ``layer_<L>/c/<k>/0``. See docs/format.md.
 
 from __future__ import annotations
 
-import contextlib
-import errno
+import hashlib
 import json
-import os
-import socket
 import zlib
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -25,6 +22,7 @@ from ..errors import EngramError, UsageError
 from ..layout import EngramLayout, LayoutSource
 from .choices import COMPRESSORS
 from .dtypes import encode_rows, parse_dtype, row_bytes, row_width, storage_dtype
+from .lock import LOCK_NAME, WriterLock, active_writer  # noqa: F401 - the format's lock
 from .rowinit import InitRecipe, init_values
 from .store import open_store
 
@@ -32,7 +30,7 @@ FORMAT = "engramctl-table"
 FORMAT_VERSION = 1
 META_KEY = "engramctl"
 MANIFEST_KEY = "engramctl_manifest"
-LOCK_NAME = ".engramctl.lock"
+CHECKSUM_KEY = "engramctl_checksum"
 ZSTD_LEVEL = 3
 TARGET_CHUNK_BYTES = 4 * 2**20  # a chunk of a few MiB: one mmap, one checksum, one rename
 
@@ -108,6 +106,7 @@ class TableMeta:
     status: str = "complete"  # lazy | initializing | complete
     format_version: int = FORMAT_VERSION
     layers: dict[int, LayerMeta] = field(default_factory=dict)
+    runs: tuple[dict, ...] = ()  # training runs that wrote rows, oldest first (provenance)
     sources: dict | None = None  # checkpoint the rows come from (linked, or copied): linked.py
 
     @property
@@ -188,28 +187,25 @@ class TableMeta:
         }
 
     def to_dict(self) -> dict:
-        return {
-            "format": FORMAT,
-            "format_version": self.format_version,
-            **self.recipe_dict(),
-            "storage_dtype": str(self.storage_dtype),
-            "row_width": self.row_width,
-            "row_bytes": self.row_bytes,
-            "lazy": self.lazy,
-            "status": self.status,
-            "layers": {str(k): v.to_dict() for k, v in self.layers.items()},
-        } | ({"sources": self.sources} if self.sources else {})
+        return (
+            {
+                "format": FORMAT,
+                "format_version": self.format_version,
+                **self.recipe_dict(),
+                "storage_dtype": str(self.storage_dtype),
+                "row_width": self.row_width,
+                "row_bytes": self.row_bytes,
+                "lazy": self.lazy,
+                "status": self.status,
+                "layers": {str(k): v.to_dict() for k, v in self.layers.items()},
+            }
+            | ({"runs": list(self.runs)} if self.runs else {})
+            | ({"sources": self.sources} if self.sources else {})
+        )
 
     @classmethod
     def from_dict(cls, data: dict, *, where: str = "table") -> TableMeta:
-        if data.get("format") != FORMAT:
-            raise EngramError(f"{where} is not an engramctl table (format {data.get('format')!r})")
-        version = data.get("format_version")
-        if not isinstance(version, int) or version > FORMAT_VERSION:
-            raise EngramError(
-                f"{where} has table format version {version}, newer than this engramctl reads "
-                f"({FORMAT_VERSION}); upgrade engramctl"
-            )
+        version = check_format_version(data, where=where)
         for name in ("dim", "chunk_rows"):
             if not _is_count(data.get(name)) or data[name] < 1:
                 raise EngramError(
@@ -235,6 +231,7 @@ class TableMeta:
                 status=data["status"],
                 format_version=version,
                 layers=layers,
+                runs=tuple(dict(run) for run in data.get("runs") or ()),
                 sources=data.get("sources"),
             )
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
@@ -248,6 +245,26 @@ class TableMeta:
         data = self.to_dict()
         data["status"] = status
         return TableMeta.from_dict(data)
+
+
+def table_state(meta: TableMeta, manifest: dict) -> str:
+    """A checksum of a table's content: its recipe (which fixes unwritten rows) and the CRC-32 of
+    every written chunk. Two tables with the same state hold the same rows."""
+    return json_digest({"recipe": meta.recipe_dict(), "manifest": manifest_to_json(manifest)})
+
+
+def check_format_version(data, *, where: str) -> int:
+    """The format version of an ``engramctl`` attribute; refuses another format or a newer one."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else data
+        raise EngramError(f"{where} is not an engramctl table (format {found!r})")
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise EngramError(
+            f"{where} has table format version {version}, newer than this engramctl reads "
+            f"({FORMAT_VERSION}); upgrade engramctl"
+        )
+    return version
 
 
 def check_vocab_fingerprint(
@@ -277,8 +294,8 @@ def check_vocab(meta: TableMeta, vocab, *, where: str = "the table") -> None:
 
 
 # --------------------------------------------------------------------------- the group
-def read_group(path) -> tuple[TableMeta, dict]:
-    """Read ``(meta, manifest)`` from a table's group attributes, refusing anything else.
+def read_group_attrs(path) -> tuple[dict, str]:
+    """``(attributes, where)`` of a table's group, refusing anything that is not a table.
 
     ``path`` is a local path, an fsspec URL or a :class:`~engramctl.table.store.TableStore`.
     """
@@ -300,11 +317,61 @@ def read_group(path) -> tuple[TableMeta, dict]:
     if not isinstance(doc, dict) or doc.get("zarr_format") != 3 or doc.get("node_type") != "group":
         raise EngramError(f"{where} is not an engramctl table (not a zarr v3 group)")
     attrs = doc.get("attributes") or {}
-    if META_KEY not in attrs:
+    if not isinstance(attrs, dict) or META_KEY not in attrs:
         raise EngramError(f"{where} is a zarr group but not an engramctl table (no metadata)")
+    return attrs, where
+
+
+def read_group(path, *, check: bool = True) -> tuple[TableMeta, dict]:
+    """Read ``(meta, manifest)`` from a table's group attributes, refusing anything else.
+
+    ``path`` is a local path, an fsspec URL or a :class:`~engramctl.table.store.TableStore`.
+    ``check`` refuses metadata or a manifest that does not match its recorded checksum.
+    """
+    attrs, where = read_group_attrs(path)
+    check_format_version(attrs[META_KEY], where=where)  # a newer format may checksum otherwise
+    if check and (problems := checksum_problems(attrs)):
+        raise EngramError(f"{where}: {problems[0]}")
     meta = TableMeta.from_dict(attrs[META_KEY], where=where)
     manifest = parse_manifest(attrs.get(MANIFEST_KEY) or {}, meta, where=where)
     return meta, manifest
+
+
+def json_digest(value) -> str:
+    """``sha256:<hex>`` of the canonical JSON of ``value`` (sorted keys, no spaces)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
+CHECKSUMMED = {
+    META_KEY: "table metadata (the 'engramctl' attribute of zarr.json)",
+    MANIFEST_KEY: "chunk manifest (the 'engramctl_manifest' attribute of zarr.json)",
+}
+
+
+def checksum_problems(attrs: dict) -> list[str]:
+    """Why the group attributes do not match their recorded checksums (empty: they do).
+
+    Attributes written by an engramctl older than the checksums have none; nothing is
+    refused then (``verify`` warns, and the next write adds them).
+    """
+    sums = attrs.get(CHECKSUM_KEY)
+    if sums is None:
+        return []
+    if not isinstance(sums, dict):
+        return [f"the checksum record {CHECKSUM_KEY!r} of zarr.json is malformed: {sums!r}"]
+    problems = []
+    for key, what in CHECKSUMMED.items():
+        try:
+            actual = json_digest(attrs.get(key) or {})
+        except (TypeError, ValueError):
+            actual = None
+        if sums.get(key) != actual:
+            problems.append(
+                f"the {what} does not match its checksum: it was edited or damaged, and the "
+                "values or addresses of rows may be wrong; restore it or rebuild the table"
+            )
+    return problems
 
 
 def parse_manifest(data, meta: TableMeta, *, where: str) -> dict[int, dict[int, list]]:
@@ -353,12 +420,22 @@ def manifest_to_json(manifest: dict[int, dict[int, list]]) -> dict:
     }
 
 
+def group_attrs(meta: TableMeta, manifest: dict) -> dict:
+    """The group attributes of a table: metadata, manifest and the checksums of both."""
+    meta_json, manifest_json = meta.to_dict(), manifest_to_json(manifest)
+    return {
+        META_KEY: meta_json,
+        MANIFEST_KEY: manifest_json,
+        CHECKSUM_KEY: {META_KEY: json_digest(meta_json), MANIFEST_KEY: json_digest(manifest_json)},
+    }
+
+
 def write_group_attrs(path, meta: TableMeta, manifest: dict) -> None:
     """Replace the group attributes (one atomic write of ``zarr.json``, local or remote)."""
     import zarr
 
     group = zarr.open_group(open_store(path).zarr_location(), mode="r+")
-    group.attrs.put({META_KEY: meta.to_dict(), MANIFEST_KEY: manifest_to_json(manifest)})
+    group.attrs.put(group_attrs(meta, manifest))
 
 
 def table_layout_source(path, *, vocab=None) -> LayoutSource:
@@ -417,54 +494,3 @@ def init_chunk_rows(
     stored = encode_rows(values, meta.dtype)
     stored[stop - start :] = 0
     return stored
-
-
-# ------------------------------------------------------------------------------- the lock
-class WriterLock:
-    """An exclusive ``flock`` on ``<table>/.engramctl.lock``; a second writer is refused.
-
-    The kernel drops the lock when the holder exits, so a crash never leaves a stale lock.
-    """
-
-    def __init__(self, table_path: Path):
-        self.path = Path(table_path) / LOCK_NAME
-        self._fd: int | None = None
-
-    def acquire(self) -> WriterLock:
-        import fcntl
-
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise EngramError(
-                f"cannot write {self.path.parent}: {exc.strerror or exc} (its writer lock "
-                f"{self.path.name} cannot be created)"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            if exc.errno in (errno.EAGAIN, errno.EACCES):
-                raise EngramError(
-                    f"{self.path.parent} is being written by {holder}; wait for it to finish "
-                    "(only one writer at a time)"
-                ) from None
-            raise EngramError(f"cannot lock {self.path}: {exc.strerror}") from exc
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, 0)
-            os.close(self._fd)  # closing drops the flock
-            self._fd = None
-
-    def __enter__(self) -> WriterLock:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()

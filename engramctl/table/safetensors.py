@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import time
 from collections.abc import Callable
@@ -23,18 +24,16 @@ from pathlib import Path
 import numpy as np
 
 from .._files import (
-    atomic_directory,
     atomic_write,
     check_free_space,
-    check_writable_target,
     write_file_atomic,
 )
+from .._outputs import check_output_target
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
 from .create import CreateResult, build_meta, write_new_group
 from .dtypes import decode_rows, encode_rows, parse_dtype, storage_dtype
 from .format import (
-    WriterLock,
     check_vocab_fingerprint,
     chunk_key,
     crc32_of,
@@ -43,6 +42,7 @@ from .format import (
     write_group_attrs,
 )
 from .fp8 import FP8_SCALE_BLOCK
+from .replace import install_table, is_unborn, locked_path
 from .rowinit import InitRecipe
 from .st_header import read_header
 from .table import open_table, table_info
@@ -117,7 +117,7 @@ def export_safetensors(
     """
     started = time.perf_counter()
     out_path = Path(out_path)
-    check_writable_target(out_path, overwrite=overwrite)
+    check_output_target(out_path, overwrite=overwrite)  # before the pass, not after
     table = open_table(table_path)
     meta = table.meta
     plan = _tensor_plan(meta, name_template)
@@ -165,6 +165,98 @@ def read_safetensors_header(path: Path) -> tuple[dict, dict, int]:
     (:func:`engramctl.table.st_header.read_header`)."""
     header = read_header(path)
     return header.tensors, header.metadata, header.data_start
+
+
+# the layout fields a user can give on the command line, and their flags
+LAYOUT_FLAGS = {
+    "preset": "--preset",
+    "ngram_vocab": "--ngram-vocab",
+    "max_ngram": "--max-ngram",
+    "heads": "--heads",
+    "layers": "--layers",
+    "seed": "--seed",
+    "pad_id": "--pad-id",
+}
+
+
+def recorded_layout(metadata: dict, *, where) -> EngramLayout | None:
+    """The layout an ``engramctl export`` recorded in the file's metadata (``None``: none)."""
+    text = metadata.get("engramctl_table") if isinstance(metadata, dict) else None
+    if text is None:
+        return None
+    try:
+        return EngramLayout.from_dict(json.loads(text)["layout"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EngramError(
+            f"{where}: the table metadata recorded in the file is damaged ({exc})"
+        ) from None
+
+
+def file_layout(path) -> EngramLayout | None:
+    """The layout recorded in a safetensors file exported by engramctl, or ``None``."""
+    _header, metadata, _start = read_safetensors_header(path)
+    return recorded_layout(metadata, where=path)
+
+
+def _given_layout_fields(flags: dict, vocab_size: int) -> dict:
+    """``{field: value}`` the layout flags ask for, as layout values (a preset: all its fields)."""
+    from ..layout import parse_int_list
+
+    given = {k: v for k, v in flags.items() if v is not None}
+    for key in ("ngram_vocab", "layers"):
+        if isinstance(given.get(key), str):
+            given[key] = parse_int_list(given[key], name=LAYOUT_FLAGS[key])
+    fields = {k: list(v) if isinstance(v, tuple) else v for k, v in given.items()}
+    preset = fields.pop("preset", None)
+    if preset is not None:
+        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        base = EngramLayout.from_preset(preset, vocab_size=vocab_size, **overrides).to_dict()
+        base.pop("vocab_size", None)
+        fields = {
+            k: (v, f"--preset {preset} gives {k}") for k, v in base.items() if k not in fields
+        }
+        fields |= {k: (v, f"{LAYOUT_FLAGS[k]}") for k, v in given.items() if k != "preset"}
+        return fields
+    return {k: (v, LAYOUT_FLAGS[k]) for k, v in fields.items()}
+
+
+def check_layout_flags(recorded: EngramLayout, flags: dict | None, *, where) -> None:
+    """Refuse layout flags that disagree with the layout a file records, naming both values."""
+    if not flags or all(v is None for v in flags.values()):
+        return
+    file_fields = recorded.to_dict()
+    differences = []
+    for key, (value, said) in _given_layout_fields(flags, recorded.vocab_size).items():
+        value = list(value) if isinstance(value, tuple) else value
+        theirs = file_fields.get(key)
+        if value != theirs:
+            shown = ",".join(map(str, value)) if isinstance(value, list) else value
+            mine = ",".join(map(str, theirs)) if isinstance(theirs, list) else theirs
+            differences.append(f"{said} {shown}, the file has {mine}")
+    if differences:
+        raise UsageError(
+            f"{where} records the layout it was exported with, and the layout flags disagree: "
+            f"{'; '.join(differences)}. Drop the layout flags (the file's layout is used)"
+        )
+
+
+def _import_layout(recorded, layout, layout_flags, *, where) -> EngramLayout:
+    """The layout to import with: the file's when it records one (flags must agree)."""
+    if recorded is None:
+        if layout is None:
+            raise UsageError(
+                f"{where} records no layout (not exported by engramctl); give it with --preset "
+                "and the layout flags"
+            )
+        return layout
+    check_layout_flags(recorded, layout_flags, where=where)
+    if layout is not None and layout.to_dict() != recorded.to_dict():
+        a, b = layout.to_dict(), recorded.to_dict()
+        differences = [f"{k} {a[k]} (given) vs {b[k]} (file)" for k in a if a[k] != b.get(k)]
+        raise EngramError(
+            f"{where} records another layout than the one given: {'; '.join(differences)}"
+        )
+    return recorded
 
 
 def _source_array(path: Path, entry: dict, data_start: int, numpy_dtype) -> np.ndarray:
@@ -226,7 +318,8 @@ def import_safetensors(
     in_path,
     out_path,
     *,
-    layout: EngramLayout,
+    layout: EngramLayout | None = None,
+    layout_flags: dict | None = None,
     vocab_fingerprint: str,
     name_template: str = DEFAULT_NAME,
     dtype: str | None = None,
@@ -237,7 +330,11 @@ def import_safetensors(
 ) -> CreateResult:
     """Build a table from a safetensors file with one ``[sum(primes), dim]`` tensor per layer.
 
-    Shapes are checked against ``layout``. ``dtype`` (default: the file's) converts values
+    A file exported by engramctl records its layout: it is used, and ``layout_flags`` (the
+    layout fields the user gave: ``preset``, ``ngram_vocab``, ``max_ngram``, ``heads``, ``layers``,
+    ``seed``, ``pad_id``; ``None`` for not given) or a ``layout`` that disagree with it are refused,
+    naming both values. Other files need ``layout``.
+    Shapes are checked against the layout. ``dtype`` (default: the file's) converts values
     (through float32) when it differs from the file's; otherwise rows are copied bit for bit.
     The table is assembled under a temporary name and renamed into place when complete.
     """
@@ -247,6 +344,8 @@ def import_safetensors(
     theirs = metadata.get("vocab_fingerprint")
     if theirs:
         check_vocab_fingerprint(theirs, vocab_fingerprint, what=f"{in_path}")
+    recorded = recorded_layout(metadata, where=in_path)
+    layout = _import_layout(recorded, layout, layout_flags, where=in_path)
     sources, dim, source_dtype = _layer_sources(in_path, header, data_start, layout, name_template)
     meta = build_meta(
         layout=layout,
@@ -260,14 +359,22 @@ def import_safetensors(
     _check_import_target(out_path, overwrite=overwrite)
     total = sum(layer.n_chunks(meta.chunk_rows) for layer in meta.layers.values())
     check_free_space(out_path.parent, total * meta.chunk_bytes)
+    tmp = out_path.with_name(f".{out_path.name}.importing")  # only the lock holder touches it
     try:
-        with atomic_directory(
-            out_path, label="importing", replace=True, before_replace=_refuse_if_written
-        ) as tmp:
-            write_new_group(tmp, meta)
-            manifest = _copy_chunks(tmp, meta, sources, source_dtype, progress=progress)
-            write_group_attrs(tmp, meta.with_status("complete"), manifest)
-            os.sync()
+        with locked_path(out_path):  # held from the check to the swap: no writer slips in
+            new_lock = None
+            try:
+                _check_import_target(out_path, overwrite=overwrite)
+                shutil.rmtree(tmp, ignore_errors=True)
+                write_new_group(tmp, meta)
+                manifest = _copy_chunks(tmp, meta, sources, source_dtype, progress=progress)
+                write_group_attrs(tmp, meta.with_status("complete"), manifest)
+                os.sync()
+                new_lock = install_table(tmp, out_path)  # the new table's lock, held
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+                if new_lock is not None:
+                    new_lock.release()
     except OSError as exc:
         raise EngramError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
     meta, manifest = read_group(out_path)
@@ -284,17 +391,18 @@ def import_safetensors(
 
 def _check_import_target(out_path: Path, *, overwrite: bool) -> None:
     """Refuse to replace anything but an engramctl table, and that only with ``overwrite``."""
-    if out_path.exists():
-        try:
-            read_group(out_path)
-        except EngramError:
-            raise EngramError(
-                f"{out_path} exists and is not an engramctl table; refusing to touch it"
-            ) from None
-        if not overwrite:
-            raise EngramError(f"{out_path} exists; pass --overwrite to replace it")
-    elif not out_path.parent.is_dir():
+    if not out_path.parent.is_dir():
         raise EngramError(f"directory {out_path.parent} does not exist; create it first")
+    if not out_path.exists() or is_unborn(out_path):
+        return
+    try:
+        read_group(out_path, check=False)  # a damaged table may be replaced
+    except EngramError:
+        raise EngramError(
+            f"{out_path} exists and is not an engramctl table; refusing to touch it"
+        ) from None
+    if not overwrite:
+        raise EngramError(f"{out_path} exists; pass --overwrite to replace it")
 
 
 def _copy_chunks(tmp: Path, meta, sources: dict, source_dtype: str, *, progress) -> dict:
@@ -328,9 +436,3 @@ def _chunk_from_source(meta, values, scales, source_dtype, start, stop) -> np.nd
     else:
         rows[:n] = encode_rows(decode_rows(raw, source_dtype, meta.dim), meta.dtype)
     return rows
-
-
-def _refuse_if_written(path: Path) -> None:
-    """Take and drop the writer lock of the table about to be replaced: refused while in use."""
-    with WriterLock(path):
-        pass

@@ -13,10 +13,11 @@ Writing (``mode="r+"``, under the writer lock): :meth:`Table.write_rows` rewrite
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
+import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +25,13 @@ import numpy as np
 from .._files import write_file_atomic
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
+from .checks import metadata_problems
 from .dtypes import encode_rows
 from .format import (
     LOCK_NAME,
     TableMeta,
     WriterLock,
+    active_writer,
     check_vocab,
     chunk_key,
     crc32_of,
@@ -36,141 +39,27 @@ from .format import (
     encode_chunk,
     init_chunk_rows,
     read_group,
+    table_state,
     write_group_attrs,
 )
 from .gather import check_row_ids, chunk_address, gather_rows, word_dtype
+from .info import LayerInfo, TableInfo, table_info
 from .linked import COPY_HINT, LinkedLayers
 from .rowinit import init_values
 from .store import LocalStore, TableStore, open_store
 
 log = logging.getLogger(__name__)
 DECODED_CACHE_CHUNKS = 64  # zstd chunks kept decoded (64 x 4 MiB by default)
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """Per-layer facts of a table."""
-
-    rows: int
-    chunk_rows: int
-    chunks_total: int
-    chunks_written: int
-    head_rows: list[int]
-    head_offsets: list[int]
-    logical_bytes: int  # rows x row bytes
-    disk_bytes: int  # bytes of the chunk files written
-
-
-@dataclass(frozen=True)
-class TableInfo:
-    """What ``engramctl info`` shows; ``to_dict`` is its JSON document."""
-
-    path: str
-    format_version: int
-    layout: EngramLayout
-    vocab_fingerprint: str
-    dim: int
-    dtype: str
-    storage_dtype: str
-    row_width: int
-    row_bytes: int
-    chunk_rows: int
-    compressor: str
-    init: dict
-    lazy: bool
-    status: str
-    layers: dict[int, LayerInfo]
-    sources: dict | None = None  # the checkpoint a linked (or imported) table reads
-
-    @property
-    def head_rows(self) -> dict[int, list[int]]:
-        return {k: v.head_rows for k, v in self.layers.items()}
-
-    @property
-    def head_offsets(self) -> dict[int, list[int]]:
-        return {k: v.head_offsets for k, v in self.layers.items()}
-
-    @property
-    def logical_bytes(self) -> int:
-        return sum(v.logical_bytes for v in self.layers.values())
-
-    @property
-    def disk_bytes(self) -> int:
-        return sum(v.disk_bytes for v in self.layers.values())
-
-    def to_dict(self) -> dict:
-        layers = {
-            str(k): {
-                "rows": v.rows,
-                "dim": self.dim,
-                "dtype": self.dtype,
-                "chunk_rows": v.chunk_rows,
-                "chunks_total": v.chunks_total,
-                "chunks_written": v.chunks_written,
-                "head_rows": v.head_rows,
-                "head_offsets": v.head_offsets,
-                "logical_bytes": v.logical_bytes,
-                "disk_bytes": v.disk_bytes,
-            }
-            for k, v in self.layers.items()
-        }
-        return {
-            "path": self.path,
-            "format_version": self.format_version,
-            "layout": self.layout.to_dict(),
-            "vocab_fingerprint": self.vocab_fingerprint,
-            "dim": self.dim,
-            "dtype": self.dtype,
-            "storage_dtype": self.storage_dtype,
-            "row_width": self.row_width,
-            "row_bytes": self.row_bytes,
-            "chunk_rows": self.chunk_rows,
-            "compressor": self.compressor,
-            "init": self.init,
-            "lazy": self.lazy,
-            "status": self.status,
-            "layers": layers,
-            "logical_bytes": self.logical_bytes,
-            "disk_bytes": self.disk_bytes,
-        } | ({"sources": self.sources} if self.sources else {})
-
-
-def table_info(path: Path, meta: TableMeta, manifest: dict) -> TableInfo:
-    layers = {}
-    for layer_id, layer in meta.layers.items():
-        written = manifest.get(layer_id, {})
-        layers[layer_id] = LayerInfo(
-            rows=layer.rows,
-            chunk_rows=meta.chunk_rows,
-            chunks_total=layer.n_chunks(meta.chunk_rows),
-            chunks_written=len(written),
-            head_rows=list(layer.head_rows),
-            head_offsets=list(layer.head_offsets),
-            logical_bytes=layer.rows * meta.row_bytes,
-            disk_bytes=sum(int(entry[1]) for entry in written.values()),
-        )
-    return TableInfo(
-        path=str(path),
-        format_version=meta.format_version,
-        layout=meta.layout,
-        vocab_fingerprint=meta.vocab_fingerprint,
-        dim=meta.dim,
-        dtype=meta.dtype,
-        storage_dtype=str(meta.storage_dtype),
-        row_width=meta.row_width,
-        row_bytes=meta.row_bytes,
-        chunk_rows=meta.chunk_rows,
-        compressor=meta.compressor,
-        init=meta.init.to_dict(),
-        lazy=meta.lazy,
-        status=meta.status,
-        layers=layers,
-        sources=meta.sources,
-    )
+WRITER_WAIT_SECONDS = 60.0  # how long a reader waits for a writer to record a chunk it rewrote
+WRITER_POLL_SECONDS = 0.2
 
 
 # --------------------------------------------------------------------------------- table
 CHUNK_UNKNOWN, CHUNK_LOADED, CHUNK_UNWRITTEN = 0, 1, 2
+
+
+class ChunkMismatch(EngramError):
+    """A chunk file disagrees with the manifest this reader holds (damage, or a writer at work)."""
 
 
 class _LoadedChunks:
@@ -258,8 +147,50 @@ class Table:
         """Stored rows of a written chunk, checked against the manifest; ``None`` if unwritten.
 
         ``fetched`` maps chunk keys to bytes already read (``None``: missing), as
-        :meth:`TableStore.read_many` returns them.
+        :meth:`TableStore.read_many` returns them. A chunk that does not match the manifest
+        while another process writes the table is read again once the writer has recorded it
+        (up to ``WRITER_WAIT_SECONDS``); it is called damaged only when no writer is at work.
         """
+        waited = 0.0
+        while True:
+            try:
+                return self._read_chunk_once(layer_id, chunk_index, fetched)
+            except ChunkMismatch as exc:
+                if self.mode != "r" or not self.store.is_local:  # a writer trusts its manifest
+                    raise EngramError(str(exc)) from None
+                if self._refresh_entry(layer_id, chunk_index):
+                    fetched = None
+                    continue  # a writer recorded the chunk since we read the manifest
+                holder = active_writer(self.store.root)
+                if holder is None:
+                    raise EngramError(str(exc)) from None
+                if waited >= WRITER_WAIT_SECONDS:
+                    raise EngramError(
+                        f"chunk {chunk_index} of layer {layer_id} of {self.path} changed under "
+                        f"this reader while {holder} writes the table (it is not damaged); rerun "
+                        "when the writer has finished"
+                    ) from None
+                time.sleep(WRITER_POLL_SECONDS)
+                waited += WRITER_POLL_SECONDS
+                fetched = None
+
+    def _refresh_entry(self, layer_id: int, chunk_index: int) -> bool:
+        """Re-read the manifest; whether this chunk's entry changed (then it is taken)."""
+        try:
+            _, manifest = read_group(self.store)
+        except EngramError:
+            return False
+        old = self.manifest.get(layer_id, {}).get(chunk_index)
+        new = manifest.get(layer_id, {}).get(chunk_index)
+        if new == old:
+            return False
+        if new is None:
+            self.manifest.get(layer_id, {}).pop(chunk_index, None)
+        else:
+            self.manifest.setdefault(layer_id, {})[chunk_index] = new
+        return True
+
+    def _read_chunk_once(self, layer_id: int, chunk_index: int, fetched) -> np.ndarray | None:
         path = self.chunk_path(layer_id, chunk_index)
         entry = self.manifest.get(layer_id, {}).get(chunk_index)
         where = f"chunk {chunk_index} of layer {layer_id} ({path})"
@@ -271,7 +202,7 @@ class Table:
                 raise FileNotFoundError(path)
         except FileNotFoundError:
             if entry is not None:
-                raise EngramError(
+                raise ChunkMismatch(
                     f"{where} is missing although the manifest lists it; the table is damaged "
                     "(run engramctl verify)"
                 ) from None
@@ -281,19 +212,24 @@ class Table:
                 f"cannot read {where}: {exc.strerror or exc}; the table is damaged or unreadable "
                 "(run engramctl verify)"
             ) from None
-        if entry is not None:
-            if len(data) != entry[1]:
-                raise EngramError(
-                    f"{where} is damaged: {len(data)} bytes, the manifest says {entry[1]}; "
-                    "run engramctl verify"
+        if entry is None:  # the manifest is the record of what the table holds
+            if self.meta.status == "complete":
+                raise ChunkMismatch(
+                    f"{where} is damaged: it is not in the manifest of this complete table, so "
+                    "its checksum is unknown; run engramctl verify"
                 )
-            if self.check_chunks and crc32_of(data) != entry[0]:
-                raise EngramError(
-                    f"{where} is damaged: its checksum does not match the manifest; "
-                    "run engramctl verify"
-                )
-        else:
-            log.warning("%s is not in the manifest (an interrupted write?)", where)
+            log.warning("%s is not in the manifest (an interrupted write): its init values", where)
+            return None
+        if len(data) != entry[1]:
+            raise ChunkMismatch(
+                f"{where} is damaged: {len(data)} bytes, the manifest says {entry[1]}; "
+                "run engramctl verify"
+            )
+        if self.check_chunks and crc32_of(data) != entry[0]:
+            raise ChunkMismatch(
+                f"{where} is damaged: its checksum does not match the manifest; "
+                "run engramctl verify"
+            )
         return decode_chunk(self.meta, data, where=where)
 
     def read_chunk(self, layer_id: int, chunk_index: int) -> np.ndarray:
@@ -446,6 +382,28 @@ class Table:
             self._unload(layer_id, chunk_index)
         self._dirty = True
 
+    @property
+    def state(self) -> str:
+        """Checksum of the rows as this handle holds them (written chunks included)."""
+        return table_state(self.meta, self.manifest)
+
+    @property
+    def runs(self) -> tuple[dict, ...]:
+        """Training runs that wrote rows to this table, oldest first (see :meth:`record_run`)."""
+        return self.meta.runs
+
+    def record_run(self, run: dict) -> dict:
+        """Record a run that wrote rows (after its rows, before :meth:`flush`, which writes the
+        record with the manifest in one atomic write); it replaces an earlier record of the same
+        ``run_id``. Returns the record, with ``state``."""
+        if self.mode == "r":
+            raise EngramError(f"{self.path} is open read-only; open it with mode='r+' to write")
+        record = {**run, "state": self.state}
+        earlier = tuple(r for r in self.meta.runs if r.get("run_id") != run.get("run_id"))
+        self.meta = dataclasses.replace(self.meta, runs=(*earlier, record))
+        self._dirty = True
+        return record
+
     def flush(self) -> None:
         """Write the manifest to the group attributes if chunks were written."""
         if self._dirty:
@@ -478,6 +436,14 @@ class Table:
         )
 
 
+def check_metadata(store: TableStore, meta: TableMeta) -> None:
+    """Refuse metadata that ``verify`` would report (cheap: O(layers)), naming the first fault."""
+    problems = metadata_problems(store, meta)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise EngramError(f"{store.url} is damaged: {problems[0]}{more}; run engramctl verify")
+
+
 def open_table(
     path,
     mode: str = "r",
@@ -508,6 +474,7 @@ def open_table(
         raise UsageError(f"mode must be 'r' or 'r+', got {mode!r}")
     store = open_store(path, storage_options)
     meta, manifest = read_group(store)
+    check_metadata(store, meta)
     check_vocab(meta, vocab, where=store.url)
     if mode == "r+" and not store.is_local:
         raise EngramError(

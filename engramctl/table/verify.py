@@ -6,12 +6,22 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import EngramError
-from .format import TableMeta, check_vocab, chunk_key, crc32_of, read_group
+from .checks import metadata_problems
+from .format import (
+    CHECKSUM_KEY,
+    TableMeta,
+    active_writer,
+    check_vocab,
+    checksum_problems,
+    chunk_key,
+    crc32_of,
+    read_group,
+    read_group_attrs,
+)
 from .store import TableStore, open_store
 
 REMOTE_READ_BATCH = 16  # chunks verify --deep fetches at once from an object store
@@ -47,55 +57,6 @@ class VerifyReport:
             "problems": self.problems,
             "warnings": self.warnings,
         }
-
-
-def _check_layout(meta: TableMeta, report: VerifyReport) -> None:
-    layout = meta.layout
-    if not meta.layers or not set(meta.layers) <= set(layout.layers):
-        report.problems.append(
-            f"layers {sorted(meta.layers)} are not among the layout's {sorted(layout.layers)}"
-        )
-    for layer_id, layer in meta.layers.items():
-        if layer_id not in layout.layers:
-            continue
-        expected = (
-            layout.layer_rows(layer_id),
-            tuple(layout.head_rows(layer_id).tolist()),
-            tuple(layout.head_offsets(layer_id).tolist()),
-        )
-        if (layer.rows, tuple(layer.head_rows), tuple(layer.head_offsets)) != expected:
-            report.problems.append(
-                f"layer {layer_id}: rows/head rows/head offsets differ from its layout "
-                f"(rows {layer.rows} vs {expected[0]})"
-            )
-
-
-def _check_array(store: TableStore, meta: TableMeta, layer_id: int, report: VerifyReport) -> None:
-    layer = meta.layers[layer_id]
-    array_json = store.where(f"{layer.array}/zarr.json")
-    try:
-        doc = json.loads(store.read_bytes(f"{layer.array}/zarr.json"))
-    except (OSError, ValueError) as exc:
-        report.problems.append(f"layer {layer_id}: array metadata {array_json} unreadable ({exc})")
-        return
-    expected = {
-        "shape": [layer.rows, meta.row_width],
-        "data_type": str(meta.storage_dtype),
-        "chunk_grid": {
-            "name": "regular",
-            "configuration": {"chunk_shape": [meta.chunk_rows, meta.row_width]},
-        },
-        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-    }
-    for key, value in expected.items():
-        if doc.get(key) != value:
-            report.problems.append(
-                f"layer {layer_id}: array {key} is {doc.get(key)!r}, expected {value!r}"
-            )
-    names = [codec.get("name") for codec in doc.get("codecs", [])]
-    wanted = ["bytes"] + (["zstd"] if meta.compressor == "zstd" else [])
-    if names != wanted:
-        report.problems.append(f"layer {layer_id}: codecs {names}, expected {wanted}")
 
 
 def _check_files(
@@ -148,10 +109,17 @@ def _check_files(
                 unrecorded.append(int(rel[0]))
         else:
             report.warnings.append(f"layer {layer_id}: unexpected file {full}")
-    if unrecorded:
+    if unrecorded and meta.status == "complete":  # every chunk of it was recorded
+        report.problems.append(
+            f"chunk {min(unrecorded)} of layer {layer_id}: not in the manifest of this complete "
+            f"table, so its checksum is unknown ({len(unrecorded)} such chunks in the layer)"
+        )
+    elif unrecorded:
+        resume = "rerun init-table to resume" if meta.status == "initializing" else ""
         report.warnings.append(
             f"layer {layer_id}: {len(unrecorded)} chunk files are not in the manifest (an "
-            f"interrupted write; first: chunk {min(unrecorded)}); rerun init-table to resume"
+            f"interrupted write; first: chunk {min(unrecorded)}); they read as init values"
+            + (f"; {resume}" if resume else "")
         )
     if temporary:
         report.warnings.append(f"layer {layer_id}: leftover temporary files: {temporary[:3]}")
@@ -212,8 +180,15 @@ def verify_table(
         fsspec options of a URL (``endpoint_url``, ``key``, ``secret`` ...).
     """
     store = open_store(path, storage_options)
-    meta, manifest = read_group(store)  # not a table / newer format: EngramError
+    attrs, _ = read_group_attrs(store)
+    meta, manifest = read_group(store, check=False)  # not a table / newer format: EngramError
     report = VerifyReport(path=store.url, deep=deep)
+    report.problems += checksum_problems(attrs)
+    if CHECKSUM_KEY not in attrs:
+        report.warnings.append(
+            "the metadata has no checksum (written by an older engramctl); the next write of "
+            "the table adds one"
+        )
     if deep:
         report.bytes_to_check = sum(
             int(entry[1])
@@ -226,7 +201,7 @@ def verify_table(
             check_vocab(meta, vocab, where=store.url)
         except EngramError as exc:
             report.problems.append(str(exc))
-    _check_layout(meta, report)
+    report.problems += metadata_problems(store, meta)
     unknown = sorted(set(manifest) - set(meta.layers))
     if unknown:
         report.problems.append(f"manifest lists chunks of unknown layers {unknown}")
@@ -236,8 +211,15 @@ def verify_table(
         verify_linked(store.root, meta, manifest, report, deep=deep, progress=progress)
         return report
     for layer_id in meta.layers:
-        _check_array(store, meta, layer_id, report)
         _check_files(store, meta, manifest, layer_id, deep, report, progress)
+    holder = active_writer(store.root) if store.is_local else None
+    if holder is not None and report.problems:  # a write under way looks like damage
+        raise EngramError(
+            f"{store.url} is being written by {holder}: its files changed during the check, so "
+            "damage cannot be told from the write under way; verify again when it has finished"
+        )
+    if holder is not None:
+        report.warnings.append(f"the table was being written by {holder} during the check")
     if meta.status == "initializing":
         report.warnings.append(
             f"init unfinished: {report.chunks_written} of {report.chunks_total} chunks written; "

@@ -262,3 +262,54 @@ def test_layout_from_table_equals_the_flags(tmp_path, ds_vocab_path, tiny_vocab,
     tiny_vocab.save(other)
     refused = invoke("hash-stats", token_docs, "--vocab", other, "--table", table, "-q")
     assert refused.exit_code == 1 and "the vocab the table was made with" in refused.output
+
+
+# ------------------------------------------- issue 14 item 13: output targets checked first
+@pytest.mark.parametrize("flag", ["--report", "--plot"])
+def test_unwritable_target_is_refused_before_the_pass(
+    tmp_path, ds_vocab_path, token_docs, monkeypatch, flag
+):
+    import engramctl.stats.run as stats_run
+
+    target = "/sys/engramctl-stats.out"  # not writable even for root
+    if os.access("/sys", os.W_OK) and not os.path.ismount("/sys"):
+        pytest.skip("/sys is writable here")
+    calls = []
+    monkeypatch.setattr(stats_run, "run_hash_stats", lambda *a, **k: calls.append(1))
+    result = invoke(
+        "hash-stats", token_docs, "--vocab", ds_vocab_path, "--ngram-vocab", "101,103", flag,
+        target,
+    )  # fmt: skip
+    assert result.exit_code == 1 and f"cannot write {target}" in result.output
+    assert "checked before starting" in result.output and not calls
+
+
+def test_late_write_failure_saves_the_report_elsewhere(
+    tmp_path, ds_vocab_path, token_docs, monkeypatch
+):
+    import engramctl._files as files
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "fallback"))
+    (tmp_path / "fallback").mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    real = files.atomic_write
+    target = tmp_path / "r.json"
+
+    def full_disk(path, *args, **kw):
+        if path == target:
+            raise files.EngramError(f"cannot write {path}: No space left on device")
+        return real(path, *args, **kw)
+
+    monkeypatch.setattr(files, "atomic_write", full_disk)
+    result = invoke(
+        "hash-stats", token_docs, "--vocab", ds_vocab_path, "--ngram-vocab", "101,103",
+        "--report", target, "-q",
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    output = result.output.replace("\n", "")  # rich wraps long lines in the runner
+    assert "No space left on device; wrote it to" in output
+    (fallback,) = (tmp_path / "fallback").iterdir()
+    assert f"{fallback} instead" in output
+    assert json.loads(fallback.read_text())["tokens"] == 2000 and not target.exists()

@@ -98,8 +98,13 @@ def test_export_import_round_trip(table, tmp_path, ds_vocab_path):
     with open_table(table) as a, open_table(back) as b:
         ids = np.arange(a.info.layers[15].rows)
         np.testing.assert_array_equal(a.gather(15, ids), b.gather(15, ids))
-    result = run("import", out, tmp_path / "c.zarr", "--vocab", ds_vocab_path, "--heads", "2")
-    assert result.exit_code == 1 and "the sum of its head primes" in result.stderr
+    result = run("import", out, tmp_path / "c.zarr", "--vocab", ds_vocab_path)
+    assert result.exit_code == 0, result.output  # the file records its layout
+    with open_table(tmp_path / "c.zarr") as c:
+        assert c.layout == open_table(table).layout
+    result = run("import", out, tmp_path / "d.zarr", "--vocab", ds_vocab_path, "--pad-id", "0")
+    assert result.exit_code == 2 and "--pad-id 0, the file has" in result.stderr
+    assert not (tmp_path / "d.zarr").exists()
 
 
 def test_lazy_deepseek_and_no_torch_at_import(tmp_path, ds_vocab_path):

@@ -189,3 +189,23 @@ def test_a_vocab_file_given_as_corpus_is_refused(tmp_path, tiny_vocab):
     tiny_vocab.save(path)
     with pytest.raises(EngramError, match="is an engramctl vocab file, not a corpus"):
         read_docs([path])
+
+
+@pytest.mark.parametrize("loops", [1, 2])
+def test_glob_visits_each_real_file_once_through_symlink_loops(tmp_path, loops):
+    """Issue 14 item 5: 'dir/**/*.jsonl' with directory links back up: each file once, no hang."""
+    root = tmp_path / "dir"
+    (root / "sub").mkdir(parents=True)
+    write_jsonl(root / "a.jsonl", DOCS[:1])
+    write_jsonl(root / "sub" / "b.jsonl", DOCS[1:])
+    (root / "sub" / "up").symlink_to(root, target_is_directory=True)
+    if loops == 2:
+        (root / "sub" / "again").symlink_to(root / "sub", target_is_directory=True)
+    (root / "b-link.jsonl").symlink_to(root / "sub" / "b.jsonl")
+    files = discover_files([str(root / "**" / "*.jsonl")])
+    assert sorted(f.path.resolve().name for f in files) == ["a.jsonl", "b.jsonl"]
+    assert len(discover_files([root, str(root / "*.jsonl")])) == 2  # across inputs, too
+    hidden = root / ".cache"
+    hidden.mkdir()
+    write_jsonl(hidden / "c.jsonl", DOCS[:1])
+    assert len(discover_files([str(root / "**" / "*.jsonl")])) == 2  # glob skips hidden dirs

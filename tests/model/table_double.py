@@ -1,7 +1,8 @@
 """A test double of the on-disk table (``engramctl.table.table``): same interface, held in memory.
 
 ``InMemoryTable`` offers what the model code relies on (``gather``, ``write_rows``, ``layout``,
-``dim``, ``dtype``, ``layers``, ``info.vocab_fingerprint``) with float32 rows, so paging and
+``dim``, ``dtype``, ``layers``, ``info.vocab_fingerprint``, the provenance ``runs``, ``state``,
+``record_run`` and ``flush``) with float32 rows, so paging and
 training can be tested before (and independently of) the zarr table.
 """
 
@@ -33,13 +34,32 @@ class InMemoryTable:
             for layer in self.layers
         }
         self.rows_gathered = 0
+        self.runs: tuple[dict, ...] = ()  # provenance, as Table.record_run keeps it
+        self.path = f"<in-memory table {id(self):x}>"
+
+    @property
+    def state(self) -> str:
+        import hashlib
+
+        digest = hashlib.sha256()
+        for layer in self.layers:
+            digest.update(self.values[layer].tobytes())
+        return "sha256:" + digest.hexdigest()
+
+    def record_run(self, run: dict) -> dict:
+        record = {**run, "state": self.state}
+        self.runs = (*(r for r in self.runs if r.get("run_id") != run.get("run_id")), record)
+        return record
+
+    def flush(self) -> None:
+        pass
 
     def gather(self, layer_id, row_ids, out=None):
         row_ids = np.asarray(row_ids, dtype=np.int64)
         self.rows_gathered += len(row_ids)
         return np.take(self.values[layer_id], row_ids, axis=0, out=out)
 
-    def write_rows(self, layer_id, row_ids, values):
+    def write_rows(self, layer_id, row_ids, values, *, flush=True, fsync=True):
         self.values[layer_id][np.asarray(row_ids, dtype=np.int64)] = values
 
 

@@ -11,7 +11,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from engramctl import EngramLayout
 from engramctl.errors import EngramError
 from engramctl.table.chunks import init_chunk, record_chunks
 from engramctl.table.create import create_table
@@ -21,30 +20,9 @@ from engramctl.table.rowinit import InitRecipe, init_values
 from engramctl.table.table import open_table
 from engramctl.table.verify import verify_table
 
-FP = "sha256:0123456789abcdef"
+from .conftest import FP, make
+
 DTYPES = ["float32", "float16", "bfloat16", "float8_e4m3fn"]
-
-
-@pytest.fixture(scope="module")
-def small_layout():
-    """Two layers of 4 heads of ~500 rows: 2,056 and 2,208 rows, 7 and 8 chunks of 300."""
-    return EngramLayout(
-        ngram_vocab=(500, 500),
-        max_ngram=3,
-        heads=2,
-        layers=(1, 15),
-        seed=0,
-        pad_id=2,
-        vocab_size=1000,
-    )
-
-
-def make(path, layout, **kw):
-    args = dict(
-        layout=layout, vocab_fingerprint=FP, dim=64, dtype="float32", chunk_rows=300, workers=2
-    )
-    args.update(kw)
-    return create_table(path, **args)
 
 
 def chunk_files(path: Path) -> dict[str, bytes]:
@@ -189,8 +167,11 @@ def test_not_a_table(tmp_path, small_layout):
 
 
 def _edit_meta(path: Path, **changes):
+    """Edit the metadata as an older engramctl (no checksums) would have left it; the checksum
+    refusal itself is tested in test_table_integrity.py."""
     doc = json.loads((path / "zarr.json").read_text())
     doc["attributes"]["engramctl"].update(changes)
+    doc["attributes"].pop("engramctl_checksum", None)
     (path / "zarr.json").write_text(json.dumps(doc))
 
 

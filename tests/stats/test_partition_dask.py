@@ -1,0 +1,79 @@
+"""Partitioned counting on a real LocalCluster: reports identical to the single pass for K = 1, 3,
+8 (token files cut inside documents, text with warnings, a worker killed mid-run)."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from engramctl.stats.run import load_matching_tokenizer, plan_hash_stats, run_hash_stats
+from tests.stats import test_hash_stats_dask as base
+from tests.stats.test_partition import figures
+
+SEP, _plan = base.SEP, base._plan
+corpora = base.corpora  # the same module-scoped fixture: token files and text with warnings
+
+
+@pytest.fixture(scope="module")
+def client():
+    pytest.importorskip("distributed")
+    from engramctl.cluster import open_client
+
+    with open_client("local:2") as c:
+        yield c
+
+
+def _dask(plan, vocab, client, tokenizer=None, **kw):
+    from engramctl.stats.run_dask import run_hash_stats_dask
+
+    client.wait_for_workers(2, timeout=60)
+    return run_hash_stats_dask(plan, vocab=vocab, tokenizer=tokenizer, client=client, **kw)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("parts", [1, 3, 8])
+def test_partitioned_dask_equals_single_pass(client, corpora, ds_vocab, demo_layout, parts):
+    from dataclasses import replace
+
+    plan = _plan([corpora["tokens"]], demo_layout, doc_sep_id=SEP, batch_tokens=5000)
+    single = run_hash_stats(plan, vocab=ds_vocab)
+    report = _dask(replace(plan, partitions=parts), ds_vocab, client, shard_bytes=20_000)
+    assert figures(report) == figures(single)
+
+
+@pytest.mark.slow
+def test_partitioned_dask_survives_a_killed_worker(client, corpora, ds_vocab, demo_layout):
+    plan = plan_hash_stats(
+        [str(corpora["text"])], layout=demo_layout, sweep=(5000,), partitions=3,
+        options=_plan([corpora["text"]], demo_layout, doc_sep=True).options,
+    )  # fmt: skip
+    tokenizer = load_matching_tokenizer("deepseek-v4", ds_vocab)
+    from dataclasses import replace
+
+    single = run_hash_stats(replace(plan, partitions=None), vocab=ds_vocab, tokenizer=tokenizer)
+    killed = []
+
+    def kill_one(done, total, documents, tokens):
+        if done and not killed:
+            pid = next(iter(client.run(os.getpid).values()))
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    report = _dask(plan, ds_vocab, client, tokenizer, shard_bytes=6_000, progress=kill_one)
+    assert killed
+    assert single.warnings["invalid_utf8"]["count"] >= 2
+    assert figures(report) == figures(single)
+
+
+@pytest.mark.slow
+def test_estimate_on_dask_equals_single_process(client, corpora, ds_vocab, demo_layout):
+    """Sketches merge by register-wise maximum: the same estimates whatever the shards."""
+    from dataclasses import replace
+
+    plan = _plan([corpora["tokens"]], demo_layout, doc_sep_id=SEP, batch_tokens=5000)
+    plan = replace(plan, estimate=True)
+    single = run_hash_stats(plan, vocab=ds_vocab)
+    report = _dask(plan, ds_vocab, client, shard_bytes=20_000)
+    assert report.estimated and figures(report) == figures(single)

@@ -1,0 +1,222 @@
+"""Issue 14, lost work and races: overwrite builds beside and swaps, the writer lock is held
+across check, delete and write, and two creators of one new path do not crash each other."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engramctl.errors import EngramError
+from engramctl.table.format import WriterLock, read_group
+from engramctl.table.table import open_table
+from engramctl.table.verify import verify_table
+
+from .conftest import FP, make
+
+
+def rows(path, layer_id=15):
+    with open_table(path) as table:
+        return table.gather(layer_id, np.arange(table.info.layers[layer_id].rows))
+
+
+# ------------------------------------------------ item 7: --overwrite builds beside, then swaps
+def test_interrupted_overwrite_keeps_the_old_table(tmp_path, small_layout, monkeypatch):
+    import engramctl.table.create as create
+
+    path = tmp_path / "t.zarr"
+    make(path, small_layout, init="uniform", seed=3)
+    before = rows(path)
+    calls = {"n": 0}
+    real = create.write_init_chunk
+
+    def interrupted(*args, **kw):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(create, "write_init_chunk", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        make(path, small_layout, overwrite=True, init="zeros", workers=1)
+    monkeypatch.setattr(create, "write_init_chunk", real)
+    assert verify_table(path, deep=True).ok  # the old table, untouched
+    np.testing.assert_array_equal(rows(path), before)
+    result = make(path, small_layout, overwrite=True, init="zeros", workers=1)  # resumes beside
+    assert result.resumed and result.chunks_skipped == 3
+    assert not rows(path).any() and verify_table(path, deep=True).ok
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.zarr"]  # nothing left beside
+
+
+def test_overwrite_lazy_and_full(tmp_path, small_layout):
+    path = tmp_path / "t.zarr"
+    make(path, small_layout, lazy=True, init="zeros")
+    make(path, small_layout, overwrite=True, init="uniform")
+    meta, _ = read_group(path)
+    assert meta.status == "complete" and meta.init.kind == "uniform"
+    make(path, small_layout, overwrite=True, lazy=True, init="zeros")
+    assert not rows(path).any() and read_group(path)[0].status == "lazy"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.zarr"]
+
+
+# --------------------------------------- item 8: the lock is held across check, delete, write
+def test_overwrite_holds_the_lock_until_the_new_table_is_in_place(
+    tmp_path, small_layout, monkeypatch
+):
+    """A writer that tries to slip in while the overwrite runs is refused at every moment."""
+    import engramctl.table.create as create
+
+    path = tmp_path / "t.zarr"
+    make(path, small_layout, lazy=True)
+    seen = []
+    real = create.write_init_chunk
+
+    def meddle(*args, **kw):
+        try:
+            WriterLock(path).acquire().release()
+            seen.append("got in")
+        except EngramError as exc:
+            seen.append(str(exc))
+        return real(*args, **kw) if args else None
+
+    def meddle_rmtree(target, *args, **kw):  # deleting the old table is one of the moments
+        meddle()
+        return real_rmtree(target, *args, **kw)
+
+    real_rmtree = shutil.rmtree
+    monkeypatch.setattr(create, "write_init_chunk", meddle)
+    monkeypatch.setattr(shutil, "rmtree", meddle_rmtree)
+    make(path, small_layout, overwrite=True, workers=1)
+    monkeypatch.undo()
+    assert seen and all("is being written by pid" in s for s in seen), seen
+
+
+def _create(args):
+    path, layout_dict, lazy = args
+    from engramctl import EngramLayout
+
+    try:
+        make(Path(path), EngramLayout.from_dict(layout_dict), lazy=lazy, workers=1)
+        return "ok"
+    except EngramError as exc:
+        return str(exc)
+    except Exception as exc:  # what the bug looked like: Directory not empty
+        return f"CRASH {type(exc).__name__}: {exc}"
+
+
+# ------------------------------------------------- item 9: two creators of one new path
+@pytest.mark.parametrize("lazy", [True, False])
+def test_simultaneous_creators(tmp_path, small_layout, lazy):
+    path = str(tmp_path / "t.zarr")
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(4) as pool:
+        results = pool.map(_create, [(path, small_layout.to_dict(), lazy)] * 4)
+    assert "ok" in results and not any(r.startswith("CRASH") for r in results), results
+    for r in results:
+        assert r == "ok" or "is being written by pid" in r or "exists; pass --overwrite" in r, r
+    assert verify_table(path, deep=True).ok
+    assert sorted(os.listdir(tmp_path)) == ["t.zarr"]
+
+
+def test_new_table_is_created_under_the_lock(tmp_path, small_layout, monkeypatch):
+    import engramctl.table.create as create
+
+    path = tmp_path / "t.zarr"
+    seen = []
+    real = create.write_init_chunk
+
+    def meddle(*args, **kw):
+        try:
+            make(path, small_layout, lazy=True)
+            seen.append("got in")
+        except EngramError as exc:
+            seen.append(str(exc))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(create, "write_init_chunk", meddle)
+    make(path, small_layout, workers=1)
+    assert seen and all("is being written by pid" in s for s in seen), seen[:2]
+
+
+def test_import_overwrite_holds_the_lock(tmp_path, small_layout, monkeypatch):
+    """import --overwrite: no writer slips in between the lock check and the delete."""
+    import engramctl.table.safetensors as st
+
+    path = tmp_path / "t.zarr"
+    make(path, small_layout, lazy=True, init="zeros")
+    st.export_safetensors(path, tmp_path / "t.safetensors")
+    seen = []
+    real_rmtree = shutil.rmtree
+
+    def meddle_rmtree(target, *args, **kw):
+        try:
+            WriterLock(path).acquire().release()
+            seen.append("got in")
+        except EngramError as exc:
+            seen.append(str(exc))
+        return real_rmtree(target, *args, **kw)
+
+    monkeypatch.setattr(shutil, "rmtree", meddle_rmtree)
+    st.import_safetensors(tmp_path / "t.safetensors", path, vocab_fingerprint=FP, overwrite=True)
+    monkeypatch.undo()
+    assert seen and all("is being written by pid" in s for s in seen), seen
+    assert verify_table(path, deep=True).ok
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.safetensors", "t.zarr"]
+
+
+# ------------------------------------------- item 11: readers racing a writer see no damage
+def _rewrite_unflushed(writer, layer_id=15, chunk=2, value=5.0):
+    """What write_rows does before its manifest write: the new chunk renamed into place."""
+    start = chunk * writer.meta.chunk_rows
+    ids = np.arange(start, start + 10)
+    writer.write_rows(layer_id, ids, np.full((10, 64), value, np.float32), flush=False)
+    return ids
+
+
+def test_reader_waits_for_a_writer_mid_write(tmp_path, small_layout):
+    import threading
+
+    path = tmp_path / "t.zarr"
+    make(path, small_layout)
+    writer = open_table(path, mode="r+")
+    ids = _rewrite_unflushed(writer)
+    threading.Timer(0.5, writer.flush).start()  # the writer records the chunk a moment later
+    got = open_table(path).gather(15, ids)  # the reader read the manifest before that
+    np.testing.assert_array_equal(got, np.full((10, 64), 5.0, np.float32))
+    writer.close()
+    assert verify_table(path, deep=True).ok
+
+
+def test_reader_and_verify_never_call_a_table_mid_write_damaged(
+    tmp_path, small_layout, monkeypatch
+):
+    import engramctl.table.table as table_module
+
+    monkeypatch.setattr(table_module, "WRITER_WAIT_SECONDS", 0.4)
+    path = tmp_path / "t.zarr"
+    make(path, small_layout)
+    writer = open_table(path, mode="r+")
+    ids = _rewrite_unflushed(writer)
+    with pytest.raises(EngramError, match="while pid .* writes the table \\(it is not damaged\\)"):
+        open_table(path).gather(15, ids)
+    with pytest.raises(EngramError, match="is being written by pid .*verify again when"):
+        verify_table(path, deep=True)
+    writer.close()
+    assert verify_table(path, deep=True).ok
+    np.testing.assert_array_equal(open_table(path).gather(15, ids)[:, 0], np.full(10, 5.0))
+
+
+def test_damage_without_a_writer_is_still_damage(tmp_path, small_layout):
+    path = tmp_path / "t.zarr"
+    make(path, small_layout)
+    writer = open_table(path, mode="r+")
+    _rewrite_unflushed(writer)
+    writer._dirty = False  # a writer killed before its manifest write
+    writer.close()
+    with pytest.raises(EngramError, match="chunk 2 of layer 15 .* is damaged"):
+        open_table(path).gather(15, [600])
+    assert not verify_table(path, deep=True).ok
