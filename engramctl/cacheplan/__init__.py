@@ -1,9 +1,11 @@
 """cache-plan: how much fast memory serving a workload needs, from one pass over its traffic.
 
 ``trace`` cuts a workload exactly as ``eval`` does and records, per Engram layer, each batch's
-distinct rows; ``lru`` computes the LRU and pager hit rates of every cache size from one pass
-(stack distances); ``static`` scores a fixed cache of the warm-up's most-looked-up rows; ``opt``
-is Belady's optimum; ``plan`` ties them into one report (:func:`plan_cache`); ``plot`` draws it.
+distinct rows; ``stream`` feeds the batches through the passes without keeping the trace
+(memory O(distinct rows)); ``lru`` computes the LRU and pager hit rates of every cache size from
+one pass (stack distances); ``static`` scores a fixed cache of the warm-up's most-looked-up
+rows; ``opt`` is Belady's optimum; ``plan`` ties them into one report (:func:`plan_cache`);
+``plot`` draws it.
 torch-free: it imports only the corpus readers, hashing, layout, vocab and table metadata.
 """
 

@@ -20,8 +20,10 @@ Two curves share the machinery:
   also refuses a cache that cannot hold the rows of the batches in flight; the smallest size it
   accepts comes out of the same pass. Checked against :func:`pager_hits_reference`.
 
-Memory: the trace's dense ids, a Fenwick tree over trace positions and a last-use position per
-distinct row: O(accesses + distinct rows), never O(table rows).
+Memory here: the trace's dense ids, a Fenwick tree over trace positions and a last-use position
+per distinct row: O(accesses + distinct rows), never O(table rows). The plan feeds the same
+kernels' arithmetic batch by batch over a compacted window instead (:mod:`.stream`): O(distinct
+rows); these whole-trace functions are its oracle in the tests.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ PAGER_IN_FLIGHT = 2
 
 
 @njit(cache=True)
-def _popcount(x):
+def popcount(x):
     """Set bits of a uint64 (SWAR; LLVM turns it into one instruction where there is one)."""
     x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
     x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
@@ -47,7 +49,7 @@ def _popcount(x):
 
 
 @njit(cache=True)
-def _new_marks(n):
+def new_marks(n):
     """Position marks: a bit per position in 64-bit words, and a Fenwick tree of per-word counts
     (n/64 nodes: small enough to stay in cache, where a tree over positions would not)."""
     words = (n >> 6) + 1
@@ -55,7 +57,7 @@ def _new_marks(n):
 
 
 @njit(cache=True)
-def _mark(bits, tree, position):
+def mark(bits, tree, position):
     word = position >> 6
     bits[word] |= np.uint64(1) << np.uint64(position & 63)
     i = word + 1
@@ -65,11 +67,11 @@ def _mark(bits, tree, position):
 
 
 @njit(cache=True)
-def _marked_through(bits, tree, position):
+def marked_through(bits, tree, position):
     """Marks at positions 0..position (inclusive)."""
     word = position >> 6
     below = (np.uint64(2) << np.uint64(position & 63)) - np.uint64(1)  # wraps to all ones at 63
-    total = np.int64(_popcount(bits[word] & below))
+    total = np.int64(popcount(bits[word] & below))
     i = word
     while i > 0:
         total += tree[i]
@@ -87,7 +89,7 @@ def lru_histogram_kernel(ids, n_distinct, count_from, hist):
     access, both starting at ``p`` (one cache line for the two).
     """
     n = ids.shape[0]
-    bits, tree = _new_marks(n)
+    bits, tree = new_marks(n)
     last = np.full(n_distinct, -1, dtype=np.int64)
     stale = 0
     for i in range(n):
@@ -96,8 +98,8 @@ def lru_histogram_kernel(ids, n_distinct, count_from, hist):
         if p < 0:
             distance = n_distinct
         else:
-            distance = (i - p - 1) - (stale - _marked_through(bits, tree, p))
-            _mark(bits, tree, p)
+            distance = (i - p - 1) - (stale - marked_through(bits, tree, p))
+            mark(bits, tree, p)
             stale += 1
         last[r] = i
         if i >= count_from:
@@ -109,7 +111,7 @@ def pager_histogram_kernel(ids, bounds, n_distinct, count_from_batch, in_flight,
     """Batch-start ranks of the accesses of batches ``count_from_batch..`` counted into ``hist``;
     returns the smallest cache the pager accepts (rows of in-flight batches stay)."""
     n = ids.shape[0]
-    bits, tree = _new_marks(n)  # stale positions, as in lru_histogram_kernel
+    bits, tree = new_marks(n)  # stale positions, as in lru_histogram_kernel
     last = np.full(n_distinct, -1, dtype=np.int64)
     stale = 0
     need = 1
@@ -121,18 +123,18 @@ def pager_histogram_kernel(ids, bounds, n_distinct, count_from_batch, in_flight,
             if p < 0:
                 distance = n_distinct
             else:  # rows whose last use, as the batch starts, is after p
-                distance = (start - p - 1) - (stale - _marked_through(bits, tree, p))
+                distance = (start - p - 1) - (stale - marked_through(bits, tree, p))
             deepest = max(deepest, distance)
             if k >= count_from_batch:
                 hist[distance] += 1
         for i in range(start, stop):
             p = last[ids[i]]
             if p >= 0:
-                _mark(bits, tree, p)
+                mark(bits, tree, p)
                 stale += 1
             last[ids[i]] = i
         first = bounds[max(0, k - in_flight)]  # rows of this batch and those in flight
-        before = _marked_through(bits, tree, first - 1) if first > 0 else 0
+        before = marked_through(bits, tree, first - 1) if first > 0 else 0
         window = (stop - first) - (stale - before)
         # The pager fails at size C when the batch misses (C <= deepest) and the rows it may not
         # evict (this batch's and the in-flight batches') do not fit (C < window).

@@ -10,17 +10,19 @@ requested size over the accesses after the warm-up: ``lru`` and ``pager`` from o
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import EngramError, UsageError
-from .lru import cumulative_hits, hits_at, lru_histogram, pager_histogram
-from .opt import opt_hits
-from .static import access_ranks, static_ranks
-from .trace import LayerTrace, Workload, batch_count, build_traces
+from .lru import cumulative_hits, hits_at
+from .opt import opt_hits_spilled
+from .stream import LayerStream, stream_layers
+from .trace import Workload, batch_count
 
 POLICIES = ("lru", "pager", "static", "opt")
 TARGETS = (0.5, 0.9, 0.99)  # hit rates whose smallest cache the plan names
@@ -57,7 +59,7 @@ class LayerPlan:
     pager_min_rows: int  # the smallest cache the pager accepts (rows of batches in flight)
     curves: dict  # policy -> [CurvePoint]
     reach: dict  # policy -> {"50%": rows or None, ...} (exact, not limited to the sizes asked)
-    seconds: dict  # policy -> seconds
+    seconds: dict  # policy -> seconds (lru and pager share one streamed pass: each shows it)
 
     def to_dict(self) -> dict:
         doc = {k: v for k, v in asdict(self).items() if k not in ("curves", "layer")}
@@ -119,6 +121,12 @@ def check_options(batch: int, warmup_fraction: float, tokens_per_s: float | None
         raise UsageError(f"--tokens-per-s must be positive, got {tokens_per_s}")
 
 
+def check_spill_dir(spill_dir) -> None:
+    """``--spill-dir`` must be an existing directory (None: the system's temporary directory)."""
+    if spill_dir is not None and not Path(spill_dir).is_dir():
+        raise UsageError(f"--spill-dir {spill_dir} is not a directory; create it or pick another")
+
+
 def check_policies(policies) -> tuple[str, ...]:
     unknown = [p for p in policies if p not in POLICIES]
     if unknown or not policies:
@@ -126,12 +134,12 @@ def check_policies(policies) -> tuple[str, ...]:
     return tuple(p for p in POLICIES if p in policies)
 
 
-def default_sizes(traces: dict[int, LayerTrace], points: int) -> tuple[int, ...]:
+def default_sizes(streams: dict[int, LayerStream], points: int) -> tuple[int, ...]:
     """``points`` log-spaced sizes from half a batch's distinct rows to every row touched."""
     if points < 2:
         raise UsageError(f"--points must be at least 2, got {points}")
-    hi = max(t.distinct for t in traces.values())
-    lo = max(1, min(int(t.unique_per_batch().mean()) // 2 for t in traces.values()))
+    hi = max(t.distinct for t in streams.values())
+    lo = max(1, min(int(np.mean(t.unique)) // 2 for t in streams.values()))
     lo = min(lo, hi)
     return check_sizes(np.unique(np.round(np.geomspace(lo, hi, points))).astype(np.int64))
 
@@ -147,52 +155,43 @@ def _reach(cumulative_hits: np.ndarray, accesses: int, floor: int = 1) -> dict:
     return out
 
 
-def _static_reach(ranks: np.ndarray, accesses: int) -> dict:
-    """Smallest static cache reaching each target: ``ranks`` sorted, one per hitting access."""
-    out = {}
-    for target in TARGETS:
-        need = math.ceil(target * accesses - 1e-9)
-        reached = 0 < need <= len(ranks)
-        out[f"{100 * target:g}%"] = int(ranks[need - 1]) + 1 if reached else None
-    return out
-
-
 # ------------------------------------------------------------------------------- policies
-def _layer_plan(trace: LayerTrace, *, warmup: int, sizes, policies, table_rows) -> LayerPlan:
-    start = int(trace.bounds[warmup])
-    accesses = len(trace.ids) - start
-    unique = trace.unique_per_batch()
-    lookups = int(trace.lookups[warmup:].sum())
+def _layer_plan(stream: LayerStream, *, warmup: int, sizes, policies, table_rows) -> LayerPlan:
+    accesses = stream.accesses - stream.counted_from
+    unique = np.asarray(stream.unique, dtype=np.int64)
+    lookups = int(np.sum(stream.lookups[warmup:]))
     hits, reach, seconds = {}, {}, {}
     pager_min = 0
     for policy in policies:
         t0 = time.perf_counter()
         if policy == "lru":
-            cumulative = cumulative_hits(lru_histogram(trace.ids, trace.distinct, count_from=start))
+            cumulative = cumulative_hits(stream.stacks.histogram(stream.distinct))
             hits[policy] = hits_at(cumulative, sizes)
             reach[policy] = _reach(cumulative, accesses)
         elif policy == "pager":
-            hist, pager_min = pager_histogram(
-                trace.ids, trace.bounds, trace.distinct, count_from_batch=warmup
-            )
-            cumulative = cumulative_hits(hist)
+            pager_min = stream.stacks.pager_min_rows
+            cumulative = cumulative_hits(stream.stacks.histogram(stream.distinct, pager=True))
             found = hits_at(cumulative, sizes)
             hits[policy] = [
                 None if s < pager_min else int(h) for s, h in zip(sizes, found, strict=True)
             ]
             reach[policy] = _reach(cumulative, accesses, floor=pager_min)
-        elif policy == "static" and warmup > 0:
-            ranked, _ = static_ranks(trace.warm_rows, trace.warm_lookups)
-            ranks = access_ranks(ranked, trace.rows[trace.ids[start:]])
-            hits[policy] = np.searchsorted(ranks, np.asarray(sizes, dtype=np.int64))
-            reach[policy] = _static_reach(ranks, accesses)
+        elif policy == "static" and stream.static is not None:
+            cumulative = stream.static.cumulative()
+            hits[policy] = hits_at(cumulative, sizes)
+            reach[policy] = _reach(cumulative, accesses)
         elif policy == "opt":
-            hits[policy] = opt_hits(trace.ids, trace.distinct, sizes, count_from=start)
+            hits[policy] = opt_hits_spilled(
+                stream.spill, stream.distinct, sizes, count_from=stream.counted_from
+            )
         seconds[policy] = time.perf_counter() - t0
+        # plus the streamed part (lru and pager share one pass: each is given its time)
+        part = {"lru": "stacks", "pager": "stacks", "static": "static", "opt": "spill"}[policy]
+        seconds[policy] += stream.seconds[part]
     return LayerPlan(
-        layer=trace.layer,
+        layer=stream.layer,
         table_rows=int(table_rows),
-        distinct_rows=trace.distinct,
+        distinct_rows=stream.distinct,
         accesses=accesses,
         lookups=lookups,
         unique_rows_per_batch_mean=float(unique[warmup:].mean()),
@@ -240,6 +239,7 @@ def plan_cache(
     warmup_fraction: float = 0.1,
     tokens_per_s: float | None = None,
     policies=POLICIES,
+    spill_dir=None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> CachePlan:
     """Plan the cache of every layer in ``layer_ids`` for a workload (see the module docstring).
@@ -247,17 +247,20 @@ def plan_cache(
     ``workload`` comes from :func:`engramctl.cacheplan.trace.read_workload`; ``hasher`` is an
     :class:`engramctl.hashing.NgramHasher` of the layout; ``dim``/``dtype`` give the row size;
     ``sizes`` are rows per layer (default: ``points`` log-spaced sizes); ``progress(stage, done,
-    total)`` is called while hashing.
+    total)`` is called while hashing. Memory is O(distinct rows touched): the batches stream
+    through the policies (:mod:`.stream`); OPT's trace is spilled to a temporary directory under
+    ``spill_dir`` (default: the system's temporary directory), removed when the plan ends, on
+    error too.
     """
-    from ..table.dtypes import parse_dtype, row_bytes
+    from ..table.dtypes import parse_dtype
 
     started = time.perf_counter()
     check_options(batch, warmup_fraction, tokens_per_s)
+    check_spill_dir(spill_dir)
     if sizes is not None:
         sizes = check_sizes(sizes)
     policies = check_policies(policies)
     dtype = parse_dtype(dtype)
-    nbytes = row_bytes(dim, dtype)
     batches = batch_count(workload, batch)
     warmup = math.ceil(warmup_fraction * batches)
     if batches - warmup < 2:
@@ -267,18 +270,39 @@ def plan_cache(
         )
     if warmup == 0:
         policies = tuple(p for p in policies if p != "static")
-    traces = build_traces(
-        workload,
-        hasher,
-        batch=batch,
-        layers=layer_ids,
-        warmup_batches=warmup,
-        progress=(lambda d, t: progress("hashing", d, t)) if progress else None,
-    )
-    if sizes is None:
-        sizes = default_sizes(traces, points)
-    counted_positions = int(workload.sequences[warmup * batch :].size)
     layout = hasher.layout
+    with tempfile.TemporaryDirectory(prefix="engramctl-cache-plan-", dir=spill_dir) as spill:
+        streams = stream_layers(
+            workload,
+            hasher,
+            batch=batch,
+            layers=layer_ids,
+            warmup=warmup,
+            policies=policies,
+            spill_dir=spill if "opt" in policies else None,
+            table_rows=layout.layer_rows,
+            progress=(lambda d, t: progress("hashing", d, t)) if progress else None,
+        )
+        plan = _plan_streams(
+            streams, workload, workload_paths, batch=batch, seq_len=seq_len, sizes=sizes,
+            points=points, warmup=warmup, warmup_fraction=warmup_fraction, dtype=dtype, dim=dim,
+            tokens_per_s=tokens_per_s, policies=policies, layout=layout, progress=progress,
+        )  # fmt: skip
+    plan.seconds = time.perf_counter() - started
+    return plan
+
+
+def _plan_streams(
+    streams, workload, workload_paths, *, batch, seq_len, sizes, points, warmup,
+    warmup_fraction, dtype, dim, tokens_per_s, policies, layout, progress,
+) -> CachePlan:  # fmt: skip
+    """The plan from the layers' streamed state (the second half of :func:`plan_cache`)."""
+    from ..table.dtypes import row_bytes
+
+    nbytes = row_bytes(dim, dtype)
+    if sizes is None:
+        sizes = default_sizes(streams, points)
+    counted_positions = int(workload.sequences[warmup * batch :].size)
     plan = CachePlan(
         workload=[str(p) for p in workload_paths],
         cut=workload.cut,
@@ -288,7 +312,7 @@ def plan_cache(
         counted_positions=counted_positions,
         batch=batch,
         seq_len=seq_len,
-        batches=batches,
+        batches=len(next(iter(streams.values())).unique),
         warmup_batches=warmup,
         warmup_fraction=warmup_fraction,
         dtype=dtype,
@@ -299,11 +323,11 @@ def plan_cache(
         policies=list(policies),
         layout=layout.to_dict(),
     )
-    for layer, trace in traces.items():
+    for layer, stream in streams.items():
         if progress:
             progress(f"layer {layer}", 0, 1)
         lp = _layer_plan(
-            trace,
+            stream,
             warmup=warmup,
             sizes=sizes,
             policies=policies,
@@ -315,9 +339,8 @@ def plan_cache(
             for policy, h in lp.curves.items()
         }
         plan.layers[layer] = lp
-        traces[layer] = None  # free the trace before the next layer's policies run
+        streams[layer] = None  # free the layer's state before the next layer's policies run
     plan.all_layers = _all_layers(plan, sizes, nbytes, tokens_per_s, counted_positions)
-    plan.seconds = time.perf_counter() - started
     return plan
 
 
@@ -356,6 +379,7 @@ def plan_workload(
     warmup_fraction: float = 0.1,
     tokens_per_s: float | None = None,
     policies=POLICIES,
+    spill_dir=None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> CachePlan:
     """Read workload files (cut as ``eval`` cuts them) and plan their cache: ``cache-plan``.
@@ -369,6 +393,7 @@ def plan_workload(
     from .trace import read_workload
 
     check_options(batch, warmup_fraction, tokens_per_s)
+    check_spill_dir(spill_dir)
     if sizes is not None:
         check_sizes(sizes)
     check_policies(policies)
@@ -389,5 +414,6 @@ def plan_workload(
         warmup_fraction=warmup_fraction,
         tokens_per_s=tokens_per_s,
         policies=policies,
+        spill_dir=spill_dir,
         progress=progress,
     )

@@ -82,6 +82,14 @@ def cache_plan_command(
             "(warm-up's top rows), opt (Belady's bound; one simulation per size, slower).",
         ),
     ] = "lru,pager,static,opt",
+    spill_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--spill-dir",
+            help="Where opt spills the trace (4 B per access and layer, 12 B while it runs; "
+            "removed afterwards). Default: the system's temporary directory.",
+        ),
+    ] = None,
     json_out: JsonFlag = False,
     report: Annotated[
         Path | None, typer.Option("--report", help="Also write the JSON document to this file.")
@@ -102,6 +110,7 @@ def cache_plan_command(
     opt: Belady's optimum (slower: one simulation per size).
     Also: distinct rows per batch, bytes per token paged, bandwidth at --tokens-per-s,
     and the smallest caches reaching 50/90/99% hits.
+    Memory follows the distinct rows the workload touches, not its length or the table's size.
     Sizes are rows per layer; eval --cache-rows N splits N evenly over the layers.
 
     Example:
@@ -127,7 +136,7 @@ def cache_plan_command(
         dim=resolved.dim, dtype=dtype.value if dtype is not None else resolved.dtype,
         tokenizer=tokenizer, batch=batch,
         seq_len=seq_len, sizes=size_list, points=points, warmup_fraction=warmup_fraction,
-        tokens_per_s=tokens_per_s, policies=policies,
+        tokens_per_s=tokens_per_s, policies=policies, spill_dir=spill_dir,
     )  # fmt: skip
     document = json.dumps(plan.to_dict(), indent=2)
     if report is not None:

@@ -31,12 +31,15 @@ def chat(tmp_path):
 
 
 def test_json_report_and_plot(tmp_path, ds_vocab_path, chat):
-    report, plot = tmp_path / "plan.json", tmp_path / "plan.png"
+    report, plot, spill = tmp_path / "plan.json", tmp_path / "plan.png", tmp_path / "spill"
+    spill.mkdir()
     result = invoke(
         "cache-plan", chat, "--vocab", ds_vocab_path, *SMALL, "--batch", 4, "--sizes",
         "100,1k,4k", "--tokens-per-s", 1000, "--json", "--report", report, "--plot", plot,
+        "--spill-dir", spill,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+    assert list(spill.iterdir()) == []  # opt's spilled trace is gone
     doc = json.loads(result.stdout)
     assert json.loads(report.read_text()) == doc
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -103,6 +106,7 @@ def test_table_sets_the_layout_and_its_vocab_is_checked(tmp_path, ds_vocab_path,
         (["--tokens-per-s", "0"], 2, "positive"),
         (["--tokens-per-s", "-3"], 2, "positive"),
         (["--policy", "fifo"], 2, "--policy"),
+        (["--spill-dir", "/nonexistent/spill"], 2, "--spill-dir"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(
