@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 OUT ?= demo_out
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench lint format clean
+.PHONY: setup demo test fuzz bench lint format clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,11 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The hostile-input suite with many more generated cases (make test runs 10 per strategy).
+FUZZ_EXAMPLES ?= 200
+fuzz: setup
+	HOSTILE_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/hostile $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) benchmarks/run_all.py

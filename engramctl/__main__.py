@@ -1,5 +1,5 @@
 """``python -m engramctl`` runs the CLI."""
 
-from engramctl.cli import main
+from engramctl._entry import main
 
 main()

@@ -50,8 +50,8 @@ def atomic_open(path: Path, mode: str = "wb", *, fsync: bool = True):
                 handle.flush()
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
+    finally:  # OSError: a read-only or vanished directory must not hide the first error
+        with contextlib.suppress(OSError):
             tmp.unlink()
 
 
@@ -73,6 +73,47 @@ def write_file_atomic(path: Path, data, *, fsync: bool = True) -> None:
         handle.write(memoryview(data).cast("B"))
 
 
+def _pid_is_dead(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def remove_stale_siblings(path: Path) -> list[Path]:
+    """Remove the temporary siblings of ``path`` (``.<name>.<label>-<pid>``, files or
+    directories) left by writers that were killed on this machine; returns what was removed.
+
+    A sibling whose process still runs is kept: it may be a writer at work.
+    """
+    path = Path(path)
+    removed = []
+    try:
+        candidates = list(path.parent.glob(f".{glob_escape(path.name)}.*-*"))
+    except OSError:
+        return removed
+    for sibling in candidates:
+        _, _, pid = sibling.name.rpartition("-")
+        if pid.isdigit() and int(pid) != os.getpid() and _pid_is_dead(int(pid)):
+            with contextlib.suppress(OSError):
+                if sibling.is_dir() and not sibling.is_symlink():
+                    shutil.rmtree(sibling)
+                else:
+                    sibling.unlink()
+                removed.append(sibling)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob's special characters escaped."""
+    import glob
+
+    return glob.escape(name)
+
+
 @contextlib.contextmanager
 def atomic_directory(path: Path, *, label: str = "tmp", replace: bool = False, before_replace=None):
     """Yield a temporary sibling directory name (not yet created) to build ``path`` under.
@@ -83,6 +124,7 @@ def atomic_directory(path: Path, *, label: str = "tmp", replace: bool = False, b
     """
     path = Path(path)
     tmp = temporary_sibling(path, label)
+    remove_stale_siblings(path)  # a killed writer's half-built directory
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         yield tmp
@@ -94,6 +136,8 @@ def atomic_directory(path: Path, *, label: str = "tmp", replace: bool = False, b
             else:
                 path.rmdir()  # an empty directory the user made for it
         os.replace(tmp, path)
+    except OSError as exc:  # read-only, full, not permitted: one line naming the output
+        raise EngramError(f"cannot write {path}: {exc.strerror or exc}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -51,8 +51,37 @@ def configure_cache_dir(package_dir: Path | None = None) -> str | None:
     return str(cache)
 
 
+def cache_is_possible(package_dir: Path | None = None) -> bool:
+    """Whether numba can write its cache anywhere: the user's ``NUMBA_CACHE_DIR``, the package's
+    ``__pycache__`` or the fallback chosen by :func:`configure_cache_dir`."""
+    chosen = os.environ.get("NUMBA_CACHE_DIR")
+    if chosen:
+        return _cache_dir_is_writable(Path(chosen))
+    package_dir = PACKAGE_DIR if package_dir is None else Path(package_dir)
+    return _cache_dir_is_writable(package_dir / "__pycache__")
+
+
 configure_cache_dir()
+CACHE_POSSIBLE = cache_is_possible()
 
-from numba import get_num_threads, njit, prange, set_num_threads  # noqa: E402
+import numba  # noqa: E402
+from numba import get_num_threads, prange, set_num_threads  # noqa: E402
 
-__all__ = ["njit", "prange", "get_num_threads", "set_num_threads", "configure_cache_dir"]
+
+def njit(*args, **kwargs):
+    """``numba.njit``, without ``cache=True`` when nothing is writable (a read-only install with
+    no writable home): numba would refuse to compile ("no locator available"); the kernels are
+    then compiled on every run instead."""
+    if not CACHE_POSSIBLE:
+        kwargs["cache"] = False
+    return numba.njit(*args, **kwargs)
+
+
+__all__ = [
+    "njit",
+    "prange",
+    "get_num_threads",
+    "set_num_threads",
+    "configure_cache_dir",
+    "cache_is_possible",
+]

@@ -161,6 +161,12 @@ class CanonicalVocab:
         return [members[cid] for cid in biggest]
 
     # ------------------------------------------------------------------ applying
+    def pieces(self, ids) -> list[str]:
+        """Each id of a 1-D sequence shown as text: decoded alone where the vocab recorded it,
+        else the tokenizer's token string; ``?`` for an id outside the vocab."""
+        names = self.texts if len(self.texts) == len(self.tokens) else self.tokens
+        return [names[i] if 0 <= i < len(names) else "?" for i in np.asarray(ids).tolist()]
+
     def apply(self, ids: np.ndarray) -> np.ndarray:
         """Map raw token ids to canonical ids; negative ids pass through unchanged.
 
@@ -234,7 +240,13 @@ class CanonicalVocab:
                 f"{path} is not an engramctl vocab file (no engramctl metadata); "
                 "create one with engramctl build-vocab"
             )
-        if meta.get("format_version", 0) > VOCAB_FORMAT_VERSION:
+        version = meta.get("format_version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise EngramError(
+                f"{path} is a damaged vocab file: format_version is {version!r}, not an integer; "
+                "rebuild it with engramctl build-vocab"
+            )
+        if version > VOCAB_FORMAT_VERSION:
             raise EngramError(
                 f"{path} has vocab format version {meta['format_version']}, newer than this "
                 f"engramctl supports ({VOCAB_FORMAT_VERSION}); upgrade engramctl"

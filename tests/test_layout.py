@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -75,7 +76,7 @@ def test_prime_rule_holds_for_random_layouts(sizes, heads, n_layers):
                 # the smallest prime above the current start that is not used yet
                 expected = next(
                     n
-                    for n in range(start + 1, 10 * start + 100)
+                    for n in itertools.count(start + 1)
                     if trial_division_is_prime(n) and n not in used
                 )
                 assert prime == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import logging
@@ -195,6 +196,29 @@ def help_text(docstring: str) -> str:
     )
 
 
+# OSErrors that describe the machine, not a bug: the library names most of them itself; any it
+# misses still end in one line naming the file (a read-only or full disk, a missing permission).
+ENVIRONMENT_ERRNOS = {
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EIO,
+    errno.EMFILE,
+    errno.ENFILE,
+}
+
+
+def _internal_error(exc: Exception) -> typer.Exit:
+    if STATE["verbose"]:
+        traceback.print_exc()
+    return fail(
+        f"internal error: {type(exc).__name__}: {exc} "
+        "(rerun with --verbose for the traceback and report it)"
+    )
+
+
 def command(*args, **kwargs):
     """``app.command`` that turns library errors into one line and an exit code."""
 
@@ -213,13 +237,15 @@ def command(*args, **kwargs):
                 raise fail("interrupted", 130) from None
             except MemoryError:
                 raise fail("out of memory; try a smaller batch or fewer layers") from None
-            except Exception as exc:  # a bug, not a user mistake: say so, keep it one line
+            except OSError as exc:
+                if exc.errno not in ENVIRONMENT_ERRNOS:
+                    raise _internal_error(exc) from None
                 if STATE["verbose"]:
                     traceback.print_exc()
-                raise fail(
-                    f"internal error: {type(exc).__name__}: {exc} "
-                    "(rerun with --verbose for the traceback and report it)"
-                ) from None
+                where = f" {exc.filename}" if exc.filename else ""
+                raise fail(f"cannot access{where}: {exc.strerror}") from None
+            except Exception as exc:  # a bug, not a user mistake: say so, keep it one line
+                raise _internal_error(exc) from None
 
         return app.command(*args, cls=Command, help=help_text(fn.__doc__), **kwargs)(wrapper)
 

@@ -69,7 +69,8 @@ def hash_command(
     if text is not None:
         ids, pieces = encode_text(text, tokenizer, vocab_map)
     else:
-        ids, pieces = read_ids_file(ids_file), None
+        ids = read_ids_file(ids_file)
+        pieces = vocab_map.pieces(ids.reshape(-1, ids.shape[-1])[0])  # the first sequence
     hashes = NgramHasher(layout, vocab_map).hash(ids, table_rows=table_rows)
     if out is not None:
         with atomic_write(out) as handle:
@@ -81,7 +82,7 @@ def hash_command(
             "layers": {str(layer): rows.tolist() for layer, rows in hashes.items()},
             "layout": layout.to_dict(),
         }
-        if pieces is not None:
+        if text is not None:
             doc["tokens"] = pieces
         if out is not None:
             doc["out"] = str(out)

@@ -441,11 +441,17 @@ def print_paging(paging: dict | None) -> None:
 
 
 def _print_explain(explain: dict) -> None:
+    """Colours on a terminal; piped (no colours) one line per token with its gate value."""
     for layer, gates in explain["gates"].items():
-        text = Text(f"layer {layer} gates (blue low .. red high): ")
-        for piece, gate in zip(explain["tokens"], gates, strict=True):
-            red, blue = int(255 * gate), int(255 * (1 - gate))
-            text.append(piece, style=f"black on rgb({red},90,{blue})")
-        console.print(text)
+        if console.is_terminal:
+            text = Text(f"layer {layer} gates (blue low .. red high): ")
+            for piece, gate in zip(explain["tokens"], gates, strict=True):
+                red, blue = int(255 * gate), int(255 * (1 - gate))
+                text.append(piece, style=f"black on rgb({red},90,{blue})")
+            console.print(text)
+        else:
+            console.print(f"layer {layer} gate per token:")
+            for pos, (piece, gate) in enumerate(zip(explain["tokens"], gates, strict=True)):
+                console.print(f"  {pos:>4}  {gate:.3f}  {piece!r}", markup=False)
         mean = sum(gates) / len(gates)
         console.print(f"  mean gate {mean:.3f}, min {min(gates):.3f}, max {max(gates):.3f}")

@@ -17,6 +17,23 @@ from .app import err_console
 PLAIN_EVERY_SECONDS = 5.0  # a plain progress line at most this often when stderr is no terminal
 
 
+def _binary_speed_column():
+    """Bytes per second in KiB/s, MiB/s (rich's TransferSpeedColumn prints decimal MB/s)."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    from .._system import format_bytes
+
+    class BinarySpeedColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(
+                "?" if speed is None else f"{format_bytes(speed)}/s", style="progress.data.speed"
+            )
+
+    return BinarySpeedColumn()
+
+
 def _columns(unit: str, detail: str | None, *, bar: bool) -> list:
     from rich.progress import (
         BarColumn,
@@ -25,14 +42,13 @@ def _columns(unit: str, detail: str | None, *, bar: bool) -> list:
         TextColumn,
         TimeElapsedColumn,
         TimeRemainingColumn,
-        TransferSpeedColumn,
     )
 
     columns = [TextColumn("{task.description}")]
     if bar:
         columns.append(BarColumn())
-    if unit == "bytes":
-        columns += [DownloadColumn(), TransferSpeedColumn()]
+    if unit == "bytes":  # binary units (KiB, MiB), as every summary line prints them
+        columns += [DownloadColumn(binary_units=True), _binary_speed_column()]
     else:
         columns.append(MofNCompleteColumn())
     if detail is not None:

@@ -149,6 +149,9 @@ def init_table_command(
     info = result.info
     kind = "lazy table" if info.lazy else "table"
     verb = "resumed" if result.resumed else "created"
+    if result.resumed and result.chunks_written == 0:
+        console.print(f"{out} is already complete (same settings); nothing to do")
+        return
     console.print(
         f"{verb} {kind} {out}: layers {list(info.layers)}, dim {info.dim} {info.dtype}, "
         f"{format_bytes(info.logical_bytes)} logical, {format_bytes(info.disk_bytes)} on disk, "

@@ -46,6 +46,13 @@ class CorpusOptions:
     token_dtype: str | None = None  # flat binaries: uint16 or uint32 (.u16/.u32 imply it)
     batch_tokens: int = 1 << 20  # tokens per batch handed to the counter
     piece_bytes: int = 1 << 20  # long text documents are tokenized in pieces of about this
+    field_flags: bool = True  # the command has --text-field/--tokens-field to suggest
+
+    def choose_field_hint(self) -> str:
+        """How the user picks another field: the flag, or (train/eval) the field to rename."""
+        if not self.field_flags:
+            return f"this command reads the {self.text_field!r} field; rename yours to it"
+        return "choose one with " + ("--tokens-field" if self.tokens_field else "--text-field")
 
     def validate(self) -> None:
         if self.format not in ("auto", *FORMATS):

@@ -142,10 +142,9 @@ def _jsonl_records(f, options, warnings) -> Iterator[tuple[object, tuple, float]
         if not isinstance(record, dict):
             raise EngramError(f"{f.path} line {lineno}: expected a JSON object, got {text[:40]!r}")
         if key not in record:
-            flag = "--tokens-field" if options.tokens_field else "--text-field"
             raise EngramError(
                 f"{f.path} line {lineno}: no field {key!r} (fields: "
-                f"{', '.join(sorted(record)) or 'none'}); choose one with {flag}"
+                f"{', '.join(sorted(record)) or 'none'}); {options.choose_field_hint()}"
             )
         value = record[key]
         if options.tokens_field:
@@ -174,10 +173,9 @@ def _parquet_batches(f, options) -> Iterator[tuple[object, int, float]]:
     if METADATA_KEY in (schema.metadata or {}):
         raise EngramError(f"{f.path} is an engramctl vocab file, not a corpus; pass it as --vocab")
     if column not in schema.names:
-        flag = "--tokens-field" if options.tokens_field else "--text-field"
         raise EngramError(
             f"{f.path}: no column {column!r} (columns: {', '.join(schema.names)}); "
-            f"choose one with {flag}"
+            f"{options.choose_field_hint()}"
         )
     kind = schema.field(column).type
     if options.tokens_field:
@@ -367,7 +365,12 @@ def _parquet_items(array, first_row, f, assembler, is_text, index, fraction):
                 yield assembler.take(index, fraction)
         return
     lengths = pc.fill_null(pc.list_value_length(array), 0).to_numpy(zero_copy_only=False)
-    flat = pc.list_flatten(array).to_numpy(zero_copy_only=False)
+    flat_array = pc.list_flatten(array)
+    if flat_array.null_count:  # numpy would turn a null into -9223372036854775808
+        first = int(np.flatnonzero(flat_array.is_null().to_numpy(zero_copy_only=False))[0])
+        row = first_row + int(np.searchsorted(np.cumsum(lengths), first, side="right"))
+        raise EngramError(f"{path} row {row}: a token id is null; the token list is damaged")
+    flat = flat_array.to_numpy(zero_copy_only=False)
     ends = np.cumsum(lengths)
     for row, (end, length) in enumerate(zip(ends.tolist(), lengths.tolist(), strict=True)):
         if assembler.add(flat[end - length : end], True, (path, "row", first_row + row)):

@@ -41,7 +41,7 @@ def read_corpus_stream(path, tokenizer) -> CorpusStream:
     pieces: list[np.ndarray] = []
     text_bytes: int | None = 0
     documents = 0
-    for batch in read_batches(files, CorpusOptions(), CorpusWarnings()):
+    for batch in read_batches(files, CorpusOptions(field_flags=False), CorpusWarnings()):
         if batch.texts is not None:
             text_bytes = (
                 None

@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from .._files import atomic_directory
-from ..errors import EngramError
+from ..errors import EngramError, UsageError
+from .config_check import check_checkpoint_meta, check_weights_match
 
 CHECKPOINT_FORMAT = "engramctl-model"
 CHECKPOINT_VERSION = 1
@@ -131,11 +132,18 @@ def read_checkpoint_meta(path: Path) -> dict:
     if missing:
         raise EngramError(f"{path} is not a complete checkpoint: missing {', '.join(missing)}")
     try:
-        meta = json.loads((path / "config.json").read_text())
+        meta = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise EngramError(f"{path / 'config.json'} is not valid JSON ({exc.msg})") from None
-    if meta.get("format") != CHECKPOINT_FORMAT:
+    except RecursionError:
+        raise EngramError(f"{path / 'config.json'} is damaged: nested too deeply") from None
+    except UnicodeDecodeError:
+        raise EngramError(f"{path / 'config.json'} is damaged: not UTF-8 text") from None
+    except OSError as exc:
+        raise EngramError(f"cannot read {path / 'config.json'}: {exc.strerror or exc}") from None
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         raise EngramError(f"{path} is not an engramctl model checkpoint")
+    check_checkpoint_meta(meta, path / "config.json")
     if meta.get("format_version", 0) > CHECKPOINT_VERSION:
         raise EngramError(
             f"{path} has checkpoint format {meta['format_version']}; this engramctl reads up to "
@@ -156,7 +164,11 @@ def load_checkpoint(path: Path, *, device="cpu") -> Checkpoint:
 
     path = Path(path)
     meta = read_checkpoint_meta(path)
-    config = ModelConfig.from_dict(meta["model"])
+    try:
+        config = ModelConfig.from_dict(meta["model"])
+    except UsageError as exc:  # a checkpoint's config is not the user's flags
+        raise EngramError(f"{path / 'config.json'} is damaged: {exc}") from None
+    check_weights_match(config, path / "model.safetensors")
     try:
         tensors = load_file(str(path / "model.safetensors"))
     except (SafetensorError, OSError) as exc:
@@ -166,6 +178,15 @@ def load_checkpoint(path: Path, *, device="cpu") -> Checkpoint:
             f"{path / 'model.safetensors'} lacks the model vocab; not an engramctl model"
         )
     model_vocab = ModelVocab(tensors.pop(RAW_IDS_KEY).numpy(), tensors.pop(OUTPUT_IDS_KEY).numpy())
+    if (model_vocab.size, len(model_vocab.output_ids) + 1) != (
+        config.vocab_size,
+        config.output_vocab_size,
+    ):
+        raise EngramError(
+            f"{path / 'model.safetensors'} does not match config.json: its model vocab has "
+            f"{model_vocab.size} input and {len(model_vocab.output_ids) + 1} output ids, the "
+            f"config {config.vocab_size} and {config.output_vocab_size}"
+        )
     model = EngramLM(config)
     result = model.load_state_dict(tensors, strict=False)
     if result.missing_keys or result.unexpected_keys:

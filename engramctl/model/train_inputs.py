@@ -40,6 +40,8 @@ def prepare_training_data(
     from ..tokenizer import load_checked_tokenizer
     from .data import ModelVocab, read_corpus_stream, text_windows
 
+    if min_count < 1:
+        raise UsageError(f"--min-count must be at least 1, got {min_count}")
     source = tokenizer_source or (vocab.source_name if vocab is not None else "") or "deepseek-v4"
     sha256 = vocab.source_sha256 if vocab is not None else None
     tokenizer, info = load_checked_tokenizer(source, sha256=sha256)

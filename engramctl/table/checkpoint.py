@@ -5,17 +5,16 @@ A checkpoint directory holds ``config.json`` (the ``engram_*`` keys, see
 ``weight_map`` from tensor name to shard file) with its shards, or one ``model.safetensors``.
 Each Engram layer ``L`` has ``layers.L.engram.embed.weight`` (F8_E4M3 ``[rows, dim]``) and
 ``layers.L.engram.embed.scale`` (F8_E8M0 ``[rows, dim / 32]``), with or without a leading
-``model.``. Nothing here reads tensor data: :func:`open_checkpoint` checks headers (dtype, shape
-against the config, every tensor inside its file, no two overlapping) and returns where each
-table's bytes lie, for a streamed copy or a zero-copy link.
+``model.``. Nothing here reads tensor data: each shard's header passes the strict validator of
+:mod:`engramctl.table.st_header`, then the Engram tensors' dtypes and shapes are checked against
+the config, and :meth:`Checkpoint.engram_tensors` returns where each table's bytes lie, for a
+streamed copy or a zero-copy link.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
 from ..model_config import CONFIG_NAME, EngramModelConfig, read_model_config
 from .dtypes import FP8_SCALE_BLOCK
+from .st_header import SafetensorsHeader, read_header
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -30,24 +30,6 @@ WEIGHT_NAME = "layers.{layer}.engram.embed.weight"
 SCALE_NAME = "layers.{layer}.engram.embed.scale"
 NAME_PREFIXES = ("", "model.")
 WEIGHT_DTYPE, SCALE_DTYPE = "F8_E4M3", "F8_E8M0"
-MAX_HEADER_BYTES = 100 * 2**20  # safetensors' own limit
-ITEMSIZE = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
-    "U16": 2, "I16": 2, "F16": 2, "BF16": 2, "U32": 4, "I32": 4, "F32": 4,
-    "U64": 8, "I64": 8, "F64": 8,
-}  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ShardHeader:
-    """A safetensors file's validated header."""
-
-    path: Path
-    size: int  # file size in bytes
-    data_start: int  # 8 + header length: where offsets count from
-    tensors: dict  # name -> {"dtype", "shape", "data_offsets"}
-    header_sha256: str  # sha256 of the 8 length bytes and the JSON header
-    metadata: dict  # the header's "__metadata__" (str -> str)
 
 
 @dataclass(frozen=True)
@@ -64,78 +46,15 @@ class TensorRef:
     header_sha256: str
 
 
-def read_shard_header(path) -> ShardHeader:
-    """Read and strictly validate a safetensors header (no tensor data is read).
+def read_shard_header(path) -> SafetensorsHeader:
+    """Read and strictly validate a shard's safetensors header (no tensor data is read).
 
-    Refuses a header whose length or any tensor's offsets run past the file, a byte size that
-    disagrees with dtype and shape, and tensors that overlap; names the file each time.
+    The one validator of :mod:`engramctl.table.st_header` (integer offsets, known dtypes, byte
+    sizes, no overlap or hole, ``__metadata__`` strings, nesting): a checkpoint shard and a
+    single ``.safetensors`` import obey the same rules. What is particular to a checkpoint
+    (Engram dtypes, shapes against the config) is checked by :meth:`Checkpoint.engram_tensors`.
     """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
-            head = handle.read(8)
-            if len(head) < 8:
-                raise EngramError(f"{path} is not a safetensors file (too short)")
-            (length,) = struct.unpack("<Q", head)
-            if length > MAX_HEADER_BYTES or 8 + length > size:
-                raise EngramError(
-                    f"{path}: safetensors header length {length} runs past the file "
-                    f"({size} bytes): truncated or not a safetensors file"
-                )
-            blob = handle.read(length)
-    except FileNotFoundError:
-        raise EngramError(f"no safetensors file at {path}") from None
-    except IsADirectoryError:
-        raise EngramError(f"{path} is a directory, not a safetensors file") from None
-    except OSError as exc:
-        raise EngramError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        header = json.loads(blob)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise EngramError(f"{path}: the safetensors header is not JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise EngramError(f"{path}: the safetensors header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    if not isinstance(metadata, dict):
-        raise EngramError(f"{path}: the safetensors __metadata__ is not an object")
-    data_start = 8 + length
-    spans = []
-    for name, entry in header.items():
-        spans.append((*_check_entry(path, name, entry, size - data_start), name))
-    spans.sort()
-    for (_, end_a, name_a), (begin_b, _, name_b) in zip(spans, spans[1:], strict=False):
-        if begin_b < end_a:
-            raise EngramError(f"{path}: tensors {name_a!r} and {name_b!r} overlap")
-    digest = hashlib.sha256(head + blob).hexdigest()
-    return ShardHeader(path, size, data_start, header, digest, metadata)
-
-
-def _check_entry(path: Path, name: str, entry, data_bytes: int) -> tuple[int, int]:
-    try:
-        begin, end = (int(v) for v in entry["data_offsets"])
-        shape = [int(s) for s in entry["shape"]]
-        dtype = str(entry["dtype"])
-    except (KeyError, TypeError, ValueError):
-        raise EngramError(f"{path}: tensor {name!r} has a malformed header entry") from None
-    if min(shape, default=0) < 0 or not 0 <= begin <= end:
-        raise EngramError(f"{path}: tensor {name!r} has a negative shape or offset")
-    if end > data_bytes:
-        raise EngramError(
-            f"{path}: tensor {name!r} ends at byte {end} of the data, past the file's "
-            f"{data_bytes} data bytes (truncated?)"
-        )
-    if dtype in ITEMSIZE:
-        count = 1
-        for s in shape:
-            count *= s
-        if end - begin != count * ITEMSIZE[dtype]:
-            raise EngramError(
-                f"{path}: tensor {name!r} ({dtype} {shape}) spans {end - begin} bytes, expected "
-                f"{count * ITEMSIZE[dtype]}"
-            )
-    entry["shape"], entry["data_offsets"], entry["dtype"] = shape, [begin, end], dtype
-    return begin, end
+    return read_header(path)
 
 
 def header_sha256(path) -> str:
@@ -273,7 +192,6 @@ def open_checkpoint(path) -> Checkpoint:
 
 __all__ = [
     "Checkpoint",
-    "ShardHeader",
     "TensorRef",
     "open_checkpoint",
     "read_shard_header",

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .._files import write_file_atomic
+from .._files import remove_stale_siblings, write_file_atomic
 from .._system import format_bytes
 from ..errors import EngramError
 from .format import (
@@ -103,6 +103,18 @@ def chunk_is_valid(store: TableStore, layer_id: int, chunk_index: int, entry) ->
         return True
     log.warning("chunk %d of layer %d fails its checksum; rewriting", chunk_index, layer_id)
     return False
+
+
+def remove_stale_chunk_files(store: TableStore, meta: TableMeta) -> int:
+    """Remove the temporary chunk files (``.0.tmp-<pid>``) of killed writers; the caller holds
+    the writer lock. Returns how many were removed."""
+    if not store.is_local:
+        return 0
+    removed = 0
+    for layer in meta.layers.values():
+        for chunk_dir in (store.root / layer.array / "c").glob("*"):
+            removed += len(remove_stale_siblings(chunk_dir / "0"))
+    return removed
 
 
 def valid_chunks(store: TableStore, meta: TableMeta, manifest: dict) -> set[tuple[int, int]]:

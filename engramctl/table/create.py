@@ -24,13 +24,14 @@ from pathlib import Path
 from .._files import atomic_directory, check_free_space
 from .._system import cpu_count
 from ..cluster import open_client
-from ..errors import EngramError
+from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
 from .chunks import (
     InitProgress,
     ManifestRecorder,
     chunks_to_write,
     raise_init_failure,
+    remove_stale_chunk_files,
     valid_chunks,
     write_init_chunk,
 )
@@ -80,6 +81,11 @@ def build_meta(
     largest = max(layout.layer_rows(layer) for layer in layout.layers)
     if chunk_rows is None:  # 0 or less is refused by TableMeta.build, not replaced
         chunk_rows = default_chunk_rows(dim, dtype, largest)
+    elif chunk_rows > largest:  # a chunk is padded to full size: the file would be mostly zeros
+        raise UsageError(
+            f"--chunk-rows {chunk_rows} is larger than the largest layer ({largest} rows); use at "
+            f"most {largest}, or leave it out for about 4 MiB chunks"
+        )
     return TableMeta.build(
         layout=layout,
         vocab_fingerprint=vocab_fingerprint,
@@ -149,10 +155,13 @@ def _existing_table(store: TableStore) -> TableMeta:
 
 
 def _can_resume(store: TableStore, old: TableMeta, meta: TableMeta, *, lazy: bool) -> bool:
-    """Whether ``old`` is an unfinished init of the same table (other settings: refused)."""
-    if old.status != "initializing" or lazy:
+    """Whether ``old`` is an unfinished init of the same table (other settings: refused), or
+    the same table complete (a rerun after a kill that landed once it was complete)."""
+    if lazy or old.status not in ("complete", "initializing"):
         return False
     read_group(store)  # metadata that fails its checksum is not resumed
+    if old.status == "complete":
+        return not old.lazy and not _recipe_differences(old, meta)
     differences = _recipe_differences(old, meta)
     if differences:
         raise EngramError(
@@ -344,6 +353,7 @@ def initialize_table(
     """
     store = open_store(path)
     meta, manifest = read_group(store)
+    remove_stale_chunk_files(store, meta)  # a killed writer's .0.tmp-<pid> files
     valid = valid_chunks(store, meta, manifest)
     _drop_damaged(manifest, valid)
     todo = chunks_to_write(meta, valid)

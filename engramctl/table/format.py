@@ -206,6 +206,12 @@ class TableMeta:
     @classmethod
     def from_dict(cls, data: dict, *, where: str = "table") -> TableMeta:
         version = check_format_version(data, where=where)
+        for name in ("dim", "chunk_rows"):
+            if not _is_count(data.get(name)) or data[name] < 1:
+                raise EngramError(
+                    f"{where} has damaged metadata: {name} is {data.get(name)!r}, not a positive "
+                    "integer; run engramctl verify"
+                )
         try:
             layers = {
                 int(k): LayerMeta(
@@ -228,10 +234,12 @@ class TableMeta:
                 runs=tuple(dict(run) for run in data.get("runs") or ()),
                 sources=data.get("sources"),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise EngramError(
                 f"{where} has damaged metadata ({type(exc).__name__}: {exc})"
             ) from exc
+        except UsageError as exc:  # a recorded value, not a flag the user gave
+            raise EngramError(f"{where} has damaged metadata ({exc})") from None
 
     def with_status(self, status: str) -> TableMeta:
         data = self.to_dict()
@@ -366,15 +374,43 @@ def checksum_problems(attrs: dict) -> list[str]:
     return problems
 
 
-def parse_manifest(data: dict, meta: TableMeta, *, where: str) -> dict[int, dict[int, list]]:
-    """``{layer: {chunk: [crc32, nbytes, source]}}`` from its JSON form (string keys)."""
-    try:
-        return {
-            int(layer): {int(chunk): list(entry) for chunk, entry in chunks.items()}
-            for layer, chunks in data.items()
-        } | {layer_id: {} for layer_id in meta.layers if str(layer_id) not in data}
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise EngramError(f"{where} has a damaged chunk manifest ({exc})") from exc
+def parse_manifest(data, meta: TableMeta, *, where: str) -> dict[int, dict[int, list]]:
+    """``{layer: {chunk: [crc32, nbytes, source]}}`` from its JSON form (string keys), every
+    entry checked: a layer of the table, a chunk in range, two non-negative integers and a
+    source name."""
+    if not isinstance(data, dict):
+        raise EngramError(f"{where} has a damaged chunk manifest (not an object)")
+    manifest: dict[int, dict[int, list]] = {layer_id: {} for layer_id in meta.layers}
+    for layer, chunks in data.items():
+        try:
+            layer_id = int(layer)
+        except ValueError:
+            layer_id = None
+        if layer_id not in meta.layers or not isinstance(chunks, dict):
+            raise EngramError(
+                f"{where} has a damaged chunk manifest (layer entry {layer!r}); run engramctl "
+                "verify"
+            )
+        n_chunks = meta.layers[layer_id].n_chunks(meta.chunk_rows)
+        for chunk, entry in chunks.items():
+            index = int(chunk) if chunk.isdigit() else -1
+            if not (
+                0 <= index < n_chunks
+                and isinstance(entry, list)
+                and len(entry) == 3
+                and all(_is_count(v) for v in entry[:2])
+                and isinstance(entry[2], str)
+            ):
+                raise EngramError(
+                    f"{where} has a damaged chunk manifest (layer {layer_id} chunk {chunk!r}: "
+                    f"{json.dumps(entry)[:60]}); run engramctl verify"
+                )
+            manifest[layer_id][index] = list(entry)
+    return manifest
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def manifest_to_json(manifest: dict[int, dict[int, list]]) -> dict:

@@ -29,7 +29,13 @@ class WriterLock:
     def acquire(self) -> WriterLock:
         import fcntl
 
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise EngramError(
+                f"cannot write {self.path.parent}: {exc.strerror or exc} (its writer lock "
+                f"{self.path.name} cannot be created)"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -162,7 +162,10 @@ class LocalStore(TableStore):
         return sizes
 
     def remove(self) -> None:
-        shutil.rmtree(self.root)
+        try:
+            shutil.rmtree(self.root)
+        except OSError as exc:
+            raise EngramError(f"cannot remove {self.root}: {exc.strerror or exc}") from exc
 
     def zarr_location(self):
         return str(self.root)

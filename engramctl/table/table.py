@@ -207,6 +207,11 @@ class Table:
                     "(run engramctl verify)"
                 ) from None
             return None
+        except OSError as exc:  # a directory, unreadable, an I/O error: the table, not the output
+            raise EngramError(
+                f"cannot read {where}: {exc.strerror or exc}; the table is damaged or unreadable "
+                "(run engramctl verify)"
+            ) from None
         if entry is None:  # the manifest is the record of what the table holds
             if self.meta.status == "complete":
                 raise ChunkMismatch(

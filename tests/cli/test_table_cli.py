@@ -59,7 +59,9 @@ def test_verify_reports_damage(table):
 
 
 def test_refusals(table, tmp_path, ds_vocab_path, tiny_vocab):
-    result = run("init-table", table, "--vocab", ds_vocab_path, *SMALL)
+    result = run("init-table", table, "--vocab", ds_vocab_path, *SMALL)  # the same: nothing to do
+    assert result.exit_code == 0 and "already complete" in result.stdout, result.output
+    result = run("init-table", table, "--vocab", ds_vocab_path, *SMALL, "--seed", "1")
     assert result.exit_code == 1 and "exists; pass --overwrite" in result.stderr
     assert "Traceback" not in result.output
     result = run("info", tmp_path / "nothing.zarr")

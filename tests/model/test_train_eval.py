@@ -285,6 +285,19 @@ def test_eval_explain(trained):
     assert all(0 < g < 1 for g in explain["gates"]["1"])
 
 
+def test_eval_explain_piped_prints_each_tokens_gate(trained):
+    """Without a terminal (CliRunner, a pipe) the colours are lost: print the values instead."""
+    model, _, _ = trained
+    args = ("eval", "--model", model, "--table", "t.zarr", "--explain", "def f(x):")
+    result = run(*args, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    explain = json.loads(run(*args, "--device", "cpu", "--json").output)["explain"]
+    lines = [line.split() for line in result.stdout.splitlines() if line.startswith("     ")]
+    assert len(lines) == len(explain["tokens"])
+    for (pos, gate, *_), want in zip(lines, explain["gates"]["1"], strict=True):
+        assert float(gate) == pytest.approx(want, abs=5e-4) and int(pos) >= 0
+
+
 @pytest.mark.parametrize(
     "line, message",
     [

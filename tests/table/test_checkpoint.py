@@ -331,3 +331,56 @@ def test_open_checkpoint_needs_config_and_tensors(tmp_path):
     (tmp_path / "e").mkdir()
     with pytest.raises(UsageError, match="no config.json"):
         open_checkpoint(tmp_path / "e")
+
+
+WEIGHT_1 = "layers.1.engram.embed.weight"
+
+
+def as_strings(doc):
+    doc[WEIGHT_1]["data_offsets"] = [str(v) for v in doc[WEIGHT_1]["data_offsets"]]
+
+
+def as_floats(doc):
+    doc[WEIGHT_1]["data_offsets"] = [v + 0.0 for v in doc[WEIGHT_1]["data_offsets"]]
+
+
+def metadata_not_strings(doc):
+    doc["__metadata__"] = {"format": 1}
+
+
+def unknown_dtype(doc):
+    doc[WEIGHT_1]["dtype"] = "U128"
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (as_strings, "data_offsets .* two integers"),
+        (as_floats, "data_offsets .* two integers"),
+        (metadata_not_strings, "__metadata__ must map strings to strings"),
+        (unknown_dtype, "'U128', which is not a safetensors dtype"),
+    ],
+)
+def test_shard_headers_obey_the_strict_rules(ckpt, tmp_path, tiny_vocab, edit, match):
+    """A checkpoint shard is held to st_header's rules, like a single .safetensors import."""
+    path, _, _ = ckpt
+    rewrite_header(shard_of(path, 1), edit)
+    bad(path, tiny_vocab, tmp_path, match)
+
+
+def test_shard_header_nested_too_deeply(ckpt, tmp_path, tiny_vocab):
+    path, _, _ = ckpt
+    shard = shard_of(path, 1)
+    header = read_shard_header(shard)
+    data = shard.read_bytes()
+    blob = data[8 : header.data_start].rstrip()[:-1] + b', "junk": ' + b"[" * 100_000
+    blob += b"]" * 100_000 + b"}"
+    shard.write_bytes(struct.pack("<Q", len(blob)) + blob + data[header.data_start :])
+    bad(path, tiny_vocab, tmp_path, "nested too deeply")
+
+
+def test_shard_with_bytes_no_tensor_owns(ckpt, tmp_path, tiny_vocab):
+    path, _, _ = ckpt
+    with open(shard_of(path, 1), "ab") as handle:
+        handle.write(b"\0" * 16)
+    bad(path, tiny_vocab, tmp_path, r"the tensors cover \d+ of the file's \d+ data bytes")

@@ -156,7 +156,7 @@ def test_import_refusals(tmp_path, layout):
 def test_not_safetensors_and_truncated(tmp_path, layout):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x01")
-    with pytest.raises(EngramError, match="too short"):
+    with pytest.raises(EngramError, match="shorter than 8 bytes"):
         read_safetensors_header(bad)
     bad.write_bytes(struct.pack("<Q", 10**12) + b"{}")
     with pytest.raises(EngramError, match="header length .* runs past the file"):

@@ -176,7 +176,7 @@ def test_dask_init_to_s3_is_bit_identical(local_table, options, ds_vocab_path):
     assert json.loads(result.stdout)["status"] == "complete"
     assert remote_files(url, options) == local_files(local_table)
     result = run("init-table", url, "--vocab", ds_vocab_path, *SMALL, *cli_options(options))
-    assert result.exit_code == 1 and "exists; pass --overwrite" in result.stderr
+    assert result.exit_code == 0 and "already complete" in result.stdout, result.output
 
 
 def test_endpoint_and_credentials_from_the_environment(s3_table, endpoint, monkeypatch):
