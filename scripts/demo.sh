@@ -9,12 +9,15 @@ mkdir -p "$OUT"
 echo "== build-vocab (bundled DeepSeek-V4 tokenizer)"
 $ENGRAMCTL build-vocab --tokenizer deepseek-v4 --out "$OUT/vocab.parquet" --overwrite
 
-echo "== layout (deepseek-v4.1 preset: how big would the production tables be?)"
+echo "== layout (how big are the production tables? deepseek-v4.1, then the demo-v1 preset)"
 $ENGRAMCTL layout --vocab "$OUT/vocab.parquet" --preset deepseek-v4.1 --json > "$OUT/layout-deepseek-v4.1.json"
+$ENGRAMCTL layout --vocab "$OUT/vocab.parquet" --preset deepseek-v4.1 | tail -n 1
 $ENGRAMCTL layout --vocab "$OUT/vocab.parquet" --preset demo-v1 | tail -n 1
 
-echo "== hash (which rows does a sentence touch?)"
+echo "== hash (which rows does a sentence touch? layer 1 of demo-v1; all layers in hashes.npz)"
 $ENGRAMCTL hash --vocab "$OUT/vocab.parquet" --preset demo-v1 --layers 1 \
+    --text "Engram tables remember n-grams."
+$ENGRAMCTL hash --vocab "$OUT/vocab.parquet" --preset demo-v1 \
     --text "Engram tables remember n-grams." --out "$OUT/hashes.npz" --overwrite
 
 echo "== hash-stats (how badly do the sample corpus's n-grams collide, and at which table size?)"
@@ -57,4 +60,15 @@ $ENGRAMCTL eval --model "$OUT/model-engram" --table "$OUT/engram.zarr" --device 
 
 echo
 echo "outputs in $OUT/:"
-ls -l "$OUT"
+cat <<EOF_OUTPUTS
+  vocab.parquet                   the canonical vocab of the DeepSeek-V4 tokenizer (build-vocab)
+  layout-deepseek-v4.1.json       the deepseek-v4.1 layout: primes, multipliers, offsets (layout --json)
+  hashes.npz                      the row ids of the demo sentence, per layer (hash --out)
+  hash-stats.json / .png          collisions of the sample corpus at 3 table sizes (hash-stats)
+  deepseek-lazy.zarr              a full-size deepseek-v4.1 table, metadata only (init-table --lazy)
+  table.zarr                      a small bf16 table, initialized and verified (init-table, verify)
+  engram.zarr                     the reference model's table, its rows trained by train
+  model-baseline/, model-engram/  checkpoints of the two runs (config.json, model.safetensors, loss curves)
+  eval-*.json                     eval reports of both models on the two sample benchmarks
+EOF_OUTPUTS
+ls "$OUT"
