@@ -14,20 +14,20 @@ layout from its ``config.json`` (checked against the vocab) and then either
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from .._files import check_free_space, write_file_atomic
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
 from .checkpoint import Checkpoint, open_checkpoint
-from .chunks import ChunkRecord, ManifestRecorder, chunk_is_valid
+from .chunks import ChunkRecord, ManifestRecorder, chunk_is_valid, write_chunks_in_pool
 from .create import CreateResult, build_meta, write_new_group
 from .dtypes import decode_rows, encode_rows, parse_dtype
 from .format import (
@@ -277,39 +277,16 @@ def _copy_rows(out_path: Path, tensors, *, resumed: bool, progress, workers=None
     )  # fmt: skip
     workers = max(1, min(COPY_WORKERS, workers or os.cpu_count() or 1))
     readers = _reader_pool(tensors, meta.chunk_rows, workers)
-    queued = iter(todo)
-    bad_rows: list[tuple[tuple[int, int], InvalidRowsError]] = []
-    failure: BaseException | None = None
-    pending: dict = {}
+    write_one = functools.partial(_copy_chunk, meta, tensors, readers, out_path)
     try:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engram-copy") as pool:
-            try:
-                while True:
-                    while failure is None and not bad_rows and len(pending) < 2 * workers:
-                        item = next(queued, None)
-                        if item is None:
-                            break
-                        future = pool.submit(_copy_chunk, meta, tensors, readers, out_path, *item)
-                        pending[future] = item
-                    if not pending:
-                        break
-                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in finished:
-                        item, exc = pending.pop(future), future.exception()
-                        if isinstance(exc, InvalidRowsError):
-                            bad_rows.append((item, exc))
-                        elif exc is not None:
-                            failure = failure or exc
-                        else:
-                            recorder.record(future.result())
-                    recorder.flush_if_due()
-            except BaseException as exc:  # Ctrl-C: record the chunks that finish
-                failure = exc
-                for future in pending:
-                    future.cancel()
-                for future in pending:
-                    if not future.cancelled() and future.exception() is None:
-                        recorder.note(future.result())
+        failure, bad_rows = write_chunks_in_pool(
+            todo,
+            write_one,
+            recorder,
+            workers=workers,
+            thread_name="engram-copy",
+            rejected_type=InvalidRowsError,
+        )
         if bad_rows:  # bad data: nothing of this import is kept; name the first bad row
             shutil.rmtree(out_path, ignore_errors=True)
             order = list(meta.layers)

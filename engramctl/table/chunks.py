@@ -14,7 +14,8 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,6 +208,57 @@ class ManifestRecorder:
             log.error("cannot record the manifest of %s: %s", self.store.url, exc)
             failure = failure or exc
         return failure
+
+
+def write_chunks_in_pool(
+    todo: Iterable,
+    write_one: Callable[..., ChunkRecord],
+    recorder,
+    *,
+    workers: int,
+    thread_name: str,
+    rejected_type: type[BaseException] | None = None,
+) -> tuple[BaseException | None, list]:
+    """Run ``write_one(*item)`` for each item of ``todo`` on a thread pool (at most ``2 * workers``
+    in flight), recording each finished chunk with ``recorder``; the one loop of table init and
+    checkpoint import. On Ctrl-C the running chunks finish and are noted before it returns.
+
+    Returns ``(failure, rejected)``: what stopped the run, if anything, and ``(item, exc)`` for
+    each chunk whose error is a ``rejected_type`` (bad input data, collected rather than raised).
+    No new chunk starts after a failure or a rejection.
+    """
+    queued = iter(todo)
+    failure: BaseException | None = None
+    rejected: list = []
+    pending: dict = {}
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name) as pool:
+        try:
+            while True:
+                while failure is None and not rejected and len(pending) < 2 * workers:
+                    item = next(queued, None)
+                    if item is None:
+                        break
+                    pending[pool.submit(write_one, *item)] = item
+                if not pending:
+                    break
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    item, exc = pending.pop(future), future.exception()
+                    if rejected_type is not None and isinstance(exc, rejected_type):
+                        rejected.append((item, exc))
+                    elif exc is not None:
+                        failure = failure or exc
+                    else:
+                        recorder.record(future.result())
+                recorder.flush_if_due()
+        except BaseException as exc:  # Ctrl-C: let running chunks finish and note them
+            failure = exc
+            for future in pending:
+                future.cancel()
+            for future in pending:
+                if not future.cancelled() and future.exception() is None:
+                    recorder.note(future.result())
+    return failure, rejected
 
 
 def raise_init_failure(failure: BaseException, path: str, remaining: int) -> None:

@@ -14,10 +14,10 @@ which ``create_table(..., scheduler=...)`` uses instead of the local threads.
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +33,7 @@ from .chunks import (
     raise_init_failure,
     remove_stale_chunk_files,
     valid_chunks,
+    write_chunks_in_pool,
     write_init_chunk,
 )
 from .create_dask import check_init_memory, initialize_table_dask
@@ -384,33 +385,10 @@ def _write_chunks(
 ) -> BaseException | None:
     """Write ``todo`` from a thread pool (at most ``2 * workers`` chunks in flight), recording
     each finished chunk; returns what stopped the run, if anything."""
-    pending: set = set()
-    failure: BaseException | None = None
-    queue = iter(todo)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engram-init") as pool:
-        try:
-            while True:
-                while failure is None and len(pending) < 2 * workers:
-                    item = next(queue, None)
-                    if item is None:
-                        break
-                    pending.add(pool.submit(write_init_chunk, store, meta, *item))
-                if not pending:
-                    break
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    if future.exception() is not None:
-                        failure = failure or future.exception()
-                        continue
-                    recorder.record(future.result())
-                recorder.flush_if_due()
-        except BaseException as exc:  # KeyboardInterrupt: let running chunks finish first
-            failure = exc
-            for future in pending:
-                future.cancel()
-            for future in pending:
-                if not future.cancelled() and future.exception() is None:
-                    recorder.note(future.result())
+    write_one = functools.partial(write_init_chunk, store, meta)
+    failure, _ = write_chunks_in_pool(
+        todo, write_one, recorder, workers=workers, thread_name="engram-init"
+    )
     return failure
 
 
