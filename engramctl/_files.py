@@ -73,7 +73,8 @@ def write_file_atomic(path: Path, data, *, fsync: bool = True) -> None:
         handle.write(memoryview(data).cast("B"))
 
 
-def _pid_is_dead(pid: int) -> bool:
+def pid_is_dead(pid: int) -> bool:
+    """Whether no process ``pid`` runs on this machine (a writer that was killed)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -97,7 +98,7 @@ def remove_stale_siblings(path: Path) -> list[Path]:
         return removed
     for sibling in candidates:
         _, _, pid = sibling.name.rpartition("-")
-        if pid.isdigit() and int(pid) != os.getpid() and _pid_is_dead(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and pid_is_dead(int(pid)):
             with contextlib.suppress(OSError):
                 if sibling.is_dir() and not sibling.is_symlink():
                     shutil.rmtree(sibling)

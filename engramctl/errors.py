@@ -19,3 +19,9 @@ class UsageError(EngramError):
     """Nonsensical options or values (exit code 2, like click's usage errors)."""
 
     exit_code = 2
+
+
+class Interrupted(EngramError):
+    """The user interrupted a long job (Ctrl-C); the message says what was kept (exit 130)."""
+
+    exit_code = 130

@@ -50,10 +50,13 @@ def close_table(table) -> None:
 
 @command("train")
 def train_command(
+    ctx: typer.Context,
     corpus: Annotated[
-        Path, typer.Option("--corpus", help="Training corpus (.jsonl/.txt or a dir).")
-    ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Checkpoint directory to write.")],
+        Path | None, typer.Option("--corpus", help="Training corpus (.jsonl/.txt or a dir).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Checkpoint directory to write.")
+    ] = None,
     table: Annotated[
         Path | None, typer.Option("--table", help="Engram table (zarr); rows are trained in place.")
     ] = None,
@@ -133,6 +136,22 @@ def train_command(
     buffer_rows: Annotated[
         int, typer.Option("--buffer-rows", help="Out of core: dirty rows per layer per flush.")
     ] = 1 << 18,
+    checkpoint_every: Annotated[
+        int,
+        typer.Option(
+            "--checkpoint-every",
+            help="Commit a resumable checkpoint (weights, optimizer state, rows) every N steps "
+            "(0: only at the end).",
+        ),
+    ] = 0,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            "--resume",
+            help="Continue the run of this checkpoint directory from its last checkpoint, with "
+            "its options and inputs (flags that disagree are refused).",
+        ),
+    ] = None,
     overwrite: OverwriteOpt = False,
     continue_rows: Annotated[
         bool,
@@ -153,13 +172,19 @@ def train_command(
     The table records which run wrote its rows; training a table another run trained needs
     --continue or --overwrite-rows (or --init-from the model that trained it).
 
+    With --checkpoint-every N the run commits a checkpoint every N steps (model, optimizer
+    state, the rows trained so far written to the table); after Ctrl-C or a crash, --resume
+    continues it and ends bit-identical to a run that never stopped.
+
     Example:
     engramctl train --corpus train.jsonl --table t.zarr \\
-        --vocab vocab.parquet --out m
+        --vocab vocab.parquet --out m --checkpoint-every 50
+    engramctl train --resume m
 
     Table-only adaptation (backbone frozen, rows trained out of core):
     engramctl train --freeze-backbone --init-from m --table t.zarr --corpus new.jsonl --out m2
     """
+    from .._outputs import probe_writable
     from ..errors import EngramError, UsageError
     from ..model.checkpoint import check_checkpoint_target
     from ..model.paging import resolve_device
@@ -171,6 +196,12 @@ def train_command(
         train_model,
     )
 
+    if resume is not None:
+        result = _resume_run(ctx, resume)
+        _print_trained(result, json_out=json_out)
+        return
+    if corpus is None or out is None:
+        raise UsageError("train needs --corpus and --out (or --resume MODEL_DIR)")
     if continue_rows and overwrite_rows:
         raise UsageError("--continue and --overwrite-rows exclude each other; pick one")
     prior_runs = "continue" if continue_rows else "overwrite" if overwrite_rows else "refuse"
@@ -179,6 +210,7 @@ def train_command(
     if freeze_backbone and not engram:
         raise UsageError("--freeze-backbone trains table rows only; it cannot go with --no-engram")
     check_checkpoint_target(out, overwrite=overwrite)
+    probe_writable(out)  # a read-only or full target fails now, not after the run
     vocab_map = table_handle = None
     if engram:
         if table is None or (vocab is None and init_from is None):
@@ -207,6 +239,7 @@ def train_command(
         threads=threads,
         freeze_backbone=freeze_backbone,
         buffer_rows=buffer_rows,
+        checkpoint_every=checkpoint_every,
         depth=depth,
         width=width,
         attn_heads=attn_heads,
@@ -270,25 +303,86 @@ def train_command(
                 base=base,
                 moments=moments,
                 prior_runs=prior_runs,
-            )
+                inputs=run_inputs(
+                    corpus=corpus, heldout=heldout, table=table if engram else None, vocab=vocab,
+                    tokenizer=tokenizer, min_count=min_count, init_from=init_from,
+                    moments=moments, compare_with=compare_with, prior_runs=prior_runs,
+                    out_of_core=config.out_of_core,
+                ),
+            )  # fmt: skip
     finally:
         close_table(table_handle)
+    _print_trained(result, json_out=json_out)
+
+
+def run_inputs(*, table, moments, out_of_core: bool, **paths) -> dict:
+    """What ``train --resume`` reopens: the inputs of the run, as absolute paths."""
+    from ..model.table_rows import default_moments_path
+
+    def absolute(value):
+        return str(Path(value).resolve()) if isinstance(value, Path) else value
+
+    if out_of_core:
+        moments = moments or default_moments_path(table)
+    return {
+        **{k: absolute(v) for k, v in paths.items()},
+        "table": absolute(table),
+        "moments": absolute(moments) if out_of_core else None,
+    }
+
+
+def _resume_run(ctx: typer.Context, model_dir: Path):
+    """``train --resume``: the run's own options; flags given too must agree with them."""
+    from click.core import ParameterSource
+
+    from ..model.resume_run import check_resume_flags, plan_resume, resume_training
+
+    plan = plan_resume(model_dir)
+    given = {
+        name: value
+        for name, value in ctx.params.items()
+        if name not in ("resume", "json_out", "overwrite", "continue_rows", "overwrite_rows")
+        and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+    }
+    for flag, policy in (("continue_rows", "continue"), ("overwrite_rows", "overwrite")):
+        if ctx.get_parameter_source(flag) == ParameterSource.COMMANDLINE and ctx.params[flag]:
+            given["prior_runs"] = policy
+    check_resume_flags(plan, given)
+    detail = "loss {loss:.3f}, {tps:,.0f} tok/s"
+    with progress(
+        "train", enabled=not STATE["quiet"], unit="steps", detail=detail, transient=True
+    ) as update:
+        return resume_training(
+            plan,
+            open_table=lambda path, mode: open_table_for(path, mode=mode),
+            on_step=lambda step, total, loss, tps: update(step, total, loss=loss, tps=tps),
+        )
+
+
+def _print_trained(result, *, json_out: bool) -> None:
+    """What ``train`` prints of its result (or one JSON document)."""
     if json_out:
         typer.echo(json.dumps(result.to_dict()))
         return
     held = f"{result.final_heldout_loss:.4f}" if result.final_heldout_loss is not None else "n/a"
+    engram, out = result.table is not None, result.out_dir
     console.print(
         f"trained {'engram' if engram else 'baseline (--no-engram)'} model: {result.steps} steps, "
         f"{result.tokens:,} tokens ({result.passes:.2f} passes) in {result.seconds:.0f}s; "
         f"train loss {result.final_train_loss:.4f}, held-out loss {held}"
     )
     if engram:
-        console.print(f"wrote {result.rows_written:,} trained rows back to {table}")
+        console.print(f"wrote {result.rows_written:,} trained rows back to {result.table}")
     if result.moments:
         rate = result.rows_written / result.write_seconds if result.write_seconds else 0.0
         console.print(
             f"out of core: {result.write_seconds:.1f}s writing rows ({rate:,.0f} rows/s), "
             f"Adam moments in {result.moments}"
+        )
+    if result.checkpoints:
+        console.print(
+            f"{result.checkpoints} periodic checkpoint(s) in {result.checkpoint_seconds:.1f}s"
+            + (f" (resumed at step {result.resumed_from})" if result.resumed_from else "")
         )
     console.print(f"checkpoint {out}/ (loss curve {out}/loss_curve.png)")
 

@@ -60,6 +60,8 @@ def save_checkpoint(
     compare: dict | None = None,
     weights_file: Path | None = None,
     before_publish=None,
+    write_extra=None,
+    curve: bool = True,
 ) -> Path:
     """Write a checkpoint directory atomically (temporary sibling, then rename).
 
@@ -67,6 +69,8 @@ def save_checkpoint(
     model (a table-only adaptation, whose weights are the base's). ``before_publish()`` runs
     once the checkpoint is complete under its temporary name, before the rename (train writes
     its rows there: a full disk at the checkpoint leaves the table untouched).
+    ``write_extra(tmp)`` adds files to the directory (a periodic checkpoint's training state);
+    ``curve=False`` skips the loss-curve PNG.
     """
     from safetensors.torch import save_file
 
@@ -98,7 +102,10 @@ def save_checkpoint(
         (tmp / "history.json").write_text(json.dumps(history))
         if vocab is not None:
             vocab.save(tmp / "vocab.parquet")
-        save_loss_curve(history, tmp / "loss_curve.png", title=out_dir.name, runs=compare)
+        if curve:
+            save_loss_curve(history, tmp / "loss_curve.png", title=out_dir.name, runs=compare)
+        if write_extra is not None:
+            write_extra(tmp)
         if before_publish is not None:
             before_publish()
     return out_dir

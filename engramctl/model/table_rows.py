@@ -1,12 +1,15 @@
 """Table rows trained out of core: gathered from the table per step, written back in batches.
 
-:class:`OutOfCoreRows` is the out-of-core twin of :class:`engramctl.model.train.TrainableTable`
-(same ``gather`` / ``step`` / ``lookup`` / ``write_back``): nothing of size O(table rows) is held
-in memory. Each step gathers the unique rows it hashes to with the table's memory-mapped gather,
-together with their sparse-Adam moments from the *moment store*, and updates them. Updated rows
-and moments go to a bounded write-back buffer (``buffer_rows`` rows; reads see it first); when
-it is full, or at an evaluation or the end, it is flushed: the dirty rows sorted by chunk, one
-``write_rows`` call per store, so every chunk is rewritten once per flush.
+:class:`OutOfCoreRows` is the out-of-core twin of :class:`TrainableTable` (a layer decoded to
+memory; same ``gather`` / ``step`` / ``lookup`` / ``write_back``): nothing of size O(table
+rows) is held in memory. Each step gathers the unique rows it hashes to with the table's
+memory-mapped gather, together with their sparse-Adam moments from the *moment store*, and
+updates them. Updated rows and moments go to a bounded write-back buffer (``buffer_rows`` rows;
+reads see it first); when it is full, or at the end, it is flushed: the dirty rows sorted by
+chunk, one ``write_rows`` call per store, so every chunk is rewritten once per flush. A run with
+periodic checkpoints (``hold``) flushes only at a checkpoint, which it takes early when the
+buffer holds more than ``buffer_rows``: the table and moment store always hold a checkpoint's
+rows.
 
 The moment store is itself an engramctl table (``<table>.adam.zarr`` by default, named in the
 checkpoint): the table's layout, float32 rows of ``exp_avg | exp_avg_sq | step`` (``2 d + 1``
@@ -29,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EngramError
+from .optim import SparseRowAdam
 
 MOMENTS_SUFFIX = ".adam.zarr"
 DEFAULT_BUFFER_ROWS = 1 << 18
@@ -115,13 +119,18 @@ class WriteBuffer:
 class OutOfCoreRows:
     """One table layer trained out of core (see the module docstring)."""
 
-    def __init__(self, table, layer_id: int, moments, device, *, buffer_rows=DEFAULT_BUFFER_ROWS):
+    def __init__(
+        self, table, layer_id: int, moments, device, *, buffer_rows=DEFAULT_BUFFER_ROWS, hold=0
+    ):
         from .optim import TABLE_BETAS
 
         self.table, self.moments, self.layer_id = table, moments, layer_id
         self.device = device
         self.dim = table.dim
-        self.buffer = WriteBuffer(max(1, int(buffer_rows)), self.dim)
+        # hold > 0 (periodic checkpoints): rows reach the table only at a checkpoint, which the
+        # run takes when more than buffer_rows are held; hold is the most rows one step adds
+        self.budget, self.hold = max(1, int(buffer_rows)), int(hold)
+        self.buffer = WriteBuffer(self.budget + self.hold, self.dim)
         self.betas, self.eps = TABLE_BETAS, 1e-8
         self.rows_written = 0
         self.flushes = 0
@@ -202,6 +211,8 @@ class OutOfCoreRows:
             t_new.numpy().astype(np.float32),
         )
         if len(self.buffer) + len(unique) > self.buffer.capacity:
+            if self.hold:
+                raise EngramError("a step touched more rows than the write buffer holds")
             self.flush()
         if len(unique) > self.buffer.capacity:  # one step's rows exceed the buffer: write now
             self._write(unique, *values)
@@ -215,6 +226,11 @@ class OutOfCoreRows:
         from ..table.dtypes import decode_rows, encode_rows
 
         return decode_rows(encode_rows(rows, self.table.dtype), self.table.dtype, self.dim)
+
+    @property
+    def over_budget(self) -> bool:
+        """Holding more rows than ``buffer_rows`` (a periodic-checkpoint run commits now)."""
+        return len(self.buffer) > self.budget
 
     def flush(self) -> int:
         """Write the buffered rows and moments (each touched chunk once); returns rows written."""
@@ -244,3 +260,48 @@ class OutOfCoreRows:
         """Flush what is buffered; returns the rows written over the whole run."""
         self.flush()
         return self.rows_written
+
+
+class TrainableTable:
+    """A table layer held in memory as float32 for training, with the rows it changed."""
+
+    def __init__(self, table, layer_id: int, device):
+        import torch
+
+        from ..table.dtypes import decode_rows
+
+        rows = table.layout.layer_rows(layer_id)
+        values = np.empty((rows, table.dim), dtype=np.float32)
+        step = 1 << 16
+        for start in range(0, rows, step):
+            ids = np.arange(start, min(rows, start + step), dtype=np.int64)
+            values[start : start + len(ids)] = decode_rows(
+                table.gather(layer_id, ids), table.dtype, table.dim
+            )
+        self.layer_id = layer_id
+        self.weight = torch.from_numpy(values).to(device)
+        self.touched = np.zeros(rows, dtype=bool)
+        self.optimizer = SparseRowAdam(self.weight)
+
+    def gather(self, unique: np.ndarray, unique_t):
+        """The rows ``unique`` as a leaf tensor ``(U, d)`` whose gradient :meth:`step` reads."""
+        return self.weight[unique_t].requires_grad_(True)
+
+    def step(self, unique: np.ndarray, unique_t, leaf, *, lr: float, weight_decay: float) -> None:
+        """Sparse Adam on the gathered rows; they are written back by :meth:`write_back`."""
+        self.optimizer.step(unique_t, leaf.grad, lr=lr, weight_decay=weight_decay)
+        self.touched[unique] = True
+
+    def lookup(self, ids_t):
+        """Rows for evaluation (no gradient)."""
+        return self.weight[ids_t]
+
+    def write_back(self, table, *, flush: bool = True) -> int:
+        """Write every row changed since the last write back; returns how many."""
+        changed = np.flatnonzero(self.touched)
+        if len(changed):
+            table.write_rows(
+                self.layer_id, changed, self.weight[changed].cpu().numpy(), flush=flush
+            )
+            self.touched[:] = False
+        return int(len(changed))

@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import EngramError, UsageError
-from .finish import commit_rows, save_run
-from .optim import Optimizers, SparseRowAdam, configure_optimizers, lr_at
-from .provenance import check_prior_runs, new_run, table_pin
+from ..errors import EngramError, Interrupted, UsageError
+from .optim import Optimizers, configure_optimizers, lr_at
+from .provenance import check_prior_runs, new_run
 from .train_inputs import (  # noqa: F401 - the names commands and scripts import from here
     TrainingData,
     available_memory,
@@ -60,6 +59,7 @@ class TrainConfig:
     freeze_backbone: bool = False  # table-only adaptation: train table rows, nothing else
     out_of_core: bool = False  # rows gathered per step from the table (else decoded in memory)
     buffer_rows: int = 1 << 18  # out of core: dirty rows per layer held before a flush
+    checkpoint_every: int = 0  # steps between resumable checkpoints (0: only at the end)
 
     def validate(self) -> None:
         for name in (
@@ -76,6 +76,10 @@ class TrainConfig:
                 raise UsageError(
                     f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
                 )
+        if self.checkpoint_every < 0:
+            raise UsageError(
+                f"--checkpoint-every must be >= 0 (0: only at the end), got {self.checkpoint_every}"
+            )
         if self.eval_every < 0:
             raise UsageError(
                 f"--eval-every must be >= 0 (0: only at the end), got {self.eval_every}"
@@ -101,56 +105,15 @@ class TrainResult:
     passes: float = 0.0  # passes over the training windows
     write_seconds: float = 0.0  # out of core: time spent writing rows and moments back
     moments: str | None = None  # out of core: the sparse Adam's moment store
+    table: str | None = None  # the table whose rows were trained (None: --no-engram)
+    checkpoints: int = 0  # periodic checkpoints committed by this process (--checkpoint-every)
+    checkpoint_seconds: float = 0.0  # time they took
+    resumed_from: int | None = None  # the step this process resumed at (--resume)
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["out_dir"] = str(self.out_dir)
         return data
-
-
-class TrainableTable:
-    """A table layer held in memory as float32 for training, with the rows it changed."""
-
-    def __init__(self, table, layer_id: int, device):
-        import torch
-
-        from ..table.dtypes import decode_rows
-
-        rows = table.layout.layer_rows(layer_id)
-        values = np.empty((rows, table.dim), dtype=np.float32)
-        step = 1 << 16
-        for start in range(0, rows, step):
-            ids = np.arange(start, min(rows, start + step), dtype=np.int64)
-            values[start : start + len(ids)] = decode_rows(
-                table.gather(layer_id, ids), table.dtype, table.dim
-            )
-        self.layer_id = layer_id
-        self.weight = torch.from_numpy(values).to(device)
-        self.touched = np.zeros(rows, dtype=bool)
-        self.optimizer = SparseRowAdam(self.weight)
-
-    def gather(self, unique: np.ndarray, unique_t):
-        """The rows ``unique`` as a leaf tensor ``(U, d)`` whose gradient :meth:`step` reads."""
-        return self.weight[unique_t].requires_grad_(True)
-
-    def step(self, unique: np.ndarray, unique_t, leaf, *, lr: float, weight_decay: float) -> None:
-        """Sparse Adam on the gathered rows; they are written back by :meth:`write_back`."""
-        self.optimizer.step(unique_t, leaf.grad, lr=lr, weight_decay=weight_decay)
-        self.touched[unique] = True
-
-    def lookup(self, ids_t):
-        """Rows for evaluation (no gradient)."""
-        return self.weight[ids_t]
-
-    def write_back(self, table, *, flush: bool = True) -> int:
-        """Write every row changed since the last write back; returns how many."""
-        changed = np.flatnonzero(self.touched)
-        if len(changed):
-            table.write_rows(
-                self.layer_id, changed, self.weight[changed].cpu().numpy(), flush=flush
-            )
-            self.touched[:] = False
-        return int(len(changed))
 
 
 @contextmanager
@@ -317,6 +280,8 @@ def train_model(
     base=None,
     moments: Path | None = None,
     prior_runs: str = "refuse",
+    inputs: dict | None = None,
+    resume=None,
 ) -> TrainResult:
     """Train the reference model on token windows and save a checkpoint.
 
@@ -339,25 +304,48 @@ def train_model(
         ``<table>.adam.zarr``, see :mod:`engramctl.model.table_rows`).
     prior_runs : what to do when another run already trained the table's rows: ``refuse``
         (default), ``continue`` or ``overwrite`` (see :mod:`engramctl.model.provenance`).
+    inputs : what ``--resume`` reopens (corpus, table, ... paths), kept in the training state.
+    resume : a :class:`~engramctl.model.resume.ResumePoint` to continue from (its step, state and
+        weights); the run ends bit-identical to one that never stopped.
 
-    The checkpoint is written first, under a temporary name; then the rows are written to the
+    Every checkpoint is written first, under a temporary name; then the rows are written to the
     table and recorded (run id, checksum of the rows) with its manifest; then the checkpoint is
-    renamed into place. A failure at the checkpoint leaves the table as it was.
+    renamed into place. A failure at the checkpoint leaves the table as it was. With
+    ``config.checkpoint_every`` the run commits such a checkpoint every N steps, with the state
+    to resume from; Ctrl-C raises :class:`~engramctl.errors.Interrupted` saying how to resume.
     """
     from ..hashing import NgramHasher
+    from .finish import RunWriter
+    from .resume import (
+        check_same_data,
+        interrupted_message,
+        restore_backbone,
+        restore_rows,
+        windows_digest,
+    )
 
     config.validate()
     if config.engram and (table is None or vocab is None):
         raise UsageError("training with Engram needs a table and its vocab (or pass --no-engram)")
     if config.freeze_backbone and base is None:
         raise UsageError("--freeze-backbone needs --init-from MODEL_DIR (the model to adapt)")
-    if config.engram:
-        check_prior_runs(table, prior_runs, base_meta=base.meta if base is not None else None)
-    run = new_run(out_dir, steps=config.steps, policy=prior_runs) if config.engram else None
-    if run is not None and config.out_of_core:  # rows reach the table during the run: its
-        table.record_run({**run, "incomplete": True})  # first flush says so, the end replaces it
+    fingerprints = {"windows": windows_digest(windows), "heldout": windows_digest(heldout)}
+    if resume is not None:
+        check_same_data(resume.state, fingerprints)
+        run = dict(resume.run) if config.engram else None
+    else:
+        if config.engram:
+            check_prior_runs(table, prior_runs, base_meta=base.meta if base is not None else None)
+        run = new_run(out_dir, steps=config.steps, policy=prior_runs) if config.engram else None
+    if run is not None and config.out_of_core and not config.checkpoint_every:
+        table.record_run({**run, "incomplete": True})  # rows reach the table during the run
     with reproducible_torch(config.device, config.threads), ExitStack() as stack:
-        if base is not None:
+        if resume is not None:
+            from .checkpoint import load_checkpoint
+
+            checkpoint = resume.checkpoint or load_checkpoint(resume.path, device=config.device)
+            model = checkpoint.model
+        elif base is not None:
             model = base.model.to(config.device)
         else:
             model = build_model(config, model_vocab, table)
@@ -369,13 +357,21 @@ def train_model(
 
                 moments = Path(moments) if moments else default_moments_path(table.path)
                 moments_store = stack.enter_context(open_moment_store(table, moments))
+                hold = config.batch * config.seq_len * table.layout.heads_per_layer
                 tables = {
                     layer: OutOfCoreRows(
-                        table, layer, moments_store, config.device, buffer_rows=config.buffer_rows
+                        table,
+                        layer,
+                        moments_store,
+                        config.device,
+                        buffer_rows=config.buffer_rows,
+                        hold=hold if config.checkpoint_every else 0,
                     )
                     for layer in table.layout.layers
                 }
             else:
+                from .table_rows import TrainableTable
+
                 tables = {
                     layer: TrainableTable(table, layer, config.device)
                     for layer in table.layout.layers
@@ -387,83 +383,119 @@ def train_model(
             tables=tables,
             frozen=config.freeze_backbone,
         )
-        order = data_order(len(windows), config)
-        heldout_subset = curve_windows(heldout, config)
-        history = {"step": [], "train_loss": [], "heldout": [], "lr": []}
-        tokens_per_step = config.batch * config.seq_len
-        start = time.perf_counter()
-        loss_value = float("nan")
-        for step in range(config.steps):
-            lr = lr_at(step, peak=config.lr, warmup=config.warmup, total=config.steps)
-            table_lr = lr_at(step, peak=config.table_lr, warmup=config.warmup, total=config.steps)
-            loss_value = train_step(
-                model,
-                get_batch(windows, order, step, config.batch),
-                model_vocab,
-                optimizers=optimizers,
-                hasher=hasher,
-                lr=lr,
-                table_lr=table_lr,
-                config=config,
-            )
-            history["step"].append(step + 1)
-            history["train_loss"].append(loss_value)
-            history["lr"].append(lr)
-            last = step + 1 == config.steps
-            if heldout is not None and (
-                last or (config.eval_every and (step + 1) % config.eval_every == 0)
-            ):
-                held_loss = estimate_loss(
-                    model, heldout_subset, model_vocab, hasher=hasher, tables=tables, config=config
-                )
-                history["heldout"].append([step + 1, held_loss])
-                log.info("step %d heldout loss %.4f (subset)", step + 1, held_loss)
-            if on_step is not None:
-                elapsed = time.perf_counter() - start
-                on_step(step + 1, config.steps, loss_value, tokens_per_step * (step + 1) / elapsed)
-        if config.out_of_core:  # its rows went to the table during the run
-            rows_written = sum(t.write_back(table) for t in tables.values())
-        else:  # written after the checkpoint (commit_rows)
-            rows_written = sum(int(t.touched.sum()) for t in tables.values())
-        seconds = time.perf_counter() - start
-        write_seconds = sum(getattr(t, "write_seconds", 0.0) for t in tables.values())
-        final_heldout = None
-        if heldout is not None:
-            final_heldout = estimate_loss(
-                model, heldout, model_vocab, hasher=hasher, tables=tables, config=config
-            )
-        history["heldout_full"] = final_heldout
-        result = TrainResult(
+        writer = RunWriter(
             out_dir=Path(out_dir),
-            steps=config.steps,
-            tokens=config.steps * tokens_per_step,
-            seconds=seconds,
-            final_train_loss=loss_value,
-            final_heldout_loss=final_heldout,
-            history=history,
-            rows_written=rows_written,
-            passes=config.steps * config.batch / len(windows),
-            write_seconds=write_seconds,
-            moments=str(moments) if moments_store is not None else None,
-        )
-        save_run(
-            result,
             model=model,
             model_vocab=model_vocab,
             config=config,
             table=table,
             vocab=vocab,
+            optimizers=optimizers,
+            tables=tables,
+            run=run,
+            moments=moments_store,
+            base=base,
             overwrite=overwrite,
             extra_meta=extra_meta,
             compare=compare,
-            base=base,
-            table_pin=table_pin(run, table) if run is not None else None,
-            before_publish=(
-                (lambda: commit_rows(table, tables, run, out_of_core=config.out_of_core))
-                if run is not None
-                else None
-            ),
+            info={"inputs": inputs or {}, **fingerprints},
         )
+        history = {"step": [], "train_loss": [], "heldout": [], "lr": []}
+        first, before = 0, {}
+        if resume is not None:
+            tensors = resume.tensors()
+            restore_backbone(optimizers.backbone, tensors)
+            restore_rows(tables, tensors, out_of_core=config.out_of_core)
+            history, first, before = resume.state["history"], resume.step, resume.state["result"]
+            writer = writer.resumed(first)
+        order = data_order(len(windows), config)
+        heldout_subset = curve_windows(heldout, config)
+        tokens_per_step = config.batch * config.seq_len
+        start = time.perf_counter()
+        loss_value = history["train_loss"][-1] if history["train_loss"] else float("nan")
+
+        def result_at(done: int, final_heldout=None) -> TrainResult:
+            rows = (
+                sum(
+                    getattr(t, "rows_written", 0) + len(getattr(t, "buffer", ()))
+                    for t in tables.values()
+                )
+                if config.out_of_core
+                else sum(int((t.optimizer.steps > 0).sum()) for t in tables.values())
+            )
+            return TrainResult(
+                out_dir=Path(out_dir),
+                steps=done,
+                tokens=done * tokens_per_step,
+                seconds=before.get("seconds", 0.0) + time.perf_counter() - start,
+                final_train_loss=loss_value,
+                final_heldout_loss=final_heldout,
+                history=history,
+                rows_written=rows + (before.get("rows_written", 0) if config.out_of_core else 0),
+                passes=done * config.batch / len(windows),
+                write_seconds=before.get("write_seconds", 0.0)
+                + sum(getattr(t, "write_seconds", 0.0) for t in tables.values()),
+                moments=str(moments) if moments_store is not None else None,
+                table=str(table.path) if config.engram else None,
+                checkpoints=writer.checkpoints,
+                checkpoint_seconds=writer.seconds_spent,
+                resumed_from=first if resume is not None else None,
+            )
+
+        done = first
+        try:
+            for step in range(first, config.steps):
+                lr = lr_at(step, peak=config.lr, warmup=config.warmup, total=config.steps)
+                table_lr = lr_at(
+                    step, peak=config.table_lr, warmup=config.warmup, total=config.steps
+                )
+                loss_value = train_step(
+                    model,
+                    get_batch(windows, order, step, config.batch),
+                    model_vocab,
+                    optimizers=optimizers,
+                    hasher=hasher,
+                    lr=lr,
+                    table_lr=table_lr,
+                    config=config,
+                )
+                done = step + 1
+                history["step"].append(step + 1)
+                history["train_loss"].append(loss_value)
+                history["lr"].append(lr)
+                last = step + 1 == config.steps
+                if heldout is not None and (
+                    last or (config.eval_every and (step + 1) % config.eval_every == 0)
+                ):
+                    held_loss = estimate_loss(
+                        model,
+                        heldout_subset,
+                        model_vocab,
+                        hasher=hasher,
+                        tables=tables,
+                        config=config,
+                    )
+                    history["heldout"].append([step + 1, held_loss])
+                    log.info("step %d heldout loss %.4f (subset)", step + 1, held_loss)
+                if writer.due(step + 1):
+                    writer.save(result_at(step + 1), final=False)
+                if on_step is not None:
+                    elapsed = time.perf_counter() - start
+                    rate = tokens_per_step * (step + 1 - first) / elapsed
+                    on_step(step + 1, config.steps, loss_value, rate)
+            if config.out_of_core and not config.checkpoint_every:
+                for rows in tables.values():  # its rows went to the table during the run
+                    rows.write_back(table)
+            final_heldout = None
+            if heldout is not None:
+                final_heldout = estimate_loss(
+                    model, heldout, model_vocab, hasher=hasher, tables=tables, config=config
+                )
+            history["heldout_full"] = final_heldout
+            result = result_at(config.steps, final_heldout)
+            writer.save(result, final=True)
+        except KeyboardInterrupt:
+            raise Interrupted(interrupted_message(done, writer, tables)) from None
     return result
 
 
