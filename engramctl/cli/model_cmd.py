@@ -333,8 +333,6 @@ def run_inputs(*, table, moments, out_of_core: bool, **paths) -> dict:
 
 def _resume_run(ctx: typer.Context, model_dir: Path):
     """``train --resume``: the run's own options; flags given too must agree with them."""
-    from click.core import ParameterSource
-
     from ..model.resume_run import check_resume_flags, plan_resume, resume_training
 
     plan = plan_resume(model_dir)
@@ -342,10 +340,10 @@ def _resume_run(ctx: typer.Context, model_dir: Path):
         name: value
         for name, value in ctx.params.items()
         if name not in ("resume", "json_out", "overwrite", "continue_rows", "overwrite_rows")
-        and ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE
+        and given_on_command_line(ctx, name)
     }
     for flag, policy in (("continue_rows", "continue"), ("overwrite_rows", "overwrite")):
-        if ctx.get_parameter_source(flag) == ParameterSource.COMMANDLINE and ctx.params[flag]:
+        if given_on_command_line(ctx, flag) and ctx.params[flag]:
             given["prior_runs"] = policy
     check_resume_flags(plan, given)
     detail = "loss {loss:.3f}, {tps:,.0f} tok/s"
@@ -357,6 +355,13 @@ def _resume_run(ctx: typer.Context, model_dir: Path):
             open_table=lambda path, mode: open_table_for(path, mode=mode),
             on_step=lambda step, total, loss, tps: update(step, total, loss=loss, tps=tps),
         )
+
+
+def given_on_command_line(ctx: typer.Context, name: str) -> bool:
+    """Whether the user gave option ``name`` (not its default); by the source's name, as typer
+    may bring its own click."""
+    source = ctx.get_parameter_source(name)
+    return getattr(source, "name", None) in ("COMMANDLINE", "ENVIRONMENT")
 
 
 def _print_trained(result, *, json_out: bool) -> None:
