@@ -380,7 +380,6 @@ def repair_write_rows(table, layer: int, ids: np.ndarray, values: np.ndarray) ->
     did not record it. Any other mismatch is damage and refused."""
     from ..table.dtypes import encode_rows
     from ..table.format import chunk_key, decode_chunk
-    from ..table.table import ChunkMismatch
 
     stored = encode_rows(np.asarray(values, dtype=np.float32), table.dtype)
     chunk_rows = table.meta.chunk_rows
@@ -389,7 +388,7 @@ def repair_write_rows(table, layer: int, ids: np.ndarray, values: np.ndarray) ->
         try:
             table.read_chunk(layer, chunk)
             continue
-        except ChunkMismatch:
+        except EngramError:  # a writer's handle reports a mismatch (ChunkMismatch) as this
             pass
         where = f"chunk {chunk} of layer {layer} of {table.path}"
         try:

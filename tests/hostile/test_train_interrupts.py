@@ -1,0 +1,182 @@
+"""Kills and Ctrl-C in ``train --checkpoint-every`` (a fault harness over real processes).
+
+After a kill or an interrupt at any moment, either ``train --resume`` finishes the run and it is
+bit-identical to a run that never stopped (weights, history, every table row), or there was no
+checkpoint yet and the table is as it was; the table is never left damaged without its run
+recorded as incomplete. Deterministic cases kill the process at each moment of a commit
+(checkpoint written, rows half written, rows written but the checkpoint not renamed); random
+cases send SIGKILL or SIGINT after a random delay (``HOSTILE_EXAMPLES`` sets how many).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from tests.conftest import SAMPLE, read_jsonl  # noqa: E402
+from tests.hostile.conftest import EXAMPLES, assert_clean_process, cli  # noqa: E402
+from tests.model.table_double import small_real_table  # noqa: E402
+
+TINY = ["--depth", "2", "--width", "16", "--attn-heads", "2", "--seq-len", "16", "--batch", "2",
+        "--min-count", "1", "--device", "cpu", "--eval-every", "3", "--steps", "8"]  # fmt: skip
+
+# Runs ``engramctl ARGS`` and dies (os._exit, as a SIGKILL would: no cleanup) at a moment of the
+# N-th commit: "before-rows" (checkpoint complete under its temporary name, table untouched),
+# "mid-rows" (after the first chunk file of the rows), "before-rename" (rows and record written).
+DRIVER = r"""
+import os, sys
+phase, nth = sys.argv[1], int(sys.argv[2])
+from engramctl.model import finish
+from engramctl.table.table import Table
+seen = {"commits": 0, "in_commit": False}
+real_commit, real_chunk = finish.commit_rows, Table.write_chunk
+def commit(*a, **k):
+    seen["commits"] += 1
+    if seen["commits"] == nth:
+        if phase == "before-rows":
+            os._exit(137)
+        seen["in_commit"] = True
+    real_commit(*a, **k)
+    if seen["commits"] == nth and phase == "before-rename":
+        os._exit(137)
+def chunk(self, *a, **k):
+    real_chunk(self, *a, **k)
+    if seen["in_commit"] and phase == "mid-rows" and not self.path.name.endswith(".adam.zarr"):
+        os._exit(137)
+finish.commit_rows, Table.write_chunk = commit, chunk
+from engramctl.cli import app
+app(sys.argv[3:], prog_name="engramctl")
+"""
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_corpus")
+    docs = read_jsonl(SAMPLE / "train.jsonl")
+    (root / "docs.jsonl").write_text("\n".join(json.dumps(d) for d in docs[:3]) + "\n")
+    held = read_jsonl(SAMPLE / "heldout.jsonl")[0]
+    held["text"] = held["text"][:1500]
+    (root / "heldout.jsonl").write_text(json.dumps(held) + "\n")
+    return root
+
+
+def args_for(corpus, table, vocab_path, out, *extra):
+    return ["train", "--corpus", corpus / "docs.jsonl", "--heldout", corpus / "heldout.jsonl",
+            "--table", table, "--vocab", vocab_path, "--out", out, *TINY, *extra]  # fmt: skip
+
+
+def table_rows(path) -> dict:
+    from engramctl.table.table import open_table
+
+    with open_table(path) as table:
+        return {
+            layer: table.gather(layer, np.arange(table.layout.layer_rows(layer)))
+            for layer in table.layout.layers
+        }
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, corpus, ds_vocab, ds_vocab_path):
+    """An uninterrupted run per mode: its weights, history and rows."""
+    refs = {}
+    for mode in ("--in-memory", "--out-of-core"):
+        root = tmp_path_factory.mktemp("train_reference")
+        table = small_real_table(root / "t.zarr", ds_vocab)
+        done = cli(*args_for(corpus, table, ds_vocab_path, root / "m", mode))
+        assert done.exit_code == 0, done.output
+        refs[mode] = {
+            "weights": (root / "m" / "model.safetensors").read_bytes(),
+            "history": json.loads((root / "m" / "history.json").read_text()),
+            "rows": table_rows(table),
+        }
+    return refs
+
+
+def check_outcome(tmp_path, table, out, before: dict, want: dict) -> str:
+    """Resume if there is a checkpoint, and compare with the uninterrupted run; otherwise the
+    table must be as it was. Returns what happened."""
+    verify = cli("verify", "--deep", table)
+    from engramctl.table.table import open_table
+
+    with open_table(table) as handle:
+        runs = handle.runs
+    if verify.exit_code != 0:  # damaged only while its run is recorded incomplete
+        assert runs and runs[-1].get("incomplete"), (verify.output, runs)
+    checkpoints = [out, *tmp_path.glob(f".{out.name}.tmp-*")]
+    if not any((p / "resume" / "state.json").exists() for p in checkpoints):
+        if not out.exists():  # no checkpoint: nothing of the run may be in the table
+            rows = table_rows(table)
+            for layer, values in before.items():
+                np.testing.assert_array_equal(rows[layer], values)
+            return "no checkpoint; table intact"
+    resumed = cli("train", "--resume", out)
+    if resumed.exit_code == 1 and "already finished" in resumed.stderr:
+        outcome = "finished before the kill"
+    else:
+        assert resumed.exit_code == 0, resumed.output
+        outcome = "resumed"
+    assert (out / "model.safetensors").read_bytes() == want["weights"]
+    assert json.loads((out / "history.json").read_text()) == want["history"]
+    rows = table_rows(table)
+    for layer, values in want["rows"].items():
+        np.testing.assert_array_equal(rows[layer], values)
+    assert cli("verify", "--deep", table).exit_code == 0
+    assert list(tmp_path.glob(f".{out.name}.*")) == []  # no temporary checkpoint left
+    return outcome
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("phase", "mode"),
+    [("before-rows", "--in-memory"), ("mid-rows", "--in-memory"),
+     ("before-rename", "--in-memory"), ("mid-rows", "--out-of-core")],
+)  # fmt: skip
+def test_kill_at_each_moment_of_a_commit(
+    phase, mode, tmp_path, corpus, ds_vocab, ds_vocab_path, reference
+):
+    table = small_real_table(tmp_path / "t.zarr", ds_vocab)
+    before, out = table_rows(table), tmp_path / "m"
+    args = args_for(corpus, table, ds_vocab_path, out, mode, "--checkpoint-every", "3")
+    killed = subprocess.run(
+        [sys.executable, "-c", DRIVER, phase, "2", *map(str, args)], capture_output=True, text=True
+    )
+    assert killed.returncode == 137, killed.stderr
+    outcome = check_outcome(tmp_path, table, out, before, reference[mode])
+    assert outcome == "resumed"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", range(max(1, EXAMPLES // 5)))
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_kill_or_ctrl_c_at_a_random_moment(
+    seed, sig, tmp_path, corpus, ds_vocab, ds_vocab_path, reference
+):
+    mode = ("--in-memory", "--out-of-core")[seed % 2]
+    table = small_real_table(tmp_path / "t.zarr", ds_vocab)
+    before, out = table_rows(table), tmp_path / "m"
+    args = args_for(corpus, table, ds_vocab_path, out, mode, "--checkpoint-every", "2")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engramctl", *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(random.Random(seed * 7 + sig).uniform(2.0, 9.0))
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
+    if sig == signal.SIGINT and done.returncode == 130:
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: interrupted"), err
+        assert "Traceback" not in err
+    elif done.returncode not in (-signal.SIGKILL, -signal.SIGINT):
+        assert_clean_process(done)
+    check_outcome(tmp_path, table, out, before, reference[mode])
