@@ -179,6 +179,8 @@ def train_command(
     Example:
     engramctl train --corpus train.jsonl --table t.zarr \\
         --vocab vocab.parquet --out m --checkpoint-every 50
+
+    After Ctrl-C or a crash, continue from the last checkpoint:
     engramctl train --resume m
 
     Table-only adaptation (backbone frozen, rows trained out of core):

@@ -35,6 +35,13 @@ def check_prior_runs(table, policy: str = "refuse", *, base_meta: dict | None = 
     pin = (base_meta or {}).get("table_state") or {}
     if pin.get("run_id") == last.get("run_id"):
         return  # starting from the model that trained these rows
+    step, steps = last.get("checkpoint_step"), last.get("steps")
+    if isinstance(step, int) and isinstance(steps, int) and step < steps:
+        raise EngramError(
+            f"{table.path} holds rows of run {last.get('run_id')}, which stopped at step {step} "
+            f"of {steps}: continue it with engramctl train --resume {last.get('checkpoint')}, "
+            "or pass --continue / --overwrite-rows to start another run on these rows"
+        )
     raise EngramError(
         f"{table.path} holds rows trained by run {last.get('run_id')} (checkpoint "
         f"{last.get('checkpoint')}; {len(runs)} run(s) in all): training would change that "

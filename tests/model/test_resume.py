@@ -183,6 +183,8 @@ def test_resume_refusals(tmp_path, corpus, ds_vocab, ds_vocab_path, monkeypatch)
     cut = run(*train_args(corpus, table, ds_vocab_path, out, "--checkpoint-every", 2))
     monkeypatch.undo()
     assert cut.exit_code == 130, cut.output
+    fresh = run(*train_args(corpus, table, ds_vocab_path, tmp_path / "other"))
+    assert fresh.exit_code == 1 and f"train --resume {out}" in fresh.stderr, fresh.output
     # flags that contradict the run name both values
     bad = run("train", "--resume", out, "--steps", 9, "--lr", 0.5)
     assert bad.exit_code == 2, bad.output
