@@ -253,12 +253,14 @@ def checkpoint_candidates(out_dir: Path) -> list[tuple[Path, dict, dict]]:
             paths.append(sibling)
     for path in paths:
         try:
-            meta = read_checkpoint_meta(path)
+            meta, state = read_checkpoint_meta(path), read_state(path)
+            if state and not (path / STATE_DIR / STATE_TENSORS).is_file():
+                raise EngramError(f"{path} lacks {STATE_DIR}/{STATE_TENSORS}")
         except EngramError:
             if path == out_dir:
                 raise
-            continue
-        found.append((path, meta, read_state(path)))
+            continue  # a temporary checkpoint the kill cut short: never committed
+        found.append((path, meta, state))
     return found
 
 
