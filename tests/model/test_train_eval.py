@@ -566,7 +566,7 @@ def test_eval_reports_progress_per_batch(trained, corpus, monkeypatch):
         calls = []
         evaluate(
             model_dir=model, benchmark=benchmark, table=table, device="cpu", batch=4,
-            on_progress=lambda done, n: calls.append((done, n)),
+            on_progress=lambda done, n, calls=calls: calls.append((done, n)),
         )  # fmt: skip
         done = [d for d, _ in calls]
         assert len(calls) >= 2 and done == sorted(done) and len({n for _, n in calls}) == 1
