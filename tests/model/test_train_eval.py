@@ -551,7 +551,6 @@ def test_eval_hit_rate_equals_cache_plan_pager_curve(trained, ds_vocab_path, sma
         assert 0 < point["hit_rate"] < 1
 
 
-
 def test_eval_reports_progress_per_batch(trained, corpus, monkeypatch):
     """The library calls on_progress after every batch up to the total; the CLI shows it as a
     plain line when stderr is not a terminal."""
