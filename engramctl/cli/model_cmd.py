@@ -482,14 +482,17 @@ def eval_command(
                 **rows,
             )
         if benchmark is not None:
-            result = evaluate(
-                model_dir=model,
-                benchmark=benchmark,
-                table=table_handle,
-                batch=batch,
-                tokenizer_source=tokenizer,
-                **rows,
-            )
+            quiet = STATE["quiet"] or json_out
+            with progress("eval", enabled=not quiet, unit="steps", transient=True) as update:
+                result = evaluate(
+                    model_dir=model,
+                    benchmark=benchmark,
+                    table=table_handle,
+                    batch=batch,
+                    tokenizer_source=tokenizer,
+                    on_progress=update,
+                    **rows,
+                )
             doc = result.to_dict()
         if explain is not None:
             doc["explain"] = explain_gates(
