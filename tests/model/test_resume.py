@@ -270,3 +270,25 @@ def test_unwritable_out_fails_before_training(tmp_path, corpus, monkeypatch):
         pytest.skip("permissions are not enforced for this user")
     assert ro.exit_code == 1 and "cannot write" in ro.stderr, ro.output
     assert calls == []
+
+
+def test_read_only_file_system_fails_before_training(tmp_path, corpus, monkeypatch):
+    """What a read-only mount answers (EROFS, even to root): refused before the first step."""
+    import errno
+    import os
+
+    import engramctl._outputs as outputs
+
+    calls, real_open = [], os.open
+
+    def read_only(path, *args, **kwargs):
+        if ".probe-" in str(path):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_step", lambda *a, **k: calls.append(1) or 1.0)
+    monkeypatch.setattr(outputs.os, "open", read_only)
+    result = run(*train_args(corpus, None, None, tmp_path / "m"))
+    assert result.exit_code == 1, result.output
+    assert "Read-only file system (checked before starting)" in result.stderr
+    assert calls == [] and not (tmp_path / "m").exists()
