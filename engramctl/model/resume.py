@@ -300,7 +300,7 @@ def resume_point(out_dir: Path, *, table=None, moments=None) -> ResumePoint:
             f"the table {table.path} was trained by another run (last run "
             f"{last.get('run_id')}) after this checkpoint's run {run_id}; it cannot resume"
         )
-    by_step = {c[2]["step"]: c for c in usable}
+    by_step = {c[2]["step"]: c for c in reversed(usable)}  # the directory itself first
     if not last.get("incomplete"):
         chosen = by_step.get(last.get("checkpoint_step"))
         if chosen is None or table.state != last.get("state"):
