@@ -165,7 +165,7 @@ def write_state(tmp: Path, *, info: dict, optimizers, tables: dict, out_of_core:
     tensors = backbone_tensors(optimizers.backbone) | rows_tensors(tables, out_of_core=out_of_core)
     save_file(tensors, str(folder / STATE_TENSORS))
     doc = {"format": "engramctl-train-state", "format_version": STATE_VERSION, **info}
-    (folder / STATE_JSON).write_text(json.dumps(doc, indent=2, sort_keys=True))
+    (folder / STATE_JSON).write_text(json.dumps(doc, indent=1))  # history keys in run order
 
 
 def read_state(path: Path) -> dict:
