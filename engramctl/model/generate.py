@@ -5,7 +5,9 @@ rows paged in one batch); after that each step hashes only the new token, the n-
 carried from the previous token by a :class:`~engramctl.hashing.HashStream`, and pages that
 token's rows (``RowPager``, ``--cache-rows``; or ``--resident``). The rows of the tokens in the
 model's window are kept on the device, so a step gathers one token's rows from the table at
-most. The model has no key/value cache: each step runs the window (up to the model's length).
+most. While the text fits the model's window, a key/value cache (with the Engram short
+convolution's recent inputs) makes a step cost one token's forward pass; past the window (learned
+absolute positions) each step runs the whole window of the last ``block_size`` tokens.
 
 While the text fits the model's window, greedy decoding here gives exactly the tokens of
 decoding by re-running (and re-hashing from pad context) the whole text each step; past the
@@ -69,12 +71,16 @@ def generate(
     resident: bool = False,
     tokenizer_source: str | None = None,
     stop_at_eos: bool = True,
+    kv_cache: bool = True,
 ) -> GenerateReport:
-    """Decode up to ``max_tokens`` tokens after ``prompt``; see the module docstring."""
+    """Decode up to ``max_tokens`` tokens after ``prompt``; see the module docstring.
+
+    ``kv_cache=False`` runs the whole window at every step (the same tokens, slower)."""
     import torch
 
     from ..corpus.stream import eos_id
     from .evaluate import load_model_tokenizer, open_runner
+    from .transformer import DecodeCache
 
     if max_tokens <= 0:
         raise UsageError(f"--max-tokens must be at least 1, got {max_tokens}")
@@ -113,13 +119,18 @@ def generate(
         kept = _append_rows(kept, fetch(ids[start : start + window]), window)
     made: list[int] = []
     stopped = "max_tokens"
+    cache = DecodeCache(model.config.n_layer) if kv_cache else None
     start_time = time.perf_counter()
     with torch.inference_mode():
         while len(made) < max_tokens:
-            context = text_ids[-window:]
+            if cache is not None and len(text_ids) <= window:  # the new tokens only
+                context = text_ids[cache.length :]
+            else:  # past the window: positions shift, run the last window whole
+                cache, context = None, text_ids[-window:]
             idx = torch.from_numpy(vocab.encode(np.array([context], dtype=np.int64)))
+            # kept: the rows of the last min(len(text_ids), window) positions; context ends there
             rows = {layer: r[:, -len(context) :] for layer, r in kept.items()} or None
-            logits = model(idx.to(runner.device), rows)[0, -1]
+            logits = model(idx.to(runner.device), rows, cache)[0, -1]
             pick = pick_token(logits, temperature=temperature, top_k=top_k, generator=generator)
             token = int(vocab.output_ids[pick - 1])
             if stop_at_eos and token == eos:

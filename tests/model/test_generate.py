@@ -73,6 +73,30 @@ def test_decode_past_the_window_and_sampling(trained):
     assert a["tokens"] == b["tokens"]
 
 
+def test_kv_cache_gives_the_tokens_of_running_the_window(trained):
+    """The key/value cache changes the cost, not the tokens: greedy decoding with and without it
+    agrees, within the window and past it (where each step runs the last window)."""
+    from engramctl.model.generate import generate as decode
+
+    model, table, _ = trained
+    for prompt, steps, crosses in ((PROMPT, 13, False), (PROMPT * 2, 24, True)):
+        runs = [
+            decode(
+                model_dir=model,
+                prompt=prompt,
+                table=table,
+                max_tokens=steps,
+                device="cpu",
+                resident=True,
+                stop_at_eos=False,
+                kv_cache=kv_cache,
+            )  # fmt: skip
+            for kv_cache in (True, False)
+        ]
+        assert runs[0].tokens == runs[1].tokens and len(runs[0].tokens) == steps
+        assert (runs[0].prompt_tokens + steps > 16) == crosses  # the window is 16
+
+
 def test_generate_prints_text_rate_and_pager_report(trained):
     model, _, _ = trained
     result = run(
