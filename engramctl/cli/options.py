@@ -1,5 +1,6 @@
 """Options shared by several commands, defined once: the vocab path, the layout flags
-(:class:`LayoutFlags`), ``--json``, and the enums of choices, built from the library's constants.
+(:class:`LayoutFlags`), the model flags (:class:`ModelFlags`), ``--json``, and the enums of
+choices, built from the library's constants.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import typer
 
 from ..corpus.files import FORMATS, TOKEN_DTYPES
 from ..layout import DEFAULT_PRESET, PRESETS, LayoutRequest, ResolvedLayout
-from ..model.paging import DEVICES
+from ..model.paging import DEFAULT_CACHE_ROWS, DEVICES
 from ..table.choices import COMPRESSORS, INIT_KINDS
 from ..table.dtypes import DTYPE_ALIASES, DTYPES
 
@@ -113,6 +114,36 @@ def resolve_layout_flags(
     return resolve_layout(
         LayoutRequest(**flags), vocab=vocab, source=source, pick_layers=pick_layers
     )
+
+
+class ModelFlags:
+    """The options of a command that runs a checkpoint with its table's rows (``eval``,
+    ``generate``), declared once: the checkpoint, its table, where it runs, how its rows are
+    served (paged within ``--cache-rows``, or ``--resident``) and its tokenizer. The command
+    opens them with :func:`engramctl.model.opening.open_model_table` and
+    :func:`engramctl.model.opening.open_model`.
+    """
+
+    Model = Annotated[Path, typer.Option("--model", help="Checkpoint directory (engramctl train).")]
+    Table = Annotated[
+        Path | None, typer.Option("--table", help="The model's trained Engram table.")
+    ]
+    Device = Annotated[Device, typer.Option("--device", help="Where the model runs.")]
+    CacheRows = Annotated[
+        int, typer.Option("--cache-rows", help="Device row-cache budget (rows, all layers).")
+    ]
+    Resident = Annotated[
+        bool,
+        typer.Option("--resident", help="Load whole tables to the device instead of paging."),
+    ]
+    Tokenizer = Annotated[
+        str | None,
+        typer.Option(
+            "--tokenizer", help="Tokenizer (default: the one the vocab/model was built with)."
+        ),
+    ]
+
+    CACHE_ROWS = DEFAULT_CACHE_ROWS  # the --cache-rows default
 
 
 VocabOpt = Annotated[

@@ -28,7 +28,7 @@ def generate(model, *args):
 def rerun_greedy(model, table, prompt, steps):
     """Greedy decoding by re-running (and re-hashing from pad) the whole text each step."""
     from engramctl.corpus.stream import eos_id
-    from engramctl.model.evaluate import load_model_tokenizer, open_runner
+    from engramctl.model.opening import load_model_tokenizer, open_runner
 
     runner = open_runner(model, table, device="cpu", resident=True, prefetch=False)
     tokenizer = load_model_tokenizer(runner.checkpoint, None)

@@ -198,7 +198,7 @@ def test_no_short_conv_trains_records_and_evaluates(
 
 def test_paged_and_resident_logits_are_bit_identical(trained, corpus):
     from engramctl.model.data import read_corpus_stream, text_windows
-    from engramctl.model.evaluate import open_runner
+    from engramctl.model.opening import open_runner
     from engramctl.tokenizer import load_tokenizer
 
     model, table, _ = trained
@@ -416,7 +416,7 @@ def test_real_zarr_table_train_and_paged_eval(
     tmp_path, corpus, ds_vocab, ds_vocab_path, small_layout, tables, dtype
 ):
     """The same flow on a real on-disk table: rows trained in place, paged == resident."""
-    from engramctl.model.evaluate import open_runner
+    from engramctl.model.opening import open_runner
     from engramctl.table.create import create_table
     from engramctl.table.table import open_table
 
@@ -458,7 +458,8 @@ def test_real_zarr_table_train_and_paged_eval(
 
 def test_choice_scores_match_a_plain_forward(trained):
     """Batched, padded choice scores equal log-likelihoods from one unpadded forward each."""
-    from engramctl.model.evaluate import choice_scores, open_runner
+    from engramctl.model.evaluate import choice_scores
+    from engramctl.model.opening import open_runner
     from engramctl.tokenizer import load_tokenizer
 
     model, table, _ = trained
