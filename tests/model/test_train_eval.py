@@ -13,37 +13,17 @@ from typer.testing import CliRunner  # noqa: E402
 
 from engramctl.cli import app  # noqa: E402
 from engramctl.layout import EngramLayout  # noqa: E402
-from tests.conftest import SAMPLE, read_jsonl  # noqa: E402
+from tests.conftest import SAMPLE, make_layout  # noqa: E402
 from tests.model.table_double import InMemoryTable, small_layout_for  # noqa: E402
 
-TINY = [
-    "--depth",
-    "2",
-    "--width",
-    "16",
-    "--attn-heads",
-    "2",
-    "--seq-len",
-    "16",
-    "--batch",
-    "2",
-    "--min-count",
-    "1",
-    "--device",
-    "cpu",
-]
+TINY = ["--depth", "2", "--width", "16", "--attn-heads", "2", "--seq-len", "16", "--batch", "2"]
+TINY += ["--min-count", "1", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    """A few sample documents (train) and one held-out document."""
-    root = tmp_path_factory.mktemp("corpus")
-    docs = read_jsonl(SAMPLE / "train.jsonl")[:3]
-    (root / "train.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n")
-    held = read_jsonl(SAMPLE / "heldout.jsonl")[0]
-    held["text"] = held["text"][:3000]
-    (root / "heldout.jsonl").write_text(json.dumps(held) + "\n")
-    return root
+def corpus(small_corpus):
+    """A few sample documents (train.jsonl) and one held-out document (heldout.jsonl)."""
+    return small_corpus
 
 
 @pytest.fixture(scope="module")
@@ -319,15 +299,7 @@ def test_eval_rejects_malformed_benchmarks(trained, tmp_path, line, message):
 
 def test_bad_input_is_one_clear_line(trained, tmp_path, ds_vocab, corpus, tables):
     model, _, _ = trained
-    other = EngramLayout(
-        ngram_vocab=(307, 311),
-        max_ngram=3,
-        heads=2,
-        layers=(1,),
-        seed=0,
-        pad_id=2,
-        vocab_size=ds_vocab.canonical_vocab_size,
-    )
+    other = make_layout((307, 311), vocab_size=ds_vocab.canonical_vocab_size)
     tables["other.zarr"] = InMemoryTable(other, 8, ds_vocab.fingerprint)
     tables["foreign.zarr"] = InMemoryTable(trained[1].layout, 8, "sha256:0000")
     bench = corpus / "heldout.jsonl"
@@ -367,15 +339,7 @@ def test_bad_input_is_one_clear_line(trained, tmp_path, ds_vocab, corpus, tables
 
 
 def test_depth_must_exceed_table_layers(tmp_path, corpus, ds_vocab, ds_vocab_path, tables):
-    deep = EngramLayout(
-        ngram_vocab=(211, 223),
-        max_ngram=3,
-        heads=2,
-        layers=(5,),
-        seed=0,
-        pad_id=2,
-        vocab_size=ds_vocab.canonical_vocab_size,
-    )
+    deep = make_layout(layers=(5,), vocab_size=ds_vocab.canonical_vocab_size)
     tables["deep.zarr"] = InMemoryTable(deep, 8, ds_vocab.fingerprint)
     result = run(
         "train",
