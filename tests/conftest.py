@@ -1,5 +1,5 @@
 """Shared fixtures: a tiny hand-made tokenizer, the bundled DeepSeek vocab, layouts (and
-:func:`make_layout` for small ones), a small sample corpus (:func:`write_small_corpus`)."""
+:func:`make_layout` for small ones), a small sample corpus to write (:func:`write_small_corpus`)."""
 
 from __future__ import annotations
 
@@ -117,9 +117,3 @@ def write_small_corpus(root: Path, *, docs: int = 3, held_chars: int = 3000) -> 
     held["text"] = held["text"][:held_chars]
     (root / "heldout.jsonl").write_text(json.dumps(held) + "\n")
     return root
-
-
-@pytest.fixture(scope="session")
-def small_corpus(tmp_path_factory) -> Path:
-    """A directory with :func:`write_small_corpus`'s train.jsonl and heldout.jsonl (read only)."""
-    return write_small_corpus(tmp_path_factory.mktemp("small_corpus"))

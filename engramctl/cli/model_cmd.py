@@ -369,7 +369,10 @@ def eval_command(
 
             doc = run_lm_eval(model=spec, tasks=lm_eval_tasks, limit=limit, batch=batch)
         if benchmark is not None:
-            doc = evaluate(model=spec, benchmark=benchmark, batch=batch).to_dict()
+            quiet = STATE["quiet"] or json_out
+            with progress("eval", enabled=not quiet, unit="steps", transient=True) as update:
+                result = evaluate(model=spec, benchmark=benchmark, batch=batch, on_progress=update)
+            doc = result.to_dict()
         if explain is not None:
             doc["explain"] = explain_gates(model=spec, text=explain)
     harness_table = doc.pop("table", None)

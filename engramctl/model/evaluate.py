@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -109,8 +110,10 @@ def _batches(array: np.ndarray, batch: int):
         yield array[start : start + batch]
 
 
-def evaluate_lm(runner: ModelRunner, corpus, tokenizer, *, batch: int) -> dict:
-    """Loss, perplexity and bits per byte over every token of a :class:`CorpusStream`."""
+def evaluate_lm(runner: ModelRunner, corpus, tokenizer, *, batch: int, on_progress=None) -> dict:
+    """Loss, perplexity and bits per byte over every token of a :class:`CorpusStream`.
+
+    ``on_progress(done, total)`` is called after each batch with windows scored so far."""
     import torch
 
     from ..corpus.stream import eos_id
@@ -132,6 +135,8 @@ def evaluate_lm(runner: ModelRunner, corpus, tokenizer, *, batch: int) -> dict:
         total_nats += float(nats[m.flatten()].double().sum())
         scored += int(m.sum())
         unknown += int(((t == 0) & m).sum())
+        if on_progress is not None:
+            on_progress(sl.start + logits.shape[0], len(inputs))
     n_bytes = corpus.text_bytes
     loss = total_nats / scored
     return {
@@ -145,7 +150,9 @@ def evaluate_lm(runner: ModelRunner, corpus, tokenizer, *, batch: int) -> dict:
     }
 
 
-def choice_scores(runner: ModelRunner, records: list[dict], tokenizer, *, batch: int) -> np.ndarray:
+def choice_scores(
+    runner: ModelRunner, records: list[dict], tokenizer, *, batch: int, on_progress=None
+) -> np.ndarray:
     """Summed log-likelihood of every choice's tokens after its context, records in order."""
     pairs = []
     for r, record in enumerate(records):
@@ -155,11 +162,15 @@ def choice_scores(runner: ModelRunner, records: list[dict], tokenizer, *, batch:
             if not cont:
                 raise EngramError(f"record {r + 1}: a choice encodes to no tokens")
             pairs.append((context, cont))
-    return score_continuations(runner, pairs, batch=batch)[0]
+    return score_continuations(runner, pairs, batch=batch, on_progress=on_progress)[0]
 
 
 def score_continuations(
-    runner: ModelRunner, pairs: list[tuple[list[int], list[int]]], *, batch: int
+    runner: ModelRunner,
+    pairs: list[tuple[list[int], list[int]]],
+    *,
+    batch: int,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Summed log-likelihood of each continuation's tokens after its context (raw token ids),
     and whether greedy decoding would produce every one of them.
@@ -168,6 +179,7 @@ def score_continuations(
     sequence longer than the model's window keeps the continuation and drops the context's
     start. This is the scoring of ``eval --benchmark`` multiple choice and of the
     lm-evaluation-harness adapter (:mod:`engramctl.model.lm_eval_adapter`).
+    ``on_progress(done, total)`` is called after each batch with sequences scored so far.
     """
     import torch
 
@@ -197,15 +209,17 @@ def score_continuations(
         scores[sl] = (picked * m).sum(-1).double().cpu().numpy()
         hits = (logp.argmax(-1) == t) | ~m
         greedy[sl] = hits.all(-1).cpu().numpy()
+        if on_progress is not None:
+            on_progress(sl.start + logits.shape[0], len(sequences))
     return scores, greedy
 
 
 def evaluate_multiple_choice(
-    runner: ModelRunner, records: list[dict], tokenizer, *, batch: int
+    runner: ModelRunner, records: list[dict], tokenizer, *, batch: int, on_progress=None
 ) -> dict:
     """Accuracy by summed log-likelihood of each choice given its context (``acc``), and by
     log-likelihood per byte of the choice (``acc_norm``)."""
-    scores = choice_scores(runner, records, tokenizer, batch=batch)
+    scores = choice_scores(runner, records, tokenizer, batch=batch, on_progress=on_progress)
     correct = correct_norm = 0
     offset = 0
     for record in records:
@@ -223,9 +237,17 @@ def evaluate_multiple_choice(
     }
 
 
-def evaluate(*, model: ModelSpec, benchmark: Path, batch: int = 16) -> EvalReport:
+def evaluate(
+    *,
+    model: ModelSpec,
+    benchmark: Path,
+    batch: int = 16,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> EvalReport:
     """Evaluate a checkpoint (``model``: it, its table and how its rows are served) on a
-    benchmark file; see the module docstring for the metrics."""
+    benchmark file; see the module docstring for the metrics.
+
+    ``on_progress(done, total)``: called after each batch (windows or choice sequences)."""
     from ..corpus.stream import read_corpus_stream
 
     if batch < 1:
@@ -240,9 +262,11 @@ def evaluate(*, model: ModelSpec, benchmark: Path, batch: int = 16) -> EvalRepor
     corpus = read_corpus_stream(benchmark, tokenizer) if kind == "lm" else None
     start = time.perf_counter()
     if kind == "lm":
-        metrics = evaluate_lm(runner, corpus, tokenizer, batch=batch)
+        metrics = evaluate_lm(runner, corpus, tokenizer, batch=batch, on_progress=on_progress)
     else:
-        metrics = evaluate_multiple_choice(runner, records, tokenizer, batch=batch)
+        metrics = evaluate_multiple_choice(
+            runner, records, tokenizer, batch=batch, on_progress=on_progress
+        )
     seconds = time.perf_counter() - start
     return EvalReport(
         benchmark=str(benchmark),

@@ -13,7 +13,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from engramctl.cli import app  # noqa: E402
 from engramctl.layout import EngramLayout  # noqa: E402
-from tests.conftest import SAMPLE, make_layout  # noqa: E402
+from tests.conftest import SAMPLE, make_layout, write_small_corpus  # noqa: E402
 from tests.model.table_double import InMemoryTable, small_layout_for  # noqa: E402
 
 TINY = ["--depth", "2", "--width", "16", "--attn-heads", "2", "--seq-len", "16", "--batch", "2"]
@@ -21,9 +21,9 @@ TINY += ["--min-count", "1", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
-def corpus(small_corpus):
+def corpus(tmp_path_factory):
     """A few sample documents (train.jsonl) and one held-out document (heldout.jsonl)."""
-    return small_corpus
+    return write_small_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")
@@ -514,3 +514,33 @@ def test_eval_hit_rate_equals_cache_plan_pager_curve(trained, ds_vocab_path, sma
         assert paging["cache_hits"] + paging["cache_misses"] == layer["accesses"]
         assert paging["hit_rate"] == pytest.approx(point["hit_rate"], abs=1e-12)
         assert 0 < point["hit_rate"] < 1
+
+
+def test_eval_reports_progress_per_batch(trained, corpus, monkeypatch):
+    """The library calls on_progress after every batch up to the total; the CLI shows it as a
+    plain line when stderr is not a terminal."""
+    from engramctl.cli import progress as progress_module
+    from engramctl.model.evaluate import evaluate
+    from engramctl.model.opening import ModelSpec
+
+    model, table, _ = trained
+    mc = corpus / "mc_progress.jsonl"
+    record = {"context": "import", "choices": [" os", " the", " ("], "label": 0}
+    mc.write_text((json.dumps(record) + "\n") * 3)
+    for benchmark, total in ((corpus / "heldout.jsonl", None), (mc, 9)):
+        calls = []
+        evaluate(
+            model=ModelSpec(model, table, device="cpu"), benchmark=benchmark, batch=4,
+            on_progress=lambda done, n, calls=calls: calls.append((done, n)),
+        )  # fmt: skip
+        done = [d for d, _ in calls]
+        assert len(calls) >= 2 and done == sorted(done) and len({n for _, n in calls}) == 1
+        assert calls[-1][0] == calls[-1][1] and (total is None or calls[-1][1] == total)
+        assert all(b - a <= 4 for a, b in zip([0, *done], done, strict=False))
+    monkeypatch.setattr(progress_module, "PLAIN_EVERY_SECONDS", 0.0)
+    result = run(
+        "eval", "--model", model, "--table", "t.zarr", "--benchmark", mc, "--device", "cpu",
+        "--batch", "4",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "eval" in result.output and "8/9" in result.output
