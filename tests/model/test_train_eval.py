@@ -61,6 +61,11 @@ def run(*args):
     return result
 
 
+def eval_cpu(model, table, *extra):
+    """``engramctl eval --model MODEL --table TABLE --device cpu EXTRA...``."""
+    return run("eval", "--model", model, "--table", table, "--device", "cpu", *extra)
+
+
 def train(tmp_path, corpus, vocab_path, name, *extra, steps=4):
     out = tmp_path / name
     result = run(
@@ -160,18 +165,7 @@ def test_no_short_conv_trains_records_and_evaluates(
 
     with safe_open(model / "model.safetensors", "pt") as handle:
         assert not any("short_conv" in k for k in handle.keys())
-    result = run(
-        "eval",
-        "--model",
-        model,
-        "--table",
-        "nsc.zarr",
-        "--benchmark",
-        corpus / "heldout.jsonl",
-        "--device",
-        "cpu",
-        "--json",
-    )
+    result = eval_cpu(model, "nsc.zarr", "--benchmark", corpus / "heldout.jsonl", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["metrics"]["loss"] > 0
 
@@ -197,18 +191,7 @@ def test_paged_and_resident_logits_are_bit_identical(trained, corpus):
 
 def test_eval_lm_and_multiple_choice(trained, corpus, tmp_path):
     model, _, _ = trained
-    result = run(
-        "eval",
-        "--model",
-        model,
-        "--table",
-        "t.zarr",
-        "--benchmark",
-        corpus / "heldout.jsonl",
-        "--device",
-        "cpu",
-        "--json",
-    )
+    result = eval_cpu(model, "t.zarr", "--benchmark", corpus / "heldout.jsonl", "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
     assert doc["kind"] == "lm" and doc["metrics"]["perplexity"] > 1
@@ -225,20 +208,7 @@ def test_eval_lm_and_multiple_choice(trained, corpus, tmp_path):
         + "\n"
     )
     report = tmp_path / "report.json"
-    result = run(
-        "eval",
-        "--model",
-        model,
-        "--table",
-        "t.zarr",
-        "--benchmark",
-        mc,
-        "--device",
-        "cpu",
-        "--resident",
-        "--report",
-        report,
-    )
+    result = eval_cpu(model, "t.zarr", "--benchmark", mc, "--resident", "--report", report)
     assert result.exit_code == 0, result.output
     doc = json.loads(report.read_text())
     assert doc["kind"] == "multiple_choice" and 0 <= doc["metrics"]["acc"] <= 1
@@ -247,18 +217,7 @@ def test_eval_lm_and_multiple_choice(trained, corpus, tmp_path):
 
 def test_eval_explain(trained):
     model, _, _ = trained
-    result = run(
-        "eval",
-        "--model",
-        model,
-        "--table",
-        "t.zarr",
-        "--explain",
-        "def f(x):",
-        "--device",
-        "cpu",
-        "--json",
-    )
+    result = eval_cpu(model, "t.zarr", "--explain", "def f(x):", "--json")
     assert result.exit_code == 0, result.output
     explain = json.loads(result.output)["explain"]
     assert len(explain["gates"]["1"]) == len(explain["tokens"])
@@ -404,18 +363,7 @@ def test_real_zarr_table_train_and_paged_eval(
         resident = open_runner(model, table, device="cpu", resident=True)
         for (_, a), (_, b) in zip(paged.run(batches), resident.run(batches), strict=True):
             assert torch.equal(a, b)
-    result = run(
-        "eval",
-        "--model",
-        model,
-        "--table",
-        path,
-        "--benchmark",
-        corpus / "heldout.jsonl",
-        "--device",
-        "cpu",
-        "--json",
-    )
+    result = eval_cpu(model, path, "--benchmark", corpus / "heldout.jsonl", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["paging"]["bytes_read"] > 0
 
