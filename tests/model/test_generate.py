@@ -28,7 +28,7 @@ def generate(model, *args):
 def rerun_greedy(model, table, prompt, steps):
     """Greedy decoding by re-running (and re-hashing from pad) the whole text each step."""
     from engramctl.corpus.stream import eos_id
-    from engramctl.model.evaluate import load_model_tokenizer, open_runner
+    from engramctl.model.opening import load_model_tokenizer, open_runner
 
     runner = open_runner(model, table, device="cpu", resident=True, prefetch=False)
     tokenizer = load_model_tokenizer(runner.checkpoint, None)
@@ -77,20 +77,18 @@ def test_kv_cache_gives_the_tokens_of_running_the_window(trained):
     """The key/value cache changes the cost, not the tokens: greedy decoding with and without it
     agrees, within the window and past it (where each step runs the last window)."""
     from engramctl.model.generate import generate as decode
+    from engramctl.model.opening import ModelSpec
 
     model, table, _ = trained
     for prompt, steps, crosses in ((PROMPT, 13, False), (PROMPT * 2, 24, True)):
         runs = [
             decode(
-                model_dir=model,
+                model=ModelSpec(model, table, device="cpu", resident=True),
                 prompt=prompt,
-                table=table,
                 max_tokens=steps,
-                device="cpu",
-                resident=True,
                 stop_at_eos=False,
                 kv_cache=kv_cache,
-            )  # fmt: skip
+            )
             for kv_cache in (True, False)
         ]
         assert runs[0].tokens == runs[1].tokens and len(runs[0].tokens) == steps
