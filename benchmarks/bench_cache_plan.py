@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -33,15 +32,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _common import peak_rss_mib
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SEQ_LEN, BATCH = 512, 16
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def make_workload(root: Path, tokens: int) -> Path:

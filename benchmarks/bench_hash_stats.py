@@ -20,19 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _common import peak_rss_mib, run_json_case, write_zipf_corpus
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data" / "corpus" / "train.jsonl"
 TEXT_COPIES = 4
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def cpu_seconds() -> float:
@@ -109,33 +105,17 @@ def encode_case(workdir: Path, inputs: list[str]) -> dict:
 
 def run_case(name: str, workdir: Path, tokens: int) -> dict:
     """Run one case in a subprocess and return its JSON result."""
-    cmd = [
-        sys.executable,
-        __file__,
-        "--case",
-        name,
-        "--workdir",
-        str(workdir),
-        "--tokens",
-        str(tokens),
-    ]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return run_json_case(
+        __file__, "--case", name, "--workdir", str(workdir), "--tokens", str(tokens)
+    )
 
 
 def prepare(workdir: Path, tokens: int) -> None:
     import numpy as np
 
-    from engramctl import CanonicalVocab
     from engramctl.tokenizer import load_tokenizer
 
-    vocab = CanonicalVocab.from_tokenizer("deepseek-v4")
-    vocab.save(workdir / "vocab.parquet")
-    rng = np.random.default_rng(0)
-    ids = rng.zipf(1.2, size=tokens) + 2
-    ids = np.where(ids < vocab.source_vocab_size, ids, 5).astype(np.uint32)
-    ids[::1000] = 0  # document separator
-    ids.tofile(workdir / "zipf.u32")
+    write_zipf_corpus(workdir, tokens)
     docs = [json.loads(line)["text"] for line in SAMPLE.read_text().splitlines()]
     tokenizer, _ = load_tokenizer("deepseek-v4")
     encoded = tokenizer.encode_batch_fast(docs, add_special_tokens=False)

@@ -19,18 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+from _common import peak_rss_mib, run_json_case, write_zipf_corpus
+
 ROWS = 1_000_000
 CASES = ("exact", "partitions-1", "partitions-2", "partitions-4", "estimate", "extrapolate")
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def current_rss_mib() -> float:
@@ -78,16 +74,8 @@ def run_one(workdir: Path, case: str) -> dict:
 
 
 def run_case(workdir: Path, case: str) -> dict:
-    cmd = [sys.executable, __file__, "--case", case, "--workdir", str(workdir)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
-def pass_rates(workdir: Path) -> dict:
-    """Counting pass alone (no finalization), exact counter vs sketch, interleaved, best of 2."""
-    cmd = [sys.executable, __file__, "--case", "passes", "--workdir", str(workdir)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    """One case in a subprocess (case ``passes``: :func:`passes_only`); its JSON result."""
+    return run_json_case(__file__, "--case", case, "--workdir", str(workdir))
 
 
 def passes_only(workdir: Path) -> dict:
@@ -114,20 +102,6 @@ def passes_only(workdir: Path) -> dict:
     return {"tokens": tokens, **best}
 
 
-def prepare(workdir: Path, tokens: int) -> None:
-    import numpy as np
-
-    from engramctl import CanonicalVocab
-
-    vocab = CanonicalVocab.from_tokenizer("deepseek-v4")
-    vocab.save(workdir / "vocab.parquet")
-    rng = np.random.default_rng(0)
-    ids = rng.zipf(1.2, size=tokens) + 2
-    ids = np.where(ids < vocab.source_vocab_size, ids, 5).astype(np.uint32)
-    ids[::1000] = 0  # document separator
-    ids.tofile(workdir / "zipf.u32")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=4_000_000, help="tokens of the zipf stream")
@@ -141,7 +115,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        prepare(workdir, args.tokens)
+        write_zipf_corpus(workdir, args.tokens)
         results = {case: run_case(workdir, case) for case in CASES}
         exact = results["exact"]
         report = exact["report"]
@@ -167,7 +141,7 @@ def main() -> None:
                 f"pass's memory above baseline (1/K = {1 / k:.2f})"
             )
         est = results["estimate"]
-        rates = pass_rates(workdir)
+        rates = run_case(workdir, "passes")  # the counting passes alone, best of 2
         print(
             f"  estimate       {est['total_s']:6.1f}s  {est['peak_rss_mib']:8,.0f} MiB  "
             f"{est['peak_rss_mib'] - est['baseline_rss_mib']:10,.0f} MiB\n"

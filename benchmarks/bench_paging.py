@@ -16,7 +16,7 @@ Two modes (``--mode``):
 - ``decode``: one new token per sequence per step for ``--batch`` sequences (``engramctl
   generate``'s regime): each step hashes the new tokens with the n-gram context carried
   (``HashStream``), pages their rows with no prefetch (the next token is unknown until the step
-  ends) and runs the model on them (a stand-in for a key/value-cached step's per-token work).
+  ends) and runs the model on them with its key/value cache (``generate``'s decode step).
   tokens/s counts new tokens.
 
     python benchmarks/bench_paging.py [--device auto|cpu|cuda] [--batches 12] [--repeats 3]
@@ -120,6 +120,7 @@ def decode_tokens_per_s(model, source, batches, device, steps: int) -> float:
     import torch
 
     from engramctl.hashing import HashStream
+    from engramctl.model.transformer import DecodeCache
 
     hasher = source.hasher
 
@@ -131,9 +132,11 @@ def decode_tokens_per_s(model, source, batches, device, steps: int) -> float:
 
     start = time.perf_counter()
     try:
-        for batch, rows in source.iterate(columns()):
+        for step, (batch, rows) in enumerate(source.iterate(columns())):
+            if step % steps == 0:  # a new batch of sequences: an empty key/value cache
+                cache = DecodeCache(model.config.n_layer)
             with torch.inference_mode():
-                logits = model(torch.from_numpy(batch).to(device), rows)
+                logits = model(torch.from_numpy(batch).to(device), rows, cache)
         if device.type == "cuda":
             torch.cuda.synchronize()
     finally:

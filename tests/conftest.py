@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny hand-made tokenizer, the bundled DeepSeek vocab, layouts."""
+"""Shared fixtures: a tiny hand-made tokenizer, the bundled DeepSeek vocab, layouts (and
+:func:`make_layout` for small ones), a small sample corpus to write (:func:`write_small_corpus`)."""
 
 from __future__ import annotations
 
@@ -96,3 +97,23 @@ def random_ids(rng: np.random.Generator, shape, vocab_size: int, negatives: bool
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def make_layout(ngram_vocab=(211, 223), *, vocab_size: int, **fields):
+    """A small layout for tests: orders 2..3 with ``ngram_vocab`` rows per head, 2 heads, layer 1,
+    seed 0, pad id 2; ``fields`` (any other EngramLayout field) override those."""
+    from engramctl import EngramLayout
+
+    fields = {"max_ngram": 3, "heads": 2, "layers": (1,), "seed": 0, "pad_id": 2, **fields}
+    return EngramLayout(ngram_vocab=tuple(ngram_vocab), vocab_size=vocab_size, **fields)
+
+
+def write_small_corpus(root: Path, *, docs: int = 3, held_chars: int = 3000) -> Path:
+    """``root/train.jsonl`` (the first ``docs`` sample training documents) and
+    ``root/heldout.jsonl`` (the first held-out document, cut to ``held_chars`` characters)."""
+    train = read_jsonl(SAMPLE / "train.jsonl")[:docs]
+    (root / "train.jsonl").write_text("\n".join(json.dumps(d) for d in train) + "\n")
+    held = read_jsonl(SAMPLE / "heldout.jsonl")[0]
+    held["text"] = held["text"][:held_chars]
+    (root / "heldout.jsonl").write_text(json.dumps(held) + "\n")
+    return root

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from engramctl import EngramLayout, HashStream, NgramHasher
 from engramctl.errors import EngramError
 from engramctl.hashing import CHUNK, FAST_MOD_MIN, hash_canonical, hash_layer_reference
-from tests.conftest import random_ids
+from tests.conftest import make_layout, random_ids
 
 
 def test_hand_worked_small_case():
@@ -65,14 +65,8 @@ def test_numba_matches_numpy_spec(preset, ds_vocab):
 
 
 def test_large_primes_use_exact_fallback(ds_vocab):
-    layout = EngramLayout(
-        ngram_vocab=(2**27, 3000),
-        max_ngram=3,
-        heads=2,
-        layers=(0,),
-        seed=5,
-        pad_id=2,
-        vocab_size=ds_vocab.canonical_vocab_size,
+    layout = make_layout(
+        (2**27, 3000), layers=(0,), seed=5, vocab_size=ds_vocab.canonical_vocab_size
     )
     hasher = NgramHasher(layout, ds_vocab)
     ids = random_ids(np.random.default_rng(1), (3, 200), ds_vocab.source_vocab_size)

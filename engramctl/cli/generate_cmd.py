@@ -3,30 +3,21 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from . import model_cmd
-from .app import command, console, err_console
-from .model_cmd import (
-    CacheRowsOpt,
-    DeviceOpt,
-    ModelTableOpt,
-    ResidentOpt,
-    TokenizerOpt,
-    close_table,
-    print_paging,
-)
-from .options import Device, JsonFlag
+from .app import command, console
+from .model_cmd import print_paging
+from .options import Device, JsonFlag, ModelFlags
 
 
 @command("generate")
 def generate_command(
-    model: Annotated[Path, typer.Option("--model", help="Checkpoint directory (engramctl train).")],
+    model: ModelFlags.Model,
     prompt: Annotated[str, typer.Option("--prompt", help="Text to continue.")],
-    table: ModelTableOpt = None,
+    table: ModelFlags.Table = None,
     max_tokens: Annotated[
         int, typer.Option("--max-tokens", help="Tokens to generate at most (stops at EOS).")
     ] = 64,
@@ -37,10 +28,10 @@ def generate_command(
         int | None, typer.Option("--top-k", help="Sample among the K most likely tokens only.")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed.")] = 0,
-    device: DeviceOpt = Device.auto,
-    cache_rows: CacheRowsOpt = 1 << 18,
-    resident: ResidentOpt = False,
-    tokenizer: TokenizerOpt = None,
+    device: ModelFlags.Device = Device.auto,
+    cache_rows: ModelFlags.CacheRows = ModelFlags.CACHE_ROWS,
+    resident: ModelFlags.Resident = False,
+    tokenizer: ModelFlags.Tokenizer = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Continue a prompt one token at a time: each step hashes the new token with the n-gram
@@ -51,31 +42,17 @@ def generate_command(
         --max-tokens 32
     """
     from ..model.generate import generate
+    from ..model.opening import ModelSpec
 
-    # model_cmd.open_table_for: looked up at call time (tests route it to table doubles)
-    table_handle = model_cmd.open_table_for(table) if table is not None else None
-    try:
-        if table_handle is not None:
-            from ..model.provenance import checkpoint_table_problem
-
-            problem = checkpoint_table_problem(model, table_handle)
-            if problem is not None:
-                err_console.print(f"warning: {problem}")
+    with model_cmd.model_table(model, table) as table_handle:
         report = generate(
-            model_dir=model,
+            model=ModelSpec(model, table_handle, device.value, cache_rows, resident, tokenizer),
             prompt=prompt,
-            table=table_handle,
             max_tokens=max_tokens,
             temperature=temperature,
             top_k=top_k,
             seed=seed,
-            device=device.value,
-            cache_rows=cache_rows,
-            resident=resident,
-            tokenizer_source=tokenizer,
         )
-    finally:
-        close_table(table_handle)
     doc = report.to_dict()
     if json_out:
         typer.echo(json.dumps(doc))

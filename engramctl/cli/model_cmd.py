@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -12,26 +13,11 @@ from rich.table import Table
 from rich.text import Text
 
 from .app import STATE, command, console, err_console
-from .options import Device, JsonFlag, OverwriteOpt
+from .options import Device, JsonFlag, ModelFlags, OverwriteOpt
 from .progress import progress
 
-DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the model runs.")]
-TokenizerOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--tokenizer", help="Tokenizer (default: the one the vocab/model was built with)."
-    ),
-]
-
-ModelTableOpt = Annotated[
-    Path | None, typer.Option("--table", help="The model's trained Engram table.")
-]
-CacheRowsOpt = Annotated[
-    int, typer.Option("--cache-rows", help="Device row-cache budget (rows, all layers).")
-]
-ResidentOpt = Annotated[
-    bool, typer.Option("--resident", help="Load whole tables to the device instead of paging.")
-]
+DeviceOpt = ModelFlags.Device
+TokenizerOpt = ModelFlags.Tokenizer
 
 
 def open_table_for(path: Path, mode: str = "r", *, vocab=None):
@@ -46,6 +32,20 @@ def close_table(table) -> None:
     close = getattr(table, "close", None)
     if close is not None:
         close()
+
+
+@contextlib.contextmanager
+def model_table(model: Path, table: Path | None, *, strict: bool = False, advice: str = ""):
+    """``--table`` opened for the checkpoint ``--model`` (None when not given), closed on exit;
+    a table whose rows changed since the checkpoint gets a warning (``strict``: an error).
+    :func:`engramctl.model.opening.open_model_table` with :func:`open_table_for`."""
+    from ..model.opening import open_model_table
+
+    # open_table_for: looked up at call time (tests route it to table doubles)
+    with open_model_table(model, table, strict=strict, open_table=open_table_for) as opened:
+        if opened.problem is not None:
+            err_console.print(f"warning: {opened.problem}{advice}")
+        yield opened.table
 
 
 @command("train")
@@ -396,16 +396,16 @@ def _print_trained(result, *, json_out: bool) -> None:
 
 @command("eval")
 def eval_command(
-    model: Annotated[Path, typer.Option("--model", help="Checkpoint directory (engramctl train).")],
+    model: ModelFlags.Model,
     benchmark: Annotated[
         Path | None,
         typer.Option("--benchmark", help="Corpus (perplexity) or multiple-choice .jsonl."),
     ] = None,
-    table: ModelTableOpt = None,
-    device: DeviceOpt = Device.auto,
+    table: ModelFlags.Table = None,
+    device: ModelFlags.Device = Device.auto,
     batch: Annotated[int, typer.Option("--batch", help="Sequences per forward pass.")] = 16,
-    cache_rows: CacheRowsOpt = 1 << 18,
-    resident: ResidentOpt = False,
+    cache_rows: ModelFlags.CacheRows = ModelFlags.CACHE_ROWS,
+    resident: ModelFlags.Resident = False,
     explain: Annotated[
         str | None, typer.Option("--explain", help="Colour this text's tokens by Engram gate.")
     ] = None,
@@ -421,7 +421,7 @@ def eval_command(
         int | None,
         typer.Option("--limit", help="With --lm-eval-tasks: at most this many documents per task."),
     ] = None,
-    tokenizer: TokenizerOpt = None,
+    tokenizer: ModelFlags.Tokenizer = None,
     report: Annotated[
         Path | None, typer.Option("--report", help="Also write the JSON report to this file.")
     ] = None,
@@ -459,51 +459,23 @@ def eval_command(
         raise UsageError("give --benchmark FILE, --explain TEXT (or both), or --lm-eval-tasks")
     if report is not None:
         check_writable_target(report, overwrite=overwrite)
-    table_handle = open_table_for(table) if table is not None else None
-    doc = {}
-    rows = {"device": device.value, "cache_rows": cache_rows, "resident": resident}
-    try:
-        if table_handle is not None:
-            from ..model.provenance import checkpoint_table_problem
+    from ..model.opening import ModelSpec
 
-            problem = checkpoint_table_problem(model, table_handle, strict=strict_table)
-            if problem is not None:
-                err_console.print(f"warning: {problem} (--strict-table refuses)")
+    doc = {}
+    advice = " (--strict-table refuses)"
+    with model_table(model, table, strict=strict_table, advice=advice) as table_handle:
+        spec = ModelSpec(model, table_handle, device.value, cache_rows, resident, tokenizer)
         if lm_eval_tasks is not None:
             from ..model.lm_eval_adapter import run_lm_eval
 
-            doc = run_lm_eval(
-                model_dir=model,
-                tasks=lm_eval_tasks,
-                table=table_handle,
-                limit=limit,
-                batch=batch,
-                tokenizer_source=tokenizer,
-                **rows,
-            )
+            doc = run_lm_eval(model=spec, tasks=lm_eval_tasks, limit=limit, batch=batch)
         if benchmark is not None:
             quiet = STATE["quiet"] or json_out
             with progress("eval", enabled=not quiet, unit="steps", transient=True) as update:
-                result = evaluate(
-                    model_dir=model,
-                    benchmark=benchmark,
-                    table=table_handle,
-                    batch=batch,
-                    tokenizer_source=tokenizer,
-                    on_progress=update,
-                    **rows,
-                )
+                result = evaluate(model=spec, benchmark=benchmark, batch=batch, on_progress=update)
             doc = result.to_dict()
         if explain is not None:
-            doc["explain"] = explain_gates(
-                model_dir=model,
-                text=explain,
-                table=table_handle,
-                device=device.value,
-                tokenizer_source=tokenizer,
-            )
-    finally:
-        close_table(table_handle)
+            doc["explain"] = explain_gates(model=spec, text=explain)
     harness_table = doc.pop("table", None)
     if report is not None:
         with atomic_write(report, "w") as handle:

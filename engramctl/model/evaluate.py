@@ -10,7 +10,8 @@ Two kinds of benchmark:
   summed log-likelihood given the context wins (``acc``); ``acc_norm`` divides by choice bytes.
 
 Rows come from a :class:`~engramctl.model.paging.RowPager` (paged) or
-:class:`~engramctl.model.paging.ResidentRows` (``--resident``); the report carries its counters.
+:class:`~engramctl.model.paging.ResidentRows` (``--resident``), opened with the checkpoint by
+:func:`~engramctl.model.opening.open_model`; the report carries their counters.
 """
 
 from __future__ import annotations
@@ -19,17 +20,16 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..corpus.stream import lm_windows
 from ..errors import EngramError, UsageError
-from ..table.format import check_vocab_fingerprint
+from .opening import ModelRunner, ModelSpec, open_model
 
 MC_KEYS = ("context", "choices", "label")
-DEFAULT_CACHE_ROWS = 1 << 18
 
 
 @dataclass
@@ -103,91 +103,6 @@ def read_multiple_choice(path: Path) -> list[dict]:
     if not records:
         raise EngramError(f"{path} holds no multiple-choice records")
     return records
-
-
-# ---------------------------------------------------------------------------- model running
-class ModelRunner:
-    """A checkpoint plus its row source: ``logits(batch)`` for raw-id batches, in order."""
-
-    def __init__(self, checkpoint, row_source, device):
-        self.checkpoint = checkpoint
-        self.model = checkpoint.model
-        self.model_vocab = checkpoint.model_vocab
-        self.row_source = row_source
-        self.device = device
-        self.tokens = 0
-
-    def run(self, batches):
-        """Yield ``(raw batch, logits (B, T, V) float32)`` for raw-id batches ``[B, T]``."""
-        import torch
-
-        if self.row_source is not None:
-            source = self.row_source.iterate(batches)
-        else:
-            source = ((np.asarray(b), None) for b in batches)
-        for batch, rows in source:
-            # The grad mode is thread state: never hold it across a yield.
-            with torch.inference_mode():
-                idx = torch.from_numpy(self.model_vocab.encode(batch)).to(self.device)
-                logits = self.model(idx, rows)
-            self.tokens += batch.size
-            yield batch, logits
-
-
-def open_runner(
-    model_dir: Path,
-    table,
-    *,
-    device: str = "auto",
-    resident: bool = False,
-    cache_rows: int = DEFAULT_CACHE_ROWS,
-    prefetch: bool = True,
-    stream: bool = False,
-) -> ModelRunner:
-    """Load a checkpoint and the row source of its table, checking they belong together.
-
-    ``stream``: the row source hashes each batch as the continuation of the previous ones
-    (:class:`~engramctl.hashing.HashStream`, n-gram context carried; no prefetch), for decoding.
-    """
-    from ..hashing import HashStream, NgramHasher
-    from .checkpoint import load_checkpoint
-    from .paging import make_row_source, resolve_device
-
-    torch_device = resolve_device(device)
-    checkpoint = load_checkpoint(model_dir, device=torch_device)
-    layout = checkpoint.layout
-    if layout is None:
-        return ModelRunner(checkpoint, None, torch_device)
-    if table is None:
-        raise UsageError(f"{model_dir} is an Engram model: pass --table with its trained table")
-    if table.layout.to_dict() != layout.to_dict():
-        raise EngramError(
-            f"the table's layout does not match the model's (table {table.layout.to_json()} vs "
-            f"model {layout.to_json()}); pass the table the model was trained with"
-        )
-    check_vocab_fingerprint(
-        table.info.vocab_fingerprint,
-        checkpoint.meta.get("vocab_fingerprint"),
-        given="the model",
-        advice="pass the table the model was trained with",
-    )
-    if table.dim != checkpoint.model.config.engram_dim:
-        raise EngramError(
-            f"the table has rows of {table.dim} values, the model expects "
-            f"{checkpoint.model.config.engram_dim}"
-        )
-    hasher = NgramHasher(layout, checkpoint.vocab)
-    if stream:
-        hasher, prefetch = HashStream(hasher), False
-    source = make_row_source(
-        table,
-        hasher,
-        device=torch_device,
-        resident=resident,
-        cache_rows=cache_rows,
-        prefetch=prefetch,
-    )
-    return ModelRunner(checkpoint, source, torch_device)
 
 
 def _batches(array: np.ndarray, batch: int):
@@ -324,17 +239,13 @@ def evaluate_multiple_choice(
 
 def evaluate(
     *,
-    model_dir: Path,
+    model: ModelSpec,
     benchmark: Path,
-    table=None,
-    device: str = "auto",
     batch: int = 16,
-    cache_rows: int = DEFAULT_CACHE_ROWS,
-    resident: bool = False,
-    tokenizer_source: str | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> EvalReport:
-    """Evaluate a checkpoint on a benchmark file; see the module docstring for the metrics.
+    """Evaluate a checkpoint (``model``: it, its table and how its rows are served) on a
+    benchmark file; see the module docstring for the metrics.
 
     ``on_progress(done, total)``: called after each batch (windows or choice sequences)."""
     from ..corpus.stream import read_corpus_stream
@@ -346,8 +257,8 @@ def evaluate(
         raise EngramError(f"benchmark not found: {benchmark}")
     kind = benchmark_kind(benchmark)
     records = read_multiple_choice(benchmark) if kind == "multiple_choice" else None
-    runner = open_runner(model_dir, table, device=device, resident=resident, cache_rows=cache_rows)
-    tokenizer = load_model_tokenizer(runner.checkpoint, tokenizer_source)
+    opened = open_model(model)
+    runner, tokenizer = opened.runner, opened.tokenizer
     corpus = read_corpus_stream(benchmark, tokenizer) if kind == "lm" else None
     start = time.perf_counter()
     if kind == "lm":
@@ -357,7 +268,6 @@ def evaluate(
             runner, records, tokenizer, batch=batch, on_progress=on_progress
         )
     seconds = time.perf_counter() - start
-    source = runner.row_source
     return EvalReport(
         benchmark=str(benchmark),
         kind=kind,
@@ -366,31 +276,19 @@ def evaluate(
         seconds=seconds,
         tokens_per_s=runner.tokens / seconds if seconds else 0.0,
         device=str(runner.device),
-        paging=source.stats.to_dict() if source is not None else None,
-        model={"path": str(model_dir), "engram": runner.model.config.has_engram},
+        paging=opened.paging(),
+        model=opened.describe(),
     )
 
 
-def load_model_tokenizer(checkpoint, source: str | None):
-    """The tokenizer the checkpoint was trained with (or ``source``), checked by sha256."""
-    from ..tokenizer import load_checked_tokenizer
+def explain_gates(*, model: ModelSpec, text: str) -> dict:
+    """Tokens of ``text`` and each Engram layer's gate value per token (mean over branches).
 
-    recorded = checkpoint.meta.get("tokenizer", {})
-    source = source or recorded.get("name") or "deepseek-v4"
-    sha256 = recorded.get("sha256")
-    return load_checked_tokenizer(source, sha256=sha256, built="the model was trained with")[0]
-
-
-def explain_gates(
-    *, model_dir: Path, text: str, table, device: str = "auto", tokenizer_source: str | None = None
-) -> dict:
-    """Tokens of ``text`` and each Engram layer's gate value per token (mean over branches)."""
-    runner = open_runner(
-        model_dir, table, device=device, resident=False, cache_rows=1 << 16, prefetch=False
-    )
+    One window of rows, paged whatever ``model`` says (a small cache, no prefetch)."""
+    opened = open_model(replace(model, resident=False, cache_rows=1 << 16), prefetch=False)
+    runner, tokenizer = opened.runner, opened.tokenizer
     if not runner.model.config.has_engram:
         raise UsageError("--explain needs an Engram model (this one was trained with --no-engram)")
-    tokenizer = load_model_tokenizer(runner.checkpoint, tokenizer_source)
     ids = tokenizer.encode(text, add_special_tokens=False).ids[: runner.model.config.block_size]
     if not ids:
         raise EngramError("--explain: the text encodes to no tokens")

@@ -5,7 +5,9 @@ rows paged in one batch); after that each step hashes only the new token, the n-
 carried from the previous token by a :class:`~engramctl.hashing.HashStream`, and pages that
 token's rows (``RowPager``, ``--cache-rows``; or ``--resident``). The rows of the tokens in the
 model's window are kept on the device, so a step gathers one token's rows from the table at
-most. The model has no key/value cache: each step runs the window (up to the model's length).
+most. While the text fits the model's window, a key/value cache (with the Engram short
+convolution's recent inputs) makes a step cost one token's forward pass; past the window (learned
+absolute positions) each step runs the whole window of the last ``block_size`` tokens.
 
 While the text fits the model's window, greedy decoding here gives exactly the tokens of
 decoding by re-running (and re-hashing from pad context) the whole text each step; past the
@@ -21,7 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import EngramError, UsageError
-from .evaluate import DEFAULT_CACHE_ROWS
+from .opening import ModelSpec, open_model
 
 
 @dataclass
@@ -57,24 +59,23 @@ def pick_token(logits, *, temperature: float, top_k: int | None, generator) -> i
 
 def generate(
     *,
-    model_dir,
+    model: ModelSpec,
     prompt: str,
-    table=None,
     max_tokens: int = 64,
     temperature: float = 0.0,
     top_k: int | None = None,
     seed: int = 0,
-    device: str = "auto",
-    cache_rows: int = DEFAULT_CACHE_ROWS,
-    resident: bool = False,
-    tokenizer_source: str | None = None,
     stop_at_eos: bool = True,
+    kv_cache: bool = True,
 ) -> GenerateReport:
-    """Decode up to ``max_tokens`` tokens after ``prompt``; see the module docstring."""
+    """Decode up to ``max_tokens`` tokens after ``prompt`` with ``model`` (the checkpoint, its
+    table and how its rows are served); see the module docstring.
+
+    ``kv_cache=False`` runs the whole window at every step (the same tokens, slower)."""
     import torch
 
     from ..corpus.stream import eos_id
-    from .evaluate import load_model_tokenizer, open_runner
+    from .transformer import DecodeCache
 
     if max_tokens <= 0:
         raise UsageError(f"--max-tokens must be at least 1, got {max_tokens}")
@@ -82,18 +83,15 @@ def generate(
         raise UsageError(f"--temperature must be 0 (greedy) or more, got {temperature}")
     if top_k is not None and top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
-    runner = open_runner(
-        model_dir, table, device=device, resident=resident, cache_rows=cache_rows, stream=True
-    )
-    tokenizer = load_model_tokenizer(runner.checkpoint, tokenizer_source)
+    opened = open_model(model, stream=True)
+    runner, tokenizer, source = opened.runner, opened.tokenizer, opened.pager
     ids = tokenizer.encode(prompt, add_special_tokens=False).ids
     if not ids:
         raise EngramError("--prompt: the text tokenizes to no tokens; give some text")
-    model, vocab = runner.model, runner.model_vocab
-    window = model.config.block_size
+    lm, vocab = runner.model, runner.model_vocab
+    window = lm.config.block_size
     eos = eos_id(tokenizer)
     generator = torch.Generator().manual_seed(seed)
-    source = runner.row_source
     pending: list[np.ndarray] = []
     rows_of = None
     if source is not None:
@@ -113,13 +111,18 @@ def generate(
         kept = _append_rows(kept, fetch(ids[start : start + window]), window)
     made: list[int] = []
     stopped = "max_tokens"
+    cache = DecodeCache(lm.config.n_layer) if kv_cache else None
     start_time = time.perf_counter()
     with torch.inference_mode():
         while len(made) < max_tokens:
-            context = text_ids[-window:]
+            if cache is not None and len(text_ids) <= window:  # the new tokens only
+                context = text_ids[cache.length :]
+            else:  # past the window: positions shift, run the last window whole
+                cache, context = None, text_ids[-window:]
             idx = torch.from_numpy(vocab.encode(np.array([context], dtype=np.int64)))
+            # kept: the rows of the last min(len(text_ids), window) positions; context ends there
             rows = {layer: r[:, -len(context) :] for layer, r in kept.items()} or None
-            logits = model(idx.to(runner.device), rows)[0, -1]
+            logits = lm(idx.to(runner.device), rows, cache)[0, -1]
             pick = pick_token(logits, temperature=temperature, top_k=top_k, generator=generator)
             token = int(vocab.output_ids[pick - 1])
             if stop_at_eos and token == eos:
@@ -141,7 +144,7 @@ def generate(
         seconds=seconds,
         tokens_per_s=len(made) / seconds if seconds else 0.0,
         device=str(runner.device),
-        paging=source.stats.to_dict() if source is not None else None,
+        paging=opened.paging(),
     )
 
 

@@ -1,7 +1,7 @@
 """engramctl checkpoints as lm-evaluation-harness models, and ``eval --lm-eval-tasks``.
 
 :class:`EngramHarnessLM` implements the harness's ``LM`` interface over a
-:class:`~engramctl.model.evaluate.ModelRunner` (a checkpoint plus its rows, paged from the table
+:class:`~engramctl.model.opening.ModelRunner` (a checkpoint plus its rows, paged from the table
 by the :class:`~engramctl.model.paging.RowPager` or resident), batched:
 
 - ``loglikelihood``: the scoring of ``eval --benchmark`` multiple choice
@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import EngramError, UsageError
-from .evaluate import DEFAULT_CACHE_ROWS, ModelRunner, score_continuations
+from .evaluate import score_continuations
+from .opening import ModelRunner, ModelSpec, open_model
 
 INSTALL_HINT = "lm-evaluation-harness is not installed: pip install 'engramctl[eval]'"
 SERVED_OUTPUT_TYPES = (
@@ -263,18 +265,14 @@ def _working_directory(path: Path | None):
 
 def run_lm_eval(
     *,
-    model_dir: Path,
+    model: ModelSpec,
     tasks: str,
-    table=None,
     limit: int | None = None,
-    device: str = "auto",
     batch: int = 16,
-    cache_rows: int = DEFAULT_CACHE_ROWS,
-    resident: bool = False,
-    tokenizer_source: str | None = None,
     bootstrap_iters: int = 1000,
 ) -> dict:
-    """Run the harness's ``simple_evaluate`` on a checkpoint; ``{"results", "table", "paging"}``.
+    """Run the harness's ``simple_evaluate`` on a checkpoint (``model``: it, its table and how its
+    rows are served); ``{"results", "table", "paging"}``.
 
     ``results``: the harness's results (``results``, ``groups``, ``versions``, ``n-shot``,
     ``higher_is_better``, ``n-samples``); ``table``: its printed result table (markdown);
@@ -282,8 +280,6 @@ def run_lm_eval(
     the harness's standard errors (closed form for means such as ``acc``; 0: none).
     """
     import json
-
-    from .evaluate import load_model_tokenizer, open_runner
 
     if batch < 1:
         raise UsageError(f"--batch must be at least 1, got {batch}")
@@ -293,11 +289,10 @@ def run_lm_eval(
     from lm_eval import simple_evaluate
     from lm_eval.utils import handle_non_serializable, make_table
 
-    model_dir = Path(model_dir).resolve()
+    model = replace(model, model_dir=Path(model.model_dir).resolve())
     names, manager, include = resolve_tasks(tasks)
-    runner = open_runner(model_dir, table, device=device, resident=resident, cache_rows=cache_rows)
-    tokenizer = load_model_tokenizer(runner.checkpoint, tokenizer_source)
-    lm = harness_lm_class()(runner, tokenizer, batch=batch)
+    opened = open_model(model)
+    lm = harness_lm_class()(opened.runner, opened.tokenizer, batch=batch)
     with _working_directory(include):
         try:
             check_served(manager.load(names))
@@ -316,11 +311,10 @@ def run_lm_eval(
     doc = {key: results[key] for key in keep if key in results}
     doc["n-samples"] = results.get("n-samples")
     doc = json.loads(json.dumps(doc, default=handle_non_serializable))
-    source = runner.row_source
     return {
         "results": doc,
         "table": make_table(results),
-        "paging": source.stats.to_dict() if source is not None else None,
-        "model": {"path": str(model_dir), "engram": runner.model.config.has_engram},
-        "tokens": runner.tokens,
+        "paging": opened.paging(),
+        "model": opened.describe(),
+        "tokens": opened.runner.tokens,
     }

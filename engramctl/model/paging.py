@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 # Batches in flight besides the one being produced: one queued, one being consumed.
 DEVICES = ("auto", "cpu", "cuda")  # what --device accepts (auto: cuda when available)
+DEFAULT_CACHE_ROWS = 1 << 18  # the pager's default device row-cache budget (--cache-rows)
 IN_FLIGHT = 2
 HOST_BUFFERS = IN_FLIGHT + 2  # a ring of host staging buffers per layer
 NEVER_USED = -(2**62)  # LRU stamp of an empty slot

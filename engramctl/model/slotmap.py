@@ -24,19 +24,23 @@ def _bucket(key, shift, mask):
     return np.int64((np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(shift)) & mask
 
 
+@njit(cache=True, inline="always")
+def _probe(keys, key, shift, mask):
+    """The bucket holding ``key``, or the empty bucket that ends its probe run (linear probing
+    from its home bucket): the one probe loop of the three kernels."""
+    b = _bucket(key, shift, mask)
+    while keys[b] != EMPTY and keys[b] != key:
+        b = (b + 1) & mask
+    return b
+
+
 @njit(cache=True)
 def _lookup_kernel(keys, values, shift, queries, out):
     """keys (m,) int64, values (m,) int32, queries (n,) int64 -> out (n,) int64 slot or -1."""
     mask = keys.shape[0] - 1
     for i in range(queries.shape[0]):
-        q = queries[i]
-        b = _bucket(q, shift, mask)
-        out[i] = -1
-        while keys[b] != EMPTY:
-            if keys[b] == q:
-                out[i] = values[b]
-                break
-            b = (b + 1) & mask
+        b = _probe(keys, queries[i], shift, mask)
+        out[i] = values[b] if keys[b] != EMPTY else -1
 
 
 @njit(cache=True)
@@ -45,13 +49,10 @@ def _insert_kernel(keys, values, shift, new_keys, new_values):
     mask = keys.shape[0] - 1
     added = 0
     for i in range(new_keys.shape[0]):
-        k = new_keys[i]
-        b = _bucket(k, shift, mask)
-        while keys[b] != EMPTY and keys[b] != k:
-            b = (b + 1) & mask
+        b = _probe(keys, new_keys[i], shift, mask)
         if keys[b] == EMPTY:
             added += 1
-        keys[b] = k
+        keys[b] = new_keys[i]
         values[b] = new_values[i]
     return added
 
@@ -62,10 +63,7 @@ def _remove_kernel(keys, values, shift, old_keys):
     mask = keys.shape[0] - 1
     removed = 0
     for i in range(old_keys.shape[0]):
-        k = old_keys[i]
-        b = _bucket(k, shift, mask)
-        while keys[b] != EMPTY and keys[b] != k:
-            b = (b + 1) & mask
+        b = _probe(keys, old_keys[i], shift, mask)
         if keys[b] == EMPTY:
             continue
         removed += 1

@@ -63,11 +63,19 @@ class ShortConv(nn.Module):
             dilation=dilation,
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        """``cache`` (decoding): a dict holding the normed inputs of the positions before
+        ``x`` that the kernel still reaches; read and updated in place."""
         B, T, G, C = x.shape
         normed = torch.cat([self.norms[g](x[:, :, g, :]) for g in range(G)], dim=-1)  # (B, T, G*C)
-        y = self.conv(normed.transpose(1, 2))[..., :T]  # left padding only: causal
-        return F.silu(y).transpose(1, 2).reshape(B, T, G, C)
+        if cache is not None:
+            reach = (self.conv.kernel_size[0] - 1) * self.conv.dilation[0]
+            past = cache.get("conv")
+            if past is not None:
+                normed = torch.cat([past, normed], dim=1)
+            cache["conv"] = normed[:, -reach:]
+        y = self.conv(normed.transpose(1, 2))[..., : normed.shape[1]]  # left padding: causal
+        return F.silu(y[..., -T:]).transpose(1, 2).reshape(B, T, G, C)
 
 
 def signed_sqrt(x: torch.Tensor) -> torch.Tensor:
@@ -105,13 +113,15 @@ class Engram(nn.Module):
             gates.append(torch.sigmoid(signed_sqrt(score)))
         return torch.stack(gates, dim=2).unsqueeze(-1)
 
-    def forward(self, rows: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, rows: torch.Tensor, hidden: torch.Tensor, cache: dict | None = None
+    ) -> torch.Tensor:
         gate = self.gates(rows, hidden)
         self.last_gate = gate.detach().squeeze(-1)
         value = gate * self.value_proj(rows).unsqueeze(2)  # (B, T, HC, D)
         if self.short_conv is None:  # DeepSeek-V4.1's variant
             return value
-        return value + self.short_conv(value)
+        return value + self.short_conv(value, cache)
 
 
 class CausalSelfAttention(nn.Module):
@@ -121,11 +131,27 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
+        """``cache`` (decoding): the keys and values of the positions before ``x``; read and
+        extended in place. Each new position attends to every cached one and causally to the
+        new ones."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        past = 0
+        if cache is not None:
+            if "k" in cache:
+                past = cache["k"].shape[2]
+                k = torch.cat([cache["k"], k], dim=2)
+                v = torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        if past == 0:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        elif T == 1:  # one new token sees everything before it
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:
+            mask = torch.ones(T, past + T, dtype=torch.bool, device=x.device).tril(past)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -155,11 +181,14 @@ class Block(nn.Module):
         self.ln_2 = RMSNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, h: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, h: torch.Tensor, rows: torch.Tensor | None, cache: dict | None = None
+    ) -> torch.Tensor:
         if self.engram is not None and rows is not None:
-            h = h + self.engram(rows, h)
+            h = h + self.engram(rows, h, None if cache is None else cache.setdefault("engram", {}))
         x = h.mean(dim=2) if h.shape[2] > 1 else h[:, :, 0, :]
-        h = h + self.attn(self.ln_1(x)).unsqueeze(2)
+        attn_cache = None if cache is None else cache.setdefault("attn", {})
+        h = h + self.attn(self.ln_1(x), attn_cache).unsqueeze(2)
         x = h.mean(dim=2) if h.shape[2] > 1 else h[:, :, 0, :]
         return h + self.mlp(self.ln_2(x)).unsqueeze(2)
 
@@ -236,6 +265,16 @@ class ModelConfig:
         return cls(**data)
 
 
+class DecodeCache:
+    """What a decoding step reuses from the positions before it: per block the attention keys
+    and values and the Engram short convolution's inputs (``EngramLM.forward(..., cache=)``).
+    Positions are absolute (learned), so a cache holds at most ``block_size`` of them."""
+
+    def __init__(self, n_layer: int):
+        self.length = 0
+        self.blocks: list[dict] = [{} for _ in range(n_layer)]
+
+
 class EngramLM(nn.Module):
     """Decoder-only language model; ``forward(idx, rows)`` -> logits ``(B, T, output vocab)``.
 
@@ -274,18 +313,30 @@ class EngramLM(nn.Module):
         return {i: b.engram for i, b in enumerate(self.blocks) if b.engram is not None}
 
     def forward(
-        self, idx: torch.Tensor, rows: dict[int, torch.Tensor] | None = None
+        self,
+        idx: torch.Tensor,
+        rows: dict[int, torch.Tensor] | None = None,
+        cache: DecodeCache | None = None,
     ) -> torch.Tensor:
+        """Logits of the positions of ``idx``. With ``cache`` (decoding) ``idx`` continues the
+        positions the cache holds: its keys/values and short-conv inputs are reused and
+        extended, so a step costs the new tokens only."""
         B, T = idx.shape
-        if T > self.config.block_size:
-            raise UsageError(f"sequence of {T} tokens exceeds the model's {self.config.block_size}")
+        past = 0 if cache is None else cache.length
+        if past + T > self.config.block_size:
+            raise UsageError(
+                f"sequence of {past + T} tokens exceeds the model's {self.config.block_size}"
+            )
         if self.config.has_engram and rows is None:
             raise UsageError("this model has Engram layers; pass their table rows")
-        pos = torch.arange(T, device=idx.device)
+        pos = torch.arange(past, past + T, device=idx.device)
         x = self.wte(idx) + self.wpe(pos)  # (B, T, D)
         h = x.unsqueeze(2).expand(B, T, self.config.hc_mult, x.shape[-1]).contiguous()
         for i, block in enumerate(self.blocks):
-            h = block(h, rows.get(i) if (rows is not None and block.engram is not None) else None)
+            layer_rows = rows.get(i) if (rows is not None and block.engram is not None) else None
+            h = block(h, layer_rows, None if cache is None else cache.blocks[i])
+        if cache is not None:
+            cache.length += T
         x = h.mean(dim=2) if h.shape[2] > 1 else h[:, :, 0, :]
         return self.lm_head(self.ln_f(x))  # (B, T, output vocab)
 

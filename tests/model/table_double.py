@@ -65,17 +65,9 @@ class InMemoryTable:
 
 def small_layout_for(ds_vocab, primes=(211, 223)):
     """The model tests' layout: layer 1, orders 2..3, 2 heads of the given primes."""
-    from engramctl.layout import EngramLayout
+    from tests.conftest import make_layout
 
-    return EngramLayout(
-        ngram_vocab=primes,
-        max_ngram=3,
-        heads=2,
-        layers=(1,),
-        seed=0,
-        pad_id=2,
-        vocab_size=ds_vocab.canonical_vocab_size,
-    )
+    return make_layout(primes, vocab_size=ds_vocab.canonical_vocab_size)
 
 
 def small_real_table(path, ds_vocab, *, primes=(211, 223), dim=8, dtype="float32"):

@@ -28,7 +28,7 @@ def generate(model, *args):
 def rerun_greedy(model, table, prompt, steps):
     """Greedy decoding by re-running (and re-hashing from pad) the whole text each step."""
     from engramctl.corpus.stream import eos_id
-    from engramctl.model.evaluate import load_model_tokenizer, open_runner
+    from engramctl.model.opening import load_model_tokenizer, open_runner
 
     runner = open_runner(model, table, device="cpu", resident=True, prefetch=False)
     tokenizer = load_model_tokenizer(runner.checkpoint, None)
@@ -71,6 +71,28 @@ def test_decode_past_the_window_and_sampling(trained):
     a = generate(model, "--prompt", PROMPT, "--max-tokens", 6, "--temperature", 2, "--seed", 3)
     b = generate(model, "--prompt", PROMPT, "--max-tokens", 6, "--temperature", 2, "--seed", 3)
     assert a["tokens"] == b["tokens"]
+
+
+def test_kv_cache_gives_the_tokens_of_running_the_window(trained):
+    """The key/value cache changes the cost, not the tokens: greedy decoding with and without it
+    agrees, within the window and past it (where each step runs the last window)."""
+    from engramctl.model.generate import generate as decode
+    from engramctl.model.opening import ModelSpec
+
+    model, table, _ = trained
+    for prompt, steps, crosses in ((PROMPT, 13, False), (PROMPT * 2, 24, True)):
+        runs = [
+            decode(
+                model=ModelSpec(model, table, device="cpu", resident=True),
+                prompt=prompt,
+                max_tokens=steps,
+                stop_at_eos=False,
+                kv_cache=kv_cache,
+            )
+            for kv_cache in (True, False)
+        ]
+        assert runs[0].tokens == runs[1].tokens and len(runs[0].tokens) == steps
+        assert (runs[0].prompt_tokens + steps > 16) == crosses  # the window is 16
 
 
 def test_generate_prints_text_rate_and_pager_report(trained):

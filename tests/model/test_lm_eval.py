@@ -88,8 +88,8 @@ def test_harness_perplexity_matches_engramctl_within_the_definitions(trained, ha
 def test_rolling_loglikelihood_is_a_plain_forward(trained):
     """A document that fits one window: the rolling log-likelihood equals a direct forward pass
     over EOS + its tokens (resident rows), to float rounding."""
-    from engramctl.model.evaluate import load_model_tokenizer, open_runner
     from engramctl.model.lm_eval_adapter import harness_lm_class
+    from engramctl.model.opening import load_model_tokenizer, open_runner
 
     model, table, _ = trained
     runner = open_runner(model, table, device="cpu", resident=False, cache_rows=4096)
@@ -114,8 +114,8 @@ def test_rolling_loglikelihood_is_a_plain_forward(trained):
 
 
 def test_generate_until_is_greedy_and_stops(trained):
-    from engramctl.model.evaluate import load_model_tokenizer, open_runner
     from engramctl.model.lm_eval_adapter import harness_lm_class
+    from engramctl.model.opening import load_model_tokenizer, open_runner
 
     model, table, _ = trained
     runner = open_runner(model, table, device="cpu", resident=True)

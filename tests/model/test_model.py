@@ -10,6 +10,7 @@ torch = pytest.importorskip("torch")
 
 from engramctl.errors import UsageError  # noqa: E402
 from engramctl.model.transformer import (  # noqa: E402
+    DecodeCache,
     Engram,
     EngramLM,
     ModelConfig,
@@ -111,6 +112,30 @@ def test_model_is_causal_and_shapes():
     rows2[1][:, 6:] = 0.0
     torch.testing.assert_close(model(idx2, rows2)[:, :6], logits[:, :6])
     assert set(model.last_gates()) == {1}
+
+
+@pytest.mark.parametrize("hc_mult", [1, 4])
+@pytest.mark.parametrize("short_conv", [True, False])
+def test_decode_cache_gives_the_full_forward_pass(hc_mult, short_conv):
+    """Feeding a sequence in pieces through a DecodeCache (a prefill, single tokens, a piece of
+    three: the masked path) gives the logits of one forward pass over the whole sequence."""
+    torch.manual_seed(1)
+    config = tiny_config(engram_value_zero_init=False, hc_mult=hc_mult, short_conv=short_conv)
+    model = EngramLM(config).eval()
+    idx = torch.randint(0, 50, (2, 16))
+    rows = {1: torch.randn(2, 16, 12)}
+    with torch.inference_mode():
+        whole = model(idx, rows)
+        cache, pieces = DecodeCache(config.n_layer), []
+        for start, stop in ((0, 5), (5, 6), (6, 7), (7, 10), (10, 11), (11, 16)):
+            pieces.append(model(idx[:, start:stop], {1: rows[1][:, start:stop]}, cache))
+    assert cache.length == 16
+    torch.testing.assert_close(torch.cat(pieces, dim=1), whole, rtol=1e-5, atol=1e-5)
+    # the cache really is used: a piece fed without it sees positions 0.. and differs
+    alone = model(idx[:, 10:11], {1: rows[1][:, 10:11]})
+    assert not torch.allclose(alone, whole[:, 10:11], atol=1e-3)
+    with pytest.raises(UsageError, match="exceeds"):
+        model(idx[:, :1], {1: rows[1][:, :1]}, cache)  # the window is full
 
 
 def test_depth_must_exceed_engram_layers():

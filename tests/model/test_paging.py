@@ -12,13 +12,13 @@ from hypothesis import strategies as st  # noqa: E402
 
 from engramctl.errors import EngramError  # noqa: E402
 from engramctl.hashing import NgramHasher  # noqa: E402
-from engramctl.layout import EngramLayout  # noqa: E402
 from engramctl.model.paging import (  # noqa: E402
     DeviceRowCache,
     ResidentRows,
     RowPager,
     resolve_device,
 )
+from tests.conftest import make_layout  # noqa: E402
 from tests.model.table_double import InMemoryTable  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -26,14 +26,8 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def small_layout(tiny_vocab):
-    return EngramLayout(
-        ngram_vocab=(97, 101),
-        max_ngram=3,
-        heads=2,
-        layers=(0, 2),
-        seed=0,
-        pad_id=0,
-        vocab_size=tiny_vocab.canonical_vocab_size,
+    return make_layout(
+        (97, 101), layers=(0, 2), pad_id=0, vocab_size=tiny_vocab.canonical_vocab_size
     )
 
 

@@ -13,37 +13,17 @@ from typer.testing import CliRunner  # noqa: E402
 
 from engramctl.cli import app  # noqa: E402
 from engramctl.layout import EngramLayout  # noqa: E402
-from tests.conftest import SAMPLE, read_jsonl  # noqa: E402
+from tests.conftest import SAMPLE, make_layout, write_small_corpus  # noqa: E402
 from tests.model.table_double import InMemoryTable, small_layout_for  # noqa: E402
 
-TINY = [
-    "--depth",
-    "2",
-    "--width",
-    "16",
-    "--attn-heads",
-    "2",
-    "--seq-len",
-    "16",
-    "--batch",
-    "2",
-    "--min-count",
-    "1",
-    "--device",
-    "cpu",
-]
+TINY = ["--depth", "2", "--width", "16", "--attn-heads", "2", "--seq-len", "16", "--batch", "2"]
+TINY += ["--min-count", "1", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    """A few sample documents (train) and one held-out document."""
-    root = tmp_path_factory.mktemp("corpus")
-    docs = read_jsonl(SAMPLE / "train.jsonl")[:3]
-    (root / "train.jsonl").write_text("\n".join(json.dumps(d) for d in docs) + "\n")
-    held = read_jsonl(SAMPLE / "heldout.jsonl")[0]
-    held["text"] = held["text"][:3000]
-    (root / "heldout.jsonl").write_text(json.dumps(held) + "\n")
-    return root
+    """A few sample documents (train.jsonl) and one held-out document (heldout.jsonl)."""
+    return write_small_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +59,11 @@ def tables():
 def run(*args):
     result = CliRunner().invoke(app, [str(a) for a in args])
     return result
+
+
+def eval_cpu(model, table, *extra):
+    """``engramctl eval --model MODEL --table TABLE --device cpu EXTRA...``."""
+    return run("eval", "--model", model, "--table", table, "--device", "cpu", *extra)
 
 
 def train(tmp_path, corpus, vocab_path, name, *extra, steps=4):
@@ -180,25 +165,14 @@ def test_no_short_conv_trains_records_and_evaluates(
 
     with safe_open(model / "model.safetensors", "pt") as handle:
         assert not any("short_conv" in k for k in handle.keys())
-    result = run(
-        "eval",
-        "--model",
-        model,
-        "--table",
-        "nsc.zarr",
-        "--benchmark",
-        corpus / "heldout.jsonl",
-        "--device",
-        "cpu",
-        "--json",
-    )
+    result = eval_cpu(model, "nsc.zarr", "--benchmark", corpus / "heldout.jsonl", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["metrics"]["loss"] > 0
 
 
 def test_paged_and_resident_logits_are_bit_identical(trained, corpus):
     from engramctl.model.data import read_corpus_stream, text_windows
-    from engramctl.model.evaluate import open_runner
+    from engramctl.model.opening import open_runner
     from engramctl.tokenizer import load_tokenizer
 
     model, table, _ = trained
@@ -217,18 +191,7 @@ def test_paged_and_resident_logits_are_bit_identical(trained, corpus):
 
 def test_eval_lm_and_multiple_choice(trained, corpus, tmp_path):
     model, _, _ = trained
-    result = run(
-        "eval",
-        "--model",
-        model,
-        "--table",
-        "t.zarr",
-        "--benchmark",
-        corpus / "heldout.jsonl",
-        "--device",
-        "cpu",
-        "--json",
-    )
+    result = eval_cpu(model, "t.zarr", "--benchmark", corpus / "heldout.jsonl", "--json")
     assert result.exit_code == 0, result.output
     doc = json.loads(result.output)
     assert doc["kind"] == "lm" and doc["metrics"]["perplexity"] > 1
@@ -245,20 +208,7 @@ def test_eval_lm_and_multiple_choice(trained, corpus, tmp_path):
         + "\n"
     )
     report = tmp_path / "report.json"
-    result = run(
-        "eval",
-        "--model",
-        model,
-        "--table",
-        "t.zarr",
-        "--benchmark",
-        mc,
-        "--device",
-        "cpu",
-        "--resident",
-        "--report",
-        report,
-    )
+    result = eval_cpu(model, "t.zarr", "--benchmark", mc, "--resident", "--report", report)
     assert result.exit_code == 0, result.output
     doc = json.loads(report.read_text())
     assert doc["kind"] == "multiple_choice" and 0 <= doc["metrics"]["acc"] <= 1
@@ -267,18 +217,7 @@ def test_eval_lm_and_multiple_choice(trained, corpus, tmp_path):
 
 def test_eval_explain(trained):
     model, _, _ = trained
-    result = run(
-        "eval",
-        "--model",
-        model,
-        "--table",
-        "t.zarr",
-        "--explain",
-        "def f(x):",
-        "--device",
-        "cpu",
-        "--json",
-    )
+    result = eval_cpu(model, "t.zarr", "--explain", "def f(x):", "--json")
     assert result.exit_code == 0, result.output
     explain = json.loads(result.output)["explain"]
     assert len(explain["gates"]["1"]) == len(explain["tokens"])
@@ -319,15 +258,7 @@ def test_eval_rejects_malformed_benchmarks(trained, tmp_path, line, message):
 
 def test_bad_input_is_one_clear_line(trained, tmp_path, ds_vocab, corpus, tables):
     model, _, _ = trained
-    other = EngramLayout(
-        ngram_vocab=(307, 311),
-        max_ngram=3,
-        heads=2,
-        layers=(1,),
-        seed=0,
-        pad_id=2,
-        vocab_size=ds_vocab.canonical_vocab_size,
-    )
+    other = make_layout((307, 311), vocab_size=ds_vocab.canonical_vocab_size)
     tables["other.zarr"] = InMemoryTable(other, 8, ds_vocab.fingerprint)
     tables["foreign.zarr"] = InMemoryTable(trained[1].layout, 8, "sha256:0000")
     bench = corpus / "heldout.jsonl"
@@ -367,15 +298,7 @@ def test_bad_input_is_one_clear_line(trained, tmp_path, ds_vocab, corpus, tables
 
 
 def test_depth_must_exceed_table_layers(tmp_path, corpus, ds_vocab, ds_vocab_path, tables):
-    deep = EngramLayout(
-        ngram_vocab=(211, 223),
-        max_ngram=3,
-        heads=2,
-        layers=(5,),
-        seed=0,
-        pad_id=2,
-        vocab_size=ds_vocab.canonical_vocab_size,
-    )
+    deep = make_layout(layers=(5,), vocab_size=ds_vocab.canonical_vocab_size)
     tables["deep.zarr"] = InMemoryTable(deep, 8, ds_vocab.fingerprint)
     result = run(
         "train",
@@ -416,7 +339,7 @@ def test_real_zarr_table_train_and_paged_eval(
     tmp_path, corpus, ds_vocab, ds_vocab_path, small_layout, tables, dtype
 ):
     """The same flow on a real on-disk table: rows trained in place, paged == resident."""
-    from engramctl.model.evaluate import open_runner
+    from engramctl.model.opening import open_runner
     from engramctl.table.create import create_table
     from engramctl.table.table import open_table
 
@@ -440,25 +363,15 @@ def test_real_zarr_table_train_and_paged_eval(
         resident = open_runner(model, table, device="cpu", resident=True)
         for (_, a), (_, b) in zip(paged.run(batches), resident.run(batches), strict=True):
             assert torch.equal(a, b)
-    result = run(
-        "eval",
-        "--model",
-        model,
-        "--table",
-        path,
-        "--benchmark",
-        corpus / "heldout.jsonl",
-        "--device",
-        "cpu",
-        "--json",
-    )
+    result = eval_cpu(model, path, "--benchmark", corpus / "heldout.jsonl", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["paging"]["bytes_read"] > 0
 
 
 def test_choice_scores_match_a_plain_forward(trained):
     """Batched, padded choice scores equal log-likelihoods from one unpadded forward each."""
-    from engramctl.model.evaluate import choice_scores, open_runner
+    from engramctl.model.evaluate import choice_scores
+    from engramctl.model.opening import open_runner
     from engramctl.tokenizer import load_tokenizer
 
     model, table, _ = trained
@@ -556,6 +469,7 @@ def test_eval_reports_progress_per_batch(trained, corpus, monkeypatch):
     plain line when stderr is not a terminal."""
     from engramctl.cli import progress as progress_module
     from engramctl.model.evaluate import evaluate
+    from engramctl.model.opening import ModelSpec
 
     model, table, _ = trained
     mc = corpus / "mc_progress.jsonl"
@@ -564,7 +478,7 @@ def test_eval_reports_progress_per_batch(trained, corpus, monkeypatch):
     for benchmark, total in ((corpus / "heldout.jsonl", None), (mc, 9)):
         calls = []
         evaluate(
-            model_dir=model, benchmark=benchmark, table=table, device="cpu", batch=4,
+            model=ModelSpec(model, table, device="cpu"), benchmark=benchmark, batch=4,
             on_progress=lambda done, n, calls=calls: calls.append((done, n)),
         )  # fmt: skip
         done = [d for d, _ in calls]

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engramctl import EngramLayout
 from engramctl.errors import EngramError
 from engramctl.table.create import create_table
 from engramctl.table.dtypes import decode_rows, encode_rows
@@ -20,21 +19,14 @@ from engramctl.table.safetensors import (
 )
 from engramctl.table.table import open_table
 from engramctl.table.verify import verify_table
+from tests.conftest import make_layout
 
 FP = "sha256:0123456789abcdef"
 
 
 @pytest.fixture(scope="module")
 def layout():
-    return EngramLayout(
-        ngram_vocab=(300, 300),
-        max_ngram=3,
-        heads=2,
-        layers=(2, 5),
-        seed=1,
-        pad_id=2,
-        vocab_size=1000,
-    )
+    return make_layout((300, 300), layers=(2, 5), seed=1, vocab_size=1000)
 
 
 def rows_of(path, layer_id):
