@@ -15,6 +15,7 @@ from rich.text import Text
 from .app import STATE, command, console, err_console
 from .options import Device, JsonFlag, ModelFlags, OverwriteOpt
 from .progress import progress
+from .train_resume import print_trained, resume_run, run_inputs
 
 DeviceOpt = ModelFlags.Device
 TokenizerOpt = ModelFlags.Tokenizer
@@ -199,8 +200,8 @@ def train_command(
     )
 
     if resume is not None:
-        result = _resume_run(ctx, resume)
-        _print_trained(result, json_out=json_out)
+        result = resume_run(ctx, resume, open_table=open_table_for)
+        print_trained(result, json_out=json_out)
         return
     if corpus is None or out is None:
         raise UsageError("train needs --corpus and --out (or --resume MODEL_DIR)")
@@ -314,84 +315,7 @@ def train_command(
             )  # fmt: skip
     finally:
         close_table(table_handle)
-    _print_trained(result, json_out=json_out)
-
-
-def run_inputs(*, table, moments, out_of_core: bool, **paths) -> dict:
-    """What ``train --resume`` reopens: the inputs of the run, as absolute paths."""
-    from ..model.table_rows import default_moments_path
-
-    def absolute(value):
-        return str(Path(value).resolve()) if isinstance(value, Path) else value
-
-    if out_of_core:
-        moments = moments or default_moments_path(table)
-    return {
-        **{k: absolute(v) for k, v in paths.items()},
-        "table": absolute(table),
-        "moments": absolute(moments) if out_of_core else None,
-    }
-
-
-def _resume_run(ctx: typer.Context, model_dir: Path):
-    """``train --resume``: the run's own options; flags given too must agree with them."""
-    from ..model.resume_run import check_resume_flags, plan_resume, resume_training
-
-    plan = plan_resume(model_dir)
-    given = {
-        name: value
-        for name, value in ctx.params.items()
-        if name not in ("resume", "json_out", "overwrite", "continue_rows", "overwrite_rows")
-        and given_on_command_line(ctx, name)
-    }
-    for flag, policy in (("continue_rows", "continue"), ("overwrite_rows", "overwrite")):
-        if given_on_command_line(ctx, flag) and ctx.params[flag]:
-            given["prior_runs"] = policy
-    check_resume_flags(plan, given)
-    detail = "loss {loss:.3f}, {tps:,.0f} tok/s"
-    with progress(
-        "train", enabled=not STATE["quiet"], unit="steps", detail=detail, transient=True
-    ) as update:
-        return resume_training(
-            plan,
-            open_table=lambda path, mode: open_table_for(path, mode=mode),
-            on_step=lambda step, total, loss, tps: update(step, total, loss=loss, tps=tps),
-        )
-
-
-def given_on_command_line(ctx: typer.Context, name: str) -> bool:
-    """Whether the user gave option ``name`` (not its default); by the source's name, as typer
-    may bring its own click."""
-    source = ctx.get_parameter_source(name)
-    return getattr(source, "name", None) in ("COMMANDLINE", "ENVIRONMENT")
-
-
-def _print_trained(result, *, json_out: bool) -> None:
-    """What ``train`` prints of its result (or one JSON document)."""
-    if json_out:
-        typer.echo(json.dumps(result.to_dict()))
-        return
-    held = f"{result.final_heldout_loss:.4f}" if result.final_heldout_loss is not None else "n/a"
-    engram, out = result.table is not None, result.out_dir
-    console.print(
-        f"trained {'engram' if engram else 'baseline (--no-engram)'} model: {result.steps} steps, "
-        f"{result.tokens:,} tokens ({result.passes:.2f} passes) in {result.seconds:.0f}s; "
-        f"train loss {result.final_train_loss:.4f}, held-out loss {held}"
-    )
-    if engram:
-        console.print(f"wrote {result.rows_written:,} trained rows back to {result.table}")
-    if result.moments:
-        rate = result.rows_written / result.write_seconds if result.write_seconds else 0.0
-        console.print(
-            f"out of core: {result.write_seconds:.1f}s writing rows ({rate:,.0f} rows/s), "
-            f"Adam moments in {result.moments}"
-        )
-    if result.checkpoints:
-        console.print(
-            f"{result.checkpoints} periodic checkpoint(s) in {result.checkpoint_seconds:.1f}s"
-            + (f" (resumed at step {result.resumed_from})" if result.resumed_from else "")
-        )
-    console.print(f"checkpoint {out}/ (loss curve {out}/loss_curve.png)")
+    print_trained(result, json_out=json_out)
 
 
 @command("eval")

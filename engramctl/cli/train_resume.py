@@ -1,0 +1,90 @@
+"""What ``engramctl train`` adds for resumable runs: the inputs it records for ``--resume``
+(:func:`run_inputs`), ``--resume`` itself (:func:`resume_run`: flags given on the command line
+must agree with the run), and the summary both print (:func:`print_trained`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from .app import STATE, console
+from .progress import progress
+
+
+def run_inputs(*, table, moments, out_of_core: bool, **paths) -> dict:
+    """What ``train --resume`` reopens: the inputs of the run, as absolute paths."""
+    from ..model.table_rows import default_moments_path
+
+    def absolute(value):
+        return str(Path(value).resolve()) if isinstance(value, Path) else value
+
+    if out_of_core:
+        moments = moments or default_moments_path(table)
+    return {
+        **{k: absolute(v) for k, v in paths.items()},
+        "table": absolute(table),
+        "moments": absolute(moments) if out_of_core else None,
+    }
+
+
+def resume_run(ctx: typer.Context, model_dir: Path, *, open_table):
+    """``train --resume``: the run's own options; flags given too must agree with them."""
+    from ..model.resume_run import check_resume_flags, plan_resume, resume_training
+
+    plan = plan_resume(model_dir)
+    given = {
+        name: value
+        for name, value in ctx.params.items()
+        if name not in ("resume", "json_out", "overwrite", "continue_rows", "overwrite_rows")
+        and given_on_command_line(ctx, name)
+    }
+    for flag, policy in (("continue_rows", "continue"), ("overwrite_rows", "overwrite")):
+        if given_on_command_line(ctx, flag) and ctx.params[flag]:
+            given["prior_runs"] = policy
+    check_resume_flags(plan, given)
+    detail = "loss {loss:.3f}, {tps:,.0f} tok/s"
+    with progress(
+        "train", enabled=not STATE["quiet"], unit="steps", detail=detail, transient=True
+    ) as update:
+        return resume_training(
+            plan,
+            open_table=lambda path, mode: open_table(path, mode=mode),
+            on_step=lambda step, total, loss, tps: update(step, total, loss=loss, tps=tps),
+        )
+
+
+def given_on_command_line(ctx: typer.Context, name: str) -> bool:
+    """Whether the user gave option ``name`` (not its default); by the source's name, as typer
+    may bring its own click."""
+    source = ctx.get_parameter_source(name)
+    return getattr(source, "name", None) in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def print_trained(result, *, json_out: bool) -> None:
+    """What ``train`` prints of its result (or one JSON document)."""
+    if json_out:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    held = f"{result.final_heldout_loss:.4f}" if result.final_heldout_loss is not None else "n/a"
+    engram, out = result.table is not None, result.out_dir
+    console.print(
+        f"trained {'engram' if engram else 'baseline (--no-engram)'} model: {result.steps} steps, "
+        f"{result.tokens:,} tokens ({result.passes:.2f} passes) in {result.seconds:.0f}s; "
+        f"train loss {result.final_train_loss:.4f}, held-out loss {held}"
+    )
+    if engram:
+        console.print(f"wrote {result.rows_written:,} trained rows back to {result.table}")
+    if result.moments:
+        rate = result.rows_written / result.write_seconds if result.write_seconds else 0.0
+        console.print(
+            f"out of core: {result.write_seconds:.1f}s writing rows ({rate:,.0f} rows/s), "
+            f"Adam moments in {result.moments}"
+        )
+    if result.checkpoints:
+        console.print(
+            f"{result.checkpoints} periodic checkpoint(s) in {result.checkpoint_seconds:.1f}s"
+            + (f" (resumed at step {result.resumed_from})" if result.resumed_from else "")
+        )
+    console.print(f"checkpoint {out}/ (loss curve {out}/loss_curve.png)")
