@@ -11,19 +11,11 @@ from rich import box
 from rich.table import Table
 
 from .app import STATE, command, console
-from .options import (
-    Dtype,
-    JsonFlag,
-    VocabOpt,
-    layout_flags,
-    load_vocab,
-    resolve_layout_flags,
-)
+from .options import Dtype, JsonFlag, LayoutFlags, VocabOpt, load_vocab, resolve_layout_flags
 from .progress import progress
 
 
 @command("cache-plan")
-@layout_flags(after="vocab")
 def cache_plan_command(
     ctx: typer.Context,
     workload: Annotated[
@@ -33,6 +25,14 @@ def cache_plan_command(
         ),
     ],
     vocab: VocabOpt,
+    preset: LayoutFlags.Preset = None,
+    ngram_vocab: LayoutFlags.NgramVocab = None,
+    max_ngram: LayoutFlags.MaxNgram = None,
+    heads: LayoutFlags.Heads = None,
+    layers: LayoutFlags.Layers = None,
+    seed: LayoutFlags.Seed = None,
+    pad_id: LayoutFlags.PadId = None,
+    config: LayoutFlags.Config = None,
     table: Annotated[
         str | None,
         typer.Option(

@@ -13,19 +13,26 @@ from rich.table import Table
 from .app import command, console
 from .options import (
     JsonFlag,
+    LayoutFlags,
     OverwriteOpt,
     VocabOpt,
-    layout_flags,
     load_vocab,
     resolve_layout_flags,
 )
 
 
 @command("hash")
-@layout_flags(after="vocab")
 def hash_command(
     ctx: typer.Context,
     vocab: VocabOpt,
+    preset: LayoutFlags.Preset = None,
+    ngram_vocab: LayoutFlags.NgramVocab = None,
+    max_ngram: LayoutFlags.MaxNgram = None,
+    heads: LayoutFlags.Heads = None,
+    layers: LayoutFlags.Layers = None,
+    seed: LayoutFlags.Seed = None,
+    pad_id: LayoutFlags.PadId = None,
+    config: LayoutFlags.Config = None,
     text: Annotated[str | None, typer.Option("--text", help="Text to tokenize and hash.")] = None,
     ids_file: Annotated[
         Path | None, typer.Option("--ids-file", help=".npy of int64 raw token ids, [T] or [B, T].")

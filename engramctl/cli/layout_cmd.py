@@ -12,18 +12,25 @@ from .options import (
     DimOpt,
     DtypeOpt,
     JsonFlag,
+    LayoutFlags,
     VocabOpt,
-    layout_flags,
     load_vocab,
     resolve_layout_flags,
 )
 
 
 @command("layout")
-@layout_flags(after="vocab")
 def layout_command(
     ctx: typer.Context,
     vocab: VocabOpt,
+    preset: LayoutFlags.Preset = None,
+    ngram_vocab: LayoutFlags.NgramVocab = None,
+    max_ngram: LayoutFlags.MaxNgram = None,
+    heads: LayoutFlags.Heads = None,
+    layers: LayoutFlags.Layers = None,
+    seed: LayoutFlags.Seed = None,
+    pad_id: LayoutFlags.PadId = None,
+    config: LayoutFlags.Config = None,
     dim: DimOpt = None,
     dtype: DtypeOpt = None,
     json_out: JsonFlag = False,

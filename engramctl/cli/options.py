@@ -5,8 +5,6 @@ choices, built from the library's constants.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -41,10 +39,10 @@ def _layout_option(flag: str, help_text: str, metavar: str | None = None):
 
 
 class LayoutFlags:
-    """The layout options, declared once. A command that takes a layout is decorated with
-    :func:`layout_flags` (which puts every one of them into its signature, where typer reads
-    options), has a ``ctx: typer.Context`` parameter, and calls :func:`resolve_layout_flags` with
-    ``ctx.params``, where they are by name.
+    """The layout options, declared once. A command that takes a layout lists every one of them
+    in its signature (typer reads options from the signature), under the same parameter names,
+    with a ``ctx: typer.Context`` parameter, and calls :func:`resolve_layout_flags` with
+    ``ctx.params``, which it reads by name.
 
     ``--config PATH`` (a model's config.json) is a layout source like ``--table``: it fixes
     the whole layout (:func:`engramctl.model_config.config_layout_source`); ``--layers`` then
@@ -81,45 +79,9 @@ class LayoutFlags:
         ),
     ]
 
-    # The parameter name of each option above (the LayoutRequest field names).
+    # The parameter name each command gives each option above (the LayoutRequest field names).
     NAMES = ("preset", "ngram_vocab", "max_ngram", "heads", "layers", "seed", "pad_id")
     SOURCES = ("config",)  # layout sources among the flags (not LayoutRequest fields)
-
-
-def layout_flags(*, after: str):
-    """Decorate a command to take the :class:`LayoutFlags` options, placed in its signature (and
-    so in its ``--help``) right after the parameter ``after``. The command reads them from
-    ``ctx.params`` (:func:`resolve_layout_flags`); they are not passed to it.
-
-    Example: ``@command("layout")`` over ``@layout_flags(after="vocab")`` over
-    ``def layout_command(ctx: typer.Context, vocab: VocabOpt, dim: DimOpt = None): ...``.
-    """
-    names = (*LayoutFlags.NAMES, *LayoutFlags.SOURCES)
-    flags = [
-        inspect.Parameter(
-            name,
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            default=None,
-            annotation=getattr(LayoutFlags, name.title().replace("_", "")),
-        )
-        for name in names
-    ]
-
-    def decorate(fn):
-        own = inspect.signature(fn, eval_str=True)
-        params = list(own.parameters.values())
-        at = [p.name for p in params].index(after) + 1
-        signature = own.replace(parameters=[*params[:at], *flags, *params[at:]])
-
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            given = signature.bind(*args, **kwargs).arguments
-            return fn(**{name: value for name, value in given.items() if name not in names})
-
-        wrapper.__signature__ = signature  # what typer (inspect.signature) reads
-        return wrapper
-
-    return decorate
 
 
 def resolve_layout_flags(

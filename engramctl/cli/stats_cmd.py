@@ -15,10 +15,10 @@ from .app import STATE, command, console, err_console
 from .options import (
     CorpusFormat,
     JsonFlag,
+    LayoutFlags,
     SchedulerOpt,
     TokenDtype,
     VocabOpt,
-    layout_flags,
     load_vocab,
     resolve_layout_flags,
 )
@@ -26,13 +26,20 @@ from .progress import progress
 
 
 @command("hash-stats")
-@layout_flags(after="vocab")
 def hash_stats_command(
     ctx: typer.Context,
     corpus: Annotated[
         list[str], typer.Argument(help="Corpus files, directories or globs ('data/**/*.jsonl').")
     ],
     vocab: VocabOpt,
+    preset: LayoutFlags.Preset = None,
+    ngram_vocab: LayoutFlags.NgramVocab = None,
+    max_ngram: LayoutFlags.MaxNgram = None,
+    heads: LayoutFlags.Heads = None,
+    layers: LayoutFlags.Layers = None,
+    seed: LayoutFlags.Seed = None,
+    pad_id: LayoutFlags.PadId = None,
+    config: LayoutFlags.Config = None,
     table: Annotated[
         str | None,
         typer.Option(

@@ -22,7 +22,6 @@ from .options import (
     OverwriteOpt,
     SchedulerOpt,
     VocabOpt,
-    layout_flags,
     load_vocab,
     resolve_layout_flags,
 )
@@ -65,11 +64,18 @@ def _storage_options(items: list[str] | None) -> dict | None:
 
 
 @command("init-table")
-@layout_flags(after="vocab")
 def init_table_command(
     ctx: typer.Context,
     out: TableUrlArg,
     vocab: VocabOpt,
+    preset: LayoutFlags.Preset = None,
+    ngram_vocab: LayoutFlags.NgramVocab = None,
+    max_ngram: LayoutFlags.MaxNgram = None,
+    heads: LayoutFlags.Heads = None,
+    layers: LayoutFlags.Layers = None,
+    seed: LayoutFlags.Seed = None,
+    pad_id: LayoutFlags.PadId = None,
+    config: LayoutFlags.Config = None,
     dim: DimOpt = None,
     dtype: DtypeOpt = None,
     init: Annotated[InitKind, typer.Option("--init", help="Initial values.")] = InitKind.normal,
@@ -322,7 +328,6 @@ def export_command(
 
 
 @command("import")
-@layout_flags(after="link")
 def import_command(
     ctx: typer.Context,
     source: Annotated[
@@ -349,6 +354,14 @@ def import_command(
             "(zero-copy, read-only; seconds and kilobytes at any size).",
         ),
     ] = False,
+    preset: LayoutFlags.Preset = None,
+    ngram_vocab: LayoutFlags.NgramVocab = None,
+    max_ngram: LayoutFlags.MaxNgram = None,
+    heads: LayoutFlags.Heads = None,
+    layers: LayoutFlags.Layers = None,
+    seed: LayoutFlags.Seed = None,
+    pad_id: LayoutFlags.PadId = None,
+    config: LayoutFlags.Config = None,
     tensor_name: TensorNameOpt = "layer_{layer}",
     dtype: Annotated[
         Dtype | None, typer.Option("--dtype", help="Convert to this dtype. (default: the file's)")
@@ -380,7 +393,7 @@ def import_command(
                  if n != "layers" and ctx.params[n] is not None]  # fmt: skip
         fixed += ["--tensor-name"] if tensor_name != "layer_{layer}" else []
         result = import_checkpoint_dir(
-            source, out, vocab=vocab, layers=ctx.params["layers"], link=link, dtype=dtype_name,
+            source, out, vocab=vocab, layers=layers, link=link, dtype=dtype_name,
             chunk_rows=chunk_rows, compressor=compressor.value, overwrite=overwrite,
             json_out=json_out, fixed_flags=fixed,
         )  # fmt: skip
