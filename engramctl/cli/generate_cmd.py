@@ -35,7 +35,8 @@ def generate_command(
     json_out: JsonFlag = False,
 ) -> None:
     """Continue a prompt one token at a time: each step hashes the new token with the n-gram
-    context carried from the last (the streaming hasher) and pages its rows from the table.
+    context carried from the last (the streaming hasher) and pages its rows from the table;
+    the model's keys and values are cached while the text fits its window.
 
     Example:
     engramctl generate --model m --table t.zarr --prompt "import os" \\
