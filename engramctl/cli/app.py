@@ -127,9 +127,20 @@ class OneLineErrorsGroup(TyperGroup):
         _hide_bool_metavars(params)
         return params
 
+    # typer turns a Ctrl-C outside a command's body (parsing the arguments, dispatching, the
+    # return) into a silent exit 130; here it gets the one line the command's own handler gives.
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise _exit_with("interrupted", 130) from None
+
     def invoke(self, ctx):
         """Run the command; its return value is not an exit code (as in standalone mode)."""
-        super().invoke(ctx)
+        try:
+            super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise _exit_with("interrupted", 130) from None
 
 
 def _exit_with(message: str, code: int) -> SystemExit:
