@@ -15,24 +15,12 @@ from typer.testing import CliRunner  # noqa: E402
 
 from engramctl.cli import app  # noqa: E402
 from engramctl.model import train as train_module  # noqa: E402
-from tests.conftest import SAMPLE, read_jsonl  # noqa: E402
+from tests.model import test_adapt as adapt  # noqa: E402
 from tests.model.table_double import small_real_table  # noqa: E402
 
-TINY = ["--depth", "2", "--width", "16", "--attn-heads", "2", "--seq-len", "16", "--batch", "2"]
-TINY += ["--min-count", "1", "--device", "cpu", "--eval-every", "2"]
+# The tiny model options and the adaptation corpus (docs/other/heldout), as in test_adapt.py.
+TINY, corpus = adapt.TINY, adapt.corpus
 STEPS = 7
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    docs = read_jsonl(SAMPLE / "train.jsonl")
-    (root / "docs.jsonl").write_text("\n".join(json.dumps(d) for d in docs[:3]) + "\n")
-    (root / "other.jsonl").write_text("\n".join(json.dumps(d) for d in docs[-3:]) + "\n")
-    held = read_jsonl(SAMPLE / "heldout.jsonl")[0]
-    held["text"] = held["text"][:2000]
-    (root / "heldout.jsonl").write_text(json.dumps(held) + "\n")
-    return root
 
 
 def run(*args):
