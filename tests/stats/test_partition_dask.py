@@ -14,22 +14,7 @@ from tests.stats.test_partition import figures
 
 SEP, _plan = base.SEP, base._plan
 corpora = base.corpora  # the same module-scoped fixture: token files and text with warnings
-
-
-@pytest.fixture(scope="module")
-def client():
-    pytest.importorskip("distributed")
-    from engramctl.cluster import open_client
-
-    with open_client("local:2") as c:
-        yield c
-
-
-def _dask(plan, vocab, client, tokenizer=None, **kw):
-    from engramctl.stats.run_dask import run_hash_stats_dask
-
-    client.wait_for_workers(2, timeout=60)
-    return run_hash_stats_dask(plan, vocab=vocab, tokenizer=tokenizer, client=client, **kw)
+client, _dask = base.client, base._dask  # a LocalCluster of 2 workers, and a run on it
 
 
 @pytest.mark.slow
