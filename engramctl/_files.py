@@ -9,6 +9,7 @@ half-written output behind.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -71,6 +72,22 @@ def write_file_atomic(path: Path, data, *, fsync: bool = True) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, fsync=fsync) as handle:
         handle.write(memoryview(data).cast("B"))
+
+
+def read_json_file(path: Path):
+    """The JSON document in ``path``; a file that cannot be read or parsed (bad JSON, nested too
+    deeply, not UTF-8) is one :class:`EngramError` sentence naming it."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise EngramError(f"{path} is not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise EngramError(f"{path} is damaged: nested too deeply") from None
+    except UnicodeDecodeError:
+        raise EngramError(f"{path} is damaged: not UTF-8 text") from None
+    except OSError as exc:
+        raise EngramError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def pid_is_dead(pid: int) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._files import atomic_directory
+from .._files import atomic_directory, read_json_file
 from ..errors import EngramError, UsageError
 from .config_check import check_checkpoint_meta, check_weights_match
 
@@ -138,16 +138,7 @@ def read_checkpoint_meta(path: Path) -> dict:
     missing = [name for name in REQUIRED_FILES if not (path / name).exists()]
     if missing:
         raise EngramError(f"{path} is not a complete checkpoint: missing {', '.join(missing)}")
-    try:
-        meta = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise EngramError(f"{path / 'config.json'} is not valid JSON ({exc.msg})") from None
-    except RecursionError:
-        raise EngramError(f"{path / 'config.json'} is damaged: nested too deeply") from None
-    except UnicodeDecodeError:
-        raise EngramError(f"{path / 'config.json'} is damaged: not UTF-8 text") from None
-    except OSError as exc:
-        raise EngramError(f"cannot read {path / 'config.json'}: {exc.strerror or exc}") from None
+    meta = read_json_file(path / "config.json")
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
         raise EngramError(f"{path} is not an engramctl model checkpoint")
     check_checkpoint_meta(meta, path / "config.json")

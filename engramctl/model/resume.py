@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._files import glob_escape, pid_is_dead
+from .._files import glob_escape, pid_is_dead, read_json_file
 from ..errors import EngramError
 
 STATE_DIR = "resume"
@@ -174,9 +174,9 @@ def read_state(path: Path) -> dict:
     if not file.exists():
         return {}
     try:
-        doc = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
-        raise EngramError(f"{file} is damaged ({exc}); the run cannot resume from it") from None
+        doc = read_json_file(file)
+    except EngramError as exc:
+        raise EngramError(f"{exc}; the run cannot resume from it") from None
     if not isinstance(doc, dict) or doc.get("format") != "engramctl-train-state":
         raise EngramError(f"{file} is not an engramctl training state")
     for key, kind in (("step", int), ("history", dict), ("inputs", dict)):

@@ -182,6 +182,14 @@ def test_resume_refusals(tmp_path, corpus, ds_vocab, ds_vocab_path, monkeypatch)
     bad = run("train", "--resume", out, "--steps", 9, "--lr", 0.5)
     assert bad.exit_code == 2, bad.output
     assert "--steps 9, the run has 7" in bad.stderr and "--lr 0.5, the run has" in bad.stderr
+    state = out / "resume" / "state.json"
+    kept = state.read_bytes()
+    for damage in (b"{not json", b"[" * 100_000, b"\xff\xfe"):
+        state.write_bytes(damage)
+        broken = run("train", "--resume", out)
+        assert broken.exit_code == 1 and "the run cannot resume from it" in broken.stderr
+        assert len(error_lines(broken.stderr)) == 1 and "internal error" not in broken.stderr
+    state.write_bytes(kept)
     other = run("train", "--resume", out, "--out", tmp_path / "elsewhere")
     assert other.exit_code == 2 and "--out" in other.stderr
     same = run("train", "--resume", out, "--steps", STEPS, "--table", table)  # agreeing: fine
