@@ -9,11 +9,11 @@ makes it the layout source of a command's ``--config``. See docs/checkpoints.md.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UsageError
+from ._files import read_json_file
+from .errors import EngramError, UsageError
 from .layout import EngramLayout, LayoutSource
 
 # The engram_* keys of a published checkpoint's config.json whose layout a preset reproduces.
@@ -153,9 +153,9 @@ def read_model_config(path) -> EngramModelConfig:
     if not path.is_file():
         raise UsageError(f"--config: no config file at {path}")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise UsageError(f"--config: {path} is not a JSON file ({exc})") from None
+        doc = read_json_file(path)
+    except EngramError as exc:
+        raise UsageError(f"--config: {exc}") from None
     if not isinstance(doc, dict):
         raise UsageError(f"--config: {path} is not a JSON object")
     section = _config_section(doc, str(path))

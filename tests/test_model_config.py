@@ -110,5 +110,8 @@ def test_missing_and_broken_config(tmp_path):
     with pytest.raises(UsageError, match="no config file"):
         read_model_config(tmp_path)
     (tmp_path / "config.json").write_text("{nope")
-    with pytest.raises(UsageError, match="not a JSON file"):
+    with pytest.raises(UsageError, match="^--config: .*config.json is not valid JSON"):
+        read_model_config(tmp_path)
+    (tmp_path / "config.json").write_text("[" * 100_000)  # was a RecursionError: internal error
+    with pytest.raises(UsageError, match="^--config: .*config.json is damaged: nested too deeply"):
         read_model_config(tmp_path)

@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from .._files import read_json_file
 from .app import STATE, command, console, err_console
 from .options import Device, JsonFlag, ModelFlags, OverwriteOpt
 from .progress import progress
@@ -227,7 +228,7 @@ def train_command(
         history_path = compare_with / "history.json"
         if not history_path.exists():
             raise EngramError(f"--compare-with: {history_path} not found (give a checkpoint dir)")
-        compare = {compare_with.name: json.loads(history_path.read_text())}
+        compare = {compare_with.name: read_json_file(history_path)}
     config = TrainConfig(
         steps=steps,
         seq_len=seq_len,

@@ -12,11 +12,11 @@ opens the table, finds the checkpoint to continue from (finishing a commit a kil
 from __future__ import annotations
 
 import dataclasses
-import json
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._files import read_json_file
 from ..errors import EngramError, UsageError
 
 # CLI option -> key of the recorded inputs (the training options are TrainConfig's fields)
@@ -160,7 +160,7 @@ def resume_training(plan: ResumePlan, *, open_table, on_step=None):
         if inputs.get("compare_with"):
             history = Path(inputs["compare_with"]) / "history.json"
             if history.exists():
-                compare = {Path(inputs["compare_with"]).name: json.loads(history.read_text())}
+                compare = {Path(inputs["compare_with"]).name: read_json_file(history)}
         return train_model(
             windows=data.windows,
             heldout=data.heldout,

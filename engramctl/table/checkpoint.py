@@ -13,11 +13,11 @@ streamed copy or a zero-copy link.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._files import read_json_file
 from ..errors import EngramError, UsageError
 from ..layout import EngramLayout
 from ..model_config import CONFIG_NAME, EngramModelConfig, read_model_config
@@ -174,8 +174,8 @@ def open_checkpoint(path) -> Checkpoint:
     config = read_model_config(path / CONFIG_NAME)
     index = path / INDEX_NAME
     if index.is_file():
+        doc = read_json_file(index)
         try:
-            doc = json.loads(index.read_text(encoding="utf-8"))
             weight_map = {str(k): str(v) for k, v in doc["weight_map"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise EngramError(f"{index} is not a safetensors index ({exc!r})") from None
