@@ -136,7 +136,7 @@ def step_verify(work: Path) -> str:
 
 def step_gather(work: Path) -> str:
     from engramctl.hashing import NgramHasher
-    from engramctl.table.table import open_table
+    from engramctl.table.sources.table import open_table
     from engramctl.vocab import CanonicalVocab
 
     vocab = CanonicalVocab.load(work / "vocab.parquet")
@@ -158,9 +158,9 @@ def step_pager(work: Path) -> str:
     import torch
 
     from engramctl.hashing import NgramHasher
-    from engramctl.model.paging import RowPager
-    from engramctl.table.dtypes import decode_rows
-    from engramctl.table.table import open_table
+    from engramctl.model.serve.paging import RowPager
+    from engramctl.table.core.dtypes import decode_rows
+    from engramctl.table.sources.table import open_table
     from engramctl.vocab import CanonicalVocab
 
     vocab = CanonicalVocab.load(work / "vocab.parquet")
@@ -191,7 +191,7 @@ def step_dense(work: Path) -> str:
 
     from engramctl.layout import EngramLayout
     from engramctl.model_config import EngramModelConfig
-    from engramctl.table.checkpoint_export import safetensors_header
+    from engramctl.table.formats.checkpoint_export import safetensors_header
     from engramctl.vocab import CanonicalVocab
 
     vocab = CanonicalVocab.load(work / "vocab.parquet")

@@ -42,8 +42,8 @@ def main() -> None:
 
     import zarr
 
-    from engramctl.table.create import create_table
-    from engramctl.table.table import open_table
+    from engramctl.table.build.create import create_table
+    from engramctl.table.sources.table import open_table
 
     layout = layout_with_rows(args.rows)
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench_gather_") as tmp:

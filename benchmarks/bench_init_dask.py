@@ -39,7 +39,7 @@ def main() -> None:
 
     import distributed
 
-    from engramctl.table.create import create_table
+    from engramctl.table.build.create import create_table
 
     layout = layout_with_rows(args.rows)
     common = dict(layout=layout, vocab_fingerprint="sha256:bench", dim=args.dim, dtype=args.dtype)

@@ -93,7 +93,7 @@ def make_table(root: Path, vocab_path: Path, vocab, layout, dim: int):
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     if done.returncode == 0:
-        from engramctl.table.table import open_table
+        from engramctl.table.sources.table import open_table
 
         return open_table(table_path, mode="r"), "zarr (engramctl init-table)"
     missing = "No such command" in done.stderr
@@ -167,7 +167,7 @@ def main(argv=None) -> dict:
     from engramctl.hashing import NgramHasher
     from engramctl.layout import EngramLayout
     from engramctl.model.data import read_corpus_stream, text_windows
-    from engramctl.model.paging import ResidentRows, RowPager, resolve_device
+    from engramctl.model.serve.paging import ResidentRows, RowPager, resolve_device
     from engramctl.model.transformer import EngramLM, ModelConfig
     from engramctl.tokenizer import load_tokenizer
     from engramctl.vocab import CanonicalVocab

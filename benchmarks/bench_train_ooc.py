@@ -48,7 +48,7 @@ def demo_layout(vocab, rows_per_head: int = 20_000, heads: int = 4):
 
 
 def training_data(vocab, seq_len: int):
-    from engramctl.model.train import prepare_training_data
+    from engramctl.model.train.loop import prepare_training_data
 
     return prepare_training_data(
         corpus=REPO / "sample_data/corpus/train.jsonl",
@@ -64,8 +64,8 @@ def train_once(
     root: Path, table_path: Path, vocab, data, *, steps: int, out_of_core: bool, batch: int = 16
 ):
     """One run; returns (steps/s of the loop and the final write back, result)."""
-    from engramctl.model.train import TrainConfig, train_model
-    from engramctl.table.table import open_table
+    from engramctl.model.train.loop import TrainConfig, train_model
+    from engramctl.table.sources.table import open_table
 
     config = TrainConfig(
         steps=steps, eval_every=0, out_of_core=out_of_core, warmup=min(30, steps), batch=batch
@@ -132,7 +132,7 @@ def main(argv=None) -> dict:
         child_rss(args)
         return {}
 
-    from engramctl.table.create import create_table
+    from engramctl.table.build.create import create_table
     from engramctl.vocab import CanonicalVocab
 
     root = Path(tempfile.mkdtemp(prefix="bench_train_ooc_"))

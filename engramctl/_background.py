@@ -1,7 +1,7 @@
 """The one background producer thread: iterate a slow iterator on a daemon thread, a few ahead.
 
 Used by the corpus reader/tokenizer (:func:`engramctl.corpus.tokenize.tokenized_batches`) and the
-row pager (:meth:`engramctl.model.paging.RowSource.iterate`): the producer's work (reading and
+row pager (:meth:`engramctl.model.serve.paging.RowSource.iterate`): the producer's work (reading and
 tokenizing, hashing and gathering rows) overlaps the consumer's (counting, the model step).
 """
 

@@ -58,9 +58,9 @@ def heldout_losses(model, model_vocab, table_path, vocab, windows: dict) -> dict
     import torch
 
     from engramctl.hashing import NgramHasher
-    from engramctl.model.train import heldout_loss
-    from engramctl.table.dtypes import decode_rows
-    from engramctl.table.table import open_table
+    from engramctl.model.train.loop import heldout_loss
+    from engramctl.table.core.dtypes import decode_rows
+    from engramctl.table.sources.table import open_table
 
     hasher = NgramHasher(_layout(table_path), vocab)
     with open_table(table_path) as table:
@@ -79,7 +79,7 @@ def heldout_losses(model, model_vocab, table_path, vocab, windows: dict) -> dict
 
 
 def _layout(table_path):
-    from engramctl.table.table import open_table
+    from engramctl.table.sources.table import open_table
 
     with open_table(table_path) as table:
         return table.layout
@@ -96,9 +96,9 @@ def main(argv=None) -> dict:
     from engramctl.layout import EngramLayout
     from engramctl.model.checkpoint import load_checkpoint
     from engramctl.model.data import ModelVocab, read_corpus_stream, text_windows
-    from engramctl.model.train import TrainConfig, prepare_training_data, train_model
-    from engramctl.table.create import create_table
-    from engramctl.table.table import open_table
+    from engramctl.model.train.loop import TrainConfig, prepare_training_data, train_model
+    from engramctl.table.build.create import create_table
+    from engramctl.table.sources.table import open_table
     from engramctl.tokenizer import load_tokenizer
     from engramctl.vocab import CanonicalVocab
 

@@ -45,9 +45,9 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     from engramctl.layout import EngramLayout
-    from engramctl.model.train import TrainConfig, prepare_training_data, train_model
-    from engramctl.table.create import create_table
-    from engramctl.table.table import open_table
+    from engramctl.model.train.loop import TrainConfig, prepare_training_data, train_model
+    from engramctl.table.build.create import create_table
+    from engramctl.table.sources.table import open_table
     from engramctl.vocab import CanonicalVocab
 
     vocab = CanonicalVocab.from_tokenizer("deepseek-v4")

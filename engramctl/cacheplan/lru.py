@@ -12,13 +12,14 @@ Two curves share the machinery:
 - ``lru``: textbook LRU over the trace, access by access (a miss may evict a row that a later
   access of the same batch needs). Checked against an ``OrderedDict`` simulation
   (:func:`lru_hits_reference`).
-- ``pager``: what :class:`engramctl.model.paging.RowPager` does. The pager looks at a batch's rows
-  all at once: the rows already cached are hits (never evicted by that batch's misses), and misses
-  evict the least recently used rows, by (last batch, row id). Its cache therefore holds the ``C``
-  rows of highest (last batch, row id), so a row hits when fewer than ``C`` rows outrank it at the
-  *start* of its batch: the same distances, taken before the batch updates the tree. The pager
-  also refuses a cache that cannot hold the rows of the batches in flight; the smallest size it
-  accepts comes out of the same pass. Checked against :func:`pager_hits_reference`.
+- ``pager``: what :class:`engramctl.model.serve.paging.RowPager` does. The pager looks at a
+  batch's rows all at once: the rows already cached are hits (never evicted by that batch's
+  misses), and misses evict the least recently used rows, by (last batch, row id). Its cache
+  therefore holds the ``C`` rows of highest (last batch, row id), so a row hits when fewer than
+  ``C`` rows outrank it at the *start* of its batch: the same distances, taken before the batch
+  updates the tree. The pager also refuses a cache that cannot hold the rows of the batches in
+  flight; the smallest size it accepts comes out of the same pass. Checked against
+  :func:`pager_hits_reference`.
 
 Memory here: the trace's dense ids, a Fenwick tree over trace positions and a last-use position
 per distinct row: O(accesses + distinct rows), never O(table rows). The plan feeds the same

@@ -252,7 +252,7 @@ def plan_cache(
     ``spill_dir`` (default: the system's temporary directory), removed when the plan ends, on
     error too.
     """
-    from ..table.dtypes import parse_dtype
+    from ..table.core.dtypes import parse_dtype
 
     started = time.perf_counter()
     check_options(batch, warmup_fraction, tokens_per_s)
@@ -297,7 +297,7 @@ def _plan_streams(
     warmup_fraction, dtype, dim, tokens_per_s, policies, layout, progress,
 ) -> CachePlan:  # fmt: skip
     """The plan from the layers' streamed state (the second half of :func:`plan_cache`)."""
-    from ..table.dtypes import row_bytes
+    from ..table.core.dtypes import row_bytes
 
     nbytes = row_bytes(dim, dtype)
     if sizes is None:

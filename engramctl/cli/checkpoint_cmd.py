@@ -19,7 +19,7 @@ def import_checkpoint_dir(source, out, *, vocab, layers, link, dtype, chunk_rows
     """``import CKPT_DIR``: refuse layout flags (the config gives the layout), then copy/link."""
     from ..errors import UsageError
     from ..layout import parse_int_list
-    from ..table.checkpoint_import import checkpoint_vocab, import_checkpoint
+    from ..table.formats.checkpoint_import import checkpoint_vocab, import_checkpoint
 
     if fixed_flags:
         raise UsageError(
@@ -45,7 +45,7 @@ def import_checkpoint_dir(source, out, *, vocab, layers, link, dtype, chunk_rows
 def export_deepseek(table, out, *, max_shard_size: str, overwrite: bool, json_out: bool) -> None:
     """``export --format deepseek``: shards, index and config.json; the quantization error."""
     from .._system import format_bytes
-    from ..table.checkpoint_export import export_checkpoint, parse_shard_size
+    from ..table.formats.checkpoint_export import export_checkpoint, parse_shard_size
 
     limit = parse_shard_size(max_shard_size)
     with progress("export", enabled=not (json_out or STATE["quiet"])) as update:

@@ -42,8 +42,8 @@ def generate_command(
     engramctl generate --model m --table t.zarr --prompt "import os" \\
         --max-tokens 32
     """
-    from ..model.generate import generate
-    from ..model.opening import ModelSpec
+    from ..model.serve.generate import generate
+    from ..model.serve.opening import ModelSpec
 
     with model_cmd.model_table(model, table) as table_handle:
         report = generate(

@@ -42,7 +42,7 @@ def layout_command(
     """
     from .._system import format_bytes
     from ..layout import layout_report
-    from ..table.dtypes import parse_dtype, row_bytes
+    from ..table.core.dtypes import parse_dtype, row_bytes
 
     resolved = resolve_layout_flags(ctx.params, load_vocab(vocab))
     dim = dim if dim is not None else resolved.dim

@@ -34,7 +34,7 @@ def lookup_command(
     engramctl lookup v41.zarr --vocab vocab.parquet --text "the Great" --values 4
     """
     from ..table.lookup import lookup_rows
-    from ..table.table import open_table
+    from ..table.sources.table import open_table
     from ..tokenizer import encode_text
 
     vocab_map = load_vocab(vocab)

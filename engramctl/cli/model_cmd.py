@@ -23,8 +23,9 @@ TokenizerOpt = ModelFlags.Tokenizer
 
 
 def open_table_for(path: Path, mode: str = "r", *, vocab=None):
-    """``engramctl.table.table.open_table`` (imported lazily; tests may replace this function)."""
-    from ..table.table import open_table
+    """``engramctl.table.sources.table.open_table`` (imported lazily; tests may replace this
+    function)."""
+    from ..table.sources.table import open_table
 
     return open_table(path, mode=mode, vocab=vocab)
 
@@ -40,8 +41,8 @@ def close_table(table) -> None:
 def model_table(model: Path, table: Path | None, *, strict: bool = False, advice: str = ""):
     """``--table`` opened for the checkpoint ``--model`` (None when not given), closed on exit;
     a table whose rows changed since the checkpoint gets a warning (``strict``: an error).
-    :func:`engramctl.model.opening.open_model_table` with :func:`open_table_for`."""
-    from ..model.opening import open_model_table
+    :func:`engramctl.model.serve.opening.open_model_table` with :func:`open_table_for`."""
+    from ..model.serve.opening import open_model_table
 
     # open_table_for: looked up at call time (tests route it to table doubles)
     with open_model_table(model, table, strict=strict, open_table=open_table_for) as opened:
@@ -191,8 +192,8 @@ def train_command(
     from .._outputs import probe_writable
     from ..errors import EngramError, UsageError
     from ..model.checkpoint import check_checkpoint_target
-    from ..model.paging import resolve_device
-    from ..model.train import (
+    from ..model.serve.paging import resolve_device
+    from ..model.train.loop import (
         TrainConfig,
         load_base,
         prepare_training_data,
@@ -374,7 +375,7 @@ def eval_command(
     """
     from .._files import atomic_write, check_writable_target
     from ..errors import UsageError
-    from ..model.evaluate import evaluate, explain_gates
+    from ..model.serve.evaluate import evaluate, explain_gates
 
     if lm_eval_tasks is not None and (benchmark is not None or explain is not None):
         raise UsageError("--lm-eval-tasks runs on its own: drop --benchmark/--explain")
@@ -384,14 +385,14 @@ def eval_command(
         raise UsageError("give --benchmark FILE, --explain TEXT (or both), or --lm-eval-tasks")
     if report is not None:
         check_writable_target(report, overwrite=overwrite)
-    from ..model.opening import ModelSpec
+    from ..model.serve.opening import ModelSpec
 
     doc = {}
     advice = " (--strict-table refuses)"
     with model_table(model, table, strict=strict_table, advice=advice) as table_handle:
         spec = ModelSpec(model, table_handle, device.value, cache_rows, resident, tokenizer)
         if lm_eval_tasks is not None:
-            from ..model.lm_eval_adapter import run_lm_eval
+            from ..model.serve.lm_eval_adapter import run_lm_eval
 
             doc = run_lm_eval(model=spec, tasks=lm_eval_tasks, limit=limit, batch=batch)
         if benchmark is not None:

@@ -13,9 +13,9 @@ import typer
 
 from ..corpus.files import FORMATS, TOKEN_DTYPES
 from ..layout import DEFAULT_PRESET, PRESETS, LayoutRequest, ResolvedLayout
-from ..model.paging import DEFAULT_CACHE_ROWS, DEVICES
-from ..table.choices import COMPRESSORS, INIT_KINDS
-from ..table.dtypes import DTYPE_ALIASES, DTYPES
+from ..model.serve.paging import DEFAULT_CACHE_ROWS, DEVICES
+from ..table.core.choices import COMPRESSORS, INIT_KINDS
+from ..table.core.dtypes import DTYPE_ALIASES, DTYPES
 
 
 def _choices(name: str, values) -> type[Enum]:
@@ -104,7 +104,7 @@ def resolve_layout_flags(
 
         raise UsageError("--table and --config both fix the layout; give one")
     if table is not None:
-        from ..table.format import table_layout_source
+        from ..table.core.format import table_layout_source
 
         source = table_layout_source(table, vocab=vocab)
     elif params["config"] is not None:
@@ -120,8 +120,8 @@ class ModelFlags:
     """The options of a command that runs a checkpoint with its table's rows (``eval``,
     ``generate``), declared once: the checkpoint, its table, where it runs, how its rows are
     served (paged within ``--cache-rows``, or ``--resident``) and its tokenizer. The command
-    opens them with :func:`engramctl.model.opening.open_model_table` and
-    :func:`engramctl.model.opening.open_model`.
+    opens them with :func:`engramctl.model.serve.opening.open_model_table` and
+    :func:`engramctl.model.serve.opening.open_model`.
     """
 
     Model = Annotated[Path, typer.Option("--model", help="Checkpoint directory (engramctl train).")]

@@ -58,7 +58,7 @@ StorageOpt = Annotated[
 
 
 def _storage_options(items: list[str] | None) -> dict | None:
-    from ..table.store import parse_storage_options
+    from ..table.core.store import parse_storage_options
 
     return parse_storage_options(items) or None
 
@@ -108,8 +108,8 @@ def init_table_command(
     """
     from .._system import format_bytes
     from ..errors import UsageError
-    from ..table.create import create_table
-    from ..table.dtypes import parse_dtype
+    from ..table.build.create import create_table
+    from ..table.core.dtypes import parse_dtype
 
     if workers is not None and workers < 1:
         raise UsageError(f"--workers must be at least 1, got {workers}")
@@ -171,7 +171,7 @@ def info_command(
     engramctl info table.zarr --json
     """
     from .._system import format_bytes
-    from ..table.table import open_table
+    from ..table.sources.table import open_table
 
     info = open_table(table, storage_options=_storage_options(storage_option)).info
     if json_out:
@@ -293,7 +293,7 @@ def export_command(
     """
     from .._system import format_bytes
     from ..errors import UsageError
-    from ..table.safetensors import export_safetensors
+    from ..table.formats.safetensors import export_safetensors
 
     if export_format == ExportFormat.deepseek:
         from .checkpoint_cmd import export_deepseek
@@ -383,7 +383,7 @@ def import_command(
     engramctl import DeepSeek-V4.1 v41.zarr --link --vocab vocab.parquet
     """
     from ..errors import UsageError
-    from ..table.safetensors import LAYOUT_FLAGS, file_layout, import_safetensors
+    from ..table.formats.safetensors import LAYOUT_FLAGS, file_layout, import_safetensors
 
     dtype_name = dtype.value if dtype is not None else None
     if source.is_dir():

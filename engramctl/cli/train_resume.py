@@ -15,7 +15,7 @@ from .progress import progress
 
 def run_inputs(*, table, moments, out_of_core: bool, **paths) -> dict:
     """What ``train --resume`` reopens: the inputs of the run, as absolute paths."""
-    from ..model.table_rows import default_moments_path
+    from ..model.train.rows import default_moments_path
 
     def absolute(value):
         return str(Path(value).resolve()) if isinstance(value, Path) else value
@@ -31,7 +31,7 @@ def run_inputs(*, table, moments, out_of_core: bool, **paths) -> dict:
 
 def resume_run(ctx: typer.Context, model_dir: Path, *, open_table):
     """``train --resume``: the run's own options; flags given too must agree with them."""
-    from ..model.resume_run import check_resume_flags, plan_resume, resume_training
+    from ..model.train.resume_run import check_resume_flags, plan_resume, resume_training
 
     plan = plan_resume(model_dir)
     given = {

@@ -1,5 +1,9 @@
 """The reference Engram model: transformer, data, checkpoints, the row pager, training, eval.
 
+``train/`` trains (the loop, its inputs, the trainable rows, resume, checkpoints of a run);
+``serve/`` reads a trained model (paging, opening, evaluate, generate, lm-evaluation-harness);
+the model itself (transformer, data, checkpoint, optimizers, curves) sits beside them.
+
 torch lives only in this subpackage; nothing is imported until a name is used, so ``import
 engramctl.model`` stays cheap and ``import engramctl`` never pulls torch in.
 """
@@ -11,9 +15,9 @@ from .._lazy import lazy_exports
 _EXPORTS = {  # module -> the public names it holds
     ".transformer": ("ModelConfig", "EngramLM"),
     ".checkpoint": ("Checkpoint", "save_checkpoint", "load_checkpoint"),
-    ".paging": ("RowPager", "ResidentRows"),
-    ".train": ("TrainConfig", "train_model"),
-    ".evaluate": ("evaluate", "EvalReport"),
+    ".serve.paging": ("RowPager", "ResidentRows"),
+    ".train.loop": ("TrainConfig", "train_model"),
+    ".serve.evaluate": ("evaluate", "EvalReport"),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -107,7 +107,7 @@ def check_weights_match(config, weights: Path) -> None:
     """
     import torch
 
-    from ..table.st_header import read_header
+    from ..table.core.st_header import read_header
     from .transformer import EngramLM
 
     header = read_header(weights)

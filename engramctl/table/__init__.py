@@ -1,10 +1,16 @@
 """Engram tables on disk: a zarr v3 group with one ``[rows, dim]`` array per Engram layer.
 
-``dtypes``/``fp8`` encode and decode rows (float32, bf16, fp16, fp8 e4m3 with ue8m0 scales);
-``rowinit`` gives every row's deterministic init values; ``format`` holds the metadata, manifest
-and lock; ``store`` abstracts local and fsspec storage; ``table`` opens a table and gathers rows
-(memory-mapped, numba); ``create``/``create_dask`` write new tables, resumably; ``verify`` checks
-them; ``safetensors`` streams them to and from safetensors files.
+The package is a facade over four rooms, imports running downward:
+
+- ``formats/``: interchange (safetensors, DeepSeek checkpoint import and export, linked-source
+  verification);
+- ``build/``: new tables (create, create on Dask, chunk writing, replacing a table atomically);
+- ``sources/``: where a row's bytes come from (chunk files, a linked checkpoint) and the
+  :class:`Table` that reads them;
+- ``core/``: the format itself (metadata, manifest, codec, dtypes, fp8, init values, storage,
+  the writer lock).
+
+``lookup`` and ``verify`` sit on top of them.
 """
 
 from __future__ import annotations
@@ -12,12 +18,12 @@ from __future__ import annotations
 from .._lazy import lazy_exports
 
 _EXPORTS = {  # module -> the public names it holds
-    ".table": ("Table", "TableInfo", "open_table", "table_info"),
-    ".create": ("create_table", "CreateResult"),
+    ".sources.table": ("Table", "TableInfo", "open_table", "table_info"),
+    ".build.create": ("create_table", "CreateResult"),
     ".verify": ("verify_table", "VerifyReport"),
-    ".safetensors": ("export_safetensors", "import_safetensors"),
-    ".dtypes": ("decode_rows", "encode_rows", "to_torch", "row_bytes"),
-    ".rowinit": ("InitRecipe",),
+    ".formats.safetensors": ("export_safetensors", "import_safetensors"),
+    ".core.dtypes": ("decode_rows", "encode_rows", "to_torch", "row_bytes"),
+    ".core.rowinit": ("InitRecipe",),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -2,7 +2,7 @@
 
 :func:`lookup_rows` hashes token ids with the table's own layout and vocab (refusing another
 vocab), gathers the rows from the table (copied, linked or lazy alike) and decodes them to
-float32 exactly as the engines do (:func:`engramctl.table.dtypes.decode_rows`).
+float32 exactly as the engines do (:func:`engramctl.table.core.dtypes.decode_rows`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..hashing import NgramHasher
-from .dtypes import decode_rows
+from .core.dtypes import decode_rows
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import EngramError
-from .checks import metadata_problems
-from .format import (
+from .core.checks import metadata_problems
+from .core.format import (
     CHECKSUM_KEY,
     TableMeta,
     active_writer,
@@ -22,7 +22,7 @@ from .format import (
     read_group,
     read_group_attrs,
 )
-from .store import TableStore, open_store
+from .core.store import TableStore, open_store
 
 REMOTE_READ_BATCH = 16  # chunks verify --deep fetches at once from an object store
 
@@ -206,7 +206,7 @@ def verify_table(
     if unknown:
         report.problems.append(f"manifest lists chunks of unknown layers {unknown}")
     if meta.linked:  # rows live in the checkpoint's shards: check those instead of chunks
-        from .verify_linked import verify_linked
+        from .formats.verify_linked import verify_linked
 
         verify_linked(store.root, meta, manifest, report, deep=deep, progress=progress)
         return report

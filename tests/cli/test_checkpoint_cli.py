@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from engramctl.cli import app
-from engramctl.table.table import open_table
+from engramctl.table.sources.table import open_table
 
 from ..table.ckpt_util import small_layout, write_checkpoint
 from ..test_model_config import V41
@@ -90,7 +90,7 @@ def test_import_link_info_verify_lookup(ckpt, tmp_path, tiny_vocab_file, tiny_to
     report = json.loads(found.stdout)
     heads = report["layers"]["1"][0]
     assert len(heads) == 4 and len(heads[0]["values"]) == 3
-    from engramctl.table.dtypes import decode_rows
+    from engramctl.table.core.dtypes import decode_rows
 
     first = decode_rows(rows[1][[heads[0]["table_row"]]], "float8_e4m3fn", 64)[0]
     assert heads[0]["norm"] == pytest.approx(float(np.linalg.norm(first.astype(np.float64))))

@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from engramctl.table.table import open_table
+from engramctl.table.sources.table import open_table
 from tests.hostile.conftest import EXAMPLES, SMALL, assert_clean_process
 
 ENGRAMCTL = [sys.executable, "-m", "engramctl"]

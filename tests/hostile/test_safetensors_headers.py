@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engramctl.table.table import open_table
+from engramctl.table.sources.table import open_table
 from tests.hostile.conftest import HOSTILE, assert_clean, assert_one_error, cli
 
 LAYOUT = ["--ngram-vocab", "500,500", "--heads", "2"]

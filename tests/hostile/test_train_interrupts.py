@@ -36,8 +36,8 @@ TINY = ["--depth", "2", "--width", "16", "--attn-heads", "2", "--seq-len", "16",
 DRIVER = r"""
 import os, sys
 phase, nth = sys.argv[1], int(sys.argv[2])
-from engramctl.model import finish
-from engramctl.table.table import Table
+from engramctl.model.train import finish
+from engramctl.table.sources.table import Table
 seen = {"commits": 0, "in_commit": False}
 real_commit, real_chunk = finish.commit_rows, Table.write_chunk
 def commit(*a, **k):
@@ -76,7 +76,7 @@ def args_for(corpus, table, vocab_path, out, *extra):
 
 
 def table_rows(path) -> dict:
-    from engramctl.table.table import open_table
+    from engramctl.table.sources.table import open_table
 
     with open_table(path) as table:
         return {
@@ -106,7 +106,7 @@ def check_outcome(tmp_path, table, out, before: dict, want: dict) -> str:
     """Resume if there is a checkpoint, and compare with the uninterrupted run; otherwise the
     table must be as it was. Returns what happened."""
     verify = cli("verify", "--deep", table)
-    from engramctl.table.table import open_table
+    from engramctl.table.sources.table import open_table
 
     with open_table(table) as handle:
         runs = handle.runs

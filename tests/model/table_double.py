@@ -1,4 +1,5 @@
-"""A test double of the on-disk table (``engramctl.table.table``): same interface, held in memory.
+"""A test double of the on-disk table (``engramctl.table.sources.table``): same interface, held in
+memory.
 
 ``InMemoryTable`` offers what the model code relies on (``gather``, ``write_rows``, ``layout``,
 ``dim``, ``dtype``, ``layers``, ``info.vocab_fingerprint``, the provenance ``runs``, ``state``,
@@ -72,7 +73,7 @@ def small_layout_for(ds_vocab, primes=(211, 223)):
 
 def small_real_table(path, ds_vocab, *, primes=(211, 223), dim=8, dtype="float32"):
     """A real on-disk table of :func:`small_layout_for` for the model tests; returns path."""
-    from engramctl.table.create import create_table
+    from engramctl.table.build.create import create_table
 
     layout = small_layout_for(ds_vocab, primes)
     create_table(

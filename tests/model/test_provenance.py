@@ -46,7 +46,7 @@ def train(corpus, table, vocab_path, out, *extra):
 
 
 def table_facts(path):
-    from engramctl.table.table import open_table
+    from engramctl.table.sources.table import open_table
 
     with open_table(path) as table:
         return table.runs, table.state, table.gather(1, np.arange(table.layout.layer_rows(1)))
@@ -96,7 +96,7 @@ def test_runs_are_recorded_pinned_and_guarded(tmp_path, corpus, ds_vocab, ds_voc
 
 
 def test_rows_changed_outside_a_run_are_noticed(tmp_path, corpus, ds_vocab, ds_vocab_path):
-    from engramctl.table.table import open_table
+    from engramctl.table.sources.table import open_table
 
     table = small_real_table(tmp_path / "t.zarr", ds_vocab)
     assert train(corpus, table, ds_vocab_path, tmp_path / "m").exit_code == 0
@@ -132,7 +132,7 @@ def test_interrupted_out_of_core_run_is_on_record(
 ):
     """Out of core, rows reach the table during the run: a run stopped half way is recorded as
     incomplete, so the rows it left are never taken for a checkpoint's."""
-    import engramctl.model.train as train_module
+    import engramctl.model.train.loop as train_module
 
     table = small_real_table(tmp_path / "t.zarr", ds_vocab)
     assert train(corpus, table, ds_vocab_path, tmp_path / "m1").exit_code == 0

@@ -39,7 +39,7 @@ def train_once(tmp_path, corpus, ds_vocab, ds_vocab_path, name, *, threads, slow
     import numba
 
     from engramctl.corpus.tokenize import TextTokenizer
-    from engramctl.table.table import Table
+    from engramctl.table.sources.table import Table
 
     table = tmp_path / f"{name}.zarr"
     small_real_table(table, ds_vocab, primes=(401, 409))
@@ -89,7 +89,7 @@ def train_once(tmp_path, corpus, ds_vocab, ds_vocab_path, name, *, threads, slow
     )
     monkeypatch.undo()
     assert result.exit_code == 0, result.output
-    from engramctl.table.table import open_table
+    from engramctl.table.sources.table import open_table
 
     with open_table(table) as handle:
         rows = handle.gather(1, np.arange(handle.layout.layer_rows(1)))

@@ -172,7 +172,7 @@ def test_no_short_conv_trains_records_and_evaluates(
 
 def test_paged_and_resident_logits_are_bit_identical(trained, corpus):
     from engramctl.model.data import read_corpus_stream, text_windows
-    from engramctl.model.opening import open_runner
+    from engramctl.model.serve.opening import open_runner
     from engramctl.tokenizer import load_tokenizer
 
     model, table, _ = trained
@@ -339,9 +339,9 @@ def test_real_zarr_table_train_and_paged_eval(
     tmp_path, corpus, ds_vocab, ds_vocab_path, small_layout, tables, dtype
 ):
     """The same flow on a real on-disk table: rows trained in place, paged == resident."""
-    from engramctl.model.opening import open_runner
-    from engramctl.table.create import create_table
-    from engramctl.table.table import open_table
+    from engramctl.model.serve.opening import open_runner
+    from engramctl.table.build.create import create_table
+    from engramctl.table.sources.table import open_table
 
     path = tmp_path / "real.zarr"
     create_table(
@@ -370,8 +370,8 @@ def test_real_zarr_table_train_and_paged_eval(
 
 def test_choice_scores_match_a_plain_forward(trained):
     """Batched, padded choice scores equal log-likelihoods from one unpadded forward each."""
-    from engramctl.model.evaluate import choice_scores
-    from engramctl.model.opening import open_runner
+    from engramctl.model.serve.evaluate import choice_scores
+    from engramctl.model.serve.opening import open_runner
     from engramctl.tokenizer import load_tokenizer
 
     model, table, _ = trained
@@ -468,8 +468,8 @@ def test_eval_reports_progress_per_batch(trained, corpus, monkeypatch):
     """The library calls on_progress after every batch up to the total; the CLI shows it as a
     plain line when stderr is not a terminal."""
     from engramctl.cli import progress as progress_module
-    from engramctl.model.evaluate import evaluate
-    from engramctl.model.opening import ModelSpec
+    from engramctl.model.serve.evaluate import evaluate
+    from engramctl.model.serve.opening import ModelSpec
 
     model, table, _ = trained
     mc = corpus / "mc_progress.jsonl"

@@ -9,7 +9,7 @@ import numpy as np
 
 from engramctl.layout import EngramLayout
 from engramctl.model_config import EngramModelConfig
-from engramctl.table.checkpoint_export import safetensors_header
+from engramctl.table.formats.checkpoint_export import safetensors_header
 
 
 def small_layout(vocab, **overrides) -> EngramLayout:

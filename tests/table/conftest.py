@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engramctl.table.create import create_table
+from engramctl.table.build.create import create_table
 from tests.conftest import make_layout
 
 FP = "sha256:0123456789abcdef"

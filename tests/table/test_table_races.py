@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from engramctl.errors import EngramError
-from engramctl.table.format import WriterLock, read_group
-from engramctl.table.table import open_table
+from engramctl.table.core.format import WriterLock, read_group
+from engramctl.table.sources.table import open_table
 from engramctl.table.verify import verify_table
 
 from .conftest import FP, make
@@ -26,7 +26,7 @@ def rows(path, layer_id=15):
 
 # ------------------------------------------------ item 7: --overwrite builds beside, then swaps
 def test_interrupted_overwrite_keeps_the_old_table(tmp_path, small_layout, monkeypatch):
-    import engramctl.table.create as create
+    import engramctl.table.build.create as create
 
     path = tmp_path / "t.zarr"
     make(path, small_layout, init="uniform", seed=3)
@@ -68,7 +68,7 @@ def test_overwrite_holds_the_lock_until_the_new_table_is_in_place(
     tmp_path, small_layout, monkeypatch
 ):
     """A writer that tries to slip in while the overwrite runs is refused at every moment."""
-    import engramctl.table.create as create
+    import engramctl.table.build.create as create
 
     path = tmp_path / "t.zarr"
     make(path, small_layout, lazy=True)
@@ -123,7 +123,7 @@ def test_simultaneous_creators(tmp_path, small_layout, lazy):
 
 
 def test_new_table_is_created_under_the_lock(tmp_path, small_layout, monkeypatch):
-    import engramctl.table.create as create
+    import engramctl.table.build.create as create
 
     path = tmp_path / "t.zarr"
     seen = []
@@ -144,7 +144,7 @@ def test_new_table_is_created_under_the_lock(tmp_path, small_layout, monkeypatch
 
 def test_import_overwrite_holds_the_lock(tmp_path, small_layout, monkeypatch):
     """import --overwrite: no writer slips in between the lock check and the delete."""
-    import engramctl.table.safetensors as st
+    import engramctl.table.formats.safetensors as st
 
     path = tmp_path / "t.zarr"
     make(path, small_layout, lazy=True, init="zeros")
@@ -194,7 +194,7 @@ def test_reader_waits_for_a_writer_mid_write(tmp_path, small_layout):
 def test_reader_and_verify_never_call_a_table_mid_write_damaged(
     tmp_path, small_layout, monkeypatch
 ):
-    import engramctl.table.table as table_module
+    import engramctl.table.sources.table as table_module
 
     monkeypatch.setattr(table_module, "WRITER_WAIT_SECONDS", 0.4)
     path = tmp_path / "t.zarr"

@@ -1,0 +1,302 @@
+"""Evaluating a checkpoint on a benchmark while paging its Engram rows from the table.
+
+Two kinds of benchmark:
+
+- language modelling on any corpus :mod:`engramctl.corpus.readers` reads: every token of the
+  stream is scored once, in windows of the model's length; reports loss (nats/token), perplexity
+  and bits per byte (summed nats / ln 2 / UTF-8 bytes of the text);
+- multiple choice JSON Lines in the lm-evaluation-harness style, one
+  ``{"context": str, "choices": [str, ...], "label": int}`` per line: the choice with the largest
+  summed log-likelihood given the context wins (``acc``); ``acc_norm`` divides by choice bytes.
+
+Rows come from a :class:`~engramctl.model.serve.paging.RowPager` (paged) or
+:class:`~engramctl.model.serve.paging.ResidentRows` (``--resident``), opened with the checkpoint by
+:func:`~engramctl.model.serve.opening.open_model`; the report carries their counters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from ...corpus.stream import lm_windows
+from ...errors import EngramError, UsageError
+from .opening import ModelRunner, ModelSpec, open_model
+
+MC_KEYS = ("context", "choices", "label")
+
+
+@dataclass
+class EvalReport:
+    """Benchmark metrics and paging counters of one evaluation."""
+
+    benchmark: str
+    kind: str  # "lm" or "multiple_choice"
+    metrics: dict  # lm: loss, perplexity, bits_per_byte, unknown_target_fraction; mc: acc, acc_norm
+    tokens: int  # tokens run through the model
+    seconds: float
+    tokens_per_s: float
+    device: str
+    paging: dict | None = None  # PagingStats.to_dict() (None for a baseline model)
+    model: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------ benchmarks
+def benchmark_kind(path: Path) -> str:
+    """``multiple_choice`` when the first record of a ``.jsonl`` has context/choices/label."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".jsonl":
+        # bad bytes fail json.loads below and are reported by the reader with their line number
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.strip():
+                    try:
+                        first = json.loads(line)
+                    except json.JSONDecodeError:
+                        break  # reported with its line number by the reader
+                    if isinstance(first, dict) and "choices" in first:
+                        return "multiple_choice"
+                    break
+    return "lm"
+
+
+def read_multiple_choice(path: Path) -> list[dict]:
+    """Validated multiple-choice records; one clear error naming the first bad line."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise EngramError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    records = []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EngramError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict) or any(k not in record for k in MC_KEYS):
+            raise EngramError(f"{where}: expected keys {', '.join(MC_KEYS)}")
+        choices, label = record["choices"], record["label"]
+        if not isinstance(record["context"], str):
+            raise EngramError(f"{where}: 'context' must be a string")
+        if (
+            not isinstance(choices, list)
+            or len(choices) < 2
+            or not all(isinstance(c, str) and c for c in choices)
+        ):
+            raise EngramError(f"{where}: 'choices' must be a list of 2+ non-empty strings")
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(choices):
+            raise EngramError(
+                f"{where}: 'label' must be an integer in 0..{len(choices) - 1}, got {label!r}"
+            )
+        records.append(record)
+    if not records:
+        raise EngramError(f"{path} holds no multiple-choice records")
+    return records
+
+
+def _batches(array: np.ndarray, batch: int):
+    for start in range(0, len(array), batch):
+        yield array[start : start + batch]
+
+
+def evaluate_lm(runner: ModelRunner, corpus, tokenizer, *, batch: int, on_progress=None) -> dict:
+    """Loss, perplexity and bits per byte over every token of a :class:`CorpusStream`.
+
+    ``on_progress(done, total)`` is called after each batch with windows scored so far."""
+    import torch
+
+    from ...corpus.stream import eos_id
+
+    stream = corpus.ids
+    seq_len = runner.model.config.block_size
+    # Pad with EOS (a real id, so hashing accepts it); padded targets are masked out.
+    windows, mask = lm_windows(stream, seq_len, pad=eos_id(tokenizer))
+    inputs = np.ascontiguousarray(windows[:, :-1])
+    targets = runner.model_vocab.encode_targets(windows[:, 1:])
+    total_nats, scored, unknown = 0.0, 0, 0
+    for i, (_, logits) in enumerate(runner.run(_batches(inputs, batch))):
+        sl = slice(i * batch, i * batch + logits.shape[0])
+        t = torch.from_numpy(targets[sl]).to(logits.device)
+        m = torch.from_numpy(mask[sl]).to(logits.device)
+        nats = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1).float(), t.flatten(), reduction="none"
+        )
+        total_nats += float(nats[m.flatten()].double().sum())
+        scored += int(m.sum())
+        unknown += int(((t == 0) & m).sum())
+        if on_progress is not None:
+            on_progress(sl.start + logits.shape[0], len(inputs))
+    n_bytes = corpus.text_bytes
+    loss = total_nats / scored
+    return {
+        "loss": loss,
+        "perplexity": math.exp(loss),
+        # None for pre-tokenized corpora: their text bytes are unknown
+        "bits_per_byte": total_nats / math.log(2) / n_bytes if n_bytes else None,
+        "scored_tokens": scored,
+        "bytes": n_bytes,
+        "unknown_target_fraction": unknown / scored,
+    }
+
+
+def choice_scores(
+    runner: ModelRunner, records: list[dict], tokenizer, *, batch: int, on_progress=None
+) -> np.ndarray:
+    """Summed log-likelihood of every choice's tokens after its context, records in order."""
+    pairs = []
+    for r, record in enumerate(records):
+        context = tokenizer.encode(record["context"], add_special_tokens=False).ids
+        for choice in record["choices"]:
+            cont = tokenizer.encode(choice, add_special_tokens=False).ids
+            if not cont:
+                raise EngramError(f"record {r + 1}: a choice encodes to no tokens")
+            pairs.append((context, cont))
+    return score_continuations(runner, pairs, batch=batch, on_progress=on_progress)[0]
+
+
+def score_continuations(
+    runner: ModelRunner,
+    pairs: list[tuple[list[int], list[int]]],
+    *,
+    batch: int,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Summed log-likelihood of each continuation's tokens after its context (raw token ids),
+    and whether greedy decoding would produce every one of them.
+
+    Context and continuation are concatenated as token lists (each encoded on its own); a
+    sequence longer than the model's window keeps the continuation and drops the context's
+    start. This is the scoring of ``eval --benchmark`` multiple choice and of the
+    lm-evaluation-harness adapter (:mod:`engramctl.model.serve.lm_eval_adapter`).
+    ``on_progress(done, total)`` is called after each batch with sequences scored so far.
+    """
+    import torch
+
+    seq_len = runner.model.config.block_size
+    sequences, spans = [], []
+    for context, cont in pairs:
+        ids = (list(context) + list(cont))[-(seq_len + 1) :]  # keep the continuation
+        sequences.append(ids)
+        spans.append(min(len(cont), len(ids) - 1))
+    pad = 0
+    inputs = np.full((len(sequences), seq_len), pad, dtype=np.int64)
+    targets = np.zeros((len(sequences), seq_len), dtype=np.int64)
+    score_mask = np.zeros((len(sequences), seq_len), dtype=bool)
+    for s, ids in enumerate(sequences):
+        n = len(ids) - 1
+        inputs[s, :n] = ids[:-1]
+        targets[s, :n] = runner.model_vocab.encode_targets(np.array(ids[1:], dtype=np.int64))
+        score_mask[s, n - spans[s] : n] = True
+    scores = np.zeros(len(sequences))
+    greedy = np.zeros(len(sequences), dtype=bool)
+    for i, (_, logits) in enumerate(runner.run(_batches(inputs, batch))):
+        sl = slice(i * batch, i * batch + logits.shape[0])
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        t = torch.from_numpy(targets[sl]).to(logp.device)
+        picked = logp.gather(-1, t.unsqueeze(-1)).squeeze(-1)  # (B, T)
+        m = torch.from_numpy(score_mask[sl]).to(logp.device)
+        scores[sl] = (picked * m).sum(-1).double().cpu().numpy()
+        hits = (logp.argmax(-1) == t) | ~m
+        greedy[sl] = hits.all(-1).cpu().numpy()
+        if on_progress is not None:
+            on_progress(sl.start + logits.shape[0], len(sequences))
+    return scores, greedy
+
+
+def evaluate_multiple_choice(
+    runner: ModelRunner, records: list[dict], tokenizer, *, batch: int, on_progress=None
+) -> dict:
+    """Accuracy by summed log-likelihood of each choice given its context (``acc``), and by
+    log-likelihood per byte of the choice (``acc_norm``)."""
+    scores = choice_scores(runner, records, tokenizer, batch=batch, on_progress=on_progress)
+    correct = correct_norm = 0
+    offset = 0
+    for record in records:
+        k = len(record["choices"])
+        record_scores = scores[offset : offset + k]
+        lengths = np.array([len(c.encode("utf-8")) for c in record["choices"]])
+        correct += int(np.argmax(record_scores) == record["label"])
+        correct_norm += int(np.argmax(record_scores / lengths) == record["label"])
+        offset += k
+    return {
+        "acc": correct / len(records),
+        "acc_norm": correct_norm / len(records),
+        "examples": len(records),
+        "chance": float(np.mean([1 / len(r["choices"]) for r in records])),
+    }
+
+
+def evaluate(
+    *,
+    model: ModelSpec,
+    benchmark: Path,
+    batch: int = 16,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> EvalReport:
+    """Evaluate a checkpoint (``model``: it, its table and how its rows are served) on a
+    benchmark file; see the module docstring for the metrics.
+
+    ``on_progress(done, total)``: called after each batch (windows or choice sequences)."""
+    from ...corpus.stream import read_corpus_stream
+
+    if batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {batch}")
+    benchmark = Path(benchmark)
+    if not benchmark.exists():
+        raise EngramError(f"benchmark not found: {benchmark}")
+    kind = benchmark_kind(benchmark)
+    records = read_multiple_choice(benchmark) if kind == "multiple_choice" else None
+    opened = open_model(model)
+    runner, tokenizer = opened.runner, opened.tokenizer
+    corpus = read_corpus_stream(benchmark, tokenizer) if kind == "lm" else None
+    start = time.perf_counter()
+    if kind == "lm":
+        metrics = evaluate_lm(runner, corpus, tokenizer, batch=batch, on_progress=on_progress)
+    else:
+        metrics = evaluate_multiple_choice(
+            runner, records, tokenizer, batch=batch, on_progress=on_progress
+        )
+    seconds = time.perf_counter() - start
+    return EvalReport(
+        benchmark=str(benchmark),
+        kind=kind,
+        metrics=metrics,
+        tokens=runner.tokens,
+        seconds=seconds,
+        tokens_per_s=runner.tokens / seconds if seconds else 0.0,
+        device=str(runner.device),
+        paging=opened.paging(),
+        model=opened.describe(),
+    )
+
+
+def explain_gates(*, model: ModelSpec, text: str) -> dict:
+    """Tokens of ``text`` and each Engram layer's gate value per token (mean over branches).
+
+    One window of rows, paged whatever ``model`` says (a small cache, no prefetch)."""
+    opened = open_model(replace(model, resident=False, cache_rows=1 << 16), prefetch=False)
+    runner, tokenizer = opened.runner, opened.tokenizer
+    if not runner.model.config.has_engram:
+        raise UsageError("--explain needs an Engram model (this one was trained with --no-engram)")
+    ids = tokenizer.encode(text, add_special_tokens=False).ids[: runner.model.config.block_size]
+    if not ids:
+        raise EngramError("--explain: the text encodes to no tokens")
+    for _ in runner.run([np.array([ids], dtype=np.int64)]):
+        pass
+    gates = {
+        layer: gate[0].mean(-1).float().cpu().numpy().tolist()
+        for layer, gate in runner.model.last_gates().items()
+    }
+    pieces = [tokenizer.decode([i], skip_special_tokens=False) for i in ids]
+    return {"tokens": pieces, "ids": ids, "gates": gates}

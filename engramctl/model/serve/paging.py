@@ -1,0 +1,400 @@
+"""Row paging: serve Engram table rows to the model from a device LRU cache, prefetched.
+
+Engram lookups are known from token ids alone, so a batch's rows can be fetched before its forward
+pass. :class:`RowPager` runs, on a background thread one batch ahead of the model: hash the batch on
+the CPU (every Engram layer), deduplicate the row ids, find which rows the device cache lacks,
+choose their slots (least recently used first, by batch and then row id, never a slot an in-flight
+batch reads), gather the missing rows from the table into reusable (pinned, on CUDA) host buffers
+and decode them to float32. ``engramctl cache-plan`` models this policy exactly (its ``pager``
+curve).
+The consumer copies them into the cache asynchronously (``non_blocking`` on a side CUDA stream) and
+indexes the cache. :class:`ResidentRows` keeps whole layers on the device instead (``--resident``);
+both produce bit-identical rows, so the model's logits are identical.
+
+Memory: the pager's row -> slot map per layer is a hash table of the cached rows only
+(:class:`engramctl.rowcache.slotmap.RowSlotMap`, ~24 bytes per cache row), whatever the table size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..._background import background_iter
+from ...errors import EngramError, UsageError
+from ...table.core.dtypes import decode_rows, row_bytes
+
+log = logging.getLogger(__name__)
+
+# Batches in flight besides the one being produced: one queued, one being consumed.
+DEVICES = ("auto", "cpu", "cuda")  # what --device accepts (auto: cuda when available)
+DEFAULT_CACHE_ROWS = 1 << 18  # the pager's default device row-cache budget (--cache-rows)
+IN_FLIGHT = 2
+HOST_BUFFERS = IN_FLIGHT + 2  # a ring of host staging buffers per layer
+NEVER_USED = -(2**62)  # LRU stamp of an empty slot
+
+
+@dataclass
+class PagingStats:
+    """Counters of one paged (or resident) run; ``to_dict`` is the ``--json`` shape."""
+
+    mode: str = "paged"  # "paged" or "resident"
+    batches: int = 0
+    rows_requested: int = 0  # row lookups (positions x heads), all layers
+    unique_rows: int = 0  # distinct rows per batch, summed
+    cache_hits: int = 0  # unique rows already on the device
+    cache_misses: int = 0  # unique rows gathered from the table
+    bytes_read: int = 0  # bytes gathered from the table (storage dtype)
+    bytes_copied: int = 0  # row bytes copied host -> device (float32)
+    wait_seconds: float = 0.0  # time the forward pass waited for rows
+    prepare_seconds: float = 0.0  # background time: hashing, dedupe, gather, decode
+    cache_rows: int = 0  # device cache capacity, all layers
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.cache_hits + self.cache_misses
+        return self.cache_hits / total if total else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "hit_rate": self.hit_rate}
+
+
+def resolve_device(name: str):
+    """``auto`` -> cuda when available else cpu; refuse ``cuda`` without CUDA."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise EngramError(
+            "--device cuda: this machine has no CUDA device (use --device cpu or auto)"
+        )
+    if name != "cpu" and not name.startswith("cuda"):
+        raise UsageError(f"--device: expected auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def free_device_bytes(device) -> int:
+    """Free memory of a device (CUDA: driver figure; CPU: available physical memory)."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:  # MemAvailable counts reclaimable page cache, unlike the free-pages figure
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        return 1 << 62
+
+
+@dataclass
+class _Prepared:
+    """One batch made ready by the producer thread."""
+
+    index: int
+    batch: np.ndarray  # raw ids (B, T)
+    positions: dict  # layer -> int64 (B, T, H) slot (paged) or table row (resident)
+    fills: dict  # layer -> (slots int64 [M], host buffer index, M)
+
+
+class DeviceRowCache:
+    """One layer's rows cached on the device: slots, the row in each, LRU stamps (producer)."""
+
+    def __init__(self, layer_rows: int, capacity: int, dim: int, device):
+        import torch
+
+        self.capacity = capacity
+        from ...rowcache.slotmap import (
+            RowSlotMap,  # numba: not imported with the CLI's option enums
+        )
+
+        self.slot_of_row = RowSlotMap(capacity)  # O(cache rows), not O(table rows)
+        self.row_of_slot = np.full(capacity, -1, dtype=np.int64)
+        self.last_used = np.full(capacity, NEVER_USED, dtype=np.int64)
+        self.filled = 0  # slots 0..filled-1 have held a row; the rest were never used
+        # empty, not zeros: a slot is always filled before it is read, and on the CPU the pages
+        # of a large cache then become resident only as slots fill (a 1M-row cache of 256-value
+        # rows would otherwise take 1 GiB of RSS at start).
+        self.values = torch.empty((capacity, dim), dtype=torch.float32, device=device)
+
+    def assign(self, unique_rows: np.ndarray, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Slots of ``unique_rows`` and the mask of those that must be filled (misses)."""
+        slots = self.slot_of_row.lookup(unique_rows)
+        miss = slots < 0
+        n_miss = int(miss.sum())
+        if n_miss and n_miss <= self.capacity - self.filled:  # never-used slots first
+            free = np.arange(self.filled, self.filled + n_miss, dtype=np.int64)
+            self.filled += n_miss
+            self.row_of_slot[free] = unique_rows[miss]
+            self.slot_of_row.insert(unique_rows[miss], free)
+            slots[miss] = free
+        elif n_miss:
+            # Victims: least recently used slots not read by this batch or any batch in flight.
+            self.last_used[slots[~miss]] = batch_index
+            free = np.flatnonzero(self.last_used < batch_index - IN_FLIGHT)
+            if len(free) < n_miss:
+                raise EngramError(
+                    f"--cache-rows too small: a batch needs {len(unique_rows)} distinct rows "
+                    f"of one layer with {IN_FLIGHT} more batches in flight, but its cache holds "
+                    f"{self.capacity}; raise --cache-rows or lower --batch"
+                )
+            if len(free) > n_miss:
+                free = self._victims(free, n_miss)
+            self.filled = self.capacity  # the empty slots had the oldest stamps: all taken now
+            evicted = self.row_of_slot[free]
+            self.slot_of_row.remove(evicted[evicted >= 0])
+            self.row_of_slot[free] = unique_rows[miss]
+            self.slot_of_row.insert(unique_rows[miss], free)
+            slots[miss] = free
+        self.last_used[slots] = batch_index
+        return slots, miss
+
+    def _victims(self, free: np.ndarray, count: int) -> np.ndarray:
+        """The ``count`` slots of ``free`` with the lowest (last batch, row id).
+
+        Among rows a batch used last, the lower row id goes first: the order in which
+        ``cache-plan``'s trace lists a batch's rows, so its ``pager`` curve is this policy exactly.
+        O(len(free)): a partition by stamp, then one by row id among the stamp at the boundary.
+        """
+        stamps = self.last_used[free]
+        boundary = np.partition(stamps, count - 1)[count - 1]
+        below = free[stamps < boundary]
+        tied = free[stamps == boundary]
+        need = count - len(below)
+        if need < len(tied):
+            tied = tied[np.argpartition(self.row_of_slot[tied], need - 1)[:need]]
+        return np.concatenate([below, tied])
+
+
+class _RowSource:
+    """Shared pipeline: a producer thread prepares batches one ahead of the consumer."""
+
+    mode = "paged"
+
+    def __init__(self, table, hasher, *, device, prefetch: bool = True):
+        self.table = table
+        self.hasher = hasher
+        self.device = device
+        self.prefetch = prefetch
+        self.layers = tuple(hasher.layout.layers)
+        self.dim = int(table.dim)
+        self.row_nbytes = row_bytes(self.dim, table.dtype)
+        self.stats = PagingStats(mode=self.mode)
+
+    # --- producer side (background thread)
+    def _prepare(self, index: int, batch: np.ndarray) -> _Prepared:
+        raise NotImplementedError
+
+    # --- consumer side (the thread running the model)
+    def _rows(self, prepared: _Prepared) -> dict:
+        raise NotImplementedError
+
+    def iterate(self, batches: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, dict]]:
+        """Yield ``(raw_ids_batch, {layer: rows (B, T, H*d) float32 on the device})``."""
+        if not self.prefetch:
+            for index, batch in enumerate(batches):
+                t0 = time.perf_counter()
+                prepared = self._prepare_timed(index, batch)
+                rows = self._rows(prepared)
+                self.stats.wait_seconds += time.perf_counter() - t0
+                yield prepared.batch, rows
+            return
+        prepared = (self._prepare_timed(index, batch) for index, batch in enumerate(batches))
+        ahead = background_iter(prepared, ahead=1, name="engram-row-pager")
+        try:
+            while True:
+                t0 = time.perf_counter()
+                item = next(ahead, None)
+                if item is None:
+                    break
+                rows = self._rows(item)
+                self.stats.wait_seconds += time.perf_counter() - t0
+                yield item.batch, rows
+        finally:
+            ahead.close()
+
+    def _prepare_timed(self, index: int, batch: np.ndarray) -> _Prepared:
+        t0 = time.perf_counter()
+        prepared = self._prepare(index, np.asarray(batch))
+        self.stats.prepare_seconds += time.perf_counter() - t0
+        return prepared
+
+
+class ResidentRows(_RowSource):
+    """Every row of every Engram layer decoded to float32 on the device (``--resident``)."""
+
+    mode = "resident"
+
+    def __init__(self, table, hasher, *, device, prefetch: bool = True, chunk_rows: int = 1 << 16):
+        import torch
+
+        super().__init__(table, hasher, device=device, prefetch=prefetch)
+        self.weights = {}
+        for layer in self.layers:
+            rows = table.layout.layer_rows(layer)
+            need = rows * self.dim * 4
+            if need > free_device_bytes(device):
+                raise EngramError(
+                    f"--resident: layer {layer} needs {need / 2**30:.1f} GiB on {device}, more "
+                    "than is free; drop --resident to page rows instead"
+                )
+            weight = torch.empty((rows, self.dim), dtype=torch.float32, device=device)
+            for start in range(0, rows, chunk_rows):
+                ids = np.arange(start, min(rows, start + chunk_rows), dtype=np.int64)
+                values = decode_rows(table.gather(layer, ids), table.dtype, self.dim)
+                weight[start : start + len(ids)] = torch.from_numpy(values).to(device)
+            self.weights[layer] = weight
+            self.stats.bytes_read += rows * self.row_nbytes
+            self.stats.bytes_copied += need
+            self.stats.cache_rows += rows
+
+    def _prepare(self, index, batch):
+        row_ids = self.hasher.hash(batch, table_rows=True)
+        for ids in row_ids.values():
+            self.stats.rows_requested += ids.size
+        return _Prepared(index, batch, row_ids, {})
+
+    def _rows(self, prepared):
+        import torch
+
+        self.stats.batches += 1
+        return {
+            layer: self.weights[layer][torch.from_numpy(ids).to(self.device)].flatten(2)
+            for layer, ids in prepared.positions.items()
+        }
+
+
+class RowPager(_RowSource):
+    """Page rows from the table into a device LRU cache of ``cache_rows`` rows (all layers).
+
+    Parameters
+    ----------
+    table : an open table (``gather(layer, rows)``, ``layout``, ``dim``, ``dtype``).
+    hasher : :class:`engramctl.hashing.NgramHasher` of the table's layout and vocab.
+    device : torch device of the cache and the model.
+    cache_rows : device cache capacity over all layers (split evenly; capped at table rows).
+    prefetch : prepare batches on a background thread one ahead (False: inline, for tests).
+    """
+
+    def __init__(self, table, hasher, *, device, cache_rows: int, prefetch: bool = True):
+        import torch
+
+        super().__init__(table, hasher, device=device, prefetch=prefetch)
+        if cache_rows < 1:
+            raise UsageError(f"--cache-rows must be at least 1, got {cache_rows}")
+        per_layer = max(1, cache_rows // len(self.layers))
+        self.caches = {}
+        total = 0
+        for layer in self.layers:
+            capacity = min(per_layer, table.layout.layer_rows(layer))
+            total += capacity
+            self.caches[layer] = capacity
+        need = total * self.dim * 4
+        if need > free_device_bytes(device):
+            raise EngramError(
+                f"--cache-rows {cache_rows}: the cache needs {need / 2**30:.1f} GiB on {device}, "
+                f"more than is free; lower --cache-rows"
+            )
+        self.caches = {
+            layer: DeviceRowCache(table.layout.layer_rows(layer), cap, self.dim, device)
+            for layer, cap in self.caches.items()
+        }
+        self.stats.cache_rows = total
+        self.cuda = device.type == "cuda"
+        self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
+        # On CUDA, an event per consumed batch marks "the forward passes issued so far": a copy
+        # may overwrite slots only once the passes that could still read them have run.
+        self.forward_events: list = []
+        self.buffers = {layer: [None] * HOST_BUFFERS for layer in self.layers}
+        self.buffer_events = {layer: [None] * HOST_BUFFERS for layer in self.layers}
+
+    def _host_buffer(self, layer: int, slot: int, rows: int):
+        """A reusable (pinned on CUDA) float32 host buffer with room for ``rows`` rows."""
+        import torch
+
+        event = self.buffer_events[layer][slot]
+        if event is not None:
+            event.synchronize()  # its previous copy to the device has finished
+        buffer = self.buffers[layer][slot]
+        if buffer is None or buffer.shape[0] < rows:
+            size = max(rows, 1024, 0 if buffer is None else 2 * buffer.shape[0])
+            buffer = torch.empty((size, self.dim), dtype=torch.float32, pin_memory=self.cuda)
+            self.buffers[layer][slot] = buffer
+        return buffer
+
+    def _prepare(self, index, batch):
+        fills, positions = {}, {}
+        for layer, row_ids in self.hasher.hash(batch, table_rows=True).items():
+            unique, inverse = np.unique(row_ids, return_inverse=True)
+            slots, miss = self.caches[layer].assign(unique, index)
+            missing_rows = unique[miss]
+            n_miss = len(missing_rows)
+            buffer_index = index % HOST_BUFFERS
+            if n_miss:
+                buffer = self._host_buffer(layer, buffer_index, n_miss)
+                staged = buffer.numpy()[:n_miss]
+                if self.table.dtype == "float32":  # gather straight into the staging buffer
+                    self.table.gather(layer, missing_rows, out=staged)
+                else:
+                    raw = self.table.gather(layer, missing_rows)
+                    staged[...] = decode_rows(raw, self.table.dtype, self.dim)
+            positions[layer] = slots[inverse.reshape(row_ids.shape)]  # (B, T, H) cache slots
+            fills[layer] = (slots[miss], buffer_index, n_miss)
+            stats = self.stats
+            stats.rows_requested += row_ids.size
+            stats.unique_rows += len(unique)
+            stats.cache_misses += n_miss
+            stats.cache_hits += len(unique) - n_miss
+            stats.bytes_read += n_miss * self.row_nbytes
+            stats.bytes_copied += n_miss * self.dim * 4
+        return _Prepared(index, batch, positions, fills)
+
+    def _rows(self, prepared):
+        import torch
+
+        self.stats.batches += 1
+        if self.cuda:
+            issued = torch.cuda.Event()
+            issued.record(torch.cuda.current_stream(self.device))  # forward passes up to k-1
+            self.forward_events = [*self.forward_events[-1:], issued]
+        out = {}
+        for layer, (fill_slots, buffer_index, n_miss) in prepared.fills.items():
+            cache = self.caches[layer].values
+            if n_miss:
+                host = self.buffers[layer][buffer_index][:n_miss]
+                slots = torch.from_numpy(fill_slots)
+                if self.cuda:
+                    # Copy on a side stream; the model's stream waits only for this copy.
+                    with torch.cuda.stream(self.copy_stream):
+                        if len(self.forward_events) == 2:  # passes up to k-2 read evicted slots
+                            self.copy_stream.wait_event(self.forward_events[0])
+                        device_rows = host.to(self.device, non_blocking=True)
+                        device_slots = slots.to(self.device, non_blocking=True)
+                        cache.index_copy_(0, device_slots, device_rows)
+                        event = torch.cuda.Event()
+                        event.record(self.copy_stream)
+                    torch.cuda.current_stream(self.device).wait_event(event)
+                    self.buffer_events[layer][buffer_index] = event
+                else:
+                    cache.index_copy_(0, slots, host)
+            index = torch.from_numpy(prepared.positions[layer]).to(self.device, non_blocking=True)
+            out[layer] = cache[index].flatten(2)  # (B, T, H*d)
+        return out
+
+
+def make_row_source(table, hasher, *, device, resident: bool, cache_rows: int, prefetch=True):
+    """:class:`ResidentRows` or :class:`RowPager` for ``--resident`` / ``--cache-rows``."""
+    if resident:
+        return ResidentRows(table, hasher, device=device, prefetch=prefetch)
+    return RowPager(table, hasher, device=device, cache_rows=cache_rows, prefetch=prefetch)

@@ -1,0 +1,116 @@
+"""What a training run starts from: the tokenized corpora (:func:`prepare_training_data`), a base
+checkpoint (:func:`load_base`), and whether the table fits in memory (:func:`table_fits_in_memory`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ...errors import EngramError, UsageError
+
+
+@dataclass
+class TrainingData:
+    """Token windows of the training (and held-out) corpus and the model vocab."""
+
+    windows: np.ndarray  # [N, seq_len + 1] raw ids
+    heldout: np.ndarray | None
+    model_vocab: object  # lm_data.ModelVocab
+    meta: dict  # tokenizer and corpus facts recorded in the checkpoint
+
+
+def prepare_training_data(
+    *,
+    corpus: Path,
+    heldout: Path | None,
+    vocab,
+    tokenizer_source: str | None,
+    seq_len: int,
+    min_count: int = 1,
+    model_vocab=None,
+) -> TrainingData:
+    """Tokenize the corpora with the vocab's tokenizer (checked by sha256) into windows.
+
+    ``model_vocab``: use this model vocab (a base checkpoint's) instead of the corpus's own.
+    """
+    from ...tokenizer import load_checked_tokenizer
+    from ..data import ModelVocab, read_corpus_stream, text_windows
+
+    if min_count < 1:
+        raise UsageError(f"--min-count must be at least 1, got {min_count}")
+    source = tokenizer_source or (vocab.source_name if vocab is not None else "") or "deepseek-v4"
+    sha256 = vocab.source_sha256 if vocab is not None else None
+    tokenizer, info = load_checked_tokenizer(source, sha256=sha256)
+    stream = read_corpus_stream(corpus, tokenizer).ids
+    if len(stream) < seq_len + 1:
+        raise EngramError(
+            f"{corpus} tokenizes to {len(stream)} tokens, fewer than one window of "
+            f"--seq-len {seq_len} + 1; give a larger corpus"
+        )
+    if model_vocab is None:
+        model_vocab = ModelVocab.from_stream(stream, min_count=min_count)
+    held = None
+    if heldout is not None:
+        held = text_windows(read_corpus_stream(heldout, tokenizer).ids, seq_len)
+    meta = {
+        "tokenizer": {"name": info.name, "sha256": info.sha256},
+        "corpus": {
+            "path": str(corpus),
+            "tokens": int(len(stream)),
+            "heldout": str(heldout) if heldout else None,
+        },
+        "model_vocab": {
+            "inputs": model_vocab.size,
+            "outputs": model_vocab.output_size,
+            "min_count": min_count,
+        },
+    }
+    return TrainingData(text_windows(stream, seq_len), held, model_vocab, meta)
+
+
+def load_base(path: Path, *, table, vocab, device: str):
+    """The ``--init-from`` checkpoint, checked against the table and vocab it will train with."""
+    from ..checkpoint import load_checkpoint
+
+    base = load_checkpoint(path, device=device)
+    if table is not None:
+        if base.layout is None:
+            raise UsageError(f"{path} has no Engram layers; it cannot be adapted by a table")
+        if base.layout.to_dict() != table.layout.to_dict():
+            raise EngramError(
+                f"{path} was trained with another layout than the table {table.path}; give the "
+                "table the model was trained with (or a copy of it)"
+            )
+        if base.model.config.engram_dim != table.dim:
+            raise EngramError(
+                f"{path} reads rows of {base.model.config.engram_dim} values, the table has "
+                f"{table.dim}"
+            )
+    if vocab is not None and base.vocab is not None and base.vocab.fingerprint != vocab.fingerprint:
+        raise EngramError(
+            f"{path} was trained with vocab {base.vocab.fingerprint}, --vocab is "
+            f"{vocab.fingerprint}; pass the model's vocab"
+        )
+    return base
+
+
+def table_fits_in_memory(table, *, fraction: float = 0.5) -> bool:
+    """Whether the table's layers decoded to float32 take under ``fraction`` of free memory."""
+    needed = sum(table.layout.layer_rows(layer) for layer in table.layout.layers) * table.dim * 4
+    return needed * 3 < fraction * available_memory()  # rows + the two Adam moments
+
+
+def available_memory() -> int:
+    """Bytes of memory available to new allocations (Linux MemAvailable, else free pages)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

@@ -1,0 +1,412 @@
+"""Resumable training: periodic checkpoints that hold a run's whole state, and ``--resume``.
+
+With ``train --checkpoint-every N`` the run commits a checkpoint every N steps: the model
+checkpoint directory (``config.json``, ``model.safetensors``, vocab, ``history.json``) plus
+``resume/``: ``state.safetensors`` (the backbone AdamW moments, the sparse row Adam state of the
+rows trained so far with their float32 master values, or an out-of-core run's write buffer) and
+``state.json`` (step, run record, the inputs to reopen, fingerprints of the token windows).
+
+A commit follows issue 14's order: the checkpoint is written complete under a temporary name
+(``.<out>.tmp-<pid>``); the table's run record is marked ``incomplete`` (``writing_step``); the
+rows (and an out-of-core run's moments) are written; the record is replaced by the complete one
+(``checkpoint_step``, the table state and the moment store's); the directory is renamed into
+place. Ctrl-C is held back for that span. A kill anywhere leaves the previous checkpoint with
+the table it pins, or a complete temporary checkpoint whose rows :func:`resume_point` writes
+again (they are in its state: a redo log) before it renames it into place.
+
+Resuming rebuilds every piece of state and continues the data order at the checkpoint's step,
+so the run ends bit-identical to one that never stopped (CPU, same ``--threads``); the in-memory
+path keeps float32 rows, so the master values of the trained rows come from the checkpoint, not
+from the table (which holds them rounded to its dtype).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..._files import glob_escape, pid_is_dead, read_json_file
+from ...errors import EngramError
+
+STATE_DIR = "resume"
+STATE_TENSORS = "state.safetensors"
+STATE_JSON = "state.json"
+STATE_VERSION = 1
+
+
+def windows_digest(windows: np.ndarray | None) -> str | None:
+    """A fingerprint of token windows (resuming on a changed corpus is refused)."""
+    if windows is None:
+        return None
+    return hashlib.sha256(np.ascontiguousarray(windows, dtype=np.int64).tobytes()).hexdigest()[:32]
+
+
+def check_same_data(state: dict, fingerprints: dict) -> None:
+    """Refuse to resume on token windows other than the checkpoint's (a changed corpus)."""
+    for key, what in (("windows", "training corpus"), ("heldout", "held-out corpus")):
+        if state.get(key) != fingerprints[key]:
+            raise EngramError(
+                f"the {what} is not the one the checkpoint was trained on (its token windows "
+                "changed); the run cannot resume: restore the corpus or start a new run"
+            )
+
+
+def interrupted_message(done: int, writer, tables: dict) -> str:
+    """What a Ctrl-C leaves: the last checkpoint and how to resume, or that nothing was kept."""
+    config, out = writer.config, writer.out_dir
+    if writer.last_step >= config.steps:
+        return f"interrupted; the run had finished: checkpoint {out}"
+    if writer.last_step and config.checkpoint_every:
+        return (
+            f"interrupted at step {done} of {config.steps}; the checkpoint of step "
+            f"{writer.last_step} is in {out}: continue with engramctl train --resume {out}"
+        )
+    if config.checkpoint_every:
+        return (
+            f"interrupted at step {done} of {config.steps}, before the first checkpoint (every "
+            f"{config.checkpoint_every} steps): nothing was saved"
+        )
+    lost = ""
+    if config.out_of_core and any(getattr(t, "flushes", 0) for t in tables.values()):
+        lost = "; some trained rows reached the table, which records the run as incomplete"
+    return (
+        f"interrupted at step {done} of {config.steps}: nothing was saved (train "
+        f"--checkpoint-every N saves a checkpoint every N steps to resume from){lost}"
+    )
+
+
+# --------------------------------------------------------------------------- state to tensors
+def backbone_tensors(optimizer) -> dict:
+    """The AdamW state (per parameter: step, exp_avg, exp_avg_sq) as flat named tensors."""
+    if optimizer is None:
+        return {}
+    out = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for key, value in state.items():
+            out[f"backbone.{index}.{key}"] = value.detach().cpu().contiguous()
+    return out
+
+
+def restore_backbone(optimizer, tensors: dict) -> None:
+    if optimizer is None:
+        return
+    state: dict = {}
+    for name, value in tensors.items():
+        if name.startswith("backbone."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+    current = optimizer.state_dict()
+    if len(state) != sum(len(g["params"]) for g in current["param_groups"]):
+        raise EngramError("the checkpoint's optimizer state does not match the model")
+    optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
+
+
+def rows_tensors(tables: dict, *, out_of_core: bool) -> dict:
+    """The row state of every layer: in memory the trained rows (ids, float32 masters, moments,
+    step counts) and the rows to write at this commit; out of core the write buffer."""
+    import torch
+
+    out = {}
+    for layer, rows in tables.items():
+        if out_of_core:
+            buf = rows.buffer
+            slots = buf.slots
+            parts = {"ids": buf.ids, "rows": buf.rows[slots], "m": buf.m[slots]}
+            parts |= {"v": buf.v[slots], "t": buf.t[slots]}
+            prefix = f"buffer.{layer}."
+        else:
+            opt = rows.optimizer
+            ids_t = torch.nonzero(opt.steps > 0).flatten()
+            parts = {
+                "ids": ids_t.cpu().numpy(),
+                "weight": rows.weight[ids_t].cpu().numpy(),
+                "exp_avg": opt.exp_avg[ids_t].cpu().numpy(),
+                "exp_avg_sq": opt.exp_avg_sq[ids_t].cpu().numpy(),
+                "steps": opt.steps[ids_t].cpu().numpy(),
+                "pending": np.flatnonzero(rows.touched),
+            }
+            prefix = f"rows.{layer}."
+        for key, value in parts.items():
+            out[prefix + key] = torch.from_numpy(np.ascontiguousarray(value))
+    return out
+
+
+def restore_rows(tables: dict, tensors: dict, *, out_of_core: bool) -> None:
+    """Put the in-memory rows' master values and moments back (out of core: nothing to do, the
+    rows and moments are in the table and its moment store)."""
+    if out_of_core:
+        return
+    for layer, rows in tables.items():
+        part = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"rows.{layer}.")}
+        ids = part["ids"].to(rows.weight.device)
+        opt = rows.optimizer
+        rows.weight[ids] = part["weight"].to(rows.weight.device)
+        opt.exp_avg[ids] = part["exp_avg"].to(rows.weight.device)
+        opt.exp_avg_sq[ids] = part["exp_avg_sq"].to(rows.weight.device)
+        opt.steps[ids] = part["steps"].to(rows.weight.device)
+        rows.touched[:] = False
+
+
+def write_state(tmp: Path, *, info: dict, optimizers, tables: dict, out_of_core: bool) -> None:
+    """``resume/state.safetensors`` and ``resume/state.json`` into a checkpoint being written."""
+    from safetensors.torch import save_file
+
+    folder = Path(tmp) / STATE_DIR
+    folder.mkdir()
+    tensors = backbone_tensors(optimizers.backbone) | rows_tensors(tables, out_of_core=out_of_core)
+    save_file(tensors, str(folder / STATE_TENSORS))
+    doc = {"format": "engramctl-train-state", "format_version": STATE_VERSION, **info}
+    (folder / STATE_JSON).write_text(json.dumps(doc, indent=1))  # history keys in run order
+
+
+def read_state(path: Path) -> dict:
+    """``resume/state.json`` of a checkpoint (``{}`` when it has none)."""
+    file = Path(path) / STATE_DIR / STATE_JSON
+    if not file.exists():
+        return {}
+    try:
+        doc = read_json_file(file)
+    except EngramError as exc:
+        raise EngramError(f"{exc}; the run cannot resume from it") from None
+    if not isinstance(doc, dict) or doc.get("format") != "engramctl-train-state":
+        raise EngramError(f"{file} is not an engramctl training state")
+    for key, kind in (("step", int), ("history", dict), ("inputs", dict)):
+        if not isinstance(doc.get(key), kind):
+            raise EngramError(f"{file} is damaged: {key!r} missing or not a {kind.__name__}")
+    return doc
+
+
+def read_tensors(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    file = Path(path) / STATE_DIR / STATE_TENSORS
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError) as exc:
+        raise EngramError(f"cannot read {file}: {exc}; the run cannot resume from it") from None
+
+
+# --------------------------------------------------------------------------- Ctrl-C held back
+@contextlib.contextmanager
+def held_interrupts():
+    """Hold back a first Ctrl-C until the block ends (then raise it); a second one goes through.
+
+    A commit (rows written, checkpoint renamed) must not stop half way on a Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+
+    def on_sigint(signum, frame):
+        if caught:
+            raise KeyboardInterrupt
+        caught.append(signum)
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+# --------------------------------------------------------------------------- finding the point
+@dataclass
+class ResumePoint:
+    """A checkpoint to resume from: its directory, ``config.json``, state and step."""
+
+    path: Path
+    meta: dict
+    state: dict
+    step: int
+    checkpoint: object | None = None  # its loaded Checkpoint, once loaded
+
+    @property
+    def run(self) -> dict:
+        return self.state["run"]
+
+    def tensors(self) -> dict:
+        return read_tensors(self.path)
+
+
+def checkpoint_candidates(out_dir: Path) -> list[tuple[Path, dict, dict]]:
+    """``out_dir`` and complete temporary checkpoints beside it left by killed runs."""
+    from ..checkpoint import read_checkpoint_meta
+
+    found = []
+    paths = [out_dir] if out_dir.is_dir() else []
+    pattern = f".{glob_escape(out_dir.name)}.tmp-*"
+    for sibling in sorted(out_dir.parent.glob(pattern)):
+        pid = sibling.name.rpartition("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and pid_is_dead(int(pid)):
+            paths.append(sibling)
+    for path in paths:
+        try:
+            meta, state = read_checkpoint_meta(path), read_state(path)
+            if state and not (path / STATE_DIR / STATE_TENSORS).is_file():
+                raise EngramError(f"{path} lacks {STATE_DIR}/{STATE_TENSORS}")
+        except EngramError:
+            if path == out_dir:
+                raise
+            continue  # a temporary checkpoint the kill cut short: never committed
+        found.append((path, meta, state))
+    return found
+
+
+def checkpoint_step(meta: dict) -> int:
+    result = meta.get("result") or {}
+    return int(result.get("steps") or 0)
+
+
+def resume_point(out_dir: Path, *, table=None, moments=None) -> ResumePoint:
+    """The checkpoint of ``out_dir`` to resume from, checked against the table (and moment
+    store); a commit a kill cut short is finished first (rows written again, renamed)."""
+    out_dir = Path(out_dir)
+    candidates = checkpoint_candidates(out_dir)
+    if not candidates:
+        raise EngramError(
+            f"{out_dir} is not a checkpoint (give the --out of an engramctl train run)"
+        )
+    main = next((c for c in candidates if c[0] == out_dir), None)
+    if main is not None and not main[2]:
+        meta = main[1]
+        steps = (meta.get("train") or {}).get("steps")
+        if checkpoint_step(meta) >= int(steps or 0):
+            raise EngramError(f"{out_dir} already finished at step {checkpoint_step(meta)}")
+        raise EngramError(
+            f"{out_dir} holds no training state to resume from (it was not written by "
+            "train --checkpoint-every)"
+        )
+    usable = [c for c in candidates if c[2]]
+    if table is None:  # --no-engram: the newest complete checkpoint
+        path, meta, state = max(usable, key=lambda c: c[2]["step"])
+        return _publish(out_dir, ResumePoint(path, meta, state, state["step"]))
+    runs = table.runs
+    last = runs[-1] if runs else {}
+    run_id = usable[0][2]["run"]["run_id"]
+    if last.get("run_id") != run_id:
+        raise EngramError(
+            f"the table {table.path} was trained by another run (last run "
+            f"{last.get('run_id')}) after this checkpoint's run {run_id}; it cannot resume"
+        )
+    by_step = {c[2]["step"]: c for c in reversed(usable)}  # the directory itself first
+    if not last.get("incomplete"):
+        chosen = by_step.get(last.get("checkpoint_step"))
+        if chosen is None or table.state != last.get("state"):
+            raise EngramError(
+                f"the rows of {table.path} changed after the checkpoint of step "
+                f"{last.get('checkpoint_step')}; the run cannot resume bit-identically"
+            )
+        _check_moments(moments, last, table)
+        return _publish(out_dir, ResumePoint(chosen[0], chosen[1], chosen[2], chosen[2]["step"]))
+    chosen = by_step.get(last.get("writing_step"))
+    if chosen is not None and chosen[0] != out_dir:  # finish the commit the kill cut short
+        state = chosen[2]
+        redo_rows(table, moments, read_tensors(chosen[0]), out_of_core=state["out_of_core"])
+        record = {**state["run"]}
+        if moments is not None:
+            record["moments_state"] = moments.state
+        table.record_run(record)
+        table.flush()
+        return _publish(out_dir, ResumePoint(chosen[0], chosen[1], state, state["step"]))
+    raise EngramError(
+        f"the run {run_id} stopped while writing rows to {table.path} and the checkpoint it "
+        "was writing is gone; the table's rows are a mix (engramctl verify shows it): restore "
+        "the table from a copy or start the run again with --overwrite-rows"
+    )
+
+
+def _check_moments(moments, record: dict, table) -> None:
+    if moments is not None and record.get("moments_state") not in (None, moments.state):
+        raise EngramError(
+            f"the moment store {moments.path} of {table.path} changed after the checkpoint; "
+            "the run cannot resume bit-identically"
+        )
+
+
+def _publish(out_dir: Path, point: ResumePoint) -> ResumePoint:
+    """Rename a temporary checkpoint into place (a kill came between its rows and its rename)."""
+    if point.path == out_dir:
+        return point
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(point.path, out_dir)
+    point.path = out_dir
+    return point
+
+
+def redo_rows(table, moments, tensors: dict, *, out_of_core: bool) -> None:
+    """Write a checkpoint's rows to be committed again (idempotent)."""
+    layers = sorted({int(k.split(".")[1]) for k in tensors if k.startswith(("rows.", "buffer."))})
+    for layer in layers:
+        if out_of_core:
+            get = {
+                k.split(".", 2)[2]: v.numpy()
+                for k, v in tensors.items()
+                if k.startswith(f"buffer.{layer}.")
+            }
+            if not len(get["ids"]):
+                continue
+            state = np.concatenate([get["m"], get["v"], get["t"][:, None]], axis=1)
+            repair_write_rows(table, layer, get["ids"], get["rows"])
+            repair_write_rows(moments, layer, get["ids"], state)
+        else:
+            get = {
+                k.split(".", 2)[2]: v.numpy()
+                for k, v in tensors.items()
+                if k.startswith(f"rows.{layer}.")
+            }
+            pending = get["pending"]
+            if len(pending):
+                where = np.searchsorted(get["ids"], pending)
+                repair_write_rows(table, layer, pending, get["weight"][where])
+    table.flush()
+    if moments is not None:
+        moments.flush()
+
+
+def repair_write_rows(table, layer: int, ids: np.ndarray, values: np.ndarray) -> None:
+    """``table.write_rows`` that first takes in a chunk file the manifest does not know yet when
+    it already holds these values at these rows: the commit a kill cut short renamed it in but
+    did not record it. Any other mismatch is damage and refused."""
+    from ...table.core.dtypes import encode_rows
+    from ...table.core.format import chunk_key, decode_chunk
+
+    stored = encode_rows(np.asarray(values, dtype=np.float32), table.dtype)
+    chunk_rows = table.meta.chunk_rows
+    chunk_of = ids // chunk_rows
+    for chunk in np.unique(chunk_of).tolist():
+        try:
+            table.read_chunk(layer, chunk)
+            continue
+        except EngramError:  # a writer's handle reports a mismatch (ChunkMismatch) as this
+            pass
+        where = f"chunk {chunk} of layer {layer} of {table.path}"
+        try:
+            rows = decode_chunk(
+                table.meta, table.store.read_bytes(chunk_key(layer, chunk)), where=where
+            )
+        except (OSError, EngramError):
+            raise EngramError(f"{where} is damaged; the run cannot resume") from None
+        mine = chunk_of == chunk
+        here = rows[ids[mine] - chunk * chunk_rows]
+        if here.tobytes() != np.ascontiguousarray(stored[mine], dtype=here.dtype).tobytes():
+            raise EngramError(f"{where} is damaged (not the run's own write); cannot resume")
+        table.write_chunk(layer, chunk, rows, source="data")
+    table.write_rows(layer, ids, values, flush=False)
+
+
+def finish_checkpoint(out_dir: Path) -> None:
+    """Drop the training state of a finished run's checkpoint (it resumes nothing)."""
+    shutil.rmtree(Path(out_dir) / STATE_DIR, ignore_errors=True)

@@ -1,0 +1,3 @@
+"""Interchange formats: safetensors import and export, DeepSeek checkpoint import (copy or
+link) and export, and the checks of a linked table's shard files.
+"""

@@ -1,0 +1,312 @@
+"""Importing a model checkpoint's Engram tables: a streamed copy, or a zero-copy link.
+
+:func:`import_checkpoint` opens the checkpoint (:mod:`engramctl.table.core.checkpoint`), takes the
+layout from its ``config.json`` (checked against the vocab) and then either
+
+- copies (default): reads each chunk's rows from the shards (``pread`` into one reusable buffer,
+  so memory stays bounded whatever the table size), refuses NaN codes and NaN scales naming the
+  first row, writes the chunk (temporary name + rename) and records its checksum. The table is
+  created with status ``initializing`` and its checkpoint's identity (file sizes, header hashes);
+  an interrupted copy is resumed by running the same command again, like ``init-table``; or
+- links (``link=True``): writes only metadata recording where each layer's tensors lie
+  (:mod:`engramctl.table.sources.linked`); takes seconds and kilobytes at any size.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import queue
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..._files import check_free_space, write_file_atomic
+from ...errors import EngramError, UsageError
+from ...layout import EngramLayout
+from ..build.chunks import ChunkRecord, ManifestRecorder, chunk_is_valid, write_chunks_in_pool
+from ..build.create import CreateResult, build_meta, write_new_group
+from ..core.checkpoint import Checkpoint, open_checkpoint
+from ..core.dtypes import decode_rows, encode_rows, parse_dtype
+from ..core.format import (
+    TableMeta,
+    WriterLock,
+    chunk_key,
+    crc32_of,
+    encode_chunk,
+    read_group,
+)
+from ..core.fp8_check import InvalidRowsError, check_fp8_rows
+from ..core.rowinit import InitRecipe
+from ..core.store import open_store
+from ..sources.linked import COPY_MODE, LINK_MODE, SourceReader, Span, sources_record
+from ..sources.table import table_info
+
+log = logging.getLogger(__name__)
+FP8 = "float8_e4m3fn"
+COPY_WORKERS = 4  # threads reading, checking and writing chunks (I/O bound: a few suffice)
+
+
+def checkpoint_vocab(checkpoint_dir, vocab_path=None):
+    """The vocab given, or one built from the checkpoint's ``tokenizer.json``."""
+    from ...vocab import CanonicalVocab
+
+    if vocab_path is not None:
+        return CanonicalVocab.load(vocab_path)
+    tokenizer = Path(checkpoint_dir) / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise UsageError(
+            f"{checkpoint_dir} has no tokenizer.json; pass --vocab (from engramctl build-vocab)"
+        )
+    return CanonicalVocab.from_tokenizer(tokenizer)
+
+
+def checkpoint_layout(checkpoint: Checkpoint, vocab) -> EngramLayout:
+    """The config's layout for ``vocab`` (both config checks applied, pad id validated)."""
+    layout = checkpoint.config.layout(vocab_size=vocab.canonical_vocab_size)
+    layout.pad_canonical_id(vocab)
+    return layout
+
+
+def _select_layers(layout: EngramLayout, layers) -> tuple[int, ...]:
+    if layers is None:
+        return layout.layers
+    unknown = [layer for layer in layers if layer not in layout.layers]
+    if unknown or not layers:
+        raise UsageError(
+            f"--layers {list(layers)}: the checkpoint's Engram layers are {list(layout.layers)}"
+        )
+    return tuple(dict.fromkeys(layers))
+
+
+def _table_meta(
+    layout, vocab_fingerprint, dim, dtype, chunk_rows, compressor, layers, sources, status
+) -> TableMeta:
+    meta = build_meta(
+        layout=layout,
+        vocab_fingerprint=vocab_fingerprint,
+        dim=dim,
+        dtype=dtype,
+        init=InitRecipe("zeros", 0.0, 0),  # never read: every chunk is written from data
+        chunk_rows=chunk_rows,
+        compressor=compressor,
+    )
+    data = meta.to_dict()
+    data["layers"] = {k: v for k, v in data["layers"].items() if int(k) in layers}
+    data["status"] = status
+    data["sources"] = sources
+    return TableMeta.from_dict(data)
+
+
+def _prepare_target(out_path: Path, meta: TableMeta, *, overwrite: bool) -> bool:
+    """Refuse or clear an existing output; returns True when an unfinished copy is resumed."""
+    if not out_path.exists():
+        if not out_path.parent.is_dir():
+            raise EngramError(f"directory {out_path.parent} does not exist; create it first")
+        return False
+    try:
+        old, _ = read_group(out_path)
+    except EngramError:
+        raise EngramError(
+            f"{out_path} exists and is not an engramctl table; refusing to touch it"
+        ) from None
+    if overwrite:
+        with WriterLock(out_path):  # refuse to delete a table someone is writing
+            pass
+        shutil.rmtree(out_path)
+        return False
+    same = old.recipe_dict() == meta.recipe_dict() and old.sources == meta.sources
+    if old.status == "initializing" and meta.sources["mode"] == COPY_MODE and same:
+        return True
+    if old.status == "initializing" and meta.sources["mode"] == COPY_MODE:
+        raise EngramError(
+            f"{out_path} is an unfinished import of another checkpoint or with other settings; "
+            "rerun the same command to resume, or pass --overwrite"
+        )
+    raise EngramError(f"{out_path} exists; pass --overwrite to replace it")
+
+
+def import_checkpoint(
+    checkpoint_dir,
+    out_path,
+    *,
+    vocab,
+    layers=None,
+    link: bool = False,
+    dtype: str | None = None,
+    chunk_rows: int | None = None,
+    compressor: str = "none",
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> CreateResult:
+    """Import (copy) or link the Engram tables of a checkpoint directory into a table.
+
+    Parameters
+    ----------
+    checkpoint_dir : path
+        Holds ``config.json`` and ``model.safetensors.index.json`` + shards, or one
+        ``model.safetensors``.
+    out_path : path
+        The table to write.
+    vocab : CanonicalVocab
+        Its canonical size must be the config's ``engram_compressed_vocab_size``.
+    layers : sequence of int, optional
+        Import only these Engram layers (default: all of the config's).
+    link : bool
+        Record where the rows lie instead of copying them (read-only, zero-copy).
+    dtype : str, optional
+        Convert the rows (copy only; default: keep float8_e4m3fn bit for bit).
+    progress : callable, optional
+        ``progress(bytes done, bytes total)`` while copying.
+    """
+    started = time.perf_counter()
+    out_path = Path(out_path)
+    dtype = parse_dtype(dtype) if dtype else FP8
+    if link and dtype != FP8:
+        raise UsageError(
+            f"--link with --dtype {dtype}: a link reads the checkpoint's fp8 bytes as they are "
+            "and cannot convert; drop --link to copy and convert"
+        )
+    if link and compressor != "none":
+        raise UsageError("--link with --compressor: a link has no chunks to compress")
+    checkpoint = open_checkpoint(checkpoint_dir)
+    layout = checkpoint_layout(checkpoint, vocab)
+    selected = _select_layers(layout, layers)
+    tensors = checkpoint.engram_tensors(layout, selected)
+    mode = LINK_MODE if link else COPY_MODE
+    sources = sources_record(tensors, out_path, mode=mode, checkpoint=checkpoint.path)
+    status = "complete" if link else "initializing"
+    meta = _table_meta(
+        layout,
+        vocab.fingerprint,
+        checkpoint.config.head_dim,
+        dtype,
+        chunk_rows,
+        compressor,
+        selected,
+        sources,
+        status,
+    )
+    resumed = _prepare_target(out_path, meta, overwrite=overwrite)
+    written = skipped = 0
+    if not resumed:
+        if not link:
+            chunks = sum(layer.n_chunks(meta.chunk_rows) for layer in meta.layers.values())
+            check_free_space(out_path.parent, chunks * meta.chunk_bytes)
+        write_new_group(out_path, meta)
+    if not link:
+        with WriterLock(out_path):
+            written, skipped = _copy_rows(out_path, tensors, resumed=resumed, progress=progress)
+    meta, manifest = read_group(out_path)
+    return CreateResult(
+        str(out_path),
+        table_info(out_path, meta, manifest),
+        resumed,
+        written,
+        skipped,
+        written * meta.chunk_bytes,
+        time.perf_counter() - started,
+    )
+
+
+# ----------------------------------------------------------------------------- the copy
+def _valid_copied_chunks(store, manifest: dict, resumed: bool) -> set[tuple[int, int]]:
+    """Chunks of an unfinished copy that are on disk with their recorded checksum."""
+    valid = set()
+    if resumed:
+        for layer_id, chunks in manifest.items():
+            for c in list(chunks):
+                if chunk_is_valid(store, layer_id, c, chunks[c]):
+                    valid.add((layer_id, c))
+                else:
+                    del chunks[c]
+    return valid
+
+
+def _copy_chunk(meta, tensors, readers: queue.Queue, out_path: Path, layer_id: int, c: int):
+    """Read, check, convert and write one chunk; returns its :class:`ChunkRecord`."""
+    reader_set = readers.get()  # each worker thread reads into its own buffers
+    try:
+        start, stop = meta.chunk_span(layer_id, c)
+        rows = reader_set[layer_id].rows(start, stop)
+        where = f"{tensors[layer_id][0].path} (layer {layer_id})"
+        check_fp8_rows(rows[: stop - start], meta.dim, first_row=start, where=where)
+        if meta.dtype != FP8:
+            rows = encode_rows(decode_rows(rows, FP8, meta.dim), meta.dtype)
+        data = encode_chunk(meta, rows)
+        write_file_atomic(out_path / chunk_key(layer_id, c), data, fsync=False)
+        return ChunkRecord(layer_id, c, crc32_of(data), memoryview(data).nbytes)
+    finally:
+        readers.put(reader_set)
+
+
+def _reader_pool(tensors, chunk_rows: int, workers: int) -> queue.Queue:
+    """One set of per-layer source readers (own buffers) for each worker thread."""
+    readers: queue.Queue = queue.Queue()
+    for _ in range(workers):
+        readers.put(
+            {
+                layer_id: SourceReader(Span.of(weight), Span.of(scale), chunk_rows)
+                for layer_id, (weight, scale) in tensors.items()
+            }
+        )
+    return readers
+
+
+def _copy_rows(out_path: Path, tensors, *, resumed: bool, progress, workers=None):
+    """Write every chunk not yet valid from a few threads (reads, checks and writes overlap).
+
+    The manifest is kept by the one :class:`~engramctl.table.build.chunks.ManifestRecorder` (flushed
+    every couple of seconds and however the run ends, so a rerun resumes). On a NaN row the
+    unfinished table is removed and the first bad row (in layer, row order) is named.
+    """
+    store = open_store(out_path)
+    meta, manifest = read_group(store)
+    valid = _valid_copied_chunks(store, manifest, resumed)
+    todo = [
+        (layer_id, c)
+        for layer_id, layer in meta.layers.items()
+        for c in range(layer.n_chunks(meta.chunk_rows))
+        if (layer_id, c) not in valid
+    ]
+    recorder = ManifestRecorder(
+        store, meta, manifest, chunks_total=len(todo), source="data",
+        progress=(lambda p: progress(p.bytes_done, p.bytes_total)) if progress else None,
+    )  # fmt: skip
+    workers = max(1, min(COPY_WORKERS, workers or os.cpu_count() or 1))
+    readers = _reader_pool(tensors, meta.chunk_rows, workers)
+    write_one = functools.partial(_copy_chunk, meta, tensors, readers, out_path)
+    try:
+        failure, bad_rows = write_chunks_in_pool(
+            todo,
+            write_one,
+            recorder,
+            workers=workers,
+            thread_name="engram-copy",
+            rejected_type=InvalidRowsError,
+        )
+        if bad_rows:  # bad data: nothing of this import is kept; name the first bad row
+            shutil.rmtree(out_path, ignore_errors=True)
+            order = list(meta.layers)
+            raise min(bad_rows, key=lambda b: (order.index(b[0][0]), b[0][1]))[1]
+        if failure is None:
+            os.sync()  # the chunks are on disk before the table says complete
+    finally:
+        while not readers.empty():
+            for reader in readers.get().values():
+                reader.close()
+        if out_path.exists():
+            failure = recorder.finish(failure)
+    if isinstance(failure, OSError):
+        raise EngramError(
+            f"cannot write {out_path}: {failure.strerror or failure}; the chunks copied so far "
+            "are kept: rerun the same command to resume"
+        ) from failure
+    if failure is not None:
+        raise failure
+    return recorder.done, len(valid)
+
+
+__all__ = ["import_checkpoint", "checkpoint_vocab", "checkpoint_layout"]

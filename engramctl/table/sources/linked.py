@@ -1,0 +1,303 @@
+"""Linked tables: rows read straight from a checkpoint's safetensors shards, zero-copy.
+
+A table imported with ``--link`` has no chunk files. Its metadata (``sources`` in the
+``engramctl`` attribute) records, per layer, the file, absolute byte offset, shape and dtype of the
+weight (``[rows, dim]`` e4m3 codes) and scale (``[rows, dim/32]`` ue8m0 bytes) tensors, and per
+file its size and the sha256 of its safetensors header. A file beside the table (under the
+table's parent directory) is recorded relative to the table, so moving both keeps the link
+valid; any other file by its absolute path.
+
+:class:`LinkedLayer` memory-maps the two tensors and gathers rows into the fp8 row layout of a
+copied table (``dim`` value bytes, then ``dim/32`` scale bytes): the same bytes a copy returns.
+Before mapping, and before every gather, the file's size is compared with the record (a
+truncated file would otherwise fault inside the map); the header hash is compared at open.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..._numba import njit, prange
+from ...errors import EngramError
+from ..core.checkpoint import TensorRef, read_shard_header
+
+LINK_MODE, COPY_MODE = "link", "copy"
+COPY_HINT = "import the checkpoint without --link to get a table you can write"
+
+
+def source_name(file: Path, table_path: Path) -> str:
+    """How a link records ``file``: relative to the table when beside it, else absolute."""
+    file = Path(file).resolve()
+    table = Path(table_path).resolve()
+    if file.is_relative_to(table.parent):
+        return os.path.relpath(file, table)
+    return str(file)
+
+
+def resolve_source(name: str, table_path) -> Path:
+    """The file a recorded source name points at (relative names count from the table)."""
+    path = Path(name)
+    return path if path.is_absolute() else Path(os.path.normpath(Path(table_path) / path))
+
+
+def sources_record(
+    tensors: dict[int, tuple[TensorRef, TensorRef]], table_path, *, mode: str, checkpoint: Path
+) -> dict:
+    """The ``sources`` metadata of a table linked to (or copied from) ``tensors``."""
+    files: dict[str, dict] = {}
+    layers: dict[str, dict] = {}
+    for layer_id, pair in tensors.items():
+        layer = {}
+        for part, ref in zip(("weight", "scale"), pair, strict=True):
+            name = source_name(ref.path, table_path)
+            files[name] = {"size": ref.file_size, "header_sha256": ref.header_sha256}
+            layer[part] = {
+                "file": name,
+                "tensor": ref.name,
+                "offset": ref.offset,
+                "nbytes": ref.nbytes,
+                "shape": list(ref.shape),
+                "dtype": ref.dtype,
+            }
+        layers[str(layer_id)] = layer
+    return {
+        "mode": mode,
+        "checkpoint": source_name(checkpoint, table_path),
+        "files": files,
+        "layers": layers,
+    }
+
+
+def check_source_file(name: str, record: dict, table_path, *, header: bool = True) -> Path:
+    """Refuse a source file that is missing or whose size or header changed since linking."""
+    path = resolve_source(name, table_path)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise EngramError(
+            f"linked source {path} is missing (moved or deleted since linking); restore it or "
+            "import the checkpoint again"
+        ) from None
+    if size != record["size"]:
+        raise EngramError(
+            f"linked source {path} changed since linking: {size} bytes, the link recorded "
+            f"{record['size']}; import the checkpoint again"
+        )
+    if header:
+        try:
+            digest = read_shard_header(path).header_sha256
+        except EngramError as exc:
+            raise EngramError(f"linked source {path} changed since linking ({exc})") from None
+        if digest != record["header_sha256"]:
+            raise EngramError(
+                f"linked source {path} changed since linking: its safetensors header differs; "
+                "import the checkpoint again"
+            )
+    return path
+
+
+def check_sources(sources: dict, table_path) -> list[str]:
+    """Problems of every linked file (missing, size or header changed), one line each."""
+    problems = []
+    for name, record in sources["files"].items():
+        try:
+            check_source_file(name, record, table_path)
+        except EngramError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+# ------------------------------------------------------------------------ streamed reads
+@dataclass(frozen=True)
+class Span:
+    """A ``[rows, width]`` uint8 tensor at byte ``offset`` of ``path``."""
+
+    path: Path
+    offset: int
+    width: int
+    name: str
+
+    @classmethod
+    def of(cls, ref: TensorRef) -> Span:
+        return cls(ref.path, ref.offset, ref.shape[1], ref.name)
+
+    @classmethod
+    def recorded(cls, entry: dict, table_path) -> Span:
+        return cls(
+            resolve_source(entry["file"], table_path),
+            entry["offset"],
+            entry["shape"][1],
+            entry["tensor"],
+        )
+
+
+class SourceReader:
+    """Reads row spans of a weight and a scale tensor into one reusable fp8 row buffer.
+
+    ``read`` calls into a fixed buffer (no memory map): memory stays one chunk whatever the
+    size of the tensors, and pages read do not count toward the process's resident set.
+    """
+
+    def __init__(self, weight: Span, scale: Span, chunk_rows: int):
+        self.weight, self.scale = weight, scale
+        self.buffer = np.zeros((chunk_rows, weight.width + scale.width), np.uint8)
+        self.column = np.empty(chunk_rows * max(weight.width, scale.width), np.uint8)
+        self.handles: dict[Path, object] = {}
+
+    def _read(self, span: Span, start: int, stop: int) -> np.ndarray:
+        handle = self.handles.get(span.path)
+        if handle is None:
+            try:
+                handle = self.handles[span.path] = open(span.path, "rb")  # noqa: SIM115
+            except OSError as exc:
+                raise EngramError(f"cannot read {span.path}: {exc.strerror or exc}") from None
+        nbytes = (stop - start) * span.width
+        view = self.column[:nbytes]
+        handle.seek(span.offset + start * span.width)
+        if handle.readinto(memoryview(view)) != nbytes:
+            raise EngramError(f"{span.path} ended early while reading {span.name} (truncated?)")
+        return view.reshape(stop - start, span.width)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """fp8 rows ``[chunk_rows, dim + dim/32]`` of ``[start, stop)``, zero padded."""
+        n, dim = stop - start, self.weight.width
+        self.buffer[:n, :dim] = self._read(self.weight, start, stop)
+        self.buffer[:n, dim:] = self._read(self.scale, start, stop)
+        self.buffer[n:] = 0
+        return self.buffer
+
+    def close(self) -> None:
+        for handle in self.handles.values():
+            handle.close()
+        self.handles.clear()
+
+
+# ------------------------------------------------------------------------------- kernels
+def gather_linked_reference(weight, scale, row_ids) -> np.ndarray:
+    """Plain-numpy linked gather: ``[n, dim + dim/32]`` rows of codes then scale bytes."""
+    ids = np.asarray(row_ids, dtype=np.int64)
+    return np.concatenate([np.asarray(weight)[ids], np.asarray(scale)[ids]], axis=1)
+
+
+@njit(cache=True, parallel=True)
+def _gather_linked_kernel(weight, scale, row_ids, out):
+    """weight (rows, D) uint8; scale (rows, S) uint8; row_ids (n,) int64; out (n, D + S)."""
+    n = row_ids.shape[0]
+    D = weight.shape[1]
+    S = scale.shape[1]
+    for i in prange(n):
+        r = row_ids[i]
+        for j in range(D):
+            out[i, j] = weight[r, j]
+        for j in range(S):
+            out[i, D + j] = scale[r, j]
+
+
+def gather_linked(weight, scale, row_ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Copy rows (ids already range-checked) of two uint8 tensors into ``out`` side by side."""
+    if (
+        weight.dtype != np.uint8
+        or scale.dtype != np.uint8
+        or out.dtype != np.uint8
+        or out.shape != (row_ids.shape[0], weight.shape[1] + scale.shape[1])
+        or row_ids.dtype != np.int64
+    ):
+        raise EngramError("linked gather needs uint8 tensors, int64 ids and a matching buffer")
+    _gather_linked_kernel(weight, scale, row_ids, out)
+    return out
+
+
+@dataclass
+class LinkedLayer:
+    """One layer's weight and scale tensors, memory-mapped from the checkpoint's shards."""
+
+    layer_id: int
+    weight: np.ndarray  # (rows, dim) uint8 memmap
+    scale: np.ndarray  # (rows, dim/32) uint8 memmap
+    files: list[tuple[Path, int]]  # (file, recorded size) to re-check before reading
+
+    @classmethod
+    def open(cls, sources: dict, layer_id: int, table_path, *, rows: int, dim: int):
+        layer = sources["layers"].get(str(layer_id))
+        if layer is None:
+            raise EngramError(f"layer {layer_id} has no linked source in the table's metadata")
+        arrays, files = [], []
+        for part, width in (("weight", dim), ("scale", dim // 32)):
+            entry = layer[part]
+            record = sources["files"][entry["file"]]
+            path = check_source_file(entry["file"], record, table_path)
+            if entry["shape"] != [rows, width] or entry["nbytes"] != rows * width:
+                raise EngramError(
+                    f"linked {part} of layer {layer_id} in {path} has shape {entry['shape']}, "
+                    f"expected {[rows, width]}; the table's metadata is damaged"
+                )
+            arrays.append(
+                np.memmap(
+                    path, dtype=np.uint8, mode="r", offset=entry["offset"], shape=(rows, width)
+                )
+                if rows
+                else np.zeros((0, width), np.uint8)
+            )
+            files.append((path, record["size"]))
+        return cls(layer_id, arrays[0], arrays[1], files)
+
+    def check_files(self) -> None:
+        """Refuse (naming it) a file truncated or grown since it was mapped."""
+        for path, size in self.files:
+            try:
+                now = os.stat(path).st_size
+            except OSError:
+                raise EngramError(
+                    f"linked source {path} is missing (deleted after linking)"
+                ) from None
+            if now != size:
+                raise EngramError(
+                    f"linked source {path} changed since linking: {now} bytes, the link recorded "
+                    f"{size}; import the checkpoint again"
+                )
+
+    def gather(self, row_ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+        self.check_files()
+        return gather_linked(self.weight, self.scale, row_ids, out)
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` as fp8 table rows (one read of each tensor's span)."""
+        self.check_files()
+        return np.concatenate([self.weight[start:stop], self.scale[start:stop]], axis=1)
+
+
+class LinkedLayers:
+    """The mapped layers of one linked table, each opened (files checked) on first use."""
+
+    def __init__(self, meta, table_path):
+        self.meta, self.table_path = meta, table_path
+        self._layers: dict[int, LinkedLayer] = {}
+        self._lock = threading.Lock()
+
+    def layer(self, layer_id: int) -> LinkedLayer:
+        with self._lock:
+            if layer_id not in self._layers:
+                self._layers[layer_id] = LinkedLayer.open(
+                    self.meta.sources,
+                    layer_id,
+                    self.table_path,
+                    rows=self.meta.layer(layer_id).rows,
+                    dim=self.meta.dim,
+                )
+            return self._layers[layer_id]
+
+    def chunk(self, layer_id: int, chunk_index: int) -> np.ndarray:
+        """A chunk's rows as a copied table stores them (zero padded past the layer's end)."""
+        start, stop = self.meta.chunk_span(layer_id, chunk_index)
+        rows = np.zeros((self.meta.chunk_rows, self.meta.row_width), np.uint8)
+        rows[: stop - start] = self.layer(layer_id).rows(start, stop)
+        return rows
+
+    def clear(self) -> None:
+        with self._lock:
+            self._layers.clear()
