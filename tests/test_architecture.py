@@ -8,6 +8,7 @@ another object's ``_private`` attribute, and no module grows past ~500 lines.
 from __future__ import annotations
 
 import ast
+import configparser
 import importlib
 from pathlib import Path
 
@@ -84,3 +85,31 @@ def test_every_re_exported_name_resolves(package):
         assert getattr(module, name) is not None, f"{package}.{name}"
     with pytest.raises(AttributeError):
         module.no_such_name  # noqa: B018
+
+
+# The subsystems above which typer/rich and torch may appear: the CLI (and the console script
+# over it) imports everything; torch is the model's.
+MAY_IMPORT = {
+    "no-typer-rich": {"cli", "_entry", "__main__"},
+    "torch-in-model": {"model", "cli", "_entry", "__main__"},
+}
+
+
+def _children() -> set[str]:
+    return {
+        p.stem if p.is_file() else p.name
+        for p in PACKAGE.iterdir()
+        if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()
+    }
+
+
+@pytest.mark.parametrize("contract", sorted(MAY_IMPORT))
+def test_forbidden_contracts_name_every_subsystem(contract):
+    """A forbidden contract checks only the modules it lists: a new folder must be listed too."""
+    config = configparser.ConfigParser()
+    config.read(PACKAGE.parent / ".importlinter")
+    listed = {
+        line.strip().removeprefix("engramctl.")
+        for line in config[f"importlinter:contract:{contract}"]["source_modules"].split()
+    }
+    assert listed == _children() - MAY_IMPORT[contract]
