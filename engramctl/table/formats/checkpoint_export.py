@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..._files import check_free_space
+from ..._system import format_bytes
 from ...errors import EngramError, UsageError
 from ...model_config import CONFIG_NAME, EngramModelConfig
 from ..core.checkpoint import INDEX_NAME, SCALE_DTYPE, SCALE_NAME, WEIGHT_DTYPE, WEIGHT_NAME
@@ -61,6 +62,19 @@ class CheckpointExportResult:
             "mean_relative_error": self.mean_relative_error,
             "seconds": round(self.seconds, 3),
         }
+
+    def summary(self) -> str:
+        """What was written, in one line (with the quantization error of a float table)."""
+        error = (
+            f"; quantized to e4m3 + ue8m0, relative error per row max "
+            f"{self.max_relative_error:.4f}, mean {self.mean_relative_error:.4f}"
+            if self.quantized
+            else ""
+        )
+        return (
+            f"{len(self.shards)} shards, {len(self.tensors)} tensors, "
+            f"{format_bytes(self.bytes_written)} in {self.seconds:.1f}s{error}"
+        )
 
 
 def parse_shard_size(text) -> int:
@@ -124,15 +138,17 @@ def export_checkpoint(
     table_path,
     out_dir,
     *,
-    max_shard_size: int = DEFAULT_MAX_SHARD_BYTES,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_BYTES,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> CheckpointExportResult:
-    """Write a table as a DeepSeek-style checkpoint directory (see the module docstring)."""
+    """Write a table as a DeepSeek-style checkpoint directory (see the module docstring).
+
+    ``max_shard_size``: bytes, or text such as ``"5GB"`` (:func:`parse_shard_size`).
+    """
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    if max_shard_size < 1:
-        raise UsageError(f"--max-shard-size must be positive, got {max_shard_size}")
+    max_shard_size = parse_shard_size(max_shard_size)
     if out_dir.exists() and not overwrite:
         raise EngramError(f"{out_dir} exists; pass --overwrite to replace it")
     if out_dir.exists() and not out_dir.is_dir():

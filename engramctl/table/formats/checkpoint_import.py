@@ -211,6 +211,41 @@ def import_checkpoint(
     )
 
 
+def import_checkpoint_dir(
+    checkpoint_dir,
+    out_path,
+    *,
+    vocab=None,
+    layers: str | None = None,
+    link: bool = False,
+    dtype: str | None = None,
+    chunk_rows: int | None = None,
+    compressor: str = "none",
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> CreateResult:
+    """``import CKPT_DIR``: :func:`import_checkpoint` from the command's options.
+
+    ``vocab`` is the canonical vocab's Parquet path (default: built from the checkpoint's
+    ``tokenizer.json``) and ``layers`` the ``--layers`` text (``"1,15"``).
+    """
+    from ...layout import parse_int_list
+
+    vocab_map = checkpoint_vocab(checkpoint_dir, vocab)
+    return import_checkpoint(
+        checkpoint_dir,
+        out_path,
+        vocab=vocab_map,
+        layers=parse_int_list(layers, name="--layers") if layers is not None else None,
+        link=link,
+        dtype=dtype,
+        chunk_rows=chunk_rows,
+        compressor=compressor,
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
 # ----------------------------------------------------------------------------- the copy
 def _valid_copied_chunks(store, manifest: dict, resumed: bool) -> set[tuple[int, int]]:
     """Chunks of an unfinished copy that are on disk with their recorded checksum."""
@@ -309,4 +344,4 @@ def _copy_rows(out_path: Path, tensors, *, resumed: bool, progress, workers=None
     return recorder.done, len(valid)
 
 
-__all__ = ["import_checkpoint", "checkpoint_vocab", "checkpoint_layout"]
+__all__ = ["import_checkpoint", "import_checkpoint_dir", "checkpoint_vocab", "checkpoint_layout"]

@@ -29,6 +29,7 @@ from ..._files import (
     write_file_atomic,
 )
 from ..._outputs import check_output_target
+from ..._system import format_bytes
 from ...errors import EngramError, UsageError
 from ...layout import EngramLayout
 from ..build.create import CreateResult, build_meta, write_new_group
@@ -64,6 +65,22 @@ class ExportResult:
     tensors: dict[str, list[int]]  # name -> shape
     bytes_written: int
     seconds: float
+
+    def to_dict(self) -> dict:
+        """The ``export --json`` document."""
+        return {
+            "out": self.path,
+            "tensors": self.tensors,
+            "bytes": self.bytes_written,
+            "seconds": round(self.seconds, 3),
+        }
+
+    def summary(self) -> str:
+        """What was written, in one line: ``"2 tensors, 1.5 MiB in 0.1s"``."""
+        return (
+            f"{len(self.tensors)} tensors, {format_bytes(self.bytes_written)} in "
+            f"{self.seconds:.1f}s"
+        )
 
 
 def layer_tensor_names(name_template: str, layer_ids) -> dict[int, str]:
@@ -386,6 +403,61 @@ def import_safetensors(
         chunks_skipped=0,
         bytes_written=total * meta.chunk_bytes,
         seconds=time.perf_counter() - started,
+    )
+
+
+def import_safetensors_file(
+    in_path,
+    out_path,
+    *,
+    vocab=None,
+    preset: str | None = None,
+    ngram_vocab: str | None = None,
+    max_ngram: int | None = None,
+    heads: int | None = None,
+    layers: str | None = None,
+    seed: int | None = None,
+    pad_id: int | None = None,
+    config=None,
+    tensor_name: str = DEFAULT_NAME,
+    dtype: str | None = None,
+    chunk_rows: int | None = None,
+    compressor: str = "none",
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> CreateResult:
+    """``import FILE``: :func:`import_safetensors` from the command's options.
+
+    ``vocab`` is the canonical vocab's Parquet path (required); ``preset`` to ``pad_id`` are the
+    layout flags (``None``: not given; ``ngram_vocab`` and ``layers`` as flag text) and
+    ``config`` a model's config.json: a file that records its layout is checked against the
+    flags, any other file (or a ``config``) takes the layout they resolve to.
+    """
+    from ...layout import LayoutRequest, resolve_layout
+    from ...model_config import config_layout_source
+    from ...vocab import CanonicalVocab
+
+    if vocab is None:
+        raise UsageError("importing a safetensors file needs --vocab")
+    vocab_map = CanonicalVocab.load(vocab)
+    flags = dict(preset=preset, ngram_vocab=ngram_vocab, max_ngram=max_ngram, heads=heads,
+                 layers=layers, seed=seed, pad_id=pad_id)  # fmt: skip
+    layout = None  # a file exported by engramctl records its layout: the flags are checked
+    if file_layout(in_path) is None or config is not None:  # --config: compared too
+        source = config_layout_source(config, vocab=vocab_map) if config is not None else None
+        layout = resolve_layout(LayoutRequest(**flags), vocab=vocab_map, source=source).layout
+    return import_safetensors(
+        in_path,
+        out_path,
+        layout=layout,
+        layout_flags=flags,
+        vocab_fingerprint=vocab_map.fingerprint,
+        name_template=tensor_name,
+        dtype=dtype,
+        chunk_rows=chunk_rows,
+        compressor=compressor,
+        overwrite=overwrite,
+        progress=progress,
     )
 
 
