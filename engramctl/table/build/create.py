@@ -1,14 +1,15 @@
 """Creating tables: :func:`create_table` (lazy or full, resumable) and :func:`initialize_table`.
 
-A full init writes every chunk's deterministic init values (:mod:`engramctl.table.core.rowinit`), each to
-a temporary name renamed into place, from a pool of ``workers`` threads (the numba kernel runs
-without the GIL). Checksums go to the manifest in the group attributes every couple of seconds
+A full init writes every chunk's deterministic init values (:mod:`engramctl.table.core.rowinit`),
+each to a temporary name renamed into place, from a pool of ``workers`` threads (the numba kernel
+runs without the GIL). Checksums go to the manifest in the group attributes every couple of seconds
 and when the run ends, however it ends. Re-running the same command on an interrupted table
 re-checks the written chunks and writes only those missing or failing their checksum.
 
 Writing, checking and recording single chunks (and the one manifest flush loop) live in
-:mod:`engramctl.table.build.chunks`, shared with the Dask init of :mod:`engramctl.table.build.create_dask`,
-which ``create_table(..., scheduler=...)`` uses instead of the local threads.
+:mod:`engramctl.table.build.chunks`, shared with the Dask init of
+:mod:`engramctl.table.build.create_dask`, which ``create_table(..., scheduler=...)`` uses instead of
+the local threads.
 """
 
 from __future__ import annotations
@@ -26,6 +27,17 @@ from ..._system import cpu_count
 from ...cluster import open_client
 from ...errors import EngramError, UsageError
 from ...layout import EngramLayout
+from ..core.dtypes import parse_dtype
+from ..core.format import (
+    ZSTD_LEVEL,
+    TableMeta,
+    default_chunk_rows,
+    group_attrs,
+    read_group,
+)
+from ..core.rowinit import InitRecipe
+from ..core.store import LocalStore, TableStore, open_store
+from ..sources.table import TableInfo, table_info
 from .chunks import (
     InitProgress,
     ManifestRecorder,
@@ -37,18 +49,7 @@ from .chunks import (
     write_init_chunk,
 )
 from .create_dask import check_init_memory, initialize_table_dask
-from ..core.dtypes import parse_dtype
-from ..core.format import (
-    ZSTD_LEVEL,
-    TableMeta,
-    default_chunk_rows,
-    group_attrs,
-    read_group,
-)
 from .replace import clear_unborn, install_table, is_unborn, locked_path
-from ..core.rowinit import InitRecipe
-from ..core.store import LocalStore, TableStore, open_store
-from ..sources.table import TableInfo, table_info
 
 
 @dataclass(frozen=True)
