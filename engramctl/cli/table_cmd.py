@@ -72,6 +72,20 @@ def _storage_options(items: list[str] | None) -> dict | None:
     return parse_storage_options(items) or None
 
 
+InitOpt = Annotated[InitKind, typer.Option("--init", help="Initial values.")]
+StdOpt = Annotated[float, typer.Option("--std", help="Std of normal/uniform values.")]
+InitSeedOpt = Annotated[
+    int, typer.Option("--init-seed", help="Init seed (with layer, row, column).")
+]
+LazyOpt = Annotated[
+    bool, typer.Option("--lazy", help="Write metadata only; chunks are made on first write.")
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option("--workers", help="Writer threads without --scheduler. (default: all cores)"),
+]
+
+
 @command("init-table")
 def init_table_command(
     ctx: typer.Context,
@@ -87,20 +101,13 @@ def init_table_command(
     config: LayoutFlags.Config = None,
     dim: DimOpt = None,
     dtype: DtypeOpt = None,
-    init: Annotated[InitKind, typer.Option("--init", help="Initial values.")] = InitKind.normal,
-    std: Annotated[float, typer.Option("--std", help="Std of normal/uniform values.")] = 0.02,
-    init_seed: Annotated[
-        int, typer.Option("--init-seed", help="Init seed (with layer, row, column).")
-    ] = 0,
-    lazy: Annotated[
-        bool, typer.Option("--lazy", help="Write metadata only; chunks are made on first write.")
-    ] = False,
+    init: InitOpt = InitKind.normal,
+    std: StdOpt = 0.02,
+    init_seed: InitSeedOpt = 0,
+    lazy: LazyOpt = False,
     chunk_rows: ChunkRowsOpt = None,
     compressor: CompressorOpt = Compressor.none,
-    workers: Annotated[
-        int | None,
-        typer.Option("--workers", help="Writer threads without --scheduler. (default: all cores)"),
-    ] = None,
+    workers: WorkersOpt = None,
     overwrite: OverwriteOpt = False,
     scheduler: SchedulerOpt = None,
     storage_option: StorageOpt = None,
@@ -115,7 +122,6 @@ def init_table_command(
     Example:
     engramctl init-table t.zarr --vocab vocab.parquet --preset demo-v1 --lazy
     """
-    from .._system import format_bytes
     from ..errors import UsageError
     from ..table.build.create import create_table
     from ..table.core.dtypes import parse_dtype
@@ -144,17 +150,15 @@ def init_table_command(
             storage_options=_storage_options(storage_option),
         )
     if json_out:
-        doc = result.info.to_dict()
-        doc.update(
-            resumed=result.resumed,
-            chunks_written_now=result.chunks_written,
-            chunks_skipped=result.chunks_skipped,
-            seconds=round(result.seconds, 3),
-        )
-        typer.echo(json.dumps(doc))
-        return
-    if STATE["quiet"]:
-        return
+        typer.echo(json.dumps(result.to_dict()))
+    elif not STATE["quiet"]:
+        _print_created(result, out)
+
+
+def _print_created(result, out: str) -> None:
+    """The one line ``init-table`` prints: what it made (or that nothing was left to do)."""
+    from .._system import format_bytes
+
     info = result.info
     kind = "lazy table" if info.lazy else "table"
     verb = "resumed" if result.resumed else "created"
@@ -397,7 +401,10 @@ def import_command(
     bar = "link" if link else import_format(source).importer.progress_name
     with progress(bar, enabled=not (json_out or STATE["quiet"])) as update:
         result = import_table(source, out, options=_given_options(ctx, "json_out"), progress=update)
-    _print_import(result, source, out, link=link, json_out=json_out)
+    if json_out:
+        typer.echo(json.dumps(result.to_dict()))
+    elif not STATE["quiet"]:
+        _print_imported(result, source, out, link=link)
 
 
 def _given_options(ctx: typer.Context, *skip: str) -> dict:
@@ -413,23 +420,14 @@ def _given_options(ctx: typer.Context, *skip: str) -> dict:
     return given
 
 
-def _print_import(result, source, out, *, link: bool, json_out: bool) -> None:
+def _print_imported(result, source, out, *, link: bool) -> None:
+    """The one line ``import`` prints: what it copied (or linked) into the table."""
     from .._system import format_bytes
 
-    if json_out:
-        doc = result.info.to_dict()
-        doc.update(
-            resumed=result.resumed,
-            chunks_written_now=result.chunks_written,
-            chunks_skipped=result.chunks_skipped,
-            seconds=round(result.seconds, 3),
-        )
-        typer.echo(json.dumps(doc))
-    elif not STATE["quiet"]:
-        info = result.info
-        verb = "linked" if link else ("resumed and imported" if result.resumed else "imported")
-        console.print(
-            f"{verb} {source} into {out}: layers {list(info.layers)}, dim {info.dim} "
-            f"{info.dtype}, {format_bytes(info.logical_bytes)} of rows, "
-            f"{format_bytes(info.disk_bytes)} written in {result.seconds:.1f}s"
-        )
+    info = result.info
+    verb = "linked" if link else ("resumed and imported" if result.resumed else "imported")
+    console.print(
+        f"{verb} {source} into {out}: layers {list(info.layers)}, dim {info.dim} "
+        f"{info.dtype}, {format_bytes(info.logical_bytes)} of rows, "
+        f"{format_bytes(info.disk_bytes)} written in {result.seconds:.1f}s"
+    )

@@ -64,6 +64,18 @@ class CreateResult:
     bytes_written: int
     seconds: float
 
+    def to_dict(self) -> dict:
+        """The ``--json`` document of ``init-table`` and ``import``: the table's info and what
+        this run did."""
+        doc = self.info.to_dict()
+        doc.update(
+            resumed=self.resumed,
+            chunks_written_now=self.chunks_written,
+            chunks_skipped=self.chunks_skipped,
+            seconds=round(self.seconds, 3),
+        )
+        return doc
+
 
 # ---------------------------------------------------------------------------- create
 def build_meta(
