@@ -22,7 +22,7 @@ _EXPORTS = {  # module -> the public names it holds
     ".build.create": ("create_table", "CreateResult"),
     ".verify": ("verify_table", "VerifyReport"),
     ".formats.safetensors": ("export_safetensors", "import_safetensors"),
-    ".core.dtypes": ("decode_rows", "encode_rows", "to_torch", "row_bytes"),
+    ".core.dtypes": ("decode_rows", "encode_rows", "row_bytes"),
     ".core.rowinit": ("InitRecipe",),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)
