@@ -199,6 +199,13 @@ def _prepare_remote(store: TableStore, meta: TableMeta, *, lazy: bool, overwrite
     return False
 
 
+def _create_remote(store: TableStore, meta: TableMeta, *, lazy, overwrite, initialize):
+    """Create (or resume) a table in an object store, then fill it unless lazy; returns
+    ``(resumed, (chunks written, skipped, bytes))`` as :func:`_create_local` does."""
+    resumed = _prepare_remote(store, meta, lazy=lazy, overwrite=overwrite)
+    return resumed, ((0, 0, 0) if lazy else initialize(store))
+
+
 def _resumable_beside(beside: Path, meta: TableMeta, *, lazy: bool) -> bool:
     """Whether ``beside`` holds an interrupted replacement with the same settings."""
     if lazy or not beside.is_dir():
@@ -326,19 +333,14 @@ def create_table(
         compressor=compressor,
     )
     with _initializer(scheduler, workers, meta) as initialize:  # connect to Dask first
-        if store.is_local:
-            resumed, (written, skipped, nbytes) = _create_local(
-                store,
-                meta,
-                lazy=lazy,
-                overwrite=overwrite,
-                initialize=lambda target: initialize(target, progress),
-            )
-        else:
-            resumed = _prepare_remote(store, meta, lazy=lazy, overwrite=overwrite)
-            written = skipped = nbytes = 0
-            if not lazy:
-                written, skipped, nbytes = initialize(store, progress)
+        create = _create_local if store.is_local else _create_remote
+        resumed, (written, skipped, nbytes) = create(
+            store,
+            meta,
+            lazy=lazy,
+            overwrite=overwrite,
+            initialize=lambda target: initialize(target, progress),
+        )
     meta, manifest = read_group(store)
     return CreateResult(
         path=store.url,

@@ -128,6 +128,41 @@ def _prepare_target(out_path: Path, meta: TableMeta, *, overwrite: bool) -> bool
     raise EngramError(f"{out_path} exists; pass --overwrite to replace it")
 
 
+def _check_link_options(link: bool, *, dtype: str, compressor: str) -> None:
+    """Refuse what a link cannot do: convert the rows, or compress chunks it does not have."""
+    if link and dtype != FP8:
+        raise UsageError(
+            f"--link with --dtype {dtype}: a link reads the checkpoint's fp8 bytes as they are "
+            "and cannot convert; drop --link to copy and convert"
+        )
+    if link and compressor != "none":
+        raise UsageError("--link with --compressor: a link has no chunks to compress")
+
+
+def _import_plan(checkpoint: Checkpoint, vocab, layers, out_path: Path, *, link: bool, dtype: str,
+                 chunk_rows: int | None, compressor: str) -> tuple[dict, TableMeta]:  # fmt: skip
+    """The checkpoint tensors of the selected layers, and the new table's metadata recording
+    where they lie (a link: status complete; a copy: initializing until every chunk is in)."""
+    layout = checkpoint_layout(checkpoint, vocab)
+    selected = _select_layers(layout, layers)
+    tensors = checkpoint.engram_tensors(layout, selected)
+    mode = LINK_MODE if link else COPY_MODE
+    sources = sources_record(tensors, out_path, mode=mode, checkpoint=checkpoint.path)
+    status = "complete" if link else "initializing"
+    meta = _table_meta(
+        layout,
+        vocab.fingerprint,
+        checkpoint.config.head_dim,
+        dtype,
+        chunk_rows,
+        compressor,
+        selected,
+        sources,
+        status,
+    )
+    return tensors, meta
+
+
 def import_checkpoint(
     checkpoint_dir,
     out_path,
@@ -164,31 +199,10 @@ def import_checkpoint(
     started = time.perf_counter()
     out_path = Path(out_path)
     dtype = parse_dtype(dtype) if dtype else FP8
-    if link and dtype != FP8:
-        raise UsageError(
-            f"--link with --dtype {dtype}: a link reads the checkpoint's fp8 bytes as they are "
-            "and cannot convert; drop --link to copy and convert"
-        )
-    if link and compressor != "none":
-        raise UsageError("--link with --compressor: a link has no chunks to compress")
+    _check_link_options(link, dtype=dtype, compressor=compressor)
     checkpoint = open_checkpoint(checkpoint_dir)
-    layout = checkpoint_layout(checkpoint, vocab)
-    selected = _select_layers(layout, layers)
-    tensors = checkpoint.engram_tensors(layout, selected)
-    mode = LINK_MODE if link else COPY_MODE
-    sources = sources_record(tensors, out_path, mode=mode, checkpoint=checkpoint.path)
-    status = "complete" if link else "initializing"
-    meta = _table_meta(
-        layout,
-        vocab.fingerprint,
-        checkpoint.config.head_dim,
-        dtype,
-        chunk_rows,
-        compressor,
-        selected,
-        sources,
-        status,
-    )
+    tensors, meta = _import_plan(checkpoint, vocab, layers, out_path, link=link, dtype=dtype,
+                                 chunk_rows=chunk_rows, compressor=compressor)  # fmt: skip
     resumed = _prepare_target(out_path, meta, overwrite=overwrite)
     written = skipped = 0
     if not resumed:
