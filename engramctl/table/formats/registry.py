@@ -23,7 +23,7 @@ from ...errors import UsageError
 # ------------------------------------------------------------- the formats' functions
 # Each imports its module on first call, so that the registry stays free of zarr and numpy.
 def _import_safetensors(source, out, **options):
-    from .safetensors import import_safetensors_file
+    from .safetensors_import import import_safetensors_file
 
     return import_safetensors_file(source, out, **options)
 
