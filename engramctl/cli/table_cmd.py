@@ -1,4 +1,9 @@
-"""``engramctl init-table | info | verify | export | import``: tables on disk."""
+"""``engramctl init-table | info | verify | export | import``: tables on disk.
+
+``import`` and ``export`` dispatch through the format registry
+(:mod:`engramctl.table.formats.registry`): which format, which options it takes, and the refusal
+of those it does not are the library's.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,13 @@ from typing import Annotated
 import typer
 from rich.table import Table as RichTable
 
+from ..table.formats.registry import (
+    EXPORT_FORMATS,
+    FORMATS,
+    export_table,
+    import_format,
+    import_table,
+)
 from .app import STATE, command, console, err_console
 from .options import (
     Compressor,
@@ -27,10 +39,7 @@ from .options import (
 )
 from .progress import progress
 
-
-class ExportFormat(str, Enum):
-    safetensors = "safetensors"
-    deepseek = "deepseek"
+ExportFormat = Enum("ExportFormat", [(name, name) for name in EXPORT_FORMATS], type=str)
 
 
 TableArg = Annotated[Path, typer.Argument(help="Table directory (a zarr v3 group).")]
@@ -63,6 +72,20 @@ def _storage_options(items: list[str] | None) -> dict | None:
     return parse_storage_options(items) or None
 
 
+InitOpt = Annotated[InitKind, typer.Option("--init", help="Initial values.")]
+StdOpt = Annotated[float, typer.Option("--std", help="Std of normal/uniform values.")]
+InitSeedOpt = Annotated[
+    int, typer.Option("--init-seed", help="Init seed (with layer, row, column).")
+]
+LazyOpt = Annotated[
+    bool, typer.Option("--lazy", help="Write metadata only; chunks are made on first write.")
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option("--workers", help="Writer threads without --scheduler. (default: all cores)"),
+]
+
+
 @command("init-table")
 def init_table_command(
     ctx: typer.Context,
@@ -78,20 +101,13 @@ def init_table_command(
     config: LayoutFlags.Config = None,
     dim: DimOpt = None,
     dtype: DtypeOpt = None,
-    init: Annotated[InitKind, typer.Option("--init", help="Initial values.")] = InitKind.normal,
-    std: Annotated[float, typer.Option("--std", help="Std of normal/uniform values.")] = 0.02,
-    init_seed: Annotated[
-        int, typer.Option("--init-seed", help="Init seed (with layer, row, column).")
-    ] = 0,
-    lazy: Annotated[
-        bool, typer.Option("--lazy", help="Write metadata only; chunks are made on first write.")
-    ] = False,
+    init: InitOpt = InitKind.normal,
+    std: StdOpt = 0.02,
+    init_seed: InitSeedOpt = 0,
+    lazy: LazyOpt = False,
     chunk_rows: ChunkRowsOpt = None,
     compressor: CompressorOpt = Compressor.none,
-    workers: Annotated[
-        int | None,
-        typer.Option("--workers", help="Writer threads without --scheduler. (default: all cores)"),
-    ] = None,
+    workers: WorkersOpt = None,
     overwrite: OverwriteOpt = False,
     scheduler: SchedulerOpt = None,
     storage_option: StorageOpt = None,
@@ -106,7 +122,6 @@ def init_table_command(
     Example:
     engramctl init-table t.zarr --vocab vocab.parquet --preset demo-v1 --lazy
     """
-    from .._system import format_bytes
     from ..errors import UsageError
     from ..table.build.create import create_table
     from ..table.core.dtypes import parse_dtype
@@ -135,17 +150,15 @@ def init_table_command(
             storage_options=_storage_options(storage_option),
         )
     if json_out:
-        doc = result.info.to_dict()
-        doc.update(
-            resumed=result.resumed,
-            chunks_written_now=result.chunks_written,
-            chunks_skipped=result.chunks_skipped,
-            seconds=round(result.seconds, 3),
-        )
-        typer.echo(json.dumps(doc))
-        return
-    if STATE["quiet"]:
-        return
+        typer.echo(json.dumps(result.to_dict()))
+    elif not STATE["quiet"]:
+        _print_created(result, out)
+
+
+def _print_created(result, out: str) -> None:
+    """The one line ``init-table`` prints: what it made (or that nothing was left to do)."""
+    from .._system import format_bytes
+
     info = result.info
     kind = "lazy table" if info.lazy else "table"
     verb = "resumed" if result.resumed else "created"
@@ -213,9 +226,28 @@ def info_command(
         )
     console.print(heads)
     if info.sources:
-        from .checkpoint_cmd import print_sources
+        _print_sources(info.sources)
 
-        print_sources(info.sources)
+
+def _print_sources(sources: dict) -> None:
+    """The checkpoint files a linked (or imported) table reads, and where its tensors lie."""
+    verb = "linked to" if sources["mode"] == "link" else "imported from"
+    console.print(f"{verb} checkpoint [bold]{sources['checkpoint']}[/]")
+    grid = RichTable(title="sources")
+    for name in ("layer", "part", "tensor", "file", "offset", "shape"):
+        grid.add_column(name, justify="right" if name in ("layer", "offset") else "left")
+    for layer_id, layer in sources["layers"].items():
+        for part, entry in layer.items():
+            grid.add_row(
+                layer_id, part, entry["tensor"], entry["file"], f"{entry['offset']:,}",
+                f"{entry['dtype']} {entry['shape']}",
+            )  # fmt: skip
+    console.print(grid)
+    for name, record in sources["files"].items():
+        console.print(
+            f"  {name}: {record['size']:,} bytes, header sha256 {record['header_sha256'][:16]}",
+            markup=False,
+        )
 
 
 @command("verify")
@@ -266,6 +298,7 @@ def verify_command(
 
 @command("export")
 def export_command(
+    ctx: typer.Context,
     table: TableArg,
     out: Annotated[
         Path, typer.Argument(help="safetensors file (a directory with --format deepseek).")
@@ -274,8 +307,7 @@ def export_command(
         ExportFormat,
         typer.Option(
             "--format",
-            help="safetensors: one file, a tensor per layer. deepseek: a checkpoint directory "
-            "(layers.L.engram.embed.weight/scale shards, index, config.json).",
+            help=" ".join(f"{f.name}: {f.description}." for f in FORMATS if f.exporter),
         ),
     ] = ExportFormat.safetensors,
     max_shard_size: Annotated[
@@ -291,69 +323,55 @@ def export_command(
     Example:
     engramctl export table.zarr ckpt_out --format deepseek --max-shard-size 5GB
     """
-    from .._system import format_bytes
-    from ..errors import UsageError
-    from ..table.formats.safetensors import export_safetensors
-
-    if export_format == ExportFormat.deepseek:
-        from .checkpoint_cmd import export_deepseek
-
-        if tensor_name != "layer_{layer}":
-            raise UsageError("--tensor-name: --format deepseek uses the checkpoint's names")
-        export_deepseek(
-            table, out, max_shard_size=max_shard_size, overwrite=overwrite, json_out=json_out
-        )
-        return
-
     with progress("export", enabled=not (json_out or STATE["quiet"])) as update:
-        result = export_safetensors(
-            table, out, overwrite=overwrite, name_template=tensor_name, progress=update
+        result = export_table(
+            table,
+            out,
+            format_name=export_format.value,
+            options=_given_options(ctx, "export_format", "json_out"),
+            progress=update,
         )
     if json_out:
-        typer.echo(
-            json.dumps(
-                {
-                    "out": result.path,
-                    "tensors": result.tensors,
-                    "bytes": result.bytes_written,
-                    "seconds": round(result.seconds, 3),
-                }
-            )
-        )
+        typer.echo(json.dumps(result.to_dict()))
     elif not STATE["quiet"]:
-        console.print(
-            f"wrote {out}: {len(result.tensors)} tensors, "
-            f"{format_bytes(result.bytes_written)} in {result.seconds:.1f}s"
-        )
+        console.print(f"wrote {out}: {result.summary()}")
+
+
+SourceArg = Annotated[
+    Path,
+    typer.Argument(
+        help="A checkpoint directory (config.json + safetensors shards), or a safetensors "
+        "file with one tensor per layer."
+    ),
+]
+ImportVocabOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--vocab",
+        help="Canonical vocab Parquet (engramctl build-vocab); a checkpoint directory with a "
+        "tokenizer.json may omit it.",
+    ),
+]
+LinkOpt = Annotated[
+    bool,
+    typer.Option(
+        "--link",
+        help="Checkpoint directory: record where its rows lie instead of copying them "
+        "(zero-copy, read-only; seconds and kilobytes at any size).",
+    ),
+]
+ImportDtypeOpt = Annotated[
+    Dtype | None, typer.Option("--dtype", help="Convert to this dtype. (default: the file's)")
+]
 
 
 @command("import")
 def import_command(
     ctx: typer.Context,
-    source: Annotated[
-        Path,
-        typer.Argument(
-            help="A checkpoint directory (config.json + safetensors shards), or a safetensors "
-            "file with one tensor per layer."
-        ),
-    ],
+    source: SourceArg,
     out: TableArg,
-    vocab: Annotated[
-        Path | None,
-        typer.Option(
-            "--vocab",
-            help="Canonical vocab Parquet (engramctl build-vocab); a checkpoint directory with a "
-            "tokenizer.json may omit it.",
-        ),
-    ] = None,
-    link: Annotated[
-        bool,
-        typer.Option(
-            "--link",
-            help="Checkpoint directory: record where its rows lie instead of copying them "
-            "(zero-copy, read-only; seconds and kilobytes at any size).",
-        ),
-    ] = False,
+    vocab: ImportVocabOpt = None,
+    link: LinkOpt = False,
     preset: LayoutFlags.Preset = None,
     ngram_vocab: LayoutFlags.NgramVocab = None,
     max_ngram: LayoutFlags.MaxNgram = None,
@@ -363,9 +381,7 @@ def import_command(
     pad_id: LayoutFlags.PadId = None,
     config: LayoutFlags.Config = None,
     tensor_name: TensorNameOpt = "layer_{layer}",
-    dtype: Annotated[
-        Dtype | None, typer.Option("--dtype", help="Convert to this dtype. (default: the file's)")
-    ] = None,
+    dtype: ImportDtypeOpt = None,
     chunk_rows: ChunkRowsOpt = None,
     compressor: CompressorOpt = Compressor.none,
     overwrite: OverwriteOpt = False,
@@ -382,68 +398,36 @@ def import_command(
     Example:
     engramctl import DeepSeek-V4.1 v41.zarr --link --vocab vocab.parquet
     """
-    from ..errors import UsageError
-    from ..table.formats.safetensors import LAYOUT_FLAGS, file_layout, import_safetensors
-
-    dtype_name = dtype.value if dtype is not None else None
-    if source.is_dir():
-        from .checkpoint_cmd import import_checkpoint_dir
-
-        fixed = [f"--{n.replace('_', '-')}" for n in (*LayoutFlags.NAMES, "config")
-                 if n != "layers" and ctx.params[n] is not None]  # fmt: skip
-        fixed += ["--tensor-name"] if tensor_name != "layer_{layer}" else []
-        result = import_checkpoint_dir(
-            source, out, vocab=vocab, layers=layers, link=link, dtype=dtype_name,
-            chunk_rows=chunk_rows, compressor=compressor.value, overwrite=overwrite,
-            json_out=json_out, fixed_flags=fixed,
-        )  # fmt: skip
-        _print_import(result, source, out, link=link, json_out=json_out)
-        return
-    if link:
-        raise UsageError(f"--link needs a checkpoint directory; {source} is not one")
-    if vocab is None:
-        raise UsageError("importing a safetensors file needs --vocab")
-    vocab_map = load_vocab(vocab)
-    flags = {name: ctx.params.get(name) for name in LAYOUT_FLAGS}
-    if flags["preset"] is not None:
-        flags["preset"] = flags["preset"].value
-    layout = None  # a file exported by engramctl records its layout: the flags are checked
-    if file_layout(source) is None or ctx.params.get("config") is not None:
-        layout = resolve_layout_flags(ctx.params, vocab_map).layout  # --config: compared too
-    with progress("import (chunks)", enabled=not (json_out or STATE["quiet"])) as update:
-        result = import_safetensors(
-            source,
-            out,
-            layout=layout,
-            layout_flags=flags,
-            vocab_fingerprint=vocab_map.fingerprint,
-            name_template=tensor_name,
-            dtype=dtype_name,
-            chunk_rows=chunk_rows,
-            compressor=compressor.value,
-            overwrite=overwrite,
-            progress=update,
-        )
-    _print_import(result, source, out, link=False, json_out=json_out)
+    bar = "link" if link else import_format(source).importer.progress_name
+    with progress(bar, enabled=not (json_out or STATE["quiet"])) as update:
+        result = import_table(source, out, options=_given_options(ctx, "json_out"), progress=update)
+    if json_out:
+        typer.echo(json.dumps(result.to_dict()))
+    elif not STATE["quiet"]:
+        _print_imported(result, source, out, link=link)
 
 
-def _print_import(result, source, out, *, link: bool, json_out: bool) -> None:
+def _given_options(ctx: typer.Context, *skip: str) -> dict:
+    """The options given to a command (a value other than the default), enums as their values,
+    in the command's order; not those in ``skip``, nor its arguments."""
+    given = {}
+    for param in ctx.command.params:
+        if param.param_type_name != "option" or param.name not in ctx.params or param.name in skip:
+            continue
+        value = ctx.params[param.name]
+        if value != param.default:
+            given[param.name] = value.value if isinstance(value, Enum) else value
+    return given
+
+
+def _print_imported(result, source, out, *, link: bool) -> None:
+    """The one line ``import`` prints: what it copied (or linked) into the table."""
     from .._system import format_bytes
 
-    if json_out:
-        doc = result.info.to_dict()
-        doc.update(
-            resumed=result.resumed,
-            chunks_written_now=result.chunks_written,
-            chunks_skipped=result.chunks_skipped,
-            seconds=round(result.seconds, 3),
-        )
-        typer.echo(json.dumps(doc))
-    elif not STATE["quiet"]:
-        info = result.info
-        verb = "linked" if link else ("resumed and imported" if result.resumed else "imported")
-        console.print(
-            f"{verb} {source} into {out}: layers {list(info.layers)}, dim {info.dim} "
-            f"{info.dtype}, {format_bytes(info.logical_bytes)} of rows, "
-            f"{format_bytes(info.disk_bytes)} written in {result.seconds:.1f}s"
-        )
+    info = result.info
+    verb = "linked" if link else ("resumed and imported" if result.resumed else "imported")
+    console.print(
+        f"{verb} {source} into {out}: layers {list(info.layers)}, dim {info.dim} "
+        f"{info.dtype}, {format_bytes(info.logical_bytes)} of rows, "
+        f"{format_bytes(info.disk_bytes)} written in {result.seconds:.1f}s"
+    )

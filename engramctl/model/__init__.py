@@ -18,6 +18,7 @@ _EXPORTS = {  # module -> the public names it holds
     ".serve.paging": ("RowPager", "ResidentRows"),
     ".train.loop": ("TrainConfig", "train_model"),
     ".serve.evaluate": ("evaluate", "EvalReport"),
+    ".rowviews": ("to_torch",),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -21,8 +21,9 @@ _EXPORTS = {  # module -> the public names it holds
     ".sources.table": ("Table", "TableInfo", "open_table", "table_info"),
     ".build.create": ("create_table", "CreateResult"),
     ".verify": ("verify_table", "VerifyReport"),
-    ".formats.safetensors": ("export_safetensors", "import_safetensors"),
-    ".core.dtypes": ("decode_rows", "encode_rows", "to_torch", "row_bytes"),
+    ".formats.safetensors": ("export_safetensors",),
+    ".formats.safetensors_import": ("import_safetensors",),
+    ".core.dtypes": ("decode_rows", "encode_rows", "row_bytes"),
     ".core.rowinit": ("InitRecipe",),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)

@@ -161,7 +161,7 @@ def exported(tmp_path, small_layout):
 )
 def test_import_refuses_flags_that_disagree_with_the_file(tmp_path, exported, flags, named):
     from engramctl.errors import UsageError
-    from engramctl.table.formats.safetensors import import_safetensors
+    from engramctl.table.formats.safetensors_import import import_safetensors
 
     _, out = exported
     with pytest.raises(UsageError, match=named):
@@ -170,7 +170,7 @@ def test_import_refuses_flags_that_disagree_with_the_file(tmp_path, exported, fl
 
 
 def test_import_takes_the_layout_from_the_file(tmp_path, exported, small_layout):
-    from engramctl.table.formats.safetensors import import_safetensors
+    from engramctl.table.formats.safetensors_import import import_safetensors
 
     path, out = exported
     agreeing = {"seed": 0, "pad_id": 2, "heads": 2, "ngram_vocab": "500,500", "preset": None}

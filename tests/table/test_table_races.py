@@ -144,11 +144,12 @@ def test_new_table_is_created_under_the_lock(tmp_path, small_layout, monkeypatch
 
 def test_import_overwrite_holds_the_lock(tmp_path, small_layout, monkeypatch):
     """import --overwrite: no writer slips in between the lock check and the delete."""
-    import engramctl.table.formats.safetensors as st
+    from engramctl.table.formats.safetensors import export_safetensors
+    from engramctl.table.formats.safetensors_import import import_safetensors
 
     path = tmp_path / "t.zarr"
     make(path, small_layout, lazy=True, init="zeros")
-    st.export_safetensors(path, tmp_path / "t.safetensors")
+    export_safetensors(path, tmp_path / "t.safetensors")
     seen = []
     real_rmtree = shutil.rmtree
 
@@ -161,7 +162,7 @@ def test_import_overwrite_holds_the_lock(tmp_path, small_layout, monkeypatch):
         return real_rmtree(target, *args, **kw)
 
     monkeypatch.setattr(shutil, "rmtree", meddle_rmtree)
-    st.import_safetensors(tmp_path / "t.safetensors", path, vocab_fingerprint=FP, overwrite=True)
+    import_safetensors(tmp_path / "t.safetensors", path, vocab_fingerprint=FP, overwrite=True)
     monkeypatch.undo()
     assert seen and all("is being written by pid" in s for s in seen), seen
     assert verify_table(path, deep=True).ok

@@ -1,11 +1,11 @@
 """Table chunks: write one chunk's init values, check a written one, and record them.
 
-Shared by the local init (:func:`engramctl.table.build.create.initialize_table`, threads) and the Dask
-init (:mod:`engramctl.table.build.create_dask`, one task per chunk): :func:`write_init_chunk` writes a
-chunk atomically and returns its :class:`ChunkRecord`; :func:`chunk_is_valid` re-checks a chunk
-against its manifest entry (resume); :class:`ManifestRecorder` is the one manifest flush loop
-(record finished chunks, report progress, flush every ``MANIFEST_FLUSH_SECONDS`` and once at the
-end however the run ends); :func:`raise_init_failure` turns what stopped a run into one line.
+Shared by the local init (:func:`engramctl.table.build.create.initialize_table`, threads) and the
+Dask init (:mod:`engramctl.table.build.create_dask`, one task per chunk): :func:`write_init_chunk`
+writes a chunk atomically and returns its :class:`ChunkRecord`; :func:`chunk_is_valid` re-checks a
+chunk against its manifest entry (resume); :class:`ManifestRecorder` is the one manifest flush
+loop (record finished chunks, report progress, flush every ``MANIFEST_FLUSH_SECONDS`` and once at
+the end however the run ends); :func:`raise_init_failure` turns what stopped a run into one line.
 :func:`init_chunk` and :func:`record_chunks` let other processes write and record chunks.
 """
 
@@ -78,7 +78,8 @@ def init_chunk(path, layer_id: int, chunk_index: int) -> ChunkRecord:
 
     The values depend only on (seed, layer, row, column), so any process may write any chunk
     in any order. The manifest is not touched: pass the records to :func:`record_chunks`.
-    ``path`` may be a local path, an fsspec URL or a :class:`~engramctl.table.core.store.TableStore`.
+    ``path`` may be a local path, an fsspec URL or a
+    :class:`~engramctl.table.core.store.TableStore`.
     """
     store = open_store(path)
     meta, _ = read_group(store)

@@ -1,14 +1,15 @@
 """Creating tables: :func:`create_table` (lazy or full, resumable) and :func:`initialize_table`.
 
-A full init writes every chunk's deterministic init values (:mod:`engramctl.table.core.rowinit`), each to
-a temporary name renamed into place, from a pool of ``workers`` threads (the numba kernel runs
-without the GIL). Checksums go to the manifest in the group attributes every couple of seconds
+A full init writes every chunk's deterministic init values (:mod:`engramctl.table.core.rowinit`),
+each to a temporary name renamed into place, from a pool of ``workers`` threads (the numba kernel
+runs without the GIL). Checksums go to the manifest in the group attributes every couple of seconds
 and when the run ends, however it ends. Re-running the same command on an interrupted table
 re-checks the written chunks and writes only those missing or failing their checksum.
 
 Writing, checking and recording single chunks (and the one manifest flush loop) live in
-:mod:`engramctl.table.build.chunks`, shared with the Dask init of :mod:`engramctl.table.build.create_dask`,
-which ``create_table(..., scheduler=...)`` uses instead of the local threads.
+:mod:`engramctl.table.build.chunks`, shared with the Dask init of
+:mod:`engramctl.table.build.create_dask`, which ``create_table(..., scheduler=...)`` uses instead of
+the local threads.
 """
 
 from __future__ import annotations
@@ -26,6 +27,17 @@ from ..._system import cpu_count
 from ...cluster import open_client
 from ...errors import EngramError, UsageError
 from ...layout import EngramLayout
+from ..core.dtypes import parse_dtype
+from ..core.format import (
+    ZSTD_LEVEL,
+    TableMeta,
+    default_chunk_rows,
+    group_attrs,
+    read_group,
+)
+from ..core.rowinit import InitRecipe
+from ..core.store import LocalStore, TableStore, open_store
+from ..sources.table import TableInfo, table_info
 from .chunks import (
     InitProgress,
     ManifestRecorder,
@@ -37,18 +49,7 @@ from .chunks import (
     write_init_chunk,
 )
 from .create_dask import check_init_memory, initialize_table_dask
-from ..core.dtypes import parse_dtype
-from ..core.format import (
-    ZSTD_LEVEL,
-    TableMeta,
-    default_chunk_rows,
-    group_attrs,
-    read_group,
-)
 from .replace import clear_unborn, install_table, is_unborn, locked_path
-from ..core.rowinit import InitRecipe
-from ..core.store import LocalStore, TableStore, open_store
-from ..sources.table import TableInfo, table_info
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,18 @@ class CreateResult:
     chunks_skipped: int  # already written and checksum-valid
     bytes_written: int
     seconds: float
+
+    def to_dict(self) -> dict:
+        """The ``--json`` document of ``init-table`` and ``import``: the table's info and what
+        this run did."""
+        doc = self.info.to_dict()
+        doc.update(
+            resumed=self.resumed,
+            chunks_written_now=self.chunks_written,
+            chunks_skipped=self.chunks_skipped,
+            seconds=round(self.seconds, 3),
+        )
+        return doc
 
 
 # ---------------------------------------------------------------------------- create
@@ -184,6 +197,13 @@ def _prepare_remote(store: TableStore, meta: TableMeta, *, lazy: bool, overwrite
         store.remove()
     _upload_new_group(store, meta)
     return False
+
+
+def _create_remote(store: TableStore, meta: TableMeta, *, lazy, overwrite, initialize):
+    """Create (or resume) a table in an object store, then fill it unless lazy; returns
+    ``(resumed, (chunks written, skipped, bytes))`` as :func:`_create_local` does."""
+    resumed = _prepare_remote(store, meta, lazy=lazy, overwrite=overwrite)
+    return resumed, ((0, 0, 0) if lazy else initialize(store))
 
 
 def _resumable_beside(beside: Path, meta: TableMeta, *, lazy: bool) -> bool:
@@ -313,19 +333,14 @@ def create_table(
         compressor=compressor,
     )
     with _initializer(scheduler, workers, meta) as initialize:  # connect to Dask first
-        if store.is_local:
-            resumed, (written, skipped, nbytes) = _create_local(
-                store,
-                meta,
-                lazy=lazy,
-                overwrite=overwrite,
-                initialize=lambda target: initialize(target, progress),
-            )
-        else:
-            resumed = _prepare_remote(store, meta, lazy=lazy, overwrite=overwrite)
-            written = skipped = nbytes = 0
-            if not lazy:
-                written, skipped, nbytes = initialize(store, progress)
+        create = _create_local if store.is_local else _create_remote
+        resumed, (written, skipped, nbytes) = create(
+            store,
+            meta,
+            lazy=lazy,
+            overwrite=overwrite,
+            initialize=lambda target: initialize(target, progress),
+        )
     meta, manifest = read_group(store)
     return CreateResult(
         path=store.url,

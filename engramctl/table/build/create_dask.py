@@ -4,9 +4,9 @@
 (``create_table(..., scheduler=...)``). The table metadata goes to the workers once (one task whose
 result the chunk tasks share), then one task per chunk re-checks a chunk the manifest already lists
 (its bytes against the recorded CRC-32, so a resumed init skips good chunks) or writes the chunk's
-deterministic init values with :func:`engramctl.table.build.chunks.write_init_chunk`. The values depend
-only on (seed, layer, row, column), so which worker writes which chunk, and how often (a killed
-worker's tasks are re-run by Dask), never changes a byte of the table.
+deterministic init values with :func:`engramctl.table.build.chunks.write_init_chunk`. The values
+depend only on (seed, layer, row, column), so which worker writes which chunk, and how often (a
+killed worker's tasks are re-run by Dask), never changes a byte of the table.
 
 Only the client touches the manifest: it records finished chunks as futures complete (every
 couple of seconds and at the end, however the run ends), so an interrupted run resumes like a
@@ -21,6 +21,8 @@ from collections.abc import Callable
 
 from ...cluster import check_worker_memory, check_workers_see, open_client, submit_shared
 from ...errors import EngramError
+from ..core.format import TableMeta, read_group
+from ..core.store import TableStore
 from .chunks import (
     ChunkRecord,
     InitProgress,
@@ -30,8 +32,6 @@ from .chunks import (
     raise_init_failure,
     write_init_chunk,
 )
-from ..core.format import TableMeta, read_group
-from ..core.store import TableStore
 
 log = logging.getLogger(__name__)
 

@@ -149,21 +149,3 @@ def decode_rows(raw: np.ndarray, dtype: str, dim: int) -> np.ndarray:
     scales = ue8m0_scales(raw[:, dim:])  # bit-exact with the engines' exponent shift
     with np.errstate(over="ignore"):  # 448 * 2**127 is inf in float32, as on the engines
         return (values * scales[:, :, None]).reshape(n, dim)
-
-
-def to_torch(raw: np.ndarray, dtype: str, dim: int):
-    """View gathered rows as torch tensors without copying (torch is imported here, lazily).
-
-    Returns one tensor ``[n, dim]`` of ``torch.float32``/``float16``/``bfloat16``, or for
-    float8_e4m3fn a pair ``(values [n, dim] torch.float8_e4m3fn, scales [n, dim/32] uint8)``,
-    both views into ``raw`` (strided: a row's values and scales sit side by side).
-    """
-    import torch
-
-    dtype = parse_dtype(dtype)
-    tensor = torch.from_numpy(np.asarray(raw))
-    if dtype == "bfloat16":
-        return tensor.view(torch.bfloat16)
-    if dtype == "float8_e4m3fn":
-        return tensor[:, :dim].view(torch.float8_e4m3fn), tensor[:, dim:]
-    return tensor

@@ -15,18 +15,20 @@ written into a temporary directory renamed into place at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..._files import check_free_space
+from ..._system import format_bytes
 from ...errors import EngramError, UsageError
 from ...model_config import CONFIG_NAME, EngramModelConfig
 from ..core.checkpoint import INDEX_NAME, SCALE_DTYPE, SCALE_NAME, WEIGHT_DTYPE, WEIGHT_NAME
@@ -61,6 +63,19 @@ class CheckpointExportResult:
             "mean_relative_error": self.mean_relative_error,
             "seconds": round(self.seconds, 3),
         }
+
+    def summary(self) -> str:
+        """What was written, in one line (with the quantization error of a float table)."""
+        error = (
+            f"; quantized to e4m3 + ue8m0, relative error per row max "
+            f"{self.max_relative_error:.4f}, mean {self.mean_relative_error:.4f}"
+            if self.quantized
+            else ""
+        )
+        return (
+            f"{len(self.shards)} shards, {len(self.tensors)} tensors, "
+            f"{format_bytes(self.bytes_written)} in {self.seconds:.1f}s{error}"
+        )
 
 
 def parse_shard_size(text) -> int:
@@ -124,79 +139,32 @@ def export_checkpoint(
     table_path,
     out_dir,
     *,
-    max_shard_size: int = DEFAULT_MAX_SHARD_BYTES,
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_BYTES,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> CheckpointExportResult:
-    """Write a table as a DeepSeek-style checkpoint directory (see the module docstring)."""
+    """Write a table as a DeepSeek-style checkpoint directory (see the module docstring).
+
+    ``max_shard_size``: bytes, or text such as ``"5GB"`` (:func:`parse_shard_size`).
+    """
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    if max_shard_size < 1:
-        raise UsageError(f"--max-shard-size must be positive, got {max_shard_size}")
-    if out_dir.exists() and not overwrite:
-        raise EngramError(f"{out_dir} exists; pass --overwrite to replace it")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise EngramError(f"{out_dir} is a file; give a directory name")
-    if not out_dir.parent.is_dir():
-        raise EngramError(f"directory {out_dir.parent} does not exist; create it first")
+    max_shard_size = parse_shard_size(max_shard_size)
+    _check_target(out_dir, overwrite=overwrite)
     table = open_table(table_path)
     try:
         meta = table.meta
-        if meta.dim % FP8_SCALE_BLOCK:
-            raise UsageError(
-                f"--format deepseek needs dim divisible by {FP8_SCALE_BLOCK} (ue8m0 blocks), "
-                f"the table has {meta.dim}"
-            )
-        config = EngramModelConfig.from_layout(meta.layout, head_dim=meta.dim)
-        width = meta.dim // FP8_SCALE_BLOCK
-        tensors, where = [], {}
-        for layer_id, layer in meta.layers.items():
-            for name, dtype, cols in (
-                (WEIGHT_NAME, WEIGHT_DTYPE, meta.dim),
-                (SCALE_NAME, SCALE_DTYPE, width),
-            ):
-                tensors.append(
-                    (name.format(layer=layer_id), dtype, [layer.rows, cols], layer.rows * cols)
-                )
+        config = _model_config(meta)
+        tensors = _checkpoint_tensors(meta)
         shards = plan_shards(tensors, max_shard_size)
         names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
         total = sum(t[3] for t in tensors)
         check_free_space(out_dir.parent, total + 2**20 * len(shards))
-        tmp = out_dir.with_name(f".{out_dir.name}.exporting-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        try:
-            fds = {}
-            for shard_name, shard in zip(names, shards, strict=True):
-                header = safetensors_header(shard)
-                fd = fds[shard_name] = os.open(tmp / shard_name, os.O_WRONLY | os.O_CREAT, 0o644)
-                os.write(fd, header)
-                os.ftruncate(fd, len(header) + sum(t[3] for t in shard))
-                offset = len(header)
-                for tensor in shard:
-                    where[tensor[0]] = (shard_name, offset)
-                    offset += tensor[3]
-            errors = _write_rows(table, fds, where, progress, total)
-            for fd in fds.values():
-                os.fsync(fd)
-                os.close(fd)
+        with _staged(out_dir) as tmp:
+            where, errors = _write_shards(tmp, table, dict(zip(names, shards, strict=True)),
+                                          progress=progress, total=total)  # fmt: skip
             weight_map = {t[0]: where[t[0]][0] for t in tensors}
-            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
-            doc = config.to_dict() | {
-                "engramctl_export": {
-                    "table": str(table.path),
-                    "vocab_fingerprint": meta.vocab_fingerprint,
-                }
-            }
-            (tmp / CONFIG_NAME).write_text(json.dumps(doc, indent=2) + "\n")
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            os.replace(tmp, out_dir)
-        except OSError as exc:
-            raise EngramError(f"cannot write {out_dir}: {exc.strerror or exc}") from exc
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _write_index_and_config(tmp, weight_map, total, config, table)
     finally:
         table.close()
     count, worst, summed = errors
@@ -210,6 +178,93 @@ def export_checkpoint(
         worst,
         summed / count if count else 0.0,
     )
+
+
+def _check_target(out_dir: Path, *, overwrite: bool) -> None:
+    """Refuse an existing output without ``overwrite``, a file, or a missing parent."""
+    if out_dir.exists() and not overwrite:
+        raise EngramError(f"{out_dir} exists; pass --overwrite to replace it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EngramError(f"{out_dir} is a file; give a directory name")
+    if not out_dir.parent.is_dir():
+        raise EngramError(f"directory {out_dir.parent} does not exist; create it first")
+
+
+def _model_config(meta) -> EngramModelConfig:
+    """The ``engram_*`` config of the table's layout; refuses a dim that is no ue8m0 block
+    multiple."""
+    if meta.dim % FP8_SCALE_BLOCK:
+        raise UsageError(
+            f"--format deepseek needs dim divisible by {FP8_SCALE_BLOCK} (ue8m0 blocks), "
+            f"the table has {meta.dim}"
+        )
+    return EngramModelConfig.from_layout(meta.layout, head_dim=meta.dim)
+
+
+def _checkpoint_tensors(meta) -> list[tuple[str, str, list[int], int]]:
+    """``(name, dtype, shape, nbytes)`` of each layer's weight and scale, in file order."""
+    width = meta.dim // FP8_SCALE_BLOCK
+    tensors = []
+    for layer_id, layer in meta.layers.items():
+        for name, dtype, cols in (
+            (WEIGHT_NAME, WEIGHT_DTYPE, meta.dim),
+            (SCALE_NAME, SCALE_DTYPE, width),
+        ):
+            tensors.append(
+                (name.format(layer=layer_id), dtype, [layer.rows, cols], layer.rows * cols)
+            )
+    return tensors
+
+
+@contextlib.contextmanager
+def _staged(out_dir: Path) -> Iterator[Path]:
+    """A fresh temporary directory beside ``out_dir``, renamed to ``out_dir`` (replacing it) when
+    the block ends well and removed however it ends; an OSError in the block is one line."""
+    tmp = out_dir.with_name(f".{out_dir.name}.exporting-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except OSError as exc:
+        raise EngramError(f"cannot write {out_dir}: {exc.strerror or exc}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_shards(tmp: Path, table, shards: dict, *, progress, total: int):
+    """Write every shard (header, then each chunk of rows at its place); returns where each
+    tensor's data starts ``{name: (shard, offset)}`` and the quantization error measures."""
+    fds, where = {}, {}
+    for shard_name, shard in shards.items():
+        header = safetensors_header(shard)
+        fd = fds[shard_name] = os.open(tmp / shard_name, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, header)
+        os.ftruncate(fd, len(header) + sum(t[3] for t in shard))
+        offset = len(header)
+        for tensor in shard:
+            where[tensor[0]] = (shard_name, offset)
+            offset += tensor[3]
+    errors = _write_rows(table, fds, where, progress, total)
+    for fd in fds.values():
+        os.fsync(fd)
+        os.close(fd)
+    return where, errors
+
+
+def _write_index_and_config(tmp: Path, weight_map: dict, total: int, config, table) -> None:
+    """``model.safetensors.index.json`` and a ``config.json`` that records the table exported."""
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+    doc = config.to_dict() | {
+        "engramctl_export": {
+            "table": str(table.path),
+            "vocab_fingerprint": table.meta.vocab_fingerprint,
+        }
+    }
+    (tmp / CONFIG_NAME).write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def relative_row_errors(values: np.ndarray, quantized: np.ndarray) -> np.ndarray:

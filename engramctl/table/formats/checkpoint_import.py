@@ -128,6 +128,41 @@ def _prepare_target(out_path: Path, meta: TableMeta, *, overwrite: bool) -> bool
     raise EngramError(f"{out_path} exists; pass --overwrite to replace it")
 
 
+def _check_link_options(link: bool, *, dtype: str, compressor: str) -> None:
+    """Refuse what a link cannot do: convert the rows, or compress chunks it does not have."""
+    if link and dtype != FP8:
+        raise UsageError(
+            f"--link with --dtype {dtype}: a link reads the checkpoint's fp8 bytes as they are "
+            "and cannot convert; drop --link to copy and convert"
+        )
+    if link and compressor != "none":
+        raise UsageError("--link with --compressor: a link has no chunks to compress")
+
+
+def _import_plan(checkpoint: Checkpoint, vocab, layers, out_path: Path, *, link: bool, dtype: str,
+                 chunk_rows: int | None, compressor: str) -> tuple[dict, TableMeta]:  # fmt: skip
+    """The checkpoint tensors of the selected layers, and the new table's metadata recording
+    where they lie (a link: status complete; a copy: initializing until every chunk is in)."""
+    layout = checkpoint_layout(checkpoint, vocab)
+    selected = _select_layers(layout, layers)
+    tensors = checkpoint.engram_tensors(layout, selected)
+    mode = LINK_MODE if link else COPY_MODE
+    sources = sources_record(tensors, out_path, mode=mode, checkpoint=checkpoint.path)
+    status = "complete" if link else "initializing"
+    meta = _table_meta(
+        layout,
+        vocab.fingerprint,
+        checkpoint.config.head_dim,
+        dtype,
+        chunk_rows,
+        compressor,
+        selected,
+        sources,
+        status,
+    )
+    return tensors, meta
+
+
 def import_checkpoint(
     checkpoint_dir,
     out_path,
@@ -164,31 +199,10 @@ def import_checkpoint(
     started = time.perf_counter()
     out_path = Path(out_path)
     dtype = parse_dtype(dtype) if dtype else FP8
-    if link and dtype != FP8:
-        raise UsageError(
-            f"--link with --dtype {dtype}: a link reads the checkpoint's fp8 bytes as they are "
-            "and cannot convert; drop --link to copy and convert"
-        )
-    if link and compressor != "none":
-        raise UsageError("--link with --compressor: a link has no chunks to compress")
+    _check_link_options(link, dtype=dtype, compressor=compressor)
     checkpoint = open_checkpoint(checkpoint_dir)
-    layout = checkpoint_layout(checkpoint, vocab)
-    selected = _select_layers(layout, layers)
-    tensors = checkpoint.engram_tensors(layout, selected)
-    mode = LINK_MODE if link else COPY_MODE
-    sources = sources_record(tensors, out_path, mode=mode, checkpoint=checkpoint.path)
-    status = "complete" if link else "initializing"
-    meta = _table_meta(
-        layout,
-        vocab.fingerprint,
-        checkpoint.config.head_dim,
-        dtype,
-        chunk_rows,
-        compressor,
-        selected,
-        sources,
-        status,
-    )
+    tensors, meta = _import_plan(checkpoint, vocab, layers, out_path, link=link, dtype=dtype,
+                                 chunk_rows=chunk_rows, compressor=compressor)  # fmt: skip
     resumed = _prepare_target(out_path, meta, overwrite=overwrite)
     written = skipped = 0
     if not resumed:
@@ -208,6 +222,41 @@ def import_checkpoint(
         skipped,
         written * meta.chunk_bytes,
         time.perf_counter() - started,
+    )
+
+
+def import_checkpoint_dir(
+    checkpoint_dir,
+    out_path,
+    *,
+    vocab=None,
+    layers: str | None = None,
+    link: bool = False,
+    dtype: str | None = None,
+    chunk_rows: int | None = None,
+    compressor: str = "none",
+    overwrite: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> CreateResult:
+    """``import CKPT_DIR``: :func:`import_checkpoint` from the command's options.
+
+    ``vocab`` is the canonical vocab's Parquet path (default: built from the checkpoint's
+    ``tokenizer.json``) and ``layers`` the ``--layers`` text (``"1,15"``).
+    """
+    from ...layout import parse_int_list
+
+    vocab_map = checkpoint_vocab(checkpoint_dir, vocab)
+    return import_checkpoint(
+        checkpoint_dir,
+        out_path,
+        vocab=vocab_map,
+        layers=parse_int_list(layers, name="--layers") if layers is not None else None,
+        link=link,
+        dtype=dtype,
+        chunk_rows=chunk_rows,
+        compressor=compressor,
+        overwrite=overwrite,
+        progress=progress,
     )
 
 
@@ -309,4 +358,4 @@ def _copy_rows(out_path: Path, tensors, *, resumed: bool, progress, workers=None
     return recorder.done, len(valid)
 
 
-__all__ = ["import_checkpoint", "checkpoint_vocab", "checkpoint_layout"]
+__all__ = ["import_checkpoint", "import_checkpoint_dir", "checkpoint_vocab", "checkpoint_layout"]

@@ -15,7 +15,6 @@ from engramctl.table.core.dtypes import (
     float32_to_bf16_bits,
     row_width,
     storage_dtype,
-    to_torch,
 )
 from engramctl.table.core.fp8 import fp8_e4m3fn_decode, fp8_e4m3fn_encode, ue8m0_block_scales
 
@@ -97,19 +96,6 @@ def test_decode_rejects_wrong_shapes():
         decode_rows(np.zeros((2, 64), np.uint8), "float8_e4m3fn", 64)
     with pytest.raises(UsageError, match="divisible by 32"):
         encode_rows(np.zeros((2, 48), np.float32), "float8_e4m3fn")
-
-
-def test_to_torch_views_without_copy():
-    rng = np.random.default_rng(4)
-    stored = encode_rows(rng.standard_normal((5, 64)).astype(np.float32), "float8_e4m3fn")
-    values, scales = to_torch(stored, "float8_e4m3fn", 64)
-    assert values.dtype == torch.float8_e4m3fn and tuple(values.shape) == (5, 64)
-    assert values.data_ptr() == stored.ctypes.data  # a view, not a copy
-    decoded = values.float() * torch.exp2(scales.float() - 127).repeat_interleave(32, dim=1)
-    np.testing.assert_array_equal(decoded.numpy(), decode_rows(stored, "float8_e4m3fn", 64))
-    bf = encode_rows(rng.standard_normal((5, 8)).astype(np.float32), "bfloat16")
-    tensor = to_torch(bf, "bfloat16", 8)
-    assert tensor.dtype == torch.bfloat16 and tensor.data_ptr() == bf.ctypes.data
 
 
 @settings(max_examples=50, deadline=None)

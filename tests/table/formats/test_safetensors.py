@@ -12,11 +12,8 @@ import pytest
 from engramctl.errors import EngramError
 from engramctl.table.build.create import create_table
 from engramctl.table.core.dtypes import decode_rows, encode_rows
-from engramctl.table.formats.safetensors import (
-    export_safetensors,
-    import_safetensors,
-    read_safetensors_header,
-)
+from engramctl.table.formats.safetensors import export_safetensors, read_safetensors_header
+from engramctl.table.formats.safetensors_import import import_safetensors
 from engramctl.table.sources.table import open_table
 from engramctl.table.verify import verify_table
 from tests.conftest import make_layout
