@@ -26,9 +26,8 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
@@ -82,7 +81,8 @@ def _spilled(directory: Path, parts: int, order: int):
     return read
 
 
-class _FirstPass(NamedTuple):
+@dataclass(frozen=True)
+class _FirstPass:
     """What pass 0 read (every later pass reads the same tokens): the report's totals."""
 
     tokens: int
@@ -165,7 +165,7 @@ def _count_partitions(
         counted += 1
         del counter  # free this partition's maps before the next pass builds its own
     if counted < parts and not first.stopped:
-        first = first._replace(stopped="interrupted")
+        first = replace(first, stopped="interrupted")
     return first, counted
 
 
