@@ -45,6 +45,7 @@ def run_cache_plan_job(
     vocab,
     layout: ResolvedLayout,
     progress: Callable[[str, int, int], None] | None = None,
+    before_saving: Callable[[CachePlan], None] | None = None,
 ) -> CachePlan:
     """Plan the cache of ``job``'s workload for the layers ``layout`` picks; write its files.
 
@@ -55,6 +56,7 @@ def run_cache_plan_job(
     layout : the layout, the layers to plan and the row shape served
         (:func:`engramctl.layout.resolve_layout`); ``job.dtype`` overrides its dtype.
     progress : ``progress(stage, done, total)``, called while hashing.
+    before_saving : called with the plan once it is made, before its files are written.
 
     Returns
     -------
@@ -74,6 +76,8 @@ def run_cache_plan_job(
         points=job.points, warmup_fraction=job.warmup_fraction, tokens_per_s=job.tokens_per_s,
         policies=job.policies, spill_dir=job.spill_dir, progress=progress,
     )  # fmt: skip
+    if before_saving is not None:
+        before_saving(plan)
     if job.report is not None:
         with atomic_write(job.report, "w") as handle:
             handle.write(plan.to_json() + "\n")

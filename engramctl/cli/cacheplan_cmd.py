@@ -152,6 +152,7 @@ def cache_plan_command(
         plan = run_cache_plan_job(
             job=job, vocab=vocab_map, layout=resolved,
             progress=lambda stage, done, total: update(done, total),
+            before_saving=lambda plan: update.close(),  # no bar while the files are written
         )  # fmt: skip
     if json_out:
         typer.echo(plan.to_json())

@@ -198,24 +198,33 @@ def hash_stats_command(
 
 @contextlib.contextmanager
 def _display(*, note, job):
-    """The ``on_plan`` note and the ``progress`` bar of a run (none with ``-q``)."""
+    """The hooks of a run: the ``on_plan`` note, then the ``progress`` bar (none with ``-q``),
+    taken down ``before_saving`` the files."""
     import time
 
     quiet = STATE["quiet"]
-    started = [time.perf_counter()]  # the rate counts from the start of the pass
+    started, bar = time.perf_counter(), None
     detail = "{docs:,} docs, {rate:,.0f} tok/s"
-    with progress("hash-stats", enabled=not quiet, detail=detail, transient=True) as update:
+    with contextlib.ExitStack() as stack:
 
         def on_plan(plan):
+            nonlocal started, bar
             if not quiet:
                 _note_plan(plan, note, on_workers=bool(job.scheduler))
-            started[0] = time.perf_counter()
+            started = time.perf_counter()  # the bar and its rate start with the pass
+            bar = stack.enter_context(
+                progress("hash-stats", enabled=not quiet, detail=detail, transient=True)
+            )
 
         def on_progress(done, total, docs, tokens):
-            rate = tokens / max(time.perf_counter() - started[0], 1e-9)
-            update(done, total, docs=docs, rate=rate)
+            rate = tokens / max(time.perf_counter() - started, 1e-9)
+            bar(done, total, docs=docs, rate=rate)
 
-        yield {"on_plan": on_plan, "progress": on_progress}
+        yield {
+            "on_plan": on_plan,
+            "progress": on_progress,
+            "before_saving": lambda report: bar.close(),  # no bar while the files are written
+        }
 
 
 def _note_plan(plan, note, *, on_workers: bool) -> None:

@@ -75,6 +75,7 @@ def run_hash_stats_job(
     layout: ResolvedLayout,
     on_plan: Callable[[HashStatsPlan], None] | None = None,
     progress: Callable[[int, int, int, int], None] | None = None,
+    before_saving: Callable[[HashStatsReport], None] | None = None,
 ) -> HashStatsOutcome:
     """Run ``job`` over the layers ``layout`` picks and save its files.
 
@@ -86,6 +87,7 @@ def run_hash_stats_job(
     on_plan : called with the plan once the inputs are found and the memory bounded, before the
         pass starts.
     progress : called after each batch with ``(bytes done, bytes total, documents, tokens)``.
+    before_saving : called with the report once the pass is over, before its files are written.
 
     Returns
     -------
@@ -108,6 +110,8 @@ def run_hash_stats_job(
     if on_plan is not None:
         on_plan(plan)
     report = _count(plan, job.scheduler, vocab=vocab, tokenizer=tokenizer, progress=progress)
+    if before_saving is not None:
+        before_saving(report)
     return HashStatsOutcome(report, _save(report, job))
 
 

@@ -33,7 +33,12 @@ def test_the_job_writes_the_plan_it_returns(tmp_path, ds_vocab, chat, resolved):
         paths=(str(chat),), batch=4, sizes=(100, 1000), dtype="float16",
         report=tmp_path / "plan.json", plot=tmp_path / "plan.png",
     )  # fmt: skip
-    plan = run_cache_plan_job(job=job, vocab=ds_vocab, layout=resolved)
+    before = []
+    plan = run_cache_plan_job(
+        job=job, vocab=ds_vocab, layout=resolved,
+        before_saving=lambda made: before.append((made, (tmp_path / "plan.json").exists())),
+    )  # fmt: skip
+    assert before == [(plan, False)]
     assert (tmp_path / "plan.json").read_text() == plan.to_json() + "\n"
     assert (tmp_path / "plan.png").read_bytes()[:4] == b"\x89PNG"
     direct = plan_workload(

@@ -19,3 +19,20 @@ def test_byte_progress_uses_binary_units(monkeypatch, capsys):
     text = capsys.readouterr().err.splitlines()[-1]
     assert "5.0/50.0 MiB" in text and "3.0 MiB/s" in text, text
     assert "MB" not in text, text
+
+
+def test_close_takes_a_terminal_bar_down_before_the_block_ends(monkeypatch):
+    import io
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=100)
+    monkeypatch.setattr(progress_module, "err_console", console)
+    with progress_module.progress("count", unit="steps", transient=True) as update:
+        update(1, 10)
+        assert update.bar.live.is_started
+        update.close()
+        assert not update.bar.live.is_started
+        shown = screen.getvalue()
+        update(5, 10)  # after close: ignored, nothing drawn
+        assert update.bar.tasks[0].completed == 1
+    assert screen.getvalue() == shown  # the block's end stops nothing twice

@@ -31,8 +31,12 @@ def resolved(ds_vocab):
 def test_the_job_reports_what_the_plan_and_pass_report(tmp_path, ds_vocab, stream, resolved):
     options = CorpusOptions(doc_sep_id=7, batch_tokens=1000)
     job = HashStatsJob(inputs=(str(stream),), corpus=options, sweep=(500,), report=tmp_path / "r")
-    seen = []
-    outcome = run_hash_stats_job(job=job, vocab=ds_vocab, layout=resolved, on_plan=seen.append)
+    seen, before = [], []
+    outcome = run_hash_stats_job(
+        job=job, vocab=ds_vocab, layout=resolved, on_plan=seen.append,
+        before_saving=lambda report: before.append((report, (tmp_path / "r").exists())),
+    )  # fmt: skip
+    assert before == [(outcome.report, False)]  # called once counted, before the file is written
     plan = plan_hash_stats([str(stream)], layout=resolved.layout, options=options, sweep=(500,))
     direct = run_hash_stats(plan, vocab=ds_vocab)
     assert seen[0].files == plan.files and seen[0].memory_estimate == plan.memory_estimate
