@@ -61,7 +61,7 @@ def main() -> None:
     from engramctl.corpus.files import CorpusOptions
     from engramctl.corpus.shards import split_files
     from engramctl.stats.run import finalize, plan_hash_stats, run_hash_stats
-    from engramctl.stats.run_dask import _Setup, count_shard, merge_counts, run_hash_stats_dask
+    from engramctl.stats.run_dask import ShardSetup, count_shard, merge_counts, run_hash_stats_dask
 
     vocab = CanonicalVocab.from_tokenizer("deepseek-v4")
     layout = EngramLayout.from_preset(args.preset, vocab_size=vocab.canonical_vocab_size)
@@ -81,7 +81,7 @@ def main() -> None:
         single = run_hash_stats(plan, vocab=vocab)
         results = {"single process": (time.perf_counter() - started, None)}
 
-        setup = _Setup(vocab, None, replace(plan, files=[], max_memory=2**62))
+        setup = ShardSetup(vocab, None, replace(plan, files=[], max_memory=2**62))
         shards = split_files(plan.files, plan.options, shard_bytes)
         parts = [count_shard(s, setup) for s in shards]
         started = time.perf_counter()

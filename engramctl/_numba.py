@@ -13,7 +13,7 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def _cache_dir_is_writable(path: Path) -> bool:
+def cache_dir_is_writable(path: Path) -> bool:
     """Create ``path`` if needed and check a file can be written there."""
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -39,11 +39,11 @@ def configure_cache_dir(package_dir: Path | None = None) -> str | None:
     if os.environ.get("NUMBA_CACHE_DIR"):
         return None
     package_dir = PACKAGE_DIR if package_dir is None else Path(package_dir)
-    if _cache_dir_is_writable(package_dir / "__pycache__"):
+    if cache_dir_is_writable(package_dir / "__pycache__"):
         return None
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     cache = base / "engramctl" / "numba"
-    if not _cache_dir_is_writable(cache):
+    if not cache_dir_is_writable(cache):
         return None
     os.environ["NUMBA_CACHE_DIR"] = str(cache)
     if "numba.core.config" in sys.modules:  # numba read the environment already
@@ -56,9 +56,9 @@ def cache_is_possible(package_dir: Path | None = None) -> bool:
     ``__pycache__`` or the fallback chosen by :func:`configure_cache_dir`."""
     chosen = os.environ.get("NUMBA_CACHE_DIR")
     if chosen:
-        return _cache_dir_is_writable(Path(chosen))
+        return cache_dir_is_writable(Path(chosen))
     package_dir = PACKAGE_DIR if package_dir is None else Path(package_dir)
-    return _cache_dir_is_writable(package_dir / "__pycache__")
+    return cache_dir_is_writable(package_dir / "__pycache__")
 
 
 configure_cache_dir()
@@ -84,4 +84,5 @@ __all__ = [
     "set_num_threads",
     "configure_cache_dir",
     "cache_is_possible",
+    "cache_dir_is_writable",
 ]

@@ -2,7 +2,8 @@
 
 import-linter checks modules (layers, no cycles, no typer/rich below the CLI, private modules);
 these tests check names: no module imports another module's ``_private`` name or reaches into
-another object's ``_private`` attribute, and no module grows past ~500 lines.
+another object's ``_private`` attribute (in the package and in the tests: a test goes through
+public names, or through a private *module* imported whole), and no module grows past ~500 lines.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import pytest
 import engramctl
 
 PACKAGE = Path(engramctl.__file__).parent
+TESTS = Path(__file__).parent
 MAX_LINES = 520
+# Calls that name an attribute by a string: setattr(obj, "_x", ...), monkeypatch.setattr(...).
+BY_NAME = ("setattr", "getattr", "delattr", "hasattr")
 
 
-def _modules():
-    return sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
+def _modules(root: Path = PACKAGE):
+    return sorted(p for p in root.rglob("*.py") if "__pycache__" not in p.parts)
 
 
 def _is_private(name: str) -> bool:
@@ -40,11 +44,33 @@ def _target_dir(path: Path, node: ast.ImportFrom) -> Path:
     return base
 
 
+def _ours(module: str | None) -> bool:
+    """An import of the package or of the tests (whose helpers other tests import)."""
+    return (module or "").split(".")[0] in ("engramctl", "tests")
+
+
+def _named_by_string(node: ast.Call) -> str | None:
+    """The private attribute a ``setattr``-like call names by a string, if any: the second
+    argument (``setattr(obj, "_x", v)``), or the last part of a dotted target
+    (``monkeypatch.setattr("engramctl.m._x", v)``)."""
+    func = node.func
+    name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", None)
+    if name not in BY_NAME or not node.args:
+        return None
+    strings = [a.value for a in node.args[:2] if isinstance(a, ast.Constant)]
+    strings = [s for s in strings if isinstance(s, str)]
+    for text in strings:
+        last = text.rsplit(".", 1)[-1]
+        if _is_private(last) and ("." not in text or _ours(text)):
+            return last
+    return None
+
+
 def _private_reach_ins(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.level or "engramctl" in (node.module or "")):
+        if isinstance(node, ast.ImportFrom) and (node.level or _ours(node.module)):
             target = _target_dir(path, node)
             for alias in node.names:
                 is_module = (target / f"{alias.name}.py").exists() or (target / alias.name).is_dir()
@@ -54,6 +80,8 @@ def _private_reach_ins(path: Path) -> list[str]:
             owner = node.value
             if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")):
                 found.append(f"{path.name}:{node.lineno} reaches into .{node.attr}")
+        elif isinstance(node, ast.Call) and (name := _named_by_string(node)):
+            found.append(f"{path.name}:{node.lineno} names .{name} by a string")
     return found
 
 
@@ -62,10 +90,40 @@ def test_no_private_reach_ins():
     assert not found, "private names used across modules:\n" + "\n".join(found)
 
 
+def test_no_private_reach_ins_from_the_tests():
+    found = [
+        f"{path.relative_to(TESTS).as_posix()}:{hit.split(':', 1)[1]}"
+        for path in _modules(TESTS)
+        for hit in _private_reach_ins(path)
+    ]
+    assert not found, "private names used by tests:\n" + "\n".join(found)
+
+
 def test_the_check_catches_a_reach_in(tmp_path):
     probe = tmp_path / "probe.py"
-    probe.write_text("from engramctl.hashing import _private_thing\nx = other._secret\n")
-    assert len(_private_reach_ins(probe)) == 2
+    probe.write_text(
+        "from engramctl.hashing import _private_thing\n"
+        "from tests.stats.test_stats import _helper\n"
+        "x = other._secret\n"
+        "monkeypatch.setattr(module, '_flag', True)\n"
+        "monkeypatch.setattr('engramctl.hashing._flag', True)\n"
+        "getattr(obj, '_hidden')\n"
+    )
+    assert len(_private_reach_ins(probe)) == 6
+
+
+def test_the_check_lets_private_modules_and_public_names_pass(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import engramctl._files as files\n"
+        "from engramctl import _numba\n"
+        "from engramctl.hashing import NgramHasher\n"
+        "monkeypatch.setattr(files, 'atomic_write', None)\n"
+        "monkeypatch.setattr(_numba.os, 'environ', {})\n"
+        "monkeypatch.setattr('os.environ', {})\n"
+        "setattr(obj, '__doc__', '')\n"
+    )
+    assert _private_reach_ins(probe) == []
 
 
 def test_no_module_over_the_size_limit():

@@ -22,12 +22,12 @@ def clean_env(monkeypatch, tmp_path):
 
 def make_read_only(monkeypatch, read_only_root: Path) -> None:
     """Make everything under ``read_only_root`` unwritable (also for root, who ignores chmod)."""
-    real = _numba._cache_dir_is_writable
+    real = _numba.cache_dir_is_writable
 
     def fake(path: Path) -> bool:
         return not Path(path).is_relative_to(read_only_root) and real(path)
 
-    monkeypatch.setattr(_numba, "_cache_dir_is_writable", fake)
+    monkeypatch.setattr(_numba, "cache_dir_is_writable", fake)
 
 
 def test_writable_package_dir_keeps_numbas_default(clean_env):
@@ -86,5 +86,5 @@ def test_real_read_only_directory(clean_env):
 def test_probe_refuses_a_file(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert not _numba._cache_dir_is_writable(blocker / "__pycache__")
-    assert _numba._cache_dir_is_writable(tmp_path / "new" / "dir")
+    assert not _numba.cache_dir_is_writable(blocker / "__pycache__")
+    assert _numba.cache_dir_is_writable(tmp_path / "new" / "dir")

@@ -9,6 +9,7 @@ requested size over the accesses after the warm-up: ``lru`` and ``pager`` from o
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import time
@@ -99,6 +100,10 @@ class CachePlan:
         doc["layers"] = {str(k): v.to_dict() for k, v in self.layers.items()}
         doc["all_layers"] = {p: [c.to_dict() for c in pts] for p, pts in self.all_layers.items()}
         return doc
+
+    def to_json(self) -> str:
+        """The plan as one indented JSON document (what ``cache-plan --json`` prints)."""
+        return json.dumps(self.to_dict(), indent=2)
 
 
 # ------------------------------------------------------------------------------ checks

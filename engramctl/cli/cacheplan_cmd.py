@@ -1,8 +1,12 @@
-"""``engramctl cache-plan``: how much fast memory serving a workload needs."""
+"""``engramctl cache-plan``: how much fast memory serving a workload needs.
+
+The command parses its flags into a :class:`engramctl.cacheplan.job.CachePlanJob`, calls
+:func:`engramctl.cacheplan.job.run_cache_plan_job`, and renders the plan (rich tables, or the
+JSON document with ``--json``).
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -14,16 +18,81 @@ from .app import STATE, command, console
 from .options import Dtype, JsonFlag, LayoutFlags, VocabOpt, load_vocab, resolve_layout_flags
 from .progress import progress
 
+# The options of cache-plan alone (the shared ones are in .options).
+WorkloadArg = Annotated[
+    list[str],
+    typer.Argument(
+        help="Workload files (any corpus hash-stats reads; 2-D .npy: one sequence per row)."
+    ),
+]
+TableOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--table",
+        help="Take the layout, row width and dtype from this table (path or URL).",
+        rich_help_panel="Layout",
+    ),
+]
+TokenizerOpt = Annotated[
+    str, typer.Option("--tokenizer", help="Tokenizer for text (must match the vocab).")
+]
+BatchOpt = Annotated[int, typer.Option("--batch", help="Sequences per batch (as eval --batch).")]
+SeqLenOpt = Annotated[
+    int, typer.Option("--seq-len", help="Tokens per window of text (the model's length).")
+]
+SizesOpt = Annotated[
+    str | None,
+    typer.Option("--sizes", help="Cache sizes in rows per layer, e.g. 64k,1M,16M."),
+]
+PointsOpt = Annotated[
+    int, typer.Option("--points", help="Without --sizes: this many log-spaced sizes.")
+]
+WarmupOpt = Annotated[
+    float,
+    typer.Option(
+        "--warmup-fraction",
+        help="First batches that warm the caches (and rank the static one), not counted.",
+    ),
+]
+DtypeOpt = Annotated[
+    Dtype | None,
+    typer.Option("--dtype", help="Row dtype served (default: the table's or preset's)."),
+]
+TokensPerSOpt = Annotated[
+    float | None,
+    typer.Option("--tokens-per-s", help="Target throughput: report the bandwidth each size needs."),
+]
+PolicyOpt = Annotated[
+    str,
+    typer.Option(
+        "--policy",
+        help="Policies: lru (textbook), pager (what eval's RowPager does), static "
+        "(warm-up's top rows), opt (Belady's bound; one simulation per size, slower).",
+    ),
+]
+SpillDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--spill-dir",
+        help="Where opt spills the trace (4 B per access and layer, 12 B while it runs; "
+        "removed afterwards). Default: the system's temporary directory.",
+    ),
+]
+ReportOpt = Annotated[
+    Path | None, typer.Option("--report", help="Also write the JSON document to this file.")
+]
+PlotOpt = Annotated[
+    Path | None, typer.Option("--plot", help="Write a PNG of hit rate against cache size.")
+]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace existing --report/--plot files.")
+]
+
 
 @command("cache-plan")
 def cache_plan_command(
     ctx: typer.Context,
-    workload: Annotated[
-        list[str],
-        typer.Argument(
-            help="Workload files (any corpus hash-stats reads; 2-D .npy: one sequence per row)."
-        ),
-    ],
+    workload: WorkloadArg,
     vocab: VocabOpt,
     preset: LayoutFlags.Preset = None,
     ngram_vocab: LayoutFlags.NgramVocab = None,
@@ -33,73 +102,21 @@ def cache_plan_command(
     seed: LayoutFlags.Seed = None,
     pad_id: LayoutFlags.PadId = None,
     config: LayoutFlags.Config = None,
-    table: Annotated[
-        str | None,
-        typer.Option(
-            "--table",
-            help="Take the layout, row width and dtype from this table (path or URL).",
-            rich_help_panel="Layout",
-        ),
-    ] = None,
-    tokenizer: Annotated[
-        str, typer.Option("--tokenizer", help="Tokenizer for text (must match the vocab).")
-    ] = "deepseek-v4",
-    batch: Annotated[
-        int, typer.Option("--batch", help="Sequences per batch (as eval --batch).")
-    ] = 16,
-    seq_len: Annotated[
-        int, typer.Option("--seq-len", help="Tokens per window of text (the model's length).")
-    ] = 128,
-    sizes: Annotated[
-        str | None,
-        typer.Option("--sizes", help="Cache sizes in rows per layer, e.g. 64k,1M,16M."),
-    ] = None,
-    points: Annotated[
-        int, typer.Option("--points", help="Without --sizes: this many log-spaced sizes.")
-    ] = 16,
-    warmup_fraction: Annotated[
-        float,
-        typer.Option(
-            "--warmup-fraction",
-            help="First batches that warm the caches (and rank the static one), not counted.",
-        ),
-    ] = 0.1,
-    dtype: Annotated[
-        Dtype | None,
-        typer.Option("--dtype", help="Row dtype served (default: the table's or preset's)."),
-    ] = None,
-    tokens_per_s: Annotated[
-        float | None,
-        typer.Option(
-            "--tokens-per-s", help="Target throughput: report the bandwidth each size needs."
-        ),
-    ] = None,
-    policy: Annotated[
-        str,
-        typer.Option(
-            "--policy",
-            help="Policies: lru (textbook), pager (what eval's RowPager does), static "
-            "(warm-up's top rows), opt (Belady's bound; one simulation per size, slower).",
-        ),
-    ] = "lru,pager,static,opt",
-    spill_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--spill-dir",
-            help="Where opt spills the trace (4 B per access and layer, 12 B while it runs; "
-            "removed afterwards). Default: the system's temporary directory.",
-        ),
-    ] = None,
+    table: TableOpt = None,
+    tokenizer: TokenizerOpt = "deepseek-v4",
+    batch: BatchOpt = 16,
+    seq_len: SeqLenOpt = 128,
+    sizes: SizesOpt = None,
+    points: PointsOpt = 16,
+    warmup_fraction: WarmupOpt = 0.1,
+    dtype: DtypeOpt = None,
+    tokens_per_s: TokensPerSOpt = None,
+    policy: PolicyOpt = "lru,pager,static,opt",
+    spill_dir: SpillDirOpt = None,
     json_out: JsonFlag = False,
-    report: Annotated[
-        Path | None, typer.Option("--report", help="Also write the JSON document to this file.")
-    ] = None,
-    plot: Annotated[
-        Path | None, typer.Option("--plot", help="Write a PNG of hit rate against cache size.")
-    ] = None,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace existing --report/--plot files.")
-    ] = False,
+    report: ReportOpt = None,
+    plot: PlotOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Hit rate of a row cache of every size for a workload's traffic, and what misses cost.
 
@@ -117,47 +134,33 @@ def cache_plan_command(
     engramctl cache-plan chat.jsonl --vocab vocab.parquet --preset deepseek-v4.1 \\
         --sizes 64k,1M,16M --tokens-per-s 5000 --plot plan.png
     """
-    from .._files import atomic_write, check_writable_target
-    from ..cacheplan.plan import plan_workload
+    from ..cacheplan.job import CachePlanJob, run_cache_plan_job
     from ..layout import parse_int_list
 
-    quiet = STATE["quiet"] or json_out
-    for target in (report, plot):
-        if target is not None:
-            check_writable_target(target, overwrite=overwrite)
-    size_list = parse_int_list(sizes, name="--sizes") if sizes is not None else None
-    policies = tuple(p.strip() for p in policy.split(",") if p.strip())
+    job = CachePlanJob(
+        paths=tuple(workload), tokenizer=tokenizer, batch=batch, seq_len=seq_len,
+        sizes=parse_int_list(sizes, name="--sizes") if sizes is not None else None,
+        points=points, warmup_fraction=warmup_fraction,
+        dtype=dtype.value if dtype is not None else None, tokens_per_s=tokens_per_s,
+        policies=tuple(p.strip() for p in policy.split(",") if p.strip()), spill_dir=spill_dir,
+        report=report, plot=plot, overwrite=overwrite,
+    )  # fmt: skip
     vocab_map = load_vocab(vocab)
     resolved = resolve_layout_flags(ctx.params, vocab_map, table=table, pick_layers=True)
-    plan = _run(
-        quiet,
-        plan_workload,
-        paths=workload, vocab=vocab_map, layout=resolved.layout, layer_ids=resolved.layer_ids,
-        dim=resolved.dim, dtype=dtype.value if dtype is not None else resolved.dtype,
-        tokenizer=tokenizer, batch=batch,
-        seq_len=seq_len, sizes=size_list, points=points, warmup_fraction=warmup_fraction,
-        tokens_per_s=tokens_per_s, policies=policies, spill_dir=spill_dir,
-    )  # fmt: skip
-    document = json.dumps(plan.to_dict(), indent=2)
-    if report is not None:
-        with atomic_write(report, "w") as handle:
-            handle.write(document + "\n")
-    if plot is not None:
-        from ..cacheplan.plot import plot_plan
-
-        plot_plan(plan, plot)
+    quiet = STATE["quiet"] or json_out
+    with progress("cache-plan", enabled=not quiet, unit="steps", transient=True) as update:
+        plan = run_cache_plan_job(
+            job=job, vocab=vocab_map, layout=resolved,
+            progress=lambda stage, done, total: update(done, total),
+            before_saving=lambda plan: update.close(),  # no bar while the files are written
+        )  # fmt: skip
     if json_out:
-        typer.echo(document)
+        typer.echo(plan.to_json())
         return
     _render(plan)
     for path in (report, plot):
         if path is not None:
             console.print(f"wrote {path}")
-
-
-def _run(quiet: bool, plan_workload, **kwargs):
-    with progress("cache-plan", enabled=not quiet, unit="steps", transient=True) as update:
-        return plan_workload(progress=lambda stage, done, total: update(done, total), **kwargs)
 
 
 def _pct(value) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from .app import err_console
 
@@ -57,6 +57,48 @@ def _columns(unit: str, detail: str | None, *, bar: bool) -> list:
     return columns
 
 
+class Display:
+    """What :func:`progress` yields: ``display(done, total, **fields)`` reports progress;
+    :meth:`close` takes a terminal's bar down before the block ends (the counted work is over and
+    what follows, such as writing files, shows no bar). Disabled, it does nothing."""
+
+    def __init__(self, description: str, *, enabled: bool, unit: str, detail, transient: bool):
+        self.description, self.detail = description, detail
+        self.enabled = enabled
+        self.task = None
+        if not enabled:
+            return
+        from rich.progress import Progress
+
+        self.live = err_console.is_terminal
+        self.bar = Progress(
+            *_columns(unit, detail, bar=self.live),
+            console=err_console,
+            transient=transient,
+            auto_refresh=self.live,
+        )
+        self.last_line = time.monotonic()
+
+    def __call__(self, done: int, total: int | None, **fields) -> None:
+        if not self.enabled:
+            return
+        text = {"detail": self.detail.format(**fields)} if self.detail is not None else {}
+        if self.task is None:
+            if self.live:
+                self.bar.start()
+            self.task = self.bar.add_task(self.description, total=total, **text)
+        self.bar.update(self.task, completed=done, total=total, **text)
+        if not self.live and time.monotonic() - self.last_line >= PLAIN_EVERY_SECONDS:
+            self.last_line = time.monotonic()
+            err_console.print(self.bar.make_tasks_table(self.bar.tasks))
+
+    def close(self) -> None:
+        """Stop the display now; later reports are ignored."""
+        if self.enabled and self.live and self.task is not None:
+            self.bar.stop()  # stopping a bar never started would print an empty line
+        self.enabled = False
+
+
 @contextlib.contextmanager
 def progress(
     description: str,
@@ -65,8 +107,8 @@ def progress(
     unit: str = "bytes",
     detail: str | None = None,
     transient: bool = False,
-) -> Iterator[Callable[..., None]]:
-    """Yield ``update(done, total, **fields)`` driving one progress display.
+) -> Iterator[Display]:
+    """Yield a :class:`Display`, ``update(done, total, **fields)``, driving one progress display.
 
     ``unit``: ``"bytes"`` (sizes and speed) or ``"steps"`` (``done/total``). ``detail``: a
     format string filled from ``fields`` at each update, e.g. ``"loss {loss:.3f}"``.
@@ -75,35 +117,8 @@ def progress(
     >>> with progress("copy", enabled=False) as update:
     ...     update(10, 100)
     """
-    if not enabled:
-        yield lambda done, total, **fields: None
-        return
-    from rich.progress import Progress
-
-    live = err_console.is_terminal
-    bar = Progress(
-        *_columns(unit, detail, bar=live),
-        console=err_console,
-        transient=transient,
-        auto_refresh=live,
-    )
-    task = None
-    last_line = time.monotonic()
-
-    def update(done: int, total: int | None, **fields) -> None:
-        nonlocal task, last_line
-        text = {"detail": detail.format(**fields)} if detail is not None else {}
-        if task is None:
-            if live:
-                bar.start()
-            task = bar.add_task(description, total=total, **text)
-        bar.update(task, completed=done, total=total, **text)
-        if not live and time.monotonic() - last_line >= PLAIN_EVERY_SECONDS:
-            last_line = time.monotonic()
-            err_console.print(bar.make_tasks_table(bar.tasks))
-
+    display = Display(description, enabled=enabled, unit=unit, detail=detail, transient=transient)
     try:
-        yield update
+        yield display
     finally:
-        if live and task is not None:  # stopping a bar never started prints an empty line
-            bar.stop()
+        display.close()

@@ -1,7 +1,13 @@
-"""``engramctl hash-stats``: how badly do my corpus's n-grams collide at this table size?"""
+"""``engramctl hash-stats``: how badly do my corpus's n-grams collide at this table size?
+
+The command parses its flags into a :class:`engramctl.stats.job.HashStatsJob`, calls
+:func:`engramctl.stats.job.run_hash_stats_job`, and renders the report (rich tables, or the JSON
+document with ``--json``).
+"""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +16,6 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from ..errors import UsageError
 from .app import STATE, command, console, err_console
 from .options import (
     CorpusFormat,
@@ -24,13 +29,101 @@ from .options import (
 )
 from .progress import progress
 
+# The options of hash-stats alone (the shared ones are in .options).
+CorpusArg = Annotated[
+    list[str], typer.Argument(help="Corpus files, directories or globs ('data/**/*.jsonl').")
+]
+TableOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--table",
+        help="Take the layout from this table (path or URL) instead of --preset/layout flags.",
+        rich_help_panel="Layout",
+    ),
+]
+TokenizerOpt = Annotated[
+    str, typer.Option("--tokenizer", help="Tokenizer for text input (must match the vocab).")
+]
+FormatOpt = Annotated[
+    CorpusFormat, typer.Option("--format", help="Input format; auto goes by file suffix.")
+]
+TextFieldOpt = Annotated[
+    str, typer.Option("--text-field", help="JSON Lines field / Parquet column with the text.")
+]
+TokensFieldOpt = Annotated[
+    str | None,
+    typer.Option("--tokens-field", help="Read token-id lists from this field/column instead."),
+]
+DocSepFlag = Annotated[
+    bool, typer.Option("--doc-sep", help="Plain text: blank lines separate documents.")
+]
+DocSepIdOpt = Annotated[
+    int | None, typer.Option("--doc-sep-id", help="Token streams: this id ends a document.")
+]
+TokenDtypeOpt = Annotated[
+    TokenDtype | None,
+    typer.Option("--token-dtype", help="Flat token binaries: uint16 or uint32."),
+]
+SweepOpt = Annotated[
+    str | None,
+    typer.Option("--sweep", help="Also report these rows per head, e.g. 1M,4M,16M."),
+]
+LimitTokensOpt = Annotated[
+    int | None, typer.Option("--limit-tokens", help="Stop after this many tokens.")
+]
+ReportOpt = Annotated[
+    Path | None, typer.Option("--report", help="Also write the JSON report to this file.")
+]
+PlotOpt = Annotated[Path | None, typer.Option("--plot", help="Write a PNG plot here.")]
+MaxMemoryOpt = Annotated[
+    str | None,
+    typer.Option("--max-memory", help="Refuse above this, e.g. 8G or 50% (default: 75% of RAM)."),
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option("--threads", help="Threads (default: CPU cores); results never depend on it."),
+]
+BatchTokensOpt = Annotated[int, typer.Option("--batch-tokens", help="Tokens per counting batch.")]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace existing --report/--plot files.")
+]
+PartitionsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--partitions",
+        help="Count exactly in K key-space partitions (~1/K the memory; K passes without "
+        "--scheduler). Default: 1, or the smallest K that fits --max-memory.",
+    ),
+]
+EstimateFlag = Annotated[
+    bool,
+    typer.Option(
+        "--estimate",
+        help="Estimate distinct n-grams with HyperLogLog sketches (constant memory) and every "
+        "figure from the ideal-hash formulas; no row-load histograms.",
+    ),
+]
+ExtrapolateOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--extrapolate",
+        metavar="TOKENS",
+        help="Also predict the figures at a corpus of TOKENS tokens (e.g. 1e12, 500B) from "
+        "Heaps' law fitted during the pass, with a check of the fit on the first 25%.",
+    ),
+]
+SpillDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--spill-dir", help="Where --partitions keeps each partition's n-grams (default: TMPDIR)."
+    ),
+]
+
 
 @command("hash-stats")
 def hash_stats_command(
     ctx: typer.Context,
-    corpus: Annotated[
-        list[str], typer.Argument(help="Corpus files, directories or globs ('data/**/*.jsonl').")
-    ],
+    corpus: CorpusArg,
     vocab: VocabOpt,
     preset: LayoutFlags.Preset = None,
     ngram_vocab: LayoutFlags.NgramVocab = None,
@@ -40,98 +133,28 @@ def hash_stats_command(
     seed: LayoutFlags.Seed = None,
     pad_id: LayoutFlags.PadId = None,
     config: LayoutFlags.Config = None,
-    table: Annotated[
-        str | None,
-        typer.Option(
-            "--table",
-            help="Take the layout from this table (path or URL) instead of --preset/layout flags.",
-            rich_help_panel="Layout",
-        ),
-    ] = None,
-    tokenizer: Annotated[
-        str, typer.Option("--tokenizer", help="Tokenizer for text input (must match the vocab).")
-    ] = "deepseek-v4",
-    corpus_format: Annotated[
-        CorpusFormat, typer.Option("--format", help="Input format; auto goes by file suffix.")
-    ] = CorpusFormat.auto,
-    text_field: Annotated[
-        str, typer.Option("--text-field", help="JSON Lines field / Parquet column with the text.")
-    ] = "text",
-    tokens_field: Annotated[
-        str | None,
-        typer.Option("--tokens-field", help="Read token-id lists from this field/column instead."),
-    ] = None,
-    doc_sep: Annotated[
-        bool, typer.Option("--doc-sep", help="Plain text: blank lines separate documents.")
-    ] = False,
-    doc_sep_id: Annotated[
-        int | None, typer.Option("--doc-sep-id", help="Token streams: this id ends a document.")
-    ] = None,
-    token_dtype: Annotated[
-        TokenDtype | None,
-        typer.Option("--token-dtype", help="Flat token binaries: uint16 or uint32."),
-    ] = None,
-    sweep: Annotated[
-        str | None,
-        typer.Option("--sweep", help="Also report these rows per head, e.g. 1M,4M,16M."),
-    ] = None,
-    limit_tokens: Annotated[
-        int | None, typer.Option("--limit-tokens", help="Stop after this many tokens.")
-    ] = None,
+    table: TableOpt = None,
+    tokenizer: TokenizerOpt = "deepseek-v4",
+    corpus_format: FormatOpt = CorpusFormat.auto,
+    text_field: TextFieldOpt = "text",
+    tokens_field: TokensFieldOpt = None,
+    doc_sep: DocSepFlag = False,
+    doc_sep_id: DocSepIdOpt = None,
+    token_dtype: TokenDtypeOpt = None,
+    sweep: SweepOpt = None,
+    limit_tokens: LimitTokensOpt = None,
     json_out: JsonFlag = False,
-    report_path: Annotated[
-        Path | None, typer.Option("--report", help="Also write the JSON report to this file.")
-    ] = None,
-    plot: Annotated[Path | None, typer.Option("--plot", help="Write a PNG plot here.")] = None,
-    max_memory: Annotated[
-        str | None,
-        typer.Option(
-            "--max-memory", help="Refuse above this, e.g. 8G or 50% (default: 75% of RAM)."
-        ),
-    ] = None,
-    threads: Annotated[
-        int | None,
-        typer.Option("--threads", help="Threads (default: CPU cores); results never depend on it."),
-    ] = None,
-    batch_tokens: Annotated[
-        int, typer.Option("--batch-tokens", help="Tokens per counting batch.")
-    ] = 1 << 20,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace existing --report/--plot files.")
-    ] = False,
+    report_path: ReportOpt = None,
+    plot: PlotOpt = None,
+    max_memory: MaxMemoryOpt = None,
+    threads: ThreadsOpt = None,
+    batch_tokens: BatchTokensOpt = 1 << 20,
+    overwrite: OverwriteOpt = False,
     scheduler: SchedulerOpt = None,
-    partitions: Annotated[
-        int | None,
-        typer.Option(
-            "--partitions",
-            help="Count exactly in K key-space partitions (~1/K the memory; K passes without "
-            "--scheduler). Default: 1, or the smallest K that fits --max-memory.",
-        ),
-    ] = None,
-    estimate: Annotated[
-        bool,
-        typer.Option(
-            "--estimate",
-            help="Estimate distinct n-grams with HyperLogLog sketches (constant memory) and every "
-            "figure from the ideal-hash formulas; no row-load histograms.",
-        ),
-    ] = False,
-    extrapolate: Annotated[
-        str | None,
-        typer.Option(
-            "--extrapolate",
-            metavar="TOKENS",
-            help="Also predict the figures at a corpus of TOKENS tokens (e.g. 1e12, 500B) from "
-            "Heaps' law fitted during the pass, with a check of the fit on the first 25%.",
-        ),
-    ] = None,
-    spill_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--spill-dir",
-            help="Where --partitions keeps each partition's n-grams (default: TMPDIR).",
-        ),
-    ] = None,
+    partitions: PartitionsOpt = None,
+    estimate: EstimateFlag = False,
+    extrapolate: ExtrapolateOpt = None,
+    spill_dir: SpillDirOpt = None,
 ) -> None:
     """Stream a corpus through the multi-head hashing; report collisions and occupancy.
 
@@ -147,109 +170,100 @@ def hash_stats_command(
     engramctl hash-stats train.jsonl --vocab vocab.parquet \\
         --sweep 100k,1M --report stats.json --plot stats.png
     """
-    from .._files import atomic_write
-    from .._outputs import check_output_target, save_with_fallback
+    from .._system import parse_memory
     from ..corpus.files import CorpusOptions
     from ..layout import parse_int_list
     from ..stats.extrapolate import parse_tokens
-    from ..stats.run import (
-        load_matching_tokenizer,
-        parse_memory,
-        plan_hash_stats,
-        run_hash_stats,
-    )
+    from ..stats.job import HashStatsJob, run_hash_stats_job
 
-    quiet = STATE["quiet"]
-    if estimate and plot is not None:
-        raise UsageError(
-            "--plot draws row-load histograms, which only exact counting gives; drop --estimate "
-            "or --plot"
-        )
-    for target in (report_path, plot):
-        if target is not None:
-            check_output_target(target, overwrite=overwrite)  # before the pass, not after
+    job = HashStatsJob(
+        inputs=tuple(corpus), tokenizer=tokenizer,
+        corpus=CorpusOptions(
+            format=corpus_format.value, text_field=text_field, tokens_field=tokens_field,
+            doc_sep=doc_sep, doc_sep_id=doc_sep_id,
+            token_dtype=token_dtype.value if token_dtype else None, batch_tokens=batch_tokens,
+        ),
+        sweep=parse_int_list(sweep, name="--sweep") if sweep else (), limit_tokens=limit_tokens,
+        max_memory=parse_memory(max_memory), threads=threads, partitions=partitions,
+        spill_dir=str(spill_dir) if spill_dir else None, estimate=estimate,
+        extrapolate=parse_tokens(extrapolate) if extrapolate else None,
+        report=report_path, plot=plot, overwrite=overwrite, scheduler=scheduler,
+    )  # fmt: skip
     vocab_map = load_vocab(vocab)
     resolved = resolve_layout_flags(ctx.params, vocab_map, table=table, pick_layers=True)
-    layout, layer_ids = resolved.layout, resolved.layer_ids
-    options = CorpusOptions(
-        format=corpus_format.value, text_field=text_field, tokens_field=tokens_field,
-        doc_sep=doc_sep, doc_sep_id=doc_sep_id,
-        token_dtype=token_dtype.value if token_dtype else None, batch_tokens=batch_tokens,
-    )  # fmt: skip
-    plan = plan_hash_stats(
-        corpus, layout=layout, layer_ids=layer_ids, options=options,
-        sweep=parse_int_list(sweep, name="--sweep") if sweep else (),
-        limit_tokens=limit_tokens, max_memory=parse_memory(max_memory), threads=threads,
-        partitions=partitions, spill_dir=str(spill_dir) if spill_dir else None,
-        estimate=estimate, extrapolate=parse_tokens(extrapolate) if extrapolate else None,
-    )  # fmt: skip
-    text_tokenizer = load_matching_tokenizer(tokenizer, vocab_map) if plan.needs_tokenizer else None
-    note = err_console.print if json_out else console.print
-    if not quiet:
-        from .._system import format_bytes
+    with _display(note=err_console.print if json_out else console.print, job=job) as hooks:
+        outcome = run_hash_stats_job(job=job, vocab=vocab_map, layout=resolved, **hooks)
+    _show(outcome, json_out=json_out)
 
-        per = f" per partition ({plan.partitions} in all)" if plan.partitions else ""
-        kind = "sketches need" if plan.estimate else "accumulators need up to"
-        note(
-            f"{len(plan.files)} file(s), {format_bytes(plan.bytes_total)}; {kind} "
-            f"{format_bytes(plan.memory_estimate)}{per} for ~{plan.tokens_estimate:,} tokens "
-            f"(--max-memory {format_bytes(plan.max_memory)})"
-        )
-        if plan.partitions_chosen:
-            note(
-                f"the single pass would not fit --max-memory {format_bytes(plan.max_memory)}: "
-                f"counting in {plan.partitions} partitions (--partitions {plan.partitions}, "
-                f"{'on the workers' if scheduler else f'{plan.partitions} passes over the input'})"
+
+@contextlib.contextmanager
+def _display(*, note, job):
+    """The hooks of a run: the ``on_plan`` note, then the ``progress`` bar (none with ``-q``),
+    taken down ``before_saving`` the files."""
+    import time
+
+    quiet = STATE["quiet"]
+    started, bar = time.perf_counter(), None
+    detail = "{docs:,} docs, {rate:,.0f} tok/s"
+    with contextlib.ExitStack() as stack:
+
+        def on_plan(plan):
+            nonlocal started, bar
+            if not quiet:
+                _note_plan(plan, note, on_workers=bool(job.scheduler))
+            started = time.perf_counter()  # the bar and its rate start with the pass
+            bar = stack.enter_context(
+                progress("hash-stats", enabled=not quiet, detail=detail, transient=True)
             )
-    run = run_hash_stats
-    if scheduler:
-        from functools import partial
 
-        from ..stats.run_dask import run_hash_stats_dask
+        def on_progress(done, total, docs, tokens):
+            rate = tokens / max(time.perf_counter() - started, 1e-9)
+            bar(done, total, docs=docs, rate=rate)
 
-        run = partial(run_hash_stats_dask, scheduler=scheduler)
-    report = _run_with_progress(plan, vocab_map, text_tokenizer, quiet, run)
-    saved = []  # a target that fails now (disk full) does not lose the pass: a fallback file
-    if report_path is not None:
+        yield {
+            "on_plan": on_plan,
+            "progress": on_progress,
+            "before_saving": lambda report: bar.close(),  # no bar while the files are written
+        }
 
-        def write_report(path):
-            with atomic_write(path, "w") as handle:
-                handle.write(report.to_json())
 
-        saved.append(save_with_fallback(report_path, write_report))
-    if plot is not None:
-        from ..stats.plot import plot_report
+def _note_plan(plan, note, *, on_workers: bool) -> None:
+    """What the pass will read and the memory it may take, before it starts."""
+    from .._system import format_bytes
 
-        saved.append(save_with_fallback(plot, lambda path: plot_report(report, path)))
+    per = f" per partition ({plan.partitions} in all)" if plan.partitions else ""
+    kind = "sketches need" if plan.estimate else "accumulators need up to"
+    note(
+        f"{len(plan.files)} file(s), {format_bytes(plan.bytes_total)}; {kind} "
+        f"{format_bytes(plan.memory_estimate)}{per} for ~{plan.tokens_estimate:,} tokens "
+        f"(--max-memory {format_bytes(plan.max_memory)})"
+    )
+    if plan.partitions_chosen:
+        note(
+            f"the single pass would not fit --max-memory {format_bytes(plan.max_memory)}: "
+            f"counting in {plan.partitions} partitions (--partitions {plan.partitions}, "
+            f"{'on the workers' if on_workers else f'{plan.partitions} passes over the input'})"
+        )
+
+
+def _show(outcome, *, json_out: bool) -> None:
+    """The report (tables or JSON), the files written, then the exit code of a failure."""
+    report = outcome.report
     if json_out:
         typer.echo(report.to_json())
     else:
         _render(report)
-        for item in saved:
+        for item in outcome.saved:
             if item.failure is None:
                 console.print(f"wrote {item.path}")
-    for item in saved:
+    for item in outcome.saved:
         if item.failure is not None:
             err_console.print(f"{item.failure}; wrote it to {item.path} instead")
-    if any(item.failure is not None for item in saved):
+    if outcome.failed:
         raise typer.Exit(1)
     if report.stopped_reason == "interrupted":
         err_console.print("interrupted: the figures cover what was read (partial)")
         raise typer.Exit(130)
-
-
-def _run_with_progress(plan, vocab_map, text_tokenizer, quiet, run):
-    import time
-
-    started = time.perf_counter()
-    detail = "{docs:,} docs, {rate:,.0f} tok/s"
-    with progress("hash-stats", enabled=not quiet, detail=detail, transient=True) as update:
-
-        def on_progress(done, total, docs, tokens):
-            rate = tokens / max(time.perf_counter() - started, 1e-9)
-            update(done, total, docs=docs, rate=rate)
-
-        return run(plan, vocab=vocab_map, tokenizer=text_tokenizer, progress=on_progress)
 
 
 def _pct(value: float) -> str:

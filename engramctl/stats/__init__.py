@@ -3,10 +3,11 @@
 ``counter`` keeps exact, mergeable counts of distinct n-grams per (layer, order); ``figures``
 turns counts into per-head figures (numba kernels with numpy references); ``report`` holds the
 report dataclasses and the ideal-hash formulas; ``passes`` is the streaming pass every mode
-shares and ``run`` plans and drives it; ``run_dask`` runs it over Dask workers. Beyond one
-machine's memory: ``partition`` (+ ``partition_run``, ``partition_dask``) counts exactly in
-key-space partitions, ``sketch`` estimates with HyperLogLog sketches, ``extrapolate`` fits Heaps'
-law. ``plot`` draws the report.
+shares and ``run`` plans and drives it; ``run_dask`` runs it over Dask workers; ``job`` is the
+command as one call (plan, pass, report and plot files). Beyond one machine's memory:
+``partition`` (+ ``partition_run``, ``partition_dask``) counts exactly in key-space partitions,
+``sketch`` estimates with HyperLogLog sketches, ``extrapolate`` fits Heaps' law. ``plot`` draws
+the report.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ _EXPORTS = {  # module -> the public names it holds
     ".report": ("HashStatsReport", "OrderStats", "HeadStats", "SweepPoint"),
     ".run": ("HashStatsPlan", "plan_hash_stats", "run_hash_stats"),
     ".run_dask": ("run_hash_stats_dask",),
+    ".job": ("HashStatsJob", "HashStatsOutcome", "run_hash_stats_job"),
     ".sketch": ("NgramSketch",),
     ".plot": ("plot_report",),
 }

@@ -68,7 +68,13 @@ def targets(layout, layer_ids, sweep=()) -> list[Target]:
     return out
 
 
-def _fmix64_reference(x: np.ndarray) -> np.ndarray:
+def fmix64_reference(x: np.ndarray) -> np.ndarray:
+    """Plain-numpy specification of MurmurHash3's 64-bit finalizer (uint64 in, uint64 out), the
+    mixer of the key hash, the partitions and the sketches (numba's copy: ``counter._fmix64``).
+
+    >>> hex(fmix64_reference(np.array([1], dtype=np.uint64))[0])
+    '0xb456bcfc34c2cb2c'
+    """
     x = x ^ (x >> np.uint64(33))
     x = x * np.uint64(0xFF51AFD7ED558CCD)
     x = x ^ (x >> np.uint64(33))
@@ -89,7 +95,7 @@ def key_hash_reference(grams: np.ndarray, bits: int) -> np.ndarray:
             word = np.zeros(grams.shape[0], dtype=np.uint64)
             for k in range(w * per_word, min(n, (w + 1) * per_word)):
                 word |= grams[:, k] << np.uint64(bits * (k % per_word))
-            h = _fmix64_reference(h ^ word)
+            h = fmix64_reference(h ^ word)
     return h
 
 
@@ -97,7 +103,7 @@ def partition_of_keys(grams: np.ndarray, bits: int, parts: int) -> np.ndarray:
     """Plain-numpy specification of the key-space partition of each n-gram ``(D, n)``: its key
     hash, mixed once more with a salt, modulo ``parts``."""
     with np.errstate(over="ignore"):
-        mixed = _fmix64_reference(key_hash_reference(grams, bits) ^ np.uint64(PARTITION_SALT))
+        mixed = fmix64_reference(key_hash_reference(grams, bits) ^ np.uint64(PARTITION_SALT))
     return (mixed % np.uint64(parts)).astype(np.int64)
 
 

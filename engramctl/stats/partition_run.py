@@ -26,7 +26,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +81,17 @@ def _spilled(directory: Path, parts: int, order: int):
     return read
 
 
+@dataclass(frozen=True)
+class _FirstPass:
+    """What pass 0 read (every later pass reads the same tokens): the report's totals."""
+
+    tokens: int
+    documents: int
+    warnings: dict
+    stopped: str  # "" (the whole input), "limit-tokens", "interrupted", ...
+    bytes_read: int
+
+
 def run_partitioned(
     plan,  # a HashStatsPlan with partitions
     *,
@@ -93,61 +104,84 @@ def run_partitioned(
     key-space partitions one after another (identical figures, about 1/K of the memory)."""
     if plan.needs_tokenizer and tokenizer is None:
         raise UsageError("text input needs a tokenizer; pass --tokenizer")
-    parts = int(plan.partitions or 1)
     started = time.perf_counter()
+    checkpoints = None
+    if plan.extrapolate is not None:
+        from .extrapolate import Checkpoints
+
+        checkpoints = Checkpoints(range(2, plan.layout.max_ngram + 1))
     spill = open_spill_dir(plan.spill_dir)
     try:
-        first, counted = None, 0
-        checkpoints = None
-        if plan.extrapolate is not None:
-            from .extrapolate import Checkpoints
-
-            checkpoints = Checkpoints(range(2, plan.layout.max_ngram + 1))
-        for part in range(parts):
-            if checkpoints is not None:
-                checkpoints.restart()
-            pass_plan = plan
-            if part and first[2]:  # pass 0 stopped early: count the same first tokens
-                pass_plan = replace(plan, limit_tokens=first[0][0])
-
-            def step(done, total, docs, tokens, _part=part):
-                if progress is not None:
-                    progress(_part * total + done, parts * total, docs, tokens)
-
-            counter = NgramCounter(
-                vocab,
-                max_ngram=plan.layout.max_ngram,
-                pad=plan.layout.pad_canonical_id(vocab),
-                threads=plan.threads,
-                partition=(part, parts),
-            )
-            result = count_corpus(
-                pass_plan,
-                vocab=vocab,
-                tokenizer=tokenizer,
-                progress=step,
-                should_stop=should_stop if part == 0 or not first[2] else None,
-                counter=counter,
-                on_batch=checkpoints,
-            )
-            if part == 0:  # (tokens, documents), warnings, stopped, bytes read: not the maps
-                first = ((result[0].tokens, result[0].documents), *result[1:])
-            elif result[2] not in ("", "limit-tokens"):
-                break  # stopped in a later pass: finalize the partitions counted so far
-            _spill(spill, part, result[0])
-            counted += 1
-            del counter, result
-        (tokens, documents), warnings, stopped, bytes_read = first
-        if counted < parts and not stopped:
-            stopped = "interrupted"
-        if tokens == 0 and not stopped:
+        first, counted = _count_partitions(
+            plan, spill, vocab=vocab, tokenizer=tokenizer, progress=progress,
+            should_stop=should_stop, checkpoints=checkpoints,
+        )  # fmt: skip
+        if first.tokens == 0 and not first.stopped:
             names = ", ".join(str(f.path) for f in plan.files[:3])
             raise EngramError(f"the corpus holds no tokens ({names}); nothing to count")
-        figures = {}
-        for target in targets(plan.layout, plan.layer_ids, plan.sweep):
-            figures[target] = target_figures(target, _spilled(spill, counted, target.order))
+        figures = {
+            target: target_figures(target, _spilled(spill, counted, target.order))
+            for target in targets(plan.layout, plan.layer_ids, plan.sweep)
+        }
     finally:
         shutil.rmtree(spill, ignore_errors=True)
+    return _report(plan, figures, first, counted, checkpoints, started)
+
+
+def _count_partitions(
+    plan, spill: Path, *, vocab, tokenizer, progress, should_stop, checkpoints
+) -> tuple[_FirstPass, int]:
+    """Pass k counts partition k and spills it; returns what pass 0 read and the number of
+    partitions counted (fewer than K when a later pass was stopped)."""
+    parts = int(plan.partitions or 1)
+    first, counted = None, 0
+    for part in range(parts):
+        if checkpoints is not None:
+            checkpoints.restart()
+        pass_plan = plan
+        if part and first.stopped:  # pass 0 stopped early: count the same first tokens
+            pass_plan = replace(plan, limit_tokens=first.tokens)
+        counter = NgramCounter(
+            vocab,
+            max_ngram=plan.layout.max_ngram,
+            pad=plan.layout.pad_canonical_id(vocab),
+            threads=plan.threads,
+            partition=(part, parts),
+        )
+        counter, warnings, stopped, bytes_read = count_corpus(
+            pass_plan,
+            vocab=vocab,
+            tokenizer=tokenizer,
+            progress=_pass_progress(progress, part, parts),
+            should_stop=should_stop if part == 0 or not first.stopped else None,
+            counter=counter,
+            on_batch=checkpoints,
+        )
+        if part == 0:  # the totals, not the maps
+            first = _FirstPass(counter.tokens, counter.documents, warnings, stopped, bytes_read)
+        elif stopped not in ("", "limit-tokens"):
+            break  # stopped in a later pass: finalize the partitions counted so far
+        _spill(spill, part, counter)
+        counted += 1
+        del counter  # free this partition's maps before the next pass builds its own
+    if counted < parts and not first.stopped:
+        first = replace(first, stopped="interrupted")
+    return first, counted
+
+
+def _pass_progress(progress, part: int, parts: int):
+    """Pass ``part``'s progress as a share of all ``parts`` passes."""
+
+    def step(done, total, docs, tokens):
+        if progress is not None:
+            progress(part * total + done, parts * total, docs, tokens)
+
+    return step
+
+
+def _report(plan, figures, first: _FirstPass, counted: int, checkpoints, started: float):
+    """The report from the figures of every target (partial if ``counted`` < K)."""
+    parts = int(plan.partitions or 1)
     points = assemble(figures, 1 + len(plan.sweep))
     sizes = [plan.layout.with_ngram_vocab([s] * (plan.layout.max_ngram - 1)) for s in plan.sweep]
     sweep = tuple(
@@ -159,12 +193,12 @@ def run_partitioned(
         from .extrapolate import extrapolation
 
         extra["extrapolation"] = (
-            extrapolation(plan, checkpoints, tokens)
+            extrapolation(plan, checkpoints, first.tokens)
             if counted == parts
             else {"tokens": plan.extrapolate, "error": "stopped before every partition counted"}
         )
     return make_report(
-        plan, points[0], sweep, tokens=tokens, documents=documents, warnings=warnings,
-        stopped=stopped, bytes_read=bytes_read, started=started,
-        partitions_counted=counted if counted < parts else 0, **extra,
+        plan, points[0], sweep, tokens=first.tokens, documents=first.documents,
+        warnings=first.warnings, stopped=first.stopped, bytes_read=first.bytes_read,
+        started=started, partitions_counted=counted if counted < parts else 0, **extra,
     )  # fmt: skip

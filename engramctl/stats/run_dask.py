@@ -59,15 +59,16 @@ class ShardCounts:
 
 
 @dataclass(frozen=True)
-class _Setup:
-    """What every shard task needs, sent to the workers once."""
+class ShardSetup:
+    """What every shard task needs (:func:`count_shard`'s second argument), sent to the workers
+    once."""
 
     vocab: object
     tokenizer: object
     plan: HashStatsPlan  # files replaced by the shard, one counting thread, no memory stop
 
 
-def count_shard(shard: CorpusFile, setup: _Setup) -> ShardCounts:
+def count_shard(shard: CorpusFile, setup: ShardSetup) -> ShardCounts:
     """Runs on a worker: count one shard exactly as the single pass counts those bytes."""
     plan = replace(setup.plan, files=[shard])
     layout = plan.layout
@@ -228,11 +229,11 @@ def run_hash_stats_dask(
         advice="the corpus must be on a file system every worker mounts at the same path",
     )
     task_plan = replace(plan, files=[], threads=1, limit_tokens=None, max_memory=2**62)
-    report = _run_tasks(client, shards, _Setup(vocab, tokenizer, task_plan), progress, plan)
+    report = _run_tasks(client, shards, ShardSetup(vocab, tokenizer, task_plan), progress, plan)
     return replace(report, seconds=time.perf_counter() - started)
 
 
-def _run_tasks(client, shards, setup: _Setup, progress, plan: HashStatsPlan) -> HashStatsReport:
+def _run_tasks(client, shards, setup: ShardSetup, progress, plan: HashStatsPlan) -> HashStatsReport:
     from distributed import as_completed
 
     run = uuid.uuid4().hex[:12]  # fresh task keys: never reuse a result of an earlier run

@@ -43,10 +43,13 @@ def test_json_is_stdout_only_and_quiet_after_command(tmp_path, ds_vocab_path):
 
 
 def test_progress_prints_plain_lines_when_stderr_is_no_terminal(monkeypatch, capsys):
+    from rich.console import Console
+
     from engramctl.cli import progress as progress_module
 
     monkeypatch.setattr(progress_module, "PLAIN_EVERY_SECONDS", 0.0)
-    monkeypatch.setattr(progress_module.err_console, "_force_terminal", False)
+    plain = Console(stderr=True, force_terminal=False, width=200)  # stderr as a log file sees it
+    monkeypatch.setattr(progress_module, "err_console", plain)
     with progress_module.progress("copy", detail="{files} files") as update:
         update(512, 1024, files=3)
         update(1024, 1024, files=5)

@@ -19,7 +19,7 @@ from engramctl.corpus.files import CorpusOptions, discover_files
 from engramctl.corpus.shards import split_files
 from engramctl.errors import EngramError, UsageError
 from engramctl.stats.run import load_matching_tokenizer, plan_hash_stats, run_hash_stats
-from engramctl.stats.run_dask import _Setup, count_shard, merge_counts, worker_memory
+from engramctl.stats.run_dask import ShardSetup, count_shard, merge_counts, worker_memory
 from tests.conftest import SAMPLE
 
 runner = CliRunner()
@@ -62,7 +62,9 @@ def corpora(tmp_path_factory, ds_vocab):
     return {"tokens": tokens, "text": text}
 
 
-def _plan(inputs, layout, **options):
+def make_plan(inputs, layout, **options):
+    """A plan of ``inputs`` with ``options`` (CorpusOptions fields) and a sweep of 5000 rows
+    (test_partition_dask uses it too)."""
     return plan_hash_stats(
         [str(p) for p in inputs], layout=layout, options=CorpusOptions(**options), sweep=(5000,)
     )
@@ -72,7 +74,7 @@ def _in_process(plan, vocab, tokenizer, shard_bytes):
     """Shards counted one by one and merged in a lopsided tree, without Dask."""
     from dataclasses import replace
 
-    setup = _Setup(vocab, tokenizer, replace(plan, files=[], threads=1, max_memory=2**62))
+    setup = ShardSetup(vocab, tokenizer, replace(plan, files=[], threads=1, max_memory=2**62))
     shards = split_files(plan.files, plan.options, shard_bytes)
     parts = [count_shard(s, setup) for s in shards]
     while len(parts) > 1:
@@ -91,7 +93,7 @@ def _entries(counter):
 
 # ------------------------------------------------------------------- shards, no cluster
 def test_token_shards_cut_inside_documents(corpora, ds_vocab, demo_layout):
-    plan = _plan([corpora["tokens"]], demo_layout, doc_sep_id=SEP, batch_tokens=5000)
+    plan = make_plan([corpora["tokens"]], demo_layout, doc_sep_id=SEP, batch_tokens=5000)
     shards = split_files(plan.files, plan.options, 20_000)
     assert len(shards) > len(plan.files)
     assert sum(s.size for s in shards) == plan.bytes_total
@@ -115,7 +117,7 @@ def test_token_stream_shards_count_exactly(
     stream[rng.random(length) < sep_rate] = SEP
     path = tmp_path_factory.mktemp("hyp") / "s.u16"
     stream.tofile(path)
-    plan = _plan([path], demo_layout, doc_sep_id=SEP, batch_tokens=17)
+    plan = make_plan([path], demo_layout, doc_sep_id=SEP, batch_tokens=17)
     from engramctl.stats.run import count_corpus
 
     whole, _, _, _ = count_corpus(plan, vocab=ds_vocab)
@@ -150,8 +152,8 @@ def test_line_shards_keep_line_numbers(corpora, ds_vocab, demo_layout):
 
 
 def test_merges_leave_their_inputs_alone(corpora, ds_vocab, demo_layout):
-    plan = _plan([corpora["tokens"] / "b.npy"], demo_layout)
-    setup = _Setup(ds_vocab, None, plan)
+    plan = make_plan([corpora["tokens"] / "b.npy"], demo_layout)
+    setup = ShardSetup(ds_vocab, None, plan)
     a, b = (count_shard(s, setup) for s in split_files(plan.files, plan.options, 30_000)[:2])
     before = _entries(a.counter)
     merge_counts(a, b)
@@ -168,7 +170,8 @@ def client():
         yield c
 
 
-def _dask(plan, vocab, client, tokenizer=None, **kw):
+def run_on_dask(plan, vocab, client, tokenizer=None, **kw):
+    """``run_hash_stats_dask`` on ``client`` once both workers are up."""
     from engramctl.stats.run_dask import run_hash_stats_dask
 
     client.wait_for_workers(2, timeout=60)
@@ -176,15 +179,17 @@ def _dask(plan, vocab, client, tokenizer=None, **kw):
 
 
 def test_dask_tokens_equal_single_process(client, corpora, ds_vocab, demo_layout):
-    plan = _plan([corpora["tokens"]], demo_layout, doc_sep_id=SEP, batch_tokens=5000)
+    plan = make_plan([corpora["tokens"]], demo_layout, doc_sep_id=SEP, batch_tokens=5000)
     seen = []
-    report = _dask(plan, ds_vocab, client, shard_bytes=20_000, progress=lambda *a: seen.append(a))
+    report = run_on_dask(
+        plan, ds_vocab, client, shard_bytes=20_000, progress=lambda *a: seen.append(a)
+    )
     assert figures(report) == figures(run_hash_stats(plan, vocab=ds_vocab))
     assert seen[-1][0] == seen[-1][1] == plan.bytes_total and seen[-1][3] == report.tokens
 
 
 def test_killed_worker_is_retried_and_text_report_identical(client, corpora, ds_vocab, demo_layout):
-    plan = _plan([corpora["text"]], demo_layout, doc_sep=True)
+    plan = make_plan([corpora["text"]], demo_layout, doc_sep=True)
     tokenizer = load_matching_tokenizer("deepseek-v4", ds_vocab)
     single = run_hash_stats(plan, vocab=ds_vocab, tokenizer=tokenizer)
     assert single.warnings["invalid_utf8"]["count"] >= 2  # ours on line 121, in a later shard
@@ -196,7 +201,7 @@ def test_killed_worker_is_retried_and_text_report_identical(client, corpora, ds_
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
-    report = _dask(plan, ds_vocab, client, tokenizer, shard_bytes=6_000, progress=kill_one)
+    report = run_on_dask(plan, ds_vocab, client, tokenizer, shard_bytes=6_000, progress=kill_one)
     assert killed
     assert figures(report) == figures(single)
 
@@ -204,17 +209,17 @@ def test_killed_worker_is_retried_and_text_report_identical(client, corpora, ds_
 def test_limit_tokens_is_refused(client, corpora, ds_vocab, demo_layout):
     plan = plan_hash_stats([corpora["tokens"]], layout=demo_layout, limit_tokens=10)
     with pytest.raises(UsageError, match="drop --scheduler"):
-        _dask(plan, ds_vocab, client)
+        run_on_dask(plan, ds_vocab, client)
 
 
 def test_worker_memory_too_small_is_refused(client, corpora, ds_vocab, demo_layout, monkeypatch):
     import engramctl.stats.run_dask as module
 
-    plan = _plan([corpora["tokens"] / "b.npy"], demo_layout)
+    plan = make_plan([corpora["tokens"] / "b.npy"], demo_layout)
     assert worker_memory(plan, plan.files) > 0
     monkeypatch.setattr(module, "worker_memory", lambda plan, shards: 1 << 50)
     with pytest.raises(EngramError, match=r"needs about 1024\.0 TiB per worker but worker tcp://"):
-        _dask(plan, ds_vocab, client)
+        run_on_dask(plan, ds_vocab, client)
 
 
 def _cli(corpus: Path, vocab_path, *extra):

@@ -12,9 +12,9 @@ from engramctl.stats.run import load_matching_tokenizer, plan_hash_stats, run_ha
 from tests.stats import test_hash_stats_dask as base
 from tests.stats.test_partition import figures
 
-SEP, _plan = base.SEP, base._plan
+SEP, make_plan = base.SEP, base.make_plan
 corpora = base.corpora  # the same module-scoped fixture: token files and text with warnings
-client, _dask = base.client, base._dask  # a LocalCluster of 2 workers, and a run on it
+client, run_on_dask = base.client, base.run_on_dask  # a LocalCluster of 2 workers, and a run on it
 
 
 @pytest.mark.slow
@@ -22,9 +22,9 @@ client, _dask = base.client, base._dask  # a LocalCluster of 2 workers, and a ru
 def test_partitioned_dask_equals_single_pass(client, corpora, ds_vocab, demo_layout, parts):
     from dataclasses import replace
 
-    plan = _plan([corpora["tokens"]], demo_layout, doc_sep_id=SEP, batch_tokens=5000)
+    plan = make_plan([corpora["tokens"]], demo_layout, doc_sep_id=SEP, batch_tokens=5000)
     single = run_hash_stats(plan, vocab=ds_vocab)
-    report = _dask(replace(plan, partitions=parts), ds_vocab, client, shard_bytes=20_000)
+    report = run_on_dask(replace(plan, partitions=parts), ds_vocab, client, shard_bytes=20_000)
     assert figures(report) == figures(single)
 
 
@@ -32,7 +32,7 @@ def test_partitioned_dask_equals_single_pass(client, corpora, ds_vocab, demo_lay
 def test_partitioned_dask_survives_a_killed_worker(client, corpora, ds_vocab, demo_layout):
     plan = plan_hash_stats(
         [str(corpora["text"])], layout=demo_layout, sweep=(5000,), partitions=3,
-        options=_plan([corpora["text"]], demo_layout, doc_sep=True).options,
+        options=make_plan([corpora["text"]], demo_layout, doc_sep=True).options,
     )  # fmt: skip
     tokenizer = load_matching_tokenizer("deepseek-v4", ds_vocab)
     from dataclasses import replace
@@ -46,7 +46,7 @@ def test_partitioned_dask_survives_a_killed_worker(client, corpora, ds_vocab, de
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
-    report = _dask(plan, ds_vocab, client, tokenizer, shard_bytes=6_000, progress=kill_one)
+    report = run_on_dask(plan, ds_vocab, client, tokenizer, shard_bytes=6_000, progress=kill_one)
     assert killed
     assert single.warnings["invalid_utf8"]["count"] >= 2
     assert figures(report) == figures(single)
@@ -57,8 +57,8 @@ def test_estimate_on_dask_equals_single_process(client, corpora, ds_vocab, demo_
     """Sketches merge by register-wise maximum: the same estimates whatever the shards."""
     from dataclasses import replace
 
-    plan = _plan([corpora["tokens"]], demo_layout, doc_sep_id=SEP, batch_tokens=5000)
+    plan = make_plan([corpora["tokens"]], demo_layout, doc_sep_id=SEP, batch_tokens=5000)
     plan = replace(plan, estimate=True)
     single = run_hash_stats(plan, vocab=ds_vocab)
-    report = _dask(plan, ds_vocab, client, shard_bytes=20_000)
+    report = run_on_dask(plan, ds_vocab, client, shard_bytes=20_000)
     assert report.estimated and figures(report) == figures(single)

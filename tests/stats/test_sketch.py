@@ -10,7 +10,7 @@ import pytest
 
 from engramctl.errors import UsageError
 from engramctl.stats.counter import NgramCounter
-from engramctl.stats.partition import _fmix64_reference as fmix64
+from engramctl.stats.partition import fmix64_reference as fmix64
 from engramctl.stats.run import load_matching_tokenizer, plan_hash_stats, run_hash_stats
 from engramctl.stats.sketch import (
     NgramSketch,
