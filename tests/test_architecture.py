@@ -66,6 +66,10 @@ def _named_by_string(node: ast.Call) -> str | None:
     return None
 
 
+# A namedtuple's public methods start with an underscore so as not to clash with its fields.
+NAMEDTUPLE_API = {"_replace", "_asdict", "_fields", "_field_defaults", "_make"}
+
+
 def _private_reach_ins(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     found = []
@@ -76,7 +80,11 @@ def _private_reach_ins(path: Path) -> list[str]:
                 is_module = (target / f"{alias.name}.py").exists() or (target / alias.name).is_dir()
                 if _is_private(alias.name) and not is_module:  # a private helper module is fine
                     found.append(f"{path.name}:{node.lineno} imports {alias.name}")
-        elif isinstance(node, ast.Attribute) and _is_private(node.attr):
+        elif (
+            isinstance(node, ast.Attribute)
+            and _is_private(node.attr)
+            and node.attr not in NAMEDTUPLE_API
+        ):
             owner = node.value
             if not (isinstance(owner, ast.Name) and owner.id in ("self", "cls")):
                 found.append(f"{path.name}:{node.lineno} reaches into .{node.attr}")
