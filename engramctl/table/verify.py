@@ -11,17 +11,10 @@ from dataclasses import dataclass, field
 
 from ..errors import EngramError
 from .core.checks import metadata_problems
-from .core.format import (
-    CHECKSUM_KEY,
-    TableMeta,
-    active_writer,
-    check_vocab,
-    checksum_problems,
-    chunk_key,
-    crc32_of,
-    read_group,
-    read_group_attrs,
-)
+from .core.codec import chunk_key, crc32_of
+from .core.lock import active_writer
+from .core.manifest import CHECKSUM_KEY, checksum_problems, read_group, read_group_attrs
+from .core.meta import TableMeta, check_vocab
 from .core.store import TableStore, open_store
 
 REMOTE_READ_BATCH = 16  # chunks verify --deep fetches at once from an object store

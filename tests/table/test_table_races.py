@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from engramctl.errors import EngramError
-from engramctl.table.core.format import WriterLock, read_group
+from engramctl.table.core.lock import WriterLock
+from engramctl.table.core.manifest import read_group
 from engramctl.table.sources.table import open_table
 from engramctl.table.verify import verify_table
 

@@ -38,13 +38,9 @@ from .chunks import (
 )
 from .create_dask import check_init_memory, initialize_table_dask
 from ..core.dtypes import parse_dtype
-from ..core.format import (
-    ZSTD_LEVEL,
-    TableMeta,
-    default_chunk_rows,
-    group_attrs,
-    read_group,
-)
+from ..core.codec import ZSTD_LEVEL, default_chunk_rows
+from ..core.manifest import group_attrs, read_group
+from ..core.meta import TableMeta
 from .replace import clear_unborn, install_table, is_unborn, locked_path
 from ..core.rowinit import InitRecipe
 from ..core.store import LocalStore, TableStore, open_store

@@ -30,7 +30,8 @@ from .chunks import (
     raise_init_failure,
     write_init_chunk,
 )
-from ..core.format import TableMeta, read_group
+from ..core.manifest import read_group
+from ..core.meta import TableMeta
 from ..core.store import TableStore
 
 log = logging.getLogger(__name__)

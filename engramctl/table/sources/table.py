@@ -26,23 +26,12 @@ from ..._files import write_file_atomic
 from ...errors import EngramError, UsageError
 from ...layout import EngramLayout
 from ..core.checks import metadata_problems
+from ..core.codec import chunk_key, crc32_of, decode_chunk, encode_chunk, init_chunk_rows
 from ..core.dtypes import encode_rows
-from ..core.format import (
-    LOCK_NAME,
-    TableMeta,
-    WriterLock,
-    active_writer,
-    check_vocab,
-    chunk_key,
-    crc32_of,
-    decode_chunk,
-    encode_chunk,
-    init_chunk_rows,
-    read_group,
-    table_state,
-    write_group_attrs,
-)
 from ..core.info import LayerInfo, TableInfo, table_info
+from ..core.lock import LOCK_NAME, WriterLock, active_writer
+from ..core.manifest import read_group, table_state, write_group_attrs
+from ..core.meta import TableMeta, check_vocab
 from ..core.rowinit import init_values
 from ..core.store import LocalStore, TableStore, open_store
 from .gather import check_row_ids, chunk_address, gather_rows, word_dtype

@@ -14,8 +14,9 @@ import pytest
 from engramctl.errors import EngramError
 from engramctl.table.build.chunks import init_chunk, record_chunks
 from engramctl.table.build.create import create_table
+from engramctl.table.core.codec import chunk_key
 from engramctl.table.core.dtypes import encode_rows
-from engramctl.table.core.format import chunk_key, read_group
+from engramctl.table.core.manifest import read_group
 from engramctl.table.core.rowinit import InitRecipe, init_values
 from engramctl.table.sources.table import open_table
 from engramctl.table.verify import verify_table

@@ -19,7 +19,8 @@ pytest.importorskip("moto")
 
 from engramctl.cli import app  # noqa: E402
 from engramctl.errors import EngramError, UsageError  # noqa: E402
-from engramctl.table.core.format import LOCK_NAME, chunk_key  # noqa: E402
+from engramctl.table.core.codec import chunk_key  # noqa: E402
+from engramctl.table.core.lock import LOCK_NAME  # noqa: E402
 from engramctl.table.core.store import open_store, parse_storage_options  # noqa: E402
 from engramctl.table.sources.table import open_table  # noqa: E402
 
