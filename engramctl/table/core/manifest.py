@@ -33,11 +33,9 @@ def read_group_attrs(path) -> tuple[dict, str]:
     where = store.url
     if not store.exists():
         raise EngramError(f"no table at {where}: the path does not exist")
-    if store.is_local and not store.root.is_dir():
-        raise EngramError(f"{where} is not an engramctl table (not a zarr v3 group)")
     try:
         doc = json.loads(store.read_bytes("zarr.json"))
-    except (FileNotFoundError, IsADirectoryError):
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):  # a file, not a group
         raise EngramError(f"{where} is not an engramctl table (not a zarr v3 group)") from None
     except (OSError, ValueError) as exc:
         raise EngramError(

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..._files import write_file_atomic
 from ...errors import EngramError, UsageError
 from ...layout import EngramLayout
 from ..core.checks import metadata_problems
@@ -75,7 +74,7 @@ class Table:
         store: TableStore | None = None,
     ):
         self.store = store if store is not None else LocalStore(path)
-        self.path = self.store.root if self.store.is_local else self.store.url  # str for URLs
+        self.path = self.store.location  # a Path, or a URL string for a remote table
         self.meta = meta
         self.manifest = manifest
         self.mode = mode
@@ -121,7 +120,7 @@ class Table:
     def chunk_path(self, layer_id: int, chunk_index: int) -> Path | str:
         """The chunk's file (a URL string for a remote table)."""
         key = chunk_key(layer_id, chunk_index)
-        return self.path / key if self.store.is_local else self.store.where(key)
+        return self.path / key if isinstance(self.path, Path) else self.store.where(key)
 
     # --------------------------------------------------------------- chunk loading
     def _cache(self, layer_id: int) -> _LoadedChunks:
@@ -136,7 +135,7 @@ class Table:
         """Stored rows of a written chunk, checked against the manifest; ``None`` if unwritten.
 
         ``fetched`` maps chunk keys to bytes already read (``None``: missing), as
-        :meth:`TableStore.read_many` returns them. A chunk that does not match the manifest
+        :meth:`TableStore.get_many` returns them. A chunk that does not match the manifest
         while another process writes the table is read again once the writer has recorded it
         (up to ``WRITER_WAIT_SECONDS``); it is called damaged only when no writer is at work.
         """
@@ -145,7 +144,7 @@ class Table:
             try:
                 return self._read_chunk_once(layer_id, chunk_index, fetched)
             except ChunkMismatch as exc:
-                if self.mode != "r" or not self.store.is_local:  # a writer trusts its manifest
+                if self.mode != "r" or not self.store.supports_writes:  # no writer to wait for
                     raise EngramError(str(exc)) from None
                 if self._refresh_entry(layer_id, chunk_index):
                     fetched = None
@@ -235,9 +234,9 @@ class Table:
     def _ensure_loaded(self, layer_id: int, chunk_indexes: np.ndarray) -> None:
         cache = self._cache(layer_id)
         fetched = None
-        if not self.store.is_local:  # fetch the chunks of this gather concurrently
+        if not self.store.supports_mmap:  # fetch the chunks of this gather concurrently
             keys = [chunk_key(layer_id, c) for c in chunk_indexes.tolist()]
-            fetched = self.store.read_many(keys)
+            fetched = self.store.get_many(keys)
         for c in chunk_indexes.tolist():
             rows = self.read_chunk_file(layer_id, c, fetched=fetched)
             if rows is None:  # never written: its rows are filled with init values
@@ -247,7 +246,7 @@ class Table:
             cache.arrays[c] = words  # keeps the mmap (or decoded buffer) alive
             cache.bases[c] = chunk_address(words, self.meta.chunk_rows, self._words, self._word)
             cache.state[c] = CHUNK_LOADED
-            if self.meta.compressor != "none" or not self.store.is_local:  # bounded: LRU
+            if self.meta.compressor != "none" or not self.store.supports_mmap:  # bounded: LRU
                 self._decoded[(layer_id, c)] = None
         while len(self._decoded) > max(DECODED_CACHE_CHUNKS, len(chunk_indexes)):
             old_layer, old_chunk = self._decoded.popitem(last=False)[0]
@@ -362,7 +361,7 @@ class Table:
     ) -> None:
         """Write one whole chunk (temporary file + rename) and record it in the manifest."""
         data = encode_chunk(self.meta, rows)
-        write_file_atomic(self.chunk_path(layer_id, chunk_index), data, fsync=fsync)
+        self.store.write_bytes(chunk_key(layer_id, chunk_index), data, fsync=fsync)
         self.manifest.setdefault(layer_id, {})[chunk_index] = [
             crc32_of(data),
             memoryview(data).nbytes,
@@ -466,10 +465,8 @@ def open_table(
     meta, manifest = read_group(store)
     check_metadata(store, meta)
     check_vocab(meta, vocab, where=store.url)
-    if mode == "r+" and not store.is_local:
-        raise EngramError(
-            f"{store.url}: tables in object stores open read-only; write rows to a local copy"
-        )
+    if mode == "r+":
+        store.check_writable()
     lock = WriterLock(store.root).acquire() if mode == "r+" else None
     if lock is not None:
         try:
