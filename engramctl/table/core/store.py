@@ -94,6 +94,10 @@ class TableStore:
         """The table's path (a :class:`~pathlib.Path`) or, for a remote table, its URL."""
         return self.url
 
+    def location_of(self, key: str):
+        """Where ``key`` lives: a :class:`~pathlib.Path` locally, a URL string remotely."""
+        return self.where(key)
+
     def check_writable(self) -> None:
         """Refuse to open the table for writing rows unless the store ``supports_writes``."""
         if not self.supports_writes:
@@ -160,6 +164,9 @@ class LocalStore(TableStore):
     @property
     def location(self) -> Path:
         return self.root
+
+    def location_of(self, key: str) -> Path:
+        return self.root / key
 
     def exists(self) -> bool:
         return self.root.exists()

@@ -329,17 +329,17 @@ def test_interrupt_records_finished_chunks(tmp_path, small_layout, monkeypatch):
 
 
 def test_zstd_cache_eviction_and_unchecked_reads(tmp_path, small_layout, monkeypatch):
-    import engramctl.table.sources.table as table_module
+    import engramctl.table.sources.chunked as chunked_module
 
     path = Path(make(tmp_path / "z.zarr", small_layout, compressor="zstd").path)
     reference = all_rows(open_table(make(tmp_path / "r.zarr", small_layout).path), 15)
-    monkeypatch.setattr(table_module, "DECODED_CACHE_CHUNKS", 2)
+    monkeypatch.setattr(chunked_module, "DECODED_CACHE_CHUNKS", 2)
     table = open_table(path)
     rng = np.random.default_rng(0)
     for _ in range(5):  # touch few chunks at a time so the cache keeps evicting
         ids = rng.integers(0, 2208, 3)
         np.testing.assert_array_equal(table.gather(15, ids), reference[ids])
-        assert len(table._decoded) <= 3
+        assert table.source.cached_chunks <= 3
     # check_chunks=False skips the checksum (sizes are still checked)
     victim = path / chunk_key(15, 0)
     data = bytearray(victim.read_bytes())
