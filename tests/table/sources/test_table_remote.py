@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -24,55 +19,14 @@ from engramctl.table.core.lock import LOCK_NAME  # noqa: E402
 from engramctl.table.core.store import open_store, parse_storage_options  # noqa: E402
 from engramctl.table.sources.table import open_table  # noqa: E402
 
+from .conftest import BUCKET  # noqa: E402
+
 SMALL = ["--ngram-vocab", "500,500", "--heads", "2", "--dim", "32", "--chunk-rows", "300"]
-BUCKET = "engram-test"
 runner = CliRunner()
 
 
 def run(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def endpoint(tmp_path_factory):
-    """``python -m moto.server`` on a free loopback port, with one bucket; stopped at the end."""
-    port = _free_port()
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"moto server did not start (see {log.name})")
-                time.sleep(0.2)
-        import s3fs
-
-        s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=url).mkdir(BUCKET)
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def options(endpoint) -> dict:
-    return {"key": "testing", "secret": "testing", "endpoint_url": endpoint}
 
 
 def cli_options(options: dict) -> list[str]:
