@@ -261,10 +261,8 @@ def test_overwrite_rules(tmp_path, small_layout):
 
 
 def test_free_space_is_checked_first(tmp_path, small_layout, monkeypatch):
-    import engramctl._files as files
-
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: usage._replace(free=1_000_000))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=1_000_000))
     with pytest.raises(EngramError, match="not enough disk space.*needs 1\\.1 MiB more"):
         make(tmp_path / "t.zarr", small_layout)
     assert not (tmp_path / "t.zarr").exists()

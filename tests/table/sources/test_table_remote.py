@@ -193,13 +193,18 @@ def test_parse_storage_options():
 
 
 def test_denied_access_names_the_credentials():
-    from engramctl.table.core.store import FsspecStore
+    import fsspec
+    from fsspec.spec import AbstractFileSystem
 
-    class Denied:
-        def cat_file(self, path):
+    class Denied(AbstractFileSystem):
+        """A store whose every read is refused, as S3 refuses a bad access key."""
+
+        protocol = "denied"
+
+        def cat_file(self, path, start=None, end=None, **kwargs):
             raise PermissionError("InvalidAccessKeyId: The AWS Access Key Id does not exist")
 
-    store = FsspecStore("s3://bucket/t.zarr")
-    store._fs, store._root = Denied(), "bucket/t.zarr"
+    fsspec.register_implementation("denied", Denied, clobber=True)
+    store = open_store("denied://bucket/t.zarr")
     with pytest.raises(EngramError, match="access denied .*check the credentials"):
         store.read_bytes("zarr.json")
