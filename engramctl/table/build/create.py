@@ -26,6 +26,13 @@ from ..._system import cpu_count
 from ...cluster import open_client
 from ...errors import EngramError, UsageError
 from ...layout import EngramLayout
+from ..core.codec import ZSTD_LEVEL, default_chunk_rows
+from ..core.dtypes import parse_dtype
+from ..core.manifest import group_attrs, read_group
+from ..core.meta import TableMeta
+from ..core.rowinit import InitRecipe
+from ..core.store import LocalStore, TableStore, open_store
+from ..sources.table import TableInfo, table_info
 from .chunks import (
     InitProgress,
     ManifestRecorder,
@@ -37,14 +44,7 @@ from .chunks import (
     write_init_chunk,
 )
 from .create_dask import check_init_memory, initialize_table_dask
-from ..core.dtypes import parse_dtype
-from ..core.codec import ZSTD_LEVEL, default_chunk_rows
-from ..core.manifest import group_attrs, read_group
-from ..core.meta import TableMeta
 from .replace import clear_unborn, install_table, is_unborn, locked_path
-from ..core.rowinit import InitRecipe
-from ..core.store import LocalStore, TableStore, open_store
-from ..sources.table import TableInfo, table_info
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,9 @@ from collections.abc import Callable
 
 from ...cluster import check_worker_memory, check_workers_see, open_client, submit_shared
 from ...errors import EngramError
+from ..core.manifest import read_group
+from ..core.meta import TableMeta
+from ..core.store import TableStore
 from .chunks import (
     ChunkRecord,
     InitProgress,
@@ -30,9 +33,6 @@ from .chunks import (
     raise_init_failure,
     write_init_chunk,
 )
-from ..core.manifest import read_group
-from ..core.meta import TableMeta
-from ..core.store import TableStore
 
 log = logging.getLogger(__name__)
 
