@@ -170,7 +170,7 @@ def test_library_needs_a_scheduler_or_client(tmp_path):
 
 
 def test_worker_memory_too_small_is_refused(scheduler, tmp_path, ds_vocab_path, monkeypatch):
-    from engramctl.table import create_dask as table_dask
+    from engramctl.table.build import create_dask as table_dask
 
     monkeypatch.setattr(table_dask, "init_task_memory", lambda meta: 2**60)
     path = tmp_path / "big.zarr"
