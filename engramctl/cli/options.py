@@ -104,7 +104,7 @@ def resolve_layout_flags(
 
         raise UsageError("--table and --config both fix the layout; give one")
     if table is not None:
-        from ..table.core.format import table_layout_source
+        from ..table.core.manifest import table_layout_source
 
         source = table_layout_source(table, vocab=vocab)
     elif params["config"] is not None:

@@ -11,17 +11,10 @@ from dataclasses import dataclass, field
 
 from ..errors import EngramError
 from .core.checks import metadata_problems
-from .core.format import (
-    CHECKSUM_KEY,
-    TableMeta,
-    active_writer,
-    check_vocab,
-    checksum_problems,
-    chunk_key,
-    crc32_of,
-    read_group,
-    read_group_attrs,
-)
+from .core.codec import chunk_key, crc32_of
+from .core.lock import active_writer
+from .core.manifest import CHECKSUM_KEY, checksum_problems, read_group, read_group_attrs
+from .core.meta import TableMeta, check_vocab
 from .core.store import TableStore, open_store
 
 REMOTE_READ_BATCH = 16  # chunks verify --deep fetches at once from an object store
@@ -129,12 +122,12 @@ def _check_checksums(
     store: TableStore, layer_id: int, to_read: list, report: VerifyReport, progress
 ) -> None:
     """Re-read chunks and compare CRC-32s; a remote store fetches a batch concurrently."""
-    batch = 1 if store.is_local else REMOTE_READ_BATCH
+    batch = 1 if store.supports_mmap else REMOTE_READ_BATCH  # local files: one at a time
     for start in range(0, len(to_read), batch):
         group = to_read[start : start + batch]
         keys = [chunk_key(layer_id, chunk_index) for chunk_index, _ in group]
         try:
-            fetched = store.read_many(keys)
+            fetched = store.get_many(keys)
         except OSError as exc:  # local stores read one chunk per batch
             report.problems.append(
                 f"chunk {group[0][0]} of layer {layer_id}: cannot read {store.where(keys[0])} "
@@ -212,7 +205,7 @@ def verify_table(
         return report
     for layer_id in meta.layers:
         _check_files(store, meta, manifest, layer_id, deep, report, progress)
-    holder = active_writer(store.root) if store.is_local else None
+    holder = active_writer(store.root) if store.supports_writes else None
     if holder is not None and report.problems:  # a write under way looks like damage
         raise EngramError(
             f"{store.url} is being written by {holder}: its files changed during the check, so "

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from engramctl.cli import app
-from engramctl.table.core.format import chunk_key
+from engramctl.table.core.codec import chunk_key
 from engramctl.table.sources.table import open_table
 
 SMALL = ["--ngram-vocab", "500,500", "--heads", "2", "--dim", "32", "--chunk-rows", "300"]

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, settings
 from typer.testing import CliRunner
 
 from engramctl.cli import app
-from engramctl.table.core.format import CHECKSUM_KEY, MANIFEST_KEY, META_KEY, json_digest
+from engramctl.table.core.manifest import CHECKSUM_KEY, MANIFEST_KEY, META_KEY, json_digest
 
 EXAMPLES = int(os.environ.get("HOSTILE_EXAMPLES", "10"))
 HOSTILE = settings(

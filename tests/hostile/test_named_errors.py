@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from engramctl.table.core.format import chunk_key
+from engramctl.table.core.codec import chunk_key
 from tests.hostile.conftest import SMALL, assert_one_error, cli, reseal
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from engramctl.errors import EngramError
-from engramctl.table.core.format import chunk_key
+from engramctl.table.core.codec import chunk_key
 from engramctl.table.formats.safetensors import export_safetensors
 from engramctl.table.sources.table import open_table
 from engramctl.table.verify import verify_table

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from engramctl.errors import EngramError
-from engramctl.table.core.format import WriterLock, read_group
+from engramctl.table.core.lock import WriterLock
+from engramctl.table.core.manifest import read_group
 from engramctl.table.sources.table import open_table
 from engramctl.table.verify import verify_table
 
@@ -195,9 +196,9 @@ def test_reader_waits_for_a_writer_mid_write(tmp_path, small_layout):
 def test_reader_and_verify_never_call_a_table_mid_write_damaged(
     tmp_path, small_layout, monkeypatch
 ):
-    import engramctl.table.sources.table as table_module
+    import engramctl.table.sources.chunked as chunked_module
 
-    monkeypatch.setattr(table_module, "WRITER_WAIT_SECONDS", 0.4)
+    monkeypatch.setattr(chunked_module, "WRITER_WAIT_SECONDS", 0.4)
     path = tmp_path / "t.zarr"
     make(path, small_layout)
     writer = open_table(path, mode="r+")
@@ -211,13 +212,19 @@ def test_reader_and_verify_never_call_a_table_mid_write_damaged(
     np.testing.assert_array_equal(open_table(path).gather(15, ids)[:, 0], np.full(10, 5.0))
 
 
+def _write_then_die(path):
+    """A writer killed after renaming its chunk in, before its manifest write."""
+    _rewrite_unflushed(open_table(path, mode="r+"))
+    os._exit(0)  # no flush, no close: the kernel drops the writer lock
+
+
 def test_damage_without_a_writer_is_still_damage(tmp_path, small_layout):
     path = tmp_path / "t.zarr"
     make(path, small_layout)
-    writer = open_table(path, mode="r+")
-    _rewrite_unflushed(writer)
-    writer._dirty = False  # a writer killed before its manifest write
-    writer.close()
+    child = multiprocessing.get_context("fork").Process(target=_write_then_die, args=(path,))
+    child.start()
+    child.join()
+    assert child.exitcode == 0
     with pytest.raises(EngramError, match="chunk 2 of layer 15 .* is damaged"):
         open_table(path).gather(15, [600])
     assert not verify_table(path, deep=True).ok

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import EngramError, UsageError
-from ...table.core.format import check_vocab_fingerprint
+from ...table.core.meta import check_vocab_fingerprint
 from .paging import DEFAULT_CACHE_ROWS
 
 

@@ -380,8 +380,8 @@ def repair_write_rows(table, layer: int, ids: np.ndarray, values: np.ndarray) ->
     """``table.write_rows`` that first takes in a chunk file the manifest does not know yet when
     it already holds these values at these rows: the commit a kill cut short renamed it in but
     did not record it. Any other mismatch is damage and refused."""
+    from ...table.core.codec import chunk_key, decode_chunk
     from ...table.core.dtypes import encode_rows
-    from ...table.core.format import chunk_key, decode_chunk
 
     stored = encode_rows(np.asarray(values, dtype=np.float32), table.dtype)
     chunk_rows = table.meta.chunk_rows

@@ -22,15 +22,9 @@ from pathlib import Path
 from ..._files import remove_stale_siblings, write_file_atomic
 from ..._system import format_bytes
 from ...errors import EngramError
-from ..core.format import (
-    TableMeta,
-    chunk_key,
-    crc32_of,
-    encode_chunk,
-    init_chunk_rows,
-    read_group,
-    write_group_attrs,
-)
+from ..core.codec import chunk_key, crc32_of, encode_chunk, init_chunk_rows
+from ..core.manifest import read_group, write_group_attrs
+from ..core.meta import TableMeta
 from ..core.store import TableStore, open_store
 
 log = logging.getLogger(__name__)

@@ -27,14 +27,10 @@ from ..._system import cpu_count
 from ...cluster import open_client
 from ...errors import EngramError, UsageError
 from ...layout import EngramLayout
+from ..core.codec import ZSTD_LEVEL, default_chunk_rows
 from ..core.dtypes import parse_dtype
-from ..core.format import (
-    ZSTD_LEVEL,
-    TableMeta,
-    default_chunk_rows,
-    group_attrs,
-    read_group,
-)
+from ..core.manifest import group_attrs, read_group
+from ..core.meta import TableMeta
 from ..core.rowinit import InitRecipe
 from ..core.store import LocalStore, TableStore, open_store
 from ..sources.table import TableInfo, table_info

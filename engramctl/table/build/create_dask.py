@@ -21,7 +21,8 @@ from collections.abc import Callable
 
 from ...cluster import check_worker_memory, check_workers_see, open_client, submit_shared
 from ...errors import EngramError
-from ..core.format import TableMeta, read_group
+from ..core.manifest import read_group
+from ..core.meta import TableMeta
 from ..core.store import TableStore
 from .chunks import (
     ChunkRecord,

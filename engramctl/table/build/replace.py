@@ -16,7 +16,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..core.format import LOCK_NAME, WriterLock
+from ..core.lock import LOCK_NAME, WriterLock
 
 RENAME_EXCHANGE = 2  # linux/fs.h: swap two paths atomically (renameat2)
 AT_FDCWD = -100

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from .format import TableMeta
+from .meta import TableMeta
 from .store import TableStore
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...layout import EngramLayout
-from .format import TableMeta
+from .meta import TableMeta
 
 
 @dataclass(frozen=True)

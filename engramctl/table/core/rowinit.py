@@ -68,8 +68,9 @@ class InitRecipe:
 
 
 # ------------------------------------------------------------------------ specification
-def _mix_reference(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer on uint64 arrays (wrapping)."""
+def mix_reference(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer on uint64 arrays (wrapping): the specification of the kernel's
+    ``_mix`` and the oracle of its tests."""
     z = (z ^ (z >> np.uint64(30))) * np.uint64(MIX1)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(MIX2)
     return z ^ (z >> np.uint64(31))
@@ -82,8 +83,8 @@ def stream_key(seed: int, layer_id: int) -> int:
     True
     """
     with np.errstate(over="ignore"):
-        first = _mix_reference(np.array([seed], np.uint64) + np.uint64(GAMMA))
-        key = _mix_reference((first ^ np.uint64(layer_id)) + np.uint64(GAMMA))
+        first = mix_reference(np.array([seed], np.uint64) + np.uint64(GAMMA))
+        key = mix_reference((first ^ np.uint64(layer_id)) + np.uint64(GAMMA))
     return int(key[0])
 
 
@@ -99,13 +100,13 @@ def init_values_reference(
     one, two, gamma = np.uint64(1), np.uint64(2), np.uint64(GAMMA)
     if recipe.kind == "uniform":
         with np.errstate(over="ignore"):
-            h1 = _mix_reference(key + (two * counter + one) * gamma)
+            h1 = mix_reference(key + (two * counter + one) * gamma)
         u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
         return (recipe.std * math.sqrt(3.0) * (2.0 * u1 - 1.0)).astype(np.float32)
     pair = counter >> one  # elements 2q and 2q + 1 share one Box-Muller draw
     with np.errstate(over="ignore"):
-        h1 = _mix_reference(key + (two * pair + one) * gamma)
-        h2 = _mix_reference(key + (two * pair + two) * gamma)
+        h1 = mix_reference(key + (two * pair + one) * gamma)
+        h2 = mix_reference(key + (two * pair + two) * gamma)
     u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
     u2 = ((h2 >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
     radius = recipe.std * np.sqrt(-2.0 * np.log(u1))

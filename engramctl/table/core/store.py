@@ -6,6 +6,12 @@ Both read and write files by *key*, the path inside the table (``zarr.json``,
 atomic either way: a temporary file renamed into place locally, one PUT of the whole object in an
 object store. Stores pickle small (a URL and its storage options), which is what Dask tasks need.
 
+A store states what it can do (zarr-python's habit) instead of callers asking where it is:
+``supports_mmap`` (chunk files can be memory-mapped: :meth:`TableStore.map_or_read`),
+``supports_writes`` (rows can be rewritten in place under the writer lock, ``mode="r+"``;
+:meth:`TableStore.check_writable` is the one refusal) and :meth:`TableStore.get_many` (several
+files at once, fetched concurrently where the store can).
+
 Errors of a remote store (its protocol package not installed, no credentials, access denied, an
 unreachable endpoint) become one :class:`EngramError` line naming what is missing;
 ``FileNotFoundError`` passes through so callers can treat a missing file as they would locally.
@@ -80,6 +86,24 @@ class TableStore:
 
     url: str
     is_local: bool
+    supports_mmap: bool  # chunk files can be memory-mapped (map_or_read)
+    supports_writes: bool  # rows can be rewritten in place under the writer lock (mode "r+")
+
+    @property
+    def location(self):
+        """The table's path (a :class:`~pathlib.Path`) or, for a remote table, its URL."""
+        return self.url
+
+    def location_of(self, key: str):
+        """Where ``key`` lives: a :class:`~pathlib.Path` locally, a URL string remotely."""
+        return self.where(key)
+
+    def check_writable(self) -> None:
+        """Refuse to open the table for writing rows unless the store ``supports_writes``."""
+        if not self.supports_writes:
+            raise EngramError(
+                f"{self.url}: tables in object stores open read-only; write rows to a local copy"
+            )
 
     def where(self, key: str = "") -> str:
         """Full path or URL of ``key``, for messages."""
@@ -95,10 +119,11 @@ class TableStore:
         raise NotImplementedError
 
     def map_or_read(self, key: str, mappable_size: int | None = None):
-        """A file's bytes; memory-mapped instead if local and exactly ``mappable_size`` long."""
+        """A file's bytes; memory-mapped instead if the store ``supports_mmap`` and the file is
+        exactly ``mappable_size`` long."""
         return self.read_bytes(key)
 
-    def read_many(self, keys: list[str]) -> dict[str, bytes | None]:
+    def get_many(self, keys: list[str]) -> dict[str, bytes | None]:
         """Several files at once (``None`` for missing ones); remote stores fetch concurrently."""
         out: dict[str, bytes | None] = {}
         for key in keys:
@@ -108,7 +133,9 @@ class TableStore:
                 out[key] = None
         return out
 
-    def write_bytes(self, key: str, data) -> None:
+    def write_bytes(self, key: str, data, *, fsync: bool = True) -> None:
+        """Write a whole file atomically; ``fsync=False`` leaves a local file to the page cache
+        (an object store's PUT is durable when it returns)."""
         raise NotImplementedError
 
     def file_sizes(self, prefix: str) -> dict[str, int]:
@@ -127,10 +154,19 @@ class LocalStore(TableStore):
     """A table directory on a local (or shared, mounted) file system."""
 
     is_local = True
+    supports_mmap = True
+    supports_writes = True
 
     def __init__(self, path):
         self.root = Path(path)
         self.url = str(self.root)
+
+    @property
+    def location(self) -> Path:
+        return self.root
+
+    def location_of(self, key: str) -> Path:
+        return self.root / key
 
     def exists(self) -> bool:
         return self.root.exists()
@@ -148,8 +184,8 @@ class LocalStore(TableStore):
                 return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
             return handle.read()
 
-    def write_bytes(self, key: str, data) -> None:
-        write_file_atomic(self.root / key, data)
+    def write_bytes(self, key: str, data, *, fsync: bool = True) -> None:
+        write_file_atomic(self.root / key, data, fsync=fsync)
 
     def file_sizes(self, prefix: str) -> dict[str, int]:
         base = self.root / prefix
@@ -178,6 +214,8 @@ class FsspecStore(TableStore):
     """A table under an fsspec URL (``s3://``, ``gs://``, ``memory://`` ...)."""
 
     is_local = False
+    supports_mmap = False
+    supports_writes = False
 
     def __init__(self, url: str, storage_options: dict | None = None):
         self.url = url.rstrip("/")
@@ -260,7 +298,7 @@ class FsspecStore(TableStore):
         with self._errors():
             return self.fs.cat_file(self._path(key))
 
-    def read_many(self, keys: list[str]) -> dict[str, bytes | None]:
+    def get_many(self, keys: list[str]) -> dict[str, bytes | None]:
         paths = {self._path(key): key for key in keys}
         with self._errors():
             found = self.fs.cat(list(paths), on_error="return")
@@ -275,7 +313,7 @@ class FsspecStore(TableStore):
             out[key] = data
         return out
 
-    def write_bytes(self, key: str, data) -> None:
+    def write_bytes(self, key: str, data, *, fsync: bool = True) -> None:
         try:
             with self._errors():
                 self.fs.pipe_file(self._path(key), bytes(memoryview(data).cast("B")))

@@ -29,16 +29,12 @@ from ...layout import EngramLayout
 from ..build.chunks import ChunkRecord, ManifestRecorder, chunk_is_valid, write_chunks_in_pool
 from ..build.create import CreateResult, build_meta, write_new_group
 from ..core.checkpoint import Checkpoint, open_checkpoint
+from ..core.codec import chunk_key, crc32_of, encode_chunk
 from ..core.dtypes import decode_rows, encode_rows, parse_dtype
-from ..core.format import (
-    TableMeta,
-    WriterLock,
-    chunk_key,
-    crc32_of,
-    encode_chunk,
-    read_group,
-)
 from ..core.fp8_check import InvalidRowsError, check_fp8_rows
+from ..core.lock import WriterLock
+from ..core.manifest import read_group
+from ..core.meta import TableMeta
 from ..core.rowinit import InitRecipe
 from ..core.store import open_store
 from ..sources.linked import COPY_MODE, LINK_MODE, SourceReader, Span, sources_record

@@ -24,16 +24,11 @@ from ...errors import EngramError, UsageError
 from ...layout import EngramLayout
 from ..build.create import CreateResult, build_meta, write_new_group
 from ..build.replace import install_table, is_unborn, locked_path
+from ..core.codec import chunk_key, crc32_of, encode_chunk
 from ..core.dtypes import decode_rows, encode_rows, parse_dtype, storage_dtype
-from ..core.format import (
-    check_vocab_fingerprint,
-    chunk_key,
-    crc32_of,
-    encode_chunk,
-    read_group,
-    write_group_attrs,
-)
 from ..core.fp8 import FP8_SCALE_BLOCK
+from ..core.manifest import read_group, write_group_attrs
+from ..core.meta import check_vocab_fingerprint
 from ..core.rowinit import InitRecipe
 from ..sources.table import table_info
 from .safetensors import (

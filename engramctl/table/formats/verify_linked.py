@@ -10,8 +10,10 @@ same header is caught.
 
 from __future__ import annotations
 
-from ..core.format import WriterLock, crc32_of, read_group, write_group_attrs
+from ..core.codec import crc32_of
 from ..core.fp8_check import InvalidRowsError, check_fp8_rows
+from ..core.lock import WriterLock
+from ..core.manifest import read_group, write_group_attrs
 from ..sources.linked import SourceReader, Span, check_sources
 
 LINK_SOURCE = "link"

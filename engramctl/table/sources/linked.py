@@ -11,6 +11,8 @@ valid; any other file by its absolute path.
 copied table (``dim`` value bytes, then ``dim/32`` scale bytes): the same bytes a copy returns.
 Before mapping, and before every gather, the file's size is compared with the record (a
 truncated file would otherwise fault inside the map); the header hash is compared at open.
+:class:`LinkedSource` is the row source (:mod:`engramctl.table.sources.base`) of a linked
+table: its layers, opened on first use, and the refusal to write.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from ..._numba import njit, prange
 from ...errors import EngramError
 from ..core.checkpoint import TensorRef, read_shard_header
+from .base import RowSource
 
 LINK_MODE, COPY_MODE = "link", "copy"
 COPY_HINT = "import the checkpoint without --link to get a table you can write"
@@ -271,8 +274,9 @@ class LinkedLayer:
         return np.concatenate([self.weight[start:stop], self.scale[start:stop]], axis=1)
 
 
-class LinkedLayers:
-    """The mapped layers of one linked table, each opened (files checked) on first use."""
+class LinkedSource(RowSource):
+    """The rows of a linked table: its layers mapped from the checkpoint's shards, each opened
+    (files checked) on first use. Read-only: writes are refused with :data:`COPY_HINT`."""
 
     def __init__(self, meta, table_path):
         self.meta, self.table_path = meta, table_path
@@ -291,13 +295,25 @@ class LinkedLayers:
                 )
             return self._layers[layer_id]
 
-    def chunk(self, layer_id: int, chunk_index: int) -> np.ndarray:
+    def gather(self, layer_id: int, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+        return self.layer(layer_id).gather(ids, out)
+
+    def rows(self, layer_id: int, start: int, stop: int) -> np.ndarray:
+        return self.layer(layer_id).rows(start, stop)
+
+    def read_chunk(self, layer_id: int, chunk_index: int) -> np.ndarray:
         """A chunk's rows as a copied table stores them (zero padded past the layer's end)."""
         start, stop = self.meta.chunk_span(layer_id, chunk_index)
         rows = np.zeros((self.meta.chunk_rows, self.meta.row_width), np.uint8)
         rows[: stop - start] = self.layer(layer_id).rows(start, stop)
         return rows
 
-    def clear(self) -> None:
+    def check_writable(self) -> None:
+        raise EngramError(f"{self.table_path} is linked to a checkpoint (read-only); {COPY_HINT}")
+
+    def write_chunk(self, layer_id, chunk_index, rows, *, source, fsync=True) -> None:
+        self.check_writable()
+
+    def close(self) -> None:
         with self._lock:
             self._layers.clear()

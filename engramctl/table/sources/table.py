@@ -1,74 +1,46 @@
-"""Open tables: :func:`open_table`, :class:`Table` (gather, write_rows, info) and its chunk reader.
+"""Open tables: :func:`open_table` and :class:`Table` (gather, rows, write_rows, info).
 
-Reading: uncompressed chunk files are memory-mapped once and cached; :meth:`Table.gather` copies
-rows out of the maps with a parallel numba kernel (:mod:`engramctl.table.sources.gather`). Chunks
-never written (lazy tables, or a full init still under way) read as their deterministic init values
-(:mod:`engramctl.table.core.rowinit`); zstd chunks are decoded whole and kept in a small LRU cache.
-The first time a chunk is loaded its CRC-32 is checked against the manifest (``check_chunks``), so a
-damaged chunk raises an error naming it instead of returning garbage.
+:class:`Table` picks its row source once, at open (:mod:`engramctl.table.sources.base`): a
+linked table reads its checkpoint's shards (:class:`~engramctl.table.sources.linked.LinkedSource`),
+any other table its chunk files (:class:`~engramctl.table.sources.chunked.ChunkedSource`:
+memory-mapped or fetched, CRC-checked at first load, init values for chunks never written). The
+table checks row ids and buffers, delegates the bytes to the source, and keeps the manifest and
+the metadata it writes back.
 
 Writing (``mode="r+"``, under the writer lock): :meth:`Table.write_rows` rewrites whole chunks
-(read, patch, temporary file, rename) and records their checksums in the manifest.
+(read, patch, temporary file, rename) and records their checksums in the manifest; a linked table
+refuses.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
-import threading
-import time
-from collections import OrderedDict
-from pathlib import Path
 
 import numpy as np
 
-from ..._files import write_file_atomic
 from ...errors import EngramError, UsageError
 from ...layout import EngramLayout
 from ..core.checks import metadata_problems
+from ..core.codec import chunk_key
 from ..core.dtypes import encode_rows
-from ..core.format import (
-    LOCK_NAME,
-    TableMeta,
-    WriterLock,
-    active_writer,
-    check_vocab,
-    chunk_key,
-    crc32_of,
-    decode_chunk,
-    encode_chunk,
-    init_chunk_rows,
-    read_group,
-    table_state,
-    write_group_attrs,
-)
 from ..core.info import LayerInfo, TableInfo, table_info
-from ..core.rowinit import init_values
-from ..core.store import LocalStore, TableStore, open_store
-from .gather import check_row_ids, chunk_address, gather_rows, word_dtype
-from .linked import COPY_HINT, LinkedLayers
-
-log = logging.getLogger(__name__)
-DECODED_CACHE_CHUNKS = 64  # zstd chunks kept decoded (64 x 4 MiB by default)
-WRITER_WAIT_SECONDS = 60.0  # how long a reader waits for a writer to record a chunk it rewrote
-WRITER_POLL_SECONDS = 0.2
-
-
-# --------------------------------------------------------------------------------- table
-CHUNK_UNKNOWN, CHUNK_LOADED, CHUNK_UNWRITTEN = 0, 1, 2
+from ..core.lock import LOCK_NAME, WriterLock
+from ..core.manifest import read_group, table_state, write_group_attrs
+from ..core.meta import TableMeta, check_vocab
+from ..core.store import TableStore, open_store
+from .base import RowSource
+from .chunked import ChunkedSource
+from .gather import check_row_ids
+from .linked import LinkedSource
 
 
-class ChunkMismatch(EngramError):
-    """A chunk file disagrees with the manifest this reader holds (damage, or a writer at work)."""
-
-
-class _LoadedChunks:
-    """Loaded chunks of one layer: their arrays (kept alive) and base addresses for the kernel."""
-
-    def __init__(self, n_chunks: int):
-        self.bases = np.zeros(n_chunks, dtype=np.int64)  # 0 = not loaded
-        self.state = np.zeros(n_chunks, dtype=np.uint8)  # CHUNK_UNKNOWN / LOADED / UNWRITTEN
-        self.arrays: dict[int, np.ndarray] = {}  # views of mmaps / decoded chunks
+def row_source(
+    store: TableStore, meta: TableMeta, manifest: dict, *, check_chunks: bool, writer: bool
+) -> RowSource:
+    """The row source of a table: its checkpoint's shards if linked, else its chunk files."""
+    if meta.linked:
+        return LinkedSource(meta, store.location)
+    return ChunkedSource(store, meta, manifest, check_chunks=check_chunks, writer=writer)
 
 
 class Table:
@@ -76,29 +48,25 @@ class Table:
 
     def __init__(
         self,
-        path: Path,
+        store: TableStore,
         meta: TableMeta,
         manifest: dict,
         *,
         mode: str,
         check_chunks: bool,
         lock: WriterLock | None,
-        store: TableStore | None = None,
     ):
-        self.store = store if store is not None else LocalStore(path)
-        self.path = self.store.root if self.store.is_local else self.store.url  # str for URLs
+        self.store = store
+        self.path = store.location  # a Path, or a URL string for a remote table
         self.meta = meta
         self.manifest = manifest
         self.mode = mode
         self.check_chunks = check_chunks
         self._lock = lock
-        self._word = word_dtype(meta.row_bytes)
-        self._words = meta.row_bytes // self._word.itemsize
-        self._caches: dict[int, _LoadedChunks] = {}
-        self._decoded: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._dirty = False
-        self._mutex = threading.RLock()
-        self._linked = LinkedLayers(meta, self.path)  # layers mapped from checkpoint shards
+        self.source = row_source(
+            store, meta, manifest, check_chunks=check_chunks, writer=mode != "r"
+        )
 
     # ---------------------------------------------------------------- properties
     @property
@@ -129,148 +97,16 @@ class Table:
         """Raise if ``vocab`` is not the vocab this table was made for (names both)."""
         check_vocab(self.meta, vocab, where=str(self.path))
 
-    def chunk_path(self, layer_id: int, chunk_index: int) -> Path | str:
+    def chunk_path(self, layer_id: int, chunk_index: int):
         """The chunk's file (a URL string for a remote table)."""
-        key = chunk_key(layer_id, chunk_index)
-        return self.path / key if self.store.is_local else self.store.where(key)
-
-    # --------------------------------------------------------------- chunk loading
-    def _cache(self, layer_id: int) -> _LoadedChunks:
-        if layer_id not in self._caches:
-            layer = self.meta.layer(layer_id)
-            self._caches[layer_id] = _LoadedChunks(layer.n_chunks(self.meta.chunk_rows))
-        return self._caches[layer_id]
-
-    def read_chunk_file(
-        self, layer_id: int, chunk_index: int, *, fetched=None
-    ) -> np.ndarray | None:
-        """Stored rows of a written chunk, checked against the manifest; ``None`` if unwritten.
-
-        ``fetched`` maps chunk keys to bytes already read (``None``: missing), as
-        :meth:`TableStore.read_many` returns them. A chunk that does not match the manifest
-        while another process writes the table is read again once the writer has recorded it
-        (up to ``WRITER_WAIT_SECONDS``); it is called damaged only when no writer is at work.
-        """
-        waited = 0.0
-        while True:
-            try:
-                return self._read_chunk_once(layer_id, chunk_index, fetched)
-            except ChunkMismatch as exc:
-                if self.mode != "r" or not self.store.is_local:  # a writer trusts its manifest
-                    raise EngramError(str(exc)) from None
-                if self._refresh_entry(layer_id, chunk_index):
-                    fetched = None
-                    continue  # a writer recorded the chunk since we read the manifest
-                holder = active_writer(self.store.root)
-                if holder is None:
-                    raise EngramError(str(exc)) from None
-                if waited >= WRITER_WAIT_SECONDS:
-                    raise EngramError(
-                        f"chunk {chunk_index} of layer {layer_id} of {self.path} changed under "
-                        f"this reader while {holder} writes the table (it is not damaged); rerun "
-                        "when the writer has finished"
-                    ) from None
-                time.sleep(WRITER_POLL_SECONDS)
-                waited += WRITER_POLL_SECONDS
-                fetched = None
-
-    def _refresh_entry(self, layer_id: int, chunk_index: int) -> bool:
-        """Re-read the manifest; whether this chunk's entry changed (then it is taken)."""
-        try:
-            _, manifest = read_group(self.store)
-        except EngramError:
-            return False
-        old = self.manifest.get(layer_id, {}).get(chunk_index)
-        new = manifest.get(layer_id, {}).get(chunk_index)
-        if new == old:
-            return False
-        if new is None:
-            self.manifest.get(layer_id, {}).pop(chunk_index, None)
-        else:
-            self.manifest.setdefault(layer_id, {})[chunk_index] = new
-        return True
-
-    def _read_chunk_once(self, layer_id: int, chunk_index: int, fetched) -> np.ndarray | None:
-        path = self.chunk_path(layer_id, chunk_index)
-        entry = self.manifest.get(layer_id, {}).get(chunk_index)
-        where = f"chunk {chunk_index} of layer {layer_id} ({path})"
-        try:
-            if fetched is None:  # mmap when the file is raw rows (uncompressed, full size)
-                mappable = self.meta.chunk_bytes if self.meta.compressor == "none" else None
-                data = self.store.map_or_read(chunk_key(layer_id, chunk_index), mappable)
-            elif (data := fetched[chunk_key(layer_id, chunk_index)]) is None:
-                raise FileNotFoundError(path)
-        except FileNotFoundError:
-            if entry is not None:
-                raise ChunkMismatch(
-                    f"{where} is missing although the manifest lists it; the table is damaged "
-                    "(run engramctl verify)"
-                ) from None
-            return None
-        except OSError as exc:  # a directory, unreadable, an I/O error: the table, not the output
-            raise EngramError(
-                f"cannot read {where}: {exc.strerror or exc}; the table is damaged or unreadable "
-                "(run engramctl verify)"
-            ) from None
-        if entry is None:  # the manifest is the record of what the table holds
-            if self.meta.status == "complete":
-                raise ChunkMismatch(
-                    f"{where} is damaged: it is not in the manifest of this complete table, so "
-                    "its checksum is unknown; run engramctl verify"
-                )
-            log.warning("%s is not in the manifest (an interrupted write): its init values", where)
-            return None
-        if len(data) != entry[1]:
-            raise ChunkMismatch(
-                f"{where} is damaged: {len(data)} bytes, the manifest says {entry[1]}; "
-                "run engramctl verify"
-            )
-        if self.check_chunks and crc32_of(data) != entry[0]:
-            raise ChunkMismatch(
-                f"{where} is damaged: its checksum does not match the manifest; "
-                "run engramctl verify"
-            )
-        return decode_chunk(self.meta, data, where=where)
+        return self.store.location_of(chunk_key(layer_id, chunk_index))
 
     def read_chunk(self, layer_id: int, chunk_index: int) -> np.ndarray:
         """Stored rows ``[chunk_rows, row_width]`` of any chunk: its file, its linked rows, or
         its init values if never written; read now and not kept (streaming a table through this
         holds one chunk, unlike :meth:`gather`, which keeps the chunks it maps)."""
-        if self.meta.linked:  # the chunk's rows from the checkpoint's shards
-            return self._linked.chunk(layer_id, chunk_index)
-        rows = self.read_chunk_file(layer_id, chunk_index)
-        if rows is None:  # one chunk: numba's thread pool costs more than it saves here
-            return init_chunk_rows(self.meta, layer_id, chunk_index, parallel=False)
-        return rows
-
-    def _ensure_loaded(self, layer_id: int, chunk_indexes: np.ndarray) -> None:
-        cache = self._cache(layer_id)
-        fetched = None
-        if not self.store.is_local:  # fetch the chunks of this gather concurrently
-            keys = [chunk_key(layer_id, c) for c in chunk_indexes.tolist()]
-            fetched = self.store.read_many(keys)
-        for c in chunk_indexes.tolist():
-            rows = self.read_chunk_file(layer_id, c, fetched=fetched)
-            if rows is None:  # never written: its rows are filled with init values
-                cache.state[c] = CHUNK_UNWRITTEN
-                continue
-            words = rows.view(self._word).reshape(self.meta.chunk_rows, self._words)
-            cache.arrays[c] = words  # keeps the mmap (or decoded buffer) alive
-            cache.bases[c] = chunk_address(words, self.meta.chunk_rows, self._words, self._word)
-            cache.state[c] = CHUNK_LOADED
-            if self.meta.compressor != "none" or not self.store.is_local:  # bounded: LRU
-                self._decoded[(layer_id, c)] = None
-        while len(self._decoded) > max(DECODED_CACHE_CHUNKS, len(chunk_indexes)):
-            old_layer, old_chunk = self._decoded.popitem(last=False)[0]
-            self._unload(old_layer, old_chunk)
-
-    def _unload(self, layer_id: int, chunk_index: int) -> None:
-        cache = self._caches.get(layer_id)
-        if cache is not None:
-            cache.bases[chunk_index] = 0  # before the array goes: no dangling address
-            cache.state[chunk_index] = CHUNK_UNKNOWN
-            cache.arrays.pop(chunk_index, None)
-        self._decoded.pop((layer_id, chunk_index), None)
+        self.meta.chunk_span(layer_id, chunk_index)  # refuses a chunk out of range
+        return self.source.read_chunk(layer_id, chunk_index)
 
     # ----------------------------------------------------------------------- gather
     def gather(self, layer_id: int, row_ids, out: np.ndarray | None = None) -> np.ndarray:
@@ -307,21 +143,18 @@ class Table:
             )
         if not ids.size:
             return out
-        if self.meta.linked:
-            return self._linked.layer(layer_id).gather(ids, out)
-        with self._mutex:  # loads/unloads never race a kernel reading the chunks
-            cache = self._cache(layer_id)
-            needed = np.zeros(cache.state.shape[0], dtype=bool)
-            needed[ids // self.meta.chunk_rows] = True
-            to_load = np.flatnonzero(needed & (cache.state == CHUNK_UNKNOWN))
-            if to_load.size:
-                self._ensure_loaded(layer_id, to_load)
-            words = out.view(self._word).reshape(ids.size, self._words)
-            missing = gather_rows(cache.bases, self.meta.chunk_rows, ids, words)
-        if missing.size:  # rows of chunks never written: their init values
-            values = init_values(self.meta.init, layer_id, ids[missing], self.meta.dim)
-            out[missing] = encode_rows(values, self.meta.dtype)
-        return out
+        return self.source.gather(layer_id, ids, out)
+
+    def rows(self, layer_id: int, start: int, stop: int) -> np.ndarray:
+        """Rows ``[start, stop)`` of one layer in their raw storage dtype, as :meth:`gather`
+        returns them; read now and not kept."""
+        rows = self.meta.layer(layer_id).rows
+        if not 0 <= start <= stop <= rows:
+            raise EngramError(
+                f"rows [{start}, {stop}) are out of range: the layer has {rows} rows "
+                f"(0..{rows - 1})"
+            )
+        return self.source.rows(layer_id, start, stop)
 
     # ----------------------------------------------------------------------- writes
     def _stored_rows(self, values, n: int) -> np.ndarray:
@@ -349,10 +182,7 @@ class Table:
         ``fsync=False`` leaves the chunk files to the page cache: the caller makes them durable
         (one ``os.sync()`` for many chunks) before it flushes the manifest.
         """
-        if self.mode == "r":
-            raise EngramError(f"{self.path} is open read-only; open it with mode='r+' to write")
-        if self.meta.linked:
-            raise EngramError(f"{self.path} is linked to a checkpoint (read-only); {COPY_HINT}")
+        self._check_writable()
         ids = check_row_ids(row_ids, self.meta.layer(layer_id).rows)
         stored = self._stored_rows(values, ids.size)
         chunk_of = ids // self.meta.chunk_rows
@@ -372,16 +202,14 @@ class Table:
         self, layer_id: int, chunk_index: int, rows: np.ndarray, *, source: str, fsync=True
     ) -> None:
         """Write one whole chunk (temporary file + rename) and record it in the manifest."""
-        data = encode_chunk(self.meta, rows)
-        write_file_atomic(self.chunk_path(layer_id, chunk_index), data, fsync=fsync)
-        self.manifest.setdefault(layer_id, {})[chunk_index] = [
-            crc32_of(data),
-            memoryview(data).nbytes,
-            source,
-        ]
-        with self._mutex:
-            self._unload(layer_id, chunk_index)
+        self._check_writable()
+        self.source.write_chunk(layer_id, chunk_index, rows, source=source, fsync=fsync)
         self._dirty = True
+
+    def _check_writable(self) -> None:
+        if self.mode == "r":
+            raise EngramError(f"{self.path} is open read-only; open it with mode='r+' to write")
+        self.source.check_writable()
 
     @property
     def state(self) -> str:
@@ -416,10 +244,7 @@ class Table:
             if self.mode != "r":
                 self.flush()
         finally:
-            with self._mutex:
-                self._caches.clear()
-                self._decoded.clear()
-                self._linked.clear()
+            self.source.close()
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
@@ -477,20 +302,16 @@ def open_table(
     meta, manifest = read_group(store)
     check_metadata(store, meta)
     check_vocab(meta, vocab, where=store.url)
-    if mode == "r+" and not store.is_local:
-        raise EngramError(
-            f"{store.url}: tables in object stores open read-only; write rows to a local copy"
-        )
-    lock = WriterLock(store.root).acquire() if mode == "r+" else None
+    if mode == "r+":
+        store.check_writable()
+    lock = WriterLock(store.location).acquire() if mode == "r+" else None
     if lock is not None:
         try:
             meta, manifest = read_group(store)  # re-read under the lock
         except BaseException:
             lock.release()
             raise
-    return Table(
-        store.url, meta, manifest, mode=mode, check_chunks=check_chunks, lock=lock, store=store
-    )
+    return Table(store, meta, manifest, mode=mode, check_chunks=check_chunks, lock=lock)
 
 
 __all__ = ["open_table", "Table", "TableInfo", "LayerInfo", "LOCK_NAME"]

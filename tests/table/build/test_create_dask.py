@@ -16,7 +16,9 @@ pytest.importorskip("distributed")
 from engramctl.cli import app  # noqa: E402
 from engramctl.errors import EngramError  # noqa: E402
 from engramctl.table.build.create import create_table  # noqa: E402
-from engramctl.table.core.format import LOCK_NAME, chunk_key, read_group, write_group_attrs  # noqa: E402
+from engramctl.table.core.codec import chunk_key  # noqa: E402
+from engramctl.table.core.lock import LOCK_NAME  # noqa: E402
+from engramctl.table.core.manifest import read_group, write_group_attrs  # noqa: E402
 
 SMALL = ["--ngram-vocab", "500,500", "--heads", "2", "--dim", "32", "--chunk-rows", "300"]
 runner = CliRunner()

@@ -11,16 +11,16 @@ from engramctl.errors import UsageError
 from engramctl.table.core.rowinit import (
     GAMMA,
     InitRecipe,
-    _mix_reference,
     init_values,
     init_values_reference,
+    mix_reference,
     stream_key,
 )
 
 
 def test_splitmix64_hand_worked():
     # The first output of the splitmix64 generator seeded with 0 is 0xE220A8397B1DCDAF.
-    first = _mix_reference(np.array([GAMMA], np.uint64))
+    first = mix_reference(np.array([GAMMA], np.uint64))
     assert int(first[0]) == 0xE220A8397B1DCDAF
 
 

@@ -14,8 +14,9 @@ import pytest
 from engramctl.errors import EngramError
 from engramctl.table.build.chunks import init_chunk, record_chunks
 from engramctl.table.build.create import create_table
+from engramctl.table.core.codec import chunk_key
 from engramctl.table.core.dtypes import encode_rows
-from engramctl.table.core.format import chunk_key, read_group
+from engramctl.table.core.manifest import read_group
 from engramctl.table.core.rowinit import InitRecipe, init_values
 from engramctl.table.sources.table import open_table
 from engramctl.table.verify import verify_table
@@ -260,10 +261,8 @@ def test_overwrite_rules(tmp_path, small_layout):
 
 
 def test_free_space_is_checked_first(tmp_path, small_layout, monkeypatch):
-    import engramctl._files as files
-
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: usage._replace(free=1_000_000))
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=1_000_000))
     with pytest.raises(EngramError, match="not enough disk space.*needs 1\\.1 MiB more"):
         make(tmp_path / "t.zarr", small_layout)
     assert not (tmp_path / "t.zarr").exists()
@@ -328,17 +327,17 @@ def test_interrupt_records_finished_chunks(tmp_path, small_layout, monkeypatch):
 
 
 def test_zstd_cache_eviction_and_unchecked_reads(tmp_path, small_layout, monkeypatch):
-    import engramctl.table.sources.table as table_module
+    import engramctl.table.sources.chunked as chunked_module
 
     path = Path(make(tmp_path / "z.zarr", small_layout, compressor="zstd").path)
     reference = all_rows(open_table(make(tmp_path / "r.zarr", small_layout).path), 15)
-    monkeypatch.setattr(table_module, "DECODED_CACHE_CHUNKS", 2)
+    monkeypatch.setattr(chunked_module, "DECODED_CACHE_CHUNKS", 2)
     table = open_table(path)
     rng = np.random.default_rng(0)
     for _ in range(5):  # touch few chunks at a time so the cache keeps evicting
         ids = rng.integers(0, 2208, 3)
         np.testing.assert_array_equal(table.gather(15, ids), reference[ids])
-        assert len(table._decoded) <= 3
+        assert table.source.cached_chunks <= 3
     # check_chunks=False skips the checksum (sizes are still checked)
     victim = path / chunk_key(15, 0)
     data = bytearray(victim.read_bytes())
