@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -215,7 +216,7 @@ def test_reader_and_verify_never_call_a_table_mid_write_damaged(
 def _write_then_die(path):
     """A writer killed after renaming its chunk in, before its manifest write."""
     _rewrite_unflushed(open_table(path, mode="r+"))
-    os._exit(0)  # no flush, no close: the kernel drops the writer lock
+    os.kill(os.getpid(), signal.SIGKILL)  # no flush, no close: the kernel drops the writer lock
 
 
 def test_damage_without_a_writer_is_still_damage(tmp_path, small_layout):
@@ -224,7 +225,7 @@ def test_damage_without_a_writer_is_still_damage(tmp_path, small_layout):
     child = multiprocessing.get_context("fork").Process(target=_write_then_die, args=(path,))
     child.start()
     child.join()
-    assert child.exitcode == 0
+    assert child.exitcode == -signal.SIGKILL
     with pytest.raises(EngramError, match="chunk 2 of layer 15 .* is damaged"):
         open_table(path).gather(15, [600])
     assert not verify_table(path, deep=True).ok
