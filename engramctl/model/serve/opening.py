@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import EngramError, UsageError
+from ...rowcache.policy import PAGER
 from ...table.core.format import check_vocab_fingerprint
-from .paging import DEFAULT_CACHE_ROWS
 
 
 class ModelRunner:
@@ -64,7 +64,7 @@ def open_runner(
     *,
     device: str = "auto",
     resident: bool = False,
-    cache_rows: int = DEFAULT_CACHE_ROWS,
+    cache_rows: int = PAGER.default_cache_rows,
     prefetch: bool = True,
     stream: bool = False,
 ) -> ModelRunner:
@@ -134,7 +134,7 @@ class ModelSpec:
     model_dir: Path
     table: object | None = None
     device: str = "auto"
-    cache_rows: int = DEFAULT_CACHE_ROWS
+    cache_rows: int = PAGER.default_cache_rows
     resident: bool = False
     tokenizer_source: str | None = None
 
