@@ -13,7 +13,7 @@ import typer
 
 from ..corpus.files import FORMATS, TOKEN_DTYPES
 from ..layout import DEFAULT_PRESET, PRESETS, LayoutRequest, ResolvedLayout
-from ..model.serve.paging import DEVICES
+from ..model.device import DEVICES
 from ..rowcache.policy import PAGER
 from ..table.core.choices import COMPRESSORS, INIT_KINDS
 from ..table.core.dtypes import DTYPE_ALIASES, DTYPES

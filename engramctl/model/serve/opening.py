@@ -75,7 +75,8 @@ def open_runner(
     """
     from ...hashing import HashStream, NgramHasher
     from ..checkpoint import load_checkpoint
-    from .paging import make_row_source, resolve_device
+    from ..device import resolve_device
+    from .paging import make_row_source
 
     torch_device = resolve_device(device)
     checkpoint = load_checkpoint(model_dir, device=torch_device)

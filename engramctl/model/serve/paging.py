@@ -26,13 +26,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..._background import background_iter
-from ...errors import EngramError, UsageError
+from ...errors import EngramError
 from ...rowcache.policy import PAGER, LruSlots
 from ...table.core.dtypes import decode_rows, row_bytes
 
 log = logging.getLogger(__name__)
-
-DEVICES = ("auto", "cpu", "cuda")  # what --device accepts (auto: cuda when available)
 
 
 @dataclass
@@ -58,21 +56,6 @@ class PagingStats:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "hit_rate": self.hit_rate}
-
-
-def resolve_device(name: str):
-    """``auto`` -> cuda when available else cpu; refuse ``cuda`` without CUDA."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise EngramError(
-            "--device cuda: this machine has no CUDA device (use --device cpu or auto)"
-        )
-    if name != "cpu" and not name.startswith("cuda"):
-        raise UsageError(f"--device: expected auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
 
 
 def free_device_bytes(device) -> int:

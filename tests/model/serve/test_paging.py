@@ -10,11 +10,8 @@ torch = pytest.importorskip("torch")
 
 from engramctl.errors import EngramError  # noqa: E402
 from engramctl.hashing import NgramHasher  # noqa: E402
-from engramctl.model.serve.paging import (  # noqa: E402
-    ResidentRows,
-    RowPager,
-    resolve_device,
-)
+from engramctl.model.device import resolve_device  # noqa: E402
+from engramctl.model.serve.paging import ResidentRows, RowPager  # noqa: E402
 from tests.conftest import make_layout  # noqa: E402
 from tests.model.table_double import InMemoryTable  # noqa: E402
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 pytest.importorskip("torch")
 
-from engramctl.model.train.rows import WriteBuffer, default_moments_path  # noqa: E402
+from engramctl.model.train.out_of_core import WriteBuffer, default_moments_path  # noqa: E402
 
 
 @settings(max_examples=60, deadline=None)
