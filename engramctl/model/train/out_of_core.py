@@ -276,23 +276,14 @@ class OutOfCoreRows:
         self.flush(table)
 
     def state_dict(self) -> dict:
-        """The write buffer (what a commit writes: its redo log) and the rows written so far."""
+        """The write buffer: what a commit writes (its redo log)."""
         buf, slots = self.buffer, self.buffer.slots
-        return {
-            "ids": buf.ids,
-            "rows": buf.rows[slots],
-            "m": buf.m[slots],
-            "v": buf.v[slots],
-            "t": buf.t[slots],
-            "rows_written": np.array([self.rows_trained], dtype=np.int64),
-        }
+        return {"ids": buf.ids, "rows": buf.rows[slots], "m": buf.m[slots], "v": buf.v[slots],
+                "t": buf.t[slots]}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         """Resume at a committed checkpoint: its rows and moments are in the table and the moment
-        store, so only the count of rows written comes back (a checkpoint written before the count
-        was kept starts it at 0)."""
-        written = state.get("rows_written")
-        self.rows_written = int(np.asarray(written).reshape(-1)[0]) if written is not None else 0
+        store already, so nothing comes back but an empty buffer."""
         self.buffer.clear()
 
     @staticmethod

@@ -47,7 +47,8 @@ class TrainableRows(Protocol):
 
     @property
     def rows_trained(self) -> int:
-        """Rows of the run's result: trained (in memory) or written (out of core) so far."""
+        """Rows this layer counts in the run's result: in memory the rows trained so far (their
+        state comes back on resume), out of core those written or buffered by this process."""
 
     @property
     def over_budget(self) -> bool:

@@ -109,12 +109,18 @@ class RunProgress:
     first: int = 0  # the step this process started at
     before: dict = field(default_factory=dict)  # the resumed checkpoint's result
     resumed: bool = False
+    carried_rows: int = 0  # rows written before the resumed checkpoint, not counted by the rows
     loss: float = float("nan")  # the last train loss
     start: float = field(default_factory=time.perf_counter)
 
     def resume_at(self, point) -> None:
+        """Continue from a checkpoint, its state loaded into the rows."""
         self.history, self.first = point.state["history"], point.step
         self.before, self.resumed = point.state["result"], True
+        # rows the checkpoint counted that the loaded rows do not count themselves (out of core:
+        # those written before it; in memory the trained rows come back and count themselves)
+        counted = sum(rows.rows_trained for rows in self.tables.values())
+        self.carried_rows = self.before.get("rows_written", 0) - counted
         self.loss = self.history["train_loss"][-1] if self.history["train_loss"] else float("nan")
         self.start = time.perf_counter()
 
@@ -138,7 +144,7 @@ class RunProgress:
             final_train_loss=self.loss,
             final_heldout_loss=final_heldout,
             history=self.history,
-            rows_written=sum(rows.rows_trained for rows in tables),
+            rows_written=self.carried_rows + sum(rows.rows_trained for rows in tables),
             passes=done * config.batch / self.n_windows,
             write_seconds=self.before.get("write_seconds", 0.0)
             + sum(rows.write_seconds for rows in tables),

@@ -96,6 +96,8 @@ def straight_and_resumed(tmp_path, corpus, vocab_path, make_table, monkeypatch, 
     resumed = run("train", "--resume", b)
     assert resumed.exit_code == 0, resumed.output
     assert f"resumed at step {last}" in resumed.output
+    results = [json.loads((p / "config.json").read_text())["result"] for p in (a, b)]
+    assert results[0]["rows_written"] == results[1]["rows_written"]  # counted across the resume
     return a, b, ta, tb
 
 
