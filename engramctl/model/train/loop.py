@@ -196,7 +196,7 @@ def train_model(
     base : a loaded :class:`~engramctl.model.checkpoint.Checkpoint` to start from
         (``--init-from``); with ``config.freeze_backbone`` only its table rows train.
     moments : the sparse Adam's moment store of an out-of-core run (default
-        ``<table>.adam.zarr``, see :mod:`engramctl.model.train.rows`).
+        ``<table>.adam.zarr``, see :mod:`engramctl.model.train.out_of_core`).
     prior_runs : what to do when another run already trained the table's rows: ``refuse``
         (default), ``continue`` or ``overwrite`` (see :mod:`engramctl.model.provenance`).
     inputs : what ``--resume`` reopens (corpus, table, ... paths), kept in the training state.
