@@ -167,7 +167,8 @@ def main(argv=None) -> dict:
     from engramctl.hashing import NgramHasher
     from engramctl.layout import EngramLayout
     from engramctl.model.data import read_corpus_stream, text_windows
-    from engramctl.model.serve.paging import ResidentRows, RowPager, resolve_device
+    from engramctl.model.device import resolve_device
+    from engramctl.model.serve.paging import ResidentRows, RowPager
     from engramctl.model.transformer import EngramLM, ModelConfig
     from engramctl.tokenizer import load_tokenizer
     from engramctl.vocab import CanonicalVocab

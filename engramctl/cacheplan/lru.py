@@ -12,7 +12,8 @@ Two curves share the machinery:
 - ``lru``: textbook LRU over the trace, access by access (a miss may evict a row that a later
   access of the same batch needs). Checked against an ``OrderedDict`` simulation
   (:func:`lru_hits_reference`).
-- ``pager``: what :class:`engramctl.model.serve.paging.RowPager` does. The pager looks at a
+- ``pager``: what :class:`engramctl.model.serve.paging.RowPager` does, by the one policy of
+  :mod:`engramctl.rowcache.policy` (its batches in flight from the same ``PAGER``). It looks at a
   batch's rows all at once: the rows already cached are hits (never evicted by that batch's
   misses), and misses evict the least recently used rows, by (last batch, row id). Its cache
   therefore holds the ``C`` rows of highest (last batch, row id), so a row hits when fewer than
@@ -35,9 +36,7 @@ import numpy as np
 
 from .._numba import njit
 from ..errors import EngramError
-
-# Batches the pager may still be reading while it prepares the next one (model/paging.IN_FLIGHT).
-PAGER_IN_FLIGHT = 2
+from ..rowcache.policy import PAGER, PagerConfig
 
 
 @njit(cache=True)
@@ -169,12 +168,18 @@ def lru_histogram(ids: np.ndarray, n_distinct: int, *, count_from: int = 0) -> n
 
 
 def pager_histogram(
-    ids: np.ndarray, bounds: np.ndarray, n_distinct: int, *, count_from_batch: int = 0
+    ids: np.ndarray,
+    bounds: np.ndarray,
+    n_distinct: int,
+    *,
+    count_from_batch: int = 0,
+    config: PagerConfig = PAGER,
 ) -> tuple[np.ndarray, int]:
     """The pager's histogram of batch-start ranks and the smallest cache it accepts.
 
-    ``bounds[k]:bounds[k+1]`` are batch ``k``'s accesses (its distinct rows, ascending row id).
-    A pager cache of ``C >= min_rows`` rows hits ``hist[:C].sum()`` accesses.
+    ``bounds[k]:bounds[k+1]`` are batch ``k``'s accesses (its distinct rows, ascending row id);
+    ``config``: the pager's configuration (its batches in flight). A pager cache of
+    ``C >= min_rows`` rows hits ``hist[:C].sum()`` accesses.
 
     >>> hist, need = pager_histogram(np.array([0, 1, 0, 2, 1]), np.array([0, 2, 4, 5]), 3)
     >>> hist.tolist(), need
@@ -188,7 +193,7 @@ def pager_histogram(
         raise EngramError("batch bounds must not decrease")
     hist = np.zeros(n_distinct + 1, dtype=np.int64)
     need = pager_histogram_kernel(
-        ids, bounds, n_distinct, int(count_from_batch), PAGER_IN_FLIGHT, hist
+        ids, bounds, n_distinct, int(count_from_batch), config.in_flight, hist
     )
     return hist, int(need)
 
@@ -231,12 +236,15 @@ def lru_hits_reference(ids, size: int, *, count_from: int = 0) -> int:
     return hits
 
 
-def pager_hits_reference(ids, bounds, size: int, *, count_from_batch: int = 0) -> int | None:
+def pager_hits_reference(
+    ids, bounds, size: int, *, count_from_batch: int = 0, config: PagerConfig = PAGER
+) -> int | None:
     """Hits of the pager's policy simulated batch by batch (``None``: the pager refuses ``size``).
 
-    Mirrors ``RowPager``: a batch's cached rows are hits and are stamped first; misses take
-    never-used slots while there are enough, else evict the rows of lowest (stamp, row id) among
-    those not used by this batch or the ``PAGER_IN_FLIGHT`` before it.
+    Mirrors :class:`engramctl.rowcache.policy.LruSlots` (the pager's policy): a batch's cached
+    rows are hits and are stamped first; misses take never-used slots while there are enough,
+    else evict the rows of lowest (stamp, row id) among those not used by this batch or the
+    ``config.in_flight`` before it.
     """
     stamp: dict = {}  # cached row -> last batch
     filled = 0
@@ -253,7 +261,7 @@ def pager_hits_reference(ids, bounds, size: int, *, count_from_batch: int = 0) -
             filled += len(missing)
         elif missing:
             empty = size - len(stamp)
-            old = sorted((s, r) for r, s in stamp.items() if s < k - PAGER_IN_FLIGHT)
+            old = sorted((s, r) for r, s in stamp.items() if s < k - config.in_flight)
             if empty + len(old) < len(missing):
                 return None
             for _, r in old[: max(0, len(missing) - empty)]:

@@ -28,7 +28,8 @@ import numpy as np
 
 from .._numba import njit
 from ..errors import EngramError
-from .lru import PAGER_IN_FLIGHT, mark, marked_through, new_marks
+from ..rowcache.policy import PAGER, PagerConfig
+from .lru import mark, marked_through, new_marks
 
 _EMPTY = -1
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -185,7 +186,14 @@ class StackDistances:
     positions of at most ``2 x (distinct rows + largest batch)`` (1 bit each plus 4 bytes per 64).
     """
 
-    def __init__(self, *, lru: bool = True, pager: bool = True, min_window: int = _MIN_WINDOW):
+    def __init__(
+        self,
+        *,
+        lru: bool = True,
+        pager: bool = True,
+        min_window: int = _MIN_WINDOW,
+        config: PagerConfig = PAGER,
+    ):
         self.min_window = max(64, int(min_window))
         self.compactions = 0
         self._last = np.zeros(0, dtype=np.int64)
@@ -193,7 +201,9 @@ class StackDistances:
         self._pager = np.zeros(16 if pager else 0, dtype=np.int64)
         self._state = np.zeros(4, dtype=np.int64)  # position, stale, cold, smallest pager cache
         self._state[3] = 1
-        self._starts = np.zeros(PAGER_IN_FLIGHT + 1, dtype=np.int64)
+        self._starts = np.zeros(
+            config.in_flight + 1, dtype=np.int64
+        )  # the pager's batches in flight
         self.window = self.min_window
         self._bits, self._tree = new_marks(self.window)
 

@@ -13,7 +13,8 @@ import typer
 
 from ..corpus.files import FORMATS, TOKEN_DTYPES
 from ..layout import DEFAULT_PRESET, PRESETS, LayoutRequest, ResolvedLayout
-from ..model.serve.paging import DEFAULT_CACHE_ROWS, DEVICES
+from ..model.device import DEVICES
+from ..rowcache.policy import PAGER
 from ..table.core.choices import COMPRESSORS, INIT_KINDS
 from ..table.core.dtypes import DTYPE_ALIASES, DTYPES
 
@@ -143,7 +144,7 @@ class ModelFlags:
         ),
     ]
 
-    CACHE_ROWS = DEFAULT_CACHE_ROWS  # the --cache-rows default
+    CACHE_ROWS = PAGER.default_cache_rows  # the --cache-rows default
 
 
 VocabOpt = Annotated[

@@ -1,6 +1,7 @@
-"""What ``engramctl train`` adds for resumable runs: the inputs it records for ``--resume``
-(:func:`run_inputs`), ``--resume`` itself (:func:`resume_run`: flags given on the command line
-must agree with the run), and the summary both print (:func:`print_trained`)."""
+"""What ``engramctl train`` adds for resumable runs: ``--resume`` itself (:func:`resume_run`: flags
+given on the command line must agree with the run; the record of a run's inputs is
+:func:`engramctl.model.train.resume_run.run_inputs`), and the summary both print
+(:func:`print_trained`)."""
 
 from __future__ import annotations
 
@@ -11,22 +12,6 @@ import typer
 
 from .app import STATE, console
 from .progress import progress
-
-
-def run_inputs(*, table, moments, out_of_core: bool, **paths) -> dict:
-    """What ``train --resume`` reopens: the inputs of the run, as absolute paths."""
-    from ..model.train.rows import default_moments_path
-
-    def absolute(value):
-        return str(Path(value).resolve()) if isinstance(value, Path) else value
-
-    if out_of_core:
-        moments = moments or default_moments_path(table)
-    return {
-        **{k: absolute(v) for k, v in paths.items()},
-        "table": absolute(table),
-        "moments": absolute(moments) if out_of_core else None,
-    }
 
 
 def resume_run(ctx: typer.Context, model_dir: Path, *, open_table):

@@ -16,7 +16,8 @@ _EXPORTS = {  # module -> the public names it holds
     ".transformer": ("ModelConfig", "EngramLM"),
     ".checkpoint": ("Checkpoint", "save_checkpoint", "load_checkpoint"),
     ".serve.paging": ("RowPager", "ResidentRows"),
-    ".train.loop": ("TrainConfig", "train_model"),
+    ".train.run": ("TrainConfig",),
+    ".train.loop": ("train_model",),
     ".serve.evaluate": ("evaluate", "EvalReport"),
     ".rowviews": ("to_torch",),
 }

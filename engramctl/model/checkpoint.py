@@ -12,6 +12,7 @@ The directory is written under a temporary name and renamed into place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -59,56 +60,80 @@ def save_checkpoint(
     overwrite: bool = False,
     compare: dict | None = None,
     weights_file: Path | None = None,
-    before_publish=None,
-    write_extra=None,
     curve: bool = True,
 ) -> Path:
     """Write a checkpoint directory atomically (temporary sibling, then rename).
 
     ``weights_file``: copy this ``model.safetensors`` byte for byte instead of serializing the
-    model (a table-only adaptation, whose weights are the base's). ``before_publish()`` runs
-    once the checkpoint is complete under its temporary name, before the rename (train writes
-    its rows there: a full disk at the checkpoint leaves the table untouched).
-    ``write_extra(tmp)`` adds files to the directory (a periodic checkpoint's training state);
-    ``curve=False`` skips the loss-curve PNG.
+    model (a table-only adaptation, whose weights are the base's); ``curve=False`` skips the
+    loss-curve PNG. A training run writes more into the temporary directory before the rename:
+    it uses :func:`checkpoint_directory` and :func:`write_checkpoint` itself.
     """
+    with checkpoint_directory(out_dir, overwrite=overwrite) as tmp:
+        write_checkpoint(
+            tmp,
+            model=model,
+            model_vocab=model_vocab,
+            meta=meta,
+            history=history,
+            vocab=vocab,
+            compare=compare,
+            weights_file=weights_file,
+            curve=curve,
+            title=Path(out_dir).name,
+        )
+    return Path(out_dir)
+
+
+@contextlib.contextmanager
+def checkpoint_directory(out_dir: Path, *, overwrite: bool):
+    """Yield the (created, empty) temporary directory of checkpoint ``out_dir``; when the block
+    succeeds it is renamed into place (an existing checkpoint replaced if ``overwrite``)."""
+    out_dir = Path(out_dir)
+    check_checkpoint_target(out_dir, overwrite=overwrite)
+    with atomic_directory(out_dir, replace=True) as tmp:
+        tmp.mkdir(parents=True)
+        yield tmp
+
+
+def write_checkpoint(
+    tmp: Path,
+    *,
+    model,
+    model_vocab,
+    meta: dict,
+    history: dict,
+    vocab=None,
+    compare: dict | None = None,
+    weights_file: Path | None = None,
+    curve: bool = True,
+    title: str = "",
+) -> None:
+    """The files of a checkpoint into directory ``tmp`` (see :func:`save_checkpoint`)."""
+    import torch
     from safetensors.torch import save_file
 
     from .curves import save_loss_curve
 
-    out_dir = Path(out_dir)
-    check_checkpoint_target(out_dir, overwrite=overwrite)
-    with atomic_directory(out_dir, replace=True) as tmp:
-        import torch
-
-        tmp.mkdir(parents=True)
-
-        tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        tensors[RAW_IDS_KEY] = torch.from_numpy(np.asarray(model_vocab.raw_ids, dtype=np.int64))
-        tensors[OUTPUT_IDS_KEY] = torch.from_numpy(
-            np.asarray(model_vocab.output_ids, dtype=np.int64)
-        )
-        if weights_file is not None:
-            shutil.copyfile(weights_file, tmp / "model.safetensors")
-        else:
-            save_file(tensors, str(tmp / "model.safetensors"))
-        doc = {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION,
-            "model": model.config.to_dict(),
-            **meta,
-        }
-        (tmp / "config.json").write_text(json.dumps(doc, indent=2, sort_keys=True))
-        (tmp / "history.json").write_text(json.dumps(history))
-        if vocab is not None:
-            vocab.save(tmp / "vocab.parquet")
-        if curve:
-            save_loss_curve(history, tmp / "loss_curve.png", title=out_dir.name, runs=compare)
-        if write_extra is not None:
-            write_extra(tmp)
-        if before_publish is not None:
-            before_publish()
-    return out_dir
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors[RAW_IDS_KEY] = torch.from_numpy(np.asarray(model_vocab.raw_ids, dtype=np.int64))
+    tensors[OUTPUT_IDS_KEY] = torch.from_numpy(np.asarray(model_vocab.output_ids, dtype=np.int64))
+    if weights_file is not None:
+        shutil.copyfile(weights_file, tmp / "model.safetensors")
+    else:
+        save_file(tensors, str(tmp / "model.safetensors"))
+    doc = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "model": model.config.to_dict(),
+        **meta,
+    }
+    (tmp / "config.json").write_text(json.dumps(doc, indent=2, sort_keys=True))
+    (tmp / "history.json").write_text(json.dumps(history))
+    if vocab is not None:
+        vocab.save(tmp / "vocab.parquet")
+    if curve:
+        save_loss_curve(history, tmp / "loss_curve.png", title=title, runs=compare)
 
 
 def check_checkpoint_target(out_dir: Path, *, overwrite: bool) -> None:

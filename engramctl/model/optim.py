@@ -66,6 +66,27 @@ class SparseRowAdam:
             self.exp_avg_sq[row_ids] = v
             self.weight[row_ids] = rows
 
+    def state_dict(self) -> dict:
+        """The state of the rows stepped so far: ``ids`` and their moments and step counts."""
+        import torch
+
+        ids = torch.nonzero(self.steps > 0).flatten()
+        return {
+            "ids": ids.cpu().numpy(),
+            "exp_avg": self.exp_avg[ids].cpu().numpy(),
+            "exp_avg_sq": self.exp_avg_sq[ids].cpu().numpy(),
+            "steps": self.steps[ids].cpu().numpy(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Put back the moments and step counts of ``state["ids"]`` (from :meth:`state_dict`)."""
+        import torch
+
+        device = self.weight.device
+        ids = torch.as_tensor(state["ids"]).to(device)
+        for name in ("exp_avg", "exp_avg_sq", "steps"):
+            getattr(self, name)[ids] = torch.as_tensor(state[name]).to(device)
+
 
 def adam_rows_update(rows, m, v, t, grad, *, lr, weight_decay, betas, eps) -> None:
     """One lazy-Adam step on gathered rows, in place: ``rows``, ``m``, ``v`` are ``(U, d)``.

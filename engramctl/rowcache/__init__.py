@@ -1,3 +1,4 @@
-"""The row cache, torch-free: the pager's slot map and cache policy, shared by the pager
-(:mod:`engramctl.model.serve.paging`) and ``cache-plan``.
+"""The row cache, torch-free: the pager's configuration and cache policy (:mod:`.policy`) and its
+slot map (:mod:`.slotmap`), shared by the pager (:mod:`engramctl.model.serve.paging`, which adds
+the device copies) and ``cache-plan`` (whose ``pager`` curve models the same policy).
 """

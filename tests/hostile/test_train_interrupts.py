@@ -30,11 +30,11 @@ from tests.model.table_double import small_real_table  # noqa: E402
 TINY = ["--depth", "2", "--width", "16", "--attn-heads", "2", "--seq-len", "16", "--batch", "2",
         "--min-count", "1", "--device", "cpu", "--eval-every", "3", "--steps", "8"]  # fmt: skip
 
-# Runs ``engramctl ARGS`` and dies (os._exit, as a SIGKILL would: no cleanup) at a moment of the
+# Runs ``engramctl ARGS`` and SIGKILLs itself (no cleanup) at a moment of the
 # N-th commit: "before-rows" (checkpoint complete under its temporary name, table untouched),
 # "mid-rows" (after the first chunk file of the rows), "before-rename" (rows and record written).
 DRIVER = r"""
-import os, sys
+import os, signal, sys
 phase, nth = sys.argv[1], int(sys.argv[2])
 from engramctl.model.train import finish
 from engramctl.table.sources.table import Table
@@ -44,15 +44,15 @@ def commit(*a, **k):
     seen["commits"] += 1
     if seen["commits"] == nth:
         if phase == "before-rows":
-            os._exit(137)
+            os.kill(os.getpid(), signal.SIGKILL)
         seen["in_commit"] = True
     real_commit(*a, **k)
     if seen["commits"] == nth and phase == "before-rename":
-        os._exit(137)
+        os.kill(os.getpid(), signal.SIGKILL)
 def chunk(self, *a, **k):
     real_chunk(self, *a, **k)
     if seen["in_commit"] and phase == "mid-rows" and not self.path.name.endswith(".adam.zarr"):
-        os._exit(137)
+        os.kill(os.getpid(), signal.SIGKILL)
 finish.commit_rows, Table.write_chunk = commit, chunk
 from engramctl.cli import app
 app(sys.argv[3:], prog_name="engramctl")
@@ -150,7 +150,7 @@ def test_kill_at_each_moment_of_a_commit(
     killed = subprocess.run(
         [sys.executable, "-c", DRIVER, phase, "2", *map(str, args)], capture_output=True, text=True
     )
-    assert killed.returncode == 137, killed.stderr
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     outcome = check_outcome(tmp_path, table, out, before, reference[mode])
     assert outcome == "resumed"
 

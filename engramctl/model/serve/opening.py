@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import EngramError, UsageError
+from ...rowcache.policy import PAGER
 from ...table.core.meta import check_vocab_fingerprint
-from .paging import DEFAULT_CACHE_ROWS
 
 
 class ModelRunner:
@@ -64,7 +64,7 @@ def open_runner(
     *,
     device: str = "auto",
     resident: bool = False,
-    cache_rows: int = DEFAULT_CACHE_ROWS,
+    cache_rows: int = PAGER.default_cache_rows,
     prefetch: bool = True,
     stream: bool = False,
 ) -> ModelRunner:
@@ -75,7 +75,8 @@ def open_runner(
     """
     from ...hashing import HashStream, NgramHasher
     from ..checkpoint import load_checkpoint
-    from .paging import make_row_source, resolve_device
+    from ..device import resolve_device
+    from .paging import make_row_source
 
     torch_device = resolve_device(device)
     checkpoint = load_checkpoint(model_dir, device=torch_device)
@@ -134,7 +135,7 @@ class ModelSpec:
     model_dir: Path
     table: object | None = None
     device: str = "auto"
-    cache_rows: int = DEFAULT_CACHE_ROWS
+    cache_rows: int = PAGER.default_cache_rows
     resident: bool = False
     tokenizer_source: str | None = None
 

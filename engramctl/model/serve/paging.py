@@ -3,10 +3,10 @@
 Engram lookups are known from token ids alone, so a batch's rows can be fetched before its forward
 pass. :class:`RowPager` runs, on a background thread one batch ahead of the model: hash the batch on
 the CPU (every Engram layer), deduplicate the row ids, find which rows the device cache lacks,
-choose their slots (least recently used first, by batch and then row id, never a slot an in-flight
-batch reads), gather the missing rows from the table into reusable (pinned, on CUDA) host buffers
-and decode them to float32. ``engramctl cache-plan`` models this policy exactly (its ``pager``
-curve).
+choose their slots (the torch-free policy of :mod:`engramctl.rowcache.policy`: least recently
+used first, by batch and then row id, never a slot an in-flight batch reads), gather the missing
+rows from the table into reusable (pinned, on CUDA) host buffers and decode them to float32.
+``engramctl cache-plan`` models this policy exactly (its ``pager`` curve).
 The consumer copies them into the cache asynchronously (``non_blocking`` on a side CUDA stream) and
 indexes the cache. :class:`ResidentRows` keeps whole layers on the device instead (``--resident``);
 both produce bit-identical rows, so the model's logits are identical.
@@ -26,17 +26,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..._background import background_iter
-from ...errors import EngramError, UsageError
+from ...errors import EngramError
+from ...rowcache.policy import PAGER, LruSlots
 from ...table.core.dtypes import decode_rows, row_bytes
 
 log = logging.getLogger(__name__)
-
-# Batches in flight besides the one being produced: one queued, one being consumed.
-DEVICES = ("auto", "cpu", "cuda")  # what --device accepts (auto: cuda when available)
-DEFAULT_CACHE_ROWS = 1 << 18  # the pager's default device row-cache budget (--cache-rows)
-IN_FLIGHT = 2
-HOST_BUFFERS = IN_FLIGHT + 2  # a ring of host staging buffers per layer
-NEVER_USED = -(2**62)  # LRU stamp of an empty slot
 
 
 @dataclass
@@ -62,21 +56,6 @@ class PagingStats:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "hit_rate": self.hit_rate}
-
-
-def resolve_device(name: str):
-    """``auto`` -> cuda when available else cpu; refuse ``cuda`` without CUDA."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise EngramError(
-            "--device cuda: this machine has no CUDA device (use --device cpu or auto)"
-        )
-    if name != "cpu" and not name.startswith("cuda"):
-        raise UsageError(f"--device: expected auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
 
 
 def free_device_bytes(device) -> int:
@@ -108,73 +87,18 @@ class _Prepared:
     fills: dict  # layer -> (slots int64 [M], host buffer index, M)
 
 
-class DeviceRowCache:
-    """One layer's rows cached on the device: slots, the row in each, LRU stamps (producer)."""
+class DeviceRowCache(LruSlots):
+    """One layer's rows cached on the device: :class:`~engramctl.rowcache.policy.LruSlots` (the
+    slots, the row in each, LRU stamps; producer side) and the device copy of the rows."""
 
-    def __init__(self, layer_rows: int, capacity: int, dim: int, device):
+    def __init__(self, layer_rows: int, capacity: int, dim: int, device, config=PAGER):
         import torch
 
-        self.capacity = capacity
-        from ...rowcache.slotmap import (
-            RowSlotMap,  # numba: not imported with the CLI's option enums
-        )
-
-        self.slot_of_row = RowSlotMap(capacity)  # O(cache rows), not O(table rows)
-        self.row_of_slot = np.full(capacity, -1, dtype=np.int64)
-        self.last_used = np.full(capacity, NEVER_USED, dtype=np.int64)
-        self.filled = 0  # slots 0..filled-1 have held a row; the rest were never used
+        super().__init__(capacity, config)
         # empty, not zeros: a slot is always filled before it is read, and on the CPU the pages
         # of a large cache then become resident only as slots fill (a 1M-row cache of 256-value
         # rows would otherwise take 1 GiB of RSS at start).
         self.values = torch.empty((capacity, dim), dtype=torch.float32, device=device)
-
-    def assign(self, unique_rows: np.ndarray, batch_index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Slots of ``unique_rows`` and the mask of those that must be filled (misses)."""
-        slots = self.slot_of_row.lookup(unique_rows)
-        miss = slots < 0
-        n_miss = int(miss.sum())
-        if n_miss and n_miss <= self.capacity - self.filled:  # never-used slots first
-            free = np.arange(self.filled, self.filled + n_miss, dtype=np.int64)
-            self.filled += n_miss
-            self.row_of_slot[free] = unique_rows[miss]
-            self.slot_of_row.insert(unique_rows[miss], free)
-            slots[miss] = free
-        elif n_miss:
-            # Victims: least recently used slots not read by this batch or any batch in flight.
-            self.last_used[slots[~miss]] = batch_index
-            free = np.flatnonzero(self.last_used < batch_index - IN_FLIGHT)
-            if len(free) < n_miss:
-                raise EngramError(
-                    f"--cache-rows too small: a batch needs {len(unique_rows)} distinct rows "
-                    f"of one layer with {IN_FLIGHT} more batches in flight, but its cache holds "
-                    f"{self.capacity}; raise --cache-rows or lower --batch"
-                )
-            if len(free) > n_miss:
-                free = self._victims(free, n_miss)
-            self.filled = self.capacity  # the empty slots had the oldest stamps: all taken now
-            evicted = self.row_of_slot[free]
-            self.slot_of_row.remove(evicted[evicted >= 0])
-            self.row_of_slot[free] = unique_rows[miss]
-            self.slot_of_row.insert(unique_rows[miss], free)
-            slots[miss] = free
-        self.last_used[slots] = batch_index
-        return slots, miss
-
-    def _victims(self, free: np.ndarray, count: int) -> np.ndarray:
-        """The ``count`` slots of ``free`` with the lowest (last batch, row id).
-
-        Among rows a batch used last, the lower row id goes first: the order in which
-        ``cache-plan``'s trace lists a batch's rows, so its ``pager`` curve is this policy exactly.
-        O(len(free)): a partition by stamp, then one by row id among the stamp at the boundary.
-        """
-        stamps = self.last_used[free]
-        boundary = np.partition(stamps, count - 1)[count - 1]
-        below = free[stamps < boundary]
-        tied = free[stamps == boundary]
-        need = count - len(below)
-        if need < len(tied):
-            tied = tied[np.argpartition(self.row_of_slot[tied], need - 1)[:need]]
-        return np.concatenate([below, tied])
 
 
 class _RowSource:
@@ -291,8 +215,7 @@ class RowPager(_RowSource):
         import torch
 
         super().__init__(table, hasher, device=device, prefetch=prefetch)
-        if cache_rows < 1:
-            raise UsageError(f"--cache-rows must be at least 1, got {cache_rows}")
+        PAGER.check_cache_rows(cache_rows)
         per_layer = max(1, cache_rows // len(self.layers))
         self.caches = {}
         total = 0
@@ -316,8 +239,8 @@ class RowPager(_RowSource):
         # On CUDA, an event per consumed batch marks "the forward passes issued so far": a copy
         # may overwrite slots only once the passes that could still read them have run.
         self.forward_events: list = []
-        self.buffers = {layer: [None] * HOST_BUFFERS for layer in self.layers}
-        self.buffer_events = {layer: [None] * HOST_BUFFERS for layer in self.layers}
+        self.buffers = {layer: [None] * PAGER.host_buffers for layer in self.layers}
+        self.buffer_events = {layer: [None] * PAGER.host_buffers for layer in self.layers}
 
     def _host_buffer(self, layer: int, slot: int, rows: int):
         """A reusable (pinned on CUDA) float32 host buffer with room for ``rows`` rows."""
@@ -340,7 +263,7 @@ class RowPager(_RowSource):
             slots, miss = self.caches[layer].assign(unique, index)
             missing_rows = unique[miss]
             n_miss = len(missing_rows)
-            buffer_index = index % HOST_BUFFERS
+            buffer_index = index % PAGER.host_buffers
             if n_miss:
                 buffer = self._host_buffer(layer, buffer_index, n_miss)
                 staged = buffer.numpy()[:n_miss]

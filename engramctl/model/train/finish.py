@@ -1,11 +1,13 @@
 """Checkpoints of a training run: the checkpoint first (temporary name), then the rows, then the
 rename, so that a failure leaves the old state or the new one (issue 14, item 10).
 
-:func:`save_run` writes the checkpoint of a run; its ``before_publish`` hook is
-:func:`commit_rows`, which writes the trained rows and the run's record
-(:mod:`engramctl.model.provenance`) into the table once the checkpoint is complete.
-:class:`RunWriter` takes a run's checkpoints: every ``--checkpoint-every`` steps with the
-training state (:mod:`engramctl.model.train.resume`), and the last one.
+:meth:`RunWriter.save` is the run's save step, three plain calls in that order inside the
+checkpoint's temporary directory: the checkpoint files (:func:`checkpoint_meta` says what its
+``config.json`` holds) with, for ``--checkpoint-every``, the training state (a dict of
+state_dicts, :mod:`engramctl.model.train.resume`); :func:`commit_rows`, which commits every
+layer's trained rows to the table with the run's record (:mod:`engramctl.model.provenance`);
+then the rename. :class:`RunWriter` takes a run's checkpoints: every ``--checkpoint-every``
+steps, and the last one.
 """
 
 from __future__ import annotations
@@ -15,28 +17,19 @@ from pathlib import Path
 
 
 def commit_rows(
-    table,
-    tables: dict,
-    run: dict,
-    *,
-    out_of_core: bool,
-    moments=None,
-    previous_step: int = 0,
-    step: int | None = None,
+    table, tables: dict, run: dict, *, moments=None, previous_step: int = 0, step: int | None = None
 ) -> None:
-    """Write the trained rows and the run's record, once the checkpoint is complete under its
-    temporary name. The record says ``incomplete`` (durably) before any chunk changes and is
-    replaced by the complete one (with the table's and moment store's state) after the rows, so
-    a kill part way is seen as such (and the temporary checkpoint can be committed again)."""
+    """Commit the trained rows of every layer (``rows.commit(table)``) and the run's record, once
+    the checkpoint is complete under its temporary name. The record says ``incomplete``
+    (durably) before any chunk changes and is replaced by the complete one (with the table's and
+    moment store's state) after the rows, so a kill part way is seen as such (and the temporary
+    checkpoint can be committed again)."""
     table.record_run(
         {**run, "incomplete": True, "checkpoint_step": previous_step, "writing_step": step}
     )
     table.flush()
     for rows in tables.values():
-        if out_of_core:  # what the write buffer holds (the rest is in the table already)
-            rows.flush()
-        else:
-            rows.write_back(table, flush=False)
+        rows.commit(table)
     record = {**run, "checkpoint_step": step}
     if moments is not None:
         record["moments_state"] = moments.state
@@ -44,30 +37,20 @@ def commit_rows(
     table.flush()
 
 
-def save_run(
-    result,  # train.TrainResult (train imports this module)
+def checkpoint_meta(
+    result,  # loop.TrainResult
     *,
-    model,
-    model_vocab,
-    config,  # train.TrainConfig
+    config,  # loop.TrainConfig
     table,
     vocab,
-    overwrite: bool,
     extra_meta: dict | None,
-    compare: dict | None,
     base=None,
     table_pin: dict | None = None,
-    before_publish=None,
-    write_extra=None,
-    curve: bool = True,
-) -> None:
-    """Write the checkpoint of a run: weights, config with options and result, history.
-
-    A table-only adaptation copies the base checkpoint's ``model.safetensors`` byte for byte and
-    records the adaptation (base model, corpus, steps, table, moment store) in ``config.json``.
-    """
-    from ..checkpoint import save_checkpoint
-
+) -> tuple[dict, Path | None]:
+    """What a run's ``config.json`` holds beyond the model (options, result, layout, ...), and
+    the weights file to copy instead of serializing the model (``None`` but for a table-only
+    adaptation, which copies the base checkpoint's ``model.safetensors`` byte for byte and
+    records the adaptation: base model, corpus, steps, table, moment store)."""
     layout = table.layout if config.engram else None
     meta = {
         "train": asdict(config),
@@ -96,20 +79,7 @@ def save_run(
                 "table": str(table.path),
                 "moments": result.moments,
             }
-    save_checkpoint(
-        result.out_dir,
-        model=model,
-        model_vocab=model_vocab,
-        meta=meta,
-        history=result.history,
-        vocab=vocab if config.engram else None,
-        overwrite=overwrite,
-        compare=compare,
-        weights_file=weights_file,
-        before_publish=before_publish,
-        write_extra=write_extra,
-        curve=curve,
-    )
+    return meta, weights_file
 
 
 @dataclass
@@ -142,78 +112,76 @@ class RunWriter:
         every = self.config.checkpoint_every
         if not every or step >= self.config.steps:
             return False
-        return step % every == 0 or any(
-            getattr(t, "over_budget", False) for t in self.tables.values()
-        )
+        return step % every == 0 or any(rows.over_budget for rows in self.tables.values())
 
     def save(self, result, *, final: bool) -> None:
-        """Commit a checkpoint of ``result`` (``result.steps`` steps done); Ctrl-C waits for it."""
+        """The save step: commit a checkpoint of ``result`` (``result.steps`` steps done) in the
+        order checkpoint, rows, rename; Ctrl-C waits for it."""
         import time
 
+        from ..checkpoint import checkpoint_directory, write_checkpoint
         from ..provenance import table_pin
-        from .resume import finish_checkpoint, held_interrupts, write_state
+        from .resume import finish_checkpoint, held_interrupts, training_state, write_state
 
         started = time.perf_counter()
-        step, keep_state = result.steps, bool(self.config.checkpoint_every)
-        run = None if self.run is None else {**self.run, "checkpoint_step": step}
-        info = {
-            **self.info,
-            "step": step,
-            "history": result.history,
-            "run": run,
-            "out_of_core": self.config.out_of_core,
-            "result": result.to_dict(),
-        }
-        info["result"].pop("history")
-        commit = None
-        if run is not None:
-
-            def commit():
-                commit_rows(
-                    self.table,
-                    self.tables,
-                    self.run,
-                    out_of_core=self.config.out_of_core,
-                    moments=self.moments,
-                    previous_step=self.last_step,
-                    step=step,
-                )
-
+        step = result.steps
+        meta, weights_file = checkpoint_meta(
+            result,
+            config=self.config,
+            table=self.table,
+            vocab=self.vocab,
+            extra_meta=self.extra_meta,
+            base=self.base,
+            table_pin=table_pin(self.run, self.table) if self.run is not None else None,
+        )
+        overwrite = self.overwrite or bool(self.last_step)
         with held_interrupts():
-            save_run(
-                result,
-                model=self.model,
-                model_vocab=self.model_vocab,
-                config=self.config,
-                table=self.table,
-                vocab=self.vocab,
-                overwrite=self.overwrite or bool(self.last_step),
-                extra_meta=self.extra_meta,
-                compare=self.compare,
-                base=self.base,
-                table_pin=table_pin(self.run, self.table) if run is not None else None,
-                before_publish=commit,
-                write_extra=(
-                    (
-                        lambda tmp: write_state(
-                            tmp,
-                            info=info,
-                            optimizers=self.optimizers,
-                            tables=self.tables,
-                            out_of_core=self.config.out_of_core,
-                        )
+            with checkpoint_directory(self.out_dir, overwrite=overwrite) as tmp:
+                write_checkpoint(  # 1. the checkpoint, under its temporary name
+                    tmp,
+                    model=self.model,
+                    model_vocab=self.model_vocab,
+                    meta=meta,
+                    history=result.history,
+                    vocab=self.vocab if self.config.engram else None,
+                    compare=self.compare,
+                    weights_file=weights_file,
+                    curve=final,
+                    title=self.out_dir.name,
+                )
+                if self.config.checkpoint_every:  # with the state to resume from
+                    state = training_state(self.optimizers, self.tables)
+                    write_state(tmp, info=self.state_info(result), state=state)
+                if self.run is not None:  # 2. the rows, into the table
+                    commit_rows(
+                        self.table,
+                        self.tables,
+                        self.run,
+                        moments=self.moments,
+                        previous_step=self.last_step,
+                        step=step,
                     )
-                    if keep_state
-                    else None
-                ),
-                curve=final,
-            )
+            # 3. renamed into place (leaving the block)
             self.last_step = step
             if final:
                 finish_checkpoint(self.out_dir)
         if not final:
             self.seconds_spent += time.perf_counter() - started
             self.checkpoints += 1
+
+    def state_info(self, result) -> dict:
+        """``resume/state.json``: step, history, run record, inputs, fingerprints, result."""
+        run = None if self.run is None else {**self.run, "checkpoint_step": result.steps}
+        info = {
+            **self.info,
+            "step": result.steps,
+            "history": result.history,
+            "run": run,
+            "out_of_core": self.config.out_of_core,
+            "result": result.to_dict(),
+        }
+        info["result"].pop("history")
+        return info
 
     def resumed(self, step: int) -> RunWriter:
         return replace(self, last_step=step, overwrite=True)

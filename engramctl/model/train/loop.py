@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,90 +29,9 @@ from .inputs import (  # noqa: F401 - the names commands and scripts import from
     prepare_training_data,
     table_fits_in_memory,
 )
+from .run import RunProgress, TrainConfig, TrainResult
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Options of one training run (all JSON-serializable)."""
-
-    steps: int = 400  # optimizer steps
-    seq_len: int = 128  # tokens per window
-    batch: int = 16  # windows per step
-    lr: float = 3e-3  # backbone peak learning rate (AdamW)
-    table_lr: float = 1e-2  # table rows' peak learning rate (sparse Adam)
-    weight_decay: float = 0.1  # backbone AdamW weight decay (matrices only)
-    table_weight_decay: float = 0.0  # decoupled decay of the rows a step touches
-    warmup: int = 30  # linear warm-up steps, then cosine decay to 10%
-    seed: int = 0  # model init and data order
-    eval_every: int = 50  # steps between held-out evaluations (0: only at the end)
-    eval_windows: int = 128  # held-out windows (evenly spaced) of the curve's points
-    engram: bool = True  # False: the same backbone without Engram (the baseline)
-    short_conv: bool = True  # the Engram module's short convolution (DeepSeek-V4.1 drops it)
-    depth: int = 4  # transformer blocks
-    width: int = 128  # hidden size
-    attn_heads: int = 4  # attention heads
-    device: str = "cpu"  # resolved device
-    threads: int = 1  # CPU intra-op threads of the run (figures depend on it, not on load)
-    freeze_backbone: bool = False  # table-only adaptation: train table rows, nothing else
-    out_of_core: bool = False  # rows gathered per step from the table (else decoded in memory)
-    buffer_rows: int = 1 << 18  # out of core: dirty rows per layer held before a flush
-    checkpoint_every: int = 0  # steps between resumable checkpoints (0: only at the end)
-
-    def validate(self) -> None:
-        for name in (
-            "steps",
-            "seq_len",
-            "batch",
-            "depth",
-            "width",
-            "attn_heads",
-            "threads",
-            "buffer_rows",
-        ):
-            if getattr(self, name) < 1:
-                raise UsageError(
-                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
-                )
-        if self.checkpoint_every < 0:
-            raise UsageError(
-                f"--checkpoint-every must be >= 0 (0: only at the end), got {self.checkpoint_every}"
-            )
-        if self.eval_every < 0:
-            raise UsageError(
-                f"--eval-every must be >= 0 (0: only at the end), got {self.eval_every}"
-            )
-        if self.lr <= 0 or self.table_lr < 0:
-            raise UsageError(f"learning rates must be positive, got {self.lr} and {self.table_lr}")
-
-
-@dataclass
-class TrainResult:
-    """What a run produced: the history of losses and where things were written."""
-
-    out_dir: Path
-    steps: int
-    tokens: int
-    seconds: float
-    final_train_loss: float
-    final_heldout_loss: float | None  # over every held-out window, after the last step
-    history: dict = field(
-        default_factory=dict
-    )  # {"step": [...], "train_loss": [...], "heldout": [[step, loss], ...]}
-    rows_written: int = 0
-    passes: float = 0.0  # passes over the training windows
-    write_seconds: float = 0.0  # out of core: time spent writing rows and moments back
-    moments: str | None = None  # out of core: the sparse Adam's moment store
-    table: str | None = None  # the table whose rows were trained (None: --no-engram)
-    checkpoints: int = 0  # periodic checkpoints committed by this process (--checkpoint-every)
-    checkpoint_seconds: float = 0.0  # time they took
-    resumed_from: int | None = None  # the step this process resumed at (--resume)
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["out_dir"] = str(self.out_dir)
-        return data
 
 
 @contextmanager
@@ -279,13 +196,12 @@ def train_model(
     base : a loaded :class:`~engramctl.model.checkpoint.Checkpoint` to start from
         (``--init-from``); with ``config.freeze_backbone`` only its table rows train.
     moments : the sparse Adam's moment store of an out-of-core run (default
-        ``<table>.adam.zarr``, see :mod:`engramctl.model.train.rows`).
+        ``<table>.adam.zarr``, see :mod:`engramctl.model.train.out_of_core`).
     prior_runs : what to do when another run already trained the table's rows: ``refuse``
         (default), ``continue`` or ``overwrite`` (see :mod:`engramctl.model.provenance`).
     inputs : what ``--resume`` reopens (corpus, table, ... paths), kept in the training state.
-    resume : a :class:`~engramctl.model.train.resume.ResumePoint` to continue from (its step, state
-    and
-        weights); the run ends bit-identical to one that never stopped.
+    resume : a :class:`~engramctl.model.train.resume.ResumePoint` to continue from (its step,
+        state and weights); the run ends bit-identical to one that never stopped.
 
     Every checkpoint is written first, under a temporary name; then the rows are written to the
     table and recorded (run id, checksum of the rows) with its manifest; then the checkpoint is
@@ -293,68 +209,65 @@ def train_model(
     ``config.checkpoint_every`` the run commits such a checkpoint every N steps, with the state
     to resume from; Ctrl-C raises :class:`~engramctl.errors.Interrupted` saying how to resume.
     """
-    from ...hashing import NgramHasher
-    from .finish import RunWriter
-    from .resume import (
-        check_same_data,
-        interrupted_message,
-        restore_backbone,
-        restore_rows,
-        windows_digest,
+    check_run_inputs(config, table=table, vocab=vocab, base=base)
+    if config.engram and resume is None:
+        check_prior_runs(table, prior_runs, base_meta=base.meta if base is not None else None)
+    return run_training(
+        windows=windows,
+        heldout=heldout,
+        model_vocab=model_vocab,
+        config=config,
+        out_dir=out_dir,
+        table=table,
+        vocab=vocab,
+        overwrite=overwrite,
+        on_step=on_step,
+        extra_meta=extra_meta,
+        compare=compare,
+        base=base,
+        moments=moments,
+        prior_runs=prior_runs,
+        inputs=inputs,
+        resume=resume,
     )
 
-    config.validate()
-    if config.engram and (table is None or vocab is None):
-        raise UsageError("training with Engram needs a table and its vocab (or pass --no-engram)")
-    if config.freeze_backbone and base is None:
-        raise UsageError("--freeze-backbone needs --init-from MODEL_DIR (the model to adapt)")
-    fingerprints = {"windows": windows_digest(windows), "heldout": windows_digest(heldout)}
-    if resume is not None:
-        check_same_data(resume.state, fingerprints)
-        run = dict(resume.run) if config.engram else None
-    else:
-        if config.engram:
-            check_prior_runs(table, prior_runs, base_meta=base.meta if base is not None else None)
-        run = new_run(out_dir, steps=config.steps, policy=prior_runs) if config.engram else None
-    if run is not None and config.out_of_core and not config.checkpoint_every:
-        table.record_run({**run, "incomplete": True})  # rows reach the table during the run
-    with reproducible_torch(config.device, config.threads), ExitStack() as stack:
-        if resume is not None:
-            from ..checkpoint import load_checkpoint
 
-            checkpoint = resume.checkpoint or load_checkpoint(resume.path, device=config.device)
-            model = checkpoint.model
-        elif base is not None:
-            model = base.model.to(config.device)
-        else:
-            model = build_model(config, model_vocab, table)
-        tables, hasher, moments_store = {}, None, None
+def run_training(
+    *,
+    windows: np.ndarray,
+    heldout: np.ndarray | None,
+    model_vocab,
+    config: TrainConfig,
+    out_dir: Path,
+    table=None,
+    vocab=None,
+    overwrite: bool = False,
+    on_step: Callable[[int, int, float, float], None] | None = None,
+    extra_meta: dict | None = None,
+    compare: dict | None = None,
+    base=None,
+    moments: Path | None = None,
+    prior_runs: str = "refuse",
+    inputs: dict | None = None,
+    resume=None,
+) -> TrainResult:
+    """:func:`train_model` once its inputs are checked (the refusals of
+    :func:`check_run_inputs`, and the table's earlier runs allow this one): the run itself."""
+    from ...hashing import NgramHasher
+    from .finish import RunWriter
+    from .resume import interrupted_message, load_training_state, windows_digest
+    from .rows import moments_path, open_trainable_rows, writes_during_run
+
+    fingerprints = {"windows": windows_digest(windows), "heldout": windows_digest(heldout)}
+    run = begin_run(
+        config, table, out_dir, prior_runs=prior_runs, resume=resume, fingerprints=fingerprints
+    )
+    with reproducible_torch(config.device, config.threads), ExitStack() as stack:
+        model = initial_model(config, model_vocab, table, base=base, resume=resume)
+        tables, moments_store, hasher = {}, None, None
         if config.engram:
             hasher = NgramHasher(table.layout, vocab)
-            if config.out_of_core:
-                from .rows import OutOfCoreRows, default_moments_path, open_moment_store
-
-                moments = Path(moments) if moments else default_moments_path(table.path)
-                moments_store = stack.enter_context(open_moment_store(table, moments))
-                hold = config.batch * config.seq_len * table.layout.heads_per_layer
-                tables = {
-                    layer: OutOfCoreRows(
-                        table,
-                        layer,
-                        moments_store,
-                        config.device,
-                        buffer_rows=config.buffer_rows,
-                        hold=hold if config.checkpoint_every else 0,
-                    )
-                    for layer in table.layout.layers
-                }
-            else:
-                from .rows import TrainableTable
-
-                tables = {
-                    layer: TrainableTable(table, layer, config.device)
-                    for layer in table.layout.layers
-                }
+            tables, moments_store = open_trainable_rows(table, config, moments=moments, stack=stack)
         optimizers = configure_optimizers(
             model,
             lr=config.lr,
@@ -379,100 +292,101 @@ def train_model(
             compare=compare,
             info={"inputs": inputs or {}, **fingerprints},
         )
-        history = {"step": [], "train_loss": [], "heldout": [], "lr": []}
-        first, before = 0, {}
+        progress = RunProgress(out_dir=Path(out_dir), config=config, n_windows=len(windows),
+                               tables=tables, writer=writer, table=table,
+                               moments=moments_path(table, config, moments)
+                               if config.engram else None)  # fmt: skip
         if resume is not None:
-            tensors = resume.tensors()
-            restore_backbone(optimizers.backbone, tensors)
-            restore_rows(tables, tensors, out_of_core=config.out_of_core)
-            history, first, before = resume.state["history"], resume.step, resume.state["result"]
-            writer = writer.resumed(first)
+            load_training_state(optimizers, tables, resume.training_state())
+            progress.resume_at(resume)
+            writer = progress.writer = writer.resumed(resume.step)
         order = data_order(len(windows), config)
         heldout_subset = curve_windows(heldout, config)
-        tokens_per_step = config.batch * config.seq_len
-        start = time.perf_counter()
-        loss_value = history["train_loss"][-1] if history["train_loss"] else float("nan")
-
-        def result_at(done: int, final_heldout=None) -> TrainResult:
-            rows = (
-                sum(
-                    getattr(t, "rows_written", 0) + len(getattr(t, "buffer", ()))
-                    for t in tables.values()
-                )
-                if config.out_of_core
-                else sum(int((t.optimizer.steps > 0).sum()) for t in tables.values())
-            )
-            return TrainResult(
-                out_dir=Path(out_dir),
-                steps=done,
-                tokens=done * tokens_per_step,
-                seconds=before.get("seconds", 0.0) + time.perf_counter() - start,
-                final_train_loss=loss_value,
-                final_heldout_loss=final_heldout,
-                history=history,
-                rows_written=rows + (before.get("rows_written", 0) if config.out_of_core else 0),
-                passes=done * config.batch / len(windows),
-                write_seconds=before.get("write_seconds", 0.0)
-                + sum(getattr(t, "write_seconds", 0.0) for t in tables.values()),
-                moments=str(moments) if moments_store is not None else None,
-                table=str(table.path) if config.engram else None,
-                checkpoints=writer.checkpoints,
-                checkpoint_seconds=writer.seconds_spent,
-                resumed_from=first if resume is not None else None,
-            )
-
-        done = first
+        done = progress.first
         try:
-            for step in range(first, config.steps):
-                lr = lr_at(step, peak=config.lr, warmup=config.warmup, total=config.steps)
-                table_lr = lr_at(
-                    step, peak=config.table_lr, warmup=config.warmup, total=config.steps
-                )
-                loss_value = train_step(
-                    model,
-                    get_batch(windows, order, step, config.batch),
-                    model_vocab,
-                    optimizers=optimizers,
-                    hasher=hasher,
-                    lr=lr,
-                    table_lr=table_lr,
-                    config=config,
-                )
+            for step in range(progress.first, config.steps):
+                lr, table_lr = get_lrs(step, config)
+                batch = get_batch(windows, order, step, config.batch)
+                loss = train_step(model, batch, model_vocab, optimizers=optimizers, hasher=hasher,
+                                  lr=lr, table_lr=table_lr, config=config)  # fmt: skip
                 done = step + 1
-                history["step"].append(step + 1)
-                history["train_loss"].append(loss_value)
-                history["lr"].append(lr)
-                last = step + 1 == config.steps
-                if heldout is not None and (
-                    last or (config.eval_every and (step + 1) % config.eval_every == 0)
-                ):
-                    held_loss = estimate_loss(
-                        model,
-                        heldout_subset,
-                        model_vocab,
-                        hasher=hasher,
-                        tables=tables,
-                        config=config,
-                    )
-                    history["heldout"].append([step + 1, held_loss])
-                    log.info("step %d heldout loss %.4f (subset)", step + 1, held_loss)
-                if writer.due(step + 1):
-                    writer.save(result_at(step + 1), final=False)
+                progress.record(done, loss, lr)
+                if heldout is not None and eval_due(done, config):
+                    held_loss = estimate_loss(model, heldout_subset, model_vocab, hasher=hasher,
+                                              tables=tables, config=config)  # fmt: skip
+                    progress.history["heldout"].append([done, held_loss])
+                    log.info("step %d heldout loss %.4f (subset)", done, held_loss)
+                if writer.due(done):
+                    writer.save(progress.result(done), final=False)
                 if on_step is not None:
-                    elapsed = time.perf_counter() - start
-                    rate = tokens_per_step * (step + 1 - first) / elapsed
-                    on_step(step + 1, config.steps, loss_value, rate)
-            if config.out_of_core and not config.checkpoint_every:
-                for rows in tables.values():  # its rows went to the table during the run
-                    rows.write_back(table)
+                    on_step(done, config.steps, loss, progress.tokens_per_second(done))
+            if writes_during_run(config):  # rows reached the table during the run: the rest now
+                for rows in tables.values():
+                    rows.commit(table)
             final_heldout = None
             if heldout is not None:
                 final_heldout = estimate_loss(
                     model, heldout, model_vocab, hasher=hasher, tables=tables, config=config
                 )
-            history["heldout_full"] = final_heldout
-            result = result_at(config.steps, final_heldout)
+            progress.history["heldout_full"] = final_heldout
+            result = progress.result(config.steps, final_heldout)
             writer.save(result, final=True)
         except KeyboardInterrupt:
             raise Interrupted(interrupted_message(done, writer, tables)) from None
     return result
+
+
+def check_run_inputs(config: TrainConfig, *, table, vocab, base) -> None:
+    """The refusals of a run's options and inputs, before anything is opened."""
+    config.validate()
+    if config.engram and (table is None or vocab is None):
+        raise UsageError("training with Engram needs a table and its vocab (or pass --no-engram)")
+    check_adaptation(config.freeze_backbone, base_given=base is not None, engram=config.engram)
+
+
+def check_adaptation(freeze_backbone: bool, *, base_given: bool, engram: bool) -> None:
+    """``--freeze-backbone`` adapts the table rows of a model: it needs one, and a table."""
+    if freeze_backbone and not base_given:
+        raise UsageError("--freeze-backbone needs --init-from MODEL_DIR (the model to adapt)")
+    if freeze_backbone and not engram:
+        raise UsageError("--freeze-backbone trains table rows only; it cannot go with --no-engram")
+
+
+def begin_run(config, table, out_dir, *, prior_runs, resume, fingerprints) -> dict | None:
+    """The run's record in the table (``None`` for ``--no-engram``): a new run (the table's
+    earlier runs checked), or the resumed one (on the same token windows)."""
+    from .resume import check_same_data
+    from .rows import writes_during_run
+
+    if resume is not None:
+        check_same_data(resume.state, fingerprints)
+        return dict(resume.run) if config.engram else None
+    if not config.engram:
+        return None
+    run = new_run(out_dir, steps=config.steps, policy=prior_runs)
+    if writes_during_run(config):
+        table.record_run({**run, "incomplete": True})  # rows reach the table during the run
+    return run
+
+
+def initial_model(config, model_vocab, table, *, base, resume):
+    """The model to train: the resumed checkpoint's, the base's (``--init-from``) or a new one."""
+    if resume is not None:
+        from ..checkpoint import load_checkpoint
+
+        return (resume.checkpoint or load_checkpoint(resume.path, device=config.device)).model
+    if base is not None:
+        return base.model.to(config.device)
+    return build_model(config, model_vocab, table)
+
+
+def get_lrs(step: int, config: TrainConfig) -> tuple[float, float]:
+    """The backbone's and the table rows' learning rates at ``step`` (warm-up, then cosine)."""
+    lr = lr_at(step, peak=config.lr, warmup=config.warmup, total=config.steps)
+    table_lr = lr_at(step, peak=config.table_lr, warmup=config.warmup, total=config.steps)
+    return lr, table_lr
+
+
+def eval_due(done: int, config: TrainConfig) -> bool:
+    """Whether the held-out loss is measured after ``done`` steps (every N, and the last)."""
+    return done == config.steps or bool(config.eval_every and done % config.eval_every == 0)

@@ -76,7 +76,7 @@ def interrupted_message(done: int, writer, tables: dict) -> str:
             f"{config.checkpoint_every} steps): nothing was saved"
         )
     lost = ""
-    if config.out_of_core and any(getattr(t, "flushes", 0) for t in tables.values()):
+    if any(rows.wrote_rows for rows in tables.values()):  # out of core, rows written on the way
         lost = "; some trained rows reached the table, which records the run as incomplete"
     return (
         f"interrupted at step {done} of {config.steps}: nothing was saved (train "
@@ -84,86 +84,76 @@ def interrupted_message(done: int, writer, tables: dict) -> str:
     )
 
 
-# --------------------------------------------------------------------------- state to tensors
-def backbone_tensors(optimizer) -> dict:
-    """The AdamW state (per parameter: step, exp_avg, exp_avg_sq) as flat named tensors."""
+# --------------------------------------------------------------------------- the training state
+def training_state(optimizers, tables: dict) -> dict:
+    """A run's training state as nanoGPT keeps it, a dict of state_dicts: ``backbone`` (the AdamW
+    state per parameter index) and, under each rows kind's ``state_key``, every layer's rows."""
+    state: dict = {"backbone": backbone_state(optimizers.backbone)}
+    for layer, rows in tables.items():
+        state.setdefault(rows.state_key, {})[str(layer)] = rows.state_dict()
+    return state
+
+
+def load_training_state(optimizers, tables: dict, state: dict) -> None:
+    """Put a checkpoint's training state back into the optimizers and every layer's rows."""
+    restore_backbone(optimizers.backbone, state.get("backbone") or {})
+    for layer, rows in tables.items():
+        rows.load_state_dict(state[rows.state_key][str(layer)])
+
+
+def backbone_state(optimizer) -> dict:
+    """The AdamW state (per parameter index: step, exp_avg, exp_avg_sq)."""
     if optimizer is None:
         return {}
-    out = {}
-    for index, state in optimizer.state_dict()["state"].items():
-        for key, value in state.items():
-            out[f"backbone.{index}.{key}"] = value.detach().cpu().contiguous()
-    return out
+    return {str(index): dict(state) for index, state in optimizer.state_dict()["state"].items()}
 
 
-def restore_backbone(optimizer, tensors: dict) -> None:
+def restore_backbone(optimizer, state: dict) -> None:
     if optimizer is None:
         return
-    state: dict = {}
-    for name, value in tensors.items():
-        if name.startswith("backbone."):
-            _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value
     current = optimizer.state_dict()
     if len(state) != sum(len(g["params"]) for g in current["param_groups"]):
         raise EngramError("the checkpoint's optimizer state does not match the model")
+    state = {int(index): dict(values) for index, values in state.items()}
     optimizer.load_state_dict({"state": state, "param_groups": current["param_groups"]})
 
 
-def rows_tensors(tables: dict, *, out_of_core: bool) -> dict:
-    """The row state of every layer: in memory the trained rows (ids, float32 masters, moments,
-    step counts) and the rows to write at this commit; out of core the write buffer."""
+def flat_tensors(state: dict, prefix: str = "") -> dict:
+    """A nested state as the flat named tensors of ``state.safetensors`` (``rows.0.ids``)."""
     import torch
 
     out = {}
-    for layer, rows in tables.items():
-        if out_of_core:
-            buf = rows.buffer
-            slots = buf.slots
-            parts = {"ids": buf.ids, "rows": buf.rows[slots], "m": buf.m[slots]}
-            parts |= {"v": buf.v[slots], "t": buf.t[slots]}
-            prefix = f"buffer.{layer}."
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out |= flat_tensors(value, name + ".")
+        elif isinstance(value, torch.Tensor):
+            out[name] = value.detach().cpu().contiguous()
         else:
-            opt = rows.optimizer
-            ids_t = torch.nonzero(opt.steps > 0).flatten()
-            parts = {
-                "ids": ids_t.cpu().numpy(),
-                "weight": rows.weight[ids_t].cpu().numpy(),
-                "exp_avg": opt.exp_avg[ids_t].cpu().numpy(),
-                "exp_avg_sq": opt.exp_avg_sq[ids_t].cpu().numpy(),
-                "steps": opt.steps[ids_t].cpu().numpy(),
-                "pending": np.flatnonzero(rows.touched),
-            }
-            prefix = f"rows.{layer}."
-        for key, value in parts.items():
-            out[prefix + key] = torch.from_numpy(np.ascontiguousarray(value))
+            out[name] = torch.from_numpy(np.ascontiguousarray(value))
     return out
 
 
-def restore_rows(tables: dict, tensors: dict, *, out_of_core: bool) -> None:
-    """Put the in-memory rows' master values and moments back (out of core: nothing to do, the
-    rows and moments are in the table and its moment store)."""
-    if out_of_core:
-        return
-    for layer, rows in tables.items():
-        part = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"rows.{layer}.")}
-        ids = part["ids"].to(rows.weight.device)
-        opt = rows.optimizer
-        rows.weight[ids] = part["weight"].to(rows.weight.device)
-        opt.exp_avg[ids] = part["exp_avg"].to(rows.weight.device)
-        opt.exp_avg_sq[ids] = part["exp_avg_sq"].to(rows.weight.device)
-        opt.steps[ids] = part["steps"].to(rows.weight.device)
-        rows.touched[:] = False
+def nested_state(tensors: dict) -> dict:
+    """The flat named tensors of ``state.safetensors`` as the nested training state."""
+    state: dict = {}
+    for name, value in tensors.items():
+        *path, last = name.split(".")
+        node = state
+        for key in path:
+            node = node.setdefault(key, {})
+        node[last] = value
+    return state
 
 
-def write_state(tmp: Path, *, info: dict, optimizers, tables: dict, out_of_core: bool) -> None:
-    """``resume/state.safetensors`` and ``resume/state.json`` into a checkpoint being written."""
+def write_state(tmp: Path, *, info: dict, state: dict) -> None:
+    """``resume/state.safetensors`` (the training state) and ``resume/state.json`` into a
+    checkpoint being written."""
     from safetensors.torch import save_file
 
     folder = Path(tmp) / STATE_DIR
     folder.mkdir()
-    tensors = backbone_tensors(optimizers.backbone) | rows_tensors(tables, out_of_core=out_of_core)
-    save_file(tensors, str(folder / STATE_TENSORS))
+    save_file(flat_tensors(state), str(folder / STATE_TENSORS))
     doc = {"format": "engramctl-train-state", "format_version": STATE_VERSION, **info}
     (folder / STATE_JSON).write_text(json.dumps(doc, indent=1))  # history keys in run order
 
@@ -185,13 +175,14 @@ def read_state(path: Path) -> dict:
     return doc
 
 
-def read_tensors(path: Path) -> dict:
+def read_training_state(path: Path) -> dict:
+    """The training state of a checkpoint (``resume/state.safetensors``), nested."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     file = Path(path) / STATE_DIR / STATE_TENSORS
     try:
-        return load_file(str(file))
+        return nested_state(load_file(str(file)))
     except (SafetensorError, OSError) as exc:
         raise EngramError(f"cannot read {file}: {exc}; the run cannot resume from it") from None
 
@@ -236,8 +227,8 @@ class ResumePoint:
     def run(self) -> dict:
         return self.state["run"]
 
-    def tensors(self) -> dict:
-        return read_tensors(self.path)
+    def training_state(self) -> dict:
+        return read_training_state(self.path)
 
 
 def checkpoint_candidates(out_dir: Path) -> list[tuple[Path, dict, dict]]:
@@ -313,7 +304,7 @@ def resume_point(out_dir: Path, *, table=None, moments=None) -> ResumePoint:
     chosen = by_step.get(last.get("writing_step"))
     if chosen is not None and chosen[0] != out_dir:  # finish the commit the kill cut short
         state = chosen[2]
-        redo_rows(table, moments, read_tensors(chosen[0]), out_of_core=state["out_of_core"])
+        redo_rows(table, moments, read_training_state(chosen[0]))
         record = {**state["run"]}
         if moments is not None:
             record["moments_state"] = moments.state
@@ -346,31 +337,14 @@ def _publish(out_dir: Path, point: ResumePoint) -> ResumePoint:
     return point
 
 
-def redo_rows(table, moments, tensors: dict, *, out_of_core: bool) -> None:
-    """Write a checkpoint's rows to be committed again (idempotent)."""
-    layers = sorted({int(k.split(".")[1]) for k in tensors if k.startswith(("rows.", "buffer."))})
-    for layer in layers:
-        if out_of_core:
-            get = {
-                k.split(".", 2)[2]: v.numpy()
-                for k, v in tensors.items()
-                if k.startswith(f"buffer.{layer}.")
-            }
-            if not len(get["ids"]):
-                continue
-            state = np.concatenate([get["m"], get["v"], get["t"][:, None]], axis=1)
-            repair_write_rows(table, layer, get["ids"], get["rows"])
-            repair_write_rows(moments, layer, get["ids"], state)
-        else:
-            get = {
-                k.split(".", 2)[2]: v.numpy()
-                for k, v in tensors.items()
-                if k.startswith(f"rows.{layer}.")
-            }
-            pending = get["pending"]
-            if len(pending):
-                where = np.searchsorted(get["ids"], pending)
-                repair_write_rows(table, layer, pending, get["weight"][where])
+def redo_rows(table, moments, state: dict) -> None:
+    """Write the rows (and moments) of a checkpoint's commit again (idempotent)."""
+    from .rows import commit_writes
+
+    targets = {"table": table, "moments": moments}
+    for target, layer, ids, values in commit_writes(state):
+        if len(ids):
+            repair_write_rows(targets[target], layer, ids, values)
     table.flush()
     if moments is not None:
         moments.flush()

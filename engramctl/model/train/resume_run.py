@@ -1,5 +1,6 @@
 """``train --resume MODEL_DIR``: reopen a run's inputs from its checkpoint and continue it.
 
+:func:`run_inputs` is the record a run keeps for it (its inputs as absolute paths);
 :func:`plan_resume` reads what a periodic checkpoint recorded (the training options, the inputs:
 corpus, held-out corpus, table, moment store, base model, ...) without opening anything else;
 :func:`check_resume_flags` refuses flags that contradict it, naming both values (the run goes
@@ -32,6 +33,21 @@ INPUT_FLAGS = {
     "compare_with": "compare_with",
     "prior_runs": "prior_runs",
 }
+
+
+def run_inputs(*, table, moments, out_of_core: bool, **paths) -> dict:
+    """What ``train --resume`` reopens: the inputs of the run, as absolute paths (the moment
+    store only out of core)."""
+    from .rows import moments_input
+
+    def absolute(value):
+        return str(Path(value).resolve()) if isinstance(value, Path) else value
+
+    return {
+        **{k: absolute(v) for k, v in paths.items()},
+        "table": absolute(table),
+        "moments": absolute(moments_input(table, moments, out_of_core=out_of_core)),
+    }
 
 
 @dataclass
@@ -121,7 +137,7 @@ def resume_training(plan: ResumePlan, *, open_table, on_step=None):
     from .inputs import load_base, prepare_training_data
     from .loop import train_model
     from .resume import resume_point
-    from .rows import open_moment_store
+    from .rows import open_moments
 
     config, inputs = plan.config, plan.inputs
     with ExitStack() as stack:
@@ -129,9 +145,7 @@ def resume_training(plan: ResumePlan, *, open_table, on_step=None):
         if config.engram:
             table = open_table(Path(inputs["table"]), "r+")
             stack.callback(table.close)
-            moments = None
-            if config.out_of_core:
-                moments = open_moment_store(table, inputs["moments"], create=False)
+            moments = open_moments(table, config, inputs["moments"], create=False)
             try:
                 point = resume_point(plan.out_dir, table=table, moments=moments)
             finally:

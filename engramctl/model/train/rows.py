@@ -1,269 +1,70 @@
-"""Table rows trained out of core: gathered from the table per step, written back in batches.
+"""The rows a run trains: one :class:`TrainableRows` protocol, two implementations, one factory.
 
-:class:`OutOfCoreRows` is the out-of-core twin of :class:`TrainableTable` (a layer decoded to
-memory; same ``gather`` / ``step`` / ``lookup`` / ``write_back``): nothing of size O(table
-rows) is held in memory. Each step gathers the unique rows it hashes to with the table's
-memory-mapped gather, together with their sparse-Adam moments from the *moment store*, and
-updates them. Updated rows and moments go to a bounded write-back buffer (``buffer_rows`` rows;
-reads see it first); when it is full, or at the end, it is flushed: the dirty rows sorted by
-chunk, one ``write_rows`` call per store, so every chunk is rewritten once per flush. A run with
-periodic checkpoints (``hold``) flushes only at a checkpoint, which it takes early when the
-buffer holds more than ``buffer_rows``: the table and moment store always hold a checkpoint's
-rows.
-
-The moment store is itself an engramctl table (``<table>.adam.zarr`` by default, named in the
-checkpoint): the table's layout, float32 rows of ``exp_avg | exp_avg_sq | step`` (``2 d + 1``
-values), lazy and zero-initialized, so untouched rows cost no disk and ``verify`` covers it;
-its chunks hold the same rows as the table's. Every flush rewrites the chunks it touches whole,
-so a large table trained out of core wants small chunks (``init-table --chunk-rows``).
-
-For a float32 table the arithmetic is the in-memory path's, value for value (a test compares
-the checkpoints and rows bit for bit). For other storage dtypes every step's rows are rounded to
-the table's dtype before they are used again, so the result does not depend on when flushes
-happen; the in-memory path keeps float32 until the end and differs in the last bits.
+A layer's rows train either in memory (:class:`TrainableTable`: the layer decoded to float32,
+with its sparse Adam) or out of core (:class:`~engramctl.model.train.out_of_core.OutOfCoreRows`:
+rows gathered from the table per step, moments in a moment store, writes through a bounded
+buffer). Both answer the same calls: ``gather`` / ``step`` / ``lookup`` in the loop,
+``state_dict`` / ``load_state_dict`` for the training state of a checkpoint (the checkpoint
+holds state_dicts, as nanoGPT's does), and ``commit(table)``, the write of the trained rows back
+to the table in the run's save step. :func:`open_trainable_rows` chooses between them: nothing
+else asks whether a run is out of core.
 """
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from ...errors import EngramError
 from ..optim import SparseRowAdam
 
-MOMENTS_SUFFIX = ".adam.zarr"
-DEFAULT_BUFFER_ROWS = 1 << 18
 
+class TrainableRows(Protocol):
+    """One table layer's rows as a run trains them."""
 
-def default_moments_path(table_path) -> Path:
-    """``t.zarr`` -> ``t.adam.zarr`` (a sibling of the table)."""
-    path = Path(table_path)
-    stem = path.name[: -len(".zarr")] if path.name.endswith(".zarr") else path.name
-    return path.with_name(stem + MOMENTS_SUFFIX)
-
-
-def open_moment_store(table, path, *, create: bool = True):
-    """Open (creating it lazily if absent) the sparse-Adam moment store of ``table``."""
-    from ...table.build.create import create_table
-    from ...table.sources.table import open_table
-
-    path = Path(path)
-    width = 2 * table.dim + 1
-    if not path.exists():
-        if not create:
-            raise EngramError(f"moment store {path} not found")
-        create_table(
-            path,
-            layout=table.layout,
-            vocab_fingerprint=table.info.vocab_fingerprint,
-            dim=width,
-            dtype="float32",
-            init="zeros",
-            lazy=True,
-            chunk_rows=table.meta.chunk_rows,  # chunk boundaries aligned with the table's
-        )
-    store = open_table(path, mode="r+")
-    if store.layout.to_dict() != table.layout.to_dict() or store.dim != width:
-        store.close()
-        raise EngramError(
-            f"{path} is not the moment store of this table (layout or width {store.dim} != "
-            f"{width}); pass another --moments path or delete it"
-        )
-    return store
-
-
-class WriteBuffer:
-    """Dirty rows of one layer: sorted row ids -> slots of preallocated arrays."""
-
-    def __init__(self, capacity: int, dim: int):
-        self.capacity, self.dim = capacity, dim
-        self.ids = np.empty(0, dtype=np.int64)  # sorted
-        self.slots = np.empty(0, dtype=np.int64)  # slot of ids[i]
-        self.rows = np.empty((capacity, dim), dtype=np.float32)
-        self.m = np.empty((capacity, dim), dtype=np.float32)
-        self.v = np.empty((capacity, dim), dtype=np.float32)
-        self.t = np.empty(capacity, dtype=np.float32)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(present mask, slots of the present ones)`` for sorted unique ``ids``."""
-        if not len(self.ids):
-            return np.zeros(len(ids), dtype=bool), np.empty(0, dtype=np.int64)
-        pos = np.searchsorted(self.ids, ids)
-        present = self.ids[np.minimum(pos, len(self.ids) - 1)] == ids
-        return present, self.slots[pos[present]]
-
-    def put(self, ids, rows, m, v, t) -> None:
-        """Store new values of sorted unique ``ids`` (the caller made room)."""
-        present, slots = self.find(ids)
-        new = ids[~present]
-        new_slots = np.arange(len(self.ids), len(self.ids) + len(new), dtype=np.int64)
-        pos = np.searchsorted(self.ids, new)
-        self.ids = np.insert(self.ids, pos, new)
-        self.slots = np.insert(self.slots, pos, new_slots)
-        all_slots = np.empty(len(ids), dtype=np.int64)
-        all_slots[present], all_slots[~present] = slots, new_slots
-        self.rows[all_slots], self.m[all_slots] = rows, m
-        self.v[all_slots], self.t[all_slots] = v, t
-
-    def clear(self) -> None:
-        self.ids = np.empty(0, dtype=np.int64)
-        self.slots = np.empty(0, dtype=np.int64)
-
-
-class OutOfCoreRows:
-    """One table layer trained out of core (see the module docstring)."""
-
-    def __init__(
-        self, table, layer_id: int, moments, device, *, buffer_rows=DEFAULT_BUFFER_ROWS, hold=0
-    ):
-        from ..optim import TABLE_BETAS
-
-        self.table, self.moments, self.layer_id = table, moments, layer_id
-        self.device = device
-        self.dim = table.dim
-        # hold > 0 (periodic checkpoints): rows reach the table only at a checkpoint, which the
-        # run takes when more than buffer_rows are held; hold is the most rows one step adds
-        self.budget, self.hold = max(1, int(buffer_rows)), int(hold)
-        self.buffer = WriteBuffer(self.budget + self.hold, self.dim)
-        self.betas, self.eps = TABLE_BETAS, 1e-8
-        self.rows_written = 0
-        self.flushes = 0
-        self.write_seconds = 0.0
-        self._pending = None
-
-    # ------------------------------------------------------------------ reading
-    def _read(self, unique: np.ndarray):
-        """Float32 rows, moments and step counts of sorted unique ids (buffer first)."""
-        from ...table.core.dtypes import decode_rows
-
-        d = self.dim
-        rows = np.empty((len(unique), d), dtype=np.float32)
-        m = np.empty((len(unique), d), dtype=np.float32)
-        v = np.empty((len(unique), d), dtype=np.float32)
-        t = np.empty(len(unique), dtype=np.float32)
-        present, slots = self.buffer.find(unique)
-        if present.any():
-            rows[present], m[present] = self.buffer.rows[slots], self.buffer.m[slots]
-            v[present], t[present] = self.buffer.v[slots], self.buffer.t[slots]
-        absent = ~present
-        if absent.any():
-            ids = unique[absent]
-            raw = self.table.gather(self.layer_id, ids)
-            rows[absent] = decode_rows(raw, self.table.dtype, d)
-            state = self.moments.gather(self.layer_id, ids)
-            m[absent], v[absent], t[absent] = state[:, :d], state[:, d : 2 * d], state[:, 2 * d]
-        return rows, m, v, t
+    layer_id: int
+    state_key: str  # the key of its state in a checkpoint's training state ("rows", "buffer")
+    write_seconds: float  # time spent writing rows to the table in this process
 
     def gather(self, unique: np.ndarray, unique_t):
         """The rows ``unique`` as a leaf tensor ``(U, d)`` whose gradient :meth:`step` reads."""
-        import torch
 
-        rows, m, v, t = self._read(unique)
-        self._pending = (unique, m, v, t)
-        return torch.from_numpy(rows).to(self.device).requires_grad_(True)
+    def step(self, unique: np.ndarray, unique_t, leaf, *, lr: float, weight_decay: float) -> None:
+        """Sparse Adam on the gathered rows."""
 
     def lookup(self, ids_t):
         """Rows for evaluation (no gradient), any shape of ids -> ``(*shape, d)``."""
-        import torch
 
-        ids = ids_t.detach().cpu().numpy()
-        unique, inverse = np.unique(ids.ravel(), return_inverse=True)
-        rows = self._read(unique)[0]
-        out = torch.from_numpy(rows[inverse]).reshape(*ids.shape, self.dim)
-        return out.to(ids_t.device)
+    def commit(self, table) -> None:
+        """Write the rows trained since the last commit to ``table``."""
 
-    # ------------------------------------------------------------------ updating
-    def step(self, unique: np.ndarray, unique_t, leaf, *, lr: float, weight_decay: float) -> None:
-        """Sparse Adam on the gathered rows (as :class:`SparseRowAdam`); into the buffer."""
-        import torch
+    def state_dict(self) -> dict:
+        """Named arrays that :meth:`load_state_dict` (and a redo of a cut-short commit) needs."""
 
-        from ..optim import adam_rows_update
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from a committed checkpoint's state."""
 
-        pending_ids, m, v, t = self._pending
-        if pending_ids is not unique:
-            raise EngramError("step() must follow gather() of the same rows")
-        self._pending = None
-        with torch.no_grad():
-            rows = leaf.detach().clone()
-            m_t, v_t = torch.from_numpy(m).to(rows.device), torch.from_numpy(v).to(rows.device)
-            t_new = torch.from_numpy(t).to(torch.int32) + 1
-            adam_rows_update(
-                rows,
-                m_t,
-                v_t,
-                t_new.to(rows.device),
-                leaf.grad,
-                lr=lr,
-                weight_decay=weight_decay,
-                betas=self.betas,
-                eps=self.eps,
-            )
-        values = (
-            self._rounded(rows.cpu().numpy()),
-            m_t.cpu().numpy(),
-            v_t.cpu().numpy(),
-            t_new.numpy().astype(np.float32),
-        )
-        if len(self.buffer) + len(unique) > self.buffer.capacity:
-            if self.hold:
-                raise EngramError("a step touched more rows than the write buffer holds")
-            self.flush()
-        if len(unique) > self.buffer.capacity:  # one step's rows exceed the buffer: write now
-            self._write(unique, *values)
-        else:
-            self.buffer.put(unique, *values)
-
-    def _rounded(self, rows: np.ndarray) -> np.ndarray:
-        """Rows as the table will store them (identity for float32 tables)."""
-        if self.table.dtype == "float32":
-            return rows
-        from ...table.core.dtypes import decode_rows, encode_rows
-
-        return decode_rows(encode_rows(rows, self.table.dtype), self.table.dtype, self.dim)
+    @property
+    def rows_trained(self) -> int:
+        """Rows this layer counts in the run's result: in memory the rows trained so far (their
+        state comes back on resume), out of core those written or buffered by this process."""
 
     @property
     def over_budget(self) -> bool:
-        """Holding more rows than ``buffer_rows`` (a periodic-checkpoint run commits now)."""
-        return len(self.buffer) > self.budget
+        """Whether a periodic-checkpoint run should commit now (a full write buffer)."""
 
-    def flush(self) -> int:
-        """Write the buffered rows and moments (each touched chunk once); returns rows written."""
-        n = len(self.buffer)
-        if not n:
-            return 0
-        buf, slots = self.buffer, self.buffer.slots
-        self._write(buf.ids, buf.rows[slots], buf.m[slots], buf.v[slots], buf.t[slots])
-        self.buffer.clear()
-        return n
-
-    def _write(self, ids, rows, m, v, t) -> None:
-        """Rows to the table, moments to the moment store: one ``write_rows`` call each."""
-        started = time.perf_counter()
-        state = np.concatenate([m, v, t[:, None]], axis=1)
-        # chunk files first (page cache), one sync for all of them, then the two manifests
-        self.table.write_rows(self.layer_id, ids, rows, flush=False, fsync=False)
-        self.moments.write_rows(self.layer_id, ids, state, flush=False, fsync=False)
-        os.sync()
-        self.table.flush()
-        self.moments.flush()
-        self.write_seconds += time.perf_counter() - started
-        self.rows_written += len(ids)
-        self.flushes += 1
-
-    def write_back(self, table) -> int:
-        """Flush what is buffered; returns the rows written over the whole run."""
-        self.flush()
-        return self.rows_written
+    @property
+    def wrote_rows(self) -> bool:
+        """Whether rows of this layer reached the table in this process."""
 
 
 class TrainableTable:
     """A table layer held in memory as float32 for training, with the rows it changed."""
+
+    state_key = "rows"
+    write_seconds = 0.0
+    over_budget = False
 
     def __init__(self, table, layer_id: int, device):
         import torch
@@ -282,13 +83,14 @@ class TrainableTable:
         self.weight = torch.from_numpy(values).to(device)
         self.touched = np.zeros(rows, dtype=bool)
         self.optimizer = SparseRowAdam(self.weight)
+        self.wrote_rows = False
 
     def gather(self, unique: np.ndarray, unique_t):
         """The rows ``unique`` as a leaf tensor ``(U, d)`` whose gradient :meth:`step` reads."""
         return self.weight[unique_t].requires_grad_(True)
 
     def step(self, unique: np.ndarray, unique_t, leaf, *, lr: float, weight_decay: float) -> None:
-        """Sparse Adam on the gathered rows; they are written back by :meth:`write_back`."""
+        """Sparse Adam on the gathered rows; they reach the table at :meth:`commit`."""
         self.optimizer.step(unique_t, leaf.grad, lr=lr, weight_decay=weight_decay)
         self.touched[unique] = True
 
@@ -296,12 +98,130 @@ class TrainableTable:
         """Rows for evaluation (no gradient)."""
         return self.weight[ids_t]
 
-    def write_back(self, table, *, flush: bool = True) -> int:
-        """Write every row changed since the last write back; returns how many."""
+    @property
+    def rows_trained(self) -> int:
+        return int((self.optimizer.steps > 0).sum())
+
+    def commit(self, table) -> None:
+        """Write every row changed since the last commit (the caller flushes the table)."""
         changed = np.flatnonzero(self.touched)
         if len(changed):
             table.write_rows(
-                self.layer_id, changed, self.weight[changed].cpu().numpy(), flush=flush
+                self.layer_id, changed, self.weight[changed].cpu().numpy(), flush=False
             )
             self.touched[:] = False
-        return int(len(changed))
+            self.wrote_rows = True
+
+    def state_dict(self) -> dict:
+        """The trained rows: their optimizer state (ids, moments, step counts) with their float32
+        master values (``weight``), and the rows the next commit writes (``pending``)."""
+        state = self.optimizer.state_dict()
+        return {**state, "weight": self.weight[state["ids"]].cpu().numpy(),
+                "pending": np.flatnonzero(self.touched)}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        """The trained rows' master values and moments back (the table holds them rounded to its
+        dtype); nothing is pending after a committed checkpoint."""
+        import torch
+
+        ids = torch.as_tensor(state["ids"]).to(self.weight.device)
+        self.weight[ids] = torch.as_tensor(state["weight"]).to(self.weight.device)
+        self.optimizer.load_state_dict(state)
+        self.touched[:] = False
+
+    @staticmethod
+    def commit_writes(state: dict) -> list:
+        """What a commit of ``state`` writes: ``[("table", row ids, values)]``, the pending rows
+        (the redo of a commit a kill cut short writes them again)."""
+        get = {key: np.asarray(value) for key, value in state.items()}
+        pending = get["pending"]
+        where = np.searchsorted(get["ids"], pending)
+        return [("table", pending, get["weight"][where])]
+
+
+def _kinds() -> dict:
+    from .out_of_core import OutOfCoreRows
+
+    return {cls.state_key: cls for cls in (TrainableTable, OutOfCoreRows)}
+
+
+def commit_writes(training_state: dict) -> list:
+    """The writes of the commit of a run's training state (``{state_key: {layer: state}}``):
+    ``[(target, layer, row ids, values)]`` in layer order, target ``"table"`` or ``"moments"``."""
+    writes = []
+    for key, cls in _kinds().items():
+        layers = training_state.get(key) or {}
+        for layer in sorted(layers, key=int):
+            for target, ids, values in cls.commit_writes(layers[layer]):
+                writes.append((target, int(layer), ids, values))
+    return writes
+
+
+def writes_during_run(config) -> bool:
+    """Whether rows reach the table during the run, not only at checkpoints: out of core without
+    periodic checkpoints (the run is recorded incomplete from the start, its rows all written
+    before the last checkpoint)."""
+    return bool(config.out_of_core and not config.checkpoint_every)
+
+
+def choose_out_of_core(requested: bool | None, table, *, freeze_backbone: bool) -> bool:
+    """``--out-of-core/--in-memory``, or by default: a table-only adaptation, or a table that
+    does not fit in memory."""
+    from .inputs import table_fits_in_memory
+
+    if requested is None:
+        return freeze_backbone or not table_fits_in_memory(table)
+    return requested
+
+
+def moments_input(table, moments, *, out_of_core: bool):
+    """The moment store a run records for ``--resume`` (``None`` in memory)."""
+    from .out_of_core import default_moments_path
+
+    if not out_of_core:
+        return None
+    return moments or default_moments_path(table)
+
+
+def moments_path(table, config, path) -> Path | None:
+    """Where an out-of-core run keeps its moment store (``None`` in memory): ``path``, or by
+    default ``<table>.adam.zarr`` beside the table."""
+    from .out_of_core import default_moments_path
+
+    if not config.out_of_core:
+        return None
+    return Path(path) if path else default_moments_path(table.path)
+
+
+def open_moments(table, config, path, *, create: bool):
+    """The moment store of an out-of-core run (``None`` in memory)."""
+    from .out_of_core import open_moment_store
+
+    where = moments_path(table, config, path)
+    return None if where is None else open_moment_store(table, where, create=create)
+
+
+def open_trainable_rows(table, config, *, moments, stack) -> tuple[dict, object | None]:
+    """The trainable rows of every layer of ``table`` for ``config`` (the one place that chooses
+    in memory or out of core) and the moment store at ``moments`` (see :func:`moments_path`;
+    entered into ``stack``; ``None`` in memory)."""
+    from .out_of_core import OutOfCoreRows
+
+    store = open_moments(table, config, moments, create=True)
+    if store is None:
+        rows = {layer: TrainableTable(table, layer, config.device) for layer in table.layout.layers}
+        return rows, None
+    stack.enter_context(store)
+    hold = config.batch * config.seq_len * table.layout.heads_per_layer
+    rows = {
+        layer: OutOfCoreRows(
+            table,
+            layer,
+            store,
+            config.device,
+            buffer_rows=config.buffer_rows,
+            hold=hold if config.checkpoint_every else 0,
+        )
+        for layer in table.layout.layers
+    }
+    return rows, store

@@ -7,17 +7,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from hypothesis import example, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 from engramctl.errors import EngramError  # noqa: E402
 from engramctl.hashing import NgramHasher  # noqa: E402
-from engramctl.model.serve.paging import (  # noqa: E402
-    DeviceRowCache,
-    ResidentRows,
-    RowPager,
-    resolve_device,
-)
+from engramctl.model.device import resolve_device  # noqa: E402
+from engramctl.model.serve.paging import ResidentRows, RowPager  # noqa: E402
 from tests.conftest import make_layout  # noqa: E402
 from tests.model.table_double import InMemoryTable  # noqa: E402
 
@@ -84,40 +78,6 @@ def test_resident_rows_equal_table_rows(small_layout, tiny_vocab, hasher):
             np.testing.assert_array_equal(rows[layer].numpy(), expected[layer])
 
 
-@settings(max_examples=15, deadline=None)
-@given(
-    capacity_extra=st.integers(0, 40),
-    batch_rows=st.lists(
-        st.lists(st.integers(0, 60), min_size=1, max_size=12), min_size=1, max_size=12
-    ),
-)
-def test_layer_cache_never_evicts_in_flight_rows(capacity_extra, batch_rows):
-    """Whatever the batches, a slot read by an in-flight batch keeps its row."""
-    batch_rows = [np.unique(np.array(b, dtype=np.int64)) for b in batch_rows]
-    capacity = 3 * max(len(b) for b in batch_rows) + capacity_extra
-    cache = DeviceRowCache(61, capacity, 1, CPU)
-    history = []
-    for index, rows in enumerate(batch_rows):
-        slots, miss = cache.assign(rows, index)
-        history.append((rows, slots))
-        for rows_k, slots_k in history[-3:]:  # this batch and the two in flight
-            np.testing.assert_array_equal(cache.row_of_slot[slots_k], rows_k)
-        assert len(np.unique(slots)) == len(rows)
-
-
-def test_layer_cache_lru_hand_worked():
-    cache = DeviceRowCache(10, 4, 1, CPU)
-    cache.assign(np.array([1]), 0)
-    cache.assign(np.array([2]), 1)
-    cache.assign(np.array([3]), 2)
-    cache.assign(np.array([4]), 3)  # full: rows 1..4
-    slots, miss = cache.assign(np.array([2, 5]), 4)  # 2 hits; 5 evicts row 1 (least recent)
-    assert miss.tolist() == [False, True]
-    assert cache.slot_of_row.lookup(np.array([1]))[0] == -1 and cache.row_of_slot[slots[1]] == 5
-    with pytest.raises(EngramError, match="--cache-rows too small"):
-        cache.assign(np.array([6, 7, 8]), 5)  # only row 3's slot is free of in-flight batches
-
-
 def test_cache_budget_beyond_device_memory(small_layout, tiny_vocab, hasher, monkeypatch):
     import engramctl.model.serve.paging as paging
 
@@ -152,37 +112,17 @@ def test_cuda_paged_equals_resident(small_layout, tiny_vocab, hasher):
             assert torch.equal(paged[layer], whole[layer])
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    batch_rows=st.lists(
-        st.sets(st.integers(0, 14), min_size=1, max_size=9), min_size=2, max_size=30
-    ),
-    capacity=st.integers(1, 16),
-)
-@example(  # ties within a batch decide the victim: argpartition by stamp alone missed this
-    batch_rows=[{0, 1, 2, 3, 4, 5, 7, 9, 11}, {0}, {0}, {0, 2, 6, 8, 10}, {1}], capacity=14
-)
-def test_device_row_cache_is_the_cache_plan_pager_model(batch_rows, capacity):
-    """The pager's hits (or its refusal) equal cache-plan's one-pass pager curve at this size."""
-    from engramctl.cacheplan.lru import (
-        PAGER_IN_FLIGHT,
-        cumulative_hits,
-        hits_at,
-        pager_histogram,
-    )
-    from engramctl.model.serve.paging import IN_FLIGHT
+def test_pager_and_cache_plan_read_one_policy(small_layout, tiny_vocab, hasher):
+    """The pager's caches and cache-plan's pager curve take the same PagerConfig object."""
+    import inspect
 
-    assert PAGER_IN_FLIGHT == IN_FLIGHT
-    ids = np.array([r for rows in batch_rows for r in sorted(rows)], dtype=np.int64)
-    bounds = np.cumsum([0] + [len(rows) for rows in batch_rows])
-    hist, need = pager_histogram(ids, bounds, 15)
-    cache = DeviceRowCache(15, capacity, 1, CPU)
-    hits = 0
-    try:
-        for k, rows in enumerate(batch_rows):
-            _, miss = cache.assign(np.array(sorted(rows), dtype=np.int64), k)
-            hits += int((~miss).sum())
-    except EngramError:
-        assert capacity < need
-        return
-    assert capacity >= need and hits == hits_at(cumulative_hits(hist), [capacity])[0]
+    from engramctl.cacheplan.lru import pager_histogram, pager_hits_reference
+    from engramctl.cacheplan.stream import StackDistances
+    from engramctl.rowcache.policy import PAGER, LruSlots
+
+    pager = RowPager(make_table(small_layout, tiny_vocab), hasher, device=CPU, cache_rows=64)
+    for cache in pager.caches.values():
+        assert isinstance(cache, LruSlots) and cache.config is PAGER
+    for planner in (pager_histogram, pager_hits_reference, StackDistances):
+        assert inspect.signature(planner).parameters["config"].default is PAGER
+    assert len(pager.buffers[small_layout.layers[0]]) == PAGER.host_buffers

@@ -96,6 +96,8 @@ def straight_and_resumed(tmp_path, corpus, vocab_path, make_table, monkeypatch, 
     resumed = run("train", "--resume", b)
     assert resumed.exit_code == 0, resumed.output
     assert f"resumed at step {last}" in resumed.output
+    results = [json.loads((p / "config.json").read_text())["result"] for p in (a, b)]
+    assert results[0]["rows_written"] == results[1]["rows_written"]  # counted across the resume
     return a, b, ta, tb
 
 
@@ -273,8 +275,6 @@ def test_read_only_file_system_fails_before_training(tmp_path, corpus, monkeypat
     import errno
     import os
 
-    import engramctl._outputs as outputs
-
     calls, real_open = [], os.open
 
     def read_only(path, *args, **kwargs):
@@ -283,7 +283,7 @@ def test_read_only_file_system_fails_before_training(tmp_path, corpus, monkeypat
         return real_open(path, *args, **kwargs)
 
     monkeypatch.setattr(train_module, "train_step", lambda *a, **k: calls.append(1) or 1.0)
-    monkeypatch.setattr(outputs.os, "open", read_only)
+    monkeypatch.setattr(os, "open", read_only)  # the probe of --out opens through os.open
     result = run(*train_args(corpus, None, None, tmp_path / "m"))
     assert result.exit_code == 1, result.output
     assert "Read-only file system (checked before starting)" in result.stderr

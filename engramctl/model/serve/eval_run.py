@@ -1,0 +1,101 @@
+"""``engramctl eval`` as one library call: :func:`run_eval` takes the command's options
+(:class:`EvalRequest`), refuses what cannot run, opens the checkpoint's table and runs what was
+asked (a benchmark, :func:`~engramctl.model.serve.evaluate.evaluate`; the gates of a text,
+:func:`~engramctl.model.serve.evaluate.explain_gates`; lm-evaluation-harness tasks,
+:func:`~engramctl.model.serve.lm_eval_adapter.run_lm_eval`), writing the JSON report if asked.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ...errors import UsageError
+from .opening import default_open_table
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalRequest:
+    """The options of ``engramctl eval``, named as the command's parameters."""
+
+    model: Path
+    benchmark: Path | None
+    table: Path | None
+    device: str
+    batch: int
+    cache_rows: int
+    resident: bool
+    explain: str | None
+    lm_eval_tasks: str | None
+    limit: int | None
+    tokenizer: str | None
+    report: Path | None
+    overwrite: bool
+    strict_table: bool
+
+    def check(self) -> None:
+        """Refuse options that do not go together, and a report that may not be written."""
+        from ..._files import check_writable_target
+
+        if self.lm_eval_tasks is not None and (
+            self.benchmark is not None or self.explain is not None
+        ):
+            raise UsageError("--lm-eval-tasks runs on its own: drop --benchmark/--explain")
+        if self.limit is not None and self.lm_eval_tasks is None:
+            raise UsageError("--limit applies to --lm-eval-tasks only")
+        if self.benchmark is None and self.explain is None and self.lm_eval_tasks is None:
+            raise UsageError("give --benchmark FILE, --explain TEXT (or both), or --lm-eval-tasks")
+        if self.report is not None:
+            check_writable_target(self.report, overwrite=self.overwrite)
+
+
+@dataclass(frozen=True)
+class EvalOutput:
+    """What ``eval`` produced: the report (``--json``, ``--report``) and the harness's table."""
+
+    doc: dict
+    harness_table: str | None  # lm-evaluation-harness's results table (with --lm-eval-tasks)
+
+
+def run_eval(
+    request: EvalRequest,
+    *,
+    open_table: Callable = default_open_table,
+    on_warning: Callable[[str], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> EvalOutput:
+    """Run ``engramctl eval``.
+
+    ``open_table(path)`` opens the table (a test may route it to a double); ``on_warning(problem)``
+    hears that the table's rows changed since the checkpoint (``strict_table``: an error
+    instead); ``on_progress(done, total)`` follows a benchmark's batches.
+    """
+    from .evaluate import evaluate, explain_gates
+    from .opening import ModelSpec, open_model_table
+
+    r = request
+    r.check()
+    doc: dict = {}
+    with open_model_table(r.model, r.table, strict=r.strict_table, open_table=open_table) as opened:
+        if opened.problem is not None and on_warning is not None:
+            on_warning(opened.problem)
+        spec = ModelSpec(r.model, opened.table, r.device, r.cache_rows, r.resident, r.tokenizer)
+        if r.lm_eval_tasks is not None:
+            from .lm_eval_adapter import run_lm_eval
+
+            doc = run_lm_eval(model=spec, tasks=r.lm_eval_tasks, limit=r.limit, batch=r.batch)
+        if r.benchmark is not None:
+            result = evaluate(model=spec, benchmark=r.benchmark, batch=r.batch,
+                              on_progress=on_progress)  # fmt: skip
+            doc = result.to_dict()
+        if r.explain is not None:
+            doc["explain"] = explain_gates(model=spec, text=r.explain)
+    harness_table = doc.pop("table", None)
+    if r.report is not None:
+        from ..._files import atomic_write
+
+        with atomic_write(r.report, "w") as handle:
+            handle.write(json.dumps(doc, indent=2))
+    return EvalOutput(doc, harness_table)
