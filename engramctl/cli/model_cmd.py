@@ -213,22 +213,26 @@ def train_command(
     Table-only adaptation (backbone frozen, rows trained out of core):
     engramctl train --freeze-backbone --init-from m --table t.zarr --corpus new.jsonl --out m2
     """
-    if resume is not None:
-        result = resume_run(ctx, resume, open_table=open_table_for)
-    else:
-        from ..model.train.start import TrainOptions, train_from_options
+    from ..model.train.resume import interrupts_outside_the_steps
 
-        options = {k: v for k, v in ctx.params.items() if k not in ("resume", "json_out")}
-        detail = "loss {loss:.3f}, {tps:,.0f} tok/s"
-        with progress(
-            "train", enabled=not STATE["quiet"], unit="steps", detail=detail, transient=True
-        ) as update:
-            result = train_from_options(
-                TrainOptions(**{**options, "device": device.value}),
-                open_table=open_table_for,  # looked up at call time (tests route it to doubles)
-                on_step=lambda step, total, loss, tps: update(step, total, loss=loss, tps=tps),
-            )
-    print_trained(result, json_out=json_out)
+    with interrupts_outside_the_steps(resume or out, resuming=resume is not None) as outcome:
+        if resume is not None:
+            resume_run(ctx, resume, open_table=open_table_for, outcome=outcome)
+        else:
+            from ..model.train.start import TrainOptions, train_from_options
+
+            options = {k: v for k, v in ctx.params.items() if k not in ("resume", "json_out")}
+            detail = "loss {loss:.3f}, {tps:,.0f} tok/s"
+            with progress(
+                "train", enabled=not STATE["quiet"], unit="steps", detail=detail, transient=True
+            ) as update:
+                train_from_options(
+                    TrainOptions(**{**options, "device": device.value}),
+                    open_table=open_table_for,  # looked up at call time (tests use doubles)
+                    on_step=lambda step, total, loss, tps: update(step, total, loss=loss, tps=tps),
+                    outcome=outcome,
+                )
+        print_trained(outcome.result, json_out=json_out)
 
 
 @command("eval")

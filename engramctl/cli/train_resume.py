@@ -14,7 +14,7 @@ from .app import STATE, console
 from .progress import progress
 
 
-def resume_run(ctx: typer.Context, model_dir: Path, *, open_table):
+def resume_run(ctx: typer.Context, model_dir: Path, *, open_table, outcome=None):
     """``train --resume``: the run's own options; flags given too must agree with them."""
     from ..model.train.resume_run import check_resume_flags, plan_resume, resume_training
 
@@ -37,6 +37,7 @@ def resume_run(ctx: typer.Context, model_dir: Path, *, open_table):
             plan,
             open_table=lambda path, mode: open_table(path, mode=mode),
             on_step=lambda step, total, loss, tps: update(step, total, loss=loss, tps=tps),
+            outcome=outcome,
         )
 
 

@@ -262,48 +262,53 @@ def run_training(
     run = begin_run(
         config, table, out_dir, prior_runs=prior_runs, resume=resume, fingerprints=fingerprints
     )
-    with reproducible_torch(config.device, config.threads), ExitStack() as stack:
-        model = initial_model(config, model_vocab, table, base=base, resume=resume)
-        tables, moments_store, hasher = {}, None, None
-        if config.engram:
-            hasher = NgramHasher(table.layout, vocab)
-            tables, moments_store = open_trainable_rows(table, config, moments=moments, stack=stack)
-        optimizers = configure_optimizers(
-            model,
-            lr=config.lr,
-            weight_decay=config.weight_decay,
-            tables=tables,
-            frozen=config.freeze_backbone,
-        )
-        writer = RunWriter(
-            out_dir=Path(out_dir),
-            model=model,
-            model_vocab=model_vocab,
-            config=config,
-            table=table,
-            vocab=vocab,
-            optimizers=optimizers,
-            tables=tables,
-            run=run,
-            moments=moments_store,
-            base=base,
-            overwrite=overwrite,
-            extra_meta=extra_meta,
-            compare=compare,
-            info={"inputs": inputs or {}, **fingerprints},
-        )
-        progress = RunProgress(out_dir=Path(out_dir), config=config, n_windows=len(windows),
-                               tables=tables, writer=writer, table=table,
-                               moments=moments_path(table, config, moments)
-                               if config.engram else None)  # fmt: skip
-        if resume is not None:
-            load_training_state(optimizers, tables, resume.training_state())
-            progress.resume_at(resume)
-            writer = progress.writer = writer.resumed(resume.step)
-        order = data_order(len(windows), config)
-        heldout_subset = curve_windows(heldout, config)
-        done = progress.first
-        try:
+    # A Ctrl-C from here on says what the run kept (its checkpoints, or that it finished); one
+    # before the run's writer exists is the caller's to word (nothing of this run was saved).
+    writer, tables, done = None, {}, 0
+    try:
+        with reproducible_torch(config.device, config.threads), ExitStack() as stack:
+            model = initial_model(config, model_vocab, table, base=base, resume=resume)
+            tables, moments_store, hasher = {}, None, None
+            if config.engram:
+                hasher = NgramHasher(table.layout, vocab)
+                tables, moments_store = open_trainable_rows(
+                    table, config, moments=moments, stack=stack
+                )
+            optimizers = configure_optimizers(
+                model,
+                lr=config.lr,
+                weight_decay=config.weight_decay,
+                tables=tables,
+                frozen=config.freeze_backbone,
+            )
+            writer = RunWriter(
+                out_dir=Path(out_dir),
+                model=model,
+                model_vocab=model_vocab,
+                config=config,
+                table=table,
+                vocab=vocab,
+                optimizers=optimizers,
+                tables=tables,
+                run=run,
+                moments=moments_store,
+                base=base,
+                overwrite=overwrite,
+                extra_meta=extra_meta,
+                compare=compare,
+                info={"inputs": inputs or {}, **fingerprints},
+            )
+            progress = RunProgress(out_dir=Path(out_dir), config=config, n_windows=len(windows),
+                                   tables=tables, writer=writer, table=table,
+                                   moments=moments_path(table, config, moments)
+                                   if config.engram else None)  # fmt: skip
+            if resume is not None:
+                load_training_state(optimizers, tables, resume.training_state())
+                progress.resume_at(resume)
+                writer = progress.writer = writer.resumed(resume.step)
+            order = data_order(len(windows), config)
+            heldout_subset = curve_windows(heldout, config)
+            done = progress.first
             for step in range(progress.first, config.steps):
                 lr, table_lr = get_lrs(step, config)
                 batch = get_batch(windows, order, step, config.batch)
@@ -331,8 +336,10 @@ def run_training(
             progress.history["heldout_full"] = final_heldout
             result = progress.result(config.steps, final_heldout)
             writer.save(result, final=True)
-        except KeyboardInterrupt:
-            raise Interrupted(interrupted_message(done, writer, tables)) from None
+    except KeyboardInterrupt:
+        if writer is None:
+            raise
+        raise Interrupted(interrupted_message(done, writer, tables)) from None
     return result
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from ..._files import glob_escape, pid_is_dead, read_json_file
-from ...errors import EngramError
+from ...errors import EngramError, Interrupted
 
 STATE_DIR = "resume"
 STATE_TENSORS = "state.safetensors"
@@ -58,6 +58,35 @@ def check_same_data(state: dict, fingerprints: dict) -> None:
                 f"the {what} is not the one the checkpoint was trained on (its token windows "
                 "changed); the run cannot resume: restore the corpus or start a new run"
             )
+
+
+class RunOutcome:
+    """What a run has come to, for :func:`interrupts_outside_the_steps`: ``result`` once the
+    run returned (its last checkpoint in place)."""
+
+    result = None
+
+
+@contextlib.contextmanager
+def interrupts_outside_the_steps(out_dir, *, resuming: bool):
+    """Word a Ctrl-C that lands outside the steps: while a run is prepared (the corpus read, the
+    model built) or after it finished (the table closed, the summary printed). The steps say
+    their own (:func:`interrupted_message`); one sentence either way, never a bare
+    "interrupted"."""
+    outcome = RunOutcome()
+    try:
+        yield outcome
+    except KeyboardInterrupt:
+        if outcome.result is not None:
+            message = f"interrupted; the run had finished: checkpoint {out_dir}"
+        elif resuming:
+            message = (
+                f"interrupted before training resumed; the checkpoint in {out_dir} is unchanged: "
+                f"continue with engramctl train --resume {out_dir}"
+            )
+        else:
+            message = "interrupted before the first step: nothing was saved"
+        raise Interrupted(message) from None
 
 
 def interrupted_message(done: int, writer, tables: dict) -> str:

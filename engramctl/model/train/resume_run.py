@@ -129,10 +129,12 @@ def check_resume_flags(plan: ResumePlan, given: dict) -> None:
         )
 
 
-def resume_training(plan: ResumePlan, *, open_table, on_step=None):
+def resume_training(plan: ResumePlan, *, open_table, on_step=None, outcome=None):
     """Continue the run of ``plan`` from its last checkpoint; returns its :class:`TrainResult`.
 
-    ``open_table(path, mode)`` opens the table (the command's opener)."""
+    ``open_table(path, mode)`` opens the table (the command's opener); ``outcome`` (a
+    :class:`~engramctl.model.train.resume.RunOutcome`) gets the result as soon as the run ends,
+    before the table is closed."""
     from ..checkpoint import load_checkpoint
     from .inputs import load_base, prepare_training_data
     from .loop import train_model
@@ -175,7 +177,7 @@ def resume_training(plan: ResumePlan, *, open_table, on_step=None):
             history = Path(inputs["compare_with"]) / "history.json"
             if history.exists():
                 compare = {Path(inputs["compare_with"]).name: read_json_file(history)}
-        return train_model(
+        result = train_model(
             windows=data.windows,
             heldout=data.heldout,
             model_vocab=checkpoint.model_vocab,
@@ -193,3 +195,6 @@ def resume_training(plan: ResumePlan, *, open_table, on_step=None):
             inputs=inputs,
             resume=point,
         )
+        if outcome is not None:
+            outcome.result = result
+        return result

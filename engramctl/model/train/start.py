@@ -71,12 +71,14 @@ def compare_histories(compare_with: Path | None) -> dict | None:
     return {compare_with.name: read_json_file(history_path)}
 
 
-def train_from_options(options: TrainOptions, *, open_table, on_step=None):
+def train_from_options(options: TrainOptions, *, open_table, on_step=None, outcome=None):
     """Train a new run of ``engramctl train``; returns its
     :class:`~engramctl.model.train.run.TrainResult`.
 
     ``open_table(path, mode=, vocab=)`` opens the table (the command's opener); ``on_step`` as
-    :func:`~engramctl.model.train.loop.train_model` takes it. Every refusal that needs no corpus
+    :func:`~engramctl.model.train.loop.train_model` takes it; ``outcome`` (a
+    :class:`~engramctl.model.train.resume.RunOutcome`) gets the result as soon as the run ends,
+    before the table is closed. Every refusal that needs no corpus
     comes before the corpus is read; the checkpoint target is probed before the run.
     """
     from ..._outputs import probe_writable
@@ -104,8 +106,11 @@ def train_from_options(options: TrainOptions, *, open_table, on_step=None):
     # refuses a table made for another vocab (when --vocab is given)
     table = open_table(o.table, mode="r+", vocab=vocab) if o.engram else None
     try:
-        return _train_opened(o, config, table=table, vocab=vocab, compare=compare,
-                             prior_runs=prior_runs, on_step=on_step)  # fmt: skip
+        result = _train_opened(o, config, table=table, vocab=vocab, compare=compare,
+                               prior_runs=prior_runs, on_step=on_step)  # fmt: skip
+        if outcome is not None:
+            outcome.result = result
+        return result
     finally:
         close = getattr(table, "close", None)
         if close is not None:

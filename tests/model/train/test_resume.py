@@ -288,3 +288,31 @@ def test_read_only_file_system_fails_before_training(tmp_path, corpus, monkeypat
     assert result.exit_code == 1, result.output
     assert "Read-only file system (checked before starting)" in result.stderr
     assert calls == [] and not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("moment", ["preparing", "finished"])
+def test_ctrl_c_outside_the_steps_says_what_was_kept(
+    moment, tmp_path, corpus, ds_vocab, ds_vocab_path, monkeypatch
+):
+    """A Ctrl-C while the corpus is read, or once the run is done (the summary printed), is one
+    sentence that says what was kept: never a bare "interrupted"."""
+    import engramctl.cli.model_cmd as model_cmd
+    import engramctl.model.train.inputs as inputs_module
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    table, out = small_real_table(tmp_path / "t.zarr", ds_vocab), tmp_path / "m"
+    if moment == "preparing":
+        monkeypatch.setattr(inputs_module, "prepare_training_data", interrupt)
+    else:
+        monkeypatch.setattr(model_cmd, "print_trained", interrupt)
+    done = run(*train_args(corpus, table, ds_vocab_path, out, "--in-memory"))
+    assert done.exit_code == 130, done.output
+    [line] = error_lines(done.stderr)
+    if moment == "preparing":
+        assert line == "error: interrupted before the first step: nothing was saved"
+        assert not out.exists()
+    else:
+        assert line == f"error: interrupted; the run had finished: checkpoint {out}"
+        assert (out / "model.safetensors").is_file()
