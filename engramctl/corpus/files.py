@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EngramError, UsageError
-from .globbing import expand_glob, unique_files
+from ._globbing import expand_glob, unique_files
 
 FORMATS = ("text", "jsonl", "parquet", "tokens")
 SUFFIX_FORMATS = {

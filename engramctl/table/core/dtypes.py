@@ -119,7 +119,7 @@ def encode_rows(values: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "bfloat16":
         return float32_to_bf16_bits(values)
     row_bytes(values.shape[1], dtype)  # validates dim % 32
-    from .fp8_kernel import encode_fp8_rows  # numba kernel, imported on first use
+    from ._fp8_kernel import encode_fp8_rows  # numba kernel, imported on first use
 
     return encode_fp8_rows(values)
 

@@ -2,7 +2,7 @@
 
 A stored fp8 row is ``dim`` e4m3fn codes followed by one ue8m0 scale byte per block of
 ``FP8_SCALE_BLOCK`` values. :func:`encode_fp8_rows_reference` is the oracle of the numba kernel in
-:mod:`engramctl.table.core.fp8_kernel`; :mod:`engramctl.table.core.dtypes` encodes and decodes rows
+:mod:`engramctl.table.core._fp8_kernel`; :mod:`engramctl.table.core.dtypes` encodes and decodes rows
 of every storage dtype on top of this module.
 """
 
@@ -91,7 +91,7 @@ def ue8m0_block_scales(values: np.ndarray) -> np.ndarray:
 
 def encode_fp8_rows_reference(values: np.ndarray) -> np.ndarray:
     """Plain-numpy fp8 row encoding: the spec of
-    :func:`engramctl.table.core.fp8_kernel.encode_fp8_rows`.
+    :func:`engramctl.table.core._fp8_kernel.encode_fp8_rows`.
 
     >>> encode_fp8_rows_reference(np.full((1, 32), 0.5, np.float32))[0, [0, 32]].tolist()
     [120, 118]

@@ -2,7 +2,7 @@
 
 Uncompressed chunk files of a store that ``supports_mmap`` are memory-mapped once and kept;
 :meth:`ChunkedSource.gather` copies rows out of the maps with a parallel numba kernel
-(:mod:`engramctl.table.sources.gather`). Chunks never written (lazy tables, or a full init still
+(:mod:`engramctl.table.sources._gather`). Chunks never written (lazy tables, or a full init still
 under way) read as their deterministic init values (:mod:`engramctl.table.core.rowinit`); zstd
 chunks, and every chunk of a remote store (fetched concurrently with ``get_many``), are decoded
 whole and kept in a small LRU cache. The first time a chunk is loaded its CRC-32 is checked
@@ -28,8 +28,8 @@ from ..core.manifest import read_group
 from ..core.meta import TableMeta
 from ..core.rowinit import init_values
 from ..core.store import TableStore
+from ._gather import chunk_address, gather_rows, word_dtype
 from .base import RowSource
-from .gather import chunk_address, gather_rows, word_dtype
 
 log = logging.getLogger(__name__)
 DECODED_CACHE_CHUNKS = 64  # zstd chunks kept decoded (64 x 4 MiB by default)

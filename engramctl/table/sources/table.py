@@ -28,9 +28,9 @@ from ..core.lock import LOCK_NAME, WriterLock
 from ..core.manifest import read_group, table_state, write_group_attrs
 from ..core.meta import TableMeta, check_vocab
 from ..core.store import TableStore, open_store
+from ._gather import check_row_ids
 from .base import RowSource
 from .chunked import ChunkedSource
-from .gather import check_row_ids
 from .linked import LinkedSource
 
 

@@ -111,8 +111,8 @@ def test_fp8_scaling_invariance(values, exponent):
 
 
 def test_fp8_kernel_matches_numpy_reference():
+    from engramctl.table.core._fp8_kernel import encode_fp8_rows
     from engramctl.table.core.fp8 import encode_fp8_rows_reference
-    from engramctl.table.core.fp8_kernel import encode_fp8_rows
 
     rng = np.random.default_rng(5)
     magnitudes = rng.choice([1e-30, 1e-6, 0.02, 1.0, 1e4, 1e36], (400, 1))
@@ -130,8 +130,8 @@ def test_fp8_kernel_matches_numpy_reference():
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), min_size=64, max_size=64))
 def test_fp8_kernel_matches_reference_on_any_floats(values):
+    from engramctl.table.core._fp8_kernel import encode_fp8_rows
     from engramctl.table.core.fp8 import encode_fp8_rows_reference
-    from engramctl.table.core.fp8_kernel import encode_fp8_rows
 
     x = np.array([values], np.float32)
     with np.errstate(over="ignore", invalid="ignore"):

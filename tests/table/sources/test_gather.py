@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engramctl.errors import EngramError
-from engramctl.table.sources.gather import (
+from engramctl.table.sources._gather import (
     check_row_ids,
     chunk_address,
     gather_rows,
