@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import EngramError
+from ..errors import EngramError, UsageError
 
 NEVER_USED = -(2**62)  # LRU stamp of an empty slot
 
@@ -46,8 +46,6 @@ class PagerConfig:
 
     def check_cache_rows(self, cache_rows: int) -> None:
         """Refuse a cache budget below :attr:`min_cache_rows` (a usage error)."""
-        from ..errors import UsageError
-
         if cache_rows < self.min_cache_rows:
             raise UsageError(
                 f"--cache-rows must be at least {self.min_cache_rows}, got {cache_rows}"

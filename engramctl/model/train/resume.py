@@ -60,11 +60,12 @@ def check_same_data(state: dict, fingerprints: dict) -> None:
             )
 
 
+@dataclass
 class RunOutcome:
     """What a run has come to, for :func:`interrupts_outside_the_steps`: ``result`` once the
     run returned (its last checkpoint in place)."""
 
-    result = None
+    result: object = None
 
 
 @contextlib.contextmanager
