@@ -115,7 +115,7 @@ class Table:
         float32/float16 tables give float32/float16 rows, bfloat16 tables ``uint16`` bits, and
         float8_e4m3fn tables ``uint8`` rows of ``dim`` values then ``dim / 32`` ue8m0 scale
         bytes (decode with :func:`engramctl.table.core.dtypes.decode_rows`, or view with
-        ``to_torch``).
+        :func:`engramctl.model.to_torch`).
 
         Parameters
         ----------
