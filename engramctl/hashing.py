@@ -7,12 +7,20 @@ tok_{n-1}*m_{n-1}`` in wrapping int64; head ``h`` of order ``n`` has row id ``mi
 (floor modulo). Output per layer: ``[B, T, (max_ngram-1)*heads]`` int64, ordered like the head
 offsets.
 
+Dead positions (DeepSeek-V4.1's image positions, as vLLM and SGLang hash them): a negative raw id,
+a position of a ``dead`` mask, or an id a :class:`DeadRule` names is dead. At a dead position the
+token, and every older token of each n-gram that reaches back across it, is replaced by the pad
+id, so no n-gram crosses a dead position and a dead position itself gets the row ids of the
+all-pad n-grams. In canonical ids a dead position is :data:`DEAD` (-1), which a stream's carried
+context keeps too.
+
 :func:`hash_layer_reference` is the readable specification and test oracle. :class:`NgramHasher`
 maps raw ids to canonical ids once per batch (:func:`_canonical_kernel`) and hashes each layer with
 :func:`hash_canonical`, which runs a numba kernel parallel over (sequence, position chunk) tasks:
 :func:`_hash_fast_kernel` (a float-reciprocal floor modulo, exact and vectorized across heads) when
 every prime of the layer is at least ``FAST_MOD_MIN``, else :func:`_hash_exact_kernel` (integer
-``%``). Tests hold both to the reference.
+``%``); a batch with a dead position goes through :func:`_hash_dead_kernel` instead, so the
+kernels of batches without one are untouched. Tests hold every kernel to the reference.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._numba import njit, prange
+from .dead import DEAD, DeadRule, mark_dead
 from .errors import EngramError
 from .layout import EngramLayout
 from .vocab import CanonicalVocab, as_int64_ids, check_ids_in_vocab
@@ -44,7 +53,8 @@ def hash_layer_reference(
     """Plain-numpy hashing of canonical ids ``[B, T]`` for one layer -> ``[B, T, H]`` int64.
 
     ``context`` ``[B, max_ngram-1]`` holds the canonical ids just before the batch (oldest
-    first); ``None`` means the sequences start here (pad context).
+    first); ``None`` means the sequences start here (pad context). Negative ids (here or in the
+    context) are dead: from the first dead token looking back, ``tok_k`` is ``pad``.
     """
     x = np.asarray(canonical, dtype=np.int64)
     B, T = x.shape
@@ -54,6 +64,10 @@ def hash_layer_reference(
         context = np.full((B, K), pad, dtype=np.int64)
     extended = np.concatenate([np.asarray(context, dtype=np.int64), x], axis=1)  # (B, K+T)
     shifted = [extended[:, K - k : K - k + T] for k in range(max_ngram)]  # tok_k, (B, T) each
+    blocked = np.zeros((B, T), dtype=bool)
+    for k in range(max_ngram):  # a dead tok_k blocks tok_k and every older token
+        blocked |= shifted[k] < 0
+        shifted[k] = np.where(blocked, pad, shifted[k])
     with np.errstate(over="ignore"):
         hashes = []
         mix = shifted[0] * multipliers[0]
@@ -67,15 +81,24 @@ def hash_layer_reference(
 # ------------------------------------------------------------------------------- kernels
 @njit(cache=True, parallel=True)
 def _canonical_kernel(raw, lut, context, extended):
-    """extended (B, K+T) <- context (B, K) ++ lut[raw (B, T)]; negative ids pass unchanged."""
+    """extended (B, K+T) <- context (B, K) ++ lut[raw (B, T)], a negative id -> ``DEAD``;
+    returns how many entries of ``extended`` are dead."""
     B, T = raw.shape
     K = context.shape[1]
+    dead = 0
     for b in prange(B):
         for k in range(K):
             extended[b, k] = context[b, k]
+            if context[b, k] < 0:
+                dead += 1
         for t in range(T):
             tok = raw[b, t]
-            extended[b, K + t] = lut[tok] if tok >= 0 else tok
+            if tok >= 0:
+                extended[b, K + t] = lut[tok]
+            else:
+                extended[b, K + t] = DEAD
+                dead += 1
+    return dead
 
 
 @njit(cache=True)
@@ -140,6 +163,35 @@ def _hash_exact_kernel(extended, multipliers, head_rows, offsets, out):
                     out[b, t, i, j] = mix % head_rows[i, j] + offsets[i, j]
 
 
+@njit(cache=True, parallel=True)
+def _hash_dead_kernel(extended, multipliers, head_rows, inv_rows, offsets, pad, fast, out):
+    """Row ids where ``extended`` holds dead positions (negative): from the first dead token
+    looking back, every token is ``pad``. Floor modulo by :func:`floor_mod_fast` when ``fast``
+    (every prime >= ``FAST_MOD_MIN``), else integer ``%``; other arguments as
+    :func:`_hash_fast_kernel`."""
+    B, T, orders, heads = out.shape
+    chunks = (T + CHUNK - 1) // CHUNK
+    for task in prange(B * chunks):
+        b = task // chunks
+        start = (task % chunks) * CHUNK
+        for t in range(start, min(T, start + CHUNK)):
+            tok = extended[b, orders + t]
+            blocked = tok < 0
+            mix = (pad if blocked else tok) * multipliers[0]
+            for i in range(orders):
+                tok = extended[b, orders + t - (i + 1)]
+                blocked = blocked or tok < 0
+                mix ^= (pad if blocked else tok) * multipliers[i + 1]
+                if fast:
+                    mix_f = np.float64(mix)
+                    for j in range(heads):
+                        r = floor_mod_fast(mix, mix_f, head_rows[i, j], inv_rows[i, j])
+                        out[b, t, i, j] = r + offsets[i, j]
+                else:
+                    for j in range(heads):
+                        out[b, t, i, j] = mix % head_rows[i, j] + offsets[i, j]
+
+
 def hash_canonical(
     extended: np.ndarray,
     multipliers: np.ndarray,
@@ -148,6 +200,8 @@ def hash_canonical(
     *,
     offsets: np.ndarray | None = None,
     out: np.ndarray | None = None,
+    pad: int | None = None,
+    dead: bool | None = None,
 ) -> np.ndarray:
     """Hash canonical ids of one layer with the numba kernels -> ``[B, T, H]`` int64.
 
@@ -160,6 +214,10 @@ def hash_canonical(
     heads : heads per n-gram order.
     offsets : added to each head's row id (the head offsets give whole-table rows); default 0.
     out : optional C-contiguous int64 ``[B, T, H]`` array to write into (and return).
+    pad : the canonical pad id. Given, negative entries of ``extended`` are dead positions
+        (:data:`DEAD`), hashed as the module docstring says; ``None`` hashes every entry as the
+        value it is (the bare kernels, for crafted values).
+    dead : whether ``extended`` holds a dead position, when the caller knows (``None``: look).
 
     Examples
     --------
@@ -201,8 +259,13 @@ def hash_canonical(
     out4 = out.reshape(B, T, orders, heads)
     rows2 = head_rows.reshape(orders, heads)
     offsets2 = np.ascontiguousarray(offsets.reshape(orders, heads))
-    if head_rows.min() >= FAST_MOD_MIN:
-        inv_rows = 1.0 / rows2.astype(np.float64)
+    fast = bool(head_rows.min() >= FAST_MOD_MIN)
+    inv_rows = 1.0 / rows2.astype(np.float64)
+    if pad is not None and dead is None:
+        dead = bool(extended.size) and int(extended.min()) < 0
+    if pad is not None and dead:
+        _hash_dead_kernel(extended, multipliers, rows2, inv_rows, offsets2, pad, fast, out4)
+    elif fast:
         _hash_fast_kernel(extended, multipliers, rows2, inv_rows, offsets2, out4)
     else:
         _hash_exact_kernel(extended, multipliers, rows2, offsets2, out4)
@@ -213,6 +276,9 @@ def hash_canonical(
 class NgramHasher:
     """Hash raw token ids to per-head row ids for every Engram layer of a layout.
 
+    Negative ids are dead positions (as in the engines); ``dead_rule`` names more raw ids that
+    are (e.g. :meth:`DeadRule.sglang_v41`), and :meth:`hash` takes a ``dead`` mask.
+
     Examples
     --------
     >>> hasher = NgramHasher(layout, vocab)            # doctest: +SKIP
@@ -220,7 +286,9 @@ class NgramHasher:
     (1, 3, 16)
     """
 
-    def __init__(self, layout: EngramLayout, vocab: CanonicalVocab):
+    def __init__(
+        self, layout: EngramLayout, vocab: CanonicalVocab, *, dead_rule: DeadRule | None = None
+    ):
         if vocab.canonical_vocab_size != layout.vocab_size:
             raise EngramError(
                 f"layout was made for a canonical vocab of {layout.vocab_size} ids, but the "
@@ -228,6 +296,7 @@ class NgramHasher:
             )
         self.layout = layout
         self.vocab = vocab
+        self.dead_rule = dead_rule
         self.lut = np.ascontiguousarray(vocab.canonical_ids, dtype=np.int64)
         self.pad = layout.pad_canonical_id(vocab)
         self._params = {
@@ -248,11 +317,12 @@ class NgramHasher:
         """The pad context of sequences that start here, ``[batch, max_ngram-1]``."""
         return np.full((batch, self.context_size), self.pad, dtype=np.int64)
 
-    def _validate(self, ids) -> tuple[np.ndarray, bool]:
+    def _validate(self, ids, dead=None) -> tuple[np.ndarray, bool]:
         ids = as_int64_ids(ids)
         if ids.ndim not in (1, 2):
             raise EngramError(f"token ids must be [T] or [B, T], got shape {list(ids.shape)}")
         squeeze = ids.ndim == 1
+        ids = mark_dead(ids, dead, self.dead_rule)
         ids = np.ascontiguousarray(np.atleast_2d(ids))
         check_ids_in_vocab(ids, self.vocab.source_vocab_size)
         return ids, squeeze
@@ -267,12 +337,16 @@ class NgramHasher:
             )
         return context
 
-    def canonical_with_context(self, ids, context: np.ndarray | None = None) -> np.ndarray:
-        """Canonical ids ``[B, K+T]`` of validated raw ids ``[B, T]``, context prepended."""
+    def _extend(self, ids, context) -> tuple[np.ndarray, int]:
         context = self._context(context, ids.shape[0])
         extended = np.empty((ids.shape[0], self.context_size + ids.shape[1]), dtype=np.int64)
-        _canonical_kernel(ids, self.lut, context, extended)
-        return extended
+        dead = _canonical_kernel(ids, self.lut, context, extended)
+        return extended, int(dead)
+
+    def canonical_with_context(self, ids, context: np.ndarray | None = None) -> np.ndarray:
+        """Canonical ids ``[B, K+T]`` of validated raw ids ``[B, T]``, context prepended (a
+        dead position is :data:`DEAD`)."""
+        return self._extend(ids, context)[0]
 
     def _layer_ids(self, layers) -> tuple[int, ...]:
         if layers is None:
@@ -306,12 +380,13 @@ class NgramHasher:
         layers=None,
         table_rows: bool = False,
         out: dict[int, np.ndarray] | None = None,
+        dead=None,
     ) -> dict[int, np.ndarray]:
         """Row ids ``{layer_id: [B, T, H] int64}`` (``[T, H]`` for 1-D input).
 
         Parameters
         ----------
-        ids : raw token ids ``[B, T]`` or ``[T]``; negative ids pass through the vocab unchanged.
+        ids : raw token ids ``[B, T]`` or ``[T]``; a negative id is a dead position.
         context : canonical ids just before ``ids`` (``[B, max_ngram-1]``, oldest first), as
             returned by :meth:`next_context`; ``None`` starts every sequence from pad context.
         layers : subset of the layout's layer ids (default: all).
@@ -320,9 +395,12 @@ class NgramHasher:
             written in place and returned. Reusing them across batches of one shape saves
             allocating (and the kernel zeroing) fresh pages, which costs about as much as the
             hashing itself.
+        dead : optional boolean mask shaped like ``ids``: these positions are dead (image
+            positions; see the module docstring). Default: only negative ids (and the ids of
+            the hasher's ``dead_rule``) are.
         """
-        ids, squeeze = self._validate(ids)
-        extended = self.canonical_with_context(ids, context)
+        ids, squeeze = self._validate(ids, dead)
+        extended, dead_count = self._extend(ids, context)
         B, T = ids.shape
         H = self.layout.heads_per_layer
         result = {}
@@ -336,6 +414,8 @@ class NgramHasher:
                 self.layout.heads,
                 offsets=offsets if table_rows else None,
                 out=None if buffer is None else buffer.reshape(B, T, H),
+                pad=self.pad,
+                dead=dead_count > 0,
             )
             if buffer is not None:
                 result[layer_id] = buffer  # rows_out is a view of it
@@ -343,11 +423,11 @@ class NgramHasher:
                 result[layer_id] = rows_out[0] if squeeze else rows_out
         return result
 
-    def hash_reference(self, ids, *, context=None, layers=None, table_rows=False):
+    def hash_reference(self, ids, *, context=None, layers=None, table_rows=False, dead=None):
         """The same as :meth:`hash` through the plain-numpy specification (slow, readable)."""
-        ids, squeeze = self._validate(ids)
+        ids, squeeze = self._validate(ids, dead)
         context = self._context(context, ids.shape[0])
-        canonical = self.vocab.apply(ids)
+        canonical = np.where(ids < 0, DEAD, self.vocab.apply(np.maximum(ids, 0)))
         result = {}
         for layer_id in self._layer_ids(layers):
             out = hash_layer_reference(
@@ -363,9 +443,10 @@ class NgramHasher:
             result[layer_id] = out[0] if squeeze else out
         return result
 
-    def next_context(self, ids, context: np.ndarray | None = None) -> np.ndarray:
-        """The context to carry after hashing ``ids`` (its last ``max_ngram-1`` canonical ids)."""
-        ids, _ = self._validate(ids)
+    def next_context(self, ids, context: np.ndarray | None = None, *, dead=None) -> np.ndarray:
+        """The context to carry after hashing ``ids``: its last ``max_ngram-1`` canonical ids,
+        a dead position kept as :data:`DEAD` (``dead`` as in :meth:`hash`)."""
+        ids, _ = self._validate(ids, dead)
         tail = ids[:, max(0, ids.shape[1] - self.context_size) :]  # only these can matter
         joined = self.canonical_with_context(tail, context)
         return np.ascontiguousarray(joined[:, joined.shape[1] - self.context_size :])
@@ -374,7 +455,8 @@ class NgramHasher:
 class HashStream:
     """Hash one long sequence (or a batch of them) piece by piece with carried context.
 
-    Feeding the pieces of a document gives exactly the row ids of hashing it whole.
+    Feeding the pieces of a document gives exactly the row ids of hashing it whole, dead
+    positions included (the carried context keeps them).
     """
 
     def __init__(self, hasher: NgramHasher, batch: int = 1):
@@ -385,15 +467,17 @@ class HashStream:
     def layout(self):
         return self.hasher.layout
 
-    def hash(self, ids, *, table_rows: bool = False) -> dict[int, np.ndarray]:
+    def hash(self, ids, *, table_rows: bool = False, dead=None) -> dict[int, np.ndarray]:
         """:meth:`feed`, under :meth:`NgramHasher.hash`'s name: a row source given a stream
         hashes each batch it is handed as the next piece of the stream (``generate``)."""
-        return self.feed(ids, table_rows=table_rows)
+        return self.feed(ids, table_rows=table_rows, dead=dead)
 
-    def feed(self, ids, **kwargs) -> dict[int, np.ndarray]:
+    def feed(self, ids, *, dead=None, **kwargs) -> dict[int, np.ndarray]:
+        """Row ids of the next piece (``dead`` and ``kwargs`` as :meth:`NgramHasher.hash`)."""
         ids2d = np.atleast_2d(np.asarray(ids))
-        out = self.hasher.hash(ids2d, context=self.context, **kwargs)
-        self.context = self.hasher.next_context(ids2d, self.context)
+        dead2d = None if dead is None else np.atleast_2d(np.asarray(dead))
+        out = self.hasher.hash(ids2d, context=self.context, dead=dead2d, **kwargs)
+        self.context = self.hasher.next_context(ids2d, self.context, dead=dead2d)
         if np.asarray(ids).ndim == 1:
             out = {layer: rows[0] for layer, rows in out.items()}
         return out

@@ -43,12 +43,15 @@ def test_wraparound_and_floor_modulo():
         assert out[0, t, 0] >= 0
 
 
+@pytest.mark.parametrize("dead", [False, True], ids=["no-dead", "dead"])
 @pytest.mark.parametrize("preset", ["demo-v1", "deepseek-v4.1"])
-def test_numba_matches_numpy_spec(preset, ds_vocab):
+def test_numba_matches_numpy_spec(preset, dead, ds_vocab):
+    # without a negative id the batch goes through the fast kernels, with one the dead kernel
     layout = EngramLayout.from_preset(preset, vocab_size=ds_vocab.canonical_vocab_size)
     hasher = NgramHasher(layout, ds_vocab)
     rng = np.random.default_rng(0)
-    ids = random_ids(rng, (4, 300), ds_vocab.source_vocab_size)
+    ids = random_ids(rng, (4, 300), ds_vocab.source_vocab_size, negatives=dead)
+    assert (ids < 0).any() == dead
     fast = hasher.hash(ids)
     slow = hasher.hash_reference(ids)
     for layer in layout.layers:
@@ -69,7 +72,7 @@ def test_large_primes_use_exact_fallback(ds_vocab):
         (2**27, 3000), layers=(0,), seed=5, vocab_size=ds_vocab.canonical_vocab_size
     )
     hasher = NgramHasher(layout, ds_vocab)
-    ids = random_ids(np.random.default_rng(1), (3, 200), ds_vocab.source_vocab_size)
+    ids = random_ids(np.random.default_rng(1), (3, 200), ds_vocab.source_vocab_size, False)
     np.testing.assert_array_equal(hasher.hash(ids)[0], hasher.hash_reference(ids)[0])
 
 
@@ -167,7 +170,7 @@ def test_kernel_choice_boundary_matches_spec(size, ds_vocab):
         vocab_size=ds_vocab.canonical_vocab_size,
     )
     hasher = NgramHasher(layout, ds_vocab)
-    ids = random_ids(np.random.default_rng(size), (3, 257), ds_vocab.source_vocab_size)
+    ids = random_ids(np.random.default_rng(size), (3, 257), ds_vocab.source_vocab_size, False)
     fast, slow = hasher.hash(ids, table_rows=True), hasher.hash_reference(ids, table_rows=True)
     for layer in layout.layers:
         np.testing.assert_array_equal(fast[layer], slow[layer])
@@ -192,7 +195,7 @@ def test_hash_canonical_matches_hand_worked_case_and_checks_arguments():
 @pytest.mark.parametrize("length", [0, 1, 2, 3, CHUNK - 1, 2 * CHUNK + 7])
 def test_single_long_sequences_across_task_chunks(length, ds_vocab, ds_layout):
     hasher = NgramHasher(ds_layout, ds_vocab)
-    ids = random_ids(np.random.default_rng(length), (1, length), ds_vocab.source_vocab_size)
+    ids = random_ids(np.random.default_rng(length), (1, length), ds_vocab.source_vocab_size, False)
     fast, slow = hasher.hash(ids), hasher.hash_reference(ids)
     for layer in ds_layout.layers:
         assert fast[layer].shape == (1, length, ds_layout.heads_per_layer)
