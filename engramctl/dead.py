@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import EngramError
+from .errors import EngramError, UsageError
 
 # The id of a dead position (the engines' internal marker); any negative raw id is dead.
 DEAD = -1
@@ -60,7 +60,7 @@ class DeadRule:
             except ValueError:
                 value = -1
             if value < 0 or (bound and from_id is not None):
-                raise EngramError(
+                raise UsageError(
                     f"dead ids: {item!r} is not a token id; give ids and at most one lower "
                     "bound, e.g. 129264,>=1000000 (or v4.1-vision)"
                 )
@@ -125,7 +125,7 @@ def parse_spans(text: str) -> list[tuple[int, int]]:
         except ValueError:
             span = None
         if not sep or span is None or span[0] < 0 or span[0] >= span[1]:
-            raise EngramError(
+            raise UsageError(
                 f"dead span {item!r} is not START:STOP with 0 <= START < STOP (e.g. 6:10 makes "
                 "positions 6..9 dead)"
             )

@@ -348,6 +348,13 @@ class NgramHasher:
         dead position is :data:`DEAD`)."""
         return self._extend(ids, context)[0]
 
+    def canonical(self, ids, *, dead=None) -> np.ndarray:
+        """Canonical ids shaped like raw ``ids``, :data:`DEAD` at dead positions (``dead`` as in
+        :meth:`hash`)."""
+        ids, squeeze = self._validate(ids, dead)
+        canonical = self._extend(ids, None)[0][:, self.context_size :]
+        return canonical[0] if squeeze else canonical
+
     def _layer_ids(self, layers) -> tuple[int, ...]:
         if layers is None:
             return self.layout.layers

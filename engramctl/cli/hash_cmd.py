@@ -35,7 +35,27 @@ def hash_command(
     config: LayoutFlags.Config = None,
     text: Annotated[str | None, typer.Option("--text", help="Text to tokenize and hash.")] = None,
     ids_file: Annotated[
-        Path | None, typer.Option("--ids-file", help=".npy of int64 raw token ids, [T] or [B, T].")
+        Path | None,
+        typer.Option(
+            "--ids-file",
+            help=".npy of int64 raw token ids, [T] or [B, T]; a negative id is a dead position.",
+        ),
+    ] = None,
+    dead_spans: Annotated[
+        str | None,
+        typer.Option(
+            "--dead-spans",
+            help="Dead (image) positions START:STOP,... (STOP exclusive), in every sequence: "
+            "no n-gram crosses them.",
+        ),
+    ] = None,
+    dead_ids: Annotated[
+        str | None,
+        typer.Option(
+            "--dead-ids",
+            help="Raw ids that are dead positions: ID,...,>=ID, or v4.1-vision (SGLang's "
+            "rule: 129264,>=1000000).",
+        ),
     ] = None,
     tokenizer: Annotated[
         str, typer.Option("--tokenizer", help="Tokenizer for --text (must match the vocab).")
@@ -55,7 +75,8 @@ def hash_command(
     engramctl hash --vocab vocab.parquet --preset demo-v1 --text "Hello world"
     """
     from .._files import atomic_write, check_writable_target
-    from ..errors import UsageError
+    from ..dead import DeadRule, parse_spans, spans_mask
+    from ..errors import EngramError, UsageError
     from ..hashing import NgramHasher
     from ..tokenizer import encode_text
     from ..vocab import read_ids_file
@@ -71,14 +92,27 @@ def hash_command(
     else:
         ids = read_ids_file(ids_file)
         pieces = vocab_map.pieces(ids.reshape(-1, ids.shape[-1])[0])  # the first sequence
-    hashes = NgramHasher(layout, vocab_map).hash(ids, table_rows=table_rows)
+    try:
+        rule = None if dead_ids is None else DeadRule.parse(dead_ids)
+    except EngramError as exc:
+        raise UsageError(f"--dead-ids: {exc}") from None
+    dead = None
+    if dead_spans is not None:
+        try:
+            mask = spans_mask(parse_spans(dead_spans), ids.shape[-1])
+        except EngramError as exc:
+            raise UsageError(f"--dead-spans: {exc}") from None
+        dead = np.broadcast_to(mask, ids.shape)
+    hasher = NgramHasher(layout, vocab_map, dead_rule=rule)
+    hashes = hasher.hash(ids, table_rows=table_rows, dead=dead)
+    canonical = hasher.canonical(ids, dead=dead)
     if out is not None:
         with atomic_write(out) as handle:
             np.savez(handle, **{f"layer_{layer}": rows for layer, rows in hashes.items()})
     if json_out:
         doc = {
             "ids": ids.tolist(),
-            "canonical_ids": vocab_map.apply(ids).tolist(),
+            "canonical_ids": canonical.tolist(),
             "layers": {str(layer): rows.tolist() for layer, rows in hashes.items()},
             "layout": layout.to_dict(),
         }
@@ -92,17 +126,17 @@ def hash_command(
         shapes = ", ".join(f"layer_{k} {list(v.shape)}" for k, v in hashes.items())
         console.print(f"wrote {out}: {shapes}")
         return
-    _print_rows(ids, pieces, vocab_map, layout, hashes)
+    _print_rows(ids, canonical, pieces, layout, hashes)
 
 
-def _print_rows(ids, pieces, vocab, layout, hashes) -> None:
+def _print_rows(ids, canonical, pieces, layout, hashes) -> None:
     from .vocab_cmd import show_token
 
     flat_ids = ids.reshape(-1, ids.shape[-1])
     if flat_ids.shape[0] > 1:
         console.print(f"showing the first of {flat_ids.shape[0]} sequences")
     flat_ids = flat_ids[0]
-    canonical = vocab.apply(flat_ids)
+    canonical = canonical.reshape(-1, canonical.shape[-1])[0]
     limit = 200
     for layer_id, rows in hashes.items():
         rows = rows.reshape(-1, *rows.shape[-2:])[0]
@@ -115,11 +149,13 @@ def _print_rows(ids, pieces, vocab, layout, hashes) -> None:
             table.add_column(f"{n}-gram heads")
         for t in range(min(len(flat_ids), limit)):
             token = show_token(pieces[t]) if pieces else ""
+            token = "(dead)" if canonical[t] < 0 else token
             cells = []
             for n in range(2, layout.max_ngram + 1):
                 part = rows[t, (n - 2) * layout.heads : (n - 1) * layout.heads]
                 cells.append(" ".join(str(int(r)) for r in part))
-            table.add_row(str(t), token, str(int(flat_ids[t])), str(int(canonical[t])), *cells)
+            canon = "dead" if canonical[t] < 0 else str(int(canonical[t]))
+            table.add_row(str(t), token, str(int(flat_ids[t])), canon, *cells)
         console.print(table)
     if len(flat_ids) > limit:
         console.print(f"(first {limit} of {len(flat_ids)} positions shown; use --out or --json)")
