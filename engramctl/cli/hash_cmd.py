@@ -20,6 +20,28 @@ from .options import (
     resolve_layout_flags,
 )
 
+DeadIdsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dead-ids",
+        help="Raw ids that are dead (image) positions, besides negative ids: ID,...,>=ID, or "
+        "v4.1-vision (SGLang's rule: 129264,>=1000000).",
+    ),
+]
+
+
+def parse_dead_ids(text: str | None):
+    """``--dead-ids`` as a :class:`~engramctl.dead.DeadRule` (``None`` when not given)."""
+    from ..dead import DeadRule
+    from ..errors import EngramError, UsageError
+
+    if text is None:
+        return None
+    try:
+        return DeadRule.parse(text)
+    except EngramError as exc:
+        raise UsageError(f"--dead-ids: {exc}") from None
+
 
 @command("hash")
 def hash_command(
@@ -49,14 +71,7 @@ def hash_command(
             "no n-gram crosses them.",
         ),
     ] = None,
-    dead_ids: Annotated[
-        str | None,
-        typer.Option(
-            "--dead-ids",
-            help="Raw ids that are dead positions: ID,...,>=ID, or v4.1-vision (SGLang's "
-            "rule: 129264,>=1000000).",
-        ),
-    ] = None,
+    dead_ids: DeadIdsOpt = None,
     tokenizer: Annotated[
         str, typer.Option("--tokenizer", help="Tokenizer for --text (must match the vocab).")
     ] = "deepseek-v4",
@@ -75,7 +90,7 @@ def hash_command(
     engramctl hash --vocab vocab.parquet --preset demo-v1 --text "Hello world"
     """
     from .._files import atomic_write, check_writable_target
-    from ..dead import DeadRule, parse_spans, spans_mask
+    from ..dead import parse_spans, spans_mask
     from ..errors import EngramError, UsageError
     from ..hashing import NgramHasher
     from ..tokenizer import encode_text
@@ -92,10 +107,7 @@ def hash_command(
     else:
         ids = read_ids_file(ids_file)
         pieces = vocab_map.pieces(ids.reshape(-1, ids.shape[-1])[0])  # the first sequence
-    try:
-        rule = None if dead_ids is None else DeadRule.parse(dead_ids)
-    except EngramError as exc:
-        raise UsageError(f"--dead-ids: {exc}") from None
+    rule = parse_dead_ids(dead_ids)
     dead = None
     if dead_spans is not None:
         try:

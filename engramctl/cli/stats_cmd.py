@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .app import STATE, command, console, err_console
+from .hash_cmd import DeadIdsOpt, parse_dead_ids
 from .options import (
     CorpusFormat,
     JsonFlag,
@@ -58,7 +59,8 @@ DocSepFlag = Annotated[
     bool, typer.Option("--doc-sep", help="Plain text: blank lines separate documents.")
 ]
 DocSepIdOpt = Annotated[
-    int | None, typer.Option("--doc-sep-id", help="Token streams: this id ends a document.")
+    int | None,
+    typer.Option("--doc-sep-id", help="Token streams: this id (0 or more) ends a document."),
 ]
 TokenDtypeOpt = Annotated[
     TokenDtype | None,
@@ -140,6 +142,7 @@ def hash_stats_command(
     tokens_field: TokensFieldOpt = None,
     doc_sep: DocSepFlag = False,
     doc_sep_id: DocSepIdOpt = None,
+    dead_ids: DeadIdsOpt = None,
     token_dtype: TokenDtypeOpt = None,
     sweep: SweepOpt = None,
     limit_tokens: LimitTokensOpt = None,
@@ -180,7 +183,7 @@ def hash_stats_command(
         inputs=tuple(corpus), tokenizer=tokenizer,
         corpus=CorpusOptions(
             format=corpus_format.value, text_field=text_field, tokens_field=tokens_field,
-            doc_sep=doc_sep, doc_sep_id=doc_sep_id,
+            doc_sep=doc_sep, doc_sep_id=doc_sep_id, dead_rule=parse_dead_ids(dead_ids),
             token_dtype=token_dtype.value if token_dtype else None, batch_tokens=batch_tokens,
         ),
         sweep=parse_int_list(sweep, name="--sweep") if sweep else (), limit_tokens=limit_tokens,

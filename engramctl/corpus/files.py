@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dead import DeadRule
 from ..errors import EngramError, UsageError
 from ._globbing import expand_glob, unique_files
 
@@ -43,6 +44,7 @@ class CorpusOptions:
     tokens_field: str | None = None  # jsonl field / parquet column of token-id lists instead
     doc_sep: bool = False  # plain text: blank lines separate documents (else one per file)
     doc_sep_id: int | None = None  # token streams: this id ends a document (not counted)
+    dead_rule: DeadRule | None = None  # raw ids that are dead positions (negative ids always are)
     token_dtype: str | None = None  # flat binaries: uint16 or uint32 (.u16/.u32 imply it)
     batch_tokens: int = 1 << 20  # tokens per batch handed to the counter
     piece_bytes: int = 1 << 20  # long text documents are tokenized in pieces of about this
@@ -61,6 +63,20 @@ class CorpusOptions:
             raise UsageError(f"--token-dtype: expected uint16 or uint32, got {self.token_dtype!r}")
         if self.batch_tokens < 1 or self.piece_bytes < 1:
             raise UsageError("batch and piece sizes must be positive")
+        if self.doc_sep_id is not None and self.doc_sep_id < 0:
+            raise UsageError(
+                f"--doc-sep-id must be a token id (0 or more), got {self.doc_sep_id}; a negative "
+                "id in a token stream is a dead (image) position, never a separator"
+            )
+
+    def check_doc_sep_id(self, files) -> None:
+        """Refuse ``doc_sep_id`` when no file is a token stream (it would be ignored)."""
+        if self.doc_sep_id is not None and not any(f.format == "tokens" for f in files):
+            names = ", ".join(str(f.path) for f in files[:2]) + (", ..." if len(files) > 2 else "")
+            raise UsageError(
+                f"--doc-sep-id splits token streams (.npy, .bin, .u16, .u32) only, and {names} "
+                "holds none (records and text files are documents already); drop --doc-sep-id"
+            )
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,10 @@ def _extend_kernel(raw, offsets, doc_start, lut, pad, carry, ext, real):
     """Canonical ids with each piece's context in front; returns the first bad raw index or -1.
 
     raw (N,) ids; offsets (S+1,); doc_start (S,) uint8; carry (K,) int32 in/out context;
-    ext (N + S*K,) int32 out; real (N + S*K,) uint8 out (1 where ext holds a token of the corpus).
+    ext (N + (S+D)*K,) int32 out; real (same,) uint8 out (1 where ext holds a token of the corpus).
+    A negative raw id (D of them) is a dead position: as the engines hash it (see
+    :mod:`engramctl.hashing`), its n-grams are all pad and the next token's context is pad, so
+    it is written as a fresh pad context followed by a pad token.
     """
     K = carry.shape[0]
     V = lut.shape[0]
@@ -127,7 +130,16 @@ def _extend_kernel(raw, offsets, doc_start, lut, pad, carry, ext, real):
             j += 1
         for t in range(offsets[s], offsets[s + 1]):
             tok = np.int64(raw[t])
-            if tok < 0 or tok >= V:
+            if tok < 0:  # dead
+                for _ in range(K):
+                    ext[j] = pad
+                    real[j] = 0
+                    j += 1
+                ext[j] = pad
+                real[j] = 1
+                j += 1
+                continue
+            if tok >= V:
                 return t
             ext[j] = lut[tok]
             real[j] = 1
@@ -449,8 +461,9 @@ def extend_batch(ids, offsets, doc_start, lut, pad: int, carry: np.ndarray):
 
     Returns ``(ext, real, carry after the batch, bad)``: ``real`` marks the positions of ``ext``
     that hold a token of the corpus (an n-gram ends at each); ``bad`` is -1 or the index into
-    ``ids`` of the first id outside the vocab (``ext`` is then incomplete). ``carry`` (the
-    context before the batch) is left untouched.
+    ``ids`` of the first id at or above the vocab size (``ext`` is then incomplete). A negative
+    id is a dead position: its n-grams are all pad and no n-gram reaches across it. ``carry``
+    (the context before the batch) is left untouched.
     """
     ids = np.ascontiguousarray(ids)
     if ids.dtype.kind not in "iu" or ids.ndim != 1:
@@ -460,7 +473,8 @@ def extend_batch(ids, offsets, doc_start, lut, pad: int, carry: np.ndarray):
     if offsets.shape[0] != doc_start.shape[0] + 1 or offsets[-1] != ids.shape[0]:
         raise EngramError("offsets must hold one more entry than doc_start and end at len(ids)")
     K = carry.shape[0]
-    ext = np.empty(ids.shape[0] + K * doc_start.shape[0], dtype=np.int32)
+    dead = int(np.count_nonzero(ids < 0)) if ids.dtype.kind == "i" else 0
+    ext = np.empty(ids.shape[0] + K * (doc_start.shape[0] + dead), dtype=np.int32)
     real = np.empty(ext.shape[0], dtype=np.uint8)
     carry = carry.copy()
     bad = _extend_kernel(ids, offsets, doc_start, lut, pad, carry, ext, real)

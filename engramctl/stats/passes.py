@@ -115,12 +115,15 @@ def count_corpus(
                     if batch.tokens > room:
                         _truncate(batch, room)
                         stopped = "limit-tokens"  # counted below, then the pass stops
+                if plan.options.dead_rule is not None:
+                    batch.ids = plan.options.dead_rule.mark(batch.ids)
                 bad = counter.add(batch.ids, batch.offsets, batch.doc_start)
                 if bad >= 0:
                     raise EngramError(
                         f"{batch.locate(bad)}: token id {int(batch.ids[bad])} is outside the "
                         f"tokenizer's vocab (0..{vocab.source_vocab_size - 1}); use the vocab "
-                        "built from the tokenizer that produced these ids"
+                        "built from the tokenizer that produced these ids (or --dead-ids, if "
+                        "it marks an image position)"
                     )
                 if on_batch is not None:
                     on_batch(counter)

@@ -141,6 +141,7 @@ def plan_hash_stats(
         if not 2 <= size <= 2**40:
             raise UsageError(f"--sweep sizes must be between 2 and 2**40 rows, got {size}")
     files = discover_files(inputs, format=options.format)
+    options.check_doc_sep_id(files)
     tokens = estimate_tokens(files, options)
     if limit_tokens is not None:
         tokens = min(tokens, limit_tokens)

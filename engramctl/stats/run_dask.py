@@ -81,8 +81,13 @@ def count_shard(shard: CorpusFile, setup: ShardSetup) -> ShardCounts:
             setup.vocab, max_ngram=layout.max_ngram, pad=layout.pad_canonical_id(setup.vocab)
         )
     before, _ = token_context(shard, plan.options, layout.max_ngram - 1)
+    if plan.options.dead_rule is not None:
+        before = plan.options.dead_rule.mark(before)
+    dead = np.flatnonzero(before < 0)
+    if dead.size:  # a dead position: it and everything older is pad context
+        before = before[dead[-1] + 1 :]
     if before.size:  # a token range inside a document: start from the ids before it
-        valid = before[(before >= 0) & (before < counter.lut.shape[0])]
+        valid = before[before < counter.lut.shape[0]]
         tail = counter.lut[valid] if valid.size == before.size else np.zeros(0, np.int32)
         counter.carry[counter.carry.shape[0] - tail.shape[0] :] = tail
     counter, found, stopped, _ = count_corpus(
