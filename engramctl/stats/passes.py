@@ -104,7 +104,10 @@ def count_corpus(
     stopped = ""
     done = 0
     with _StopFlag(should_stop) as stop:
-        batches = tokenized_batches(read_batches(plan.files, plan.options, warnings), tokenizer)
+        limit = None if plan.limit_tokens is None else plan.limit_tokens - counter.tokens
+        batches = tokenized_batches(
+            read_batches(plan.files, plan.options, warnings), tokenizer, limit=limit
+        )
         try:
             for batch in batches:
                 if plan.limit_tokens is not None:
