@@ -59,7 +59,7 @@ class DeadRule:
                 value = int(item[2:] if bound else item)
             except ValueError:
                 value = -1
-            if value < 0 or (bound and from_id is not None):
+            if not 0 <= value < 2**63 or (bound and from_id is not None):
                 raise UsageError(
                     f"dead ids: {item!r} is not a token id; give ids and at most one lower "
                     "bound, e.g. 129264,>=1000000 (or v4.1-vision)"

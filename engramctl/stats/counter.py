@@ -22,6 +22,7 @@ import numpy as np
 from .._numba import njit
 from .._prefetch import AHEAD, prefetch
 from ..errors import EngramError
+from .extend import extend_batch
 
 MAX_LOAD = 0.6  # grow a count map when it is this full
 MIN_CAPACITY = 1 << 10
@@ -105,48 +106,6 @@ def _slot_partitions_kernel(table, parts, which):
     KW = table.shape[1] - 1
     for s in range(table.shape[0]):
         which[s] = _partition_of(_slot_hash(table, s, KW), parts) if table[s, KW] else -1
-
-
-@njit(cache=True, nogil=True)
-def _extend_kernel(raw, offsets, doc_start, lut, pad, carry, ext, real):
-    """Canonical ids with each piece's context in front; returns the first bad raw index or -1.
-
-    raw (N,) ids; offsets (S+1,); doc_start (S,) uint8; carry (K,) int32 in/out context;
-    ext (N + (S+D)*K,) int32 out; real (same,) uint8 out (1 where ext holds a token of the corpus).
-    A negative raw id (D of them) is a dead position: as the engines hash it (see
-    :mod:`engramctl.hashing`), its n-grams are all pad and the next token's context is pad, so
-    it is written as a fresh pad context followed by a pad token.
-    """
-    K = carry.shape[0]
-    V = lut.shape[0]
-    j = 0
-    for s in range(offsets.shape[0] - 1):
-        if doc_start[s]:
-            for k in range(K):
-                carry[k] = pad
-        for k in range(K):
-            ext[j] = carry[k]
-            real[j] = 0
-            j += 1
-        for t in range(offsets[s], offsets[s + 1]):
-            tok = np.int64(raw[t])
-            if tok < 0:  # dead
-                for _ in range(K):
-                    ext[j] = pad
-                    real[j] = 0
-                    j += 1
-                ext[j] = pad
-                real[j] = 1
-                j += 1
-                continue
-            if tok >= V:
-                return t
-            ext[j] = lut[tok]
-            real[j] = 1
-            j += 1
-        for k in range(K):
-            carry[k] = ext[j - K + k]
-    return -1
 
 
 @njit(cache=True, nogil=True)
@@ -454,31 +413,6 @@ class NgramCounter:
         Their order depends on insertion history; every figure computed from them does not.
         """
         return self.maps[order].entries()
-
-
-def extend_batch(ids, offsets, doc_start, lut, pad: int, carry: np.ndarray):
-    """Canonical ids of a batch of pieces with each piece's n-gram context in front.
-
-    Returns ``(ext, real, carry after the batch, bad)``: ``real`` marks the positions of ``ext``
-    that hold a token of the corpus (an n-gram ends at each); ``bad`` is -1 or the index into
-    ``ids`` of the first id at or above the vocab size (``ext`` is then incomplete). A negative
-    id is a dead position: its n-grams are all pad and no n-gram reaches across it. ``carry``
-    (the context before the batch) is left untouched.
-    """
-    ids = np.ascontiguousarray(ids)
-    if ids.dtype.kind not in "iu" or ids.ndim != 1:
-        raise EngramError(f"token ids must be a flat integer array, got {ids.dtype} {ids.shape}")
-    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
-    doc_start = np.ascontiguousarray(doc_start, dtype=np.uint8)
-    if offsets.shape[0] != doc_start.shape[0] + 1 or offsets[-1] != ids.shape[0]:
-        raise EngramError("offsets must hold one more entry than doc_start and end at len(ids)")
-    K = carry.shape[0]
-    dead = int(np.count_nonzero(ids < 0)) if ids.dtype.kind == "i" else 0
-    ext = np.empty(ids.shape[0] + K * (doc_start.shape[0] + dead), dtype=np.int32)
-    real = np.empty(ext.shape[0], dtype=np.uint8)
-    carry = carry.copy()
-    bad = _extend_kernel(ids, offsets, doc_start, lut, pad, carry, ext, real)
-    return ext, real, carry, int(bad)
 
 
 # the slot hash of the n-gram ending at ext[i], packed into key: (ext, i, n, bits, key) -> uint64

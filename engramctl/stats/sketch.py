@@ -32,7 +32,8 @@ import numpy as np
 
 from .._numba import njit
 from ..errors import EngramError
-from .counter import extend_batch, key_bits, key_words, ngram_key_hash
+from .counter import key_bits, key_words, ngram_key_hash
+from .extend import extend_batch
 from .report import (
     HeadStats,
     OrderStats,

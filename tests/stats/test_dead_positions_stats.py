@@ -90,6 +90,29 @@ def test_hash_stats_reads_negative_ids_and_the_dead_ids_rule(tmp_path, ds_vocab_
         assert one.get(key) == two.get(key)
 
 
+def test_parquet_npy_and_jsonl_mark_dead_positions_alike(tmp_path, ds_vocab_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    docs = [[5, 6, -1, -1, 7, 8, 9], [5, 6, 7, -1]]
+    jsonl = _jsonl(tmp_path / "d.jsonl", [{"ids": d} for d in docs])
+    parquet = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"ids": pa.array(docs, pa.list_(pa.int64()))}), parquet)
+    npy = tmp_path / "d.npy"
+    np.save(npy, np.array([*docs[0], 1, *docs[1]], dtype=np.int64))
+    base = ["--vocab", ds_vocab_path, "--json", "-q"]
+    reports = [
+        cli("hash-stats", jsonl, *base, "--tokens-field", "ids"),
+        cli("hash-stats", parquet, *base, "--tokens-field", "ids"),
+        cli("hash-stats", npy, *base, "--doc-sep-id", "1"),
+    ]
+    for result in reports:
+        assert result.exit_code == 0, result.output
+    one, two, three = (json.loads(r.stdout) for r in reports)
+    assert one["tokens"] == two["tokens"] == three["tokens"] == 11
+    assert one["layers"] == two["layers"] == three["layers"]
+
+
 # ----------------------------------------------------------------- --doc-sep-id (issue §2)
 def test_negative_doc_sep_id_is_refused():
     with pytest.raises(UsageError, match="0 or more.*dead"):
