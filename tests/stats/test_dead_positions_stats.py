@@ -15,9 +15,11 @@ from engramctl.dead import DeadRule
 from engramctl.errors import UsageError
 from engramctl.hashing import NgramHasher
 from engramctl.stats.counter import NgramCounter
+from engramctl.stats.passes import count_corpus
 from engramctl.stats.run import plan_hash_stats
 from tests.conftest import make_layout, random_ids
 from tests.hostile.conftest import assert_one_error, cli
+from tests.stats.test_hash_stats_dask import _entries, _in_process, make_plan
 
 
 def _rows_from_counts(counter, layout, layer, order):
@@ -142,3 +144,29 @@ def test_plan_refuses_a_doc_sep_id_it_would_ignore(tmp_path, ds_vocab):
 def test_dead_rule_marks_only_its_ids():
     rule = DeadRule((9,), 100)
     assert rule.mark(np.array([8, 9, 99, 100, -3])).tolist() == [8, -1, 99, -1, -3]
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    length=st.integers(1, 300),
+    shard_tokens=st.integers(1, 60),
+    dead_rate=st.sampled_from([0.05, 0.3]),
+    seed=st.integers(0, 2**16),
+)
+def test_shards_cut_next_to_dead_positions_count_exactly(
+    tmp_path_factory, ds_vocab, demo_layout, length, shard_tokens, dead_rate, seed
+):
+    """Dask shards of a token stream start from the ids before them: a dead position there is
+    pad context, exactly as counting the stream whole (negative ids and --dead-ids alike)."""
+    rng = np.random.default_rng(seed)
+    stream = rng.integers(0, 50, length).astype(np.int32)
+    marks = rng.random(length)
+    stream[marks < dead_rate / 2] = -1
+    stream[(marks >= dead_rate / 2) & (marks < dead_rate)] = 129264  # dead by the rule
+    path = tmp_path_factory.mktemp("dead") / "s.npy"
+    np.save(path, stream)
+    plan = make_plan([path], demo_layout, batch_tokens=13, dead_rule=DeadRule.sglang_v41())
+    whole, _, _, _ = count_corpus(plan, vocab=ds_vocab)
+    _, merged = _in_process(plan, ds_vocab, None, 4 * shard_tokens)  # int32: 4 bytes an id
+    assert merged.counter.tokens == whole.tokens == length
+    assert _entries(merged.counter) == _entries(whole)
