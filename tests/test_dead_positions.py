@@ -199,3 +199,26 @@ def test_hash_canonical_reads_negative_ids_as_dead_given_the_pad_id():
     alone = hash_canonical(np.array([[1, 1, 1, 7]]), mult, rows, heads=2)
     np.testing.assert_array_equal(got[0, 1], alone[0, 0])
     np.testing.assert_array_equal(got[0, 2], alone[0, 1])
+
+
+def test_cache_plan_traces_hash_dead_positions(tmp_path, ds_vocab, demo_layout):
+    """cache-plan hashes a workload through NgramHasher: a -1 in a pre-tokenized workload is a
+    dead position there too (one of the callers the issue names)."""
+    from engramctl.cacheplan.trace import build_traces, read_workload
+
+    rows = np.random.default_rng(2).integers(3, 500, size=(4, 12))
+    rows[1, 3:6] = -1
+    rows[3, 0] = -1
+    np.save(tmp_path / "w.npy", rows)
+    workload = read_workload([tmp_path / "w.npy"], tokenizer=None, seq_len=999)
+    hasher = NgramHasher(demo_layout, ds_vocab)
+    traces = build_traces(workload, hasher, batch=2, layers=demo_layout.layers)
+    dead = rows < 0
+    for layer, trace in traces.items():
+        for k in range(2):
+            part = slice(2 * k, 2 * k + 2)
+            expected = hasher.hash_reference(
+                np.where(dead, 0, rows)[part], dead=dead[part], table_rows=True
+            )[layer]
+            got = trace.rows[trace.ids[trace.bounds[k] : trace.bounds[k + 1]]]
+            np.testing.assert_array_equal(got, np.unique(expected))
