@@ -184,9 +184,9 @@ def info_command(
     engramctl info table.zarr --json
     """
     from .._system import format_bytes
-    from ..table.sources.table import open_table
+    from ..table.sources.table import read_info
 
-    info = open_table(table, storage_options=_storage_options(storage_option)).info
+    info = read_info(table, storage_options=_storage_options(storage_option))
     if json_out:
         typer.echo(json.dumps(info.to_dict()))
         return

@@ -79,3 +79,20 @@ def metadata_problems(store: TableStore, meta: TableMeta) -> list[str]:
     for layer_id in meta.layers:
         problems += array_problems(store, meta, layer_id)
     return problems
+
+
+def unfinished_reason(meta: TableMeta) -> str | None:
+    """Why a table cannot be read yet (``None``: it can), naming the command that resumes it.
+
+    A copy ``import`` or a full ``init-table`` that was stopped leaves status ``initializing``:
+    its unwritten chunks are not the rows it will hold, so no reader may take them for data.
+    """
+    if meta.status != "initializing":
+        return None
+    imported = bool(meta.sources) and meta.sources.get("mode") == "copy"
+    what, command = ("import", "import") if imported else ("init", "init-table")
+    return (
+        f"is an unfinished {what}: the `engramctl {command}` that made it was interrupted before "
+        f"its last chunk; rerun the same `engramctl {command}` command to resume it (or pass "
+        "--overwrite to start again)"
+    )
