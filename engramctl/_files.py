@@ -18,9 +18,54 @@ from ._system import format_bytes
 from .errors import EngramError
 
 
-def check_writable_target(path: Path, *, overwrite: bool) -> None:
-    """Refuse an existing output unless ``overwrite``; refuse a directory always."""
+def input_paths(inputs) -> list[Path]:
+    """The paths named by ``inputs`` (paths, or glob patterns expanded); ``None`` skipped."""
+    import glob
+
+    found = []
+    for item in inputs:
+        if item is None:
+            continue
+        text = str(item)
+        if glob.has_magic(text) and not Path(text).exists():
+            found += [Path(p) for p in glob.glob(text, recursive=True)]
+        else:
+            found.append(Path(text))
+    return found
+
+
+def check_not_an_input(path: Path, inputs, *, what: str | None = None) -> None:
+    """Refuse an output that is one of the ``inputs`` (the same file by device and inode: a
+    hard link, a symlink or another spelling of it too) or lies inside an input directory;
+    writing it would destroy what the command reads. ``--overwrite`` does not change this.
+
+    >>> check_not_an_input(Path("r.json"), [Path("c.jsonl")])  # different files: nothing
+    """
     path = Path(path)
+    what = what or str(path)
+    try:
+        target = path.stat()
+    except OSError:  # not there (yet): no input can be it
+        return
+    for source in input_paths(inputs):
+        try:
+            same = os.path.samefile(path, source)
+            inside = source.is_dir() and path.resolve().is_relative_to(source.resolve())
+        except OSError:
+            continue
+        if same or (inside and target.st_ino):
+            where = "is the input" if same else "lies inside the input"
+            raise EngramError(
+                f"{what} {where} {source}: writing it would destroy what the command reads "
+                "(--overwrite does not change this); choose another output name"
+            )
+
+
+def check_writable_target(path: Path, *, overwrite: bool, inputs=()) -> None:
+    """Refuse an output that is one of ``inputs`` (:func:`check_not_an_input`), an existing
+    output unless ``overwrite``, and a directory always."""
+    path = Path(path)
+    check_not_an_input(path, inputs)
     if path.is_dir():
         raise EngramError(f"{path} is a directory; give a file name")
     if path.exists() and not overwrite:

@@ -15,7 +15,15 @@ from rich import box
 from rich.table import Table
 
 from .app import STATE, command, console
-from .options import Dtype, JsonFlag, LayoutFlags, VocabOpt, load_vocab, resolve_layout_flags
+from .options import (
+    Dtype,
+    JsonFlag,
+    LayoutFlags,
+    VocabOpt,
+    load_vocab,
+    refuse_outputs_naming_inputs,
+    resolve_layout_flags,
+)
 from .progress import progress
 
 # The options of cache-plan alone (the shared ones are in .options).
@@ -145,6 +153,9 @@ def cache_plan_command(
         policies=tuple(p.strip() for p in policy.split(",") if p.strip()), spill_dir=spill_dir,
         report=report, plot=plot, overwrite=overwrite,
     )  # fmt: skip
+    refuse_outputs_naming_inputs(
+        {"--report": report, "--plot": plot}, [*workload, vocab, table, config, tokenizer]
+    )
     vocab_map = load_vocab(vocab)
     resolved = resolve_layout_flags(ctx.params, vocab_map, table=table, pick_layers=True)
     quiet = STATE["quiet"] or json_out

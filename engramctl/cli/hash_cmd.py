@@ -54,7 +54,7 @@ def hash_command(
     Example:
     engramctl hash --vocab vocab.parquet --preset demo-v1 --text "Hello world"
     """
-    from .._files import atomic_write, check_writable_target
+    from .._files import atomic_write, check_not_an_input, check_writable_target
     from ..errors import UsageError
     from ..hashing import NgramHasher
     from ..tokenizer import encode_text
@@ -63,6 +63,7 @@ def hash_command(
     if (text is None) == (ids_file is None):
         raise UsageError("give exactly one of --text or --ids-file")
     if out is not None:
+        check_not_an_input(out, [ids_file, vocab], what=f"--out {out}")
         check_writable_target(out, overwrite=overwrite)
     vocab_map = load_vocab(vocab)
     layout = resolve_layout_flags(ctx.params, vocab_map).layout

@@ -177,3 +177,13 @@ def load_vocab(path: Path):
     from ..vocab import CanonicalVocab
 
     return CanonicalVocab.load(path)
+
+
+def refuse_outputs_naming_inputs(outputs: dict, inputs) -> None:
+    """Refuse any output (``{"--flag": path or None}``) that is one of ``inputs`` (the same file
+    by inode), with or without ``--overwrite``: :func:`engramctl._files.check_not_an_input`."""
+    from .._files import check_not_an_input
+
+    for flag, path in outputs.items():
+        if path is not None:
+            check_not_an_input(Path(path), inputs, what=f"{flag} {path}")

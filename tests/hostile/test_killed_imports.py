@@ -68,7 +68,8 @@ def test_readers_refuse_a_killed_import_naming_import(killed_import, vocab_path)
     with pytest.raises(EngramError, match="unfinished import") as err:
         open_table(killed_import)
     assert "engramctl import" in str(err.value) and "resume" in str(err.value)
-    line = assert_one_error(cli("lookup", killed_import, "--vocab", vocab_path, "--text", "the"), "import")
+    result = cli("lookup", killed_import, "--vocab", vocab_path, "--text", "the")
+    line = assert_one_error(result, "import")
     assert "unfinished" in line
 
 

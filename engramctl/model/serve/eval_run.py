@@ -37,7 +37,7 @@ class EvalRequest:
 
     def check(self) -> None:
         """Refuse options that do not go together, and a report that may not be written."""
-        from ..._files import check_writable_target
+        from ..._files import check_not_an_input, check_writable_target
 
         if self.lm_eval_tasks is not None and (
             self.benchmark is not None or self.explain is not None
@@ -48,6 +48,8 @@ class EvalRequest:
         if self.benchmark is None and self.explain is None and self.lm_eval_tasks is None:
             raise UsageError("give --benchmark FILE, --explain TEXT (or both), or --lm-eval-tasks")
         if self.report is not None:
+            inputs = (self.benchmark, self.model, self.table)
+            check_not_an_input(self.report, inputs, what=f"--report {self.report}")
             check_writable_target(self.report, overwrite=self.overwrite)
 
 

@@ -214,8 +214,9 @@ def import_checkpoint(
                                  chunk_rows=chunk_rows, compressor=compressor)  # fmt: skip
     _existing_import(out_path)  # refuse to touch something else before taking any lock
     try:
-        written, skipped, resumed = _import_locked(out_path, meta, tensors, link=link,
-                                                   overwrite=overwrite, progress=progress)  # fmt: skip
+        written, skipped, resumed = _import_locked(
+            out_path, meta, tensors, link=link, overwrite=overwrite, progress=progress
+        )
     except OSError as exc:  # the lock, the new group, the swap: one line naming the output
         raise EngramError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
     meta, manifest = read_group(out_path)
