@@ -20,6 +20,7 @@ from .options import (
     JsonFlag,
     LayoutFlags,
     VocabOpt,
+    finite_number,
     load_vocab,
     refuse_outputs_naming_inputs,
     resolve_layout_flags,
@@ -60,6 +61,7 @@ WarmupOpt = Annotated[
     typer.Option(
         "--warmup-fraction",
         help="First batches that warm the caches (and rank the static one), not counted.",
+        callback=finite_number,
     ),
 ]
 DtypeOpt = Annotated[
@@ -68,7 +70,11 @@ DtypeOpt = Annotated[
 ]
 TokensPerSOpt = Annotated[
     float | None,
-    typer.Option("--tokens-per-s", help="Target throughput: report the bandwidth each size needs."),
+    typer.Option(
+        "--tokens-per-s",
+        help="Target throughput: report the bandwidth each size needs.",
+        callback=finite_number,
+    ),
 ]
 PolicyOpt = Annotated[
     str,

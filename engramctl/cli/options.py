@@ -5,6 +5,7 @@ choices, built from the library's constants.
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -33,6 +34,14 @@ TokenDtype = _choices("TokenDtype", TOKEN_DTYPES)
 Device = _choices("Device", DEVICES)
 
 LAYOUT_PANEL = "Layout"
+
+
+def finite_number(value: float | None) -> float | None:
+    """The callback of every float option: refuse NaN and infinities, which no option means
+    (``--lr nan`` would train to NaN; ``--temperature inf`` sample garbage)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"expected a finite number, got {value}")
+    return value
 
 
 def _layout_option(flag: str, help_text: str, metavar: str | None = None):

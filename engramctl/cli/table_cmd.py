@@ -34,6 +34,7 @@ from .options import (
     OverwriteOpt,
     SchedulerOpt,
     VocabOpt,
+    finite_number,
     load_vocab,
     resolve_layout_flags,
 )
@@ -73,7 +74,10 @@ def _storage_options(items: list[str] | None) -> dict | None:
 
 
 InitOpt = Annotated[InitKind, typer.Option("--init", help="Initial values.")]
-StdOpt = Annotated[float, typer.Option("--std", help="Std of normal/uniform values.")]
+StdOpt = Annotated[
+    float,
+    typer.Option("--std", help="Std of normal/uniform values.", callback=finite_number),
+]
 InitSeedOpt = Annotated[
     int, typer.Option("--init-seed", help="Init seed (with layer, row, column).")
 ]
