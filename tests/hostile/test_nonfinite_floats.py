@@ -75,3 +75,12 @@ def test_the_validator_passes_finite_numbers():
     assert finite_number(0.5) == 0.5 and finite_number(None) is None
     with pytest.raises(typer.BadParameter):
         finite_number(float("nan"))
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "nanG", "infGB", "nan%"])
+def test_sizes_given_as_text(value, tmp_path, small_table):
+    result = cli("hash-stats", tmp_path / "c.jsonl", "--vocab", "v", "--max-memory", value)
+    assert_one_error(result, "--max-memory")
+    result = cli("export", small_table, tmp_path / "ck", "--format", "deepseek",
+                 "--max-shard-size", value)  # fmt: skip
+    assert_one_error(result, "--max-shard-size")
