@@ -81,7 +81,7 @@ def train_from_options(options: TrainOptions, *, open_table, on_step=None, outco
     before the table is closed. Every refusal that needs no corpus
     comes before the corpus is read; the checkpoint target is probed before the run.
     """
-    from ..._files import check_not_an_input
+    from ..._files import check_name_length, check_not_an_input
     from ..._outputs import probe_writable
     from ...vocab import CanonicalVocab
     from ..checkpoint import check_checkpoint_target
@@ -95,6 +95,7 @@ def train_from_options(options: TrainOptions, *, open_table, on_step=None, outco
     check_adaptation(o.freeze_backbone, base_given=o.init_from is not None, engram=o.engram)
     inputs = (o.corpus, o.table, o.vocab, o.heldout, o.init_from, o.compare_with, o.moments)
     check_not_an_input(o.out, inputs, what=f"--out {o.out}")
+    check_name_length(o.out)
     check_checkpoint_target(o.out, overwrite=o.overwrite)
     probe_writable(o.out)  # a read-only or full target fails now, not after the run
     vocab = None

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..._files import atomic_directory, check_free_space
+from ..._files import atomic_directory, check_free_space, check_name_length
 from ..._system import cpu_count
 from ...cluster import open_client
 from ...errors import EngramError, UsageError
@@ -222,6 +222,7 @@ def _create_local(store: LocalStore, meta: TableMeta, *, lazy, overwrite, initia
     rerun resumes) and swapped in at the end: an interruption leaves the old table.
     """
     root = store.root
+    check_name_length(root)
     if not root.parent.is_dir():
         raise EngramError(f"directory {root.parent} does not exist; create it first")
     if root.exists() and not is_unborn(root):
