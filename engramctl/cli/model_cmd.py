@@ -14,7 +14,7 @@ from rich.text import Text
 from .app import STATE, command, console, err_console
 from .options import Device, JsonFlag, ModelFlags, OverwriteOpt, finite_number
 from .progress import progress
-from .train_resume import print_trained, resume_run
+from .train_resume import given_on_command_line, print_trained, resume_run
 
 DeviceOpt = ModelFlags.Device
 TokenizerOpt = ModelFlags.Tokenizer
@@ -235,6 +235,7 @@ def train_command(
             from ..model.train.start import TrainOptions, train_from_options
 
             options = {k: v for k, v in ctx.params.items() if k not in ("resume", "json_out")}
+            options["given"] = frozenset(k for k in options if given_on_command_line(ctx, k))
             detail = "loss {loss:.3f}, {tps:,.0f} tok/s"
             with progress(
                 "train", enabled=not STATE["quiet"], unit="steps", detail=detail, transient=True

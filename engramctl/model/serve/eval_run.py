@@ -7,6 +7,7 @@ asked (a benchmark, :func:`~engramctl.model.serve.evaluate.evaluate`; the gates 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,22 @@ class EvalRequest:
     report: Path | None
     overwrite: bool
     strict_table: bool
+
+    def resolved(self) -> EvalRequest:
+        """The request with every path absolute: the harness runs a task directory's YAMLs
+        from that directory, and a relative table read after that would miss its chunks (and
+        read as damaged). A tokenizer given as a path that exists is resolved too."""
+
+        def absolute(path):
+            return None if path is None else Path(path).absolute()
+
+        tokenizer = self.tokenizer
+        if tokenizer is not None and Path(tokenizer).exists():
+            tokenizer = str(Path(tokenizer).absolute())
+        return dataclasses.replace(
+            self, model=absolute(self.model), benchmark=absolute(self.benchmark),
+            table=absolute(self.table), report=absolute(self.report), tokenizer=tokenizer,
+        )  # fmt: skip
 
     def check(self) -> None:
         """Refuse options that do not go together, and a report that may not be written."""
@@ -77,7 +94,7 @@ def run_eval(
     from .evaluate import evaluate, explain_gates
     from .opening import ModelSpec, open_model_table
 
-    r = request
+    r = request.resolved()  # before anything can change the working directory
     r.check()
     doc: dict = {}
     with open_model_table(r.model, r.table, strict=r.strict_table, open_table=open_table) as opened:

@@ -50,6 +50,7 @@ class TrainOptions:
     overwrite: bool
     continue_rows: bool
     overwrite_rows: bool
+    given: frozenset[str] = frozenset()  # the options given on the command line (not defaults)
 
     @property
     def prior_runs(self) -> str:
@@ -140,7 +141,7 @@ def _train_opened(o: TrainOptions, config, *, table, vocab, compare, prior_runs,
     """The run once its table is open: the base model, the table's earlier runs, the corpus."""
     from ...table.core.meta import check_vocab_fingerprint
     from ..provenance import check_prior_runs
-    from .inputs import load_base, prepare_training_data
+    from .inputs import check_base_flags, load_base, prepare_training_data
     from .loop import run_training
     from .resume_run import run_inputs
     from .rows import choose_out_of_core
@@ -148,6 +149,8 @@ def _train_opened(o: TrainOptions, config, *, table, vocab, compare, prior_runs,
     base = None
     if o.init_from is not None:
         base = load_base(o.init_from, table=table, vocab=vocab, device=config.device)
+        check_base_flags(base, {k: getattr(o, k) for k in o.given if hasattr(o, k)},
+                         path=o.init_from)  # fmt: skip
         vocab = vocab or base.vocab
         shape = base.model.config
         config = replace(config, depth=shape.n_layer, width=shape.n_embd, attn_heads=shape.n_head,
