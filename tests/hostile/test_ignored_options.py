@@ -17,7 +17,7 @@ import pytest
 
 from engramctl.model.serve.eval_run import EvalRequest
 from tests.conftest import REPO, SAMPLE
-from tests.hostile.conftest import SMALL, assert_one_error, cli
+from tests.hostile.conftest import SMALL, assert_clean_process, assert_one_error, cli, run_engramctl
 
 pytest.importorskip("torch")
 
@@ -108,3 +108,15 @@ def test_lm_eval_tasks_with_a_relative_table(tmp_path, monkeypatch, corpus, voca
                  "--tokenizer", tiny_tokenizer_path)  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["paging"]["cache_misses"] > 0
+
+
+@pytest.mark.slow
+def test_lm_eval_task_that_needs_a_download_offline(baseline, tmp_path):
+    """``hellaswag`` where the Hub cannot be reached: one line saying so and what to do."""
+    pytest.importorskip("lm_eval")
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
+           "HF_HOME": str(tmp_path / "hf")}  # fmt: skip
+    proc = run_engramctl("eval", "--model", baseline, "--lm-eval-tasks", "hellaswag", "--limit",
+                         "2", "--device", "cpu", env=env, timeout=600)  # fmt: skip
+    line = assert_clean_process(proc)
+    assert proc.returncode == 1 and "downloaded" in line and "sample_data/bench" in line, line
