@@ -214,6 +214,11 @@ def verify_table(
         return report
     for layer_id in meta.layers:
         _check_files(store, meta, manifest, layer_id, deep, report, progress)
+    if why := unfinished_reason(meta):  # not damage, but not a table to read either
+        report.problems.append(
+            f"{why.removeprefix('is ')} ({report.chunks_written} of {report.chunks_total} chunks "
+            "written; readers refuse it until then)"
+        )
     holder = active_writer(store.root) if store.supports_writes else None
     if holder is not None and report.problems:  # a write under way looks like damage
         raise EngramError(
@@ -222,11 +227,6 @@ def verify_table(
         )
     if holder is not None:
         report.warnings.append(f"the table was being written by {holder} during the check")
-    if why := unfinished_reason(meta):  # not damage, but not a table to read either
-        report.problems.append(
-            f"{why.removeprefix('is ')} ({report.chunks_written} of {report.chunks_total} chunks "
-            "written; readers refuse it until then)"
-        )
     return report
 
 

@@ -146,3 +146,11 @@ def test_import_into_a_slot_left_by_a_killed_import(ckpt, tmp_path, tiny_vocab):
     import_checkpoint(path, out, vocab=tiny_vocab, chunk_rows=7)
     with open_table(out) as table:
         np.testing.assert_array_equal(table.gather(4, np.arange(table.meta.layer(4).rows)), rows[4])
+
+
+def test_a_reader_during_an_import_is_told_to_wait(killed_import):
+    with WriterLock(killed_import):  # the import resumed and at work
+        with pytest.raises(EngramError, match="is writing it now; wait"):
+            open_table(killed_import)
+        with pytest.raises(EngramError, match="verify again when it has finished"):
+            verify_table(killed_import)

@@ -24,7 +24,7 @@ from ..core.checks import metadata_problems, unfinished_reason
 from ..core.codec import chunk_key
 from ..core.dtypes import encode_rows
 from ..core.info import LayerInfo, TableInfo, table_info
-from ..core.lock import LOCK_NAME, WriterLock
+from ..core.lock import LOCK_NAME, WriterLock, active_writer
 from ..core.manifest import read_group, table_state, write_group_attrs
 from ..core.meta import TableMeta, check_vocab
 from ..core.store import TableStore, open_store
@@ -269,8 +269,9 @@ def check_metadata(store: TableStore, meta: TableMeta, *, unfinished_ok: bool = 
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise EngramError(f"{store.url} is damaged: {problems[0]}{more}; run engramctl verify")
-    if not unfinished_ok and (why := unfinished_reason(meta)):
-        raise EngramError(f"{store.url} {why}")
+    if not unfinished_ok and meta.status == "initializing":
+        writer = active_writer(store.location) if store.supports_writes else None
+        raise EngramError(f"{store.url} {unfinished_reason(meta, writer=writer)}")
 
 
 def read_info(path, *, storage_options: dict | None = None) -> TableInfo:
