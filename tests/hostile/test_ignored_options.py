@@ -53,7 +53,8 @@ def test_min_count_larger_than_every_count(tmp_path, corpus, tiny_tokenizer_path
 @pytest.mark.parametrize(
     ("flags", "named"),
     [(("--depth", "3"), "--depth 3"), (("--width", "48"), "--width 48"),
-     (("--attn-heads", "4"), "--attn-heads 4"), (("--min-count", "2"), "--min-count 2")],
+     (("--attn-heads", "4"), "--attn-heads 4"), (("--min-count", "2"), "--min-count 2"),
+     (("--seq-len", "64"), "--seq-len 64")],
 )  # fmt: skip
 def test_init_from_with_disagreeing_shape(flags, named, tmp_path, baseline, corpus,
                                           tiny_tokenizer_path):  # fmt: skip

@@ -108,6 +108,10 @@ def check_base_flags(base, given: dict, *, path) -> None:
             else:
                 shown = "(not recorded)" if kept[name] is None else kept[name]
                 differences.append(f"{flag} {value}, the model has {shown}")
+    if given.get("seq_len", 0) > shape.block_size:  # shorter windows are fine; longer cannot be
+        differences.append(
+            f"--seq-len {given['seq_len']}, the model's window is {shape.block_size} tokens"
+        )
     if differences:
         raise UsageError(
             f"--init-from {path} keeps the model's shape and vocab, and the flags disagree: "
