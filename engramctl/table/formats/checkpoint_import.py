@@ -241,9 +241,10 @@ def _import_locked(out_path: Path, meta: TableMeta, tensors, *, link: bool, over
         resumed = _prepare_target(out_path, meta, overwrite=overwrite)
         if resumed:
             return (*_copy_rows(out_path, tensors, resumed=True, progress=progress), True)
-        if not link:
+        if not link:  # the table replaced (if any) is removed before the first chunk is copied
             chunks = sum(layer.n_chunks(meta.chunk_rows) for layer in meta.layers.values())
-            check_free_space(out_path.parent, chunks * meta.chunk_bytes)
+            freed = sum(f.stat().st_size for f in out_path.rglob("*") if f.is_file())
+            check_free_space(out_path.parent, max(0, chunks * meta.chunk_bytes - freed))
         beside = out_path.with_name(f".{out_path.name}.creating")  # only the lock holder
         shutil.rmtree(beside, ignore_errors=True)
         try:
