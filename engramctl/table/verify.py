@@ -73,29 +73,32 @@ def _check_files(
         where = f"chunk {chunk_index} of layer {layer_id}"
         if not 0 <= chunk_index < n_chunks:
             report.problems.append(
-                f"manifest lists {where}, outside the layer's {n_chunks}; {table_remedy(meta)}"
+                f"manifest lists {where}, outside the layer's {n_chunks}; "
+                f"{table_remedy(meta, manifest)}"
             )
             continue
         if not (isinstance(entry, list) and len(entry) >= 2):
             report.problems.append(
-                f"manifest entry of {where} is malformed: {entry!r}; {table_remedy(meta)}"
+                f"manifest entry of {where} is malformed: {entry!r}; {table_remedy(meta, manifest)}"
             )
             continue
         key = chunk_key(layer_id, chunk_index)
         file = store.where(key)
         size = sizes.get(f"{chunk_index}/0")
         if size is None:
-            report.problems.append(f"{where}: file {file} is missing; {chunk_remedy(meta, entry)}")
+            report.problems.append(
+                f"{where}: file {file} is missing; {chunk_remedy(meta, manifest, entry)}"
+            )
             continue
         if size != entry[1]:
             report.problems.append(
                 f"{where}: {file} has {size} bytes, the manifest says {entry[1]} (truncated?); "
-                f"{chunk_remedy(meta, entry)}"
+                f"{chunk_remedy(meta, manifest, entry)}"
             )
             continue
         if deep:
             to_read.append((chunk_index, entry))
-    _check_checksums(store, meta, layer_id, to_read, report, progress)
+    _check_checksums(store, meta, manifest, layer_id, to_read, report, progress)
     unrecorded, temporary = [], []
     for rel_key in sorted(sizes):
         rel = rel_key.split("/")
@@ -111,7 +114,7 @@ def _check_files(
         report.problems.append(
             f"chunk {min(unrecorded)} of layer {layer_id}: not in the manifest of this complete "
             f"table, so its checksum is unknown ({len(unrecorded)} such chunks in the layer); "
-            f"{table_remedy(meta)}"
+            f"{table_remedy(meta, manifest)}"
         )
     elif unrecorded and meta.status != "initializing":  # an unfinished table: one problem
         report.warnings.append(
@@ -123,7 +126,13 @@ def _check_files(
 
 
 def _check_checksums(
-    store: TableStore, meta: TableMeta, layer_id: int, to_read: list, report: VerifyReport, progress
+    store: TableStore,
+    meta: TableMeta,
+    manifest: dict,
+    layer_id: int,
+    to_read: list,
+    report: VerifyReport,
+    progress,
 ) -> None:
     """Re-read chunks and compare CRC-32s; a remote store fetches a batch concurrently."""
     batch = 1 if store.supports_mmap else REMOTE_READ_BATCH  # local files: one at a time
@@ -135,14 +144,15 @@ def _check_checksums(
         except OSError as exc:  # local stores read one chunk per batch
             report.problems.append(
                 f"chunk {group[0][0]} of layer {layer_id}: cannot read {store.where(keys[0])} "
-                f"({exc.strerror or exc}); {chunk_remedy(meta, group[0][1])}"
+                f"({exc.strerror or exc}); {chunk_remedy(meta, manifest, group[0][1])}"
             )
             continue
         for (chunk_index, entry), key in zip(group, keys, strict=True):
             where, data = f"chunk {chunk_index} of layer {layer_id}", fetched[key]
             if data is None:
                 report.problems.append(
-                    f"{where}: file {store.where(key)} is missing; {chunk_remedy(meta, entry)}"
+                    f"{where}: file {store.where(key)} is missing; "
+                    f"{chunk_remedy(meta, manifest, entry)}"
                 )
                 continue
             report.chunks_checked += 1
@@ -150,7 +160,7 @@ def _check_checksums(
             if crc32_of(data) != entry[0]:
                 report.problems.append(
                     f"{where}: {store.where(key)} fails its checksum (corrupted); "
-                    f"{chunk_remedy(meta, entry)}"
+                    f"{chunk_remedy(meta, manifest, entry)}"
                 )
             if progress:
                 progress(report.bytes_checked, report.bytes_to_check)
@@ -183,7 +193,9 @@ def verify_table(
     attrs, _ = read_group_attrs(store)
     meta, manifest = read_group(store, check=False)  # not a table / newer format: EngramError
     report = VerifyReport(path=store.url, deep=deep)
-    report.problems += [f"{p}; {table_remedy(meta)}" for p in checksum_problems(attrs)]
+    report.problems += [
+        f"{p}; {table_remedy(meta, manifest, whole=True)}" for p in checksum_problems(attrs)
+    ]
     if CHECKSUM_KEY not in attrs:
         report.warnings.append(
             "the metadata has no checksum (written by an older engramctl); the next write of "
@@ -201,11 +213,13 @@ def verify_table(
             check_vocab(meta, vocab, where=store.url)
         except EngramError as exc:
             report.problems.append(str(exc))
-    report.problems += [f"{p}; {table_remedy(meta)}" for p in metadata_problems(store, meta)]
+    report.problems += [
+        f"{p}; {table_remedy(meta, manifest, whole=True)}" for p in metadata_problems(store, meta)
+    ]
     unknown = sorted(set(manifest) - set(meta.layers))
     if unknown:
         report.problems.append(
-            f"manifest lists chunks of unknown layers {unknown}; {table_remedy(meta)}"
+            f"manifest lists chunks of unknown layers {unknown}; {table_remedy(meta, manifest)}"
         )
     if meta.linked:  # rows live in the checkpoint's shards: check those instead of chunks
         from .formats.verify_linked import verify_linked
@@ -230,25 +244,40 @@ def verify_table(
     return report
 
 
-def table_remedy(meta: TableMeta) -> str:
-    """What to do about damage to a table as a whole: how its rows can be had again."""
+def holds_written_rows(manifest: dict) -> bool:
+    """Whether some chunk holds rows that were written (an import, training), not init values."""
+    return any(
+        isinstance(entry, list) and len(entry) > 2 and entry[2] != "init"
+        for chunks in manifest.values()
+        for entry in chunks.values()
+    )
+
+
+def table_remedy(meta: TableMeta, manifest: dict, *, whole: bool = False) -> str:
+    """What to do about damage to a table: how its rows can be had again. ``whole``: its
+    metadata is damaged, so a resume (which re-checks the metadata) cannot help."""
     if unfinished_reason(meta):
         command = "import" if meta.sources else "init-table"
+        if whole:
+            return f"rerun the same `engramctl {command}` command with --overwrite"
         return f"rerun the same `engramctl {command}` command: the resume rewrites damaged chunks"
     if meta.sources and meta.sources.get("mode") == "copy":
         return "restore the table from a copy, or run `engramctl import` again with --overwrite"
-    if not meta.runs and not meta.lazy:
+    if meta.runs or meta.lazy or holds_written_rows(manifest):
         return (
-            "restore the table from a copy, or rerun `engramctl init-table` with --overwrite "
-            "(it holds init values only)"
+            "restore the table from a copy (its rows were written by an import or training; "
+            "init-table cannot rebuild them)"
         )
-    return "restore the table from a copy (its trained rows cannot be rebuilt)"
+    return (
+        "restore the table from a copy, or rerun `engramctl init-table` with --overwrite (it "
+        "holds init values only)"
+    )
 
 
-def chunk_remedy(meta: TableMeta, entry) -> str:
+def chunk_remedy(meta: TableMeta, manifest: dict, entry) -> str:
     """What to do about one damaged chunk: an init chunk of a complete init-made table is
     rewritten by rerunning the same ``init-table``; any other needs the table's own remedy."""
     source = entry[2] if isinstance(entry, list) and len(entry) > 2 else None
     if source == "init" and meta.status == "complete" and not meta.sources and not meta.lazy:
         return "rerun the same `engramctl init-table` command: it rewrites damaged init chunks"
-    return table_remedy(meta)
+    return table_remedy(meta, manifest)
