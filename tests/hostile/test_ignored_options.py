@@ -84,6 +84,8 @@ def test_generate_and_eval_of_a_baseline_refuse_a_table(baseline, small_table, c
 
 def test_eval_request_paths_are_absolute_before_anything_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    for name in ("m", "b.jsonl", "t.zarr"):
+        (tmp_path / name).touch()
     request = EvalRequest(model="m", benchmark="b.jsonl", table="t.zarr", device="cpu", batch=2,
                           cache_rows=64, resident=False, explain=None, lm_eval_tasks=None,
                           limit=None, tokenizer=None, report="r.json", overwrite=False,

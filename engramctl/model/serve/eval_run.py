@@ -41,15 +41,16 @@ class EvalRequest:
         from that directory, and a relative table read after that would miss its chunks (and
         read as damaged). A tokenizer given as a path that exists is resolved too."""
 
-        def absolute(path):
-            return None if path is None else Path(path).absolute()
+        def absolute(path):  # a path that is not there is left as given (and refused as such)
+            return path if path is None or not Path(path).exists() else Path(path).absolute()
 
         tokenizer = self.tokenizer
         if tokenizer is not None and Path(tokenizer).exists():
             tokenizer = str(Path(tokenizer).absolute())
         return dataclasses.replace(
             self, model=absolute(self.model), benchmark=absolute(self.benchmark),
-            table=absolute(self.table), report=absolute(self.report), tokenizer=tokenizer,
+            table=absolute(self.table), tokenizer=tokenizer,
+            report=None if self.report is None else Path(self.report).absolute(),
         )  # fmt: skip
 
     def check(self) -> None:
