@@ -18,9 +18,97 @@ from ._system import format_bytes
 from .errors import EngramError
 
 
-def check_writable_target(path: Path, *, overwrite: bool) -> None:
-    """Refuse an existing output unless ``overwrite``; refuse a directory always."""
+def input_paths(inputs) -> list[Path]:
+    """The paths named by ``inputs`` (paths, or glob patterns expanded); ``None`` skipped."""
+    import glob
+
+    found = []
+    for item in inputs:
+        if item is None:
+            continue
+        text = str(item)
+        if glob.has_magic(text) and not Path(text).exists():
+            found += [Path(p) for p in glob.glob(text, recursive=True)]
+        else:
+            found.append(Path(text))
+    return found
+
+
+def check_not_an_input(path: Path, inputs, *, what: str | None = None) -> None:
+    """Refuse an output that is one of the ``inputs`` (the same file by device and inode: a
+    hard link, a symlink or another spelling of it too) or lies inside an input directory;
+    writing it would destroy what the command reads. ``--overwrite`` does not change this.
+
+    >>> check_not_an_input(Path("r.json"), [Path("c.jsonl")])  # different files: nothing
+    """
     path = Path(path)
+    what = what or str(path)
+    try:
+        target = path.stat()
+    except OSError:  # not there (yet): no input can be it
+        return
+    for source in input_paths(inputs):
+        try:
+            same = os.path.samefile(path, source)
+            inside = source.is_dir() and path.resolve().is_relative_to(source.resolve())
+        except OSError:
+            continue
+        if same or (inside and target.st_ino):
+            where = "is the input" if same else "lies inside the input"
+            raise EngramError(
+                f"{what} {where} {source}: writing it would destroy what the command reads "
+                "(--overwrite does not change this); choose another output name"
+            )
+
+
+TEMPORARY_NAME_ROOM = 24  # ".<name>.overwrite-<pid>": what a temporary sibling adds to a name
+
+
+def name_max(directory: Path) -> int:
+    """The longest file name (bytes) the file system of ``directory`` takes (255 if unknown)."""
+    probe = Path(directory)
+    while probe != probe.parent:
+        with contextlib.suppress(OSError):  # a name too long to look up is not there
+            if probe.exists():
+                break
+        probe = probe.parent
+    try:
+        return os.pathconf(probe, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def check_name_length(path: Path) -> None:
+    """Refuse an output whose name (or a folder on its way) is longer than the file system
+    takes, leaving room for the temporary name it is written under: one line, before any
+    work, instead of ``OSError 36`` after it.
+
+    >>> check_name_length(Path("report.json"))  # fits: nothing
+    """
+    path = Path(path)
+    limit = name_max(path.parent)
+    for part in path.parts[:-1]:
+        if len(os.fsencode(part)) > limit:
+            raise EngramError(
+                f"a folder name in {path} is {len(os.fsencode(part))} bytes, longer than the "
+                f"{limit} this file system takes; choose a shorter path"
+            )
+    size = len(os.fsencode(path.name))
+    if size > limit - TEMPORARY_NAME_ROOM:
+        raise EngramError(
+            f"the name {path.name[:40]}... is {size} bytes: at most {limit - TEMPORARY_NAME_ROOM} "
+            f"fit ({limit} on this file system, less room for the temporary name it is written "
+            "under); choose a shorter name"
+        )
+
+
+def check_writable_target(path: Path, *, overwrite: bool, inputs=()) -> None:
+    """Refuse an output that is one of ``inputs`` (:func:`check_not_an_input`), a name too long
+    (:func:`check_name_length`), an existing output unless ``overwrite``, and a directory
+    always."""
+    path = Path(path)
+    check_not_an_input(path, inputs)
+    check_name_length(path)
     if path.is_dir():
         raise EngramError(f"{path} is a directory; give a file name")
     if path.exists() and not overwrite:

@@ -37,9 +37,10 @@ def probe_writable(path: Path) -> None:
         probe.unlink()
 
 
-def check_output_target(path: Path, *, overwrite: bool) -> None:
-    """:func:`check_writable_target` plus :func:`probe_writable`: fail now, not after the work."""
-    check_writable_target(path, overwrite=overwrite)
+def check_output_target(path: Path, *, overwrite: bool, inputs=()) -> None:
+    """:func:`check_writable_target` (an output that is one of ``inputs`` refused) plus
+    :func:`probe_writable`: fail now, not after the work."""
+    check_writable_target(path, overwrite=overwrite, inputs=inputs)
     probe_writable(path)
 
 

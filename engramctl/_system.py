@@ -6,6 +6,7 @@ that parses (``8G``, ``512M``, ``75%``) and formats (``98.0 GiB``) byte sizes.
 
 from __future__ import annotations
 
+import math
 import os
 
 from .errors import UsageError
@@ -38,12 +39,15 @@ def parse_memory(text: str | None, *, option: str = "--max-memory") -> int:
         return int(physical_memory() * DEFAULT_MEMORY_FRACTION)
     value = str(text).strip().lower().removesuffix("b").removesuffix("i")
     try:
-        if value.endswith("%"):
-            return int(physical_memory() * float(value[:-1]) / 100)
+        percent = value.endswith("%")
         scale = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}.get(value[-1:], 1)
-        number = float(value[:-1] if scale != 1 else value)
+        number = float(value[:-1] if scale != 1 or percent else value)
+        if not math.isfinite(number):  # nan, inf: no amount of memory
+            raise ValueError(text)
     except (ValueError, IndexError):
         raise UsageError(f"{option}: expected e.g. 8G, 512M or 75%, got {text!r}") from None
+    if percent:
+        number, scale = physical_memory() * number / 100, 1
     if number <= 0:
         raise UsageError(f"{option} must be positive, got {text!r}")
     return int(number * scale)

@@ -63,11 +63,12 @@ def run_cache_plan_job(
     CachePlan
         The plan, also written to ``job.report`` (JSON) and ``job.plot`` (PNG) when given.
     """
-    from .._files import atomic_write, check_writable_target
+    from .._files import atomic_write, check_not_an_input, check_writable_target
     from .plan import plan_workload
 
-    for target in (job.report, job.plot):
+    for flag, target in (("--report", job.report), ("--plot", job.plot)):
         if target is not None:
+            check_not_an_input(target, job.paths, what=f"{flag} {target}")
             check_writable_target(target, overwrite=job.overwrite)
     plan = plan_workload(
         paths=list(job.paths), vocab=vocab, layout=layout.layout, layer_ids=layout.layer_ids,

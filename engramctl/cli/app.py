@@ -249,6 +249,10 @@ def command(*args, **kwargs):
             except MemoryError:
                 raise fail("out of memory; try a smaller batch or fewer layers") from None
             except OSError as exc:
+                if exc.errno == errno.ENAMETOOLONG:  # a name no check caught: still one line
+                    raise fail(
+                        f"file name too long: {str(exc.filename)[:60]}...; choose a shorter name"
+                    ) from None
                 if exc.errno not in ENVIRONMENT_ERRNOS:
                     raise _internal_error(exc) from None
                 if STATE["verbose"]:

@@ -15,7 +15,16 @@ from rich import box
 from rich.table import Table
 
 from .app import STATE, command, console
-from .options import Dtype, JsonFlag, LayoutFlags, VocabOpt, load_vocab, resolve_layout_flags
+from .options import (
+    Dtype,
+    JsonFlag,
+    LayoutFlags,
+    VocabOpt,
+    finite_number,
+    load_vocab,
+    refuse_outputs_naming_inputs,
+    resolve_layout_flags,
+)
 from .progress import progress
 
 # The options of cache-plan alone (the shared ones are in .options).
@@ -52,6 +61,7 @@ WarmupOpt = Annotated[
     typer.Option(
         "--warmup-fraction",
         help="First batches that warm the caches (and rank the static one), not counted.",
+        callback=finite_number,
     ),
 ]
 DtypeOpt = Annotated[
@@ -60,7 +70,11 @@ DtypeOpt = Annotated[
 ]
 TokensPerSOpt = Annotated[
     float | None,
-    typer.Option("--tokens-per-s", help="Target throughput: report the bandwidth each size needs."),
+    typer.Option(
+        "--tokens-per-s",
+        help="Target throughput: report the bandwidth each size needs.",
+        callback=finite_number,
+    ),
 ]
 PolicyOpt = Annotated[
     str,
@@ -145,6 +159,9 @@ def cache_plan_command(
         policies=tuple(p.strip() for p in policy.split(",") if p.strip()), spill_dir=spill_dir,
         report=report, plot=plot, overwrite=overwrite,
     )  # fmt: skip
+    refuse_outputs_naming_inputs(
+        {"--report": report, "--plot": plot}, [*workload, vocab, table, config, tokenizer]
+    )
     vocab_map = load_vocab(vocab)
     resolved = resolve_layout_flags(ctx.params, vocab_map, table=table, pick_layers=True)
     quiet = STATE["quiet"] or json_out

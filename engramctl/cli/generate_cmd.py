@@ -10,7 +10,7 @@ import typer
 from . import model_cmd
 from .app import command, console
 from .model_cmd import print_paging
-from .options import Device, JsonFlag, ModelFlags
+from .options import Device, JsonFlag, ModelFlags, finite_number
 
 
 @command("generate")
@@ -22,7 +22,12 @@ def generate_command(
         int, typer.Option("--max-tokens", help="Tokens to generate at most (stops at EOS).")
     ] = 64,
     temperature: Annotated[
-        float, typer.Option("--temperature", help="0: greedy; above 0: sample softmax(l / T).")
+        float,
+        typer.Option(
+            "--temperature",
+            help="0: greedy; above 0: sample softmax(l / T).",
+            callback=finite_number,
+        ),
     ] = 0.0,
     top_k: Annotated[
         int | None, typer.Option("--top-k", help="Sample among the K most likely tokens only.")

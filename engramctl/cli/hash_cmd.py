@@ -89,7 +89,7 @@ def hash_command(
     Example:
     engramctl hash --vocab vocab.parquet --preset demo-v1 --text "Hello world"
     """
-    from .._files import atomic_write, check_writable_target
+    from .._files import atomic_write, check_not_an_input, check_writable_target
     from ..dead import parse_spans, spans_mask
     from ..errors import EngramError, UsageError
     from ..hashing import NgramHasher
@@ -99,6 +99,7 @@ def hash_command(
     if (text is None) == (ids_file is None):
         raise UsageError("give exactly one of --text or --ids-file")
     if out is not None:
+        check_not_an_input(out, [ids_file, vocab], what=f"--out {out}")
         check_writable_target(out, overwrite=overwrite)
     vocab_map = load_vocab(vocab)
     layout = resolve_layout_flags(ctx.params, vocab_map).layout

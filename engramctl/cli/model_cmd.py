@@ -12,9 +12,9 @@ from rich.table import Table
 from rich.text import Text
 
 from .app import STATE, command, console, err_console
-from .options import Device, JsonFlag, ModelFlags, OverwriteOpt
+from .options import Device, JsonFlag, ModelFlags, OverwriteOpt, finite_number
 from .progress import progress
-from .train_resume import print_trained, resume_run
+from .train_resume import given_on_command_line, print_trained, resume_run
 
 DeviceOpt = ModelFlags.Device
 TokenizerOpt = ModelFlags.Tokenizer
@@ -72,12 +72,25 @@ class TrainFlags:
     Steps = Annotated[int, typer.Option("--steps", help="Optimizer steps.")]
     SeqLen = Annotated[int, typer.Option("--seq-len", help="Tokens per window.")]
     Batch = Annotated[int, typer.Option("--batch", help="Windows per step.")]
-    Lr = Annotated[float, typer.Option("--lr", help="Backbone peak learning rate (AdamW).")]
+    Lr = Annotated[
+        float,
+        typer.Option("--lr", help="Backbone peak learning rate (AdamW).", callback=finite_number),
+    ]
     TableLr = Annotated[
-        float, typer.Option("--table-lr", help="Table rows' peak learning rate (sparse Adam).")
+        float,
+        typer.Option(
+            "--table-lr",
+            help="Table rows' peak learning rate (sparse Adam).",
+            callback=finite_number,
+        ),
     ]
     TableWeightDecay = Annotated[
-        float, typer.Option("--table-weight-decay", help="Decay of the rows a step touches.")
+        float,
+        typer.Option(
+            "--table-weight-decay",
+            help="Decay of the rows a step touches.",
+            callback=finite_number,
+        ),
     ]
     Depth = Annotated[int, typer.Option("--depth", help="Transformer blocks.")]
     Width = Annotated[int, typer.Option("--width", help="Hidden size.")]
@@ -222,6 +235,7 @@ def train_command(
             from ..model.train.start import TrainOptions, train_from_options
 
             options = {k: v for k, v in ctx.params.items() if k not in ("resume", "json_out")}
+            options["given"] = frozenset(k for k in options if given_on_command_line(ctx, k))
             detail = "loss {loss:.3f}, {tps:,.0f} tok/s"
             with progress(
                 "train", enabled=not STATE["quiet"], unit="steps", detail=detail, transient=True

@@ -5,6 +5,7 @@ choices, built from the library's constants.
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -33,6 +34,14 @@ TokenDtype = _choices("TokenDtype", TOKEN_DTYPES)
 Device = _choices("Device", DEVICES)
 
 LAYOUT_PANEL = "Layout"
+
+
+def finite_number(value: float | None) -> float | None:
+    """The callback of every float option: refuse NaN and infinities, which no option means
+    (``--lr nan`` would train to NaN; ``--temperature inf`` sample garbage)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"expected a finite number, got {value}")
+    return value
 
 
 def _layout_option(flag: str, help_text: str, metavar: str | None = None):
@@ -177,3 +186,13 @@ def load_vocab(path: Path):
     from ..vocab import CanonicalVocab
 
     return CanonicalVocab.load(path)
+
+
+def refuse_outputs_naming_inputs(outputs: dict, inputs) -> None:
+    """Refuse any output (``{"--flag": path or None}``) that is one of ``inputs`` (the same file
+    by inode), with or without ``--overwrite``: :func:`engramctl._files.check_not_an_input`."""
+    from .._files import check_not_an_input
+
+    for flag, path in outputs.items():
+        if path is not None:
+            check_not_an_input(Path(path), inputs, what=f"{flag} {path}")

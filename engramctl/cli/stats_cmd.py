@@ -26,6 +26,7 @@ from .options import (
     TokenDtype,
     VocabOpt,
     load_vocab,
+    refuse_outputs_naming_inputs,
     resolve_layout_flags,
 )
 from .progress import progress
@@ -192,6 +193,9 @@ def hash_stats_command(
         extrapolate=parse_tokens(extrapolate) if extrapolate else None,
         report=report_path, plot=plot, overwrite=overwrite, scheduler=scheduler,
     )  # fmt: skip
+    refuse_outputs_naming_inputs(
+        {"--report": report_path, "--plot": plot}, [*corpus, vocab, table, config, tokenizer]
+    )
     vocab_map = load_vocab(vocab)
     resolved = resolve_layout_flags(ctx.params, vocab_map, table=table, pick_layers=True)
     with _display(note=err_console.print if json_out else console.print, job=job) as hooks:

@@ -34,6 +34,7 @@ from .options import (
     OverwriteOpt,
     SchedulerOpt,
     VocabOpt,
+    finite_number,
     load_vocab,
     resolve_layout_flags,
 )
@@ -73,7 +74,10 @@ def _storage_options(items: list[str] | None) -> dict | None:
 
 
 InitOpt = Annotated[InitKind, typer.Option("--init", help="Initial values.")]
-StdOpt = Annotated[float, typer.Option("--std", help="Std of normal/uniform values.")]
+StdOpt = Annotated[
+    float,
+    typer.Option("--std", help="Std of normal/uniform values.", callback=finite_number),
+]
 InitSeedOpt = Annotated[
     int, typer.Option("--init-seed", help="Init seed (with layer, row, column).")
 ]
@@ -184,9 +188,9 @@ def info_command(
     engramctl info table.zarr --json
     """
     from .._system import format_bytes
-    from ..table.sources.table import open_table
+    from ..table.sources.table import read_info
 
-    info = open_table(table, storage_options=_storage_options(storage_option)).info
+    info = read_info(table, storage_options=_storage_options(storage_option))
     if json_out:
         typer.echo(json.dumps(info.to_dict()))
         return

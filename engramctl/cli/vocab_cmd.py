@@ -40,9 +40,10 @@ def build_vocab(
     Example:
     engramctl build-vocab --tokenizer deepseek-v4 --out vocab.parquet
     """
-    from .._files import check_writable_target
+    from .._files import check_not_an_input, check_writable_target
     from ..vocab import CanonicalVocab
 
+    check_not_an_input(out, [tokenizer], what=f"--out {out}")
     check_writable_target(out, overwrite=overwrite)
     started = time.perf_counter()
     vocab = CanonicalVocab.from_tokenizer(tokenizer)

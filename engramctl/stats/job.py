@@ -94,11 +94,13 @@ def run_hash_stats_job(
     HashStatsOutcome
         The report (``partial`` if interrupted) and the files saved.
     """
+    from .._files import check_not_an_input
     from .._outputs import check_output_target
     from .run import load_matching_tokenizer, plan_hash_stats
 
-    for target in (job.report, job.plot):
+    for flag, target in (("--report", job.report), ("--plot", job.plot)):
         if target is not None:
+            check_not_an_input(target, job.inputs, what=f"{flag} {target}")
             check_output_target(target, overwrite=job.overwrite)  # before the pass, not after
     plan = plan_hash_stats(
         job.inputs, layout=layout.layout, layer_ids=layout.layer_ids, options=job.corpus,

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import EngramError
-from .core.checks import metadata_problems
+from .core.checks import metadata_problems, unfinished_reason
 from .core.codec import chunk_key, crc32_of
 from .core.lock import active_writer
 from .core.manifest import CHECKSUM_KEY, checksum_problems, read_group, read_group_attrs
@@ -72,25 +72,33 @@ def _check_files(
         entry = entries[chunk_index]
         where = f"chunk {chunk_index} of layer {layer_id}"
         if not 0 <= chunk_index < n_chunks:
-            report.problems.append(f"manifest lists {where}, outside the layer's {n_chunks}")
+            report.problems.append(
+                f"manifest lists {where}, outside the layer's {n_chunks}; "
+                f"{table_remedy(meta, manifest)}"
+            )
             continue
         if not (isinstance(entry, list) and len(entry) >= 2):
-            report.problems.append(f"manifest entry of {where} is malformed: {entry!r}")
+            report.problems.append(
+                f"manifest entry of {where} is malformed: {entry!r}; {table_remedy(meta, manifest)}"
+            )
             continue
         key = chunk_key(layer_id, chunk_index)
         file = store.where(key)
         size = sizes.get(f"{chunk_index}/0")
         if size is None:
-            report.problems.append(f"{where}: file {file} is missing")
+            report.problems.append(
+                f"{where}: file {file} is missing; {chunk_remedy(meta, manifest, entry)}"
+            )
             continue
         if size != entry[1]:
             report.problems.append(
-                f"{where}: {file} has {size} bytes, the manifest says {entry[1]} (truncated?)"
+                f"{where}: {file} has {size} bytes, the manifest says {entry[1]} (truncated?); "
+                f"{chunk_remedy(meta, manifest, entry)}"
             )
             continue
         if deep:
             to_read.append((chunk_index, entry))
-    _check_checksums(store, layer_id, to_read, report, progress)
+    _check_checksums(store, meta, manifest, layer_id, to_read, report, progress)
     unrecorded, temporary = [], []
     for rel_key in sorted(sizes):
         rel = rel_key.split("/")
@@ -105,21 +113,26 @@ def _check_files(
     if unrecorded and meta.status == "complete":  # every chunk of it was recorded
         report.problems.append(
             f"chunk {min(unrecorded)} of layer {layer_id}: not in the manifest of this complete "
-            f"table, so its checksum is unknown ({len(unrecorded)} such chunks in the layer)"
+            f"table, so its checksum is unknown ({len(unrecorded)} such chunks in the layer); "
+            f"{table_remedy(meta, manifest)}"
         )
-    elif unrecorded:
-        resume = "rerun init-table to resume" if meta.status == "initializing" else ""
+    elif unrecorded and meta.status != "initializing":  # an unfinished table: one problem
         report.warnings.append(
             f"layer {layer_id}: {len(unrecorded)} chunk files are not in the manifest (an "
             f"interrupted write; first: chunk {min(unrecorded)}); they read as init values"
-            + (f"; {resume}" if resume else "")
         )
     if temporary:
         report.warnings.append(f"layer {layer_id}: leftover temporary files: {temporary[:3]}")
 
 
 def _check_checksums(
-    store: TableStore, layer_id: int, to_read: list, report: VerifyReport, progress
+    store: TableStore,
+    meta: TableMeta,
+    manifest: dict,
+    layer_id: int,
+    to_read: list,
+    report: VerifyReport,
+    progress,
 ) -> None:
     """Re-read chunks and compare CRC-32s; a remote store fetches a batch concurrently."""
     batch = 1 if store.supports_mmap else REMOTE_READ_BATCH  # local files: one at a time
@@ -131,19 +144,23 @@ def _check_checksums(
         except OSError as exc:  # local stores read one chunk per batch
             report.problems.append(
                 f"chunk {group[0][0]} of layer {layer_id}: cannot read {store.where(keys[0])} "
-                f"({exc.strerror or exc})"
+                f"({exc.strerror or exc}); {chunk_remedy(meta, manifest, group[0][1])}"
             )
             continue
         for (chunk_index, entry), key in zip(group, keys, strict=True):
             where, data = f"chunk {chunk_index} of layer {layer_id}", fetched[key]
             if data is None:
-                report.problems.append(f"{where}: file {store.where(key)} is missing")
+                report.problems.append(
+                    f"{where}: file {store.where(key)} is missing; "
+                    f"{chunk_remedy(meta, manifest, entry)}"
+                )
                 continue
             report.chunks_checked += 1
             report.bytes_checked += len(data)
             if crc32_of(data) != entry[0]:
                 report.problems.append(
-                    f"{where}: {store.where(key)} fails its checksum (corrupted)"
+                    f"{where}: {store.where(key)} fails its checksum (corrupted); "
+                    f"{chunk_remedy(meta, manifest, entry)}"
                 )
             if progress:
                 progress(report.bytes_checked, report.bytes_to_check)
@@ -176,7 +193,9 @@ def verify_table(
     attrs, _ = read_group_attrs(store)
     meta, manifest = read_group(store, check=False)  # not a table / newer format: EngramError
     report = VerifyReport(path=store.url, deep=deep)
-    report.problems += checksum_problems(attrs)
+    report.problems += [
+        f"{p}; {table_remedy(meta, manifest, whole=True)}" for p in checksum_problems(attrs)
+    ]
     if CHECKSUM_KEY not in attrs:
         report.warnings.append(
             "the metadata has no checksum (written by an older engramctl); the next write of "
@@ -194,10 +213,14 @@ def verify_table(
             check_vocab(meta, vocab, where=store.url)
         except EngramError as exc:
             report.problems.append(str(exc))
-    report.problems += metadata_problems(store, meta)
+    report.problems += [
+        f"{p}; {table_remedy(meta, manifest, whole=True)}" for p in metadata_problems(store, meta)
+    ]
     unknown = sorted(set(manifest) - set(meta.layers))
     if unknown:
-        report.problems.append(f"manifest lists chunks of unknown layers {unknown}")
+        report.problems.append(
+            f"manifest lists chunks of unknown layers {unknown}; {table_remedy(meta, manifest)}"
+        )
     if meta.linked:  # rows live in the checkpoint's shards: check those instead of chunks
         from .formats.verify_linked import verify_linked
 
@@ -205,6 +228,11 @@ def verify_table(
         return report
     for layer_id in meta.layers:
         _check_files(store, meta, manifest, layer_id, deep, report, progress)
+    if why := unfinished_reason(meta):  # not damage, but not a table to read either
+        report.problems.append(
+            f"{why.removeprefix('is ')} ({report.chunks_written} of {report.chunks_total} chunks "
+            "written; readers refuse it until then)"
+        )
     holder = active_writer(store.root) if store.supports_writes else None
     if holder is not None and report.problems:  # a write under way looks like damage
         raise EngramError(
@@ -213,9 +241,43 @@ def verify_table(
         )
     if holder is not None:
         report.warnings.append(f"the table was being written by {holder} during the check")
-    if meta.status == "initializing":
-        report.warnings.append(
-            f"init unfinished: {report.chunks_written} of {report.chunks_total} chunks written; "
-            "rerun the same init-table command to resume (unwritten chunks read as init values)"
-        )
     return report
+
+
+def holds_written_rows(manifest: dict) -> bool:
+    """Whether some chunk holds rows that were written (an import, training), not init values."""
+    return any(
+        isinstance(entry, list) and len(entry) > 2 and entry[2] != "init"
+        for chunks in manifest.values()
+        for entry in chunks.values()
+    )
+
+
+def table_remedy(meta: TableMeta, manifest: dict, *, whole: bool = False) -> str:
+    """What to do about damage to a table: how its rows can be had again. ``whole``: its
+    metadata is damaged, so a resume (which re-checks the metadata) cannot help."""
+    if unfinished_reason(meta):
+        command = "import" if meta.sources else "init-table"
+        if whole:
+            return f"rerun the same `engramctl {command}` command with --overwrite"
+        return f"rerun the same `engramctl {command}` command: the resume rewrites damaged chunks"
+    if meta.sources and meta.sources.get("mode") == "copy":
+        return "restore the table from a copy, or run `engramctl import` again with --overwrite"
+    if meta.runs or meta.lazy or holds_written_rows(manifest):
+        return (
+            "restore the table from a copy (its rows were written by an import or training; "
+            "init-table cannot rebuild them)"
+        )
+    return (
+        "restore the table from a copy, or rerun `engramctl init-table` with --overwrite (it "
+        "holds init values only)"
+    )
+
+
+def chunk_remedy(meta: TableMeta, manifest: dict, entry) -> str:
+    """What to do about one damaged chunk: an init chunk of a complete init-made table is
+    rewritten by rerunning the same ``init-table``; any other needs the table's own remedy."""
+    source = entry[2] if isinstance(entry, list) and len(entry) > 2 else None
+    if source == "init" and meta.status == "complete" and not meta.sources and not meta.lazy:
+        return "rerun the same `engramctl init-table` command: it rewrites damaged init chunks"
+    return table_remedy(meta, manifest)

@@ -7,6 +7,7 @@ asked (a benchmark, :func:`~engramctl.model.serve.evaluate.evaluate`; the gates 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,9 +36,26 @@ class EvalRequest:
     overwrite: bool
     strict_table: bool
 
+    def resolved(self) -> EvalRequest:
+        """The request with every path absolute: the harness runs a task directory's YAMLs
+        from that directory, and a relative table read after that would miss its chunks (and
+        read as damaged). A tokenizer given as a path that exists is resolved too."""
+
+        def absolute(path):  # a path that is not there is left as given (and refused as such)
+            return path if path is None or not Path(path).exists() else Path(path).absolute()
+
+        tokenizer = self.tokenizer
+        if tokenizer is not None and Path(tokenizer).exists():
+            tokenizer = str(Path(tokenizer).absolute())
+        return dataclasses.replace(
+            self, model=absolute(self.model), benchmark=absolute(self.benchmark),
+            table=absolute(self.table), tokenizer=tokenizer,
+            report=None if self.report is None else Path(self.report).absolute(),
+        )  # fmt: skip
+
     def check(self) -> None:
         """Refuse options that do not go together, and a report that may not be written."""
-        from ..._files import check_writable_target
+        from ..._files import check_not_an_input, check_writable_target
 
         if self.lm_eval_tasks is not None and (
             self.benchmark is not None or self.explain is not None
@@ -48,6 +66,8 @@ class EvalRequest:
         if self.benchmark is None and self.explain is None and self.lm_eval_tasks is None:
             raise UsageError("give --benchmark FILE, --explain TEXT (or both), or --lm-eval-tasks")
         if self.report is not None:
+            inputs = (self.benchmark, self.model, self.table)
+            check_not_an_input(self.report, inputs, what=f"--report {self.report}")
             check_writable_target(self.report, overwrite=self.overwrite)
 
 
@@ -75,7 +95,7 @@ def run_eval(
     from .evaluate import evaluate, explain_gates
     from .opening import ModelSpec, open_model_table
 
-    r = request
+    r = request.resolved()  # before anything can change the working directory
     r.check()
     doc: dict = {}
     with open_model_table(r.model, r.table, strict=r.strict_table, open_table=open_table) as opened:

@@ -263,6 +263,44 @@ def _working_directory(path: Path | None):
         os.chdir(before)
 
 
+NETWORK_MODULES = ("requests", "urllib3", "huggingface_hub", "httpx", "aiohttp", "fsspec")
+
+
+def download_failure(exc: BaseException) -> str | None:
+    """Why a task's data could not be fetched (offline, no network, a data set not cached), or
+    ``None`` for any other error; looks through the exception's causes."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        module = type(exc).__module__ or ""
+        if (
+            isinstance(exc, ConnectionError)
+            or module.startswith(NETWORK_MODULES)
+            or (type(exc).__name__ in ("OfflineModeIsEnabled", "DatasetNotFoundError"))
+        ):
+            return str(exc).split("\n")[0][:200]
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextlib.contextmanager
+def _downloads_named(tasks: str):
+    """A task whose data set must be downloaded, where the Hub cannot be reached: one line
+    saying so and how to run it offline, not the harness's ``ConnectionError``."""
+    try:
+        yield
+    except Exception as exc:
+        reason = download_failure(exc)
+        if reason is None:
+            raise
+        raise EngramError(
+            f"--lm-eval-tasks {tasks}: a task's data set must be downloaded from the Hugging Face "
+            f"Hub, which cannot be reached ({reason}); run it once with network access (the data "
+            "is cached under HF_HOME and reused offline), or give a directory of task YAMLs whose "
+            "data_files are local files, as sample_data/bench does"
+        ) from None
+
+
 def run_lm_eval(
     *,
     model: ModelSpec,
@@ -293,10 +331,12 @@ def run_lm_eval(
     names, manager, include = resolve_tasks(tasks)
     opened = open_model(model)
     lm = harness_lm_class()(opened.runner, opened.tokenizer, batch=batch)
-    with _working_directory(include):
+    with _working_directory(include), _downloads_named(tasks):
         try:
             check_served(manager.load(names))
         except (KeyError, ValueError, FileNotFoundError) as exc:
+            if download_failure(exc) is not None:
+                raise
             raise EngramError(f"--lm-eval-tasks: cannot load the tasks ({exc})") from None
         results = simple_evaluate(
             model=lm,

@@ -213,8 +213,14 @@ def open_model_table(
     ``strict``: a table whose rows changed since the checkpoint is an error, not a warning.
     ``open_table(path)``: how the table is opened (a test may route it to a double).
     """
+    from ..checkpoint import read_checkpoint_meta
     from ..provenance import checkpoint_table_problem
 
+    if path is not None and not read_checkpoint_meta(Path(model_dir)).get("layout"):
+        raise UsageError(
+            f"{model_dir} is a --no-engram model (no Engram layers): it reads no table, so "
+            f"--table {path} would be ignored; drop --table"
+        )
     table = open_table(path) if path is not None else None
     try:
         problem = None

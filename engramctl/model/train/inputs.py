@@ -53,6 +53,7 @@ def prepare_training_data(
         )
     if model_vocab is None:
         model_vocab = ModelVocab.from_stream(stream, min_count=min_count)
+        check_min_count(stream, model_vocab, min_count, corpus=corpus)
     held = None
     if heldout is not None:
         held = text_windows(read_corpus_stream(heldout, tokenizer).ids, seq_len)
@@ -70,6 +71,52 @@ def prepare_training_data(
         },
     }
     return TrainingData(text_windows(stream, seq_len), held, model_vocab, meta)
+
+
+def check_min_count(stream: np.ndarray, model_vocab, min_count: int, *, corpus) -> None:
+    """Refuse a ``--min-count`` that leaves no id to predict (every target "unknown": the run
+    would learn nothing and print loss 0), saying how many ids remain and what would work."""
+    if len(model_vocab.output_ids) > 0:
+        return
+    _, counts = np.unique(stream, return_counts=True)
+    top = int(counts.max()) if counts.size else 0
+    raise UsageError(
+        f"--min-count {min_count} leaves 0 of the {model_vocab.size - 1:,} token ids of {corpus} "
+        f"to predict (the most frequent occurs {top:,} times): every target would be unknown "
+        f"and nothing learned; use --min-count {top} or less"
+    )
+
+
+def check_base_flags(base, given: dict, *, path) -> None:
+    """Refuse flags given with ``--init-from`` that disagree with the base model (its shape and
+    model vocab are kept), naming both values, as ``--resume`` does."""
+    shape = base.model.config
+    kept = {
+        "depth": shape.n_layer,
+        "width": shape.n_embd,
+        "attn_heads": shape.n_head,
+        "short_conv": shape.short_conv,
+        "min_count": (base.meta.get("model_vocab") or {}).get("min_count"),
+    }
+    differences = []
+    for name, value in given.items():
+        if name in kept and value != kept[name]:
+            flag = "--" + name.replace("_", "-")
+            if isinstance(value, bool):
+                flag = flag if value else "--no-" + flag[2:]
+                differences.append(f"{flag}, the model has {'' if kept[name] else 'no '}{name}")
+            else:
+                shown = "(not recorded)" if kept[name] is None else kept[name]
+                differences.append(f"{flag} {value}, the model has {shown}")
+    if given.get("seq_len", 0) > shape.block_size:  # shorter windows are fine; longer cannot be
+        differences.append(
+            f"--seq-len {given['seq_len']}, the model's window is {shape.block_size} tokens"
+        )
+    if differences:
+        raise UsageError(
+            f"--init-from {path} keeps the model's shape and vocab, and the flags disagree: "
+            f"{'; '.join(differences)}. Drop them"
+        )
 
 
 def load_base(path: Path, *, table, vocab, device: str):

@@ -50,6 +50,7 @@ class TrainOptions:
     overwrite: bool
     continue_rows: bool
     overwrite_rows: bool
+    given: frozenset[str] = frozenset()  # the options given on the command line (not defaults)
 
     @property
     def prior_runs(self) -> str:
@@ -81,6 +82,7 @@ def train_from_options(options: TrainOptions, *, open_table, on_step=None, outco
     before the table is closed. Every refusal that needs no corpus
     comes before the corpus is read; the checkpoint target is probed before the run.
     """
+    from ..._files import check_name_length, check_not_an_input
     from ..._outputs import probe_writable
     from ...vocab import CanonicalVocab
     from ..checkpoint import check_checkpoint_target
@@ -92,6 +94,9 @@ def train_from_options(options: TrainOptions, *, open_table, on_step=None, outco
         raise UsageError("train needs --corpus and --out (or --resume MODEL_DIR)")
     prior_runs = o.prior_runs
     check_adaptation(o.freeze_backbone, base_given=o.init_from is not None, engram=o.engram)
+    inputs = (o.corpus, o.table, o.vocab, o.heldout, o.init_from, o.compare_with, o.moments)
+    check_not_an_input(o.out, inputs, what=f"--out {o.out}")
+    check_name_length(o.out)
     check_checkpoint_target(o.out, overwrite=o.overwrite)
     probe_writable(o.out)  # a read-only or full target fails now, not after the run
     vocab = None
@@ -136,7 +141,7 @@ def _train_opened(o: TrainOptions, config, *, table, vocab, compare, prior_runs,
     """The run once its table is open: the base model, the table's earlier runs, the corpus."""
     from ...table.core.meta import check_vocab_fingerprint
     from ..provenance import check_prior_runs
-    from .inputs import load_base, prepare_training_data
+    from .inputs import check_base_flags, load_base, prepare_training_data
     from .loop import run_training
     from .resume_run import run_inputs
     from .rows import choose_out_of_core
@@ -144,6 +149,8 @@ def _train_opened(o: TrainOptions, config, *, table, vocab, compare, prior_runs,
     base = None
     if o.init_from is not None:
         base = load_base(o.init_from, table=table, vocab=vocab, device=config.device)
+        check_base_flags(base, {k: getattr(o, k) for k in o.given if hasattr(o, k)},
+                         path=o.init_from)  # fmt: skip
         vocab = vocab or base.vocab
         shape = base.model.config
         config = replace(config, depth=shape.n_layer, width=shape.n_embd, attn_heads=shape.n_head,

@@ -22,13 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..._files import atomic_directory, check_free_space
-from ..._system import cpu_count
+from ..._files import atomic_directory, check_free_space, check_name_length
+from ..._system import cpu_count, format_bytes
 from ...cluster import open_client
 from ...errors import EngramError, UsageError
 from ...layout import EngramLayout
 from ..core.codec import ZSTD_LEVEL, default_chunk_rows
-from ..core.dtypes import parse_dtype
+from ..core.dtypes import parse_dtype, row_bytes
 from ..core.manifest import group_attrs, read_group
 from ..core.meta import TableMeta
 from ..core.rowinit import InitRecipe
@@ -96,6 +96,8 @@ def build_meta(
             f"--chunk-rows {chunk_rows} is larger than the largest layer ({largest} rows); use at "
             f"most {largest}, or leave it out for about 4 MiB chunks"
         )
+    elif chunk_rows > 0:
+        check_chunk_count(chunk_rows, largest, row_bytes(dim, dtype))
     return TableMeta.build(
         layout=layout,
         vocab_fingerprint=vocab_fingerprint,
@@ -106,6 +108,40 @@ def build_meta(
         init=init,
         lazy=lazy,
         status="lazy" if lazy else "initializing",
+    )
+
+
+# One file per chunk: file systems serve a few thousand small files per layer, or many large ones;
+# a million tiny files take minutes to write and list (init-table --chunk-rows 1 on a 4 MB table
+# had not finished after 4 minutes).
+MAX_SMALL_CHUNKS = 1024  # chunks per layer smaller than SMALL_CHUNK_BYTES
+SMALL_CHUNK_BYTES = 64 * 2**10
+MAX_CHUNKS = 2**20  # chunks per layer, whatever their size
+
+
+def check_chunk_count(chunk_rows: int, layer_rows: int, row_size: int) -> None:
+    """Refuse a ``--chunk-rows`` that cuts the largest layer into more chunk files than a file
+    system serves well (more than ``MAX_SMALL_CHUNKS`` under 64 KiB, or ``MAX_CHUNKS`` in all),
+    naming the count and a ``--chunk-rows`` that works.
+
+    >>> check_chunk_count(4096, 10**6, 264)  # 245 chunks of about 1 MiB: fine
+    """
+    chunks = -(-layer_rows // chunk_rows)
+    chunk_bytes = chunk_rows * row_size
+    small = chunk_bytes < SMALL_CHUNK_BYTES and chunks > MAX_SMALL_CHUNKS
+    if not small and chunks <= MAX_CHUNKS:
+        return
+    better = max(-(-SMALL_CHUNK_BYTES // row_size), -(-layer_rows // MAX_CHUNKS))
+    limit = (
+        f"file systems serve at most {MAX_SMALL_CHUNKS:,} chunks under "
+        f"{format_bytes(SMALL_CHUNK_BYTES)} per layer well"
+        if small
+        else f"at most {MAX_CHUNKS:,} chunks per layer are served well"
+    )
+    raise UsageError(
+        f"--chunk-rows {chunk_rows} cuts the largest layer ({layer_rows:,} rows) into {chunks:,} "
+        f"chunk files of {format_bytes(chunk_bytes)}: {limit}; use --chunk-rows {better} or "
+        "more, or leave it out for about 4 MiB chunks"
     )
 
 
@@ -222,6 +258,7 @@ def _create_local(store: LocalStore, meta: TableMeta, *, lazy, overwrite, initia
     rerun resumes) and swapped in at the end: an interruption leaves the old table.
     """
     root = store.root
+    check_name_length(root)
     if not root.parent.is_dir():
         raise EngramError(f"directory {root.parent} does not exist; create it first")
     if root.exists() and not is_unborn(root):

@@ -79,3 +79,26 @@ def metadata_problems(store: TableStore, meta: TableMeta) -> list[str]:
     for layer_id in meta.layers:
         problems += array_problems(store, meta, layer_id)
     return problems
+
+
+def unfinished_reason(meta: TableMeta, *, writer: str | None = None) -> str | None:
+    """Why a table cannot be read yet (``None``: it can), naming the command that resumes it.
+
+    A copy ``import`` or a full ``init-table`` that was stopped leaves status ``initializing``:
+    its unwritten chunks are not the rows it will hold, so no reader may take them for data.
+    ``writer`` (``"pid N on HOST"``, the holder of the writer lock): the command is at work.
+    """
+    if meta.status != "initializing":
+        return None
+    imported = bool(meta.sources) and meta.sources.get("mode") == "copy"
+    what, command = ("import", "import") if imported else ("init", "init-table")
+    if writer is not None:
+        return (
+            f"is an unfinished {what}: `engramctl {command}` ({writer}) is writing it now; wait "
+            "for it to finish"
+        )
+    return (
+        f"is an unfinished {what}: the `engramctl {command}` that made it was interrupted before "
+        f"its last chunk; rerun the same `engramctl {command}` command to resume it (or pass "
+        "--overwrite to start again)"
+    )

@@ -15,6 +15,7 @@ import json
 
 from ...errors import EngramError
 from ...layout import LayoutSource
+from .lock import LOCK_NAME
 from .meta import TableMeta, check_format_version, check_vocab, is_count
 from .store import open_store
 
@@ -36,6 +37,12 @@ def read_group_attrs(path) -> tuple[dict, str]:
     try:
         doc = json.loads(store.read_bytes("zarr.json"))
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):  # a file, not a group
+        if _is_table_slot(store):
+            raise EngramError(
+                f"{where} is not a table yet: the `engramctl import` or `init-table` creating it "
+                "was interrupted before the table was in place (or is running now); rerun that "
+                "command to create it"
+            ) from None
         raise EngramError(f"{where} is not an engramctl table (not a zarr v3 group)") from None
     except (OSError, ValueError) as exc:
         raise EngramError(
@@ -47,6 +54,18 @@ def read_group_attrs(path) -> tuple[dict, str]:
     if not isinstance(attrs, dict) or META_KEY not in attrs:
         raise EngramError(f"{where} is a zarr group but not an engramctl table (no metadata)")
     return attrs, where
+
+
+def _is_table_slot(store) -> bool:
+    """A local directory holding a writer lock and at most the layer directories of a table
+    being created: the slot an interrupted ``import`` or ``init-table`` leaves, not user data."""
+    if not store.is_local or not (store.root / LOCK_NAME).is_file():
+        return False
+    try:
+        entries = list(store.root.iterdir())
+    except OSError:
+        return False
+    return all(e.name == LOCK_NAME or (e.name.startswith("layer_") and e.is_dir()) for e in entries)
 
 
 def read_group(path, *, check: bool = True) -> tuple[TableMeta, dict]:

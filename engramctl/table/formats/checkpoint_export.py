@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import struct
@@ -92,6 +93,8 @@ def parse_shard_size(text) -> int:
     unit = value[len(number) :].strip().upper()
     try:
         size = float(number) * units[unit]
+        if not math.isfinite(size):  # nan, inf: no size
+            raise ValueError(text)
     except (ValueError, KeyError):
         raise UsageError(
             f"--max-shard-size: expected e.g. 5GB, 500MB or 4GiB, got {text!r}"

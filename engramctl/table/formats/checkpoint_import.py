@@ -26,13 +26,19 @@ from pathlib import Path
 from ..._files import check_free_space, write_file_atomic
 from ...errors import EngramError, UsageError
 from ...layout import EngramLayout
-from ..build.chunks import ChunkRecord, ManifestRecorder, chunk_is_valid, write_chunks_in_pool
-from ..build.create import CreateResult, build_meta, write_new_group
+from ..build.chunks import (
+    ChunkRecord,
+    ManifestRecorder,
+    chunk_is_valid,
+    remove_stale_chunk_files,
+    write_chunks_in_pool,
+)
+from ..build.create import CreateResult, build_meta, write_group_files
+from ..build.replace import install_table, is_unborn, locked_path
 from ..core.checkpoint import Checkpoint, open_checkpoint
 from ..core.codec import chunk_key, crc32_of, encode_chunk
 from ..core.dtypes import decode_rows, encode_rows, parse_dtype
 from ..core.fp8_check import InvalidRowsError, check_fp8_rows
-from ..core.lock import WriterLock
 from ..core.manifest import read_group
 from ..core.meta import TableMeta
 from ..core.rowinit import InitRecipe
@@ -96,22 +102,29 @@ def _table_meta(
     return TableMeta.from_dict(data)
 
 
-def _prepare_target(out_path: Path, meta: TableMeta, *, overwrite: bool) -> bool:
-    """Refuse or clear an existing output; returns True when an unfinished copy is resumed."""
+def _existing_import(out_path: Path) -> TableMeta | None:
+    """The metadata of the table at ``out_path`` (``None``: nothing there, or the slot of an
+    import or init interrupted before its table arrived); anything else is refused."""
     if not out_path.exists():
         if not out_path.parent.is_dir():
             raise EngramError(f"directory {out_path.parent} does not exist; create it first")
-        return False
+        return None
+    if is_unborn(out_path):
+        return None
     try:
         old, _ = read_group(out_path)
     except EngramError:
         raise EngramError(
             f"{out_path} exists and is not an engramctl table; refusing to touch it"
         ) from None
-    if overwrite:
-        with WriterLock(out_path):  # refuse to delete a table someone is writing
-            pass
-        shutil.rmtree(out_path)
+    return old
+
+
+def _prepare_target(out_path: Path, meta: TableMeta, *, overwrite: bool) -> bool:
+    """Refuse an existing output or accept its replacement; returns True when an unfinished
+    copy is resumed. The caller holds the writer lock of ``out_path``."""
+    old = _existing_import(out_path)
+    if old is None or overwrite:
         return False
     same = old.recipe_dict() == meta.recipe_dict() and old.sources == meta.sources
     if old.status == "initializing" and meta.sources["mode"] == COPY_MODE and same:
@@ -199,16 +212,13 @@ def import_checkpoint(
     checkpoint = open_checkpoint(checkpoint_dir)
     tensors, meta = _import_plan(checkpoint, vocab, layers, out_path, link=link, dtype=dtype,
                                  chunk_rows=chunk_rows, compressor=compressor)  # fmt: skip
-    resumed = _prepare_target(out_path, meta, overwrite=overwrite)
-    written = skipped = 0
-    if not resumed:
-        if not link:
-            chunks = sum(layer.n_chunks(meta.chunk_rows) for layer in meta.layers.values())
-            check_free_space(out_path.parent, chunks * meta.chunk_bytes)
-        write_new_group(out_path, meta)
-    if not link:
-        with WriterLock(out_path):
-            written, skipped = _copy_rows(out_path, tensors, resumed=resumed, progress=progress)
+    _existing_import(out_path)  # refuse to touch something else before taking any lock
+    try:
+        written, skipped, resumed = _import_locked(
+            out_path, meta, tensors, link=link, overwrite=overwrite, progress=progress
+        )
+    except OSError as exc:  # the lock, the new group, the swap: one line naming the output
+        raise EngramError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
     meta, manifest = read_group(out_path)
     return CreateResult(
         str(out_path),
@@ -219,6 +229,35 @@ def import_checkpoint(
         written * meta.chunk_bytes,
         time.perf_counter() - started,
     )
+
+
+def _import_locked(out_path: Path, meta: TableMeta, tensors, *, link: bool, overwrite: bool,
+                   progress) -> tuple[int, int, bool]:  # fmt: skip
+    """Resume, create or replace the table holding its writer lock from the check to the last
+    chunk (a second import to the same path gets the lock message); a new table (metadata, no
+    chunks) is built beside and swapped in whole, then filled in place so a rerun resumes.
+    Returns ``(chunks written, chunks skipped, resumed)``."""
+    with locked_path(out_path):
+        resumed = _prepare_target(out_path, meta, overwrite=overwrite)
+        if resumed:
+            return (*_copy_rows(out_path, tensors, resumed=True, progress=progress), True)
+        if not link:  # the table replaced (if any) is removed before the first chunk is copied
+            chunks = sum(layer.n_chunks(meta.chunk_rows) for layer in meta.layers.values())
+            freed = sum(f.stat().st_size for f in out_path.rglob("*") if f.is_file())
+            check_free_space(out_path.parent, max(0, chunks * meta.chunk_bytes - freed))
+        beside = out_path.with_name(f".{out_path.name}.creating")  # only the lock holder
+        shutil.rmtree(beside, ignore_errors=True)
+        try:
+            write_group_files(beside, meta)
+            new_lock = install_table(beside, out_path)  # the old table or slot goes
+        finally:
+            shutil.rmtree(beside, ignore_errors=True)
+        try:
+            if link:
+                return 0, 0, False
+            return (*_copy_rows(out_path, tensors, resumed=False, progress=progress), False)
+        finally:
+            new_lock.release()
 
 
 def import_checkpoint_dir(
@@ -309,6 +348,7 @@ def _copy_rows(out_path: Path, tensors, *, resumed: bool, progress, workers=None
     """
     store = open_store(out_path)
     meta, manifest = read_group(store)
+    remove_stale_chunk_files(store, meta)  # a killed copy's .0.tmp-<pid> files
     valid = _valid_copied_chunks(store, manifest, resumed)
     todo = [
         (layer_id, c)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from ..._files import check_name_length, check_not_an_input
 from ...errors import UsageError
 
 
@@ -180,6 +181,9 @@ def import_table(
     CreateResult
     """
     importer = import_format(source).importer
+    inputs = [source, options.get("vocab"), options.get("config")]
+    check_not_an_input(Path(out), inputs, what=f"the table {out}")
+    check_name_length(Path(out))
     return importer.run(source, out, options=options, progress=progress, where=source)
 
 
@@ -201,6 +205,8 @@ def export_table(
     table_format = get_format(format_name)
     if table_format.exporter is None:
         raise UsageError(f"--format {format_name} is read by import only")
+    check_not_an_input(Path(out), [table], what=f"the output {out}")
+    check_name_length(Path(out))
     return table_format.exporter.run(table, out, options=options, progress=progress, where=table)
 
 

@@ -20,11 +20,11 @@ import numpy as np
 
 from ...errors import EngramError, UsageError
 from ...layout import EngramLayout
-from ..core.checks import metadata_problems
+from ..core.checks import metadata_problems, unfinished_reason
 from ..core.codec import chunk_key
 from ..core.dtypes import encode_rows
 from ..core.info import LayerInfo, TableInfo, table_info
-from ..core.lock import LOCK_NAME, WriterLock
+from ..core.lock import LOCK_NAME, WriterLock, active_writer
 from ..core.manifest import read_group, table_state, write_group_attrs
 from ..core.meta import TableMeta, check_vocab
 from ..core.store import TableStore, open_store
@@ -262,12 +262,25 @@ class Table:
         )
 
 
-def check_metadata(store: TableStore, meta: TableMeta) -> None:
-    """Refuse metadata that ``verify`` would report (cheap: O(layers)), naming the first fault."""
+def check_metadata(store: TableStore, meta: TableMeta, *, unfinished_ok: bool = False) -> None:
+    """Refuse metadata that ``verify`` would report (cheap: O(layers)), naming the first fault,
+    and an unfinished import or init (unless ``unfinished_ok``), naming the command to resume."""
     problems = metadata_problems(store, meta)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise EngramError(f"{store.url} is damaged: {problems[0]}{more}; run engramctl verify")
+    if not unfinished_ok and meta.status == "initializing":
+        writer = active_writer(store.location) if store.supports_writes else None
+        raise EngramError(f"{store.url} {unfinished_reason(meta, writer=writer)}")
+
+
+def read_info(path, *, storage_options: dict | None = None) -> TableInfo:
+    """The :class:`TableInfo` of a table (``engramctl info``), an unfinished one too (its
+    ``status`` says so); metadata that fails its checks is refused as :func:`open_table` does."""
+    store = open_store(path, storage_options)
+    meta, manifest = read_group(store)
+    check_metadata(store, meta, unfinished_ok=True)
+    return table_info(store.location, meta, manifest)
 
 
 def open_table(
@@ -314,4 +327,4 @@ def open_table(
     return Table(store, meta, manifest, mode=mode, check_chunks=check_chunks, lock=lock)
 
 
-__all__ = ["open_table", "Table", "TableInfo", "LayerInfo", "LOCK_NAME"]
+__all__ = ["open_table", "read_info", "Table", "TableInfo", "LayerInfo", "LOCK_NAME"]

@@ -290,11 +290,10 @@ def test_disk_full_then_resume(tmp_path, small_layout, monkeypatch):
     assert meta.status == "initializing"
     assert sum(len(m) for m in manifest.values()) == 5  # every finished chunk is recorded
     assert not list(path.rglob("*.tmp-*"))  # no half-written chunk left
-    report = verify_table(path, deep=True)
-    assert report.ok and any("init unfinished" in w for w in report.warnings)
-    # an interrupted table still reads correctly (unwritten chunks are init values)
-    with open_table(path) as partial, open_table(tmp_path / "ref.zarr") as ref:
-        np.testing.assert_array_equal(all_rows(partial, 15), all_rows(ref, 15))
+    report = verify_table(path, deep=True)  # unfinished: exit 1, naming the resume
+    assert not report.ok and any("unfinished init" in p for p in report.problems), report
+    with pytest.raises(EngramError, match="rerun the same `engramctl init-table`"):
+        open_table(path)  # no reader takes an unfinished table for data
     monkeypatch.setattr(table_init, "write_file_atomic", real_write)
     # damage a finished chunk: the resume must rewrite it too
     (path / chunk_key(1, 0)).write_bytes(b"garbage")
