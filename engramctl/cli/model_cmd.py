@@ -292,7 +292,7 @@ def eval_command(
     from ..model.serve.eval_run import EvalRequest, run_eval
 
     options = {k: v for k, v in ctx.params.items() if k != "json_out"}
-    request = EvalRequest(**{**options, "device": device.value})
+    request = EvalRequest(**{**options, "device": device.value, "harness_output": STATE["verbose"]})
     quiet = STATE["quiet"] or json_out
     with progress("eval", enabled=not quiet, unit="steps", transient=True) as update:
         output = run_eval(
