@@ -74,13 +74,14 @@ def skip_reason(command: str) -> str | None:
     return None
 
 
-def cheap(command: str) -> str:
+def cheap(command: str, *, interrupted: bool = False) -> str:
     """The command with training cut to a few steps of a tiny backbone (same for every run, so
-    ``--compare-with`` and ``--init-from`` still agree), the harness to a few documents."""
+    ``--compare-with`` and ``--init-from`` still agree), the harness to a few documents. A run
+    to be interrupted gets more steps, so that Ctrl-C surely lands before its end."""
     command = command.split(" #", 1)[0].rstrip()
     if re.match(r"engramctl train\b", command) and "--resume" not in command:
         command = re.sub(r"--checkpoint-every \d+", "--checkpoint-every 1", command)
-        command += " --steps 8 --eval-every 1000"
+        command += f" --steps {40 if interrupted else 8} --eval-every 1000"
         if "--init-from" not in command:
             command += " --depth 2 --width 32 --seq-len 32 --batch 4"
     if "--lm-eval-tasks" in command:
@@ -153,8 +154,8 @@ def test_readme_console_block_runs_in_order(index, workdir):
         reason = skip_reason(command)
         if reason is not None:
             continue
-        line = cheap(command)
         interrupted = any(s.startswith("^C") for s in shown)
+        line = cheap(command, interrupted=interrupted)
         if interrupted:
             done = run_interrupted(line, workdir)
             assert done.returncode == 130, (command, done.stdout, done.stderr)
