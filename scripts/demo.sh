@@ -72,3 +72,5 @@ cat <<EOF_OUTPUTS
   eval-*.json                     eval reports of both models on the two sample benchmarks
 EOF_OUTPUTS
 ls "$OUT"
+echo
+echo "engramctl is $(dirname "$PY")/engramctl; to have it on your PATH: source $(dirname "$PY")/activate"

@@ -12,7 +12,11 @@ import traceback
 from typing import Annotated
 
 import typer
+import typer.rich_utils
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 from typer.core import TyperCommand, TyperGroup
 
 from .. import __version__
@@ -87,12 +91,47 @@ def _global_params() -> tuple:
     return tuple(typer.main.get_command(holder).params)
 
 
+class _HelpTable(Table):
+    """The table of a ``--help`` panel, whose option names and types are never cut.
+
+    typer lets rich share a narrow terminal (80 columns, or a pipe) between all its columns, so
+    long option names ended in an ellipsis (``--checkpoint-eve…``). Here the option names keep
+    their full width, and the type and help text wrap, folding a word longer than its column
+    (a URL, a long list of choices) instead of cutting it. Tables that define their columns
+    (the commands panel) are left as typer makes them.
+    """
+
+    def add_row(self, *renderables, **kwargs) -> None:
+        if not self.columns:
+            names = len(renderables) - 2  # then the type and the help text
+            for i in range(len(renderables)):
+                self.add_column(no_wrap=i < names, overflow="fold")
+        for cell in renderables:  # the help text is a Columns of Texts, each its own overflow
+            for text in getattr(cell, "renderables", [cell]):
+                if isinstance(text, Text) and text.overflow is None:
+                    text.overflow = "fold"
+        super().add_row(*renderables, **kwargs)
+
+
+typer.rich_utils.Table = _HelpTable  # typer builds its option panels from this name
+
+
+def _plain_brackets(text: str | None) -> str | None:
+    """Help text with its square brackets shown as written: rich markup would take
+    ``engramctl[eval]`` for a style tag and drop ``[eval]``."""
+    return None if text is None else escape(text)
+
+
 class Command(TyperCommand):
-    """Every command: also takes the app's ``-v``/``-q`` after its name, and shows no ``<bool>``
-    for flags."""
+    """Every command: also takes the app's ``-v``/``-q`` after its name, shows no ``<bool>``
+    for flags, and shows square brackets in its help text as written."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        self.help = _plain_brackets(self.help)
+        for param in self.params:
+            if getattr(param, "help", None):
+                param.help = _plain_brackets(param.help)
         self.params.extend(_global_params())
 
     def get_params(self, ctx):

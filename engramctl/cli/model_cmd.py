@@ -306,7 +306,7 @@ def eval_command(
     from ..model.serve.eval_run import EvalRequest, run_eval
 
     options = {k: v for k, v in ctx.params.items() if k != "json_out"}
-    request = EvalRequest(**{**options, "device": device.value})
+    request = EvalRequest(**{**options, "device": device.value, "harness_output": STATE["verbose"]})
     quiet = STATE["quiet"] or json_out
     with progress("eval", enabled=not quiet, unit="steps", transient=True) as update:
         output = run_eval(
@@ -343,15 +343,23 @@ def _print_report(doc: dict) -> None:
 
 
 def print_paging(paging: dict | None) -> None:
-    if paging:
+    """The pager's counters; a resident table (no cache) says so instead of a hit rate."""
+    if not paging:
+        return
+    if paging["mode"] == "resident":
+        table = Table(title="rows resident", show_header=False)
+        table.add_row("row cache", "none: every row on the device")
+        table.add_row("rows requested", f"{paging['rows_requested']:,}")
+        table.add_row("table rows on the device", f"{paging['cache_rows']:,}")
+    else:
         table = Table(title=f"row {paging['mode']} counters", show_header=False)
         for key in ("rows_requested", "unique_rows", "cache_hits", "cache_misses", "cache_rows"):
             table.add_row(key.replace("_", " "), f"{paging[key]:,}")
         table.add_row("cache hit rate", f"{paging['hit_rate']:.1%}")
-        table.add_row("bytes read from table", f"{paging['bytes_read']:,}")
-        table.add_row("bytes copied to device", f"{paging['bytes_copied']:,}")
-        table.add_row("forward waited on rows", f"{paging['wait_seconds']:.3f} s")
-        console.print(table)
+    table.add_row("bytes read from table", f"{paging['bytes_read']:,}")
+    table.add_row("bytes copied to device", f"{paging['bytes_copied']:,}")
+    table.add_row("forward waited on rows", f"{paging['wait_seconds']:.3f} s")
+    console.print(table)
 
 
 def _print_explain(explain: dict) -> None:

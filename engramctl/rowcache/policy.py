@@ -22,6 +22,24 @@ from ..errors import EngramError, UsageError
 NEVER_USED = -(2**62)  # LRU stamp of an empty slot
 
 
+class CacheTooSmall(EngramError):
+    """A batch needs more distinct rows of a layer than its cache can give while the batches in
+    flight keep theirs. ``remedy`` says what the command at hand can change: ``eval`` (the
+    default) has ``--batch``, ``generate`` only ``--cache-rows`` (:meth:`with_remedy`)."""
+
+    def __init__(self, needed: int, in_flight: int, capacity: int, remedy: str = ""):
+        self.needed, self.in_flight, self.capacity = needed, in_flight, capacity
+        self.remedy = remedy or "raise --cache-rows or lower --batch"
+        super().__init__(
+            f"--cache-rows too small: a batch needs {needed} distinct rows of one layer with "
+            f"{in_flight} more batches in flight, but its cache holds {capacity}; {self.remedy}"
+        )
+
+    def with_remedy(self, remedy: str) -> CacheTooSmall:
+        """The same refusal, naming another remedy."""
+        return CacheTooSmall(self.needed, self.in_flight, self.capacity, remedy)
+
+
 @dataclass(frozen=True)
 class PagerConfig:
     """What the row pager decides without torch.
@@ -90,11 +108,7 @@ class LruSlots:
             self.last_used[slots[~miss]] = batch_index
             free = np.flatnonzero(self.last_used < batch_index - self.config.in_flight)
             if len(free) < n_miss:
-                raise EngramError(
-                    f"--cache-rows too small: a batch needs {len(unique_rows)} distinct rows "
-                    f"of one layer with {self.config.in_flight} more batches in flight, but its "
-                    f"cache holds {self.capacity}; raise --cache-rows or lower --batch"
-                )
+                raise CacheTooSmall(len(unique_rows), self.config.in_flight, self.capacity)
             if len(free) > n_miss:
                 free = self.victims(free, n_miss)
             self.filled = self.capacity  # the empty slots had the oldest stamps: all taken now

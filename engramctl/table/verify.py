@@ -87,12 +87,14 @@ def _check_files(
         size = sizes.get(f"{chunk_index}/0")
         if size is None:
             report.problems.append(
-                f"{where}: file {file} is missing; {chunk_remedy(meta, manifest, entry)}"
+                f"{where}: {_absent(store, key, sizes, chunk_index)}; "
+                f"{chunk_remedy(meta, manifest, entry)}"
             )
             continue
         if size != entry[1]:
+            how = "truncated" if size < entry[1] else "it grew: bytes were written past its end"
             report.problems.append(
-                f"{where}: {file} has {size} bytes, the manifest says {entry[1]} (truncated?); "
+                f"{where}: {file} has {size} bytes, the manifest says {entry[1]} ({how}); "
                 f"{chunk_remedy(meta, manifest, entry)}"
             )
             continue
@@ -123,6 +125,14 @@ def _check_files(
         )
     if temporary:
         report.warnings.append(f"layer {layer_id}: leftover temporary files: {temporary[:3]}")
+
+
+def _absent(store: TableStore, key: str, sizes: dict, chunk_index: int) -> str:
+    """What stands where a chunk file should be: nothing, or a directory."""
+    inside = any(k.startswith(f"{chunk_index}/0/") for k in sizes)
+    if inside or (store.is_local and store.location_of(key).is_dir()):
+        return f"{store.where(key)} is a directory, not a chunk file"
+    return f"file {store.where(key)} is missing"
 
 
 def _check_checksums(

@@ -90,3 +90,12 @@ def test_policy_is_the_cache_plan_pager_model(batch_rows, capacity, in_flight):
         assert capacity < need and reference is None
         return
     assert capacity >= need and hits == hits_at(cumulative_hits(hist), [capacity])[0] == reference
+
+
+def test_cache_too_small_names_its_remedy():
+    slots = LruSlots(2, PagerConfig(in_flight=0))
+    with pytest.raises(EngramError, match="raise --cache-rows or lower --batch") as caught:
+        slots.assign(np.arange(3, dtype=np.int64), 0)
+    other = caught.value.with_remedy("raise --cache-rows")
+    assert str(other).endswith("but its cache holds 2; raise --cache-rows")
+    assert (other.needed, other.capacity) == (3, 2)

@@ -35,6 +35,7 @@ class EvalRequest:
     report: Path | None
     overwrite: bool
     strict_table: bool
+    harness_output: bool = False  # lm-eval's warnings and progress bars (eval -v)
 
     def resolved(self) -> EvalRequest:
         """The request with every path absolute: the harness runs a task directory's YAMLs
@@ -105,7 +106,8 @@ def run_eval(
         if r.lm_eval_tasks is not None:
             from .lm_eval_adapter import run_lm_eval
 
-            doc = run_lm_eval(model=spec, tasks=r.lm_eval_tasks, limit=r.limit, batch=r.batch)
+            doc = run_lm_eval(model=spec, tasks=r.lm_eval_tasks, limit=r.limit, batch=r.batch,
+                              quiet=not r.harness_output)  # fmt: skip
         if r.benchmark is not None:
             result = evaluate(model=spec, benchmark=r.benchmark, batch=r.batch,
                               on_progress=on_progress)  # fmt: skip

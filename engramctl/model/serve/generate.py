@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ...errors import EngramError, UsageError
+from ...rowcache.policy import CacheTooSmall
 from .opening import ModelSpec, open_model
 
 
@@ -102,7 +103,13 @@ def generate(
         if rows_of is None:
             return None
         pending.append(np.array([piece], dtype=np.int64))
-        return next(rows_of)[1]
+        try:
+            return next(rows_of)[1]
+        except CacheTooSmall as exc:  # generate has no --batch: a piece is what it is
+            raise exc.with_remedy(
+                f"raise --cache-rows (generate pages the prompt in pieces of up to {window} "
+                "tokens, then one token per step)"
+            ) from None
 
     # The prompt: rows in pieces of the window (the stream carries context across them).
     text_ids = list(ids)

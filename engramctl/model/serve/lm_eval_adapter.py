@@ -23,6 +23,7 @@ harness's ``include_path``), checks that engramctl can serve them and runs the h
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -301,6 +302,38 @@ def _downloads_named(tasks: str):
         ) from None
 
 
+# Loggers of the harness and the libraries it drives; quiet, only their errors pass.
+HARNESS_LOGGERS = ("lm_eval", "datasets", "huggingface_hub", "evaluate", "transformers")
+
+
+@contextlib.contextmanager
+def _harness_quiet(quiet: bool):
+    """Silence what the harness says besides its results: the WARNING lines of its loggers
+    (a task's metric defaults, ...) and the progress bars of lm-eval, ``datasets`` and the Hub
+    (tqdm on ``sys.stderr``). Errors still pass; levels and bars are restored afterwards."""
+    if not quiet:
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in HARNESS_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    bars = None
+    with contextlib.suppress(ImportError):
+        from datasets.utils import logging as datasets_logging
+
+        bars = datasets_logging.is_progress_bar_enabled()
+        datasets_logging.disable_progress_bar()
+    try:
+        with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+        if bars:
+            datasets_logging.enable_progress_bar()
+
+
 def run_lm_eval(
     *,
     model: ModelSpec,
@@ -308,6 +341,7 @@ def run_lm_eval(
     limit: int | None = None,
     batch: int = 16,
     bootstrap_iters: int = 1000,
+    quiet: bool = True,
 ) -> dict:
     """Run the harness's ``simple_evaluate`` on a checkpoint (``model``: it, its table and how its
     rows are served); ``{"results", "table", "paging"}``.
@@ -316,6 +350,7 @@ def run_lm_eval(
     ``higher_is_better``, ``n-samples``); ``table``: its printed result table (markdown);
     ``paging``: engramctl's paging counters (None for a baseline model). ``bootstrap_iters``:
     the harness's standard errors (closed form for means such as ``acc``; 0: none).
+    ``quiet``: hide the harness's warnings and progress bars (``eval`` shows them with ``-v``).
     """
     import json
 
@@ -328,10 +363,11 @@ def run_lm_eval(
     from lm_eval.utils import handle_non_serializable, make_table
 
     model = replace(model, model_dir=Path(model.model_dir).resolve())
-    names, manager, include = resolve_tasks(tasks)
+    with _harness_quiet(quiet):
+        names, manager, include = resolve_tasks(tasks)
     opened = open_model(model)
     lm = harness_lm_class()(opened.runner, opened.tokenizer, batch=batch)
-    with _working_directory(include), _downloads_named(tasks):
+    with _working_directory(include), _harness_quiet(quiet), _downloads_named(tasks):
         try:
             check_served(manager.load(names))
         except (KeyError, ValueError, FileNotFoundError) as exc:

@@ -50,7 +50,11 @@ class PagingStats:
     cache_rows: int = 0  # device cache capacity, all layers
 
     @property
-    def hit_rate(self) -> float:
+    def hit_rate(self) -> float | None:
+        """Cached rows over rows looked up; ``None`` when resident (no cache: every row is on
+        the device)."""
+        if self.mode == "resident":
+            return None
         total = self.cache_hits + self.cache_misses
         return self.cache_hits / total if total else 0.0
 

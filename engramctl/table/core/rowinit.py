@@ -52,7 +52,7 @@ class InitRecipe:
         if not (math.isfinite(self.std) and self.std >= 0):
             raise UsageError(f"--std must be a finite number >= 0, got {self.std}")
         if not 0 <= self.seed < 2**63:
-            raise UsageError(f"--seed must be in [0, 2**63), got {self.seed}")
+            raise UsageError(f"--init-seed must be in [0, 2**63), got {self.seed}")
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "std": self.std, "seed": self.seed, "algorithm": ALGORITHM}

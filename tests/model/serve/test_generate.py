@@ -119,3 +119,15 @@ def test_generate_bad_input_is_one_line(trained, args, code, message):
     result = run("generate", "--model", model, "--table", "t.zarr", "--device", "cpu", *args)
     assert result.exit_code == code, result.output
     assert message in result.output and "Traceback" not in result.output
+
+
+def test_generate_cache_too_small_names_no_batch_option(trained):
+    # generate has no --batch: the remedy it names must be one it takes.
+    model, _, _ = trained
+    result = run(
+        "generate", "--model", model, "--table", "t.zarr", "--device", "cpu",
+        "--prompt", PROMPT, "--max-tokens", "3", "--cache-rows", "1",
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "raise --cache-rows" in result.output and "--batch" not in result.output
+    assert "Traceback" not in result.output

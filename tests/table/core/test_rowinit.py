@@ -75,3 +75,10 @@ def test_bad_recipes():
     assert InitRecipe.from_dict(InitRecipe("uniform", 0.5, 3).to_dict()) == InitRecipe(
         "uniform", 0.5, 3
     )
+
+
+def test_a_bad_init_seed_names_init_seed_not_the_layout_seed():
+    # `--seed` is the layout's multiplier seed; the init values' seed is `--init-seed`.
+    with pytest.raises(UsageError, match="--init-seed must be in") as caught:
+        InitRecipe(seed=-1)
+    assert "--seed" not in str(caught.value).replace("--init-seed", "")
