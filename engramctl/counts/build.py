@@ -199,27 +199,38 @@ class _PairMaker:
         return context, ids, valid
 
 
+def _counts_of_counts(counts, totals, start: int, stop: int) -> tuple[int, int, int]:
+    """``(occupied rows, n1, n2)`` of the rows ``start:stop``, read in blocks."""
+    occupied = n1 = n2 = 0
+    for lo in range(start, stop, 1 << 20):
+        hi = min(stop, lo + (1 << 20))
+        occupied += int(np.count_nonzero(totals[lo:hi]))
+        n = np.bincount(np.minimum(np.asarray(counts[lo:hi]), 3).ravel().astype(np.int64),
+                        minlength=4)  # fmt: skip
+        n1, n2 = n1 + int(n[1]), n2 + int(n[2])
+    return occupied, n1, n2
+
+
 def _discounts(arrays, layout, layer_ids, canonical_size: int, bases) -> tuple[list, int]:
-    """Each level's Ney discount from its counts of counts (level 1: its exact rows; level k:
-    head 0 of order k of the first counted layer), and the rows whose K slots are all full."""
+    """Each level's Ney discount from its counts of counts, and the rows whose K slots are all
+    full. Level 1 reads its exact rows; level k the head of order k (any counted layer) with the
+    most occupied rows: the one with the fewest collisions (exact when one head has none)."""
     from .smoothing import ney_discount
 
     unigram = np.asarray(arrays["unigram"])
     n = np.bincount(np.minimum(unigram, 3).astype(np.int64), minlength=4)
     discounts = [ney_discount(int(n[1]), int(n[2]))]
-    counts = arrays["counts"]
-    spans = [(0, canonical_size)]
-    L0 = layer_ids[0]
+    counts, totals = arrays["counts"], arrays["totals"]
+    discounts.append(ney_discount(*_counts_of_counts(counts, totals, 0, canonical_size)[1:]))
     for k in range(2, layout.max_ngram + 1):
-        head = (k - 2) * layout.heads
-        start = int(bases[0] + layout.head_offsets(L0)[head])
-        spans.append((start, start + int(layout.head_rows(L0)[head])))
-    for start, stop in spans:
-        n = np.zeros(4, dtype=np.int64)
-        for lo in range(start, stop, 1 << 20):
-            block = np.asarray(counts[lo : min(stop, lo + (1 << 20))])
-            n += np.bincount(np.minimum(block, 3).ravel().astype(np.int64), minlength=4)
-        discounts.append(ney_discount(int(n[1]), int(n[2])))
+        best = (-1, 0, 0)
+        for base, layer in zip(bases, layer_ids, strict=True):
+            for h in range((k - 2) * layout.heads, (k - 1) * layout.heads):
+                start = int(base + layout.head_offsets(layer)[h])
+                found = _counts_of_counts(counts, totals, start,
+                                          start + int(layout.head_rows(layer)[h]))  # fmt: skip
+                best = max(best, found, key=lambda entry: entry[0])
+        discounts.append(ney_discount(best[1], best[2]))
     full = 0
     for lo in range(0, counts.shape[0], 1 << 20):
         full += int(np.count_nonzero(counts[lo : lo + (1 << 20), -1]))
