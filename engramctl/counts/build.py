@@ -252,7 +252,7 @@ def build_counts(
     job : the corpus, K and the output.
     vocab : the canonical vocab (:class:`engramctl.vocab.CanonicalVocab`) of ``layout``.
     layout : the layout and the layers to count (:func:`engramctl.layout.resolve_layout`).
-    tokenizer : needed for text input (the one the vocab was built from).
+    tokenizer : for text input (default: ``job.tokenizer``, checked against the vocab).
     progress : called after each batch with ``(bytes done, bytes total, documents, tokens)``.
     """
     from .._files import atomic_directory
@@ -266,7 +266,11 @@ def build_counts(
     files = discover_files(job.inputs, format=job.corpus.format)
     needs_tokenizer = any(f.format != "tokens" for f in files) and not job.corpus.tokens_field
     if needs_tokenizer and tokenizer is None:
-        raise UsageError("text input needs a tokenizer; pass --tokenizer")
+        from ..tokenizer import load_checked_tokenizer
+
+        tokenizer = TextTokenizer(
+            load_checked_tokenizer(job.tokenizer, sha256=vocab.source_sha256)[0]
+        )
     total_bytes = corpus_bytes(files)
     from ..corpus.files import estimate_tokens
 
@@ -355,22 +359,32 @@ def build_counts(
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "layout": lay.to_dict(),
-            "layers": {str(L): {"base": int(b), "rows": int(lay.layer_rows(L))}
-                       for L, b in zip(layer_ids, bases, strict=True)},  # fmt: skip
+            "layers": {
+                str(L): {"base": int(b), "rows": int(lay.layer_rows(L))}
+                for L, b in zip(layer_ids, bases, strict=True)
+            },  # fmt: skip
             "rows": int(rows),
             "canonical_vocab_size": int(canonical_size),
             "vocab_size": int(vocab.source_vocab_size),
             "vocab_fingerprint": vocab.fingerprint,
-            "tokenizer": {"name": vocab.source_name or job.tokenizer,
-                          "sha256": vocab.source_sha256},  # fmt: skip
+            "tokenizer": {
+                "name": vocab.source_name or job.tokenizer,
+                "sha256": vocab.source_sha256,
+            },  # fmt: skip
             "top_k": int(job.top_k),
             "discounts": discounts,
             "smoothing": "interpolated absolute discounting, Ney discounts, count-min over heads",
             "gate": gate,
-            "corpus": {"files": [str(f.path) for f in files][:100], "file_count": len(files),
-                       "bytes": int(total_bytes), "tokens": tokens, "documents": documents,
-                       "pairs": pairs, "heldout_pairs": held,
-                       "warnings": warnings.counts},  # fmt: skip
+            "corpus": {
+                "files": [str(f.path) for f in files][:100],
+                "file_count": len(files),
+                "bytes": int(total_bytes),
+                "tokens": tokens,
+                "documents": documents,
+                "pairs": pairs,
+                "heldout_pairs": held,
+                "warnings": warnings.counts,
+            },  # fmt: skip
             "full_rows": full,
             "build_seconds": time.perf_counter() - started,
         }

@@ -38,9 +38,12 @@ class CountsModel:
 
     def __init__(self, store: CountsStore, vocab):
         check_vocab_fingerprint(
-            store.meta["vocab_fingerprint"], vocab.fingerprint, what=f"the count memory {store.path}",
-            given="the vocab", advice="build the count memory with this vocab",
-        )  # fmt: skip
+            store.meta["vocab_fingerprint"],
+            vocab.fingerprint,
+            what=f"the count memory {store.path}",
+            given="the vocab",
+            advice="build the count memory with this vocab",
+        )
         self.store = store
         self.vocab = vocab
         self.layout = store.layout

@@ -11,8 +11,11 @@ layers: count-min). For a level with context total ``T`` (0: no data), continuat
     P_0(y) = max(c_y - D_0, 0) / N + D_0 * distinct / N / V
 
 so every token has probability > 0 and each level sums to 1 (the dropped mass, discounted or
-truncated by top-K, goes to the level below). ``D_k = n1 / (n1 + 2 n2)`` (Ney's estimate from
-the counts of counts), clipped to ``[0.05, 0.95]``.
+truncated by top-K, goes to the level below). ``c_y`` is the count-min over the level's rows of
+the *guaranteed* count: a row whose K slots are all taken may have been truncated, and
+SpaceSaving then over-counts each kept continuation by at most the row's smallest count, so that
+floor is subtracted (rows with a free slot are exact). ``D_k = n1 / (n1 + 2 n2)`` (Ney's
+estimate from the counts of counts), clipped to ``[0.05, 0.95]``.
 
 :func:`level_probability_kernel` is the numba query of many positions; :func:`distribution`
 the whole next-token distribution of one position (numpy, for ``generate``). The plain
@@ -57,16 +60,31 @@ def unigram_probabilities(counts: np.ndarray, discount: float) -> np.ndarray:
 
 
 @njit(cache=True)
+def row_floor(counts, row):
+    """What every kept count of ``row`` may over-count by: its smallest count when all K slots
+    are taken (SpaceSaving's error bound), else 0 (the row was never truncated)."""
+    K = counts.shape[1]
+    if counts[row, K - 1] == 0:
+        return np.int64(0)
+    low = np.int64(counts[row, 0])
+    for s in range(1, K):
+        if np.int64(counts[row, s]) < low:
+            low = np.int64(counts[row, s])
+    return low
+
+
+@njit(cache=True)
 def _count_in_row(tokens, counts, row, y):
-    """The stored count of ``y`` in ``row`` (0 when it holds no slot)."""
+    """The guaranteed count of ``y`` in ``row``: its kept count less the row's floor (0 when it
+    holds no slot). A true count is never below it."""
     K = tokens.shape[1]
     for s in range(K):
         c = counts[row, s]
         if c == 0:
-            return 0
+            return np.int64(0)
         if tokens[row, s] == y:
-            return c
-    return 0
+            return np.int64(c) - row_floor(counts, row)
+    return np.int64(0)
 
 
 @njit(cache=True)
@@ -88,12 +106,12 @@ def _level_stats(rows_p, cols, ncols, tokens, counts, totals, y, discount):
     kept = 0.0
     distinct = 0
     K = tokens.shape[1]
+    floor = row_floor(counts, first)
     for s in range(K):  # a token with a count-min above 0 holds a slot in every row, the first too
-        c0 = np.int64(counts[first, s])
-        if c0 == 0:
+        if counts[first, s] == 0:
             break
         z = tokens[first, s]
-        cmin = c0
+        cmin = np.int64(counts[first, s]) - floor
         for i in range(1, ncols):
             c = np.int64(_count_in_row(tokens, counts, rows_p[cols[i]], z))
             if c < cmin:
@@ -159,15 +177,15 @@ def distribution(
         total = int(np.min(totals[rows]))
         if total == 0:
             continue
-        first_tokens = np.asarray(tokens[rows[0]])
-        first_counts = np.asarray(counts[rows[0]]).astype(np.int64)
-        filled = first_counts > 0
-        cand, cmin = first_tokens[filled], first_counts[filled]
-        for row in rows[1:]:
-            row_tokens = np.asarray(tokens[row])
+        guaranteed = []
+        for row in rows:
             row_counts = np.asarray(counts[row]).astype(np.int64)
-            here = {int(t): int(c) for t, c in zip(row_tokens, row_counts, strict=True) if c > 0}
-            cmin = np.minimum(cmin, [here.get(int(t), 0) for t in cand])
+            floor = row_counts.min() if row_counts[-1] > 0 else 0
+            guaranteed.append({int(t): int(c) - floor
+                               for t, c in zip(np.asarray(tokens[row]), row_counts, strict=True)
+                               if c > 0})  # fmt: skip
+        cand = np.array(list(guaranteed[0]), dtype=np.int64)
+        cmin = np.array([min(g.get(int(t), 0) for g in guaranteed) for t in cand], np.int64)
         d = discounts[k + 1]
         share = np.maximum(cmin - d, 0.0) / total
         prob *= 1.0 - share.sum()

@@ -136,7 +136,9 @@ def test_build_equals_reference_when_count_min_is_exact_and_nothing_truncated(
     tmp_path, tiny_vocab, wide_layout, seed
 ):
     docs = random_docs(seed, tiny_vocab.source_vocab_size, count=40)
-    report, model = _build(tmp_path, tiny_vocab, wide_layout, docs, tiny_vocab.source_vocab_size)
+    report, model = _build(
+        tmp_path, tiny_vocab, wide_layout, docs, tiny_vocab.source_vocab_size + 1
+    )
     ref = _reference(docs, tiny_vocab, wide_layout)
     assert _every_context_has_a_clean_head(model, docs)
     assert report.tokens == sum(len(d) for d in docs)
