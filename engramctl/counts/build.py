@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from .._numba import njit, prange
+from .._system import format_bytes, parse_memory
 from ..corpus.files import CorpusOptions, corpus_bytes, discover_files
 from ..corpus.readers import read_batches
 from ..corpus.tokenize import TextTokenizer, tokenized_batches
 from ..errors import EngramError, UsageError
 from ..hashing import hash_canonical
 from ..layout import ResolvedLayout
-from .store import COUNT_MAX, FORMAT, FORMAT_VERSION, create_arrays, write_metadata
+from .store import COUNT_MAX, FORMAT, FORMAT_VERSION, create_arrays, store_bytes, write_metadata
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ class BuildCountsJob:
     top_k: int = 8  # continuations kept per row
     limit_tokens: int | None = None  # stop after this many tokens
     overwrite: bool = False  # replace an existing memory
+    max_memory: int | None = None  # build in RAM when the memory fits (None: 25% of RAM)
 
     def check(self) -> None:
         if isinstance(self.top_k, bool) or self.top_k < 1:
@@ -89,7 +91,7 @@ class BuildCountsReport:
 
 
 # ------------------------------------------------------------------------------- kernels
-def space_saving_reference(rows, targets, keep, tokens, counts, totals) -> None:
+def space_saving_reference(rows, targets, keep, tokens, counts, totals, occupied) -> None:
     """Plain-Python specification of :func:`space_saving_kernel` (one pair at a time)."""
     K = tokens.shape[1]
     for g in range(rows.shape[1]):
@@ -97,6 +99,7 @@ def space_saving_reference(rows, targets, keep, tokens, counts, totals) -> None:
             if not keep[p]:
                 continue
             r, y = rows[p, g], targets[p]
+            occupied[g] += totals[r] == 0
             totals[r] += 1
             slot = None
             for s in range(K):
@@ -113,12 +116,13 @@ def space_saving_reference(rows, targets, keep, tokens, counts, totals) -> None:
 
 
 @njit(cache=True, parallel=True)
-def space_saving_kernel(rows, targets, keep, tokens, counts, totals):
+def space_saving_kernel(rows, targets, keep, tokens, counts, totals, occupied):
     """Add ``targets[p]`` to row ``rows[p, g]`` for each kept pair p and column g.
 
     rows (P, G) int64; targets (P,) int64; keep (P,) bool; tokens (R, K) int32, counts (R, K)
-    uint32, totals (R,) uint64. Columns own disjoint rows, so each thread takes whole columns
-    and visits pairs in order: the result is the sequential one.
+    uint32, totals (R,) uint64; occupied (G,) int64 += rows each column starts using. Columns
+    own disjoint rows, so each thread takes whole columns and visits pairs in order: the
+    result is the sequential one.
     """
     P, G = rows.shape
     K = tokens.shape[1]
@@ -128,6 +132,8 @@ def space_saving_kernel(rows, targets, keep, tokens, counts, totals):
                 continue
             r = rows[p, g]
             y = targets[p]
+            if totals[r] == 0:
+                occupied[g] += 1
             totals[r] += 1
             slot = -1
             low = 0
@@ -199,42 +205,40 @@ class _PairMaker:
         return context, ids, valid
 
 
-def _counts_of_counts(counts, totals, start: int, stop: int) -> tuple[int, int, int]:
-    """``(occupied rows, n1, n2)`` of the rows ``start:stop``, read in blocks."""
-    occupied = n1 = n2 = 0
-    for lo in range(start, stop, 1 << 20):
-        hi = min(stop, lo + (1 << 20))
-        occupied += int(np.count_nonzero(totals[lo:hi]))
-        n = np.bincount(np.minimum(np.asarray(counts[lo:hi]), 3).ravel().astype(np.int64),
-                        minlength=4)  # fmt: skip
-        n1, n2 = n1 + int(n[1]), n2 + int(n[2])
-    return occupied, n1, n2
+def _counts_of_counts(counts, start: int, stop: int) -> tuple[int, int]:
+    """``(n1, n2)``: kept counts of 1 and of 2 in the rows ``start:stop``, read in blocks."""
+    n = np.zeros(4, dtype=np.int64)
+    for lo in range(start, stop, 1 << 18):
+        block = np.minimum(np.asarray(counts[lo : min(stop, lo + (1 << 18))]), 3)
+        n += np.bincount(block.ravel(), minlength=4)
+    return int(n[1]), int(n[2])
 
 
-def _discounts(arrays, layout, layer_ids, canonical_size: int, bases) -> tuple[list, int]:
-    """Each level's Ney discount from its counts of counts, and the rows whose K slots are all
-    full. Level 1 reads its exact rows; level k the head of order k (any counted layer) with the
-    most occupied rows: the one with the fewest collisions (exact when one head has none)."""
+def _discounts(arrays, layout, layer_ids, canonical_size: int, bases, occupied) -> list:
+    """Each level's Ney discount from its counts of counts. Level 1 reads its exact rows;
+    level k the head of order k (any counted layer) with the most occupied rows (``occupied``:
+    per column): the one with the fewest collisions, exact when one head has none."""
     from .smoothing import ney_discount
 
-    unigram = np.asarray(arrays["unigram"])
-    n = np.bincount(np.minimum(unigram, 3).astype(np.int64), minlength=4)
+    n = np.bincount(np.minimum(np.asarray(arrays["unigram"]), 3).astype(np.int64), minlength=4)
     discounts = [ney_discount(int(n[1]), int(n[2]))]
-    counts, totals = arrays["counts"], arrays["totals"]
-    discounts.append(ney_discount(*_counts_of_counts(counts, totals, 0, canonical_size)[1:]))
+    counts = arrays["counts"]
+    discounts.append(ney_discount(*_counts_of_counts(counts, 0, canonical_size)))
+    H = layout.heads_per_layer
     for k in range(2, layout.max_ngram + 1):
-        best = (-1, 0, 0)
-        for base, layer in zip(bases, layer_ids, strict=True):
-            for h in range((k - 2) * layout.heads, (k - 1) * layout.heads):
-                start = int(base + layout.head_offsets(layer)[h])
-                found = _counts_of_counts(counts, totals, start,
-                                          start + int(layout.head_rows(layer)[h]))  # fmt: skip
-                best = max(best, found, key=lambda entry: entry[0])
-        discounts.append(ney_discount(best[1], best[2]))
-    full = 0
-    for lo in range(0, counts.shape[0], 1 << 20):
-        full += int(np.count_nonzero(counts[lo : lo + (1 << 20), -1]))
-    return discounts, full
+        heads = range((k - 2) * layout.heads, (k - 1) * layout.heads)
+        columns = [(1 + i * H + h, i, h) for i in range(len(layer_ids)) for h in heads]
+        _, i, h = max(columns, key=lambda entry: (occupied[entry[0]], -entry[0]))
+        start = int(bases[i] + layout.head_offsets(layer_ids[i])[h])
+        stop = start + int(layout.head_rows(layer_ids[i])[h])
+        discounts.append(ney_discount(*_counts_of_counts(counts, start, stop)))
+    return discounts
+
+
+def _full_rows(counts) -> int:
+    """Rows whose K slots are all taken (where truncation may have happened)."""
+    return sum(int(np.count_nonzero(counts[lo : lo + (1 << 20), -1]))
+               for lo in range(0, counts.shape[0], 1 << 20))  # fmt: skip
 
 
 def build_counts(
@@ -282,8 +286,13 @@ def build_counts(
         rows += lay.layer_rows(layer)
     bases = np.array(bases, dtype=np.int64)
     with atomic_directory(Path(job.out), label="building", replace=job.overwrite) as tmp:
+        size = store_bytes(rows=rows, top_k=job.top_k, vocab_size=vocab.source_vocab_size)
+        in_memory = size <= (job.max_memory or parse_memory("25%"))
+        log.info("building %s in %s", format_bytes(size), "RAM" if in_memory else "mmap files")
         arrays = create_arrays(tmp, rows=rows, top_k=job.top_k,
-                               vocab_size=vocab.source_vocab_size)  # fmt: skip
+                               vocab_size=vocab.source_vocab_size, in_memory=in_memory)  # fmt: skip
+        occupied = np.zeros(1 + len(layer_ids) * lay.heads_per_layer, dtype=np.int64)
+        arrays["canonical"][:] = vocab.canonical_ids
         target = {name: np.asarray(a) for name, a in arrays.items()}
         maker = _PairMaker(lay, layer_ids, vocab, bases)
         tokens = documents = pairs = 0
@@ -322,7 +331,7 @@ def build_counts(
                     held_targets.append(targets[hold])
                     held += int(hold.sum())
                 space_saving_kernel(context, targets, valid & ~hold, target["tokens"],
-                                    target["counts"], target["totals"])  # fmt: skip
+                                    target["counts"], target["totals"], occupied)  # fmt: skip
                 target["unigram"] += np.bincount(ids, minlength=vocab.source_vocab_size).astype(
                     np.uint64
                 )
@@ -344,17 +353,16 @@ def build_counts(
             raise EngramError(
                 "the corpus has no document of two tokens or more: no next token to count"
             )
-        discounts, _ = _discounts(target, lay, layer_ids, canonical_size, bases)
+        discounts = _discounts(target, lay, layer_ids, canonical_size, bases, occupied)
         gate = _fit_gate(tmp, target, lay, layer_ids, vocab, bases, discounts, job,
                          held_rows, held_targets)  # fmt: skip
         if held:
             rows_h, targets_h = np.concatenate(held_rows), np.concatenate(held_targets)
             space_saving_kernel(rows_h, targets_h, np.ones(len(targets_h), bool),
-                                target["tokens"], target["counts"], target["totals"])  # fmt: skip
-        discounts, full = _discounts(target, lay, layer_ids, canonical_size, bases)
-        for array in arrays.values():
-            array.flush()
-        del target, arrays
+                                target["tokens"], target["counts"], target["totals"],
+                                occupied)  # fmt: skip
+            discounts = _discounts(target, lay, layer_ids, canonical_size, bases, occupied)
+        full = _full_rows(target["counts"])
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -388,7 +396,8 @@ def build_counts(
             "full_rows": full,
             "build_seconds": time.perf_counter() - started,
         }
-        write_metadata(tmp, meta)
+        write_metadata(tmp, meta, arrays)
+        del target, arrays
         size = sum(p.stat().st_size for p in tmp.iterdir())
     return BuildCountsReport(
         path=str(job.out), tokens=tokens, documents=documents, pairs=pairs, heldout_pairs=held,

@@ -6,11 +6,12 @@
     C.zarr/
       zarr.json     group metadata; attributes["engramctl_counts"]: layout, layers, vocab
                     fingerprint, tokenizer, K, discounts, gate, corpus summary and the manifest
-                    (per array file: bytes, shape, dtype, sha256), and the sha256 of the rest
+                    (per array file: bytes, shape, dtype, CRC-32), and the sha256 of the rest
       tokens.npy    (R, K) int32   top-K continuations (raw ids) of each row
       counts.npy    (R, K) uint32  their SpaceSaving counts (0: empty slot; slots fill in order)
       totals.npy    (R,)   uint64  the row's total (every continuation counted, kept or not)
       unigram.npy   (V,)   uint64  exact raw-id counts
+      canonical.npy (V,)   int64   the vocab's canonical id map (the memory hashes on its own)
 
 Rows ``0..C-1`` are level 1 (keyed by the canonical id of the last token); then each counted
 Engram layer's whole table (its heads at the layout's head offsets) from ``meta["layers"][L]``.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,8 +33,9 @@ from ..layout import EngramLayout
 META_KEY = "engramctl_counts"
 FORMAT = "engramctl-counts"
 FORMAT_VERSION = 1
-ARRAYS = ("tokens", "counts", "totals", "unigram")
-DTYPES = {"tokens": np.int32, "counts": np.uint32, "totals": np.uint64, "unigram": np.uint64}
+ARRAYS = ("tokens", "counts", "totals", "unigram", "canonical")
+DTYPES = {"tokens": np.int32, "counts": np.uint32, "totals": np.uint64, "unigram": np.uint64,
+          "canonical": np.int64}  # fmt: skip
 COUNT_MAX = 2**32 - 1  # a slot's count saturates here (totals are 64-bit)
 
 
@@ -48,16 +51,27 @@ def is_counts_store(path) -> bool:
     return isinstance(attrs, dict) and META_KEY in attrs
 
 
-def create_arrays(directory: Path, *, rows: int, top_k: int, vocab_size: int) -> dict:
-    """New zero-filled memory-mapped arrays in ``directory`` (sparse files: no RAM, little disk
-    until written)."""
+def store_bytes(*, rows: int, top_k: int, vocab_size: int) -> int:
+    """Bytes of a memory's arrays: 8 per row and slot, 8 per row, 8 per vocab id."""
+    return rows * (8 * top_k + 8) + 16 * vocab_size
+
+
+def create_arrays(
+    directory: Path, *, rows: int, top_k: int, vocab_size: int, in_memory: bool
+) -> dict:
+    """New zero-filled arrays: in RAM (``in_memory``: fastest; written by
+    :func:`write_metadata`) or memory-mapped ``.npy`` files in ``directory`` (sparse files:
+    RAM holds only the pages in use, the kernel writes them back)."""
     directory.mkdir(parents=True, exist_ok=True)
     shapes = {
         "tokens": (rows, top_k),
         "counts": (rows, top_k),
         "totals": (rows,),
         "unigram": (vocab_size,),
+        "canonical": (vocab_size,),
     }
+    if in_memory:
+        return {name: np.zeros(shape, DTYPES[name]) for name, shape in shapes.items()}
     return {
         name: np.lib.format.open_memmap(
             directory / f"{name}.npy", mode="w+", dtype=DTYPES[name], shape=shape
@@ -66,12 +80,34 @@ def create_arrays(directory: Path, *, rows: int, top_k: int, vocab_size: int) ->
     }
 
 
-def file_sha256(path: Path, block: int = 1 << 24) -> str:
-    digest = hashlib.sha256()
+def crc32_of_file(path: Path, block: int = 1 << 24) -> str:
+    """CRC-32 of a file's bytes as 8 hex digits (what the manifest records)."""
+    value = 0
     with open(path, "rb") as handle:
         while chunk := handle.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
+            value = zlib.crc32(chunk, value)
+    return f"{value & 0xFFFFFFFF:08x}"
+
+
+def _write_sparse(path: Path, array: np.ndarray, block: int = 1 << 22) -> str:
+    """Write ``array`` as ``.npy``, leaving all-zero blocks as holes (most rows of a memory are
+    empty: a sparse file takes the disk its data takes); the file's CRC-32."""
+    array = np.ascontiguousarray(array)
+    with open(path, "wb") as handle:
+        header = np.lib.format.header_data_from_array_1_0(array)
+        np.lib.format.write_array_header_1_0(handle, header)
+        header_end = handle.tell()
+    value = zlib.crc32(path.read_bytes())
+    data = memoryview(array.reshape(-1).view(np.uint8))
+    with open(path, "r+b") as handle:
+        for lo in range(0, len(data), block):
+            chunk = data[lo : lo + block]
+            value = zlib.crc32(chunk, value)
+            if np.frombuffer(chunk, dtype=np.uint8).any():
+                handle.seek(header_end + lo)
+                handle.write(chunk)
+        handle.truncate(header_end + len(data))
+    return f"{value & 0xFFFFFFFF:08x}"
 
 
 def _meta_checksum(meta: dict) -> str:
@@ -79,20 +115,25 @@ def _meta_checksum(meta: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def write_metadata(directory: Path, meta: dict) -> None:
-    """Record each array's manifest entry, checksum the metadata and write ``zarr.json``."""
+def write_metadata(directory: Path, meta: dict, arrays: dict) -> None:
+    """Write the arrays (in-RAM ones; memory-mapped ones are flushed), record each file's
+    manifest entry (bytes, shape, dtype, CRC-32), checksum the metadata, write ``zarr.json``."""
     manifest = {}
     for name in ARRAYS:
         path = directory / f"{name}.npy"
-        array = np.load(path, mmap_mode="r")
+        array = arrays[name]
+        if isinstance(array, np.memmap):
+            array.flush()
+            crc = crc32_of_file(path)
+        else:
+            crc = _write_sparse(path, array)
         manifest[name] = {
             "file": path.name,
             "bytes": path.stat().st_size,
             "shape": list(array.shape),
             "dtype": str(array.dtype),
-            "sha256": file_sha256(path),
+            "crc32": crc,
         }
-        del array
     meta = {**meta, "manifest": manifest}
     meta["meta_sha256"] = _meta_checksum(meta)
     doc = {"zarr_format": 3, "node_type": "group", "attributes": {META_KEY: meta}}
@@ -109,6 +150,7 @@ class CountsStore:
     counts: np.ndarray
     totals: np.ndarray
     unigram: np.ndarray
+    canonical: np.ndarray
 
     @property
     def layout(self) -> EngramLayout:
@@ -128,6 +170,20 @@ class CountsStore:
 
     def layer_base(self, layer_id: int) -> int:
         return int(self.meta["layers"][str(layer_id)]["base"])
+
+    def vocab(self):
+        """The canonical vocab the memory was built with (its id map; no token strings)."""
+        from ..vocab import CanonicalVocab
+
+        tok = self.meta.get("tokenizer") or {}
+        vocab = CanonicalVocab(
+            canonical_ids=np.asarray(self.canonical, dtype=np.int64), tokens=[], keys=[],
+            source_sha256=tok.get("sha256", ""), source_name=tok.get("name", ""),
+        )  # fmt: skip
+        if vocab.fingerprint != self.meta["vocab_fingerprint"]:
+            raise EngramError(f"{self.path} is damaged: its id map does not match its vocab "
+                              f"fingerprint; run engramctl verify {self.path}")  # fmt: skip
+        return vocab
 
 
 def read_metadata(path) -> dict:
@@ -203,8 +259,8 @@ def verify_counts(path) -> list[str]:
             problems.append(
                 f"{entry['file']} has {file.stat().st_size:,} bytes, expected {entry['bytes']:,}"
             )
-        elif file_sha256(file) != entry["sha256"]:
-            problems.append(f"{entry['file']} does not match its sha256 (its bytes changed)")
+        elif crc32_of_file(file) != entry["crc32"]:
+            problems.append(f"{entry['file']} does not match its CRC-32 (its bytes changed)")
     return problems
 
 

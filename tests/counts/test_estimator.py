@@ -67,12 +67,13 @@ def test_space_saving_kernel_equals_its_reference_with_truncation():
     out = []
     for fn in (space_saving_kernel, space_saving_reference):
         arrays = (np.zeros((3 * R, K), np.int32), np.zeros((3 * R, K), np.uint32),
-                  np.zeros(3 * R, np.uint64))  # fmt: skip
+                  np.zeros(3 * R, np.uint64), np.zeros(G, np.int64))  # fmt: skip
         fn(rows, targets, keep, *arrays)
         out.append(arrays)
     for a, b in zip(*out, strict=True):
         np.testing.assert_array_equal(a, b)
-    tokens, counts, totals = out[0]
+    tokens, counts, totals, occupied = out[0]
+    assert occupied.tolist() == [len(np.unique(rows[keep, g])) for g in range(G)]
     # SpaceSaving invariants: the slots' counts sum to the total; a true count is never
     # above its kept count plus total / K (the error bound)
     np.testing.assert_array_equal(counts.sum(1, dtype=np.uint64), totals)
@@ -90,7 +91,9 @@ def test_space_saving_by_hand():
     tokens, counts, totals = (np.zeros((1, 2), np.int32), np.zeros((1, 2), np.uint32),
                               np.zeros(1, np.uint64))  # fmt: skip
     rows = np.zeros((5, 1), np.int64)
-    space_saving_kernel(rows, np.array([7, 7, 8, 9, 7]), np.ones(5, bool), tokens, counts, totals)
+    space_saving_kernel(
+        rows, np.array([7, 7, 8, 9, 7]), np.ones(5, bool), tokens, counts, totals, np.zeros(1, int)
+    )
     # 7,7 -> {7:2}; 8 -> {7:2, 8:1}; 9 replaces 8 with count 2; 7 -> {7:3, 9:2}
     assert tokens.tolist() == [[7, 9]] and counts.tolist() == [[3, 2]] and totals.tolist() == [5]
 
