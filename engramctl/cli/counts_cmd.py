@@ -148,3 +148,67 @@ def _render(report) -> None:
     table.add_row("time", f"{report.seconds:,.1f} s")
     console.print(table)
     console.print(f"wrote {report.path}")
+
+
+def is_counts_path(path: str) -> bool:
+    """Is ``path`` (as ``info``/``verify`` got it) a local count memory?"""
+    from ..counts import is_counts_store
+
+    return "://" not in str(path) and is_counts_store(Path(path))
+
+
+def show_counts_info(path: str, *, json_out: bool) -> None:
+    """``engramctl info`` of a count memory."""
+    from .._system import format_bytes
+    from ..counts import describe_counts
+
+    doc = describe_counts(Path(path))
+    if json_out:
+        typer.echo(json.dumps(doc))
+        return
+    lay, corpus, gate = doc["layout"], doc["corpus"], doc["gate"] or {}
+    console.print(
+        f"[bold]{path}[/]: count memory, top-{doc['top_k']} continuations per row, "
+        f"{doc['rows']:,} rows, {format_bytes(doc['bytes'])}; vocab {doc['vocab_fingerprint']}"
+    )
+    console.print(
+        f"layout: orders 2..{lay['max_ngram']}, {lay['heads']} heads per order, ngram_vocab "
+        f"{lay['ngram_vocab']}, layers counted {doc['layers']}, seed {lay['seed']}"
+    )
+    console.print(
+        f"corpus: {corpus.get('tokens', 0):,} tokens, {corpus.get('documents', 0):,} documents, "
+        f"{corpus.get('file_count', 0)} file(s); discounts "
+        + ", ".join(f"{d:.3f}" for d in doc["discounts"])
+    )
+    if gate.get("fitted"):
+        console.print(
+            f"gate: fitted on {gate['heldout_positions']:,} held-out positions, mean λ "
+            f"{gate['mean_lambda']:.3f}, weights {[round(w, 3) for w in gate['weights']]}"
+        )
+    else:
+        console.print(f"gate: not fitted ({gate.get('reason')}), constant λ")
+
+
+def verify_counts_command(path: str, *, vocab, json_out: bool) -> None:
+    """``engramctl verify`` of a count memory: metadata checksum and every array's CRC-32."""
+    from ..counts import verify_counts
+    from .app import err_console
+
+    problems = verify_counts(Path(path))
+    if vocab is not None and not problems:
+        from ..counts.store import read_metadata
+
+        made_for = read_metadata(Path(path))["vocab_fingerprint"]
+        if made_for != vocab.fingerprint:
+            problems.append(f"built for vocab {made_for}, the vocab given is {vocab.fingerprint}")
+    if json_out:
+        typer.echo(json.dumps({"path": path, "kind": "counts", "ok": not problems,
+                               "problems": problems}))  # fmt: skip
+    else:
+        for problem in problems:
+            err_console.print(f"damaged: {problem}", markup=False)
+        if not STATE["quiet"]:
+            status = "[green]ok[/]" if not problems else f"[red]{len(problems)} problem(s)[/]"
+            console.print(f"{path}: count memory {status} (every array's CRC-32 re-read)")
+    if problems:
+        raise typer.Exit(1)

@@ -223,6 +223,12 @@ def open_counts(path) -> CountsStore:
     path = Path(path)
     meta = read_metadata(path)
     arrays = {}
+    missing = [name for name in ARRAYS if name not in meta.get("manifest", {})]
+    if missing:
+        raise EngramError(
+            f"{path} is damaged or incomplete: its manifest lacks {', '.join(missing)}; build it "
+            "again with engramctl build-counts"
+        )
     for name in ARRAYS:
         entry = meta["manifest"][name]
         file = path / entry["file"]
@@ -249,8 +255,10 @@ def verify_counts(path) -> list[str]:
         meta = read_metadata(path)
     except EngramError as exc:
         return [str(exc)]
-    problems = []
+    problems = [f"the manifest lacks {name}" for name in ARRAYS if name not in meta["manifest"]]
     for name in ARRAYS:
+        if name not in meta["manifest"]:
+            continue
         entry = meta["manifest"][name]
         file = path / entry["file"]
         if not file.is_file():

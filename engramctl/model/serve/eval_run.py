@@ -20,7 +20,7 @@ from .opening import default_open_table
 class EvalRequest:
     """The options of ``engramctl eval``, named as the command's parameters."""
 
-    model: Path
+    model: Path | None
     benchmark: Path | None
     table: Path | None
     device: str
@@ -34,11 +34,26 @@ class EvalRequest:
     report: Path | None
     overwrite: bool
     strict_table: bool
+    counts: Path | None = None  # a count memory to mix in (or, without model, to score alone)
+    mix: float | None = None  # a constant λ instead of the memory's fitted gate
 
     def check(self) -> None:
         """Refuse options that do not go together, and a report that may not be written."""
         from ..._files import check_writable_target
+        from ...counts import check_mix
 
+        check_mix(self.mix)
+        if self.counts is not None and self.lm_eval_tasks is not None:
+            raise UsageError("--counts mixes into --benchmark only; drop it for --lm-eval-tasks")
+        if self.mix is not None and self.counts is None:
+            raise UsageError("--mix weighs a count memory: give --counts too")
+        if self.model is None:
+            if self.counts is None:
+                raise UsageError("give --model (with --table), or --counts to score a count memory")
+            if self.benchmark is None or self.explain or self.lm_eval_tasks or self.table:
+                raise UsageError(
+                    "without --model, eval scores the count memory on --benchmark only"
+                )
         if self.lm_eval_tasks is not None and (
             self.benchmark is not None or self.explain is not None
         ):
@@ -73,11 +88,17 @@ def run_eval(
     instead); ``on_progress(done, total)`` follows a benchmark's batches.
     """
     from .evaluate import evaluate, explain_gates
+    from .mixing import CountsSpec
     from .opening import ModelSpec, open_model_table
 
     r = request
     r.check()
     doc: dict = {}
+    counts = None if r.counts is None else CountsSpec(r.counts, r.mix)
+    if r.model is None:
+        doc = evaluate(model=None, benchmark=r.benchmark, counts=counts).to_dict()
+        _write_report(r, doc)
+        return EvalOutput(doc, None)
     with open_model_table(r.model, r.table, strict=r.strict_table, open_table=open_table) as opened:
         if opened.problem is not None and on_warning is not None:
             on_warning(opened.problem)
@@ -88,14 +109,18 @@ def run_eval(
             doc = run_lm_eval(model=spec, tasks=r.lm_eval_tasks, limit=r.limit, batch=r.batch)
         if r.benchmark is not None:
             result = evaluate(model=spec, benchmark=r.benchmark, batch=r.batch,
-                              on_progress=on_progress)  # fmt: skip
+                              on_progress=on_progress, counts=counts)  # fmt: skip
             doc = result.to_dict()
         if r.explain is not None:
             doc["explain"] = explain_gates(model=spec, text=r.explain)
     harness_table = doc.pop("table", None)
-    if r.report is not None:
+    _write_report(r, doc)
+    return EvalOutput(doc, harness_table)
+
+
+def _write_report(request: EvalRequest, doc: dict) -> None:
+    if request.report is not None:
         from ..._files import atomic_write
 
-        with atomic_write(r.report, "w") as handle:
+        with atomic_write(request.report, "w") as handle:
             handle.write(json.dumps(doc, indent=2))
-    return EvalOutput(doc, harness_table)
