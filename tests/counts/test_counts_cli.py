@@ -96,8 +96,8 @@ def test_unknown_spread_sums_to_one_outside_the_models_outputs():
 
 
 def test_generate_with_counts(setup):
-    args = ("generate", "--model", setup["model"], "--table", setup["table"], "--device", "cpu",
-            "--prompt", "def main(", "--max-tokens", 5, "--counts", setup["counts"], "--json")  # fmt: skip
+    args = ("generate", *with_model(setup)[:4], "--device", "cpu", "--prompt", "def main(",
+            "--max-tokens", 5, "--counts", setup["counts"], "--json")  # fmt: skip
     first, again = run(*args), run(*args)
     assert first.exit_code == 0, first.output
     doc = json.loads(first.output)
@@ -128,8 +128,8 @@ def test_damaged_store_is_named_by_verify_and_refused_by_eval(setup, tmp_path):
         handle.write(b"\x07" * 8)
     verify = run("verify", damaged)
     assert verify.exit_code == 1 and "counts.npy does not match its CRC-32" in verify.output
-    (damaged / "zarr.json").write_text((damaged / "zarr.json").read_text().replace('"top_k": 4',
-                                                                              '"top_k": 5'))  # fmt: skip
+    doc = (damaged / "zarr.json").read_text()
+    (damaged / "zarr.json").write_text(doc.replace('"top_k": 4', '"top_k": 5'))
     result = run("eval", "--benchmark", setup["corpus"] / "heldout.jsonl", "--counts", damaged)
     assert result.exit_code == 1
     assert "damaged" in result.output and "verify" in result.output
