@@ -92,5 +92,15 @@ class ReferenceCounts:
         return prob
 
     def prob(self, history, y: int) -> float:
-        """``P(y | history)``."""
-        return float(self.distribution(history)[int(y)])
+        """``P(y | history)`` (one token: no vocab-sized array)."""
+        if self.p0 is None:
+            raise EngramError("call finish() before querying")
+        prob = float(self.p0[int(y)])
+        for k in range(1, self.max_order + 1):
+            continuations = self.tables[k].get(self.context(history, k))
+            if not continuations:
+                continue
+            total, d = sum(continuations.values()), self.discounts[k]
+            kept = sum(max(c - d, 0.0) for c in continuations.values())
+            prob = max(continuations.get(int(y), 0) - d, 0.0) / total + (1 - kept / total) * prob
+        return prob
