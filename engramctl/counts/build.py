@@ -184,19 +184,19 @@ class _PairMaker:
         extended = np.full(K + T + int(inserted[-1]), self.pad, dtype=np.int64)
         extended[:K] = self.carry_canon
         extended[K + pos] = canon
-        rows = np.empty((T, self.columns), dtype=np.int64)
-        rows[:, 0] = canon
+        # row 0: the carried context (the previous batch's last position); rows 1..T: this batch
+        rows = np.empty((T + 1, self.columns), dtype=np.int64)
+        rows[0] = self.carry_rows
+        rows[1:, 0] = canon
         H = self.layout.heads_per_layer
         for i, (mult, head_rows, head_offsets) in enumerate(self.params):
             hashed = hash_canonical(
                 extended[None, :], mult, head_rows, self.layout.heads, offsets=head_offsets
             )[0]
-            rows[:, 1 + i * H : 1 + (i + 1) * H] = hashed[pos] + self.bases[i]
+            rows[1:, 1 + i * H : 1 + (i + 1) * H] = hashed[pos] + self.bases[i]
         first_of_doc = np.zeros(T, dtype=bool)
         first_of_doc[np.asarray(offsets[:-1])[starts & (lengths > 0)]] = True
-        context = np.empty_like(rows)
-        context[1:] = rows[:-1]
-        context[0] = self.carry_rows
+        context = rows[:-1]  # the context of token t ends at t - 1 (a view: no copy)
         valid = ~first_of_doc
         valid[0] &= self.carry_valid
         self.carry_canon = extended[-K:].copy()
