@@ -11,7 +11,8 @@ figure over its classes (the figure docs/model.md's table reports).
     python scripts/counts_adaptation.py [--base-steps 150] [--base DIR] [--out DIR]
 
 ``--base DIR`` reuses a kept ``domain_adaptation.py --out DIR`` (its ``base`` and
-``base.zarr``) instead of training the base again.
+``base.zarr``) instead of training the base again; ``--base-steps 0`` trains no model and
+scores the count memory alone (built in the base's layout).
 """
 
 from __future__ import annotations
@@ -29,9 +30,18 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
 
+def base_layout(vocab):
+    """The base's layout in domain_adaptation.py: one layer, orders 2..3, 4 heads of ~20k."""
+    from engramctl.layout import EngramLayout
+
+    return EngramLayout(
+        ngram_vocab=(20000, 20000), max_ngram=3, heads=4, layers=(1,), seed=0, pad_id=2,
+        vocab_size=vocab.canonical_vocab_size,
+    )  # fmt: skip
+
+
 def train_base(root: Path, paths: dict, steps: int) -> None:
     """The base of domain_adaptation.py: same vocab, layout, table, steps, seed."""
-    from engramctl.layout import EngramLayout
     from engramctl.model.data import ModelVocab, read_corpus_stream
     from engramctl.model.train.loop import TrainConfig, prepare_training_data, train_model
     from engramctl.table.build.create import create_table
@@ -47,10 +57,7 @@ def train_base(root: Path, paths: dict, steps: int) -> None:
     docs = prepare_training_data(corpus=paths["docs_train"], heldout=None, vocab=vocab,
                                  tokenizer_source=None, seq_len=128,
                                  model_vocab=model_vocab)  # fmt: skip
-    layout = EngramLayout(
-        ngram_vocab=(20000, 20000), max_ngram=3, heads=4, layers=(1,), seed=0, pad_id=2,
-        vocab_size=vocab.canonical_vocab_size,
-    )  # fmt: skip
+    layout = base_layout(vocab)
     create_table(root / "base.zarr", layout=layout, vocab_fingerprint=vocab.fingerprint, dim=32)
     with open_table(root / "base.zarr", mode="r+") as table:
         train_model(
@@ -85,13 +92,17 @@ def main(argv=None) -> dict:
         for name in ("base", "base.zarr"):
             if not (root / name).exists():
                 shutil.copytree(args.base / name, root / name)
-    else:
+    elif args.base_steps > 0:
         started = time.perf_counter()
         train_base(root, paths, args.base_steps)
         report["base_seconds"] = time.perf_counter() - started
     vocab = CanonicalVocab.from_tokenizer("deepseek-v4")
-    with open_table(root / "base.zarr") as table:
-        layout = table.layout
+    with_model = args.base is not None or args.base_steps > 0
+    if with_model:
+        with open_table(root / "base.zarr") as table:
+            layout = table.layout
+    else:
+        layout = base_layout(vocab)
     resolved = ResolvedLayout(layout, layout.layers, None, None, "base.zarr")
     tokenizer = hash_stats.load_matching_tokenizer("deepseek-v4", vocab)
     plan = hash_stats.plan_hash_stats([str(paths["code_train"])], layout=layout)
@@ -120,11 +131,17 @@ def main(argv=None) -> dict:
 
     for domain in ("docs_heldout", "code_heldout"):
         runs = report["runs"].setdefault(domain, {})
+        runs["counts alone"] = score(paths[domain], counts=counts, model=None)["metrics"]
+        print(domain, "counts alone", json.dumps(runs["counts alone"]), flush=True)
+        if not with_model:
+            continue
         runs["gate"] = score(paths[domain], counts=counts)["metrics"]
         for mix in args.mix:
             runs[f"mix {mix}"] = score(paths[domain], counts=counts, mix=mix)["metrics"]
         print(domain, json.dumps(runs["gate"]), flush=True)
     print(json.dumps(report))
+    if not with_model:
+        return report
     print("| domain | model (raw ids) | model_vocab_loss | counts alone | mixed, gate (mean λ) |"
           + "".join(f" mixed, λ {m} |" for m in args.mix))  # fmt: skip
     print("| --- | --- | --- | --- | --- |" + " --- |" * len(args.mix))
