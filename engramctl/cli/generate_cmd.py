@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -37,6 +38,16 @@ def generate_command(
     cache_rows: ModelFlags.CacheRows = ModelFlags.CACHE_ROWS,
     resident: ModelFlags.Resident = False,
     tokenizer: ModelFlags.Tokenizer = None,
+    counts: Annotated[
+        Path | None,
+        typer.Option(
+            "--counts", help="Pick each token from the model mixed with this count memory."
+        ),
+    ] = None,
+    mix: Annotated[
+        float | None,
+        typer.Option("--mix", help="With --counts: a constant λ in [0, 1] instead of the gate."),
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Continue a prompt one token at a time: each step hashes the new token with the n-gram
@@ -47,8 +58,14 @@ def generate_command(
     engramctl generate --model m --table t.zarr --prompt "import os" \\
         --max-tokens 32
     """
+    from ..errors import UsageError
     from ..model.serve.generate import generate
+    from ..model.serve.mixing import CountsSpec
     from ..model.serve.opening import ModelSpec
+
+    if mix is not None and counts is None:
+        raise UsageError("--mix weighs a count memory: give --counts too")
+    counts_spec = None if counts is None else CountsSpec(counts, mix)
 
     with model_cmd.model_table(model, table) as table_handle:
         report = generate(
@@ -58,6 +75,7 @@ def generate_command(
             temperature=temperature,
             top_k=top_k,
             seed=seed,
+            counts=counts_spec,
         )
     doc = report.to_dict()
     if json_out:

@@ -252,7 +252,12 @@ def train_command(
 @command("eval")
 def eval_command(
     ctx: typer.Context,
-    model: ModelFlags.Model,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model", help="Checkpoint directory (engramctl train); optional with --counts."
+        ),
+    ] = None,
     benchmark: Annotated[
         Path | None,
         typer.Option("--benchmark", help="Corpus (perplexity) or multiple-choice .jsonl."),
@@ -289,6 +294,18 @@ def eval_command(
             help="Refuse a table whose rows changed since the checkpoint (default: warn).",
         ),
     ] = False,
+    counts: Annotated[
+        Path | None,
+        typer.Option(
+            "--counts",
+            help="Mix this count memory (engramctl build-counts) into the model per token; "
+            "without --model, score the count memory alone.",
+        ),
+    ] = None,
+    mix: Annotated[
+        float | None,
+        typer.Option("--mix", help="A constant λ in [0, 1] instead of the memory's fitted gate."),
+    ] = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Evaluate a checkpoint on a benchmark while paging its Engram rows from the table.
@@ -302,6 +319,10 @@ def eval_command(
 
     lm-evaluation-harness (pip install 'engramctl[eval]'), the two sample tasks:
     engramctl eval --model m --table t.zarr --lm-eval-tasks sample_data/bench
+
+    With a count memory: P = (1 - λ) P_model + λ P_counts per token; every loss over raw ids
+    (docs/counts.md):
+    engramctl eval --model m --table t.zarr --counts c.zarr --benchmark held.jsonl
     """
     from ..model.serve.eval_run import EvalRequest, run_eval
 

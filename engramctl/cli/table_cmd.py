@@ -189,7 +189,10 @@ def info_command(
     """
     from .._system import format_bytes
     from ..table.sources.table import read_info
+    from .counts_cmd import is_counts_path, show_counts_info
 
+    if is_counts_path(table):  # a count memory (engramctl build-counts)
+        return show_counts_info(table, json_out=json_out)
     info = read_info(table, storage_options=_storage_options(storage_option))
     if json_out:
         typer.echo(json.dumps(info.to_dict()))
@@ -272,8 +275,11 @@ def verify_command(
     engramctl verify table.zarr --deep
     """
     from ..table.verify import verify_table
+    from .counts_cmd import is_counts_path, verify_counts_command
 
     vocab_map = load_vocab(vocab) if vocab else None
+    if is_counts_path(table):  # a count memory: every array's CRC-32 is re-read
+        return verify_counts_command(table, vocab=vocab_map, json_out=json_out)
     with progress("verify", enabled=deep and not (json_out or STATE["quiet"])) as update:
         report = verify_table(
             table,

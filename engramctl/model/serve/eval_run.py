@@ -21,7 +21,7 @@ from .opening import default_open_table
 class EvalRequest:
     """The options of ``engramctl eval``, named as the command's parameters."""
 
-    model: Path
+    model: Path | None
     benchmark: Path | None
     table: Path | None
     device: str
@@ -36,6 +36,8 @@ class EvalRequest:
     overwrite: bool
     strict_table: bool
     harness_output: bool = False  # lm-eval's warnings and progress bars (eval -v)
+    counts: Path | None = None  # a count memory to mix in (or, without model, to score alone)
+    mix: float | None = None  # a constant λ instead of the memory's fitted gate
 
     def resolved(self) -> EvalRequest:
         """The request with every path absolute: the harness runs a task directory's YAMLs
@@ -50,14 +52,27 @@ class EvalRequest:
             tokenizer = str(Path(tokenizer).absolute())
         return dataclasses.replace(
             self, model=absolute(self.model), benchmark=absolute(self.benchmark),
-            table=absolute(self.table), tokenizer=tokenizer,
+            table=absolute(self.table), tokenizer=tokenizer, counts=absolute(self.counts),
             report=None if self.report is None else Path(self.report).absolute(),
         )  # fmt: skip
 
     def check(self) -> None:
         """Refuse options that do not go together, and a report that may not be written."""
         from ..._files import check_not_an_input, check_writable_target
+        from ...counts import check_mix
 
+        check_mix(self.mix)
+        if self.counts is not None and self.lm_eval_tasks is not None:
+            raise UsageError("--counts mixes into --benchmark only; drop it for --lm-eval-tasks")
+        if self.mix is not None and self.counts is None:
+            raise UsageError("--mix weighs a count memory: give --counts too")
+        if self.model is None:
+            if self.counts is None:
+                raise UsageError("give --model (with --table), or --counts to score a count memory")
+            if self.benchmark is None or self.explain or self.lm_eval_tasks or self.table:
+                raise UsageError(
+                    "without --model, eval scores the count memory on --benchmark only"
+                )
         if self.lm_eval_tasks is not None and (
             self.benchmark is not None or self.explain is not None
         ):
@@ -67,7 +82,7 @@ class EvalRequest:
         if self.benchmark is None and self.explain is None and self.lm_eval_tasks is None:
             raise UsageError("give --benchmark FILE, --explain TEXT (or both), or --lm-eval-tasks")
         if self.report is not None:
-            inputs = (self.benchmark, self.model, self.table)
+            inputs = (self.benchmark, self.model, self.table, self.counts)
             check_not_an_input(self.report, inputs, what=f"--report {self.report}")
             check_writable_target(self.report, overwrite=self.overwrite)
 
@@ -94,11 +109,17 @@ def run_eval(
     instead); ``on_progress(done, total)`` follows a benchmark's batches.
     """
     from .evaluate import evaluate, explain_gates
+    from .mixing import CountsSpec
     from .opening import ModelSpec, open_model_table
 
     r = request.resolved()  # before anything can change the working directory
     r.check()
     doc: dict = {}
+    counts = None if r.counts is None else CountsSpec(r.counts, r.mix)
+    if r.model is None:
+        doc = evaluate(model=None, benchmark=r.benchmark, counts=counts).to_dict()
+        _write_report(r, doc)
+        return EvalOutput(doc, None)
     with open_model_table(r.model, r.table, strict=r.strict_table, open_table=open_table) as opened:
         if opened.problem is not None and on_warning is not None:
             on_warning(opened.problem)
@@ -110,14 +131,18 @@ def run_eval(
                               quiet=not r.harness_output)  # fmt: skip
         if r.benchmark is not None:
             result = evaluate(model=spec, benchmark=r.benchmark, batch=r.batch,
-                              on_progress=on_progress)  # fmt: skip
+                              on_progress=on_progress, counts=counts)  # fmt: skip
             doc = result.to_dict()
         if r.explain is not None:
             doc["explain"] = explain_gates(model=spec, text=r.explain)
     harness_table = doc.pop("table", None)
-    if r.report is not None:
+    _write_report(r, doc)
+    return EvalOutput(doc, harness_table)
+
+
+def _write_report(request: EvalRequest, doc: dict) -> None:
+    if request.report is not None:
         from ..._files import atomic_write
 
-        with atomic_write(r.report, "w") as handle:
+        with atomic_write(request.report, "w") as handle:
             handle.write(json.dumps(doc, indent=2))
-    return EvalOutput(doc, harness_table)

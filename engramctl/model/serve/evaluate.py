@@ -110,13 +110,19 @@ def _batches(array: np.ndarray, batch: int):
         yield array[start : start + batch]
 
 
-def evaluate_lm(runner: ModelRunner, corpus, tokenizer, *, batch: int, on_progress=None) -> dict:
+def evaluate_lm(
+    runner: ModelRunner, corpus, tokenizer, *, batch: int, on_progress=None, counts=None, mix=None
+) -> dict:
     """Loss, perplexity and bits per byte over every token of a :class:`CorpusStream`.
 
-    ``on_progress(done, total)`` is called after each batch with windows scored so far."""
+    ``on_progress(done, total)`` is called after each batch with windows scored so far.
+    ``counts`` (a :class:`~engramctl.counts.CountsModel`): also the model's, the memory's and
+    the mixed losses over raw ids (:mod:`engramctl.model.serve.mixing`); ``loss`` is then the
+    mixed one and the model's own figure is ``model_vocab_loss``."""
     import torch
 
     from ...corpus.stream import eos_id
+    from .mixing import MixTotals, stream_scores, unknown_log_spread
 
     stream = corpus.ids
     seq_len = runner.model.config.block_size
@@ -124,6 +130,13 @@ def evaluate_lm(runner: ModelRunner, corpus, tokenizer, *, batch: int, on_progre
     windows, mask = lm_windows(stream, seq_len, pad=eos_id(tokenizer))
     inputs = np.ascontiguousarray(windows[:, :-1])
     targets = runner.model_vocab.encode_targets(windows[:, 1:])
+    mixing = None
+    if counts is not None:
+        scores = stream_scores(counts, np.asarray(stream), len(windows), seq_len)
+        lam = counts.gate(scores.reshape(-1, 4), mix).reshape(scores.shape[:2])
+        spread = unknown_log_spread(runner.model_vocab, counts.p0)
+        raw_targets = np.clip(windows[:, 1:], 0, counts.p0.shape[0] - 1)
+        mixing = MixTotals()
     total_nats, scored, unknown = 0.0, 0, 0
     for i, (_, logits) in enumerate(runner.run(_batches(inputs, batch))):
         sl = slice(i * batch, i * batch + logits.shape[0])
@@ -135,11 +148,16 @@ def evaluate_lm(runner: ModelRunner, corpus, tokenizer, *, batch: int, on_progre
         total_nats += float(nats[m.flatten()].double().sum())
         scored += int(m.sum())
         unknown += int(((t == 0) & m).sum())
+        if mixing is not None:
+            class_logp = -nats.double().view(t.shape).cpu().numpy()
+            raw_logp = class_logp + np.where(targets[sl] == 0, spread[raw_targets[sl]], 0.0)
+            keep = mask[sl]
+            mixing.add(raw_logp[keep], scores[sl][..., 0][keep], lam[sl][keep])
         if on_progress is not None:
             on_progress(sl.start + logits.shape[0], len(inputs))
     n_bytes = corpus.text_bytes
     loss = total_nats / scored
-    return {
+    metrics = {
         "loss": loss,
         "perplexity": math.exp(loss),
         # None for pre-tokenized corpora: their text bytes are unknown
@@ -148,6 +166,20 @@ def evaluate_lm(runner: ModelRunner, corpus, tokenizer, *, batch: int, on_progre
         "bytes": n_bytes,
         "unknown_target_fraction": unknown / scored,
     }
+    if mixing is not None:
+        mixed = mixing.metrics(n_bytes)
+        metrics = {
+            "loss": mixed["mixed_loss"],
+            "perplexity": math.exp(mixed["mixed_loss"]),
+            "bits_per_byte": mixed["mixed_bits_per_byte"],
+            **{
+                k: v for k, v in metrics.items() if k not in ("loss", "perplexity", "bits_per_byte")
+            },
+            **mixed,
+            "model_vocab_loss": loss,
+            "model_vocab_bits_per_byte": metrics["bits_per_byte"],
+        }
+    return metrics
 
 
 def choice_scores(
@@ -220,6 +252,11 @@ def evaluate_multiple_choice(
     """Accuracy by summed log-likelihood of each choice given its context (``acc``), and by
     log-likelihood per byte of the choice (``acc_norm``)."""
     scores = choice_scores(runner, records, tokenizer, batch=batch, on_progress=on_progress)
+    return _choice_accuracy(records, scores)
+
+
+def _choice_accuracy(records: list[dict], scores: np.ndarray) -> dict:
+    """``acc`` and ``acc_norm`` of summed choice log-likelihoods, records in order."""
     correct = correct_norm = 0
     offset = 0
     for record in records:
@@ -239,15 +276,18 @@ def evaluate_multiple_choice(
 
 def evaluate(
     *,
-    model: ModelSpec,
+    model: ModelSpec | None,
     benchmark: Path,
     batch: int = 16,
     on_progress: Callable[[int, int], None] | None = None,
+    counts=None,
 ) -> EvalReport:
     """Evaluate a checkpoint (``model``: it, its table and how its rows are served) on a
     benchmark file; see the module docstring for the metrics.
 
-    ``on_progress(done, total)``: called after each batch (windows or choice sequences)."""
+    ``on_progress(done, total)``: called after each batch (windows or choice sequences).
+    ``counts`` (a :class:`~engramctl.model.serve.mixing.CountsSpec`): mix a count memory into
+    the model's distribution, or (``model`` None) score the count memory alone."""
     from ...corpus.stream import read_corpus_stream
 
     if batch < 1:
@@ -257,17 +297,36 @@ def evaluate(
         raise EngramError(f"benchmark not found: {benchmark}")
     kind = benchmark_kind(benchmark)
     records = read_multiple_choice(benchmark) if kind == "multiple_choice" else None
+    if model is None:
+        return _evaluate_counts_alone(counts, benchmark, kind, records)
     opened = open_model(model)
     runner, tokenizer = opened.runner, opened.tokenizer
+    counts_model = None
+    if counts is not None:
+        from .mixing import open_counts_for_model
+
+        if kind != "lm":
+            raise UsageError(
+                "--counts with --model scores language-modelling benchmarks only; score a "
+                "multiple-choice file with the count memory alone (drop --model) or the model"
+            )
+        counts_model = open_counts_for_model(counts, opened.checkpoint)
     corpus = read_corpus_stream(benchmark, tokenizer) if kind == "lm" else None
     start = time.perf_counter()
     if kind == "lm":
-        metrics = evaluate_lm(runner, corpus, tokenizer, batch=batch, on_progress=on_progress)
+        metrics = evaluate_lm(
+            runner, corpus, tokenizer, batch=batch, on_progress=on_progress,
+            counts=counts_model, mix=None if counts is None else counts.mix,
+        )  # fmt: skip
     else:
         metrics = evaluate_multiple_choice(
             runner, records, tokenizer, batch=batch, on_progress=on_progress
         )
     seconds = time.perf_counter() - start
+    described = opened.describe()
+    if counts is not None:
+        described["counts"] = str(counts.path)
+        described["mix"] = "gate" if counts.mix is None else counts.mix
     return EvalReport(
         benchmark=str(benchmark),
         kind=kind,
@@ -277,8 +336,42 @@ def evaluate(
         tokens_per_s=runner.tokens / seconds if seconds else 0.0,
         device=str(runner.device),
         paging=opened.paging(),
-        model=opened.describe(),
+        model=described,
     )
+
+
+def _evaluate_counts_alone(counts, benchmark: Path, kind: str, records) -> EvalReport:
+    """The count memory as a language model on its own (``eval --counts`` without --model)."""
+    from ...corpus.stream import read_corpus_stream
+    from .mixing import evaluate_counts_lm, open_counts_alone
+
+    if counts is None:
+        raise UsageError("give --model (with --table) or --counts to evaluate")
+    counts_model, tokenizer = open_counts_alone(counts)
+    start = time.perf_counter()
+    if kind == "lm":
+        corpus = read_corpus_stream(benchmark, tokenizer)
+        metrics = evaluate_counts_lm(counts_model, corpus)
+        tokens = int(len(corpus.ids))
+    else:
+        scores, tokens = [], 0
+        for record in records:
+            context = tokenizer.encode(record["context"], add_special_tokens=False).ids
+            for choice in record["choices"]:
+                cont = tokenizer.encode(choice, add_special_tokens=False).ids
+                if not cont:
+                    raise EngramError("a choice encodes to no tokens")
+                ids = np.array(context + cont, dtype=np.int64)
+                p = counts_model.score_stream(ids)[:, 0][-len(cont) :]
+                scores.append(float(np.log(p).sum()))
+                tokens += len(ids)
+        metrics = _choice_accuracy(records, np.array(scores))
+    seconds = time.perf_counter() - start
+    return EvalReport(
+        benchmark=str(benchmark), kind=kind, metrics=metrics, tokens=tokens, seconds=seconds,
+        tokens_per_s=tokens / seconds if seconds else 0.0, device="cpu", paging=None,
+        model={"path": None, "counts": str(counts.path)},
+    )  # fmt: skip
 
 
 def explain_gates(*, model: ModelSpec, text: str) -> dict:

@@ -37,6 +37,7 @@ class GenerateReport:
     tokens_per_s: float
     device: str
     paging: dict | None
+    counts: dict | None = None  # with --counts: the memory, and the mean λ over the steps
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,11 +69,14 @@ def generate(
     seed: int = 0,
     stop_at_eos: bool = True,
     kv_cache: bool = True,
+    counts=None,
 ) -> GenerateReport:
     """Decode up to ``max_tokens`` tokens after ``prompt`` with ``model`` (the checkpoint, its
     table and how its rows are served); see the module docstring.
 
-    ``kv_cache=False`` runs the whole window at every step (the same tokens, slower)."""
+    ``kv_cache=False`` runs the whole window at every step (the same tokens, slower).
+    ``counts`` (a :class:`~engramctl.model.serve.mixing.CountsSpec`): each step picks from
+    ``(1 - λ) P_model + λ P_counts`` over raw ids (:mod:`engramctl.model.serve.mixing`)."""
     import torch
 
     from ...corpus.stream import eos_id
@@ -93,6 +97,12 @@ def generate(
     window = lm.config.block_size
     eos = eos_id(tokenizer)
     generator = torch.Generator().manual_seed(seed)
+    mixer, lambdas = None, []
+    if counts is not None:
+        from .mixing import open_counts_for_model, unknown_log_spread
+
+        mixer = open_counts_for_model(counts, opened.checkpoint)
+        spread = unknown_log_spread(vocab, mixer.p0)
     pending: list[np.ndarray] = []
     rows_of = None
     if source is not None:
@@ -130,8 +140,23 @@ def generate(
             # kept: the rows of the last min(len(text_ids), window) positions; context ends there
             rows = {layer: r[:, -len(context) :] for layer, r in kept.items()} or None
             logits = lm(idx.to(runner.device), rows, cache)[0, -1]
-            pick = pick_token(logits, temperature=temperature, top_k=top_k, generator=generator)
-            token = int(vocab.output_ids[pick - 1])
+            if mixer is not None:
+                token = _mixed_pick(
+                    mixer,
+                    text_ids,
+                    logits,
+                    vocab,
+                    spread,
+                    counts.mix,
+                    lambdas,
+                    temperature=temperature,
+                    top_k=top_k,
+                    generator=generator,
+                )
+            else:
+                pick = pick_token(logits, temperature=temperature, top_k=top_k,
+                                  generator=generator)  # fmt: skip
+                token = int(vocab.output_ids[pick - 1])
             if stop_at_eos and token == eos:
                 stopped = "eos"
                 break
@@ -152,7 +177,23 @@ def generate(
         tokens_per_s=len(made) / seconds if seconds else 0.0,
         device=str(runner.device),
         paging=opened.paging(),
-    )
+        counts=None if counts is None else {
+            "path": str(counts.path), "mix": "gate" if counts.mix is None else counts.mix,
+            "mean_lambda": float(np.mean(lambdas)) if lambdas else None,
+        },
+    )  # fmt: skip
+
+
+def _mixed_pick(mixer, text_ids, logits, vocab, spread, mix, lambdas, **pick) -> int:
+    """The next raw id from the model's distribution mixed with the count memory's."""
+    import torch
+
+    from .mixing import mixed_distribution, pick_raw_token
+
+    probs = torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float64)
+    p, lam = mixed_distribution(mixer, text_ids, probs, vocab, spread, mix)
+    lambdas.append(lam)
+    return pick_raw_token(p, **pick)
 
 
 def _drain(pending: list):

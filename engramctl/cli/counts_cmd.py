@@ -1,0 +1,214 @@
+"""``engramctl build-counts``: count a corpus's next tokens into a count memory.
+
+The command parses its flags into a :class:`engramctl.counts.BuildCountsJob`, calls
+:func:`engramctl.counts.build_counts`, and renders its report (or ``--json``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .app import STATE, command, console
+from .options import (
+    CorpusFormat,
+    JsonFlag,
+    LayoutFlags,
+    OverwriteOpt,
+    VocabOpt,
+    load_vocab,
+    resolve_layout_flags,
+)
+from .progress import progress
+from .stats_cmd import (
+    BatchTokensOpt,
+    CorpusArg,
+    DocSepFlag,
+    DocSepIdOpt,
+    FormatOpt,
+    LimitTokensOpt,
+    TextFieldOpt,
+    TokenDtypeOpt,
+    TokenizerOpt,
+    TokensFieldOpt,
+)
+
+OutOpt = Annotated[
+    Path, typer.Option("--out", help="The count memory to write (a directory, e.g. c.zarr).")
+]
+LikeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--like",
+        metavar="TABLE",
+        help="Take the layout from this table instead of --preset/layout flags (--layers picks "
+        "among its layers).",
+        rich_help_panel="Layout",
+    ),
+]
+TopKOpt = Annotated[
+    int, typer.Option("--top-k", help="Continuations kept per row (SpaceSaving, error <= total/K).")
+]
+
+
+@command("build-counts")
+def build_counts_command(
+    ctx: typer.Context,
+    corpus: CorpusArg,
+    vocab: VocabOpt,
+    out: OutOpt,
+    preset: LayoutFlags.Preset = None,
+    ngram_vocab: LayoutFlags.NgramVocab = None,
+    max_ngram: LayoutFlags.MaxNgram = None,
+    heads: LayoutFlags.Heads = None,
+    layers: LayoutFlags.Layers = None,
+    seed: LayoutFlags.Seed = None,
+    pad_id: LayoutFlags.PadId = None,
+    config: LayoutFlags.Config = None,
+    like: LikeOpt = None,
+    top_k: TopKOpt = 8,
+    tokenizer: TokenizerOpt = "deepseek-v4",
+    corpus_format: FormatOpt = CorpusFormat.auto,
+    text_field: TextFieldOpt = "text",
+    tokens_field: TokensFieldOpt = None,
+    doc_sep: DocSepFlag = False,
+    doc_sep_id: DocSepIdOpt = None,
+    token_dtype: TokenDtypeOpt = None,
+    limit_tokens: LimitTokensOpt = None,
+    batch_tokens: BatchTokensOpt = 1 << 18,
+    overwrite: OverwriteOpt = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Count what follows each context of a corpus into a count memory (one streaming pass).
+
+    Every position's context rows (the Engram hashing of the layout: each layer, order and head;
+    plus the last token exactly) keep their top-K next tokens with counts; the unigram is exact.
+    A gate λ is fitted on a held-out 5% and stored. Use it with eval/generate --counts
+    (docs/counts.md).
+
+    Example:
+    engramctl build-counts code.jsonl --vocab vocab.parquet --like t.zarr \\
+        --out code-counts.zarr --top-k 8
+    """
+    from ..corpus.files import CorpusOptions
+    from ..counts import BuildCountsJob, build_counts
+
+    job = BuildCountsJob(
+        inputs=tuple(corpus), out=out, tokenizer=tokenizer, top_k=top_k,
+        limit_tokens=limit_tokens, overwrite=overwrite,
+        corpus=CorpusOptions(
+            format=corpus_format.value, text_field=text_field, tokens_field=tokens_field,
+            doc_sep=doc_sep, doc_sep_id=doc_sep_id,
+            token_dtype=token_dtype.value if token_dtype else None, batch_tokens=batch_tokens,
+        ),
+    )  # fmt: skip
+    job.check()
+    vocab_map = load_vocab(vocab)
+    resolved = resolve_layout_flags(ctx.params, vocab_map, table=like, pick_layers=True)
+    quiet = STATE["quiet"] or json_out
+    started = time.perf_counter()
+    detail = "{docs:,} docs, {rate:,.0f} tok/s"
+    with progress("build-counts", enabled=not quiet, detail=detail, transient=True) as bar:
+
+        def on_progress(done, total, docs, tokens):
+            bar(done, total, docs=docs, rate=tokens / max(time.perf_counter() - started, 1e-9))
+
+        report = build_counts(job=job, vocab=vocab_map, layout=resolved, progress=on_progress)
+    if json_out:
+        typer.echo(json.dumps(report.to_dict()))
+        return
+    _render(report)
+
+
+def _render(report) -> None:
+    from .._system import format_bytes
+
+    table = Table(title=f"count memory {report.path}", show_header=False)
+    table.add_row("tokens / documents", f"{report.tokens:,} / {report.documents:,}")
+    table.add_row("pairs counted", f"{report.pairs:,} ({report.heldout_pairs:,} held out first)")
+    table.add_row("rows x K", f"{report.rows:,} x {report.top_k}")
+    table.add_row("rows with all K slots taken", f"{report.full_rows:,}")
+    table.add_row("size", f"{format_bytes(report.bytes)} "
+                          f"({report.bytes / report.tokens:,.1f} B per corpus token)")  # fmt: skip
+    table.add_row("discounts (unigram, 1..M)", ", ".join(f"{d:.3f}" for d in report.discounts))
+    gate = report.gate
+    if gate.get("fitted"):
+        table.add_row(
+            "gate (held-out)",
+            f"mean λ {gate['mean_lambda']:.3f}; loss counts {gate['heldout_loss_counts']:.3f}, "
+            f"unigram {gate['heldout_loss_unigram']:.3f}, mixed {gate['heldout_loss_mixed']:.3f}",
+        )
+    else:
+        table.add_row("gate", f"not fitted ({gate['reason']}): constant λ 0.25")
+    table.add_row("time", f"{report.seconds:,.1f} s")
+    console.print(table)
+    console.print(f"wrote {report.path}")
+
+
+def is_counts_path(path: str) -> bool:
+    """Is ``path`` (as ``info``/``verify`` got it) a local count memory?"""
+    from ..counts import is_counts_store
+
+    return "://" not in str(path) and is_counts_store(Path(path))
+
+
+def show_counts_info(path: str, *, json_out: bool) -> None:
+    """``engramctl info`` of a count memory."""
+    from .._system import format_bytes
+    from ..counts import describe_counts
+
+    doc = describe_counts(Path(path))
+    if json_out:
+        typer.echo(json.dumps(doc))
+        return
+    lay, corpus, gate = doc["layout"], doc["corpus"], doc["gate"] or {}
+    console.print(
+        f"[bold]{path}[/]: count memory, top-{doc['top_k']} continuations per row, "
+        f"{doc['rows']:,} rows, {format_bytes(doc['bytes'])}; vocab {doc['vocab_fingerprint']}"
+    )
+    console.print(
+        f"layout: orders 2..{lay['max_ngram']}, {lay['heads']} heads per order, ngram_vocab "
+        f"{lay['ngram_vocab']}, layers counted {doc['layers']}, seed {lay['seed']}"
+    )
+    console.print(
+        f"corpus: {corpus.get('tokens', 0):,} tokens, {corpus.get('documents', 0):,} documents, "
+        f"{corpus.get('file_count', 0)} file(s); discounts "
+        + ", ".join(f"{d:.3f}" for d in doc["discounts"])
+    )
+    if gate.get("fitted"):
+        console.print(
+            f"gate: fitted on {gate['heldout_positions']:,} held-out positions, mean λ "
+            f"{gate['mean_lambda']:.3f}, weights {[round(w, 3) for w in gate['weights']]}"
+        )
+    else:
+        console.print(f"gate: not fitted ({gate.get('reason')}), constant λ")
+
+
+def verify_counts_command(path: str, *, vocab, json_out: bool) -> None:
+    """``engramctl verify`` of a count memory: metadata checksum and every array's CRC-32."""
+    from ..counts import verify_counts
+    from .app import err_console
+
+    problems = verify_counts(Path(path))
+    if vocab is not None and not problems:
+        from ..counts.store import read_metadata
+
+        made_for = read_metadata(Path(path))["vocab_fingerprint"]
+        if made_for != vocab.fingerprint:
+            problems.append(f"built for vocab {made_for}, the vocab given is {vocab.fingerprint}")
+    if json_out:
+        typer.echo(json.dumps({"path": path, "kind": "counts", "ok": not problems,
+                               "problems": problems}))  # fmt: skip
+    else:
+        for problem in problems:
+            err_console.print(f"damaged: {problem}", markup=False)
+        if not STATE["quiet"]:
+            status = "[green]ok[/]" if not problems else f"[red]{len(problems)} problem(s)[/]"
+            console.print(f"{path}: count memory {status} (every array's CRC-32 re-read)")
+    if problems:
+        raise typer.Exit(1)

@@ -1,0 +1,423 @@
+"""``build-counts``: one streaming pass over a corpus into a count memory.
+
+The corpus readers and the tokenizer thread of ``hash-stats`` (:mod:`engramctl.corpus`) give
+batches of raw ids; each batch is mapped to canonical ids and hashed with the layout
+(:func:`engramctl.hashing.hash_canonical`, pad context at each document's start, the context
+carried across pieces). Each position ``t >= 1`` of a document gives one pair: the rows of the
+context ending at ``t - 1`` (level 1: the canonical id; every counted layer's heads of every
+order) and the raw id at ``t``. :func:`space_saving_kernel` adds the pairs to the rows' top-K
+summaries (SpaceSaving: a kept count over-counts by at most total/K) in the memory-mapped
+arrays, one column (head) per thread, in corpus order, so the result never depends on threads.
+
+One pair in 20 (blocks of :data:`BLOCK` pairs, at most :data:`HELDOUT_CAP`) is held out: after
+the pass the gate is fitted on them (:mod:`engramctl.counts.gate`), then they are counted too.
+The memory is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .._numba import njit, prange
+from .._system import format_bytes, parse_memory
+from ..corpus.files import CorpusOptions, corpus_bytes, discover_files
+from ..corpus.readers import read_batches
+from ..corpus.tokenize import TextTokenizer, tokenized_batches
+from ..errors import EngramError, UsageError
+from ..hashing import hash_canonical
+from ..layout import ResolvedLayout
+from .store import COUNT_MAX, FORMAT, FORMAT_VERSION, create_arrays, store_bytes, write_metadata
+
+log = logging.getLogger(__name__)
+
+HELDOUT_EVERY = 20  # one block in 20 held out for the gate (5%)
+HELDOUT_CAP = 1 << 17  # held-out pairs at most (their rows stay in RAM until the fit)
+BLOCK = 256  # pairs per held-out block (16 for corpora under ~1M tokens)
+
+
+@dataclass(frozen=True)
+class BuildCountsJob:
+    """One ``build-counts`` run as asked."""
+
+    inputs: tuple[str, ...]  # corpus files, directories or globs
+    out: Path  # the count memory to write (a directory, e.g. counts.zarr)
+    corpus: CorpusOptions = field(default_factory=lambda: CorpusOptions(batch_tokens=1 << 18))
+    tokenizer: str = "deepseek-v4"  # for text input; must be the one the vocab was built from
+    top_k: int = 8  # continuations kept per row
+    limit_tokens: int | None = None  # stop after this many tokens
+    overwrite: bool = False  # replace an existing memory
+    max_memory: int | None = None  # build in RAM when the memory fits (None: 25% of RAM)
+
+    def check(self) -> None:
+        if isinstance(self.top_k, bool) or self.top_k < 1:
+            raise UsageError(f"--top-k must be at least 1 (continuations kept per row), got "
+                             f"{self.top_k}")  # fmt: skip
+        if self.limit_tokens is not None and self.limit_tokens < 1:
+            raise UsageError(f"--limit-tokens must be at least 1, got {self.limit_tokens}")
+        out = Path(self.out)
+        if out.exists() and not self.overwrite and not (out.is_dir() and not any(out.iterdir())):
+            raise EngramError(f"{out} exists; pass --overwrite to replace it")
+        if not out.parent.exists():
+            raise EngramError(f"directory {out.parent} does not exist; create it first")
+
+
+@dataclass(frozen=True)
+class BuildCountsReport:
+    """What a build counted and wrote."""
+
+    path: str
+    tokens: int
+    documents: int
+    pairs: int  # (context, next token) pairs counted
+    heldout_pairs: int  # of them, held out for the gate's fit (counted after it)
+    rows: int
+    top_k: int
+    full_rows: int  # rows whose K slots are all taken (where truncation may have happened)
+    bytes: int
+    seconds: float
+    discounts: list
+    gate: dict
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------- kernels
+def space_saving_reference(rows, targets, keep, tokens, counts, totals, occupied) -> None:
+    """Plain-Python specification of :func:`space_saving_kernel` (one pair at a time)."""
+    K = tokens.shape[1]
+    for g in range(rows.shape[1]):
+        for p in range(rows.shape[0]):
+            if not keep[p]:
+                continue
+            r, y = rows[p, g], targets[p]
+            occupied[g] += totals[r] == 0
+            totals[r] += 1
+            slot = None
+            for s in range(K):
+                if counts[r, s] == 0 or tokens[r, s] == y:
+                    slot = s
+                    break
+            if slot is None:  # full and y absent: y replaces the smallest count (first of ties)
+                slot = int(np.argmin(counts[r]))
+                tokens[r, slot] = y  # and inherits its count, the SpaceSaving error bound
+            elif counts[r, slot] == 0:
+                tokens[r, slot] = y
+            if counts[r, slot] < COUNT_MAX:
+                counts[r, slot] += 1
+
+
+@njit(cache=True, parallel=True)
+def space_saving_kernel(rows, targets, keep, tokens, counts, totals, occupied):
+    """Add ``targets[p]`` to row ``rows[p, g]`` for each kept pair p and column g.
+
+    rows (P, G) int64; targets (P,) int64; keep (P,) bool; tokens (R, K) int32, counts (R, K)
+    uint32, totals (R,) uint64; occupied (G,) int64 += rows each column starts using. Columns
+    own disjoint rows, so each thread takes whole columns and visits pairs in order: the
+    result is the sequential one.
+    """
+    P, G = rows.shape
+    K = tokens.shape[1]
+    for g in prange(G):
+        for p in range(P):
+            if not keep[p]:
+                continue
+            r = rows[p, g]
+            y = targets[p]
+            if totals[r] == 0:
+                occupied[g] += 1
+            totals[r] += 1
+            slot = -1
+            low = 0
+            for s in range(K):
+                c = counts[r, s]
+                if c == 0 or tokens[r, s] == y:
+                    slot = s
+                    break
+                if c < counts[r, low]:
+                    low = s
+            if slot < 0:
+                slot = low
+                tokens[r, slot] = y
+            elif counts[r, slot] == 0:
+                tokens[r, slot] = y
+            if counts[r, slot] < COUNT_MAX:
+                counts[r, slot] += 1
+
+
+# ----------------------------------------------------------------------------- the pass
+class _PairMaker:
+    """Turns batches of raw ids into (context rows, next raw id) pairs, context carried."""
+
+    def __init__(self, layout, layer_ids, vocab, bases):
+        self.layout, self.layer_ids = layout, tuple(layer_ids)
+        self.lut = np.ascontiguousarray(vocab.canonical_ids, dtype=np.int64)
+        self.vocab_size = vocab.source_vocab_size
+        self.pad = layout.pad_canonical_id(vocab)
+        self.K = layout.max_ngram - 1
+        self.params = [(layout.multipliers(L), layout.head_rows(L), layout.head_offsets(L))
+                       for L in self.layer_ids]  # fmt: skip
+        self.bases = bases
+        self.columns = 1 + len(self.layer_ids) * layout.heads_per_layer
+        self.carry_canon = np.full(self.K, self.pad, dtype=np.int64)
+        self.carry_rows = np.zeros(self.columns, dtype=np.int64)
+        self.carry_valid = False
+
+    def pairs(self, ids, offsets, doc_start) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(rows (T, G), targets (T,), valid (T,))`` of one batch's tokens."""
+        ids = np.asarray(ids, dtype=np.int64)
+        T, K = ids.shape[0], self.K
+        canon = self.lut[ids]
+        lengths = np.diff(np.asarray(offsets, dtype=np.int64))
+        starts = np.asarray(doc_start, dtype=bool)
+        piece_of = np.repeat(np.arange(len(lengths)), lengths)
+        inserted = np.cumsum(starts) * K  # pads inserted up to each piece (a doc start: K pads)
+        pos = np.arange(T) + inserted[piece_of]
+        extended = np.full(K + T + int(inserted[-1]), self.pad, dtype=np.int64)
+        extended[:K] = self.carry_canon
+        extended[K + pos] = canon
+        # row 0: the carried context (the previous batch's last position); rows 1..T: this batch
+        rows = np.empty((T + 1, self.columns), dtype=np.int64)
+        rows[0] = self.carry_rows
+        rows[1:, 0] = canon
+        H = self.layout.heads_per_layer
+        for i, (mult, head_rows, head_offsets) in enumerate(self.params):
+            hashed = hash_canonical(
+                extended[None, :], mult, head_rows, self.layout.heads, offsets=head_offsets
+            )[0]
+            rows[1:, 1 + i * H : 1 + (i + 1) * H] = hashed[pos] + self.bases[i]
+        first_of_doc = np.zeros(T, dtype=bool)
+        first_of_doc[np.asarray(offsets[:-1])[starts & (lengths > 0)]] = True
+        context = rows[:-1]  # the context of token t ends at t - 1 (a view: no copy)
+        valid = ~first_of_doc
+        valid[0] &= self.carry_valid
+        self.carry_canon = extended[-K:].copy()
+        self.carry_rows = rows[-1].copy()
+        self.carry_valid = True
+        return context, ids, valid
+
+
+def _counts_of_counts(counts, start: int, stop: int) -> tuple[int, int]:
+    """``(n1, n2)``: kept counts of 1 and of 2 in the rows ``start:stop``, read in blocks."""
+    n = np.zeros(4, dtype=np.int64)
+    for lo in range(start, stop, 1 << 18):
+        block = np.minimum(np.asarray(counts[lo : min(stop, lo + (1 << 18))]), 3)
+        n += np.bincount(block.ravel(), minlength=4)
+    return int(n[1]), int(n[2])
+
+
+def _discounts(arrays, layout, layer_ids, canonical_size: int, bases, occupied) -> list:
+    """Each level's Ney discount from its counts of counts. Level 1 reads its exact rows;
+    level k the head of order k (any counted layer) with the most occupied rows (``occupied``:
+    per column): the one with the fewest collisions, exact when one head has none."""
+    from .smoothing import ney_discount
+
+    n = np.bincount(np.minimum(np.asarray(arrays["unigram"]), 3).astype(np.int64), minlength=4)
+    discounts = [ney_discount(int(n[1]), int(n[2]))]
+    counts = arrays["counts"]
+    discounts.append(ney_discount(*_counts_of_counts(counts, 0, canonical_size)))
+    H = layout.heads_per_layer
+    for k in range(2, layout.max_ngram + 1):
+        heads = range((k - 2) * layout.heads, (k - 1) * layout.heads)
+        columns = [(1 + i * H + h, i, h) for i in range(len(layer_ids)) for h in heads]
+        _, i, h = max(columns, key=lambda entry: (occupied[entry[0]], -entry[0]))
+        start = int(bases[i] + layout.head_offsets(layer_ids[i])[h])
+        stop = start + int(layout.head_rows(layer_ids[i])[h])
+        discounts.append(ney_discount(*_counts_of_counts(counts, start, stop)))
+    return discounts
+
+
+def _full_rows(counts) -> int:
+    """Rows whose K slots are all taken (where truncation may have happened)."""
+    return sum(int(np.count_nonzero(counts[lo : lo + (1 << 20), -1]))
+               for lo in range(0, counts.shape[0], 1 << 20))  # fmt: skip
+
+
+def build_counts(
+    *,
+    job: BuildCountsJob,
+    vocab,
+    layout: ResolvedLayout,
+    tokenizer: TextTokenizer | None = None,
+    progress: Callable[[int, int, int, int], None] | None = None,
+) -> BuildCountsReport:
+    """Count ``job``'s corpus into a new count memory at ``job.out``; see the module docstring.
+
+    Parameters
+    ----------
+    job : the corpus, K and the output.
+    vocab : the canonical vocab (:class:`engramctl.vocab.CanonicalVocab`) of ``layout``.
+    layout : the layout and the layers to count (:func:`engramctl.layout.resolve_layout`).
+    tokenizer : for text input (default: ``job.tokenizer``, checked against the vocab).
+    progress : called after each batch with ``(bytes done, bytes total, documents, tokens)``.
+    """
+    from .._files import atomic_directory
+    from ..hashing import NgramHasher
+
+    job.check()
+    job.corpus.validate()
+    started = time.perf_counter()
+    lay, layer_ids = layout.layout, tuple(layout.layer_ids)
+    NgramHasher(lay, vocab)  # refuses a layout made for another vocab
+    files = discover_files(job.inputs, format=job.corpus.format)
+    needs_tokenizer = any(f.format != "tokens" for f in files) and not job.corpus.tokens_field
+    if needs_tokenizer and tokenizer is None:
+        from ..tokenizer import load_checked_tokenizer
+
+        tokenizer = TextTokenizer(
+            load_checked_tokenizer(job.tokenizer, sha256=vocab.source_sha256)[0]
+        )
+    total_bytes = corpus_bytes(files)
+    from ..corpus.files import estimate_tokens
+
+    block = BLOCK if estimate_tokens(files, job.corpus) >= 1 << 20 else 16
+    canonical_size = vocab.canonical_vocab_size
+    bases, rows = [], canonical_size
+    for layer in layer_ids:
+        bases.append(rows)
+        rows += lay.layer_rows(layer)
+    bases = np.array(bases, dtype=np.int64)
+    with atomic_directory(Path(job.out), label="building", replace=job.overwrite) as tmp:
+        size = store_bytes(rows=rows, top_k=job.top_k, vocab_size=vocab.source_vocab_size)
+        in_memory = size <= (job.max_memory or parse_memory("25%"))
+        log.info("building %s in %s", format_bytes(size), "RAM" if in_memory else "mmap files")
+        arrays = create_arrays(tmp, rows=rows, top_k=job.top_k,
+                               vocab_size=vocab.source_vocab_size, in_memory=in_memory)  # fmt: skip
+        occupied = np.zeros(1 + len(layer_ids) * lay.heads_per_layer, dtype=np.int64)
+        arrays["canonical"][:] = vocab.canonical_ids
+        target = {name: np.asarray(a) for name, a in arrays.items()}
+        maker = _PairMaker(lay, layer_ids, vocab, bases)
+        tokens = documents = pairs = 0
+        held_rows, held_targets, held = [], [], 0
+        from ..corpus.files import CorpusWarnings
+
+        warnings = CorpusWarnings()
+        batches = tokenized_batches(read_batches(files, job.corpus, warnings), tokenizer)
+        done_before = np.concatenate([[0], np.cumsum([f.size for f in files])])
+        try:
+            for batch in batches:
+                ids = batch.ids
+                if job.limit_tokens is not None and tokens + ids.shape[0] > job.limit_tokens:
+                    keep = job.limit_tokens - tokens
+                    pieces = max(1, int(np.searchsorted(batch.offsets, keep, side="left")))
+                    batch.offsets = np.minimum(batch.offsets[: pieces + 1], keep)
+                    batch.doc_start = batch.doc_start[:pieces]
+                    ids = batch.ids = ids[:keep]
+                if ids.shape[0] == 0:
+                    continue
+                if ids.min() < 0 or ids.max() >= vocab.source_vocab_size:
+                    bad = int(np.flatnonzero((ids < 0) | (ids >= vocab.source_vocab_size))[0])
+                    raise EngramError(
+                        f"{batch.locate(bad)}: token id {int(ids[bad])} is outside the "
+                        f"tokenizer's vocab (0..{vocab.source_vocab_size - 1}); use the vocab "
+                        "built from the tokenizer that produced these ids"
+                    )
+                context, targets, valid = maker.pairs(ids, batch.offsets, batch.doc_start)
+                index = pairs + np.cumsum(valid) - 1  # the running number of each valid pair
+                hold = valid & ((index // block) % HELDOUT_EVERY == HELDOUT_EVERY - 1)
+                room = HELDOUT_CAP - held
+                if hold.sum() > room:
+                    hold[np.flatnonzero(hold)[room:]] = False
+                if hold.any():
+                    held_rows.append(context[hold])
+                    held_targets.append(targets[hold])
+                    held += int(hold.sum())
+                space_saving_kernel(context, targets, valid & ~hold, target["tokens"],
+                                    target["counts"], target["totals"], occupied)  # fmt: skip
+                target["unigram"] += np.bincount(ids, minlength=vocab.source_vocab_size).astype(
+                    np.uint64
+                )
+                tokens += int(ids.shape[0])
+                documents += int(np.count_nonzero(batch.doc_start))
+                pairs += int(valid.sum())
+                if progress is not None:
+                    done = int(done_before[batch.file_index] + batch.file_fraction
+                               * files[batch.file_index].size)  # fmt: skip
+                    progress(done, total_bytes, documents, tokens)
+                if job.limit_tokens is not None and tokens >= job.limit_tokens:
+                    break
+        finally:
+            batches.close()
+        if tokens == 0:
+            names = ", ".join(str(f.path) for f in files[:3])
+            raise EngramError(f"the corpus tokenizes to nothing ({names}); nothing to count")
+        if pairs == 0:
+            raise EngramError(
+                "the corpus has no document of two tokens or more: no next token to count"
+            )
+        discounts = _discounts(target, lay, layer_ids, canonical_size, bases, occupied)
+        gate = _fit_gate(tmp, target, lay, layer_ids, vocab, bases, discounts, job,
+                         held_rows, held_targets)  # fmt: skip
+        if held:
+            rows_h, targets_h = np.concatenate(held_rows), np.concatenate(held_targets)
+            space_saving_kernel(rows_h, targets_h, np.ones(len(targets_h), bool),
+                                target["tokens"], target["counts"], target["totals"],
+                                occupied)  # fmt: skip
+            discounts = _discounts(target, lay, layer_ids, canonical_size, bases, occupied)
+        full = _full_rows(target["counts"])
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "layout": lay.to_dict(),
+            "layers": {
+                str(L): {"base": int(b), "rows": int(lay.layer_rows(L))}
+                for L, b in zip(layer_ids, bases, strict=True)
+            },  # fmt: skip
+            "rows": int(rows),
+            "canonical_vocab_size": int(canonical_size),
+            "vocab_size": int(vocab.source_vocab_size),
+            "vocab_fingerprint": vocab.fingerprint,
+            "tokenizer": {
+                "name": vocab.source_name or job.tokenizer,
+                "sha256": vocab.source_sha256,
+            },  # fmt: skip
+            "top_k": int(job.top_k),
+            "discounts": discounts,
+            "smoothing": "interpolated absolute discounting, Ney discounts, count-min over heads",
+            "gate": gate,
+            "corpus": {
+                "files": [str(f.path) for f in files][:100],
+                "file_count": len(files),
+                "bytes": int(total_bytes),
+                "tokens": tokens,
+                "documents": documents,
+                "pairs": pairs,
+                "heldout_pairs": held,
+                "warnings": warnings.counts,
+            },  # fmt: skip
+            "full_rows": full,
+            "build_seconds": time.perf_counter() - started,
+        }
+        write_metadata(tmp, meta, arrays)
+        del target, arrays
+        size = sum(p.stat().st_size for p in tmp.iterdir())
+    return BuildCountsReport(
+        path=str(job.out), tokens=tokens, documents=documents, pairs=pairs, heldout_pairs=held,
+        rows=int(rows), top_k=job.top_k, full_rows=full, bytes=size,
+        seconds=time.perf_counter() - started, discounts=discounts, gate=gate,
+    )  # fmt: skip
+
+
+def _fit_gate(tmp, target, layout, layer_ids, vocab, bases, discounts, job, held_rows, held_t):
+    """Fit the gate on the held-out pairs against the store as counted without them."""
+    from .gate import fit_gate, unfitted_gate
+    from .query import level_columns
+    from .smoothing import level_probability_kernel, unigram_probabilities
+
+    if not held_rows:
+        return unfitted_gate("no held-out positions (the corpus is too small)")
+    rows, targets = np.concatenate(held_rows), np.concatenate(held_t)
+    cols, ncols = level_columns(layout, len(layer_ids))
+    p0 = unigram_probabilities(target["unigram"], discounts[0])
+    out = np.empty((rows.shape[0], 4))
+    level_probability_kernel(rows, targets, cols, ncols, target["tokens"], target["counts"],
+                             target["totals"], p0, np.asarray(discounts), out)  # fmt: skip
+    return fit_gate(out[:, 0], p0[targets], out[:, 1:4], layout.max_ngram)

@@ -1,0 +1,90 @@
+"""The gate λ(context): how much of the count memory to mix into a model's distribution.
+
+λ = sigmoid(w · x) over the evidence of the context at the longest level with data:
+``x = (1, log1p(count), log1p(distinct continuations), level / M)`` (all 0 but the bias when
+no level has data). The weights are fitted at build time on the held-out slice of the build
+corpus by maximizing the held-out log-likelihood of ``(1 - λ) P_unigram + λ P_counts``: the
+unigram stands in for a model that knows nothing of the context (the build has no model), so
+the fit learns how far each kind of evidence can be trusted. ``--mix λ`` replaces it with a
+constant.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import UsageError
+
+FEATURES = ("bias", "log1p_count", "log1p_distinct", "level_fraction")
+UNFITTED_LAMBDA = 0.25  # kNN-LM's in-domain λ: the gate of a corpus too small to hold a slice out
+L2 = 1e-4  # keeps the weights finite when the held-out slice separates perfectly
+
+
+def gate_features(evidence: np.ndarray, max_level: int) -> np.ndarray:
+    """``(P, 4)`` features from evidence ``(P, 3)``: count, distinct, level (0: no data)."""
+    evidence = np.asarray(evidence, dtype=np.float64)
+    x = np.empty((evidence.shape[0], len(FEATURES)))
+    x[:, 0] = 1.0
+    x[:, 1] = np.log1p(evidence[:, 0])
+    x[:, 2] = np.log1p(evidence[:, 1])
+    x[:, 3] = evidence[:, 2] / max_level
+    return x
+
+
+def gate_lambda(weights, evidence: np.ndarray, max_level: int) -> np.ndarray:
+    """λ per position from the gate's weights and each position's evidence."""
+    z = gate_features(evidence, max_level) @ np.asarray(weights, dtype=np.float64)
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def check_mix(mix: float | None) -> float | None:
+    """``--mix``: a constant λ in [0, 1], or ``None`` for the fitted gate."""
+    if mix is None:
+        return None
+    if not isinstance(mix, int | float) or math.isnan(mix) or not 0.0 <= mix <= 1.0:
+        raise UsageError(f"--mix must be a number in [0, 1] (the weight of the counts), got {mix}")
+    return float(mix)
+
+
+def unfitted_gate(reason: str) -> dict:
+    """The gate stored when no held-out slice could be fitted: a constant λ."""
+    bias = math.log(UNFITTED_LAMBDA / (1 - UNFITTED_LAMBDA))
+    return {"fitted": False, "reason": reason, "features": list(FEATURES),
+            "weights": [bias, 0.0, 0.0, 0.0]}  # fmt: skip
+
+
+def fit_gate(
+    p_counts: np.ndarray, p_background: np.ndarray, evidence: np.ndarray, max_level: int
+) -> dict:
+    """Fit the gate's weights on held-out positions; the weights and the fit's figures."""
+    from scipy.optimize import minimize
+
+    c = np.asarray(p_counts, dtype=np.float64)
+    b = np.asarray(p_background, dtype=np.float64)
+    if c.size == 0:
+        return unfitted_gate("no held-out positions (the corpus is too small)")
+    x = gate_features(evidence, max_level)
+
+    def objective(w):
+        lam = 1.0 / (1.0 + np.exp(-(x @ w)))
+        mix = (1 - lam) * b + lam * c
+        value = -np.mean(np.log(mix)) + L2 * (w @ w)
+        grad = -((c - b) / mix * lam * (1 - lam)) @ x / len(c) + 2 * L2 * w
+        return value, grad
+
+    result = minimize(objective, np.zeros(len(FEATURES)), jac=True, method="L-BFGS-B")
+    w = result.x
+    lam = 1.0 / (1.0 + np.exp(-(x @ w)))
+    return {
+        "fitted": True,
+        "features": list(FEATURES),
+        "weights": [float(v) for v in w],
+        "heldout_positions": int(c.size),
+        "heldout_loss_counts": float(-np.mean(np.log(c))),
+        "heldout_loss_unigram": float(-np.mean(np.log(b))),
+        "heldout_loss_mixed": float(-np.mean(np.log((1 - lam) * b + lam * c))),
+        "mean_lambda": float(lam.mean()),
+        "converged": bool(result.success),
+    }

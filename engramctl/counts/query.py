@@ -1,0 +1,114 @@
+"""Querying a count memory: the rows of each context, ``P_counts`` of each target, λ.
+
+:class:`CountsModel` opens a store for a vocab (refusing another one), hashes raw token streams
+with the store's layout (:class:`~engramctl.hashing.NgramHasher`, the same hashing as the table)
+and scores them with :func:`~engramctl.counts.smoothing.level_probability_kernel`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import EngramError
+from ..hashing import NgramHasher
+from ..table.core.meta import check_vocab_fingerprint
+from .gate import gate_lambda
+from .smoothing import distribution, level_probability_kernel, unigram_probabilities
+from .store import CountsStore
+
+
+def level_columns(layout, n_layers: int) -> tuple[np.ndarray, np.ndarray]:
+    """Columns of each level k = 1..M in a ``(P, G)`` row matrix, and how many each has.
+
+    Column 0 is level 1; layer ``i``'s head ``h`` of order ``k`` is ``1 + i*H + (k-2)*heads + h``.
+    """
+    M, heads, H = layout.max_ngram, layout.heads, layout.heads_per_layer
+    cols = np.zeros((M, max(1, n_layers * heads)), dtype=np.int64)
+    ncols = np.zeros(M, dtype=np.int64)
+    ncols[0] = 1
+    for k in range(2, M + 1):
+        found = [1 + i * H + (k - 2) * heads + h for i in range(n_layers) for h in range(heads)]
+        cols[k - 1, : len(found)] = found
+        ncols[k - 1] = len(found)
+    return cols, ncols
+
+
+class CountsModel:
+    """A count memory ready to score: ``P_counts(next | context)`` and the gate λ."""
+
+    def __init__(self, store: CountsStore, vocab):
+        check_vocab_fingerprint(
+            store.meta["vocab_fingerprint"],
+            vocab.fingerprint,
+            what=f"the count memory {store.path}",
+            given="the vocab",
+            advice="build the count memory with this vocab",
+        )
+        self.store = store
+        self.vocab = vocab
+        self.layout = store.layout
+        self.hasher = NgramHasher(self.layout, vocab)
+        self.layer_ids = store.layer_ids
+        self.bases = np.array([store.layer_base(layer) for layer in self.layer_ids], np.int64)
+        self.level_cols, self.level_ncols = level_columns(self.layout, len(self.layer_ids))
+        self.discounts = store.discounts
+        self.p0 = unigram_probabilities(store.unigram, self.discounts[0])
+        self.gate_weights = np.asarray(store.meta["gate"]["weights"], dtype=np.float64)
+        self.arrays = (np.asarray(store.tokens), np.asarray(store.counts),
+                       np.asarray(store.totals))  # fmt: skip
+
+    @property
+    def columns(self) -> int:
+        return 1 + len(self.layer_ids) * self.layout.heads_per_layer
+
+    @property
+    def max_level(self) -> int:
+        return self.layout.max_ngram
+
+    def context_rows(self, ids: np.ndarray) -> np.ndarray:
+        """``(T, G)`` store rows of the contexts ending at each position of a raw-id stream
+        that starts a document (pad before it)."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if ids.ndim != 1:
+            raise EngramError(f"expected a 1-D stream of token ids, got shape {ids.shape}")
+        hashed = self.hasher.hash(ids, layers=self.layer_ids, table_rows=True)
+        rows = np.empty((ids.shape[0], self.columns), dtype=np.int64)
+        rows[:, 0] = self.hasher.lut[ids]
+        H = self.layout.heads_per_layer
+        for i, layer in enumerate(self.layer_ids):
+            rows[:, 1 + i * H : 1 + (i + 1) * H] = hashed[layer] + self.bases[i]
+        return rows
+
+    def score_rows(self, rows: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """``(P, 4)``: P_counts(target), count, distinct, level of each ``(rows, target)``."""
+        out = np.empty((rows.shape[0], 4), dtype=np.float64)
+        targets = np.ascontiguousarray(targets, dtype=np.int64)
+        if targets.size and (targets.min() < 0 or targets.max() >= self.p0.shape[0]):
+            raise EngramError(f"token ids must be in 0..{self.p0.shape[0] - 1}")
+        level_probability_kernel(
+            np.ascontiguousarray(rows), targets, self.level_cols, self.level_ncols,
+            *self.arrays, self.p0, self.discounts, out,
+        )  # fmt: skip
+        return out
+
+    def score_stream(self, ids: np.ndarray) -> np.ndarray:
+        """``(len(ids) - 1, 4)`` scores of ``ids[1:]``, each after the stream before it."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.shape[0] < 2:
+            return np.zeros((0, 4))
+        return self.score_rows(self.context_rows(ids[:-1]), ids[1:])
+
+    def gate(self, scores: np.ndarray, mix: float | None = None) -> np.ndarray:
+        """λ per scored position: the constant ``mix``, or the fitted gate on the evidence."""
+        if mix is not None:
+            return np.full(scores.shape[0], float(mix))
+        return gate_lambda(self.gate_weights, scores[:, 1:4], self.max_level)
+
+    def next_distribution(self, history: list[int]) -> tuple[np.ndarray, float]:
+        """``(P_counts(. | history) over raw ids, λ)`` after a non-empty raw-id history."""
+        tail = np.asarray(history[-self.max_level :], dtype=np.int64)
+        rows = self.context_rows(tail)[-1]
+        prob = distribution(rows, self.level_cols, self.level_ncols, *self.arrays, self.p0,
+                            self.discounts)  # fmt: skip
+        evidence = self.score_rows(rows[None, :], np.zeros(1, np.int64))[:, 1:4]
+        return prob, float(gate_lambda(self.gate_weights, evidence, self.max_level)[0])

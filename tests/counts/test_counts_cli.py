@@ -1,0 +1,181 @@
+"""build-counts, eval --counts, generate --counts, info and verify end to end; bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from engramctl.cli import app  # noqa: E402
+from tests.conftest import write_small_corpus  # noqa: E402
+from tests.model.table_double import small_layout_for, small_real_table  # noqa: E402
+
+TINY = ["--depth", "2", "--width", "16", "--attn-heads", "2", "--seq-len", "16", "--batch", "2"]
+TINY += ["--min-count", "2", "--device", "cpu"]
+
+
+def run(*args):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, ds_vocab, ds_vocab_path):
+    """A tiny trained model on a real table, and a count memory built --like that table."""
+    root = tmp_path_factory.mktemp("counts")
+    corpus = write_small_corpus(root)
+    table = small_real_table(root / "t.zarr", ds_vocab)
+    model = root / "m"
+    args = ["train", "--corpus", corpus / "train.jsonl", "--heldout", corpus / "heldout.jsonl"]
+    args += ["--out", model, "--steps", 4, "--table", table, "--vocab", ds_vocab_path, *TINY]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    counts = root / "c.zarr"
+    result = run("build-counts", corpus / "train.jsonl", "--vocab", ds_vocab_path, "--like",
+                 table, "--out", counts, "--top-k", 4, "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return {"root": root, "corpus": corpus, "table": table, "model": model, "counts": counts,
+            "build": json.loads(result.output)}  # fmt: skip
+
+
+def eval_json(setup, *extra):
+    result = run("eval", "--benchmark", setup["corpus"] / "heldout.jsonl", *extra, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def with_model(setup):
+    return ("--model", setup["model"], "--table", setup["table"], "--device", "cpu")
+
+
+def test_build_counts_report_and_store(setup, ds_vocab):
+    from engramctl.counts import open_counts
+
+    build = setup["build"]
+    store = open_counts(setup["counts"])
+    assert build["tokens"] == int(store.unigram.sum()) > 0
+    # every pair lands once in each column: level 1 and each head of each counted layer
+    assert int(store.totals.sum()) == build["pairs"] * (1 + small_layout_for(ds_vocab).heads * 2)
+    assert store.meta["layout"] == small_layout_for(ds_vocab).to_dict()
+    assert store.meta["vocab_fingerprint"] == ds_vocab.fingerprint
+    assert build["gate"]["fitted"] and build["heldout_pairs"] > 0
+    assert 0 < build["gate"]["mean_lambda"] < 1
+
+
+def test_mix_zero_and_one_give_the_components(setup):
+    zero = eval_json(setup, *with_model(setup), "--counts", setup["counts"], "--mix", 0)["metrics"]
+    one = eval_json(setup, *with_model(setup), "--counts", setup["counts"], "--mix", 1)["metrics"]
+    gate = eval_json(setup, *with_model(setup), "--counts", setup["counts"])["metrics"]
+    plain = eval_json(setup, *with_model(setup))["metrics"]
+    assert zero["mixed_loss"] == pytest.approx(zero["model_loss"], rel=1e-9)
+    assert one["mixed_loss"] == pytest.approx(one["counts_loss"], rel=1e-9)
+    assert zero["mean_lambda"] == 0 and one["mean_lambda"] == 1
+    assert 0 < gate["mean_lambda"] < 1 and gate["loss"] == gate["mixed_loss"]
+    # today's figure is kept; over raw ids the unknown class is spread, which only adds nats
+    assert gate["model_vocab_loss"] == pytest.approx(plain["loss"], rel=1e-9)
+    assert gate["model_loss"] >= gate["model_vocab_loss"] - 1e-9
+    # a mixture is never worse than its worse component, per token hence on average
+    assert gate["mixed_loss"] <= max(gate["model_loss"], gate["counts_loss"]) + 1e-9
+    alone = eval_json(setup, "--counts", setup["counts"])["metrics"]
+    assert alone["loss"] == pytest.approx(gate["counts_loss"], rel=1e-9)
+    assert alone["perplexity"] == pytest.approx(math.exp(alone["loss"]))
+
+
+def test_unknown_spread_sums_to_one_outside_the_models_outputs():
+    from engramctl.model.data import ModelVocab
+    from engramctl.model.serve.mixing import unknown_log_spread
+
+    p0 = np.array([0.1, 0.2, 0.3, 0.4])
+    spread = np.exp(unknown_log_spread(ModelVocab(np.arange(4), np.array([1, 3])), p0))
+    np.testing.assert_allclose(spread, [0.25, 0, 0.75, 0])
+
+
+def test_generate_with_counts(setup):
+    args = ("generate", *with_model(setup)[:4], "--device", "cpu", "--prompt", "def main(",
+            "--max-tokens", 5, "--counts", setup["counts"], "--json")  # fmt: skip
+    first, again = run(*args), run(*args)
+    assert first.exit_code == 0, first.output
+    doc = json.loads(first.output)
+    assert len(doc["tokens"]) >= 1
+    assert 0 < doc["counts"]["mean_lambda"] < 1
+    assert json.loads(again.output)["tokens"] == doc["tokens"]  # greedy: deterministic
+    sampled = run(*args[:-1], "--temperature", 0.8, "--top-k", 5, "--mix", 1, "--json")
+    assert sampled.exit_code == 0, sampled.output
+    assert json.loads(sampled.output)["counts"]["mean_lambda"] == 1
+
+
+def test_info_and_verify_a_count_memory(setup):
+    info = run("info", setup["counts"], "--json")
+    assert info.exit_code == 0, info.output
+    doc = json.loads(info.output)
+    assert doc["kind"] == "counts" and doc["top_k"] == 4 and doc["corpus"]["tokens"] > 0
+    verify = run("verify", setup["counts"])
+    assert verify.exit_code == 0 and "ok" in verify.output
+
+
+def test_damaged_store_is_named_by_verify_and_refused_by_eval(setup, tmp_path):
+    import shutil
+
+    damaged = tmp_path / "d.zarr"
+    shutil.copytree(setup["counts"], damaged)
+    with open(damaged / "counts.npy", "r+b") as handle:
+        handle.seek(-8, 2)
+        handle.write(b"\x07" * 8)
+    verify = run("verify", damaged)
+    assert verify.exit_code == 1 and "counts.npy does not match its CRC-32" in verify.output
+    doc = (damaged / "zarr.json").read_text()
+    (damaged / "zarr.json").write_text(doc.replace('"top_k": 4', '"top_k": 5'))
+    result = run("eval", "--benchmark", setup["corpus"] / "heldout.jsonl", "--counts", damaged)
+    assert result.exit_code == 1
+    assert "damaged" in result.output and "verify" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (("--mix", "1.5"), "--mix must be a number in [0, 1]"),
+        (("--mix", "nan"), "--mix must be a number in [0, 1]"),
+        (("--mix", "-0.1"), "--mix must be a number in [0, 1]"),
+    ],
+)
+def test_bad_mix_is_one_line(setup, extra, message):
+    result = run("eval", "--benchmark", setup["corpus"] / "heldout.jsonl", "--counts",
+                 setup["counts"], *extra)  # fmt: skip
+    assert result.exit_code == 2 and message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_counts_for_another_layout_is_refused(setup, ds_vocab_path, tmp_path):
+    other = tmp_path / "other.zarr"
+    result = run("build-counts", setup["corpus"] / "train.jsonl", "--vocab", ds_vocab_path,
+                 "--ngram-vocab", "307,311", "--max-ngram", 3, "--heads", 2, "--layers", 1,
+                 "--pad-id", 2, "--out", other, "-q")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    result = run("eval", *with_model(setup), "--benchmark", setup["corpus"] / "heldout.jsonl",
+                 "--counts", other)  # fmt: skip
+    assert result.exit_code == 1 and "layout" in result.output and "--like" in result.output
+
+
+def test_build_counts_bad_input(setup, ds_vocab_path, tmp_path):
+    corpus = setup["corpus"] / "train.jsonl"
+    base = ("build-counts", corpus, "--vocab", ds_vocab_path, "--like", setup["table"])
+    result = run(*base, "--out", tmp_path / "k.zarr", "--top-k", 0)
+    assert result.exit_code == 2 and "--top-k must be at least 1" in result.output
+    assert not (tmp_path / "k.zarr").exists()
+    (tmp_path / "empty.jsonl").write_text("")
+    result = run("build-counts", tmp_path / "empty.jsonl", "--vocab", ds_vocab_path, "--like",
+                 setup["table"], "--out", tmp_path / "e.zarr")  # fmt: skip
+    assert result.exit_code == 1 and "tokenizes to nothing" in result.output
+    assert not (tmp_path / "e.zarr").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".e.zarr")]
+    result = run(*base, "--out", setup["counts"])
+    assert result.exit_code == 1 and "--overwrite" in result.output
+    result = run("eval", "--counts", setup["counts"], "--benchmark", corpus, "--mix", 0.5,
+                 "--explain", "x")  # fmt: skip
+    assert result.exit_code == 2 and "without --model" in result.output
