@@ -267,8 +267,9 @@ class Table:
         """A block of writes that is one commit: ``with table.edit("why") as e: e.write_rows(
         layer, ids, rows)`` (the block's ``write_rows`` stages, as ``flush=False`` does).
 
-        Leaving the block commits every staged row at once; an exception (Ctrl-C included)
-        drops them and commits nothing. Yields the table.
+        Leaving the block commits every staged row at once; an exception (Ctrl-C included), in
+        the block or in its commit (a full disk), drops them and commits nothing. Yields a
+        handle with ``write_rows`` and ``gather``.
         """
         self._check_writable()
         block = _EditBlock(self)
@@ -278,7 +279,11 @@ class Table:
             self._staged.clear()
             raise
         default = {"kind": "edit"} if self._origin == {"kind": "write"} else self._origin
-        self.commit(message, made_by=made_by or default)
+        try:
+            self.commit(message, made_by=made_by or default)
+        except BaseException:
+            self._staged.clear()  # the block is all or nothing: nothing is left to commit later
+            raise
 
     def commit(self, message: str = "", *, made_by: dict | None = None) -> Commit | None:
         """Commit the staged rows (one segment per layer, then the log's rename); returns the
