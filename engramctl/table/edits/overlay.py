@@ -18,17 +18,19 @@ CRC-32 at the layer's first read when ``check_crc`` (the ``check_chunks`` of
 
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from ...errors import EngramError
+from ._kernels import copy_rows, directory, find
 from .log import EDITS_DIR, SEGMENTS_DIR, EditLog, segments_path
 from .segment import Segment
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True)  # (a cached_property needs the instance __dict__ a plain dataclass has)
 class LayerIndex:
     """Written rows of one layer: sorted distinct ``ids``; for each, the ``segment`` (an index
     into the layer's segments) and ``slot`` of its newest row. ``segment``/``slot`` are None
@@ -37,6 +39,11 @@ class LayerIndex:
     ids: np.ndarray
     segment: np.ndarray | None
     slot: np.ndarray | None
+
+    @functools.cached_property
+    def radix(self) -> tuple[np.ndarray, int]:
+        """The ids' radix directory (:func:`._kernels.directory`), made at the first read."""
+        return directory(np.asarray(self.ids))
 
 
 def build_index(id_columns: list[np.ndarray]) -> LayerIndex:
@@ -145,13 +152,34 @@ class Overlay:
         for group in np.split(order, bounds):
             out[where[group]] = segments[int(seg[group[0]])].rows[slot[group]]
 
-    def apply(self, layer_id: int, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Overwrite the rows of ``out`` (``out[i]`` is row ``ids[i]``) that commits hold."""
+    def find(self, layer_id: int, ids: np.ndarray) -> tuple[np.ndarray | None, int]:
+        """For each id, its position among the layer's written rows (-1: the base's), and how
+        many are written; ``(None, 0)`` if the layer has no commits."""
         index = self.index(layer_id)
-        if index is not None:
-            hits, at = lookup(index, ids)
-            if hits.size:
-                self._copy(layer_id, index, at, out, hits)
+        if index is None or not ids.size:
+            return None, 0
+        return find(index.ids, ids, index.radix)
+
+    def apply(
+        self, layer_id: int, ids: np.ndarray, out: np.ndarray, found: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Overwrite the rows of ``out`` (``out[i]`` is row ``ids[i]``, C-contiguous) that
+        commits hold: a parallel binary search and copy (:mod:`._kernels`). ``found`` is
+        :meth:`find`'s answer for these ids, if the caller has it."""
+        if found is None:
+            found, hits = self.find(layer_id, ids)
+            if not hits:
+                return out
+        index = self.index(layer_id)
+        segments = self.segments[layer_id]
+        if index.segment is None:
+            copy_rows(found, None, 0, segments[0].rows, out)
+            return out
+        hit = found >= 0
+        slot = np.where(hit, index.slot[np.where(hit, found, 0)], -1)
+        segment = index.segment[np.where(hit, found, 0)]
+        for which in np.unique(segment[hit]).tolist():
+            copy_rows(slot, segment, which, segments[which].rows, out)
         return out
 
     def apply_range(self, layer_id: int, start: int, stop: int, out: np.ndarray) -> np.ndarray:

@@ -16,7 +16,17 @@ import errno
 import numpy as np
 
 from ...errors import EngramError
-from .log import Commit, EditLog, new_commit_id, segment_name, segments_path, utc_now, write_log
+from .log import (
+    Commit,
+    EditLog,
+    log_path,
+    new_commit_id,
+    parse_log,
+    segment_name,
+    segments_path,
+    utc_now,
+    write_log,
+)
 from .overlay import LayerIndex, build_index, lookup
 from .segment import SegmentFile, write_segment
 
@@ -78,6 +88,16 @@ class StagedWrites:
         return np.asarray(index.ids), rows
 
 
+def _visible(table_path, commit_id: str) -> bool:
+    """Whether the table's log already lists ``commit_id`` (the rename happened)."""
+    try:
+        return commit_id in (
+            c.id for c in parse_log(log_path(table_path).read_bytes(), where="").commits
+        )
+    except (OSError, EngramError):
+        return False
+
+
 def make_commit(
     table_path,
     log: EditLog,
@@ -108,6 +128,8 @@ def make_commit(
         new_log = log.with_commit(commit)
         write_log(table_path, new_log)
     except BaseException as exc:
+        if _visible(table_path, commit_id):  # interrupted after the log's rename: it stands
+            raise
         for path in written:
             with contextlib.suppress(OSError):
                 path.unlink()

@@ -207,9 +207,16 @@ class Table:
             )
         if not ids.size:
             return out
-        self.source.gather(layer_id, ids, out)
-        if self.overlay is not None:
-            self.overlay.apply(layer_id, ids, out)
+        found, hits = (None, 0) if self.overlay is None else self.overlay.find(layer_id, ids)
+        if hits:  # the base reads only the rows no commit holds, then the commits' rows go in
+            if hits < ids.size:
+                missing = np.flatnonzero(found < 0)
+                out[missing] = self.source.gather(
+                    layer_id, ids[missing], np.empty((missing.size, shape[1]), out.dtype)
+                )
+            self.overlay.apply(layer_id, ids, out, found)
+        else:
+            self.source.gather(layer_id, ids, out)
         if not self._staged.empty:
             self._staged.apply(layer_id, ids, out)
         return out
