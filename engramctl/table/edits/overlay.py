@@ -160,6 +160,12 @@ class Overlay:
             return None, 0
         return find(index.ids, ids, index.radix)
 
+    @staticmethod
+    def scatter(rows: np.ndarray, slot: np.ndarray, out: np.ndarray) -> None:
+        """``out[i] = rows[slot[i]]`` where ``slot[i] >= 0`` (parallel; the base's rows of a
+        read put in place around the commits' rows)."""
+        copy_rows(slot, None, 0, rows, out)
+
     def apply(
         self, layer_id: int, ids: np.ndarray, out: np.ndarray, found: np.ndarray | None = None
     ) -> np.ndarray:

@@ -210,10 +210,11 @@ class Table:
         found, hits = (None, 0) if self.overlay is None else self.overlay.find(layer_id, ids)
         if hits:  # the base reads only the rows no commit holds, then the commits' rows go in
             if hits < ids.size:
-                missing = np.flatnonzero(found < 0)
-                out[missing] = self.source.gather(
-                    layer_id, ids[missing], np.empty((missing.size, shape[1]), out.dtype)
+                base = found < 0
+                rows = self.source.gather(
+                    layer_id, ids[base], np.empty((ids.size - hits, shape[1]), out.dtype)
                 )
+                self.overlay.scatter(rows, np.where(base, np.cumsum(base) - 1, -1), out)
             self.overlay.apply(layer_id, ids, out, found)
         else:
             self.source.gather(layer_id, ids, out)
