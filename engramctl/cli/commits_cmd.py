@@ -1,6 +1,7 @@
-"""``engramctl history | revert | compact``: a table's commits (rows written over its base).
+"""``engramctl history | revert | compact | edit``: a table's commits (rows written over its base).
 
-Each command calls one library function of :mod:`engramctl.table.commits` and renders it.
+Each command calls one library function (:mod:`engramctl.table.commits`,
+:mod:`engramctl.table.edit`) and renders it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import typer
 from rich.table import Table as RichTable
 
 from .app import STATE, command, console
-from .options import JsonFlag
+from .options import JsonFlag, VocabOpt, load_vocab
 
 TableArg = Annotated[Path, typer.Argument(help="Table directory (a zarr v3 group).")]
 
@@ -121,3 +122,46 @@ def compact_command(table: TableArg, json_out: JsonFlag = False) -> None:
         f"{table}: {result.commits_merged} commits merged into one ({rows} rows); "
         f"{format_bytes(result.bytes_before)} -> {format_bytes(result.bytes_after)}"
     )
+
+
+@command("edit")
+def edit_command(
+    table: TableArg,
+    text: Annotated[str, typer.Option("--text", help="The phrase whose rows are edited.")],
+    vocab: VocabOpt,
+    reset: Annotated[
+        bool, typer.Option("--reset", help="Set the rows to their init values (delete).")
+    ] = False,
+    from_table: Annotated[
+        Path | None,
+        typer.Option("--from", help="Copy the rows from this table (same layout and vocab)."),
+    ] = None,
+    scale: Annotated[float | None, typer.Option("--scale", help="Multiply the rows by X.")] = None,
+    order: Annotated[
+        int | None, typer.Option("--order", help="Only the heads of this n-gram order.")
+    ] = None,
+    tokenizer: Annotated[
+        str, typer.Option("--tokenizer", help="Tokenizer for --text (must match the vocab).")
+    ] = "deepseek-v4",
+    json_out: JsonFlag = False,
+) -> None:
+    """Reset, copy or scale the rows a phrase's n-grams hash to (as lookup shows them), as one
+    commit that history names and revert undoes.
+
+    Example:
+    engramctl edit table.zarr --vocab vocab.parquet --text "the Great" --reset
+    """
+    from ..table.edit import edit_phrase
+    from ..tokenizer import encode_text
+
+    vocab_map = load_vocab(vocab)
+    ids, _ = encode_text(text, tokenizer, vocab_map)
+    result = edit_phrase(
+        table, ids, vocab_map, reset=reset, from_table=from_table, scale=scale, order=order,
+        text=text,
+    )  # fmt: skip
+    if json_out:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    rows = ", ".join(f"layer {k}: {v}" for k, v in sorted(result.rows.items()))
+    console.print(f"{table}: commit {result.commit} ({result.operation}; rows {rows})")
