@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from . import (  # noqa: F401
     cacheplan_cmd,
+    commits_cmd,
     counts_cmd,
     generate_cmd,
     hash_cmd,

@@ -232,6 +232,11 @@ def info_command(
             str(h), *[f"{v.head_rows[h]:,} ({v.head_offsets[h]:,})" for v in info.layers.values()]
         )
     console.print(heads)
+    if info.commits:
+        console.print(
+            f"commits: {info.commits} over the base, {info.commit_rows:,} rows, "
+            f"{format_bytes(info.commit_bytes)} (engramctl history)"
+        )
     if info.sources:
         _print_sources(info.sources)
 
@@ -296,6 +301,8 @@ def verify_command(
         for problem in report.problems:
             err_console.print(f"damaged: {problem}", markup=False)
         checked = f", {report.chunks_checked} checksums re-read" if deep else ""
+        if report.commits:
+            checked += f"; {report.commits} commits, {report.segments_checked} segments checked"
         status = "[green]ok[/]" if report.ok else f"[red]{len(report.problems)} problem(s)[/]"
         if not STATE["quiet"]:
             console.print(

@@ -16,6 +16,7 @@ from .core.lock import active_writer
 from .core.manifest import CHECKSUM_KEY, checksum_problems, read_group, read_group_attrs
 from .core.meta import TableMeta, check_vocab
 from .core.store import TableStore, open_store
+from .edits.check import check_commits
 
 REMOTE_READ_BATCH = 16  # chunks verify --deep fetches at once from an object store
 
@@ -33,6 +34,8 @@ class VerifyReport:
     bytes_to_check: int = 0
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    commits: int = 0  # commits over the base (their segments checked; --deep: checksums)
+    segments_checked: int = 0
 
     @property
     def ok(self) -> bool:
@@ -49,6 +52,8 @@ class VerifyReport:
             "bytes_checked": self.bytes_checked,
             "problems": self.problems,
             "warnings": self.warnings,
+            "commits": self.commits,
+            "segments_checked": self.segments_checked,
         }
 
 
@@ -176,6 +181,15 @@ def _check_checksums(
                 progress(report.bytes_checked, report.bytes_to_check)
 
 
+def _check_commits(store: TableStore, report: VerifyReport, deep: bool) -> None:
+    """The commits over the base: every segment present, its size (``deep``: its CRC-32)."""
+    found = check_commits(store, deep=deep)
+    report.commits, report.segments_checked = found.commits, found.segments_checked
+    report.bytes_checked += found.bytes_checked
+    report.problems += found.problems
+    report.warnings += found.warnings
+
+
 def verify_table(
     path,
     *,
@@ -231,6 +245,7 @@ def verify_table(
         report.problems.append(
             f"manifest lists chunks of unknown layers {unknown}; {table_remedy(meta, manifest)}"
         )
+    _check_commits(store, report, deep)
     if meta.linked:  # rows live in the checkpoint's shards: check those instead of chunks
         from .formats.verify_linked import verify_linked
 

@@ -32,14 +32,15 @@ TINY = ["--depth", "2", "--width", "16", "--attn-heads", "2", "--seq-len", "16",
 
 # Runs ``engramctl ARGS`` and SIGKILLs itself (no cleanup) at a moment of the
 # N-th commit: "before-rows" (checkpoint complete under its temporary name, table untouched),
-# "mid-rows" (after the first chunk file of the rows), "before-rename" (rows and record written).
+# "mid-rows" (after the first segment file of the rows' commit, before its log's rename),
+# "before-rename" (rows and record written).
 DRIVER = r"""
 import os, signal, sys
 phase, nth = sys.argv[1], int(sys.argv[2])
 from engramctl.model.train import finish
-from engramctl.table.sources.table import Table
+from engramctl.table.edits import session
 seen = {"commits": 0, "in_commit": False}
-real_commit, real_chunk = finish.commit_rows, Table.write_chunk
+real_commit, real_segment = finish.commit_rows, session.write_segment
 def commit(*a, **k):
     seen["commits"] += 1
     if seen["commits"] == nth:
@@ -49,11 +50,13 @@ def commit(*a, **k):
     real_commit(*a, **k)
     if seen["commits"] == nth and phase == "before-rename":
         os.kill(os.getpid(), signal.SIGKILL)
-def chunk(self, *a, **k):
-    real_chunk(self, *a, **k)
-    if seen["in_commit"] and phase == "mid-rows" and not self.path.name.endswith(".adam.zarr"):
+def segment(path, *a, **k):
+    done = real_segment(path, *a, **k)
+    table = path.parents[2].name  # <table>/edits/segments/<file>
+    if seen["in_commit"] and phase == "mid-rows" and not table.endswith(".adam.zarr"):
         os.kill(os.getpid(), signal.SIGKILL)
-finish.commit_rows, Table.write_chunk = commit, chunk
+    return done
+finish.commit_rows, session.write_segment = commit, segment
 from engramctl.cli import app
 app(sys.argv[3:], prog_name="engramctl")
 """

@@ -6,16 +6,16 @@
 memory. Each step gathers the unique rows it hashes to with the table's memory-mapped gather,
 together with their sparse-Adam moments from the *moment store*, and updates them. Updated rows
 and moments go to a bounded write-back buffer (``buffer_rows`` rows; reads see it first); when it
-is full, or at the end, it is flushed: the dirty rows sorted by chunk, one ``write_rows`` call per
-store, so every chunk is rewritten once per flush. A run with periodic checkpoints (``hold``)
+is full, or at the end, it is flushed: one commit per store (a segment of the dirty rows per
+layer, :mod:`engramctl.table.edits`), whatever the table's size or base (a linked checkpoint
+included). A run with periodic checkpoints (``hold``)
 flushes only at a checkpoint (its ``commit``), which it takes early when the buffer holds more
 than ``buffer_rows``: the table and moment store always hold a checkpoint's rows.
 
 The moment store is itself an engramctl table (``<table>.adam.zarr`` by default, named in the
 checkpoint): the table's layout, float32 rows of ``exp_avg | exp_avg_sq | step`` (``2 d + 1``
 values), lazy and zero-initialized, so untouched rows cost no disk and ``verify`` covers it;
-its chunks hold the same rows as the table's. Every flush rewrites the chunks it touches whole,
-so a large table trained out of core wants small chunks (``init-table --chunk-rows``).
+its commits hold the same rows as the table's.
 
 For a float32 table the arithmetic is the in-memory path's, value for value (a test compares
 the checkpoints and rows bit for bit). For other storage dtypes every step's rows are rounded to
@@ -25,7 +25,6 @@ happen; the in-memory path keeps float32 until the end and differs in the last b
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -247,10 +246,9 @@ class OutOfCoreRows:
         started = time.perf_counter()
         table = self.table if table is None else table
         state = np.concatenate([m, v, t[:, None]], axis=1)
-        # chunk files first (page cache), one sync for all of them, then the two manifests
-        table.write_rows(self.layer_id, ids, rows, flush=False, fsync=False)
-        self.moments.write_rows(self.layer_id, ids, state, flush=False, fsync=False)
-        os.sync()
+        # staged, then one commit each (a commit fsyncs its segments before its log's rename)
+        table.write_rows(self.layer_id, ids, rows, flush=False)
+        self.moments.write_rows(self.layer_id, ids, state, flush=False)
         table.flush()
         self.moments.flush()
         self.write_seconds += time.perf_counter() - started

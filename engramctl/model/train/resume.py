@@ -368,47 +368,18 @@ def _publish(out_dir: Path, point: ResumePoint) -> ResumePoint:
 
 
 def redo_rows(table, moments, state: dict) -> None:
-    """Write the rows (and moments) of a checkpoint's commit again (idempotent)."""
+    """Write the rows (and moments) of a checkpoint's commit again (idempotent): one commit per
+    store. A kill cut the first attempt short at a commit boundary (commits are all or
+    nothing), so there is nothing to repair, only rows to write again."""
     from .rows import commit_writes
 
     targets = {"table": table, "moments": moments}
     for target, layer, ids, values in commit_writes(state):
         if len(ids):
-            repair_write_rows(targets[target], layer, ids, values)
+            targets[target].write_rows(layer, ids, values, flush=False)
     table.flush()
     if moments is not None:
         moments.flush()
-
-
-def repair_write_rows(table, layer: int, ids: np.ndarray, values: np.ndarray) -> None:
-    """``table.write_rows`` that first takes in a chunk file the manifest does not know yet when
-    it already holds these values at these rows: the commit a kill cut short renamed it in but
-    did not record it. Any other mismatch is damage and refused."""
-    from ...table.core.codec import chunk_key, decode_chunk
-    from ...table.core.dtypes import encode_rows
-
-    stored = encode_rows(np.asarray(values, dtype=np.float32), table.dtype)
-    chunk_rows = table.meta.chunk_rows
-    chunk_of = ids // chunk_rows
-    for chunk in np.unique(chunk_of).tolist():
-        try:
-            table.read_chunk(layer, chunk)
-            continue
-        except EngramError:  # a writer's handle reports a mismatch (ChunkMismatch) as this
-            pass
-        where = f"chunk {chunk} of layer {layer} of {table.path}"
-        try:
-            rows = decode_chunk(
-                table.meta, table.store.read_bytes(chunk_key(layer, chunk)), where=where
-            )
-        except (OSError, EngramError):
-            raise EngramError(f"{where} is damaged; the run cannot resume") from None
-        mine = chunk_of == chunk
-        here = rows[ids[mine] - chunk * chunk_rows]
-        if here.tobytes() != np.ascontiguousarray(stored[mine], dtype=here.dtype).tobytes():
-            raise EngramError(f"{where} is damaged (not the run's own write); cannot resume")
-        table.write_chunk(layer, chunk, rows, source="data")
-    table.write_rows(layer, ids, values, flush=False)
 
 
 def finish_checkpoint(out_dir: Path) -> None:

@@ -44,6 +44,9 @@ class TableInfo:
     status: str
     layers: dict[int, LayerInfo]
     sources: dict | None = None  # the checkpoint a linked (or imported) table reads
+    commits: int = 0  # commits over the base (engramctl history)
+    commit_rows: int = 0  # rows the commits hold (a row written twice counts twice)
+    commit_bytes: int = 0  # bytes of the commits' segment files
 
     @property
     def head_rows(self) -> dict[int, list[int]]:
@@ -95,6 +98,11 @@ class TableInfo:
             "layers": layers,
             "logical_bytes": self.logical_bytes,
             "disk_bytes": self.disk_bytes,
+            "commits": {
+                "count": self.commits,
+                "rows": self.commit_rows,
+                "bytes": self.commit_bytes,
+            },
         } | ({"sources": self.sources} if self.sources else {})
 
 

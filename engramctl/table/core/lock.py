@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import socket
 import time
@@ -14,6 +15,7 @@ from pathlib import Path
 from ...errors import EngramError
 
 LOCK_NAME = ".engramctl.lock"
+log = logging.getLogger(__name__)
 
 
 class WriterLock:
@@ -53,6 +55,14 @@ class WriterLock:
                     "(only one writer at a time)"
                 ) from None
             raise EngramError(f"cannot lock {self.path}: {exc.strerror}") from exc
+        stale = os.pread(fd, 200, 0).decode(errors="replace").strip()
+        if stale:  # a writer that died without releasing: the kernel dropped its flock
+            log.warning(
+                "%s: took over the writer lock of %s, which ended without releasing it (a commit "
+                "it had not made visible is dropped)",
+                self.path.parent,
+                stale,
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         self._fd = fd

@@ -7,14 +7,21 @@ memory-mapped or fetched, CRC-checked at first load, init values for chunks neve
 table checks row ids and buffers, delegates the bytes to the source, and keeps the manifest and
 the metadata it writes back.
 
-Writing (``mode="r+"``, under the writer lock): :meth:`Table.write_rows` rewrites whole chunks
-(read, patch, temporary file, rename) and records their checksums in the manifest; a linked table
-refuses.
+Reading goes through the table's commits (:mod:`engramctl.table.edits`): the source's rows
+first, then the rows of the newest commit that holds them, then (in a writer) rows staged but not
+committed yet. A handle reads the log it opened (a snapshot), pinned against compaction.
+
+Writing (``mode="r+"``, under the writer lock) never touches the base: :meth:`Table.write_rows`
+is one commit (a segment file per layer, then one atomic rename of the log), or one staged batch
+of the commit that :meth:`Table.flush` (or the end of a :meth:`Table.edit` block) makes. This
+works on every base: chunk files, a lazy table, a linked checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 
 import numpy as np
 
@@ -25,13 +32,18 @@ from ..core.codec import chunk_key
 from ..core.dtypes import encode_rows
 from ..core.info import LayerInfo, TableInfo, table_info
 from ..core.lock import LOCK_NAME, WriterLock, active_writer
-from ..core.manifest import read_group, table_state, write_group_attrs
+from ..core.manifest import json_digest, read_group, table_state, write_group_attrs
 from ..core.meta import TableMeta, check_vocab
 from ..core.store import TableStore, open_store
+from ..edits.log import Commit, EditLog, Pin, read_log, remove_unlisted_segments
+from ..edits.overlay import Overlay
+from ..edits.session import StagedWrites, make_commit
 from ._gather import check_row_ids
 from .base import RowSource
 from .chunked import ChunkedSource
 from .linked import LinkedSource
+
+log = logging.getLogger(__name__)
 
 
 def row_source(
@@ -41,6 +53,20 @@ def row_source(
     if meta.linked:
         return LinkedSource(meta, store.location)
     return ChunkedSource(store, meta, manifest, check_chunks=check_chunks, writer=writer)
+
+
+class _EditBlock:
+    """What ``with table.edit() as e`` yields: ``e.write_rows`` stages into the block."""
+
+    def __init__(self, table: Table):
+        self.table = table
+
+    def write_rows(self, layer_id: int, row_ids, values) -> None:
+        self.table.write_rows(layer_id, row_ids, values, flush=False)
+
+    def gather(self, layer_id: int, row_ids) -> np.ndarray:
+        """Rows as the block sees them (its staged rows included)."""
+        return self.table.gather(layer_id, row_ids)
 
 
 class Table:
@@ -55,6 +81,8 @@ class Table:
         mode: str,
         check_chunks: bool,
         lock: WriterLock | None,
+        edit_log: EditLog | None = None,
+        pin: Pin | None = None,
     ):
         self.store = store
         self.path = store.location  # a Path, or a URL string for a remote table
@@ -67,6 +95,21 @@ class Table:
         self.source = row_source(
             store, meta, manifest, check_chunks=check_chunks, writer=mode != "r"
         )
+        self.edit_log = edit_log if edit_log is not None else EditLog()
+        self._pin = pin
+        self._staged = StagedWrites()
+        self._origin: dict = {"kind": "write"}  # what made the next commit (see record_run)
+        self.overlay: Overlay | None = None
+        try:
+            self.overlay = self._open_overlay(self.edit_log)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_overlay(self, edit_log: EditLog) -> Overlay | None:
+        if not edit_log.commits:
+            return None
+        return Overlay(self.store, edit_log, check_crc=self.check_chunks)
 
     # ---------------------------------------------------------------- properties
     @property
@@ -91,7 +134,17 @@ class Table:
 
     @property
     def info(self) -> TableInfo:
-        return table_info(self.path, self.meta, self.manifest)
+        return dataclasses.replace(
+            table_info(self.path, self.meta, self.manifest),
+            commits=len(self.edit_log.commits),
+            commit_rows=self.edit_log.rows,
+            commit_bytes=self.edit_log.bytes,
+        )
+
+    @property
+    def commits(self) -> tuple[Commit, ...]:
+        """The commits this handle reads, oldest first (its snapshot of the log)."""
+        return self.edit_log.commits
 
     def check_vocab(self, vocab) -> None:
         """Raise if ``vocab`` is not the vocab this table was made for (names both)."""
@@ -105,8 +158,19 @@ class Table:
         """Stored rows ``[chunk_rows, row_width]`` of any chunk: its file, its linked rows, or
         its init values if never written; read now and not kept (streaming a table through this
         holds one chunk, unlike :meth:`gather`, which keeps the chunks it maps)."""
-        self.meta.chunk_span(layer_id, chunk_index)  # refuses a chunk out of range
-        return self.source.read_chunk(layer_id, chunk_index)
+        start, _ = self.meta.chunk_span(layer_id, chunk_index)  # refuses a chunk out of range
+        rows = self.source.read_chunk(layer_id, chunk_index)
+        return self._through_edits(layer_id, start, start + self.meta.chunk_rows, rows)
+
+    def _through_edits(self, layer_id: int, start: int, stop: int, rows: np.ndarray):
+        """Rows ``[start, stop)`` of the base with the commits' (and staged) rows put over
+        them; copied first only when something is put over them."""
+        if self.overlay is None and self._staged.empty:
+            return rows
+        rows = rows if rows.flags.writeable else np.array(rows)
+        if self.overlay is not None:
+            self.overlay.apply_range(layer_id, start, stop, rows)
+        return self._staged.apply_range(layer_id, start, stop, rows)
 
     # ----------------------------------------------------------------------- gather
     def gather(self, layer_id: int, row_ids, out: np.ndarray | None = None) -> np.ndarray:
@@ -143,7 +207,20 @@ class Table:
             )
         if not ids.size:
             return out
-        return self.source.gather(layer_id, ids, out)
+        found, hits = (None, 0) if self.overlay is None else self.overlay.find(layer_id, ids)
+        if hits:  # the base reads only the rows no commit holds, then the commits' rows go in
+            if hits < ids.size:
+                base = found < 0
+                rows = self.source.gather(
+                    layer_id, ids[base], np.empty((ids.size - hits, shape[1]), out.dtype)
+                )
+                self.overlay.scatter(rows, np.where(base, np.cumsum(base) - 1, -1), out)
+            self.overlay.apply(layer_id, ids, out, found)
+        else:
+            self.source.gather(layer_id, ids, out)
+        if not self._staged.empty:
+            self._staged.apply(layer_id, ids, out)
+        return out
 
     def rows(self, layer_id: int, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` of one layer in their raw storage dtype, as :meth:`gather`
@@ -154,7 +231,7 @@ class Table:
                 f"rows [{start}, {stop}) are out of range: the layer has {rows} rows "
                 f"(0..{rows - 1})"
             )
-        return self.source.rows(layer_id, start, stop)
+        return self._through_edits(layer_id, start, stop, self.source.rows(layer_id, start, stop))
 
     # ----------------------------------------------------------------------- writes
     def _stored_rows(self, values, n: int) -> np.ndarray:
@@ -174,47 +251,99 @@ class Table:
     def write_rows(
         self, layer_id: int, row_ids, values, *, flush: bool = True, fsync: bool = True
     ) -> None:
-        """Overwrite rows of one layer; whole chunks are rewritten atomically, each once.
+        """Overwrite rows of one layer: one commit, or staged for the next one.
 
         ``values`` are stored rows as :meth:`gather` returns them, or floats ``[n, dim]``
-        encoded to the table's dtype. Of repeated row ids the last one wins. ``flush`` writes
-        the manifest at the end of the call (otherwise at :meth:`flush` / :meth:`close`).
-        ``fsync=False`` leaves the chunk files to the page cache: the caller makes them durable
-        (one ``os.sync()`` for many chunks) before it flushes the manifest.
+        encoded to the table's dtype. Of repeated row ids the last one wins (also across staged
+        calls). ``flush=True`` makes this call (with any rows staged before it) one commit,
+        visible to readers that open the table after it; ``flush=False`` stages the rows: this
+        handle reads them at once, the table gets them at :meth:`flush`, :meth:`close` or the
+        end of an :meth:`edit` block (one commit for all). ``fsync`` is kept for callers of the
+        chunk-rewriting writer: a commit always fsyncs its segments before the log that makes
+        them visible, so it has no effect. The base's files are never written.
         """
+        del fsync  # a commit is durable when it is visible (see the docstring)
         self._check_writable()
         ids = check_row_ids(row_ids, self.meta.layer(layer_id).rows)
         stored = self._stored_rows(values, ids.size)
-        chunk_of = ids // self.meta.chunk_rows
-        order = np.argsort(chunk_of, kind="stable")
-        bounds = np.flatnonzero(np.diff(chunk_of[order])) + 1
-        for group in np.split(order, bounds):
-            if not group.size:
-                continue
-            c = int(chunk_of[group[0]])
-            rows = np.array(self.read_chunk(layer_id, c))  # a writable copy
-            rows[ids[group] - c * self.meta.chunk_rows] = stored[group]
-            self.write_chunk(layer_id, c, rows, source="data", fsync=fsync)
+        self._staged.add(layer_id, ids, stored)
         if flush:
-            self.flush()
+            self.commit()
+
+    @contextlib.contextmanager
+    def edit(self, message: str = "", *, made_by: dict | None = None):
+        """A block of writes that is one commit: ``with table.edit("why") as e: e.write_rows(
+        layer, ids, rows)`` (the block's ``write_rows`` stages, as ``flush=False`` does).
+
+        Leaving the block commits every staged row at once; an exception (Ctrl-C included), in
+        the block or in its commit (a full disk), drops them and commits nothing. Yields a
+        handle with ``write_rows`` and ``gather``.
+        """
+        self._check_writable()
+        block = _EditBlock(self)
+        try:
+            yield block
+        except BaseException:
+            self._staged.clear()
+            raise
+        default = {"kind": "edit"} if self._origin == {"kind": "write"} else self._origin
+        try:
+            self.commit(message, made_by=made_by or default)
+        except BaseException:
+            self._staged.clear()  # the block is all or nothing: nothing is left to commit later
+            raise
+
+    def commit(self, message: str = "", *, made_by: dict | None = None) -> Commit | None:
+        """Commit the staged rows (one segment per layer, then the log's rename); returns the
+        commit, or ``None`` if nothing was staged."""
+        if self._staged.empty:
+            return None
+        self._check_writable()
+        layers = {layer_id: self._staged.merged(layer_id) for layer_id in self._staged.layers}
+        new_log, commit = make_commit(
+            self.path, self.edit_log, layers, made_by=made_by or self._origin, message=message
+        )
+        self._staged.clear()
+        old, self.edit_log = self.overlay, new_log
+        self.overlay = self._open_overlay(new_log)
+        if old is not None:
+            old.close()
+        return commit
+
+    def discard(self) -> int:
+        """Drop the staged rows (nothing is committed); returns how many were staged."""
+        n = self._staged.rows
+        self._staged.clear()
+        return n
+
+    @property
+    def staged_rows(self) -> int:
+        """Rows written with ``flush=False`` (or in an edit block) and not committed yet."""
+        return self._staged.rows
 
     def write_chunk(
         self, layer_id: int, chunk_index: int, rows: np.ndarray, *, source: str, fsync=True
     ) -> None:
-        """Write one whole chunk (temporary file + rename) and record it in the manifest."""
+        """Rewrite one whole chunk of the base (temporary file + rename) and record it in the
+        manifest (compaction into the base; a linked base refuses). Rows go to commits
+        (:meth:`write_rows`), not here."""
         self._check_writable()
+        self.source.check_writable()
         self.source.write_chunk(layer_id, chunk_index, rows, source=source, fsync=fsync)
         self._dirty = True
 
     def _check_writable(self) -> None:
         if self.mode == "r":
             raise EngramError(f"{self.path} is open read-only; open it with mode='r+' to write")
-        self.source.check_writable()
 
     @property
     def state(self) -> str:
-        """Checksum of the rows as this handle holds them (written chunks included)."""
-        return table_state(self.meta, self.manifest)
+        """Checksum of the rows as this handle holds them (written chunks and the commits
+        included; rows staged but not committed are not)."""
+        base = table_state(self.meta, self.manifest)
+        if not self.edit_log.commits:
+            return base
+        return json_digest({"base": base, "head": self.edit_log.head})
 
     @property
     def runs(self) -> tuple[dict, ...]:
@@ -224,9 +353,12 @@ class Table:
     def record_run(self, run: dict) -> dict:
         """Record a run that wrote rows (after its rows, before :meth:`flush`, which writes the
         record with the manifest in one atomic write); it replaces an earlier record of the same
-        ``run_id``. Returns the record, with ``state``."""
+        ``run_id``. Returns the record, with ``state``. Rows staged before it are committed
+        first (so ``state`` covers them); later commits name the run in ``history``."""
         if self.mode == "r":
             raise EngramError(f"{self.path} is open read-only; open it with mode='r+' to write")
+        self.commit()
+        self._origin = {"kind": "train", "run_id": run.get("run_id")}
         record = {**run, "state": self.state}
         earlier = tuple(r for r in self.meta.runs if r.get("run_id") != run.get("run_id"))
         self.meta = dataclasses.replace(self.meta, runs=(*earlier, record))
@@ -234,17 +366,25 @@ class Table:
         return record
 
     def flush(self) -> None:
-        """Write the manifest to the group attributes if chunks were written."""
+        """Commit the staged rows, and write the manifest (and run records) to the group
+        attributes if they changed."""
+        self.commit()
         if self._dirty:
             write_group_attrs(self.path, self.meta, self.manifest)
             self._dirty = False
 
     def close(self) -> None:
+        """Commit the staged rows (a writer), unmap everything, drop the pin and the lock."""
         try:
             if self.mode != "r":
                 self.flush()
         finally:
             self.source.close()
+            if self.overlay is not None:
+                self.overlay.close()  # a later read maps the segments again
+            if self._pin is not None:
+                self._pin.release()
+                self._pin = None
             if self._lock is not None:
                 self._lock.release()
                 self._lock = None
@@ -252,7 +392,9 @@ class Table:
     def __enter__(self) -> Table:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None:  # an error or Ctrl-C in the block: staged rows are not committed
+            self._staged.clear()
         self.close()
 
     def __repr__(self) -> str:
@@ -318,13 +460,49 @@ def open_table(
     if mode == "r+":
         store.check_writable()
     lock = WriterLock(store.location).acquire() if mode == "r+" else None
-    if lock is not None:
-        try:
+    pin = None
+    try:
+        if lock is not None:
             meta, manifest = read_group(store)  # re-read under the lock
-        except BaseException:
+            edit_log = read_log(store)
+            removed = remove_unlisted_segments(store.location, edit_log)
+            if removed:
+                log.warning(
+                    "%s: removed %d segment files no commit lists (a commit cut short, or "
+                    "dropped by revert or compaction)",
+                    store.url,
+                    len(removed),
+                )
+        else:
+            edit_log, pin = snapshot(store)
+        return Table(
+            store, meta, manifest, mode=mode, check_chunks=check_chunks, lock=lock,
+            edit_log=edit_log, pin=pin,
+        )  # fmt: skip
+    except BaseException:
+        if pin is not None:
+            pin.release()
+        if lock is not None:
             lock.release()
-            raise
-    return Table(store, meta, manifest, mode=mode, check_chunks=check_chunks, lock=lock)
+        raise
+
+
+def snapshot(store: TableStore) -> tuple[EditLog, Pin | None]:
+    """A reader's log and its pin: the log read, pinned, and read again until the pin holds the
+    log read (a compaction between the read and the pin would have deleted its segments)."""
+    edit_log = read_log(store)
+    if not edit_log.exists or not store.is_local:
+        return edit_log, None
+    pin = Pin(store.location)
+    for _ in range(100):
+        if not pin.hold(edit_log):
+            return edit_log, None  # a read-only directory: nobody compacts it under us
+        again = read_log(store)
+        if again == edit_log:
+            return edit_log, pin
+        edit_log = again
+    pin.release()
+    raise EngramError(f"{store.url}: its commits kept changing while it was opened; try again")
 
 
 __all__ = ["open_table", "read_info", "Table", "TableInfo", "LayerInfo", "LOCK_NAME"]

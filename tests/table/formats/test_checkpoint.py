@@ -159,10 +159,23 @@ def test_deep_verify_records_then_compares_checksums(ckpt, tmp_path, tiny_vocab)
     assert not report.ok and "chunk 0 of layer 1" in report.problems[0]
 
 
-def test_a_linked_table_is_read_only(ckpt, tmp_path, tiny_vocab):
+def test_a_linked_table_takes_commits_and_leaves_its_checkpoint_alone(ckpt, tmp_path, tiny_vocab):
     out, _, _ = linked(ckpt, tmp_path, tiny_vocab)
-    with open_table(out, mode="r+") as table, pytest.raises(EngramError, match="read-only"):
-        table.write_rows(1, [0], np.zeros((1, DIM), np.float32))
+    path = ckpt[0]
+    before = {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in path.iterdir()}
+    with open_table(out) as table:
+        base = table.gather(1, [0, 1, 2])
+    with open_table(out, mode="r+") as table:
+        table.write_rows(1, [1], np.ones((1, DIM), np.float32))
+        with pytest.raises(EngramError, match="linked"):  # the base itself is never written
+            table.write_chunk(1, 0, table.read_chunk(1, 0), source="data")
+    with open_table(out) as table:
+        got = table.gather(1, [0, 1, 2])
+        assert len(table.commits) == 1
+    assert got[0].tobytes() == base[0].tobytes() and got[2].tobytes() == base[2].tobytes()
+    assert got[1].tobytes() != base[1].tobytes()
+    assert {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in path.iterdir()} == before
+    assert verify_table(out, deep=True).ok
 
 
 # -------------------------------------------------------------------------------- copies

@@ -1,0 +1,167 @@
+"""``engramctl history | revert | compact | edit``: a table's commits (rows written over its base).
+
+Each command calls one library function (:mod:`engramctl.table.commits`,
+:mod:`engramctl.table.edit`) and renders it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table as RichTable
+
+from .app import STATE, command, console
+from .options import JsonFlag, VocabOpt, load_vocab
+
+TableArg = Annotated[Path, typer.Argument(help="Table directory (a zarr v3 group).")]
+
+
+def _made_by(made_by: dict) -> str:
+    kind = made_by.get("kind", "?")
+    if kind == "train" and made_by.get("run_id"):
+        return f"train run {made_by['run_id']}"
+    if kind == "compact":
+        return f"compaction of {len(made_by.get('merged') or [])} commits"
+    extra = ", ".join(f"{k} {v}" for k, v in made_by.items() if k != "kind")
+    return f"{kind} ({extra})" if extra else kind
+
+
+@command("history")
+def history_command(table: TableArg, json_out: JsonFlag = False) -> None:
+    """The commits of a table, oldest first: id, time, rows per layer, bytes, what made it.
+
+    Example:
+    engramctl history table.zarr --json
+    """
+    from .._system import format_bytes
+    from ..table.commits import table_history
+
+    history = table_history(table)
+    if json_out:
+        typer.echo(json.dumps(history.to_dict()))
+        return
+    if not history.commits:
+        console.print(f"{table}: no commits (the table reads its base)")
+    else:
+        grid = RichTable(title=f"{table}: {len(history.commits)} commits over the base")
+        for name in ("id", "time", "rows per layer", "bytes", "made by", "message"):
+            grid.add_column(name, justify="right" if name == "bytes" else "left")
+        for c in history.commits:
+            rows = ", ".join(f"{k}: {v.rows:,}" for k, v in sorted(c.layers.items()))
+            grid.add_row(c.id, c.time, rows, format_bytes(c.bytes), _made_by(c.made_by), c.message)
+        console.print(grid)
+    if history.events and not STATE["quiet"]:
+        for event in history.events:
+            what = (
+                f"revert to {event.get('to')} (dropped {len(event.get('dropped') or [])} commits)"
+                if event.get("kind") == "revert"
+                else f"compaction of {len(event.get('merged') or [])} commits"
+            )
+            console.print(f"  {event.get('time')}: {what}", markup=False)
+
+
+@command("revert")
+def revert_command(
+    table: TableArg,
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="The commit the table reads as after (an id or a unique "
+            "prefix of one), or 'base' to drop every commit.",
+        ),
+    ],  # fmt: skip
+    json_out: JsonFlag = False,
+) -> None:
+    """Make a table read as it was at a commit; the later commits are dropped (refused while a
+    writer holds the table; readers open before keep their snapshot).
+
+    Example:
+    engramctl revert table.zarr --to base
+    """
+    from ..table.commits import revert_table
+
+    result = revert_table(table, to)
+    if json_out:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    head = result.head or "the base"
+    if not result.dropped:
+        console.print(f"{table}: already at {head}; nothing dropped")
+    else:
+        console.print(
+            f"{table}: reads as at {head}; dropped {len(result.dropped)} commits "
+            f"({', '.join(result.dropped[:5])}{' ...' if len(result.dropped) > 5 else ''})"
+        )
+
+
+@command("compact")
+def compact_command(table: TableArg, json_out: JsonFlag = False) -> None:
+    """Merge a table's commits into one (one segment per layer); it reads the same after.
+
+    Kill-safe and resumable: run it again after an interruption.
+
+    Example:
+    engramctl compact table.zarr
+    """
+    from .._system import format_bytes
+    from ..table.commits import compact_table
+
+    result = compact_table(table)
+    if json_out:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    if not result.commits_merged:
+        console.print(f"{table}: nothing to compact (at most one commit)")
+        return
+    rows = ", ".join(f"layer {k}: {v:,}" for k, v in sorted(result.rows.items()))
+    console.print(
+        f"{table}: {result.commits_merged} commits merged into one ({rows} rows); "
+        f"{format_bytes(result.bytes_before)} -> {format_bytes(result.bytes_after)}"
+    )
+
+
+@command("edit")
+def edit_command(
+    table: TableArg,
+    text: Annotated[str, typer.Option("--text", help="The phrase whose rows are edited.")],
+    vocab: VocabOpt,
+    reset: Annotated[
+        bool, typer.Option("--reset", help="Set the rows to their init values (delete).")
+    ] = False,
+    from_table: Annotated[
+        Path | None,
+        typer.Option("--from", help="Copy the rows from this table (same layout and vocab)."),
+    ] = None,
+    scale: Annotated[float | None, typer.Option("--scale", help="Multiply the rows by X.")] = None,
+    order: Annotated[
+        int | None, typer.Option("--order", help="Only the heads of this n-gram order.")
+    ] = None,
+    tokenizer: Annotated[
+        str, typer.Option("--tokenizer", help="Tokenizer for --text (must match the vocab).")
+    ] = "deepseek-v4",
+    json_out: JsonFlag = False,
+) -> None:
+    """Reset, copy or scale the rows a phrase's n-grams hash to (as lookup shows them), as one
+    commit that history names and revert undoes.
+
+    Example:
+    engramctl edit table.zarr --vocab vocab.parquet --text "the Great" --reset
+    """
+    from ..table.edit import edit_phrase
+    from ..tokenizer import encode_text
+
+    vocab_map = load_vocab(vocab)
+    ids, _ = encode_text(text, tokenizer, vocab_map)
+    result = edit_phrase(
+        table, ids, vocab_map, reset=reset, from_table=from_table, scale=scale, order=order,
+        text=text,
+    )  # fmt: skip
+    if json_out:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    rows = ", ".join(f"layer {k}: {v}" for k, v in sorted(result.rows.items()))
+    console.print(f"{table}: commit {result.commit} ({result.operation}; rows {rows})")
