@@ -14,7 +14,7 @@ import typer
 from rich.table import Table as RichTable
 
 from .app import STATE, command, console
-from .options import JsonFlag, VocabOpt, load_vocab
+from .options import JsonFlag, VocabOpt, finite_number, load_vocab
 
 TableArg = Annotated[Path, typer.Argument(help="Table directory (a zarr v3 group).")]
 
@@ -136,7 +136,10 @@ def edit_command(
         Path | None,
         typer.Option("--from", help="Copy the rows from this table (same layout and vocab)."),
     ] = None,
-    scale: Annotated[float | None, typer.Option("--scale", help="Multiply the rows by X.")] = None,
+    scale: Annotated[
+        float | None,
+        typer.Option("--scale", help="Multiply the rows by X.", callback=finite_number),
+    ] = None,
     order: Annotated[
         int | None, typer.Option("--order", help="Only the heads of this n-gram order.")
     ] = None,

@@ -46,7 +46,11 @@ def generate_command(
     ] = None,
     mix: Annotated[
         float | None,
-        typer.Option("--mix", help="With --counts: a constant λ in [0, 1] instead of the gate."),
+        typer.Option(
+            "--mix",
+            help="With --counts: a constant λ in [0, 1] instead of the gate.",
+            callback=finite_number,
+        ),
     ] = None,
     json_out: JsonFlag = False,
 ) -> None:

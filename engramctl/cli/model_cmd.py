@@ -304,7 +304,11 @@ def eval_command(
     ] = None,
     mix: Annotated[
         float | None,
-        typer.Option("--mix", help="A constant λ in [0, 1] instead of the memory's fitted gate."),
+        typer.Option(
+            "--mix",
+            help="A constant λ in [0, 1] instead of the memory's fitted gate.",
+            callback=finite_number,
+        ),
     ] = None,
     json_out: JsonFlag = False,
 ) -> None:

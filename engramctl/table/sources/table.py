@@ -134,6 +134,7 @@ class Table:
 
     @property
     def info(self) -> TableInfo:
+        """What ``engramctl info`` shows: layout, layers, chunks written, the commits read."""
         return dataclasses.replace(
             table_info(self.path, self.meta, self.manifest),
             commits=len(self.edit_log.commits),
@@ -422,7 +423,13 @@ def read_info(path, *, storage_options: dict | None = None) -> TableInfo:
     store = open_store(path, storage_options)
     meta, manifest = read_group(store)
     check_metadata(store, meta, unfinished_ok=True)
-    return table_info(store.location, meta, manifest)
+    edit_log = read_log(store)
+    return dataclasses.replace(
+        table_info(store.location, meta, manifest),
+        commits=len(edit_log.commits),
+        commit_rows=edit_log.rows,
+        commit_bytes=edit_log.bytes,
+    )
 
 
 def open_table(
