@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import EngramError
+from .core.blocksums import BlockSumsCheck
 from .core.checks import metadata_problems
 from .core.codec import chunk_key, crc32_of
 from .core.lock import active_writer
@@ -60,6 +61,7 @@ def _check_files(
     deep: bool,
     report: VerifyReport,
     progress,
+    blocks=None,
 ) -> None:
     layer = meta.layers[layer_id]
     n_chunks = layer.n_chunks(meta.chunk_rows)
@@ -90,7 +92,7 @@ def _check_files(
             continue
         if deep:
             to_read.append((chunk_index, entry))
-    _check_checksums(store, layer_id, to_read, report, progress)
+    _check_checksums(store, layer_id, to_read, report, progress, blocks)
     unrecorded, temporary = [], []
     for rel_key in sorted(sizes):
         rel = rel_key.split("/")
@@ -119,7 +121,7 @@ def _check_files(
 
 
 def _check_checksums(
-    store: TableStore, layer_id: int, to_read: list, report: VerifyReport, progress
+    store: TableStore, layer_id: int, to_read: list, report: VerifyReport, progress, blocks=None
 ) -> None:
     """Re-read chunks and compare CRC-32s; a remote store fetches a batch concurrently."""
     batch = 1 if store.supports_mmap else REMOTE_READ_BATCH  # local files: one at a time
@@ -145,6 +147,10 @@ def _check_checksums(
                 report.problems.append(
                     f"{where}: {store.where(key)} fails its checksum (corrupted)"
                 )
+            elif blocks is not None and (
+                line := blocks.check_chunk(layer_id, chunk_index, entry[0], data)
+            ):
+                report.problems.append(line)
             if progress:
                 progress(report.bytes_checked, report.bytes_to_check)
 
@@ -203,8 +209,10 @@ def verify_table(
 
         verify_linked(store.root, meta, manifest, report, deep=deep, progress=progress)
         return report
+    blocks = BlockSumsCheck(store, meta)  # block checksums: their files, and (deep) each record
+    report.problems += blocks.errors
     for layer_id in meta.layers:
-        _check_files(store, meta, manifest, layer_id, deep, report, progress)
+        _check_files(store, meta, manifest, layer_id, deep, report, progress, blocks)
     holder = active_writer(store.root) if store.supports_writes else None
     if holder is not None and report.problems:  # a write under way looks like damage
         raise EngramError(

@@ -406,12 +406,47 @@ def add_block_checksums(
     return BlockSumsReport(store.url, block_bytes, recorded, done, tuple(damaged))
 
 
+class BlockSumsCheck:
+    """What ``verify`` says of a table's block checksums: each layer's file must describe the
+    layer (:meth:`problems`), and with ``--deep`` every record whose tag matches a chunk must
+    hold that chunk's block CRC-32Cs (:meth:`check_chunk`, given the bytes verify read)."""
+
+    FIX = "engramctl verify --add-block-checksums rewrites them"
+
+    def __init__(self, store: TableStore, meta: TableMeta):
+        self.store, self.meta = store, meta
+        self.sums: dict[int, BlockSums | None] = {}
+        self.errors: list[str] = []
+        for layer_id in meta.layers:
+            try:
+                self.sums[layer_id] = BlockSums.open(store, meta, layer_id)
+            except EngramError as exc:
+                self.errors.append(str(exc))
+                self.sums[layer_id] = None
+
+    def check_chunk(self, layer_id: int, chunk_index: int, crc: int, data) -> str | None:
+        """A problem line if the chunk's record (current tag) disagrees with its bytes."""
+        sums = self.sums.get(layer_id)
+        record = sums.for_chunk(chunk_index, crc) if sums is not None else None
+        if record is None or len(data) != self.meta.chunk_bytes:
+            return None
+        bad = np.flatnonzero(block_crcs(data, sums.block_bytes) != record)
+        if not bad.size:
+            return None
+        return (
+            f"chunk {chunk_index} of layer {layer_id}: its block checksums disagree with it "
+            f"(block {int(bad[0])}, {bad.size} blocks) although it passes its manifest "
+            f"checksum; {self.FIX}"
+        )
+
+
 __all__ = [
     "BLOCK_BYTES",
     "BlockSumsReport",
     "add_block_checksums",
     "BLOCKS_NAME",
     "BlockSums",
+    "BlockSumsCheck",
     "block_crcs",
     "blocks_key",
     "blocks_per_chunk",
