@@ -27,6 +27,7 @@ import numpy as np
 from ..._numba import njit, prange
 from ...errors import EngramError
 from ..core.checkpoint import TensorRef, read_shard_header
+from ..core.fp8_check import NAN_SCALE
 from .base import RowSource
 
 LINK_MODE, COPY_MODE = "link", "copy"
@@ -266,12 +267,33 @@ class LinkedLayer:
 
     def gather(self, row_ids: np.ndarray, out: np.ndarray) -> np.ndarray:
         self.check_files()
-        return gather_linked(self.weight, self.scale, row_ids, out)
+        gather_linked(self.weight, self.scale, row_ids, out)
+        self.check_scales(out, row_ids)
+        return out
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` as fp8 table rows (one read of each tensor's span)."""
         self.check_files()
-        return np.concatenate([self.weight[start:stop], self.scale[start:stop]], axis=1)
+        rows = np.concatenate([self.weight[start:stop], self.scale[start:stop]], axis=1)
+        self.check_scales(rows, None, start)
+        return rows
+
+    def check_scales(self, rows: np.ndarray, row_ids, start: int = 0) -> None:
+        """Refuse rows whose ue8m0 scale byte is 255 (NaN in E8M0: the row would decode to
+        NaN/inf): an import refuses them, so a linked shard holding one changed since linking
+        or is damaged. Checks the scale bytes only (8 of 264 per row: cheap)."""
+        dim = self.weight.shape[1]
+        bad = rows[:, dim:] == NAN_SCALE
+        if not bad.any():
+            return
+        i, j = np.unravel_index(int(np.argmax(bad)), bad.shape)
+        row = int(row_ids[i]) if row_ids is not None else start + int(i)
+        raise EngramError(
+            f"row {row} of layer {self.layer_id}: scale byte {j} is 255 (NaN in E8M0; the row "
+            f"would decode to NaN) in the linked checkpoint ({self.files[1][0]}); an import "
+            "refuses such rows, so the shard changed or is damaged since linking: run engramctl "
+            "verify --deep, and import the checkpoint again"
+        )
 
 
 class LinkedSource(RowSource):

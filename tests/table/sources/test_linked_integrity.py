@@ -1,0 +1,52 @@
+"""A linked checkpoint whose shard changed in place: a NaN scale is never served."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from engramctl.errors import EngramError
+from engramctl.table.formats.checkpoint_import import import_checkpoint
+from engramctl.table.sources.linked import resolve_source
+from engramctl.table.sources.table import open_table
+
+from ..ckpt_util import small_layout as ckpt_layout
+from ..ckpt_util import write_checkpoint
+
+
+@pytest.fixture
+def linked(tmp_path, ds_vocab):
+    layout = ckpt_layout(ds_vocab, ngram_vocab=(500, 500), layers=(1, 15))
+    write_checkpoint(tmp_path / "ckpt", layout, dim=64)
+    table = tmp_path / "t.zarr"
+    import_checkpoint(tmp_path / "ckpt", table, vocab=ds_vocab, link=True, chunk_rows=300)
+    return table
+
+
+def set_scale_255(table, layer_id: int, row: int, byte: int) -> None:
+    """Rewrite one scale byte in place, same size and mtime (as the issue's user did)."""
+    with open_table(table) as t:
+        entry = t.meta.sources["layers"][str(layer_id)]["scale"]
+    path = resolve_source(entry["file"], table)
+    st = os.stat(path)
+    with open(path, "r+b") as handle:
+        handle.seek(entry["offset"] + row * entry["shape"][1] + byte)
+        handle.write(b"\xff")
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_a_nan_scale_is_refused_by_gather_rows_and_read_chunk(linked):
+    with open_table(linked) as t:
+        sound = t.gather(1, [0, 1, 2, 700]).copy()
+    set_scale_255(linked, 1, 700, 1)
+    with open_table(linked) as t:
+        np.testing.assert_array_equal(t.gather(1, [0, 1, 2]), sound[:3])  # other rows serve
+        message = r"row 700 of layer 1: scale byte 1 is 255 \(NaN in E8M0.*verify --deep"
+        with pytest.raises(EngramError, match=message):
+            t.gather(1, [5, 700])
+        with pytest.raises(EngramError, match=message):
+            t.rows(1, 600, 800)
+        with pytest.raises(EngramError, match=message):
+            t.read_chunk(1, 2)
