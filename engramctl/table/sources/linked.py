@@ -59,7 +59,11 @@ def sources_record(
         layer = {}
         for part, ref in zip(("weight", "scale"), pair, strict=True):
             name = source_name(ref.path, table_path)
-            files[name] = {"size": ref.file_size, "header_sha256": ref.header_sha256}
+            files[name] = {
+                "size": ref.file_size,
+                "header_sha256": ref.header_sha256,
+                "mtime_ns": _mtime_ns(ref.path),
+            }
             layer[part] = {
                 "file": name,
                 "tensor": ref.name,
@@ -77,11 +81,24 @@ def sources_record(
     }
 
 
-def check_source_file(name: str, record: dict, table_path, *, header: bool = True) -> Path:
-    """Refuse a source file that is missing or whose size or header changed since linking."""
-    path = resolve_source(name, table_path)
+def _mtime_ns(path) -> int | None:
     try:
-        size = path.stat().st_size
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def check_source_file(
+    name: str, record: dict, table_path, *, header: bool = True, tensor: str = ""
+) -> Path:
+    """Refuse a source file that is missing or whose size, modification time (links made
+    since it is recorded) or header changed since linking; ``tensor`` names what is read from
+    it in the error."""
+    path = resolve_source(name, table_path)
+    what = f" (holding {tensor})" if tensor else ""
+    try:
+        stat = path.stat()
+        size = stat.st_size
     except OSError:
         raise EngramError(
             f"linked source {path} is missing (moved or deleted since linking); restore it or "
@@ -89,8 +106,14 @@ def check_source_file(name: str, record: dict, table_path, *, header: bool = Tru
         ) from None
     if size != record["size"]:
         raise EngramError(
-            f"linked source {path} changed since linking: {size} bytes, the link recorded "
+            f"linked source {path}{what} changed since linking: {size} bytes, the link recorded "
             f"{record['size']}; import the checkpoint again"
+        )
+    if record.get("mtime_ns") is not None and stat.st_mtime_ns != record["mtime_ns"]:
+        raise EngramError(
+            f"linked source {path}{what} changed since linking: it was modified after the link "
+            "was made (its modification time differs); run engramctl verify --deep to check its "
+            "bytes, or import the checkpoint again"
         )
     if header:
         try:
@@ -99,8 +122,8 @@ def check_source_file(name: str, record: dict, table_path, *, header: bool = Tru
             raise EngramError(f"linked source {path} changed since linking ({exc})") from None
         if digest != record["header_sha256"]:
             raise EngramError(
-                f"linked source {path} changed since linking: its safetensors header differs; "
-                "import the checkpoint again"
+                f"linked source {path}{what} changed since linking: its safetensors header "
+                "differs; import the checkpoint again"
             )
     return path
 
@@ -223,7 +246,7 @@ class LinkedLayer:
     layer_id: int
     weight: np.ndarray  # (rows, dim) uint8 memmap
     scale: np.ndarray  # (rows, dim/32) uint8 memmap
-    files: list[tuple[Path, int]]  # (file, recorded size) to re-check before reading
+    files: list[tuple]  # (file, recorded size, recorded mtime or None, tensor): re-checked
 
     @classmethod
     def open(cls, sources: dict, layer_id: int, table_path, *, rows: int, dim: int):
@@ -234,7 +257,8 @@ class LinkedLayer:
         for part, width in (("weight", dim), ("scale", dim // 32)):
             entry = layer[part]
             record = sources["files"][entry["file"]]
-            path = check_source_file(entry["file"], record, table_path)
+            tensor = f"{entry['tensor']} of layer {layer_id}"
+            path = check_source_file(entry["file"], record, table_path, tensor=tensor)
             if entry["shape"] != [rows, width] or entry["nbytes"] != rows * width:
                 raise EngramError(
                     f"linked {part} of layer {layer_id} in {path} has shape {entry['shape']}, "
@@ -247,22 +271,28 @@ class LinkedLayer:
                 if rows
                 else np.zeros((0, width), np.uint8)
             )
-            files.append((path, record["size"]))
+            files.append((path, record["size"], record.get("mtime_ns"), tensor))
         return cls(layer_id, arrays[0], arrays[1], files)
 
     def check_files(self) -> None:
         """Refuse (naming it) a file truncated or grown since it was mapped."""
-        for path, size in self.files:
+        for path, size, mtime, tensor in self.files:
             try:
-                now = os.stat(path).st_size
+                stat = os.stat(path)
             except OSError:
                 raise EngramError(
-                    f"linked source {path} is missing (deleted after linking)"
+                    f"linked source {path} (holding {tensor}) is missing (deleted after linking)"
                 ) from None
-            if now != size:
+            if stat.st_size != size:
                 raise EngramError(
-                    f"linked source {path} changed since linking: {now} bytes, the link recorded "
-                    f"{size}; import the checkpoint again"
+                    f"linked source {path} (holding {tensor}) changed since linking: "
+                    f"{stat.st_size} bytes, the link recorded {size}; import the checkpoint again"
+                )
+            if mtime is not None and stat.st_mtime_ns != mtime:
+                raise EngramError(
+                    f"linked source {path} (holding {tensor}) was modified after the link was "
+                    "made; run engramctl verify --deep to check its bytes, or import the "
+                    "checkpoint again"
                 )
 
     def gather(self, row_ids: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -290,7 +320,7 @@ class LinkedLayer:
         row = int(row_ids[i]) if row_ids is not None else start + int(i)
         raise EngramError(
             f"row {row} of layer {self.layer_id}: scale byte {j} is 255 (NaN in E8M0; the row "
-            f"would decode to NaN) in the linked checkpoint ({self.files[1][0]}); an import "
+            f"would decode to NaN) in {self.files[1][3]} ({self.files[1][0]}); an import "
             "refuses such rows, so the shard changed or is damaged since linking: run engramctl "
             "verify --deep, and import the checkpoint again"
         )

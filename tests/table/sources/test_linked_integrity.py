@@ -50,3 +50,16 @@ def test_a_nan_scale_is_refused_by_gather_rows_and_read_chunk(linked):
             t.rows(1, 600, 800)
         with pytest.raises(EngramError, match=message):
             t.read_chunk(1, 2)
+
+
+def test_a_shard_modified_after_the_link_is_refused_naming_the_tensor(linked):
+    with open_table(linked) as t:
+        entry = t.meta.sources["layers"]["15"]["weight"]
+        t.gather(15, [0])  # opened and mapped: the next gather re-checks the file
+        path = resolve_source(entry["file"], linked)
+        os.utime(path, ns=(0, os.stat(path).st_mtime_ns + 10**9))
+        with pytest.raises(EngramError, match=rf"holding {entry['tensor']} of layer 15\) was"):
+            t.gather(15, [1])
+    with pytest.raises(EngramError, match=r"holding .* of layer 15\) changed since linking"):
+        with open_table(linked) as t:
+            t.gather(15, [1])
