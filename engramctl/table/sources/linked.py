@@ -95,7 +95,7 @@ def check_source_file(
     since it is recorded) or header changed since linking; ``tensor`` names what is read from
     it in the error."""
     path = resolve_source(name, table_path)
-    what = f" (holding {tensor})" if tensor else ""
+    what = f" (it holds {tensor})" if tensor else ""
     try:
         stat = path.stat()
         size = stat.st_size
@@ -106,14 +106,14 @@ def check_source_file(
         ) from None
     if size != record["size"]:
         raise EngramError(
-            f"linked source {path}{what} changed since linking: {size} bytes, the link recorded "
-            f"{record['size']}; import the checkpoint again"
+            f"linked source {path} changed since linking: {size} bytes, the link recorded "
+            f"{record['size']}; import the checkpoint again{what}"
         )
     if record.get("mtime_ns") is not None and stat.st_mtime_ns != record["mtime_ns"]:
         raise EngramError(
-            f"linked source {path}{what} changed since linking: it was modified after the link "
-            "was made (its modification time differs); run engramctl verify --deep to check its "
-            "bytes, or import the checkpoint again"
+            f"linked source {path} changed since linking: it was modified after the link was "
+            "made (its modification time differs); run engramctl verify --deep to check its "
+            f"bytes, or import the checkpoint again{what}"
         )
     if header:
         try:
@@ -122,8 +122,8 @@ def check_source_file(
             raise EngramError(f"linked source {path} changed since linking ({exc})") from None
         if digest != record["header_sha256"]:
             raise EngramError(
-                f"linked source {path}{what} changed since linking: its safetensors header "
-                "differs; import the checkpoint again"
+                f"linked source {path} changed since linking: its safetensors header differs; "
+                f"import the checkpoint again{what}"
             )
     return path
 
@@ -281,18 +281,18 @@ class LinkedLayer:
                 stat = os.stat(path)
             except OSError:
                 raise EngramError(
-                    f"linked source {path} (holding {tensor}) is missing (deleted after linking)"
+                    f"linked source {path} is missing (deleted after linking; it holds {tensor})"
                 ) from None
             if stat.st_size != size:
                 raise EngramError(
-                    f"linked source {path} (holding {tensor}) changed since linking: "
-                    f"{stat.st_size} bytes, the link recorded {size}; import the checkpoint again"
+                    f"linked source {path} changed since linking: {stat.st_size} bytes, the link "
+                    f"recorded {size}; import the checkpoint again (it holds {tensor})"
                 )
             if mtime is not None and stat.st_mtime_ns != mtime:
                 raise EngramError(
-                    f"linked source {path} (holding {tensor}) was modified after the link was "
-                    "made; run engramctl verify --deep to check its bytes, or import the "
-                    "checkpoint again"
+                    f"linked source {path} changed since linking: it was modified after the link "
+                    "was made; run engramctl verify --deep to check its bytes, or import the "
+                    f"checkpoint again (it holds {tensor})"
                 )
 
     def gather(self, row_ids: np.ndarray, out: np.ndarray) -> np.ndarray:
