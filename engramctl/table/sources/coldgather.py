@@ -55,14 +55,15 @@ MODE_PAGES, MODE_BLOCKS, MODE_CHUNK = 0, 1, 2
 
 
 def _fd_budget() -> int:
+    """Chunk files kept open: a quarter of the soft descriptor limit, 16 to 4,096."""
     try:
         import resource
 
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft == resource.RLIM_INFINITY:
+            soft = 1 << 16
     except (ImportError, ValueError, OSError):
         soft = 1024
-    if soft in (-1, getattr(__import__("resource"), "RLIM_INFINITY", -1)):
-        soft = 65536
     return max(16, min(4096, soft // 4))
 
 

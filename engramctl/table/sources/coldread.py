@@ -109,12 +109,16 @@ class ParallelReader:
     def __init__(self, threads: int = READ_THREADS):
         self.threads = max(1, int(threads))
         self._pool: ThreadPoolExecutor | None = None
+        self._pid = os.getpid()
         self._lock = threading.Lock()
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._lock:
+            if self._pool is not None and self._pid != os.getpid():
+                self._pool = None  # a forked child: the parent's threads are not here
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="engram-read")
+                self._pid = os.getpid()
             return self._pool
 
     @staticmethod
@@ -161,6 +165,60 @@ class ParallelReader:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
+
+
+def read_spans(
+    reader: ParallelReader,
+    fds: list[int],
+    files: np.ndarray,
+    offsets: np.ndarray,
+    nbytes,
+    limits: list[int],
+    span: int,
+    window: int = WINDOW_BYTES,
+):
+    """Read ``nbytes`` (one int, or one per span) at ``offsets[i]`` of file ``files[i]`` (an
+    index into ``fds`` and
+    ``limits``, the files' sizes) for every ``i``, as whole pages, deduplicated and coalesced,
+    ``reader.threads`` at a time, at most ``window`` bytes per round.
+
+    Yields ``(staging, units, sources)`` per round: ``staging[sources[j]:][:nbytes]`` are the
+    bytes of span ``units[j]``. Raises :class:`ShortRead` (``index``: a file index) when a file
+    ends early.
+    """
+    limit = np.asarray(limits, dtype=np.int64)[files]
+    start = offsets // PAGE * PAGE
+    stop = np.minimum(-(-(offsets + nbytes) // PAGE) * PAGE, limit)
+    run_file, run_start, run_stop, unit_run = plan_runs(files, start, stop, span)
+    lengths = run_stop - run_start
+    before = np.cumsum(lengths) - lengths
+    bounds = np.flatnonzero(np.diff(before // window)) + 1
+    edges = [0, *bounds.tolist(), run_file.size]
+    order = np.argsort(unit_run, kind="stable")
+    unit_edges = np.searchsorted(unit_run[order], edges)
+    staging = np.empty(0, dtype=np.uint8)
+    for w in range(len(edges) - 1):
+        lo, hi = edges[w], edges[w + 1]
+        pos = np.zeros(hi - lo, dtype=np.int64)
+        pos[1:] = np.cumsum(lengths[lo : hi - 1])
+        total = int(pos[-1] + lengths[hi - 1])
+        if staging.size < total:
+            staging = np.empty(total, dtype=np.uint8)
+        window_fds = [fds[f] for f in run_file[lo:hi].tolist()]
+        try:
+            reader.read(
+                window_fds,
+                run_start[lo:hi].tolist(),
+                lengths[lo:hi].tolist(),
+                pos.tolist(),
+                staging,
+            )
+        except ShortRead as exc:
+            f = int(run_file[lo + exc.index])
+            raise ShortRead(f, exc.got, exc.wanted) from None
+        units = order[unit_edges[w] : unit_edges[w + 1]]
+        k = unit_run[units] - lo
+        yield staging, units, pos[k] + offsets[units] - run_start[lo:hi][k]
 
 
 _LIBC = None
@@ -216,5 +274,6 @@ __all__ = [
     "page_units",
     "plan_runs",
     "plan_runs_reference",
+    "read_spans",
     "resident",
 ]

@@ -29,6 +29,8 @@ from ...errors import EngramError
 from ..core.checkpoint import TensorRef, read_shard_header
 from ..core.fp8_check import NAN_SCALE
 from .base import RowSource
+from .coldread import ParallelReader
+from .linkedcold import LinkedCold
 
 LINK_MODE, COPY_MODE = "link", "copy"
 COPY_HINT = "import the checkpoint without --link to get a table you can write"
@@ -247,13 +249,14 @@ class LinkedLayer:
     weight: np.ndarray  # (rows, dim) uint8 memmap
     scale: np.ndarray  # (rows, dim/32) uint8 memmap
     files: list[tuple]  # (file, recorded size, recorded mtime or None, tensor): re-checked
+    offsets: tuple[int, int] = (0, 0)  # byte offsets of the weight and scale tensors
 
     @classmethod
     def open(cls, sources: dict, layer_id: int, table_path, *, rows: int, dim: int):
         layer = sources["layers"].get(str(layer_id))
         if layer is None:
             raise EngramError(f"layer {layer_id} has no linked source in the table's metadata")
-        arrays, files = [], []
+        arrays, files, offsets = [], [], []
         for part, width in (("weight", dim), ("scale", dim // 32)):
             entry = layer[part]
             record = sources["files"][entry["file"]]
@@ -272,7 +275,8 @@ class LinkedLayer:
                 else np.zeros((0, width), np.uint8)
             )
             files.append((path, record["size"], record.get("mtime_ns"), tensor))
-        return cls(layer_id, arrays[0], arrays[1], files)
+            offsets.append(int(entry["offset"]))
+        return cls(layer_id, arrays[0], arrays[1], files, (offsets[0], offsets[1]))
 
     def check_files(self) -> None:
         """Refuse (naming it) a file truncated or grown since it was mapped."""
@@ -295,9 +299,14 @@ class LinkedLayer:
                     f"checkpoint again (it holds {tensor})"
                 )
 
-    def gather(self, row_ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def gather(self, row_ids: np.ndarray, out: np.ndarray, cold: LinkedCold | None = None):
+        """Rows into ``out``: through ``cold`` (warm regions from the maps, cold ones read in
+        parallel) when given, else from the maps; NaN scales refused."""
         self.check_files()
-        gather_linked(self.weight, self.scale, row_ids, out)
+        if cold is None:
+            gather_linked(self.weight, self.scale, row_ids, out)
+        else:
+            cold.gather(row_ids, out, gather_linked)
         self.check_scales(out, row_ids)
         return out
 
@@ -333,6 +342,8 @@ class LinkedSource(RowSource):
     def __init__(self, meta, table_path):
         self.meta, self.table_path = meta, table_path
         self._layers: dict[int, LinkedLayer] = {}
+        self._cold: dict[int, LinkedCold] = {}
+        self._reader = ParallelReader()
         self._lock = threading.Lock()
 
     def layer(self, layer_id: int) -> LinkedLayer:
@@ -348,7 +359,16 @@ class LinkedSource(RowSource):
             return self._layers[layer_id]
 
     def gather(self, layer_id: int, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
-        return self.layer(layer_id).gather(ids, out)
+        layer = self.layer(layer_id)
+        with self._lock:
+            cold = self._cold.get(layer_id)
+            if cold is None and layer.weight.shape[0]:
+                cold = self._cold[layer_id] = LinkedCold(layer, self.meta.chunk_rows, self._reader)
+            return layer.gather(ids, out, cold)
+
+    def cold_layer(self, layer_id: int) -> LinkedCold | None:
+        """The cold-path state of a layer gathered from (its counters), ``None`` before."""
+        return self._cold.get(layer_id)
 
     def rows(self, layer_id: int, start: int, stop: int) -> np.ndarray:
         return self.layer(layer_id).rows(start, stop)
@@ -368,4 +388,8 @@ class LinkedSource(RowSource):
 
     def close(self) -> None:
         with self._lock:
+            for cold in self._cold.values():
+                cold.close()
+            self._cold.clear()
             self._layers.clear()
+            self._reader.close()

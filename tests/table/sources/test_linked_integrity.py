@@ -9,7 +9,8 @@ import pytest
 
 from engramctl.errors import EngramError
 from engramctl.table.formats.checkpoint_import import import_checkpoint
-from engramctl.table.sources.linked import resolve_source
+from engramctl.table.sources import linkedcold
+from engramctl.table.sources.linked import LinkedLayer, resolve_source
 from engramctl.table.sources.table import open_table
 
 from ..ckpt_util import small_layout as ckpt_layout
@@ -65,3 +66,26 @@ def test_a_shard_modified_after_the_link_is_refused_naming_the_tensor(linked):
     with pytest.raises(EngramError, match=r"changed since linking.*it holds .* of layer 15\)"):
         with open_table(linked) as t:
             t.gather(15, [1])
+
+
+def test_a_shard_truncated_under_a_cold_reader_is_an_error_not_a_fault(linked, monkeypatch):
+    monkeypatch.setattr(linkedcold, "resident", lambda address, length: False)
+    with open_table(linked) as t:
+        t.gather(1, [0, 900])
+        entry = t.meta.sources["layers"]["1"]["weight"]
+        path = resolve_source(entry["file"], linked)
+        os.truncate(path, entry["offset"] + 100 * entry["shape"][1])
+        with pytest.raises(EngramError, match="changed since linking"):
+            t.gather(1, [900])  # the check before every gather sees it
+        # the truncation landing between that check and the reads: still an error
+        monkeypatch.setattr(LinkedLayer, "check_files", lambda self: None)
+        with pytest.raises(EngramError, match=r"ended early while reading layer 1 \(truncated"):
+            t.gather(1, [901])
+
+
+def test_a_page_cached_linked_table_is_served_from_its_maps(linked):
+    with open_table(linked) as t:
+        t.rows(1, 0, t.meta.layer(1).rows)  # read: in the page cache now
+        t.gather(1, np.arange(0, 900, 5))
+        cold = t.source.cold_layer(1)
+        assert cold.counters["cold_rows"] == 0 and cold.counters["warm_regions"] > 0

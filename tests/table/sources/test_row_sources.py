@@ -22,7 +22,7 @@ from engramctl.table.core.lock import LOCK_NAME
 from engramctl.table.core.rowinit import init_values_reference
 from engramctl.table.core.store import open_store
 from engramctl.table.formats.checkpoint_import import import_checkpoint
-from engramctl.table.sources import coldgather
+from engramctl.table.sources import coldgather, linkedcold
 from engramctl.table.sources.chunked import ChunkedSource
 from engramctl.table.sources.linked import LinkedSource
 from engramctl.table.sources.table import open_table
@@ -350,3 +350,18 @@ class TestChunkedColdLazyUnchecked(ColdTests):
     def case(cls, tmp_path_factory, small_layout):
         path = tmp_path_factory.mktemp("coldlazy") / "t.zarr"
         return fp8_case(path, small_layout, lazy=True, check_chunks=False)
+
+
+class TestLinkedCold(TestLinked):
+    """The linked suite with every region measured cold: rows read with the parallel reader
+    from the shards, never through the maps."""
+
+    @pytest.fixture(autouse=True)
+    def _every_region_cold(self, monkeypatch):
+        monkeypatch.setattr(linkedcold, "resident", lambda address, length: False)
+
+    def test_rows_came_through_the_cold_reader(self, table, case):
+        ids = np.arange(0, case.rows[1].shape[0], 7)
+        self.assert_rows(table.gather(1, ids), case, 1, ids)
+        cold = table.source.cold_layer(1)
+        assert cold.counters["cold_rows"] >= ids.size and cold.counters["warm_regions"] == 0
