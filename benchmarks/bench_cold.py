@@ -14,7 +14,10 @@ case runs in a fresh process after the table's pages were dropped (``POSIX_FADV_
 file), best of ``--repeats``; its peak RSS is its own.
 
 Usage: python benchmarks/bench_cold.py [--rows 20000000] [--n 200000] [--table PATH] [--dir DIR]
-(``--table`` reuses an fp8 table, e.g. one built by an earlier run with ``--keep``.)
+[--linked PATH]
+(``--table`` reuses an fp8 table, e.g. one built by an earlier run with ``--keep``; ``--linked``
+adds a table linked to a checkpoint, e.g. ``engramctl export --format deepseek`` of the table,
+imported with ``--link``.)
 """
 
 from __future__ import annotations
@@ -37,8 +40,16 @@ FIO_SECONDS = 8
 
 
 def drop_pages(root: Path) -> None:
-    """Evict every file of a table from the page cache (pages mapped elsewhere stay)."""
-    for file in root.rglob("*"):
+    """Evict every file of a table (and of its linked shards) from the page cache (pages mapped
+    elsewhere stay)."""
+    from engramctl.table.sources.linked import resolve_source
+    from engramctl.table.sources.table import open_table
+
+    files = [f for f in root.rglob("*") if f.is_file()]
+    with open_table(root) as t:
+        if t.meta.linked:
+            files += [resolve_source(name, root) for name in t.meta.sources["files"]]
+    for file in files:
         if file.is_file():
             fd = os.open(file, os.O_RDONLY)
             try:
@@ -76,11 +87,12 @@ def set_block_sums(table: Path, kind: str) -> None:
 # ---------------------------------------------------------------------- one case
 def cold_case(table: Path, n: int, check: bool, mmap_only: bool) -> dict:
     """One cold gather of ``n`` uniform rows in this (fresh) process."""
-    from engramctl.table.sources import coldgather
+    from engramctl.table.sources import coldgather, linkedcold
     from engramctl.table.sources.table import open_table
 
     if mmap_only:  # the gather before the cold reader: every chunk through its memory map
         coldgather.resident = lambda address, length: True
+        linkedcold.resident = lambda address, length: True
     drop_pages(table)
     with open_table(table, check_chunks=check) as t:
         ids = np.random.default_rng(int(time.time_ns()) % 2**32).integers(
@@ -89,7 +101,10 @@ def cold_case(table: Path, n: int, check: bool, mmap_only: bool) -> dict:
         start = time.perf_counter()
         t.gather(1, ids)
         seconds = time.perf_counter() - start
-        counters = dict(t.source.cold.counters)
+        if t.meta.linked:
+            counters = {"bytes_read": None, **t.source.cold_layer(1).counters}
+        else:
+            counters = dict(t.source.cold.counters)
     return {"rows_per_s": n / seconds, "seconds": seconds, "rss": peak_rss_mib(), **counters}
 
 
@@ -163,6 +178,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--table", type=Path, default=None, help="Reuse this fp8 table.")
+    parser.add_argument(
+        "--linked", type=Path, default=None, help="Also a table linked to a checkpoint."
+    )
     parser.add_argument("--dir", type=Path, default=None, help="Where to put the table.")
     parser.add_argument("--keep", action="store_true", help="Keep the table built here.")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
@@ -191,12 +209,12 @@ def main() -> None:
             f"{os.cpu_count()} CPUs"
         )
 
-        def cold(label: str, check=1, mmap_only=0) -> dict:
+        def cold(label: str, check=1, mmap_only=0, source=None) -> dict:
             runs = [
                 run_json_case(
                     str(HERE),
                     "--case=cold",
-                    f"--table={table}",
+                    f"--table={source or table}",
                     f"--n={args.n}",
                     f"--check={check}",
                     f"--mmap-only={mmap_only}",
@@ -219,6 +237,9 @@ def main() -> None:
         set_block_sums(table, "none")
         results.append(cold("default, no block checksums (old table)"))
         set_block_sums(table, "4K")
+        if args.linked:
+            results.append(cold("linked (a checkpoint's shards)", source=args.linked))
+            results.append(cold("linked before: mmap page faults", mmap_only=1, source=args.linked))
         warm = run_json_case(str(HERE), "--case=warm", f"--table={table}", "--n=49152")
 
         if fio is None:
@@ -229,9 +250,10 @@ def main() -> None:
         base = fio.get(32) if fio else None
         for r in results:
             ratio = f"{r['rows_per_s'] / base:5.2f}x fio QD32" if base else ""
+            read = f"{r['bytes_read'] / 2**20:7.0f}" if r["bytes_read"] is not None else "      -"
             print(
                 f"  {r['label']:48s} {r['rows_per_s']:10,.0f} rows/s {ratio}  "
-                f"read {r['bytes_read'] / 2**20:7.0f} MiB  peak RSS {r['rss']:6.0f} MiB"
+                f"read {read} MiB  peak RSS {r['rss']:6.0f} MiB"
             )
         if base:
             got = results[0]["rows_per_s"] / base
