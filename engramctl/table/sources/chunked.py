@@ -2,7 +2,8 @@
 
 Uncompressed chunk files of a store that ``supports_mmap`` are memory-mapped once and kept;
 :meth:`ChunkedSource.gather` copies rows out of the maps with a parallel numba kernel
-(:mod:`engramctl.table.sources._gather`). Chunks never written (lazy tables, or a full init still
+(:mod:`engramctl.table.sources._gather`) for chunks in the page cache, and reads the rows of the
+others with many reads in flight, checked per block (:mod:`engramctl.table.sources.coldgather`). Chunks never written (lazy tables, or a full init still
 under way) read as their deterministic init values (:mod:`engramctl.table.core.rowinit`); zstd
 chunks, and every chunk of a remote store (fetched concurrently with ``get_many``), are decoded
 whole and kept in a small LRU cache. The first time a chunk is loaded its CRC-32 is checked
