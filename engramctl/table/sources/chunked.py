@@ -3,13 +3,14 @@
 Uncompressed chunk files of a store that ``supports_mmap`` are memory-mapped once and kept;
 :meth:`ChunkedSource.gather` copies rows out of the maps with a parallel numba kernel
 (:mod:`engramctl.table.sources._gather`) for chunks in the page cache, and reads the rows of the
-others with many reads in flight, checked per block (:mod:`engramctl.table.sources.coldgather`). Chunks never written (lazy tables, or a full init still
-under way) read as their deterministic init values (:mod:`engramctl.table.core.rowinit`); zstd
-chunks, and every chunk of a remote store (fetched concurrently with ``get_many``), are decoded
-whole and kept in a small LRU cache. The first time a chunk is loaded its CRC-32 is checked
-against the manifest (``check_chunks``), so a damaged chunk raises an error naming it instead of
-returning garbage. A reader that finds a chunk rewritten by a writer at work waits for the writer
-to record it (``WRITER_WAIT_SECONDS``) before it calls the chunk damaged.
+others with many reads in flight, checked per block (:mod:`engramctl.table.sources.coldgather`).
+Chunks never written (lazy tables, or a full init still under way) read as their deterministic
+init values (:mod:`engramctl.table.core.rowinit`); zstd chunks, and every chunk of a remote
+store (fetched concurrently with ``get_many``), are decoded whole and kept in a small LRU cache.
+The first time a chunk is loaded its CRC-32 is checked against the manifest (``check_chunks``),
+so a damaged chunk raises an error naming it instead of returning garbage. A reader that finds a
+chunk rewritten by a writer at work waits for the writer to record it (``WRITER_WAIT_SECONDS``)
+before it calls the chunk damaged.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ._gather import (
 )
 from .base import RowSource
 from .coldgather import ColdGather
+from .coldread import advise_random
 
 log = logging.getLogger(__name__)
 DECODED_CACHE_CHUNKS = 64  # zstd chunks kept decoded (64 x 4 MiB by default)
@@ -219,6 +221,8 @@ class ChunkedSource(RowSource):
                 cache.state[c] = CHUNK_UNWRITTEN
                 continue
             words = rows.view(self._word).reshape(self.meta.chunk_rows, self._words)
+            if self.cold is not None:  # a fault on a page evicted later reads that page only
+                advise_random(words.ctypes.data, words.nbytes)
             cache.arrays[c] = words  # keeps the mmap (or decoded buffer) alive
             cache.bases[c] = chunk_address(words, self.meta.chunk_rows, self._words, self._word)
             cache.state[c] = CHUNK_LOADED

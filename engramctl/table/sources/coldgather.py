@@ -2,8 +2,9 @@
 are not in the page cache, read with many reads in flight and checked per block.
 
 Every gather on a local table of uncompressed chunks asks :meth:`ColdGather.route` which of the
-chunks it touches are *warm*. A chunk is warm when every page of its file is in the page cache
-(``mincore``): its rows are copied out of the memory map by the numba kernel, as before (the
+chunks it touches are *warm*. A chunk is warm when its file is in the page cache (``mincore``:
+at least ``WARM_FRACTION`` of its pages; the map is advised ``MADV_RANDOM``, so a missing page
+faults in alone): its rows are copied out of the memory map by the numba kernel, as before (the
 chunk is checked whole the first time, from memory, which is cheap). A warm chunk is trusted
 for ``WARM_SECONDS`` before it is measured again, so a page-cached table pays nothing per gather.
 Any other chunk is *cold*: :meth:`ColdGather.read_rows` reads its rows with the parallel reader
@@ -41,6 +42,7 @@ from ._gather import CHUNK_LOADED, CHUNK_UNWRITTEN, copy_spans
 from .coldread import (
     PAGE,
     READ_THREADS,
+    WARM_FRACTION,
     WINDOW_BYTES,
     ParallelReader,
     ShortRead,
@@ -50,7 +52,7 @@ from .coldread import (
 )
 
 log = logging.getLogger(__name__)
-WARM_SECONDS = 2.0  # a chunk seen fully in the page cache is trusted warm this long
+WARM_SECONDS = 2.0  # a chunk seen in the page cache is trusted warm this long
 MODE_PAGES, MODE_BLOCKS, MODE_CHUNK = 0, 1, 2
 
 
@@ -136,8 +138,9 @@ class ColdGather:
 
     # ---------------------------------------------------------------- routing
     def _probe(self, layer_id: int, chunk_index: int) -> bool | None:
-        """Whether the chunk's file is whole in the page cache; ``None`` when it cannot serve
-        cold reads (missing, wrong size, not in the manifest): the caller's loader decides."""
+        """Whether the chunk's file is in the page cache (``WARM_FRACTION`` of its pages);
+        ``None`` when it cannot serve cold reads (missing, wrong size, not in the manifest): the
+        caller's loader decides."""
         entry = self.source.manifest.get(layer_id, {}).get(chunk_index)
         if entry is None or entry[1] != self.meta.chunk_bytes:
             return None
@@ -154,7 +157,7 @@ class ColdGather:
                     del view
         except (OSError, ValueError):
             return None
-        return bool(whole) if whole is not None else True  # unknown: the map, as before
+        return True if whole is None else whole >= WARM_FRACTION  # unknown: the map, as before
 
     def route(self, layer_id: int, cache, needed: np.ndarray) -> np.ndarray | None:
         """Load the warm chunks among ``needed`` (a bool mask) into ``cache`` (the source's

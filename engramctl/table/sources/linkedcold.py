@@ -19,7 +19,15 @@ import numpy as np
 
 from ...errors import EngramError
 from ._gather import copy_spans
-from .coldread import ParallelReader, ShortRead, open_random, read_spans, resident
+from .coldread import (
+    WARM_FRACTION,
+    ParallelReader,
+    ShortRead,
+    advise_random,
+    open_random,
+    read_spans,
+    resident,
+)
 
 WARM_SECONDS = 2.0
 _PAGE_MASK = ~4095
@@ -27,12 +35,13 @@ _PAGE_MASK = ~4095
 
 def _region_resident(array: np.ndarray, start: int, stop: int) -> bool:
     """Whether rows ``[start, stop)`` of a memory-mapped ``[rows, width]`` array are in the page
-    cache (``True`` where the system cannot tell: the map serves them, as before)."""
+    cache (``WARM_FRACTION`` of their pages; ``True`` where the system cannot tell: the map
+    serves them, as before)."""
     width = array.shape[1]
     address = array.ctypes.data + start * width
     aligned = address & _PAGE_MASK
     whole = resident(aligned, (stop - start) * width + address - aligned)
-    return True if whole is None else whole
+    return True if whole is None else whole >= WARM_FRACTION
 
 
 class LinkedCold:
@@ -44,6 +53,8 @@ class LinkedCold:
         self.warm_until = np.zeros(max(1, -(-rows // region_rows)), dtype=np.float64)
         self.paths = sorted({str(f[0]) for f in layer.files})
         self._fds: list[int] | None = None
+        for array in (layer.weight, layer.scale):  # a fault on a missing page reads that page
+            advise_random(array.ctypes.data, array.nbytes)
         self.counters = {"warm_regions": 0, "cold_regions": 0, "cold_rows": 0}
 
     def _cold_regions(self, needed: np.ndarray) -> np.ndarray | None:

@@ -122,7 +122,7 @@ def test_resident_sees_a_file_just_written(tmp_path):
     path.write_bytes(b"x" * 65536)
     with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as m:
         view = np.frombuffer(m, np.uint8)
-        assert resident(view.ctypes.data, view.size) in (True, None)  # None: not Linux
+        assert resident(view.ctypes.data, view.size) in (1.0, None)  # None: no mincore
         del view
 
 
@@ -245,8 +245,6 @@ def test_a_page_cached_table_is_served_from_its_maps(tmp_path, small_layout):
         table.rows(1, 0, table.meta.layer(1).rows)  # read: now in the page cache
         table.gather(1, np.arange(0, 2000, 3))
         counters = table.source.cold.counters
-        if resident(0, 0) is None and counters["cold_rows"]:  # pragma: no cover - not Linux
-            pytest.skip("residency unknown on this system")
         assert counters["cold_rows"] == 0 and counters["warm_chunks"] > 0
 
 
