@@ -87,12 +87,13 @@ def set_block_sums(table: Path, kind: str) -> None:
 # ---------------------------------------------------------------------- one case
 def cold_case(table: Path, n: int, check: bool, mmap_only: bool) -> dict:
     """One cold gather of ``n`` uniform rows in this (fresh) process."""
-    from engramctl.table.sources import coldgather, linkedcold
+    from engramctl.table.sources import chunked, coldgather, linkedcold
     from engramctl.table.sources.table import open_table
 
-    if mmap_only:  # the gather before the cold reader: every chunk through its memory map
-        coldgather.resident = lambda address, length: True
+    if mmap_only:  # the gather before the cold reader: every chunk through its memory map,
+        coldgather.resident = lambda address, length: True  # with the kernel's readahead
         linkedcold.resident = lambda address, length: True
+        chunked.advise_random = linkedcold.advise_random = lambda address, length: None
     drop_pages(table)
     with open_table(table, check_chunks=check) as t:
         ids = np.random.default_rng(int(time.time_ns()) % 2**32).integers(

@@ -5,9 +5,10 @@ Every gather on a local table of uncompressed chunks asks :meth:`ColdGather.rout
 chunks it touches are *warm*. A chunk is warm when its file is in the page cache (``mincore``:
 at least ``WARM_FRACTION`` of its pages; the map is advised ``MADV_RANDOM``, so a missing page
 faults in alone): its rows are copied out of the memory map by the numba kernel, as before (the
-chunk is checked whole the first time, from memory, which is cheap). A warm chunk is trusted
-for ``WARM_SECONDS`` before it is measured again, so a page-cached table pays nothing per gather.
-Any other chunk is *cold*: :meth:`ColdGather.read_rows` reads its rows with the parallel reader
+chunk is checked whole the first time, from memory, which is cheap). Any other chunk is
+*cold*. A verdict, warm or cold, holds for ``WARM_SECONDS`` before the chunk is measured again,
+so a page-cached table pays nothing per gather and a cold one a ``mincore`` per chunk every
+two seconds. Cold chunks: :meth:`ColdGather.read_rows` reads its rows with the parallel reader
 (:mod:`engramctl.table.sources.coldread`), never through a page fault.
 
 What a cold row costs depends on what is known about its bytes:
@@ -78,6 +79,7 @@ class _LayerState:
 
     def __init__(self, n_chunks: int, sums: BlockSums | None, manifest: dict):
         self.warm_until = np.zeros(n_chunks, dtype=np.float64)
+        self.cold_until = np.zeros(n_chunks, dtype=np.float64)  # measured cold: not re-probed
         self.checked = np.zeros(n_chunks, dtype=bool)  # chunk checked whole (or trusted)
         self.sums = sums
         self.usable = np.zeros(n_chunks, dtype=bool)
@@ -165,16 +167,20 @@ class ColdGather:
         state = self.layer(layer_id)
         now = time.monotonic()
         known_warm = (cache.state == CHUNK_LOADED) & (state.warm_until > now)
-        candidates = np.flatnonzero(needed & ~known_warm & (cache.state != CHUNK_UNWRITTEN))
-        if not candidates.size:
+        known_cold = needed & (state.cold_until > now)  # probed lately: still cold
+        candidates = np.flatnonzero(
+            needed & ~known_warm & ~known_cold & (cache.state != CHUNK_UNWRITTEN)
+        )
+        if not candidates.size and not known_cold.any():
             return None
-        cold = np.zeros(needed.shape[0], dtype=bool)
+        cold = known_cold.copy()
         to_load = []
         for c in candidates.tolist():
             whole = self._probe(layer_id, c)
             if whole is False:
                 cold[c] = True
                 state.warm_until[c] = 0
+                state.cold_until[c] = now + WARM_SECONDS
                 self.counters["cold_chunks"] += 1
                 continue
             if whole:
