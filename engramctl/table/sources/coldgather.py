@@ -41,6 +41,7 @@ from ..core.blocksums import BlockSums, crc32c_spans
 from ..core.codec import crc32_of
 from ._gather import CHUNK_LOADED, CHUNK_UNWRITTEN, copy_spans
 from .coldread import (
+    COALESCE_GAP,
     PAGE,
     READ_THREADS,
     WARM_FRACTION,
@@ -244,7 +245,7 @@ class ColdGather:
         out_bytes = out.view(np.uint8).reshape(out.shape[0], -1)
         chunk, offset, start, stop = self._units(layer_id, ids)
         span = self.meta.chunk_bytes
-        run_chunk, run_start, run_stop, unit_run = plan_runs(chunk, start, stop, span)
+        run_chunk, run_start, run_stop, unit_run = plan_runs(chunk, start, stop, span, COALESCE_GAP)
         lengths = run_stop - run_start
         window = max(WINDOW_BYTES, span)
         before = np.cumsum(lengths) - lengths
@@ -268,6 +269,9 @@ class ColdGather:
             self._check_window(layer_id, *window_runs)
             rows = order[row_edges[w] : row_edges[w + 1]]
             k = unit_run[rows] - lo
+            self._check_blocks(
+                layer_id, chunk[rows], offset[rows], k, run_start[lo:hi], pos, staging
+            )
             sources = pos[k] + offset[rows] - run_start[lo:hi][k]
             copy_spans(staging, sources, out_bytes, positions[rows])
 
@@ -290,7 +294,7 @@ class ColdGather:
         self.counters["bytes_read"] += int(lengths.sum())
 
     def _check_window(self, layer_id, chunks, starts, lengths, pos, staging) -> None:
-        """Check the blocks and chunks this window read whole and had not checked yet."""
+        """Check the chunks this window read whole (no block checksums) and had not checked."""
         if not self.source.check_chunks:
             return
         state, limit = self.layer(layer_id), self.meta.chunk_bytes
@@ -304,28 +308,28 @@ class ColdGather:
                     "damaged: its checksum does not match the manifest; run engramctl verify"
                 )
             state.checked[c] = True
-        if state.sums is None:
+
+    def _check_blocks(self, layer_id, chunk, offset, run, starts, pos, staging) -> None:
+        """Check the blocks holding these rows (of chunk ``chunk``, at byte ``offset``, read in
+        run ``run`` of this window) that were not checked yet; they were read whole."""
+        state = self.layer(layer_id)
+        if state.sums is None or not self.source.check_chunks:
             return
-        bb = state.sums.block_bytes
-        # blocks wholly inside a run (the last block of a chunk may be short)
-        end = starts + lengths
-        first = -(-starts // bb)
-        past = np.where(end == limit, -(-limit // bb), end // bb)
-        count = np.maximum(past - first, 0)
-        run = np.repeat(np.arange(chunks.size), count)
-        block = (
-            np.repeat(first, count)
-            + np.arange(count.sum())
-            - np.repeat(np.cumsum(count) - count, count)
-        )
-        c = chunks[run]
+        bb, limit, row_bytes = state.sums.block_bytes, self.meta.chunk_bytes, self.meta.row_bytes
+        b0, b1 = offset // bb, (offset + row_bytes - 1) // bb
+        two = b1 != b0
+        c = np.r_[chunk, chunk[two]]
+        block = np.r_[b0, b1[two]]
+        k = np.r_[run, run[two]]
         todo = state.usable[c] & ~state.block_ok[c, block] & ~state.checked[c]
         if not todo.any():
             return
-        run, block, c = run[todo], block[todo], c[todo]
+        c, block, k = c[todo], block[todo], k[todo]
+        _, first = np.unique(c * state.sums.blocks_per_chunk + block, return_index=True)
+        c, block, k = c[first], block[first], k[first]
         b_start = block * bb
         b_stop = np.minimum(b_start + bb, limit)
-        at = pos[run] + b_start - starts[run]
+        at = pos[k] + b_start - starts[k]
         got = crc32c_spans(staging, at, at + (b_stop - b_start))
         want = state.sums.records[c, 2 + block]
         bad = np.flatnonzero(got != want)

@@ -41,14 +41,15 @@ google_crc32c = pytest.importorskip("google_crc32c")
 
 # ------------------------------------------------------------------------- pieces
 @pytest.mark.parametrize("seed", range(5))
-def test_plan_runs_equals_the_reference(seed):
+@pytest.mark.parametrize("gap", [0, 1024])
+def test_plan_runs_equals_the_reference(seed, gap):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 400))
     files = rng.integers(0, 4, n)
     starts = rng.integers(0, 50, n) * 512
     stops = np.minimum(starts + rng.integers(1, 5, n) * 512, 50 * 512)
-    run_file, run_start, run_stop, unit_run = plan_runs(files, starts, stops, 50 * 512)
-    want = plan_runs_reference(files.tolist(), starts.tolist(), stops.tolist())
+    run_file, run_start, run_stop, unit_run = plan_runs(files, starts, stops, 50 * 512, gap)
+    want = plan_runs_reference(files.tolist(), starts.tolist(), stops.tolist(), gap)
     got = zip(run_file.tolist(), run_start.tolist(), run_stop.tolist(), strict=True)
     assert list(got) == want
     # every unit lies inside its run
