@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import EngramError
+from .core.blocksums import BlockSumsCheck
 from .core.checks import metadata_problems, unfinished_reason
 from .core.codec import chunk_key, crc32_of
 from .core.lock import active_writer
@@ -65,6 +66,7 @@ def _check_files(
     deep: bool,
     report: VerifyReport,
     progress,
+    blocks=None,
 ) -> None:
     layer = meta.layers[layer_id]
     n_chunks = layer.n_chunks(meta.chunk_rows)
@@ -105,7 +107,7 @@ def _check_files(
             continue
         if deep:
             to_read.append((chunk_index, entry))
-    _check_checksums(store, meta, manifest, layer_id, to_read, report, progress)
+    _check_checksums(store, meta, manifest, layer_id, to_read, report, progress, blocks)
     unrecorded, temporary = [], []
     for rel_key in sorted(sizes):
         rel = rel_key.split("/")
@@ -148,6 +150,7 @@ def _check_checksums(
     to_read: list,
     report: VerifyReport,
     progress,
+    blocks=None,
 ) -> None:
     """Re-read chunks and compare CRC-32s; a remote store fetches a batch concurrently."""
     batch = 1 if store.supports_mmap else REMOTE_READ_BATCH  # local files: one at a time
@@ -177,6 +180,10 @@ def _check_checksums(
                     f"{where}: {store.where(key)} fails its checksum (corrupted); "
                     f"{chunk_remedy(meta, manifest, entry)}"
                 )
+            elif blocks is not None and (
+                line := blocks.check_chunk(layer_id, chunk_index, entry[0], data)
+            ):
+                report.problems.append(line)
             if progress:
                 progress(report.bytes_checked, report.bytes_to_check)
 
@@ -251,8 +258,10 @@ def verify_table(
 
         verify_linked(store.root, meta, manifest, report, deep=deep, progress=progress)
         return report
+    blocks = BlockSumsCheck(store, meta)  # block checksums: their files, and (deep) each record
+    report.problems += blocks.errors
     for layer_id in meta.layers:
-        _check_files(store, meta, manifest, layer_id, deep, report, progress)
+        _check_files(store, meta, manifest, layer_id, deep, report, progress, blocks)
     if why := unfinished_reason(meta):  # not damage, but not a table to read either
         report.problems.append(
             f"{why.removeprefix('is ')} ({report.chunks_written} of {report.chunks_total} chunks "

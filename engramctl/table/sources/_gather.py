@@ -22,6 +22,9 @@ from ...errors import EngramError
 carray = sys.modules["numba"].carray  # numba itself is imported (cache set up) by ._numba
 
 
+CHUNK_UNKNOWN, CHUNK_LOADED, CHUNK_UNWRITTEN = 0, 1, 2  # a loaded chunk's state (per layer)
+
+
 def word_dtype(row_bytes: int) -> np.dtype:
     """Widest unsigned integer dtype whose size divides ``row_bytes`` (rows copied word-wise).
 
@@ -157,3 +160,36 @@ def gather_rows(
     if _gather_kernel(bases, np.int64(chunk_rows), row_ids, out, missing):
         return np.flatnonzero(missing)
     return np.empty(0, dtype=np.int64)
+
+
+@njit(cache=True)
+def _copy_spans_kernel(staging, sources, out, positions):
+    nbytes = out.shape[1]
+    for i in range(sources.shape[0]):
+        s = sources[i]
+        p = positions[i]
+        for j in range(nbytes):
+            out[p, j] = staging[s + j]
+
+
+def copy_spans(
+    staging: np.ndarray, sources: np.ndarray, out: np.ndarray, positions: np.ndarray
+) -> None:
+    """``out[positions[i]] = staging[sources[i] : sources[i] + row_bytes]`` for every ``i``
+    (``out`` a C-contiguous ``[n, row_bytes]`` uint8 view; serial: a few MB per call, cheaper
+    than waking the thread pool). Reference: the same assignment in a Python loop."""
+    if (
+        out.dtype != np.uint8
+        or out.ndim != 2
+        or staging.dtype != np.uint8
+        or sources.shape != positions.shape
+    ):
+        raise EngramError("copy_spans needs uint8 buffers and one source per position")
+    if sources.size and (
+        sources.min() < 0
+        or sources.max() + out.shape[1] > staging.size
+        or positions.min() < 0
+        or positions.max() >= out.shape[0]
+    ):
+        raise EngramError("copy_spans positions must lie inside the buffers")
+    _copy_spans_kernel(staging, sources.astype(np.int64), out, positions.astype(np.int64))

@@ -2,13 +2,15 @@
 
 Uncompressed chunk files of a store that ``supports_mmap`` are memory-mapped once and kept;
 :meth:`ChunkedSource.gather` copies rows out of the maps with a parallel numba kernel
-(:mod:`engramctl.table.sources._gather`). Chunks never written (lazy tables, or a full init still
-under way) read as their deterministic init values (:mod:`engramctl.table.core.rowinit`); zstd
-chunks, and every chunk of a remote store (fetched concurrently with ``get_many``), are decoded
-whole and kept in a small LRU cache. The first time a chunk is loaded its CRC-32 is checked
-against the manifest (``check_chunks``), so a damaged chunk raises an error naming it instead of
-returning garbage. A reader that finds a chunk rewritten by a writer at work waits for the writer
-to record it (``WRITER_WAIT_SECONDS``) before it calls the chunk damaged.
+(:mod:`engramctl.table.sources._gather`) for chunks in the page cache, and reads the rows of the
+others with many reads in flight, checked per block (:mod:`engramctl.table.sources.coldgather`).
+Chunks never written (lazy tables, or a full init still under way) read as their deterministic
+init values (:mod:`engramctl.table.core.rowinit`); zstd chunks, and every chunk of a remote
+store (fetched concurrently with ``get_many``), are decoded whole and kept in a small LRU cache.
+The first time a chunk is loaded its CRC-32 is checked against the manifest (``check_chunks``),
+so a damaged chunk raises an error naming it instead of returning garbage. A reader that finds a
+chunk rewritten by a writer at work waits for the writer to record it (``WRITER_WAIT_SECONDS``)
+before it calls the chunk damaged.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ...errors import EngramError
+from ..core.blocksums import update_block_record
 from ..core.codec import chunk_key, crc32_of, decode_chunk, encode_chunk, init_chunk_rows
 from ..core.dtypes import encode_rows
 from ..core.lock import active_writer
@@ -28,15 +31,22 @@ from ..core.manifest import read_group
 from ..core.meta import TableMeta
 from ..core.rowinit import init_values
 from ..core.store import TableStore
-from ._gather import chunk_address, gather_rows, word_dtype
+from ._gather import (
+    CHUNK_LOADED,
+    CHUNK_UNKNOWN,
+    CHUNK_UNWRITTEN,
+    chunk_address,
+    gather_rows,
+    word_dtype,
+)
 from .base import RowSource
+from .coldgather import ColdGather
+from .coldread import advise_random
 
 log = logging.getLogger(__name__)
 DECODED_CACHE_CHUNKS = 64  # zstd chunks kept decoded (64 x 4 MiB by default)
 WRITER_WAIT_SECONDS = 60.0  # how long a reader waits for a writer to record a chunk it rewrote
 WRITER_POLL_SECONDS = 0.2
-
-CHUNK_UNKNOWN, CHUNK_LOADED, CHUNK_UNWRITTEN = 0, 1, 2
 
 
 class ChunkMismatch(EngramError):
@@ -77,6 +87,8 @@ class ChunkedSource(RowSource):
         self._caches: dict[int, _LoadedChunks] = {}
         self._decoded: OrderedDict[tuple[int, int], None] = OrderedDict()
         self._mutex = threading.RLock()
+        # local uncompressed chunks: cold chunks are read in parallel, warm ones from the maps
+        self.cold = ColdGather(self) if store.supports_mmap and meta.compressor == "none" else None
 
     @property
     def cached_chunks(self) -> int:
@@ -194,7 +206,10 @@ class ChunkedSource(RowSource):
             return init_chunk_rows(self.meta, layer_id, chunk_index, parallel=False)
         return rows
 
-    def _ensure_loaded(self, layer_id: int, chunk_indexes: np.ndarray) -> None:
+    def load_chunks(self, layer_id: int, chunk_indexes: np.ndarray) -> None:
+        """Map (or fetch and decode) chunks for the gather kernel, each checked against the
+        manifest (``check_chunks``); chunks never written are marked to read as init values.
+        The caller holds the source's mutex."""
         cache = self._cache(layer_id)
         fetched = None
         if not self.store.supports_mmap:  # fetch the chunks of this gather concurrently
@@ -206,6 +221,8 @@ class ChunkedSource(RowSource):
                 cache.state[c] = CHUNK_UNWRITTEN
                 continue
             words = rows.view(self._word).reshape(self.meta.chunk_rows, self._words)
+            if self.cold is not None:  # a fault on a page evicted later reads that page only
+                advise_random(words.ctypes.data, words.nbytes)
             cache.arrays[c] = words  # keeps the mmap (or decoded buffer) alive
             cache.bases[c] = chunk_address(words, self.meta.chunk_rows, self._words, self._word)
             cache.state[c] = CHUNK_LOADED
@@ -230,10 +247,18 @@ class ChunkedSource(RowSource):
             needed = np.zeros(cache.state.shape[0], dtype=bool)
             needed[ids // self.meta.chunk_rows] = True
             to_load = np.flatnonzero(needed & (cache.state == CHUNK_UNKNOWN))
-            if to_load.size:
-                self._ensure_loaded(layer_id, to_load)
+            cold = None
+            if self.cold is not None:  # warm chunks loaded, cold ones left to the reader
+                cold = self.cold.route(layer_id, cache, needed)
+            elif to_load.size:
+                self.load_chunks(layer_id, to_load)
+            bases = cache.bases if cold is None else np.where(cold, 0, cache.bases)
             words = out.view(self._word).reshape(ids.size, self._words)
-            missing = gather_rows(cache.bases, self.meta.chunk_rows, ids, words)
+            missing = gather_rows(bases, self.meta.chunk_rows, ids, words)
+            if missing.size and cold is not None:
+                in_cold = cold[ids[missing] // self.meta.chunk_rows]
+                self.cold.read_rows(layer_id, ids[missing[in_cold]], out, missing[in_cold])
+                missing = missing[~in_cold]
         if missing.size:  # rows of chunks never written: their init values
             values = init_values(self.meta.init, layer_id, ids[missing], self.meta.dim)
             out[missing] = encode_rows(values, self.meta.dtype)
@@ -254,11 +279,16 @@ class ChunkedSource(RowSource):
             memoryview(data).nbytes,
             source,
         ]
+        update_block_record(self.store, self.meta, layer_id, chunk_index, crc32_of(data), data)
         with self._mutex:
             self._unload(layer_id, chunk_index)
+            if self.cold is not None:
+                self.cold.forget(layer_id, chunk_index)
 
     def close(self) -> None:
         with self._mutex:
+            if self.cold is not None:
+                self.cold.close()
             self._caches.clear()
             self._decoded.clear()
 

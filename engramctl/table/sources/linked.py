@@ -27,7 +27,10 @@ import numpy as np
 from ..._numba import njit, prange
 from ...errors import EngramError
 from ..core.checkpoint import TensorRef, read_shard_header
+from ..core.fp8_check import NAN_SCALE
 from .base import RowSource
+from .coldread import ParallelReader
+from .linkedcold import LinkedCold
 
 LINK_MODE, COPY_MODE = "link", "copy"
 COPY_HINT = "import the checkpoint without --link to get a table you can write"
@@ -58,7 +61,11 @@ def sources_record(
         layer = {}
         for part, ref in zip(("weight", "scale"), pair, strict=True):
             name = source_name(ref.path, table_path)
-            files[name] = {"size": ref.file_size, "header_sha256": ref.header_sha256}
+            files[name] = {
+                "size": ref.file_size,
+                "header_sha256": ref.header_sha256,
+                "mtime_ns": _mtime_ns(ref.path),
+            }
             layer[part] = {
                 "file": name,
                 "tensor": ref.name,
@@ -76,11 +83,24 @@ def sources_record(
     }
 
 
-def check_source_file(name: str, record: dict, table_path, *, header: bool = True) -> Path:
-    """Refuse a source file that is missing or whose size or header changed since linking."""
-    path = resolve_source(name, table_path)
+def _mtime_ns(path) -> int | None:
     try:
-        size = path.stat().st_size
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+def check_source_file(
+    name: str, record: dict, table_path, *, header: bool = True, tensor: str = ""
+) -> Path:
+    """Refuse a source file that is missing or whose size, modification time (links made
+    since it is recorded) or header changed since linking; ``tensor`` names what is read from
+    it in the error."""
+    path = resolve_source(name, table_path)
+    what = f" (it holds {tensor})" if tensor else ""
+    try:
+        stat = path.stat()
+        size = stat.st_size
     except OSError:
         raise EngramError(
             f"linked source {path} is missing (moved or deleted since linking); restore it or "
@@ -89,7 +109,13 @@ def check_source_file(name: str, record: dict, table_path, *, header: bool = Tru
     if size != record["size"]:
         raise EngramError(
             f"linked source {path} changed since linking: {size} bytes, the link recorded "
-            f"{record['size']}; import the checkpoint again"
+            f"{record['size']}; import the checkpoint again{what}"
+        )
+    if record.get("mtime_ns") is not None and stat.st_mtime_ns != record["mtime_ns"]:
+        raise EngramError(
+            f"linked source {path} changed since linking: it was modified after the link was "
+            "made (its modification time differs); run engramctl verify --deep to check its "
+            f"bytes, or import the checkpoint again{what}"
         )
     if header:
         try:
@@ -99,7 +125,7 @@ def check_source_file(name: str, record: dict, table_path, *, header: bool = Tru
         if digest != record["header_sha256"]:
             raise EngramError(
                 f"linked source {path} changed since linking: its safetensors header differs; "
-                "import the checkpoint again"
+                f"import the checkpoint again{what}"
             )
     return path
 
@@ -222,18 +248,20 @@ class LinkedLayer:
     layer_id: int
     weight: np.ndarray  # (rows, dim) uint8 memmap
     scale: np.ndarray  # (rows, dim/32) uint8 memmap
-    files: list[tuple[Path, int]]  # (file, recorded size) to re-check before reading
+    files: list[tuple]  # (file, recorded size, recorded mtime or None, tensor): re-checked
+    offsets: tuple[int, int] = (0, 0)  # byte offsets of the weight and scale tensors
 
     @classmethod
     def open(cls, sources: dict, layer_id: int, table_path, *, rows: int, dim: int):
         layer = sources["layers"].get(str(layer_id))
         if layer is None:
             raise EngramError(f"layer {layer_id} has no linked source in the table's metadata")
-        arrays, files = [], []
+        arrays, files, offsets = [], [], []
         for part, width in (("weight", dim), ("scale", dim // 32)):
             entry = layer[part]
             record = sources["files"][entry["file"]]
-            path = check_source_file(entry["file"], record, table_path)
+            tensor = f"{entry['tensor']} of layer {layer_id}"
+            path = check_source_file(entry["file"], record, table_path, tensor=tensor)
             if entry["shape"] != [rows, width] or entry["nbytes"] != rows * width:
                 raise EngramError(
                     f"linked {part} of layer {layer_id} in {path} has shape {entry['shape']}, "
@@ -246,32 +274,65 @@ class LinkedLayer:
                 if rows
                 else np.zeros((0, width), np.uint8)
             )
-            files.append((path, record["size"]))
-        return cls(layer_id, arrays[0], arrays[1], files)
+            files.append((path, record["size"], record.get("mtime_ns"), tensor))
+            offsets.append(int(entry["offset"]))
+        return cls(layer_id, arrays[0], arrays[1], files, (offsets[0], offsets[1]))
 
     def check_files(self) -> None:
         """Refuse (naming it) a file truncated or grown since it was mapped."""
-        for path, size in self.files:
+        for path, size, mtime, tensor in self.files:
             try:
-                now = os.stat(path).st_size
+                stat = os.stat(path)
             except OSError:
                 raise EngramError(
-                    f"linked source {path} is missing (deleted after linking)"
+                    f"linked source {path} is missing (deleted after linking; it holds {tensor})"
                 ) from None
-            if now != size:
+            if stat.st_size != size:
                 raise EngramError(
-                    f"linked source {path} changed since linking: {now} bytes, the link recorded "
-                    f"{size}; import the checkpoint again"
+                    f"linked source {path} changed since linking: {stat.st_size} bytes, the link "
+                    f"recorded {size}; import the checkpoint again (it holds {tensor})"
+                )
+            if mtime is not None and stat.st_mtime_ns != mtime:
+                raise EngramError(
+                    f"linked source {path} changed since linking: it was modified after the link "
+                    "was made; run engramctl verify --deep to check its bytes, or import the "
+                    f"checkpoint again (it holds {tensor})"
                 )
 
-    def gather(self, row_ids: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def gather(self, row_ids: np.ndarray, out: np.ndarray, cold: LinkedCold | None = None):
+        """Rows into ``out``: through ``cold`` (warm regions from the maps, cold ones read in
+        parallel) when given, else from the maps; NaN scales refused."""
         self.check_files()
-        return gather_linked(self.weight, self.scale, row_ids, out)
+        if cold is None:
+            gather_linked(self.weight, self.scale, row_ids, out)
+        else:
+            cold.gather(row_ids, out, gather_linked)
+        self.check_scales(out, row_ids)
+        return out
 
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` as fp8 table rows (one read of each tensor's span)."""
         self.check_files()
-        return np.concatenate([self.weight[start:stop], self.scale[start:stop]], axis=1)
+        rows = np.concatenate([self.weight[start:stop], self.scale[start:stop]], axis=1)
+        self.check_scales(rows, None, start)
+        return rows
+
+    def check_scales(self, rows: np.ndarray, row_ids, start: int = 0) -> None:
+        """Refuse rows whose ue8m0 scale byte is 255 (NaN in E8M0: the row would decode to
+        NaN/inf): an import refuses them, so a linked shard holding one changed since linking
+        or is damaged. Checks the scale bytes only (8 of 264 per row: cheap)."""
+        dim = self.weight.shape[1]
+        bad = rows[:, dim:] == NAN_SCALE
+        if not bad.any():
+            return
+        i, j = np.unravel_index(int(np.argmax(bad)), bad.shape)
+        row = int(row_ids[i]) if row_ids is not None else start + int(i)
+        raise EngramError(
+            f"row {row} of layer {self.layer_id}: scale byte {j} is 255 (NaN in E8M0; the row "
+            f"would decode to NaN) in {self.files[1][3]} ({self.files[1][0]}); an import "
+            "refuses such rows, so the shard changed or is damaged since linking: run engramctl "
+            "verify --deep, and import the checkpoint again"
+        )
 
 
 class LinkedSource(RowSource):
@@ -281,6 +342,8 @@ class LinkedSource(RowSource):
     def __init__(self, meta, table_path):
         self.meta, self.table_path = meta, table_path
         self._layers: dict[int, LinkedLayer] = {}
+        self._cold: dict[int, LinkedCold] = {}
+        self._reader = ParallelReader()
         self._lock = threading.Lock()
 
     def layer(self, layer_id: int) -> LinkedLayer:
@@ -296,7 +359,16 @@ class LinkedSource(RowSource):
             return self._layers[layer_id]
 
     def gather(self, layer_id: int, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
-        return self.layer(layer_id).gather(ids, out)
+        layer = self.layer(layer_id)
+        with self._lock:
+            cold = self._cold.get(layer_id)
+            if cold is None and layer.weight.shape[0]:
+                cold = self._cold[layer_id] = LinkedCold(layer, self.meta.chunk_rows, self._reader)
+            return layer.gather(ids, out, cold)
+
+    def cold_layer(self, layer_id: int) -> LinkedCold | None:
+        """The cold-path state of a layer gathered from (its counters), ``None`` before."""
+        return self._cold.get(layer_id)
 
     def rows(self, layer_id: int, start: int, stop: int) -> np.ndarray:
         return self.layer(layer_id).rows(start, stop)
@@ -316,4 +388,8 @@ class LinkedSource(RowSource):
 
     def close(self) -> None:
         with self._lock:
+            for cold in self._cold.values():
+                cold.close()
+            self._cold.clear()
             self._layers.clear()
+            self._reader.close()

@@ -453,8 +453,9 @@ def open_table(
     vocab : CanonicalVocab, optional
         If given, refuse it unless its fingerprint is the table's.
     check_chunks : bool
-        Check each chunk's CRC-32 against the manifest the first time it is loaded (reads the
-        whole chunk once). Turn off to serve a cold table with single-row reads.
+        Check bytes before returning them: a chunk in the page cache against its CRC-32 the
+        first time it is used; a cold read per block where the table has block checksums (else
+        its whole chunk, once). Turn off to skip the checks (sizes are still checked).
     storage_options : dict, optional
         fsspec options of a URL (``endpoint_url``, ``key``, ``secret``, ``anon`` ...).
     """

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 
@@ -152,8 +153,12 @@ def test_deep_verify_records_then_compares_checksums(ckpt, tmp_path, tiny_vocab)
     assert verify_table(out, deep=True).ok
     header = read_shard_header(shard)
     data = bytearray(shard.read_bytes())
-    data[header.data_start + 3] ^= 0x01  # same size, same header: only --deep sees it
+    data[header.data_start + 3] ^= 0x01  # same size, header and mtime: only --deep sees it
+    stat = shard.stat()
     shard.write_bytes(bytes(data))
+    changed = verify_table(out)  # the modification time the link recorded differs
+    assert not changed.ok and "modified after the link was made" in changed.problems[0]
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert verify_table(out).ok
     report = verify_table(out, deep=True)
     assert not report.ok and "chunk 0 of layer 1" in report.problems[0]

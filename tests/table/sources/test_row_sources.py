@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 
 from engramctl.errors import EngramError, UsageError
+from engramctl.table.core.blocksums import add_block_checksums
 from engramctl.table.core.dtypes import encode_rows
 from engramctl.table.core.lock import LOCK_NAME
 from engramctl.table.core.rowinit import init_values_reference
 from engramctl.table.core.store import open_store
 from engramctl.table.formats.checkpoint_import import import_checkpoint
+from engramctl.table.sources import coldgather, linkedcold
 from engramctl.table.sources.chunked import ChunkedSource
 from engramctl.table.sources.linked import LinkedSource
 from engramctl.table.sources.table import open_table
@@ -40,9 +42,15 @@ class Case:
     rows: dict[int, np.ndarray]
     exact: dict[int, np.ndarray]
     storage_options: dict | None = None
+    check_chunks: bool = True
 
     def open(self, mode: str = "r"):
-        return open_table(self.location, mode, storage_options=self.storage_options)
+        return open_table(
+            self.location,
+            mode,
+            storage_options=self.storage_options,
+            check_chunks=self.check_chunks,
+        )
 
 
 def init_case(table_path, written: dict[int, np.ndarray]) -> Case:
@@ -282,3 +290,84 @@ class TestLinked(RowSourceTests):
         import_checkpoint(root / "ckpt", root / "t.zarr", vocab=ds_vocab, link=True, chunk_rows=300)
         exact = {layer_id: np.ones(len(r), dtype=bool) for layer_id, r in rows.items()}
         return Case(root / "t.zarr", rows, exact)
+
+
+class ColdTests(RowSourceTests):
+    """The suite with every chunk measured cold (``mincore`` says: not in the page cache), so
+    every row comes through the parallel reader and its checks, never the memory map."""
+
+    source_type = ChunkedSource
+
+    @pytest.fixture(autouse=True)
+    def _every_chunk_cold(self, monkeypatch):
+        monkeypatch.setattr(coldgather, "resident", lambda address, length: False)
+
+    def test_rows_came_through_the_cold_reader(self, table, case):
+        ids = np.arange(0, case.rows[1].shape[0], 7)
+        self.assert_rows(table.gather(1, ids), case, 1, ids)
+        assert table.source.cold.counters["cold_rows"] > 0
+        assert table.source.cold.counters["warm_chunks"] == 0
+
+
+def fp8_case(path, layout, *, block_bytes=None, lazy=False, check_chunks=True) -> Case:
+    """An fp8 table (264-byte rows: some straddle two pages), optionally with block checksums."""
+    make(path, layout, dtype="float8_e4m3fn", dim=256, lazy=lazy)
+    case = init_case(path, WRITTEN)
+    if block_bytes is not None:
+        add_block_checksums(path, block_bytes=block_bytes)
+    case.check_chunks = check_chunks
+    return case
+
+
+class TestChunkedColdWholeChunks(ColdTests):
+    """No block checksums: a cold chunk is read and checked whole, once."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def case(cls, tmp_path_factory, small_layout):
+        return fp8_case(tmp_path_factory.mktemp("cold") / "t.zarr", small_layout)
+
+
+class TestChunkedColdBlocks(ColdTests):
+    """4 KiB block checksums: each block read whole and checked the first time."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def case(cls, tmp_path_factory, small_layout):
+        path = tmp_path_factory.mktemp("cold4k") / "t.zarr"
+        return fp8_case(path, small_layout, block_bytes="4K")
+
+
+class TestChunkedColdBlocks64K(ColdTests):
+    """64 KiB blocks (a chunk of 79,200 bytes: one full block and a short one)."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def case(cls, tmp_path_factory, small_layout):
+        path = tmp_path_factory.mktemp("cold64k") / "t.zarr"
+        return fp8_case(path, small_layout, block_bytes="64K")
+
+
+class TestChunkedColdLazyUnchecked(ColdTests):
+    """A lazy table opened with ``check_chunks=False``: pages only, unwritten chunks as init."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def case(cls, tmp_path_factory, small_layout):
+        path = tmp_path_factory.mktemp("coldlazy") / "t.zarr"
+        return fp8_case(path, small_layout, lazy=True, check_chunks=False)
+
+
+class TestLinkedCold(TestLinked):
+    """The linked suite with every region measured cold: rows read with the parallel reader
+    from the shards, never through the maps."""
+
+    @pytest.fixture(autouse=True)
+    def _every_region_cold(self, monkeypatch):
+        monkeypatch.setattr(linkedcold, "resident", lambda address, length: False)
+
+    def test_rows_came_through_the_cold_reader(self, table, case):
+        ids = np.arange(0, case.rows[1].shape[0], 7)
+        self.assert_rows(table.gather(1, ids), case, 1, ids)
+        cold = table.source.cold_layer(1)
+        assert cold.counters["cold_rows"] >= ids.size and cold.counters["warm_regions"] == 0
