@@ -140,7 +140,7 @@ def test_damaged_store_is_named_by_verify_and_refused_by_eval(setup, tmp_path):
     ("extra", "message"),
     [
         (("--mix", "1.5"), "--mix must be a number in [0, 1]"),
-        (("--mix", "nan"), "--mix must be a number in [0, 1]"),
+        (("--mix", "nan"), "expected a finite number, got nan"),
         (("--mix", "-0.1"), "--mix must be a number in [0, 1]"),
     ],
 )
