@@ -2,11 +2,13 @@
 
 λ = sigmoid(w · x) over the evidence of the context at the longest level with data:
 ``x = (1, log1p(count), log1p(distinct continuations), level / M)`` (all 0 but the bias when
-no level has data). The weights are fitted at build time on the held-out slice of the build
-corpus by maximizing the held-out log-likelihood of ``(1 - λ) P_unigram + λ P_counts``: the
-unigram stands in for a model that knows nothing of the context (the build has no model), so
-the fit learns how far each kind of evidence can be trusted. ``--mix λ`` replaces it with a
-constant.
+no level has data). The weights maximize the held-out log-likelihood of
+``(1 - λ) P_background + λ P_counts``. At build time the background is the unigram (the build
+has no model): the fit learns how far each kind of evidence can be trusted against knowing
+nothing, and leans towards the counts. ``engramctl fit-gate`` refits the gate against the model
+it will be mixed with (:mod:`engramctl.model.serve.gate_fit`): the background is then that
+model's ``P_model`` on held-out text, and the gate records the model's identity. ``--mix λ``
+replaces the gate with a constant.
 """
 
 from __future__ import annotations
@@ -56,9 +58,23 @@ def unfitted_gate(reason: str) -> dict:
 
 
 def fit_gate(
-    p_counts: np.ndarray, p_background: np.ndarray, evidence: np.ndarray, max_level: int
+    p_counts: np.ndarray,
+    p_background: np.ndarray,
+    evidence: np.ndarray,
+    max_level: int,
+    *,
+    background: str = "unigram",
 ) -> dict:
-    """Fit the gate's weights on held-out positions; the weights and the fit's figures."""
+    """Fit the gate's weights on held-out positions; the weights and the fit's figures.
+
+    Parameters
+    ----------
+    p_counts, p_background : ``(P,)`` probabilities of each held-out target under the count
+        memory and under the background it is mixed with (the unigram, or a model).
+    evidence : ``(P, 3)`` count, distinct continuations and level of each position's context.
+    max_level : the memory's highest level (``max_ngram``).
+    background : what ``p_background`` is: names the fit's ``heldout_loss_<background>``.
+    """
     from scipy.optimize import minimize
 
     c = np.asarray(p_counts, dtype=np.float64)
@@ -74,16 +90,18 @@ def fit_gate(
         grad = -((c - b) / mix * lam * (1 - lam)) @ x / len(c) + 2 * L2 * w
         return value, grad
 
-    result = minimize(objective, np.zeros(len(FEATURES)), jac=True, method="L-BFGS-B")
+    result = minimize(objective, np.zeros(len(FEATURES)), jac=True, method="L-BFGS-B",
+                      options={"maxiter": 500})  # fmt: skip
     w = result.x
     lam = 1.0 / (1.0 + np.exp(-(x @ w)))
     return {
         "fitted": True,
+        "against": background,
         "features": list(FEATURES),
         "weights": [float(v) for v in w],
         "heldout_positions": int(c.size),
         "heldout_loss_counts": float(-np.mean(np.log(c))),
-        "heldout_loss_unigram": float(-np.mean(np.log(b))),
+        f"heldout_loss_{background}": float(-np.mean(np.log(np.maximum(b, 1e-300)))),
         "heldout_loss_mixed": float(-np.mean(np.log((1 - lam) * b + lam * c))),
         "mean_lambda": float(lam.mean()),
         "converged": bool(result.success),

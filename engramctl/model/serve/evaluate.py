@@ -111,14 +111,24 @@ def _batches(array: np.ndarray, batch: int):
 
 
 def evaluate_lm(
-    runner: ModelRunner, corpus, tokenizer, *, batch: int, on_progress=None, counts=None, mix=None
+    runner: ModelRunner,
+    corpus,
+    tokenizer,
+    *,
+    batch: int,
+    on_progress=None,
+    counts=None,
+    mix=None,
+    collect: list | None = None,
 ) -> dict:
     """Loss, perplexity and bits per byte over every token of a :class:`CorpusStream`.
 
     ``on_progress(done, total)`` is called after each batch with windows scored so far.
     ``counts`` (a :class:`~engramctl.counts.CountsModel`): also the model's, the memory's and
     the mixed losses over raw ids (:mod:`engramctl.model.serve.mixing`); ``loss`` is then the
-    mixed one and the model's own figure is ``model_vocab_loss``."""
+    mixed one and the model's own figure is ``model_vocab_loss``. ``collect`` (with
+    ``counts``): gets one ``(log P_model (raw ids), counts scores (P, 4))`` per batch of scored
+    targets, what :mod:`engramctl.model.serve.gate_fit` fits the gate on."""
     import torch
 
     from ...corpus.stream import eos_id
@@ -153,6 +163,8 @@ def evaluate_lm(
             raw_logp = class_logp + np.where(targets[sl] == 0, spread[raw_targets[sl]], 0.0)
             keep = mask[sl]
             mixing.add(raw_logp[keep], scores[sl][..., 0][keep], lam[sl][keep])
+            if collect is not None:
+                collect.append((raw_logp[keep], scores[sl][keep]))
         if on_progress is not None:
             on_progress(sl.start + logits.shape[0], len(inputs))
     n_bytes = corpus.text_bytes
@@ -327,6 +339,11 @@ def evaluate(
     if counts is not None:
         described["counts"] = str(counts.path)
         described["mix"] = "gate" if counts.mix is None else counts.mix
+        if counts.mix is None:  # was the gate fitted for this model? (None: yes)
+            from .gate_fit import gate_model_mismatch
+
+            gate = counts_model.store.meta.get("gate")
+            described["gate_warning"] = gate_model_mismatch(gate, model.model_dir)
     return EvalReport(
         benchmark=str(benchmark),
         kind=kind,
