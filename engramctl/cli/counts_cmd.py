@@ -16,11 +16,12 @@ import typer
 from rich.table import Table
 
 from .app import STATE, command, console
-from .options import Device, ModelFlags
 from .options import (
     CorpusFormat,
+    Device,
     JsonFlag,
     LayoutFlags,
+    ModelFlags,
     OverwriteOpt,
     VocabOpt,
     load_vocab,
