@@ -340,7 +340,7 @@ def evaluate(
         described["counts"] = str(counts.path)
         described["mix"] = "gate" if counts.mix is None else counts.mix
         if counts.mix is None:  # was the gate fitted for this model? (None: yes)
-            from .gate_fit import gate_model_mismatch
+            from .mixing import gate_model_mismatch
 
             gate = counts_model.store.meta.get("gate")
             described["gate_warning"] = gate_model_mismatch(gate, model.model_dir)

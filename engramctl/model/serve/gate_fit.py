@@ -7,7 +7,7 @@ spread as eval spreads it, :mod:`engramctl.model.serve.mixing`) and ``P_counts``
 context's evidence come from eval's own pass (:func:`~.evaluate.evaluate_lm`), and
 :func:`engramctl.counts.gate.fit_gate` maximizes the likelihood of
 ``(1 - λ) P_model + λ P_counts``. The gate, the fit's figures and the model's identity
-(:func:`model_identity`) replace the memory's gate as one commit
+(:func:`~.mixing.model_identity`) replace the memory's gate as one commit
 (:func:`engramctl.counts.store.write_gate`). Give held-out text of every domain the mix will
 see (several ``--benchmark`` files): a gate fitted on the new domain alone learns where the
 counts help, not where they hurt.
@@ -15,7 +15,6 @@ counts help, not where they hurt.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -23,30 +22,6 @@ import numpy as np
 from ...errors import EngramError
 
 MIN_POSITIONS = 32  # fewer scored targets than this are no fit
-
-
-def model_identity(model_dir: Path) -> dict:
-    """What names a checkpoint for the gate: the sha256 of its ``config.json`` (its config,
-    training options and result) and its weights file's size. Cheap to check at every eval."""
-    model_dir = Path(model_dir)
-    config = (model_dir / "config.json").read_bytes()
-    return {
-        "config_sha256": hashlib.sha256(config).hexdigest(),
-        "weights_bytes": (model_dir / "model.safetensors").stat().st_size,
-    }
-
-
-def gate_model_mismatch(gate: dict, model_dir: Path) -> str | None:
-    """Why the memory's gate was not fitted for the model at ``model_dir`` (None: it was)."""
-    fitted_for = (gate or {}).get("model")
-    if not fitted_for:
-        return ("the count memory's gate was fitted against the unigram, not a model; fit it "
-                f"for this one: engramctl fit-gate COUNTS --model {model_dir} ...")  # fmt: skip
-    if fitted_for.get("identity") != model_identity(model_dir):
-        return (f"the count memory's gate was fitted for the model {fitted_for.get('path')}, "
-                f"not {model_dir}; refit it: engramctl fit-gate COUNTS --model {model_dir} "
-                "...")  # fmt: skip
-    return None
 
 
 def fit_counts_gate(*, model, counts_path: Path, benchmarks: list[Path], batch: int = 16,
@@ -72,7 +47,7 @@ def fit_counts_gate(*, model, counts_path: Path, benchmarks: list[Path], batch: 
     from ...counts.gate import fit_gate
     from ...counts.store import write_gate
     from .evaluate import benchmark_kind, evaluate_lm
-    from .mixing import CountsSpec, open_counts_for_model
+    from .mixing import CountsSpec, model_identity, open_counts_for_model
     from .opening import open_model
 
     for bench in benchmarks:
