@@ -75,7 +75,8 @@ def fit_counts_gate(*, model, counts_path: Path, benchmarks: list[Path], batch: 
     gate = fit_gate(scores[:, 0], np.exp(model_logp), scores[:, 1:4], counts.max_level,
                     background="model")  # fmt: skip
     gate["heldout_loss_model"] = float(-model_logp.mean())  # exact, not from clipped probs
-    gate["model"] = {"path": str(model.model_dir), "identity": model_identity(model.model_dir)}
+    model_dir = Path(model.model_dir).absolute()
+    gate["model"] = {"path": str(model_dir), "identity": model_identity(model_dir)}
     gate["benchmarks"] = [str(b) for b in benchmarks]
     previous = counts.store.meta.get("gate") or {}
     if previous.get("against", "unigram") == "unigram" and previous.get("fitted"):
