@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -73,6 +74,7 @@ def test_fitted_gate_improves_on_the_model_in_domain(setup, slices, tmp_path):  
     counts = tmp_path / "c.zarr"
     shutil.copytree(setup["counts"], counts)
     gate = fit(with_model(setup), counts, slices["fit"])
+    assert gate["features"][-1] == "model_entropy" and len(gate["weights"]) == 5
     # in sample the mix is at least as good as either component
     assert gate["heldout_loss_mixed"] <= min(gate["heldout_loss_model"],
                                              gate["heldout_loss_counts"]) + 1e-6  # fmt: skip
@@ -83,6 +85,30 @@ def test_fitted_gate_improves_on_the_model_in_domain(setup, slices, tmp_path):  
     info = json.loads(run("info", counts, "--json").output)
     assert info["gate"]["model"]["path"] == str(setup["model"])
     assert info["gate"]["benchmarks"] == [str(slices["fit"])]
+    # generate reads the model's entropy at each step for this gate
+    result = run("generate", *with_model(setup), "--prompt", "def main(", "--max-tokens", 3,
+                 "--counts", counts, "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert 0 < json.loads(result.output)["counts"]["mean_lambda"] < 1
+
+
+def test_a_model_gate_needs_the_models_entropy():
+    from engramctl.counts.gate import fit_gate, gate_lambda
+    from engramctl.errors import UsageError
+
+    rng = np.random.default_rng(0)
+    evidence = np.column_stack([rng.integers(0, 50, 400), rng.integers(0, 8, 400),
+                                rng.integers(0, 4, 400)])  # fmt: skip
+    entropy = rng.uniform(0, 6, 400)
+    # the counts are right exactly where the model is unsure: λ should follow the entropy
+    p_model = np.where(entropy > 3, 0.01, 0.5)
+    p_counts = np.where(entropy > 3, 0.5, 0.01)
+    gate = fit_gate(p_counts, p_model, evidence, 3, background="model", model_entropy=entropy)
+    lam = gate_lambda(gate["weights"], evidence, 3, entropy)
+    assert lam[entropy > 4].min() > 0.9 and lam[entropy < 2].max() < 0.1
+    assert gate["heldout_loss_mixed"] < gate["heldout_loss_model"] - 0.5
+    with pytest.raises(UsageError, match="entropy"):
+        gate_lambda(gate["weights"], evidence, 3)
 
 
 def test_eval_warns_for_another_model(setup, slices, tmp_path):  # noqa: F811

@@ -67,13 +67,14 @@ def fit_counts_gate(*, model, counts_path: Path, benchmarks: list[Path], batch: 
                     on_progress=on_progress, counts=counts, collect=collected)  # fmt: skip
     model_logp = np.concatenate([c[0] for c in collected])
     scores = np.concatenate([c[1] for c in collected])
+    entropy = np.concatenate([c[2] for c in collected])
     if model_logp.shape[0] < MIN_POSITIONS:
         raise EngramError(
             f"the benchmarks hold {model_logp.shape[0]} scored tokens; the gate needs at least "
             f"{MIN_POSITIONS}: give more held-out text"
         )
     gate = fit_gate(scores[:, 0], np.exp(model_logp), scores[:, 1:4], counts.max_level,
-                    background="model")  # fmt: skip
+                    background="model", model_entropy=entropy)  # fmt: skip
     gate["heldout_loss_model"] = float(-model_logp.mean())  # exact, not from clipped probs
     model_dir = Path(model.model_dir).absolute()
     gate["model"] = {"path": str(model_dir), "identity": model_identity(model_dir)}

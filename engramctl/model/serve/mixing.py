@@ -184,7 +184,9 @@ def mixed_distribution(
     """``(P over raw ids, λ)`` for ``generate``: the model's classes (``model_probs``, class 0
     the unknown one) mapped to raw ids, the unknown class spread as in
     :func:`unknown_log_spread`, mixed with ``P_counts(. | history)``."""
-    p_counts, lam = counts.next_distribution(history)
+    positive = model_probs[model_probs > 0]
+    entropy = float(-(positive * np.log(positive)).sum())  # over the model's classes
+    p_counts, lam = counts.next_distribution(history, entropy)
     lam = lam if mix is None else float(mix)
     p_model = np.exp(spread) * float(model_probs[0])
     known = model_vocab.output_ids < p_model.shape[0]
