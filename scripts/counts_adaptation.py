@@ -5,6 +5,8 @@ on the docs half of the sample corpus): a count memory is built from the code ha
 split (``build-counts --like`` the base's table), timed against one ``hash-stats`` pass over the
 same corpus and layout; then the base is scored on held-out docs (old domain) and held-out code
 (new domain): the model alone, the counts alone, and mixed (the fitted gate, and constant λ).
+With a model, the gate is then refitted against it (``fit-gate``) on the first half of each
+held-out file's documents and both gates are scored on the other half (``--fit-gate``).
 Every loss is over raw token ids (docs/counts.md); ``model_vocab_loss`` is the model's own
 figure over its classes (the figure docs/model.md's table reports).
 
@@ -75,6 +77,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--base", type=Path, default=None, help="reuse this base run")
     parser.add_argument("--out", type=Path, default=None, help="keep the runs here")
     parser.add_argument("--mix", type=float, nargs="*", default=[0.25, 0.5])
+    parser.add_argument("--no-fit-gate", action="store_true", help="skip the gate refit")
     args = parser.parse_args(argv)
 
     from engramctl.counts import BuildCountsJob, build_counts
@@ -139,6 +142,8 @@ def main(argv=None) -> dict:
         for mix in args.mix:
             runs[f"mix {mix}"] = score(paths[domain], counts=counts, mix=mix)["metrics"]
         print(domain, json.dumps(runs["gate"]), flush=True)
+    if with_model and not args.no_fit_gate:
+        report["fit_gate"] = refit_gate(root, paths, counts, score)
     print(json.dumps(report))
     if not with_model:
         return report
@@ -150,9 +155,50 @@ def main(argv=None) -> dict:
         print(f"| {domain} | {g['model_loss']:.4f} | {g['model_vocab_loss']:.4f} | "
               f"{g['counts_loss']:.4f} | {g['mixed_loss']:.4f} ({g['mean_lambda']:.3f}) |"
               + "".join(f" {runs[f'mix {m}']['mixed_loss']:.4f} |" for m in args.mix))  # fmt: skip
+    if "fit_gate" in report:
+        f = report["fit_gate"]
+        print(f"gate fitted against the base on {f['gate']['heldout_positions']:,} tokens "
+              f"(first half of each held-out file) in {f['seconds']:.1f} s; scored on the other "
+              "half:")  # fmt: skip
+        print("| domain | model (raw ids) | counts alone | mixed, build gate (mean λ) | "
+              "mixed, fitted gate (mean λ) |")  # fmt: skip
+        print("| --- | --- | --- | --- | --- |")
+        for domain, runs in f["runs"].items():
+            b, g = runs["build gate"], runs["fitted gate"]
+            print(f"| {domain} | {g['model_loss']:.4f} | {g['counts_loss']:.4f} | "
+                  f"{b['mixed_loss']:.4f} ({b['mean_lambda']:.3f}) | {g['mixed_loss']:.4f} "
+                  f"({g['mean_lambda']:.3f}) |")  # fmt: skip
     if args.out is None:
         shutil.rmtree(root, ignore_errors=True)
     return report
+
+
+def refit_gate(root: Path, paths: dict, counts: Path, score) -> dict:
+    """Fit the gate against the base on the first half of each held-out file's documents
+    (``fit-gate``), then score the build's gate and the fitted one on the other half."""
+    from engramctl.model.serve.gate_fit import fit_counts_gate
+    from engramctl.model.serve.opening import ModelSpec
+    from engramctl.table.sources.table import open_table
+
+    halves = {}
+    for domain in ("docs_heldout", "code_heldout"):
+        docs = paths[domain].read_text().splitlines()
+        cut = len(docs) // 2
+        for part, lines in (("fit", docs[:cut]), ("eval", docs[cut:])):
+            halves[domain, part] = root / f"{domain}-{part}.jsonl"
+            halves[domain, part].write_text("\n".join(lines) + "\n")
+    runs = {d: {"build gate": score(halves[d, "eval"], counts=counts)["metrics"]}
+            for d in ("docs_heldout", "code_heldout")}  # fmt: skip
+    started = time.perf_counter()
+    with open_table(root / "base.zarr") as table:
+        gate = fit_counts_gate(
+            model=ModelSpec(root / "base", table, "cpu", 1 << 20, True), counts_path=counts,
+            benchmarks=[halves["docs_heldout", "fit"], halves["code_heldout", "fit"]],
+        )  # fmt: skip
+    seconds = time.perf_counter() - started
+    for domain in runs:
+        runs[domain]["fitted gate"] = score(halves[domain, "eval"], counts=counts)["metrics"]
+    return {"gate": gate, "seconds": seconds, "runs": runs}
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""``engramctl build-counts``: count a corpus's next tokens into a count memory.
+"""``engramctl build-counts`` and ``fit-gate``: a count memory, and its gate for a model.
 
-The command parses its flags into a :class:`engramctl.counts.BuildCountsJob`, calls
-:func:`engramctl.counts.build_counts`, and renders its report (or ``--json``).
+``build-counts`` parses its flags into a :class:`engramctl.counts.BuildCountsJob`, calls
+:func:`engramctl.counts.build_counts`, and renders its report (or ``--json``); ``fit-gate``
+calls :func:`engramctl.model.serve.gate_fit.fit_counts_gate`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from rich.table import Table
 from .app import STATE, command, console
 from .options import (
     CorpusFormat,
+    Device,
     JsonFlag,
     LayoutFlags,
+    ModelFlags,
     OverwriteOpt,
     VocabOpt,
     load_vocab,
@@ -141,13 +144,72 @@ def _render(report) -> None:
         table.add_row(
             "gate (held-out)",
             f"mean λ {gate['mean_lambda']:.3f}; loss counts {gate['heldout_loss_counts']:.3f}, "
-            f"unigram {gate['heldout_loss_unigram']:.3f}, mixed {gate['heldout_loss_mixed']:.3f}",
+            f"unigram {gate['heldout_loss_unigram']:.3f}, mixed {gate['heldout_loss_mixed']:.3f}"
+            " (against the unigram: fit it for a model with engramctl fit-gate)",
         )
     else:
         table.add_row("gate", f"not fitted ({gate['reason']}): constant λ 0.25")
     table.add_row("time", f"{report.seconds:,.1f} s")
     console.print(table)
     console.print(f"wrote {report.path}")
+
+
+@command("fit-gate")
+def fit_gate_command(
+    counts: Annotated[Path, typer.Argument(help="The count memory whose gate to fit.")],
+    model: ModelFlags.Model,
+    benchmark: Annotated[
+        list[Path],
+        typer.Option(
+            "--benchmark",
+            help="Held-out text to fit on (any corpus eval reads); repeat it for each domain "
+            "the mix will see.",
+        ),
+    ],
+    table: ModelFlags.Table = None,
+    batch: Annotated[int, typer.Option("--batch", help="Windows per forward pass.")] = 16,
+    device: ModelFlags.Device = Device.auto,
+    cache_rows: ModelFlags.CacheRows = ModelFlags.CACHE_ROWS,
+    resident: ModelFlags.Resident = False,
+    tokenizer: ModelFlags.Tokenizer = None,
+    json_out: JsonFlag = False,
+) -> None:
+    """Fit a count memory's gate λ against the model it will be mixed with, and store it.
+
+    Per held-out token the model's and the counts' probabilities (as eval computes them)
+    give the weights of λ(evidence) that maximize P = (1 - λ) P_model + λ P_counts; the
+    gate, the fit's figures and the model's identity replace the memory's gate in one commit
+    (eval warns when it mixes with another model). build-counts' own gate is fitted against
+    the unigram and leans towards the counts.
+
+    Example:
+    engramctl fit-gate code-counts.zarr --model m --table t.zarr \\
+        --benchmark code-heldout.jsonl --benchmark docs-heldout.jsonl
+    """
+    from ..errors import UsageError
+    from ..model.serve.gate_fit import fit_counts_gate
+    from ..model.serve.opening import ModelSpec
+    from . import model_cmd
+
+    if batch < 1:
+        raise UsageError(f"--batch must be at least 1, got {batch}")
+    quiet = STATE["quiet"] or json_out
+    with (
+        model_cmd.model_table(model, table) as table_handle,
+        progress("fit-gate", enabled=not quiet, unit="steps", transient=True) as update,
+    ):
+        gate = fit_counts_gate(
+            model=ModelSpec(model, table_handle, device.value, cache_rows, resident, tokenizer),
+            counts_path=counts, benchmarks=list(benchmark), batch=batch, on_progress=update,
+        )  # fmt: skip
+    if json_out:
+        typer.echo(json.dumps(gate))
+        return
+    console.print(
+        f"gate of {counts} fitted for {model} on {gate['heldout_positions']:,} held-out tokens: "
+        f"mean λ {gate['mean_lambda']:.3f}; loss model {gate['heldout_loss_model']:.4f}, counts "
+        f"{gate['heldout_loss_counts']:.4f}, mixed {gate['heldout_loss_mixed']:.4f}"
+    )
 
 
 def is_counts_path(path: str) -> bool:
@@ -181,9 +243,11 @@ def show_counts_info(path: str, *, json_out: bool) -> None:
         + ", ".join(f"{d:.3f}" for d in doc["discounts"])
     )
     if gate.get("fitted"):
+        against = (gate.get("model") or {}).get("path") or "the unigram (build time)"
         console.print(
-            f"gate: fitted on {gate['heldout_positions']:,} held-out positions, mean λ "
-            f"{gate['mean_lambda']:.3f}, weights {[round(w, 3) for w in gate['weights']]}"
+            f"gate: fitted against {against} on {gate['heldout_positions']:,} held-out "
+            f"positions, mean λ {gate['mean_lambda']:.3f}, weights "
+            f"{[round(w, 3) for w in gate['weights']]}"
         )
     else:
         console.print(f"gate: not fitted ({gate.get('reason')}), constant λ")

@@ -343,6 +343,9 @@ def eval_command(
             on_progress=update,
         )
     doc = output.doc
+    gate_warning = (doc.get("model") or {}).get("gate_warning")
+    if gate_warning and not json_out:  # with --json it is the report's model.gate_warning
+        err_console.print(f"warning: {gate_warning}")
     if json_out:
         typer.echo(json.dumps(doc))
         return

@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import EngramError
 from ..hashing import NgramHasher
 from ..table.core.meta import check_vocab_fingerprint
-from .gate import gate_lambda
+from .gate import gate_lambda, needs_model_entropy
 from .smoothing import distribution, level_probability_kernel, unigram_probabilities
 from .store import CountsStore
 
@@ -98,17 +98,25 @@ class CountsModel:
             return np.zeros((0, 4))
         return self.score_rows(self.context_rows(ids[:-1]), ids[1:])
 
-    def gate(self, scores: np.ndarray, mix: float | None = None) -> np.ndarray:
-        """λ per scored position: the constant ``mix``, or the fitted gate on the evidence."""
+    @property
+    def needs_model_entropy(self) -> bool:
+        """Does the gate read the model's entropy (it was fitted against a model)?"""
+        return needs_model_entropy(self.gate_weights)
+
+    def gate(self, scores: np.ndarray, mix: float | None = None, model_entropy=None) -> np.ndarray:
+        """λ per scored position: the constant ``mix``, or the fitted gate on the evidence
+        (and the model's entropy at each position, for a gate fitted against a model)."""
         if mix is not None:
             return np.full(scores.shape[0], float(mix))
-        return gate_lambda(self.gate_weights, scores[:, 1:4], self.max_level)
+        return gate_lambda(self.gate_weights, scores[:, 1:4], self.max_level, model_entropy)
 
-    def next_distribution(self, history: list[int]) -> tuple[np.ndarray, float]:
-        """``(P_counts(. | history) over raw ids, λ)`` after a non-empty raw-id history."""
+    def next_distribution(self, history: list[int], model_entropy=None) -> tuple[np.ndarray, float]:
+        """``(P_counts(. | history) over raw ids, λ)`` after a non-empty raw-id history
+        (``model_entropy``: the model's there, for a gate fitted against a model)."""
         tail = np.asarray(history[-self.max_level :], dtype=np.int64)
         rows = self.context_rows(tail)[-1]
         prob = distribution(rows, self.level_cols, self.level_ncols, *self.arrays, self.p0,
                             self.discounts)  # fmt: skip
         evidence = self.score_rows(rows[None, :], np.zeros(1, np.int64))[:, 1:4]
-        return prob, float(gate_lambda(self.gate_weights, evidence, self.max_level)[0])
+        entropy = None if model_entropy is None else np.array([model_entropy], np.float64)
+        return prob, float(gate_lambda(self.gate_weights, evidence, self.max_level, entropy)[0])

@@ -217,6 +217,25 @@ def read_metadata(path) -> dict:
     return meta
 
 
+def write_gate(path, gate: dict) -> dict:
+    """Replace the gate in the metadata of the count memory at ``path`` as one commit:
+    ``zarr.json`` is written under a temporary name, then renamed over the old one (an
+    interrupted write leaves the old gate). The new metadata is returned."""
+    import os
+
+    path = Path(path)
+    meta = {**read_metadata(path), "gate": gate}
+    meta["meta_sha256"] = _meta_checksum(meta)
+    doc = {"zarr_format": 3, "node_type": "group", "attributes": {META_KEY: meta}}
+    tmp = path / "zarr.json.tmp"
+    try:
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, path / "zarr.json")
+    finally:
+        tmp.unlink(missing_ok=True)
+    return meta
+
+
 def open_counts(path) -> CountsStore:
     """Open a count memory read-only (arrays memory-mapped), checking shapes against the
     manifest; ``engramctl verify`` checks the bytes (:func:`verify_counts`)."""

@@ -111,14 +111,24 @@ def _batches(array: np.ndarray, batch: int):
 
 
 def evaluate_lm(
-    runner: ModelRunner, corpus, tokenizer, *, batch: int, on_progress=None, counts=None, mix=None
+    runner: ModelRunner,
+    corpus,
+    tokenizer,
+    *,
+    batch: int,
+    on_progress=None,
+    counts=None,
+    mix=None,
+    collect: list | None = None,
 ) -> dict:
     """Loss, perplexity and bits per byte over every token of a :class:`CorpusStream`.
 
     ``on_progress(done, total)`` is called after each batch with windows scored so far.
     ``counts`` (a :class:`~engramctl.counts.CountsModel`): also the model's, the memory's and
     the mixed losses over raw ids (:mod:`engramctl.model.serve.mixing`); ``loss`` is then the
-    mixed one and the model's own figure is ``model_vocab_loss``."""
+    mixed one and the model's own figure is ``model_vocab_loss``. ``collect`` (with
+    ``counts``): gets one ``(log P_model (raw ids), counts scores (P, 4), the model's entropy
+    (P,))`` per batch of scored targets, what :mod:`engramctl.model.serve.gate_fit` fits on."""
     import torch
 
     from ...corpus.stream import eos_id
@@ -133,7 +143,8 @@ def evaluate_lm(
     mixing = None
     if counts is not None:
         scores = stream_scores(counts, np.asarray(stream), len(windows), seq_len)
-        lam = counts.gate(scores.reshape(-1, 4), mix).reshape(scores.shape[:2])
+        # the model's entropy per position: read by a gate fitted against a model, and fitted on
+        entropy_needed = collect is not None or (mix is None and counts.needs_model_entropy)
         spread = unknown_log_spread(runner.model_vocab, counts.p0)
         raw_targets = np.clip(windows[:, 1:], 0, counts.p0.shape[0] - 1)
         mixing = MixTotals()
@@ -150,9 +161,19 @@ def evaluate_lm(
         unknown += int(((t == 0) & m).sum())
         if mixing is not None:
             class_logp = -nats.double().view(t.shape).cpu().numpy()
+            entropy = None
+            if entropy_needed:
+                logq = torch.log_softmax(logits.float(), dim=-1)
+                entropy = (-(logq.exp() * logq).sum(-1)).double().cpu().numpy()
+            batch_scores = scores[sl]
+            lam = counts.gate(
+                batch_scores.reshape(-1, 4), mix, None if entropy is None else entropy.reshape(-1)
+            ).reshape(batch_scores.shape[:2])
             raw_logp = class_logp + np.where(targets[sl] == 0, spread[raw_targets[sl]], 0.0)
             keep = mask[sl]
-            mixing.add(raw_logp[keep], scores[sl][..., 0][keep], lam[sl][keep])
+            mixing.add(raw_logp[keep], batch_scores[..., 0][keep], lam[keep])
+            if collect is not None:
+                collect.append((raw_logp[keep], batch_scores[keep], entropy[keep]))
         if on_progress is not None:
             on_progress(sl.start + logits.shape[0], len(inputs))
     n_bytes = corpus.text_bytes
@@ -327,6 +348,11 @@ def evaluate(
     if counts is not None:
         described["counts"] = str(counts.path)
         described["mix"] = "gate" if counts.mix is None else counts.mix
+        if counts.mix is None:  # was the gate fitted for this model? (None: yes)
+            from .mixing import gate_model_mismatch
+
+            gate = counts_model.store.meta.get("gate")
+            described["gate_warning"] = gate_model_mismatch(gate, model.model_dir)
     return EvalReport(
         benchmark=str(benchmark),
         kind=kind,

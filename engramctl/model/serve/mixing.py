@@ -11,6 +11,7 @@ stays in the report as ``model_vocab_loss``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,30 @@ def open_counts_for_model(spec: CountsSpec, checkpoint) -> CountsModel:
             "; build it with --like the model's table"
         )
     return CountsModel(store, vocab if vocab is not None else store.vocab())
+
+
+def model_identity(model_dir: Path) -> dict:
+    """What names a checkpoint for the gate: the sha256 of its ``config.json`` (its config,
+    training options and result) and its weights file's size. Cheap to check at every eval."""
+    model_dir = Path(model_dir)
+    config = (model_dir / "config.json").read_bytes()
+    return {
+        "config_sha256": hashlib.sha256(config).hexdigest(),
+        "weights_bytes": (model_dir / "model.safetensors").stat().st_size,
+    }
+
+
+def gate_model_mismatch(gate: dict, model_dir: Path) -> str | None:
+    """Why the memory's gate was not fitted for the model at ``model_dir`` (None: it was)."""
+    fitted_for = (gate or {}).get("model")
+    if not fitted_for:
+        return ("the count memory's gate was fitted against the unigram, not a model; fit it "
+                f"for this one: engramctl fit-gate COUNTS --model {model_dir} ...")  # fmt: skip
+    if fitted_for.get("identity") != model_identity(model_dir):
+        return (f"the count memory's gate was fitted for the model {fitted_for.get('path')}, "
+                f"not {model_dir}; refit it: engramctl fit-gate COUNTS --model {model_dir} "
+                "...")  # fmt: skip
+    return None
 
 
 def open_counts_alone(spec: CountsSpec) -> tuple[CountsModel, object]:
@@ -159,7 +184,9 @@ def mixed_distribution(
     """``(P over raw ids, λ)`` for ``generate``: the model's classes (``model_probs``, class 0
     the unknown one) mapped to raw ids, the unknown class spread as in
     :func:`unknown_log_spread`, mixed with ``P_counts(. | history)``."""
-    p_counts, lam = counts.next_distribution(history)
+    positive = model_probs[model_probs > 0]
+    entropy = float(-(positive * np.log(positive)).sum())  # over the model's classes
+    p_counts, lam = counts.next_distribution(history, entropy)
     lam = lam if mix is None else float(mix)
     p_model = np.exp(spread) * float(model_probs[0])
     known = model_vocab.output_ids < p_model.shape[0]
