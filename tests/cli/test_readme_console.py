@@ -3,7 +3,7 @@
 Every ```console block of README.md is taken in order (however many sections there are), and
 each ``$ `` command in it (continuation lines joined) runs in bash in a temporary directory that
 holds only a link to ``sample_data/`` and the files the text leaves to the reader (``code.jsonl``,
-``chat.npy``), with ``engramctl`` being this checkout. A command must exit 0; the output lines
+``code-heldout.jsonl``, ``chat.npy``), with ``engramctl`` being this checkout. A command must exit 0; the output lines
 the README shows under a command must appear in what it printed (timings such as ``in 1.3s``
 masked). A command shown interrupted (a ``^C`` line under it) is interrupted with SIGINT after
 its first checkpoint and must exit 130 saying how to resume.
@@ -95,6 +95,7 @@ def workdir(tmp_path_factory):
     (work / "sample_data").symlink_to(ROOT / "sample_data")
     lines = (ROOT / "sample_data" / "corpus" / "heldout.jsonl").read_text().splitlines()
     (work / "code.jsonl").write_text("\n".join(lines[:4]) + "\n")  # the "new domain" corpus
+    (work / "code-heldout.jsonl").write_text("\n".join(lines[4:6]) + "\n")  # and its held-out
     rng = np.random.default_rng(0)
     templates = rng.integers(3, 50_000, size=(6, 24))
     np.save(work / "chat.npy", templates[rng.integers(0, 6, size=64)])  # chat-like traffic
