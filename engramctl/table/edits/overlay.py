@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import EngramError
-from ._kernels import copy_rows, directory, find
+from ._kernels import copy_rows, directory, find, merge_rows
 from .log import EDITS_DIR, SEGMENTS_DIR, EditLog, segments_path
 from .segment import Segment
 
@@ -187,6 +187,14 @@ class Overlay:
         for which in np.unique(segment[hit]).tolist():
             copy_rows(slot, segment, which, segments[which].rows, out)
         return out
+
+    def merge(self, layer_id: int, found: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """Put a read together in place (:func:`._kernels.merge_rows`): ``out``'s first rows
+        are the base's rows of the ids with ``found < 0`` (:meth:`find`'s answer), in order;
+        they move to their places and the newest commits' rows go around them."""
+        index = self.index(layer_id)
+        arrays = [s.rows for s in self.segments[layer_id]]  # alive through the call
+        return merge_rows(found, index.segment, index.slot, arrays, out)
 
     def apply_range(self, layer_id: int, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         """Overwrite the rows of ``out`` (rows ``[start, stop)``) that commits hold."""
