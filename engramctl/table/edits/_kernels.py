@@ -99,43 +99,32 @@ _address_as_pointer = _pointer_intrinsic()
 
 
 @njit(cache=True, parallel=True)
-def _merge_kernel(found, segment, slot, addresses, base_at, out):
-    """In place: out[:m] holds the base's rows of the m ids with found < 0, in order; move
-    each to its place (row base_at[i] to row i: never downwards) and put the newest written
-    row (row slot[found[i]] of the segment at addresses[segment[found[i]]]; segment/slot
-    empty: one segment, row found[i]) where found[i] >= 0.
-
-    Blocks from the top: the outputs [a, b) with a = base_at[b - 1] + 1 read base rows below
-    a only, and rows below a are written by later blocks only, so each block is one parallel
-    pass. A block is as long as the written ids below b, so half-written reads take a few
-    blocks; a block with no written id below it is already in place. Addresses rather than a
+def _merge_kernel(found, segment, slot, addresses, base_at, base_rows, out):
+    """out[i] = base_rows[base_at[i]] where found[i] < 0, else the newest written row: row
+    slot[found[i]] of the segment at addresses[segment[found[i]]] (segment/slot empty: one
+    segment, row found[i]). One parallel pass (a pass per block of an in-place variant was
+    slower on a loaded machine: every pass waits for all threads). Addresses rather than a
     typed list of arrays: fetching an array from a typed list per row costs reference
     counting (see ``table.sources._gather``)."""
     n, width = out.shape
     stride = width * out.itemsize
     many = segment.shape[0] > 0
-    b = n
-    while b > 0:
-        a = base_at[b - 1] + 1
-        if a >= b:  # every id below b is the base's: its rows are in place
-            break
-        for i in prange(a, b):
-            f = found[i]
-            if f < 0:
-                k = base_at[i]
-                for j in range(width):
-                    out[i, j] = out[k, j]
+    for i in prange(n):
+        f = found[i]
+        if f < 0:
+            b = base_at[i]
+            for j in range(width):
+                out[i, j] = base_rows[b, j]
+        else:
+            if many:
+                s = segment[f]
+                r = slot[f]
             else:
-                if many:
-                    s = segment[f]
-                    r = slot[f]
-                else:
-                    s = 0
-                    r = f
-                src = carray(_address_as_pointer(addresses[s] + r * stride), (width,), out.dtype)
-                for j in range(width):
-                    out[i, j] = src[j]
-        b = a
+                s = 0
+                r = f
+            src = carray(_address_as_pointer(addresses[s] + r * stride), (width,), out.dtype)
+            for j in range(width):
+                out[i, j] = src[j]
 
 
 def merge_rows_reference(
@@ -143,14 +132,13 @@ def merge_rows_reference(
     segment: np.ndarray | None,
     slot: np.ndarray | None,
     arrays: list,
+    base_rows: np.ndarray,
     out: np.ndarray,
 ) -> np.ndarray:
-    """Plain-numpy :func:`merge_rows`: ``out[:m]`` holds the base's rows of the ``m`` ids with
-    ``found < 0`` in order; they go where ``found < 0``, and row ``slot[found]`` of
-    ``arrays[segment[found]]`` (``segment is None``: ``arrays[0][found]``) elsewhere."""
+    """Plain-numpy :func:`merge_rows`: ``base_rows`` in order where ``found < 0``, else row
+    ``slot[found]`` of ``arrays[segment[found]]`` (``segment is None``: ``arrays[0][found]``)."""
     base = found < 0
-    base_rows = out[: int(base.sum())].copy()
-    out[base] = base_rows
+    out[base] = base_rows[: int(base.sum())]
     for i in np.flatnonzero(~base):
         f = int(found[i])
         out[i] = arrays[0][f] if segment is None else arrays[int(segment[f])][int(slot[f])]
@@ -170,11 +158,10 @@ def merge_rows(
     segment: np.ndarray | None,
     slot: np.ndarray | None,
     arrays: list,
+    base_rows: np.ndarray,
     out: np.ndarray,
 ) -> np.ndarray:
-    """Put a read together in place, in parallel (:func:`merge_rows_reference` is the spec):
-    the base gathers its rows into ``out``'s first rows, this moves them to their places and
-    copies the commits' rows around them, so no row is copied twice and no buffer is made.
+    """Put a read together in one parallel pass (:func:`merge_rows_reference` is the spec).
 
     Parameters
     ----------
@@ -186,19 +173,26 @@ def merge_rows(
     arrays : list of ndarray
         The segments' C-contiguous ``[rows, w]`` row arrays, of ``out``'s dtype and width; kept
         alive by the caller for the call.
+    base_rows : ndarray
+        The base's rows of the ids with ``found < 0``, in order (``[0, w]`` if none).
     out : ndarray ``(n, w)``
-        C-contiguous; its first ``(found < 0).sum()`` rows are the base's rows of those ids,
-        in order.
+        C-contiguous destination.
     """
     width = out.shape[1]
-    for a in [*arrays, out]:
+    every = [*arrays, base_rows, out]
+    for a in every:
         if a.dtype != out.dtype or a.ndim != 2 or a.shape[1] != width or not a.flags.c_contiguous:
             raise ValueError("merge_rows needs C-contiguous rows of out's dtype and width")
     if found.shape != (out.shape[0],) or found.dtype != np.int64:
         raise ValueError("merge_rows needs one int64 position per row of out")
-    word = _word_for([*arrays, out], width * out.itemsize)
-    words = out.view(np.uint8).reshape(out.shape[0], width * out.itemsize).view(word)
     base_at = np.cumsum(found < 0, dtype=np.int64) - 1
+    if base_rows.shape[0] != (int(base_at[-1]) + 1 if base_at.size else 0):
+        raise ValueError("merge_rows needs one base row per id no segment holds")
+    word = _word_for(every, width * out.itemsize)
+
+    def words(a):
+        return a.view(np.uint8).reshape(a.shape[0], width * a.itemsize).view(word)
+
     addresses = np.array([a.ctypes.data for a in arrays], dtype=np.int64)
     empty = np.empty(0, dtype=np.int64)
     _merge_kernel(
@@ -207,7 +201,8 @@ def merge_rows(
         empty if slot is None else np.ascontiguousarray(slot, np.int64),
         addresses,
         base_at,
-        words,
+        words(base_rows),
+        words(out),
     )
     return out
 

@@ -188,13 +188,15 @@ class Overlay:
             copy_rows(slot, segment, which, segments[which].rows, out)
         return out
 
-    def merge(self, layer_id: int, found: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """Put a read together in place (:func:`._kernels.merge_rows`): ``out``'s first rows
-        are the base's rows of the ids with ``found < 0`` (:meth:`find`'s answer), in order;
-        they move to their places and the newest commits' rows go around them."""
+    def merge(
+        self, layer_id: int, found: np.ndarray, base_rows: np.ndarray, out: np.ndarray
+    ) -> np.ndarray:
+        """Put a read together in one parallel pass (:func:`._kernels.merge_rows`): ``out[i]``
+        is the newest commit's row where ``found[i] >= 0`` (:meth:`find`'s answer), else the
+        next of ``base_rows`` (the base's rows of the other ids, in order)."""
         index = self.index(layer_id)
         arrays = [s.rows for s in self.segments[layer_id]]  # alive through the call
-        return merge_rows(found, index.segment, index.slot, arrays, out)
+        return merge_rows(found, index.segment, index.slot, arrays, base_rows, out)
 
     def apply_range(self, layer_id: int, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         """Overwrite the rows of ``out`` (rows ``[start, stop)``) that commits hold."""

@@ -209,10 +209,11 @@ class Table:
         if not ids.size:
             return out
         found, hits = (None, 0) if self.overlay is None else self.overlay.find(layer_id, ids)
-        if hits:  # the base's rows of the other ids into out's first rows, then moved in place
+        if hits:  # the base reads only the rows no commit holds; one pass puts both in
+            base_rows = np.empty((ids.size - hits, shape[1]), out.dtype)
             if hits < ids.size:
-                self.source.gather(layer_id, ids[found < 0], out[: ids.size - hits])
-            self.overlay.merge(layer_id, found, out)
+                self.source.gather(layer_id, ids[found < 0], base_rows)
+            self.overlay.merge(layer_id, found, base_rows, out)
         else:
             self.source.gather(layer_id, ids, out)
         if not self._staged.empty:

@@ -55,7 +55,7 @@ def test_copy_rows_by_segment_and_width():
     seed=st.integers(0, 2**32 - 1),
 )
 def test_merge_rows_equals_reference(n, segments, written_share, width_dtype, seed):
-    """The in-place parallel merge equals its numpy specification for any mix of base and
+    """The parallel merge equals its numpy specification for any mix of base and
     written ids, one segment (no segment/slot columns) or several."""
     width, dtype = width_dtype
     rng = np.random.default_rng(seed)
@@ -73,7 +73,9 @@ def test_merge_rows_equals_reference(n, segments, written_share, width_dtype, se
         limit = index_size
     written = rng.random(n) < written_share
     found = np.where(written, rng.integers(0, limit, n), -1).astype(np.int64)
-    out = rng.integers(0, 200, (n, width)).astype(dtype)  # first rows: the base's, in order
-    want = merge_rows_reference(found, segment, slot, arrays, out.copy())
-    got = merge_rows(found, segment, slot, arrays, out)
+    base_rows = rng.integers(0, 200, (int((found < 0).sum()), width)).astype(dtype)
+    want = merge_rows_reference(
+        found, segment, slot, arrays, base_rows, np.zeros((n, width), dtype)
+    )
+    got = merge_rows(found, segment, slot, arrays, base_rows, np.zeros((n, width), dtype))
     np.testing.assert_array_equal(got, want)
