@@ -10,10 +10,13 @@ row written (8 id + 4 segment + 8 slot), never per table row. When written rows 
 ``engramctl compact`` folds the commits into one segment per layer (index memory-mapped again)
 or ``compact --into-base`` folds them into the base's chunks.
 
-Lookups are ``np.searchsorted`` of the read's ids in the index (O(n log w)), then one fancy-index
-copy per segment that holds hits. The written rows' segments are checked against the log's
-CRC-32 at the layer's first read when ``check_crc`` (the ``check_chunks`` of
-:func:`~engramctl.table.sources.table.open_table`).
+A gather finds each id in the index (:func:`._kernels.find`: a radix directory, then a short
+binary search, in parallel; :func:`lookup` and ``np.searchsorted`` are the plain reference),
+gathers only the other ids from the base, then puts the read together in one parallel pass
+(:meth:`Overlay.merge`) that copies each row once, from the base's rows or from whichever
+segment holds its newest version (segments read by address, not one pass per segment). The
+written rows' segments are checked against the log's CRC-32 at the layer's first read when
+``check_crc`` (the ``check_chunks`` of :func:`~engramctl.table.sources.table.open_table`).
 """
 
 from __future__ import annotations
@@ -159,12 +162,6 @@ class Overlay:
         if index is None or not ids.size:
             return None, 0
         return find(index.ids, ids, index.radix)
-
-    @staticmethod
-    def scatter(rows: np.ndarray, slot: np.ndarray, out: np.ndarray) -> None:
-        """``out[i] = rows[slot[i]]`` where ``slot[i] >= 0`` (parallel; the base's rows of a
-        read put in place around the commits' rows)."""
-        copy_rows(slot, None, 0, rows, out)
 
     def apply(
         self, layer_id: int, ids: np.ndarray, out: np.ndarray, found: np.ndarray | None = None
