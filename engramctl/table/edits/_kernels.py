@@ -2,14 +2,20 @@
 search) and copy the newest row over the base's, in parallel (numba).
 
 :func:`lookup_reference` (``np.searchsorted``) is the plain-numpy specification the tests hold
-the kernels to. Rows are copied as the widest unsigned word dividing a row's bytes.
+the kernels to, and :func:`merge_rows_reference` that of :func:`merge_rows`, the one pass that
+puts a read together from the base's rows and any number of segments. Rows are copied as the
+widest unsigned word dividing a row's bytes (and every buffer's address).
 """
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from ..._numba import njit, prange
+
+carray = sys.modules["numba"].carray  # numba itself is imported (cache set up) by ._numba
 
 
 def lookup_reference(written: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -70,6 +76,137 @@ def _copy_kernel(slot, segment, which, rows, out):
                 out[i, j] = rows[s, j]
 
 
+def _pointer_intrinsic():
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def address_as_pointer(typingctx, address):
+        """An int64 address as a ``void*`` (for ``numba.carray``)."""
+        if not isinstance(address, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+        return types.voidptr(address), codegen
+
+    return address_as_pointer
+
+
+_address_as_pointer = _pointer_intrinsic()
+
+
+@njit(cache=True, parallel=True)
+def _merge_kernel(found, segment, slot, addresses, base_at, base_rows, out):
+    """out[i] = base_rows[base_at[i]] where found[i] < 0, else the newest written row: row
+    slot[found[i]] of the segment at addresses[segment[found[i]]] (segment/slot empty: one
+    segment, row found[i]). One parallel pass (a pass per block of an in-place variant was
+    slower on a loaded machine: every pass waits for all threads). Addresses rather than a
+    typed list of arrays: fetching an array from a typed list per row costs reference
+    counting (see ``table.sources._gather``)."""
+    n, width = out.shape
+    stride = width * out.itemsize
+    many = segment.shape[0] > 0
+    for i in prange(n):
+        f = found[i]
+        if f < 0:
+            b = base_at[i]
+            for j in range(width):
+                out[i, j] = base_rows[b, j]
+        else:
+            if many:
+                s = segment[f]
+                r = slot[f]
+            else:
+                s = 0
+                r = f
+            src = carray(_address_as_pointer(addresses[s] + r * stride), (width,), out.dtype)
+            for j in range(width):
+                out[i, j] = src[j]
+
+
+def merge_rows_reference(
+    found: np.ndarray,
+    segment: np.ndarray | None,
+    slot: np.ndarray | None,
+    arrays: list,
+    base_rows: np.ndarray,
+    out: np.ndarray,
+) -> np.ndarray:
+    """Plain-numpy :func:`merge_rows`: ``base_rows`` in order where ``found < 0``, else row
+    ``slot[found]`` of ``arrays[segment[found]]`` (``segment is None``: ``arrays[0][found]``)."""
+    base = found < 0
+    out[base] = base_rows[: int(base.sum())]
+    for i in np.flatnonzero(~base):
+        f = int(found[i])
+        out[i] = arrays[0][f] if segment is None else arrays[int(segment[f])][int(slot[f])]
+    return out
+
+
+def _word_for(arrays: list, row_bytes: int) -> np.dtype:
+    for dtype in (np.uint64, np.uint32, np.uint16):
+        size = np.dtype(dtype).itemsize
+        if row_bytes % size == 0 and all(a.ctypes.data % size == 0 for a in arrays):
+            return np.dtype(dtype)
+    return np.dtype(np.uint8)
+
+
+def merge_rows(
+    found: np.ndarray,
+    segment: np.ndarray | None,
+    slot: np.ndarray | None,
+    arrays: list,
+    base_rows: np.ndarray,
+    out: np.ndarray,
+) -> np.ndarray:
+    """Put a read together in one parallel pass (:func:`merge_rows_reference` is the spec).
+
+    Parameters
+    ----------
+    found : ndarray of int64, ``(n,)``
+        Each read id's position in the layer's index (:func:`find`), -1 for the base's.
+    segment, slot : ndarray or None
+        The index's segment and slot of each written row; None when the layer has one segment
+        (the row is ``arrays[0][found]``).
+    arrays : list of ndarray
+        The segments' C-contiguous ``[rows, w]`` row arrays, of ``out``'s dtype and width; kept
+        alive by the caller for the call.
+    base_rows : ndarray
+        The base's rows of the ids with ``found < 0``, in order (``[0, w]`` if none).
+    out : ndarray ``(n, w)``
+        C-contiguous destination.
+    """
+    width = out.shape[1]
+    every = [*arrays, base_rows, out]
+    for a in every:
+        if a.dtype != out.dtype or a.ndim != 2 or a.shape[1] != width or not a.flags.c_contiguous:
+            raise ValueError("merge_rows needs C-contiguous rows of out's dtype and width")
+    if found.shape != (out.shape[0],) or found.dtype != np.int64:
+        raise ValueError("merge_rows needs one int64 position per row of out")
+    base_at = np.cumsum(found < 0, dtype=np.int64) - 1
+    if base_rows.shape[0] != (int(base_at[-1]) + 1 if base_at.size else 0):
+        raise ValueError("merge_rows needs one base row per id no segment holds")
+    word = _word_for(every, width * out.itemsize)
+
+    def words(a):
+        return a.view(np.uint8).reshape(a.shape[0], width * a.itemsize).view(word)
+
+    addresses = np.array([a.ctypes.data for a in arrays], dtype=np.int64)
+    empty = np.empty(0, dtype=np.int64)
+    _merge_kernel(
+        found,
+        empty.astype(np.int32) if segment is None else np.ascontiguousarray(segment, np.int32),
+        empty if slot is None else np.ascontiguousarray(slot, np.int64),
+        addresses,
+        base_at,
+        words(base_rows),
+        words(out),
+    )
+    return out
+
+
 def find(written: np.ndarray, ids: np.ndarray, radix=None) -> tuple[np.ndarray, int]:
     """Positions of ``ids`` in ``written`` (sorted int64; -1: not written) and the hit count;
     ``radix`` is :func:`directory` of ``written`` (made here if not given)."""
@@ -102,4 +239,11 @@ def copy_rows(
     )
 
 
-__all__ = ["find", "copy_rows", "directory", "lookup_reference"]
+__all__ = [
+    "find",
+    "copy_rows",
+    "directory",
+    "lookup_reference",
+    "merge_rows",
+    "merge_rows_reference",
+]

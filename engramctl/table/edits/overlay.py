@@ -10,10 +10,13 @@ row written (8 id + 4 segment + 8 slot), never per table row. When written rows 
 ``engramctl compact`` folds the commits into one segment per layer (index memory-mapped again)
 or ``compact --into-base`` folds them into the base's chunks.
 
-Lookups are ``np.searchsorted`` of the read's ids in the index (O(n log w)), then one fancy-index
-copy per segment that holds hits. The written rows' segments are checked against the log's
-CRC-32 at the layer's first read when ``check_crc`` (the ``check_chunks`` of
-:func:`~engramctl.table.sources.table.open_table`).
+A gather finds each id in the index (:func:`._kernels.find`: a radix directory, then a short
+binary search, in parallel; :func:`lookup` and ``np.searchsorted`` are the plain reference),
+gathers only the other ids from the base, then puts the read together in one parallel pass
+(:meth:`Overlay.merge`) that copies each row once, from the base's rows or from whichever
+segment holds its newest version (segments read by address, not one pass per segment). The
+written rows' segments are checked against the log's CRC-32 at the layer's first read when
+``check_crc`` (the ``check_chunks`` of :func:`~engramctl.table.sources.table.open_table`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import EngramError
-from ._kernels import copy_rows, directory, find
+from ._kernels import copy_rows, directory, find, merge_rows
 from .log import EDITS_DIR, SEGMENTS_DIR, EditLog, segments_path
 from .segment import Segment
 
@@ -160,12 +163,6 @@ class Overlay:
             return None, 0
         return find(index.ids, ids, index.radix)
 
-    @staticmethod
-    def scatter(rows: np.ndarray, slot: np.ndarray, out: np.ndarray) -> None:
-        """``out[i] = rows[slot[i]]`` where ``slot[i] >= 0`` (parallel; the base's rows of a
-        read put in place around the commits' rows)."""
-        copy_rows(slot, None, 0, rows, out)
-
     def apply(
         self, layer_id: int, ids: np.ndarray, out: np.ndarray, found: np.ndarray | None = None
     ) -> np.ndarray:
@@ -187,6 +184,16 @@ class Overlay:
         for which in np.unique(segment[hit]).tolist():
             copy_rows(slot, segment, which, segments[which].rows, out)
         return out
+
+    def merge(
+        self, layer_id: int, found: np.ndarray, base_rows: np.ndarray, out: np.ndarray
+    ) -> np.ndarray:
+        """Put a read together in one parallel pass (:func:`._kernels.merge_rows`): ``out[i]``
+        is the newest commit's row where ``found[i] >= 0`` (:meth:`find`'s answer), else the
+        next of ``base_rows`` (the base's rows of the other ids, in order)."""
+        index = self.index(layer_id)
+        arrays = [s.rows for s in self.segments[layer_id]]  # alive through the call
+        return merge_rows(found, index.segment, index.slot, arrays, base_rows, out)
 
     def apply_range(self, layer_id: int, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         """Overwrite the rows of ``out`` (rows ``[start, stop)``) that commits hold."""

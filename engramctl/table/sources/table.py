@@ -209,14 +209,11 @@ class Table:
         if not ids.size:
             return out
         found, hits = (None, 0) if self.overlay is None else self.overlay.find(layer_id, ids)
-        if hits:  # the base reads only the rows no commit holds, then the commits' rows go in
+        if hits:  # the base reads only the rows no commit holds; one pass puts both in
+            base_rows = np.empty((ids.size - hits, shape[1]), out.dtype)
             if hits < ids.size:
-                base = found < 0
-                rows = self.source.gather(
-                    layer_id, ids[base], np.empty((ids.size - hits, shape[1]), out.dtype)
-                )
-                self.overlay.scatter(rows, np.where(base, np.cumsum(base) - 1, -1), out)
-            self.overlay.apply(layer_id, ids, out, found)
+                self.source.gather(layer_id, ids[found < 0], base_rows)
+            self.overlay.merge(layer_id, found, base_rows, out)
         else:
             self.source.gather(layer_id, ids, out)
         if not self._staged.empty:
