@@ -77,7 +77,31 @@ def njit(*args, **kwargs):
     return numba.njit(*args, **kwargs)
 
 
+def _pointer_intrinsic():
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def address_as_pointer(typingctx, address):
+        """An int64 address as a ``void*`` (for ``numba.carray``)."""
+        if not isinstance(address, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+        return types.voidptr(address), codegen
+
+    return address_as_pointer
+
+
+# An int64 address as a ``void*`` inside a kernel (``carray(address_as_pointer(a), shape, dtype)``):
+# the gather kernels read rows of many memory maps by address.
+address_as_pointer = _pointer_intrinsic()
+
 __all__ = [
+    "address_as_pointer",
     "njit",
     "prange",
     "get_num_threads",

@@ -3,10 +3,10 @@
 Every ```console block of README.md is taken in order (however many sections there are), and
 each ``$ `` command in it (continuation lines joined) runs in bash in a temporary directory that
 holds only a link to ``sample_data/`` and the files the text leaves to the reader (``code.jsonl``,
-``code-heldout.jsonl``, ``chat.npy``), with ``engramctl`` being this checkout. A command must exit 0; the output lines
-the README shows under a command must appear in what it printed (timings such as ``in 1.3s``
-masked). A command shown interrupted (a ``^C`` line under it) is interrupted with SIGINT after
-its first checkpoint and must exit 130 saying how to resume.
+``code-heldout.jsonl``, ``chat.npy``), with ``engramctl`` being this checkout. A command must
+exit 0; the output lines the README shows under a command must appear in what it printed
+(timings such as ``in 1.3s`` masked). A command shown interrupted (a ``^C`` line under it) is
+interrupted with SIGINT after its first checkpoint and must exit 130 saying how to resume.
 
 What cannot run here is skipped, each for a reason in :data:`SKIP`: installing packages, a real
 DeepSeek-V4.1 checkpoint (~203 GB), an S3 bucket and a Dask scheduler, a download from the Hub.

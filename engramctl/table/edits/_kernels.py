@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from ..._numba import njit, prange
+from ..._numba import address_as_pointer, njit, prange
 
 carray = sys.modules["numba"].carray  # numba itself is imported (cache set up) by ._numba
 
@@ -76,28 +76,6 @@ def _copy_kernel(slot, segment, which, rows, out):
                 out[i, j] = rows[s, j]
 
 
-def _pointer_intrinsic():
-    from numba import types
-    from numba.core import cgutils
-    from numba.extending import intrinsic
-
-    @intrinsic
-    def address_as_pointer(typingctx, address):
-        """An int64 address as a ``void*`` (for ``numba.carray``)."""
-        if not isinstance(address, types.Integer):
-            return None
-
-        def codegen(context, builder, signature, args):
-            return builder.inttoptr(args[0], cgutils.voidptr_t)
-
-        return types.voidptr(address), codegen
-
-    return address_as_pointer
-
-
-_address_as_pointer = _pointer_intrinsic()
-
-
 @njit(cache=True, parallel=True)
 def _merge_kernel(found, segment, slot, addresses, base_at, base_rows, out):
     """out[i] = base_rows[base_at[i]] where found[i] < 0, else the newest written row: row
@@ -122,7 +100,7 @@ def _merge_kernel(found, segment, slot, addresses, base_at, base_rows, out):
             else:
                 s = 0
                 r = f
-            src = carray(_address_as_pointer(addresses[s] + r * stride), (width,), out.dtype)
+            src = carray(address_as_pointer(addresses[s] + r * stride), (width,), out.dtype)
             for j in range(width):
                 out[i, j] = src[j]
 

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from ..._numba import njit, prange
+from ..._numba import address_as_pointer, njit, prange
 from ...errors import EngramError
 
 carray = sys.modules["numba"].carray  # numba itself is imported (cache set up) by ._numba
@@ -67,31 +67,11 @@ def gather_rows_reference(chunks: list, chunk_rows: int, row_ids: np.ndarray) ->
 
 
 # ------------------------------------------------------------------------------- kernel
-def _pointer_intrinsic():
-    from numba import types
-    from numba.core import cgutils
-    from numba.extending import intrinsic
-
-    @intrinsic
-    def address_as_pointer(typingctx, address):
-        """An int64 address as a ``void*`` (for ``numba.carray``)."""
-        if not isinstance(address, types.Integer):
-            return None
-
-        def codegen(context, builder, signature, args):
-            return builder.inttoptr(args[0], cgutils.voidptr_t)
-
-        return types.voidptr(address), codegen
-
-    return address_as_pointer
-
-
-_address_as_pointer = _pointer_intrinsic()
 
 
 @njit(cache=True, inline="always")
 def _carray(address, width, dtype):
-    return carray(_address_as_pointer(address), (width,), dtype)
+    return carray(address_as_pointer(address), (width,), dtype)
 
 
 @njit(cache=True, parallel=True)

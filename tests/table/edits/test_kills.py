@@ -46,7 +46,7 @@ def run_and_kill(code, args, sig, delay):
     assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
     time.sleep(delay)
     proc.send_signal(sig)
-    proc.wait(timeout=60)
+    proc.wait(timeout=300)  # a loaded machine can take a while to unwind a commit
     return proc
 
 
