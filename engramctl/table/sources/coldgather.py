@@ -51,6 +51,7 @@ from .coldread import (
     open_random,
     plan_runs,
     resident,
+    window_positions,
 )
 
 log = logging.getLogger(__name__)
@@ -259,11 +260,7 @@ class ColdGather:
         staging = np.empty(0, dtype=np.uint8)
         for w in range(len(edges) - 1):
             lo, hi = edges[w], edges[w + 1]
-            pos = np.zeros(hi - lo, dtype=np.int64)
-            pos[1:] = np.cumsum(lengths[lo : hi - 1])
-            total = int(pos[-1] + lengths[hi - 1])
-            if staging.size < total:
-                staging = np.empty(total, dtype=np.uint8)
+            pos, staging = window_positions(lengths, lo, hi, staging)
             window_runs = (run_chunk[lo:hi], run_start[lo:hi], lengths[lo:hi], pos, staging)
             self._read_window(layer_id, *window_runs)
             self._check_window(layer_id, *window_runs)

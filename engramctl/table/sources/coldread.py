@@ -107,6 +107,17 @@ def plan_runs(
     return run_file, run_start, run_stop, unit_run
 
 
+def window_positions(lengths: np.ndarray, lo: int, hi: int, staging: np.ndarray):
+    """Where runs ``lo:hi`` (of ``lengths`` bytes) land in one staging buffer, read back to back:
+    their offsets, and the buffer (``staging`` reused when it is large enough)."""
+    pos = np.zeros(hi - lo, dtype=np.int64)
+    pos[1:] = np.cumsum(lengths[lo : hi - 1])
+    total = int(pos[-1] + lengths[hi - 1])
+    if staging.size < total:
+        staging = np.empty(total, dtype=np.uint8)
+    return pos, staging
+
+
 # ------------------------------------------------------------------------- reading
 class ParallelReader:
     """A pool of threads that reads many runs at once with ``os.preadv``.
@@ -208,11 +219,7 @@ def read_spans(
     staging = np.empty(0, dtype=np.uint8)
     for w in range(len(edges) - 1):
         lo, hi = edges[w], edges[w + 1]
-        pos = np.zeros(hi - lo, dtype=np.int64)
-        pos[1:] = np.cumsum(lengths[lo : hi - 1])
-        total = int(pos[-1] + lengths[hi - 1])
-        if staging.size < total:
-            staging = np.empty(total, dtype=np.uint8)
+        pos, staging = window_positions(lengths, lo, hi, staging)
         window_fds = [fds[f] for f in run_file[lo:hi].tolist()]
         try:
             reader.read(
