@@ -19,7 +19,7 @@ from .core.lock import WriterLock
 from .core.manifest import read_group
 from .core.store import open_store
 from .edits.log import Commit, EditLog, read_log, remove_unlisted_segments, utc_now, write_log
-from .edits.session import make_commit
+from .edits.session import StreamedRows, make_commit
 from .sources.table import open_table
 
 
@@ -131,6 +131,21 @@ class CompactResult:
         }
 
 
+def _streamed_layer(table, layer_id: int, report: Callable[[int], None]) -> StreamedRows:
+    """A layer's written rows, newest of each id, produced block by block from the overlay."""
+    overlay = table.overlay
+    ids = overlay.written_ids(layer_id)
+    width, dtype = table.row_width, table.meta.storage_dtype
+
+    def produce(start: int, stop: int) -> np.ndarray:
+        rows = np.empty((stop - start, width), dtype=dtype)
+        overlay.apply(layer_id, np.asarray(ids[start:stop]), rows)
+        report(stop - start)
+        return rows
+
+    return StreamedRows(ids, dtype, width, produce)
+
+
 def compact_table(path, *, progress: Callable[[int, int], None] | None = None) -> CompactResult:
     """Merge every commit of a table into one commit (one segment per layer, newest row of each
     id kept); the table reads the same before and after.
@@ -138,8 +153,12 @@ def compact_table(path, *, progress: Callable[[int, int], None] | None = None) -
     Kill-safe and resumable: the merged segments are written under new names, then the log is
     swapped by one rename; a kill before it leaves the old commits (the new segments are orphans,
     removed at the next open for writing), a kill after it leaves the compacted table. Segments
-    that live readers pin are deleted later, by the next compaction or open for writing. RAM:
-    the merged layer's ids and rows (what the commits hold), not the table.
+    that live readers pin are deleted later, by the next compaction or open for writing.
+
+    Streaming: each layer's merged segment is written by id range, a block of rows at a time
+    (:class:`~engramctl.table.edits.session.StreamedRows`), so RAM is the index of the written
+    rows (about 20 bytes per distinct row, as any read through the commits builds) plus one
+    block (16 MiB), never the rows themselves. ``progress(rows_done, rows_total)``.
     """
     with open_table(path, mode="r+") as table:
         edit_log = table.edit_log
@@ -148,16 +167,17 @@ def compact_table(path, *, progress: Callable[[int, int], None] | None = None) -
             segments = table.overlay.segments if table.overlay else {}
             rows = {k: s[0].record.rows for k, s in segments.items()}
             return CompactResult(table.store.url, 0, rows, before, before)
-        layers = {}
         overlay = table.overlay
-        total = len(overlay.segments)
-        for done, layer_id in enumerate(sorted(overlay.segments)):
-            ids = np.asarray(overlay.written_ids(layer_id))
-            rows = np.empty((ids.size, table.row_width), dtype=table.meta.storage_dtype)
-            overlay.apply(layer_id, ids, rows)
-            layers[layer_id] = (ids, rows)
+        total = sum(overlay.written_ids(layer_id).size for layer_id in overlay.segments)
+        done = 0
+
+        def report(rows: int) -> None:
+            nonlocal done
+            done += rows
             if progress:
-                progress(done + 1, total)
+                progress(done, total)
+
+        layers = {k: _streamed_layer(table, k, report) for k in sorted(overlay.segments)}
         merged = [
             {"id": c.id, "time": c.time, "made_by": c.made_by, "message": c.message}
             for c in edit_log.commits

@@ -20,6 +20,7 @@ import mmap
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,8 +87,26 @@ def write_segment(
     for name, values in arrays:
         if values.shape[0] != n:
             raise EngramError(f"segment column {name} has {values.shape[0]} rows, not {n}")
-    columns = [(name, values.dtype.newbyteorder("<"), values.shape[1]) for name, values in arrays]
-    prefix, offsets = _layout(layer_id, n, columns)
+    columns = [
+        (name, values.dtype, values.shape[1], lambda a, b, v=values: v[a:b])
+        for name, values in arrays
+    ]
+    return write_segment_columns(path, layer_id, n, columns)
+
+
+def write_segment_columns(
+    path: Path, layer_id: int, n: int, columns: list[tuple[str, np.dtype, int, Callable]]
+) -> SegmentFile:
+    """Write a segment file whose columns are produced block by block, and fsync it.
+
+    ``columns`` are ``(name, dtype, width, produce)``, ids first and rows second; ``produce(
+    start, stop)`` returns the column's rows ``[start, stop)`` (``[stop - start, width]``). They
+    are asked for in order, ``WRITE_BLOCK_BYTES`` at a time, so a segment of any size is written
+    in O(block) memory (what compaction does); the bytes are those :func:`write_segment` writes
+    for the same rows.
+    """
+    layout_columns = [(name, np.dtype(dtype).newbyteorder("<"), w) for name, dtype, w, _ in columns]
+    prefix, offsets = _layout(layer_id, n, layout_columns)
     crc, size = 0, 0
     with open(path, "wb") as handle:
 
@@ -99,12 +118,18 @@ def write_segment(
             size += view.nbytes
 
         put(prefix)
-        for (_, values), offset in zip(arrays, offsets, strict=True):
+        for (name, dtype, width, produce), offset in zip(columns, offsets, strict=True):
             put(b"\0" * (offset - size))
-            flat = values.astype(values.dtype.newbyteorder("<"), copy=False).reshape(n, -1)
-            per_block = max(1, WRITE_BLOCK_BYTES // max(1, flat[:1].nbytes))
+            little = np.dtype(dtype).newbyteorder("<")
+            per_block = max(1, WRITE_BLOCK_BYTES // max(1, width * little.itemsize))
             for start in range(0, n, per_block):
-                put(np.ascontiguousarray(flat[start : start + per_block]))
+                stop = min(n, start + per_block)
+                block = np.asarray(produce(start, stop))
+                if block.shape[0] != stop - start:
+                    raise EngramError(
+                        f"segment column {name} gave {block.shape[0]} rows, not {stop - start}"
+                    )
+                put(np.ascontiguousarray(block.astype(little, copy=False).reshape(-1, width)))
         handle.flush()
         os.fsync(handle.fileno())
     return SegmentFile(Path(path).name, n, size, crc & 0xFFFFFFFF)
@@ -216,4 +241,11 @@ def damaged_advice(commit: str) -> str:
     )
 
 
-__all__ = ["Segment", "SegmentFile", "write_segment", "crc32_of_map", "MAGIC"]
+__all__ = [
+    "Segment",
+    "SegmentFile",
+    "write_segment",
+    "write_segment_columns",
+    "crc32_of_map",
+    "MAGIC",
+]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,7 +30,27 @@ from .log import (
     write_log,
 )
 from .overlay import LayerIndex, build_index, lookup
-from .segment import SegmentFile, write_segment
+from .segment import SegmentFile, write_segment, write_segment_columns
+
+
+@dataclass(frozen=True)
+class StreamedRows:
+    """A layer of a commit whose rows are produced block by block as its segment is written
+    (compaction: O(block) memory however many rows): sorted distinct ``ids``, the stored rows'
+    ``dtype`` and ``width``, and ``produce(start, stop)`` giving the rows of ``ids[start:stop]``."""
+
+    ids: np.ndarray
+    dtype: np.dtype
+    width: int
+    produce: Callable[[int, int], np.ndarray]
+
+    def write(self, path, layer_id: int) -> SegmentFile:
+        ids = np.ascontiguousarray(self.ids, dtype="<i8")
+        columns = [
+            ("ids", ids.dtype, 1, lambda a, b: ids[a:b].reshape(-1, 1)),
+            ("rows", self.dtype, self.width, self.produce),
+        ]
+        return write_segment_columns(path, layer_id, ids.size, columns)
 
 
 def last_wins(ids: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -101,14 +123,15 @@ def _visible(table_path, commit_id: str) -> bool:
 def make_commit(
     table_path,
     log: EditLog,
-    layers: dict[int, tuple[np.ndarray, np.ndarray]],
+    layers: dict[int, tuple[np.ndarray, np.ndarray] | StreamedRows],
     *,
     made_by: dict,
     message: str = "",
     side: dict[int, dict[str, np.ndarray]] | None = None,
 ) -> tuple[EditLog, Commit]:
-    """Write ``layers`` (``{layer: (sorted distinct ids, stored rows)}``) as one commit after
-    ``log``; returns the new log (now the table's) and the commit. Call under the writer lock.
+    """Write ``layers`` (``{layer: (sorted distinct ids, stored rows)}``, or
+    :class:`StreamedRows`) as one commit after ``log``; returns the new log (now the table's)
+    and the commit. Call under the writer lock.
 
     A failure leaves the table's log as it was and removes what this call wrote; a full disk or
     another OS error is one :class:`EngramError` line.
@@ -120,9 +143,13 @@ def make_commit(
     try:
         folder.mkdir(parents=True, exist_ok=True)
         records: dict[int, SegmentFile] = {}
-        for layer_id, (ids, rows) in sorted(layers.items()):
+        for layer_id, layer in sorted(layers.items()):
             path = folder / segment_name(commit_id, layer_id)
             written.append(path)
+            if isinstance(layer, StreamedRows):
+                records[layer_id] = layer.write(path, layer_id)
+                continue
+            ids, rows = layer
             records[layer_id] = write_segment(path, layer_id, ids, rows, (side or {}).get(layer_id))
         commit = Commit(commit_id, log.head, utc_now(), dict(made_by), message, records)
         new_log = log.with_commit(commit)
@@ -143,4 +170,4 @@ def make_commit(
     return new_log, commit
 
 
-__all__ = ["StagedWrites", "make_commit", "last_wins"]
+__all__ = ["StagedWrites", "StreamedRows", "make_commit", "last_wins"]
