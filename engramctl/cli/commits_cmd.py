@@ -55,11 +55,12 @@ def history_command(table: TableArg, json_out: JsonFlag = False) -> None:
         console.print(grid)
     if history.events and not STATE["quiet"]:
         for event in history.events:
-            what = (
-                f"revert to {event.get('to')} (dropped {len(event.get('dropped') or [])} commits)"
-                if event.get("kind") == "revert"
-                else f"compaction of {len(event.get('merged') or [])} commits"
-            )
+            what = f"compaction of {len(event.get('merged') or [])} commits"
+            if event.get("kind") == "revert":
+                dropped = len(event.get("dropped") or [])
+                what = f"revert to {event.get('to')} (dropped {dropped} commits)"
+            elif event.get("kind") == "compact-into-base":
+                what += f" into the base ({event.get('chunks')} chunks rewritten)"
             console.print(f"  {event.get('time')}: {what}", markup=False)
 
 
@@ -99,15 +100,45 @@ def revert_command(
 
 
 @command("compact")
-def compact_command(table: TableArg, json_out: JsonFlag = False) -> None:
-    """Merge a table's commits into one (one segment per layer); it reads the same after.
+def compact_command(
+    table: TableArg,
+    into_base: Annotated[
+        bool,
+        typer.Option(
+            "--into-base",
+            help="Fold the commits into the base's chunk files (each touched chunk rewritten "
+            "once) and drop them; the base must be an engramctl table (not a link) and no "
+            "reader may have it open.",
+        ),
+    ] = False,
+    json_out: JsonFlag = False,
+) -> None:
+    """Merge a table's commits into one (one segment per layer), or with --into-base into the
+    base's chunks; it reads the same after.
 
     Kill-safe and resumable: run it again after an interruption.
 
     Example:
-    engramctl compact table.zarr
+    engramctl compact table.zarr --into-base
     """
     from .._system import format_bytes
+
+    if into_base:
+        from ..table.intobase import compact_into_base
+
+        folded = compact_into_base(table)
+        if json_out:
+            typer.echo(json.dumps(folded.to_dict()))
+        elif not folded.commits_merged:
+            console.print(f"{table}: nothing to compact (no commits)")
+        else:
+            chunks = ", ".join(f"layer {k}: {v:,}" for k, v in sorted(folded.chunks.items()))
+            console.print(
+                f"{table}: {folded.commits_merged} commits folded into the base ({chunks} chunks "
+                f"rewritten, {format_bytes(folded.bytes_written)}); "
+                f"{format_bytes(folded.commit_bytes)} of commits dropped"
+            )
+        return
     from ..table.commits import compact_table
 
     result = compact_table(table)

@@ -11,7 +11,8 @@ The package is a facade over five rooms, imports running downward:
 - ``core/``: the format itself (metadata, manifest, codec, dtypes, fp8, init values, storage,
   the writer lock).
 
-``lookup``, ``verify`` and ``commits`` (history, revert, compact) sit on top of them.
+``lookup``, ``verify``, ``commits`` (history, revert, compact) and ``intobase`` (compact
+--into-base) sit on top of them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ _EXPORTS = {  # module -> the public names it holds
     ".build.create": ("create_table", "CreateResult"),
     ".verify": ("verify_table", "VerifyReport"),
     ".commits": ("table_history", "revert_table", "compact_table"),
+    ".intobase": ("compact_into_base",),
     ".formats.safetensors": ("export_safetensors",),
     ".formats.safetensors_import": ("import_safetensors",),
     ".core.dtypes": ("decode_rows", "encode_rows", "row_bytes"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ...errors import EngramError
+from .journal import read_journal
 from .log import EDITS_DIR, SEGMENTS_DIR, live_pins, read_log
 from .segment import Segment
 
@@ -31,6 +32,17 @@ def check_commits(store, *, deep: bool, progress=None) -> CommitCheck:
         report.problems.append(str(exc))
         return report
     report.commits = len(edit_log.commits)
+    try:
+        journal = read_journal(store)
+    except EngramError as exc:
+        report.problems.append(str(exc))
+        journal = None
+    if journal is not None:
+        report.problems.append(
+            f"a compaction into the base of {len(journal.merged)} commits was cut short (its "
+            f"chunks may disagree with the manifest until it is finished); run engramctl compact "
+            f"--into-base {store.url} (or open the table for writing) to finish it"
+        )
     total = edit_log.bytes if deep else 0
     for position, commit in enumerate(edit_log.commits):
         for _layer_id, record in sorted(commit.layers.items()):

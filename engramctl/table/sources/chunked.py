@@ -31,6 +31,7 @@ from ..core.manifest import read_group
 from ..core.meta import TableMeta
 from ..core.rowinit import init_values
 from ..core.store import TableStore
+from ..edits.journal import journal_entry
 from ._gather import (
     CHUNK_LOADED,
     CHUNK_UNKNOWN,
@@ -140,15 +141,20 @@ class ChunkedSource(RowSource):
                 fetched = None
 
     def _refresh_entry(self, layer_id: int, chunk_index: int) -> bool:
-        """Re-read the manifest; whether this chunk's entry changed (then it is taken)."""
+        """Re-read the manifest (and the journal of a compaction into the base); whether this
+        chunk's entry changed (then it is taken)."""
         try:
             _, manifest = read_group(self.store)
         except EngramError:
             return False
         old = self.manifest.get(layer_id, {}).get(chunk_index)
         new = manifest.get(layer_id, {}).get(chunk_index)
-        if new == old:
-            return False
+        journal = journal_entry(self.store, layer_id, chunk_index) if self.store.is_local else None
+        if new == old or (journal is not None and old == journal):
+            # a compaction into the base under way or cut short: its entry, taken once
+            if journal is None or journal == old:
+                return False
+            new = journal
         if new is None:
             self.manifest.get(layer_id, {}).pop(chunk_index, None)
         else:

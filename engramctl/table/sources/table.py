@@ -35,6 +35,7 @@ from ..core.lock import LOCK_NAME, WriterLock, active_writer
 from ..core.manifest import json_digest, read_group, table_state, write_group_attrs
 from ..core.meta import TableMeta, check_vocab
 from ..core.store import TableStore, open_store
+from ..edits.journal import finish_journal
 from ..edits.log import Commit, EditLog, Pin, read_log, remove_unlisted_segments
 from ..edits.overlay import Overlay
 from ..edits.session import StagedWrites, make_commit
@@ -468,6 +469,8 @@ def open_table(
     pin = None
     try:
         if lock is not None:
+            if finish_journal(store) is not None:  # a compaction into the base cut short
+                log.warning("%s: finished a compaction into the base cut short", store.url)
             meta, manifest = read_group(store)  # re-read under the lock
             edit_log = read_log(store)
             removed = remove_unlisted_segments(store.location, edit_log)

@@ -5,12 +5,21 @@ folded into the base's chunks, each chunk rewritten once, through a journal)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from engramctl.table import open_table, verify_table
+from engramctl.errors import EngramError
+from engramctl.table import intobase, open_table, verify_table
 from engramctl.table.commits import compact_table, table_history
+from engramctl.table.core.blocksums import BlockSums, add_block_checksums
 from engramctl.table.edits import segment as segment_module
+from engramctl.table.edits.journal import finish_journal
 from engramctl.table.edits.log import segments_path
 from engramctl.table.edits.segment import write_segment
+from engramctl.table.formats.checkpoint_import import import_checkpoint
+from engramctl.table.intobase import compact_into_base
+
+from ..ckpt_util import small_layout as ckpt_layout
+from ..ckpt_util import write_checkpoint
 
 
 def write_commits(path, n_commits=5, seed=0):
@@ -52,3 +61,99 @@ def test_streaming_compaction_writes_what_the_in_ram_merge_writes(fp8_table, tmp
         for layer, rows in want.items():
             np.testing.assert_array_equal(table.gather(layer, np.arange(len(rows))), rows)
     assert verify_table(fp8_table, deep=True).ok
+
+
+# ------------------------------------------------------------------- compact --into-base
+def touched_chunks(path):
+    with open_table(path) as table:
+        per = table.meta.chunk_rows
+        return {
+            k: np.unique(np.asarray(table.overlay.written_ids(k)) // per).size
+            for k in table.overlay.segments
+        }
+
+
+def read_all(path):
+    with open_table(path) as table:
+        return {k: table.gather(k, np.arange(table.meta.layer(k).rows)) for k in table.layers}
+
+
+def assert_reads(path, want):
+    got = read_all(path)
+    for layer, rows in want.items():
+        np.testing.assert_array_equal(got[layer], rows)
+
+
+@pytest.mark.parametrize("kind", ["fp8_table", "f32_table"])
+def test_into_base_rewrites_each_touched_chunk_once_and_drops_the_commits(kind, request):
+    path = request.getfixturevalue(kind)
+    add_block_checksums(path)
+    want = write_commits(path)
+    chunks = touched_chunks(path)
+    result = compact_into_base(path)
+    assert result.commits_merged == 5 and result.chunks == chunks
+    assert_reads(path, want)
+    history = table_history(path)
+    assert not history.commits and history.events[-1]["kind"] == "compact-into-base"
+    assert not list(segments_path(path).iterdir())  # no commit left, nothing pinned
+    assert not (path / "edits" / "journal.json").exists()
+    report = verify_table(path, deep=True)
+    assert report.ok, report.problems
+    with open_table(path) as table:  # the new chunks' block records are current
+        for layer in table.layers:
+            sums = BlockSums.open(table.store, table.meta, layer)
+            for chunk, entry in table.manifest[layer].items():
+                if entry[2] == "compact":
+                    assert sums.for_chunk(chunk, entry[0]) is not None
+    assert compact_into_base(path).commits_merged == 0  # nothing left to do
+
+
+@pytest.mark.parametrize("stop", ["before", "renames", "manifest", "log"])
+def test_into_base_cut_short_reads_equal_and_the_next_writer_finishes(f32_table, stop, monkeypatch):
+    want = write_commits(f32_table)
+    if stop == "before":  # staged, not decided: rolled back
+        monkeypatch.setattr(intobase, "write_journal", crash)
+    else:
+        monkeypatch.setattr(
+            intobase, "finish_journal", lambda store: finish_journal(store, stop_after=stop)
+        )
+    try:
+        compact_into_base(f32_table)
+    except Crash:
+        pass
+    monkeypatch.undo()
+    assert_reads(f32_table, want)  # a reader of the half-done table: equal, no error
+    with open_table(f32_table, "r+"):  # the next writer finishes (or rolls back) it
+        pass
+    assert not (f32_table / "edits" / "journal.json").exists()
+    assert not list((f32_table / "edits" / "staging").iterdir())
+    assert len(table_history(f32_table).commits) == (5 if stop == "before" else 0)
+    assert_reads(f32_table, want)
+    report = verify_table(f32_table, deep=True)
+    assert report.ok, report.problems
+
+
+class Crash(Exception):
+    pass
+
+
+def crash(*args, **kwargs):
+    raise Crash
+
+
+def test_into_base_is_refused_with_readers_a_writer_or_a_linked_base(f32_table, tmp_path, ds_vocab):
+    write_commits(f32_table, n_commits=1)
+    reader = open_table(f32_table)
+    with pytest.raises(EngramError, match=r"1 reader\(s\) have the table open.*engramctl compact"):
+        compact_into_base(f32_table)
+    reader.close()
+    with open_table(f32_table, "r+"):
+        with pytest.raises(EngramError, match="writ"):
+            compact_into_base(f32_table)
+    assert len(table_history(f32_table).commits) == 1
+    layout = ckpt_layout(ds_vocab, ngram_vocab=(500, 500), layers=(1, 15))
+    write_checkpoint(tmp_path / "ckpt", layout, dim=64)
+    linked = tmp_path / "linked.zarr"
+    import_checkpoint(tmp_path / "ckpt", linked, vocab=ds_vocab, link=True, chunk_rows=300)
+    with pytest.raises(EngramError, match="linked to a checkpoint.*engramctl compact"):
+        compact_into_base(linked)
