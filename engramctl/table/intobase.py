@@ -10,6 +10,7 @@ finishes the compaction or, before the journal, drops what was staged.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from .core.store import open_store
 from .edits.journal import (
     ChunkRewrite,
     Journal,
+    discard_staging,
     finish_journal,
     staged_name,
     staging_path,
@@ -135,7 +137,17 @@ def compact_into_base(
             return IntoBaseResult(url, 0)
         _refuse_readers(table, path)
         rows = {k: int(table.overlay.written_ids(k).size) for k in table.overlay.segments}
-        rewrites = _stage_chunks(table, progress)
+        try:
+            rewrites = _stage_chunks(table, progress)
+        except BaseException as exc:  # not decided: the table never changed
+            discard_staging(table.path)
+            if isinstance(exc, OSError):
+                why = "the disk is full" if exc.errno == errno.ENOSPC else exc.strerror or exc
+                raise EngramError(
+                    f"cannot compact {url} into its base: {why}; nothing was changed (the table "
+                    "reads as before); free space and run it again"
+                ) from None
+            raise
         merged = tuple(c.id for c in edit_log.commits)
         event = {
             "kind": "compact-into-base",

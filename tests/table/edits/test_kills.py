@@ -14,6 +14,10 @@ import pytest
 
 from engramctl.table import open_table, verify_table
 from engramctl.table.commits import compact_table, table_history
+from engramctl.table.edits.journal import journal_path
+from engramctl.table.intobase import compact_into_base
+
+from .test_compact import assert_reads, write_commits
 
 WRITER = """
 import sys, numpy as np
@@ -33,6 +37,13 @@ import sys
 from engramctl.table.commits import compact_table
 print("ready", flush=True)
 compact_table(sys.argv[1])
+"""
+
+INTO_BASE = """
+import sys
+from engramctl.table.intobase import compact_into_base
+print("ready", flush=True)
+compact_into_base(sys.argv[1])
 """
 
 
@@ -96,3 +107,24 @@ def test_a_kill_during_compaction_leaves_the_table_equal_and_compaction_resumes(
     with open_table(f32_table) as table:
         for layer in (1, 15):
             np.testing.assert_array_equal(table.gather(layer, np.arange(300)), want[layer])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_a_kill_during_compaction_into_the_base_leaves_it_readable_and_equal(f32_table, sig):
+    rng = np.random.default_rng(int(sig) + 7)
+    for trial in range(3):
+        want = write_commits(f32_table, n_commits=3, seed=trial)
+        before = len(table_history(f32_table).commits)
+        run_and_kill(INTO_BASE, [f32_table], sig, float(rng.uniform(0.0, 0.4)))
+        assert_reads(f32_table, want)  # a reader, before any writer finishes it
+        cut_short = journal_path(f32_table).exists()
+        with open_table(f32_table, "r+"):  # finishes it (journal) or drops what was staged
+            pass
+        assert not journal_path(f32_table).exists()
+        assert len(table_history(f32_table).commits) in ((0,) if cut_short else (0, before))
+        assert_reads(f32_table, want)
+        report = verify_table(f32_table, deep=True)
+        assert report.ok, report.problems
+    compact_into_base(f32_table)  # whatever was left, folded
+    assert not table_history(f32_table).commits
+    assert_reads(f32_table, want)
