@@ -72,3 +72,22 @@ def test_a_damaged_segment_fails_verify_with_what_to_do(f32_table):
     victim.write_bytes(victim.read_bytes()[:-5])
     result = run("verify", f32_table)
     assert result.exit_code == 1 and "revert --to" in result.output and victim.name in result.output
+
+
+def test_compact_into_base_through_the_cli(f32_table):
+    commit_twice(f32_table)
+    reader = open_table(f32_table)
+    result = run("compact", f32_table, "--into-base")
+    assert result.exit_code == 1 and "1 reader(s) have the table open" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    reader.close()
+    result = run("compact", f32_table, "--into-base")
+    assert result.exit_code == 0, result.output
+    assert "2 commits folded into the base (layer 1: 1, layer 15: 1 chunks" in result.stdout
+    assert "into the base (2 chunks rewritten)" in run("history", f32_table).stdout
+    with open_table(f32_table) as table:
+        assert not table.commits
+        assert table.gather(1, [1, 2])[:, 0].tolist() == [1.0, 2.0]
+        assert table.gather(15, [3])[0, 0] == 3.0
+    doc = json.loads(run("compact", f32_table, "--into-base", "--json").stdout)
+    assert doc["commits_merged"] == 0 and doc["into_base"]
