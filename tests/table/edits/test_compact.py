@@ -15,6 +15,7 @@ from engramctl.table.edits import segment as segment_module
 from engramctl.table.edits.journal import finish_journal
 from engramctl.table.edits.log import segments_path
 from engramctl.table.edits.segment import write_segment
+from engramctl.table.formats.checkpoint_export import export_checkpoint
 from engramctl.table.formats.checkpoint_import import import_checkpoint
 from engramctl.table.intobase import compact_into_base
 
@@ -30,7 +31,7 @@ def write_commits(path, n_commits=5, seed=0):
             with table.edit(f"c{i}") as block:
                 for layer in table.layers:
                     n = table.meta.layer(layer).rows
-                    ids = rng.choice(n, size=int(rng.integers(20, 300)), replace=False)
+                    ids = rng.choice(n, size=min(n // 2, int(rng.integers(20, 300))), replace=False)
                     values = rng.standard_normal((ids.size, table.dim)).astype(np.float32)
                     block.write_rows(layer, ids, values)
     with open_table(path) as table:
@@ -157,3 +158,21 @@ def test_into_base_is_refused_with_readers_a_writer_or_a_linked_base(f32_table, 
     import_checkpoint(tmp_path / "ckpt", linked, vocab=ds_vocab, link=True, chunk_rows=300)
     with pytest.raises(EngramError, match="linked to a checkpoint.*engramctl compact"):
         compact_into_base(linked)
+
+
+def test_deepseek_export_of_commits_equals_the_compacted_table_and_gather(tmp_path, tiny_vocab):
+    layout = ckpt_layout(tiny_vocab)
+    write_checkpoint(tmp_path / "ckpt", layout, dim=64)
+    path = tmp_path / "t.zarr"
+    import_checkpoint(tmp_path / "ckpt", path, vocab=tiny_vocab, chunk_rows=11)
+    want = write_commits(path, n_commits=3)
+    export_checkpoint(path, tmp_path / "with-commits")
+    import_checkpoint(tmp_path / "with-commits", tmp_path / "back.zarr", vocab=tiny_vocab)
+    assert_reads(tmp_path / "back.zarr", want)  # the export holds gather's rows, bit for bit
+    compact_into_base(path)
+    export_checkpoint(path, tmp_path / "compacted")
+    shards = sorted(p.name for p in (tmp_path / "compacted").glob("*.safetensors"))
+    assert shards == sorted(p.name for p in (tmp_path / "with-commits").glob("*.safetensors"))
+    for name in shards:
+        a, b = (tmp_path / d / name for d in ("with-commits", "compacted"))
+        assert a.read_bytes() == b.read_bytes()
