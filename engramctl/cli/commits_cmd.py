@@ -22,7 +22,8 @@ TableArg = Annotated[Path, typer.Argument(help="Table directory (a zarr v3 group
 def _made_by(made_by: dict) -> str:
     kind = made_by.get("kind", "?")
     if kind == "train" and made_by.get("run_id"):
-        return f"train run {made_by['run_id']}"
+        mode = f" ({made_by['mode']})" if made_by.get("mode") else ""
+        return f"train run {made_by['run_id']}{mode}"
     if kind == "compact":
         return f"compaction of {len(made_by.get('merged') or [])} commits"
     extra = ", ".join(f"{k} {v}" for k, v in made_by.items() if k != "kind")
@@ -31,7 +32,8 @@ def _made_by(made_by: dict) -> str:
 
 @command("history")
 def history_command(table: TableArg, json_out: JsonFlag = False) -> None:
-    """The commits of a table, oldest first: id, time, rows per layer, bytes, what made it.
+    """The commits of a table, oldest first: id, time, rows per layer, bytes, what made it;
+    then the reverts and compactions, and the training runs that wrote rows.
 
     Example:
     engramctl history table.zarr --json
@@ -62,6 +64,14 @@ def history_command(table: TableArg, json_out: JsonFlag = False) -> None:
             elif event.get("kind") == "compact-into-base":
                 what += f" into the base ({event.get('chunks')} chunks rewritten)"
             console.print(f"  {event.get('time')}: {what}", markup=False)
+    for run in history.runs if not STATE["quiet"] else ():
+        steps = run.get("checkpoint_step", run.get("steps"))
+        state = " (incomplete)" if run.get("incomplete") else ""
+        console.print(
+            f"  run {run.get('run_id')}: {run.get('mode', '?')}, step {steps} of "
+            f"{run.get('steps')}, checkpoint {run.get('checkpoint')}{state}",
+            markup=False,
+        )
 
 
 @command("revert")

@@ -10,15 +10,24 @@ rename (or at the next open for writing), never while a live reader's pin lists 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ..errors import EngramError
 from .core.lock import WriterLock
-from .core.manifest import read_group
+from .core.manifest import read_group, table_state
 from .core.store import open_store
-from .edits.log import Commit, EditLog, read_log, remove_unlisted_segments, utc_now, write_log
+from .edits.log import (
+    Commit,
+    new_commit_id,
+    read_log,
+    remove_unlisted_segments,
+    restate,
+    rows_state,
+    utc_now,
+    write_log,
+)
 from .edits.session import StreamedRows, make_commit
 from .sources.table import open_table
 
@@ -31,6 +40,7 @@ class TableHistory:
     path: str
     commits: tuple[Commit, ...]
     events: tuple[dict, ...]
+    runs: tuple[dict, ...] = ()  # records of the training runs that wrote rows, oldest first
 
     def to_dict(self) -> dict:
         return {
@@ -48,6 +58,7 @@ class TableHistory:
                 for c in self.commits
             ],
             "events": list(self.events),
+            "runs": list(self.runs),
         }
 
 
@@ -64,7 +75,8 @@ def table_history(path, *, storage_options: dict | None = None) -> TableHistory:
     with open_table(path, storage_options=storage_options) as table:  # refuses a non-table
         edit_log = table.edit_log
         where = table.store.url
-    return TableHistory(where, edit_log.commits, edit_log.events)
+        runs = table.runs
+    return TableHistory(where, edit_log.commits, edit_log.events, runs)
 
 
 @dataclass(frozen=True)
@@ -103,7 +115,8 @@ def revert_table(path, to: str) -> RevertResult:
         dropped = tuple(c.id for c in edit_log.commits[keep:])
         if dropped:
             event = {"kind": "revert", "time": utc_now(), "to": to, "dropped": list(dropped)}
-            edit_log = EditLog(edit_log.commits[:keep], (*edit_log.events, event), exists=True)
+            kept = edit_log.commits[:keep]
+            edit_log = replace(edit_log, commits=kept, events=(*edit_log.events, event))
             write_log(store.location, edit_log)
         removed = remove_unlisted_segments(store.location, edit_log)
     return RevertResult(store.url, edit_log.head, dropped, len(removed))
@@ -129,6 +142,11 @@ class CompactResult:
             "bytes_after": self.bytes_after,
             "removed_segments": self.removed_segments,
         }
+
+
+def base_state(table) -> str:
+    """The checksum of a table's base (:func:`~engramctl.table.core.manifest.table_state`)."""
+    return table_state(table.meta, table.manifest)
 
 
 def _streamed_layer(table, layer_id: int, report: Callable[[int], None]) -> StreamedRows:
@@ -183,10 +201,13 @@ def compact_table(path, *, progress: Callable[[int, int], None] | None = None) -
             for c in edit_log.commits
         ]
         event = {"kind": "compact", "time": utc_now(), "merged": [c.id for c in edit_log.commits]}
+        commit_id = new_commit_id()  # the rows do not change: a run record's state follows
+        runs = restate(edit_log.runs, table.state, rows_state(base_state(table), commit_id))
         new_log, _ = make_commit(
             table.path,
-            EditLog((), (*edit_log.events, event), exists=True),
+            replace(edit_log, commits=(), events=(*edit_log.events, event), runs=runs),
             layers,
+            commit_id=commit_id,
             made_by={"kind": "compact", "merged": merged},
             message=f"compaction of {len(merged)} commits",
         )

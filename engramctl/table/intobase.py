@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import EngramError
 from .core.codec import crc32_of, encode_chunk
-from .core.manifest import read_group
+from .core.manifest import read_group, table_state
 from .core.store import open_store
 from .edits.journal import (
     ChunkRewrite,
@@ -157,7 +157,11 @@ def compact_into_base(
                         for c in edit_log.commits],
             "chunks": len(rewrites),
         }  # fmt: skip
-        write_journal(table.path, Journal(merged, tuple(rewrites), event))
+        manifest = {layer: dict(chunks) for layer, chunks in table.manifest.items()}
+        for r in rewrites:
+            manifest.setdefault(r.layer, {})[r.chunk] = r.entry
+        states = (table.state, table_state(table.meta, manifest))  # same rows: records follow
+        write_journal(table.path, Journal(merged, tuple(rewrites), event, states))
         finish_journal(table.store)
     chunks: dict[int, int] = {}
     for rewrite in rewrites:

@@ -37,7 +37,7 @@ from ...errors import EngramError
 from ..core.blocksums import update_block_record
 from ..core.codec import chunk_key
 from ..core.manifest import read_group, write_group_attrs
-from .log import EDITS_DIR, EditLog, edits_path, read_log, remove_unlisted_segments, write_log
+from .log import EDITS_DIR, edits_path, read_log, remove_unlisted_segments, restate, write_log
 
 JOURNAL_NAME = "journal.json"
 STAGING_DIR = "staging"
@@ -81,6 +81,7 @@ class Journal:
     merged: tuple[str, ...]
     chunks: tuple[ChunkRewrite, ...]
     event: dict
+    states: tuple[str, str] = ("", "")  # the rows' state before and after (run records)
 
     def to_dict(self) -> dict:
         body = {
@@ -88,6 +89,7 @@ class Journal:
             "merged": list(self.merged),
             "chunks": [[c.layer, c.chunk, c.staged, c.crc32, c.size] for c in self.chunks],
             "event": self.event,
+            "states": list(self.states),
         }
         return body | {"sha256": _digest(body)}
 
@@ -118,7 +120,9 @@ def parse_journal(data: bytes, *, where: str) -> Journal:
         chunks = tuple(
             ChunkRewrite(int(a), int(b), str(c), int(d), int(e)) for a, b, c, d, e in doc["chunks"]
         )
-        return Journal(tuple(str(i) for i in doc["merged"]), chunks, dict(doc["event"]))
+        merged = tuple(str(i) for i in doc["merged"])
+        before, after = (str(s) for s in doc["states"])
+        return Journal(merged, chunks, dict(doc["event"]), (before, after))
     except (ValueError, KeyError, TypeError) as exc:
         raise EngramError(
             f"{where} is damaged ({exc}); the compaction into the base it records cannot be "
@@ -199,7 +203,9 @@ def finish_journal(store, *, stop_after: str | None = None) -> Journal | None:
         kept = tuple(c for c in edit_log.commits if c.id not in merged)
         if kept and kept[0].parent in merged:  # commits made after it: rebased on the base
             kept = (replace(kept[0], parent=None), *kept[1:])
-        edit_log = EditLog(kept, (*edit_log.events, journal.event), exists=True)
+        runs = restate(edit_log.runs, *journal.states)
+        events = (*edit_log.events, journal.event)
+        edit_log = replace(edit_log, commits=kept, events=events, runs=runs)
         write_log(root, edit_log)
     if stop_after == "log":
         return journal

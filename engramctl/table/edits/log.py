@@ -2,10 +2,11 @@
 
 The log is the one file that makes commits visible: a small JSON document listing the commits
 oldest first (id, parent, time, what made it, a message, and per layer its segment file with rows,
-size and CRC-32), plus the events that rewrote it (reverts, compactions), and a SHA-256 of all
-that. A commit is visible once :func:`write_log` has renamed a new log into place (one atomic
-rename, fsynced); a segment the log does not list is an orphan (a commit cut short) and is removed
-at the next open for writing.
+size and CRC-32), plus the events that rewrote it (reverts, compactions), the records of the
+training runs that wrote rows (``runs``: run id, options, the rows' state they left), and a
+SHA-256 of all that. A commit is visible once :func:`write_log` has renamed a new log into place
+(one atomic rename, fsynced); a segment the log does not list is an orphan (a commit cut short)
+and is removed at the next open for writing.
 
 A reader pins what it reads: ``edits/pins/<host>-<pid>-<token>`` lists the segment files of the
 log it opened. Whoever deletes segments (compaction, the orphan clean-up) spares those a live
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from ..._files import write_file_atomic
 from ...errors import EngramError
+from ..core.manifest import json_digest
 from .segment import SegmentFile
 
 EDITS_DIR = "edits"
@@ -55,6 +57,20 @@ def segment_name(commit_id: str, layer_id: int) -> str:
 def new_commit_id() -> str:
     """A fresh commit id: 12 random hex digits."""
     return secrets.token_hex(6)
+
+
+def rows_state(base_state: str, head: str | None) -> str:
+    """The checksum of a table's rows: its base's (:func:`~engramctl.table.core.manifest.
+    table_state`) and the commit it reads (the head), if any."""
+    if head is None:
+        return base_state
+    return json_digest({"base": base_state, "head": head})
+
+
+def restate(runs: tuple[dict, ...], before: str, after: str) -> tuple[dict, ...]:
+    """Run records after a compaction (same rows, new state): those whose ``state`` was
+    ``before`` now say ``after``, so a checkpoint still matches the table it trained."""
+    return tuple(r | {"state": after} if r.get("state") == before else r for r in runs)
 
 
 def utc_now() -> str:
@@ -109,6 +125,7 @@ class EditLog:
     commits: tuple[Commit, ...] = ()
     events: tuple[dict, ...] = ()
     exists: bool = False  # a log file was read (the table was ever edited)
+    runs: tuple[dict, ...] = ()  # records of the training runs that wrote rows, oldest first
 
     @property
     def head(self) -> str | None:
@@ -149,7 +166,14 @@ class EditLog:
             "commits": [c.to_dict() for c in self.commits],
             "events": list(self.events),
         }
+        if self.runs:
+            body["runs"] = list(self.runs)
         return body | {"sha256": _digest(body)}
+
+    def with_run(self, record: dict) -> EditLog:
+        """The log with a run's record (replacing an earlier record of the same ``run_id``)."""
+        earlier = tuple(r for r in self.runs if r.get("run_id") != record.get("run_id"))
+        return replace(self, runs=(*earlier, dict(record)))
 
 
 def _digest(body: dict) -> str:
@@ -173,11 +197,12 @@ def parse_log(data: bytes, *, where: str) -> EditLog:
             raise ValueError("its checksum does not match its content")
         commits = tuple(Commit.from_dict(c) for c in doc["commits"])
         events = tuple(dict(e) for e in doc.get("events") or ())
+        runs = tuple(dict(r) for r in doc.get("runs") or ())
     except EngramError:
         raise
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise EngramError(f"{where} is damaged ({exc}); {advice}") from None
-    return EditLog(commits, events, exists=True)
+    return EditLog(commits, events, exists=True, runs=runs)
 
 
 def read_log(store) -> EditLog:
@@ -268,6 +293,24 @@ def live_pins(table_path, *, remove_dead: bool = False) -> dict[str, set[str]]:
     return pins
 
 
+def snapshot(store) -> tuple[EditLog, Pin | None]:
+    """A reader's log and its pin: the log read, pinned, and read again until the pin holds the
+    log read (a compaction between the read and the pin would have deleted its segments)."""
+    edit_log = read_log(store)
+    if not edit_log.exists or not store.is_local:
+        return edit_log, None
+    pin = Pin(store.location)
+    for _ in range(100):
+        if not pin.hold(edit_log):
+            return edit_log, None  # a read-only directory: nobody compacts it under us
+        again = read_log(store)
+        if again == edit_log:
+            return edit_log, pin
+        edit_log = again
+    pin.release()
+    raise EngramError(f"{store.url}: its commits kept changing while it was opened; try again")
+
+
 def remove_unlisted_segments(table_path, log: EditLog) -> list[str]:
     """Delete segment files that neither ``log`` nor a live reader's pin lists (orphans of a
     commit cut short, segments a revert or a compaction dropped); returns their names. Call it
@@ -293,6 +336,7 @@ __all__ = [
     "Commit",
     "EditLog",
     "Pin",
+    "snapshot",
     "read_log",
     "write_log",
     "parse_log",
@@ -304,5 +348,7 @@ __all__ = [
     "segments_path",
     "log_path",
     "utc_now",
+    "rows_state",
+    "restate",
     "EDITS_DIR",
 ]

@@ -128,15 +128,18 @@ def make_commit(
     made_by: dict,
     message: str = "",
     side: dict[int, dict[str, np.ndarray]] | None = None,
+    commit_id: str | None = None,
 ) -> tuple[EditLog, Commit]:
     """Write ``layers`` (``{layer: (sorted distinct ids, stored rows)}``, or
     :class:`StreamedRows`) as one commit after ``log``; returns the new log (now the table's)
     and the commit. Call under the writer lock.
 
-    A failure leaves the table's log as it was and removes what this call wrote; a full disk or
+    ``commit_id``: the new commit's id, chosen by the caller (a run record naming the state
+    after it goes into the same log), else a fresh one. A failure leaves the table's log as it
+    was and removes what this call wrote; a full disk or
     another OS error is one :class:`EngramError` line.
     """
-    commit_id = new_commit_id()
+    commit_id = commit_id or new_commit_id()
     folder = segments_path(table_path)
     written: list = []
     where = f"{table_path}"

@@ -32,11 +32,21 @@ from ..core.codec import chunk_key
 from ..core.dtypes import encode_rows
 from ..core.info import LayerInfo, TableInfo, table_info
 from ..core.lock import LOCK_NAME, WriterLock, active_writer
-from ..core.manifest import json_digest, read_group, table_state, write_group_attrs
+from ..core.manifest import read_group, table_state, write_group_attrs
 from ..core.meta import TableMeta, check_vocab
 from ..core.store import TableStore, open_store
 from ..edits.journal import finish_journal
-from ..edits.log import Commit, EditLog, Pin, read_log, remove_unlisted_segments
+from ..edits.log import (
+    Commit,
+    EditLog,
+    Pin,
+    new_commit_id,
+    read_log,
+    remove_unlisted_segments,
+    rows_state,
+    snapshot,
+    write_log,
+)
 from ..edits.overlay import Overlay
 from ..edits.session import StagedWrites, make_commit
 from ._gather import check_row_ids
@@ -100,6 +110,7 @@ class Table:
         self._pin = pin
         self._staged = StagedWrites()
         self._origin: dict = {"kind": "write"}  # what made the next commit (see record_run)
+        self._runs_dirty = False  # a run record not in the log file yet
         self.overlay: Overlay | None = None
         try:
             self.overlay = self._open_overlay(self.edit_log)
@@ -292,17 +303,21 @@ class Table:
             self._staged.clear()  # the block is all or nothing: nothing is left to commit later
             raise
 
-    def commit(self, message: str = "", *, made_by: dict | None = None) -> Commit | None:
-        """Commit the staged rows (one segment per layer, then the log's rename); returns the
-        commit, or ``None`` if nothing was staged."""
+    def commit(
+        self, message: str = "", *, made_by: dict | None = None, commit_id: str | None = None
+    ) -> Commit | None:
+        """Commit the staged rows (one segment per layer, then the log's rename, with any run
+        record not written yet); returns the commit, or ``None`` if nothing was staged."""
         if self._staged.empty:
             return None
         self._check_writable()
         layers = {layer_id: self._staged.merged(layer_id) for layer_id in self._staged.layers}
         new_log, commit = make_commit(
-            self.path, self.edit_log, layers, made_by=made_by or self._origin, message=message
-        )
+            self.path, self.edit_log, layers, made_by=made_by or self._origin, message=message,
+            commit_id=commit_id,
+        )  # fmt: skip
         self._staged.clear()
+        self._runs_dirty = False
         old, self.edit_log = self.overlay, new_log
         self.overlay = self._open_overlay(new_log)
         if old is not None:
@@ -339,35 +354,38 @@ class Table:
     def state(self) -> str:
         """Checksum of the rows as this handle holds them (written chunks and the commits
         included; rows staged but not committed are not)."""
-        base = table_state(self.meta, self.manifest)
-        if not self.edit_log.commits:
-            return base
-        return json_digest({"base": base, "head": self.edit_log.head})
+        return rows_state(table_state(self.meta, self.manifest), self.edit_log.head)
 
     @property
     def runs(self) -> tuple[dict, ...]:
-        """Training runs that wrote rows to this table, oldest first (see :meth:`record_run`)."""
-        return self.meta.runs
+        """Training runs that wrote rows to this table, oldest first (see :meth:`record_run`):
+        the log's records, after those an older engramctl kept in ``zarr.json``."""
+        newer = {r.get("run_id") for r in self.edit_log.runs}
+        return (*(r for r in self.meta.runs if r.get("run_id") not in newer), *self.edit_log.runs)
 
     def record_run(self, run: dict) -> dict:
-        """Record a run that wrote rows (after its rows, before :meth:`flush`, which writes the
-        record with the manifest in one atomic write); it replaces an earlier record of the same
-        ``run_id``. Returns the record, with ``state``. Rows staged before it are committed
-        first (so ``state`` covers them); later commits name the run in ``history``."""
-        if self.mode == "r":
-            raise EngramError(f"{self.path} is open read-only; open it with mode='r+' to write")
-        self.commit()
-        self._origin = {"kind": "train", "run_id": run.get("run_id")}
-        record = {**run, "state": self.state}
-        earlier = tuple(r for r in self.meta.runs if r.get("run_id") != run.get("run_id"))
-        self.meta = dataclasses.replace(self.meta, runs=(*earlier, record))
-        self._dirty = True
+        """Record a run that wrote rows, after its rows (replacing a record of the same
+        ``run_id``); returns it, with ``state`` (the checksum of the rows it left). It goes into
+        the log with the rows staged before it (one rename), or at :meth:`flush` if none are;
+        later commits name the run (id, mode, steps, checkpoint) in ``history``."""
+        self._check_writable()
+        keys = ("run_id", "mode", "steps", "checkpoint")
+        self._origin = {"kind": "train"} | {k: run[k] for k in keys if k in run}
+        commit_id = None if self._staged.empty else new_commit_id()
+        base = table_state(self.meta, self.manifest)
+        record = {**run, "state": rows_state(base, commit_id or self.edit_log.head)}
+        self.edit_log = self.edit_log.with_run(record)
+        self._runs_dirty = commit_id is None
+        self.commit(commit_id=commit_id)
         return record
 
     def flush(self) -> None:
-        """Commit the staged rows, and write the manifest (and run records) to the group
-        attributes if they changed."""
+        """Commit the staged rows, write run records recorded since (the log), and write the
+        manifest to the group attributes if it changed."""
         self.commit()
+        if self._runs_dirty:
+            write_log(self.path, self.edit_log)
+            self._runs_dirty = False
         if self._dirty:
             write_group_attrs(self.path, self.meta, self.manifest)
             self._dirty = False
@@ -493,24 +511,6 @@ def open_table(
         if lock is not None:
             lock.release()
         raise
-
-
-def snapshot(store: TableStore) -> tuple[EditLog, Pin | None]:
-    """A reader's log and its pin: the log read, pinned, and read again until the pin holds the
-    log read (a compaction between the read and the pin would have deleted its segments)."""
-    edit_log = read_log(store)
-    if not edit_log.exists or not store.is_local:
-        return edit_log, None
-    pin = Pin(store.location)
-    for _ in range(100):
-        if not pin.hold(edit_log):
-            return edit_log, None  # a read-only directory: nobody compacts it under us
-        again = read_log(store)
-        if again == edit_log:
-            return edit_log, pin
-        edit_log = again
-    pin.release()
-    raise EngramError(f"{store.url}: its commits kept changing while it was opened; try again")
 
 
 __all__ = ["open_table", "read_info", "Table", "TableInfo", "LayerInfo", "LOCK_NAME"]
