@@ -1,9 +1,9 @@
 """Which training run wrote a table's rows, and whether a checkpoint still matches its table.
 
-A run that writes rows appends a record to the table's metadata (``runs``: run id, checkpoint,
+A run that writes rows appends a record to the table's commits log (``runs``: run id, checkpoint,
 time, steps, mode, and ``state``, the checksum of the rows it left; see
-:meth:`engramctl.table.sources.table.Table.record_run`) in the same atomic write as the manifest of
-its rows. Its checkpoint pins that run (``table_state`` in ``config.json``: table path and run id).
+:meth:`engramctl.table.sources.table.Table.record_run`) in the same rename as the commit of its
+rows. Its checkpoint pins that run (``table_state`` in ``config.json``: table path and run id).
 
 - ``train`` on a table that an earlier run trained would change that model's rows: it is refused
   unless the user says ``--continue`` (train on from those rows) or ``--overwrite-rows``, or the
