@@ -85,7 +85,7 @@ def _refuse_readers(table, path) -> None:
 
 def _stage_chunks(table, progress) -> list[ChunkRewrite]:
     """Each touched chunk, base rows with the commits' rows over them, written to the staging
-    folder and fsynced (one chunk in memory at a time)."""
+    folder (one chunk in memory at a time), then every staged file fsynced."""
     meta, overlay = table.meta, table.overlay
     per = meta.chunk_rows
     todo = []
@@ -100,15 +100,19 @@ def _stage_chunks(table, progress) -> list[ChunkRewrite]:
         overlay.apply_range(layer_id, chunk * per, (chunk + 1) * per, rows)
         data = encode_chunk(meta, rows)
         name = staged_name(layer_id, chunk)
-        with open(staging / name, "wb") as handle:
+        with open(staging / name, "wb") as handle:  # fsynced all at once, below
             handle.write(memoryview(data).cast("B"))
-            handle.flush()
-            os.fsync(handle.fileno())
         rewrites.append(
             ChunkRewrite(layer_id, chunk, name, crc32_of(data), memoryview(data).nbytes)
         )
         if progress:
             progress(done + 1, len(todo))
+    for rewrite in rewrites:  # durable before the journal decides (written back meanwhile)
+        fd = os.open(staging / rewrite.staged, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     return rewrites
 
 
