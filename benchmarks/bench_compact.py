@@ -103,12 +103,15 @@ def case_into_base(path: Path) -> dict:
     }
 
 
-def sample(path: Path) -> list:
+def sample(path: Path) -> dict:
+    """A digest of 200,000 random rows as the table reads them."""
+    import hashlib
+
     from engramctl.table.sources.table import open_table
 
     with open_table(path) as table:
         ids = np.random.default_rng(1).integers(0, table.meta.layer(1).rows, 200_000)
-        return table.gather(1, ids)
+        return {"sha256": hashlib.sha256(table.gather(1, ids).tobytes()).hexdigest()}
 
 
 def main() -> int:
@@ -120,22 +123,28 @@ def main() -> int:
     parser.add_argument("--case", default=None)
     parser.add_argument("--path", default=None)
     args = parser.parse_args()
+    if args.case == "build":
+        print(json.dumps(build(Path(args.path), args.table_rows, args.rows, args.commits)))
+        return 0
     if args.case:
-        case = {"in-ram": case_in_ram, "streaming": case_streaming, "into-base": case_into_base}
-        print(json.dumps(case[args.case](Path(args.path))))
+        cases = {"in-ram": case_in_ram, "streaming": case_streaming, "into-base": case_into_base}
+        print(json.dumps((cases | {"sample": sample})[args.case](Path(args.path))))
         return 0
     me = str(Path(__file__).resolve())
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench_compact_") as tmp:
         work = Path(tmp)
         (work / "a").mkdir()
-        built = build(work / "a" / "t.zarr", args.table_rows, args.rows, args.commits)
+        sizes = ["--rows", str(args.rows), "--commits", str(args.commits)]
+        sizes += ["--table-rows", str(args.table_rows)]
+        # every case in a child: Linux carries a parent's peak RSS into its children's ru_maxrss
+        built = run_json_case(me, "--case", "build", "--path", str(work / "a" / "t.zarr"), *sizes)
         print(
             f"table: {built['table_rows']:,} fp8 rows of {built['row_bytes']} B, lazy; "
             f"{built['written']:,} rows written as {args.commits} commits "
             f"({built['distinct']:,} distinct, {built['commit_bytes'] / 2**20:,.0f} MiB of "
             f"segments) in {built['seconds']:.1f}s"
         )
-        want = sample(work / "a" / "t.zarr")
+        want = run_json_case(me, "--case", "sample", "--path", str(work / "a" / "t.zarr"))
         for name in ("b", "c"):
             shutil.copytree(work / "a", work / name)
         merged_mib = built["distinct"] * built["row_bytes"] / 2**20
@@ -150,7 +159,7 @@ def main() -> int:
             f"speed), peak RSS {new['rss']:,.0f} MiB "
             f"({new['rss'] / ref['rss']:.2f}x); same file: {new['crc'] == ref['crc']}"
         )
-        equal = bool((sample(work / "c" / "t.zarr") == want).all())
+        equal = run_json_case(me, "--case", "sample", "--path", str(work / "c" / "t.zarr")) == want
         print(
             f"compact --into-base:     {base['seconds']:.1f}s, {base['chunks']:,} chunks rewritten "
             f"once ({base['bytes_written'] / 2**20:,.0f} MiB), peak RSS {base['rss']:,.0f} MiB; "

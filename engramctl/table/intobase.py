@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import EngramError
-from .core.codec import crc32_of, encode_chunk
+from .core.codec import crc32_of, encode_chunk, init_chunk_rows
 from .core.manifest import read_group, table_state
 from .core.store import open_store
 from .edits.journal import (
@@ -96,7 +96,10 @@ def _stage_chunks(table, progress) -> list[ChunkRewrite]:
     staging.mkdir(parents=True, exist_ok=True)
     rewrites = []
     for done, (layer_id, chunk) in enumerate(todo):
-        rows = np.array(table.source.read_chunk(layer_id, chunk))  # the base's, copied
+        rows = table.source.read_chunk_file(layer_id, chunk)  # the base's, or None: lazy
+        if rows is None:  # init values, computed in parallel (most of the time of a lazy base)
+            rows = init_chunk_rows(meta, layer_id, chunk)
+        rows = np.array(rows)  # a copy to write over
         overlay.apply_range(layer_id, chunk * per, (chunk + 1) * per, rows)
         data = encode_chunk(meta, rows)
         name = staged_name(layer_id, chunk)

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..._files import write_file_atomic
 from ...errors import EngramError
-from ..core.blocksums import update_block_record
+from ..core.blocksums import blocks_key, update_block_record
 from ..core.codec import chunk_key
 from ..core.manifest import read_group, write_group_attrs
 from .log import EDITS_DIR, edits_path, read_log, remove_unlisted_segments, restate, write_log
@@ -191,8 +191,9 @@ def finish_journal(store, *, stop_after: str | None = None) -> Journal | None:
         return journal
     for c in journal.chunks:
         if manifest.get(c.layer, {}).get(c.chunk) != c.entry:
-            data = np.fromfile(root / chunk_key(c.layer, c.chunk), dtype=np.uint8)
-            update_block_record(store, meta, c.layer, c.chunk, c.crc32, data)
+            if (root / blocks_key(meta, c.layer)).exists():  # the layer has block checksums
+                data = np.fromfile(root / chunk_key(c.layer, c.chunk), dtype=np.uint8)
+                update_block_record(store, meta, c.layer, c.chunk, c.crc32, data)
             manifest.setdefault(c.layer, {})[c.chunk] = c.entry
     write_group_attrs(root, meta, manifest)
     if stop_after == "manifest":
