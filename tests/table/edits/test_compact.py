@@ -142,7 +142,9 @@ def crash(*args, **kwargs):
     raise Crash
 
 
-def test_into_base_is_refused_with_readers_a_writer_or_a_linked_base(f32_table, tmp_path, ds_vocab):
+def test_into_base_is_refused_with_readers_a_writer_or_a_linked_base(
+    f32_table, tmp_path, tiny_vocab
+):
     write_commits(f32_table, n_commits=1)
     reader = open_table(f32_table)
     with pytest.raises(EngramError, match=r"1 reader\(s\) have the table open.*engramctl compact"):
@@ -152,10 +154,9 @@ def test_into_base_is_refused_with_readers_a_writer_or_a_linked_base(f32_table, 
         with pytest.raises(EngramError, match="writ"):
             compact_into_base(f32_table)
     assert len(table_history(f32_table).commits) == 1
-    layout = ckpt_layout(ds_vocab, ngram_vocab=(500, 500), layers=(1, 15))
-    write_checkpoint(tmp_path / "ckpt", layout, dim=64)
+    write_checkpoint(tmp_path / "ckpt", ckpt_layout(tiny_vocab), dim=64)
     linked = tmp_path / "linked.zarr"
-    import_checkpoint(tmp_path / "ckpt", linked, vocab=ds_vocab, link=True, chunk_rows=300)
+    import_checkpoint(tmp_path / "ckpt", linked, vocab=tiny_vocab, link=True, chunk_rows=11)
     with pytest.raises(EngramError, match="linked to a checkpoint.*engramctl compact"):
         compact_into_base(linked)
 
