@@ -18,6 +18,7 @@ from ..errors import EngramError
 from .core.lock import WriterLock
 from .core.manifest import read_group, table_state
 from .core.store import open_store
+from .edits.journal import finish_journal
 from .edits.log import (
     Commit,
     new_commit_id,
@@ -110,6 +111,7 @@ def revert_table(path, to: str) -> RevertResult:
     store.check_writable()
     read_group(store)  # refuses a non-table (its segments are not read: they may be damaged)
     with WriterLock(store.location):
+        finish_journal(store)  # a compaction into the base cut short: its commits go first
         edit_log = read_log(store)
         keep = 0 if to == "base" else edit_log.index_of(to) + 1
         dropped = tuple(c.id for c in edit_log.commits[keep:])

@@ -9,7 +9,7 @@ import pytest
 
 from engramctl.errors import EngramError
 from engramctl.table import intobase, open_table, verify_table
-from engramctl.table.commits import compact_table, table_history
+from engramctl.table.commits import compact_table, revert_table, table_history
 from engramctl.table.core.blocksums import BlockSums, add_block_checksums
 from engramctl.table.edits import segment as segment_module
 from engramctl.table.edits.journal import finish_journal
@@ -124,6 +124,11 @@ def test_into_base_cut_short_reads_equal_and_the_next_writer_finishes(f32_table,
         pass
     monkeypatch.undo()
     assert_reads(f32_table, want)  # a reader of the half-done table: equal, no error
+    if stop != "before":  # verify names what finishes it
+        report = verify_table(f32_table)
+        assert any("compact --into-base" in p for p in report.problems), report.problems
+    if stop == "renames":  # a revert finishes it first, then drops what is left (nothing)
+        assert revert_table(f32_table, "base").dropped == ()
     with open_table(f32_table, "r+"):  # the next writer finishes (or rolls back) it
         pass
     assert not (f32_table / "edits" / "journal.json").exists()
