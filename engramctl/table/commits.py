@@ -163,7 +163,35 @@ def _streamed_layer(table, layer_id: int, report: Callable[[int], None]) -> Stre
         report(stop - start)
         return rows
 
-    return StreamedRows(ids, dtype, width, produce)
+    return StreamedRows(ids, dtype, width, produce, _side_columns(overlay, layer_id))
+
+
+def _side_columns(overlay, layer_id: int) -> tuple:
+    """The side columns every segment of the layer has (same dtype and width), each produced
+    block by block from the segment holding each id's newest row; a column some segment lacks
+    has no value for that segment's rows and is not carried."""
+    segments = overlay.segments[layer_id]
+    index = overlay.index(layer_id)
+    specs = [
+        {n: (d, w) for n, (d, w, _, _) in s.columns.items() if n not in ("ids", "rows")}
+        for s in segments
+    ]
+    common = {n: spec for n, spec in specs[0].items() if all(o.get(n) == spec for o in specs)}
+    columns = []
+    for name, (dtype, width) in sorted(common.items()):
+
+        def produce(start: int, stop: int, name=name, dtype=dtype, width=width) -> np.ndarray:
+            if index.segment is None:
+                return segments[0].column(name)[start:stop]
+            out = np.empty((stop - start, width), dtype=dtype)
+            seg, slot = index.segment[start:stop], index.slot[start:stop]
+            for which in np.unique(seg).tolist():
+                mine = seg == which
+                out[mine] = segments[which].column(name)[slot[mine]]
+            return out
+
+        columns.append((name, dtype, width, produce))
+    return tuple(columns)
 
 
 def compact_table(path, *, progress: Callable[[int, int], None] | None = None) -> CompactResult:

@@ -37,18 +37,21 @@ from .segment import SegmentFile, write_segment, write_segment_columns
 class StreamedRows:
     """A layer of a commit whose rows are produced block by block as its segment is written
     (compaction: O(block) memory however many rows): sorted distinct ``ids``, the stored rows'
-    ``dtype`` and ``width``, and ``produce(start, stop)`` giving the rows of ``ids[start:stop]``."""
+    ``dtype`` and ``width``, ``produce(start, stop)`` giving the rows of ``ids[start:stop]``,
+    and side columns ``(name, dtype, width, produce)`` produced the same way."""
 
     ids: np.ndarray
     dtype: np.dtype
     width: int
     produce: Callable[[int, int], np.ndarray]
+    side: tuple[tuple[str, np.dtype, int, Callable[[int, int], np.ndarray]], ...] = ()
 
     def write(self, path, layer_id: int) -> SegmentFile:
         ids = np.ascontiguousarray(self.ids, dtype="<i8")
         columns = [
             ("ids", ids.dtype, 1, lambda a, b: ids[a:b].reshape(-1, 1)),
             ("rows", self.dtype, self.width, self.produce),
+            *self.side,
         ]
         return write_segment_columns(path, layer_id, ids.size, columns)
 

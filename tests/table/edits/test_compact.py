@@ -15,6 +15,7 @@ from engramctl.table.edits import segment as segment_module
 from engramctl.table.edits.journal import finish_journal
 from engramctl.table.edits.log import segments_path
 from engramctl.table.edits.segment import write_segment
+from engramctl.table.edits.session import make_commit
 from engramctl.table.formats.checkpoint_export import export_checkpoint
 from engramctl.table.formats.checkpoint_import import import_checkpoint
 from engramctl.table.intobase import compact_into_base
@@ -62,6 +63,27 @@ def test_streaming_compaction_writes_what_the_in_ram_merge_writes(fp8_table, tmp
         for layer, rows in want.items():
             np.testing.assert_array_equal(table.gather(layer, np.arange(len(rows))), rows)
     assert verify_table(fp8_table, deep=True).ok
+
+
+def test_streaming_compaction_carries_the_side_columns_every_segment_has(f32_table):
+    with open_table(f32_table, "r+") as table:
+        edit_log = table.edit_log
+        for i, ids in enumerate(([1, 5, 9], [5, 7])):
+            ids = np.array(ids)
+            rows = np.full((ids.size, 64), i, np.float32)
+            side = {"m": np.full((ids.size, 3), 10 * i, np.float32) + ids[:, None]}
+            if i == 0:
+                side["only_old"] = np.zeros((ids.size, 1), np.int8)
+            edit_log, _ = make_commit(
+                table.path, edit_log, {1: (ids, rows)}, made_by={"kind": "test"}, side={1: side}
+            )
+    compact_table(f32_table)
+    with open_table(f32_table) as table:
+        (segment,) = table.overlay.segments[1]
+        assert set(segment.columns) == {"ids", "rows", "m"}  # only_old: not in every segment
+        assert segment.ids.tolist() == [1, 5, 7, 9]
+        assert segment.column("m")[:, 0].tolist() == [1, 15, 17, 9]  # newest of each id
+        assert segment.rows[:, 0].tolist() == [0, 1, 1, 0]
 
 
 # ------------------------------------------------------------------- compact --into-base
