@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 OUT ?= demo_out
 PYTEST_ARGS ?=
+# Test files are spread over this many processes (pytest-xdist; a file stays on one worker, so
+# module fixtures and the README's ordered blocks hold). TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= auto
 
 .PHONY: setup demo test fuzz bench lint format clean
 
@@ -23,7 +26,7 @@ demo: setup
 	OUT=$(OUT) PY=$(PY) bash scripts/demo.sh
 
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # The hostile-input suite with many more generated cases (make test runs 10 per strategy).
 FUZZ_EXAMPLES ?= 200
