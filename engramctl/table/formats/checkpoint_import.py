@@ -35,6 +35,7 @@ from ..build.chunks import (
 )
 from ..build.create import CreateResult, build_meta, write_group_files
 from ..build.replace import install_table, is_unborn, locked_path
+from ..core.blocksums import chunk_block_crcs
 from ..core.checkpoint import Checkpoint, open_checkpoint
 from ..core.codec import chunk_key, crc32_of, encode_chunk
 from ..core.dtypes import decode_rows, encode_rows, parse_dtype
@@ -321,7 +322,8 @@ def _copy_chunk(meta, tensors, readers: queue.Queue, out_path: Path, layer_id: i
             rows = encode_rows(decode_rows(rows, FP8, meta.dim), meta.dtype)
         data = encode_chunk(meta, rows)
         write_file_atomic(out_path / chunk_key(layer_id, c), data, fsync=False)
-        return ChunkRecord(layer_id, c, crc32_of(data), memoryview(data).nbytes)
+        blocks = chunk_block_crcs(meta, data)
+        return ChunkRecord(layer_id, c, crc32_of(data), memoryview(data).nbytes, blocks)
     finally:
         readers.put(reader_set)
 
