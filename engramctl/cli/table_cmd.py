@@ -273,8 +273,9 @@ def verify_command(
         bool,
         typer.Option(
             "--add-block-checksums",
-            help="Then record a CRC-32C of every block of every sound chunk, so cold reads "
-            "check what they read (local tables of uncompressed chunks).",
+            help="Then record a CRC-32C of every block of every sound chunk (or of a linked "
+            "table's checkpoint tensors), so reads check what they read (local tables of "
+            "uncompressed chunks, links).",
         ),
     ] = False,
     block_size: Annotated[
@@ -334,13 +335,18 @@ def verify_command(
 
 
 def _add_block_checksums(table: str, block_size: str, *, quiet: bool) -> None:
-    from ..table.core.blocksums import add_block_checksums
+    from ..table.verify import add_block_checksums
 
     with progress("block checksums", enabled=not quiet) as update:
         added = add_block_checksums(table, block_bytes=block_size, progress=update)
     for line in added.damaged:
         err_console.print(f"damaged: {line}", markup=False)
-    if not quiet:
+    if not quiet and added.linked_layers:
+        console.print(
+            f"{table}: block checksums recorded for the linked tensors of {added.linked_layers} "
+            f"layers ({added.block_bytes // 1024} KiB blocks, {added.bytes_read:,} bytes read)"
+        )
+    elif not quiet:
         console.print(
             f"{table}: block checksums recorded for {added.chunks_recorded} chunks "
             f"({added.block_bytes // 1024} KiB blocks)"

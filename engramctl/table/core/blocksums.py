@@ -371,6 +371,7 @@ class BlockSumsReport:
     chunks_recorded: int
     bytes_read: int
     damaged: tuple[str, ...]
+    linked_layers: int = 0  # a linked table: layers whose tensors' block checksums were recorded
 
 
 def add_block_checksums(

@@ -44,7 +44,15 @@ from ..core.manifest import read_group
 from ..core.meta import TableMeta
 from ..core.rowinit import InitRecipe
 from ..core.store import open_store
-from ..sources.linked import COPY_MODE, LINK_MODE, SourceReader, Span, sources_record
+from ..sources.linkblocks import LINK_TIME_BYTES, linked_bytes, record_all_link_sums
+from ..sources.linked import (
+    COPY_MODE,
+    LINK_MODE,
+    SourceReader,
+    Span,
+    local_reader,
+    sources_record,
+)
 from ..sources.table import table_info
 
 log = logging.getLogger(__name__)
@@ -255,6 +263,7 @@ def _import_locked(out_path: Path, meta: TableMeta, tensors, *, link: bool, over
             shutil.rmtree(beside, ignore_errors=True)
         try:
             if link:
+                _record_link_sums(out_path, meta, progress)
                 return 0, 0, False
             return (*_copy_rows(out_path, tensors, resumed=False, progress=progress), False)
         finally:
@@ -293,6 +302,22 @@ def import_checkpoint_dir(
         compressor=compressor,
         overwrite=overwrite,
         progress=progress,
+    )
+
+
+def _record_link_sums(out_path: Path, meta: TableMeta, progress) -> None:
+    """Block checksums of the linked tensors, read once now when that is cheap (at most
+    ``LINK_TIME_BYTES``); else a note says how to record them later."""
+    if linked_bytes(meta) > LINK_TIME_BYTES:
+        log.warning(
+            "%s: the linked tensors are too large to checksum now; run engramctl verify --deep "
+            "(or verify --add-block-checksums) to record their block checksums, after which "
+            "every block is checked as it is first read",
+            out_path,
+        )
+        return
+    record_all_link_sums(
+        out_path, meta, lambda layer_id: local_reader(out_path, meta.sources, layer_id), progress
     )
 
 

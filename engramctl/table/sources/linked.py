@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from ..core.checkpoint import TensorRef, read_shard_header
 from ..core.fp8_check import NAN_SCALE
 from .base import RowSource
 from .coldread import ParallelReader
+from .linkblocks import PARTS, LinkBlockCheck, LocalFetch
 from .linkedcold import LinkedCold
 
 LINK_MODE, COPY_MODE = "link", "copy"
@@ -141,6 +143,23 @@ def check_sources(sources: dict, table_path) -> list[str]:
     return problems
 
 
+def local_reader(table_path, sources: dict, layer_id: int) -> Callable[[int, int, int], bytes]:
+    """``read(part, offset, nbytes)`` of a linked layer's tensors from local shards."""
+    layer = sources["layers"][str(layer_id)]
+
+    def read(part: int, offset: int, nbytes: int) -> bytes:
+        entry = layer[PARTS[part]]
+        path = resolve_source(entry["file"], table_path)
+        with open(path, "rb") as handle:
+            handle.seek(int(entry["offset"]) + offset)
+            data = handle.read(nbytes)
+        if len(data) != nbytes:
+            raise EngramError(f"{path} ended early while reading {entry['tensor']} (truncated?)")
+        return data
+
+    return read
+
+
 # ------------------------------------------------------------------------ streamed reads
 @dataclass(frozen=True)
 class Span:
@@ -250,6 +269,8 @@ class LinkedLayer:
     scale: np.ndarray  # (rows, dim/32) uint8 memmap
     files: list[tuple]  # (file, recorded size, recorded mtime or None, tensor): re-checked
     offsets: tuple[int, int] = (0, 0)  # byte offsets of the weight and scale tensors
+    checks: LinkBlockCheck | None = None  # block checksums, checked on first touch
+    fetch: LocalFetch | None = None  # how a block is read for its check
 
     @classmethod
     def open(cls, sources: dict, layer_id: int, table_path, *, rows: int, dim: int):
@@ -303,6 +324,7 @@ class LinkedLayer:
         """Rows into ``out``: through ``cold`` (warm regions from the maps, cold ones read in
         parallel) when given, else from the maps; NaN scales refused."""
         self.check_files()
+        self.check_blocks(row_ids)
         if cold is None:
             gather_linked(self.weight, self.scale, row_ids, out)
         else:
@@ -313,9 +335,25 @@ class LinkedLayer:
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` as fp8 table rows (one read of each tensor's span)."""
         self.check_files()
+        if self.checks is not None:
+            self.checks.ensure_range(start, stop, self.widths, self.fetch)
         rows = np.concatenate([self.weight[start:stop], self.scale[start:stop]], axis=1)
         self.check_scales(rows, None, start)
         return rows
+
+    @property
+    def widths(self) -> tuple[int, int]:
+        return self.weight.shape[1], self.scale.shape[1]
+
+    def check_blocks(self, row_ids: np.ndarray) -> None:
+        """Read and check, once, the blocks of both tensors holding ``row_ids`` (when the link
+        has block checksums): changed bytes are refused before any row is served."""
+        if self.checks is not None:
+            self.checks.ensure_rows(row_ids, self.widths, self.fetch)
+
+    def close(self) -> None:
+        if self.fetch is not None:
+            self.fetch.close()
 
     def check_scales(self, rows: np.ndarray, row_ids, start: int = 0) -> None:
         """Refuse rows whose ue8m0 scale byte is 255 (NaN in E8M0: the row would decode to
@@ -349,13 +387,19 @@ class LinkedSource(RowSource):
     def layer(self, layer_id: int) -> LinkedLayer:
         with self._lock:
             if layer_id not in self._layers:
-                self._layers[layer_id] = LinkedLayer.open(
+                layer = LinkedLayer.open(
                     self.meta.sources,
                     layer_id,
                     self.table_path,
                     rows=self.meta.layer(layer_id).rows,
                     dim=self.meta.dim,
                 )
+                layer.checks = LinkBlockCheck.open(self.table_path, self.meta, layer_id)
+                if layer.checks is not None:
+                    paths = (layer.files[0][0], layer.files[1][0])
+                    sizes = (layer.files[0][1], layer.files[1][1])
+                    layer.fetch = LocalFetch(paths, layer.offsets, sizes, self._reader)
+                self._layers[layer_id] = layer
             return self._layers[layer_id]
 
     def gather(self, layer_id: int, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -391,5 +435,7 @@ class LinkedSource(RowSource):
             for cold in self._cold.values():
                 cold.close()
             self._cold.clear()
+            for layer in self._layers.values():
+                layer.close()
             self._layers.clear()
             self._reader.close()
