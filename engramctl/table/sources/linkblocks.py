@@ -32,6 +32,7 @@ import numpy as np
 from ..._files import write_file_atomic
 from ...errors import EngramError
 from ..core.blocksums import block_crcs, crc32c_spans
+from ..core.fp8_check import NAN_SCALE
 from .coldread import ParallelReader, ShortRead, open_random, read_spans
 
 BLOCK_BYTES = 4 << 10
@@ -100,6 +101,25 @@ def record_link_sums(
     body = crcs[0].astype("<u4").tobytes() + crcs[1].astype("<u4").tobytes()
     write_file_atomic(path, header + body)
     return path
+
+
+def refuse_nan_scales(
+    rows: np.ndarray, dim: int, row_ids, start: int, layer_id, where: str
+) -> None:
+    """Refuse rows whose ue8m0 scale byte is 255 (NaN in E8M0: the row would decode to
+    NaN/inf): an import refuses them, so a linked shard holding one changed since linking
+    or is damaged. Checks the scale bytes only (8 of 264 per row: cheap). ``where``: the
+    tensor and file, for the message."""
+    bad = rows[:, dim:] == NAN_SCALE
+    if not bad.any():
+        return
+    i, j = np.unravel_index(int(np.argmax(bad)), bad.shape)
+    row = int(row_ids[i]) if row_ids is not None else start + int(i)
+    raise EngramError(
+        f"row {row} of layer {layer_id}: scale byte {j} is 255 (NaN in E8M0; the row would "
+        f"decode to NaN) in {where}; an import refuses such rows, so the shard changed or is "
+        "damaged since linking: run engramctl verify --deep, and import the checkpoint again"
+    )
 
 
 def linked_bytes(meta) -> int:
@@ -289,5 +309,6 @@ __all__ = [
     "link_identity",
     "linked_bytes",
     "record_all_link_sums",
+    "refuse_nan_scales",
     "record_link_sums",
 ]

@@ -28,18 +28,21 @@ import numpy as np
 from ..._numba import njit, prange
 from ...errors import EngramError
 from ..core.checkpoint import TensorRef, read_shard_header
-from ..core.fp8_check import NAN_SCALE
 from .base import RowSource
 from .coldread import ParallelReader
-from .linkblocks import PARTS, LinkBlockCheck, LocalFetch
+from .linkblocks import PARTS, LinkBlockCheck, LocalFetch, refuse_nan_scales
 from .linkedcold import LinkedCold
+from .remote import RemoteLinkedLayer, RemoteObject, check_remote_file, is_remote
 
 LINK_MODE, COPY_MODE = "link", "copy"
 COPY_HINT = "import the checkpoint without --link to get a table you can write"
 
 
 def source_name(file: Path, table_path: Path) -> str:
-    """How a link records ``file``: relative to the table when beside it, else absolute."""
+    """How a link records ``file``: relative to the table when beside it, else absolute; a URL
+    as it is."""
+    if is_remote(file):
+        return str(file)
     file = Path(file).resolve()
     table = Path(table_path).resolve()
     if file.is_relative_to(table.parent):
@@ -48,15 +51,26 @@ def source_name(file: Path, table_path: Path) -> str:
 
 
 def resolve_source(name: str, table_path) -> Path:
-    """The file a recorded source name points at (relative names count from the table)."""
+    """The file a recorded source name points at (relative names count from the table); a URL
+    is returned as it is (a string)."""
+    if is_remote(name):
+        return name
     path = Path(name)
     return path if path.is_absolute() else Path(os.path.normpath(Path(table_path) / path))
 
 
 def sources_record(
-    tensors: dict[int, tuple[TensorRef, TensorRef]], table_path, *, mode: str, checkpoint: Path
+    tensors: dict[int, tuple[TensorRef, TensorRef]],
+    table_path,
+    *,
+    mode: str,
+    checkpoint: Path,
+    remote: dict | None = None,
 ) -> dict:
-    """The ``sources`` metadata of a table linked to (or copied from) ``tensors``."""
+    """The ``sources`` metadata of a table linked to (or copied from) ``tensors``; ``remote``
+    (a checkpoint at a URL): ``identities`` of its shards (size and ETag), the
+    ``storage_options`` to record (no secrets) and the ``cache_dir`` of fetched blocks."""
+    remote = remote or {}
     files: dict[str, dict] = {}
     layers: dict[str, dict] = {}
     for layer_id, pair in tensors.items():
@@ -66,8 +80,11 @@ def sources_record(
             files[name] = {
                 "size": ref.file_size,
                 "header_sha256": ref.header_sha256,
-                "mtime_ns": _mtime_ns(ref.path),
+                "mtime_ns": None if is_remote(name) else _mtime_ns(ref.path),
             }
+            etag = remote.get("identities", {}).get(name, {}).get("etag")
+            if etag:
+                files[name]["etag"] = etag
             layer[part] = {
                 "file": name,
                 "tensor": ref.name,
@@ -77,12 +94,17 @@ def sources_record(
                 "dtype": ref.dtype,
             }
         layers[str(layer_id)] = layer
-    return {
+    record = {
         "mode": mode,
         "checkpoint": source_name(checkpoint, table_path),
         "files": files,
         "layers": layers,
     }
+    if remote.get("storage_options"):
+        record["storage_options"] = remote["storage_options"]
+    if remote.get("cache_dir"):
+        record["cache_dir"] = source_name(remote["cache_dir"], table_path)
+    return record
 
 
 def _mtime_ns(path) -> int | None:
@@ -97,7 +119,10 @@ def check_source_file(
 ) -> Path:
     """Refuse a source file that is missing or whose size, modification time (links made
     since it is recorded) or header changed since linking; ``tensor`` names what is read from
-    it in the error."""
+    it in the error. A URL: its size, ETag and header (:func:`~.remote.check_remote_file`)."""
+    if is_remote(name):
+        check_remote_file(name, record, None, tensor).close()
+        return name
     path = resolve_source(name, table_path)
     what = f" (it holds {tensor})" if tensor else ""
     try:
@@ -137,18 +162,29 @@ def check_sources(sources: dict, table_path) -> list[str]:
     problems = []
     for name, record in sources["files"].items():
         try:
-            check_source_file(name, record, table_path)
+            if is_remote(name):
+                check_remote_file(name, record, sources.get("storage_options"))
+            else:
+                check_source_file(name, record, table_path)
         except EngramError as exc:
             problems.append(str(exc))
     return problems
 
 
-def local_reader(table_path, sources: dict, layer_id: int) -> Callable[[int, int, int], bytes]:
-    """``read(part, offset, nbytes)`` of a linked layer's tensors from local shards."""
+def local_reader(
+    table_path, sources: dict, layer_id: int, options: dict | None = None
+) -> Callable[[int, int, int], bytes]:
+    """``read(part, offset, nbytes)`` of a linked layer's tensors (local shards, or URLs read
+    with the recorded storage options, or ``options``)."""
     layer = sources["layers"][str(layer_id)]
+    objects: dict[str, RemoteObject] = {}
 
     def read(part: int, offset: int, nbytes: int) -> bytes:
         entry = layer[PARTS[part]]
+        if is_remote(entry["file"]):
+            if entry["file"] not in objects:
+                objects[entry["file"]] = RemoteObject(entry["file"], sources.get("storage_options"))
+            return objects[entry["file"]].read(int(entry["offset"]) + offset, nbytes)
         path = resolve_source(entry["file"], table_path)
         with open(path, "rb") as handle:
             handle.seek(int(entry["offset"]) + offset)
@@ -356,21 +392,9 @@ class LinkedLayer:
             self.fetch.close()
 
     def check_scales(self, rows: np.ndarray, row_ids, start: int = 0) -> None:
-        """Refuse rows whose ue8m0 scale byte is 255 (NaN in E8M0: the row would decode to
-        NaN/inf): an import refuses them, so a linked shard holding one changed since linking
-        or is damaged. Checks the scale bytes only (8 of 264 per row: cheap)."""
-        dim = self.weight.shape[1]
-        bad = rows[:, dim:] == NAN_SCALE
-        if not bad.any():
-            return
-        i, j = np.unravel_index(int(np.argmax(bad)), bad.shape)
-        row = int(row_ids[i]) if row_ids is not None else start + int(i)
-        raise EngramError(
-            f"row {row} of layer {self.layer_id}: scale byte {j} is 255 (NaN in E8M0; the row "
-            f"would decode to NaN) in {self.files[1][3]} ({self.files[1][0]}); an import "
-            "refuses such rows, so the shard changed or is damaged since linking: run engramctl "
-            "verify --deep, and import the checkpoint again"
-        )
+        """Refuse rows whose ue8m0 scale byte is 255 (:func:`~.linkblocks.refuse_nan_scales`)."""
+        where = f"{self.files[1][3]} ({self.files[1][0]})"
+        refuse_nan_scales(rows, self.weight.shape[1], row_ids, start, self.layer_id, where)
 
 
 class LinkedSource(RowSource):
@@ -384,8 +408,16 @@ class LinkedSource(RowSource):
         self._reader = ParallelReader()
         self._lock = threading.Lock()
 
-    def layer(self, layer_id: int) -> LinkedLayer:
+    def layer(self, layer_id: int) -> LinkedLayer | RemoteLinkedLayer:
         with self._lock:
+            if layer_id not in self._layers and self._remote(layer_id):
+                cache_dir = self.meta.sources.get("cache_dir")
+                self._layers[layer_id] = RemoteLinkedLayer.open(
+                    self.table_path,
+                    self.meta,
+                    layer_id,
+                    cache_dir=resolve_source(cache_dir, self.table_path) if cache_dir else None,
+                )
             if layer_id not in self._layers:
                 layer = LinkedLayer.open(
                     self.meta.sources,
@@ -402,9 +434,15 @@ class LinkedSource(RowSource):
                 self._layers[layer_id] = layer
             return self._layers[layer_id]
 
+    def _remote(self, layer_id: int) -> bool:
+        layer = self.meta.sources["layers"].get(str(layer_id))
+        return layer is not None and is_remote(layer["weight"]["file"])
+
     def gather(self, layer_id: int, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
         layer = self.layer(layer_id)
         with self._lock:
+            if isinstance(layer, RemoteLinkedLayer):
+                return layer.gather(ids, out)
             cold = self._cold.get(layer_id)
             if cold is None and layer.weight.shape[0]:
                 cold = self._cold[layer_id] = LinkedCold(layer, self.meta.chunk_rows, self._reader)
