@@ -183,7 +183,8 @@ def local_reader(
         entry = layer[PARTS[part]]
         if is_remote(entry["file"]):
             if entry["file"] not in objects:
-                objects[entry["file"]] = RemoteObject(entry["file"], sources.get("storage_options"))
+                opts = options or sources.get("storage_options")
+                objects[entry["file"]] = RemoteObject(entry["file"], opts)
             return objects[entry["file"]].read(int(entry["offset"]) + offset, nbytes)
         path = resolve_source(entry["file"], table_path)
         with open(path, "rb") as handle:
