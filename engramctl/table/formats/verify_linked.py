@@ -26,6 +26,7 @@ from ..sources.linkblocks import (
     record_link_sums,
 )
 from ..sources.linked import SourceReader, Span, check_sources, local_reader
+from ..sources.remote import is_remote
 
 LINK_SOURCE = "link"
 
@@ -43,11 +44,14 @@ def verify_linked(path, meta, manifest, report, *, deep: bool, progress) -> None
     recorded = 0
     for layer_id in meta.layers:
         entry = meta.sources["layers"][str(layer_id)]
-        reader = SourceReader(
-            Span.recorded(entry["weight"], path),
-            Span.recorded(entry["scale"], path),
-            meta.chunk_rows,
-        )
+        if is_remote(entry["weight"]["file"]):
+            reader = _RemoteRows(local_reader(path, meta.sources, layer_id), meta, entry)
+        else:
+            reader = SourceReader(
+                Span.recorded(entry["weight"], path),
+                Span.recorded(entry["scale"], path),
+                meta.chunk_rows,
+            )
         checksums = manifest.setdefault(layer_id, {})
         try:
             for c in range(meta.layers[layer_id].n_chunks(meta.chunk_rows)):
@@ -85,6 +89,28 @@ def verify_linked(path, meta, manifest, report, *, deep: bool, progress) -> None
             "verify --deep runs compare against them"
         )
     _check_block_sums(path, meta, report, progress)
+
+
+class _RemoteRows:
+    """``rows(start, stop)`` of a layer linked to URLs, as :class:`SourceReader` gives them."""
+
+    def __init__(self, read, meta, entry):
+        self.read, self.meta = read, meta
+        self.weight = Span.recorded(entry["weight"], ".")
+
+    def rows(self, start: int, stop: int):
+        import numpy as np
+
+        dim, rows = self.meta.dim, np.zeros((self.meta.chunk_rows, self.meta.row_width), np.uint8)
+        for part, width, col in ((0, dim, 0), (1, dim // 32, dim)):
+            data = self.read(part, start * width, (stop - start) * width)
+            rows[: stop - start, col : col + width] = np.frombuffer(data, np.uint8).reshape(
+                -1, width
+            )
+        return rows
+
+    def close(self) -> None:
+        pass
 
 
 def _check_block_sums(path, meta, report, progress) -> None:

@@ -21,6 +21,7 @@ from engramctl.cli.app import app
 from engramctl.errors import EngramError, UsageError
 from engramctl.table.formats.checkpoint_import import import_checkpoint
 from engramctl.table.sources.table import open_table
+from engramctl.table.verify import verify_table
 
 from ..ckpt_util import small_layout as ckpt_layout
 from ..ckpt_util import write_checkpoint
@@ -178,7 +179,10 @@ def test_a_changed_remote_object_is_refused_naming_the_tensor(checkpoint, tmp_pa
     root, url, _, rows = checkpoint
     table = tmp_path / "t.zarr"
     import_checkpoint(url, table, vocab=ds_vocab, link=True)
+    assert verify_table(table, deep=True).ok
     tensor = rewrite_byte(root, table, 1, "weight", 5000, keep_mtime=True)
+    report = verify_table(table, deep=True)
+    assert any(f"block 1 (bytes 4096..8191) of {tensor}" in p for p in report.problems)
     with open_table(table) as t:
         np.testing.assert_array_equal(t.gather(1, [0, 200]), rows[1][[0, 200]])
         with pytest.raises(EngramError, match=rf"block 1 .* of {tensor} of layer 1 .*changed"):
