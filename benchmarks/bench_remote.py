@@ -5,7 +5,8 @@ without ``--cache-dir`` warm. Builds a dense checkpoint (2 layers x ``--rows`` r
 rows of 264 B), serves it from a Python HTTP server with Range support and from moto's S3 server
 (each its own process on 127.0.0.1), links it three ways (``import --link`` of the directory, of
 ``http://...`` and of ``s3://...``) and gathers ``--n`` uniform random rows of layer 1, best of
-``--repeats``, each case in a fresh process (its peak RSS is its own):
+``--repeats``, each case in a fresh process (its peak RSS is its own; opening the layer, which
+for a URL checks each object's size, ETag and header, is timed apart as ``open s``):
 
 - ``local``: the local link, page-cached (the bar);
 - ``http`` / ``s3``: every block fetched by range and checked (a fresh table each repeat);
@@ -132,14 +133,30 @@ def gather_case(table: str, n: int, repeats: int, warm_first: bool, seed: int) -
     if warm_first:  # the cache (or page cache) filled by one gather of the same rows
         with open_table(table) as t:
             t.gather(1, ids)
-    best, digest = float("inf"), None
+    best, opened, digest = float("inf"), float("inf"), None
     for _ in range(repeats):
         with open_table(table) as t:
+            started = time.perf_counter()
+            t.source.layer(1)  # open: a remote link checks each object's size, ETag and header
+            opened = min(opened, time.perf_counter() - started)
             started = time.perf_counter()
             got = t.gather(1, ids)
             best = min(best, time.perf_counter() - started)
         digest = int(np.bitwise_xor.reduce(got.view(np.uint64), axis=None))
-    return {"rows_per_s": n / best, "seconds": best, "peak_rss_mib": peak_rss_mib(), "xor": digest}
+    return {"rows_per_s": n / best, "seconds": best, "open_s": opened, "peak_rss_mib": hwm_mib(),
+            "xor": digest}  # fmt: skip
+
+
+def hwm_mib() -> float:
+    """This process's peak RSS (``VmHWM``: reset at exec, unlike ``ru_maxrss``, which a child
+    inherits from the parent that forked it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return peak_rss_mib()
 
 
 def main() -> None:
@@ -205,7 +222,9 @@ def main() -> None:
             f"checkpoint: 2 layers x {args.rows:,} rows, {size / 2**20:.0f} MiB; gather of "
             f"{args.n:,} uniform rows of layer 1, best of {args.repeats}, fresh process per case"
         )
-        print(f"{'case':<12}{'link s':>8}{'rows/s':>12}{'vs local':>10}{'peak RSS':>11}")
+        print(
+            f"{'case':<12}{'link s':>8}{'open s':>8}{'rows/s':>12}{'vs local':>10}{'peak RSS':>11}"
+        )
         base = None
         digests = set()
         for name in links:
@@ -216,7 +235,7 @@ def main() -> None:
             base = base or doc["rows_per_s"]
             digests.add(doc["xor"])
             print(
-                f"{name:<12}{links[name]:>8.2f}{doc['rows_per_s']:>12,.0f}"
+                f"{name:<12}{links[name]:>8.2f}{doc['open_s']:>8.3f}{doc['rows_per_s']:>12,.0f}"
                 f"{doc['rows_per_s'] / base:>9.3f}x{doc['peak_rss_mib']:>8.0f} MiB"
             )
         print("rows identical in every case" if len(digests) == 1 else "ROWS DIFFER between cases")
