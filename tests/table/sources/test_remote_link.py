@@ -221,3 +221,16 @@ def test_an_s3_link_serves_the_same_rows(options, tmp_path, ds_vocab, monkeypatc
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", options["secret"])
     for layer_id in (1, 15):
         np.testing.assert_array_equal(all_rows(table, layer_id), rows[layer_id])
+
+
+def test_a_url_link_takes_commits_in_its_local_directory(checkpoint, tmp_path, ds_vocab):
+    _, url, _, rows = checkpoint
+    table = tmp_path / "t.zarr"
+    import_checkpoint(url, table, vocab=ds_vocab, link=True)
+    new = rows[1][[900, 901]]
+    with open_table(table, "r+") as t, t.edit("swap two rows") as block:
+        block.write_rows(1, np.array([5, 6]), new)
+    assert list((table / "edits").rglob("*")), "the commit lives beside the link"
+    with open_table(table) as t:
+        np.testing.assert_array_equal(t.gather(1, [5, 6, 7]), np.r_[new, rows[1][[7]]])
+        assert len(t.commits) == 1
