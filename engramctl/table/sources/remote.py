@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ from ..core.checkpoint import INDEX_NAME, SINGLE_NAME, Checkpoint
 from ..core.st_header import MAX_HEADER_BYTES, parse_header
 from .linkblocks import BLOCK_BYTES, PARTS, LinkBlockCheck, refuse_nan_scales
 
+log = logging.getLogger(__name__)
 RUN_BYTES = 1 << 20  # neighbouring blocks are fetched as one range up to this size
 GAP_BLOCKS = 8  # blocks this close share a range (the gap is fetched too): fewer requests
 THREADS = 32  # ranges in flight on a file system without an asynchronous cat_ranges
@@ -52,12 +54,17 @@ def public_options(options: dict | None) -> dict:
 
 def file_system(url: str, options: dict | None = None):
     """``(fsspec file system, path)`` of ``url``; a missing protocol package is one line."""
-    import fsspec
-
+    try:
+        import fsspec
+    except ImportError:
+        raise UsageError(
+            f"cannot open {url}: fsspec is not installed (pip install 'engramctl[remote]')"
+        ) from None
     try:
         return fsspec.core.url_to_fs(url, **(options or {}))
     except (ImportError, ValueError) as exc:
         hint = " (pip install huggingface_hub)" if url.startswith("hf://") else ""
+        hint = hint or " (pip install 'engramctl[remote]')"
         raise UsageError(f"cannot open {url}: {exc}{hint}") from None
 
 
@@ -241,11 +248,18 @@ class BlockCache:
     zeros and fails that check, so no index is needed)."""
 
     def __init__(self, directory: Path, key: str, nbytes: int):
-        directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / f"{key}.blocks"
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-        if os.fstat(self.fd).st_size < nbytes:
-            os.ftruncate(self.fd, nbytes)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+            self.fd = os.open(self.path, flags, 0o644)
+            if os.fstat(self.fd).st_size < nbytes:
+                os.ftruncate(self.fd, nbytes)
+        except OSError as exc:
+            raise EngramError(
+                f"cannot use the cache directory {directory}: {exc.strerror or exc}; fix it, or "
+                "import the link again without --cache-dir"
+            ) from None
 
     def read(self, block: int, nbytes: int) -> bytes:
         return os.pread(self.fd, nbytes, block * BLOCK_BYTES)
@@ -333,8 +347,12 @@ class RemoteLinkedLayer:
                     "Import the checkpoint again"
                 )
             if cache is not None:
-                for i in todo.tolist():
-                    cache.write(int(blocks[i]), out[i, : lengths[i]].tobytes())
+                try:
+                    for i in todo.tolist():
+                        cache.write(int(blocks[i]), out[i, : lengths[i]].tobytes())
+                except OSError as exc:  # a full disk: serve on, fetching instead of caching
+                    log.warning("not caching fetched blocks in %s: %s", cache.path, exc)
+                    self.caches = None
         return out
 
     def _fetch(self, part, blocks, todo, lengths, out) -> None:

@@ -234,3 +234,13 @@ def test_a_url_link_takes_commits_in_its_local_directory(checkpoint, tmp_path, d
     with open_table(table) as t:
         np.testing.assert_array_equal(t.gather(1, [5, 6, 7]), np.r_[new, rows[1][[7]]])
         assert len(t.commits) == 1
+
+
+def test_an_unusable_cache_dir_is_one_line(checkpoint, tmp_path, ds_vocab):
+    _, url, _, _ = checkpoint
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file, not a directory")
+    table = tmp_path / "t.zarr"
+    import_checkpoint(url, table, vocab=ds_vocab, link=True, cache_dir=blocker)
+    with open_table(table) as t, pytest.raises(EngramError, match="cannot use the cache dir"):
+        t.gather(1, [0])
