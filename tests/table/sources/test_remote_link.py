@@ -202,6 +202,10 @@ def test_a_url_needs_link_and_the_cli_links_one(checkpoint, tmp_path, ds_vocab, 
     result = CliRunner().invoke(app, [*args, "--cache-dir", str(tmp_path / "c")])
     assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(all_rows(out, 15), rows[15])
+    for command in (["info", str(out)], ["verify", str(out)]):
+        result = CliRunner().invoke(app, command)
+        assert result.exit_code == 0, result.output
+        assert url in result.output or "ok" in result.output
 
 
 def test_an_s3_link_serves_the_same_rows(options, tmp_path, ds_vocab, monkeypatch):
