@@ -94,7 +94,11 @@ class RemoteObject:
                 "needs them: serve the file from a server that honours Range, or copy it locally"
             )
         tag = next(
-            (info[k] for k in ("ETag", "etag", "Last-Modified", "LastModified") if info.get(k)),
+            (
+                info[k]
+                for k in ("ETag", "etag", "Last-Modified", "LastModified", "blob_id")
+                if info.get(k)
+            ),
             None,
         )
         return {"size": int(info["size"]), "etag": str(tag).strip('"') if tag else None}
