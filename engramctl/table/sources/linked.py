@@ -402,8 +402,9 @@ class LinkedSource(RowSource):
     """The rows of a linked table: its layers mapped from the checkpoint's shards, each opened
     (files checked) on first use. Read-only: writes are refused with :data:`COPY_HINT`."""
 
-    def __init__(self, meta, table_path):
+    def __init__(self, meta, table_path, *, check_blocks: bool = True):
         self.meta, self.table_path = meta, table_path
+        self.check_blocks = check_blocks  # False (check_chunks=False): local shards unchecked
         self._layers: dict[int, LinkedLayer] = {}
         self._cold: dict[int, LinkedCold] = {}
         self._reader = ParallelReader()
@@ -427,7 +428,8 @@ class LinkedSource(RowSource):
                     rows=self.meta.layer(layer_id).rows,
                     dim=self.meta.dim,
                 )
-                layer.checks = LinkBlockCheck.open(self.table_path, self.meta, layer_id)
+                if self.check_blocks:
+                    layer.checks = LinkBlockCheck.open(self.table_path, self.meta, layer_id)
                 if layer.checks is not None:
                     paths = (layer.files[0][0], layer.files[1][0])
                     sizes = (layer.files[0][1], layer.files[1][1])
