@@ -23,6 +23,7 @@ from engramctl.table.formats.checkpoint_import import import_checkpoint
 from engramctl.table.sources.table import open_table
 from engramctl.table.verify import verify_table
 
+from ...cli.test_cli_foundation import assert_one_error_line
 from ..ckpt_util import small_layout as ckpt_layout
 from ..ckpt_util import write_checkpoint
 from .conftest import BUCKET
@@ -150,11 +151,17 @@ def test_the_cache_dir_serves_blocks_again_and_refetches_a_damaged_one(
         assert t.source.layer(1).counters["blocks_fetched"] > 0  # fetched again, not served
 
 
-def test_a_server_that_ignores_range_is_refused(checkpoint, tmp_path, ds_vocab):
+def test_a_server_that_ignores_range_is_refused(checkpoint, tmp_path, ds_vocab, ds_vocab_path):
     _, url, server, _ = checkpoint
     server.ignore_range = True
     with pytest.raises(EngramError, match="ignores range requests"):
         import_checkpoint(url, tmp_path / "t.zarr", vocab=ds_vocab, link=True)
+    assert not (tmp_path / "t.zarr").exists()
+    args = ["import", url, str(tmp_path / "t.zarr"), "--vocab", str(ds_vocab_path)]
+    line = assert_one_error_line(CliRunner().invoke(app, [*args, "--link"]), 1)
+    assert "ignores range requests" in line and "honours Range" in line
+    line = assert_one_error_line(CliRunner().invoke(app, args), 2)  # no --link
+    assert "pass --link" in line
     assert not (tmp_path / "t.zarr").exists()
 
 
