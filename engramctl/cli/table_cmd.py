@@ -273,8 +273,9 @@ def verify_command(
         bool,
         typer.Option(
             "--add-block-checksums",
-            help="Then record a CRC-32C of every block of every sound chunk, so cold reads "
-            "check what they read (local tables of uncompressed chunks).",
+            help="Then record a CRC-32C of every block of every sound chunk (or of a linked "
+            "table's checkpoint tensors), so reads check what they read (local tables of "
+            "uncompressed chunks, links).",
         ),
     ] = False,
     block_size: Annotated[
@@ -334,13 +335,18 @@ def verify_command(
 
 
 def _add_block_checksums(table: str, block_size: str, *, quiet: bool) -> None:
-    from ..table.core.blocksums import add_block_checksums
+    from ..table.verify import add_block_checksums
 
     with progress("block checksums", enabled=not quiet) as update:
         added = add_block_checksums(table, block_bytes=block_size, progress=update)
     for line in added.damaged:
         err_console.print(f"damaged: {line}", markup=False)
-    if not quiet:
+    if not quiet and added.linked_layers:
+        console.print(
+            f"{table}: block checksums recorded for the linked tensors of {added.linked_layers} "
+            f"layers ({added.block_bytes // 1024} KiB blocks, {added.bytes_read:,} bytes read)"
+        )
+    elif not quiet:
         console.print(
             f"{table}: block checksums recorded for {added.chunks_recorded} chunks "
             f"({added.block_bytes // 1024} KiB blocks)"
@@ -391,10 +397,10 @@ def export_command(
 
 
 SourceArg = Annotated[
-    Path,
+    str,
     typer.Argument(
-        help="A checkpoint directory (config.json + safetensors shards), or a safetensors "
-        "file with one tensor per layer."
+        help="A checkpoint directory (config.json + safetensors shards; or its URL with "
+        "--link), or a safetensors file with one tensor per layer."
     ),
 ]
 ImportVocabOpt = Annotated[
@@ -409,8 +415,18 @@ LinkOpt = Annotated[
     bool,
     typer.Option(
         "--link",
-        help="Checkpoint directory: record where its rows lie instead of copying them "
-        "(zero-copy, read-only; seconds and kilobytes at any size).",
+        help="Checkpoint directory or URL (s3://, https://, hf://): record where its rows lie "
+        "instead of copying them (zero-copy, read-only). Block checksums of the linked tensors "
+        "are recorded by reading them once (always for a URL; locally up to 2 GiB, else by "
+        "verify --deep).",
+    ),
+]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir",
+        help="--link to a URL: keep fetched 4 KiB blocks in this directory (checked before they "
+        "are kept and when read back).",
     ),
 ]
 ImportDtypeOpt = Annotated[
@@ -425,6 +441,8 @@ def import_command(
     out: TableArg,
     vocab: ImportVocabOpt = None,
     link: LinkOpt = False,
+    cache_dir: CacheDirOpt = None,
+    storage_option: StorageOpt = None,
     preset: LayoutFlags.Preset = None,
     ngram_vocab: LayoutFlags.NgramVocab = None,
     max_ngram: LayoutFlags.MaxNgram = None,
@@ -451,9 +469,12 @@ def import_command(
     Example:
     engramctl import DeepSeek-V4.1 v41.zarr --link --vocab vocab.parquet
     """
-    bar = "link" if link else import_format(source).importer.progress_name
+    bar = "link (block checksums)" if link else import_format(source).importer.progress_name
     with progress(bar, enabled=not (json_out or STATE["quiet"])) as update:
-        result = import_table(source, out, options=_given_options(ctx, "json_out"), progress=update)
+        options = _given_options(ctx, "json_out")
+        if not options.get("storage_option"):  # a list option left out reads as empty
+            options.pop("storage_option", None)
+        result = import_table(source, out, options=options, progress=update)
     if json_out:
         typer.echo(json.dumps(result.to_dict()))
     elif not STATE["quiet"]:

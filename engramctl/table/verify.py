@@ -278,6 +278,24 @@ def verify_table(
     return report
 
 
+def add_block_checksums(path, *, block_bytes="4K", progress=None):
+    """``verify --add-block-checksums``: record the block checksums of a table's chunk files
+    (:func:`engramctl.table.core.blocksums.add_block_checksums`) or, for a linked table, of the
+    checkpoint tensors it reads
+    (:func:`~engramctl.table.formats.verify_linked.add_link_block_checksums`).
+    Returns a :class:`~engramctl.table.core.blocksums.BlockSumsReport`."""
+    from .core import blocksums
+
+    size = blocksums.parse_block_size(block_bytes)
+    store = open_store(path)
+    meta, _ = read_group(store)
+    if meta.linked:
+        from .formats.verify_linked import add_link_block_checksums
+
+        return add_link_block_checksums(store.root, meta, block_bytes=size, progress=progress)
+    return blocksums.add_block_checksums(path, block_bytes=size, progress=progress)
+
+
 def holds_written_rows(manifest: dict) -> bool:
     """Whether some chunk holds rows that were written (an import, training), not init values."""
     return any(

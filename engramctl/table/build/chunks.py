@@ -19,9 +19,12 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..._files import remove_stale_siblings, write_file_atomic
 from ..._system import format_bytes
 from ...errors import EngramError
+from ..core.blocksums import chunk_block_crcs, merge_block_sums
 from ..core.codec import chunk_key, crc32_of, encode_chunk, init_chunk_rows
 from ..core.manifest import read_group, write_group_attrs
 from ..core.meta import TableMeta
@@ -50,6 +53,7 @@ class ChunkRecord:
     chunk_index: int
     crc32: int
     nbytes: int
+    blocks: np.ndarray | None = None  # block CRC-32Cs (local uncompressed tables)
 
 
 def write_init_chunk(
@@ -64,7 +68,9 @@ def write_init_chunk(
     else:
         root = path.root if isinstance(path, TableStore) else Path(path)
         write_file_atomic(root / key, data)
-    return ChunkRecord(layer_id, chunk_index, crc32_of(data), memoryview(data).nbytes)
+    local = not isinstance(path, TableStore) or path.supports_mmap
+    blocks = chunk_block_crcs(meta, data, local=local)
+    return ChunkRecord(layer_id, chunk_index, crc32_of(data), memoryview(data).nbytes, blocks)
 
 
 def init_chunk(path, layer_id: int, chunk_index: int) -> ChunkRecord:
@@ -158,6 +164,7 @@ class ManifestRecorder:
         self.bytes_total = chunks_total * meta.chunk_bytes
         self.progress = progress
         self.done = 0
+        self.blocks: dict[int, dict] = {}  # block checksums of the chunks written, by layer
         self.started = self.last_flush = time.perf_counter()
         if progress:
             progress(InitProgress(0, self.bytes_total, 0, chunks_total, 0.0))
@@ -170,6 +177,9 @@ class ManifestRecorder:
         """Put a chunk in the manifest without counting it (one that finished after a failure)."""
         entry = [record.crc32, record.nbytes, self.source]
         self.manifest.setdefault(record.layer_id, {})[record.chunk_index] = entry
+        if record.blocks is not None:
+            layer = self.blocks.setdefault(record.layer_id, {})
+            layer[record.chunk_index] = (record.crc32, record.blocks)
 
     def record(self, record: ChunkRecord) -> None:
         """A chunk is done: into the manifest, counted, reported."""
@@ -202,6 +212,10 @@ class ManifestRecorder:
         except Exception as exc:  # e.g. no space left even for zarr.json: the resume redoes
             log.error("cannot record the manifest of %s: %s", self.store.url, exc)
             failure = failure or exc
+        try:  # a chunk without a record is checked whole on first read: never wrong, slower
+            merge_block_sums(self.store, self.meta, self.blocks)
+        except Exception as exc:  # noqa: BLE001 - the table stays correct without them
+            log.warning("cannot record the block checksums of %s: %s", self.store.url, exc)
         return failure
 
 

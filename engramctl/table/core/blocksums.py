@@ -329,6 +329,37 @@ def update_block_record(
         os.close(fd)
 
 
+def chunk_block_crcs(meta: TableMeta, data, *, local: bool = True) -> np.ndarray | None:
+    """The block CRC-32Cs of a chunk being written (``None`` where the table keeps none: a
+    remote store (``local=False``) or compressed chunks, which are read and checked whole)."""
+    if not local or meta.compressor != "none":
+        return None
+    if memoryview(data).nbytes != meta.chunk_bytes:
+        return None
+    return block_crcs(data)
+
+
+def merge_block_sums(
+    store: TableStore, meta: TableMeta, records: dict[int, dict[int, tuple[int, np.ndarray]]]
+) -> None:
+    """Add the records of chunks just written (``{layer: {chunk: (tag, block CRC-32Cs)}}``,
+    default block size) to each layer's file, keeping the records already there (a resumed
+    init or import); a file of another block size, or damaged, is rewritten with the new ones."""
+    for layer_id, new in records.items():
+        if not new:
+            continue
+        merged: dict[int, tuple[int, np.ndarray]] = {}
+        try:
+            old = BlockSums.open(store, meta, layer_id)
+        except EngramError:
+            old = None
+        if old is not None and old.block_bytes == BLOCK_BYTES:
+            for c in np.flatnonzero(np.asarray(old.records[:, 0]) == 1).tolist():
+                merged[c] = (int(old.records[c, 1]), np.array(old.records[c, 2:]))
+        merged.update(new)
+        write_block_sums(store, meta, layer_id, merged)
+
+
 # ---------------------------------------------------------------- adding them to a table
 @dataclass(frozen=True)
 class BlockSumsReport:
@@ -340,6 +371,7 @@ class BlockSumsReport:
     chunks_recorded: int
     bytes_read: int
     damaged: tuple[str, ...]
+    linked_layers: int = 0  # a linked table: layers whose tensors' block checksums were recorded
 
 
 def add_block_checksums(
@@ -448,6 +480,8 @@ __all__ = [
     "BlockSums",
     "BlockSumsCheck",
     "block_crcs",
+    "chunk_block_crcs",
+    "merge_block_sums",
     "blocks_key",
     "blocks_per_chunk",
     "crc32c_reference",

@@ -79,6 +79,7 @@ class Checkpoint:
     path: Path
     config: EngramModelConfig
     weight_map: dict[str, str]  # tensor name -> shard file name (relative to path)
+    remote: object = None  # a checkpoint at a URL: ``location(name)`` and ``header(name)``
 
     def find(self, name: str) -> str | None:
         """The checkpoint's spelling of ``name`` (with or without ``model.``), or ``None``."""
@@ -89,7 +90,12 @@ class Checkpoint:
 
     def tensor(self, name: str, headers: dict) -> TensorRef:
         """Locate a tensor (its shard's header read once into ``headers``)."""
-        shard = self.path / self.weight_map[name]
+        if self.remote is not None:
+            shard = self.remote.location(self.weight_map[name])
+            if shard not in headers:
+                headers[shard] = self.remote.header(self.weight_map[name])
+        else:
+            shard = self.path / self.weight_map[name]
         if shard not in headers:
             if not shard.is_file():
                 raise EngramError(

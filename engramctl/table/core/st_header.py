@@ -80,12 +80,20 @@ def read_header(path) -> SafetensorsHeader:
                     f"file ({size} bytes) or the 100 MiB limit (truncated?)"
                 )
             blob = handle.read(length)
+            if len(blob) != length:
+                raise EngramError(f"{path} is not a safetensors file (its header is cut short)")
     except FileNotFoundError:
         raise EngramError(f"no safetensors file at {path}") from None
     except IsADirectoryError:
         raise EngramError(f"{path} is a directory, not a safetensors file") from None
     except OSError as exc:
         raise EngramError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return parse_header(path, size, head, blob)
+
+
+def parse_header(path, size: int, head: bytes, blob: bytes) -> SafetensorsHeader:
+    """Validate a safetensors header already read: its 8 length bytes ``head`` and JSON
+    ``blob`` of a file of ``size`` bytes (``path`` names it in errors: a path or a URL)."""
     try:
         header = json.loads(blob.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except RecursionError:
@@ -101,7 +109,7 @@ def read_header(path) -> SafetensorsHeader:
         raise EngramError(
             f"{path}: the safetensors __metadata__ must map strings to strings; it is damaged"
         )
-    data_start = 8 + length
+    data_start = 8 + len(blob)
     data_bytes = size - data_start
     spans = sorted(
         (*_check_entry(path, name, entry, data_bytes), name) for name, entry in header.items()
@@ -174,4 +182,4 @@ def _check_entry(path: Path, name: str, entry, data_bytes: int) -> tuple[int, in
     return begin, end
 
 
-__all__ = ["SafetensorsHeader", "read_header", "BITS", "MAX_HEADER_BYTES"]
+__all__ = ["SafetensorsHeader", "read_header", "parse_header", "BITS", "MAX_HEADER_BYTES"]

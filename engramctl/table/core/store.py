@@ -102,7 +102,10 @@ class TableStore:
         """Refuse to open the table for writing rows unless the store ``supports_writes``."""
         if not self.supports_writes:
             raise EngramError(
-                f"{self.url}: tables in object stores open read-only; write rows to a local copy"
+                f"{self.url}: tables in object stores open read-only (no writable place for "
+                "commits there); write rows to a local copy, or give the commits a local "
+                "directory by linking the checkpoint from one (engramctl import CKPT_URL t.zarr "
+                "--link: the rows stay remote, t.zarr holds the commits)"
             )
 
     def where(self, key: str = "") -> str:

@@ -35,6 +35,7 @@ from ..build.chunks import (
 )
 from ..build.create import CreateResult, build_meta, write_group_files
 from ..build.replace import install_table, is_unborn, locked_path
+from ..core.blocksums import chunk_block_crcs
 from ..core.checkpoint import Checkpoint, open_checkpoint
 from ..core.codec import chunk_key, crc32_of, encode_chunk
 from ..core.dtypes import decode_rows, encode_rows, parse_dtype
@@ -43,7 +44,16 @@ from ..core.manifest import read_group
 from ..core.meta import TableMeta
 from ..core.rowinit import InitRecipe
 from ..core.store import open_store
-from ..sources.linked import COPY_MODE, LINK_MODE, SourceReader, Span, sources_record
+from ..sources.linkblocks import LINK_TIME_BYTES, linked_bytes, record_all_link_sums
+from ..sources.linked import (
+    COPY_MODE,
+    LINK_MODE,
+    SourceReader,
+    Span,
+    local_reader,
+    sources_record,
+)
+from ..sources.remote import is_remote, open_remote_checkpoint, public_options
 from ..sources.table import table_info
 
 log = logging.getLogger(__name__)
@@ -57,6 +67,8 @@ def checkpoint_vocab(checkpoint_dir, vocab_path=None):
 
     if vocab_path is not None:
         return CanonicalVocab.load(vocab_path)
+    if is_remote(checkpoint_dir):
+        raise UsageError(f"{checkpoint_dir} is a URL; pass --vocab (from engramctl build-vocab)")
     tokenizer = Path(checkpoint_dir) / "tokenizer.json"
     if not tokenizer.is_file():
         raise UsageError(
@@ -149,14 +161,19 @@ def _check_link_options(link: bool, *, dtype: str, compressor: str) -> None:
 
 
 def _import_plan(checkpoint: Checkpoint, vocab, layers, out_path: Path, *, link: bool, dtype: str,
-                 chunk_rows: int | None, compressor: str) -> tuple[dict, TableMeta]:  # fmt: skip
+                 chunk_rows: int | None, compressor: str,
+                 remote: dict | None = None) -> tuple[dict, TableMeta]:  # fmt: skip
     """The checkpoint tensors of the selected layers, and the new table's metadata recording
     where they lie (a link: status complete; a copy: initializing until every chunk is in)."""
     layout = checkpoint_layout(checkpoint, vocab)
     selected = _select_layers(layout, layers)
     tensors = checkpoint.engram_tensors(layout, selected)
     mode = LINK_MODE if link else COPY_MODE
-    sources = sources_record(tensors, out_path, mode=mode, checkpoint=checkpoint.path)
+    if remote is not None:
+        remote = {**remote, "identities": checkpoint.remote.identities}
+    sources = sources_record(
+        tensors, out_path, mode=mode, checkpoint=checkpoint.path, remote=remote
+    )
     status = "complete" if link else "initializing"
     meta = _table_meta(
         layout,
@@ -184,6 +201,8 @@ def import_checkpoint(
     compressor: str = "none",
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    storage_options: dict | None = None,
+    cache_dir=None,
 ) -> CreateResult:
     """Import (copy) or link the Engram tables of a checkpoint directory into a table.
 
@@ -203,19 +222,37 @@ def import_checkpoint(
     dtype : str, optional
         Convert the rows (copy only; default: keep float8_e4m3fn bit for bit).
     progress : callable, optional
-        ``progress(bytes done, bytes total)`` while copying.
+        ``progress(bytes done, bytes total)`` while copying (or reading linked tensors once to
+        record their block checksums).
+    storage_options : dict, optional
+        fsspec options of a checkpoint at a URL (``s3://``, ``http(s)://``, ``hf://``: linked
+        only); recorded in the table without credentials (``key``, ``secret``, ``token``).
+    cache_dir : path, optional
+        A link to a URL: keep fetched blocks here (checked before they are kept and when read
+        back).
     """
     started = time.perf_counter()
     out_path = Path(out_path)
     dtype = parse_dtype(dtype) if dtype else FP8
     _check_link_options(link, dtype=dtype, compressor=compressor)
-    checkpoint = open_checkpoint(checkpoint_dir)
+    remote = _remote_options(checkpoint_dir, link, storage_options, cache_dir)
+    if remote is not None:
+        checkpoint = open_remote_checkpoint(str(checkpoint_dir), storage_options)
+    else:
+        checkpoint = open_checkpoint(checkpoint_dir)
     tensors, meta = _import_plan(checkpoint, vocab, layers, out_path, link=link, dtype=dtype,
-                                 chunk_rows=chunk_rows, compressor=compressor)  # fmt: skip
+                                 chunk_rows=chunk_rows, compressor=compressor,
+                                 remote=remote)  # fmt: skip
     _existing_import(out_path)  # refuse to touch something else before taking any lock
     try:
         written, skipped, resumed = _import_locked(
-            out_path, meta, tensors, link=link, overwrite=overwrite, progress=progress
+            out_path,
+            meta,
+            tensors,
+            link=link,
+            overwrite=overwrite,
+            progress=progress,
+            storage_options=storage_options,
         )
     except OSError as exc:  # the lock, the new group, the swap: one line naming the output
         raise EngramError(f"cannot write {out_path}: {exc.strerror or exc}") from exc
@@ -232,7 +269,7 @@ def import_checkpoint(
 
 
 def _import_locked(out_path: Path, meta: TableMeta, tensors, *, link: bool, overwrite: bool,
-                   progress) -> tuple[int, int, bool]:  # fmt: skip
+                   progress, storage_options=None) -> tuple[int, int, bool]:  # fmt: skip
     """Resume, create or replace the table holding its writer lock from the check to the last
     chunk (a second import to the same path gets the lock message); a new table (metadata, no
     chunks) is built beside and swapped in whole, then filled in place so a rerun resumes.
@@ -254,6 +291,7 @@ def _import_locked(out_path: Path, meta: TableMeta, tensors, *, link: bool, over
             shutil.rmtree(beside, ignore_errors=True)
         try:
             if link:
+                _record_link_sums(out_path, meta, progress, storage_options)
                 return 0, 0, False
             return (*_copy_rows(out_path, tensors, resumed=False, progress=progress), False)
         finally:
@@ -272,6 +310,8 @@ def import_checkpoint_dir(
     compressor: str = "none",
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    storage_options: list[str] | dict | None = None,
+    cache_dir=None,
 ) -> CreateResult:
     """``import CKPT_DIR``: :func:`import_checkpoint` from the command's options.
 
@@ -292,6 +332,48 @@ def import_checkpoint_dir(
         compressor=compressor,
         overwrite=overwrite,
         progress=progress,
+    )
+
+
+def _remote_options(checkpoint_dir, link: bool, storage_options, cache_dir) -> dict | None:
+    """What a link to a URL records (``None`` for a local checkpoint); refuses what only
+    applies to one of them."""
+    if not is_remote(checkpoint_dir):
+        if storage_options:
+            raise UsageError("--storage-option applies to a checkpoint at a URL (s3://, https://)")
+        if cache_dir is not None:
+            raise UsageError(
+                "--cache-dir applies to a link to a URL (a local shard is read in place)"
+            )
+        return None
+    if not link:
+        raise UsageError(
+            f"{checkpoint_dir} is a URL: a remote checkpoint is linked (pass --link), or "
+            "download it and import the copy"
+        )
+    if cache_dir is not None and not Path(cache_dir).parent.is_dir():
+        raise UsageError(f"--cache-dir {cache_dir}: its parent directory does not exist")
+    return {"storage_options": public_options(storage_options), "cache_dir": cache_dir}
+
+
+def _record_link_sums(out_path: Path, meta: TableMeta, progress, storage_options=None) -> None:
+    """Block checksums of the linked tensors, read once now when that is cheap (at most
+    ``LINK_TIME_BYTES``) or the tensors are remote (every remote read is checked against them);
+    else a note says how to record them later."""
+    remote = any(is_remote(name) for name in meta.sources["files"])
+    if linked_bytes(meta) > LINK_TIME_BYTES and not remote:
+        log.warning(
+            "%s: the linked tensors are too large to checksum now; run engramctl verify --deep "
+            "(or verify --add-block-checksums) to record their block checksums, after which "
+            "every block is checked as it is first read",
+            out_path,
+        )
+        return
+    record_all_link_sums(
+        out_path,
+        meta,
+        lambda layer_id: local_reader(out_path, meta.sources, layer_id, storage_options),
+        progress,
     )
 
 
@@ -321,7 +403,8 @@ def _copy_chunk(meta, tensors, readers: queue.Queue, out_path: Path, layer_id: i
             rows = encode_rows(decode_rows(rows, FP8, meta.dim), meta.dtype)
         data = encode_chunk(meta, rows)
         write_file_atomic(out_path / chunk_key(layer_id, c), data, fsync=False)
-        return ChunkRecord(layer_id, c, crc32_of(data), memoryview(data).nbytes)
+        blocks = chunk_block_crcs(meta, data)
+        return ChunkRecord(layer_id, c, crc32_of(data), memoryview(data).nbytes, blocks)
     finally:
         readers.put(reader_set)
 

@@ -117,7 +117,10 @@ FORMATS = (
         source_is_dir=True,
         importer=Converter(
             _import_checkpoint,
-            _same("vocab", "link", "layers", *ROW_OPTIONS),
+            {
+                **_same("vocab", "link", "layers", "cache_dir", *ROW_OPTIONS),
+                "storage_option": "storage_options",
+            },
             refusal="{source} is a checkpoint directory: its config.json gives the layout and "
             "its tensor names are fixed; drop {flags}",
             progress_name="import",
@@ -151,7 +154,8 @@ def import_format(source) -> TableFormat:
     >>> import_format("no/such.safetensors").name
     'safetensors'
     """
-    is_dir = Path(source).is_dir()
+    is_dir = "://" in str(source) and not str(source).startswith("file://")  # a remote checkpoint
+    is_dir = is_dir or Path(source).is_dir()
     return next(f for f in FORMATS if f.importer is not None and f.source_is_dir == is_dir)
 
 

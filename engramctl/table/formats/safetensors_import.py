@@ -24,12 +24,14 @@ from ...errors import EngramError, UsageError
 from ...layout import EngramLayout
 from ..build.create import CreateResult, build_meta, write_new_group
 from ..build.replace import install_table, is_unborn, locked_path
+from ..core.blocksums import chunk_block_crcs, merge_block_sums
 from ..core.codec import chunk_key, crc32_of, encode_chunk
 from ..core.dtypes import decode_rows, encode_rows, parse_dtype, storage_dtype
 from ..core.fp8 import FP8_SCALE_BLOCK
 from ..core.manifest import read_group, write_group_attrs
 from ..core.meta import check_vocab_fingerprint
 from ..core.rowinit import InitRecipe
+from ..core.store import open_store
 from ..sources.table import table_info
 from .safetensors import (
     DEFAULT_NAME,
@@ -336,6 +338,7 @@ def _copy_chunks(tmp: Path, meta, sources: dict, source_dtype: str, *, progress)
     """Write every chunk of the new table at ``tmp`` from the source tensors; its manifest."""
     total = sum(layer.n_chunks(meta.chunk_rows) for layer in meta.layers.values())
     manifest: dict = {layer_id: {} for layer_id in meta.layers}
+    blocks: dict = {layer_id: {} for layer_id in meta.layers}
     done = 0
     for layer_id, (values, scales) in sources.items():
         for c in range(meta.layers[layer_id].n_chunks(meta.chunk_rows)):
@@ -344,9 +347,13 @@ def _copy_chunks(tmp: Path, meta, sources: dict, source_dtype: str, *, progress)
             data = encode_chunk(meta, rows)
             write_file_atomic(tmp / chunk_key(layer_id, c), data, fsync=False)
             manifest[layer_id][c] = [crc32_of(data), memoryview(data).nbytes, "data"]
+            crcs = chunk_block_crcs(meta, data)
+            if crcs is not None:
+                blocks[layer_id][c] = (manifest[layer_id][c][0], crcs)
             done += 1
             if progress:
                 progress(done * meta.chunk_bytes, total * meta.chunk_bytes)
+    merge_block_sums(open_store(tmp), meta, blocks)
     return manifest
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,17 +28,21 @@ import numpy as np
 from ..._numba import njit, prange
 from ...errors import EngramError
 from ..core.checkpoint import TensorRef, read_shard_header
-from ..core.fp8_check import NAN_SCALE
 from .base import RowSource
 from .coldread import ParallelReader
+from .linkblocks import PARTS, LinkBlockCheck, LocalFetch, refuse_nan_scales
 from .linkedcold import LinkedCold
+from .remote import RemoteLinkedLayer, RemoteObject, check_remote_file, is_remote
 
 LINK_MODE, COPY_MODE = "link", "copy"
 COPY_HINT = "import the checkpoint without --link to get a table you can write"
 
 
 def source_name(file: Path, table_path: Path) -> str:
-    """How a link records ``file``: relative to the table when beside it, else absolute."""
+    """How a link records ``file``: relative to the table when beside it, else absolute; a URL
+    as it is."""
+    if is_remote(file):
+        return str(file)
     file = Path(file).resolve()
     table = Path(table_path).resolve()
     if file.is_relative_to(table.parent):
@@ -46,15 +51,26 @@ def source_name(file: Path, table_path: Path) -> str:
 
 
 def resolve_source(name: str, table_path) -> Path:
-    """The file a recorded source name points at (relative names count from the table)."""
+    """The file a recorded source name points at (relative names count from the table); a URL
+    is returned as it is (a string)."""
+    if is_remote(name):
+        return name
     path = Path(name)
     return path if path.is_absolute() else Path(os.path.normpath(Path(table_path) / path))
 
 
 def sources_record(
-    tensors: dict[int, tuple[TensorRef, TensorRef]], table_path, *, mode: str, checkpoint: Path
+    tensors: dict[int, tuple[TensorRef, TensorRef]],
+    table_path,
+    *,
+    mode: str,
+    checkpoint: Path,
+    remote: dict | None = None,
 ) -> dict:
-    """The ``sources`` metadata of a table linked to (or copied from) ``tensors``."""
+    """The ``sources`` metadata of a table linked to (or copied from) ``tensors``; ``remote``
+    (a checkpoint at a URL): ``identities`` of its shards (size and ETag), the
+    ``storage_options`` to record (no secrets) and the ``cache_dir`` of fetched blocks."""
+    remote = remote or {}
     files: dict[str, dict] = {}
     layers: dict[str, dict] = {}
     for layer_id, pair in tensors.items():
@@ -64,8 +80,11 @@ def sources_record(
             files[name] = {
                 "size": ref.file_size,
                 "header_sha256": ref.header_sha256,
-                "mtime_ns": _mtime_ns(ref.path),
+                "mtime_ns": None if is_remote(name) else _mtime_ns(ref.path),
             }
+            etag = remote.get("identities", {}).get(name, {}).get("etag")
+            if etag:
+                files[name]["etag"] = etag
             layer[part] = {
                 "file": name,
                 "tensor": ref.name,
@@ -75,12 +94,17 @@ def sources_record(
                 "dtype": ref.dtype,
             }
         layers[str(layer_id)] = layer
-    return {
+    record = {
         "mode": mode,
         "checkpoint": source_name(checkpoint, table_path),
         "files": files,
         "layers": layers,
     }
+    if remote.get("storage_options"):
+        record["storage_options"] = remote["storage_options"]
+    if remote.get("cache_dir"):
+        record["cache_dir"] = source_name(remote["cache_dir"], table_path)
+    return record
 
 
 def _mtime_ns(path) -> int | None:
@@ -95,7 +119,10 @@ def check_source_file(
 ) -> Path:
     """Refuse a source file that is missing or whose size, modification time (links made
     since it is recorded) or header changed since linking; ``tensor`` names what is read from
-    it in the error."""
+    it in the error. A URL: its size, ETag and header (:func:`~.remote.check_remote_file`)."""
+    if is_remote(name):
+        check_remote_file(name, record, None, tensor).close()
+        return name
     path = resolve_source(name, table_path)
     what = f" (it holds {tensor})" if tensor else ""
     try:
@@ -135,10 +162,39 @@ def check_sources(sources: dict, table_path) -> list[str]:
     problems = []
     for name, record in sources["files"].items():
         try:
-            check_source_file(name, record, table_path)
+            if is_remote(name):
+                check_remote_file(name, record, sources.get("storage_options"))
+            else:
+                check_source_file(name, record, table_path)
         except EngramError as exc:
             problems.append(str(exc))
     return problems
+
+
+def local_reader(
+    table_path, sources: dict, layer_id: int, options: dict | None = None
+) -> Callable[[int, int, int], bytes]:
+    """``read(part, offset, nbytes)`` of a linked layer's tensors (local shards, or URLs read
+    with the recorded storage options, or ``options``)."""
+    layer = sources["layers"][str(layer_id)]
+    objects: dict[str, RemoteObject] = {}
+
+    def read(part: int, offset: int, nbytes: int) -> bytes:
+        entry = layer[PARTS[part]]
+        if is_remote(entry["file"]):
+            if entry["file"] not in objects:
+                opts = options or sources.get("storage_options")
+                objects[entry["file"]] = RemoteObject(entry["file"], opts)
+            return objects[entry["file"]].read(int(entry["offset"]) + offset, nbytes)
+        path = resolve_source(entry["file"], table_path)
+        with open(path, "rb") as handle:
+            handle.seek(int(entry["offset"]) + offset)
+            data = handle.read(nbytes)
+        if len(data) != nbytes:
+            raise EngramError(f"{path} ended early while reading {entry['tensor']} (truncated?)")
+        return data
+
+    return read
 
 
 # ------------------------------------------------------------------------ streamed reads
@@ -250,6 +306,8 @@ class LinkedLayer:
     scale: np.ndarray  # (rows, dim/32) uint8 memmap
     files: list[tuple]  # (file, recorded size, recorded mtime or None, tensor): re-checked
     offsets: tuple[int, int] = (0, 0)  # byte offsets of the weight and scale tensors
+    checks: LinkBlockCheck | None = None  # block checksums, checked on first touch
+    fetch: LocalFetch | None = None  # how a block is read for its check
 
     @classmethod
     def open(cls, sources: dict, layer_id: int, table_path, *, rows: int, dim: int):
@@ -303,6 +361,7 @@ class LinkedLayer:
         """Rows into ``out``: through ``cold`` (warm regions from the maps, cold ones read in
         parallel) when given, else from the maps; NaN scales refused."""
         self.check_files()
+        self.check_blocks(row_ids)
         if cold is None:
             gather_linked(self.weight, self.scale, row_ids, out)
         else:
@@ -313,54 +372,80 @@ class LinkedLayer:
     def rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``[start, stop)`` as fp8 table rows (one read of each tensor's span)."""
         self.check_files()
+        if self.checks is not None:
+            self.checks.ensure_range(start, stop, self.widths, self.fetch)
         rows = np.concatenate([self.weight[start:stop], self.scale[start:stop]], axis=1)
         self.check_scales(rows, None, start)
         return rows
 
+    @property
+    def widths(self) -> tuple[int, int]:
+        return self.weight.shape[1], self.scale.shape[1]
+
+    def check_blocks(self, row_ids: np.ndarray) -> None:
+        """Read and check, once, the blocks of both tensors holding ``row_ids`` (when the link
+        has block checksums): changed bytes are refused before any row is served."""
+        if self.checks is not None:
+            self.checks.ensure_rows(row_ids, self.widths, self.fetch)
+
+    def close(self) -> None:
+        if self.fetch is not None:
+            self.fetch.close()
+
     def check_scales(self, rows: np.ndarray, row_ids, start: int = 0) -> None:
-        """Refuse rows whose ue8m0 scale byte is 255 (NaN in E8M0: the row would decode to
-        NaN/inf): an import refuses them, so a linked shard holding one changed since linking
-        or is damaged. Checks the scale bytes only (8 of 264 per row: cheap)."""
-        dim = self.weight.shape[1]
-        bad = rows[:, dim:] == NAN_SCALE
-        if not bad.any():
-            return
-        i, j = np.unravel_index(int(np.argmax(bad)), bad.shape)
-        row = int(row_ids[i]) if row_ids is not None else start + int(i)
-        raise EngramError(
-            f"row {row} of layer {self.layer_id}: scale byte {j} is 255 (NaN in E8M0; the row "
-            f"would decode to NaN) in {self.files[1][3]} ({self.files[1][0]}); an import "
-            "refuses such rows, so the shard changed or is damaged since linking: run engramctl "
-            "verify --deep, and import the checkpoint again"
-        )
+        """Refuse rows whose ue8m0 scale byte is 255 (:func:`~.linkblocks.refuse_nan_scales`)."""
+        where = f"{self.files[1][3]} ({self.files[1][0]})"
+        refuse_nan_scales(rows, self.weight.shape[1], row_ids, start, self.layer_id, where)
 
 
 class LinkedSource(RowSource):
     """The rows of a linked table: its layers mapped from the checkpoint's shards, each opened
     (files checked) on first use. Read-only: writes are refused with :data:`COPY_HINT`."""
 
-    def __init__(self, meta, table_path):
+    def __init__(self, meta, table_path, *, check_blocks: bool = True):
         self.meta, self.table_path = meta, table_path
+        self.check_blocks = check_blocks  # False (check_chunks=False): local shards unchecked
         self._layers: dict[int, LinkedLayer] = {}
         self._cold: dict[int, LinkedCold] = {}
         self._reader = ParallelReader()
         self._lock = threading.Lock()
 
-    def layer(self, layer_id: int) -> LinkedLayer:
+    def layer(self, layer_id: int) -> LinkedLayer | RemoteLinkedLayer:
         with self._lock:
+            if layer_id not in self._layers and self._remote(layer_id):
+                cache_dir = self.meta.sources.get("cache_dir")
+                self._layers[layer_id] = RemoteLinkedLayer.open(
+                    self.table_path,
+                    self.meta,
+                    layer_id,
+                    cache_dir=resolve_source(cache_dir, self.table_path) if cache_dir else None,
+                )
             if layer_id not in self._layers:
-                self._layers[layer_id] = LinkedLayer.open(
+                layer = LinkedLayer.open(
                     self.meta.sources,
                     layer_id,
                     self.table_path,
                     rows=self.meta.layer(layer_id).rows,
                     dim=self.meta.dim,
                 )
+                if self.check_blocks:
+                    layer.checks = LinkBlockCheck.open(self.table_path, self.meta, layer_id)
+                if layer.checks is not None:
+                    paths = (layer.files[0][0], layer.files[1][0])
+                    sizes = (layer.files[0][1], layer.files[1][1])
+                    layer.fetch = LocalFetch(paths, layer.offsets, sizes, self._reader)
+                self._layers[layer_id] = layer
             return self._layers[layer_id]
+
+    def _remote(self, layer_id: int) -> bool:
+        layer = self.meta.sources["layers"].get(str(layer_id))
+        return layer is not None and is_remote(layer["weight"]["file"])
 
     def gather(self, layer_id: int, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
         layer = self.layer(layer_id)
         with self._lock:
+            if isinstance(layer, RemoteLinkedLayer):
+                return layer.gather(ids, out)
             cold = self._cold.get(layer_id)
             if cold is None and layer.weight.shape[0]:
                 cold = self._cold[layer_id] = LinkedCold(layer, self.meta.chunk_rows, self._reader)
@@ -391,5 +476,7 @@ class LinkedSource(RowSource):
             for cold in self._cold.values():
                 cold.close()
             self._cold.clear()
+            for layer in self._layers.values():
+                layer.close()
             self._layers.clear()
             self._reader.close()

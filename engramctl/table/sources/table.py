@@ -62,7 +62,7 @@ def row_source(
 ) -> RowSource:
     """The row source of a table: its checkpoint's shards if linked, else its chunk files."""
     if meta.linked:
-        return LinkedSource(meta, store.location)
+        return LinkedSource(meta, store.location, check_blocks=check_chunks)
     return ChunkedSource(store, meta, manifest, check_chunks=check_chunks, writer=writer)
 
 
@@ -471,7 +471,9 @@ def open_table(
     check_chunks : bool
         Check bytes before returning them: a chunk in the page cache against its CRC-32 the
         first time it is used; a cold read per block where the table has block checksums (else
-        its whole chunk, once). Turn off to skip the checks (sizes are still checked).
+        its whole chunk, once); a linked table's blocks against their block checksums the
+        first time they are read. Turn off to skip the checks (sizes are still checked; a link
+        to a URL checks every fetched block regardless).
     storage_options : dict, optional
         fsspec options of a URL (``endpoint_url``, ``key``, ``secret``, ``anon`` ...).
     """

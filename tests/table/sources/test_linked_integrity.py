@@ -38,7 +38,14 @@ def set_scale_255(table, layer_id: int, row: int, byte: int) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+def drop_link_sums(table) -> None:
+    """Remove the block checksums: a link made before they were recorded."""
+    for file in table.glob("*/link.crc32c"):
+        file.unlink()
+
+
 def test_a_nan_scale_is_refused_by_gather_rows_and_read_chunk(linked):
+    drop_link_sums(linked)
     with open_table(linked) as t:
         sound = t.gather(1, [0, 1, 2, 700]).copy()
     set_scale_255(linked, 1, 700, 1)
