@@ -85,7 +85,8 @@ def test_compact_into_base_through_the_cli(f32_table):
     assert result.exit_code == 0, result.output
     assert "2 commits folded into the base (layer 1: 1, layer 15: 1 chunks" in result.stdout
     # history wraps at the terminal's width, which a long temporary path reaches
-    assert "into the base (2 chunks rewritten)" in " ".join(run("history", f32_table).stdout.split())
+    history = " ".join(run("history", f32_table).stdout.split())
+    assert "into the base (2 chunks rewritten)" in history
     with open_table(f32_table) as table:
         assert not table.commits
         assert table.gather(1, [1, 2])[:, 0].tolist() == [1.0, 2.0]
