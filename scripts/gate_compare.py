@@ -6,7 +6,8 @@ documents into a half to fit on and a half to score on. One pass of the model ov
 collects, per scored token, ``log P_model`` over raw ids, ``P_counts`` and every gate input
 (:func:`engramctl.model.serve.gate_fit.collect_gate_data`, what ``fit-gate`` fits on); each
 feature set of :data:`engramctl.counts.gate.FEATURE_SETS` is then fitted on the fit halves
-(both domains, each file weighing the same, as ``fit-gate`` does) and scored on the other
+(both domains, each file weighing the same, as ``fit-gate`` does; and with ``--keep`` the
+docs fit half) and scored on the other
 halves exactly as ``eval`` mixes (λ per token, ``log((1-λ) P_model + λ P_counts)``). Also: the
 build's gate, constant λs, and the best set fitted on the new domain alone.
 
@@ -73,7 +74,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     from engramctl.counts.gate import FEATURE_SETS, GateInputs, fit_gate, gate_lambda
-    from engramctl.model.serve.gate_fit import collect_gate_data, file_weights
+    from engramctl.model.serve.gate_fit import KEEP_NATS, collect_gate_data, fit_kept
     from engramctl.model.serve.mixing import CountsSpec, open_counts_for_model
     from engramctl.model.serve.opening import ModelSpec, open_model
     from engramctl.table.sources.table import open_table
@@ -115,15 +116,14 @@ def main(argv=None) -> dict:
     for c in (0.05, 0.25, 0.5):
         score(f"constant λ {c}", lambda e, c=c: np.full(len(e["model_logp"]), c))
     for name, names in FEATURE_SETS.items():
-        t = time.perf_counter()
-        gate = fit_gate(fit["scores"][:, 0], np.exp(fit["model_logp"]), fit["inputs"], M,
-                        background="model", features=names,
-                        sample_weight=file_weights(fit["file"]))  # fmt: skip
-        score(
-            f"fit-gate --features {name}",
-            lambda e, g=gate: gate_lambda(g["weights"], e["inputs"], M, names=g["features"]),
-            f"{time.perf_counter() - t:.1f} s fit; w={np.round(gate['weights'], 3).tolist()}",
-        )
+        for keep in (False, True):
+            t = time.perf_counter()
+            gate = fit_kept(fit, M, names, np.array([keep, False]), KEEP_NATS)
+            label = f"fit-gate --features {name}" + (" --keep docs" if keep else "")
+            note = (f"{time.perf_counter() - t:.1f} s; keep {gate.get('keep')}; "
+                    f"w={np.round(gate['weights'], 3).tolist()}")  # fmt: skip
+            score(label, lambda e, g=gate: gate_lambda(g["weights"], e["inputs"], M,
+                                                       names=g["features"]), note)  # fmt: skip
     code_fit = data["code_heldout", "fit"]
     gate = fit_gate(code_fit["scores"][:, 0], np.exp(code_fit["model_logp"]),
                     code_fit["inputs"], M, background="model",

@@ -256,12 +256,12 @@ class SequenceMixer:
                          mix=self.mix, eos=self.eos)  # fmt: skip
         raw_logp, scores, _, lam = mixing.batch(slice(0, 1), logits, class_logp[None, :],
                                                 targets[None, :])  # fmt: skip
-        p_model, p_counts = np.exp(raw_logp), scores[:, 0]
-        mixed = np.log((1 - lam) * p_model + lam * p_counts)
         picked = np.flatnonzero(scored)
-        greedy = all(self._argmax(ids[: t + 1], logits[0, t], lam[t]) == ids[t + 1]
-                     for t in picked)  # fmt: skip
-        return float(mixed[picked].sum()), bool(greedy)
+        p_model, p_counts, lam = np.exp(raw_logp[picked]), scores[picked, 0], lam[picked]
+        mixed = np.log((1 - lam) * p_model + lam * p_counts)
+        greedy = all(self._argmax(ids[: t + 1], logits[0, t], lam[k]) == ids[t + 1]
+                     for k, t in enumerate(picked))  # fmt: skip
+        return float(mixed.sum()), bool(greedy)
 
     def _argmax(self, history: list[int], logits, lam: float) -> int:
         """The raw id the mix puts first after ``history`` (the counts' whole distribution)."""
