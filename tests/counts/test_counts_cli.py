@@ -250,3 +250,27 @@ def test_multiple_choice_mixed_with_counts(setup, tmp_path):
     assert result.exit_code == 0, result.output
     alone = run("eval", "--counts", setup["counts"], "--benchmark", bench, "--json")
     assert json.loads(result.output)["metrics"]["acc"] == json.loads(alone.output)["metrics"]["acc"]
+
+
+@pytest.mark.slow
+def test_lm_eval_tasks_mixed_with_counts(setup, tmp_path, monkeypatch):
+    """The harness's multiple choice with --counts --mix 1 is the count memory's alone."""
+    pytest.importorskip("lm_eval")
+    from tests.conftest import REPO
+
+    for key in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(key, "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    bench = REPO / "sample_data" / "bench"
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "mc_next_line.yaml").write_text((bench / "mc_next_line.yaml").read_text())
+    lines = (bench / "mc_next_line.jsonl").read_text().splitlines()[:12]
+    (tasks / "mc_next_line.jsonl").write_text("\n".join(lines) + "\n")
+    result = run("eval", *with_model(setup), "--counts", setup["counts"], "--mix", 1,
+                 "--lm-eval-tasks", tasks, "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    theirs = json.loads(result.stdout)["results"]["results"]["engramctl_mc_next_line"]
+    alone = run("eval", "--counts", setup["counts"], "--benchmark", tasks / "mc_next_line.jsonl",
+                "--json")  # fmt: skip
+    assert theirs["acc,none"] == json.loads(alone.output)["metrics"]["acc"]
