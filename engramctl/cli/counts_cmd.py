@@ -273,9 +273,18 @@ def show_counts_info(path: str, *, json_out: bool) -> None:
         against = (gate.get("model") or {}).get("path") or "the unigram (build time)"
         console.print(
             f"gate: fitted against {against} on {gate['heldout_positions']:,} held-out "
-            f"positions, mean λ {gate['mean_lambda']:.3f}, weights "
-            f"{[round(w, 3) for w in gate['weights']]}"
+            f"positions, mean λ {gate['mean_lambda']:.3f}; weights "
+            + ", ".join(
+                f"{name} {w:.3f}"
+                for name, w in zip(gate.get("features") or [], gate["weights"], strict=False)
+            )  # fmt: skip
         )
+        if gate.get("keep"):
+            k = gate["keep"]
+            costs = ", ".join(f"{c:+.4f}" for c in k["costs"])
+            verdict = "met" if k["met"] else "NOT met"
+            console.print(f"  --keep {', '.join(k.get('files', []))}: in-sample cost {costs} "
+                          f"nats/token (bound {k['nats']}, {verdict})")  # fmt: skip
     else:
         console.print(f"gate: not fitted ({gate.get('reason')}), constant λ")
 
