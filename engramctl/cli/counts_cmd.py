@@ -182,10 +182,11 @@ def fit_gate_command(
         str,
         typer.Option(
             "--features",
-            help="What the gate reads: all (default), evidence, entropy, levels, agreement or "
-            "recent (docs/counts.md, The gate).",
+            help="What the gate reads: recent (default: the evidence and how the counts did "
+            "against the model on the document so far), evidence, entropy, levels, agreement "
+            "or all (docs/counts.md, The gate).",
         ),
-    ] = "all",
+    ] = "recent",
     table: ModelFlags.Table = None,
     batch: Annotated[int, typer.Option("--batch", help="Windows per forward pass.")] = 16,
     device: ModelFlags.Device = Device.auto,
