@@ -166,6 +166,27 @@ def fit_gate_command(
             "the mix will see.",
         ),
     ],
+    keep: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--keep",
+            help="Held-out text of a domain the model already knows (fitted on too): the mix "
+            "may cost it at most --keep-nats nats/token in sample. Repeatable.",
+        ),
+    ] = None,
+    keep_nats: Annotated[
+        float,
+        typer.Option("--keep-nats", help="What the mix may cost each --keep file in sample."),
+    ] = 0.005,
+    features: Annotated[
+        str,
+        typer.Option(
+            "--features",
+            help="What the gate reads: recent (default: the evidence and how the counts did "
+            "against the model on the document so far), evidence, entropy, levels, agreement "
+            "or all (docs/counts.md, The gate).",
+        ),
+    ] = "recent",
     table: ModelFlags.Table = None,
     batch: Annotated[int, typer.Option("--batch", help="Windows per forward pass.")] = 16,
     device: ModelFlags.Device = Device.auto,
@@ -184,7 +205,7 @@ def fit_gate_command(
 
     Example:
     engramctl fit-gate code-counts.zarr --model m --table t.zarr \\
-        --benchmark code-heldout.jsonl --benchmark docs-heldout.jsonl
+        --benchmark code-heldout.jsonl --keep docs-heldout.jsonl
     """
     from ..errors import UsageError
     from ..model.serve.gate_fit import fit_counts_gate
@@ -201,6 +222,7 @@ def fit_gate_command(
         gate = fit_counts_gate(
             model=ModelSpec(model, table_handle, device.value, cache_rows, resident, tokenizer),
             counts_path=counts, benchmarks=list(benchmark), batch=batch, on_progress=update,
+            features=features, keep=tuple(keep or ()), keep_nats=keep_nats,
         )  # fmt: skip
     if json_out:
         typer.echo(json.dumps(gate))
@@ -210,6 +232,12 @@ def fit_gate_command(
         f"mean λ {gate['mean_lambda']:.3f}; loss model {gate['heldout_loss_model']:.4f}, counts "
         f"{gate['heldout_loss_counts']:.4f}, mixed {gate['heldout_loss_mixed']:.4f}"
     )
+    kept = gate.get("keep")
+    if kept:
+        costs = ", ".join(f"{c:+.4f}" for c in kept["costs"])
+        verdict = "met" if kept["met"] else "NOT met at the largest weight"
+        console.print(f"--keep: in-sample cost {costs} nats/token (bound {kept['nats']}): "
+                      f"{verdict}; kept files weigh {kept['weight']:g}x")  # fmt: skip
 
 
 def is_counts_path(path: str) -> bool:
@@ -246,9 +274,18 @@ def show_counts_info(path: str, *, json_out: bool) -> None:
         against = (gate.get("model") or {}).get("path") or "the unigram (build time)"
         console.print(
             f"gate: fitted against {against} on {gate['heldout_positions']:,} held-out "
-            f"positions, mean λ {gate['mean_lambda']:.3f}, weights "
-            f"{[round(w, 3) for w in gate['weights']]}"
+            f"positions, mean λ {gate['mean_lambda']:.3f}; weights "
+            + ", ".join(
+                f"{name} {w:.3f}"
+                for name, w in zip(gate.get("features") or [], gate["weights"], strict=False)
+            )  # fmt: skip
         )
+        if gate.get("keep"):
+            k = gate["keep"]
+            costs = ", ".join(f"{c:+.4f}" for c in k["costs"])
+            verdict = "met" if k["met"] else "NOT met"
+            console.print(f"  --keep {', '.join(k.get('files', []))}: in-sample cost {costs} "
+                          f"nats/token (bound {k['nats']}, {verdict})")  # fmt: skip
     else:
         console.print(f"gate: not fitted ({gate.get('reason')}), constant λ")
 

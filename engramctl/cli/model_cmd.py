@@ -268,7 +268,12 @@ def eval_command(
     cache_rows: ModelFlags.CacheRows = ModelFlags.CACHE_ROWS,
     resident: ModelFlags.Resident = False,
     explain: Annotated[
-        str | None, typer.Option("--explain", help="Colour this text's tokens by Engram gate.")
+        str | None,
+        typer.Option(
+            "--explain",
+            help="Colour this text's tokens by Engram gate; with --counts also each token's λ "
+            "and P_model, P_counts of it.",
+        ),
     ] = None,
     lm_eval_tasks: Annotated[
         str | None,
@@ -405,3 +410,24 @@ def _print_explain(explain: dict) -> None:
                 console.print(f"  {pos:>4}  {gate:.3f}  {piece!r}", markup=False)
         mean = sum(gates) / len(gates)
         console.print(f"  mean gate {mean:.3f}, min {min(gates):.3f}, max {max(gates):.3f}")
+    if explain.get("counts"):
+        _print_explain_counts(explain["tokens"], explain["counts"])
+
+
+def _print_explain_counts(tokens: list[str], mixed: dict) -> None:
+    """Per token: the count memory's λ and P_model, P_counts, P_mixed of the actual token."""
+    lam = [v for v in mixed["lambda"] if v is not None]
+    source = "the fitted gate" if mixed["mix"] == "gate" else f"--mix {mixed['mix']}"
+    console.print(f"count memory λ per token ({source}; P of the actual token, raw ids):")
+    console.print("   pos       λ   P_model  P_counts   P_mixed  token", markup=False)
+    for pos, piece in enumerate(tokens):
+        if mixed["lambda"][pos] is None:
+            console.print(f"  {pos:>4}       -         -         -         -  {piece!r}",
+                          markup=False)  # fmt: skip
+            continue
+        values = (mixed[k][pos] for k in ("lambda", "p_model", "p_counts", "p_mixed"))
+        cells = "".join(f"  {v:8.4f}" for v in values)
+        console.print(f"  {pos:>4}{cells}  {piece!r}", markup=False)
+    if lam:
+        console.print(f"  mean λ {sum(lam) / len(lam):.3f}, min {min(lam):.3f}, "
+                      f"max {max(lam):.3f}")  # fmt: skip

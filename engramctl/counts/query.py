@@ -12,7 +12,7 @@ import numpy as np
 from ..errors import EngramError
 from ..hashing import NgramHasher
 from ..table.core.meta import check_vocab_fingerprint
-from .gate import gate_lambda, needs_model_entropy
+from .gate import GateInputs, gate_lambda, gate_names, model_inputs_needed
 from .smoothing import distribution, level_probability_kernel, unigram_probabilities
 from .store import CountsStore
 
@@ -54,6 +54,7 @@ class CountsModel:
         self.discounts = store.discounts
         self.p0 = unigram_probabilities(store.unigram, self.discounts[0])
         self.gate_weights = np.asarray(store.meta["gate"]["weights"], dtype=np.float64)
+        self.gate_names = gate_names(store.meta["gate"], self.gate_weights)
         self.arrays = (np.asarray(store.tokens), np.asarray(store.counts),
                        np.asarray(store.totals))  # fmt: skip
 
@@ -99,24 +100,50 @@ class CountsModel:
         return self.score_rows(self.context_rows(ids[:-1]), ids[1:])
 
     @property
-    def needs_model_entropy(self) -> bool:
-        """Does the gate read the model's entropy (it was fitted against a model)?"""
-        return needs_model_entropy(self.gate_weights)
+    def gate_reads(self) -> set[str]:
+        """What the gate reads of the model (:class:`~engramctl.counts.gate.GateInputs` fields
+        besides the evidence; empty for the build's gate)."""
+        return model_inputs_needed(self.gate_names)
 
-    def gate(self, scores: np.ndarray, mix: float | None = None, model_entropy=None) -> np.ndarray:
+    @property
+    def needs_model_entropy(self) -> bool:
+        """Does the gate read the model (it was fitted against a model)?"""
+        return bool(self.gate_reads)
+
+    def gate(self, scores: np.ndarray, mix: float | None = None, model_entropy=None,
+             inputs: GateInputs | None = None) -> np.ndarray:  # fmt: skip
         """λ per scored position: the constant ``mix``, or the fitted gate on the evidence
-        (and the model's entropy at each position, for a gate fitted against a model)."""
+        (``inputs``: the evidence and what the gate reads of the model, or just the model's
+        entropy at each position)."""
         if mix is not None:
             return np.full(scores.shape[0], float(mix))
-        return gate_lambda(self.gate_weights, scores[:, 1:4], self.max_level, model_entropy)
+        if inputs is None:
+            inputs = GateInputs(scores[:, 1:4], model_entropy=model_entropy)
+        return gate_lambda(self.gate_weights, inputs, self.max_level, names=self.gate_names)
 
-    def next_distribution(self, history: list[int], model_entropy=None) -> tuple[np.ndarray, float]:
-        """``(P_counts(. | history) over raw ids, λ)`` after a non-empty raw-id history
-        (``model_entropy``: the model's there, for a gate fitted against a model)."""
+    def distribution_after(self, history: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(P_counts(. | history) over raw ids, the context's rows)`` after a non-empty
+        raw-id history."""
         tail = np.asarray(history[-self.max_level :], dtype=np.int64)
         rows = self.context_rows(tail)[-1]
         prob = distribution(rows, self.level_cols, self.level_ncols, *self.arrays, self.p0,
                             self.discounts)  # fmt: skip
+        return prob, rows
+
+    def next_distribution(self, history: list[int], model_entropy=None, *, model_raw=None,
+                          recent_gain: float = 0.0) -> tuple[np.ndarray, float]:  # fmt: skip
+        """``(P_counts(. | history) over raw ids, λ)`` after a non-empty raw-id history.
+
+        For a gate fitted against a model: ``model_entropy`` (over its classes), ``model_raw``
+        (its distribution over raw ids, whose top token the gate may read) and the document's
+        ``recent_gain`` so far (:class:`~engramctl.counts.gate.RecentGain`)."""
+        prob, rows = self.distribution_after(history)
         evidence = self.score_rows(rows[None, :], np.zeros(1, np.int64))[:, 1:4]
-        entropy = None if model_entropy is None else np.array([model_entropy], np.float64)
-        return prob, float(gate_lambda(self.gate_weights, evidence, self.max_level, entropy)[0])
+        fields = {"model_entropy": None if model_entropy is None else [model_entropy]}
+        if model_raw is not None:
+            top = int(np.argmax(model_raw))
+            fields |= {"model_top": [float(model_raw[top])], "counts_of_model_top": [prob[top]],
+                       "recent_gain": [recent_gain]}  # fmt: skip
+        inputs = GateInputs(evidence, **{k: None if v is None else np.asarray(v, np.float64)
+                                         for k, v in fields.items()})  # fmt: skip
+        return prob, float(self.gate(evidence, inputs=inputs)[0])

@@ -179,3 +179,99 @@ def test_build_counts_bad_input(setup, ds_vocab_path, tmp_path):
     result = run("eval", "--counts", setup["counts"], "--benchmark", corpus, "--mix", 0.5,
                  "--explain", "x")  # fmt: skip
     assert result.exit_code == 2 and "without --model" in result.output
+
+
+def test_explain_shows_lambda_per_token(setup):
+    text = "def main(args): return args"
+    doc = json.loads(run("eval", *with_model(setup), "--explain", text, "--counts",
+                         setup["counts"], "--json").output)["explain"]  # fmt: skip
+    mixed = doc["counts"]
+    n = len(doc["tokens"])
+    assert n > 3 and all(len(mixed[k]) == n for k in ("lambda", "p_model", "p_counts", "p_mixed"))
+    assert mixed["lambda"][0] is None and mixed["mix"] == "gate"
+    lam, pm, pc, px = (np.array(mixed[k][1:]) for k in ("lambda", "p_model", "p_counts", "p_mixed"))
+    assert ((lam > 0) & (lam < 1)).all() and ((pm > 0) & (pc > 0)).all()
+    np.testing.assert_allclose(px, (1 - lam) * pm + lam * pc, rtol=1e-12)
+    # P_counts of the actual token is the count memory's score of the text
+    from engramctl.counts import CountsModel, open_counts
+
+    store = open_counts(setup["counts"])
+    np.testing.assert_allclose(pc, CountsModel(store, store.vocab()).score_stream(
+        np.array(doc["ids"]))[:, 0], rtol=1e-12)  # fmt: skip
+    fixed = run("eval", *with_model(setup), "--explain", text, "--counts", setup["counts"],
+                "--mix", 0.3)  # fmt: skip
+    assert fixed.exit_code == 0, fixed.output
+    assert "count memory λ per token (--mix 0.3" in fixed.output
+    assert fixed.output.count("  0.3000  ") == n - 1
+
+
+def test_multiple_choice_mixed_with_counts(setup, tmp_path):
+    from engramctl.corpus.stream import eos_id
+    from engramctl.counts import CountsModel, open_counts
+    from engramctl.model.serve.evaluate import choice_scores
+    from engramctl.model.serve.mixing import SequenceMixer, unknown_log_spread
+    from engramctl.model.serve.opening import ModelSpec, open_model
+    from engramctl.table.sources.table import open_table
+
+    records = [{"context": "def main(", "choices": [" args", " the"], "label": 0},
+               {"context": "import", "choices": [" os", " return x"], "label": 0},
+               {"context": "The", "choices": [" file", " ("], "label": 1}]  # fmt: skip
+    bench = tmp_path / "mc.jsonl"
+    bench.write_text("".join(json.dumps(r) + "\n" for r in records))
+    store = open_counts(setup["counts"])
+    with open_table(setup["table"]) as table:
+        opened = open_model(ModelSpec(setup["model"], table, "cpu"))
+        runner, tok = opened.runner, opened.tokenizer
+        counts = CountsModel(store, store.vocab())
+        eos = eos_id(tok)
+        plain = choice_scores(runner, records, tok, batch=4)
+        scores = {m: choice_scores(runner, records, tok, batch=4,
+                                   mixer=SequenceMixer(counts, runner.model_vocab, m, eos))
+                  for m in (0.0, 1.0, None)}  # fmt: skip
+    # λ = 1: the count memory's own score of each choice after its context
+    spread = unknown_log_spread(runner.model_vocab, counts.p0)
+    expected_counts, expected_model = [], []
+    for r, record in enumerate(records):
+        context = tok.encode(record["context"], add_special_tokens=False).ids
+        for c, choice in enumerate(record["choices"]):
+            cont = tok.encode(choice, add_special_tokens=False).ids
+            p = counts.score_stream(np.array(context + cont))[:, 0][-len(cont) :]
+            expected_counts.append(np.log(p).sum())
+            # λ = 0: the model's score over raw ids (the unknown class spread)
+            unknown = runner.model_vocab.encode_targets(np.array(cont)) == 0
+            expected_model.append(plain[2 * r + c] + spread[np.array(cont)[unknown]].sum())
+    np.testing.assert_allclose(scores[1.0], expected_counts, rtol=1e-9)
+    np.testing.assert_allclose(scores[0.0], expected_model, rtol=1e-9)
+    assert np.isfinite(scores[None]).all()
+    assert not np.allclose(scores[None], scores[0.0]) and not np.allclose(scores[None], scores[1.0])
+    # the CLI: the mixed accuracy is reported; at λ = 1 it is the count memory's alone
+    result = run("eval", *with_model(setup), "--counts", setup["counts"], "--mix", 1,
+                 "--benchmark", bench, "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    by_record = np.array(expected_counts).reshape(len(records), 2)
+    acc = np.mean([np.argmax(by_record[r]) == rec["label"] for r, rec in enumerate(records)])
+    assert json.loads(result.output)["metrics"]["acc"] == pytest.approx(acc)
+
+
+@pytest.mark.slow
+def test_lm_eval_tasks_mixed_with_counts(setup, tmp_path, monkeypatch):
+    """The harness's multiple choice with --counts --mix 1 is the count memory's alone."""
+    pytest.importorskip("lm_eval")
+    from tests.conftest import REPO
+
+    for key in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"):
+        monkeypatch.setenv(key, "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    bench = REPO / "sample_data" / "bench"
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "mc_next_line.yaml").write_text((bench / "mc_next_line.yaml").read_text())
+    lines = (bench / "mc_next_line.jsonl").read_text().splitlines()[:12]
+    (tasks / "mc_next_line.jsonl").write_text("\n".join(lines) + "\n")
+    result = run("eval", *with_model(setup), "--counts", setup["counts"], "--mix", 1,
+                 "--lm-eval-tasks", tasks, "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    theirs = json.loads(result.stdout)["results"]["results"]["engramctl_mc_next_line"]
+    alone = run("eval", "--counts", setup["counts"], "--benchmark", tasks / "mc_next_line.jsonl",
+                "--json")  # fmt: skip
+    assert theirs["acc,none"] == json.loads(alone.output)["metrics"]["acc"]

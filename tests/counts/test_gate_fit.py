@@ -46,9 +46,9 @@ def metrics(model, counts, benchmark):
     return json.loads(result.output)
 
 
-def fit(model, counts, *benchmarks):
+def fit(model, counts, *benchmarks, extra=()):
     args = [a for b in benchmarks for a in ("--benchmark", b)]
-    result = run("fit-gate", counts, *model, *args, "--json")
+    result = run("fit-gate", counts, *model, *args, *extra, "--json")
     assert result.exit_code == 0, result.output
     return json.loads(result.output)
 
@@ -74,7 +74,8 @@ def test_fitted_gate_improves_on_the_model_in_domain(setup, slices, tmp_path):  
     counts = tmp_path / "c.zarr"
     shutil.copytree(setup["counts"], counts)
     gate = fit(with_model(setup), counts, slices["fit"])
-    assert gate["features"][-1] == "model_entropy" and len(gate["weights"]) == 5
+    assert gate["feature_set"] == "recent" and len(gate["weights"]) == len(gate["features"])
+    assert gate["features"][-1] == "recent_gain"
     # in sample the mix is at least as good as either component
     assert gate["heldout_loss_mixed"] <= min(gate["heldout_loss_model"],
                                              gate["heldout_loss_counts"]) + 1e-6  # fmt: skip
@@ -85,11 +86,19 @@ def test_fitted_gate_improves_on_the_model_in_domain(setup, slices, tmp_path):  
     info = json.loads(run("info", counts, "--json").output)
     assert info["gate"]["model"]["path"] == str(setup["model"])
     assert info["gate"]["benchmarks"] == [str(slices["fit"])]
-    # generate reads the model's entropy at each step for this gate
+    # a gate that reads all of the model (entropy, top token, agreement, recent gain): eval
+    # and generate compute each per position / step
+    every = fit(with_model(setup), counts, slices["fit"], extra=("--features", "all"))
+    assert {"model_entropy", "log_counts_of_model_top", "level_0"} <= set(every["features"])
+    m = metrics(with_model(setup), counts, slices["eval"])["metrics"]
+    assert m["mixed_loss"] < m["model_loss"] - 0.05, m
     result = run("generate", *with_model(setup), "--prompt", "def main(", "--max-tokens", 3,
                  "--counts", counts, "--json")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert 0 < json.loads(result.output)["counts"]["mean_lambda"] < 1
+    bad = run("fit-gate", counts, *with_model(setup), "--benchmark", slices["fit"],
+              "--features", "everything")  # fmt: skip
+    assert bad.exit_code != 0 and "--features must be one of" in bad.output
 
 
 def test_a_model_gate_needs_the_models_entropy():

@@ -62,8 +62,6 @@ class EvalRequest:
         from ...counts import check_mix
 
         check_mix(self.mix)
-        if self.counts is not None and self.lm_eval_tasks is not None:
-            raise UsageError("--counts mixes into --benchmark only; drop it for --lm-eval-tasks")
         if self.mix is not None and self.counts is None:
             raise UsageError("--mix weighs a count memory: give --counts too")
         if self.model is None:
@@ -128,13 +126,13 @@ def run_eval(
             from .lm_eval_adapter import run_lm_eval
 
             doc = run_lm_eval(model=spec, tasks=r.lm_eval_tasks, limit=r.limit, batch=r.batch,
-                              quiet=not r.harness_output)  # fmt: skip
+                              quiet=not r.harness_output, counts=counts)  # fmt: skip
         if r.benchmark is not None:
             result = evaluate(model=spec, benchmark=r.benchmark, batch=r.batch,
                               on_progress=on_progress, counts=counts)  # fmt: skip
             doc = result.to_dict()
         if r.explain is not None:
-            doc["explain"] = explain_gates(model=spec, text=r.explain)
+            doc["explain"] = explain_gates(model=spec, text=r.explain, counts=counts)
     harness_table = doc.pop("table", None)
     _write_report(r, doc)
     return EvalOutput(doc, harness_table)

@@ -127,12 +127,12 @@ def evaluate_lm(
     ``counts`` (a :class:`~engramctl.counts.CountsModel`): also the model's, the memory's and
     the mixed losses over raw ids (:mod:`engramctl.model.serve.mixing`); ``loss`` is then the
     mixed one and the model's own figure is ``model_vocab_loss``. ``collect`` (with
-    ``counts``): gets one ``(log P_model (raw ids), counts scores (P, 4), the model's entropy
-    (P,))`` per batch of scored targets, what :mod:`engramctl.model.serve.gate_fit` fits on."""
+    ``counts``): gets one ``(log P_model (raw ids), counts scores (P, 4), GateInputs)`` per
+    batch of scored targets, what :mod:`engramctl.model.serve.gate_fit` fits on."""
     import torch
 
     from ...corpus.stream import eos_id
-    from .mixing import MixTotals, stream_scores, unknown_log_spread
+    from .mixing import MixPass
 
     stream = corpus.ids
     seq_len = runner.model.config.block_size
@@ -142,12 +142,8 @@ def evaluate_lm(
     targets = runner.model_vocab.encode_targets(windows[:, 1:])
     mixing = None
     if counts is not None:
-        scores = stream_scores(counts, np.asarray(stream), len(windows), seq_len)
-        # the model's entropy per position: read by a gate fitted against a model, and fitted on
-        entropy_needed = collect is not None or (mix is None and counts.needs_model_entropy)
-        spread = unknown_log_spread(runner.model_vocab, counts.p0)
-        raw_targets = np.clip(windows[:, 1:], 0, counts.p0.shape[0] - 1)
-        mixing = MixTotals()
+        mixing = MixPass(counts, stream, windows[:, 1:], runner.model_vocab, mix=mix,
+                         eos=eos_id(tokenizer), everything=collect is not None)  # fmt: skip
     total_nats, scored, unknown = 0.0, 0, 0
     for i, (_, logits) in enumerate(runner.run(_batches(inputs, batch))):
         sl = slice(i * batch, i * batch + logits.shape[0])
@@ -161,19 +157,11 @@ def evaluate_lm(
         unknown += int(((t == 0) & m).sum())
         if mixing is not None:
             class_logp = -nats.double().view(t.shape).cpu().numpy()
-            entropy = None
-            if entropy_needed:
-                logq = torch.log_softmax(logits.float(), dim=-1)
-                entropy = (-(logq.exp() * logq).sum(-1)).double().cpu().numpy()
-            batch_scores = scores[sl]
-            lam = counts.gate(
-                batch_scores.reshape(-1, 4), mix, None if entropy is None else entropy.reshape(-1)
-            ).reshape(batch_scores.shape[:2])
-            raw_logp = class_logp + np.where(targets[sl] == 0, spread[raw_targets[sl]], 0.0)
-            keep = mask[sl]
-            mixing.add(raw_logp[keep], batch_scores[..., 0][keep], lam[keep])
+            raw_logp, scores, gate_inputs, lam = mixing.batch(sl, logits, class_logp, targets[sl])
+            keep = mask[sl].reshape(-1)
+            mixing.totals.add(raw_logp[keep], scores[keep, 0], lam[keep])
             if collect is not None:
-                collect.append((raw_logp[keep], batch_scores[keep], entropy[keep]))
+                collect.append((raw_logp[keep], scores[keep], gate_inputs.select(keep)))
         if on_progress is not None:
             on_progress(sl.start + logits.shape[0], len(inputs))
     n_bytes = corpus.text_bytes
@@ -188,7 +176,7 @@ def evaluate_lm(
         "unknown_target_fraction": unknown / scored,
     }
     if mixing is not None:
-        mixed = mixing.metrics(n_bytes)
+        mixed = mixing.totals.metrics(n_bytes)
         metrics = {
             "loss": mixed["mixed_loss"],
             "perplexity": math.exp(mixed["mixed_loss"]),
@@ -204,8 +192,9 @@ def evaluate_lm(
 
 
 def choice_scores(
-    runner: ModelRunner, records: list[dict], tokenizer, *, batch: int, on_progress=None
-) -> np.ndarray:
+    runner: ModelRunner, records: list[dict], tokenizer, *, batch: int, on_progress=None,
+    mixer=None,
+) -> np.ndarray:  # fmt: skip
     """Summed log-likelihood of every choice's tokens after its context, records in order."""
     pairs = []
     for r, record in enumerate(records):
@@ -215,7 +204,8 @@ def choice_scores(
             if not cont:
                 raise EngramError(f"record {r + 1}: a choice encodes to no tokens")
             pairs.append((context, cont))
-    return score_continuations(runner, pairs, batch=batch, on_progress=on_progress)[0]
+    return score_continuations(runner, pairs, batch=batch, on_progress=on_progress,
+                               mixer=mixer)[0]  # fmt: skip
 
 
 def score_continuations(
@@ -224,6 +214,7 @@ def score_continuations(
     *,
     batch: int,
     on_progress: Callable[[int, int], None] | None = None,
+    mixer=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Summed log-likelihood of each continuation's tokens after its context (raw token ids),
     and whether greedy decoding would produce every one of them.
@@ -233,6 +224,9 @@ def score_continuations(
     start. This is the scoring of ``eval --benchmark`` multiple choice and of the
     lm-evaluation-harness adapter (:mod:`engramctl.model.serve.lm_eval_adapter`).
     ``on_progress(done, total)`` is called after each batch with sequences scored so far.
+    ``mixer`` (a :class:`~engramctl.model.serve.mixing.SequenceMixer`): each token's
+    probability is the mix ``(1 - λ) P_model + λ P_counts`` over raw ids, and greedy means the
+    mixed distribution's argmax.
     """
     import torch
 
@@ -259,20 +253,30 @@ def score_continuations(
         t = torch.from_numpy(targets[sl]).to(logp.device)
         picked = logp.gather(-1, t.unsqueeze(-1)).squeeze(-1)  # (B, T)
         m = torch.from_numpy(score_mask[sl]).to(logp.device)
-        scores[sl] = (picked * m).sum(-1).double().cpu().numpy()
-        hits = (logp.argmax(-1) == t) | ~m
-        greedy[sl] = hits.all(-1).cpu().numpy()
+        if mixer is not None:
+            for k, s in enumerate(range(sl.start, sl.stop)):
+                picked_k = picked[k].double().cpu().numpy()
+                scores[s], greedy[s] = mixer.score(
+                    sequences[s], logits[k : k + 1], picked_k, targets[s], score_mask[s]
+                )
+        else:
+            scores[sl] = (picked * m).sum(-1).double().cpu().numpy()
+            hits = (logp.argmax(-1) == t) | ~m
+            greedy[sl] = hits.all(-1).cpu().numpy()
         if on_progress is not None:
             on_progress(sl.start + logits.shape[0], len(sequences))
     return scores, greedy
 
 
 def evaluate_multiple_choice(
-    runner: ModelRunner, records: list[dict], tokenizer, *, batch: int, on_progress=None
-) -> dict:
+    runner: ModelRunner, records: list[dict], tokenizer, *, batch: int, on_progress=None,
+    mixer=None,
+) -> dict:  # fmt: skip
     """Accuracy by summed log-likelihood of each choice given its context (``acc``), and by
-    log-likelihood per byte of the choice (``acc_norm``)."""
-    scores = choice_scores(runner, records, tokenizer, batch=batch, on_progress=on_progress)
+    log-likelihood per byte of the choice (``acc_norm``); ``mixer``: of the mixed
+    distribution (:class:`~engramctl.model.serve.mixing.SequenceMixer`)."""
+    scores = choice_scores(runner, records, tokenizer, batch=batch, on_progress=on_progress,
+                           mixer=mixer)  # fmt: skip
     return _choice_accuracy(records, scores)
 
 
@@ -326,11 +330,6 @@ def evaluate(
     if counts is not None:
         from .mixing import open_counts_for_model
 
-        if kind != "lm":
-            raise UsageError(
-                "--counts with --model scores language-modelling benchmarks only; score a "
-                "multiple-choice file with the count memory alone (drop --model) or the model"
-            )
         counts_model = open_counts_for_model(counts, opened.checkpoint)
     corpus = read_corpus_stream(benchmark, tokenizer) if kind == "lm" else None
     start = time.perf_counter()
@@ -340,8 +339,14 @@ def evaluate(
             counts=counts_model, mix=None if counts is None else counts.mix,
         )  # fmt: skip
     else:
+        mixer = None
+        if counts_model is not None:
+            from ...corpus.stream import eos_id
+            from .mixing import SequenceMixer
+
+            mixer = SequenceMixer(counts_model, runner.model_vocab, counts.mix, eos_id(tokenizer))
         metrics = evaluate_multiple_choice(
-            runner, records, tokenizer, batch=batch, on_progress=on_progress
+            runner, records, tokenizer, batch=batch, on_progress=on_progress, mixer=mixer
         )
     seconds = time.perf_counter() - start
     described = opened.describe()
@@ -400,8 +405,12 @@ def _evaluate_counts_alone(counts, benchmark: Path, kind: str, records) -> EvalR
     )  # fmt: skip
 
 
-def explain_gates(*, model: ModelSpec, text: str) -> dict:
-    """Tokens of ``text`` and each Engram layer's gate value per token (mean over branches).
+def explain_gates(*, model: ModelSpec, text: str, counts=None) -> dict:
+    """Tokens of ``text`` and each Engram layer's gate value per token (mean over branches);
+    with ``counts`` (a :class:`~engramctl.model.serve.mixing.CountsSpec`) also, per token after
+    the first, the count memory's λ there and ``P_model``, ``P_counts`` and the mix of the
+    actual token (raw ids, as eval mixes them; ``None`` at the first token, which nothing
+    predicts).
 
     One window of rows, paged whatever ``model`` says (a small cache, no prefetch)."""
     opened = open_model(replace(model, resident=False, cache_rows=1 << 16), prefetch=False)
@@ -411,11 +420,46 @@ def explain_gates(*, model: ModelSpec, text: str) -> dict:
     ids = tokenizer.encode(text, add_special_tokens=False).ids[: runner.model.config.block_size]
     if not ids:
         raise EngramError("--explain: the text encodes to no tokens")
-    for _ in runner.run([np.array([ids], dtype=np.int64)]):
-        pass
+    mixer = None
+    if counts is not None:
+        from .mixing import open_counts_for_model
+
+        mixer = open_counts_for_model(counts, opened.checkpoint)
+    logits = [out for _, out in runner.run([np.array([ids], dtype=np.int64)])][-1]
     gates = {
         layer: gate[0].mean(-1).float().cpu().numpy().tolist()
         for layer, gate in runner.model.last_gates().items()
     }
     pieces = [tokenizer.decode([i], skip_special_tokens=False) for i in ids]
-    return {"tokens": pieces, "ids": ids, "gates": gates}
+    out = {"tokens": pieces, "ids": ids, "gates": gates}
+    if mixer is not None:
+        out["counts"] = _explain_mix(mixer, counts.mix, runner, tokenizer, ids, logits)
+    return out
+
+
+def _explain_mix(counts, mix, runner, tokenizer, ids: list[int], logits) -> dict:
+    """λ, ``P_model``, ``P_counts`` and the mix of each token of one window (eval's mix)."""
+    import torch
+
+    from ...corpus.stream import eos_id
+    from .mixing import MixPass
+
+    eos = eos_id(tokenizer)
+    raw_targets = np.array([[*ids[1:], eos]], dtype=np.int64)  # the last position: nothing
+    targets = runner.model_vocab.encode_targets(raw_targets)
+    logq = torch.log_softmax(logits.float(), dim=-1)
+    class_logp = logq.gather(-1, torch.from_numpy(targets).to(logq.device).unsqueeze(-1))
+    class_logp = class_logp.squeeze(-1).double().cpu().numpy()
+    mixing = MixPass(counts, np.array(ids, np.int64), raw_targets, runner.model_vocab,
+                     mix=mix, eos=eos)  # fmt: skip
+    raw_logp, scores, _, lam = mixing.batch(slice(0, 1), logits, class_logp, targets)
+    n = len(ids) - 1
+    p_model, p_counts = np.exp(raw_logp[:n]), scores[:n, 0]
+    mixed = (1 - lam[:n]) * p_model + lam[:n] * p_counts
+
+    def column(values):
+        return [None, *(float(v) for v in values)]
+
+    return {"mix": "gate" if mix is None else mix, "lambda": column(lam[:n]),
+            "p_model": column(p_model), "p_counts": column(p_counts),
+            "p_mixed": column(mixed)}  # fmt: skip

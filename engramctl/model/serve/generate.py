@@ -99,10 +99,12 @@ def generate(
     generator = torch.Generator().manual_seed(seed)
     mixer, lambdas = None, []
     if counts is not None:
+        from ...counts.gate import RecentGain
         from .mixing import open_counts_for_model, unknown_log_spread
 
         mixer = open_counts_for_model(counts, opened.checkpoint)
         spread = unknown_log_spread(vocab, mixer.p0)
+        recent = RecentGain()  # over the generated tokens (the prompt's are not scored)
     pending: list[np.ndarray] = []
     rows_of = None
     if source is not None:
@@ -149,6 +151,7 @@ def generate(
                     spread,
                     counts.mix,
                     lambdas,
+                    recent,
                     temperature=temperature,
                     top_k=top_k,
                     generator=generator,
@@ -184,16 +187,20 @@ def generate(
     )  # fmt: skip
 
 
-def _mixed_pick(mixer, text_ids, logits, vocab, spread, mix, lambdas, **pick) -> int:
-    """The next raw id from the model's distribution mixed with the count memory's."""
+def _mixed_pick(mixer, text_ids, logits, vocab, spread, mix, lambdas, recent, **pick) -> int:
+    """The next raw id from the model's distribution mixed with the count memory's; the
+    counts' gain over the model on it goes into ``recent`` (what the gate reads next step)."""
     import torch
 
     from .mixing import mixed_distribution, pick_raw_token
 
     probs = torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float64)
-    p, lam = mixed_distribution(mixer, text_ids, probs, vocab, spread, mix)
+    p, lam, p_model, p_counts = mixed_distribution(mixer, text_ids, probs, vocab, spread, mix,
+                                                   recent.value)  # fmt: skip
     lambdas.append(lam)
-    return pick_raw_token(p, **pick)
+    token = pick_raw_token(p, **pick)
+    recent.push(np.log(max(p_counts[token], 1e-300)) - np.log(max(p_model[token], 1e-300)))
+    return token
 
 
 def _drain(pending: list):

@@ -69,8 +69,9 @@ def _make_class(base):
     class EngramHarnessLM(base):
         """An engramctl checkpoint with its (paged) table rows as a harness ``LM``."""
 
-        def __init__(self, runner: ModelRunner, tokenizer, *, batch: int = 16):
+        def __init__(self, runner: ModelRunner, tokenizer, *, batch: int = 16, mixer=None):
             super().__init__()
+            self.mixer = mixer  # a count memory mixed into every log-likelihood
             self.runner = runner
             self.tokenizer = tokenizer
             self.batch = batch
@@ -95,7 +96,8 @@ def _make_class(base):
             return self._score(pairs)
 
         def _score(self, pairs):
-            scores, greedy = score_continuations(self.runner, pairs, batch=self.batch)
+            scores, greedy = score_continuations(self.runner, pairs, batch=self.batch,
+                                                 mixer=self.mixer)  # fmt: skip
             return [(float(s), bool(g)) for s, g in zip(scores, greedy, strict=True)]
 
         def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
@@ -115,12 +117,18 @@ def _make_class(base):
                     owner.append(r)
             totals = np.zeros(len(requests))
             if pairs:
-                scores, _ = score_continuations(self.runner, pairs, batch=self.batch)
+                scores, _ = score_continuations(self.runner, pairs, batch=self.batch,
+                                                mixer=self.mixer)  # fmt: skip
                 np.add.at(totals, np.array(owner), scores)
             return [float(t) for t in totals]
 
         # ---------------------------------------------------------------- generation
         def generate_until(self, requests, disable_tqdm: bool = False):
+            if self.mixer is not None and requests:
+                raise EngramError(
+                    f"task {getattr(requests[0], 'task_name', None)!r} generates text; --counts "
+                    "mixes into log-likelihood (multiple-choice, perplexity) tasks only"
+                )
             jobs = []
             for request in requests:
                 context, kwargs = request.args
@@ -342,6 +350,7 @@ def run_lm_eval(
     batch: int = 16,
     bootstrap_iters: int = 1000,
     quiet: bool = True,
+    counts=None,
 ) -> dict:
     """Run the harness's ``simple_evaluate`` on a checkpoint (``model``: it, its table and how its
     rows are served); ``{"results", "table", "paging"}``.
@@ -351,6 +360,9 @@ def run_lm_eval(
     ``paging``: engramctl's paging counters (None for a baseline model). ``bootstrap_iters``:
     the harness's standard errors (closed form for means such as ``acc``; 0: none).
     ``quiet``: hide the harness's warnings and progress bars (``eval`` shows them with ``-v``).
+    ``counts`` (a :class:`~engramctl.model.serve.mixing.CountsSpec`): every log-likelihood is
+    the mix's (:class:`~engramctl.model.serve.mixing.SequenceMixer`); generation tasks are
+    refused.
     """
     import json
 
@@ -366,7 +378,15 @@ def run_lm_eval(
     with _harness_quiet(quiet):
         names, manager, include = resolve_tasks(tasks)
     opened = open_model(model)
-    lm = harness_lm_class()(opened.runner, opened.tokenizer, batch=batch)
+    mixer = None
+    if counts is not None:
+        from ...corpus.stream import eos_id
+        from .mixing import SequenceMixer, open_counts_for_model
+
+        memory = open_counts_for_model(counts, opened.checkpoint)
+        mixer = SequenceMixer(memory, opened.runner.model_vocab, counts.mix,
+                              eos_id(opened.tokenizer))  # fmt: skip
+    lm = harness_lm_class()(opened.runner, opened.tokenizer, batch=batch, mixer=mixer)
     with _working_directory(include), _harness_quiet(quiet), _downloads_named(tasks):
         try:
             check_served(manager.load(names))

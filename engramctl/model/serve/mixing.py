@@ -14,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
 from ...counts import CountsModel, check_mix, open_counts
+from ...counts.gate import GateInputs, RecentGain
 from ...errors import EngramError
 
 
@@ -154,6 +156,125 @@ class MixTotals:
         return out
 
 
+class MixPass:
+    """The mix over eval's windows, one batch at a time: λ per position from the gate (and
+    what it reads of the model: its entropy, its top token, the counts' recent gain over it)
+    and the three losses (:class:`MixTotals`).
+
+    ``stream`` is the benchmark's raw ids; ``raw_targets`` the ``(windows, seq_len)`` targets
+    of eval's windows of it (in stream order, padding at the end); ``eos`` the id that
+    separates documents (``recent_gain`` restarts after it); ``everything``: compute every
+    model input (for ``fit-gate``, which chooses among them), not only those the gate reads."""
+
+    def __init__(self, counts: CountsModel, stream, raw_targets: np.ndarray, model_vocab,
+                 *, mix: float | None, eos: int, everything: bool = False):  # fmt: skip
+        stream = np.asarray(stream, dtype=np.int64)
+        windows, seq_len = raw_targets.shape
+        self.raw_targets = np.clip(raw_targets, 0, counts.p0.shape[0] - 1)
+        self.counts, self.mix, self.model_vocab = counts, mix, model_vocab
+        self.scores = stream_scores(counts, stream, windows, seq_len)
+        fields = {"model_entropy", "model_top", "counts_of_model_top", "recent_gain"}
+        self.reads = fields if everything else (set() if mix is not None else counts.gate_reads)
+        self.spread = unknown_log_spread(model_vocab, counts.p0)
+        self.unknown_top = int(np.argmax(self.spread))  # the unknown class's likeliest raw id
+        size = windows * seq_len
+        self.rows = None
+        if "counts_of_model_top" in self.reads:
+            rows = counts.context_rows(stream[:-1]) if stream.shape[0] > 1 else None
+            self.rows = np.zeros((size, counts.columns), dtype=np.int64)
+            if rows is not None:
+                self.rows[: rows.shape[0]] = rows
+        starts = np.zeros(size, dtype=bool)
+        starts[0] = True  # a target after an EOS starts a document
+        n = min(size, stream.shape[0] - 1)
+        starts[1:n] |= stream[1:n] == eos
+        self.starts = starts.reshape(windows, seq_len)
+        self.recent = RecentGain()
+        self.totals = MixTotals()
+
+    def batch(self, sl: slice, logits, class_logp: np.ndarray, targets: np.ndarray):
+        """``(log P_model over raw ids, counts scores, GateInputs, λ)`` of a batch's ``(B, T)``
+        positions (flattened), from the model's ``logits`` and ``log P`` of each target class."""
+        raw_logp = class_logp + np.where(targets == 0, self.spread[self.raw_targets[sl]], 0.0)
+        raw_logp = raw_logp.reshape(-1)
+        scores = self.scores[sl].reshape(-1, 4)
+        fields = {}
+        if self.reads & {"model_entropy", "model_top", "counts_of_model_top"}:
+            fields = self.model_fields(sl, logits)
+        if "recent_gain" in self.reads:
+            gain = np.log(scores[:, 0]) - raw_logp
+            fields["recent_gain"] = self.recent.step(gain, self.starts[sl].reshape(-1))
+        inputs = GateInputs(scores[:, 1:4], **fields)
+        lam = self.counts.gate(scores, self.mix, inputs=inputs)
+        return raw_logp, scores, inputs, lam
+
+    def model_fields(self, sl: slice, logits) -> dict:
+        """The model's entropy, its top raw id's probability and ``P_counts`` of that id."""
+        import torch
+
+        logq = torch.log_softmax(logits.float(), dim=-1)
+        entropy = (-(logq.exp() * logq).sum(-1)).double().cpu().numpy().reshape(-1)
+        known_lp, known_cls = logq[..., 1:].max(-1)
+        known_lp = known_lp.double().cpu().numpy().reshape(-1)
+        unknown_lp = logq[..., 0].double().cpu().numpy().reshape(-1) + self.spread.max()
+        ids = self.model_vocab.output_ids[known_cls.cpu().numpy().reshape(-1)]
+        top = np.where(unknown_lp > known_lp, self.unknown_top, ids)
+        top = np.clip(top, 0, self.counts.p0.shape[0] - 1)
+        fields = {"model_entropy": entropy, "model_top": np.exp(np.maximum(known_lp, unknown_lp))}
+        if self.rows is not None:
+            rows = self.rows[sl.start * self.starts.shape[1] : sl.stop * self.starts.shape[1]]
+            fields["counts_of_model_top"] = self.counts.score_rows(rows[: top.shape[0]], top)[:, 0]
+        return fields
+
+
+@dataclass(frozen=True)
+class SequenceMixer:
+    """Scores a continuation by the mix (multiple choice, lm-evaluation-harness): per scored
+    token ``log((1 - λ) P_model + λ P_counts)`` over raw ids, λ as eval computes it over the
+    sequence (its context is the document's start, for ``recent_gain`` too)."""
+
+    counts: CountsModel
+    model_vocab: object
+    mix: float | None
+    eos: int
+
+    @cached_property
+    def spread(self) -> np.ndarray:
+        return unknown_log_spread(self.model_vocab, self.counts.p0)
+
+    def score(self, ids: list[int], logits, class_logp, targets, scored) -> tuple[float, bool]:
+        """``(summed mixed log-likelihood, greedy?)`` of the scored positions of one sequence:
+        ``ids`` its raw ids, ``logits`` ``(1, T, classes)``, ``class_logp``/``targets``/
+        ``scored`` ``(T,)`` per input position (``log P`` of the target class, the class, and
+        whether it is a continuation token). Greedy: the mix's argmax over raw ids is the
+        token at every scored position."""
+        T = targets.shape[0]
+        raw = np.full((1, T), self.eos, dtype=np.int64)
+        n = len(ids) - 1
+        raw[0, :n] = ids[1:]
+        mixing = MixPass(self.counts, np.asarray(ids, np.int64), raw, self.model_vocab,
+                         mix=self.mix, eos=self.eos)  # fmt: skip
+        raw_logp, scores, _, lam = mixing.batch(slice(0, 1), logits, class_logp[None, :],
+                                                targets[None, :])  # fmt: skip
+        picked = np.flatnonzero(scored)
+        p_model, p_counts, lam = np.exp(raw_logp[picked]), scores[picked, 0], lam[picked]
+        mixed = np.log((1 - lam) * p_model + lam * p_counts)
+        greedy = all(self._argmax(ids[: t + 1], logits[0, t], lam[k]) == ids[t + 1]
+                     for k, t in enumerate(picked))  # fmt: skip
+        return float(mixed.sum()), bool(greedy)
+
+    def _argmax(self, history: list[int], logits, lam: float) -> int:
+        """The raw id the mix puts first after ``history`` (the counts' whole distribution)."""
+        import torch
+
+        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float64)
+        p_model = np.exp(self.spread) * float(probs[0])
+        known = self.model_vocab.output_ids < p_model.shape[0]
+        p_model[self.model_vocab.output_ids[known]] = probs[1:][known]
+        p_counts = self.counts.distribution_after(history)[0]
+        return int(np.argmax((1 - lam) * p_model + lam * p_counts))
+
+
 def evaluate_counts_lm(counts: CountsModel, corpus) -> dict:
     """Loss, perplexity and bits per byte of the count memory alone over a corpus stream."""
     stream = np.asarray(corpus.ids, dtype=np.int64)
@@ -180,18 +301,22 @@ def mixed_distribution(
     model_vocab,
     spread: np.ndarray,
     mix: float | None = None,
-) -> tuple[np.ndarray, float]:
-    """``(P over raw ids, λ)`` for ``generate``: the model's classes (``model_probs``, class 0
-    the unknown one) mapped to raw ids, the unknown class spread as in
-    :func:`unknown_log_spread`, mixed with ``P_counts(. | history)``."""
+    recent: float = 0.0,
+) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """``(P over raw ids, λ, P_model over raw ids, P_counts)`` for ``generate``: the model's
+    classes (``model_probs``, class 0 the unknown one) mapped to raw ids, the unknown class
+    spread as in :func:`unknown_log_spread`, mixed with ``P_counts(. | history)``; ``recent``
+    is the counts' recent gain over the model so far (:class:`~engramctl.counts.gate.RecentGain`),
+    for a gate that reads it."""
     positive = model_probs[model_probs > 0]
     entropy = float(-(positive * np.log(positive)).sum())  # over the model's classes
-    p_counts, lam = counts.next_distribution(history, entropy)
-    lam = lam if mix is None else float(mix)
     p_model = np.exp(spread) * float(model_probs[0])
     known = model_vocab.output_ids < p_model.shape[0]
     p_model[model_vocab.output_ids[known]] = model_probs[1:][known]
-    return (1 - lam) * p_model + lam * p_counts, lam
+    p_counts, lam = counts.next_distribution(history, entropy, model_raw=p_model,
+                                             recent_gain=recent)  # fmt: skip
+    lam = lam if mix is None else float(mix)
+    return (1 - lam) * p_model + lam * p_counts, lam, p_model, p_counts
 
 
 def pick_raw_token(p: np.ndarray, *, temperature: float, top_k: int | None, generator) -> int:
