@@ -54,8 +54,19 @@ class CountsModel:
         self.discounts = store.discounts
         self.p0 = unigram_probabilities(store.unigram, self.discounts[0])
         self.gate_weights = np.asarray(store.meta["gate"]["weights"], dtype=np.float64)
+        # the summaries of the stored rows (format 2: the occupied ones, ``row_ids`` ascending)
         self.arrays = (np.asarray(store.tokens), np.asarray(store.counts),
                        np.asarray(store.totals))  # fmt: skip
+        self.row_ids = None if store.row_ids is None else np.asarray(store.row_ids)
+
+    def local_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Indices into :attr:`arrays` of layout rows (any shape; an absent row maps to the
+        store's all-zero last row). Format 1 stores every row: the rows themselves."""
+        if self.row_ids is None:
+            return np.asarray(rows, dtype=np.int64)
+        from .accumulate import locate
+
+        return locate(self.row_ids, np.asarray(rows, dtype=np.int64))
 
     @property
     def columns(self) -> int:
@@ -86,7 +97,7 @@ class CountsModel:
         if targets.size and (targets.min() < 0 or targets.max() >= self.p0.shape[0]):
             raise EngramError(f"token ids must be in 0..{self.p0.shape[0] - 1}")
         level_probability_kernel(
-            np.ascontiguousarray(rows), targets, self.level_cols, self.level_ncols,
+            np.ascontiguousarray(self.local_rows(rows)), targets, self.level_cols, self.level_ncols,
             *self.arrays, self.p0, self.discounts, out,
         )  # fmt: skip
         return out
@@ -115,7 +126,7 @@ class CountsModel:
         (``model_entropy``: the model's there, for a gate fitted against a model)."""
         tail = np.asarray(history[-self.max_level :], dtype=np.int64)
         rows = self.context_rows(tail)[-1]
-        prob = distribution(rows, self.level_cols, self.level_ncols, *self.arrays, self.p0,
+        prob = distribution(self.local_rows(rows), self.level_cols, self.level_ncols, *self.arrays, self.p0,
                             self.discounts)  # fmt: skip
         evidence = self.score_rows(rows[None, :], np.zeros(1, np.int64))[:, 1:4]
         entropy = None if model_entropy is None else np.array([model_entropy], np.float64)
