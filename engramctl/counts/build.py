@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .._numba import njit, prange
 from .._system import parse_memory
 from ..corpus.files import CorpusOptions, corpus_bytes, discover_files
 from ..corpus.readers import read_batches
@@ -269,11 +268,13 @@ def build_counts(
                     held_rows.append(context[hold])
                     held_targets.append(targets[hold])
                     held += int(hold.sum())
-                acc.add(context, targets, valid & ~hold,
-                        expected_growth=max(1.0, estimated / (tokens + ids.shape[0])))
-                unigram += np.bincount(ids, minlength=vocab.source_vocab_size).astype(
-                    np.uint64
+                acc.add(
+                    context,
+                    targets,
+                    valid & ~hold,
+                    expected_growth=max(1.0, estimated / (tokens + ids.shape[0])),
                 )
+                unigram += np.bincount(ids, minlength=vocab.source_vocab_size).astype(np.uint64)
                 tokens += int(ids.shape[0])
                 documents += int(np.count_nonzero(batch.doc_start))
                 pairs += int(valid.sum())

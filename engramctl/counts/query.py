@@ -126,8 +126,8 @@ class CountsModel:
         (``model_entropy``: the model's there, for a gate fitted against a model)."""
         tail = np.asarray(history[-self.max_level :], dtype=np.int64)
         rows = self.context_rows(tail)[-1]
-        prob = distribution(self.local_rows(rows), self.level_cols, self.level_ncols, *self.arrays, self.p0,
-                            self.discounts)  # fmt: skip
+        prob = distribution(self.local_rows(rows), self.level_cols, self.level_ncols,
+                            *self.arrays, self.p0, self.discounts)  # fmt: skip
         evidence = self.score_rows(rows[None, :], np.zeros(1, np.int64))[:, 1:4]
         entropy = None if model_entropy is None else np.array([model_entropy], np.float64)
         return prob, float(gate_lambda(self.gate_weights, evidence, self.max_level, entropy)[0])

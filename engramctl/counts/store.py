@@ -288,6 +288,7 @@ def describe_counts(path) -> dict:
         "corpus": corpus,
         "bytes": size,
         "bytes_per_corpus_token": size / tokens if tokens else None,
-        "bytes_per_occupied_row": size / meta["occupied_rows"] if meta.get("occupied_rows")
+        "bytes_per_occupied_row": size / meta["occupied_rows"]
+        if meta.get("occupied_rows")
         else None,
     }
