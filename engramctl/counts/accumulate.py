@@ -29,6 +29,7 @@ from .spacesaving import RowTable, table_find, table_histogram
 
 log = logging.getLogger(__name__)
 
+MAX_BUCKETS = 256  # row buckets at most (a bucket past the budget then grows past it)
 REPLAY_PAIRS = 1 << 22  # pairs read back per step when a bucket is replayed
 WRITE_ROWS = 1 << 20  # rows gathered per write
 SENTINEL = 2**63 - 1  # the row id of the all-zero row every store ends with
@@ -116,12 +117,13 @@ class PairAccumulator:
         for b in range(self.buckets):
             if bounds[b + 1] > bounds[b]:
                 pick = order[bounds[b] : bounds[b + 1]]
-                r[pick].tofile(self.files[b][0])
-                y[pick].tofile(self.files[b][1])
+                for path, array in zip(self.files[b], (r, y), strict=True):
+                    with open(path, "ab") as handle:
+                        array[pick].tofile(handle)
 
     def spill(self, buckets: int) -> None:
         """Save the table's summaries in ``buckets`` row ranges; later pairs go to files."""
-        self.buckets = max(2, int(buckets))
+        self.buckets = min(MAX_BUCKETS, max(2, int(buckets)))
         self.width = -(-self.total_rows // self.buckets)
         log.info("spilling %s of row summaries into %d buckets under %s",
                  format_bytes(self.table.nbytes), self.buckets, self.workdir)  # fmt: skip
@@ -132,25 +134,27 @@ class PairAccumulator:
             part = slice(bounds[b], bounds[b + 1])
             np.savez(self.workdir / f"state{b}.npz", keys=keys[part], tokens=tokens[part],
                      counts=counts[part], totals=totals[part])  # fmt: skip
-            self.files.append((open(self.workdir / f"rows{b}.bin", "wb"),
-                               open(self.workdir / f"targets{b}.bin", "wb")))  # fmt: skip
+            self.files.append((self.workdir / f"rows{b}.bin", self.workdir / f"targets{b}.bin"))
+            for path in self.files[-1]:
+                path.write_bytes(b"")
         self.table = None
 
     def _bucket_table(self, b: int) -> RowTable:
         """Bucket ``b``'s summaries: saved at the spill, then its pairs replayed in order."""
         rows_file, targets_file = self.files[b]
-        rows_file.close()
-        targets_file.close()
         table = RowTable(self.top_k)
         with np.load(self.workdir / f"state{b}.npz") as state:
             table.load(state["keys"], state["tokens"], state["counts"], state["totals"])
-        rows = np.memmap(rows_file.name, np.int64, "r") if Path(rows_file.name).stat().st_size \
-            else np.zeros(0, np.int64)  # fmt: skip
-        targets = np.memmap(targets_file.name, np.int32, "r") if rows.shape[0] \
-            else np.zeros(0, np.int32)  # fmt: skip
+        empty = rows_file.stat().st_size == 0  # (np.memmap refuses an empty file)
+        rows = np.zeros(0, np.int64) if empty else np.memmap(rows_file, np.int64, "r")
+        targets = np.zeros(0, np.int32) if empty else np.memmap(targets_file, np.int32, "r")
         for lo in range(0, rows.shape[0], REPLAY_PAIRS):
             table.add(np.asarray(rows[lo : lo + REPLAY_PAIRS]),
                       np.asarray(targets[lo : lo + REPLAY_PAIRS]))  # fmt: skip
+        if table.nbytes > self.budget:
+            log.warning("row bucket %d of %d holds %s of summaries, over the budget of %s",
+                        b, self.buckets, format_bytes(table.nbytes),
+                        format_bytes(self.budget))  # fmt: skip
         del rows, targets
         for name in (f"state{b}.npz", f"rows{b}.bin", f"targets{b}.bin"):
             (self.workdir / name).unlink(missing_ok=True)
