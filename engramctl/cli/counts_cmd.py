@@ -58,6 +58,23 @@ TopKOpt = Annotated[
     int, typer.Option("--top-k", help="Continuations kept per row (SpaceSaving, error <= total/K).")
 ]
 
+CountsMemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory",
+        help="RAM for the row summaries, e.g. 8G or 50% (default: 25% of RAM); beyond it the "
+        "build spills row buckets to disk and counts them one after another (same memory).",
+    ),
+]
+CountsPartitionsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--partitions",
+        help="Count in N row buckets from the start (pairs spilled beside the output, each "
+        "bucket counted on its own: ~1/N the RAM; the memory is the same bit for bit).",
+    ),
+]
+
 
 @command("build-counts")
 def build_counts_command(
@@ -84,6 +101,8 @@ def build_counts_command(
     token_dtype: TokenDtypeOpt = None,
     limit_tokens: LimitTokensOpt = None,
     batch_tokens: BatchTokensOpt = 1 << 18,
+    max_memory: CountsMemoryOpt = None,
+    partitions: CountsPartitionsOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonFlag = False,
 ) -> None:
@@ -91,19 +110,23 @@ def build_counts_command(
 
     Every position's context rows (the Engram hashing of the layout: each layer, order and head;
     plus the last token exactly) keep their top-K next tokens with counts; the unigram is exact.
-    A gate λ is fitted on a held-out 5% and stored. Use it with eval/generate --counts
-    (docs/counts.md).
+    A gate λ is fitted on a held-out 5% and stored. Only the rows that occur are kept (RAM and
+    disk grow with them, not with the layout); past --max-memory the build spills row buckets to
+    disk. Use it with eval/generate --counts (docs/counts.md).
 
     Example:
     engramctl build-counts code.jsonl --vocab vocab.parquet --like t.zarr \\
         --out code-counts.zarr --top-k 8
     """
+    from .._system import parse_memory
     from ..corpus.files import CorpusOptions
     from ..counts import BuildCountsJob, build_counts
 
     job = BuildCountsJob(
         inputs=tuple(corpus), out=out, tokenizer=tokenizer, top_k=top_k,
         limit_tokens=limit_tokens, overwrite=overwrite,
+        max_memory=parse_memory(max_memory) if max_memory else None,
+        partitions=0 if partitions is None else partitions,
         corpus=CorpusOptions(
             format=corpus_format.value, text_field=text_field, tokens_field=tokens_field,
             doc_sep=doc_sep, doc_sep_id=doc_sep_id,
@@ -134,7 +157,8 @@ def _render(report) -> None:
     table = Table(title=f"count memory {report.path}", show_header=False)
     table.add_row("tokens / documents", f"{report.tokens:,} / {report.documents:,}")
     table.add_row("pairs counted", f"{report.pairs:,} ({report.heldout_pairs:,} held out first)")
-    table.add_row("rows x K", f"{report.rows:,} x {report.top_k}")
+    table.add_row("rows occupied x K", f"{report.occupied_rows:,} of {report.rows:,} x "
+                                        f"{report.top_k}")  # fmt: skip
     table.add_row("rows with all K slots taken", f"{report.full_rows:,}")
     table.add_row("size", f"{format_bytes(report.bytes)} "
                           f"({report.bytes / report.tokens:,.1f} B per corpus token)")  # fmt: skip

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._system import parse_memory
+from .._system import format_bytes, parse_memory
 from ..corpus.files import CorpusOptions, corpus_bytes, discover_files
 from ..corpus.readers import read_batches
 from ..corpus.tokenize import TextTokenizer, tokenized_batches
@@ -56,12 +56,19 @@ class BuildCountsJob:
     limit_tokens: int | None = None  # stop after this many tokens
     overwrite: bool = False  # replace an existing memory
     max_memory: int | None = None  # RAM for row summaries before spilling (None: 25% of RAM)
-    partitions: int = 0  # row buckets counted one after another (0: one, unless over budget)
+    partitions: int = 0  # >= 2: spill into this many row buckets (0, 1: only over max_memory)
 
     def check(self) -> None:
         if isinstance(self.top_k, bool) or self.top_k < 1:
             raise UsageError(f"--top-k must be at least 1 (continuations kept per row), got "
                              f"{self.top_k}")  # fmt: skip
+        from .accumulate import MAX_BUCKETS
+
+        if isinstance(self.partitions, bool) or not 0 <= self.partitions <= MAX_BUCKETS:
+            raise UsageError(f"--partitions must be 1..{MAX_BUCKETS} (row buckets counted one "
+                             f"after another), got {self.partitions}")  # fmt: skip
+        if self.max_memory is not None and self.max_memory < 1:
+            raise UsageError(f"--max-memory must be positive, got {self.max_memory}")
         if self.limit_tokens is not None and self.limit_tokens < 1:
             raise UsageError(f"--limit-tokens must be at least 1, got {self.limit_tokens}")
         out = Path(self.out)
@@ -80,7 +87,8 @@ class BuildCountsReport:
     documents: int
     pairs: int  # (context, next token) pairs counted
     heldout_pairs: int  # of them, held out for the gate's fit (counted after it)
-    rows: int
+    rows: int  # rows of the layout (level 1 and every counted layer)
+    occupied_rows: int  # of them, the rows counted (the store holds these only)
     top_k: int
     full_rows: int  # rows whose K slots are all taken (where truncation may have happened)
     bytes: int
@@ -228,8 +236,11 @@ def build_counts(
         tmp.mkdir(parents=True)
         budget = job.max_memory or parse_memory("25%")
         starts = column_starts(lay, layer_ids, bases)
+        spill = " (then spilling row buckets to disk)" if job.partitions < 2 else ""
+        log.info("row summaries: %s of RAM%s", format_bytes(budget), spill)
         acc = PairAccumulator(total_rows=rows, starts=starts, top_k=job.top_k, budget=budget,
-                              workdir=tmp / ".spill", buckets=job.partitions)  # fmt: skip
+                              workdir=tmp / ".spill",
+                              buckets=job.partitions if job.partitions > 1 else 0)  # fmt: skip
         unigram = np.zeros(vocab.source_vocab_size, np.uint64)
         estimated = max(1, estimate_tokens(files, job.corpus))
         maker = _PairMaker(lay, layer_ids, vocab, bases)
@@ -339,7 +350,7 @@ def build_counts(
         size = sum(p.stat().st_size for p in tmp.iterdir())
     return BuildCountsReport(
         path=str(job.out), tokens=tokens, documents=documents, pairs=pairs, heldout_pairs=held,
-        rows=int(rows), top_k=job.top_k, full_rows=full, bytes=size,
+        rows=int(rows), occupied_rows=int(stored - 1), top_k=job.top_k, full_rows=full, bytes=size,
         seconds=time.perf_counter() - started, discounts=discounts, gate=gate,
     )  # fmt: skip
 

@@ -66,8 +66,13 @@ def _build(tmp_path, name, vocab, layout, docs, **job):
     return report, open_counts(out)
 
 
-@pytest.fixture
-def builds(tmp_path, tiny_vocab, wide_layout):
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory, tiny_vocab):
+    from tests.conftest import make_layout
+
+    tmp_path = tmp_path_factory.mktemp("builds")
+    wide_layout = make_layout((20011, 20021), vocab_size=tiny_vocab.canonical_vocab_size,
+                              layers=(1, 4))  # fmt: skip
     docs = random_docs(11, tiny_vocab.source_vocab_size, count=60, high=90)
     plain = _build(tmp_path, "plain", tiny_vocab, wide_layout, docs)
     spilled = _build(tmp_path, "spilled", tiny_vocab, wide_layout, docs, max_memory=1)
