@@ -55,7 +55,20 @@ LikeOpt = Annotated[
     ),
 ]
 TopKOpt = Annotated[
-    int, typer.Option("--top-k", help="Continuations kept per row (SpaceSaving, error <= total/K).")
+    int | None,
+    typer.Option(
+        "--top-k",
+        help="Continuations kept per row (SpaceSaving, error <= total/K). Default: 8; with "
+        "--append, the memory's.",
+    ),
+]
+AppendFlag = Annotated[
+    bool,
+    typer.Option(
+        "--append",
+        help="Add the corpus to the count memory at --out (its layout, layers, vocab and K) as "
+        "one commit; no layout flags.",
+    ),
 ]
 
 CountsMemoryOpt = Annotated[
@@ -91,7 +104,7 @@ def build_counts_command(
     pad_id: LayoutFlags.PadId = None,
     config: LayoutFlags.Config = None,
     like: LikeOpt = None,
-    top_k: TopKOpt = 8,
+    top_k: TopKOpt = None,
     tokenizer: TokenizerOpt = "deepseek-v4",
     corpus_format: FormatOpt = CorpusFormat.auto,
     text_field: TextFieldOpt = "text",
@@ -103,6 +116,7 @@ def build_counts_command(
     batch_tokens: BatchTokensOpt = 1 << 18,
     max_memory: CountsMemoryOpt = None,
     partitions: CountsPartitionsOpt = None,
+    append: AppendFlag = False,
     overwrite: OverwriteOpt = False,
     json_out: JsonFlag = False,
 ) -> None:
@@ -114,17 +128,24 @@ def build_counts_command(
     disk grow with them, not with the layout); past --max-memory the build spills row buckets to
     disk. Use it with eval/generate --counts (docs/counts.md).
 
+    --append adds a corpus to an existing memory: the new files are written beside the old
+    and zarr.json's rename commits them (an interrupted append leaves the old memory).
+
     Example:
     engramctl build-counts code.jsonl --vocab vocab.parquet --like t.zarr \\
         --out code-counts.zarr --top-k 8
+    engramctl build-counts more-code.jsonl --vocab vocab.parquet --out code-counts.zarr --append
     """
     from .._system import parse_memory
     from ..corpus.files import CorpusOptions
     from ..counts import BuildCountsJob, build_counts
 
+    memory = _appended_memory(ctx, out) if append else None
+    if top_k is None:
+        top_k = memory.top_k if memory is not None else 8
     job = BuildCountsJob(
         inputs=tuple(corpus), out=out, tokenizer=tokenizer, top_k=top_k,
-        limit_tokens=limit_tokens, overwrite=overwrite,
+        limit_tokens=limit_tokens, overwrite=overwrite, append=append,
         max_memory=parse_memory(max_memory) if max_memory else None,
         partitions=0 if partitions is None else partitions,
         corpus=CorpusOptions(
@@ -135,7 +156,12 @@ def build_counts_command(
     )  # fmt: skip
     job.check()
     vocab_map = load_vocab(vocab)
-    resolved = resolve_layout_flags(ctx.params, vocab_map, table=like, pick_layers=True)
+    if memory is not None:
+        from ..layout import ResolvedLayout
+
+        resolved = ResolvedLayout(memory.layout, memory.layer_ids, None, None, str(out))
+    else:
+        resolved = resolve_layout_flags(ctx.params, vocab_map, table=like, pick_layers=True)
     quiet = STATE["quiet"] or json_out
     started = time.perf_counter()
     detail = "{docs:,} docs, {rate:,.0f} tok/s"
@@ -149,6 +175,26 @@ def build_counts_command(
         typer.echo(json.dumps(report.to_dict()))
         return
     _render(report)
+
+
+LAYOUT_FLAGS = ("preset", "ngram_vocab", "max_ngram", "heads", "layers", "seed", "pad_id",
+                "config", "like")  # fmt: skip
+
+
+def _appended_memory(ctx, out: Path):
+    """The memory ``--append`` adds to (opened: a damaged one is named); layout flags refused."""
+    from ..counts import open_counts
+    from ..errors import UsageError
+
+    given = [name for name in LAYOUT_FLAGS if ctx.params.get(name) is not None]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UsageError(f"--append takes the memory's own layout; drop {flags}")
+    if not Path(out).exists():
+        from ..errors import EngramError
+
+        raise EngramError(f"--append needs a count memory at {out}; build it first")
+    return open_counts(out)
 
 
 def _render(report) -> None:

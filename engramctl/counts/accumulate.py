@@ -82,10 +82,13 @@ class PairAccumulator:
 
     ``starts``: the first row of each column (ascending; the columns tile ``[0, total_rows)``).
     ``buckets``: spill from the start into this many buckets (0: only when over budget).
+    ``initial``: summaries to start from (``(row ids, tokens, counts, totals)`` sorted by row
+    id, memory-mapped: an existing memory's, for ``--append``); loaded whole when they fit half
+    the budget, else spilled into buckets a slice at a time.
     """
 
     def __init__(self, *, total_rows: int, starts, top_k: int, budget: int, workdir: Path,
-                 buckets: int = 0):  # fmt: skip
+                 buckets: int = 0, initial=None):  # fmt: skip
         self.total_rows, self.top_k, self.budget = int(total_rows), int(top_k), int(budget)
         self.starts = np.asarray(starts, np.int64)
         self.workdir = Path(workdir)
@@ -93,7 +96,13 @@ class PairAccumulator:
         self.width = 0  # rows per bucket once spilled
         self.buckets = 0
         self.files: list = []
-        if buckets:
+        if initial is not None:
+            need = int(len(initial[0]) / 0.7 * 2 * (16 + 8 * self.top_k))  # as the table grows
+            if not buckets and need <= self.budget // 2:
+                self.table.load(*(np.asarray(a) for a in initial))
+            else:
+                self.spill(buckets or math.ceil(2 * need / self.budget), source=initial)
+        elif buckets:
             self.spill(buckets)
 
     @property
@@ -121,19 +130,20 @@ class PairAccumulator:
                     with open(path, "ab") as handle:
                         array[pick].tofile(handle)
 
-    def spill(self, buckets: int) -> None:
-        """Save the table's summaries in ``buckets`` row ranges; later pairs go to files."""
+    def spill(self, buckets: int, source=None) -> None:
+        """Save the table's summaries (or ``source``'s) in ``buckets`` row ranges; later pairs
+        go to files."""
         self.buckets = min(MAX_BUCKETS, max(2, int(buckets)))
         self.width = -(-self.total_rows // self.buckets)
-        log.info("spilling %s of row summaries into %d buckets under %s",
-                 format_bytes(self.table.nbytes), self.buckets, self.workdir)  # fmt: skip
+        log.info("spilling row summaries into %d buckets under %s", self.buckets, self.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        keys, tokens, counts, totals = self.table.extract()
+        keys, tokens, counts, totals = source if source is not None else self.table.extract()
         bounds = np.searchsorted(keys, np.arange(self.buckets + 1) * self.width)
         for b in range(self.buckets):
             part = slice(bounds[b], bounds[b + 1])
-            np.savez(self.workdir / f"state{b}.npz", keys=keys[part], tokens=tokens[part],
-                     counts=counts[part], totals=totals[part])  # fmt: skip
+            np.savez(self.workdir / f"state{b}.npz", keys=np.asarray(keys[part]),
+                     tokens=np.asarray(tokens[part]), counts=np.asarray(counts[part]),
+                     totals=np.asarray(totals[part]))  # fmt: skip
             self.files.append((self.workdir / f"rows{b}.bin", self.workdir / f"targets{b}.bin"))
             for path in self.files[-1]:
                 path.write_bytes(b"")
@@ -160,9 +170,10 @@ class PairAccumulator:
             (self.workdir / name).unlink(missing_ok=True)
         return table
 
-    def finish(self, held_rows: np.ndarray, held_targets: np.ndarray, out: Path):
+    def finish(self, held_rows: np.ndarray, held_targets: np.ndarray, out: Path, suffix=""):
         """Count the held-out pairs last and write the summaries into ``out`` (``row_ids``,
-        ``tokens``, ``counts``, ``totals`` ``.npy``, sorted, the all-zero row last).
+        ``tokens``, ``counts``, ``totals`` + ``suffix`` ``.npy``, sorted, the all-zero row
+        last).
 
         Returns ``(snapshot before the held-out pairs, (G, 4) hist after, (G,) occupied after,
         rows written)``.
@@ -174,10 +185,10 @@ class PairAccumulator:
         hist_before, occ_before = np.zeros((G, 4), np.int64), np.zeros(G, np.int64)
         hist_after, occ_after = np.zeros((G, 4), np.int64), np.zeros(G, np.int64)
         K = self.top_k
-        writers = [NpyAppender(out / "row_ids.npy", np.int64),
-                   NpyAppender(out / "tokens.npy", np.int32, (K,)),
-                   NpyAppender(out / "counts.npy", np.uint32, (K,)),
-                   NpyAppender(out / "totals.npy", np.uint64)]  # fmt: skip
+        writers = [NpyAppender(out / f"row_ids{suffix}.npy", np.int64),
+                   NpyAppender(out / f"tokens{suffix}.npy", np.int32, (K,)),
+                   NpyAppender(out / f"counts{suffix}.npy", np.uint32, (K,)),
+                   NpyAppender(out / f"totals{suffix}.npy", np.uint64)]  # fmt: skip
         ranges = [(0, 2**63 - 1)] if not self.spilled else \
             [(b * self.width, (b + 1) * self.width) for b in range(self.buckets)]  # fmt: skip
         for b, (lo, hi) in enumerate(ranges):

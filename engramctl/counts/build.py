@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,7 @@ class BuildCountsJob:
     overwrite: bool = False  # replace an existing memory
     max_memory: int | None = None  # RAM for row summaries before spilling (None: 25% of RAM)
     partitions: int = 0  # >= 2: spill into this many row buckets (0, 1: only over max_memory)
+    append: bool = False  # add the corpus to the memory at ``out`` (one commit)
 
     def check(self) -> None:
         if isinstance(self.top_k, bool) or self.top_k < 1:
@@ -72,6 +74,15 @@ class BuildCountsJob:
         if self.limit_tokens is not None and self.limit_tokens < 1:
             raise UsageError(f"--limit-tokens must be at least 1, got {self.limit_tokens}")
         out = Path(self.out)
+        if self.append:
+            from .store import is_counts_store
+
+            if self.overwrite:
+                raise UsageError("--append adds to the memory at --out; drop --overwrite")
+            if not is_counts_store(out):
+                raise EngramError(f"--append needs a count memory at {out}; build it first "
+                                  "with engramctl build-counts")  # fmt: skip
+            return
         if out.exists() and not self.overwrite and not (out.is_dir() and not any(out.iterdir())):
             raise EngramError(f"{out} exists; pass --overwrite to replace it")
         if not out.parent.exists():
@@ -232,16 +243,36 @@ def build_counts(
         bases.append(rows)
         rows += lay.layer_rows(layer)
     bases = np.array(bases, dtype=np.int64)
-    with atomic_directory(Path(job.out), label="building", replace=job.overwrite) as tmp:
-        tmp.mkdir(parents=True)
+    store, suffix, top_k = None, "", job.top_k
+    if job.append:
+        from .append import check_appendable, remove_strays
+        from .store import open_counts
+
+        store = open_counts(job.out)
+        check_appendable(store, vocab, lay, layer_ids, job.top_k)
+        top_k = store.top_k
+        remove_strays(job.out, store.meta["manifest"])  # an interrupted append's files
+        suffix = f".{int(store.meta.get('generation', 0)) + 1}"
+    place = _in_place(Path(job.out), store.meta["manifest"]) if job.append else \
+        atomic_directory(Path(job.out), label="building", replace=job.overwrite)  # fmt: skip
+    with place as tmp:
+        tmp.mkdir(parents=True, exist_ok=job.append)
         budget = job.max_memory or parse_memory("25%")
         starts = column_starts(lay, layer_ids, bases)
         spill = " (then spilling row buckets to disk)" if job.partitions < 2 else ""
         log.info("row summaries: %s of RAM%s", format_bytes(budget), spill)
-        acc = PairAccumulator(total_rows=rows, starts=starts, top_k=job.top_k, budget=budget,
+        initial = (
+            None
+            if store is None
+            else tuple(getattr(store, a)[:-1] for a in ("row_ids", "tokens", "counts", "totals"))
+        )
+        acc = PairAccumulator(total_rows=rows, starts=starts, top_k=top_k, budget=budget,
                               workdir=tmp / ".spill",
-                              buckets=job.partitions if job.partitions > 1 else 0)  # fmt: skip
+                              buckets=job.partitions if job.partitions > 1 else 0,
+                              initial=initial)  # fmt: skip
         unigram = np.zeros(vocab.source_vocab_size, np.uint64)
+        if store is not None:
+            unigram += np.asarray(store.unigram)
         estimated = max(1, estimate_tokens(files, job.corpus))
         maker = _PairMaker(lay, layer_ids, vocab, bases)
         tokens = documents = pairs = 0
@@ -307,11 +338,11 @@ def build_counts(
         G = starts.shape[0]
         rows_h = np.concatenate(held_rows) if held else np.zeros((0, G), np.int64)
         targets_h = np.concatenate(held_targets) if held else np.zeros(0, np.int64)
-        before, hist, occupied, stored = acc.finish(rows_h, targets_h, tmp)
+        before, hist, occupied, stored = acc.finish(rows_h, targets_h, tmp, suffix)
         discounts = _discounts(unigram, lay, layer_ids, before.hist, before.occupied)
         gate = _fit_gate(before, unigram, lay, layer_ids, discounts, rows_h, targets_h)
         discounts = _discounts(unigram, lay, layer_ids, hist, occupied)
-        full = _full_rows(np.load(tmp / "counts.npy", mmap_mode="r"))
+        full = _full_rows(np.load(tmp / f"counts{suffix}.npy", mmap_mode="r"))
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -329,7 +360,7 @@ def build_counts(
                 "name": vocab.source_name or job.tokenizer,
                 "sha256": vocab.source_sha256,
             },  # fmt: skip
-            "top_k": int(job.top_k),
+            "top_k": int(top_k),
             "discounts": discounts,
             "smoothing": "interpolated absolute discounting, Ney discounts, count-min over heads",
             "gate": gate,
@@ -346,13 +377,41 @@ def build_counts(
             "full_rows": full,
             "build_seconds": time.perf_counter() - started,
         }
-        write_metadata(tmp, meta, {"unigram": unigram, "canonical": vocab.canonical_ids})
-        size = sum(p.stat().st_size for p in tmp.iterdir())
+        if store is not None:
+            from .append import merged_corpus
+
+            meta["corpus"] = merged_corpus(store.meta["corpus"], meta["corpus"])
+            meta["generation"] = int(suffix[1:])
+            meta["build_seconds"] += float(store.meta.get("build_seconds", 0.0))
+        arrays = {"unigram": unigram, "canonical": vocab.canonical_ids}
+        written = write_metadata(tmp, meta, arrays, suffix)  # the commit
+        if store is not None:
+            del store, initial
+            remove_strays(tmp, written["manifest"])  # the replaced files
+        size = sum(entry["bytes"] for entry in written["manifest"].values())
     return BuildCountsReport(
         path=str(job.out), tokens=tokens, documents=documents, pairs=pairs, heldout_pairs=held,
-        rows=int(rows), occupied_rows=int(stored - 1), top_k=job.top_k, full_rows=full, bytes=size,
+        rows=int(rows), occupied_rows=int(stored - 1), top_k=top_k, full_rows=full, bytes=size,
         seconds=time.perf_counter() - started, discounts=discounts, gate=gate,
     )  # fmt: skip
+
+
+@contextmanager
+def _in_place(path: Path, manifest: dict):
+    """``--append`` writes into the memory's own directory (new file names; ``zarr.json``'s
+    rename is the commit): one line for a file system error; a failure before the commit
+    removes the new files (the memory stays as it was)."""
+    from .append import remove_strays
+    from .store import read_metadata
+
+    try:
+        yield path
+    except BaseException as exc:
+        if read_metadata(path)["manifest"] == manifest:  # not committed
+            remove_strays(path, manifest)
+        if isinstance(exc, OSError):
+            raise EngramError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise
 
 
 def _fit_gate(before, unigram, layout, layer_ids, discounts, rows, targets):

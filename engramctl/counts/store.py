@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,12 +89,14 @@ def _meta_checksum(meta: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def write_metadata(directory: Path, meta: dict, arrays: dict) -> None:
+def write_metadata(directory: Path, meta: dict, arrays: dict, suffix: str = "") -> dict:
     """Write the arrays given (files already written are read back), record each file's
-    manifest entry (bytes, shape, dtype, CRC-32), checksum the metadata, write ``zarr.json``."""
+    manifest entry (bytes, shape, dtype, CRC-32), checksum the metadata, write ``zarr.json``
+    (under a temporary name, then renamed: the commit). Array files are
+    ``<name><suffix>.npy``. The metadata written is returned."""
     manifest = {}
     for name in ARRAYS:
-        path = directory / f"{name}.npy"
+        path = directory / f"{name}{suffix}.npy"
         array = arrays.get(name)
         if array is None:  # written already (the row arrays, appended by the build)
             crc = crc32_of_file(path)
@@ -110,7 +113,10 @@ def write_metadata(directory: Path, meta: dict, arrays: dict) -> None:
     meta = {**meta, "manifest": manifest}
     meta["meta_sha256"] = _meta_checksum(meta)
     doc = {"zarr_format": 3, "node_type": "group", "attributes": {META_KEY: meta}}
-    (directory / "zarr.json").write_text(json.dumps(doc, indent=1))
+    tmp = directory / "zarr.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, directory / "zarr.json")
+    return meta
 
 
 @dataclass(frozen=True)
@@ -195,8 +201,6 @@ def write_gate(path, gate: dict) -> dict:
     """Replace the gate in the metadata of the count memory at ``path`` as one commit:
     ``zarr.json`` is written under a temporary name, then renamed over the old one (an
     interrupted write leaves the old gate). The new metadata is returned."""
-    import os
-
     path = Path(path)
     meta = {**read_metadata(path), "gate": gate}
     meta["meta_sha256"] = _meta_checksum(meta)

@@ -75,7 +75,7 @@ def builds(tmp_path_factory, tiny_vocab):
                               layers=(1, 4))  # fmt: skip
     docs = random_docs(11, tiny_vocab.source_vocab_size, count=60, high=90)
     plain = _build(tmp_path, "plain", tiny_vocab, wide_layout, docs)
-    spilled = _build(tmp_path, "spilled", tiny_vocab, wide_layout, docs, max_memory=1)
+    spilled = _build(tmp_path, "spilled", tiny_vocab, wide_layout, docs, max_memory=60_000)
     buckets = _build(tmp_path, "buckets", tiny_vocab, wide_layout, docs, partitions=5)
     return docs, plain, spilled, buckets
 
