@@ -218,11 +218,13 @@ class RowTable:
 
     def load(self, keys, tokens, counts, totals) -> None:
         """Put summaries read back (:meth:`extract`'s arrays) into an empty table."""
-        need = int(np.ceil(len(keys) / LOAD / self.shards)) + 1
+        keys = np.asarray(keys, dtype=np.int64)
+        shard = keys % self.shards
+        need = int(np.bincount(shard, minlength=self.shards).max() / LOAD) + 1
         while self.capacity < need:
             self._allocate(self.capacity * 2)
         for s in range(self.shards):
-            own = np.flatnonzero(np.asarray(keys) % self.shards == s)
+            own = np.flatnonzero(shard == s)
             src = (np.asarray(keys)[own], np.asarray(tokens)[own], np.asarray(counts)[own],
                    np.asarray(totals)[own])  # fmt: skip
             _rehash(*src, self.keys[s], self.tokens[s], self.counts[s], self.totals[s])
