@@ -141,6 +141,10 @@ def build_counts_command(
     from ..corpus.files import CorpusOptions
     from ..counts import BuildCountsJob, build_counts
 
+    if partitions is not None and partitions < 1:
+        from ..errors import UsageError
+
+        raise UsageError(f"--partitions must be at least 1, got {partitions}")
     memory = _appended_memory(ctx, out) if append else None
     if top_k is None:
         top_k = memory.top_k if memory is not None else 8
