@@ -134,8 +134,8 @@ def build_counts_command(
     Example:
     engramctl build-counts code.jsonl --vocab vocab.parquet --like t.zarr \\
         --out code-counts.zarr --top-k 8
-    engramctl build-counts more.jsonl --vocab vocab.parquet --out code-counts.zarr \\
-        --append
+    engramctl build-counts more.jsonl --vocab vocab.parquet --append \\
+        --out code-counts.zarr
     """
     from .._system import parse_memory
     from ..corpus.files import CorpusOptions
