@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .._system import format_bytes
-from .spacesaving import RowTable, table_find, table_histogram
+from .spacesaving import RowTable, table_histogram, table_slots
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,6 @@ class PairAccumulator:
         rows written)``.
         """
         G = self.starts.shape[0]
-        held_unique = np.unique(held_rows)
         snap = [np.zeros((0,), np.int64), np.zeros((0, self.top_k), np.int32),
                 np.zeros((0, self.top_k), np.uint32), np.zeros((0,), np.uint64)]  # fmt: skip
         hist_before, occ_before = np.zeros((G, 4), np.int64), np.zeros(G, np.int64)
@@ -194,13 +193,10 @@ class PairAccumulator:
         for b, (lo, hi) in enumerate(ranges):
             table = self.table if not self.spilled else self._bucket_table(b)
             table_histogram(table, self.starts, hist_before, occ_before)
-            mine = held_unique[(held_unique >= lo) & (held_unique < hi)]
-            found = table_find(table, mine)
-            hit = found >= 0
-            snap[0] = np.concatenate([snap[0], mine[hit]])
-            for i, name in enumerate(("tokens", "counts", "totals"), start=1):
-                flat = getattr(table, name).reshape((-1, K) if i < 3 else (-1,))
-                snap[i] = np.concatenate([snap[i], flat[found[hit]]])
+            slots = table_slots(table, held_rows)  # the rows the gate's fit reads, sorted
+            for i, name in enumerate(("keys", "tokens", "counts", "totals")):
+                flat = getattr(table, name).reshape((-1, K) if i in (1, 2) else (-1,))
+                snap[i] = np.concatenate([snap[i], flat[slots]])
             table.add(held_rows, held_targets, None, lo, hi)
             table_histogram(table, self.starts, hist_after, occ_after)
             _write_sorted(table, writers)
@@ -220,7 +216,7 @@ def _write_sorted(table: RowTable, writers) -> None:
     """Append the table's occupied rows, sorted by row id, to the four writers in blocks."""
     flat = table.keys.reshape(-1)
     where = np.flatnonzero(flat != -1)
-    order = where[np.argsort(flat[where], kind="stable")]
+    order = where[np.argsort(flat[where])]  # (keys are unique)
     del where
     K = table.top_k
     arrays = (flat, table.tokens.reshape(-1, K), table.counts.reshape(-1, K),

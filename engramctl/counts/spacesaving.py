@@ -154,8 +154,9 @@ def _rehash(keys, tokens, counts, totals, new_keys, new_tokens, new_counts, new_
         while new_keys[i] != EMPTY:
             i = (i + 1) & mask
         new_keys[i] = r
-        new_tokens[i] = tokens[j]
-        new_counts[i] = counts[j]
+        for s in range(tokens.shape[1]):
+            new_tokens[i, s] = tokens[j, s]
+            new_counts[i, s] = counts[j, s]
         new_totals[i] = totals[j]
 
 
@@ -234,7 +235,7 @@ class RowTable:
         """``(row ids, tokens, counts, totals)`` of the occupied rows, sorted by row id."""
         flat = self.keys.reshape(-1)
         where = np.flatnonzero(flat != EMPTY)
-        order = where[np.argsort(flat[where], kind="stable")]
+        order = where[np.argsort(flat[where])]  # (keys are unique)
         K = self.top_k
         return (flat[order], self.tokens.reshape(-1, K)[order],
                 self.counts.reshape(-1, K)[order], self.totals.reshape(-1)[order])  # fmt: skip
@@ -278,6 +279,16 @@ def table_find(table: RowTable, rows) -> np.ndarray:
     out = np.empty(rows.shape[0], np.int64)
     _find(table.keys, rows, out)
     return out
+
+
+def table_slots(table: RowTable, rows) -> np.ndarray:
+    """The table's slots holding any of ``rows`` (any shape, repeats welcome), in row-id order:
+    a mark per slot instead of a sort of ``rows``."""
+    found = table_find(table, np.asarray(rows).reshape(-1))
+    mark = np.zeros(table.keys.size, dtype=bool)
+    mark[found[found >= 0]] = True
+    slots = np.flatnonzero(mark)
+    return slots[np.argsort(table.keys.reshape(-1)[slots])]
 
 
 def table_histogram(table: RowTable, starts, hist, occupied) -> None:
