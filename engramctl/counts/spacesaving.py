@@ -97,49 +97,77 @@ def _home(key, mask):
     return np.int64((np.uint64(key) * HASH_MULT) >> np.uint64(32)) & mask
 
 
+@njit(cache=True, inline="always")
+def _add_sharded(tokens, counts, totals, s, i, y):
+    """:func:`_add` on summary ``i`` of shard ``s`` (no view per pair)."""
+    K = tokens.shape[2]
+    totals[s, i] += 1
+    slot = -1
+    low = 0
+    for j in range(K):
+        c = counts[s, i, j]
+        if c == 0 or tokens[s, i, j] == y:
+            slot = j
+            break
+        if c < counts[s, i, low]:
+            low = j
+    if slot < 0:
+        slot = low
+        tokens[s, i, slot] = y
+    elif counts[s, i, slot] == 0:
+        tokens[s, i, slot] = y
+    if counts[s, i, slot] < COUNT_MAX:
+        counts[s, i, slot] += 1
+
+
 @njit(cache=True, parallel=True)
 def _table_kernel(rows, targets, keep, lo, hi, shards, keys, tokens, counts, totals, used, limit,
                   resume):  # fmt: skip
     """Add the kept pairs whose row is in ``[lo, hi)`` to the table, shard by shard in parallel.
 
-    The table is ``S`` equal shards (``keys`` (S, C): a power of two C each, ``EMPTY`` free);
-    a row belongs to shard ``row % S``, so each thread owns its shards' rows and visits pairs
-    column by column, each in order: every row sees its continuations in corpus order, the
-    result does not depend on threads. A shard stops before its ``used`` passes ``limit``;
-    ``resume[s]`` (in: where it starts, out: where it stopped, ``G * P`` when done) lets the
-    caller grow the table and go on.
+    The table is ``S`` equal shards (``keys`` (S, C): a power of two C each, ``EMPTY`` free;
+    S a power of two); a row belongs to shard ``row & (S - 1)``, so each thread owns its
+    shards' rows and visits pairs column by column, each in order: every row sees its
+    continuations in corpus order, the result does not depend on threads. A shard stops before
+    its ``used`` passes ``limit``; ``resume[s]`` (in: where it starts, out: where it stopped,
+    ``G * P`` when done) lets the caller grow the table and go on.
     """
     P, G = rows.shape
     S, C = keys.shape
     mask = C - 1
+    smask = S - 1
     for s in prange(S):
         n = used[s]
         start = resume[s]
         resume[s] = G * P
-        for flat in range(start, G * P):
-            g = flat // P
-            p = flat - g * P
-            if not keep[p]:
-                continue
-            r = rows[p, g]
-            if r < lo or r >= hi or r % S != s:
-                continue
-            i = _home(r, mask)
-            while True:
-                k = keys[s, i]
-                if k == r:
-                    break
-                if k == EMPTY:
-                    if n >= limit:
-                        resume[s] = flat
+        g0 = start // P
+        stopped = False
+        for g in range(g0, G):
+            for p in range(start - g0 * P if g == g0 else 0, P):
+                if not keep[p]:
+                    continue
+                r = rows[p, g]
+                if r < lo or r >= hi or (r & smask) != s:
+                    continue
+                i = _home(r, mask)
+                while True:
+                    k = keys[s, i]
+                    if k == r:
                         break
-                    keys[s, i] = r
-                    n += 1
+                    if k == EMPTY:
+                        if n >= limit:
+                            stopped = True
+                        else:
+                            keys[s, i] = r
+                            n += 1
+                        break
+                    i = (i + 1) & mask
+                if stopped:
+                    resume[s] = g * P + p
                     break
-                i = (i + 1) & mask
-            if resume[s] != G * P:
+                _add_sharded(tokens, counts, totals, s, i, targets[p])
+            if stopped:
                 break
-            _add(tokens[s], counts[s], totals[s], i, targets[p])
         used[s] = n
 
 
@@ -162,13 +190,14 @@ def _rehash(keys, tokens, counts, totals, new_keys, new_tokens, new_counts, new_
 
 class RowTable:
     """The SpaceSaving summaries of the rows that occur, in RAM (about 1.6-2.3 x ``16 + 8 K``
-    bytes per occupied row), sharded over threads; the same summaries as the dense kernel."""
+    bytes per occupied row), sharded over threads (``shards``, rounded down to a power of two);
+    the same summaries as the dense kernel."""
 
     def __init__(self, top_k: int, shards: int = 0, capacity: int = 1 << 12):
         import numba
 
         self.top_k = int(top_k)
-        self.shards = int(shards or numba.get_num_threads())
+        self.shards = 1 << (int(shards or numba.get_num_threads()).bit_length() - 1)  # 2^k
         self._allocate(max(64, 1 << int(np.ceil(np.log2(max(capacity, 64))))))
 
     def _allocate(self, capacity: int) -> None:
