@@ -181,8 +181,8 @@ def main(argv=None) -> dict:
         per_corpus = best["build-counts"]["seconds"] - fixed["seconds"]
         print(
             f"  of it, the same build over {fixed['tokens']:,} tokens: {fixed['seconds']:.2f} s "
-            f"(start-up; its memory {fixed['bytes'] / 2**20:,.1f} MiB); the rest, {per_corpus:.2f} s, is {per_corpus / best['hash-stats']['seconds']:.2f}x "
-            "hash-stats"
+            f"(start-up; its memory {fixed['bytes'] / 2**20:,.1f} MiB); the rest, "
+            f"{per_corpus:.2f} s, is {per_corpus / best['hash-stats']['seconds']:.2f}x hash-stats"
         )
         mapped = {}
         for name, inputs in (("1x", once), ("2x", [str(workdir / "twice")])):
