@@ -306,7 +306,8 @@ def show_counts_info(path: str, *, json_out: bool) -> None:
     lay, corpus, gate = doc["layout"], doc["corpus"], doc["gate"] or {}
     console.print(
         f"[bold]{path}[/]: count memory, top-{doc['top_k']} continuations per row, "
-        f"{doc['rows']:,} rows, {format_bytes(doc['bytes'])}; vocab {doc['vocab_fingerprint']}"
+        f"{doc['occupied_rows'] or doc['rows']:,} of {doc['rows']:,} rows stored, "
+        f"{format_bytes(doc['bytes'])}; vocab {doc['vocab_fingerprint']}"
     )
     console.print(
         f"layout: orders 2..{lay['max_ngram']}, {lay['heads']} heads per order, ngram_vocab "

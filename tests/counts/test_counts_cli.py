@@ -114,6 +114,11 @@ def test_info_and_verify_a_count_memory(setup):
     assert info.exit_code == 0, info.output
     doc = json.loads(info.output)
     assert doc["kind"] == "counts" and doc["top_k"] == 4 and doc["corpus"]["tokens"] > 0
+    assert 0 < doc["occupied_rows"] < doc["rows"] and doc["bytes_per_occupied_row"] > 0
+    shown = run("info", setup["counts"])
+    assert shown.exit_code == 0 and f"{doc['occupied_rows']:,} of {doc['rows']:,} rows" in (
+        " ".join(shown.output.split())
+    )
     verify = run("verify", setup["counts"])
     assert verify.exit_code == 0 and "ok" in verify.output
 
