@@ -55,7 +55,37 @@ LikeOpt = Annotated[
     ),
 ]
 TopKOpt = Annotated[
-    int, typer.Option("--top-k", help="Continuations kept per row (SpaceSaving, error <= total/K).")
+    int | None,
+    typer.Option(
+        "--top-k",
+        help="Continuations kept per row (SpaceSaving, error <= total/K). Default: 8; with "
+        "--append, the memory's.",
+    ),
+]
+AppendFlag = Annotated[
+    bool,
+    typer.Option(
+        "--append",
+        help="Add the corpus to the count memory at --out (its layout, layers, vocab and K) as "
+        "one commit; no layout flags.",
+    ),
+]
+
+CountsMemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory",
+        help="RAM for the row summaries, e.g. 8G or 50% (default: 25% of RAM); beyond it the "
+        "build spills row buckets to disk and counts them one after another (same memory).",
+    ),
+]
+CountsPartitionsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--partitions",
+        help="Count in N row buckets from the start (pairs spilled beside the output, each "
+        "bucket counted on its own: ~1/N the RAM; the memory is the same bit for bit).",
+    ),
 ]
 
 
@@ -74,7 +104,7 @@ def build_counts_command(
     pad_id: LayoutFlags.PadId = None,
     config: LayoutFlags.Config = None,
     like: LikeOpt = None,
-    top_k: TopKOpt = 8,
+    top_k: TopKOpt = None,
     tokenizer: TokenizerOpt = "deepseek-v4",
     corpus_format: FormatOpt = CorpusFormat.auto,
     text_field: TextFieldOpt = "text",
@@ -84,6 +114,9 @@ def build_counts_command(
     token_dtype: TokenDtypeOpt = None,
     limit_tokens: LimitTokensOpt = None,
     batch_tokens: BatchTokensOpt = 1 << 18,
+    max_memory: CountsMemoryOpt = None,
+    partitions: CountsPartitionsOpt = None,
+    append: AppendFlag = False,
     overwrite: OverwriteOpt = False,
     json_out: JsonFlag = False,
 ) -> None:
@@ -91,19 +124,35 @@ def build_counts_command(
 
     Every position's context rows (the Engram hashing of the layout: each layer, order and head;
     plus the last token exactly) keep their top-K next tokens with counts; the unigram is exact.
-    A gate λ is fitted on a held-out 5% and stored. Use it with eval/generate --counts
-    (docs/counts.md).
+    A gate λ is fitted on a held-out 5% and stored. Only the rows that occur are kept (RAM and
+    disk grow with them, not with the layout); past --max-memory the build spills row buckets to
+    disk. Use it with eval/generate --counts (docs/counts.md).
+
+    --append adds a corpus to an existing memory: the new files are written beside the old
+    and zarr.json's rename commits them (an interrupted append leaves the old memory).
 
     Example:
     engramctl build-counts code.jsonl --vocab vocab.parquet --like t.zarr \\
         --out code-counts.zarr --top-k 8
+    engramctl build-counts more.jsonl --vocab vocab.parquet --append \\
+        --out code-counts.zarr
     """
+    from .._system import parse_memory
     from ..corpus.files import CorpusOptions
     from ..counts import BuildCountsJob, build_counts
 
+    if partitions is not None and partitions < 1:
+        from ..errors import UsageError
+
+        raise UsageError(f"--partitions must be at least 1, got {partitions}")
+    memory = _appended_memory(ctx, out) if append else None
+    if top_k is None:
+        top_k = memory.top_k if memory is not None else 8
     job = BuildCountsJob(
         inputs=tuple(corpus), out=out, tokenizer=tokenizer, top_k=top_k,
-        limit_tokens=limit_tokens, overwrite=overwrite,
+        limit_tokens=limit_tokens, overwrite=overwrite, append=append,
+        max_memory=parse_memory(max_memory) if max_memory else None,
+        partitions=0 if partitions is None else partitions,
         corpus=CorpusOptions(
             format=corpus_format.value, text_field=text_field, tokens_field=tokens_field,
             doc_sep=doc_sep, doc_sep_id=doc_sep_id,
@@ -112,7 +161,12 @@ def build_counts_command(
     )  # fmt: skip
     job.check()
     vocab_map = load_vocab(vocab)
-    resolved = resolve_layout_flags(ctx.params, vocab_map, table=like, pick_layers=True)
+    if memory is not None:
+        from ..layout import ResolvedLayout
+
+        resolved = ResolvedLayout(memory.layout, memory.layer_ids, None, None, str(out))
+    else:
+        resolved = resolve_layout_flags(ctx.params, vocab_map, table=like, pick_layers=True)
     quiet = STATE["quiet"] or json_out
     started = time.perf_counter()
     detail = "{docs:,} docs, {rate:,.0f} tok/s"
@@ -128,13 +182,34 @@ def build_counts_command(
     _render(report)
 
 
+LAYOUT_FLAGS = ("preset", "ngram_vocab", "max_ngram", "heads", "layers", "seed", "pad_id",
+                "config", "like")  # fmt: skip
+
+
+def _appended_memory(ctx, out: Path):
+    """The memory ``--append`` adds to (opened: a damaged one is named); layout flags refused."""
+    from ..counts import open_counts
+    from ..errors import UsageError
+
+    given = [name for name in LAYOUT_FLAGS if ctx.params.get(name) is not None]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise UsageError(f"--append takes the memory's own layout; drop {flags}")
+    if not Path(out).exists():
+        from ..errors import EngramError
+
+        raise EngramError(f"--append needs a count memory at {out}; build it first")
+    return open_counts(out)
+
+
 def _render(report) -> None:
     from .._system import format_bytes
 
     table = Table(title=f"count memory {report.path}", show_header=False)
     table.add_row("tokens / documents", f"{report.tokens:,} / {report.documents:,}")
     table.add_row("pairs counted", f"{report.pairs:,} ({report.heldout_pairs:,} held out first)")
-    table.add_row("rows x K", f"{report.rows:,} x {report.top_k}")
+    table.add_row("rows occupied x K", f"{report.occupied_rows:,} of {report.rows:,} x "
+                                        f"{report.top_k}")  # fmt: skip
     table.add_row("rows with all K slots taken", f"{report.full_rows:,}")
     table.add_row("size", f"{format_bytes(report.bytes)} "
                           f"({report.bytes / report.tokens:,.1f} B per corpus token)")  # fmt: skip
@@ -259,7 +334,8 @@ def show_counts_info(path: str, *, json_out: bool) -> None:
     lay, corpus, gate = doc["layout"], doc["corpus"], doc["gate"] or {}
     console.print(
         f"[bold]{path}[/]: count memory, top-{doc['top_k']} continuations per row, "
-        f"{doc['rows']:,} rows, {format_bytes(doc['bytes'])}; vocab {doc['vocab_fingerprint']}"
+        f"{doc['occupied_rows'] or doc['rows']:,} of {doc['rows']:,} rows stored, "
+        f"{format_bytes(doc['bytes'])}; vocab {doc['vocab_fingerprint']}"
     )
     console.print(
         f"layout: orders 2..{lay['max_ngram']}, {lay['heads']} heads per order, ngram_vocab "

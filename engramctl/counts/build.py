@@ -5,13 +5,16 @@ batches of raw ids; each batch is mapped to canonical ids and hashed with the la
 (:func:`engramctl.hashing.hash_canonical`, pad context at each document's start, the context
 carried across pieces). Each position ``t >= 1`` of a document gives one pair: the rows of the
 context ending at ``t - 1`` (level 1: the canonical id; every counted layer's heads of every
-order) and the raw id at ``t``. :func:`space_saving_kernel` adds the pairs to the rows' top-K
-summaries (SpaceSaving: a kept count over-counts by at most total/K) in the memory-mapped
-arrays, one column (head) per thread, in corpus order, so the result never depends on threads.
+order) and the raw id at ``t``. :class:`~.accumulate.PairAccumulator` adds the pairs to the
+rows' top-K summaries (SpaceSaving, :mod:`.spacesaving`: a kept count over-counts by at most
+total/K) for the rows that occur only, in RAM up to ``max_memory`` and in row buckets spilled
+to disk beyond it; every row sees its continuations in corpus order, so the result depends on
+neither threads nor buckets.
 
-One pair in 20 (blocks of :data:`BLOCK` pairs, at most :data:`HELDOUT_CAP`) is held out: after
-the pass the gate is fitted on them (:mod:`engramctl.counts.gate`), then they are counted too.
-The memory is written under a temporary name and renamed when complete.
+One pair in 20 (blocks of :data:`BLOCK` pairs, at most :data:`HELDOUT_CAP`) is held out: the
+gate is fitted on them (:mod:`engramctl.counts.gate`) against the rows as counted before them,
+and they are counted last. The memory is written under a temporary name and renamed when
+complete.
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .._numba import njit, prange
 from .._system import format_bytes, parse_memory
 from ..corpus.files import CorpusOptions, corpus_bytes, discover_files
 from ..corpus.readers import read_batches
@@ -32,7 +35,8 @@ from ..corpus.tokenize import TextTokenizer, tokenized_batches
 from ..errors import EngramError, UsageError
 from ..hashing import hash_canonical
 from ..layout import ResolvedLayout
-from .store import COUNT_MAX, FORMAT, FORMAT_VERSION, create_arrays, store_bytes, write_metadata
+from .accumulate import PairAccumulator
+from .store import FORMAT, FORMAT_VERSION, write_metadata
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +56,33 @@ class BuildCountsJob:
     top_k: int = 8  # continuations kept per row
     limit_tokens: int | None = None  # stop after this many tokens
     overwrite: bool = False  # replace an existing memory
-    max_memory: int | None = None  # build in RAM when the memory fits (None: 25% of RAM)
+    max_memory: int | None = None  # RAM for row summaries before spilling (None: 25% of RAM)
+    partitions: int = 0  # >= 2: spill into this many row buckets (0, 1: only over max_memory)
+    append: bool = False  # add the corpus to the memory at ``out`` (one commit)
 
     def check(self) -> None:
         if isinstance(self.top_k, bool) or self.top_k < 1:
             raise UsageError(f"--top-k must be at least 1 (continuations kept per row), got "
                              f"{self.top_k}")  # fmt: skip
+        from .accumulate import MAX_BUCKETS
+
+        if isinstance(self.partitions, bool) or not 0 <= self.partitions <= MAX_BUCKETS:
+            raise UsageError(f"--partitions must be 1..{MAX_BUCKETS} (row buckets counted one "
+                             f"after another), got {self.partitions}")  # fmt: skip
+        if self.max_memory is not None and self.max_memory < 1:
+            raise UsageError(f"--max-memory must be positive, got {self.max_memory}")
         if self.limit_tokens is not None and self.limit_tokens < 1:
             raise UsageError(f"--limit-tokens must be at least 1, got {self.limit_tokens}")
         out = Path(self.out)
+        if self.append:
+            from .store import is_counts_store
+
+            if self.overwrite:
+                raise UsageError("--append adds to the memory at --out; drop --overwrite")
+            if not is_counts_store(out):
+                raise EngramError(f"--append needs a count memory at {out}; build it first "
+                                  "with engramctl build-counts")  # fmt: skip
+            return
         if out.exists() and not self.overwrite and not (out.is_dir() and not any(out.iterdir())):
             raise EngramError(f"{out} exists; pass --overwrite to replace it")
         if not out.parent.exists():
@@ -76,7 +98,8 @@ class BuildCountsReport:
     documents: int
     pairs: int  # (context, next token) pairs counted
     heldout_pairs: int  # of them, held out for the gate's fit (counted after it)
-    rows: int
+    rows: int  # rows of the layout (level 1 and every counted layer)
+    occupied_rows: int  # of them, the rows counted (the store holds these only)
     top_k: int
     full_rows: int  # rows whose K slots are all taken (where truncation may have happened)
     bytes: int
@@ -88,69 +111,6 @@ class BuildCountsReport:
         from dataclasses import asdict
 
         return asdict(self)
-
-
-# ------------------------------------------------------------------------------- kernels
-def space_saving_reference(rows, targets, keep, tokens, counts, totals, occupied) -> None:
-    """Plain-Python specification of :func:`space_saving_kernel` (one pair at a time)."""
-    K = tokens.shape[1]
-    for g in range(rows.shape[1]):
-        for p in range(rows.shape[0]):
-            if not keep[p]:
-                continue
-            r, y = rows[p, g], targets[p]
-            occupied[g] += totals[r] == 0
-            totals[r] += 1
-            slot = None
-            for s in range(K):
-                if counts[r, s] == 0 or tokens[r, s] == y:
-                    slot = s
-                    break
-            if slot is None:  # full and y absent: y replaces the smallest count (first of ties)
-                slot = int(np.argmin(counts[r]))
-                tokens[r, slot] = y  # and inherits its count, the SpaceSaving error bound
-            elif counts[r, slot] == 0:
-                tokens[r, slot] = y
-            if counts[r, slot] < COUNT_MAX:
-                counts[r, slot] += 1
-
-
-@njit(cache=True, parallel=True)
-def space_saving_kernel(rows, targets, keep, tokens, counts, totals, occupied):
-    """Add ``targets[p]`` to row ``rows[p, g]`` for each kept pair p and column g.
-
-    rows (P, G) int64; targets (P,) int64; keep (P,) bool; tokens (R, K) int32, counts (R, K)
-    uint32, totals (R,) uint64; occupied (G,) int64 += rows each column starts using. Columns
-    own disjoint rows, so each thread takes whole columns and visits pairs in order: the
-    result is the sequential one.
-    """
-    P, G = rows.shape
-    K = tokens.shape[1]
-    for g in prange(G):
-        for p in range(P):
-            if not keep[p]:
-                continue
-            r = rows[p, g]
-            y = targets[p]
-            if totals[r] == 0:
-                occupied[g] += 1
-            totals[r] += 1
-            slot = -1
-            low = 0
-            for s in range(K):
-                c = counts[r, s]
-                if c == 0 or tokens[r, s] == y:
-                    slot = s
-                    break
-                if c < counts[r, low]:
-                    low = s
-            if slot < 0:
-                slot = low
-                tokens[r, slot] = y
-            elif counts[r, slot] == 0:
-                tokens[r, slot] = y
-            if counts[r, slot] < COUNT_MAX:
-                counts[r, slot] += 1
 
 
 # ----------------------------------------------------------------------------- the pass
@@ -205,40 +165,38 @@ class _PairMaker:
         return context, ids, valid
 
 
-def _counts_of_counts(counts, start: int, stop: int) -> tuple[int, int]:
-    """``(n1, n2)``: kept counts of 1 and of 2 in the rows ``start:stop``, read in blocks."""
-    n = np.zeros(4, dtype=np.int64)
-    for lo in range(start, stop, 1 << 18):
-        block = np.minimum(np.asarray(counts[lo : min(stop, lo + (1 << 18))]), 3)
-        n += np.bincount(block.ravel(), minlength=4)
-    return int(n[1]), int(n[2])
-
-
-def _discounts(arrays, layout, layer_ids, canonical_size: int, bases, occupied) -> list:
-    """Each level's Ney discount from its counts of counts. Level 1 reads its exact rows;
-    level k the head of order k (any counted layer) with the most occupied rows (``occupied``:
-    per column): the one with the fewest collisions, exact when one head has none."""
-    from .smoothing import ney_discount
-
-    n = np.bincount(np.minimum(np.asarray(arrays["unigram"]), 3).astype(np.int64), minlength=4)
-    discounts = [ney_discount(int(n[1]), int(n[2]))]
-    counts = arrays["counts"]
-    discounts.append(ney_discount(*_counts_of_counts(counts, 0, canonical_size)))
-    H = layout.heads_per_layer
-    for k in range(2, layout.max_ngram + 1):
-        heads = range((k - 2) * layout.heads, (k - 1) * layout.heads)
-        columns = [(1 + i * H + h, i, h) for i in range(len(layer_ids)) for h in heads]
-        _, i, h = max(columns, key=lambda entry: (occupied[entry[0]], -entry[0]))
-        start = int(bases[i] + layout.head_offsets(layer_ids[i])[h])
-        stop = start + int(layout.head_rows(layer_ids[i])[h])
-        discounts.append(ney_discount(*_counts_of_counts(counts, start, stop)))
-    return discounts
-
-
 def _full_rows(counts) -> int:
     """Rows whose K slots are all taken (where truncation may have happened)."""
     return sum(int(np.count_nonzero(counts[lo : lo + (1 << 20), -1]))
                for lo in range(0, counts.shape[0], 1 << 20))  # fmt: skip
+
+
+def column_starts(layout, layer_ids, bases) -> np.ndarray:
+    """The first row of each column (level 1, then each layer's heads): ascending."""
+    starts = [0]
+    for i, layer in enumerate(layer_ids):
+        starts.extend(int(bases[i]) + int(o) for o in layout.head_offsets(layer))
+    starts = np.asarray(starts, np.int64)
+    assert (np.diff(starts) > 0).all(), "columns must tile the rows in order"
+    return starts
+
+
+def _discounts(unigram, layout, layer_ids, hist, occupied) -> list:
+    """Each level's Ney discount from its counts of counts (``hist`` (G, 4) per column).
+    Level 1 reads its exact rows; level k the head of order k (any counted layer) with the most
+    occupied rows: the one with the fewest collisions, exact when one head has none."""
+    from .smoothing import ney_discount
+
+    n = np.bincount(np.minimum(np.asarray(unigram), 3).astype(np.int64), minlength=4)
+    discounts = [ney_discount(int(n[1]), int(n[2])), ney_discount(int(hist[0, 1]),
+                                                                  int(hist[0, 2]))]  # fmt: skip
+    H = layout.heads_per_layer
+    for k in range(2, layout.max_ngram + 1):
+        heads = range((k - 2) * layout.heads, (k - 1) * layout.heads)
+        columns = [1 + i * H + h for i in range(len(layer_ids)) for h in heads]
+        g = max(columns, key=lambda c: (occupied[c], -c))
+        discounts.append(ney_discount(int(hist[g, 1]), int(hist[g, 2])))
+    return discounts
 
 
 def build_counts(
@@ -285,15 +243,37 @@ def build_counts(
         bases.append(rows)
         rows += lay.layer_rows(layer)
     bases = np.array(bases, dtype=np.int64)
-    with atomic_directory(Path(job.out), label="building", replace=job.overwrite) as tmp:
-        size = store_bytes(rows=rows, top_k=job.top_k, vocab_size=vocab.source_vocab_size)
-        in_memory = size <= (job.max_memory or parse_memory("25%"))
-        log.info("building %s in %s", format_bytes(size), "RAM" if in_memory else "mmap files")
-        arrays = create_arrays(tmp, rows=rows, top_k=job.top_k,
-                               vocab_size=vocab.source_vocab_size, in_memory=in_memory)  # fmt: skip
-        occupied = np.zeros(1 + len(layer_ids) * lay.heads_per_layer, dtype=np.int64)
-        arrays["canonical"][:] = vocab.canonical_ids
-        target = {name: np.asarray(a) for name, a in arrays.items()}
+    store, suffix, top_k = None, "", job.top_k
+    if job.append:
+        from .append import check_appendable, remove_strays
+        from .store import open_counts
+
+        store = open_counts(job.out)
+        check_appendable(store, vocab, lay, layer_ids, job.top_k)
+        top_k = store.top_k
+        remove_strays(job.out, store.meta["manifest"])  # an interrupted append's files
+        suffix = f".{int(store.meta.get('generation', 0)) + 1}"
+    place = _in_place(Path(job.out), store.meta["manifest"]) if job.append else \
+        atomic_directory(Path(job.out), label="building", replace=job.overwrite)  # fmt: skip
+    with place as tmp:
+        tmp.mkdir(parents=True, exist_ok=job.append)
+        budget = job.max_memory or parse_memory("25%")
+        starts = column_starts(lay, layer_ids, bases)
+        spill = " (then spilling row buckets to disk)" if job.partitions < 2 else ""
+        log.info("row summaries: %s of RAM%s", format_bytes(budget), spill)
+        initial = (
+            None
+            if store is None
+            else tuple(getattr(store, a)[:-1] for a in ("row_ids", "tokens", "counts", "totals"))
+        )
+        acc = PairAccumulator(total_rows=rows, starts=starts, top_k=top_k, budget=budget,
+                              workdir=tmp / ".spill",
+                              buckets=job.partitions if job.partitions > 1 else 0,
+                              initial=initial)  # fmt: skip
+        unigram = np.zeros(vocab.source_vocab_size, np.uint64)
+        if store is not None:
+            unigram += np.asarray(store.unigram)
+        estimated = max(1, estimate_tokens(files, job.corpus))
         maker = _PairMaker(lay, layer_ids, vocab, bases)
         tokens = documents = pairs = 0
         held_rows, held_targets, held = [], [], 0
@@ -330,11 +310,13 @@ def build_counts(
                     held_rows.append(context[hold])
                     held_targets.append(targets[hold])
                     held += int(hold.sum())
-                space_saving_kernel(context, targets, valid & ~hold, target["tokens"],
-                                    target["counts"], target["totals"], occupied)  # fmt: skip
-                target["unigram"] += np.bincount(ids, minlength=vocab.source_vocab_size).astype(
-                    np.uint64
+                acc.add(
+                    context,
+                    targets,
+                    valid & ~hold,
+                    expected_growth=max(1.0, estimated / (tokens + ids.shape[0])),
                 )
+                unigram += np.bincount(ids, minlength=vocab.source_vocab_size).astype(np.uint64)
                 tokens += int(ids.shape[0])
                 documents += int(np.count_nonzero(batch.doc_start))
                 pairs += int(valid.sum())
@@ -353,16 +335,14 @@ def build_counts(
             raise EngramError(
                 "the corpus has no document of two tokens or more: no next token to count"
             )
-        discounts = _discounts(target, lay, layer_ids, canonical_size, bases, occupied)
-        gate = _fit_gate(tmp, target, lay, layer_ids, vocab, bases, discounts, job,
-                         held_rows, held_targets)  # fmt: skip
-        if held:
-            rows_h, targets_h = np.concatenate(held_rows), np.concatenate(held_targets)
-            space_saving_kernel(rows_h, targets_h, np.ones(len(targets_h), bool),
-                                target["tokens"], target["counts"], target["totals"],
-                                occupied)  # fmt: skip
-            discounts = _discounts(target, lay, layer_ids, canonical_size, bases, occupied)
-        full = _full_rows(target["counts"])
+        G = starts.shape[0]
+        rows_h = np.concatenate(held_rows) if held else np.zeros((0, G), np.int64)
+        targets_h = np.concatenate(held_targets) if held else np.zeros(0, np.int64)
+        before, hist, occupied, stored = acc.finish(rows_h, targets_h, tmp, suffix)
+        discounts = _discounts(unigram, lay, layer_ids, before.hist, before.occupied)
+        gate = _fit_gate(before, unigram, lay, layer_ids, discounts, rows_h, targets_h)
+        discounts = _discounts(unigram, lay, layer_ids, hist, occupied)
+        full = _full_rows(np.load(tmp / f"counts{suffix}.npy", mmap_mode="r"))
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -372,6 +352,7 @@ def build_counts(
                 for L, b in zip(layer_ids, bases, strict=True)
             },  # fmt: skip
             "rows": int(rows),
+            "occupied_rows": int(stored - 1),
             "canonical_vocab_size": int(canonical_size),
             "vocab_size": int(vocab.source_vocab_size),
             "vocab_fingerprint": vocab.fingerprint,
@@ -379,7 +360,7 @@ def build_counts(
                 "name": vocab.source_name or job.tokenizer,
                 "sha256": vocab.source_sha256,
             },  # fmt: skip
-            "top_k": int(job.top_k),
+            "top_k": int(top_k),
             "discounts": discounts,
             "smoothing": "interpolated absolute discounting, Ney discounts, count-min over heads",
             "gate": gate,
@@ -396,28 +377,56 @@ def build_counts(
             "full_rows": full,
             "build_seconds": time.perf_counter() - started,
         }
-        write_metadata(tmp, meta, arrays)
-        del target, arrays
-        size = sum(p.stat().st_size for p in tmp.iterdir())
+        if store is not None:
+            from .append import merged_corpus
+
+            meta["corpus"] = merged_corpus(store.meta["corpus"], meta["corpus"])
+            meta["generation"] = int(suffix[1:])
+            meta["build_seconds"] += float(store.meta.get("build_seconds", 0.0))
+        arrays = {"unigram": unigram, "canonical": vocab.canonical_ids}
+        written = write_metadata(tmp, meta, arrays, suffix)  # the commit
+        if store is not None:
+            del store, initial
+            remove_strays(tmp, written["manifest"])  # the replaced files
+        size = sum(entry["bytes"] for entry in written["manifest"].values())
     return BuildCountsReport(
         path=str(job.out), tokens=tokens, documents=documents, pairs=pairs, heldout_pairs=held,
-        rows=int(rows), top_k=job.top_k, full_rows=full, bytes=size,
+        rows=int(rows), occupied_rows=int(stored - 1), top_k=top_k, full_rows=full, bytes=size,
         seconds=time.perf_counter() - started, discounts=discounts, gate=gate,
     )  # fmt: skip
 
 
-def _fit_gate(tmp, target, layout, layer_ids, vocab, bases, discounts, job, held_rows, held_t):
-    """Fit the gate on the held-out pairs against the store as counted without them."""
+@contextmanager
+def _in_place(path: Path, manifest: dict):
+    """``--append`` writes into the memory's own directory (new file names; ``zarr.json``'s
+    rename is the commit): one line for a file system error; a failure before the commit
+    removes the new files (the memory stays as it was)."""
+    from .append import remove_strays
+    from .store import read_metadata
+
+    try:
+        yield path
+    except BaseException as exc:
+        if read_metadata(path)["manifest"] == manifest:  # not committed
+            remove_strays(path, manifest)
+        if isinstance(exc, OSError):
+            raise EngramError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise
+
+
+def _fit_gate(before, unigram, layout, layer_ids, discounts, rows, targets):
+    """Fit the gate on the held-out pairs against the rows as counted without them."""
+    from .accumulate import locate
     from .gate import fit_gate, unfitted_gate
     from .query import level_columns
     from .smoothing import level_probability_kernel, unigram_probabilities
 
-    if not held_rows:
+    if not rows.shape[0]:
         return unfitted_gate("no held-out positions (the corpus is too small)")
-    rows, targets = np.concatenate(held_rows), np.concatenate(held_t)
     cols, ncols = level_columns(layout, len(layer_ids))
-    p0 = unigram_probabilities(target["unigram"], discounts[0])
+    p0 = unigram_probabilities(unigram, discounts[0])
     out = np.empty((rows.shape[0], 4))
-    level_probability_kernel(rows, targets, cols, ncols, target["tokens"], target["counts"],
-                             target["totals"], p0, np.asarray(discounts), out)  # fmt: skip
+    level_probability_kernel(locate(before.row_ids, rows), targets, cols, ncols, before.tokens,
+                             before.counts, before.totals, p0, np.asarray(discounts),
+                             out)  # fmt: skip
     return fit_gate(out[:, 0], p0[targets], out[:, 1:4], layout.max_ngram)

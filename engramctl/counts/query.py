@@ -55,8 +55,19 @@ class CountsModel:
         self.p0 = unigram_probabilities(store.unigram, self.discounts[0])
         self.gate_weights = np.asarray(store.meta["gate"]["weights"], dtype=np.float64)
         self.gate_names = gate_names(store.meta["gate"], self.gate_weights)
+        # the summaries of the stored rows (format 2: the occupied ones, ``row_ids`` ascending)
         self.arrays = (np.asarray(store.tokens), np.asarray(store.counts),
                        np.asarray(store.totals))  # fmt: skip
+        self.row_ids = None if store.row_ids is None else np.asarray(store.row_ids)
+
+    def local_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Indices into :attr:`arrays` of layout rows (any shape; an absent row maps to the
+        store's all-zero last row). Format 1 stores every row: the rows themselves."""
+        if self.row_ids is None:
+            return np.asarray(rows, dtype=np.int64)
+        from .accumulate import locate
+
+        return locate(self.row_ids, np.asarray(rows, dtype=np.int64))
 
     @property
     def columns(self) -> int:
@@ -87,7 +98,7 @@ class CountsModel:
         if targets.size and (targets.min() < 0 or targets.max() >= self.p0.shape[0]):
             raise EngramError(f"token ids must be in 0..{self.p0.shape[0] - 1}")
         level_probability_kernel(
-            np.ascontiguousarray(rows), targets, self.level_cols, self.level_ncols,
+            np.ascontiguousarray(self.local_rows(rows)), targets, self.level_cols, self.level_ncols,
             *self.arrays, self.p0, self.discounts, out,
         )  # fmt: skip
         return out
@@ -126,8 +137,8 @@ class CountsModel:
         raw-id history."""
         tail = np.asarray(history[-self.max_level :], dtype=np.int64)
         rows = self.context_rows(tail)[-1]
-        prob = distribution(rows, self.level_cols, self.level_ncols, *self.arrays, self.p0,
-                            self.discounts)  # fmt: skip
+        prob = distribution(self.local_rows(rows), self.level_cols, self.level_ncols,
+                            *self.arrays, self.p0, self.discounts)  # fmt: skip
         return prob, rows
 
     def next_distribution(self, history: list[int], model_entropy=None, *, model_raw=None,

@@ -7,20 +7,25 @@
       zarr.json     group metadata; attributes["engramctl_counts"]: layout, layers, vocab
                     fingerprint, tokenizer, K, discounts, gate, corpus summary and the manifest
                     (per array file: bytes, shape, dtype, CRC-32), and the sha256 of the rest
-      tokens.npy    (R, K) int32   top-K continuations (raw ids) of each row
-      counts.npy    (R, K) uint32  their SpaceSaving counts (0: empty slot; slots fill in order)
-      totals.npy    (R,)   uint64  the row's total (every continuation counted, kept or not)
-      unigram.npy   (V,)   uint64  exact raw-id counts
-      canonical.npy (V,)   int64   the vocab's canonical id map (the memory hashes on its own)
+      row_ids.npy   (N+1,)   int64  the occupied rows' ids, ascending; the last is 2**63-1
+      tokens.npy    (N+1, K) int32  top-K continuations (raw ids) of each occupied row
+      counts.npy    (N+1, K) uint32 their SpaceSaving counts (0: empty slot; slots fill in order)
+      totals.npy    (N+1,)   uint64 the row's total (every continuation counted, kept or not)
+      unigram.npy   (V,)     uint64 exact raw-id counts
+      canonical.npy (V,)     int64  the vocab's canonical id map (the memory hashes on its own)
 
-Rows ``0..C-1`` are level 1 (keyed by the canonical id of the last token); then each counted
+Row ids ``0..C-1`` are level 1 (keyed by the canonical id of the last token); then each counted
 Engram layer's whole table (its heads at the layout's head offsets) from ``meta["layers"][L]``.
+Only the N rows that were counted are stored (format 2), found by binary search on
+``row_ids``; an absent row reads as the last, all-zero one. Format 1 (every row of the layout,
+``row_ids.npy`` absent) is still read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +37,9 @@ from ..layout import EngramLayout
 
 META_KEY = "engramctl_counts"
 FORMAT = "engramctl-counts"
-FORMAT_VERSION = 1
-ARRAYS = ("tokens", "counts", "totals", "unigram", "canonical")
-DTYPES = {"tokens": np.int32, "counts": np.uint32, "totals": np.uint64, "unigram": np.uint64,
-          "canonical": np.int64}  # fmt: skip
-COUNT_MAX = 2**32 - 1  # a slot's count saturates here (totals are 64-bit)
+FORMAT_VERSION = 2
+ARRAYS_V1 = ("tokens", "counts", "totals", "unigram", "canonical")
+ARRAYS = ("row_ids", *ARRAYS_V1)
 
 
 def is_counts_store(path) -> bool:
@@ -49,35 +52,6 @@ def is_counts_store(path) -> bool:
     except (OSError, ValueError, AttributeError):
         return False
     return isinstance(attrs, dict) and META_KEY in attrs
-
-
-def store_bytes(*, rows: int, top_k: int, vocab_size: int) -> int:
-    """Bytes of a memory's arrays: 8 per row and slot, 8 per row, 8 per vocab id."""
-    return rows * (8 * top_k + 8) + 16 * vocab_size
-
-
-def create_arrays(
-    directory: Path, *, rows: int, top_k: int, vocab_size: int, in_memory: bool
-) -> dict:
-    """New zero-filled arrays: in RAM (``in_memory``: fastest; written by
-    :func:`write_metadata`) or memory-mapped ``.npy`` files in ``directory`` (sparse files:
-    RAM holds only the pages in use, the kernel writes them back)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    shapes = {
-        "tokens": (rows, top_k),
-        "counts": (rows, top_k),
-        "totals": (rows,),
-        "unigram": (vocab_size,),
-        "canonical": (vocab_size,),
-    }
-    if in_memory:
-        return {name: np.zeros(shape, DTYPES[name]) for name, shape in shapes.items()}
-    return {
-        name: np.lib.format.open_memmap(
-            directory / f"{name}.npy", mode="w+", dtype=DTYPES[name], shape=shape
-        )
-        for name, shape in shapes.items()
-    }
 
 
 def crc32_of_file(path: Path, block: int = 1 << 24) -> str:
@@ -115,16 +89,18 @@ def _meta_checksum(meta: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def write_metadata(directory: Path, meta: dict, arrays: dict) -> None:
-    """Write the arrays (in-RAM ones; memory-mapped ones are flushed), record each file's
-    manifest entry (bytes, shape, dtype, CRC-32), checksum the metadata, write ``zarr.json``."""
+def write_metadata(directory: Path, meta: dict, arrays: dict, suffix: str = "") -> dict:
+    """Write the arrays given (files already written are read back), record each file's
+    manifest entry (bytes, shape, dtype, CRC-32), checksum the metadata, write ``zarr.json``
+    (under a temporary name, then renamed: the commit). Array files are
+    ``<name><suffix>.npy``. The metadata written is returned."""
     manifest = {}
     for name in ARRAYS:
-        path = directory / f"{name}.npy"
-        array = arrays[name]
-        if isinstance(array, np.memmap):
-            array.flush()
+        path = directory / f"{name}{suffix}.npy"
+        array = arrays.get(name)
+        if array is None:  # written already (the row arrays, appended by the build)
             crc = crc32_of_file(path)
+            array = np.load(path, mmap_mode="r")
         else:
             crc = _write_sparse(path, array)
         manifest[name] = {
@@ -137,7 +113,10 @@ def write_metadata(directory: Path, meta: dict, arrays: dict) -> None:
     meta = {**meta, "manifest": manifest}
     meta["meta_sha256"] = _meta_checksum(meta)
     doc = {"zarr_format": 3, "node_type": "group", "attributes": {META_KEY: meta}}
-    (directory / "zarr.json").write_text(json.dumps(doc, indent=1))
+    tmp = directory / "zarr.json.tmp"
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, directory / "zarr.json")
+    return meta
 
 
 @dataclass(frozen=True)
@@ -151,6 +130,7 @@ class CountsStore:
     totals: np.ndarray
     unigram: np.ndarray
     canonical: np.ndarray
+    row_ids: np.ndarray | None = None  # format 2: the occupied rows' ids (None: every row)
 
     @property
     def layout(self) -> EngramLayout:
@@ -221,8 +201,6 @@ def write_gate(path, gate: dict) -> dict:
     """Replace the gate in the metadata of the count memory at ``path`` as one commit:
     ``zarr.json`` is written under a temporary name, then renamed over the old one (an
     interrupted write leaves the old gate). The new metadata is returned."""
-    import os
-
     path = Path(path)
     meta = {**read_metadata(path), "gate": gate}
     meta["meta_sha256"] = _meta_checksum(meta)
@@ -242,13 +220,14 @@ def open_counts(path) -> CountsStore:
     path = Path(path)
     meta = read_metadata(path)
     arrays = {}
-    missing = [name for name in ARRAYS if name not in meta.get("manifest", {})]
+    names = ARRAYS if meta.get("format_version", 1) >= 2 else ARRAYS_V1
+    missing = [name for name in names if name not in meta.get("manifest", {})]
     if missing:
         raise EngramError(
             f"{path} is damaged or incomplete: its manifest lacks {', '.join(missing)}; build it "
             "again with engramctl build-counts"
         )
-    for name in ARRAYS:
+    for name in names:
         entry = meta["manifest"][name]
         file = path / entry["file"]
         try:
@@ -274,8 +253,9 @@ def verify_counts(path) -> list[str]:
         meta = read_metadata(path)
     except EngramError as exc:
         return [str(exc)]
-    problems = [f"the manifest lacks {name}" for name in ARRAYS if name not in meta["manifest"]]
-    for name in ARRAYS:
+    names = ARRAYS if meta.get("format_version", 1) >= 2 else ARRAYS_V1
+    problems = [f"the manifest lacks {name}" for name in names if name not in meta["manifest"]]
+    for name in names:
         if name not in meta["manifest"]:
             continue
         entry = meta["manifest"][name]
@@ -304,6 +284,7 @@ def describe_counts(path) -> dict:
         "layout": meta["layout"],
         "top_k": meta["top_k"],
         "rows": meta["rows"],
+        "occupied_rows": meta.get("occupied_rows"),
         "vocab_fingerprint": meta["vocab_fingerprint"],
         "tokenizer": meta.get("tokenizer"),
         "discounts": meta["discounts"],
@@ -311,4 +292,7 @@ def describe_counts(path) -> dict:
         "corpus": corpus,
         "bytes": size,
         "bytes_per_corpus_token": size / tokens if tokens else None,
+        "bytes_per_occupied_row": size / meta["occupied_rows"]
+        if meta.get("occupied_rows")
+        else None,
     }

@@ -114,6 +114,11 @@ def test_info_and_verify_a_count_memory(setup):
     assert info.exit_code == 0, info.output
     doc = json.loads(info.output)
     assert doc["kind"] == "counts" and doc["top_k"] == 4 and doc["corpus"]["tokens"] > 0
+    assert 0 < doc["occupied_rows"] < doc["rows"] and doc["bytes_per_occupied_row"] > 0
+    shown = run("info", setup["counts"])
+    assert shown.exit_code == 0 and f"{doc['occupied_rows']:,} of {doc['rows']:,} rows" in (
+        " ".join(shown.output.split())
+    )
     verify = run("verify", setup["counts"])
     assert verify.exit_code == 0 and "ok" in verify.output
 
@@ -176,6 +181,14 @@ def test_build_counts_bad_input(setup, ds_vocab_path, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".e.zarr")]
     result = run(*base, "--out", setup["counts"])
     assert result.exit_code == 1 and "--overwrite" in result.output
+    result = run(*base, "--out", tmp_path / "p.zarr", "--partitions", 0)
+    assert result.exit_code == 2 and "--partitions must be at least 1" in result.output
+    result = run(*base, "--out", setup["counts"], "--append")  # layout flags with --append
+    assert result.exit_code == 2 and "drop --like" in result.output
+    result = run("build-counts", corpus, "--vocab", ds_vocab_path, "--out", tmp_path / "n.zarr",
+                 "--append")  # fmt: skip
+    assert result.exit_code == 1 and "needs a count memory" in result.output
+    assert not (tmp_path / "n.zarr").exists()
     result = run("eval", "--counts", setup["counts"], "--benchmark", corpus, "--mix", 0.5,
                  "--explain", "x")  # fmt: skip
     assert result.exit_code == 2 and "without --model" in result.output
@@ -275,3 +288,21 @@ def test_lm_eval_tasks_mixed_with_counts(setup, tmp_path, monkeypatch):
     alone = run("eval", "--counts", setup["counts"], "--benchmark", tasks / "mc_next_line.jsonl",
                 "--json")  # fmt: skip
     assert theirs["acc,none"] == json.loads(alone.output)["metrics"]["acc"]
+def test_build_counts_append_from_the_cli(setup, ds_vocab_path, tmp_path):
+    import shutil
+
+    from engramctl.counts import open_counts, verify_counts
+
+    grown = tmp_path / "grown.zarr"
+    shutil.copytree(setup["counts"], grown)
+    heldout = setup["corpus"] / "heldout.jsonl"
+    result = run("build-counts", heldout, "--vocab", ds_vocab_path, "--out", grown, "--append",
+                 "--top-k", 8)  # fmt: skip
+    assert result.exit_code == 1 and "K = 4" in result.output and "--top-k 8" in result.output
+    result = run("build-counts", heldout, "--vocab", ds_vocab_path, "--out", grown, "--append",
+                 "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    added, store = json.loads(result.output), open_counts(grown)
+    assert verify_counts(grown) == [] and store.meta["generation"] == 1
+    assert store.meta["corpus"]["tokens"] == setup["build"]["tokens"] + added["tokens"]
+    assert int(store.unigram.sum()) == store.meta["corpus"]["tokens"]

@@ -7,9 +7,9 @@ import pytest
 
 from engramctl.corpus.files import CorpusOptions
 from engramctl.counts import BuildCountsJob, CountsModel, build_counts, open_counts
-from engramctl.counts.build import space_saving_kernel, space_saving_reference
 from engramctl.counts.reference import ReferenceCounts
 from engramctl.counts.smoothing import distribution, unigram_probabilities
+from engramctl.counts.spacesaving import space_saving_kernel, space_saving_reference
 
 from .conftest import random_docs, resolved, write_token_corpus
 
@@ -181,8 +181,8 @@ def test_store_distribution_matches_kernel(tmp_path, tiny_vocab, wide_layout):
     d = np.concatenate(docs)[:50]
     rows = model.context_rows(d)
     for t in range(0, 49, 7):
-        full = distribution(rows[t], model.level_cols, model.level_ncols, *model.arrays,
-                            model.p0, model.discounts)  # fmt: skip
+        full = distribution(model.local_rows(rows[t]), model.level_cols, model.level_ncols,
+                            *model.arrays, model.p0, model.discounts)  # fmt: skip
         ys = np.arange(tiny_vocab.source_vocab_size)
         scored = model.score_rows(np.repeat(rows[t : t + 1], len(ys), 0), ys)[:, 0]
         np.testing.assert_allclose(full, scored, rtol=1e-12)

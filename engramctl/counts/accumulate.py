@@ -1,0 +1,261 @@
+"""A build's (context row, next token) pairs into row summaries, in memory bounded by a budget.
+
+The summaries live in a :class:`~.spacesaving.RowTable` (RAM grows with occupied rows, never
+with table rows). When the table outgrows the budget the build *spills*: the table's summaries
+are split into ``B`` buckets of contiguous row ranges and saved, and every later pair is
+appended to its bucket's file, in the order it came. At the end each bucket on its own loads its
+summaries, replays its pairs, and is written out; the buckets' rows are disjoint and ascending,
+so the outputs concatenate into the sorted store. Every row sees its continuations in corpus
+order whether or not the build spilled and however many buckets it used: the summaries are the
+ones one pass in RAM gives, bit for bit (tested).
+
+The held-out pairs (the gate's, :mod:`.build`) are counted last, after a snapshot of the rows
+they touch (what the gate is fitted on) and of the counts of counts (the discounts).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .._numba import njit, prange
+from .._system import format_bytes
+from .spacesaving import RowTable, table_histogram, table_slots
+
+log = logging.getLogger(__name__)
+
+MAX_BUCKETS = 256  # row buckets at most (a bucket past the budget then grows past it)
+REPLAY_PAIRS = 1 << 22  # pairs read back per step when a bucket is replayed
+WRITE_ROWS = 1 << 20  # rows gathered per write
+SENTINEL = 2**63 - 1  # the row id of the all-zero row every store ends with
+
+
+class NpyAppender:
+    """A ``.npy`` file written by appending rows: a fixed 128-byte header, rewritten with the
+    final shape on :meth:`close` (``np.load`` reads it as any ``.npy``)."""
+
+    HEADER = 128
+
+    def __init__(self, path: Path, dtype, inner: tuple[int, ...] = ()):
+        self.path, self.dtype, self.inner = Path(path), np.dtype(dtype), tuple(inner)
+        self.handle = open(self.path, "wb")
+        self.handle.write(b"\0" * self.HEADER)
+        self.rows = 0
+
+    def append(self, array) -> None:
+        array = np.ascontiguousarray(array, dtype=self.dtype)
+        self.handle.write(memoryview(array.reshape(-1).view(np.uint8)))
+        self.rows += array.shape[0]
+
+    def close(self) -> None:
+        shape = (self.rows, *self.inner)
+        text = f"{{'descr': {self.dtype.str!r}, 'fortran_order': False, 'shape': {shape!r}, }}"
+        text = text.ljust(self.HEADER - 10 - 1) + "\n"
+        header = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text)) + text.encode("latin1")
+        assert len(header) == self.HEADER
+        self.handle.seek(0)
+        self.handle.write(header)
+        self.handle.close()
+
+
+@dataclass
+class Snapshot:
+    """What the gate is fitted on: the held-out pairs' rows as counted before them (sorted
+    unique row ids, their summaries, one all-zero row last) and each column's counts of counts
+    (``hist`` (G, 4): slots with count 0, 1, 2, 3+) and occupied rows then."""
+
+    row_ids: np.ndarray
+    tokens: np.ndarray
+    counts: np.ndarray
+    totals: np.ndarray
+    hist: np.ndarray
+    occupied: np.ndarray
+
+
+class PairAccumulator:
+    """Row summaries of a stream of pairs; spills to ``workdir`` beyond ``budget`` bytes.
+
+    ``starts``: the first row of each column (ascending; the columns tile ``[0, total_rows)``).
+    ``buckets``: spill from the start into this many buckets (0: only when over budget).
+    ``initial``: summaries to start from (``(row ids, tokens, counts, totals)`` sorted by row
+    id, memory-mapped: an existing memory's, for ``--append``); loaded whole when they fit half
+    the budget, else spilled into buckets a slice at a time.
+    """
+
+    def __init__(self, *, total_rows: int, starts, top_k: int, budget: int, workdir: Path,
+                 buckets: int = 0, initial=None):  # fmt: skip
+        self.total_rows, self.top_k, self.budget = int(total_rows), int(top_k), int(budget)
+        self.starts = np.asarray(starts, np.int64)
+        self.workdir = Path(workdir)
+        self.table: RowTable | None = RowTable(top_k)
+        self.width = 0  # rows per bucket once spilled
+        self.buckets = 0
+        self.files: list = []
+        if initial is not None:
+            need = int(len(initial[0]) / 0.7 * 2 * (16 + 8 * self.top_k))  # as the table grows
+            if not buckets and need <= self.budget // 2:
+                self.table.load(*(np.asarray(a) for a in initial))
+            else:
+                self.spill(buckets or math.ceil(2 * need / self.budget), source=initial)
+        elif buckets:
+            self.spill(buckets)
+
+    @property
+    def spilled(self) -> bool:
+        return self.buckets > 0
+
+    def add(self, rows, targets, keep, expected_growth: float = 1.0) -> None:
+        """Count the kept pairs; ``expected_growth``: how much more input is to come than has
+        come (sizes the buckets if this call spills)."""
+        if not self.spilled:
+            self.table.add(rows, targets, keep)
+            if self.table.nbytes > self.budget:
+                self.spill(math.ceil(2 * expected_growth * self.table.nbytes / self.budget))
+            return
+        kept = np.flatnonzero(keep)
+        r = np.ascontiguousarray(rows[kept].T).reshape(-1)  # column by column, each in order
+        y = np.tile(np.asarray(targets, np.int32)[kept], rows.shape[1])
+        bucket = r // self.width
+        order = np.argsort(bucket, kind="stable")
+        bounds = np.searchsorted(bucket[order], np.arange(self.buckets + 1))
+        for b in range(self.buckets):
+            if bounds[b + 1] > bounds[b]:
+                pick = order[bounds[b] : bounds[b + 1]]
+                for path, array in zip(self.files[b], (r, y), strict=True):
+                    with open(path, "ab") as handle:
+                        array[pick].tofile(handle)
+
+    def spill(self, buckets: int, source=None) -> None:
+        """Save the table's summaries (or ``source``'s) in ``buckets`` row ranges; later pairs
+        go to files."""
+        self.buckets = min(MAX_BUCKETS, max(2, int(buckets)))
+        self.width = -(-self.total_rows // self.buckets)
+        log.info("spilling row summaries into %d buckets under %s", self.buckets, self.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        keys, tokens, counts, totals = source if source is not None else self.table.extract()
+        bounds = np.searchsorted(keys, np.arange(self.buckets + 1) * self.width)
+        for b in range(self.buckets):
+            part = slice(bounds[b], bounds[b + 1])
+            np.savez(self.workdir / f"state{b}.npz", keys=np.asarray(keys[part]),
+                     tokens=np.asarray(tokens[part]), counts=np.asarray(counts[part]),
+                     totals=np.asarray(totals[part]))  # fmt: skip
+            self.files.append((self.workdir / f"rows{b}.bin", self.workdir / f"targets{b}.bin"))
+            for path in self.files[-1]:
+                path.write_bytes(b"")
+        self.table = None
+
+    def _bucket_table(self, b: int) -> RowTable:
+        """Bucket ``b``'s summaries: saved at the spill, then its pairs replayed in order."""
+        rows_file, targets_file = self.files[b]
+        table = RowTable(self.top_k)
+        with np.load(self.workdir / f"state{b}.npz") as state:
+            table.load(state["keys"], state["tokens"], state["counts"], state["totals"])
+        empty = rows_file.stat().st_size == 0  # (np.memmap refuses an empty file)
+        rows = np.zeros(0, np.int64) if empty else np.memmap(rows_file, np.int64, "r")
+        targets = np.zeros(0, np.int32) if empty else np.memmap(targets_file, np.int32, "r")
+        for lo in range(0, rows.shape[0], REPLAY_PAIRS):
+            table.add(np.asarray(rows[lo : lo + REPLAY_PAIRS]),
+                      np.asarray(targets[lo : lo + REPLAY_PAIRS]))  # fmt: skip
+        if table.nbytes > self.budget:
+            log.warning("row bucket %d of %d holds %s of summaries, over the budget of %s",
+                        b, self.buckets, format_bytes(table.nbytes),
+                        format_bytes(self.budget))  # fmt: skip
+        del rows, targets
+        for name in (f"state{b}.npz", f"rows{b}.bin", f"targets{b}.bin"):
+            (self.workdir / name).unlink(missing_ok=True)
+        return table
+
+    def finish(self, held_rows: np.ndarray, held_targets: np.ndarray, out: Path, suffix=""):
+        """Count the held-out pairs last and write the summaries into ``out`` (``row_ids``,
+        ``tokens``, ``counts``, ``totals`` + ``suffix`` ``.npy``, sorted, the all-zero row
+        last).
+
+        Returns ``(snapshot before the held-out pairs, (G, 4) hist after, (G,) occupied after,
+        rows written)``.
+        """
+        G = self.starts.shape[0]
+        snap = [np.zeros((0,), np.int64), np.zeros((0, self.top_k), np.int32),
+                np.zeros((0, self.top_k), np.uint32), np.zeros((0,), np.uint64)]  # fmt: skip
+        hist_before, occ_before = np.zeros((G, 4), np.int64), np.zeros(G, np.int64)
+        hist_after, occ_after = np.zeros((G, 4), np.int64), np.zeros(G, np.int64)
+        K = self.top_k
+        writers = [NpyAppender(out / f"row_ids{suffix}.npy", np.int64),
+                   NpyAppender(out / f"tokens{suffix}.npy", np.int32, (K,)),
+                   NpyAppender(out / f"counts{suffix}.npy", np.uint32, (K,)),
+                   NpyAppender(out / f"totals{suffix}.npy", np.uint64)]  # fmt: skip
+        ranges = [(0, 2**63 - 1)] if not self.spilled else \
+            [(b * self.width, (b + 1) * self.width) for b in range(self.buckets)]  # fmt: skip
+        for b, (lo, hi) in enumerate(ranges):
+            table = self.table if not self.spilled else self._bucket_table(b)
+            table_histogram(table, self.starts, hist_before, occ_before)
+            slots = table_slots(table, held_rows)  # the rows the gate's fit reads, sorted
+            for i, name in enumerate(("keys", "tokens", "counts", "totals")):
+                flat = getattr(table, name).reshape((-1, K) if i in (1, 2) else (-1,))
+                snap[i] = np.concatenate([snap[i], flat[slots]])
+            table.add(held_rows, held_targets, None, lo, hi)
+            table_histogram(table, self.starts, hist_after, occ_after)
+            _write_sorted(table, writers)
+            self.table = None
+            del table
+        for writer, value in zip(writers, (SENTINEL, 0, 0, 0), strict=True):
+            writer.append(np.full((1, *writer.inner), value, writer.dtype))
+            writer.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        snap = [np.concatenate([a, np.zeros((1, *a.shape[1:]), a.dtype)]) for a in snap]
+        snap[0][-1] = SENTINEL
+        return (Snapshot(*snap, hist_before, occ_before), hist_after, occ_after,
+                writers[0].rows)  # fmt: skip
+
+
+def _write_sorted(table: RowTable, writers) -> None:
+    """Append the table's occupied rows, sorted by row id, to the four writers in blocks."""
+    flat = table.keys.reshape(-1)
+    where = np.flatnonzero(flat != -1)
+    order = where[np.argsort(flat[where])]  # (keys are unique)
+    del where
+    K = table.top_k
+    arrays = (flat, table.tokens.reshape(-1, K), table.counts.reshape(-1, K),
+              table.totals.reshape(-1))  # fmt: skip
+    for lo in range(0, order.shape[0], WRITE_ROWS):
+        pick = order[lo : lo + WRITE_ROWS]
+        for writer, array in zip(writers, arrays, strict=True):
+            writer.append(array[pick])
+
+
+def locate_reference(row_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """numpy specification of :func:`locate`."""
+    last = row_ids.shape[0] - 1
+    idx = np.minimum(np.searchsorted(row_ids, rows), last)
+    idx[np.asarray(row_ids[idx]) != rows] = last
+    return idx
+
+
+@njit(cache=True, parallel=True)
+def _locate_kernel(row_ids, rows, out):
+    last = row_ids.shape[0] - 1
+    for j in prange(rows.shape[0]):
+        r = rows[j]
+        lo, hi = 0, last  # row_ids[last] is the sentinel, above every row
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if row_ids[mid] < r:
+                lo = mid + 1
+            else:
+                hi = mid
+        out[j] = lo if row_ids[lo] == r else last
+
+
+def locate(row_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Indices into a sorted store of ``rows`` (any shape); absent rows map to the last
+    (all-zero) row. A binary search per row, in parallel."""
+    rows = np.asarray(rows, dtype=np.int64)
+    flat = np.ascontiguousarray(rows).reshape(-1)
+    out = np.empty(flat.shape[0], np.int64)
+    _locate_kernel(row_ids, flat, out)
+    return out.reshape(rows.shape)
