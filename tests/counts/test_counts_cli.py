@@ -288,6 +288,8 @@ def test_lm_eval_tasks_mixed_with_counts(setup, tmp_path, monkeypatch):
     alone = run("eval", "--counts", setup["counts"], "--benchmark", tasks / "mc_next_line.jsonl",
                 "--json")  # fmt: skip
     assert theirs["acc,none"] == json.loads(alone.output)["metrics"]["acc"]
+
+
 def test_build_counts_append_from_the_cli(setup, ds_vocab_path, tmp_path):
     import shutil
 
