@@ -145,6 +145,14 @@ class HostTier(LruSlots):
         """Which of ``rows`` the tier holds now (a hint for prefetch; changes nothing)."""
         return self.slot_of_row.lookup(rows) >= 0
 
+    def check_batch(self, distinct_rows: int) -> None:
+        """Refuse a batch with more distinct rows than the tier holds (:class:`UsageError`)."""
+        if distinct_rows > self.capacity:
+            raise UsageError(
+                f"--host-cache holds {self.capacity:,} rows per layer, but one batch needs "
+                f"{distinct_rows:,} distinct rows of a layer; raise --host-cache or lower --batch"
+            )
+
     def serve(self, unique_rows: np.ndarray, batch_index: int, gather) -> tuple:
         """Admit a batch's distinct rows and return ``(slots, miss)``.
 
@@ -152,11 +160,7 @@ class HostTier(LruSlots):
         their slots; every row of the batch is then at ``values[slots]``. A batch needing more
         distinct rows than the tier holds is refused (:class:`UsageError`).
         """
-        if len(unique_rows) > self.capacity:
-            raise UsageError(
-                f"--host-cache holds {self.capacity:,} rows per layer, but one batch needs "
-                f"{len(unique_rows):,} distinct rows of a layer; raise --host-cache or lower --batch"
-            )
+        self.check_batch(len(unique_rows))
         slots, miss = self.assign(unique_rows, batch_index)
         if miss.any():
             try:

@@ -375,6 +375,8 @@ class RowPager(_RowSource):
         stats = self.stats
         for layer, row_ids in row_ids_by_layer.items():
             unique, inverse = np.unique(row_ids, return_inverse=True)
+            if self.hosts:  # the host tier's limit first: the device cache's is higher still
+                self.hosts[layer].check_batch(len(unique))
             slots, miss = self.caches[layer].assign(unique, index)
             n_miss = int(miss.sum())
             buffer_index = index % PAGER.host_buffers
