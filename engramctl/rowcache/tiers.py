@@ -69,7 +69,9 @@ class TierConfig:
         >>> TierConfig.from_options(cache_rows=4096, host_cache="1M").host_bytes
         1048576
         """
-        host = 0 if host_cache in (None, "", "0") else parse_memory(host_cache, option="--host-cache")
+        host = (
+            0 if host_cache in (None, "", "0") else parse_memory(host_cache, option="--host-cache")
+        )
         config = cls(int(cache_rows), host, int(read_threads), int(prefetch_depth))
         config.check()
         return config

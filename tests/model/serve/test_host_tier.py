@@ -95,9 +95,7 @@ def test_counted_hits_per_tier_equal_cache_plan(
     assert predicted.tiers["config"] == tiers.to_dict()
 
 
-def test_read_ahead_reads_early_and_changes_no_count(
-    layout, tiny_vocab, hasher, sequences, sizes
-):
+def test_read_ahead_reads_early_and_changes_no_count(layout, tiny_vocab, hasher, sequences, sizes):
     device, distinct = sizes
     base = TierConfig(2 * device, 2 * (device + distinct) // 2 * ROW, prefetch_depth=0)
     without, _ = run(layout, tiny_vocab, hasher, sequences, base)
