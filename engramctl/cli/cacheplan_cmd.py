@@ -148,9 +148,10 @@ def cache_plan_command(
     and the smallest caches reaching 50/90/99% hits.
     Memory follows the distinct rows the workload touches, not its length or the table's size.
     Sizes are rows per layer; eval --cache-rows N splits N evenly over the layers.
-    With --host-cache: the two-tier view of eval --cache-rows N --host-cache SIZE: the share of
-    rows the device cache, the host tier and storage serve, and the bytes per token each link
-    carries (storage -> host as stored, host -> device as float32); the pager counts the same.
+    With --host-cache (or --cache-rows): the two-tier view of eval --cache-rows N --host-cache
+    SIZE: the share of rows the device cache, the host tier and storage serve, and the bytes per
+    token each link carries (storage -> host as stored, host -> device as float32); the pager
+    counts the same.
 
     Example:
     engramctl cache-plan chat.jsonl --vocab vocab.parquet --preset deepseek-v4.1 \\
@@ -175,7 +176,7 @@ def cache_plan_command(
         points=points, warmup_fraction=warmup_fraction,
         dtype=dtype.value if dtype is not None else None, tokens_per_s=tokens_per_s,
         policies=tuple(p.strip() for p in policy.split(",") if p.strip()), spill_dir=spill_dir,
-        report=report, plot=plot, overwrite=overwrite, tiers=tiers if tiers.host_tier else None,
+        report=report, plot=plot, overwrite=overwrite, tiers=tiers if _asked(ctx) else None,
     )  # fmt: skip
     refuse_outputs_naming_inputs(
         {"--report": report, "--plot": plot}, [*workload, vocab, table, config, tokenizer]
@@ -196,6 +197,14 @@ def cache_plan_command(
     for path in (report, plot):
         if path is not None:
             console.print(f"wrote {path}")
+
+
+def _asked(ctx: typer.Context) -> bool:
+    """Whether a serving option was given: then the plan adds the tiers' view."""
+    from click.core import ParameterSource
+
+    names = ("cache_rows", "host_cache", "prefetch_depth", "read_threads")
+    return any(ctx.get_parameter_source(n) is not ParameterSource.DEFAULT for n in names)
 
 
 def _pct(value) -> str:
