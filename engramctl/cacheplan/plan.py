@@ -138,7 +138,9 @@ def check_spill_dir(spill_dir) -> None:
 def check_tiers(tiers, policies) -> None:
     """The two-tier view models the pager: it needs the ``pager`` policy."""
     if tiers is not None and "pager" not in policies:
-        raise UsageError("the two-tier view (--cache-rows, --host-cache) models the pager: keep pager in --policy")
+        raise UsageError(
+            "the two-tier view (--cache-rows, --host-cache) models the pager: keep pager in --policy"
+        )
 
 
 def check_policies(policies) -> tuple[str, ...]:
