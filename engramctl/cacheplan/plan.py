@@ -139,7 +139,7 @@ def check_tiers(tiers, policies) -> None:
     """The two-tier view models the pager: it needs the ``pager`` policy."""
     if tiers is not None and "pager" not in policies:
         raise UsageError(
-            "the two-tier view (--cache-rows, --host-cache) models the pager: keep pager in --policy"
+            "the tiers' view (--cache-rows, --host-cache) models the pager: keep pager in --policy"
         )
 
 
