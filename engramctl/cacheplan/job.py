@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..layout import ResolvedLayout
+from ..rowcache.tiers import TierConfig
 from .plan import DEFAULT_POINTS, POLICIES, CachePlan
 
 __all__ = ["CachePlanJob", "run_cache_plan_job"]
@@ -37,6 +38,7 @@ class CachePlanJob:
     report: Path | None = None  # also write the JSON document here
     plot: Path | None = None  # write a PNG of hit rate against cache size here
     overwrite: bool = False  # replace existing report / plot files
+    tiers: TierConfig | None = None  # the serving tiers whose two-tier view to add (--host-cache)
 
 
 def run_cache_plan_job(
@@ -75,7 +77,7 @@ def run_cache_plan_job(
         dim=layout.dim, dtype=job.dtype if job.dtype is not None else layout.dtype,
         tokenizer=job.tokenizer, batch=job.batch, seq_len=job.seq_len, sizes=job.sizes,
         points=job.points, warmup_fraction=job.warmup_fraction, tokens_per_s=job.tokens_per_s,
-        policies=job.policies, spill_dir=job.spill_dir, progress=progress,
+        policies=job.policies, spill_dir=job.spill_dir, progress=progress, tiers=job.tiers,
     )  # fmt: skip
     if before_saving is not None:
         before_saving(plan)

@@ -23,6 +23,7 @@ from ..errors import EngramError, UsageError
 from .lru import cumulative_hits, hits_at
 from .opt import opt_hits_spilled
 from .stream import LayerStream, stream_layers
+from .tiers import TierView, all_layers_view, refusal, tier_counts, tier_rows, tier_view
 from .trace import Workload, batch_count
 
 POLICIES = ("lru", "pager", "static", "opt")
@@ -61,6 +62,7 @@ class LayerPlan:
     curves: dict  # policy -> [CurvePoint]
     reach: dict  # policy -> {"50%": rows or None, ...} (exact, not limited to the sizes asked)
     seconds: dict  # policy -> seconds (lru and pager share one streamed pass: each shows it)
+    tiers: dict | None = None  # the two-tier view (TierView.to_dict) when a TierConfig is given
 
     def to_dict(self) -> dict:
         doc = {k: v for k, v in asdict(self).items() if k not in ("curves", "layer")}
@@ -94,6 +96,7 @@ class CachePlan:
     layers: dict = field(default_factory=dict)  # layer id -> LayerPlan
     all_layers: dict = field(default_factory=dict)  # policy -> [CurvePoint], sizes x layers
     seconds: float = 0.0
+    tiers: dict | None = None  # {"config": TierConfig, "all_layers": TierView} (--host-cache)
 
     def to_dict(self) -> dict:
         doc = {k: v for k, v in asdict(self).items() if k not in ("layers", "all_layers")}
@@ -132,6 +135,14 @@ def check_spill_dir(spill_dir) -> None:
         raise UsageError(f"--spill-dir {spill_dir} is not a directory; create it or pick another")
 
 
+def check_tiers(tiers, policies) -> None:
+    """The two-tier view models the pager: it needs the ``pager`` policy."""
+    if tiers is not None and "pager" not in policies:
+        raise UsageError(
+            "the tiers' view (--cache-rows, --host-cache) models the pager: keep pager in --policy"
+        )
+
+
 def check_policies(policies) -> tuple[str, ...]:
     unknown = [p for p in policies if p not in POLICIES]
     if unknown or not policies:
@@ -161,12 +172,15 @@ def _reach(cumulative_hits: np.ndarray, accesses: int, floor: int = 1) -> dict:
 
 
 # ------------------------------------------------------------------------------- policies
-def _layer_plan(stream: LayerStream, *, warmup: int, sizes, policies, table_rows) -> LayerPlan:
+def _layer_plan(
+    stream: LayerStream, *, warmup: int, sizes, policies, table_rows, tier_sizes=None
+) -> LayerPlan:
     accesses = stream.accesses - stream.counted_from
     unique = np.asarray(stream.unique, dtype=np.int64)
     lookups = int(np.sum(stream.lookups[warmup:]))
     hits, reach, seconds = {}, {}, {}
     pager_min = 0
+    tier_hits = None
     for policy in policies:
         t0 = time.perf_counter()
         if policy == "lru":
@@ -181,6 +195,8 @@ def _layer_plan(stream: LayerStream, *, warmup: int, sizes, policies, table_rows
                 None if s < pager_min else int(h) for s, h in zip(sizes, found, strict=True)
             ]
             reach[policy] = _reach(cumulative, accesses, floor=pager_min)
+            if tier_sizes is not None:
+                tier_hits = tier_counts(cumulative, *tier_sizes)
         elif policy == "static" and stream.static is not None:
             cumulative = stream.static.cumulative()
             hits[policy] = hits_at(cumulative, sizes)
@@ -207,6 +223,7 @@ def _layer_plan(stream: LayerStream, *, warmup: int, sizes, policies, table_rows
         curves=hits,  # hit counts for now; plan_cache turns them into CurvePoints
         reach=reach,
         seconds=seconds,
+        tiers=None if tier_hits is None else {"hits": tier_hits},  # plan_cache: the full view
     )
 
 
@@ -246,8 +263,13 @@ def plan_cache(
     policies=POLICIES,
     spill_dir=None,
     progress: Callable[[str, int, int], None] | None = None,
+    tiers=None,
 ) -> CachePlan:
     """Plan the cache of every layer in ``layer_ids`` for a workload (see the module docstring).
+
+    ``tiers`` (a :class:`~engramctl.rowcache.tiers.TierConfig`) adds the two-tier view
+    (:mod:`.tiers`): what its device cache, its host tier and storage each serve; it needs the
+    ``pager`` policy.
 
     ``workload`` comes from :func:`engramctl.cacheplan.trace.read_workload`; ``hasher`` is an
     :class:`engramctl.hashing.NgramHasher` of the layout; ``dim``/``dtype`` give the row size;
@@ -265,6 +287,7 @@ def plan_cache(
     if sizes is not None:
         sizes = check_sizes(sizes)
     policies = check_policies(policies)
+    check_tiers(tiers, policies)
     dtype = parse_dtype(dtype)
     batches = batch_count(workload, batch)
     warmup = math.ceil(warmup_fraction * batches)
@@ -292,6 +315,7 @@ def plan_cache(
             streams, workload, workload_paths, batch=batch, seq_len=seq_len, sizes=sizes,
             points=points, warmup=warmup, warmup_fraction=warmup_fraction, dtype=dtype, dim=dim,
             tokens_per_s=tokens_per_s, policies=policies, layout=layout, progress=progress,
+            tiers=tiers,
         )  # fmt: skip
     plan.seconds = time.perf_counter() - started
     return plan
@@ -299,7 +323,7 @@ def plan_cache(
 
 def _plan_streams(
     streams, workload, workload_paths, *, batch, seq_len, sizes, points, warmup,
-    warmup_fraction, dtype, dim, tokens_per_s, policies, layout, progress,
+    warmup_fraction, dtype, dim, tokens_per_s, policies, layout, progress, tiers=None,
 ) -> CachePlan:  # fmt: skip
     """The plan from the layers' streamed state (the second half of :func:`plan_cache`)."""
     from ..table.core.dtypes import row_bytes
@@ -331,13 +355,24 @@ def _plan_streams(
     for layer, stream in streams.items():
         if progress:
             progress(f"layer {layer}", 0, 1)
+        sizes_of_tiers = None if tiers is None else tier_rows(tiers, layout, layer, nbytes)
         lp = _layer_plan(
             stream,
             warmup=warmup,
             sizes=sizes,
             policies=policies,
             table_rows=layout.layer_rows(layer),
+            tier_sizes=sizes_of_tiers,
         )
+        if tiers is not None:
+            refused = refusal(
+                tiers, layout, layer, *sizes_of_tiers, pager_min=lp.pager_min_rows,
+                batch_rows=int(np.max(stream.unique)),
+            )  # fmt: skip
+            lp.tiers = tier_view(
+                *sizes_of_tiers, lp.accesses, lp.tiers["hits"], positions=counted_positions,
+                row_nbytes=nbytes, dim=dim, refused=refused,
+            ).to_dict()  # fmt: skip
         lp.rows_per_token = lp.accesses / counted_positions
         lp.curves = {
             policy: _points(sizes, h, lp.accesses, counted_positions, nbytes, tokens_per_s)
@@ -346,6 +381,10 @@ def _plan_streams(
         plan.layers[layer] = lp
         streams[layer] = None  # free the layer's state before the next layer's policies run
     plan.all_layers = _all_layers(plan, sizes, nbytes, tokens_per_s, counted_positions)
+    if tiers is not None:
+        views = [TierView(**lp.tiers) for lp in plan.layers.values()]
+        total = all_layers_view(views, positions=counted_positions, row_nbytes=nbytes, dim=dim)
+        plan.tiers = {"config": tiers.to_dict(), "all_layers": total.to_dict()}
     return plan
 
 
@@ -386,6 +425,7 @@ def plan_workload(
     policies=POLICIES,
     spill_dir=None,
     progress: Callable[[str, int, int], None] | None = None,
+    tiers=None,
 ) -> CachePlan:
     """Read workload files (cut as ``eval`` cuts them) and plan their cache: ``cache-plan``.
 
@@ -401,7 +441,7 @@ def plan_workload(
     check_spill_dir(spill_dir)
     if sizes is not None:
         check_sizes(sizes)
-    check_policies(policies)
+    check_tiers(tiers, check_policies(policies))
     hasher = NgramHasher(layout, vocab)
     text_tokenizer, _ = load_checked_tokenizer(tokenizer, sha256=vocab.source_sha256)
     workload = read_workload(paths, tokenizer=text_tokenizer, seq_len=seq_len)
@@ -421,4 +461,5 @@ def plan_workload(
         policies=policies,
         spill_dir=spill_dir,
         progress=progress,
+        tiers=tiers,
     )

@@ -19,6 +19,7 @@ from .options import (
     Dtype,
     JsonFlag,
     LayoutFlags,
+    ModelFlags,
     VocabOpt,
     finite_number,
     load_vocab,
@@ -127,6 +128,10 @@ def cache_plan_command(
     tokens_per_s: TokensPerSOpt = None,
     policy: PolicyOpt = "lru,pager,static,opt",
     spill_dir: SpillDirOpt = None,
+    cache_rows: ModelFlags.CacheRows = ModelFlags.CACHE_ROWS,
+    host_cache: ModelFlags.HostCache = None,
+    prefetch_depth: ModelFlags.PrefetchDepth = ModelFlags.PREFETCH_DEPTH,
+    read_threads: ModelFlags.ReadThreads = ModelFlags.READ_THREADS,
     json_out: JsonFlag = False,
     report: ReportOpt = None,
     plot: PlotOpt = None,
@@ -143,13 +148,27 @@ def cache_plan_command(
     and the smallest caches reaching 50/90/99% hits.
     Memory follows the distinct rows the workload touches, not its length or the table's size.
     Sizes are rows per layer; eval --cache-rows N splits N evenly over the layers.
+    With --host-cache (or --cache-rows): the two-tier view of eval --cache-rows N --host-cache
+    SIZE: the share of rows the device cache, the host tier and storage serve, and the bytes per
+    token each link carries (storage -> host as stored, host -> device as float32); the pager
+    counts the same.
 
     Example:
     engramctl cache-plan chat.jsonl --vocab vocab.parquet --preset deepseek-v4.1 \\
         --sizes 64k,1M,16M --tokens-per-s 5000 --plot plan.png
+
+    Two tiers (device cache of 1M rows, 8 GiB of host RAM):
+    engramctl cache-plan chat.jsonl --vocab vocab.parquet --preset deepseek-v4.1 \
+        --cache-rows 1M --host-cache 8G
     """
     from ..cacheplan.job import CachePlanJob, run_cache_plan_job
     from ..layout import parse_int_list
+    from ..rowcache.tiers import TierConfig
+
+    tiers = TierConfig.from_options(
+        cache_rows=cache_rows, host_cache=host_cache, read_threads=read_threads,
+        prefetch_depth=prefetch_depth,
+    )  # fmt: skip
 
     job = CachePlanJob(
         paths=tuple(workload), tokenizer=tokenizer, batch=batch, seq_len=seq_len,
@@ -157,7 +176,7 @@ def cache_plan_command(
         points=points, warmup_fraction=warmup_fraction,
         dtype=dtype.value if dtype is not None else None, tokens_per_s=tokens_per_s,
         policies=tuple(p.strip() for p in policy.split(",") if p.strip()), spill_dir=spill_dir,
-        report=report, plot=plot, overwrite=overwrite,
+        report=report, plot=plot, overwrite=overwrite, tiers=tiers if _asked(ctx) else None,
     )  # fmt: skip
     refuse_outputs_naming_inputs(
         {"--report": report, "--plot": plot}, [*workload, vocab, table, config, tokenizer]
@@ -178,6 +197,14 @@ def cache_plan_command(
     for path in (report, plot):
         if path is not None:
             console.print(f"wrote {path}")
+
+
+def _asked(ctx: typer.Context) -> bool:
+    """Whether a serving option was given: then the plan adds the tiers' view."""
+    from click.core import ParameterSource
+
+    names = ("cache_rows", "host_cache", "prefetch_depth", "read_threads")
+    return any(ctx.get_parameter_source(n) is not ParameterSource.DEFAULT for n in names)
 
 
 def _pct(value) -> str:
@@ -225,3 +252,27 @@ def _render(plan) -> None:
                 f"  the pager (eval --cache-rows) needs {lp.pager_min_rows:,}+ rows per layer "
                 "(a batch's rows and those of the batches in flight)"
             )
+        if lp.tiers is not None:
+            _render_tiers(f"layer {layer}", lp.tiers)
+    if plan.tiers is not None:
+        config = plan.tiers["config"]
+        console.print(
+            f"serving tiers: --cache-rows {config['device_rows']:,} --host-cache "
+            f"{config['host_bytes']:,} B --read-threads {config['read_threads']} "
+            f"--prefetch-depth {config['prefetch_depth']}"
+        )
+        _render_tiers("all layers", plan.tiers["all_layers"])
+
+
+def _render_tiers(name: str, view: dict) -> None:
+    """One line per tier: rows held, share of the rows served, bytes per token on its link."""
+    if view["refused"]:
+        console.print(f"  {name}, two tiers: eval would refuse this: {view['refused']}")
+        return
+    console.print(
+        f"  {name}, two tiers: device {view['device_rows']:,} rows serves "
+        f"{_pct(view['device_fraction'])}, host {view['host_rows']:,} rows serves "
+        f"{_pct(view['host_fraction'])}, storage {_pct(view['storage_fraction'])}; per token "
+        f"storage->host {view['storage_to_host_bytes_per_token']:,.0f} B, host->device "
+        f"{view['host_to_device_bytes_per_token']:,.0f} B"
+    )

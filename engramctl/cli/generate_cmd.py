@@ -36,6 +36,8 @@ def generate_command(
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed.")] = 0,
     device: ModelFlags.Device = Device.auto,
     cache_rows: ModelFlags.CacheRows = ModelFlags.CACHE_ROWS,
+    host_cache: ModelFlags.HostCache = None,
+    read_threads: ModelFlags.ReadThreads = ModelFlags.READ_THREADS,
     resident: ModelFlags.Resident = False,
     tokenizer: ModelFlags.Tokenizer = None,
     counts: Annotated[
@@ -56,7 +58,9 @@ def generate_command(
 ) -> None:
     """Continue a prompt one token at a time: each step hashes the new token with the n-gram
     context carried from the last (the streaming hasher) and pages its rows from the table;
-    the model's keys and values are cached while the text fits its window.
+    the model's keys and values are cached while the text fits its window. A step's rows are
+    known only once the token before it is picked, so nothing is read ahead (eval's
+    --prefetch-depth); --host-cache keeps rows in RAM between the table and the device cache.
 
     Example:
     engramctl generate --model m --table t.zarr --prompt "import os" \\
@@ -66,14 +70,20 @@ def generate_command(
     from ..model.serve.generate import generate
     from ..model.serve.mixing import CountsSpec
     from ..model.serve.opening import ModelSpec
+    from ..rowcache.tiers import TierConfig
 
+    tiers = TierConfig.from_options(
+        cache_rows=cache_rows, host_cache=host_cache, read_threads=read_threads, prefetch_depth=0
+    )
     if mix is not None and counts is None:
         raise UsageError("--mix weighs a count memory: give --counts too")
     counts_spec = None if counts is None else CountsSpec(counts, mix)
 
     with model_cmd.model_table(model, table) as table_handle:
         report = generate(
-            model=ModelSpec(model, table_handle, device.value, cache_rows, resident, tokenizer),
+            model=ModelSpec(
+                model, table_handle, device.value, cache_rows, resident, tokenizer, tiers
+            ),
             prompt=prompt,
             max_tokens=max_tokens,
             temperature=temperature,

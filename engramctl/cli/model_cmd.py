@@ -266,6 +266,9 @@ def eval_command(
     device: ModelFlags.Device = Device.auto,
     batch: Annotated[int, typer.Option("--batch", help="Sequences per forward pass.")] = 16,
     cache_rows: ModelFlags.CacheRows = ModelFlags.CACHE_ROWS,
+    host_cache: ModelFlags.HostCache = None,
+    prefetch_depth: ModelFlags.PrefetchDepth = ModelFlags.PREFETCH_DEPTH,
+    read_threads: ModelFlags.ReadThreads = ModelFlags.READ_THREADS,
     resident: ModelFlags.Resident = False,
     explain: Annotated[
         str | None,
@@ -389,6 +392,14 @@ def print_paging(paging: dict | None) -> None:
         for key in ("rows_requested", "unique_rows", "cache_hits", "cache_misses", "cache_rows"):
             table.add_row(key.replace("_", " "), f"{paging[key]:,}")
         table.add_row("cache hit rate", f"{paging['hit_rate']:.1%}")
+        if paging.get("host_rows"):
+            table.add_row("host tier rows", f"{paging['host_rows']:,}")
+            table.add_row("host tier hits", f"{paging['host_hits']:,}")
+            table.add_row("host tier hit rate", f"{paging['host_hit_rate']:.1%} of cache misses")
+        if "storage_reads" in paging:
+            table.add_row("rows read from table", f"{paging['storage_reads']:,}")
+        if paging.get("prefetch_rows"):
+            table.add_row("rows read ahead", f"{paging['prefetch_rows']:,}")
     table.add_row("bytes read from table", f"{paging['bytes_read']:,}")
     table.add_row("bytes copied to device", f"{paging['bytes_copied']:,}")
     table.add_row("forward waited on rows", f"{paging['wait_seconds']:.3f} s")

@@ -16,6 +16,7 @@ from ..corpus.files import FORMATS, TOKEN_DTYPES
 from ..layout import DEFAULT_PRESET, PRESETS, LayoutRequest, ResolvedLayout
 from ..model.device import DEVICES
 from ..rowcache.policy import PAGER
+from ..rowcache.tiers import DEFAULT_PREFETCH_DEPTH, DEFAULT_READ_THREADS
 from ..table.core.choices import COMPRESSORS, INIT_KINDS
 from ..table.core.dtypes import DTYPE_ALIASES, DTYPES
 
@@ -153,7 +154,30 @@ class ModelFlags:
         ),
     ]
 
+    HostCache = Annotated[
+        str | None,
+        typer.Option(
+            "--host-cache",
+            metavar="SIZE",
+            help="Host-RAM row cache between the table and the device cache, e.g. 8G "
+            "(split over layers; rows kept as stored). Default: none.",
+        ),
+    ]
+    PrefetchDepth = Annotated[
+        int,
+        typer.Option(
+            "--prefetch-depth",
+            help="Batches whose missing rows are read from the table ahead, on a thread of "
+            "their own (0: none).",
+        ),
+    ]
+    ReadThreads = Annotated[
+        int, typer.Option("--read-threads", help="Reads in flight on a cold local table.")
+    ]
+
     CACHE_ROWS = PAGER.default_cache_rows  # the --cache-rows default
+    PREFETCH_DEPTH = DEFAULT_PREFETCH_DEPTH  # the --prefetch-depth default
+    READ_THREADS = DEFAULT_READ_THREADS  # the --read-threads default
 
 
 VocabOpt = Annotated[

@@ -464,6 +464,88 @@ def test_eval_hit_rate_equals_cache_plan_pager_curve(trained, ds_vocab_path, sma
         assert 0 < point["hit_rate"] < 1
 
 
+# --------------------------------------------------------- serving tiers (--host-cache)
+TIER_LAYOUT = ["--ngram-vocab", "211,223", "--max-ngram", "3", "--heads", "2", "--layers", "1"]
+TIER_LAYOUT += ["--seed", "0", "--pad-id", "2"]
+HOST_ROW = 8 * 4 + 64  # a float32 row of 8 values in the host tier, its bookkeeping included
+
+
+def tier_plan(corpus, ds_vocab_path, *extra):
+    result = run(
+        "cache-plan", corpus / "heldout.jsonl", "--vocab", ds_vocab_path, *TIER_LAYOUT, "--seq-len",
+        16, "--batch", 2, "--warmup-fraction", 0, "--policy", "pager", "--sizes", 1, "--json",
+        *extra,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_eval_counts_what_cache_plan_predicts_per_tier(trained, corpus, ds_vocab_path, tmp_path):
+    model, _, _ = trained
+    first = tier_plan(corpus, ds_vocab_path)
+    layer = first["layers"]["1"]
+    device = layer["pager_min_rows"]
+    host = device + (layer["distinct_rows"] - device) // 2
+    tiers = ["--cache-rows", device, "--host-cache", host * HOST_ROW]
+    # cache-plan's layout is the preset's (two layers, layer 1 picked; its rows wider than the
+    # model's): the same rows per layer are other budgets there.
+    plan_bytes = 2 * host * (first["row_bytes"] + HOST_ROW - 32)
+    planned = ["--cache-rows", 2 * device, "--host-cache", plan_bytes]
+    predicted = tier_plan(corpus, ds_vocab_path, *planned)["tiers"]
+    assert predicted["config"]["host_bytes"] == plan_bytes
+    view = predicted["all_layers"]
+    assert view["refused"] is None and view["host_rows"] == host
+    report = tmp_path / "eval.json"
+    result = run(
+        "eval", "--model", model, "--table", "t.zarr", "--benchmark", corpus / "heldout.jsonl",
+        "--device", "cpu", "--batch", 2, *tiers, "--prefetch-depth", 3, "--report", report,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    paging = json.loads(report.read_text())["paging"]
+    assert paging["cache_hits"] == view["device_hits"]
+    assert paging["host_hits"] == view["host_hits"] > 0
+    assert paging["storage_reads"] == view["storage_reads"] > 0
+    assert paging["host_rows"] == host and paging["tiers"]["prefetch_depth"] == 3
+    assert "host tier hits" in result.output and "rows read from table" in result.output
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--host-cache", "9999T"], "more than this machine's RAM"),
+        (["--host-cache", "eight"], "--host-cache: expected e.g. 8G"),
+        (["--prefetch-depth", "-1"], "--prefetch-depth must be 0 or more"),
+        (["--cache-rows", "4096", "--host-cache", "50"], "holds no row of layer 1"),
+        (["--cache-rows", "4096", "--host-cache", "100K"], "no more than the device cache"),
+        (["--cache-rows", "1", "--host-cache", "200"], "one batch needs"),
+    ],
+)
+def test_bad_serving_options_are_one_line(trained, corpus, extra, message):
+    model, _, _ = trained
+    result = run(
+        "eval", "--model", model, "--table", "t.zarr", "--benchmark", corpus / "heldout.jsonl",
+        "--device", "cpu", "--batch", 2, *extra,
+    )  # fmt: skip
+    assert result.exit_code in (1, 2) and message in result.output, result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_cache_plan_shows_the_two_tier_view(corpus, ds_vocab_path):
+    result = run(
+        "cache-plan", corpus / "heldout.jsonl", "--vocab", ds_vocab_path, *TIER_LAYOUT, "--seq-len",
+        16, "--batch", 2, "--policy", "lru,pager", "--sizes", 100, "--cache-rows", 1000,
+        "--host-cache", "1M",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "layer 1, two tiers: device 500 rows serves" in result.output
+    assert "serving tiers: --cache-rows 1,000 --host-cache" in result.output
+    refused = run(
+        "cache-plan", corpus / "heldout.jsonl", "--vocab", ds_vocab_path, *TIER_LAYOUT,
+        "--policy", "lru", "--host-cache", "1M",
+    )  # fmt: skip
+    assert refused.exit_code != 0 and "keep pager in --policy" in refused.output
+
+
 def test_eval_reports_progress_per_batch(trained, corpus, monkeypatch):
     """The library calls on_progress after every batch up to the total; the CLI shows it as a
     plain line when stderr is not a terminal."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import UsageError
+from ...rowcache.tiers import DEFAULT_PREFETCH_DEPTH, DEFAULT_READ_THREADS, TierConfig
 from .opening import default_open_table
 
 
@@ -38,6 +39,16 @@ class EvalRequest:
     harness_output: bool = False  # lm-eval's warnings and progress bars (eval -v)
     counts: Path | None = None  # a count memory to mix in (or, without model, to score alone)
     mix: float | None = None  # a constant λ instead of the memory's fitted gate
+    host_cache: str | None = None  # host-RAM row cache, e.g. "8G" (None: no host tier)
+    prefetch_depth: int = DEFAULT_PREFETCH_DEPTH  # batches whose rows are read ahead
+    read_threads: int = DEFAULT_READ_THREADS  # reads in flight on a cold table
+
+    def tiers(self) -> TierConfig:
+        """The serving tiers asked for, checked (:class:`~engramctl.rowcache.tiers.TierConfig`)."""
+        return TierConfig.from_options(
+            cache_rows=self.cache_rows, host_cache=self.host_cache,
+            read_threads=self.read_threads, prefetch_depth=self.prefetch_depth,
+        )  # fmt: skip
 
     def resolved(self) -> EvalRequest:
         """The request with every path absolute: the harness runs a task directory's YAMLs
@@ -62,6 +73,7 @@ class EvalRequest:
         from ...counts import check_mix
 
         check_mix(self.mix)
+        self.tiers()
         if self.mix is not None and self.counts is None:
             raise UsageError("--mix weighs a count memory: give --counts too")
         if self.model is None:
@@ -121,7 +133,9 @@ def run_eval(
     with open_model_table(r.model, r.table, strict=r.strict_table, open_table=open_table) as opened:
         if opened.problem is not None and on_warning is not None:
             on_warning(opened.problem)
-        spec = ModelSpec(r.model, opened.table, r.device, r.cache_rows, r.resident, r.tokenizer)
+        spec = ModelSpec(
+            r.model, opened.table, r.device, r.cache_rows, r.resident, r.tokenizer, r.tiers()
+        )
         if r.lm_eval_tasks is not None:
             from .lm_eval_adapter import run_lm_eval
 

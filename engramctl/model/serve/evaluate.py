@@ -413,7 +413,9 @@ def explain_gates(*, model: ModelSpec, text: str, counts=None) -> dict:
     predicts).
 
     One window of rows, paged whatever ``model`` says (a small cache, no prefetch)."""
-    opened = open_model(replace(model, resident=False, cache_rows=1 << 16), prefetch=False)
+    opened = open_model(
+        replace(model, resident=False, cache_rows=1 << 16, tiers=None), prefetch=False
+    )
     runner, tokenizer = opened.runner, opened.tokenizer
     if not runner.model.config.has_engram:
         raise UsageError("--explain needs an Engram model (this one was trained with --no-engram)")

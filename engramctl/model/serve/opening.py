@@ -67,11 +67,14 @@ def open_runner(
     cache_rows: int = PAGER.default_cache_rows,
     prefetch: bool = True,
     stream: bool = False,
+    tiers=None,
 ) -> ModelRunner:
     """Load a checkpoint and the row source of its table, checking they belong together.
 
     ``stream``: the row source hashes each batch as the continuation of the previous ones
     (:class:`~engramctl.hashing.HashStream`, n-gram context carried; no prefetch), for decoding.
+    ``tiers``: the host tier, reads in flight and read-ahead of the pager
+    (:class:`~engramctl.rowcache.tiers.TierConfig`; None: no host tier, no read-ahead).
     """
     from ...hashing import HashStream, NgramHasher
     from ..checkpoint import load_checkpoint
@@ -111,6 +114,7 @@ def open_runner(
         resident=resident,
         cache_rows=cache_rows,
         prefetch=prefetch,
+        tiers=tiers,
     )
     return ModelRunner(checkpoint, source, torch_device)
 
@@ -129,8 +133,10 @@ def load_model_tokenizer(checkpoint, source: str | None):
 class ModelSpec:
     """What a model command runs: the checkpoint directory, its open table (None for a baseline
     model), where it runs, how its rows are served (paged within ``cache_rows`` rows, or
-    ``resident``) and the tokenizer (None: the one the checkpoint was trained with). The
-    library's side of the CLI's ``ModelFlags``."""
+    ``resident``) and the tokenizer (None: the one the checkpoint was trained with); ``tiers``:
+    the host tier, reads in flight and read-ahead (a
+    :class:`~engramctl.rowcache.tiers.TierConfig`; None: none). The library's side of the CLI's
+    ``ModelFlags``."""
 
     model_dir: Path
     table: object | None = None
@@ -138,6 +144,7 @@ class ModelSpec:
     cache_rows: int = PAGER.default_cache_rows
     resident: bool = False
     tokenizer_source: str | None = None
+    tiers: object | None = None
 
 
 @dataclass
@@ -179,6 +186,7 @@ def open_model(spec: ModelSpec, *, prefetch: bool = True, stream: bool = False) 
         cache_rows=spec.cache_rows,
         prefetch=prefetch,
         stream=stream,
+        tiers=spec.tiers,
     )
     tokenizer = load_model_tokenizer(runner.checkpoint, spec.tokenizer_source)
     return OpenModel(spec=spec, runner=runner, tokenizer=tokenizer)

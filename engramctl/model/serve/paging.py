@@ -28,26 +28,39 @@ import numpy as np
 from ..._background import background_iter
 from ...errors import EngramError
 from ...rowcache.policy import PAGER, LruSlots
-from ...table.core.dtypes import decode_rows, row_bytes
+from ...rowcache.tiers import HostTier, TierConfig
+from ...table.core.dtypes import decode_rows, row_bytes, row_width, storage_dtype
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class PagingStats:
-    """Counters of one paged (or resident) run; ``to_dict`` is the ``--json`` shape."""
+    """Counters of one paged (or resident) run; ``to_dict`` is the ``--json`` shape.
+
+    Every distinct row of a batch is served by one tier: the device cache (``cache_hits``), else
+    the host tier (``host_hits``), else the table (``storage_reads``; without a host tier these
+    are the ``cache_misses``).
+    """
 
     mode: str = "paged"  # "paged" or "resident"
     batches: int = 0
     rows_requested: int = 0  # row lookups (positions x heads), all layers
     unique_rows: int = 0  # distinct rows per batch, summed
     cache_hits: int = 0  # unique rows already on the device
-    cache_misses: int = 0  # unique rows gathered from the table
+    cache_misses: int = 0  # unique rows the device cache lacked
+    host_hits: int = 0  # device misses served by the host tier
+    storage_reads: int = 0  # unique rows gathered from the table
     bytes_read: int = 0  # bytes gathered from the table (storage dtype)
     bytes_copied: int = 0  # row bytes copied host -> device (float32)
     wait_seconds: float = 0.0  # time the forward pass waited for rows
-    prepare_seconds: float = 0.0  # background time: hashing, dedupe, gather, decode
+    hash_seconds: float = 0.0  # background time hashing batches
+    prepare_seconds: float = 0.0  # background time: dedupe, gather, decode
+    prefetch_rows: int = 0  # rows read ahead from the table (--prefetch-depth)
+    prefetch_seconds: float = 0.0  # time the prefetch thread spent reading them
     cache_rows: int = 0  # device cache capacity, all layers
+    host_rows: int = 0  # host tier capacity, all layers (0: no host tier)
+    tiers: dict | None = None  # the TierConfig served with (None: resident)
 
     @property
     def hit_rate(self) -> float | None:
@@ -58,8 +71,15 @@ class PagingStats:
         total = self.cache_hits + self.cache_misses
         return self.cache_hits / total if total else 0.0
 
+    @property
+    def host_hit_rate(self) -> float | None:
+        """Host-tier hits over the rows the device cache lacked; ``None`` without a host tier."""
+        if not self.host_rows:
+            return None
+        return self.host_hits / self.cache_misses if self.cache_misses else 0.0
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "hit_rate": self.hit_rate}
+        return {**asdict(self), "hit_rate": self.hit_rate, "host_hit_rate": self.host_hit_rate}
 
 
 def free_device_bytes(device) -> int:
@@ -89,6 +109,29 @@ class _Prepared:
     batch: np.ndarray  # raw ids (B, T)
     positions: dict  # layer -> int64 (B, T, H) slot (paged) or table row (resident)
     fills: dict  # layer -> (slots int64 [M], host buffer index, M)
+
+
+def hashed_batches(hasher, batches: Iterable[np.ndarray], stats=None) -> Iterator[tuple]:
+    """``(index, batch, {layer: table row ids (B, T, H)})`` for each batch, in order (the time
+    spent hashing is added to ``stats.hash_seconds``)."""
+    for index, batch in enumerate(batches):
+        t0 = time.perf_counter()
+        batch = np.asarray(batch)
+        row_ids = hasher.hash(batch, table_rows=True)
+        if stats is not None:
+            stats.hash_seconds += time.perf_counter() - t0
+        yield index, batch, row_ids
+
+
+def set_read_threads(table, threads: int) -> bool:
+    """Give a local table's cold reader ``threads`` reads in flight (its pool restarts at that
+    size on its next read); False when the table has no cold reader (remote, compressed)."""
+    reader = getattr(getattr(getattr(table, "source", None), "cold", None), "reader", None)
+    if reader is None or not hasattr(reader, "threads"):
+        return False
+    reader.close()
+    reader.threads = max(1, int(threads))
+    return True
 
 
 class DeviceRowCache(LruSlots):
@@ -121,8 +164,12 @@ class _RowSource:
         self.stats = PagingStats(mode=self.mode)
 
     # --- producer side (background thread)
-    def _prepare(self, index: int, batch: np.ndarray) -> _Prepared:
+    def _prepare(self, index: int, batch: np.ndarray, row_ids: dict) -> _Prepared:
         raise NotImplementedError
+
+    def _ahead(self, hashed: Iterator[tuple]) -> Iterator[tuple]:
+        """The hashed batches, possibly read ahead (the pager's prefetch); as given here."""
+        return hashed
 
     # --- consumer side (the thread running the model)
     def _rows(self, prepared: _Prepared) -> dict:
@@ -130,15 +177,17 @@ class _RowSource:
 
     def iterate(self, batches: Iterable[np.ndarray]) -> Iterator[tuple[np.ndarray, dict]]:
         """Yield ``(raw_ids_batch, {layer: rows (B, T, H*d) float32 on the device})``."""
+        hashed = hashed_batches(self.hasher, batches, self.stats)
         if not self.prefetch:
-            for index, batch in enumerate(batches):
+            for item in hashed:
                 t0 = time.perf_counter()
-                prepared = self._prepare_timed(index, batch)
+                prepared = self._prepare_timed(*item)
                 rows = self._rows(prepared)
                 self.stats.wait_seconds += time.perf_counter() - t0
                 yield prepared.batch, rows
             return
-        prepared = (self._prepare_timed(index, batch) for index, batch in enumerate(batches))
+        read_ahead = self._ahead(hashed)
+        prepared = (self._prepare_timed(*item) for item in read_ahead)
         ahead = background_iter(prepared, ahead=1, name="engram-row-pager")
         try:
             while True:
@@ -151,10 +200,13 @@ class _RowSource:
                 yield item.batch, rows
         finally:
             ahead.close()
+            close = getattr(read_ahead, "close", None)
+            if close is not None:
+                close()
 
-    def _prepare_timed(self, index: int, batch: np.ndarray) -> _Prepared:
+    def _prepare_timed(self, index: int, batch: np.ndarray, row_ids: dict) -> _Prepared:
         t0 = time.perf_counter()
-        prepared = self._prepare(index, np.asarray(batch))
+        prepared = self._prepare(index, batch, row_ids)
         self.stats.prepare_seconds += time.perf_counter() - t0
         return prepared
 
@@ -187,8 +239,7 @@ class ResidentRows(_RowSource):
             self.stats.bytes_copied += need
             self.stats.cache_rows += rows
 
-    def _prepare(self, index, batch):
-        row_ids = self.hasher.hash(batch, table_rows=True)
+    def _prepare(self, index, batch, row_ids):
         for ids in row_ids.values():
             self.stats.rows_requested += ids.size
         return _Prepared(index, batch, row_ids, {})
@@ -204,7 +255,8 @@ class ResidentRows(_RowSource):
 
 
 class RowPager(_RowSource):
-    """Page rows from the table into a device LRU cache of ``cache_rows`` rows (all layers).
+    """Page rows from the table into a device LRU cache of ``cache_rows`` rows (all layers),
+    through an optional host-RAM tier, reading ahead of the batches.
 
     Parameters
     ----------
@@ -213,20 +265,33 @@ class RowPager(_RowSource):
     device : torch device of the cache and the model.
     cache_rows : device cache capacity over all layers (split evenly; capped at table rows).
     prefetch : prepare batches on a background thread one ahead (False: inline, for tests).
+    tiers : the host tier, reads in flight and read-ahead depth
+        (:class:`~engramctl.rowcache.tiers.TierConfig`; its ``device_rows`` is ``cache_rows``).
+        None: no host tier, no read-ahead.
     """
 
-    def __init__(self, table, hasher, *, device, cache_rows: int, prefetch: bool = True):
+    def __init__(
+        self, table, hasher, *, device, cache_rows: int, prefetch: bool = True, tiers=None
+    ):
         import torch
 
         super().__init__(table, hasher, device=device, prefetch=prefetch)
-        PAGER.check_cache_rows(cache_rows)
-        per_layer = max(1, cache_rows // len(self.layers))
-        self.caches = {}
+        tiers = TierConfig(device_rows=cache_rows, prefetch_depth=0) if tiers is None else tiers
+        tiers = TierConfig(cache_rows, tiers.host_bytes, tiers.read_threads, tiers.prefetch_depth)
+        tiers.check()
+        self.tiers = tiers
+        n_layers = len(self.layers)
+        self.caches, self.hosts = {}, {}
         total = 0
         for layer in self.layers:
-            capacity = min(per_layer, table.layout.layer_rows(layer))
+            layer_rows = table.layout.layer_rows(layer)
+            capacity = tiers.device_rows_per_layer(layer_rows, n_layers)
             total += capacity
             self.caches[layer] = capacity
+            if tiers.host_tier:
+                host_rows = tiers.host_rows_per_layer(layer_rows, n_layers, self.row_nbytes)
+                tiers.check_host_rows(host_rows, capacity, layer, n_layers)
+                self.hosts[layer] = host_rows
         need = total * self.dim * 4
         if need > free_device_bytes(device):
             raise EngramError(
@@ -237,7 +302,12 @@ class RowPager(_RowSource):
             layer: DeviceRowCache(table.layout.layer_rows(layer), cap, self.dim, device)
             for layer, cap in self.caches.items()
         }
+        width, stored = row_width(self.dim, table.dtype), storage_dtype(table.dtype)
+        self.hosts = {layer: HostTier(cap, width, stored) for layer, cap in self.hosts.items()}
         self.stats.cache_rows = total
+        self.stats.host_rows = sum(h.capacity for h in self.hosts.values())
+        self.stats.tiers = tiers.to_dict()
+        set_read_threads(table, tiers.read_threads)
         self.cuda = device.type == "cuda"
         self.copy_stream = torch.cuda.Stream(device) if self.cuda else None
         # On CUDA, an event per consumed batch marks "the forward passes issued so far": a copy
@@ -245,6 +315,32 @@ class RowPager(_RowSource):
         self.forward_events: list = []
         self.buffers = {layer: [None] * PAGER.host_buffers for layer in self.layers}
         self.buffer_events = {layer: [None] * PAGER.host_buffers for layer in self.layers}
+
+    # --- read-ahead (a thread of its own, ``prefetch_depth`` batches ahead of the producer)
+    def _ahead(self, hashed):
+        if self.tiers.prefetch_depth < 1:
+            return hashed
+        items = (self._read_ahead(item) for item in hashed)
+        return background_iter(items, ahead=self.tiers.prefetch_depth, name="engram-read-ahead")
+
+    def _read_ahead(self, item: tuple) -> tuple:
+        """Read from the table the rows of a coming batch that no tier holds now, and drop them:
+        the reads (and their block checks) are done when the producer gathers them, from the page
+        cache. A hint only: the caches' state is read, never changed, so what each tier serves is
+        the same with or without it."""
+        t0 = time.perf_counter()
+        for layer, row_ids in item[2].items():
+            unique = np.unique(row_ids)
+            tier = self.hosts.get(layer)
+            held = tier.contains(unique) if tier is not None else None
+            if held is None:
+                held = self.caches[layer].slot_of_row.lookup(unique) >= 0
+            coming = unique[~held]
+            if len(coming):
+                self.table.gather(layer, coming)
+                self.stats.prefetch_rows += len(coming)
+        self.stats.prefetch_seconds += time.perf_counter() - t0
+        return item
 
     def _host_buffer(self, layer: int, slot: int, rows: int):
         """A reusable (pinned on CUDA) float32 host buffer with room for ``rows`` rows."""
@@ -260,30 +356,49 @@ class RowPager(_RowSource):
             self.buffers[layer][slot] = buffer
         return buffer
 
-    def _prepare(self, index, batch):
+    def _stored_rows(self, layer: int, unique: np.ndarray, miss: np.ndarray, index: int):
+        """The stored rows of ``unique[miss]`` (the device's misses): from the host tier, which
+        admits every row of the batch and reads what it lacks from the table; or, without one,
+        from the table. Counts which tier served them."""
+        stats = self.stats
+        host = self.hosts.get(layer)
+        if host is None:
+            stats.storage_reads += int(miss.sum())
+            return self.table.gather(layer, unique[miss])
+        slots, host_miss = host.serve(unique, index, lambda rows: self.table.gather(layer, rows))
+        stats.host_hits += int((miss & ~host_miss).sum())
+        stats.storage_reads += int(host_miss.sum())
+        return host.values[slots[miss]]
+
+    def _prepare(self, index, batch, row_ids_by_layer):
         fills, positions = {}, {}
-        for layer, row_ids in self.hasher.hash(batch, table_rows=True).items():
+        stats = self.stats
+        for layer, row_ids in row_ids_by_layer.items():
             unique, inverse = np.unique(row_ids, return_inverse=True)
+            if self.hosts:  # the host tier's limit first: the device cache's is higher still
+                self.hosts[layer].check_batch(len(unique))
             slots, miss = self.caches[layer].assign(unique, index)
-            missing_rows = unique[miss]
-            n_miss = len(missing_rows)
+            n_miss = int(miss.sum())
             buffer_index = index % PAGER.host_buffers
+            reads_before = stats.storage_reads
             if n_miss:
                 buffer = self._host_buffer(layer, buffer_index, n_miss)
                 staged = buffer.numpy()[:n_miss]
-                if self.table.dtype == "float32":  # gather straight into the staging buffer
-                    self.table.gather(layer, missing_rows, out=staged)
+                if not self.hosts and self.table.dtype == "float32":  # straight into staging
+                    self.table.gather(layer, unique[miss], out=staged)
+                    stats.storage_reads += n_miss
                 else:
-                    raw = self.table.gather(layer, missing_rows)
+                    raw = self._stored_rows(layer, unique, miss, index)
                     staged[...] = decode_rows(raw, self.table.dtype, self.dim)
+            elif self.hosts:  # every device hit: the host tier still sees the batch's rows
+                self._stored_rows(layer, unique, miss, index)
             positions[layer] = slots[inverse.reshape(row_ids.shape)]  # (B, T, H) cache slots
             fills[layer] = (slots[miss], buffer_index, n_miss)
-            stats = self.stats
             stats.rows_requested += row_ids.size
             stats.unique_rows += len(unique)
             stats.cache_misses += n_miss
             stats.cache_hits += len(unique) - n_miss
-            stats.bytes_read += n_miss * self.row_nbytes
+            stats.bytes_read += (stats.storage_reads - reads_before) * self.row_nbytes
             stats.bytes_copied += n_miss * self.dim * 4
         return _Prepared(index, batch, positions, fills)
 
@@ -320,8 +435,13 @@ class RowPager(_RowSource):
         return out
 
 
-def make_row_source(table, hasher, *, device, resident: bool, cache_rows: int, prefetch=True):
-    """:class:`ResidentRows` or :class:`RowPager` for ``--resident`` / ``--cache-rows``."""
+def make_row_source(
+    table, hasher, *, device, resident: bool, cache_rows: int, prefetch=True, tiers=None
+):
+    """:class:`ResidentRows` or :class:`RowPager` for ``--resident`` / ``--cache-rows`` (and the
+    host tier and read-ahead of ``tiers``, a :class:`~engramctl.rowcache.tiers.TierConfig`)."""
     if resident:
         return ResidentRows(table, hasher, device=device, prefetch=prefetch)
-    return RowPager(table, hasher, device=device, cache_rows=cache_rows, prefetch=prefetch)
+    return RowPager(
+        table, hasher, device=device, cache_rows=cache_rows, prefetch=prefetch, tiers=tiers
+    )

@@ -131,3 +131,22 @@ def test_generate_cache_too_small_names_no_batch_option(trained):
     assert result.exit_code == 1, result.output
     assert "raise --cache-rows" in result.output and "--batch" not in result.output
     assert "Traceback" not in result.output
+
+
+def test_generate_through_the_host_tier_picks_the_same_tokens(trained):
+    model, _, _ = trained
+    plain = generate(model, "--prompt", PROMPT, "--max-tokens", 4, "--cache-rows", 300)
+    tiered = generate(
+        model, "--prompt", PROMPT, "--max-tokens", 4, "--cache-rows", 300, "--host-cache", "100K",
+        "--read-threads", 4,
+    )  # fmt: skip
+    assert tiered["tokens"] == plain["tokens"]
+    paging = tiered["paging"]
+    assert paging["host_rows"] == 890 and paging["tiers"]["read_threads"] == 4
+    assert (
+        paging["cache_hits"] + paging["host_hits"] + paging["storage_reads"]
+        == (paging["unique_rows"])
+    )
+    bad = run("generate", "--model", model, "--table", "t.zarr", "--prompt", PROMPT,
+              "--host-cache", "9999T")  # fmt: skip
+    assert bad.exit_code == 2 and "more than this machine's RAM" in bad.output
