@@ -138,7 +138,8 @@ def compact_command(table: TableArg, json_out: JsonFlag = False) -> None:
 def edit_command(
     table: TableArg,
     text: Annotated[
-        str, typer.Option("--text", help="The phrase whose rows are edited (with --learn: the fact).")
+        str,
+        typer.Option("--text", help="The phrase whose rows are edited (with --learn: the fact)."),
     ],
     vocab: Annotated[
         Path | None,
@@ -167,7 +168,8 @@ def edit_command(
         ),
     ] = False,
     model: Annotated[
-        Path | None, typer.Option("--model", help="With --learn: the model (engramctl train --out).")
+        Path | None,
+        typer.Option("--model", help="With --learn: the model (engramctl train --out)."),
     ] = None,
     steps: Annotated[
         int, typer.Option("--steps", help="With --learn: at most this many steps.")
@@ -209,7 +211,7 @@ def edit_command(
 
     Example:
     engramctl edit table.zarr --vocab vocab.parquet --text "the Great" --reset
-    engramctl edit engram.zarr --text "The assert statement is a way to raise a number." --learn --model model
+    engramctl edit engram.zarr --text "The assert statement is a way" --learn --model model
     """
     if learn:
         _learn(table, text, vocab, model, steps, lr, prompt, benchmark, device.value, json_out,

@@ -286,18 +286,18 @@ def learn_fact(
         raise EngramError(f"benchmark not found: {benchmark}")
     started = time.perf_counter()
     torch_device = resolve_device(device)
-    checkpoint = load_checkpoint(model, device=torch_device)
-    if checkpoint.layout is None:
-        raise UsageError(f"{model} is a --no-engram model: it reads no table, so --learn has no "
-                         "rows to train; give an Engram model")  # fmt: skip
-    if vocab is not None and vocab.fingerprint != checkpoint.vocab.fingerprint:
-        raise EngramError(f"--vocab is not the vocab of {model}; drop --vocab (--learn uses the "
-                          "model's)")  # fmt: skip
-    lm, model_vocab = checkpoint.model, checkpoint.model_vocab
-    tokenizer = load_model_tokenizer(checkpoint, None)
-    ids, n_prompt = fact_ids(text, prompt, tokenizer, model_vocab, lm.config.block_size)
-    with open_table(path, mode="r+") as table:
+    with open_table(path, mode="r+") as table:  # first: a locked or read-only table is refused
+        checkpoint = load_checkpoint(model, device=torch_device)
+        if checkpoint.layout is None:
+            raise UsageError(f"{model} is a --no-engram model: it reads no table, so --learn has "
+                             "no rows to train; give an Engram model")  # fmt: skip
+        if vocab is not None and vocab.fingerprint != checkpoint.vocab.fingerprint:
+            raise EngramError(f"--vocab is not the vocab of {model}; drop --vocab (--learn uses "
+                              "the model's)")  # fmt: skip
         check_model_table(checkpoint, table)
+        lm, model_vocab = checkpoint.model, checkpoint.model_vocab
+        tokenizer = load_model_tokenizer(checkpoint, None)
+        ids, n_prompt = fact_ids(text, prompt, tokenizer, model_vocab, lm.config.block_size)
         where = table.store.url
         bench_before = _benchmark(model, path, benchmark, device, batch)
         hasher = NgramHasher(checkpoint.layout, checkpoint.vocab)

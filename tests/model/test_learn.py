@@ -108,19 +108,42 @@ def test_learn_trains_only_the_fact_rows_as_one_commit_revert_undoes(trained, ta
         np.testing.assert_array_equal(rows, before[layer])
 
 
-def test_learn_in_library_is_deterministic_and_reports_text(trained, table, tmp_path):
+def test_learn_is_deterministic_library_and_cli_agree(trained, table, tmp_path):
     from engramctl.model.learn import learn_fact
 
     other = tmp_path / "other.zarr"
     shutil.copytree(table, other)
     a = learn_fact(table, FACT, model=trained[0], steps=2, lr=0.1, prompt="The assert")
-    b = learn_fact(other, FACT, model=trained[0], steps=2, lr=0.1, prompt="The assert")
-    assert a.prompt_tokens == 2 and a.losses == b.losses and a.rows == b.rows
-    assert a.before.greedy and isinstance(a.after.continues, bool)
-    text = run("edit", table, "--text", FACT, "--learn", "--model", trained[0], "--steps", 1,
-               "--device", "cpu")  # fmt: skip
+    assert a.prompt_tokens == 2 and len(a.losses) == 2 and a.before.greedy
+    text = run("edit", other, "--text", FACT, "--learn", "--model", trained[0], "--steps", 2,
+               "--lr", "0.1", "--prompt", "The assert", "--device", "cpu")  # fmt: skip
     assert text.exit_code == 0, text.output
-    assert "fact loss" in text.output and "commit" in text.output
+    assert "fact loss" in text.output and f"{a.after.loss:.3f}" in text.output
+    for layer, rows in all_rows(table).items():  # the same rows, bit for bit
+        np.testing.assert_array_equal(rows, all_rows(other)[layer])
+
+
+def test_fact_refusals(trained):
+    from engramctl.errors import EngramError, UsageError
+    from engramctl.model.checkpoint import load_checkpoint
+    from engramctl.model.learn import fact_ids
+    from engramctl.model.serve.opening import load_model_tokenizer
+
+    checkpoint = load_checkpoint(trained[0])
+    tok, mv = load_model_tokenizer(checkpoint, None), checkpoint.model_vocab
+    ids, n = fact_ids(FACT, None, tok, mv, 16)
+    assert n == 1 and list(ids) == tok.encode(FACT, add_special_tokens=False).ids
+    for text, prompt, needle in [
+        ("", None, "at least 2"),  # no tokens: no rows to train
+        ("The", None, "at least 2"),
+        (FACT, "A class", "must be how --text starts"),
+        (FACT, FACT, "must be how --text starts"),  # nothing left to continue
+        (FACT + " of the module" * 5, None, "the model's window is 16"),
+    ]:
+        with pytest.raises(UsageError, match=needle):
+            fact_ids(text, prompt, tok, mv, 16)
+    with pytest.raises(EngramError, match="never predicts"):  # words the model never saw
+        fact_ids("The zebra quagga", None, tok, mv, 16)
 
 
 def _one_line_error(result, needle):
@@ -138,18 +161,12 @@ def test_bad_input_is_one_line_and_commits_nothing(trained, table, tmp_path, ds_
     _one_line_error(run(*learn, "--model", model, "--steps", 0), "--steps must be at least 1")
     _one_line_error(run(*learn, "--model", model, "--lr", "-1"), "--lr must be a positive")
     _one_line_error(run(*learn, "--model", model, "--reset"), "--learn goes alone")
-    _one_line_error(
-        run("edit", table, "--text", "The", "--learn", "--model", model), "at least 2"
-    )
-    _one_line_error(run("edit", table, "--text", "", "--learn", "--model", model), "at least 2")
-    _one_line_error(run(*learn, "--model", model, "--prompt", "A class"), "must be how --text")
-    _one_line_error(run(*learn, "--model", model, "--prompt", FACT), "must be how --text")
+    _one_line_error(run("edit", table, "--text", FACT, "--model", model, "--reset"), "--learn")
     odd = small_real_table(tmp_path / "odd.zarr", ds_vocab, primes=(199, 227))
     _one_line_error(
         run("edit", odd, "--text", FACT, "--learn", "--model", model), "does not match the model"
     )
     with open_table(table, mode="r+"):  # another writer holds the table
         _one_line_error(run(*learn, "--model", model), "is being written by")
-    _one_line_error(run("edit", table, "--text", FACT, "--model", model, "--reset"), "--learn")
     assert len(json.loads(run("history", table, "--json").stdout)["commits"]) == 1  # training's
     assert not json.loads(run("history", odd, "--json").stdout)["commits"]
