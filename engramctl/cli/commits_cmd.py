@@ -210,8 +210,7 @@ def edit_command(
     held-out metrics before and after (what else moved).
 
     Example:
-    engramctl edit table.zarr --vocab vocab.parquet --text "the Great" --reset
-    engramctl edit engram.zarr --text "The assert statement is a way" --learn --model model
+    engramctl edit t.zarr --text "The assert statement is a way" --learn --model m
     """
     if learn:
         _learn(table, text, vocab, model, steps, lr, prompt, benchmark, device.value, json_out,
