@@ -14,7 +14,7 @@ corpus (made of words the model predicts) are written one after the other, each 
   rows paged from the table with its commits), since a later fact's rows can collide with an
   earlier one's;
 - the held-out loss of ``sample_data/bench/lm_heldout.jsonl`` (``eval --benchmark``) before the
-  first write and after the last, and ``revert --to base`` giving it back exactly;
+  first write and after the last, and ``revert`` to the trained table's commit giving it back;
 - peak RSS.
 
     python benchmarks/bench_learn.py [--train-steps 300] [--steps 100] [--lr 0.05]
@@ -127,6 +127,9 @@ def main() -> None:
     shutil.rmtree(table, ignore_errors=True)
     shutil.copytree(trained, table)
     held_before = heldout_loss(model, table)
+    from engramctl.table.commits import table_history
+
+    trained_head = table_history(table).commits[-1].id  # training's commit: what revert restores
     facts = []
     for fact in FACTS:
         t0 = time.perf_counter()
@@ -145,7 +148,7 @@ def main() -> None:
     written = [f for f in facts if "refused" not in f]
     for f in written:
         f["continues_at_end"] = greedy_continues(model, table, f["fact"])
-    revert_table(table, "base")
+    revert_table(table, trained_head)
     held_reverted = heldout_loss(model, table)
 
     def mean(key):
@@ -182,7 +185,7 @@ def main() -> None:
         f"write, {doc['continued_at_end_generate']} after all {len(written)} (generate, greedy)\n"
         f"mean fact loss {doc['mean_fact_loss_before']:.3f} -> {doc['mean_fact_loss_after']:.3f}"
         f" nats/token; held-out loss {held_before:.4f} -> {held_after:.4f} "
-        f"(after revert --to base: {held_reverted:.4f})\n"
+        f"(after revert to the trained commit: {held_reverted:.4f})\n"
         f"wall time per fact {doc['seconds_per_fact']:.2f} s; peak RSS "
         f"{doc['peak_rss_mib']:.0f} MiB"
     )
