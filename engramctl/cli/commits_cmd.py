@@ -13,8 +13,10 @@ from typing import Annotated
 import typer
 from rich.table import Table as RichTable
 
-from .app import STATE, command, console
-from .options import JsonFlag, VocabOpt, finite_number, load_vocab
+from ..errors import UsageError
+from ..model.learn import DEFAULT_LR, DEFAULT_STEPS
+from .app import STATE, command, console, err_console
+from .options import Device, JsonFlag, ModelFlags, finite_number, load_vocab
 
 TableArg = Annotated[Path, typer.Argument(help="Table directory (a zarr v3 group).")]
 
@@ -24,6 +26,14 @@ def _made_by(made_by: dict) -> str:
     if kind == "train" and made_by.get("run_id"):
         mode = f" ({made_by['mode']})" if made_by.get("mode") else ""
         return f"train run {made_by['run_id']}{mode}"
+    if kind == "edit" and made_by.get("operation") == "learn":
+        losses = made_by.get("losses") or {}
+        took = "continues it" if made_by.get("continues") else "does not continue it yet"
+        return (
+            f"learn (model {made_by.get('model')}, {made_by.get('steps')} steps, fact loss "
+            f"{losses.get('before', float('nan')):.3f} -> {losses.get('after', float('nan')):.3f}, "
+            f"{took})"
+        )
     if kind == "compact":
         return f"compaction of {len(made_by.get('merged') or [])} commits"
     extra = ", ".join(f"{k} {v}" for k, v in made_by.items() if k != "kind")
@@ -168,8 +178,18 @@ def compact_command(
 @command("edit")
 def edit_command(
     table: TableArg,
-    text: Annotated[str, typer.Option("--text", help="The phrase whose rows are edited.")],
-    vocab: VocabOpt,
+    text: Annotated[
+        str,
+        typer.Option("--text", help="The phrase whose rows are edited (with --learn: the fact)."),
+    ],
+    vocab: Annotated[
+        Path | None,
+        typer.Option(
+            "--vocab",
+            help="Canonical vocab Parquet file (from engramctl build-vocab); --learn uses the "
+            "model's.",
+        ),
+    ] = None,
     reset: Annotated[
         bool, typer.Option("--reset", help="Set the rows to their init values (delete).")
     ] = False,
@@ -181,6 +201,39 @@ def edit_command(
         float | None,
         typer.Option("--scale", help="Multiply the rows by X.", callback=finite_number),
     ] = None,
+    learn: Annotated[
+        bool,
+        typer.Option(
+            "--learn",
+            help="Train the rows (backbone frozen) until --model continues the fact greedily.",
+        ),
+    ] = False,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="With --learn: the model (engramctl train --out)."),
+    ] = None,
+    steps: Annotated[
+        int, typer.Option("--steps", help="With --learn: at most this many steps.")
+    ] = DEFAULT_STEPS,
+    lr: Annotated[
+        float,
+        typer.Option("--lr", help="With --learn: the rows' learning rate.", callback=finite_number),
+    ] = DEFAULT_LR,
+    prompt: Annotated[
+        str | None,
+        typer.Option(
+            "--prompt",
+            help="With --learn: how the fact starts, the part the model is given (default: its "
+            "first token).",
+        ),
+    ] = None,
+    benchmark: Annotated[
+        Path | None,
+        typer.Option(
+            "--benchmark", help="With --learn: a held-out file measured before and after."
+        ),
+    ] = None,
+    device: ModelFlags.Device = Device.auto,
     order: Annotated[
         int | None, typer.Option("--order", help="Only the heads of this n-gram order.")
     ] = None,
@@ -189,15 +242,28 @@ def edit_command(
     ] = "deepseek-v4",
     json_out: JsonFlag = False,
 ) -> None:
-    """Reset, copy or scale the rows a phrase's n-grams hash to (as lookup shows them), as one
-    commit that history names and revert undoes.
+    """Reset, copy, scale or train the rows a phrase's n-grams hash to (as lookup shows them),
+    as one commit that history names and revert undoes.
+
+    --learn writes a fact: only the fact's rows train (the model's files and every other row are
+    untouched) until greedy decoding from the fact's start reproduces it, or --steps run out; it
+    reports the fact's loss and greedy continuation before and after, and with --benchmark the
+    held-out metrics before and after (what else moved).
 
     Example:
-    engramctl edit table.zarr --vocab vocab.parquet --text "the Great" --reset
+    engramctl edit t.zarr --text "The assert statement is a way" --learn --model m
     """
+    if learn:
+        _learn(table, text, vocab, model, steps, lr, prompt, benchmark, device.value, json_out,
+               others=(reset, from_table, scale, order))  # fmt: skip
+        return
     from ..table.edit import edit_phrase
     from ..tokenizer import encode_text
 
+    if model is not None or benchmark is not None or prompt is not None:
+        raise UsageError("--model, --benchmark and --prompt go with --learn")
+    if vocab is None:
+        raise UsageError("--reset, --from and --scale need --vocab (the table's vocab)")
     vocab_map = load_vocab(vocab)
     ids, _ = encode_text(text, tokenizer, vocab_map)
     result = edit_phrase(
@@ -209,3 +275,59 @@ def edit_command(
         return
     rows = ", ".join(f"layer {k}: {v}" for k, v in sorted(result.rows.items()))
     console.print(f"{table}: commit {result.commit} ({result.operation}; rows {rows})")
+
+
+def _learn(table, text, vocab, model, steps, lr, prompt, benchmark, device, json_out, *, others):
+    """``edit --learn``: :func:`engramctl.model.learn.learn_fact`, rendered."""
+    from ..model.learn import learn_fact
+    from .progress import progress
+
+    reset, from_table, scale, order = others
+    if reset or from_table is not None or scale is not None or order is not None:
+        raise UsageError("--learn goes alone: drop --reset, --from, --scale and --order")
+    if model is None:
+        raise UsageError("--learn needs --model MODEL_DIR (the model whose table this is)")
+    vocab_map = load_vocab(vocab) if vocab is not None else None
+    with progress("learn", enabled=not STATE["quiet"] and not json_out, unit="steps",
+                  detail="loss {loss:.3f}", transient=True) as update:  # fmt: skip
+        result = learn_fact(
+            table, text, model=model, steps=steps, lr=lr, prompt=prompt, benchmark=benchmark,
+            device=device, vocab=vocab_map, on_step=lambda done, total, loss: update(
+                done, total, loss=loss),
+        )  # fmt: skip
+    if json_out:
+        typer.echo(json.dumps(result.to_dict()))
+        return
+    b, a = result.before, result.after
+    if result.commit is None:
+        what = (
+            "the model continues the fact already; nothing written"
+            if result.stopped == "already"
+            else f"no row changed in {result.steps} steps; nothing written (raise --lr)"
+        )
+        console.print(f"{table}: {what}", markup=False)
+    else:
+        rows = ", ".join(f"layer {k}: {v}" for k, v in sorted(result.rows.items()))
+        console.print(
+            f"{table}: commit {result.commit} (learn; {result.steps} steps; rows {rows})",
+            markup=False,
+        )
+    console.print(f"  fact loss {b.loss:.3f} -> {a.loss:.3f} nats/token", markup=False)
+    console.print(
+        f"  after {result.prompt!r} the model continues {a.greedy!r} "
+        f"(before: {b.greedy!r}): {'the fact' if a.continues else 'not the fact yet'}",
+        markup=False,
+    )
+    if result.benchmark is not None:
+        hb, ha = result.benchmark["before"], result.benchmark["after"]
+        key = "loss" if "loss" in hb else "acc"
+        console.print(
+            f"  {result.benchmark['path']}: {key} {hb[key]:.4f} -> {ha[key]:.4f} "
+            f"({ha[key] - hb[key]:+.4f})",
+            markup=False,
+        )
+    if result.commit is not None and not a.continues:
+        err_console.print(
+            f"warning: the model does not continue the fact after {result.steps} steps; the "
+            "rows are committed all the same (revert undoes them): raise --steps or --lr"
+        )

@@ -2,7 +2,8 @@
 
 ``train/`` trains (the loop, its inputs, the trainable rows, resume, checkpoints of a run);
 ``serve/`` reads a trained model (paging, opening, evaluate, generate, lm-evaluation-harness);
-the model itself (transformer, data, checkpoint, optimizers, curves) sits beside them.
+the model itself (transformer, data, checkpoint, optimizers, curves) sits beside them;
+``learn.py`` (``edit --learn``) writes a fact into a table with pieces of both.
 
 torch lives only in this subpackage; nothing is imported until a name is used, so ``import
 engramctl.model`` stays cheap and ``import engramctl`` never pulls torch in.
@@ -20,6 +21,7 @@ _EXPORTS = {  # module -> the public names it holds
     ".train.loop": ("train_model",),
     ".serve.evaluate": ("evaluate", "EvalReport"),
     ".rowviews": ("to_torch",),
+    ".learn": ("learn_fact", "LearnResult"),
 }
 __all__ = sorted(name for names in _EXPORTS.values() for name in names)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

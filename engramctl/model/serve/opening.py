@@ -88,6 +88,26 @@ def open_runner(
         return ModelRunner(checkpoint, None, torch_device)
     if table is None:
         raise UsageError(f"{model_dir} is an Engram model: pass --table with its trained table")
+    check_model_table(checkpoint, table)
+    hasher = NgramHasher(layout, checkpoint.vocab)
+    if stream:
+        hasher, prefetch = HashStream(hasher), False
+    source = make_row_source(
+        table,
+        hasher,
+        device=torch_device,
+        resident=resident,
+        cache_rows=cache_rows,
+        prefetch=prefetch,
+        tiers=tiers,
+    )
+    return ModelRunner(checkpoint, source, torch_device)
+
+
+def check_model_table(checkpoint, table) -> None:
+    """Refuse a table that cannot serve the Engram ``checkpoint``: another layout, vocab or row
+    width (one line naming what differs)."""
+    layout = checkpoint.layout
     if table.layout.to_dict() != layout.to_dict():
         raise EngramError(
             f"the table's layout does not match the model's (table {table.layout.to_json()} vs "
@@ -104,19 +124,6 @@ def open_runner(
             f"the table has rows of {table.dim} values, the model expects "
             f"{checkpoint.model.config.engram_dim}"
         )
-    hasher = NgramHasher(layout, checkpoint.vocab)
-    if stream:
-        hasher, prefetch = HashStream(hasher), False
-    source = make_row_source(
-        table,
-        hasher,
-        device=torch_device,
-        resident=resident,
-        cache_rows=cache_rows,
-        prefetch=prefetch,
-        tiers=tiers,
-    )
-    return ModelRunner(checkpoint, source, torch_device)
 
 
 def load_model_tokenizer(checkpoint, source: str | None):
