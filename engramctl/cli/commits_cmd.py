@@ -14,9 +14,25 @@ import typer
 from rich.table import Table as RichTable
 
 from .app import STATE, command, console
-from .options import JsonFlag, VocabOpt, finite_number, load_vocab
+from .options import CommitsDirOpt, JsonFlag, VocabOpt, finite_number, load_vocab
+from .table_cmd import StorageOpt
 
-TableArg = Annotated[Path, typer.Argument(help="Table directory (a zarr v3 group).")]
+TableArg = Annotated[
+    str,
+    typer.Argument(
+        help="Table directory (a zarr v3 group), or its URL (s3://...) with --commits-dir."
+    ),
+]
+
+
+def _where(table: str, storage_option: list[str] | None, commits_dir: Path | None) -> dict:
+    """The keyword arguments naming where a table and its commits are."""
+    from ..table.core.store import parse_storage_options
+
+    return {
+        "storage_options": parse_storage_options(storage_option) or None,
+        "commits_dir": commits_dir,
+    }
 
 
 def _made_by(made_by: dict) -> str:
@@ -31,7 +47,12 @@ def _made_by(made_by: dict) -> str:
 
 
 @command("history")
-def history_command(table: TableArg, json_out: JsonFlag = False) -> None:
+def history_command(
+    table: TableArg,
+    commits_dir: CommitsDirOpt = None,
+    storage_option: StorageOpt = None,
+    json_out: JsonFlag = False,
+) -> None:
     """The commits of a table, oldest first: id, time, rows per layer, bytes, what made it;
     then the reverts and compactions, and the training runs that wrote rows.
 
@@ -41,7 +62,7 @@ def history_command(table: TableArg, json_out: JsonFlag = False) -> None:
     from .._system import format_bytes
     from ..table.commits import table_history
 
-    history = table_history(table)
+    history = table_history(table, **_where(table, storage_option, commits_dir))
     if json_out:
         typer.echo(json.dumps(history.to_dict()))
         return
@@ -85,6 +106,8 @@ def revert_command(
             "prefix of one), or 'base' to drop every commit.",
         ),
     ],  # fmt: skip
+    commits_dir: CommitsDirOpt = None,
+    storage_option: StorageOpt = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Make a table read as it was at a commit; the later commits are dropped (refused while a
@@ -95,7 +118,7 @@ def revert_command(
     """
     from ..table.commits import revert_table
 
-    result = revert_table(table, to)
+    result = revert_table(table, to, **_where(table, storage_option, commits_dir))
     if json_out:
         typer.echo(json.dumps(result.to_dict()))
         return
@@ -121,6 +144,8 @@ def compact_command(
             "reader may have it open.",
         ),
     ] = False,
+    commits_dir: CommitsDirOpt = None,
+    storage_option: StorageOpt = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Merge a table's commits into one (one segment per layer), or with --into-base into the
@@ -133,6 +158,14 @@ def compact_command(
     """
     from .._system import format_bytes
 
+    where = _where(table, storage_option, commits_dir)
+    if into_base and (commits_dir is not None or where["storage_options"]):
+        from ..errors import UsageError
+
+        raise UsageError(
+            "--into-base rewrites the base's chunk files, and a base whose commits live in "
+            "--commits-dir (a table at a URL) is only read; compact without --into-base"
+        )
     if into_base:
         from ..table.intobase import compact_into_base
 
@@ -151,7 +184,7 @@ def compact_command(
         return
     from ..table.commits import compact_table
 
-    result = compact_table(table)
+    result = compact_table(table, **where)
     if json_out:
         typer.echo(json.dumps(result.to_dict()))
         return
@@ -187,6 +220,8 @@ def edit_command(
     tokenizer: Annotated[
         str, typer.Option("--tokenizer", help="Tokenizer for --text (must match the vocab).")
     ] = "deepseek-v4",
+    commits_dir: CommitsDirOpt = None,
+    storage_option: StorageOpt = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Reset, copy or scale the rows a phrase's n-grams hash to (as lookup shows them), as one
@@ -202,7 +237,7 @@ def edit_command(
     ids, _ = encode_text(text, tokenizer, vocab_map)
     result = edit_phrase(
         table, ids, vocab_map, reset=reset, from_table=from_table, scale=scale, order=order,
-        text=text,
+        text=text, **_where(table, storage_option, commits_dir),
     )  # fmt: skip
     if json_out:
         typer.echo(json.dumps(result.to_dict()))

@@ -204,6 +204,15 @@ JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+CommitsDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--commits-dir",
+        help="Local directory holding the table's commits instead of the table's own (needed to "
+        "write a table at a URL such as s3://...): made by the first write, bound to that "
+        "table's base and refused for another.",
+    ),
+]
 
 
 def load_vocab(path: Path):

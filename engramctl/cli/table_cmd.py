@@ -24,6 +24,7 @@ from ..table.formats.registry import (
 )
 from .app import STATE, command, console, err_console
 from .options import (
+    CommitsDirOpt,
     Compressor,
     DimOpt,
     Dtype,
@@ -180,7 +181,10 @@ def _print_created(result, out: str) -> None:
 
 @command("info")
 def info_command(
-    table: TableUrlArg, storage_option: StorageOpt = None, json_out: JsonFlag = False
+    table: TableUrlArg,
+    storage_option: StorageOpt = None,
+    commits_dir: CommitsDirOpt = None,
+    json_out: JsonFlag = False,
 ) -> None:
     """Show a table's layout, layers, heads, chunking and size (local or fsspec URL).
 
@@ -193,7 +197,8 @@ def info_command(
 
     if is_counts_path(table):  # a count memory (engramctl build-counts)
         return show_counts_info(table, json_out=json_out)
-    info = read_info(table, storage_options=_storage_options(storage_option))
+    options = _storage_options(storage_option)
+    info = read_info(table, storage_options=options, commits_dir=commits_dir)
     if json_out:
         typer.echo(json.dumps(info.to_dict()))
         return
@@ -286,6 +291,7 @@ def verify_command(
         ),
     ] = "4K",
     storage_option: StorageOpt = None,
+    commits_dir: CommitsDirOpt = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Check a table's metadata against its layout, and (--deep) every chunk's checksum.
@@ -311,6 +317,7 @@ def verify_command(
             vocab=vocab_map,
             progress=update,
             storage_options=_storage_options(storage_option),
+            commits_dir=commits_dir,
         )
     if json_out:
         typer.echo(json.dumps(report.to_dict()))
