@@ -14,8 +14,15 @@ import typer
 from rich.table import Table as RichTable
 
 from .app import STATE, command, console
-from .options import CommitsDirOpt, JsonFlag, VocabOpt, finite_number, load_vocab
-from .table_cmd import StorageOpt
+from .options import (
+    CommitsDirOpt,
+    JsonFlag,
+    StorageOpt,
+    VocabOpt,
+    finite_number,
+    load_vocab,
+    storage_options_of,
+)
 
 TableArg = Annotated[
     str,
@@ -27,10 +34,8 @@ TableArg = Annotated[
 
 def _where(table: str, storage_option: list[str] | None, commits_dir: Path | None) -> dict:
     """The keyword arguments naming where a table and its commits are."""
-    from ..table.core.store import parse_storage_options
-
     return {
-        "storage_options": parse_storage_options(storage_option) or None,
+        "storage_options": storage_options_of(storage_option),
         "commits_dir": commits_dir,
     }
 

@@ -9,8 +9,7 @@ import typer
 from rich.table import Table
 
 from .app import command, console
-from .options import CommitsDirOpt, JsonFlag, VocabOpt, load_vocab
-from .table_cmd import StorageOpt
+from .options import CommitsDirOpt, JsonFlag, StorageOpt, VocabOpt, load_vocab, storage_options_of
 
 
 @command("lookup")
@@ -41,9 +40,7 @@ def lookup_command(
     from ..tokenizer import encode_text
 
     vocab_map = load_vocab(vocab)
-    from ..table.core.store import parse_storage_options
-
-    options = parse_storage_options(storage_option) or None
+    options = storage_options_of(storage_option)
     with open_table(
         table, vocab=vocab_map, storage_options=options, commits_dir=commits_dir
     ) as opened:

@@ -37,6 +37,14 @@ def bucket_objects(url: str, options: dict) -> dict[str, bytes]:
     return {key: store.read_bytes(key) for key in sorted(store.file_sizes(""))}
 
 
+def tensor_bytes(path, name: str, rows: int) -> np.ndarray:
+    """A tensor of a safetensors file as its raw bytes, one row of the table per row."""
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    begin, end = json.loads(data[8 : 8 + size])[name]["data_offsets"]
+    return np.frombuffer(data[8 + size + begin : 8 + size + end], np.uint8).reshape(rows, -1)
+
+
 def s3_init(url, options, vocab, *extra) -> str:
     result = run("init-table", url, "--vocab", vocab, *SMALL, *extra, *cli_options(options))
     assert result.exit_code == 0, result.output
@@ -108,6 +116,15 @@ def test_cli_history_revert_compact_info_verify(s3_tables, options, tmp_path, ds
     lookup = run("lookup", url, "--vocab", ds_vocab_path, "--text", "the Great wall",
                  *where, "--json")  # fmt: skip
     assert lookup.exit_code == 0, lookup.output
+    out = tmp_path / "e.safetensors"
+    assert run("export", url, out, *where, "--json").exit_code == 0
+    with open_table(url, storage_options=options, commits_dir=commits) as edited:
+        rows = edited.info.layers[1].rows
+        raw = edited.gather(1, np.arange(rows)).view(np.uint8).reshape(rows, -1)
+    exported = tensor_bytes(out, "layer_1", rows)
+    np.testing.assert_array_equal(exported, raw[:, : exported.shape[1]])
+    assert run("export", url, tmp_path / "b.safetensors", *cli_options(options)).exit_code == 0
+    assert not np.array_equal(tensor_bytes(tmp_path / "b.safetensors", "layer_1", rows), exported)
     result = run("compact", url, *where, "--json")
     assert result.exit_code == 0 and json.loads(result.stdout)["commits_merged"] == 2
     first = history["commits"][0]["id"]
