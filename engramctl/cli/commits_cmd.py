@@ -164,7 +164,7 @@ def compact_command(
     from .._system import format_bytes
 
     where = _where(table, storage_option, commits_dir)
-    if into_base and (commits_dir is not None or where["storage_options"]):
+    if into_base and (commits_dir is not None or where["storage_options"] or "://" in table):
         from ..errors import UsageError
 
         raise UsageError(

@@ -156,6 +156,8 @@ def test_refusals(s3_tables, options, tmp_path, ds_vocab_path):
     assert len(result.output.strip().splitlines()) == 1
     result = run("compact", written, "--into-base", "--commits-dir", commits, *cli_options(options))
     assert result.exit_code != 0 and "compact without --into-base" in result.output
+    result = run("compact", written, "--into-base", *cli_options(options))
+    assert result.exit_code != 0 and "compact without --into-base" in result.output
     with pytest.raises(UsageError, match="holds no commits yet"):
         open_table(written, storage_options=options, commits_dir=tmp_path / "missing")
     assert not (tmp_path / "missing").exists()
