@@ -16,9 +16,31 @@ from rich.table import Table as RichTable
 from ..errors import UsageError
 from ..model.learn import DEFAULT_LR, DEFAULT_STEPS
 from .app import STATE, command, console, err_console
-from .options import Device, JsonFlag, ModelFlags, finite_number, load_vocab
+from .options import (
+    CommitsDirOpt,
+    Device,
+    JsonFlag,
+    ModelFlags,
+    StorageOpt,
+    finite_number,
+    load_vocab,
+    storage_options_of,
+)
 
-TableArg = Annotated[Path, typer.Argument(help="Table directory (a zarr v3 group).")]
+TableArg = Annotated[
+    str,
+    typer.Argument(
+        help="Table directory (a zarr v3 group), or its URL (s3://...) with --commits-dir."
+    ),
+]
+
+
+def _where(table: str, storage_option: list[str] | None, commits_dir: Path | None) -> dict:
+    """The keyword arguments naming where a table and its commits are."""
+    return {
+        "storage_options": storage_options_of(storage_option),
+        "commits_dir": commits_dir,
+    }
 
 
 def _made_by(made_by: dict) -> str:
@@ -41,7 +63,12 @@ def _made_by(made_by: dict) -> str:
 
 
 @command("history")
-def history_command(table: TableArg, json_out: JsonFlag = False) -> None:
+def history_command(
+    table: TableArg,
+    commits_dir: CommitsDirOpt = None,
+    storage_option: StorageOpt = None,
+    json_out: JsonFlag = False,
+) -> None:
     """The commits of a table, oldest first: id, time, rows per layer, bytes, what made it;
     then the reverts and compactions, and the training runs that wrote rows.
 
@@ -51,7 +78,7 @@ def history_command(table: TableArg, json_out: JsonFlag = False) -> None:
     from .._system import format_bytes
     from ..table.commits import table_history
 
-    history = table_history(table)
+    history = table_history(table, **_where(table, storage_option, commits_dir))
     if json_out:
         typer.echo(json.dumps(history.to_dict()))
         return
@@ -95,6 +122,8 @@ def revert_command(
             "prefix of one), or 'base' to drop every commit.",
         ),
     ],  # fmt: skip
+    commits_dir: CommitsDirOpt = None,
+    storage_option: StorageOpt = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Make a table read as it was at a commit; the later commits are dropped (refused while a
@@ -105,7 +134,7 @@ def revert_command(
     """
     from ..table.commits import revert_table
 
-    result = revert_table(table, to)
+    result = revert_table(table, to, **_where(table, storage_option, commits_dir))
     if json_out:
         typer.echo(json.dumps(result.to_dict()))
         return
@@ -131,6 +160,8 @@ def compact_command(
             "reader may have it open.",
         ),
     ] = False,
+    commits_dir: CommitsDirOpt = None,
+    storage_option: StorageOpt = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Merge a table's commits into one (one segment per layer), or with --into-base into the
@@ -143,6 +174,14 @@ def compact_command(
     """
     from .._system import format_bytes
 
+    where = _where(table, storage_option, commits_dir)
+    if into_base and (commits_dir is not None or where["storage_options"] or "://" in table):
+        from ..errors import UsageError
+
+        raise UsageError(
+            "--into-base rewrites the base's chunk files, and a base whose commits live in "
+            "--commits-dir (a table at a URL) is only read; compact without --into-base"
+        )
     if into_base:
         from ..table.intobase import compact_into_base
 
@@ -161,7 +200,7 @@ def compact_command(
         return
     from ..table.commits import compact_table
 
-    result = compact_table(table)
+    result = compact_table(table, **where)
     if json_out:
         typer.echo(json.dumps(result.to_dict()))
         return
@@ -240,6 +279,8 @@ def edit_command(
     tokenizer: Annotated[
         str, typer.Option("--tokenizer", help="Tokenizer for --text (must match the vocab).")
     ] = "deepseek-v4",
+    commits_dir: CommitsDirOpt = None,
+    storage_option: StorageOpt = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Reset, copy, scale or train the rows a phrase's n-grams hash to (as lookup shows them),
@@ -254,6 +295,11 @@ def edit_command(
     engramctl edit t.zarr --text "The assert statement is a way" --learn --model m
     """
     if learn:
+        if commits_dir is not None or storage_option:
+            raise UsageError(
+                "--learn trains a local table; --commits-dir and --storage-option are not taken "
+                "with it yet (export the table with its commits and learn on the copy)"
+            )
         _learn(table, text, vocab, model, steps, lr, prompt, benchmark, device.value, json_out,
                others=(reset, from_table, scale, order))  # fmt: skip
         return
@@ -268,7 +314,7 @@ def edit_command(
     ids, _ = encode_text(text, tokenizer, vocab_map)
     result = edit_phrase(
         table, ids, vocab_map, reset=reset, from_table=from_table, scale=scale, order=order,
-        text=text,
+        text=text, **_where(table, storage_option, commits_dir),
     )  # fmt: skip
     if json_out:
         typer.echo(json.dumps(result.to_dict()))

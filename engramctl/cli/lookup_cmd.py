@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from .app import command, console
-from .options import JsonFlag, VocabOpt, load_vocab
+from .options import CommitsDirOpt, JsonFlag, StorageOpt, VocabOpt, load_vocab, storage_options_of
 
 
 @command("lookup")
@@ -23,6 +23,8 @@ def lookup_command(
     values: Annotated[
         int, typer.Option("--values", help="Also show each row's first K dequantized values.")
     ] = 0,
+    commits_dir: CommitsDirOpt = None,
+    storage_option: StorageOpt = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Per token of a text, each head's row id and that row's dequantized L2 norm.
@@ -38,7 +40,10 @@ def lookup_command(
     from ..tokenizer import encode_text
 
     vocab_map = load_vocab(vocab)
-    with open_table(table, vocab=vocab_map) as opened:
+    options = storage_options_of(storage_option)
+    with open_table(
+        table, vocab=vocab_map, storage_options=options, commits_dir=commits_dir
+    ) as opened:
         ids, pieces = encode_text(text, tokenizer, vocab_map)
         report = lookup_rows(opened, ids, vocab_map, values=values, tokens=pieces)
     if json_out:

@@ -204,6 +204,32 @@ JsonFlag = Annotated[
     bool, typer.Option("--json", help="Print one JSON document on stdout instead of tables.")
 ]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+StorageOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--storage-option",
+        metavar="KEY=VALUE",
+        help="fsspec option of a URL table, KEY=VALUE (repeatable), e.g. endpoint_url=http://h:9000.",
+    ),
+]
+
+
+def storage_options_of(items: list[str] | None) -> dict | None:
+    """``--storage-option`` values as fsspec options (``None`` for none)."""
+    from ..table.core.store import parse_storage_options
+
+    return parse_storage_options(items) or None
+
+
+CommitsDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--commits-dir",
+        help="Local directory holding the table's commits instead of the table's own (needed to "
+        "write a table at a URL such as s3://...): made by the first write, bound to that "
+        "table's base and refused for another.",
+    ),
+]
 
 
 def load_vocab(path: Path):

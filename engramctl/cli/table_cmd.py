@@ -24,6 +24,7 @@ from ..table.formats.registry import (
 )
 from .app import STATE, command, console, err_console
 from .options import (
+    CommitsDirOpt,
     Compressor,
     DimOpt,
     Dtype,
@@ -33,10 +34,12 @@ from .options import (
     LayoutFlags,
     OverwriteOpt,
     SchedulerOpt,
+    StorageOpt,
     VocabOpt,
     finite_number,
     load_vocab,
     resolve_layout_flags,
+    storage_options_of,
 )
 from .progress import progress
 
@@ -57,22 +60,6 @@ TensorNameOpt = Annotated[
 TableUrlArg = Annotated[
     str, typer.Argument(help="Table directory, or an fsspec URL such as s3://bucket/t.zarr.")
 ]
-StorageOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--storage-option",
-        metavar="KEY=VALUE",
-        help="fsspec option of a URL table, KEY=VALUE (repeatable), e.g. endpoint_url=http://h:9000.",
-    ),
-]
-
-
-def _storage_options(items: list[str] | None) -> dict | None:
-    from ..table.core.store import parse_storage_options
-
-    return parse_storage_options(items) or None
-
-
 InitOpt = Annotated[InitKind, typer.Option("--init", help="Initial values.")]
 StdOpt = Annotated[
     float,
@@ -151,7 +138,7 @@ def init_table_command(
             overwrite=overwrite,
             progress=lambda p: update(p.bytes_done, p.bytes_total),
             scheduler=scheduler,
-            storage_options=_storage_options(storage_option),
+            storage_options=storage_options_of(storage_option),
         )
     if json_out:
         typer.echo(json.dumps(result.to_dict()))
@@ -180,7 +167,10 @@ def _print_created(result, out: str) -> None:
 
 @command("info")
 def info_command(
-    table: TableUrlArg, storage_option: StorageOpt = None, json_out: JsonFlag = False
+    table: TableUrlArg,
+    storage_option: StorageOpt = None,
+    commits_dir: CommitsDirOpt = None,
+    json_out: JsonFlag = False,
 ) -> None:
     """Show a table's layout, layers, heads, chunking and size (local or fsspec URL).
 
@@ -193,7 +183,8 @@ def info_command(
 
     if is_counts_path(table):  # a count memory (engramctl build-counts)
         return show_counts_info(table, json_out=json_out)
-    info = read_info(table, storage_options=_storage_options(storage_option))
+    options = storage_options_of(storage_option)
+    info = read_info(table, storage_options=options, commits_dir=commits_dir)
     if json_out:
         typer.echo(json.dumps(info.to_dict()))
         return
@@ -286,6 +277,7 @@ def verify_command(
         ),
     ] = "4K",
     storage_option: StorageOpt = None,
+    commits_dir: CommitsDirOpt = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Check a table's metadata against its layout, and (--deep) every chunk's checksum.
@@ -310,7 +302,8 @@ def verify_command(
             deep=deep,
             vocab=vocab_map,
             progress=update,
-            storage_options=_storage_options(storage_option),
+            storage_options=storage_options_of(storage_option),
+            commits_dir=commits_dir,
         )
     if json_out:
         typer.echo(json.dumps(report.to_dict()))
@@ -358,7 +351,7 @@ def _add_block_checksums(table: str, block_size: str, *, quiet: bool) -> None:
 @command("export")
 def export_command(
     ctx: typer.Context,
-    table: TableArg,
+    table: TableUrlArg,
     out: Annotated[
         Path, typer.Argument(help="safetensors file (a directory with --format deepseek).")
     ],
@@ -374,6 +367,8 @@ def export_command(
     ] = "5GB",
     tensor_name: TensorNameOpt = "layer_{layer}",
     overwrite: OverwriteOpt = False,
+    commits_dir: CommitsDirOpt = None,
+    storage_option: StorageOpt = None,
     json_out: JsonFlag = False,
 ) -> None:
     """Stream a table to safetensors: one file, or a DeepSeek checkpoint (--format deepseek:
@@ -382,12 +377,15 @@ def export_command(
     Example:
     engramctl export table.zarr ckpt_out --format deepseek --max-shard-size 5GB
     """
+    options = _given_options(ctx, "export_format", "json_out")
+    if "storage_option" in options:
+        options["storage_option"] = storage_options_of(storage_option)
     with progress("export", enabled=not (json_out or STATE["quiet"])) as update:
         result = export_table(
             table,
             out,
             format_name=export_format.value,
-            options=_given_options(ctx, "export_format", "json_out"),
+            options=options,
             progress=update,
         )
     if json_out:

@@ -29,6 +29,7 @@ from .edits.log import (
     utc_now,
     write_log,
 )
+from .edits.place import commits_store
 from .edits.session import StreamedRows, make_commit
 from .sources.table import open_table
 
@@ -63,7 +64,7 @@ class TableHistory:
         }
 
 
-def table_history(path, *, storage_options: dict | None = None) -> TableHistory:
+def table_history(path, *, storage_options: dict | None = None, commits_dir=None) -> TableHistory:
     """The commits of a table (read-only; no segment is read).
 
     Parameters
@@ -72,8 +73,11 @@ def table_history(path, *, storage_options: dict | None = None) -> TableHistory:
         The table (a local path or an fsspec URL).
     storage_options : dict, optional
         fsspec options of a URL.
+    commits_dir : str or Path, optional
+        The table's commits directory (:mod:`engramctl.table.edits.place`), if not its own.
     """
-    with open_table(path, storage_options=storage_options) as table:  # refuses a non-table
+    opened = open_table(path, storage_options=storage_options, commits_dir=commits_dir)
+    with opened as table:  # refuses a non-table
         edit_log = table.edit_log
         where = table.store.url
         runs = table.runs
@@ -99,28 +103,33 @@ class RevertResult:
         }
 
 
-def revert_table(path, to: str) -> RevertResult:
+def revert_table(
+    path, to: str, *, storage_options: dict | None = None, commits_dir=None
+) -> RevertResult:
     """Make the table read as it was at commit ``to`` (an id, a unique prefix of one, or
     ``"base"``: drop every commit).
 
     Refused while a writer holds the table. Works when a later commit's segment is damaged or
     missing (the log alone is rewritten): that is how such a commit is dropped. Readers that
-    opened the table before keep reading their snapshot.
+    opened the table before keep reading their snapshot. ``commits_dir``: the table's commits
+    directory (:mod:`engramctl.table.edits.place`), if not its own.
     """
-    store = open_store(path)
-    store.check_writable()
-    read_group(store)  # refuses a non-table (its segments are not read: they may be damaged)
-    with WriterLock(store.location):
-        finish_journal(store)  # a compaction into the base cut short: its commits go first
-        edit_log = read_log(store)
+    store = open_store(path, storage_options)
+    meta, manifest = read_group(store)  # refuses a non-table (segments unread: may be damaged)
+    place = commits_store(store, table_state(meta, manifest), commits_dir, create=False)
+    place.check_writable()
+    with WriterLock(place.location):
+        if place is store:
+            finish_journal(store)  # a compaction into the base cut short: its commits go first
+        edit_log = read_log(place)
         keep = 0 if to == "base" else edit_log.index_of(to) + 1
         dropped = tuple(c.id for c in edit_log.commits[keep:])
         if dropped:
             event = {"kind": "revert", "time": utc_now(), "to": to, "dropped": list(dropped)}
             kept = edit_log.commits[:keep]
             edit_log = replace(edit_log, commits=kept, events=(*edit_log.events, event))
-            write_log(store.location, edit_log)
-        removed = remove_unlisted_segments(store.location, edit_log)
+            write_log(place.location, edit_log)
+        removed = remove_unlisted_segments(place.location, edit_log)
     return RevertResult(store.url, edit_log.head, dropped, len(removed))
 
 
@@ -194,7 +203,13 @@ def _side_columns(overlay, layer_id: int) -> tuple:
     return tuple(columns)
 
 
-def compact_table(path, *, progress: Callable[[int, int], None] | None = None) -> CompactResult:
+def compact_table(
+    path,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    storage_options: dict | None = None,
+    commits_dir=None,
+) -> CompactResult:
     """Merge every commit of a table into one commit (one segment per layer, newest row of each
     id kept); the table reads the same before and after.
 
@@ -207,8 +222,10 @@ def compact_table(path, *, progress: Callable[[int, int], None] | None = None) -
     (:class:`~engramctl.table.edits.session.StreamedRows`), so RAM is the index of the written
     rows (about 20 bytes per distinct row, as any read through the commits builds) plus one
     block (16 MiB), never the rows themselves. ``progress(rows_done, rows_total)``.
+    ``commits_dir``: the table's commits directory, if not its own (a table at a URL).
     """
-    with open_table(path, mode="r+") as table:
+    opened = open_table(path, "r+", storage_options=storage_options, commits_dir=commits_dir)
+    with opened as table:
         edit_log = table.edit_log
         before = edit_log.bytes
         if len(edit_log.commits) <= 1:
@@ -234,14 +251,14 @@ def compact_table(path, *, progress: Callable[[int, int], None] | None = None) -
         commit_id = new_commit_id()  # the rows do not change: a run record's state follows
         runs = restate(edit_log.runs, table.state, rows_state(base_state(table), commit_id))
         new_log, _ = make_commit(
-            table.path,
+            table.commits_store.location,
             replace(edit_log, commits=(), events=(*edit_log.events, event), runs=runs),
             layers,
             commit_id=commit_id,
             made_by={"kind": "compact", "merged": merged},
             message=f"compaction of {len(merged)} commits",
         )
-        removed = remove_unlisted_segments(table.path, new_log)
+        removed = remove_unlisted_segments(table.commits_store.location, new_log)
         url = table.store.url
     if not new_log.commits:
         raise EngramError(f"{url}: compaction wrote no commit")  # pragma: no cover

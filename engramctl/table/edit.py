@@ -66,6 +66,8 @@ def edit_phrase(
     scale: float | None = None,
     order: int | None = None,
     text: str | None = None,
+    storage_options: dict | None = None,
+    commits_dir=None,
 ) -> EditResult:
     """Rewrite the rows a phrase's n-grams hash to, as one commit (exactly one of ``reset``,
     ``from_table``, ``scale``).
@@ -84,6 +86,10 @@ def edit_phrase(
         Only the heads of this n-gram order.
     text : str, optional
         The phrase, recorded in the commit.
+    storage_options : dict, optional
+        fsspec options of a URL table.
+    commits_dir : str or Path, optional
+        Where the commits go if not beside the table (required for a table at a URL).
     """
     chosen = [reset, from_table is not None, scale is not None]
     if sum(chosen) != 1:
@@ -91,7 +97,10 @@ def edit_phrase(
     if len(np.asarray(ids).reshape(-1)) == 0:
         raise UsageError("the text has no tokens; give a phrase")
     operation = "reset" if reset else "from" if from_table is not None else "scale"
-    with open_table(path, mode="r+", vocab=vocab) as table:
+    opened = open_table(
+        path, "r+", vocab=vocab, storage_options=storage_options, commits_dir=commits_dir
+    )
+    with opened as table:
         rows = phrase_rows(table, ids, vocab, order)
         other = None
         if from_table is not None:

@@ -14,10 +14,17 @@ from .core.blocksums import BlockSumsCheck
 from .core.checks import metadata_problems, unfinished_reason
 from .core.codec import chunk_key, crc32_of
 from .core.lock import active_writer
-from .core.manifest import CHECKSUM_KEY, checksum_problems, read_group, read_group_attrs
+from .core.manifest import (
+    CHECKSUM_KEY,
+    checksum_problems,
+    read_group,
+    read_group_attrs,
+    table_state,
+)
 from .core.meta import TableMeta, check_vocab
 from .core.store import TableStore, open_store
 from .edits.check import check_commits
+from .edits.place import commits_store
 
 REMOTE_READ_BATCH = 16  # chunks verify --deep fetches at once from an object store
 
@@ -204,6 +211,7 @@ def verify_table(
     vocab=None,
     progress: Callable[[int, int], None] | None = None,
     storage_options: dict | None = None,
+    commits_dir=None,
 ) -> VerifyReport:
     """Check a table's metadata (and with ``deep`` every written chunk's checksum).
 
@@ -219,6 +227,8 @@ def verify_table(
         Called with ``(bytes checked, bytes to check)`` during ``deep``.
     storage_options : dict, optional
         fsspec options of a URL (``endpoint_url``, ``key``, ``secret`` ...).
+    commits_dir : str or Path, optional
+        The table's commits directory (:mod:`engramctl.table.edits.place`), if not its own.
     """
     store = open_store(path, storage_options)
     attrs, _ = read_group_attrs(store)
@@ -252,7 +262,9 @@ def verify_table(
         report.problems.append(
             f"manifest lists chunks of unknown layers {unknown}; {table_remedy(meta, manifest)}"
         )
-    _check_commits(store, report, deep)
+    _check_commits(
+        commits_store(store, table_state(meta, manifest), commits_dir, create=False), report, deep
+    )
     if meta.linked:  # rows live in the checkpoint's shards: check those instead of chunks
         from .formats.verify_linked import verify_linked
 

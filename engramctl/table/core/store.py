@@ -102,10 +102,9 @@ class TableStore:
         """Refuse to open the table for writing rows unless the store ``supports_writes``."""
         if not self.supports_writes:
             raise EngramError(
-                f"{self.url}: tables in object stores open read-only (no writable place for "
-                "commits there); write rows to a local copy, or give the commits a local "
-                "directory by linking the checkpoint from one (engramctl import CKPT_URL t.zarr "
-                "--link: the rows stay remote, t.zarr holds the commits)"
+                f"{self.url}: a table in an object store has no writable place for commits; "
+                "give a local directory for them: --commits-dir DIR (open_table(..., "
+                "commits_dir=DIR)); the base stays as it is"
             )
 
     def where(self, key: str = "") -> str:

@@ -145,6 +145,8 @@ def export_checkpoint(
     max_shard_size: int | str = DEFAULT_MAX_SHARD_BYTES,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    storage_options: dict | None = None,
+    commits_dir=None,
 ) -> CheckpointExportResult:
     """Write a table as a DeepSeek-style checkpoint directory (see the module docstring).
 
@@ -154,7 +156,7 @@ def export_checkpoint(
     out_dir = Path(out_dir)
     max_shard_size = parse_shard_size(max_shard_size)
     _check_target(out_dir, overwrite=overwrite)
-    table = open_table(table_path)
+    table = open_table(table_path, storage_options=storage_options, commits_dir=commits_dir)
     try:
         meta = table.meta
         config = _model_config(meta)

@@ -94,6 +94,7 @@ class TableFormat:
     exporter: Converter | None = None
 
 
+TABLE_PLACE = {"storage_option": "storage_options", "commits_dir": "commits_dir"}  # export's table
 FORMATS = (
     TableFormat(
         "safetensors",
@@ -107,7 +108,7 @@ FORMATS = (
         ),
         exporter=Converter(
             _export_safetensors,
-            {"tensor_name": "name_template", "overwrite": "overwrite"},
+            {"tensor_name": "name_template", "overwrite": "overwrite", **TABLE_PLACE},
             ignores=("max_shard_size",),  # one file has no shards
         ),
     ),
@@ -127,7 +128,7 @@ FORMATS = (
         ),
         exporter=Converter(
             _export_checkpoint,
-            _same("max_shard_size", "overwrite"),
+            {**_same("max_shard_size", "overwrite"), **TABLE_PLACE},
             refusal="{flags}: --format deepseek uses the checkpoint's names",
         ),
     ),

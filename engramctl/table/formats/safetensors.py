@@ -109,6 +109,8 @@ def export_safetensors(
     overwrite: bool = False,
     name_template: str = DEFAULT_NAME,
     progress: Callable[[int, int], None] | None = None,
+    storage_options: dict | None = None,
+    commits_dir=None,
 ) -> ExportResult:
     """Write a table to one safetensors file, streaming chunk by chunk.
 
@@ -118,7 +120,7 @@ def export_safetensors(
     started = time.perf_counter()
     out_path = Path(out_path)
     check_output_target(out_path, overwrite=overwrite)  # before the pass, not after
-    table = open_table(table_path)
+    table = open_table(table_path, storage_options=storage_options, commits_dir=commits_dir)
     meta = table.meta
     plan = _tensor_plan(meta, name_template)
     header: dict = {

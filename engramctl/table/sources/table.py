@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 
 import numpy as np
 
@@ -35,26 +34,22 @@ from ..core.lock import LOCK_NAME, WriterLock, active_writer
 from ..core.manifest import read_group, table_state, write_group_attrs
 from ..core.meta import TableMeta, check_vocab
 from ..core.store import TableStore, open_store
-from ..edits.journal import finish_journal
 from ..edits.log import (
     Commit,
     EditLog,
     Pin,
     new_commit_id,
     read_log,
-    remove_unlisted_segments,
     rows_state,
-    snapshot,
     write_log,
 )
 from ..edits.overlay import Overlay
+from ..edits.place import commits_store, open_commits
 from ..edits.session import StagedWrites, make_commit
 from ._gather import check_row_ids
 from .base import RowSource
 from .chunked import ChunkedSource
 from .linked import LinkedSource
-
-log = logging.getLogger(__name__)
 
 
 def row_source(
@@ -94,6 +89,7 @@ class Table:
         lock: WriterLock | None,
         edit_log: EditLog | None = None,
         pin: Pin | None = None,
+        commits: TableStore | None = None,
     ):
         self.store = store
         self.path = store.location  # a Path, or a URL string for a remote table
@@ -107,6 +103,7 @@ class Table:
             store, meta, manifest, check_chunks=check_chunks, writer=mode != "r"
         )
         self.edit_log = edit_log if edit_log is not None else EditLog()
+        self.commits_store = commits or store  # where the commits live (see edits.place)
         self._pin = pin
         self._staged = StagedWrites()
         self._origin: dict = {"kind": "write"}  # what made the next commit (see record_run)
@@ -121,7 +118,7 @@ class Table:
     def _open_overlay(self, edit_log: EditLog) -> Overlay | None:
         if not edit_log.commits:
             return None
-        return Overlay(self.store, edit_log, check_crc=self.check_chunks)
+        return Overlay(self.commits_store, edit_log, check_crc=self.check_chunks)
 
     # ---------------------------------------------------------------- properties
     @property
@@ -313,8 +310,8 @@ class Table:
         self._check_writable()
         layers = {layer_id: self._staged.merged(layer_id) for layer_id in self._staged.layers}
         new_log, commit = make_commit(
-            self.path, self.edit_log, layers, made_by=made_by or self._origin, message=message,
-            commit_id=commit_id,
+            self.commits_store.location, self.edit_log, layers,
+            made_by=made_by or self._origin, message=message, commit_id=commit_id,
         )  # fmt: skip
         self._staged.clear()
         self._runs_dirty = False
@@ -342,6 +339,11 @@ class Table:
         manifest (compaction into the base; a linked base refuses). Rows go to commits
         (:meth:`write_rows`), not here."""
         self._check_writable()
+        if self.commits_store is not self.store:
+            raise EngramError(
+                f"{self.path}: its commits live in {self.commits_store.url}; its base is only "
+                "read, not rewritten (compact without --into-base)"
+            )
         self.source.check_writable()
         self.source.write_chunk(layer_id, chunk_index, rows, source=source, fsync=fsync)
         self._dirty = True
@@ -384,7 +386,7 @@ class Table:
         manifest to the group attributes if it changed."""
         self.commit()
         if self._runs_dirty:
-            write_log(self.path, self.edit_log)
+            write_log(self.commits_store.location, self.edit_log)
             self._runs_dirty = False
         if self._dirty:
             write_group_attrs(self.path, self.meta, self.manifest)
@@ -433,13 +435,15 @@ def check_metadata(store: TableStore, meta: TableMeta, *, unfinished_ok: bool = 
         raise EngramError(f"{store.url} {unfinished_reason(meta, writer=writer)}")
 
 
-def read_info(path, *, storage_options: dict | None = None) -> TableInfo:
+def read_info(path, *, storage_options: dict | None = None, commits_dir=None) -> TableInfo:
     """The :class:`TableInfo` of a table (``engramctl info``), an unfinished one too (its
-    ``status`` says so); metadata that fails its checks is refused as :func:`open_table` does."""
+    ``status`` says so); metadata that fails its checks is refused as :func:`open_table` does.
+    The commits counted are those in ``commits_dir`` where given."""
     store = open_store(path, storage_options)
     meta, manifest = read_group(store)
     check_metadata(store, meta, unfinished_ok=True)
-    edit_log = read_log(store)
+    place = commits_store(store, table_state(meta, manifest), commits_dir, create=False)
+    edit_log = read_log(place)
     return dataclasses.replace(
         table_info(store.location, meta, manifest),
         commits=len(edit_log.commits),
@@ -455,6 +459,7 @@ def open_table(
     vocab=None,
     check_chunks: bool = True,
     storage_options: dict | None = None,
+    commits_dir=None,
 ) -> Table:
     """Open an engramctl table.
 
@@ -462,7 +467,8 @@ def open_table(
     ----------
     path : str or Path
         The table directory (a zarr v3 group written by engramctl), or an fsspec URL
-        (``s3://bucket/t.zarr``; read-only: chunks are fetched whole, not memory-mapped).
+        (``s3://bucket/t.zarr``: chunks are fetched whole, not memory-mapped; its commits
+        live in ``commits_dir``).
     mode : {"r", "r+"}
         ``"r+"`` takes the writer lock (a second writer is refused) and allows
         :meth:`Table.write_rows`.
@@ -476,6 +482,10 @@ def open_table(
         to a URL checks every fetched block regardless).
     storage_options : dict, optional
         fsspec options of a URL (``endpoint_url``, ``key``, ``secret``, ``anon`` ...).
+    commits_dir : str or Path, optional
+        A local directory for the table's commits instead of the table's own (required to
+        write a table at a URL): made by the first write, bound to this base (its URL and
+        state) and refused for another (:mod:`engramctl.table.edits.place`).
     """
     if mode not in ("r", "r+"):
         raise UsageError(f"mode must be 'r' or 'r+', got {mode!r}")
@@ -483,35 +493,17 @@ def open_table(
     meta, manifest = read_group(store)
     check_metadata(store, meta)
     check_vocab(meta, vocab, where=store.url)
-    if mode == "r+":
-        store.check_writable()
-    lock = WriterLock(store.location).acquire() if mode == "r+" else None
-    pin = None
+    opened = open_commits(store, meta, manifest, mode=mode, commits_dir=commits_dir)
     try:
-        if lock is not None:
-            if finish_journal(store) is not None:  # a compaction into the base cut short
-                log.warning("%s: finished a compaction into the base cut short", store.url)
-            meta, manifest = read_group(store)  # re-read under the lock
-            edit_log = read_log(store)
-            removed = remove_unlisted_segments(store.location, edit_log)
-            if removed:
-                log.warning(
-                    "%s: removed %d segment files no commit lists (a commit cut short, or "
-                    "dropped by revert or compaction)",
-                    store.url,
-                    len(removed),
-                )
-        else:
-            edit_log, pin = snapshot(store)
         return Table(
-            store, meta, manifest, mode=mode, check_chunks=check_chunks, lock=lock,
-            edit_log=edit_log, pin=pin,
+            store, opened.meta, opened.manifest, mode=mode, check_chunks=check_chunks,
+            lock=opened.lock, edit_log=opened.edit_log, pin=opened.pin, commits=opened.store,
         )  # fmt: skip
     except BaseException:
-        if pin is not None:
-            pin.release()
-        if lock is not None:
-            lock.release()
+        if opened.pin is not None:
+            opened.pin.release()
+        if opened.lock is not None:
+            opened.lock.release()
         raise
 
 
