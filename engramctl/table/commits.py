@@ -148,7 +148,7 @@ def compact_table(path, *, progress: Callable[[int, int], None] | None = None) -
             segments = table.overlay.segments if table.overlay else {}
             rows = {k: s[0].record.rows for k, s in segments.items()}
             return CompactResult(table.store.url, 0, rows, before, before)
-        layers = {}
+        layers, side = {}, {}
         overlay = table.overlay
         total = len(overlay.segments)
         for done, layer_id in enumerate(sorted(overlay.segments)):
@@ -156,6 +156,8 @@ def compact_table(path, *, progress: Callable[[int, int], None] | None = None) -
             rows = np.empty((ids.size, table.row_width), dtype=table.meta.storage_dtype)
             overlay.apply(layer_id, ids, rows)
             layers[layer_id] = (ids, rows)
+            names = overlay.side_names(layer_id)  # side columns go along (NaN: absent)
+            side[layer_id] = {name: overlay.side(layer_id, name, ids) for name in names}
             if progress:
                 progress(done + 1, total)
         merged = [
@@ -169,6 +171,7 @@ def compact_table(path, *, progress: Callable[[int, int], None] | None = None) -
             layers,
             made_by={"kind": "compact", "merged": merged},
             message=f"compaction of {len(merged)} commits",
+            side=side,
         )
         removed = remove_unlisted_segments(table.path, new_log)
         url = table.store.url

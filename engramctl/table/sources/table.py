@@ -37,7 +37,7 @@ from ..core.meta import TableMeta, check_vocab
 from ..core.store import TableStore, open_store
 from ..edits.log import Commit, EditLog, Pin, read_log, remove_unlisted_segments
 from ..edits.overlay import Overlay
-from ..edits.session import StagedWrites, make_commit
+from ..edits.session import StagedWrites, check_side, make_commit
 from ._gather import check_row_ids
 from .base import RowSource
 from .chunked import ChunkedSource
@@ -247,7 +247,7 @@ class Table:
         )
 
     def write_rows(
-        self, layer_id: int, row_ids, values, *, flush: bool = True, fsync: bool = True
+        self, layer_id: int, row_ids, values, *, flush: bool = True, fsync: bool = True, side=None
     ) -> None:
         """Overwrite rows of one layer: one commit, or staged for the next one.
 
@@ -258,13 +258,14 @@ class Table:
         handle reads them at once, the table gets them at :meth:`flush`, :meth:`close` or the
         end of an :meth:`edit` block (one commit for all). ``fsync`` is kept for callers of the
         chunk-rewriting writer: a commit always fsyncs its segments before the log that makes
-        them visible, so it has no effect. The base's files are never written.
+        them visible, so it has no effect. The base's files are never written. ``side``: float
+        columns ``{name: [n, width]}`` the commit carries with the rows (:meth:`side_rows`).
         """
         del fsync  # a commit is durable when it is visible (see the docstring)
         self._check_writable()
         ids = check_row_ids(row_ids, self.meta.layer(layer_id).rows)
         stored = self._stored_rows(values, ids.size)
-        self._staged.add(layer_id, ids, stored)
+        self._staged.add(layer_id, ids, stored, check_side(side, ids.size))
         if flush:
             self.commit()
 
@@ -297,16 +298,24 @@ class Table:
         if self._staged.empty:
             return None
         self._check_writable()
-        layers = {layer_id: self._staged.merged(layer_id) for layer_id in self._staged.layers}
-        new_log, commit = make_commit(
-            self.path, self.edit_log, layers, made_by=made_by or self._origin, message=message
-        )
+        merged = {layer_id: self._staged.merged(layer_id) for layer_id in self._staged.layers}
+        side = {k: v[2] for k, v in merged.items() if v[2]}
+        layers, made_by = {k: v[:2] for k, v in merged.items()}, made_by or self._origin
+        new_log, commit = make_commit(self.path, self.edit_log, layers, made_by=made_by,
+                                      message=message, side=side)  # fmt: skip
         self._staged.clear()
         old, self.edit_log = self.overlay, new_log
         self.overlay = self._open_overlay(new_log)
         if old is not None:
             old.close()
         return commit
+
+    def side_rows(self, layer_id: int, name: str, row_ids) -> np.ndarray | None:
+        """Side column ``name`` of rows as last written, ``[n, width]``: NaN rows where the last
+        write had none or none was made; ``None`` if no commit or staged write has the column."""
+        ids = check_row_ids(row_ids, self.meta.layer(layer_id).rows)
+        return self._staged.apply_side(layer_id, name, ids, self.overlay and self.overlay.side(
+            layer_id, name, ids))  # fmt: skip
 
     def discard(self) -> int:
         """Drop the staged rows (nothing is committed); returns how many were staged."""
@@ -396,10 +405,8 @@ class Table:
         self.close()
 
     def __repr__(self) -> str:
-        return (
-            f"Table({str(self.path)!r}, layers={list(self.layers)}, dim={self.dim}, "
-            f"dtype={self.dtype!r}, mode={self.mode!r})"
-        )
+        return (f"Table({str(self.path)!r}, layers={list(self.layers)}, dim={self.dim}, "
+                f"dtype={self.dtype!r}, mode={self.mode!r})")  # fmt: skip
 
 
 def check_metadata(store: TableStore, meta: TableMeta, *, unfinished_ok: bool = False) -> None:
