@@ -16,24 +16,23 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 
-def commit_rows(
-    table, tables: dict, run: dict, *, moments=None, previous_step: int = 0, step: int | None = None
-) -> None:
-    """Commit the trained rows of every layer (``rows.commit(table)``) and the run's record, once
-    the checkpoint is complete under its temporary name. The record says ``incomplete``
-    (durably) before any chunk changes and is replaced by the complete one (with the table's and
-    moment store's state) after the rows, so a kill part way is seen as such (and the temporary
-    checkpoint can be committed again)."""
+def commit_rows(table, tables: dict, run: dict, *, previous_step: int = 0, step: int | None = None):
+    """Commit the trained rows of every layer and the run's record, once the checkpoint is
+    complete under its temporary name. Every layer's rows (out of core with their moments and
+    master copies as side columns) are staged (``rows.commit(table)``) and made ONE commit of
+    the table, named in ``history`` by the run and its step. The record says ``incomplete``
+    (durably) before the commit and is replaced by the complete one (with the table's state)
+    after it, so a kill between the two is seen as such (and the temporary checkpoint's rows
+    are committed again)."""
     table.record_run(
         {**run, "incomplete": True, "checkpoint_step": previous_step, "writing_step": step}
     )
     table.flush()
     for rows in tables.values():
         rows.commit(table)
-    record = {**run, "checkpoint_step": step}
-    if moments is not None:
-        record["moments_state"] = moments.state
-    table.record_run(record)
+    made_by = {"kind": "train", "run_id": run.get("run_id"), "step": step}
+    table.commit(f"training run {run.get('run_id')}, step {step}", made_by=made_by)
+    table.record_run({**run, "checkpoint_step": step})
     table.flush()
 
 
@@ -77,7 +76,6 @@ def checkpoint_meta(
                 "corpus": (extra_meta or {}).get("corpus"),
                 "steps": config.steps,
                 "table": str(table.path),
-                "moments": result.moments,
             }
     return meta, weights_file
 
@@ -96,7 +94,6 @@ class RunWriter:
     optimizers: object
     tables: dict
     run: dict | None
-    moments: object | None = None  # the out-of-core moment store
     base: object | None = None
     overwrite: bool = False
     extra_meta: dict | None = None
@@ -157,7 +154,6 @@ class RunWriter:
                         self.table,
                         self.tables,
                         self.run,
-                        moments=self.moments,
                         previous_step=self.last_step,
                         step=step,
                     )
