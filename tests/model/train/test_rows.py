@@ -87,3 +87,42 @@ def test_trainable_rows_state_commit_and_load(tmp_path, ds_vocab, out_of_core):
         fresh = open_trainable_rows(table, config)[layer]
         fresh.load_state_dict({k: torch.as_tensor(v) for k, v in state.items()})
         assert torch.equal(fresh.lookup(probe), values)
+
+
+@pytest.mark.parametrize("master", [True, False])
+def test_fp8_master_copy_keeps_updates_below_the_storage_precision(tmp_path, ds_vocab, master):
+    """fp8 rows trained out of core with a commit after every step: with the float32 master copy
+    (side column ``master``) each step starts from the exact value and the rows follow plain
+    float32 Adam (constant gradient: down by ``lr`` a step); without it every step starts from
+    the rounded stored row, and updates far below fp8's precision round away."""
+    import torch
+
+    from engramctl.model.train.out_of_core import OutOfCoreRows
+    from engramctl.table.core.dtypes import decode_rows
+    from engramctl.table.sources.table import open_table
+    from tests.model.table_double import small_real_table
+
+    path = small_real_table(tmp_path / "t.zarr", ds_vocab, dim=32, dtype="float8_e4m3fn")
+    ids = np.arange(0, 40, 3)
+    with open_table(path, mode="r+") as table:
+        start = decode_rows(table.gather(1, ids), table.dtype, table.dim)
+        lr, steps = float(np.abs(start).max()) * 2e-4, 12
+        rows = OutOfCoreRows(table, 1, "cpu", buffer_rows=1, master=master)
+        for _ in range(steps):
+            leaf = rows.gather(ids, torch.from_numpy(ids))
+            leaf.sum().backward()  # gradient +1 everywhere
+            rows.step(ids, torch.from_numpy(ids), leaf, lr=lr, weight_decay=0.0)
+        rows.flush()
+        assert len(table.commits) == steps  # a commit per step: every step read back
+        trained = rows.lookup(torch.from_numpy(ids)).numpy()
+        expected = start - steps * lr  # Adam with a constant gradient moves lr per step
+        side = table.side_rows(1, "master", ids)
+        adam = table.side_rows(1, "adam", ids)
+    assert (adam[:, -1] == steps).all()
+    if master:
+        np.testing.assert_allclose(trained, expected, rtol=0, atol=lr * 1e-2)  # float32 sums
+        np.testing.assert_array_equal(side, trained)
+    else:
+        assert side is None
+        # the rows lost (almost) all of the steps' movement to rounding
+        assert np.abs(trained - expected).max() > steps * lr / 2
