@@ -49,7 +49,7 @@ def checkpoint_meta(
     """What a run's ``config.json`` holds beyond the model (options, result, layout, ...), and
     the weights file to copy instead of serializing the model (``None`` but for a table-only
     adaptation, which copies the base checkpoint's ``model.safetensors`` byte for byte and
-    records the adaptation: base model, corpus, steps, table, moment store)."""
+    records the adaptation: base model, corpus, steps, table)."""
     layout = table.layout if config.engram else None
     meta = {
         "train": asdict(config),

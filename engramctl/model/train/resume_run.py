@@ -2,7 +2,7 @@
 
 :func:`run_inputs` is the record a run keeps for it (its inputs as absolute paths);
 :func:`plan_resume` reads what a periodic checkpoint recorded (the training options, the inputs:
-corpus, held-out corpus, table, moment store, base model, ...) without opening anything else;
+corpus, held-out corpus, table, base model, ...) without opening anything else;
 :func:`check_resume_flags` refuses flags that contradict it, naming both values (the run goes
 on as it was started, or it would not end as the uninterrupted run does); :func:`resume_training`
 opens the table, finds the checkpoint to continue from (finishing a commit a kill cut short, see
