@@ -130,11 +130,18 @@ V41_MODEL = {"depth": 15, "width": 32, "attn_heads": 2, "seq_len": 64, "batch": 
 
 def small_v41_table(path: Path, layout, vocab, rows_per_head: int = 4000) -> None:
     """An fp8 table of the V4.1 layout's shape (layers, heads, 256 values), small vocab."""
-    import dataclasses
-
+    from engramctl.layout import EngramLayout
     from engramctl.table.build.create import create_table
 
-    small = dataclasses.replace(layout, ngram_vocab=(rows_per_head,) * len(layout.ngram_vocab))
+    small = EngramLayout(
+        ngram_vocab=(rows_per_head,) * len(layout.ngram_vocab),
+        max_ngram=layout.max_ngram,
+        heads=layout.heads,
+        layers=layout.layers,
+        seed=layout.seed,
+        pad_id=layout.pad_id,
+        vocab_size=layout.vocab_size,
+    )  # fmt: skip (not dataclasses.replace: that would copy the layout's cached row counts)
     create_table(
         path, layout=small, vocab_fingerprint=vocab.fingerprint, dim=256, dtype="float8_e4m3fn"
     )
