@@ -249,9 +249,9 @@ def run_training(
     """:func:`train_model` once its inputs are checked (the refusals of
     :func:`check_run_inputs`, and the table's earlier runs allow this one): the run itself."""
     from ...hashing import NgramHasher
-    from .finish import RunWriter
+    from .finish import RunWriter, commit_trained_rows
     from .resume import interrupted_message, load_training_state, windows_digest
-    from .rows import open_trainable_rows
+    from .rows import open_trainable_rows, writes_during_run
 
     fingerprints = {"windows": windows_digest(windows), "heldout": windows_digest(heldout)}
     run = begin_run(
@@ -315,6 +315,10 @@ def run_training(
                     writer.save(progress.result(done), final=False)
                 if on_step is not None:
                     on_step(done, config.steps, loss, progress.tokens_per_second(done))
+            if run is not None and writes_during_run(
+                config
+            ):  # rows went in during the run: the rest
+                commit_trained_rows(table, tables, run, step=config.steps)
             final_heldout = None
             if heldout is not None:
                 final_heldout = estimate_loss(

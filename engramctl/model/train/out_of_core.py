@@ -266,6 +266,10 @@ class OutOfCoreRows:
         """Whether rows of this layer reached the table."""
         return self.flushes > 0
 
+    def committed(self, seconds: float) -> None:
+        """The checkpoint's commit of the staged rows took ``seconds`` (this layer's share)."""
+        self.write_seconds += seconds
+
     def commit(self, table) -> None:
         """Stage the buffered rows with their side columns in ``table`` (the rest is in its
         commits already); the checkpoint writer commits every layer's at once."""

@@ -36,7 +36,11 @@ class TrainableRows(Protocol):
         """Rows for evaluation (no gradient), any shape of ids -> ``(*shape, d)``."""
 
     def commit(self, table) -> None:
-        """Write the rows trained since the last commit to ``table``."""
+        """Stage the rows trained since the last commit in ``table`` (the caller commits every
+        layer's at once)."""
+
+    def committed(self, seconds: float) -> None:
+        """The commit of what :meth:`commit` staged took ``seconds`` (this layer's share)."""
 
     def state_dict(self) -> dict:
         """Named arrays that :meth:`load_state_dict` (and a redo of a cut-short commit) needs."""
@@ -101,8 +105,11 @@ class TrainableTable:
     def rows_trained(self) -> int:
         return int((self.optimizer.steps > 0).sum())
 
+    def committed(self, seconds: float) -> None:
+        """In memory the write-back's time is not reported (``write_seconds`` stays 0)."""
+
     def commit(self, table) -> None:
-        """Write every row changed since the last commit (the caller flushes the table)."""
+        """Stage every row changed since the last commit (the caller commits the table)."""
         changed = np.flatnonzero(self.touched)
         if len(changed):
             table.write_rows(

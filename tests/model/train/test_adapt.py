@@ -108,6 +108,7 @@ def test_table_only_adaptation(tmp_path, corpus, base_model, ds_vocab_path):
         "--out", out, "--steps", 3, "--device", "cpu", "--table-lr", "0.05",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+    assert "s writing rows (" in result.output  # the final commit's time is reported
     assert (out / "model.safetensors").read_bytes() == (model / "model.safetensors").read_bytes()
     meta = json.loads((out / "config.json").read_text())
     adaptation = meta["adaptation"]
