@@ -1,19 +1,29 @@
-"""Out-of-core training: steps/s against in-memory training, and peak RSS against table size.
+"""Out-of-core training: steps/s against in-memory training, peak RSS against table size, and a
+small table against the full-size linked DeepSeek-V4.1 checkpoint.
 
-Two measurements in one run:
+Three measurements (``--parts``, default all):
 
 - speed, on the demo's table (160,316 rows x 32 float32, ``make demo``'s layout) and the demo's
   model (4 x 128, batch 16 x 128 tokens): ``--steps`` training steps in memory (the table decoded
-  to float32) and out of core (rows gathered per step, moments in a moment store, written back
-  in batches), alternating, best of ``--repeats``. Target: out of core >= 0.8x in memory.
+  to float32) and out of core (rows gathered per step, written back with their moments as
+  commits), alternating, best of ``--repeats``. Target: out of core >= 0.8x in memory.
 - memory, each in its own process: out-of-core training of ``--rss-steps`` steps on a lazy table
   of 2 GB and of 8 GB (float32, 32 values per row, 1,024-row chunks so that a flush rewrites
   128 KiB per touched chunk). Peak RSS (``ru_maxrss``: anonymous memory plus the table's
   memory-mapped pages the gathers touched) of the two must differ by less than 200 MB.
 
-Rows written per second (the flushes' ``write_rows`` of rows and moments) are reported for both.
+- full size (``v41``): the same model and steps out of core, with ``--checkpoint-every`` (one
+  commit of rows + moments + fp32 master copies per checkpoint), on a small fp8 table of the V4.1
+  layout (layers 1 and 14, 24 heads, 256 values; 4,000 rows per head, ~100k rows per layer) and
+  on the full-size linked V4.1 checkpoint (a sparse file as ``bench_edits.py`` builds it: 2 x
+  ~384M fp8 rows, 203 GB apparent), each in a fresh process, alternating, best of
+  ``--repeats``: steps/s, trained rows written per second, peak RSS. Target: full size >= 0.5x
+  the small table's steps/s.
+
+Rows written per second (the flushes' ``write_rows`` of rows and their side columns) are reported.
 
     python benchmarks/bench_train_ooc.py [--steps 30] [--repeats 2] [--rss-steps 8] [--json]
+        [--parts speed,rss,v41] [--v41-steps 12]
 """
 
 from __future__ import annotations
@@ -29,6 +39,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 GB = 1 << 30
 
@@ -70,7 +81,6 @@ def train_once(
     config = TrainConfig(
         steps=steps, eval_every=0, out_of_core=out_of_core, warmup=min(30, steps), batch=batch
     )
-    shutil.rmtree(root / "moments.zarr", ignore_errors=True)
     with open_table(table_path, mode="r+") as table:
         result = train_model(
             windows=data.windows,
@@ -81,7 +91,6 @@ def train_once(
             table=table,
             vocab=vocab,
             overwrite=True,
-            moments=root / "moments.zarr",
             prior_runs="overwrite",  # each repeat trains the same table again
         )
     return steps / result.seconds, result  # the steps and the rows' write back
@@ -116,6 +125,103 @@ def child_rss(args) -> None:
     )
 
 
+V41_MODEL = {"depth": 15, "width": 32, "attn_heads": 2, "seq_len": 64, "batch": 2}
+
+
+def small_v41_table(path: Path, layout, vocab, rows_per_head: int = 4000) -> None:
+    """An fp8 table of the V4.1 layout's shape (layers, heads, 256 values), small vocab."""
+    from engramctl.layout import EngramLayout
+    from engramctl.table.build.create import create_table
+
+    small = EngramLayout(
+        ngram_vocab=(rows_per_head,) * len(layout.ngram_vocab),
+        max_ngram=layout.max_ngram,
+        heads=layout.heads,
+        layers=layout.layers,
+        seed=layout.seed,
+        pad_id=layout.pad_id,
+        vocab_size=layout.vocab_size,
+    )  # fmt: skip (not dataclasses.replace: that would copy the layout's cached row counts)
+    create_table(
+        path, layout=small, vocab_fingerprint=vocab.fingerprint, dim=256, dtype="float8_e4m3fn"
+    )
+
+
+def child_v41(args) -> None:
+    """Out-of-core training of the V4.1-shaped model on one table; prints JSON (a subprocess)."""
+    from _common import peak_rss_mib
+
+    from engramctl.model.train.loop import TrainConfig, train_model
+    from engramctl.table.sources.table import open_table
+    from engramctl.vocab import CanonicalVocab
+
+    vocab = CanonicalVocab.load(args.vocab)
+    data = training_data(vocab, V41_MODEL["seq_len"])
+    table_path = Path(args.child_v41)
+    config = TrainConfig(steps=args.v41_steps, eval_every=0, warmup=2, out_of_core=True,
+                         checkpoint_every=args.v41_every, **V41_MODEL)  # fmt: skip
+    with open_table(table_path, mode="r+") as table:
+        before = len(table.commits)
+        result = train_model(
+            windows=data.windows, heldout=None, model_vocab=data.model_vocab, config=config,
+            out_dir=table_path.parent / f"model-{table_path.stem}", table=table, vocab=vocab,
+            overwrite=True, prior_runs="overwrite",
+        )  # fmt: skip
+        commits = len(table.commits) - before
+        rows = {layer: table.layout.layer_rows(layer) for layer in table.layout.layers}
+    doc = {"steps_per_s": args.v41_steps / result.seconds, "rows_written": result.rows_written,
+           "write_seconds": result.write_seconds, "commits": commits, "table_rows": rows,
+           "peak_rss_mib": peak_rss_mib()}  # fmt: skip
+    print(json.dumps(doc))
+
+
+def run_v41(root: Path, vocab, vocab_path: Path, args) -> dict:
+    """The full-size part: a small V4.1-shaped table against the linked V4.1 checkpoint."""
+    from bench_edits import build
+
+    from engramctl.table.sources.table import open_table
+    from tests.table.ckpt_util import sparse_files_supported
+
+    root.mkdir(parents=True, exist_ok=True)
+    if not sparse_files_supported(root):
+        return {"skipped": f"{root} keeps no sparse files (the checkpoint would take 203 GB)"}
+    built = build(root)  # ckpt/ (sparse) and two linked tables; we train edited.zarr
+    with open_table(root / "edited.zarr") as linked:
+        small_v41_table(root / "small.zarr", linked.layout, vocab)
+    tables = {"small": root / "small.zarr", "full": root / "edited.zarr"}
+    runs: dict = {"small": [], "full": []}
+    for _ in range(args.repeats):
+        for name, path in tables.items():
+            cmd = [sys.executable, __file__, "--child-v41", str(path), "--vocab",
+                   str(vocab_path), "--v41-steps", str(args.v41_steps),
+                   "--v41-every", str(args.v41_every)]  # fmt: skip
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO)
+            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    best = {name: max(docs, key=lambda d: d["steps_per_s"]) for name, docs in runs.items()}
+    ratio = best["full"]["steps_per_s"] / best["small"]["steps_per_s"]
+    return {"checkpoint": built, "runs": runs, "best": best, "full_over_small": ratio,
+            "target": 0.5, "ok": ratio >= 0.5}  # fmt: skip
+
+
+def print_v41(doc: dict, args) -> None:
+    if "skipped" in doc:
+        print(f"v41: skipped: {doc['skipped']}")
+        return
+    built = doc["checkpoint"]
+    print(f"sparse V4.1 checkpoint: {built['apparent_gb']} GB apparent, {built['disk_mb']} MB "
+          f"on disk; model {V41_MODEL}, {args.v41_steps} steps, a commit every "
+          f"{args.v41_every}")  # fmt: skip
+    for name, runs in doc["runs"].items():
+        for d in runs:
+            rate = d["rows_written"] / d["write_seconds"] if d["write_seconds"] else 0.0
+            print(f"  {name:5s} table ({sum(d['table_rows'].values()):,} rows): "
+                  f"{d['steps_per_s']:.3f} steps/s, {d['rows_written']:,} trained rows written "
+                  f"in {d['commits']} commits ({rate:,.0f} rows/s), peak RSS "
+                  f"{d['peak_rss_mib']:,.0f} MiB")  # fmt: skip
+    print(f"full size / small (best of {args.repeats}, steps/s): {doc['full_over_small']:.3f}x "
+          f"(target >= 0.5) {'OK' if doc['ok'] else 'MISSED'}")  # fmt: skip
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
@@ -123,13 +229,19 @@ def main(argv=None) -> dict:
     parser.add_argument("--rss-steps", type=int, default=8)
     parser.add_argument("--rss-batch", type=int, default=4, help="windows per step (memory runs)")
     parser.add_argument("--sizes-gb", default="2,8")
-    parser.add_argument("--parts", default="speed,rss", help="speed, rss or both")
+    parser.add_argument("--parts", default="speed,rss,v41", help="speed, rss, v41 (any)")
+    parser.add_argument("--v41-steps", type=int, default=12)
+    parser.add_argument("--v41-every", type=int, default=4, help="--checkpoint-every (v41)")
+    parser.add_argument("--child-v41", help=argparse.SUPPRESS)
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     parser.add_argument("--child-rss", help=argparse.SUPPRESS)
     parser.add_argument("--vocab", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child_rss:
         child_rss(args)
+        return {}
+    if args.child_v41:
+        child_v41(args)
         return {}
 
     from engramctl.table.build.create import create_table
@@ -196,7 +308,7 @@ def main(argv=None) -> dict:
             )
             rss[f"{size:g} GB"] = json.loads(out.stdout.strip().splitlines()[-1])
             shutil.rmtree(big, ignore_errors=True)
-            shutil.rmtree(root / "moments.zarr", ignore_errors=True)
+        v41 = run_v41(root / "v41", vocab, vocab_path, args) if "v41" in args.parts else None
         peaks = [v["peak_rss"] for v in rss.values()]
         spread = max(peaks) - min(peaks) if peaks else None
         result = {
@@ -212,6 +324,7 @@ def main(argv=None) -> dict:
             "rss_spread_bytes": spread,
             "rss_target_bytes": 200 * (1 << 20),
             "rss_ok": spread is not None and spread < 200 * (1 << 20),
+            "v41": v41,
         }
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -238,6 +351,8 @@ def main(argv=None) -> dict:
             f"{doc['steps_per_s']:.2f} steps/s, {doc['rows_written']:,} rows written "
             f"({rate:,.0f} rows/s)"
         )
+    if v41 is not None:
+        print_v41(v41, args)
     if spread is not None:
         print(
             f"peak RSS spread: {spread / (1 << 20):,.0f} MiB (target < 200 MiB) "

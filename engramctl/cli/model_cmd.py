@@ -132,10 +132,6 @@ class TrainFlags:
             help="Gather rows from the table per step (default: when the table does not fit).",
         ),
     ]
-    Moments = Annotated[
-        Path | None,
-        typer.Option("--moments", help="Out of core: sparse Adam moment store (t.adam.zarr)."),
-    ]
     BufferRows = Annotated[
         int, typer.Option("--buffer-rows", help="Out of core: dirty rows per layer per flush.")
     ]
@@ -198,7 +194,6 @@ def train_command(
     init_from: TrainFlags.InitFrom = None,
     freeze_backbone: TrainFlags.FreezeBackbone = False,
     out_of_core: TrainFlags.OutOfCore = None,
-    moments: TrainFlags.Moments = None,
     buffer_rows: TrainFlags.BufferRows = 1 << 18,
     checkpoint_every: TrainFlags.CheckpointEvery = 0,
     resume: TrainFlags.Resume = None,

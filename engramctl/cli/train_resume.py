@@ -62,11 +62,11 @@ def print_trained(result, *, json_out: bool) -> None:
     )
     if engram:
         console.print(f"wrote {result.rows_written:,} trained rows back to {result.table}")
-    if result.moments:
-        rate = result.rows_written / result.write_seconds if result.write_seconds else 0.0
+    if result.write_seconds:
+        rate = result.rows_written / result.write_seconds
         console.print(
-            f"out of core: {result.write_seconds:.1f}s writing rows ({rate:,.0f} rows/s), "
-            f"Adam moments in {result.moments}"
+            f"out of core: {result.write_seconds:.1f}s writing rows ({rate:,.0f} rows/s) with "
+            "their Adam moments, as commits of the table (engramctl history)"
         )
     if result.checkpoints:
         console.print(

@@ -176,27 +176,37 @@ def _streamed_layer(table, layer_id: int, report: Callable[[int], None]) -> Stre
 
 
 def _side_columns(overlay, layer_id: int) -> tuple:
-    """The side columns every segment of the layer has (same dtype and width), each produced
-    block by block from the segment holding each id's newest row; a column some segment lacks
-    has no value for that segment's rows and is not carried."""
+    """The side columns any segment of the layer has, each produced block by block from the
+    segment holding each id's newest row; NaN where that segment lacks the column (absent: the
+    row's newest commit was a plain write or an edit, not training). A column whose segments
+    disagree on its dtype or width, or an integer column some segment lacks, is not carried."""
     segments = overlay.segments[layer_id]
     index = overlay.index(layer_id)
     specs = [
         {n: (d, w) for n, (d, w, _, _) in s.columns.items() if n not in ("ids", "rows")}
         for s in segments
     ]
-    common = {n: spec for n, spec in specs[0].items() if all(o.get(n) == spec for o in specs)}
     columns = []
-    for name, (dtype, width) in sorted(common.items()):
+    for name in sorted({n for spec in specs for n in spec}):
+        kinds = {spec[name] for spec in specs if name in spec}
+        if len(kinds) != 1:
+            continue
+        dtype, width = kinds.pop()
+        floating = np.issubdtype(np.dtype(dtype), np.floating)
+        if not floating and any(name not in spec for spec in specs):
+            continue
 
-        def produce(start: int, stop: int, name=name, dtype=dtype, width=width) -> np.ndarray:
+        def produce(start, stop, name=name, dtype=dtype, width=width, floating=floating):
             if index.segment is None:
                 return segments[0].column(name)[start:stop]
             out = np.empty((stop - start, width), dtype=dtype)
+            if floating:
+                out.fill(np.nan)
             seg, slot = index.segment[start:stop], index.slot[start:stop]
             for which in np.unique(seg).tolist():
-                mine = seg == which
-                out[mine] = segments[which].column(name)[slot[mine]]
+                if name in specs[which]:
+                    mine = seg == which
+                    out[mine] = segments[which].column(name)[slot[mine]]
             return out
 
         columns.append((name, dtype, width, produce))

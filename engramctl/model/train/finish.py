@@ -16,25 +16,37 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 
-def commit_rows(
-    table, tables: dict, run: dict, *, moments=None, previous_step: int = 0, step: int | None = None
-) -> None:
-    """Commit the trained rows of every layer (``rows.commit(table)``) and the run's record, once
-    the checkpoint is complete under its temporary name. The record says ``incomplete``
-    (durably) before any chunk changes and is replaced by the complete one (with the table's and
-    moment store's state) after the rows, so a kill part way is seen as such (and the temporary
-    checkpoint can be committed again)."""
+def commit_rows(table, tables: dict, run: dict, *, previous_step: int = 0, step: int | None = None):
+    """Commit the trained rows of every layer and the run's record, once the checkpoint is
+    complete under its temporary name. Every layer's rows (out of core with their moments and
+    master copies as side columns) are staged (``rows.commit(table)``) and made ONE commit of
+    the table, named in ``history`` by the run and its step. The record says ``incomplete``
+    (durably) before the commit and is replaced by the complete one (with the table's state)
+    after it, so a kill between the two is seen as such (and the temporary checkpoint's rows
+    are committed again)."""
     table.record_run(
         {**run, "incomplete": True, "checkpoint_step": previous_step, "writing_step": step}
     )
     table.flush()
+    commit_trained_rows(table, tables, run, step=step)
+    table.record_run({**run, "checkpoint_step": step})
+    table.flush()
+
+
+def commit_trained_rows(table, tables: dict, run: dict, *, step: int | None) -> None:
+    """Every layer's trained rows (``rows.commit(table)`` stages them) as ONE commit of the
+    table, named in ``history`` by the run and its step; each layer is told its share of the
+    commit's time (``rows.committed``)."""
+    import time
+
     for rows in tables.values():
         rows.commit(table)
-    record = {**run, "checkpoint_step": step}
-    if moments is not None:
-        record["moments_state"] = moments.state
-    table.record_run(record)
-    table.flush()
+    started = time.perf_counter()
+    made_by = {"kind": "train", "run_id": run.get("run_id"), "step": step}
+    if table.commit(f"training run {run.get('run_id')}, step {step}", made_by=made_by):
+        share = (time.perf_counter() - started) / max(1, len(tables))
+        for rows in tables.values():
+            rows.committed(share)
 
 
 def checkpoint_meta(
@@ -50,7 +62,7 @@ def checkpoint_meta(
     """What a run's ``config.json`` holds beyond the model (options, result, layout, ...), and
     the weights file to copy instead of serializing the model (``None`` but for a table-only
     adaptation, which copies the base checkpoint's ``model.safetensors`` byte for byte and
-    records the adaptation: base model, corpus, steps, table, moment store)."""
+    records the adaptation: base model, corpus, steps, table)."""
     layout = table.layout if config.engram else None
     meta = {
         "train": asdict(config),
@@ -77,7 +89,6 @@ def checkpoint_meta(
                 "corpus": (extra_meta or {}).get("corpus"),
                 "steps": config.steps,
                 "table": str(table.path),
-                "moments": result.moments,
             }
     return meta, weights_file
 
@@ -96,7 +107,6 @@ class RunWriter:
     optimizers: object
     tables: dict
     run: dict | None
-    moments: object | None = None  # the out-of-core moment store
     base: object | None = None
     overwrite: bool = False
     extra_meta: dict | None = None
@@ -157,7 +167,6 @@ class RunWriter:
                         self.table,
                         self.tables,
                         self.run,
-                        moments=self.moments,
                         previous_step=self.last_step,
                         step=step,
                     )

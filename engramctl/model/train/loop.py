@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -173,7 +173,6 @@ def train_model(
     extra_meta: dict | None = None,
     compare: dict | None = None,
     base=None,
-    moments: Path | None = None,
     prior_runs: str = "refuse",
     inputs: dict | None = None,
     resume=None,
@@ -195,8 +194,6 @@ def train_model(
     compare : ``{label: history}`` of other runs to draw in the loss-curve PNG.
     base : a loaded :class:`~engramctl.model.checkpoint.Checkpoint` to start from
         (``--init-from``); with ``config.freeze_backbone`` only its table rows train.
-    moments : the sparse Adam's moment store of an out-of-core run (default
-        ``<table>.adam.zarr``, see :mod:`engramctl.model.train.out_of_core`).
     prior_runs : what to do when another run already trained the table's rows: ``refuse``
         (default), ``continue`` or ``overwrite`` (see :mod:`engramctl.model.provenance`).
     inputs : what ``--resume`` reopens (corpus, table, ... paths), kept in the training state.
@@ -225,7 +222,6 @@ def train_model(
         extra_meta=extra_meta,
         compare=compare,
         base=base,
-        moments=moments,
         prior_runs=prior_runs,
         inputs=inputs,
         resume=resume,
@@ -246,7 +242,6 @@ def run_training(
     extra_meta: dict | None = None,
     compare: dict | None = None,
     base=None,
-    moments: Path | None = None,
     prior_runs: str = "refuse",
     inputs: dict | None = None,
     resume=None,
@@ -254,9 +249,9 @@ def run_training(
     """:func:`train_model` once its inputs are checked (the refusals of
     :func:`check_run_inputs`, and the table's earlier runs allow this one): the run itself."""
     from ...hashing import NgramHasher
-    from .finish import RunWriter
+    from .finish import RunWriter, commit_trained_rows
     from .resume import interrupted_message, load_training_state, windows_digest
-    from .rows import moments_path, open_trainable_rows, writes_during_run
+    from .rows import open_trainable_rows, writes_during_run
 
     fingerprints = {"windows": windows_digest(windows), "heldout": windows_digest(heldout)}
     run = begin_run(
@@ -266,14 +261,12 @@ def run_training(
     # before the run's writer exists is the caller's to word (nothing of this run was saved).
     writer, tables, done = None, {}, 0
     try:
-        with reproducible_torch(config.device, config.threads), ExitStack() as stack:
+        with reproducible_torch(config.device, config.threads):
             model = initial_model(config, model_vocab, table, base=base, resume=resume)
-            tables, moments_store, hasher = {}, None, None
+            tables, hasher = {}, None
             if config.engram:
                 hasher = NgramHasher(table.layout, vocab)
-                tables, moments_store = open_trainable_rows(
-                    table, config, moments=moments, stack=stack
-                )
+                tables = open_trainable_rows(table, config)
             optimizers = configure_optimizers(
                 model,
                 lr=config.lr,
@@ -291,7 +284,6 @@ def run_training(
                 optimizers=optimizers,
                 tables=tables,
                 run=run,
-                moments=moments_store,
                 base=base,
                 overwrite=overwrite,
                 extra_meta=extra_meta,
@@ -299,9 +291,7 @@ def run_training(
                 info={"inputs": inputs or {}, **fingerprints},
             )
             progress = RunProgress(out_dir=Path(out_dir), config=config, n_windows=len(windows),
-                                   tables=tables, writer=writer, table=table,
-                                   moments=moments_path(table, config, moments)
-                                   if config.engram else None)  # fmt: skip
+                                   tables=tables, writer=writer, table=table)  # fmt: skip
             if resume is not None:
                 load_training_state(optimizers, tables, resume.training_state())
                 progress.resume_at(resume)
@@ -325,9 +315,10 @@ def run_training(
                     writer.save(progress.result(done), final=False)
                 if on_step is not None:
                     on_step(done, config.steps, loss, progress.tokens_per_second(done))
-            if writes_during_run(config):  # rows reached the table during the run: the rest now
-                for rows in tables.values():
-                    rows.commit(table)
+            if run is not None and writes_during_run(
+                config
+            ):  # rows went in during the run: the rest
+                commit_trained_rows(table, tables, run, step=config.steps)
             final_heldout = None
             if heldout is not None:
                 final_heldout = estimate_loss(

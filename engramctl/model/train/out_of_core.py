@@ -1,76 +1,56 @@
-"""Table rows trained out of core: gathered from the table per step, written back in batches.
+"""Table rows trained out of core: gathered from the table per step, written back as commits.
 
 :class:`OutOfCoreRows` is the out-of-core twin of
 :class:`~engramctl.model.train.rows.TrainableTable` (a layer decoded to memory; both are
 :class:`~engramctl.model.train.rows.TrainableRows`): nothing of size O(table rows) is held in
 memory. Each step gathers the unique rows it hashes to with the table's memory-mapped gather,
-together with their sparse-Adam moments from the *moment store*, and updates them. Updated rows
-and moments go to a bounded write-back buffer (``buffer_rows`` rows; reads see it first); when it
-is full, or at the end, it is flushed: one commit per store (a segment of the dirty rows per
-layer, :mod:`engramctl.table.edits`), whatever the table's size or base (a linked checkpoint
-included). A run with periodic checkpoints (``hold``)
-flushes only at a checkpoint (its ``commit``), which it takes early when the buffer holds more
-than ``buffer_rows``: the table and moment store always hold a checkpoint's rows.
+together with their sparse-Adam state from the table's commits, and updates them. Updated rows
+go to a bounded write-back buffer (``buffer_rows`` rows; reads see it first); when it is full, or
+at a checkpoint, it is written as a commit (:mod:`engramctl.table.edits`): per layer one segment
+of the dirty rows in the table's dtype with two *side columns*:
 
-The moment store is itself an engramctl table (``<table>.adam.zarr`` by default, named in the
-checkpoint): the table's layout, float32 rows of ``exp_avg | exp_avg_sq | step`` (``2 d + 1``
-values), lazy and zero-initialized, so untouched rows cost no disk and ``verify`` covers it;
-its commits hold the same rows as the table's.
+- ``adam``: float32 ``exp_avg | exp_avg_sq | step`` (``2 d + 1`` values);
+- ``master``: the float32 rows themselves, for tables stored in fp8, bf16 or fp16, so that a row
+  trained again starts from its exact value, not from the stored (rounded) one: updates smaller
+  than the storage precision accumulate instead of rounding away.
 
-For a float32 table the arithmetic is the in-memory path's, value for value (a test compares
-the checkpoints and rows bit for bit). For other storage dtypes every step's rows are rounded to
-the table's dtype before they are used again, so the result does not depend on when flushes
-happen; the in-memory path keeps float32 until the end and differs in the last bits.
+A row no commit trained (or one rewritten since by a plain write, which carries no side columns)
+starts with zero moments from its stored value. This works on any base, a linked checkpoint
+included, and nothing else is written: rows, moments and master copies are one commit, all or
+nothing. A run with periodic checkpoints (``hold``) commits only at a checkpoint (one commit for
+every layer, made by the checkpoint writer), which it takes early when the buffer holds more than
+``buffer_rows``: the table always holds a checkpoint's rows and their state.
+
+For every storage dtype the arithmetic is the in-memory path's, value for value (the in-memory
+path keeps float32 rows throughout; here the master copy does), so the result does not depend on
+when flushes happen. ``master=False`` drops the master copy (each step's rows are rounded to the
+table's dtype before they are used again, what runs before side columns did).
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
 from ...errors import EngramError
 
-MOMENTS_SUFFIX = ".adam.zarr"
 DEFAULT_BUFFER_ROWS = 1 << 18
+ADAM = "adam"  # side column: exp_avg | exp_avg_sq | step
+MASTER = "master"  # side column: float32 master copy (tables not stored in float32)
 
 
-def default_moments_path(table_path) -> Path:
-    """``t.zarr`` -> ``t.adam.zarr`` (a sibling of the table)."""
-    path = Path(table_path)
-    stem = path.name[: -len(".zarr")] if path.name.endswith(".zarr") else path.name
-    return path.with_name(stem + MOMENTS_SUFFIX)
+def wants_master(table) -> bool:
+    """Whether a table's rows need a float32 master copy (its dtype rounds float32)."""
+    return table.dtype != "float32"
 
 
-def open_moment_store(table, path, *, create: bool = True):
-    """Open (creating it lazily if absent) the sparse-Adam moment store of ``table``."""
-    from ...table.build.create import create_table
-    from ...table.sources.table import open_table
-
-    path = Path(path)
-    width = 2 * table.dim + 1
-    if not path.exists():
-        if not create:
-            raise EngramError(f"moment store {path} not found")
-        create_table(
-            path,
-            layout=table.layout,
-            vocab_fingerprint=table.info.vocab_fingerprint,
-            dim=width,
-            dtype="float32",
-            init="zeros",
-            lazy=True,
-            chunk_rows=table.meta.chunk_rows,  # chunk boundaries aligned with the table's
-        )
-    store = open_table(path, mode="r+")
-    if store.layout.to_dict() != table.layout.to_dict() or store.dim != width:
-        store.close()
-        raise EngramError(
-            f"{path} is not the moment store of this table (layout or width {store.dim} != "
-            f"{width}); pass another --moments path or delete it"
-        )
-    return store
+def side_columns(rows, m, v, t, *, master: bool) -> dict:
+    """The side columns a commit of trained rows carries (see the module docstring)."""
+    side = {ADAM: np.concatenate([m, v, np.asarray(t, np.float32)[:, None]], axis=1)}
+    if master:
+        side[MASTER] = np.asarray(rows, np.float32)
+    return side
 
 
 class WriteBuffer:
@@ -118,12 +98,13 @@ class OutOfCoreRows:
     """One table layer trained out of core (see the module docstring)."""
 
     def __init__(
-        self, table, layer_id: int, moments, device, *, buffer_rows=DEFAULT_BUFFER_ROWS, hold=0
+        self, table, layer_id: int, device, *, buffer_rows=DEFAULT_BUFFER_ROWS, hold=0, master=None
     ):
         from ..optim import TABLE_BETAS
 
-        self.table, self.moments, self.layer_id = table, moments, layer_id
+        self.table, self.layer_id = table, layer_id
         self.device = device
+        self.master = wants_master(table) if master is None else bool(master)
         self.dim = table.dim
         # hold > 0 (periodic checkpoints): rows reach the table only at a checkpoint, which the
         # run takes when more than buffer_rows are held; hold is the most rows one step adds
@@ -153,8 +134,18 @@ class OutOfCoreRows:
         if absent.any():
             ids = unique[absent]
             raw = self.table.gather(self.layer_id, ids)
-            rows[absent] = decode_rows(raw, self.table.dtype, d)
-            state = self.moments.gather(self.layer_id, ids)
+            stored = decode_rows(raw, self.table.dtype, d)
+            if self.master:  # a trained row's exact value, where its newest commit has one
+                master = self.table.side_rows(self.layer_id, MASTER, ids)
+                if master is not None:
+                    known = ~np.isnan(master[:, 0])
+                    stored[known] = master[known]
+            rows[absent] = stored
+            state = self.table.side_rows(self.layer_id, ADAM, ids)
+            if state is None:
+                state = np.zeros((len(ids), 2 * d + 1), dtype=np.float32)
+            else:  # NaN: a row no training commit holds (never trained, or written since)
+                state = np.where(np.isnan(state[:, :1]), np.float32(0), state)
             m[absent], v[absent], t[absent] = state[:, :d], state[:, d : 2 * d], state[:, 2 * d]
         return rows, m, v, t
 
@@ -218,8 +209,9 @@ class OutOfCoreRows:
             self.buffer.put(unique, *values)
 
     def _rounded(self, rows: np.ndarray) -> np.ndarray:
-        """Rows as the table will store them (identity for float32 tables)."""
-        if self.table.dtype == "float32":
+        """Rows as the next step reads them: float32 with a master copy (and for float32
+        tables), else rounded to the table's dtype."""
+        if self.master or self.table.dtype == "float32":
             return rows
         from ...table.core.dtypes import decode_rows, encode_rows
 
@@ -230,27 +222,33 @@ class OutOfCoreRows:
         """Holding more rows than ``buffer_rows`` (a periodic-checkpoint run commits now)."""
         return len(self.buffer) > self.budget
 
-    def flush(self, table=None) -> int:
-        """Write the buffered rows (to ``table``, default the one read) and moments, each touched
-        chunk once; returns rows written."""
+    def flush(self, table=None, *, commit: bool = True) -> int:
+        """Write the buffered rows with their moments (and master copy) to ``table`` (default the
+        one read): one commit, or (``commit=False``) staged for the caller's commit; returns rows
+        written."""
         n = len(self.buffer)
         if not n:
             return 0
         buf, slots = self.buffer, self.buffer.slots
-        self._write(buf.ids, buf.rows[slots], buf.m[slots], buf.v[slots], buf.t[slots], table)
+        self._write(
+            buf.ids, buf.rows[slots], buf.m[slots], buf.v[slots], buf.t[slots], table, commit
+        )
         self.buffer.clear()
         return n
 
-    def _write(self, ids, rows, m, v, t, table=None) -> None:
-        """Rows to the table, moments to the moment store: one ``write_rows`` call each."""
+    def _write(self, ids, rows, m, v, t, table=None, commit: bool = True) -> None:
+        """Rows (encoded to the table's dtype) and their side columns: one ``write_rows``."""
         started = time.perf_counter()
         table = self.table if table is None else table
-        state = np.concatenate([m, v, t[:, None]], axis=1)
-        # staged, then one commit each (a commit fsyncs its segments before its log's rename)
-        table.write_rows(self.layer_id, ids, rows, flush=False)
-        self.moments.write_rows(self.layer_id, ids, state, flush=False)
-        table.flush()
-        self.moments.flush()
+        table.write_rows(
+            self.layer_id,
+            ids,
+            rows,
+            flush=False,
+            side=side_columns(rows, m, v, t, master=self.master),
+        )
+        if commit:
+            table.commit()  # segments fsynced, then the log's rename
         self.write_seconds += time.perf_counter() - started
         self.rows_written += len(ids)
         self.flushes += 1
@@ -268,10 +266,14 @@ class OutOfCoreRows:
         """Whether rows of this layer reached the table."""
         return self.flushes > 0
 
+    def committed(self, seconds: float) -> None:
+        """The checkpoint's commit of the staged rows took ``seconds`` (this layer's share)."""
+        self.write_seconds += seconds
+
     def commit(self, table) -> None:
-        """Write the buffered rows to ``table`` and their moments to the moment store (the rest
-        is in both already)."""
-        self.flush(table)
+        """Stage the buffered rows with their side columns in ``table`` (the rest is in its
+        commits already); the checkpoint writer commits every layer's at once."""
+        self.flush(table, commit=False)
 
     def state_dict(self) -> dict:
         """The write buffer: what a commit writes (its redo log)."""
@@ -280,15 +282,14 @@ class OutOfCoreRows:
                 "t": buf.t[slots]}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
-        """Resume at a committed checkpoint: its rows and moments are in the table and the moment
-        store already, so nothing comes back but an empty buffer."""
+        """Resume at a committed checkpoint: its rows and their state are in the table's commits
+        already, so nothing comes back but an empty buffer."""
         self.buffer.clear()
 
     @staticmethod
-    def commit_writes(state: dict) -> list:
-        """What a commit of ``state`` writes: ``[(target, layer row ids, values)]``, target
-        ``"table"`` (the rows) or ``"moments"`` (their moments); the redo of a commit a kill cut
-        short writes them again."""
+    def commit_writes(state: dict, *, master: bool) -> list:
+        """What a commit of ``state`` writes: ``[(row ids, values, side columns)]``; the redo of
+        a commit a kill cut short writes them again."""
         get = {key: np.asarray(value) for key, value in state.items()}
-        moments = np.concatenate([get["m"], get["v"], get["t"][:, None]], axis=1)
-        return [("table", get["ids"], get["rows"]), ("moments", get["ids"], moments)]
+        side = side_columns(get["rows"], get["m"], get["v"], get["t"], master=master)
+        return [(get["ids"], get["rows"], side)]

@@ -3,13 +3,14 @@
 With ``train --checkpoint-every N`` the run commits a checkpoint every N steps: the model
 checkpoint directory (``config.json``, ``model.safetensors``, vocab, ``history.json``) plus
 ``resume/``: ``state.safetensors`` (the backbone AdamW moments, the sparse row Adam state of the
-rows trained so far with their float32 master values, or an out-of-core run's write buffer) and
+rows trained so far with their float32 master values, or an out-of-core run's write buffer: the
+rest of an out-of-core run's row state is in the table's commits) and
 ``state.json`` (step, run record, the inputs to reopen, fingerprints of the token windows).
 
 A commit follows issue 14's order: the checkpoint is written complete under a temporary name
 (``.<out>.tmp-<pid>``); the table's run record is marked ``incomplete`` (``writing_step``); the
-rows (and an out-of-core run's moments) are written; the record is replaced by the complete one
-(``checkpoint_step``, the table state and the moment store's); the directory is renamed into
+rows (out of core with their moments and master copies) are written as one commit; the record is
+replaced by the complete one (``checkpoint_step``, the table state); the directory is renamed into
 place. Ctrl-C is held back for that span. A kill anywhere leaves the previous checkpoint with
 the table it pins, or a complete temporary checkpoint whose rows :func:`resume_point` writes
 again (they are in its state: a redo log) before it renames it into place.
@@ -290,9 +291,9 @@ def checkpoint_step(meta: dict) -> int:
     return int(result.get("steps") or 0)
 
 
-def resume_point(out_dir: Path, *, table=None, moments=None) -> ResumePoint:
-    """The checkpoint of ``out_dir`` to resume from, checked against the table (and moment
-    store); a commit a kill cut short is finished first (rows written again, renamed)."""
+def resume_point(out_dir: Path, *, table=None) -> ResumePoint:
+    """The checkpoint of ``out_dir`` to resume from, checked against the table; a commit a kill
+    cut short is finished first (rows written again, renamed)."""
     out_dir = Path(out_dir)
     candidates = checkpoint_candidates(out_dir)
     if not candidates:
@@ -329,16 +330,12 @@ def resume_point(out_dir: Path, *, table=None, moments=None) -> ResumePoint:
                 f"the rows of {table.path} changed after the checkpoint of step "
                 f"{last.get('checkpoint_step')}; the run cannot resume bit-identically"
             )
-        _check_moments(moments, last, table)
         return _publish(out_dir, ResumePoint(chosen[0], chosen[1], chosen[2], chosen[2]["step"]))
     chosen = by_step.get(last.get("writing_step"))
     if chosen is not None and chosen[0] != out_dir:  # finish the commit the kill cut short
         state = chosen[2]
-        redo_rows(table, moments, read_training_state(chosen[0]))
-        record = {**state["run"]}
-        if moments is not None:
-            record["moments_state"] = moments.state
-        table.record_run(record)
+        redo_rows(table, read_training_state(chosen[0]), step=state["step"])
+        table.record_run({**state["run"]})
         table.flush()
         return _publish(out_dir, ResumePoint(chosen[0], chosen[1], state, state["step"]))
     raise EngramError(
@@ -346,14 +343,6 @@ def resume_point(out_dir: Path, *, table=None, moments=None) -> ResumePoint:
         "was writing is gone; the table's rows are a mix (engramctl verify shows it): restore "
         "the table from a copy or start the run again with --overwrite-rows"
     )
-
-
-def _check_moments(moments, record: dict, table) -> None:
-    if moments is not None and record.get("moments_state") not in (None, moments.state):
-        raise EngramError(
-            f"the moment store {moments.path} of {table.path} changed after the checkpoint; "
-            "the run cannot resume bit-identically"
-        )
 
 
 def _publish(out_dir: Path, point: ResumePoint) -> ResumePoint:
@@ -367,19 +356,20 @@ def _publish(out_dir: Path, point: ResumePoint) -> ResumePoint:
     return point
 
 
-def redo_rows(table, moments, state: dict) -> None:
-    """Write the rows (and moments) of a checkpoint's commit again (idempotent): one commit per
-    store. A kill cut the first attempt short at a commit boundary (commits are all or
+def redo_rows(table, state: dict, *, step: int) -> None:
+    """Write the rows (with their side columns) of a checkpoint's commit again, as one commit
+    (idempotent). A kill cut the first attempt short at a commit boundary (commits are all or
     nothing), so there is nothing to repair, only rows to write again."""
+    from .out_of_core import wants_master
     from .rows import commit_writes
 
-    targets = {"table": table, "moments": moments}
-    for target, layer, ids, values in commit_writes(state):
+    for layer, ids, values, side in commit_writes(state, master=wants_master(table)):
         if len(ids):
-            targets[target].write_rows(layer, ids, values, flush=False)
+            table.write_rows(layer, ids, values, flush=False, side=side)
+    run_id = (table.runs[-1] if table.runs else {}).get("run_id")
+    made_by = {"kind": "train", "run_id": run_id, "step": step, "redo": True}
+    table.commit(f"training run {run_id}, step {step} (written again)", made_by=made_by)
     table.flush()
-    if moments is not None:
-        moments.flush()
 
 
 def finish_checkpoint(out_dir: Path) -> None:

@@ -2,7 +2,7 @@
 
 :func:`run_inputs` is the record a run keeps for it (its inputs as absolute paths);
 :func:`plan_resume` reads what a periodic checkpoint recorded (the training options, the inputs:
-corpus, held-out corpus, table, moment store, base model, ...) without opening anything else;
+corpus, held-out corpus, table, base model, ...) without opening anything else;
 :func:`check_resume_flags` refuses flags that contradict it, naming both values (the run goes
 on as it was started, or it would not end as the uninterrupted run does); :func:`resume_training`
 opens the table, finds the checkpoint to continue from (finishing a commit a kill cut short, see
@@ -29,25 +29,18 @@ INPUT_FLAGS = {
     "tokenizer": "tokenizer",
     "min_count": "min_count",
     "init_from": "init_from",
-    "moments": "moments",
     "compare_with": "compare_with",
     "prior_runs": "prior_runs",
 }
 
 
-def run_inputs(*, table, moments, out_of_core: bool, **paths) -> dict:
-    """What ``train --resume`` reopens: the inputs of the run, as absolute paths (the moment
-    store only out of core)."""
-    from .rows import moments_input
+def run_inputs(*, table, **paths) -> dict:
+    """What ``train --resume`` reopens: the inputs of the run, as absolute paths."""
 
     def absolute(value):
         return str(Path(value).resolve()) if isinstance(value, Path) else value
 
-    return {
-        **{k: absolute(v) for k, v in paths.items()},
-        "table": absolute(table),
-        "moments": absolute(moments_input(table, moments, out_of_core=out_of_core)),
-    }
+    return {**{k: absolute(v) for k, v in paths.items()}, "table": absolute(table)}
 
 
 @dataclass
@@ -93,7 +86,14 @@ def plan_resume(model_dir: Path) -> ResumePlan:
         config.validate()
     except (TypeError, UsageError) as exc:
         raise EngramError(f"{out_dir}/config.json is damaged: {exc}") from None
-    return ResumePlan(out_dir, meta, state, config, dict(state["inputs"]))
+    inputs = dict(state["inputs"])
+    if inputs.get("moments"):  # written before moments moved into the table's commits
+        raise EngramError(
+            f"{out_dir} was checkpointed by an older engramctl that kept the Adam moments in a "
+            f"separate store ({inputs['moments']}); this version keeps them in the table's "
+            "commits and cannot resume it: start the run again (train without --resume)"
+        )
+    return ResumePlan(out_dir, meta, state, config, inputs)
 
 
 def _shown(value) -> str:
@@ -139,7 +139,6 @@ def resume_training(plan: ResumePlan, *, open_table, on_step=None, outcome=None)
     from .inputs import load_base, prepare_training_data
     from .loop import train_model
     from .resume import resume_point
-    from .rows import open_moments
 
     config, inputs = plan.config, plan.inputs
     with ExitStack() as stack:
@@ -147,12 +146,7 @@ def resume_training(plan: ResumePlan, *, open_table, on_step=None, outcome=None)
         if config.engram:
             table = open_table(Path(inputs["table"]), "r+")
             stack.callback(table.close)
-            moments = open_moments(table, config, inputs["moments"], create=False)
-            try:
-                point = resume_point(plan.out_dir, table=table, moments=moments)
-            finally:
-                if moments is not None:
-                    moments.close()
+            point = resume_point(plan.out_dir, table=table)
         else:
             point = resume_point(plan.out_dir)
         checkpoint = load_checkpoint(point.path, device=config.device)
@@ -190,7 +184,6 @@ def resume_training(plan: ResumePlan, *, open_table, on_step=None, outcome=None)
             extra_meta=data.meta,
             compare=compare,
             base=base,
-            moments=Path(inputs["moments"]) if inputs.get("moments") else None,
             prior_runs=inputs.get("prior_runs") or "refuse",
             inputs=inputs,
             resume=point,

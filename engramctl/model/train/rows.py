@@ -2,17 +2,16 @@
 
 A layer's rows train either in memory (:class:`TrainableTable`: the layer decoded to float32,
 with its sparse Adam) or out of core (:class:`~engramctl.model.train.out_of_core.OutOfCoreRows`:
-rows gathered from the table per step, moments in a moment store, writes through a bounded
-buffer). Both answer the same calls: ``gather`` / ``step`` / ``lookup`` in the loop,
-``state_dict`` / ``load_state_dict`` for the training state of a checkpoint (the checkpoint
-holds state_dicts, as nanoGPT's does), and ``commit(table)``, the write of the trained rows back
-to the table in the run's save step. :func:`open_trainable_rows` chooses between them: nothing
-else asks whether a run is out of core.
+rows gathered from the table per step, their moments (and master copy) from the side columns of
+the table's commits, writes through a bounded buffer). Both answer the same calls: ``gather`` /
+``step`` / ``lookup`` in the loop, ``state_dict`` / ``load_state_dict`` for the training state
+of a checkpoint (the checkpoint holds state_dicts, as nanoGPT's does), and ``commit(table)``,
+which stages the trained rows in the table for the run's save step to commit.
+:func:`open_trainable_rows` chooses between them: nothing else asks whether a run is out of core.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -37,7 +36,11 @@ class TrainableRows(Protocol):
         """Rows for evaluation (no gradient), any shape of ids -> ``(*shape, d)``."""
 
     def commit(self, table) -> None:
-        """Write the rows trained since the last commit to ``table``."""
+        """Stage the rows trained since the last commit in ``table`` (the caller commits every
+        layer's at once)."""
+
+    def committed(self, seconds: float) -> None:
+        """The commit of what :meth:`commit` staged took ``seconds`` (this layer's share)."""
 
     def state_dict(self) -> dict:
         """Named arrays that :meth:`load_state_dict` (and a redo of a cut-short commit) needs."""
@@ -102,8 +105,11 @@ class TrainableTable:
     def rows_trained(self) -> int:
         return int((self.optimizer.steps > 0).sum())
 
+    def committed(self, seconds: float) -> None:
+        """In memory the write-back's time is not reported (``write_seconds`` stays 0)."""
+
     def commit(self, table) -> None:
-        """Write every row changed since the last commit (the caller flushes the table)."""
+        """Stage every row changed since the last commit (the caller commits the table)."""
         changed = np.flatnonzero(self.touched)
         if len(changed):
             table.write_rows(
@@ -130,13 +136,15 @@ class TrainableTable:
         self.touched[:] = False
 
     @staticmethod
-    def commit_writes(state: dict) -> list:
-        """What a commit of ``state`` writes: ``[("table", row ids, values)]``, the pending rows
-        (the redo of a commit a kill cut short writes them again)."""
+    def commit_writes(state: dict, *, master: bool) -> list:
+        """What a commit of ``state`` writes: ``[(row ids, values, None)]``, the pending rows
+        (the redo of a commit a kill cut short writes them again; their optimizer state and
+        float32 values are the checkpoint's, so no side columns)."""
+        del master
         get = {key: np.asarray(value) for key, value in state.items()}
         pending = get["pending"]
         where = np.searchsorted(get["ids"], pending)
-        return [("table", pending, get["weight"][where])]
+        return [(pending, get["weight"][where], None)]
 
 
 def _kinds() -> dict:
@@ -145,15 +153,16 @@ def _kinds() -> dict:
     return {cls.state_key: cls for cls in (TrainableTable, OutOfCoreRows)}
 
 
-def commit_writes(training_state: dict) -> list:
+def commit_writes(training_state: dict, *, master: bool) -> list:
     """The writes of the commit of a run's training state (``{state_key: {layer: state}}``):
-    ``[(target, layer, row ids, values)]`` in layer order, target ``"table"`` or ``"moments"``."""
+    ``[(layer, row ids, values, side columns or None)]`` in layer order (``master``: the table
+    keeps float32 master copies, :func:`~engramctl.model.train.out_of_core.wants_master`)."""
     writes = []
     for key, cls in _kinds().items():
         layers = training_state.get(key) or {}
         for layer in sorted(layers, key=int):
-            for target, ids, values in cls.commit_writes(layers[layer]):
-                writes.append((target, int(layer), ids, values))
+            for ids, values, side in cls.commit_writes(layers[layer], master=master):
+                writes.append((int(layer), ids, values, side))
     return writes
 
 
@@ -174,54 +183,21 @@ def choose_out_of_core(requested: bool | None, table, *, freeze_backbone: bool) 
     return requested
 
 
-def moments_input(table, moments, *, out_of_core: bool):
-    """The moment store a run records for ``--resume`` (``None`` in memory)."""
-    from .out_of_core import default_moments_path
-
-    if not out_of_core:
-        return None
-    return moments or default_moments_path(table)
-
-
-def moments_path(table, config, path) -> Path | None:
-    """Where an out-of-core run keeps its moment store (``None`` in memory): ``path``, or by
-    default ``<table>.adam.zarr`` beside the table."""
-    from .out_of_core import default_moments_path
-
-    if not config.out_of_core:
-        return None
-    return Path(path) if path else default_moments_path(table.path)
-
-
-def open_moments(table, config, path, *, create: bool):
-    """The moment store of an out-of-core run (``None`` in memory)."""
-    from .out_of_core import open_moment_store
-
-    where = moments_path(table, config, path)
-    return None if where is None else open_moment_store(table, where, create=create)
-
-
-def open_trainable_rows(table, config, *, moments, stack) -> tuple[dict, object | None]:
+def open_trainable_rows(table, config) -> dict:
     """The trainable rows of every layer of ``table`` for ``config`` (the one place that chooses
-    in memory or out of core) and the moment store at ``moments`` (see :func:`moments_path`;
-    entered into ``stack``; ``None`` in memory)."""
+    in memory or out of core)."""
     from .out_of_core import OutOfCoreRows
 
-    store = open_moments(table, config, moments, create=True)
-    if store is None:
-        rows = {layer: TrainableTable(table, layer, config.device) for layer in table.layout.layers}
-        return rows, None
-    stack.enter_context(store)
+    if not config.out_of_core:
+        return {layer: TrainableTable(table, layer, config.device) for layer in table.layout.layers}
     hold = config.batch * config.seq_len * table.layout.heads_per_layer
-    rows = {
+    return {
         layer: OutOfCoreRows(
             table,
             layer,
-            store,
             config.device,
             buffer_rows=config.buffer_rows,
             hold=hold if config.checkpoint_every else 0,
         )
         for layer in table.layout.layers
     }
-    return rows, store

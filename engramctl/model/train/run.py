@@ -80,7 +80,6 @@ class TrainResult:
     rows_written: int = 0
     passes: float = 0.0  # passes over the training windows
     write_seconds: float = 0.0  # out of core: time spent writing rows and moments back
-    moments: str | None = None  # out of core: the sparse Adam's moment store
     table: str | None = None  # the table whose rows were trained (None: --no-engram)
     checkpoints: int = 0  # periodic checkpoints committed by this process (--checkpoint-every)
     checkpoint_seconds: float = 0.0  # time they took
@@ -102,7 +101,6 @@ class RunProgress:
     tables: dict
     writer: object  # finish.RunWriter
     table: object | None
-    moments: Path | None  # the moment store's path (out of core)
     history: dict = field(
         default_factory=lambda: {"step": [], "train_loss": [], "heldout": [], "lr": []}
     )
@@ -148,7 +146,6 @@ class RunProgress:
             passes=done * config.batch / self.n_windows,
             write_seconds=self.before.get("write_seconds", 0.0)
             + sum(rows.write_seconds for rows in tables),
-            moments=str(self.moments) if self.moments is not None else None,
             table=str(self.table.path) if config.engram else None,
             checkpoints=self.writer.checkpoints,
             checkpoint_seconds=self.writer.seconds_spent,

@@ -44,7 +44,6 @@ class TrainOptions:
     init_from: Path | None
     freeze_backbone: bool
     out_of_core: bool | None  # None: when the table does not fit in memory
-    moments: Path | None
     buffer_rows: int
     checkpoint_every: int
     overwrite: bool
@@ -94,7 +93,7 @@ def train_from_options(options: TrainOptions, *, open_table, on_step=None, outco
         raise UsageError("train needs --corpus and --out (or --resume MODEL_DIR)")
     prior_runs = o.prior_runs
     check_adaptation(o.freeze_backbone, base_given=o.init_from is not None, engram=o.engram)
-    inputs = (o.corpus, o.table, o.vocab, o.heldout, o.init_from, o.compare_with, o.moments)
+    inputs = (o.corpus, o.table, o.vocab, o.heldout, o.init_from, o.compare_with)
     check_not_an_input(o.out, inputs, what=f"--out {o.out}")
     check_name_length(o.out)
     check_checkpoint_target(o.out, overwrite=o.overwrite)
@@ -189,12 +188,10 @@ def _train_opened(o: TrainOptions, config, *, table, vocab, compare, prior_runs,
         extra_meta=data.meta,
         compare=compare,
         base=base,
-        moments=o.moments,
         prior_runs=prior_runs,
         inputs=run_inputs(
             corpus=o.corpus, heldout=o.heldout, table=o.table if o.engram else None,
             vocab=o.vocab, tokenizer=o.tokenizer, min_count=o.min_count,
-            init_from=o.init_from, moments=o.moments, compare_with=o.compare_with,
-            prior_runs=prior_runs, out_of_core=config.out_of_core,
+            init_from=o.init_from, compare_with=o.compare_with, prior_runs=prior_runs,
         ),
     )  # fmt: skip

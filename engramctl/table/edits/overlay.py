@@ -205,6 +205,36 @@ class Overlay:
                 self._copy(layer_id, index, at, out, np.asarray(index.ids[lo:hi]) - start)
         return out
 
+    def side_names(self, layer_id: int) -> tuple[str, ...]:
+        """The side columns (moments, master copies) any of the layer's segments carries."""
+        names = {n for s in self.segments.get(layer_id, ()) for n in s.columns}
+        return tuple(sorted(names - {"ids", "rows"}))
+
+    def side(self, layer_id: int, name: str, ids: np.ndarray) -> np.ndarray | None:
+        """Side column ``name`` of rows ``ids`` as the newest commit holding each row has it:
+        ``[n, width]``, NaN where that commit has no such column or no commit holds the row;
+        ``None`` if no segment of the layer has the column."""
+        segments = self.segments.get(layer_id, ())
+        having = [i for i, s in enumerate(segments) if name in s.columns]
+        if not having:
+            return None
+        column = segments[having[0]].column(name)
+        out = np.full((ids.size, column.shape[1]), np.nan, dtype=column.dtype)
+        found, hits = self.find(layer_id, ids)
+        if not hits:
+            return out
+        hit = np.flatnonzero(found >= 0)
+        index = self.index(layer_id)
+        if index.segment is None:
+            out[hit] = column[found[hit]]
+            return out
+        seg, slot = index.segment[found[hit]], index.slot[found[hit]]
+        for which in having:
+            mine = seg == which
+            if mine.any():
+                out[hit[mine]] = segments[which].column(name)[slot[mine]]
+        return out
+
     def written_ids(self, layer_id: int) -> np.ndarray:
         """Sorted distinct row ids the commits hold in a layer (empty if none)."""
         index = self.index(layer_id)

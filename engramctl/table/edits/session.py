@@ -56,25 +56,56 @@ class StreamedRows:
         return write_segment_columns(path, layer_id, ids.size, columns)
 
 
-def last_wins(ids: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted distinct ``ids`` and, for each, the row of its last occurrence (a copy)."""
+def last_wins(
+    ids: np.ndarray, rows: np.ndarray, side: dict | None = None
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Sorted distinct ``ids`` and, for each, the row (and side values) of its last occurrence
+    (copies)."""
+    side = side or {}
     if ids.size > 1 and not (np.diff(ids) > 0).all():
         reversed_ids = ids[::-1]
         unique, first = np.unique(reversed_ids, return_index=True)
-        return unique, np.ascontiguousarray(rows[::-1][first])
-    return ids.copy(), np.array(rows, copy=True, order="C")
+        pick = {k: np.ascontiguousarray(np.asarray(v)[::-1][first]) for k, v in side.items()}
+        return unique, np.ascontiguousarray(rows[::-1][first]), pick
+    copies = {k: np.array(v, copy=True, order="C") for k, v in side.items()}
+    return ids.copy(), np.array(rows, copy=True, order="C"), copies
+
+
+def check_side(side: dict | None, n: int) -> dict:
+    """Side columns as ``{name: float array [n, width]}`` (a 1-d column becomes width 1)."""
+    out = {}
+    for name, values in (side or {}).items():
+        values = np.asarray(values)
+        if values.ndim == 1:
+            values = values[:, None]
+        if values.ndim != 2 or values.shape[0] != n or values.dtype.kind != "f":
+            raise EngramError(
+                f"side column {name!r} must be floats [{n}, width], got {values.dtype} "
+                f"{list(values.shape)}"
+            )
+        if name in ("ids", "rows"):
+            raise EngramError(f"a side column cannot be named {name!r}")
+        out[str(name)] = values
+    return out
+
+
+def absent_side(n: int, like: np.ndarray) -> np.ndarray:
+    """Side values of rows written without that column: NaN rows, which readers take as absent
+    (a plain write of a trained row drops its moments and master copy)."""
+    return np.full((n, like.shape[1]), np.nan, dtype=like.dtype)
 
 
 class StagedWrites:
     """Rows written but not committed yet, per layer, in the order they were written."""
 
     def __init__(self):
-        self.layers: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self.layers: dict[int, list[tuple[np.ndarray, np.ndarray, dict]]] = {}
 
-    def add(self, layer_id: int, ids: np.ndarray, rows: np.ndarray) -> None:
-        """Stage rows (int64 ids in range, stored rows); of repeated ids the last one wins."""
+    def add(self, layer_id: int, ids: np.ndarray, rows: np.ndarray, side: dict | None = None):
+        """Stage rows (int64 ids in range, stored rows, optional side columns ``{name: [n,
+        width]}``); of repeated ids the last one wins."""
         if ids.size:
-            self.layers.setdefault(layer_id, []).append(last_wins(ids, rows))
+            self.layers.setdefault(layer_id, []).append(last_wins(ids, rows, side))
 
     @property
     def empty(self) -> bool:
@@ -82,35 +113,60 @@ class StagedWrites:
 
     @property
     def rows(self) -> int:
-        return sum(ids.size for batches in self.layers.values() for ids, _ in batches)
+        return sum(b[0].size for batches in self.layers.values() for b in batches)
 
     def clear(self) -> None:
         self.layers.clear()
 
     def apply(self, layer_id: int, ids: np.ndarray, out: np.ndarray) -> np.ndarray:
         """Overwrite the rows of ``out`` (row ``ids[i]``) that staged writes hold."""
-        for staged_ids, staged_rows in self.layers.get(layer_id, ()):
+        for staged_ids, staged_rows, _ in self.layers.get(layer_id, ()):
             hits, at = lookup(LayerIndex(staged_ids, None, None), ids)
             out[hits] = staged_rows[at]
         return out
 
+    def apply_side(self, layer_id: int, name: str, ids: np.ndarray, out: np.ndarray | None):
+        """Overwrite ``out`` (side column ``name`` of row ``ids[i]``, NaN where absent; ``None``
+        when no value is known yet) with what staged writes hold; returns it."""
+        for staged_ids, _, side in self.layers.get(layer_id, ()):
+            hits, at = lookup(LayerIndex(staged_ids, None, None), ids)
+            if not hits.size:
+                continue
+            if name not in side:
+                if out is not None:
+                    out[hits] = np.nan
+                continue
+            if out is None:
+                out = absent_side(ids.size, side[name])
+            out[hits] = side[name][at]
+        return out
+
     def apply_range(self, layer_id: int, start: int, stop: int, out: np.ndarray) -> np.ndarray:
-        for staged_ids, staged_rows in self.layers.get(layer_id, ()):
+        for staged_ids, staged_rows, _ in self.layers.get(layer_id, ()):
             lo, hi = np.searchsorted(staged_ids, [start, stop])
             out[staged_ids[lo:hi] - start] = staged_rows[lo:hi]
         return out
 
-    def merged(self, layer_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """One layer's staged rows as one sorted batch (later writes win)."""
+    def merged(self, layer_id: int) -> tuple[np.ndarray, np.ndarray, dict]:
+        """One layer's staged rows as one sorted batch (later writes win) and their side
+        columns (NaN for rows whose last write had no such column)."""
         batches = self.layers[layer_id]
         if len(batches) == 1:
             return batches[0]
-        index = build_index([ids for ids, _ in batches])
+        index = build_index([b[0] for b in batches])
         rows = np.empty((index.ids.size, batches[0][1].shape[1]), dtype=batches[0][1].dtype)
-        for b, (_, batch_rows) in enumerate(batches):
+        side: dict[str, np.ndarray] = {}
+        for _, _, batch_side in batches:
+            for name, values in batch_side.items():
+                if name not in side:
+                    side[name] = absent_side(index.ids.size, values)
+        for b, (_, batch_rows, batch_side) in enumerate(batches):
             mine = np.flatnonzero(index.segment == b)
             rows[mine] = batch_rows[index.slot[mine]]
-        return np.asarray(index.ids), rows
+            for name, values in side.items():
+                if name in batch_side:
+                    values[mine] = batch_side[name][index.slot[mine]]
+        return np.asarray(index.ids), rows, side
 
 
 def _visible(table_path, commit_id: str) -> bool:
@@ -176,4 +232,4 @@ def make_commit(
     return new_log, commit
 
 
-__all__ = ["StagedWrites", "StreamedRows", "make_commit", "last_wins"]
+__all__ = ["StagedWrites", "StreamedRows", "make_commit", "last_wins", "check_side", "absent_side"]

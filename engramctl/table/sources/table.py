@@ -45,7 +45,7 @@ from ..edits.log import (
 )
 from ..edits.overlay import Overlay
 from ..edits.place import commits_store, open_commits
-from ..edits.session import StagedWrites, make_commit
+from ..edits.session import StagedWrites, check_side, make_commit
 from ._gather import check_row_ids
 from .base import RowSource
 from .chunked import ChunkedSource
@@ -256,7 +256,7 @@ class Table:
         )
 
     def write_rows(
-        self, layer_id: int, row_ids, values, *, flush: bool = True, fsync: bool = True
+        self, layer_id: int, row_ids, values, *, flush: bool = True, fsync: bool = True, side=None
     ) -> None:
         """Overwrite rows of one layer: one commit, or staged for the next one.
 
@@ -267,13 +267,14 @@ class Table:
         handle reads them at once, the table gets them at :meth:`flush`, :meth:`close` or the
         end of an :meth:`edit` block (one commit for all). ``fsync`` is kept for callers of the
         chunk-rewriting writer: a commit always fsyncs its segments before the log that makes
-        them visible, so it has no effect. The base's files are never written.
+        them visible, so it has no effect. The base's files are never written. ``side``: float
+        columns ``{name: [n, width]}`` the commit carries with the rows (:meth:`side_rows`).
         """
         del fsync  # a commit is durable when it is visible (see the docstring)
         self._check_writable()
         ids = check_row_ids(row_ids, self.meta.layer(layer_id).rows)
         stored = self._stored_rows(values, ids.size)
-        self._staged.add(layer_id, ids, stored)
+        self._staged.add(layer_id, ids, stored, check_side(side, ids.size))
         if flush:
             self.commit()
 
@@ -308,9 +309,11 @@ class Table:
         if self._staged.empty:
             return None
         self._check_writable()
-        layers = {layer_id: self._staged.merged(layer_id) for layer_id in self._staged.layers}
+        merged = {layer_id: self._staged.merged(layer_id) for layer_id in self._staged.layers}
+        side = {k: v[2] for k, v in merged.items() if v[2]}
+        layers = {k: v[:2] for k, v in merged.items()}
         new_log, commit = make_commit(
-            self.commits_store.location, self.edit_log, layers,
+            self.commits_store.location, self.edit_log, layers, side=side,
             made_by=made_by or self._origin, message=message, commit_id=commit_id,
         )  # fmt: skip
         self._staged.clear()
@@ -320,6 +323,13 @@ class Table:
         if old is not None:
             old.close()
         return commit
+
+    def side_rows(self, layer_id: int, name: str, row_ids) -> np.ndarray | None:
+        """Side column ``name`` of rows as last written, ``[n, width]``: NaN rows where the last
+        write had none or none was made; ``None`` if no commit or staged write has the column."""
+        ids = check_row_ids(row_ids, self.meta.layer(layer_id).rows)
+        return self._staged.apply_side(layer_id, name, ids, self.overlay and self.overlay.side(
+            layer_id, name, ids))  # fmt: skip
 
     def discard(self) -> int:
         """Drop the staged rows (nothing is committed); returns how many were staged."""
@@ -417,10 +427,8 @@ class Table:
         self.close()
 
     def __repr__(self) -> str:
-        return (
-            f"Table({str(self.path)!r}, layers={list(self.layers)}, dim={self.dim}, "
-            f"dtype={self.dtype!r}, mode={self.mode!r})"
-        )
+        return (f"Table({str(self.path)!r}, layers={list(self.layers)}, dim={self.dim}, "
+                f"dtype={self.dtype!r}, mode={self.mode!r})")  # fmt: skip
 
 
 def check_metadata(store: TableStore, meta: TableMeta, *, unfinished_ok: bool = False) -> None:

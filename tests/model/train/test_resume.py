@@ -1,5 +1,6 @@
 """Resumable training: ``train --checkpoint-every N`` then Ctrl-C, ``train --resume`` ends
-bit-identical to a run that never stopped (weights, history, every table row, the moment store).
+bit-identical to a run that never stopped (weights, history, every table row, the moments and
+master copies the table's commits carry).
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ def all_rows(path) -> dict:
     from engramctl.table.sources.table import open_table
 
     with open_table(path) as table:
-        return {
-            layer: table.gather(layer, np.arange(table.layout.layer_rows(layer)))
-            for layer in table.layout.layers
-        }
+        out = {}
+        for layer in table.layout.layers:
+            ids = np.arange(table.layout.layer_rows(layer))
+            out[layer] = table.gather(layer, ids)
+            for name in ("adam", "master"):  # side columns of out-of-core training commits
+                out[(layer, name)] = table.side_rows(layer, name, ids)
+        return out
 
 
 def train_args(corpus, table, vocab_path, out, *extra, corpus_file="docs.jsonl"):
@@ -68,8 +72,8 @@ def assert_same_run(a, b, tables=()):
     assert len(history_a["train_loss"]) == STEPS
     for x, y in tables:
         rows_x, rows_y = all_rows(x), all_rows(y)
-        for layer in rows_x:
-            np.testing.assert_array_equal(rows_x[layer], rows_y[layer])
+        for key in rows_x:
+            np.testing.assert_array_equal(rows_x[key], rows_y[key])
     assert not (b / "resume").exists()  # a finished run keeps no training state
 
 
@@ -129,12 +133,23 @@ def test_rounded_table_resume_is_bit_identical(
 def test_out_of_core_resume_is_bit_identical(
     tmp_path, corpus, ds_vocab, ds_vocab_path, monkeypatch
 ):
+    """bf16 out of core: rows, moments and float32 master copies are commits of the table; the
+    resumed run reads them back and ends where the straight one does."""
     # a 40-row write buffer makes the run commit early checkpoints when it is full
     a, b, ta, tb = straight_and_resumed(
-        tmp_path, corpus, ds_vocab_path, lambda p: small_real_table(p, ds_vocab), monkeypatch,
+        tmp_path, corpus, ds_vocab_path,
+        lambda p: small_real_table(p, ds_vocab, dtype="bfloat16"), monkeypatch,
         "--out-of-core", "--buffer-rows", 40, every=3, early=3,
     )  # fmt: skip
-    assert_same_run(a, b, [(ta, tb), (tmp_path / "a.adam.zarr", tmp_path / "b.adam.zarr")])
+    assert_same_run(a, b, [(ta, tb)])
+    from engramctl.table.commits import table_history
+
+    commits = table_history(tb).commits  # one commit per checkpoint, named by its step
+    steps = [c.made_by.get("step") for c in commits]
+    assert steps == sorted(steps) and steps[-1] == STEPS and len(steps) >= 3
+    assert all(c.made_by.get("kind") == "train" for c in commits)
+    rows = all_rows(tb)
+    assert not np.isnan(rows[(1, "master")]).all() and not np.isnan(rows[(1, "adam")]).all()
     verify = run("verify", "--deep", tb)
     assert verify.exit_code == 0, verify.output
 
@@ -191,6 +206,12 @@ def test_resume_refusals(tmp_path, corpus, ds_vocab, ds_vocab_path, monkeypatch)
         broken = run("train", "--resume", out)
         assert broken.exit_code == 1 and "the run cannot resume from it" in broken.stderr
         assert len(error_lines(broken.stderr)) == 1 and "internal error" not in broken.stderr
+    old = json.loads(kept)  # a run from before moments moved into the table's commits
+    old["inputs"]["moments"] = str(tmp_path / "t.adam.zarr")
+    state.write_text(json.dumps(old))
+    refused = run("train", "--resume", out)
+    assert refused.exit_code == 1 and "separate store" in refused.stderr, refused.output
+    assert len(error_lines(refused.stderr)) == 1
     state.write_bytes(kept)
     other = run("train", "--resume", out, "--out", tmp_path / "elsewhere")
     assert other.exit_code == 2 and "--out" in other.stderr

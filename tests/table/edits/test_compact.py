@@ -65,7 +65,7 @@ def test_streaming_compaction_writes_what_the_in_ram_merge_writes(fp8_table, tmp
     assert verify_table(fp8_table, deep=True).ok
 
 
-def test_streaming_compaction_carries_the_side_columns_every_segment_has(f32_table):
+def test_streaming_compaction_carries_the_side_columns_with_nan_where_absent(f32_table):
     with open_table(f32_table, "r+") as table:
         edit_log = table.edit_log
         for i, ids in enumerate(([1, 5, 9], [5, 7])):
@@ -74,16 +74,23 @@ def test_streaming_compaction_carries_the_side_columns_every_segment_has(f32_tab
             side = {"m": np.full((ids.size, 3), 10 * i, np.float32) + ids[:, None]}
             if i == 0:
                 side["only_old"] = np.zeros((ids.size, 1), np.int8)
+            else:
+                side["only_new"] = np.ones((ids.size, 2), np.float32)
             edit_log, _ = make_commit(
                 table.path, edit_log, {1: (ids, rows)}, made_by={"kind": "test"}, side={1: side}
             )
+        want = table.side_rows(1, "only_new", np.array([1, 5, 7, 9]))
     compact_table(f32_table)
     with open_table(f32_table) as table:
         (segment,) = table.overlay.segments[1]
-        assert set(segment.columns) == {"ids", "rows", "m"}  # only_old: not in every segment
+        # only_old: an integer column some segment lacks has no NaN to say "absent"
+        assert set(segment.columns) == {"ids", "rows", "m", "only_new"}
         assert segment.ids.tolist() == [1, 5, 7, 9]
         assert segment.column("m")[:, 0].tolist() == [1, 15, 17, 9]  # newest of each id
         assert segment.rows[:, 0].tolist() == [0, 1, 1, 0]
+        only_new = segment.column("only_new")
+        assert np.isnan(only_new[[0, 3]]).all() and (only_new[[1, 2]] == 1).all()
+        np.testing.assert_array_equal(table.side_rows(1, "only_new", np.array([1, 5, 7, 9])), want)
 
 
 # ------------------------------------------------------------------- compact --into-base
