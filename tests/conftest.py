@@ -4,10 +4,18 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# pytest-xdist's workers are started with COLUMNS=80 and LINES=24, which a single pytest process
+# does not have: the CLI's console would wrap at 80 columns there only. Tests that need a width
+# give it to the command they run.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _name in ("COLUMNS", "LINES"):
+        os.environ.pop(_name, None)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data" / "corpus"

@@ -79,6 +79,7 @@ def test_streaming_compaction_carries_the_side_columns_with_nan_where_absent(f32
             edit_log, _ = make_commit(
                 table.path, edit_log, {1: (ids, rows)}, made_by={"kind": "test"}, side={1: side}
             )
+    with open_table(f32_table) as table:
         want = table.side_rows(1, "only_new", np.array([1, 5, 7, 9]))
     compact_table(f32_table)
     with open_table(f32_table) as table:
