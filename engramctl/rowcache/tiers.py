@@ -127,7 +127,9 @@ class TierConfig:
         per_layer = self.host_bytes // n_layers // (row_nbytes + HOST_INDEX_BYTES)
         return min(int(per_layer), int(layer_rows))
 
-    def check_host_rows(self, host_rows: int, device_rows: int, layer: int, n_layers: int) -> None:
+    def check_host_rows(
+        self, host_rows: int, device_rows: int, layer: int, n_layers: int, *, static=None
+    ) -> None:
         """A host tier that holds no row, or (LRU mode) no more rows than the device cache, serves
         nothing (it is inclusive): refuse it. A static tier holds rows of its own choosing."""
         if not self.host_tier:
@@ -138,7 +140,8 @@ class TierConfig:
                 f"--host-cache {size} holds no row of layer {layer} once split over {n_layers} "
                 "layers; raise --host-cache or drop it"
             )
-        if host_rows <= device_rows and self.host_static is None:
+        static = self.host_static is not None if static is None else static
+        if host_rows <= device_rows and not static:
             raise UsageError(
                 f"--host-cache {size} holds {host_rows:,} rows of layer {layer}, no more than the "
                 f"device cache's {device_rows:,}: it would serve nothing (it keeps every row the "
