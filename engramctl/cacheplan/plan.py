@@ -24,8 +24,14 @@ from .lru import cumulative_hits, hits_at
 from .opt import opt_hits_spilled
 from .stream import LayerStream, stream_layers
 from .tiers import (
-    TierView, all_layers_view, refusal, static_sets, stream_tier_counts, tier_rows, tier_view,
-)  # fmt: skip
+    TierView,
+    all_layers_view,
+    refusal,
+    static_sets,
+    stream_tier_counts,
+    tier_rows,
+    tier_view,
+)
 from .trace import Workload, batch_count
 
 POLICIES = ("lru", "pager", "static", "opt")

@@ -267,6 +267,7 @@ def eval_command(
     batch: Annotated[int, typer.Option("--batch", help="Sequences per forward pass.")] = 16,
     cache_rows: ModelFlags.CacheRows = ModelFlags.CACHE_ROWS,
     host_cache: ModelFlags.HostCache = None,
+    host_static: ModelFlags.HostStatic = None,
     prefetch_depth: ModelFlags.PrefetchDepth = ModelFlags.PREFETCH_DEPTH,
     read_threads: ModelFlags.ReadThreads = ModelFlags.READ_THREADS,
     resident: ModelFlags.Resident = False,
