@@ -7,9 +7,10 @@ ROWS.npz`` load them into the host tier at start (one sorted pass through the ta
 keep them: a device miss whose row is in the set is a host hit, any other a storage read.
 
 The rows file is a ``.npz`` (no pickles): ``rows_<layer>`` (int64 row ids, ascending, one array
-per layer) and ``meta`` (a JSON string: the format, the layout fingerprint and the layout itself,
-the rows per layer). Row ids mean something only in the layout they were hashed with, so a file
-for another layout is refused (:func:`load_static_rows`).
+per layer) and ``meta`` (a JSON string: the format, each layer's hashing fingerprint, the layout
+and the rows per layer). Row ids mean something only under the hashing that made them, so a layer
+whose hashing differs (other primes, multipliers, orders, pad id or vocab size) is refused
+(:func:`load_static_rows`); another layout whose layer hashes the same way is not.
 """
 
 from __future__ import annotations
@@ -27,9 +28,18 @@ FORMAT = "engramctl-host-static/1"
 LOAD_CHUNK_ROWS = 1 << 16  # rows per gather while loading (bounded staging)
 
 
-def layout_fingerprint(layout) -> str:
-    """``sha256:`` of the layout's canonical JSON: what row ids are relative to."""
-    return "sha256:" + hashlib.sha256(layout.to_json().encode()).hexdigest()
+def layer_fingerprint(layout, layer: int) -> str:
+    """``sha256:`` of what a layer's row ids are relative to: its head primes and multipliers,
+    the n-gram orders, the pad id and the vocab size."""
+    doc = {
+        "head_rows": layout.head_rows(layer).tolist(),
+        "multipliers": layout.multipliers(layer).tolist(),
+        "max_ngram": layout.max_ngram,
+        "heads": layout.heads,
+        "pad_id": layout.pad_id,
+        "vocab_size": layout.vocab_size,
+    }
+    return "sha256:" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
 def save_static_rows(path: Path, rows_by_layer: dict, layout) -> None:
@@ -46,7 +56,7 @@ def save_static_rows(path: Path, rows_by_layer: dict, layout) -> None:
     }
     meta = {
         "format": FORMAT,
-        "layout_fingerprint": layout_fingerprint(layout),
+        "layers": {str(int(k)): layer_fingerprint(layout, int(k)) for k in rows_by_layer},
         "layout": layout.to_dict(),
         "rows": {name[5:]: int(len(a)) for name, a in arrays.items()},
     }
@@ -58,8 +68,8 @@ def load_static_rows(path: Path, layout, *, layers=None) -> dict:
     """``{layer: sorted int64 row ids}`` from a rows file made for ``layout``.
 
     Refused, one line each (:class:`UsageError`): a missing or unreadable file, one that is not
-    a rows file, one made for another layout, one lacking a layer of ``layers`` (default: the
-    layout's), row ids outside a layer.
+    a rows file, one lacking a layer of ``layers`` (default: the layout's), one whose layer was
+    hashed otherwise (another layout), row ids outside a layer.
     """
     path = Path(path)
     hint = "write one with cache-plan --host-cache SIZE --host-static-out ROWS.npz"
@@ -73,17 +83,20 @@ def load_static_rows(path: Path, layout, *, layers=None) -> dict:
             arrays = {name: data[name] for name in data.files if name.startswith("rows_")}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
         raise UsageError(f"--host-static {path} is not a host-static rows file; {hint}") from exc
-    if meta.get("layout_fingerprint") != layout_fingerprint(layout):
-        raise UsageError(
-            f"--host-static {path} was written for another layout "
-            f"({meta.get('layout_fingerprint')}, not this table's {layout_fingerprint(layout)}); "
-            f"{hint} for this table"
-        )
     out = {}
     for layer in tuple(layout.layers if layers is None else layers):
         rows = arrays.get(f"rows_{int(layer)}")
         if rows is None:
             raise UsageError(f"--host-static {path} has no rows of layer {layer}; {hint}")
+        made_for, this = (
+            meta.get("layers", {}).get(str(int(layer))),
+            layer_fingerprint(layout, layer),
+        )
+        if made_for != this:
+            raise UsageError(
+                f"--host-static {path} was written for another layout (layer {layer} hashed as "
+                f"{made_for}, this table's as {this}); {hint} for this table"
+            )
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) and (rows[0] < 0 or rows[-1] >= layout.layer_rows(layer)):
             raise UsageError(f"--host-static {path}: row ids outside layer {layer}; {hint}")
