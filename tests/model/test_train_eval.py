@@ -578,7 +578,7 @@ def test_eval_static_host_tier_counts_what_cache_plan_predicts(
     assert paging["cache_hits"] == view["device_hits"]
     assert paging["host_hits"] == view["host_hits"] > 0
     assert paging["storage_reads"] == view["storage_reads"] > 0
-    assert 0 < paging["host_loaded_rows"] <= host
+    assert 0 < paging["host_loaded_rows"] <= host and "static rows loaded" in result.output
     # bad rows files: one line each (the others are held in tests/model/serve/test_host_tier.py)
     bad = run(
         "eval", "--model", model, "--table", "t.zarr", "--benchmark", corpus / "heldout.jsonl",
