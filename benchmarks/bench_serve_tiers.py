@@ -1,12 +1,15 @@
 """Serving tiers: ``eval`` and ``generate`` tokens/s with the table cold vs warm vs ``--resident``,
-with and without the host tier (``--host-cache``) and read-ahead (``--prefetch-depth``).
+with and without the host tier (``--host-cache``; LRU, or static: ``--host-static``) and
+read-ahead (``--prefetch-depth``).
 
 The benchmark trains a small Engram model of its own (``engramctl train``, a few steps: the
 weights do not matter to speed) on a real zarr table made larger than the model needs
 (``--ngram-vocab``, float32 rows of ``--dim``), plans its cache with ``cache-plan``'s library call
 on the benchmark text (the device cache a little above the pager's minimum, the host tier a share
 of the rows the workload touches) and prints the plan's two-tier prediction beside what ``eval``
-counted. Every case runs in a fresh interpreter (its peak RSS is its own); a *cold* case drops
+counted. The static host tier's rows are the top rows of another text's warm-up (the sample
+training corpus, ``cache-plan --host-static-out``), the same host bytes.
+Every case runs in a fresh interpreter (its peak RSS is its own); a *cold* case drops
 the table's pages from the page cache first (``posix_fadvise(DONTNEED)`` per file, as
 ``bench_cold.py``). Cases alternate within a repeat; tokens/s is the best of ``--repeats``, ratios
 are against ``resident`` of the same command in the same run.
@@ -23,6 +26,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,7 +62,10 @@ def run_case(args) -> dict:
     from engramctl.rowcache.tiers import TierConfig
 
     tiers = TierConfig.from_options(
-        cache_rows=args.cache_rows, host_cache=args.host_cache, prefetch_depth=args.prefetch_depth
+        cache_rows=args.cache_rows,
+        host_cache=args.host_cache,
+        prefetch_depth=args.prefetch_depth,
+        host_static=args.host_static,
     )
     with open_model_table(Path(args.model), Path(args.table)) as opened:
         spec = ModelSpec(
@@ -103,10 +110,11 @@ def plan(model: Path, table: Path, batch: int, seq_len: int):
         layout, dim, dtype = t.layout, t.dim, t.dtype
     vocab = CanonicalVocab.from_tokenizer("deepseek-v4")
 
-    def run(tiers=None):
+    def run(tiers=None, *, paths=(BENCH,), warmup=0.0, out=None):
         return plan_workload(
-            paths=[BENCH], vocab=vocab, layout=layout, dim=dim, dtype=dtype, batch=batch,
-            seq_len=seq_len, sizes=(1,), warmup_fraction=0.0, policies=("pager",), tiers=tiers,
+            paths=list(paths), vocab=vocab, layout=layout, dim=dim, dtype=dtype, batch=batch,
+            seq_len=seq_len, sizes=(1,), warmup_fraction=warmup, policies=("pager",), tiers=tiers,
+            host_static_out=out,
         )  # fmt: skip
 
     return run
@@ -132,6 +140,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-rows", type=int, default=1 << 18)
     parser.add_argument("--host-cache")
     parser.add_argument("--prefetch-depth", type=int, default=0)
+    parser.add_argument("--host-static")
     args = parser.parse_args(argv)
     if args.case:
         print(json.dumps(run_case(args)))
@@ -164,22 +173,30 @@ def main(argv=None) -> int:
         host_cache = str(host_rows * row_nbytes)
         tiers = TierConfig(device_rows, int(host_cache), prefetch_depth=2)
         predicted = planner(tiers).tiers["all_layers"]
+        rows = root / "static.npz"  # the top rows of another text's warm-up
+        planner(tiers, paths=[REPO / "sample_data/corpus/train.jsonl"], warmup=0.5, out=rows)
+        static_tiers = replace(tiers, host_static=str(rows))
+        predicted_static = planner(static_tiers).tiers["all_layers"]
         table_mib = sum(f.stat().st_size for f in table.rglob("*") if f.is_file()) / 2**20
         base = ["--cache-rows", device_rows]
         host = ["--host-cache", host_cache]
+        static = [*host, "--host-static", rows]
         cases = {
             "eval": {
                 "resident": ["--resident"],
                 "warm": [*base],
                 "warm+host": [*base, *host],
+                "warm+static": [*base, *static],
                 "cold": [*base, "--cold"],
                 "cold+ahead2": [*base, "--cold", "--prefetch-depth", 2],
                 "cold+host+ahead2": [*base, *host, "--cold", "--prefetch-depth", 2],
+                "cold+static+ahead2": [*base, *static, "--cold", "--prefetch-depth", 2],
             },
             "generate": {
                 "resident": ["--resident"],
                 "warm": [*base],
                 "warm+host": [*base, *host],
+                "warm+static": [*base, *static],
                 "cold": [*base, "--cold"],
                 "cold+host": [*base, *host, "--cold"],
             },
@@ -203,7 +220,7 @@ def main(argv=None) -> int:
         result = {
             "device": args.device, "table_mib": table_mib, "dim": args.dim,
             "device_rows": device_rows, "host_rows": host_rows, "host_cache_bytes": host_cache,
-            "predicted": predicted, "commands": {},
+            "predicted": predicted, "predicted_static": predicted_static, "commands": {},
         }  # fmt: skip
         for command, named in runs.items():
             best = {n: max(r["tokens_per_s"] for r in rs) for n, rs in named.items()}
@@ -227,13 +244,15 @@ def main(argv=None) -> int:
         f"{args.dim}); device cache {device_rows:,} rows, host tier {host_rows:,} rows "
         f"({int(host_cache) / 2**20:,.1f} MiB); best of {args.repeats}"
     )
-    p = predicted
-    print(
-        f"  cache-plan predicts for eval: device {p['device_fraction']:.1%}, host "
-        f"{p['host_fraction']:.1%}, storage {p['storage_fraction']:.1%}; storage->host "
-        f"{p['storage_to_host_bytes_per_token']:,.0f} B/token, host->device "
-        f"{p['host_to_device_bytes_per_token']:,.0f} B/token"
-    )
+    for mode, p in (("LRU", predicted), ("static", result["predicted_static"])):
+        print(
+            f"  cache-plan predicts for eval, {mode} host tier: device "
+            f"{p['device_fraction']:.1%}, host {p['host_fraction']:.1%}, storage "
+            f"{p['storage_fraction']:.1%} ({p['device_hits']:,} / {p['host_hits']:,} / "
+            f"{p['storage_reads']:,}); storage->host "
+            f"{p['storage_to_host_bytes_per_token']:,.0f} B/token, host->device "
+            f"{p['host_to_device_bytes_per_token']:,.0f} B/token"
+        )
     for command, named in result["commands"].items():
         print(f"  {command}:")
         for name, r in named.items():

@@ -39,6 +39,7 @@ class CachePlanJob:
     plot: Path | None = None  # write a PNG of hit rate against cache size here
     overwrite: bool = False  # replace existing report / plot files
     tiers: TierConfig | None = None  # the serving tiers whose two-tier view to add (--host-cache)
+    host_static_out: Path | None = None  # write the warm-up's top rows for the host tier here
 
 
 def run_cache_plan_job(
@@ -68,7 +69,8 @@ def run_cache_plan_job(
     from .._files import atomic_write, check_not_an_input, check_writable_target
     from .plan import plan_workload
 
-    for flag, target in (("--report", job.report), ("--plot", job.plot)):
+    outputs = (("--report", job.report), ("--plot", job.plot))
+    for flag, target in (*outputs, ("--host-static-out", job.host_static_out)):
         if target is not None:
             check_not_an_input(target, job.paths, what=f"{flag} {target}")
             check_writable_target(target, overwrite=job.overwrite)
@@ -78,6 +80,7 @@ def run_cache_plan_job(
         tokenizer=job.tokenizer, batch=job.batch, seq_len=job.seq_len, sizes=job.sizes,
         points=job.points, warmup_fraction=job.warmup_fraction, tokens_per_s=job.tokens_per_s,
         policies=job.policies, spill_dir=job.spill_dir, progress=progress, tiers=job.tiers,
+        host_static_out=job.host_static_out,
     )  # fmt: skip
     if before_saving is not None:
         before_saving(plan)

@@ -23,7 +23,15 @@ from ..errors import EngramError, UsageError
 from .lru import cumulative_hits, hits_at
 from .opt import opt_hits_spilled
 from .stream import LayerStream, stream_layers
-from .tiers import TierView, all_layers_view, refusal, tier_counts, tier_rows, tier_view
+from .tiers import (
+    TierView,
+    all_layers_view,
+    refusal,
+    static_sets,
+    stream_tier_counts,
+    tier_rows,
+    tier_view,
+)
 from .trace import Workload, batch_count
 
 POLICIES = ("lru", "pager", "static", "opt")
@@ -196,7 +204,7 @@ def _layer_plan(
             ]
             reach[policy] = _reach(cumulative, accesses, floor=pager_min)
             if tier_sizes is not None:
-                tier_hits = tier_counts(cumulative, *tier_sizes)
+                tier_hits = stream_tier_counts(stream, cumulative, tier_sizes)
         elif policy == "static" and stream.static is not None:
             cumulative = stream.static.cumulative()
             hits[policy] = hits_at(cumulative, sizes)
@@ -264,12 +272,16 @@ def plan_cache(
     spill_dir=None,
     progress: Callable[[str, int, int], None] | None = None,
     tiers=None,
+    host_static_out=None,
 ) -> CachePlan:
     """Plan the cache of every layer in ``layer_ids`` for a workload (see the module docstring).
 
     ``tiers`` (a :class:`~engramctl.rowcache.tiers.TierConfig`) adds the two-tier view
     (:mod:`.tiers`): what its device cache, its host tier and storage each serve; it needs the
-    ``pager`` policy.
+    ``pager`` policy. With ``tiers.host_static`` the host tier is that static set; with
+    ``host_static_out`` (a path) it is the warm-up's top rows, as many per layer as the host tier
+    holds, written there (:func:`engramctl.rowcache.static.save_static_rows`) for ``eval
+    --host-static``.
 
     ``workload`` comes from :func:`engramctl.cacheplan.trace.read_workload`; ``hasher`` is an
     :class:`engramctl.hashing.NgramHasher` of the layout; ``dim``/``dtype`` give the row size;
@@ -279,7 +291,8 @@ def plan_cache(
     ``spill_dir`` (default: the system's temporary directory), removed when the plan ends, on
     error too.
     """
-    from ..table.core.dtypes import parse_dtype
+    from ..rowcache.static import save_static_rows
+    from ..table.core.dtypes import parse_dtype, row_bytes
 
     started = time.perf_counter()
     check_options(batch, warmup_fraction, tokens_per_s)
@@ -299,6 +312,9 @@ def plan_cache(
     if warmup == 0:
         policies = tuple(p for p in policies if p != "static")
     layout = hasher.layout
+    static_rows, static_top = static_sets(
+        tiers, layout, layer_ids, row_bytes(dim, dtype), static_out=host_static_out, warmup=warmup
+    )
     with tempfile.TemporaryDirectory(prefix="engramctl-cache-plan-", dir=spill_dir) as spill:
         streams = stream_layers(
             workload,
@@ -310,7 +326,12 @@ def plan_cache(
             spill_dir=spill if "opt" in policies else None,
             table_rows=layout.layer_rows,
             progress=(lambda d, t: progress("hashing", d, t)) if progress else None,
+            static_rows=static_rows,
+            static_top=static_top,
         )
+        if host_static_out is not None:
+            rows = {layer: stream.static_rows for layer, stream in streams.items()}
+            save_static_rows(host_static_out, rows, layout)
         plan = _plan_streams(
             streams, workload, workload_paths, batch=batch, seq_len=seq_len, sizes=sizes,
             points=points, warmup=warmup, warmup_fraction=warmup_fraction, dtype=dtype, dim=dim,
@@ -365,13 +386,15 @@ def _plan_streams(
             tier_sizes=sizes_of_tiers,
         )
         if tiers is not None:
+            static = stream.static_rows is not None
             refused = refusal(
                 tiers, layout, layer, *sizes_of_tiers, pager_min=lp.pager_min_rows,
-                batch_rows=int(np.max(stream.unique)),
+                batch_rows=int(np.max(stream.unique)), static=static,
             )  # fmt: skip
             lp.tiers = tier_view(
                 *sizes_of_tiers, lp.accesses, lp.tiers["hits"], positions=counted_positions,
                 row_nbytes=nbytes, dim=dim, refused=refused,
+                host_mode="static" if static else "lru",
             ).to_dict()  # fmt: skip
         lp.rows_per_token = lp.accesses / counted_positions
         lp.curves = {
@@ -426,6 +449,7 @@ def plan_workload(
     spill_dir=None,
     progress: Callable[[str, int, int], None] | None = None,
     tiers=None,
+    host_static_out=None,
 ) -> CachePlan:
     """Read workload files (cut as ``eval`` cuts them) and plan their cache: ``cache-plan``.
 
@@ -462,4 +486,5 @@ def plan_workload(
         spill_dir=spill_dir,
         progress=progress,
         tiers=tiers,
+        host_static_out=host_static_out,
     )

@@ -29,12 +29,14 @@ import numpy as np
 from .._numba import njit
 from ..errors import EngramError
 from ..rowcache.policy import PAGER, PagerConfig
+from ..rowcache.static import member_mask
 from .lru import mark, marked_through, new_marks
 
 _EMPTY = -1
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIN_WINDOW = 1 << 16
 _COLD = 1 << 62  # the pager's rank of a row never seen: deeper than any cache
+_NONE = np.zeros(0, dtype=np.bool_)  # no static host set
 
 
 def grown(array: np.ndarray, n: int, fill) -> np.ndarray:
@@ -117,10 +119,14 @@ class RowIndex:
 
 # ------------------------------------------------------------------------ stack distances
 @njit(cache=True)
-def distances_batch_kernel(ids, last, bits, tree, state, starts, counting, lru, pager):
+def distances_batch_kernel(
+    ids, last, bits, tree, state, starts, counting, lru, pager, member, pager_set
+):
     """One batch of :func:`.lru.lru_histogram_kernel` (into ``lru``) and
     :func:`.lru.pager_histogram_kernel` (into ``pager``; an empty array skips either): both mark
-    the same stale positions, so they share the tree and the last uses.
+    the same stale positions, so they share the tree and the last uses. ``member`` (per access;
+    empty: none) marks the accesses whose pager ranks also go into ``pager_set`` (a static host
+    set's rows).
 
     ``state``: [position, stale, cold misses counted, smallest pager cache]; ``starts``: the
     window positions of the in-flight batches' starts and this batch's, oldest first (shifted on
@@ -138,6 +144,8 @@ def distances_batch_kernel(ids, last, bits, tree, state, starts, counting, lru, 
                 distance = (start - p - 1) - (stale - marked_through(bits, tree, p))
                 if counting:
                     pager[distance] += 1
+                    if member.shape[0] > 0 and member[i]:
+                        pager_set[distance] += 1
             deepest = max(deepest, distance)
     for i in range(n):
         r = ids[i]
@@ -199,6 +207,7 @@ class StackDistances:
         self._last = np.zeros(0, dtype=np.int64)
         self._lru = np.zeros(16 if lru else 0, dtype=np.int64)
         self._pager = np.zeros(16 if pager else 0, dtype=np.int64)
+        self._pager_set = np.zeros(16 if pager else 0, dtype=np.int64)  # a static set's rows
         self._state = np.zeros(4, dtype=np.int64)  # position, stale, cold, smallest pager cache
         self._state[3] = 1
         self._starts = np.zeros(
@@ -207,18 +216,22 @@ class StackDistances:
         self.window = self.min_window
         self._bits, self._tree = new_marks(self.window)
 
-    def add(self, dense: np.ndarray, n_distinct: int, *, counting: bool) -> None:
-        """One batch's dense ids (``n_distinct``: rows seen so far, this batch's included)."""
+    def add(self, dense: np.ndarray, n_distinct: int, *, counting: bool, member=None) -> None:
+        """One batch's dense ids (``n_distinct``: rows seen so far, this batch's included);
+        ``member``: which of them are in a static host set (their pager ranks are counted apart,
+        :meth:`set_histogram`)."""
         self._last = grown(self._last, n_distinct, -1)
         if len(self._lru):
             self._lru = grown(self._lru, n_distinct, 0)
         if len(self._pager):
             self._pager = grown(self._pager, n_distinct, 0)
+            self._pager_set = grown(self._pager_set, n_distinct, 0)
+        member = _NONE if member is None else np.ascontiguousarray(member, dtype=np.bool_)
         if self._state[0] + len(dense) > self.window:
             self._compact(len(dense))
         distances_batch_kernel(
             dense, self._last, self._bits, self._tree, self._state, self._starts,
-            int(counting), self._lru, self._pager,
+            int(counting), self._lru, self._pager, member, self._pager_set,
         )  # fmt: skip
 
     def _compact(self, incoming: int) -> None:
@@ -235,6 +248,11 @@ class StackDistances:
         out[:n_distinct] = (self._pager if pager else self._lru)[:n_distinct]
         out[n_distinct] = self._state[2]
         return out
+
+    def set_histogram(self, n_distinct: int) -> np.ndarray:
+        """``[n_distinct]``: the pager ranks of the counted accesses marked ``member`` (a row
+        seen for the first time has no rank: a miss of any cache, not counted here)."""
+        return self._pager_set[:n_distinct].copy()
 
     @property
     def pager_min_rows(self) -> int:
@@ -267,6 +285,11 @@ class StaticRanks:
 
     def count(self, dense: np.ndarray, index: RowIndex) -> None:
         """A counted batch's accesses (ranks the warm-up rows on the first call)."""
+        self.rank(index)
+        rank_count_kernel(dense, self._rank, self._hist)
+
+    def rank(self, index: RowIndex) -> None:
+        """Rank the warm-up rows (once, when the warm-up is over)."""
         if self._rank is None:
             seen = np.flatnonzero(self._warm > 0)
             order = np.lexsort((index.row_ids()[seen], -self._warm[seen]))
@@ -274,7 +297,11 @@ class StaticRanks:
             self._rank[seen[order]] = np.arange(len(seen))
             self._hist = np.zeros(len(seen), dtype=np.int64)
             self._warm = np.zeros(0, dtype=np.int64)
-        rank_count_kernel(dense, self._rank, self._hist)
+
+    def top_rows(self, index: RowIndex, n: int) -> np.ndarray:
+        """The row ids of the ``n`` best-ranked warm-up rows, ascending (after :meth:`rank`)."""
+        dense = np.flatnonzero((self._rank >= 0) & (self._rank < n))
+        return np.sort(index.row_ids()[dense])
 
     def cumulative(self) -> np.ndarray:
         """``out[C]``: hits of a static cache of ``C`` rows, ``C`` in ``0..ranked rows``."""
@@ -305,7 +332,10 @@ class Spill:
 class LayerStream:
     """Everything a layer's plan needs, fed batch by batch (:func:`stream_layers`)."""
 
-    def __init__(self, layer: int, *, warmup: int, policies, spill: Path | None, id_dtype) -> None:
+    def __init__(
+        self, layer: int, *, warmup: int, policies, spill: Path | None, id_dtype,
+        static_rows=None, static_top: int = 0,
+    ) -> None:  # fmt: skip
         self.layer = layer
         self.warmup = warmup
         self.index = RowIndex()
@@ -316,7 +346,12 @@ class LayerStream:
         self.accesses = 0
         lru, pager = "lru" in policies, "pager" in policies
         self.stacks = StackDistances(lru=lru, pager=pager) if lru or pager else None
-        self.static = StaticRanks() if "static" in policies and warmup > 0 else None
+        ranked = "static" in policies or static_top > 0
+        self.static = StaticRanks() if ranked and warmup > 0 else None
+        # a static host set: given (--host-static), or the warm-up's top rows (--host-static-out)
+        self.static_rows = static_rows
+        self.static_top = int(static_top) if self.static is not None else 0
+        self.static_accesses = 0  # counted accesses whose row is in the static host set
         self.spill = Spill(spill, id_dtype) if "opt" in policies and spill is not None else None
         self.seconds = {"stacks": 0.0, "static": 0.0, "spill": 0.0}  # time in each part
 
@@ -332,8 +367,15 @@ class LayerStream:
         dense = self.index.dense(rows)
         n = self.index.count
         t0 = time.perf_counter()
+        member = None
+        if counting and self.static_top and self.static_rows is None:  # the warm-up is over
+            self.static.rank(self.index)
+            self.static_rows = self.static.top_rows(self.index, self.static_top)
+        if counting and self.static_rows is not None:
+            member = member_mask(self.static_rows, rows)
+            self.static_accesses += int(member.sum())
         if self.stacks is not None:
-            self.stacks.add(dense, n, counting=counting)
+            self.stacks.add(dense, n, counting=counting, member=member)
         t1 = time.perf_counter()
         if self.static is not None:
             if counting:
@@ -357,12 +399,15 @@ class LayerStream:
 
 
 def stream_layers(
-    workload, hasher, *, batch: int, layers, warmup: int, policies, spill_dir, table_rows, progress
-) -> dict:
+    workload, hasher, *, batch: int, layers, warmup: int, policies, spill_dir, table_rows,
+    progress, static_rows=None, static_top=None,
+) -> dict:  # fmt: skip
     """Hash the workload batch by batch into one :class:`LayerStream` per layer.
 
     ``spill_dir``: where OPT's traces go (None: no OPT); ``table_rows(layer)``: the layer's rows
-    (the spill stores dense ids as int32 when they fit).
+    (the spill stores dense ids as int32 when they fit); ``static_rows`` (``{layer: sorted row
+    ids}``) or ``static_top`` (``{layer: rows}``: the warm-up's top rows): a static host set
+    whose rows' pager ranks are counted apart.
     """
     from .trace import batch_count, sorted_unique
 
@@ -373,8 +418,10 @@ def stream_layers(
         spill = None if spill_dir is None else Path(spill_dir) / f"layer{layer}.ids"
         dtype = np.int32 if table_rows(layer) < 2**31 else np.int64
         streams[layer] = LayerStream(
-            layer, warmup=warmup, policies=policies, spill=spill, id_dtype=dtype
-        )
+            layer, warmup=warmup, policies=policies, spill=spill, id_dtype=dtype,
+            static_rows=None if static_rows is None else static_rows[layer],
+            static_top=0 if static_top is None else static_top[layer],
+        )  # fmt: skip
     try:
         for k in range(total):
             sequences = workload.sequences[k * batch : (k + 1) * batch]

@@ -8,6 +8,11 @@ one rank decides: the ``pager`` curve's cumulative hits ``hits(C)`` give device 
 host hits ``hits(H) - hits(D)`` and storage reads ``accesses - hits(H)``. The pager counts the same
 three numbers as it runs (``PagingStats``): a test holds them equal on one workload.
 
+Static mode (``--host-static ROWS.npz``, or the warm-up's top rows that ``--host-static-out``
+writes): the device cache is as above; the host tier holds a fixed set ``S``, so a device miss is
+a host hit exactly when its row is in ``S``. The stream counts the pager ranks of ``S``'s accesses
+apart (``set_hist``): host hits are ``S``'s counted accesses less those ranked below ``D``.
+
 The links: storage -> host carries the rows read from the table, in the table's encoding (row
 bytes); host -> device carries every device miss decoded to float32 (``dim x 4`` bytes), as the
 pager copies them. Both per token of the counted batches.
@@ -42,6 +47,7 @@ class TierView:
     storage_to_host_bytes_per_token: float | None  # rows read from the table, stored bytes
     host_to_device_bytes_per_token: float | None  # device misses, float32 bytes
     refused: str | None = None
+    host_mode: str = "lru"  # "lru" (admits every batch's rows) or "static" (a fixed set)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,18 +63,21 @@ def tier_rows(config: TierConfig, layout, layer: int, row_nbytes: int) -> tuple[
     return device, host
 
 
-def refusal(config, layout, layer, device, host, *, pager_min: int, batch_rows: int) -> str | None:
-    """Why the pager would refuse these sizes for ``layer`` (None: it runs)."""
+def refusal(
+    config, layout, layer, device, host, *, pager_min: int, batch_rows: int, static=False
+) -> str | None:
+    """Why the pager would refuse these sizes for ``layer`` (None: it runs); ``static``: the host
+    tier holds a fixed set (no batch goes through it)."""
     if device < pager_min:
         return (
             f"the device cache's {device:,} rows of layer {layer} are below the pager's minimum "
             f"{pager_min:,} (a batch's rows and those of the batches in flight)"
         )
     try:
-        config.check_host_rows(host, device, layer, len(layout.layers))
+        config.check_host_rows(host, device, layer, len(layout.layers), static=static)
     except UsageError as exc:
         return str(exc)
-    if config.host_tier and host < batch_rows:
+    if config.host_tier and host < batch_rows and not static:
         return (
             f"the host tier's {host:,} rows of layer {layer} are fewer than one batch's "
             f"{batch_rows:,} distinct rows"
@@ -89,13 +98,62 @@ def tier_counts(cumulative: np.ndarray, device: int, host: int) -> tuple[int, in
     return device_hits, int(cumulative[min(max(host, device), last)]) - device_hits
 
 
+def static_tier_counts(
+    cumulative: np.ndarray, set_hist: np.ndarray, set_accesses: int, device: int
+) -> tuple[int, int]:
+    """``(device hits, host hits)`` with a static host set: device hits from the pager curve,
+    host hits the set's counted accesses the device cache misses (rank ``>= device``).
+
+    >>> static_tier_counts(np.array([0, 5, 8, 9, 9]), np.array([2, 1, 0, 0]), 4, 1)
+    (5, 2)
+    """
+    last = len(cumulative) - 1
+    device_hits = int(cumulative[min(device, last)])
+    return device_hits, int(set_accesses) - int(np.sum(set_hist[:device]))
+
+
+def stream_tier_counts(stream, cumulative: np.ndarray, sizes: tuple[int, int]) -> tuple[int, int]:
+    """The tiers' hits of a layer's stream (:class:`~.stream.LayerStream`): static mode when the
+    stream counted a static host set, else the LRU mode's :func:`tier_counts`."""
+    if stream.static_rows is None:
+        return tier_counts(cumulative, *sizes)
+    hist = stream.stacks.set_histogram(stream.distinct)
+    return static_tier_counts(cumulative, hist, stream.static_accesses, sizes[0])
+
+
+def static_sets(tiers, layout, layer_ids, row_nbytes: int, *, static_out, warmup: int):
+    """``(static_rows, static_top)`` for :func:`~.stream.stream_layers`: the rows of
+    ``--host-static`` (checked against the layout and the host tier's rows), or the host tier's
+    rows per layer to take from the warm-up's ranking (``--host-static-out``), or neither."""
+    from ..rowcache.static import check_static_fits, load_static_rows
+
+    path = None if tiers is None else tiers.host_static
+    if static_out is None and path is None:
+        return None, None
+    if tiers is None or not tiers.host_tier:
+        raise UsageError("--host-static-out writes the host tier's rows: give --host-cache SIZE")
+    if static_out is not None and path is not None:
+        raise UsageError("give --host-static (rows to plan with) or --host-static-out, not both")
+    hosts = {layer: tier_rows(tiers, layout, layer, row_nbytes)[1] for layer in layer_ids}
+    if path is None:
+        if warmup < 1:
+            raise UsageError(
+                "--host-static-out ranks the warm-up batches' rows: give --warmup-fraction above 0"
+            )
+        return None, hosts
+    rows = load_static_rows(path, layout, layers=tuple(layer_ids))
+    for layer in layer_ids:
+        check_static_fits(rows[layer], hosts[layer], layer, path)
+    return rows, None
+
+
 def tier_view(
     device: int, host: int, accesses: int, hits: tuple[int, int] | None, *, positions: int,
-    row_nbytes: int, dim: int, refused: str | None = None,
+    row_nbytes: int, dim: int, refused: str | None = None, host_mode: str = "lru",
 ) -> TierView:  # fmt: skip
     """The view of counted ``hits`` (``(device, host)``; None when refused) over ``accesses``."""
     if hits is None or refused is not None:
-        return TierView(device, host, accesses, *([None] * 8), refused=refused)
+        return TierView(device, host, accesses, *([None] * 8), refused=refused, host_mode=host_mode)
     device_hits, host_hits = hits
     storage = accesses - device_hits - host_hits
 
@@ -108,6 +166,7 @@ def tier_view(
         host_fraction=share(host_hits), storage_fraction=share(storage),
         storage_to_host_bytes_per_token=storage * row_nbytes / positions,
         host_to_device_bytes_per_token=(accesses - device_hits) * dim * 4 / positions,
+        host_mode=host_mode,
     )  # fmt: skip
 
 
@@ -123,5 +182,5 @@ def all_layers_view(views, *, positions: int, row_nbytes: int, dim: int) -> Tier
         hits = (sum(v.device_hits for v in views), sum(v.host_hits for v in views))
     return tier_view(
         device, host, accesses, hits, positions=positions, row_nbytes=row_nbytes, dim=dim,
-        refused=refused,
+        refused=refused, host_mode=views[0].host_mode if views else "lru",
     )  # fmt: skip

@@ -99,8 +99,18 @@ ReportOpt = Annotated[
 PlotOpt = Annotated[
     Path | None, typer.Option("--plot", help="Write a PNG of hit rate against cache size.")
 ]
+HostStaticOutOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--host-static-out",
+        metavar="ROWS.npz",
+        help="With --host-cache: write each layer's warm-up top rows, as many as the host tier "
+        "holds, for eval/generate --host-static (the view then shows that static tier).",
+    ),
+]
 OverwriteOpt = Annotated[
-    bool, typer.Option("--overwrite", help="Replace existing --report/--plot files.")
+    bool,
+    typer.Option("--overwrite", help="Replace existing --report/--plot/--host-static-out files."),
 ]
 
 
@@ -130,6 +140,8 @@ def cache_plan_command(
     spill_dir: SpillDirOpt = None,
     cache_rows: ModelFlags.CacheRows = ModelFlags.CACHE_ROWS,
     host_cache: ModelFlags.HostCache = None,
+    host_static: ModelFlags.HostStatic = None,
+    host_static_out: HostStaticOutOpt = None,
     prefetch_depth: ModelFlags.PrefetchDepth = ModelFlags.PREFETCH_DEPTH,
     read_threads: ModelFlags.ReadThreads = ModelFlags.READ_THREADS,
     json_out: JsonFlag = False,
@@ -151,7 +163,9 @@ def cache_plan_command(
     With --host-cache (or --cache-rows): the two-tier view of eval --cache-rows N --host-cache
     SIZE: the share of rows the device cache, the host tier and storage serve, and the bytes per
     token each link carries (storage -> host as stored, host -> device as float32); the pager
-    counts the same.
+    counts the same. --host-static-out ROWS.npz writes each layer's top rows of the warm-up
+    batches, as many as --host-cache holds, for eval --host-static ROWS.npz: a static host tier,
+    loaded once and never evicted; the view then shows it (as it does given --host-static).
 
     Example:
     engramctl cache-plan chat.jsonl --vocab vocab.parquet --preset deepseek-v4.1 \\
@@ -160,6 +174,10 @@ def cache_plan_command(
     Two tiers (device cache of 1M rows, 8 GiB of host RAM):
     engramctl cache-plan chat.jsonl --vocab vocab.parquet --preset deepseek-v4.1 \
         --cache-rows 1M --host-cache 8G
+
+    A static host tier of the warm-up's top rows (then: eval ... --host-static rows.npz):
+    engramctl cache-plan chat.jsonl --vocab vocab.parquet --preset deepseek-v4.1 \\
+        --cache-rows 1M --host-cache 8G --host-static-out rows.npz
     """
     from ..cacheplan.job import CachePlanJob, run_cache_plan_job
     from ..layout import parse_int_list
@@ -167,7 +185,7 @@ def cache_plan_command(
 
     tiers = TierConfig.from_options(
         cache_rows=cache_rows, host_cache=host_cache, read_threads=read_threads,
-        prefetch_depth=prefetch_depth,
+        prefetch_depth=prefetch_depth, host_static=host_static,
     )  # fmt: skip
 
     job = CachePlanJob(
@@ -177,9 +195,11 @@ def cache_plan_command(
         dtype=dtype.value if dtype is not None else None, tokens_per_s=tokens_per_s,
         policies=tuple(p.strip() for p in policy.split(",") if p.strip()), spill_dir=spill_dir,
         report=report, plot=plot, overwrite=overwrite, tiers=tiers if _asked(ctx) else None,
+        host_static_out=host_static_out,
     )  # fmt: skip
     refuse_outputs_naming_inputs(
-        {"--report": report, "--plot": plot}, [*workload, vocab, table, config, tokenizer]
+        {"--report": report, "--plot": plot, "--host-static-out": host_static_out},
+        [*workload, vocab, table, config, tokenizer, host_static],
     )
     vocab_map = load_vocab(vocab)
     resolved = resolve_layout_flags(ctx.params, vocab_map, table=table, pick_layers=True)
@@ -194,7 +214,7 @@ def cache_plan_command(
         typer.echo(plan.to_json())
         return
     _render(plan)
-    for path in (report, plot):
+    for path in (report, plot, host_static_out):
         if path is not None:
             console.print(f"wrote {path}")
 
@@ -203,7 +223,7 @@ def _asked(ctx: typer.Context) -> bool:
     """Whether a serving option was given: then the plan adds the tiers' view."""
     from click.core import ParameterSource
 
-    names = ("cache_rows", "host_cache", "prefetch_depth", "read_threads")
+    names = ("cache_rows", "host_cache", "host_static", "prefetch_depth", "read_threads")
     return any(ctx.get_parameter_source(n) is not ParameterSource.DEFAULT for n in names)
 
 
@@ -256,10 +276,13 @@ def _render(plan) -> None:
             _render_tiers(f"layer {layer}", lp.tiers)
     if plan.tiers is not None:
         config = plan.tiers["config"]
+        static = config["host_static"] or (
+            "(the warm-up's top rows)" if plan.tiers["all_layers"]["host_mode"] == "static" else ""
+        )
         console.print(
             f"serving tiers: --cache-rows {config['device_rows']:,} --host-cache "
-            f"{config['host_bytes']:,} B --read-threads {config['read_threads']} "
-            f"--prefetch-depth {config['prefetch_depth']}"
+            f"{config['host_bytes']:,} B{' --host-static ' + static if static else ''} "
+            f"--read-threads {config['read_threads']} --prefetch-depth {config['prefetch_depth']}"
         )
         _render_tiers("all layers", plan.tiers["all_layers"])
 
@@ -271,7 +294,8 @@ def _render_tiers(name: str, view: dict) -> None:
         return
     console.print(
         f"  {name}, two tiers: device {view['device_rows']:,} rows serves "
-        f"{_pct(view['device_fraction'])}, host {view['host_rows']:,} rows serves "
+        f"{_pct(view['device_fraction'])}, host ({view['host_mode']}) {view['host_rows']:,} rows "
+        f"serves "
         f"{_pct(view['host_fraction'])}, storage {_pct(view['storage_fraction'])}; per token "
         f"storage->host {view['storage_to_host_bytes_per_token']:,.0f} B, host->device "
         f"{view['host_to_device_bytes_per_token']:,.0f} B"

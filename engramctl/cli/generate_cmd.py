@@ -37,6 +37,7 @@ def generate_command(
     device: ModelFlags.Device = Device.auto,
     cache_rows: ModelFlags.CacheRows = ModelFlags.CACHE_ROWS,
     host_cache: ModelFlags.HostCache = None,
+    host_static: ModelFlags.HostStatic = None,
     read_threads: ModelFlags.ReadThreads = ModelFlags.READ_THREADS,
     resident: ModelFlags.Resident = False,
     tokenizer: ModelFlags.Tokenizer = None,
@@ -60,7 +61,8 @@ def generate_command(
     context carried from the last (the streaming hasher) and pages its rows from the table;
     the model's keys and values are cached while the text fits its window. A step's rows are
     known only once the token before it is picked, so nothing is read ahead (eval's
-    --prefetch-depth); --host-cache keeps rows in RAM between the table and the device cache.
+    --prefetch-depth); --host-cache keeps rows in RAM between the table and the device cache
+    (with --host-static, a fixed set of rows from cache-plan --host-static-out).
 
     Example:
     engramctl generate --model m --table t.zarr --prompt "import os" \\
@@ -73,7 +75,11 @@ def generate_command(
     from ..rowcache.tiers import TierConfig
 
     tiers = TierConfig.from_options(
-        cache_rows=cache_rows, host_cache=host_cache, read_threads=read_threads, prefetch_depth=0
+        cache_rows=cache_rows,
+        host_cache=host_cache,
+        read_threads=read_threads,
+        prefetch_depth=0,
+        host_static=host_static,
     )
     if mix is not None and counts is None:
         raise UsageError("--mix weighs a count memory: give --counts too")

@@ -262,6 +262,7 @@ def eval_command(
     batch: Annotated[int, typer.Option("--batch", help="Sequences per forward pass.")] = 16,
     cache_rows: ModelFlags.CacheRows = ModelFlags.CACHE_ROWS,
     host_cache: ModelFlags.HostCache = None,
+    host_static: ModelFlags.HostStatic = None,
     prefetch_depth: ModelFlags.PrefetchDepth = ModelFlags.PREFETCH_DEPTH,
     read_threads: ModelFlags.ReadThreads = ModelFlags.READ_THREADS,
     resident: ModelFlags.Resident = False,
@@ -389,6 +390,8 @@ def print_paging(paging: dict | None) -> None:
         table.add_row("cache hit rate", f"{paging['hit_rate']:.1%}")
         if paging.get("host_rows"):
             table.add_row("host tier rows", f"{paging['host_rows']:,}")
+            if paging.get("host_loaded_rows"):  # --host-static: read once at start
+                table.add_row("static rows loaded", f"{paging['host_loaded_rows']:,}")
             table.add_row("host tier hits", f"{paging['host_hits']:,}")
             table.add_row("host tier hit rate", f"{paging['host_hit_rate']:.1%} of cache misses")
         if "storage_reads" in paging:

@@ -163,6 +163,15 @@ class ModelFlags:
             "(split over layers; rows kept as stored). Default: none.",
         ),
     ]
+    HostStatic = Annotated[
+        Path | None,
+        typer.Option(
+            "--host-static",
+            metavar="ROWS.npz",
+            help="Static host tier: load these rows (cache-plan --host-static-out) into "
+            "--host-cache at start and never evict them. Default: LRU host tier.",
+        ),
+    ]
     PrefetchDepth = Annotated[
         int,
         typer.Option(

@@ -22,6 +22,7 @@ tier keeps no batch in flight: it must hold one batch's distinct rows, no more.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -48,12 +49,16 @@ class TierConfig:
     read_threads : reads in flight on a cold table (``--read-threads``).
     prefetch_depth : batches whose missing rows are read from the table ahead of the batch being
         prepared, on a background thread (``--prefetch-depth``; 0: none).
+    host_static : the host tier's mode: None, LRU (admits every batch's rows); a rows file
+        (``--host-static ROWS.npz``, :mod:`engramctl.rowcache.static`), static: those rows,
+        loaded at start and never evicted.
     """
 
     device_rows: int = PAGER.default_cache_rows
     host_bytes: int = 0
     read_threads: int = DEFAULT_READ_THREADS
     prefetch_depth: int = DEFAULT_PREFETCH_DEPTH
+    host_static: str | None = None
 
     @classmethod
     def from_options(
@@ -63,6 +68,7 @@ class TierConfig:
         host_cache: str | None = None,
         read_threads: int = DEFAULT_READ_THREADS,
         prefetch_depth: int = DEFAULT_PREFETCH_DEPTH,
+        host_static=None,
     ) -> TierConfig:
         """The configuration of the command-line options, checked (:meth:`check`).
 
@@ -72,13 +78,21 @@ class TierConfig:
         host = (
             0 if host_cache in (None, "", "0") else parse_memory(host_cache, option="--host-cache")
         )
-        config = cls(int(cache_rows), host, int(read_threads), int(prefetch_depth))
+        static = None if host_static is None else str(host_static)
+        config = cls(int(cache_rows), host, int(read_threads), int(prefetch_depth), static)
         config.check()
         return config
 
     @property
     def host_tier(self) -> bool:
         return self.host_bytes > 0
+
+    @property
+    def host_mode(self) -> str:
+        """``"none"``, ``"lru"`` or ``"static"`` (``--host-static``)."""
+        if not self.host_tier:
+            return "none"
+        return "static" if self.host_static is not None else "lru"
 
     def check(self) -> None:
         """Refuse what cannot run, one line each (before any file is read)."""
@@ -89,6 +103,13 @@ class TierConfig:
             raise UsageError(f"--read-threads must be at least 1, got {self.read_threads}")
         if self.host_bytes < 0:
             raise UsageError(f"--host-cache must be positive, got {self.host_bytes}")
+        if self.host_static is not None and not self.host_tier:
+            raise UsageError("--host-static loads rows into the host tier: give --host-cache SIZE")
+        if self.host_static is not None and not Path(self.host_static).is_file():
+            raise UsageError(
+                f"--host-static {self.host_static}: no such file; write one with cache-plan "
+                "--host-cache SIZE --host-static-out ROWS.npz"
+            )
         ram = physical_memory()
         if ram and self.host_bytes > ram:
             raise UsageError(
@@ -106,9 +127,11 @@ class TierConfig:
         per_layer = self.host_bytes // n_layers // (row_nbytes + HOST_INDEX_BYTES)
         return min(int(per_layer), int(layer_rows))
 
-    def check_host_rows(self, host_rows: int, device_rows: int, layer: int, n_layers: int) -> None:
-        """A host tier that holds no row, or no more rows than the device cache, serves nothing
-        (it is inclusive): refuse it."""
+    def check_host_rows(
+        self, host_rows: int, device_rows: int, layer: int, n_layers: int, *, static=None
+    ) -> None:
+        """A host tier that holds no row, or (LRU mode) no more rows than the device cache, serves
+        nothing (it is inclusive): refuse it. A static tier holds rows of its own choosing."""
         if not self.host_tier:
             return
         size = format_bytes(self.host_bytes)
@@ -117,7 +140,8 @@ class TierConfig:
                 f"--host-cache {size} holds no row of layer {layer} once split over {n_layers} "
                 "layers; raise --host-cache or drop it"
             )
-        if host_rows <= device_rows:
+        static = self.host_static is not None if static is None else static
+        if host_rows <= device_rows and not static:
             raise UsageError(
                 f"--host-cache {size} holds {host_rows:,} rows of layer {layer}, no more than the "
                 f"device cache's {device_rows:,}: it would serve nothing (it keeps every row the "
@@ -128,7 +152,7 @@ class TierConfig:
         return asdict(self)
 
 
-class HostTier(LruSlots):
+class HostTier(LruSlots):  # the LRU mode (the static one: rowcache.static.StaticHostTier)
     """One layer's host-RAM row cache: :class:`LruSlots` (the pager's policy, no batch in flight)
     and the rows, in the table's storage encoding.
 
@@ -140,6 +164,7 @@ class HostTier(LruSlots):
 
     def __init__(self, capacity: int, row_width: int, dtype):
         super().__init__(capacity, HOST_POLICY)
+        self.static = False
         # empty: a slot is filled before it is read, and its pages are touched only then
         self.values = np.empty((capacity, row_width), dtype=dtype)
 
@@ -172,3 +197,9 @@ class HostTier(LruSlots):
                 self.row_of_slot[slots[miss]] = -1
                 raise
         return slots, miss
+
+    def stored(self, unique: np.ndarray, miss: np.ndarray, index: int, gather) -> tuple:
+        """``(stored rows of unique[miss], host hits, storage reads)``: the tier admits every row
+        of the batch (:meth:`serve`); ``miss`` marks the rows the device cache lacked."""
+        slots, host_miss = self.serve(unique, index, gather)
+        return self.values[slots[miss]], int((miss & ~host_miss).sum()), int(host_miss.sum())

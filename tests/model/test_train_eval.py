@@ -546,6 +546,49 @@ def test_cache_plan_shows_the_two_tier_view(corpus, ds_vocab_path):
     assert refused.exit_code != 0 and "keep pager in --policy" in refused.output
 
 
+def test_eval_static_host_tier_counts_what_cache_plan_predicts(
+    trained, corpus, ds_vocab_path, tmp_path
+):
+    """cache-plan --host-static-out writes the warm-up's top rows; eval --host-static serves them
+    and counts per tier what cache-plan --host-static predicts; bad rows files are one line."""
+    model, _, _ = trained
+    first = tier_plan(corpus, ds_vocab_path)
+    device = first["layers"]["1"]["pager_min_rows"]
+    host = device // 2  # a static host tier may hold fewer rows than the device cache
+    rows = tmp_path / "rows.npz"
+    plan_bytes = 2 * host * (first["row_bytes"] + 64)
+    planned = ["--cache-rows", 2 * device, "--host-cache", plan_bytes]
+    wrote = run(
+        "cache-plan", corpus / "heldout.jsonl", "--vocab", ds_vocab_path, *TIER_LAYOUT,
+        "--seq-len", 16, "--batch", 2, "--warmup-fraction", 0.3, "--policy", "pager", "--sizes",
+        1, *planned, "--host-static-out", rows,
+    )  # fmt: skip
+    assert wrote.exit_code == 0, wrote.output
+    assert "host (static)" in wrote.output and f"wrote {rows}" in wrote.output
+    view = tier_plan(corpus, ds_vocab_path, *planned, "--host-static", rows)["tiers"]["all_layers"]
+    assert view["host_mode"] == "static" and view["host_rows"] == host
+    tiers = ["--cache-rows", device, "--host-cache", host * HOST_ROW, "--host-static", rows]
+    report = tmp_path / "eval.json"
+    result = run(
+        "eval", "--model", model, "--table", "t.zarr", "--benchmark", corpus / "heldout.jsonl",
+        "--device", "cpu", "--batch", 2, *tiers, "--report", report,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    paging = json.loads(report.read_text())["paging"]
+    assert paging["cache_hits"] == view["device_hits"]
+    assert paging["host_hits"] == view["host_hits"] > 0
+    assert paging["storage_reads"] == view["storage_reads"] > 0
+    assert 0 < paging["host_loaded_rows"] <= host and "static rows loaded" in result.output
+    # bad rows files: one line each (the others are held in tests/model/serve/test_host_tier.py)
+    bad = run(
+        "eval", "--model", model, "--table", "t.zarr", "--benchmark", corpus / "heldout.jsonl",
+        "--device", "cpu", "--batch", 2, "--cache-rows", device, "--host-cache", 2 * HOST_ROW,
+        "--host-static", rows,
+    )  # fmt: skip
+    assert bad.exit_code in (1, 2) and "more than --host-cache holds" in bad.output, bad.output
+    assert "Traceback" not in bad.output and len(bad.output.strip().splitlines()) == 1
+
+
 def test_eval_reports_progress_per_batch(trained, corpus, monkeypatch):
     """The library calls on_progress after every batch up to the total; the CLI shows it as a
     plain line when stderr is not a terminal."""

@@ -17,7 +17,8 @@ def test_options_become_one_checked_config():
     )
     assert config == TierConfig(1000, 3 * 2**19, 8, 3) and config.host_tier
     assert config.to_dict() == {
-        "device_rows": 1000, "host_bytes": 3 * 2**19, "read_threads": 8, "prefetch_depth": 3
+        "device_rows": 1000, "host_bytes": 3 * 2**19, "read_threads": 8, "prefetch_depth": 3,
+        "host_static": None,
     }  # fmt: skip
     assert not TierConfig.from_options(cache_rows=10).host_tier  # no --host-cache: no host tier
 
@@ -105,3 +106,44 @@ def test_tier_counts_split_one_curve():
     assert tier_counts(cumulative, 1, 0) == (5, 0)
     assert tier_counts(cumulative, 1, 3) == (5, 4)
     assert tier_counts(cumulative, 2, 99) == (8, 1)  # beyond every row: capped
+
+
+# ------------------------------------------------------------------ static mode (--host-static)
+def test_static_rows_file_round_trips_and_refuses_other_hashing(tmp_path):
+    from engramctl.rowcache.static import StaticHostTier, load_static_rows, save_static_rows
+    from tests.conftest import make_layout
+
+    layout = make_layout((997, 1009), layers=(0, 2), pad_id=0, vocab_size=500)
+    path = tmp_path / "rows.npz"
+    save_static_rows(path, {0: [9, 3, 3, 1500], 2: []}, layout)
+    rows = load_static_rows(path, layout)
+    assert rows[0].tolist() == [3, 9, 1500] and rows[2].tolist() == []
+    assert load_static_rows(path, layout, layers=(0,)).keys() == {0}
+    other_seed = make_layout((997, 1009), layers=(0, 2), pad_id=0, vocab_size=500, seed=7)
+    with pytest.raises(UsageError, match="written for another layout .layer 0 hashed"):
+        load_static_rows(path, other_seed)
+    wider = make_layout((997, 1009), layers=(0, 2, 4), pad_id=0, vocab_size=500)
+    with pytest.raises(UsageError, match="has no rows of layer 4"):
+        load_static_rows(path, wider)
+    tier = StaticHostTier(4, rows[0], 2, np.float32)
+    tier.load(lambda ids: np.stack([ids, -ids], axis=1).astype(np.float32), chunk_rows=2)
+    assert tier.contains(np.array([1, 3, 1500])).tolist() == [False, True, True]
+    unique = np.array([1, 3, 9, 1500])
+    miss = np.array([True, True, False, True])
+    out, hits, reads = tier.stored(unique, miss, 0, lambda ids: np.full((len(ids), 2), 7.0))
+    assert (hits, reads) == (2, 1)
+    assert out.tolist() == [[7.0, 7.0], [3.0, -3.0], [1500.0, -1500.0]]
+
+
+def test_static_mode_needs_a_host_tier_and_is_not_inclusive(tmp_path):
+    path = tmp_path / "rows.npz"
+    with pytest.raises(UsageError, match="no such file; write one with cache-plan"):
+        TierConfig.from_options(cache_rows=10, host_cache="1M", host_static=path)
+    path.write_bytes(b"")
+    with pytest.raises(UsageError, match="--host-static loads rows into the host tier"):
+        TierConfig.from_options(cache_rows=10, host_static=path)
+    static = TierConfig.from_options(cache_rows=1000, host_cache="1M", host_static=path)
+    assert static.host_mode == "static" and TierConfig(10, 1 << 20).host_mode == "lru"
+    static.check_host_rows(100, 500, 0, 2)  # fewer rows than the device cache: still serves
+    with pytest.raises(UsageError, match="no more than the device cache"):
+        TierConfig(1000, 1 << 20).check_host_rows(100, 500, 0, 2)

@@ -40,13 +40,14 @@ class EvalRequest:
     counts: Path | None = None  # a count memory to mix in (or, without model, to score alone)
     mix: float | None = None  # a constant λ instead of the memory's fitted gate
     host_cache: str | None = None  # host-RAM row cache, e.g. "8G" (None: no host tier)
+    host_static: Path | None = None  # the host tier's static rows (None: LRU host tier)
     prefetch_depth: int = DEFAULT_PREFETCH_DEPTH  # batches whose rows are read ahead
     read_threads: int = DEFAULT_READ_THREADS  # reads in flight on a cold table
 
     def tiers(self) -> TierConfig:
         """The serving tiers asked for, checked (:class:`~engramctl.rowcache.tiers.TierConfig`)."""
         return TierConfig.from_options(
-            cache_rows=self.cache_rows, host_cache=self.host_cache,
+            cache_rows=self.cache_rows, host_cache=self.host_cache, host_static=self.host_static,
             read_threads=self.read_threads, prefetch_depth=self.prefetch_depth,
         )  # fmt: skip
 
@@ -64,6 +65,7 @@ class EvalRequest:
         return dataclasses.replace(
             self, model=absolute(self.model), benchmark=absolute(self.benchmark),
             table=absolute(self.table), tokenizer=tokenizer, counts=absolute(self.counts),
+            host_static=absolute(self.host_static),
             report=None if self.report is None else Path(self.report).absolute(),
         )  # fmt: skip
 

@@ -21,13 +21,14 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
 from ..._background import background_iter
 from ...errors import EngramError
 from ...rowcache.policy import PAGER, LruSlots
+from ...rowcache.static import StaticHostTier, check_static_fits, load_static_rows
 from ...rowcache.tiers import HostTier, TierConfig
 from ...table.core.dtypes import decode_rows, row_bytes, row_width, storage_dtype
 
@@ -60,6 +61,7 @@ class PagingStats:
     prefetch_seconds: float = 0.0  # time the prefetch thread spent reading them
     cache_rows: int = 0  # device cache capacity, all layers
     host_rows: int = 0  # host tier capacity, all layers (0: no host tier)
+    host_loaded_rows: int = 0  # rows loaded into a static host tier at start (--host-static)
     tiers: dict | None = None  # the TierConfig served with (None: resident)
 
     @property
@@ -277,7 +279,7 @@ class RowPager(_RowSource):
 
         super().__init__(table, hasher, device=device, prefetch=prefetch)
         tiers = TierConfig(device_rows=cache_rows, prefetch_depth=0) if tiers is None else tiers
-        tiers = TierConfig(cache_rows, tiers.host_bytes, tiers.read_threads, tiers.prefetch_depth)
+        tiers = replace(tiers, device_rows=cache_rows)
         tiers.check()
         self.tiers = tiers
         n_layers = len(self.layers)
@@ -302,8 +304,7 @@ class RowPager(_RowSource):
             layer: DeviceRowCache(table.layout.layer_rows(layer), cap, self.dim, device)
             for layer, cap in self.caches.items()
         }
-        width, stored = row_width(self.dim, table.dtype), storage_dtype(table.dtype)
-        self.hosts = {layer: HostTier(cap, width, stored) for layer, cap in self.hosts.items()}
+        self.hosts = self._host_tiers(table, self.hosts)
         self.stats.cache_rows = total
         self.stats.host_rows = sum(h.capacity for h in self.hosts.values())
         self.stats.tiers = tiers.to_dict()
@@ -315,6 +316,23 @@ class RowPager(_RowSource):
         self.forward_events: list = []
         self.buffers = {layer: [None] * PAGER.host_buffers for layer in self.layers}
         self.buffer_events = {layer: [None] * PAGER.host_buffers for layer in self.layers}
+
+    def _host_tiers(self, table, capacities: dict) -> dict:
+        """The host tier of each layer: LRU, or the static rows of ``--host-static``, checked
+        against the table's layout and the tier's rows, and read from the table now."""
+        width, stored = row_width(self.dim, table.dtype), storage_dtype(table.dtype)
+        path = self.tiers.host_static
+        if path is None:
+            return {layer: HostTier(cap, width, stored) for layer, cap in capacities.items()}
+        rows = load_static_rows(path, table.layout, layers=tuple(capacities))
+        tiers = {}
+        for layer, cap in capacities.items():
+            check_static_fits(rows[layer], cap, layer, path)
+        for layer, cap in capacities.items():
+            tiers[layer] = StaticHostTier(cap, rows.pop(layer), width, stored)
+            tiers[layer].load(lambda ids, layer=layer: table.gather(layer, ids))
+            self.stats.host_loaded_rows += len(tiers[layer].rows)
+        return tiers
 
     # --- read-ahead (a thread of its own, ``prefetch_depth`` batches ahead of the producer)
     def _ahead(self, hashed):
@@ -357,18 +375,21 @@ class RowPager(_RowSource):
         return buffer
 
     def _stored_rows(self, layer: int, unique: np.ndarray, miss: np.ndarray, index: int):
-        """The stored rows of ``unique[miss]`` (the device's misses): from the host tier, which
-        admits every row of the batch and reads what it lacks from the table; or, without one,
-        from the table. Counts which tier served them."""
+        """The stored rows of ``unique[miss]`` (the device's misses): from the host tier (LRU: it
+        admits every row of the batch and reads what it lacks from the table; static: its rows,
+        the others read from the table); or, without one, from the table. Counts which tier
+        served them."""
         stats = self.stats
         host = self.hosts.get(layer)
         if host is None:
             stats.storage_reads += int(miss.sum())
             return self.table.gather(layer, unique[miss])
-        slots, host_miss = host.serve(unique, index, lambda rows: self.table.gather(layer, rows))
-        stats.host_hits += int((miss & ~host_miss).sum())
-        stats.storage_reads += int(host_miss.sum())
-        return host.values[slots[miss]]
+        rows, hits, reads = host.stored(
+            unique, miss, index, lambda rows: self.table.gather(layer, rows)
+        )
+        stats.host_hits += hits
+        stats.storage_reads += reads
+        return rows
 
     def _prepare(self, index, batch, row_ids_by_layer):
         fills, positions = {}, {}
@@ -390,7 +411,7 @@ class RowPager(_RowSource):
                 else:
                     raw = self._stored_rows(layer, unique, miss, index)
                     staged[...] = decode_rows(raw, self.table.dtype, self.dim)
-            elif self.hosts:  # every device hit: the host tier still sees the batch's rows
+            elif self.hosts and not self.tiers.host_static:  # LRU: the host tier sees every row
                 self._stored_rows(layer, unique, miss, index)
             positions[layer] = slots[inverse.reshape(row_ids.shape)]  # (B, T, H) cache slots
             fills[layer] = (slots[miss], buffer_index, n_miss)

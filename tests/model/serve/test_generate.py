@@ -150,3 +150,24 @@ def test_generate_through_the_host_tier_picks_the_same_tokens(trained):
     bad = run("generate", "--model", model, "--table", "t.zarr", "--prompt", PROMPT,
               "--host-cache", "9999T")  # fmt: skip
     assert bad.exit_code == 2 and "more than this machine's RAM" in bad.output
+
+
+def test_generate_through_a_static_host_tier_picks_the_same_tokens(trained, small_layout, tmp_path):
+    from engramctl.rowcache.static import save_static_rows
+
+    model, _, _ = trained
+    rows = tmp_path / "rows.npz"
+    save_static_rows(rows, {1: np.arange(0, 890, 3)}, small_layout)  # every third row
+    plain = generate(model, "--prompt", PROMPT, "--max-tokens", 4, "--cache-rows", 300)
+    static = generate(
+        model, "--prompt", PROMPT, "--max-tokens", 4, "--cache-rows", 300, "--host-cache", "100K",
+        "--host-static", rows,
+    )  # fmt: skip
+    assert static["tokens"] == plain["tokens"]
+    paging = static["paging"]
+    assert paging["host_loaded_rows"] == 297 and paging["tiers"]["host_static"] == str(rows)
+    assert (
+        paging["cache_hits"] + paging["host_hits"] + paging["storage_reads"]
+        == (paging["unique_rows"])
+    )
+    assert paging["host_hits"] > 0 and paging["storage_reads"] > 0
