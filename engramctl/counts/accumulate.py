@@ -26,7 +26,7 @@ import numpy as np
 
 from .._numba import njit, prange
 from .._system import format_bytes
-from .spacesaving import HEAPS, RowTable, gather_rows, sorted_slots, table_histogram, table_slots
+from .spacesaving import RowTable, gather_rows, sorted_slots, table_histogram, table_slots
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,6 @@ class PairAccumulator:
         """Count the kept pairs; ``expected_growth``: how much more input is to come than has
         come (sizes the buckets if this call spills)."""
         if not self.spilled:
-            if expected_growth > 1 and self.table.occupied:
-                self.table.reserve(self.table.occupied * expected_growth**HEAPS)  # from below
             self.table.add(rows, targets, keep)
             if self.table.nbytes > self.budget:
                 self.spill(math.ceil(2 * expected_growth * self.table.nbytes / self.budget))
