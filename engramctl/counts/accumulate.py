@@ -26,7 +26,7 @@ import numpy as np
 
 from .._numba import njit, prange
 from .._system import format_bytes
-from .spacesaving import RowTable, table_histogram, table_slots
+from .spacesaving import RowTable, gather_rows, sorted_slots, table_histogram, table_slots
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class PairAccumulator:
         self.total_rows, self.top_k, self.budget = int(total_rows), int(top_k), int(budget)
         self.starts = np.asarray(starts, np.int64)
         self.workdir = Path(workdir)
-        self.table: RowTable | None = RowTable(top_k)
+        self.table: RowTable | None = RowTable(top_k, max_bytes=self.budget // 2)
         self.width = 0  # rows per bucket once spilled
         self.buckets = 0
         self.files: list = []
@@ -153,7 +153,7 @@ class PairAccumulator:
     def _bucket_table(self, b: int) -> RowTable:
         """Bucket ``b``'s summaries: saved at the spill, then its pairs replayed in order."""
         rows_file, targets_file = self.files[b]
-        table = RowTable(self.top_k)
+        table = RowTable(self.top_k, max_bytes=self.budget // 2)
         with np.load(self.workdir / f"state{b}.npz") as state:
             table.load(state["keys"], state["tokens"], state["counts"], state["totals"])
         empty = rows_file.stat().st_size == 0  # (np.memmap refuses an empty file)
@@ -215,17 +215,17 @@ class PairAccumulator:
 
 def _write_sorted(table: RowTable, writers) -> None:
     """Append the table's occupied rows, sorted by row id, to the four writers in blocks."""
-    flat = table.keys.reshape(-1)
-    where = np.flatnonzero(flat != -1)
-    order = where[np.argsort(flat[where])]  # (keys are unique)
-    del where
+    order = sorted_slots(table)
     K = table.top_k
-    arrays = (flat, table.tokens.reshape(-1, K), table.counts.reshape(-1, K),
+    arrays = (table.keys.reshape(-1), table.tokens.reshape(-1, K), table.counts.reshape(-1, K),
               table.totals.reshape(-1))  # fmt: skip
+    block = min(WRITE_ROWS, order.shape[0])
+    out = tuple(np.empty((block, *a.shape[1:]), a.dtype) for a in arrays)
     for lo in range(0, order.shape[0], WRITE_ROWS):
         pick = order[lo : lo + WRITE_ROWS]
-        for writer, array in zip(writers, arrays, strict=True):
-            writer.append(array[pick])
+        gather_rows(pick, *arrays, *out)
+        for writer, array in zip(writers, out, strict=True):
+            writer.append(array[: pick.shape[0]])
 
 
 def locate_reference(row_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:

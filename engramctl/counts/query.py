@@ -59,15 +59,18 @@ class CountsModel:
         self.arrays = (np.asarray(store.tokens), np.asarray(store.counts),
                        np.asarray(store.totals))  # fmt: skip
         self.row_ids = None if store.row_ids is None else np.asarray(store.row_ids)
+        self._locator = None  # the row ids' directory (:mod:`.locate`), made on first use
 
     def local_rows(self, rows: np.ndarray) -> np.ndarray:
         """Indices into :attr:`arrays` of layout rows (any shape; an absent row maps to the
         store's all-zero last row). Format 1 stores every row: the rows themselves."""
         if self.row_ids is None:
             return np.asarray(rows, dtype=np.int64)
-        from .accumulate import locate
+        if self._locator is None:
+            from .locate import RowLocator
 
-        return locate(self.row_ids, np.asarray(rows, dtype=np.int64))
+            self._locator = RowLocator.build(self.row_ids)
+        return self._locator(rows)
 
     @property
     def columns(self) -> int:

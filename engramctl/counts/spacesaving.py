@@ -23,6 +23,10 @@ COUNT_MAX = 2**32 - 1  # a slot's count saturates here (totals are 64-bit)
 EMPTY = -1  # a free key of the hash table
 LOAD = 0.7  # the table grows (doubles) before more of its keys are taken
 HASH_MULT = np.uint64(0x9E3779B97F4A7C15)
+# Occupied rows grow about as (pairs seen) ** HEAPS (Heaps' law; n-gram rows of text measure
+# 0.7-0.9): growth estimates size the table from below, so it ends no larger than doubling
+# alone would make it, in fewer rehashes
+HEAPS = 0.7
 
 
 def space_saving_reference(rows, targets, keep, tokens, counts, totals, occupied) -> None:
@@ -188,15 +192,24 @@ def _rehash(keys, tokens, counts, totals, new_keys, new_tokens, new_counts, new_
         new_totals[i] = totals[j]
 
 
+@njit(cache=True, parallel=True)
+def _rehash_shards(keys, tokens, counts, totals, new_keys, new_tokens, new_counts, new_totals):
+    """:func:`_rehash` of every shard of an (S, C) table into an (S, C') one, in parallel."""
+    for s in prange(keys.shape[0]):
+        _rehash(keys[s], tokens[s], counts[s], totals[s], new_keys[s], new_tokens[s],
+                new_counts[s], new_totals[s])  # fmt: skip
+
+
 class RowTable:
     """The SpaceSaving summaries of the rows that occur, in RAM (about 1.6-2.3 x ``16 + 8 K``
     bytes per occupied row), sharded over threads (``shards``, rounded down to a power of two);
     the same summaries as the dense kernel."""
 
-    def __init__(self, top_k: int, shards: int = 0, capacity: int = 1 << 12):
+    def __init__(self, top_k: int, shards: int = 0, capacity: int = 1 << 12, max_bytes: int = 0):
         import numba
 
         self.top_k = int(top_k)
+        self.max_bytes = int(max_bytes)  # an estimated size past this is not reserved
         self.shards = 1 << (int(shards or numba.get_num_threads()).bit_length() - 1)  # 2^k
         self._allocate(max(64, 1 << int(np.ceil(np.log2(max(capacity, 64))))))
 
@@ -220,14 +233,29 @@ class RowTable:
     def nbytes(self) -> int:
         return sum(a.nbytes for a in (self.keys, self.tokens, self.counts, self.totals))
 
-    def _grow(self) -> None:
+    def _grow(self, capacity: int = 0) -> None:
+        """Rehash into ``capacity`` slots a shard (a power of two; default twice as many)."""
         old = (self.keys, self.tokens, self.counts, self.totals)
         used = self.used.copy()
-        self._allocate(self.capacity * 2)
+        self._allocate(capacity or self.capacity * 2)
         self.used[:] = used
-        for s in range(self.shards):
-            _rehash(*(a[s] for a in old), self.keys[s], self.tokens[s], self.counts[s],
-                    self.totals[s])  # fmt: skip
+        _rehash_shards(*old, self.keys, self.tokens, self.counts, self.totals)
+
+    def capacity_for(self, rows: int) -> int:
+        """Slots a shard needs to hold about ``rows`` occupied rows in all below the load
+        factor (a power of two; an estimate past ``max_bytes`` is cut to it)."""
+        if self.max_bytes:
+            rows = min(rows, self.max_bytes * LOAD / (16 + 8 * self.top_k) / self.shards)
+        per_shard = max(1.0, rows / self.shards / LOAD)
+        return 1 << max(0, int(np.ceil(np.log2(per_shard))))
+
+    def reserve(self, rows: int) -> None:
+        """Grow at once to hold about ``rows`` occupied rows: one rehash instead of one per
+        doubling. Given an estimate from below, the table ends no larger than doubling alone
+        would make it."""
+        capacity = self.capacity_for(rows)
+        if capacity > self.capacity:
+            self._grow(capacity)
 
     def add(self, rows, targets, keep=None, lo: int = 0, hi: int = 2**63 - 1) -> None:
         """Add ``targets[p]`` to each row ``rows[p, g]`` in ``[lo, hi)`` of each kept pair."""
@@ -244,7 +272,9 @@ class RowTable:
                           self.counts, self.totals, self.used, limit, resume)  # fmt: skip
             if (resume == done).all():
                 return
-            self._grow()
+            seen = max(1, int(resume.min())) / done  # of the pairs, where the first shard stopped
+            estimate = self.occupied * seen**-HEAPS  # (a guess from below, never a result)
+            self._grow(max(2 * self.capacity, self.capacity_for(estimate)))
 
     def load(self, keys, tokens, counts, totals) -> None:
         """Put summaries read back (:meth:`extract`'s arrays) into an empty table."""
@@ -263,8 +293,7 @@ class RowTable:
     def extract(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``(row ids, tokens, counts, totals)`` of the occupied rows, sorted by row id."""
         flat = self.keys.reshape(-1)
-        where = np.flatnonzero(flat != EMPTY)
-        order = where[np.argsort(flat[where])]  # (keys are unique)
+        order = sorted_slots(self)
         K = self.top_k
         return (flat[order], self.tokens.reshape(-1, K)[order],
                 self.counts.reshape(-1, K)[order], self.totals.reshape(-1)[order])  # fmt: skip
@@ -324,3 +353,60 @@ def table_histogram(table: RowTable, starts, hist, occupied) -> None:
     """Add the table's counts of counts per column (see :func:`_column_histogram`)."""
     _column_histogram(table.keys.reshape(-1), table.counts.reshape(-1, table.top_k),
                       np.ascontiguousarray(starts, np.int64), hist, occupied)  # fmt: skip
+
+
+@njit(cache=True)
+def _sorted_slots_kernel(keys, shift, buckets):
+    """The occupied slots of ``keys`` (flat, ``EMPTY`` free, unique) in row-id order: a count
+    per radix bucket ``key >> shift``, a scatter, then each small bucket sorted in place."""
+    start = np.zeros(buckets + 1, np.int64)
+    for j in range(keys.shape[0]):
+        if keys[j] != EMPTY:
+            start[(keys[j] >> shift) + 1] += 1
+    for b in range(buckets):
+        start[b + 1] += start[b]
+    order = np.empty(start[buckets], np.int64)
+    fill = start[:-1].copy()
+    for j in range(keys.shape[0]):
+        if keys[j] != EMPTY:
+            b = keys[j] >> shift
+            order[fill[b]] = j
+            fill[b] += 1
+    for b in range(buckets):
+        lo, hi = start[b], start[b + 1]
+        if hi - lo > 32:  # a dense stretch of ids
+            part = order[lo:hi].copy()
+            order[lo:hi] = part[np.argsort(keys[part])]
+            continue
+        for i in range(lo + 1, hi):  # insertion sort of a few
+            slot = order[i]
+            key = keys[slot]
+            k = i - 1
+            while k >= lo and keys[order[k]] > key:
+                order[k + 1] = order[k]
+                k -= 1
+            order[k + 1] = slot
+    return order
+
+
+def sorted_slots(table: RowTable) -> np.ndarray:
+    """Flat slots of the table's occupied rows, sorted by row id (a radix pass, about two
+    rows a bucket; the same order as ``argsort`` of the keys, which are unique)."""
+    keys = table.keys.reshape(-1)
+    occupied = max(1, table.occupied)
+    top = int(keys.max()) + 1 if table.occupied else 1
+    shift = max(0, (top // max(1, occupied // 2)).bit_length() - 1)
+    return _sorted_slots_kernel(keys, np.int64(shift), (top >> shift) + 1)
+
+
+@njit(cache=True, parallel=True)
+def gather_rows(slots, keys, tokens, counts, totals, out_keys, out_tokens, out_counts,
+                out_totals):  # fmt: skip
+    """``out_*[i] = *[slots[i]]`` of the flat (slots, ...) summaries, in parallel."""
+    for i in prange(slots.shape[0]):
+        j = slots[i]
+        out_keys[i] = keys[j]
+        out_totals[i] = totals[j]
+        for s in range(tokens.shape[1]):
+            out_tokens[i, s] = tokens[j, s]
+            out_counts[i, s] = counts[j, s]
