@@ -24,6 +24,7 @@ from .options import (
     ModelFlags,
     OverwriteOpt,
     VocabOpt,
+    finite_number,
     load_vocab,
     resolve_layout_flags,
 )
@@ -251,7 +252,11 @@ def fit_gate_command(
     ] = None,
     keep_nats: Annotated[
         float,
-        typer.Option("--keep-nats", help="What the mix may cost each --keep file in sample."),
+        typer.Option(
+            "--keep-nats",
+            help="What the mix may cost each --keep file in sample.",
+            callback=finite_number,
+        ),
     ] = 0.005,
     features: Annotated[
         str,

@@ -55,6 +55,10 @@ class InMemoryTable:
     def flush(self) -> None:
         pass
 
+    def commit(self, message: str = "", *, made_by=None) -> bool:
+        """Rows are in place as soon as written: nothing to commit (a table commits them)."""
+        return False
+
     def gather(self, layer_id, row_ids, out=None):
         row_ids = np.asarray(row_ids, dtype=np.int64)
         self.rows_gathered += len(row_ids)

@@ -255,7 +255,7 @@ class TestChunkedRemote(RowSourceTests):
     missing ones read as init values."""
 
     source_type = ChunkedSource
-    write_refusal = "tables in object stores open read-only"
+    write_refusal = "has no writable place for commits; give a local directory for them"
 
     @pytest.fixture(scope="class")
     @classmethod
