@@ -11,6 +11,30 @@ import urllib.request
 import pytest
 
 BUCKET = "engram-test"
+# a small table's layout flags, for the S3 tests' init-table
+SMALL = ["--ngram-vocab", "500,500", "--heads", "2", "--dim", "32", "--chunk-rows", "300"]
+
+
+def run(*args):
+    """The CLI, in process, on string arguments."""
+    from typer.testing import CliRunner
+
+    from engramctl.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def cli_options(options: dict) -> list[str]:
+    """``--storage-option k=v`` for each of ``options``."""
+    return [arg for k, v in options.items() for arg in ("--storage-option", f"{k}={v}")]
+
+
+def remote_files(url: str, options: dict) -> dict[str, bytes]:
+    """Every object under ``url``, by key."""
+    from engramctl.table.core.store import open_store
+
+    store = open_store(url, options)
+    return {key: store.read_bytes(key) for key in sorted(store.file_sizes(""))}
 
 
 def _free_port() -> int:

@@ -8,33 +8,14 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
-from engramctl.cli import app  # noqa: E402
 from engramctl.errors import EngramError, UsageError  # noqa: E402
-from engramctl.table.core.store import open_store  # noqa: E402
 from engramctl.table.sources.table import open_table  # noqa: E402
 
-from .conftest import BUCKET  # noqa: E402
-
-SMALL = ["--ngram-vocab", "500,500", "--heads", "2", "--dim", "32", "--chunk-rows", "300"]
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def cli_options(options: dict) -> list[str]:
-    return [arg for k, v in options.items() for arg in ("--storage-option", f"{k}={v}")]
-
-
-def bucket_objects(url: str, options: dict) -> dict[str, bytes]:
-    store = open_store(url, options)
-    return {key: store.read_bytes(key) for key in sorted(store.file_sizes(""))}
+from .conftest import BUCKET, SMALL, cli_options, remote_files, run  # noqa: E402
 
 
 def tensor_bytes(path, name: str, rows: int) -> np.ndarray:
@@ -63,7 +44,7 @@ def s3_tables(options, ds_vocab_path) -> tuple[str, str]:
 @pytest.mark.parametrize("which", [0, 1], ids=["chunks", "lazy"])
 def test_write_through_commits_dir_reads_back_bucket_unchanged(s3_tables, options, tmp_path, which):
     url = s3_tables[which]
-    before = bucket_objects(url, options)
+    before = remote_files(url, options)
     commits = tmp_path / "commits"
     rng = np.random.default_rng(which)
     with open_table(url, storage_options=options) as base:
@@ -91,12 +72,12 @@ def test_write_through_commits_dir_reads_back_bucket_unchanged(s3_tables, option
             others = np.setdiff1d(np.arange(rows[k]), ids)[:200]
             np.testing.assert_array_equal(edited.gather(k, others), bare.gather(k, others))
         assert not bare.commits  # the bare base reads no commits
-    assert bucket_objects(url, options) == before
+    assert remote_files(url, options) == before
 
 
 def test_cli_history_revert_compact_info_verify(s3_tables, options, tmp_path, ds_vocab_path):
     url = s3_tables[0]
-    before = bucket_objects(url, options)
+    before = remote_files(url, options)
     commits = tmp_path / "c"
     where = ["--commits-dir", commits, *cli_options(options)]
     with open_table(url, storage_options=options) as base:
@@ -134,7 +115,7 @@ def test_cli_history_revert_compact_info_verify(s3_tables, options, tmp_path, ds
     with open_table(url, storage_options=options, commits_dir=commits) as table:
         assert not table.commits
         np.testing.assert_array_equal(table.gather(1, np.arange(50)), original)
-    assert bucket_objects(url, options) == before
+    assert remote_files(url, options) == before
 
 
 def test_refusals(s3_tables, options, tmp_path, ds_vocab_path):

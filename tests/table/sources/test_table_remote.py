@@ -7,12 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto")
 
-from engramctl.cli import app  # noqa: E402
 from engramctl.errors import EngramError, UsageError  # noqa: E402
 from engramctl.table.core.blocksums import BLOCKS_NAME  # noqa: E402
 from engramctl.table.core.codec import chunk_key  # noqa: E402
@@ -20,23 +18,7 @@ from engramctl.table.core.lock import LOCK_NAME  # noqa: E402
 from engramctl.table.core.store import open_store, parse_storage_options  # noqa: E402
 from engramctl.table.sources.table import open_table  # noqa: E402
 
-from .conftest import BUCKET  # noqa: E402
-
-SMALL = ["--ngram-vocab", "500,500", "--heads", "2", "--dim", "32", "--chunk-rows", "300"]
-runner = CliRunner()
-
-
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def cli_options(options: dict) -> list[str]:
-    return [arg for k, v in options.items() for arg in ("--storage-option", f"{k}={v}")]
-
-
-def remote_files(url: str, options: dict) -> dict[str, bytes]:
-    store = open_store(url, options)
-    return {key: store.read_bytes(key) for key in sorted(store.file_sizes(""))}
+from .conftest import BUCKET, SMALL, cli_options, remote_files, run  # noqa: E402
 
 
 def local_files(path: Path) -> dict[str, bytes]:
