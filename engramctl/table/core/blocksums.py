@@ -225,6 +225,20 @@ def _read_ahead(path) -> None:
         pass
 
 
+def read_sums_header(path, header: struct.Struct, fix: str) -> tuple[int, tuple] | None:
+    """``(file size, header fields)`` of a block-checksum file, ``None`` if there is none; a file
+    too short for its header or unreadable is refused naming it and ``fix``."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            return size, header.unpack(handle.read(header.size))
+    except (OSError, struct.error):
+        raise EngramError(f"block checksums {path} are unreadable or cut short; {fix}") from None
+
+
 class BlockSums:
     """The block checksums of one layer, memory-mapped (they are small: 4 bytes per block).
 
@@ -243,21 +257,12 @@ class BlockSums:
         if not store.supports_mmap:
             return None
         path = store.location_of(blocks_key(meta, layer_id))
-        try:
-            size = os.path.getsize(path)
-        except OSError:
-            return None
-        n_chunks = meta.layer(layer_id).n_chunks(meta.chunk_rows)
         fix = "run engramctl verify --add-block-checksums to rewrite it"
-        try:
-            with open(path, "rb") as handle:
-                magic, block_bytes, per_chunk, chunks, chunk_bytes = HEADER.unpack(
-                    handle.read(HEADER.size)
-                )
-        except (OSError, struct.error):
-            raise EngramError(
-                f"block checksums {path} are unreadable or cut short; {fix}"
-            ) from None
+        found = read_sums_header(path, HEADER, fix)
+        if found is None:
+            return None
+        size, (magic, block_bytes, per_chunk, chunks, chunk_bytes) = found
+        n_chunks = meta.layer(layer_id).n_chunks(meta.chunk_rows)
         if (
             magic != MAGIC
             or chunks != n_chunks
@@ -486,6 +491,7 @@ __all__ = [
     "blocks_per_chunk",
     "crc32c_reference",
     "parse_block_size",
+    "read_sums_header",
     "crc32c_spans",
     "update_block_record",
     "write_block_sums",

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..._files import write_file_atomic
 from ...errors import EngramError
-from ..core.blocksums import block_crcs, crc32c_spans
+from ..core.blocksums import block_crcs, crc32c_spans, read_sums_header
 from ..core.fp8_check import NAN_SCALE
 from .coldread import ParallelReader, ShortRead, open_random, read_spans
 
@@ -158,21 +158,12 @@ class LinkBlockCheck:
         """The layer's block checksums, ``None`` if it has none; a file that does not describe
         the link is refused naming the fix."""
         path = link_blocks_path(table_path, meta, layer_id)
-        try:
-            size = os.path.getsize(path)
-        except OSError:
-            return None
         fix = "run engramctl verify --add-block-checksums to record them again"
+        found = read_sums_header(path, HEADER, fix)
+        if found is None:
+            return None
+        size, (magic, block_bytes, n_weight, n_scale, identity) = found
         layer = meta.sources["layers"][str(layer_id)]
-        try:
-            with open(path, "rb") as handle:
-                magic, block_bytes, n_weight, n_scale, identity = HEADER.unpack(
-                    handle.read(HEADER.size)
-                )
-        except (OSError, struct.error):
-            raise EngramError(
-                f"block checksums {path} are unreadable or cut short; {fix}"
-            ) from None
         if (
             magic != MAGIC
             or block_bytes != BLOCK_BYTES
