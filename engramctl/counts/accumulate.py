@@ -1,6 +1,6 @@
 """A build's (context row, next token) pairs into row summaries, in memory bounded by a budget.
 
-The summaries live in a :class:`~.spacesaving.RowTable` (RAM grows with occupied rows, never
+The summaries live in a :class:`~.rowtable.RowTable` (RAM grows with occupied rows, never
 with table rows). When the table outgrows the budget the build *spills*: the table's summaries
 are split into ``B`` buckets of contiguous row ranges and saved, and every later pair is
 appended to its bucket's file, in the order it came. At the end each bucket on its own loads its
@@ -26,7 +26,7 @@ import numpy as np
 
 from .._numba import njit, prange
 from .._system import format_bytes
-from .spacesaving import RowTable, gather_rows, sorted_slots, table_histogram, table_slots
+from .rowtable import RowTable, add_histogram, sorted_slots
 
 log = logging.getLogger(__name__)
 
@@ -193,14 +193,21 @@ class PairAccumulator:
             [(b * self.width, (b + 1) * self.width) for b in range(self.buckets)]  # fmt: skip
         for b, (lo, hi) in enumerate(ranges):
             table = self.table if not self.spilled else self._bucket_table(b)
-            table_histogram(table, self.starts, hist_before, occ_before)
-            slots = table_slots(table, held_rows)  # the rows the gate's fit reads, sorted
-            for i, name in enumerate(("keys", "tokens", "counts", "totals")):
-                flat = getattr(table, name).reshape((-1, K) if i in (1, 2) else (-1,))
-                snap[i] = np.concatenate([snap[i], flat[slots]])
+            # the rows the gate's fit reads, sorted, as counted before the held-out pairs
+            held = table.gather(table.slots_of(held_rows))
+            for i, part in enumerate(held):
+                snap[i] = np.concatenate([snap[i], part])
             table.add(held_rows, held_targets, None, lo, hi)
-            table_histogram(table, self.starts, hist_after, occ_after)
-            _write_sorted(table, writers)
+            hist, occ = np.zeros((G, 4), np.int64), np.zeros(G, np.int64)
+            _write_sorted(table, writers, self.starts, hist, occ)  # counted as they are written
+            hist_after += hist
+            occ_after += occ
+            # before the held-out pairs: the rows they touched as they were, not as they are
+            add_histogram(held[0], held[2], self.starts, hist, occ)
+            now = table.gather(table.slots_of(held_rows))
+            add_histogram(now[0], now[2], self.starts, hist, occ, sign=-1)
+            hist_before += hist
+            occ_before += occ
             self.table = None
             del table
         for writer, value in zip(writers, (SENTINEL, 0, 0, 0), strict=True):
@@ -213,19 +220,15 @@ class PairAccumulator:
                 writers[0].rows)  # fmt: skip
 
 
-def _write_sorted(table: RowTable, writers) -> None:
-    """Append the table's occupied rows, sorted by row id, to the four writers in blocks."""
+def _write_sorted(table: RowTable, writers, starts, hist, occupied) -> None:
+    """Append the table's occupied rows, sorted by row id, to the four writers in blocks, and
+    add their counts of counts per column to ``hist``/``occupied`` (:func:`add_histogram`)."""
     order = sorted_slots(table)
-    K = table.top_k
-    arrays = (table.keys.reshape(-1), table.tokens.reshape(-1, K), table.counts.reshape(-1, K),
-              table.totals.reshape(-1))  # fmt: skip
-    block = min(WRITE_ROWS, order.shape[0])
-    out = tuple(np.empty((block, *a.shape[1:]), a.dtype) for a in arrays)
     for lo in range(0, order.shape[0], WRITE_ROWS):
-        pick = order[lo : lo + WRITE_ROWS]
-        gather_rows(pick, *arrays, *out)
-        for writer, array in zip(writers, out, strict=True):
-            writer.append(array[: pick.shape[0]])
+        block = table.gather(order[lo : lo + WRITE_ROWS])
+        add_histogram(block[0], block[2], starts, hist, occupied)
+        for writer, array in zip(writers, block, strict=True):
+            writer.append(array)
 
 
 def locate_reference(row_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -11,7 +11,8 @@ import pytest
 
 from engramctl.corpus.files import CorpusOptions
 from engramctl.counts import BuildCountsJob, CountsModel, build_counts, open_counts
-from engramctl.counts.spacesaving import RowTable, space_saving_kernel
+from engramctl.counts.rowtable import RowTable
+from engramctl.counts.spacesaving import space_saving_kernel
 from engramctl.counts.store import ARRAYS, META_KEY, read_metadata, verify_counts, write_metadata
 
 from .conftest import random_docs, resolved, write_token_corpus

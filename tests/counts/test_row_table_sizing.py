@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engramctl.counts.spacesaving import EMPTY, RowTable, sorted_slots
+from engramctl.counts.rowtable import EMPTY, RowTable, sorted_slots
 
 
 def _pairs(seed, P=4000, G=3):
