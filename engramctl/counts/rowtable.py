@@ -13,8 +13,9 @@ demo layout, each at a random row):
   arrays.
 - **Shards** (a power of two): a row belongs to shard ``row & (S - 1)``; each thread owns its
   shards, so the result does not depend on threads.
-- **Home slot = the top bits of a multiplicative hash of the row id**: slot order is hash order
-  at every capacity, so a growth (doubling) rehashes in one near-sequential sweep, and
+- **Home slot = the hash's top 32 bits scaled to the shard's size** (any size, so the table is
+  sized to its rows, not to the next power of two): slot order is hash order at every size, so
+  a growth rehashes in one near-sequential sweep, and
 - **pairs inserted in hash order**: each batch's (row, target) pairs are first copied out in
   the order of the top bits of their row's hash (a stable counting sort, per shard), so the
   kernel streams them and sweeps the table in ascending address order (prefetch-friendly, a TLB
@@ -48,9 +49,16 @@ def _hash(key):
 
 
 @njit(cache=True, inline="always")
-def _home(key, shift):
-    """The home slot of ``key`` in a shard of ``2 ** (64 - shift)`` records."""
-    return np.int64(_hash(key) >> np.uint64(shift))
+def _home(key, C):
+    """The home slot of ``key`` in a shard of ``C`` records (< 2 ** 32): the top 32 bits of
+    its hash scaled to ``[0, C)``, so slot order is hash order at every size."""
+    return np.int64(((_hash(key) >> np.uint64(32)) * np.uint64(C)) >> np.uint64(32))
+
+
+@njit(cache=True, inline="always")
+def _next(i, C):
+    i += 1
+    return 0 if i == C else i
 
 
 @njit(cache=True, inline="always")
@@ -95,10 +103,10 @@ def _bucket_kernel(rows, keep, lo, hi, smask, bits, out):
                 out[g * P + p] = -1
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def _scatter_kernel(rows, targets, bucket, buckets, keys, ys, starts, S, bits):
-    """Copy the pairs out into ``keys``/``ys`` by bucket, stable (a counting sort); shard
-    ``s``'s run is ``[starts[s], starts[s + 1])``."""
+    """Copy the pairs out into ``keys``/``ys`` by bucket, stable (a counting sort, a thread a
+    shard); shard ``s``'s run is ``[starts[s], starts[s + 1])``."""
     P, G = rows.shape
     fill = np.zeros(buckets + 1, np.int64)
     for f in range(P * G):
@@ -108,13 +116,14 @@ def _scatter_kernel(rows, targets, bucket, buckets, keys, ys, starts, S, bits):
         fill[b + 1] += fill[b]
     for s in range(S + 1):
         starts[s] = fill[s << bits] if s < S else fill[buckets]
-    for g in range(G):
-        for p in range(P):
-            b = bucket[g * P + p]
-            if b >= 0:
-                keys[fill[b]] = rows[p, g]
-                ys[fill[b]] = targets[p]
-                fill[b] += 1
+    for s in prange(S):
+        for g in range(G):
+            for p in range(P):
+                b = bucket[g * P + p]
+                if b >= 0 and (b >> bits) == s:
+                    keys[fill[b]] = rows[p, g]
+                    ys[fill[b]] = targets[p]
+                    fill[b] += 1
 
 
 LOCAL_SAMPLE = 1024  # new rows a sweep sees before it projects the batch's new rows
@@ -122,7 +131,7 @@ MAX_PROBE = 4096  # records a probe walks at most before the table grows
 
 
 @njit(cache=True, parallel=True)
-def _insert_kernel(keys, ys, starts, rec, shift, used, limit, resume, swept):
+def _insert_kernel(keys, ys, starts, rec, used, limit, resume, swept):
     """Insert the ordered pairs ``keys``/``ys``, shard by shard in parallel (linear probing
     from the home slot). A shard stops (``resume[s]``: in, where its run starts; out, where it
     stopped, its run's end when done) before its ``used`` passes ``limit``, when the new rows
@@ -130,7 +139,6 @@ def _insert_kernel(keys, ys, starts, rec, shift, used, limit, resume, swept):
     ``MAX_PROBE`` records; ``swept[s]`` (out): the stretch of homes it swept, so the caller
     projects the run's new rows and grows the table to hold them before it goes on."""
     S, C, _ = rec.shape
-    mask = C - 1
     for s in prange(S):
         n = used[s]
         n0 = n
@@ -140,7 +148,7 @@ def _insert_kernel(keys, ys, starts, rec, shift, used, limit, resume, swept):
         span = 1
         while j < end:
             r = keys[j]
-            i = _home(r, shift)
+            i = _home(r, C)
             if h0 < 0:
                 h0 = i
             span = max(span, i - h0 + 1)
@@ -158,7 +166,7 @@ def _insert_kernel(keys, ys, starts, rec, shift, used, limit, resume, swept):
                         rec[s, i, 0] = np.uint64(r + 1)
                         n += 1
                     break
-                i = (i + 1) & mask
+                i = _next(i, C)
                 probes += 1
                 if probes >= MAX_PROBE:
                     stop = True
@@ -173,38 +181,36 @@ def _insert_kernel(keys, ys, starts, rec, shift, used, limit, resume, swept):
 
 
 @njit(cache=True, parallel=True)
-def _rehash_kernel(rec, new, shift):
+def _rehash_kernel(rec, new):
     """Every shard's records of ``rec`` into the larger ``new`` (in slot order: near-sequential,
     as homes are the hash's top bits at every size)."""
     S, C, W = rec.shape
     C2 = new.shape[1]
-    mask = C2 - 1
     for s in prange(S):
         for j in range(C):
             r = np.int64(rec[s, j, 0]) - 1
             if r == EMPTY:
                 continue
-            i = _home(r, shift)
+            i = _home(r, C2)
             while new[s, i, 0] != 0:
-                i = (i + 1) & mask
+                i = _next(i, C2)
             for w in range(W):
                 new[s, i, w] = rec[s, j, w]
 
 
 @njit(cache=True, parallel=True)
-def _load_kernel(keys, tokens, counts, totals, rec, shift):
+def _load_kernel(keys, tokens, counts, totals, rec):
     """Summaries read back (sorted by row id, unique) into an empty table."""
     S, C, W = rec.shape
-    mask = C - 1
     smask = S - 1
     for s in prange(S):
         for j in range(keys.shape[0]):
             r = keys[j]
             if (r & smask) != s:
                 continue
-            i = _home(r, shift)
+            i = _home(r, C)
             while rec[s, i, 0] != 0:
-                i = (i + 1) & mask
+                i = _next(i, C)
             rec[s, i, 0] = np.uint64(r + 1)
             rec[s, i, 1] = np.uint64(totals[j])
             for k in range(W - 2):
@@ -214,20 +220,19 @@ def _load_kernel(keys, tokens, counts, totals, rec, shift):
 
 
 @njit(cache=True)
-def _find_kernel(rec, shift, rows, out):
+def _find_kernel(rec, rows, out):
     """``out[j]``: the flat slot of ``rows[j]`` (``s * C + i``), ``-1`` where it is absent."""
     S, C, _ = rec.shape
-    mask = C - 1
     for j in range(rows.shape[0]):
         r = rows[j]
         s = r & (S - 1)
-        i = _home(r, shift)
+        i = _home(r, C)
         out[j] = -1
         while rec[s, i, 0] != 0:
             if np.int64(rec[s, i, 0]) - 1 == r:
                 out[j] = s * C + i
                 break
-            i = (i + 1) & mask
+            i = _next(i, C)
 
 
 @njit(cache=True, parallel=True)
@@ -262,11 +267,6 @@ def add_histogram(keys, counts, starts, hist, occupied, sign: int = 1) -> None:
                       np.ascontiguousarray(starts, np.int64), sign, hist, occupied)  # fmt: skip
 
 
-def _shift(rec) -> int:
-    """The shift giving a home slot in shards of ``rec.shape[1]`` (a power of two) records."""
-    return 64 - (int(rec.shape[1]).bit_length() - 1)
-
-
 class RowTable:
     """The SpaceSaving summaries of the rows that occur, in RAM (about 1.6-2.3 x ``16 + 8 K``
     bytes per occupied row), sharded over threads (``shards``, rounded down to a power of two);
@@ -279,7 +279,7 @@ class RowTable:
         self.max_bytes = int(max_bytes)  # an estimated size past this is not reserved
         self.shards = 1 << (int(shards or numba.get_num_threads()).bit_length() - 1)  # 2^k
         self.used = np.zeros(self.shards, np.int64)
-        self.rec = self._empty(max(64, 1 << int(np.ceil(np.log2(max(capacity, 64))))))
+        self.rec = self._empty(-(-max(int(capacity), 64) // 64) * 64)
 
     def _empty(self, capacity: int) -> np.ndarray:
         return np.zeros((self.shards, capacity, 2 + self.top_k), np.uint64)  # all free
@@ -315,18 +315,17 @@ class RowTable:
         return int(self.rec.nbytes)
 
     def _grow(self, capacity: int = 0) -> None:
-        """Rehash into ``capacity`` records a shard (a power of two; default twice as many)."""
+        """Rehash into ``capacity`` records a shard (default twice as many)."""
         new = self._empty(capacity or self.capacity * 2)
-        _rehash_kernel(self.rec, new, _shift(new))
+        _rehash_kernel(self.rec, new)
         self.rec = new
 
     def capacity_for(self, rows: int) -> int:
         """Records a shard needs to hold about ``rows`` occupied rows in all below the load
-        factor (a power of two; an estimate past ``max_bytes`` is cut to it)."""
+        factor (a multiple of 64; an estimate past ``max_bytes`` is cut to it)."""
         if self.max_bytes:
             rows = min(rows, self.max_bytes * LOAD / (16 + 8 * self.top_k) / self.shards)
-        per_shard = max(1.0, rows / self.shards / LOAD)
-        return 1 << max(0, int(np.ceil(np.log2(per_shard))))
+        return -(-int(max(1.0, rows / self.shards / LOAD)) // 64) * 64
 
     def reserve(self, rows: int) -> None:
         """Grow at once to hold about ``rows`` occupied rows: one rehash instead of one per
@@ -336,8 +335,14 @@ class RowTable:
         if capacity > self.capacity:
             self._grow(capacity)
 
-    def add(self, rows, targets, keep=None, lo: int = 0, hi: int = 2**63 - 1) -> None:
-        """Add ``targets[p]`` to each row ``rows[p, g]`` in ``[lo, hi)`` of each kept pair."""
+    def add(self, rows, targets, keep=None, lo: int = 0, hi: int = 2**63 - 1,
+            scale: float = 1.0) -> None:  # fmt: skip
+        """Add ``targets[p]`` to each row ``rows[p, g]`` in ``[lo, hi)`` of each kept pair.
+
+        ``scale``: when the table must grow during this batch, grow it for ``scale`` times the
+        rows the batch is projected to end with (the rows later batches will bring: one rehash
+        while the table is small instead of one per batch while it is large).
+        """
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         if rows.ndim == 1:
             rows = rows[:, None]
@@ -354,7 +359,7 @@ class RowTable:
         resume, swept = starts[:-1].copy(), np.ones(S, np.int64)
         while True:
             before = self.used.copy()
-            _insert_kernel(keys, ys, starts, self.rec, _shift(self.rec), self.used,
+            _insert_kernel(keys, ys, starts, self.rec, self.used,
                            int(self.capacity * LOAD), resume, swept)  # fmt: skip
             if (resume == starts[1:]).all():
                 return
@@ -362,8 +367,10 @@ class RowTable:
             # (the hash is uniform), and at most one a pair left
             left = starts[1:] - resume
             projected = (self.used - before) * (self.capacity / swept - 1)
-            need = self.used + np.minimum(left, projected * 1.15 + 64)
-            self._grow(max(2 * self.capacity, self.capacity_for(int(need.max()) * self.shards)))
+            need = (self.used + np.minimum(left, projected * 1.15 + 64)) * max(1.0, scale)
+            self._grow(
+                max(3 * self.capacity // 2, self.capacity_for(int(need.max()) * self.shards))
+            )
 
     def load(self, keys, tokens, counts, totals) -> None:
         """Put summaries read back (:meth:`extract`'s arrays) into an empty table."""
@@ -377,7 +384,7 @@ class RowTable:
         if capacity != self.capacity:
             self.rec = self._empty(capacity)
         _load_kernel(keys, np.ascontiguousarray(tokens), np.ascontiguousarray(counts),
-                     np.ascontiguousarray(totals), self.rec, _shift(self.rec))  # fmt: skip
+                     np.ascontiguousarray(totals), self.rec)  # fmt: skip
         self.used[:] = per
 
     def flat(self) -> np.ndarray:
@@ -401,7 +408,7 @@ class RowTable:
         """Flat slots (``-1``: absent) of ``rows``."""
         rows = np.ascontiguousarray(rows, dtype=np.int64)
         out = np.empty(rows.shape[0], np.int64)
-        _find_kernel(self.rec, _shift(self.rec), rows, out)
+        _find_kernel(self.rec, rows, out)
         return out
 
     def slots_of(self, rows) -> np.ndarray:
