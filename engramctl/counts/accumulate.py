@@ -34,9 +34,10 @@ MAX_BUCKETS = 256  # row buckets at most (a bucket past the budget then grows pa
 REPLAY_PAIRS = 1 << 22  # pairs read back per step when a bucket is replayed
 WRITE_ROWS = 1 << 20  # rows gathered per write
 SENTINEL = 2**63 - 1  # the row id of the all-zero row every store ends with
-# Occupied rows grow about as (pairs seen) ** GROWTH (Heaps' law; n-gram rows of text measure
-# 0.7-0.9): a table that must grow is grown for the corpus's rows at this rate
-GROWTH = 0.85
+# Occupied rows grow about as (pairs seen) ** GROWTH or slower (Heaps' law: n-gram rows of text
+# 0.7-0.9, slower as a layout's rows fill: 0.34 on the sample corpus at demo-v1): a table that
+# must grow is grown for the corpus's rows at this rate (too low: one more rehash; too high: RAM)
+GROWTH = 0.5
 
 
 class NpyAppender:

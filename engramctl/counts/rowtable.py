@@ -128,6 +128,7 @@ def _scatter_kernel(rows, targets, bucket, buckets, keys, ys, starts, S, bits):
 
 LOCAL_SAMPLE = 1024  # new rows a sweep sees before it projects the batch's new rows
 MAX_PROBE = 4096  # records a probe walks at most before the table grows
+HASH_SPACE = float(2**32)  # the stretch of hash space a run spans (its top 32 bits)
 
 
 @njit(cache=True, parallel=True)
@@ -136,8 +137,9 @@ def _insert_kernel(keys, ys, starts, rec, used, limit, resume, swept):
     from the home slot). A shard stops (``resume[s]``: in, where its run starts; out, where it
     stopped, its run's end when done) before its ``used`` passes ``limit``, when the new rows
     of the stretch it swept project past ``limit`` for the whole run, or when a probe walks
-    ``MAX_PROBE`` records; ``swept[s]`` (out): the stretch of homes it swept, so the caller
-    projects the run's new rows and grows the table to hold them before it goes on."""
+    ``MAX_PROBE`` records; ``swept[s]`` (out): the stretch of hash space it swept (in units of
+    ``2 ** -32``), so the caller projects the run's new rows and grows the table to hold them
+    before it goes on."""
     S, C, _ = rec.shape
     for s in prange(S):
         n = used[s]
@@ -149,9 +151,10 @@ def _insert_kernel(keys, ys, starts, rec, used, limit, resume, swept):
         while j < end:
             r = keys[j]
             i = _home(r, C)
+            h = np.int64(_hash(r) >> np.uint64(32))
             if h0 < 0:
-                h0 = i
-            span = max(span, i - h0 + 1)
+                h0 = h
+            span = max(span, h - h0 + 1)
             stop = False
             probes = 0
             while True:
@@ -160,7 +163,7 @@ def _insert_kernel(keys, ys, starts, rec, used, limit, resume, swept):
                     break
                 if k == EMPTY:
                     new = n - n0
-                    if n >= limit or (new >= LOCAL_SAMPLE and n0 + new * C / span > limit):
+                    if n >= limit or (new >= LOCAL_SAMPLE and n0 + new * HASH_SPACE / span > limit):
                         stop = True
                     else:
                         rec[s, i, 0] = np.uint64(r + 1)
@@ -366,7 +369,7 @@ class RowTable:
             # each shard's new rows to come, projected from the stretch of homes it swept
             # (the hash is uniform), and at most one a pair left
             left = starts[1:] - resume
-            projected = (self.used - before) * (self.capacity / swept - 1)
+            projected = (self.used - before) * (HASH_SPACE / swept - 1)
             need = (self.used + np.minimum(left, projected * 1.15 + 64)) * max(1.0, scale)
             self._grow(
                 max(3 * self.capacity // 2, self.capacity_for(int(need.max()) * self.shards))
