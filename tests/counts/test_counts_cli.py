@@ -107,6 +107,9 @@ def test_generate_with_counts(setup):
     sampled = run(*args[:-1], "--temperature", 0.8, "--top-k", 5, "--mix", 1, "--json")
     assert sampled.exit_code == 0, sampled.output
     assert json.loads(sampled.output)["counts"]["mean_lambda"] == 1
+    shown = run(*args[:-1], "--mix", 0.25)
+    assert shown.exit_code == 0, shown.output
+    assert "λ (--mix) mean 0.250, first step 0.250" in " ".join(shown.output.split())
 
 
 def test_info_and_verify_a_count_memory(setup):
