@@ -481,6 +481,34 @@ def test_lm_eval_generate_until_decodes_from_the_mix(setup, decoding):
     assert decoder.prompt_gain == pytest.approx(inputs.recent_gain[len(context) - 1], rel=1e-6)
 
 
+def test_recent_gain_from_a_prompt_past_the_horizon(setup):
+    """A prompt's targets older than RECENT_HORIZON are not scored: they move the feature by
+    under 1e-6."""
+    from engramctl.counts import CountsModel, open_counts
+    from engramctl.model.data import ModelVocab
+    from engramctl.model.serve.mixing import RECENT_HORIZON, MixedDecoder, prompt_scored_from
+    from engramctl.tokenizer import load_tokenizer
+
+    store = open_counts(setup["counts"])
+    counts = CountsModel(store, store.vocab())
+    size = counts.p0.shape[0]
+    rng = np.random.default_rng(0)
+    corpus = json.loads((setup["corpus"] / "train.jsonl").read_text().splitlines()[0])["text"]
+    ids = load_tokenizer("deepseek-v4")[0].encode(corpus * 8, add_special_tokens=False).ids
+    ids = ids[: RECENT_HORIZON + 300]
+    model_logp = rng.normal(-6.0, 2.0, len(ids) - 1)
+    vocab = ModelVocab(np.arange(size), np.arange(1, 200))
+    full, part = (MixedDecoder(counts, vocab, None, eos=size) for _ in range(2))
+    full.start(ids, model_logp)
+    first = prompt_scored_from(len(ids), 16)
+    assert first >= 256
+    part.start(ids, model_logp[first:])
+    assert abs(full.prompt_gain) > 0.1
+    assert part.prompt_gain == pytest.approx(full.prompt_gain, abs=1e-6)
+    with pytest.raises(ValueError):
+        part.start(ids, model_logp[-10:])
+
+
 class Req:
     """The part of the harness's ``Instance`` the model reads."""
 

@@ -107,6 +107,10 @@ def generate(
         mixer = MixedDecoder(memory, vocab, counts.mix, eos)
     # with a gate reading recent_gain: the model's scores of the prompt's tokens (MixedDecoder)
     scoring = mixer is not None and mixer.reads_prompt
+    if scoring:
+        from .mixing import prompt_scored_from
+
+        from_ = prompt_scored_from(len(ids), window)
     early: list = []  # a prompt longer than the window: its pieces (start, ids, rows)
     pending: list[np.ndarray] = []
     rows_of = None
@@ -132,7 +136,7 @@ def generate(
     for start in range(0, len(ids), window):
         piece = ids[start : start + window]
         new = fetch(piece)
-        if scoring and len(ids) > window and start < len(ids) - 1:  # eval's windows of it
+        if scoring and len(ids) > window and from_ <= start < len(ids) - 1:  # eval's windows
             early.append((start, piece, new))
         kept = _append_rows(kept, new, window)
     made: list[int] = []
@@ -185,12 +189,13 @@ def generate(
 
 
 def _score_prompt(lm, vocab, device, ids: list[int], early: list, out, spread) -> np.ndarray:
-    """``log P_model`` over raw ids of ``ids[1:]``, the prompt's tokens after its first, in
-    eval's windows of the text (:func:`~engramctl.corpus.stream.lm_windows`).
+    """``log P_model`` over raw ids of ``ids[1:]``, the prompt's tokens after its first (from
+    :func:`~.mixing.prompt_scored_from` on), in eval's windows of the text
+    (:func:`~engramctl.corpus.stream.lm_windows`).
 
     A prompt that fits the window is the first step's context: ``out``, that step's logits,
     are exactly eval's. A longer one is scored in the window-sized pieces it was paged in
-    (``early``: each piece's start, ids and rows), a few pieces per forward pass; eval hashes
+    (``early``: each piece's start, ids and rows; from the horizon on), a few per pass; eval hashes
     a later window's first tokens from pad context where the stream has their true context,
     so there the two differ by what the Engram rows of those tokens change."""
     import torch

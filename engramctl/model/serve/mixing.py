@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ...counts import CountsModel, check_mix, open_counts
-from ...counts.gate import GateInputs, RecentGain
+from ...counts.gate import RECENT_DECAY, GateInputs, RecentGain
 from ...errors import EngramError
 
 
@@ -272,9 +272,7 @@ class SequenceMixer:
         import torch
 
         probs = torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float64)
-        p_model = np.exp(self.spread) * float(probs[0])
-        known = self.model_vocab.output_ids < p_model.shape[0]
-        p_model[self.model_vocab.output_ids[known]] = probs[1:][known]
+        p_model = model_raw_distribution(probs, self.model_vocab, self.spread)
         p_counts = self.counts.distribution_after(history)[0]
         return int(np.argmax((1 - lam) * p_model + lam * p_counts))
 
@@ -298,6 +296,16 @@ def evaluate_counts_lm(counts: CountsModel, corpus) -> dict:
     }
 
 
+def model_raw_distribution(model_probs: np.ndarray, model_vocab, spread: np.ndarray):
+    """The model's distribution over its classes (class 0 the unknown one) as one over raw
+    ids: each known class at its id, the unknown class spread by ``exp(spread)``
+    (:func:`unknown_log_spread`)."""
+    p_model = np.exp(spread) * float(model_probs[0])
+    known = model_vocab.output_ids < p_model.shape[0]
+    p_model[model_vocab.output_ids[known]] = model_probs[1:][known]
+    return p_model
+
+
 def mixed_distribution(
     counts: CountsModel,
     history: list[int],
@@ -314,9 +322,7 @@ def mixed_distribution(
     for a gate that reads it."""
     positive = model_probs[model_probs > 0]
     entropy = float(-(positive * np.log(positive)).sum())  # over the model's classes
-    p_model = np.exp(spread) * float(model_probs[0])
-    known = model_vocab.output_ids < p_model.shape[0]
-    p_model[model_vocab.output_ids[known]] = model_probs[1:][known]
+    p_model = model_raw_distribution(model_probs, model_vocab, spread)
     p_counts, lam = counts.next_distribution(history, entropy, model_raw=p_model,
                                              recent_gain=recent)  # fmt: skip
     lam = lam if mix is None else float(mix)
@@ -353,17 +359,33 @@ def raw_target_logp(logits, raw_targets, model_vocab, spread: np.ndarray) -> np.
     return class_logp + np.where(targets == 0, spread[raw], 0.0)
 
 
+# recent_gain forgets: a target this far back weighs < 1e-9 (RECENT_DECAY ** horizon), so the
+# prompt's older targets move the feature by < 1e-6 (|g| <= GAIN_CLIP) and are not scored
+RECENT_HORIZON = math.ceil(math.log(1e-9) / math.log(RECENT_DECAY))
+
+
+def prompt_scored_from(length: int, window: int) -> int:
+    """Where the scoring of a prompt of ``length`` tokens starts for ``recent_gain``: the
+    start of eval's window (a multiple of ``window``) that holds the first of its last
+    :data:`RECENT_HORIZON` targets (0 for a prompt no longer)."""
+    return max(0, length - 1 - RECENT_HORIZON) // window * window
+
+
 def prompts_model_logp(runner, prompts: list, spread: np.ndarray, *, eos: int,
                        batch: int) -> list[np.ndarray]:  # fmt: skip
-    """``log P_model`` over raw ids of each prompt's tokens after its first, as ``eval
+    """``log P_model`` over raw ids of each prompt's tokens after its first (from
+    :func:`prompt_scored_from` on, what :meth:`MixedDecoder.start` reads), as ``eval
     --benchmark`` scores a stream: the model's windows of it (:func:`~engramctl.corpus.stream.
     lm_windows`), rows from ``runner``'s source; all prompts' windows in one batched pass."""
     from ...corpus.stream import lm_windows
 
     seq_len = runner.model.config.block_size
     out = [np.zeros(0) for _ in prompts]
-    parts = [(i, *lm_windows(np.asarray(ids, np.int64), seq_len, pad=eos))
-             for i, ids in enumerate(prompts) if len(ids) >= 2]  # fmt: skip
+    parts = []
+    for i, ids in enumerate(prompts):
+        if len(ids) >= 2:
+            tail = np.asarray(ids[prompt_scored_from(len(ids), seq_len) :], np.int64)
+            parts.append((i, *lm_windows(tail, seq_len, pad=eos)))
     if not parts:
         return out
     windows = np.concatenate([w for _, w, _ in parts])
@@ -415,21 +437,25 @@ class MixedDecoder:
         return self.mix is None and "recent_gain" in self.counts.gate_reads
 
     def start(self, ids, model_logp) -> None:
-        """Begin after the prompt ``ids`` (raw, ``T >= 1``): ``model_logp`` ``(T - 1,)`` is
-        ``log P_model`` over raw ids of ``ids[1:]`` (:func:`raw_target_logp`); the counts score
-        the same targets after the stream before them, documents cut at EOS as eval cuts them."""
+        """Begin after the prompt ``ids`` (raw, ``T >= 1``): ``model_logp`` is ``log P_model``
+        over raw ids (:func:`raw_target_logp`) of the last ``len(model_logp)`` of ``ids[1:]``,
+        all of them or at least the last :data:`RECENT_HORIZON` (:func:`prompt_scored_from`);
+        the counts score the same targets after the stream before them, documents cut at EOS
+        as eval cuts them."""
         ids = np.asarray(ids, dtype=np.int64)
         model_logp = np.asarray(model_logp, dtype=np.float64).reshape(-1)
-        if model_logp.shape[0] != max(ids.shape[0] - 1, 0):
-            raise ValueError(f"{model_logp.shape[0]} model scores for {ids.shape[0]} prompt ids")
+        m, n = model_logp.shape[0], ids.shape[0]
+        if m > max(n - 1, 0) or (m < n - 1 and m < RECENT_HORIZON):
+            raise ValueError(f"{m} model scores for {n} prompt ids")
         self.recent = RecentGain()
-        if ids.shape[0] >= 2:
-            gain = np.log(self.counts.score_stream(ids)[:, 0]) - model_logp
-            starts = np.zeros(gain.shape[0], dtype=bool)
-            starts[0] = True
-            starts[1:] = ids[1:-1] == self.eos  # a target after an EOS starts a document
+        if m:
+            first = n - m  # the first scored target; the counts read its n-gram before it
+            p_counts = self.counts.score_stream(ids[max(0, first - self.counts.max_level) :])
+            gain = np.log(p_counts[-m:, 0]) - model_logp
+            starts = ids[first - 1 : n - 1] == self.eos  # a target after an EOS starts a document
+            starts[0] = True  # the document's start, or the horizon
             self.recent.step(gain, starts)
-        if ids.shape[0] and ids[-1] == self.eos:
+        if n and ids[-1] == self.eos:
             self.recent = RecentGain()
         self.prompt_gain = self.recent.value
 
