@@ -359,8 +359,8 @@ def raw_target_logp(logits, raw_targets, model_vocab, spread: np.ndarray) -> np.
     return class_logp + np.where(targets == 0, spread[raw], 0.0)
 
 
-# recent_gain forgets: a target this far back weighs < 1e-9 (RECENT_DECAY ** horizon), so the
-# prompt's older targets move the feature by < 1e-6 (|g| <= GAIN_CLIP) and are not scored
+# recent_gain forgets: a target this far back weighs < 1e-9 (RECENT_DECAY ** horizon); all the
+# older ones together move the feature by ~1e-6 at most (|g| <= GAIN_CLIP): they are not scored
 RECENT_HORIZON = math.ceil(math.log(1e-9) / math.log(RECENT_DECAY))
 
 
