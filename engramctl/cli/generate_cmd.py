@@ -107,4 +107,13 @@ def generate_command(
         f"{len(report.tokens)} tokens ({report.stopped}) in {report.seconds:.2f}s: "
         f"{report.tokens_per_s:,.1f} tokens/s on {report.device}"
     )
+    mixed = report.counts
+    if mixed is not None and mixed["lambda"]:
+        start = mixed["prompt_recent_gain"]
+        console.print(
+            f"count memory {mixed['path']}: λ ({'the gate' if mixed['mix'] == 'gate' else '--mix'})"
+            f" mean {mixed['mean_lambda']:.3f}, first step {mixed['lambda'][0]:.3f}"
+            + ("" if start is None else f" (recent_gain from the prompt {start:+.3f})"),
+            markup=False, highlight=False,
+        )  # fmt: skip
     print_paging(report.paging)

@@ -107,6 +107,9 @@ def test_generate_with_counts(setup):
     sampled = run(*args[:-1], "--temperature", 0.8, "--top-k", 5, "--mix", 1, "--json")
     assert sampled.exit_code == 0, sampled.output
     assert json.loads(sampled.output)["counts"]["mean_lambda"] == 1
+    shown = run(*args[:-1], "--mix", 0.25)
+    assert shown.exit_code == 0, shown.output
+    assert "λ (--mix) mean 0.250, first step 0.250" in " ".join(shown.output.split())
 
 
 def test_info_and_verify_a_count_memory(setup):
@@ -308,3 +311,207 @@ def test_build_counts_append_from_the_cli(setup, ds_vocab_path, tmp_path):
     assert verify_counts(grown) == [] and store.meta["generation"] == 1
     assert store.meta["corpus"]["tokens"] == setup["build"]["tokens"] + added["tokens"]
     assert int(store.unigram.sum()) == store.meta["corpus"]["tokens"]
+
+
+# ------------------------------------------------------------------ decoding from the mix
+# A gate reading recent_gain (the fitted default's features), weights set so that it matters.
+RECENT_GATE = {"features": ["bias", "log1p_count", "log1p_distinct", "level_fraction",
+                            "recent_gain"], "weights": [-0.5, 0.3, -0.2, 0.5, 0.6]}  # fmt: skip
+PROMPT = "def main(args):\n    return"
+
+
+@pytest.fixture(scope="module")
+def decoding(setup, ds_vocab_path):
+    """setup's memory with :data:`RECENT_GATE` (recorded for setup's model), and a
+    ``--no-engram`` model of the same vocab: with no rows, generate's stream and eval's windows
+    give a prompt longer than the window the same model scores."""
+    import shutil
+
+    from engramctl.counts.store import write_gate
+    from engramctl.model.serve.mixing import model_identity
+
+    counts = setup["root"] / "recent.zarr"
+    shutil.copytree(setup["counts"], counts)
+    identity = {"path": str(setup["model"]), "identity": model_identity(setup["model"])}
+    write_gate(counts, {"fitted": True, "against": "model", **RECENT_GATE, "model": identity})
+    base = setup["root"] / "base"
+    args = ["train", "--corpus", setup["corpus"] / "train.jsonl", "--out", base, "--steps", 2]
+    result = run(*args, "--vocab", ds_vocab_path, "--no-engram", *TINY)
+    assert result.exit_code == 0, result.output
+    return {"counts": counts, "base": base}
+
+
+def eval_gate(spec, counts_path, stream):
+    """λ and the gate's inputs eval's mix gives each target of a raw-id stream (its pass),
+    and ``log P_model`` (raw ids) of each target."""
+    from types import SimpleNamespace
+
+    from engramctl.counts.gate import GateInputs
+    from engramctl.model.serve.evaluate import evaluate_lm
+    from engramctl.model.serve.mixing import CountsSpec, open_counts_for_model
+    from engramctl.model.serve.opening import open_model
+
+    opened = open_model(spec)
+    memory = open_counts_for_model(CountsSpec(counts_path), opened.checkpoint)
+    collect = []
+    corpus = SimpleNamespace(ids=np.asarray(stream, dtype=np.int64), text_bytes=None)
+    evaluate_lm(opened.runner, corpus, opened.tokenizer, batch=3, counts=memory, collect=collect)
+    scores = np.concatenate([s for _, s, _ in collect])
+    inputs = GateInputs.concat([g for *_, g in collect])
+    return memory.gate(scores, inputs=inputs), inputs, np.concatenate([m for m, *_ in collect])
+
+
+def generated(spec, counts, prompt, steps):
+    from engramctl.model.serve.generate import generate
+    from engramctl.model.serve.mixing import CountsSpec
+
+    report = generate(model=spec, prompt=prompt, max_tokens=steps, stop_at_eos=False,
+                      counts=CountsSpec(counts))  # fmt: skip
+    assert len(report.tokens) == steps
+    return report
+
+
+def test_generate_starts_recent_gain_from_the_prompt_as_eval_does(setup, decoding):
+    """Within the window the λ of every generated step is eval's at that position of the same
+    text (the prompt and the tokens generated), recent_gain started from the prompt."""
+    from dataclasses import replace
+
+    from engramctl.counts import open_counts
+    from engramctl.counts.gate import gate_lambda
+    from engramctl.model.serve.opening import ModelSpec
+    from engramctl.table.sources.table import open_table
+    from engramctl.tokenizer import load_tokenizer
+
+    with open_table(setup["table"]) as table:
+        spec = ModelSpec(setup["model"], table, "cpu")
+        report = generated(spec, decoding["counts"], PROMPT, 4)
+        n = report.prompt_tokens
+        assert n + 4 <= 16  # the model's window
+        ids = load_tokenizer("deepseek-v4")[0].encode(PROMPT, add_special_tokens=False).ids
+        assert len(ids) == n
+        lam, inputs, _ = eval_gate(spec, decoding["counts"], [*ids, *report.tokens])
+    mixed = report.counts
+    np.testing.assert_allclose(mixed["lambda"], lam[n - 1 :], rtol=1e-6)
+    assert mixed["prompt_recent_gain"] == pytest.approx(inputs.recent_gain[n - 1], rel=1e-6)
+    assert abs(mixed["prompt_recent_gain"]) > 0.1  # the prompt's tokens were scored
+    # ... and it matters: from 0 (the prompt ignored) the first λ is another
+    store = open_counts(decoding["counts"])
+    at = inputs.select([n - 1])
+    zero = gate_lambda(RECENT_GATE["weights"], replace(at, recent_gain=np.zeros(1)),
+                       store.layout.max_ngram, names=RECENT_GATE["features"])  # fmt: skip
+    assert abs(zero[0] - mixed["lambda"][0]) > 0.01
+
+
+def test_generate_scores_a_prompt_longer_than_the_window_in_evals_windows(setup, decoding):
+    from engramctl.model.serve.opening import ModelSpec
+    from engramctl.tokenizer import load_tokenizer
+
+    prompt = (PROMPT + " x\n") * 4 + PROMPT  # 38 tokens: 2 windows of 16 and a shorter one
+    spec = ModelSpec(decoding["base"], None, "cpu")
+    report = generated(spec, decoding["counts"], prompt, 2)
+    ids = load_tokenizer("deepseek-v4")[0].encode(prompt, add_special_tokens=False).ids
+    assert report.prompt_tokens == len(ids) > 32 and len(ids) % 16 not in (0, 1)
+    lam, inputs, _ = eval_gate(spec, decoding["counts"], [*ids, *report.tokens])
+    assert report.counts["prompt_recent_gain"] == pytest.approx(inputs.recent_gain[len(ids) - 1],
+                                                                 rel=1e-6)  # fmt: skip
+    assert report.counts["lambda"][0] == pytest.approx(lam[len(ids) - 1], rel=1e-6)
+
+
+def test_lm_eval_generate_until_decodes_from_the_mix(setup, decoding):
+    """``--mix 0``: the model's own greedy text; ``--mix 1``: the count memory's greedy
+    continuation; the gate: recent_gain started from the context as eval scores it."""
+    pytest.importorskip("lm_eval")
+    from engramctl.corpus.stream import eos_id
+    from engramctl.counts import CountsModel, open_counts
+    from engramctl.model.serve.lm_eval_adapter import harness_lm_class
+    from engramctl.model.serve.mixing import SequenceMixer, prompts_model_logp
+    from engramctl.model.serve.opening import ModelSpec, load_model_tokenizer, open_runner
+    from engramctl.table.sources.table import open_table
+
+    prompts = ["def main(", "import os\n", "The module"]
+    with open_table(setup["table"]) as table:
+        runner = open_runner(setup["model"], table, device="cpu", resident=True)
+        tok = load_model_tokenizer(runner.checkpoint, None)
+        eos = eos_id(tok)
+
+        def harness(counts=None, mix=None):
+            mixer = None
+            if counts is not None:
+                store = open_counts(counts)
+                mixer = SequenceMixer(CountsModel(store, store.vocab()), runner.model_vocab, mix,
+                                      eos)  # fmt: skip
+            return harness_lm_class()(runner, tok, batch=3, mixer=mixer)
+
+        def ask(lm, until=None):  # until: a stop string per prompt
+            until = until or [None] * len(prompts)
+            return lm.generate_until([Req((p, {"until": [u] if u else [], "max_gen_toks": 4}))
+                                      for p, u in zip(prompts, until, strict=True)])  # fmt: skip
+
+        plain = ask(harness())
+        assert ask(harness(setup["counts"], 0.0)) == plain
+        ones = ask(harness(setup["counts"], 1.0))
+        store = open_counts(setup["counts"])
+        counts = CountsModel(store, store.vocab())
+        want = []
+        for prompt in prompts:
+            history, made = tok.encode(prompt, add_special_tokens=False).ids, []
+            while len(made) < 4:
+                token = int(np.argmax(counts.distribution_after(history + made)[0]))
+                if token == eos:
+                    break
+                made.append(token)
+            want.append(tok.decode(made, skip_special_tokens=False))
+        assert ones == want and ones != plain
+        # a stop string cuts the mix's text before it
+        cut = [t[1:3] if len(t) > 2 else None for t in ones]
+        assert ask(harness(setup["counts"], 1.0), cut) == [
+            t[: t.find(c)] if c else t for t, c in zip(ones, cut, strict=True)
+        ]
+        # with the gate: decoded, each decoder started from its context's eval scores
+        gated = ask(harness(decoding["counts"]))
+        assert all(isinstance(t, str) for t in gated)
+        mixer = harness(decoding["counts"]).mixer
+        context = tok.encode(PROMPT * 3, add_special_tokens=False).ids  # > the window
+        decoder = mixer.decoder()
+        (logp,) = prompts_model_logp(runner, [context], decoder.spread, eos=eos, batch=2)
+        decoder.start(context, logp)
+        spec = ModelSpec(setup["model"], table, "cpu")
+        _, inputs, model_logp = eval_gate(spec, decoding["counts"], [*context, eos])
+    np.testing.assert_allclose(logp, model_logp[:-1], rtol=1e-6)
+    assert decoder.prompt_gain == pytest.approx(inputs.recent_gain[len(context) - 1], rel=1e-6)
+
+
+def test_recent_gain_from_a_prompt_past_the_horizon(setup):
+    """A prompt's targets older than RECENT_HORIZON are not scored: they move the feature by
+    under 1e-6."""
+    from engramctl.counts import CountsModel, open_counts
+    from engramctl.model.data import ModelVocab
+    from engramctl.model.serve.mixing import RECENT_HORIZON, MixedDecoder, prompt_scored_from
+    from engramctl.tokenizer import load_tokenizer
+
+    store = open_counts(setup["counts"])
+    counts = CountsModel(store, store.vocab())
+    size = counts.p0.shape[0]
+    rng = np.random.default_rng(0)
+    corpus = json.loads((setup["corpus"] / "train.jsonl").read_text().splitlines()[0])["text"]
+    ids = load_tokenizer("deepseek-v4")[0].encode(corpus * 8, add_special_tokens=False).ids
+    ids = ids[: RECENT_HORIZON + 300]
+    model_logp = rng.normal(-6.0, 2.0, len(ids) - 1)
+    vocab = ModelVocab(np.arange(size), np.arange(1, 200))
+    full, part = (MixedDecoder(counts, vocab, None, eos=size) for _ in range(2))
+    full.start(ids, model_logp)
+    first = prompt_scored_from(len(ids), 16)
+    assert first >= 256
+    part.start(ids, model_logp[first:])
+    assert abs(full.prompt_gain) > 0.1
+    assert part.prompt_gain == pytest.approx(full.prompt_gain, abs=1e-6)
+    with pytest.raises(ValueError):
+        part.start(ids, model_logp[-10:])
+
+
+class Req:
+    """The part of the harness's ``Instance`` the model reads."""
+
+    def __init__(self, args):
+        self.args = args
+        self.task_name = "t"

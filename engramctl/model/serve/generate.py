@@ -26,6 +26,8 @@ from ...errors import EngramError, UsageError
 from ...rowcache.policy import CacheTooSmall
 from .opening import ModelSpec, open_model
 
+PROMPT_BATCH = 4  # windows per forward pass when scoring a prompt longer than the window
+
 
 @dataclass
 class GenerateReport:
@@ -97,14 +99,19 @@ def generate(
     window = lm.config.block_size
     eos = eos_id(tokenizer)
     generator = torch.Generator().manual_seed(seed)
-    mixer, lambdas = None, []
+    mixer = None
     if counts is not None:
-        from ...counts.gate import RecentGain
-        from .mixing import open_counts_for_model, unknown_log_spread
+        from .mixing import MixedDecoder, open_counts_for_model
 
-        mixer = open_counts_for_model(counts, opened.checkpoint)
-        spread = unknown_log_spread(vocab, mixer.p0)
-        recent = RecentGain()  # over the generated tokens (the prompt's are not scored)
+        memory = open_counts_for_model(counts, opened.checkpoint)
+        mixer = MixedDecoder(memory, vocab, counts.mix, eos)
+    # with a gate reading recent_gain: the model's scores of the prompt's tokens (MixedDecoder)
+    scoring = mixer is not None and mixer.reads_prompt
+    if scoring:
+        from .mixing import prompt_scored_from
+
+        from_ = prompt_scored_from(len(ids), window)
+    early: list = []  # a prompt longer than the window: its pieces (start, ids, rows)
     pending: list[np.ndarray] = []
     rows_of = None
     if source is not None:
@@ -127,7 +134,11 @@ def generate(
     text_ids = list(ids)
     kept: dict = {}
     for start in range(0, len(ids), window):
-        kept = _append_rows(kept, fetch(ids[start : start + window]), window)
+        piece = ids[start : start + window]
+        new = fetch(piece)
+        if scoring and len(ids) > window and from_ <= start < len(ids) - 1:  # eval's windows
+            early.append((start, piece, new))
+        kept = _append_rows(kept, new, window)
     made: list[int] = []
     stopped = "max_tokens"
     cache = DecodeCache(lm.config.n_layer) if kv_cache else None
@@ -141,21 +152,14 @@ def generate(
             idx = torch.from_numpy(vocab.encode(np.array([context], dtype=np.int64)))
             # kept: the rows of the last min(len(text_ids), window) positions; context ends there
             rows = {layer: r[:, -len(context) :] for layer, r in kept.items()} or None
-            logits = lm(idx.to(runner.device), rows, cache)[0, -1]
+            out = lm(idx.to(runner.device), rows, cache)[0]
+            logits = out[-1]
+            if scoring and mixer.prompt_gain is None:  # the first step: the prompt's end
+                mixer.start(ids, _score_prompt(lm, vocab, runner.device, ids, early, out,
+                                               mixer.spread))  # fmt: skip
             if mixer is not None:
-                token = _mixed_pick(
-                    mixer,
-                    text_ids,
-                    logits,
-                    vocab,
-                    spread,
-                    counts.mix,
-                    lambdas,
-                    recent,
-                    temperature=temperature,
-                    top_k=top_k,
-                    generator=generator,
-                )
+                token = mixer.pick(text_ids, logits, temperature=temperature, top_k=top_k,
+                                   generator=generator)  # fmt: skip
             else:
                 pick = pick_token(logits, temperature=temperature, top_k=top_k,
                                   generator=generator)  # fmt: skip
@@ -180,27 +184,42 @@ def generate(
         tokens_per_s=len(made) / seconds if seconds else 0.0,
         device=str(runner.device),
         paging=opened.paging(),
-        counts=None if counts is None else {
-            "path": str(counts.path), "mix": "gate" if counts.mix is None else counts.mix,
-            "mean_lambda": float(np.mean(lambdas)) if lambdas else None,
-        },
-    )  # fmt: skip
+        counts=None if mixer is None else mixer.report(counts.path),
+    )
 
 
-def _mixed_pick(mixer, text_ids, logits, vocab, spread, mix, lambdas, recent, **pick) -> int:
-    """The next raw id from the model's distribution mixed with the count memory's; the
-    counts' gain over the model on it goes into ``recent`` (what the gate reads next step)."""
+def _score_prompt(lm, vocab, device, ids: list[int], early: list, out, spread) -> np.ndarray:
+    """``log P_model`` over raw ids of ``ids[1:]``, the prompt's tokens after its first (from
+    :func:`~.mixing.prompt_scored_from` on), in eval's windows of the text
+    (:func:`~engramctl.corpus.stream.lm_windows`).
+
+    A prompt that fits the window is the first step's context: ``out``, that step's logits,
+    are exactly eval's. A longer one is scored in the window-sized pieces it was paged in
+    (``early``: each piece's start, ids and rows; from the horizon on), a few per pass; eval hashes
+    a later window's first tokens from pad context where the stream has their true context,
+    so there the two differ by what the Engram rows of those tokens change."""
     import torch
 
-    from .mixing import mixed_distribution, pick_raw_token
+    from .mixing import raw_target_logp
 
-    probs = torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float64)
-    p, lam, p_model, p_counts = mixed_distribution(mixer, text_ids, probs, vocab, spread, mix,
-                                                   recent.value)  # fmt: skip
-    lambdas.append(lam)
-    token = pick_raw_token(p, **pick)
-    recent.push(np.log(max(p_counts[token], 1e-300)) - np.log(max(p_model[token], 1e-300)))
-    return token
+    if out.shape[0] == len(ids):
+        return raw_target_logp(out[:-1], ids[1:], vocab, spread)
+    length = len(early[0][1])
+    full = [e for e in early if len(e[1]) == length]
+    groups = [full[at : at + PROMPT_BATCH] for at in range(0, len(full), PROMPT_BATCH)]
+    groups += [[e] for e in early if len(e[1]) != length]  # the last piece, when shorter
+    scores = []
+    for group in groups:
+        pieces = np.array([piece for _, piece, _ in group], dtype=np.int64)
+        rows = None
+        if group[0][2]:
+            rows = {layer: torch.cat([r[layer] for *_, r in group]) for layer in group[0][2]}
+        with torch.inference_mode():
+            logits = lm(torch.from_numpy(vocab.encode(pieces)).to(device), rows)
+        for k, (start, piece, _) in enumerate(group):
+            targets = ids[start + 1 : start + len(piece) + 1]
+            scores.append(raw_target_logp(logits[k, : len(targets)], targets, vocab, spread))
+    return np.concatenate(scores)
 
 
 def _drain(pending: list):

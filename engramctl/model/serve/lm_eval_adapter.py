@@ -13,7 +13,10 @@ table by the :class:`~engramctl.model.serve.paging.RowPager` or resident), batch
   rolling windows of the model's length (every token scored once, the last window with full
   context), for word/byte perplexity and bits per byte.
 - ``generate_until``: greedy decoding (the "unknown" output class is never emitted), stopping at
-  an ``until`` string, EOS or ``max_gen_toks``; tasks asking for sampling are refused.
+  an ``until`` string, EOS or ``max_gen_toks``; tasks asking for sampling are refused. With a
+  count memory, each token is the argmax over raw ids of the mix
+  (:class:`~engramctl.model.serve.mixing.MixedDecoder`, ``recent_gain`` started from the
+  context as eval would score it).
 
 :func:`run_lm_eval` resolves the tasks (harness names or a directory of task YAMLs, the
 harness's ``include_path``), checks that engramctl can serve them and runs the harness's own
@@ -124,11 +127,6 @@ def _make_class(base):
 
         # ---------------------------------------------------------------- generation
         def generate_until(self, requests, disable_tqdm: bool = False):
-            if self.mixer is not None and requests:
-                raise EngramError(
-                    f"task {getattr(requests[0], 'task_name', None)!r} generates text; --counts "
-                    "mixes into log-likelihood (multiple-choice, perplexity) tasks only"
-                )
             jobs = []
             for request in requests:
                 context, kwargs = request.args
@@ -153,6 +151,7 @@ def _make_class(base):
 
             output_ids = self.runner.model_vocab.output_ids
             seqs = [list(ids) for ids, _, _ in jobs]
+            decoders = self._mixed_decoders(seqs) if self.mixer is not None else None
             made = [[] for _ in jobs]
             live = [steps > 0 for _, _, steps in jobs]
             texts = [""] * len(jobs)
@@ -166,10 +165,13 @@ def _make_class(base):
                     ends.append(len(window) - 1)
                 ((_, logits),) = list(self.runner.run([inputs]))
                 last = logits[torch.arange(len(rows)), torch.tensor(ends)].float()
-                last[:, 0] = float("-inf")  # the "unknown" class is no token
-                picks = last.argmax(-1).cpu().numpy()
+                if decoders is None:
+                    last[:, 0] = float("-inf")  # the "unknown" class is no token
+                    picks = output_ids[last.argmax(-1).cpu().numpy() - 1]
+                else:  # the mix's argmax over raw ids
+                    picks = [decoders[i].pick(seqs[i], last[k]) for k, i in enumerate(rows)]
                 for k, i in enumerate(rows):
-                    token = int(output_ids[picks[k] - 1])
+                    token = int(picks[k])
                     _, until, steps = jobs[i]
                     if token == self.eos:
                         live[i] = False
@@ -184,6 +186,19 @@ def _make_class(base):
                     elif len(made[i]) >= steps:
                         live[i] = False
             return texts
+
+        def _mixed_decoders(self, seqs):
+            """One :class:`~engramctl.model.serve.mixing.MixedDecoder` per prompt, started
+            after it (its ``recent_gain`` from the prompt, when the gate reads it)."""
+            from .mixing import prompts_model_logp
+
+            decoders = [self.mixer.decoder() for _ in seqs]
+            if decoders and decoders[0].reads_prompt:
+                scores = prompts_model_logp(self.runner, seqs, decoders[0].spread, eos=self.eos,
+                                            batch=self.batch)  # fmt: skip
+                for decoder, ids, logp in zip(decoders, seqs, scores, strict=True):
+                    decoder.start(ids, logp)
+            return decoders
 
     return EngramHarnessLM
 
@@ -361,8 +376,8 @@ def run_lm_eval(
     the harness's standard errors (closed form for means such as ``acc``; 0: none).
     ``quiet``: hide the harness's warnings and progress bars (``eval`` shows them with ``-v``).
     ``counts`` (a :class:`~engramctl.model.serve.mixing.CountsSpec`): every log-likelihood is
-    the mix's (:class:`~engramctl.model.serve.mixing.SequenceMixer`); generation tasks are
-    refused.
+    the mix's (:class:`~engramctl.model.serve.mixing.SequenceMixer`), and generation tasks
+    decode greedily from the mix (:class:`~engramctl.model.serve.mixing.MixedDecoder`).
     """
     import json
 

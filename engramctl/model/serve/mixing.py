@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ...counts import CountsModel, check_mix, open_counts
-from ...counts.gate import GateInputs, RecentGain
+from ...counts.gate import RECENT_DECAY, GateInputs, RecentGain
 from ...errors import EngramError
 
 
@@ -263,14 +263,16 @@ class SequenceMixer:
                      for k, t in enumerate(picked))  # fmt: skip
         return float(mixed.sum()), bool(greedy)
 
+    def decoder(self) -> MixedDecoder:
+        """A :class:`MixedDecoder` of this mix (one per generated sequence)."""
+        return MixedDecoder(self.counts, self.model_vocab, self.mix, self.eos)
+
     def _argmax(self, history: list[int], logits, lam: float) -> int:
         """The raw id the mix puts first after ``history`` (the counts' whole distribution)."""
         import torch
 
         probs = torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float64)
-        p_model = np.exp(self.spread) * float(probs[0])
-        known = self.model_vocab.output_ids < p_model.shape[0]
-        p_model[self.model_vocab.output_ids[known]] = probs[1:][known]
+        p_model = model_raw_distribution(probs, self.model_vocab, self.spread)
         p_counts = self.counts.distribution_after(history)[0]
         return int(np.argmax((1 - lam) * p_model + lam * p_counts))
 
@@ -294,6 +296,16 @@ def evaluate_counts_lm(counts: CountsModel, corpus) -> dict:
     }
 
 
+def model_raw_distribution(model_probs: np.ndarray, model_vocab, spread: np.ndarray):
+    """The model's distribution over its classes (class 0 the unknown one) as one over raw
+    ids: each known class at its id, the unknown class spread by ``exp(spread)``
+    (:func:`unknown_log_spread`)."""
+    p_model = np.exp(spread) * float(model_probs[0])
+    known = model_vocab.output_ids < p_model.shape[0]
+    p_model[model_vocab.output_ids[known]] = model_probs[1:][known]
+    return p_model
+
+
 def mixed_distribution(
     counts: CountsModel,
     history: list[int],
@@ -310,9 +322,7 @@ def mixed_distribution(
     for a gate that reads it."""
     positive = model_probs[model_probs > 0]
     entropy = float(-(positive * np.log(positive)).sum())  # over the model's classes
-    p_model = np.exp(spread) * float(model_probs[0])
-    known = model_vocab.output_ids < p_model.shape[0]
-    p_model[model_vocab.output_ids[known]] = model_probs[1:][known]
+    p_model = model_raw_distribution(model_probs, model_vocab, spread)
     p_counts, lam = counts.next_distribution(history, entropy, model_raw=p_model,
                                              recent_gain=recent)  # fmt: skip
     lam = lam if mix is None else float(mix)
@@ -332,3 +342,146 @@ def pick_raw_token(p: np.ndarray, *, temperature: float, top_k: int | None, gene
         logp = np.where(logp >= kth, logp, -np.inf)
     weights = torch.from_numpy(np.exp(logp - logp.max()))
     return int(torch.multinomial(weights, 1, generator=generator))
+
+
+def raw_target_logp(logits, raw_targets, model_vocab, spread: np.ndarray) -> np.ndarray:
+    """``log P_model`` over raw ids of each target (the unknown class spread as
+    :func:`unknown_log_spread` spreads it), from the model's ``logits`` ``(..., T, classes)`` at
+    the positions before them; ``raw_targets`` ``(..., T)``. The scale eval scores on."""
+    import torch
+
+    raw_targets = np.asarray(raw_targets, dtype=np.int64)
+    targets = model_vocab.encode_targets(raw_targets)
+    logq = torch.log_softmax(logits.float(), dim=-1)
+    picked = logq.gather(-1, torch.from_numpy(targets).to(logq.device).unsqueeze(-1))
+    class_logp = picked.squeeze(-1).double().cpu().numpy()
+    raw = np.clip(raw_targets, 0, spread.shape[0] - 1)
+    return class_logp + np.where(targets == 0, spread[raw], 0.0)
+
+
+# recent_gain forgets: a target this far back weighs < 1e-9 (RECENT_DECAY ** horizon); all the
+# older ones together move the feature by ~1e-6 at most (|g| <= GAIN_CLIP): they are not scored
+RECENT_HORIZON = math.ceil(math.log(1e-9) / math.log(RECENT_DECAY))
+
+
+def prompt_scored_from(length: int, window: int) -> int:
+    """Where the scoring of a prompt of ``length`` tokens starts for ``recent_gain``: the
+    start of eval's window (a multiple of ``window``) that holds the first of its last
+    :data:`RECENT_HORIZON` targets (0 for a prompt no longer)."""
+    return max(0, length - 1 - RECENT_HORIZON) // window * window
+
+
+def prompts_model_logp(runner, prompts: list, spread: np.ndarray, *, eos: int,
+                       batch: int) -> list[np.ndarray]:  # fmt: skip
+    """``log P_model`` over raw ids of each prompt's tokens after its first (from
+    :func:`prompt_scored_from` on, what :meth:`MixedDecoder.start` reads), as ``eval
+    --benchmark`` scores a stream: the model's windows of it (:func:`~engramctl.corpus.stream.
+    lm_windows`), rows from ``runner``'s source; all prompts' windows in one batched pass."""
+    from ...corpus.stream import lm_windows
+
+    seq_len = runner.model.config.block_size
+    out = [np.zeros(0) for _ in prompts]
+    parts = []
+    for i, ids in enumerate(prompts):
+        if len(ids) >= 2:
+            tail = np.asarray(ids[prompt_scored_from(len(ids), seq_len) :], np.int64)
+            parts.append((i, *lm_windows(tail, seq_len, pad=eos)))
+    if not parts:
+        return out
+    windows = np.concatenate([w for _, w, _ in parts])
+    inputs = np.ascontiguousarray(windows[:, :-1])
+    chunks = [inputs[s : s + batch] for s in range(0, inputs.shape[0], batch)]
+    logp, done = np.empty(windows[:, 1:].shape), 0
+    for _, logits in runner.run(iter(chunks)):
+        n = logits.shape[0]
+        logp[done : done + n] = raw_target_logp(logits, windows[done : done + n, 1:],
+                                                runner.model_vocab, spread)  # fmt: skip
+        done += n
+    at = 0
+    for i, w, mask in parts:
+        out[i] = logp[at : at + w.shape[0]][mask]
+        at += w.shape[0]
+    return out
+
+
+class MixedDecoder:
+    """Decoding one sequence from the mix ``(1 - λ) P_model + λ P_counts`` over raw ids, a
+    token per step (``generate --counts``, the harness's ``generate_until`` with ``--counts``).
+
+    The gate's ``recent_gain`` is eval's (:class:`MixPass`): the counts' gain over the model on
+    the document's tokens before the position. :meth:`start` feeds it the prompt's tokens (both
+    distributions are known there: the model's from its forward pass over the prompt, the
+    counts' from each token's context), so the first generated position reads what eval reads
+    at that position of the same text; :meth:`pick` then adds each generated token's gain (a
+    token drawn from the mix, whose gain that choice biases). A generated EOS starts a new
+    document (``recent_gain`` restarts), as in eval.
+
+    Attributes
+    ----------
+    lambdas : λ at each step picked so far.
+    prompt_gain : ``recent_gain`` at the first generated position (None: not computed, the
+        gate does not read it).
+    """
+
+    def __init__(self, counts: CountsModel, model_vocab, mix: float | None, eos: int):
+        self.counts, self.model_vocab, self.mix, self.eos = counts, model_vocab, mix, eos
+        self.spread = unknown_log_spread(model_vocab, counts.p0)
+        self.recent = RecentGain()
+        self.lambdas: list[float] = []
+        self.prompt_gain: float | None = None
+
+    @property
+    def reads_prompt(self) -> bool:
+        """Does λ depend on the prompt's scores (a fitted gate reading ``recent_gain``)? When
+        not, :meth:`start` need not be called and the prompt costs nothing."""
+        return self.mix is None and "recent_gain" in self.counts.gate_reads
+
+    def start(self, ids, model_logp) -> None:
+        """Begin after the prompt ``ids`` (raw, ``T >= 1``): ``model_logp`` is ``log P_model``
+        over raw ids (:func:`raw_target_logp`) of the last ``len(model_logp)`` of ``ids[1:]``,
+        all of them or at least the last :data:`RECENT_HORIZON` (:func:`prompt_scored_from`);
+        the counts score the same targets after the stream before them, documents cut at EOS
+        as eval cuts them."""
+        ids = np.asarray(ids, dtype=np.int64)
+        model_logp = np.asarray(model_logp, dtype=np.float64).reshape(-1)
+        m, n = model_logp.shape[0], ids.shape[0]
+        if m > max(n - 1, 0) or (m < n - 1 and m < RECENT_HORIZON):
+            raise ValueError(f"{m} model scores for {n} prompt ids")
+        self.recent = RecentGain()
+        if m:
+            first = n - m  # the first scored target; the counts read its n-gram before it
+            p_counts = self.counts.score_stream(ids[max(0, first - self.counts.max_level) :])
+            gain = np.log(p_counts[-m:, 0]) - model_logp
+            starts = ids[first - 1 : n - 1] == self.eos  # a target after an EOS starts a document
+            starts[0] = True  # the document's start, or the horizon
+            self.recent.step(gain, starts)
+        if n and ids[-1] == self.eos:
+            self.recent = RecentGain()
+        self.prompt_gain = self.recent.value
+
+    def pick(self, history: list[int], logits, *, temperature: float = 0.0,
+             top_k: int | None = None, generator=None) -> int:  # fmt: skip
+        """The next raw id after ``history`` from the mix, the model's ``logits`` (one
+        position, over its classes) mixed with ``P_counts(. | history)``
+        (:func:`pick_raw_token`: greedy at temperature 0); its λ goes to :attr:`lambdas` and
+        the counts' gain on it into ``recent_gain``."""
+        import torch
+
+        probs = torch.softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float64)
+        p, lam, p_model, p_counts = mixed_distribution(
+            self.counts, history, probs, self.model_vocab, self.spread, self.mix, self.recent.value
+        )
+        self.lambdas.append(lam)
+        token = pick_raw_token(p, temperature=temperature, top_k=top_k, generator=generator)
+        self.recent.push(np.log(max(p_counts[token], 1e-300)) - np.log(max(p_model[token], 1e-300)))
+        if token == self.eos:  # what follows begins a document
+            self.recent = RecentGain()
+        return token
+
+    def report(self, path) -> dict:
+        """What ``generate``'s report says of the mix: the memory, λ or "gate", λ per step."""
+        return {
+            "path": str(path), "mix": "gate" if self.mix is None else self.mix,
+            "mean_lambda": float(np.mean(self.lambdas)) if self.lambdas else None,
+            "lambda": [float(v) for v in self.lambdas], "prompt_recent_gain": self.prompt_gain,
+        }  # fmt: skip
