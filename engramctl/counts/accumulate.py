@@ -97,6 +97,7 @@ class PairAccumulator:
         self.width = 0  # rows per bucket once spilled
         self.buckets = 0
         self.files: list = []
+        self.scratch_bytes = 0  # bytes of row-bucket files written (pairs and saved summaries)
         if initial is not None:
             need = int(len(initial[0]) / 0.7 * 2 * (16 + 8 * self.top_k))  # as the table grows
             if not buckets and need <= self.budget // 2:
@@ -130,6 +131,7 @@ class PairAccumulator:
                 for path, array in zip(self.files[b], (r, y), strict=True):
                     with open(path, "ab") as handle:
                         array[pick].tofile(handle)
+                    self.scratch_bytes += pick.shape[0] * array.itemsize
 
     def spill(self, buckets: int, source=None) -> None:
         """Save the table's summaries (or ``source``'s) in ``buckets`` row ranges; later pairs
@@ -145,6 +147,7 @@ class PairAccumulator:
             np.savez(self.workdir / f"state{b}.npz", keys=np.asarray(keys[part]),
                      tokens=np.asarray(tokens[part]), counts=np.asarray(counts[part]),
                      totals=np.asarray(totals[part]))  # fmt: skip
+            self.scratch_bytes += (self.workdir / f"state{b}.npz").stat().st_size
             self.files.append((self.workdir / f"rows{b}.bin", self.workdir / f"targets{b}.bin"))
             for path in self.files[-1]:
                 path.write_bytes(b"")

@@ -36,6 +36,7 @@ from ..errors import EngramError, UsageError
 from ..hashing import hash_canonical
 from ..layout import ResolvedLayout
 from .accumulate import PairAccumulator
+from .disk import DiskEstimate, check_disk, corpus_tokens, disk_full_is_one_line, estimate_disk
 from .store import FORMAT, FORMAT_VERSION, write_metadata
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ class BuildCountsReport:
     seconds: float
     discounts: list
     gate: dict
+    disk: dict | None = None  # the disk projected before the pass (:class:`.disk.DiskEstimate`)
+    scratch_bytes: int = 0  # row-bucket files written (0: the build did not spill)
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -253,12 +256,14 @@ def build_counts(
         top_k = store.top_k
         remove_strays(job.out, store.meta["manifest"])  # an interrupted append's files
         suffix = f".{int(store.meta.get('generation', 0)) + 1}"
+    budget = job.max_memory or parse_memory("25%")
+    starts = column_starts(lay, layer_ids, bases)
+    where = Path(job.out) if job.append else Path(job.out).absolute().parent
+    disk = _check_disk(job, files, starts, rows, top_k, budget, vocab, store, where)
     place = _in_place(Path(job.out), store.meta["manifest"]) if job.append else \
         atomic_directory(Path(job.out), label="building", replace=job.overwrite)  # fmt: skip
-    with place as tmp:
+    with place as tmp, disk_full_is_one_line(where):
         tmp.mkdir(parents=True, exist_ok=job.append)
-        budget = job.max_memory or parse_memory("25%")
-        starts = column_starts(lay, layer_ids, bases)
         spill = " (then spilling row buckets to disk)" if job.partitions < 2 else ""
         log.info("row summaries: %s of RAM%s", format_bytes(budget), spill)
         initial = (
@@ -338,6 +343,7 @@ def build_counts(
         G = starts.shape[0]
         rows_h = np.concatenate(held_rows) if held else np.zeros((0, G), np.int64)
         targets_h = np.concatenate(held_targets) if held else np.zeros(0, np.int64)
+        scratch = acc.scratch_bytes
         before, hist, occupied, stored = acc.finish(rows_h, targets_h, tmp, suffix)
         discounts = _discounts(unigram, lay, layer_ids, before.hist, before.occupied)
         gate = _fit_gate(before, unigram, lay, layer_ids, discounts, rows_h, targets_h)
@@ -393,7 +399,22 @@ def build_counts(
         path=str(job.out), tokens=tokens, documents=documents, pairs=pairs, heldout_pairs=held,
         rows=int(rows), occupied_rows=int(stored - 1), top_k=top_k, full_rows=full, bytes=size,
         seconds=time.perf_counter() - started, discounts=discounts, gate=gate,
+        disk=disk.to_dict(), scratch_bytes=scratch,
     )  # fmt: skip
+
+
+def _check_disk(job, files, starts, rows, top_k, budget, vocab, store, where) -> DiskEstimate:
+    """Project the build's disk (:mod:`.disk`) and refuse or warn before any work."""
+    tokens, low, exact = corpus_tokens(files, job.corpus, job.limit_tokens)
+    estimate = estimate_disk(
+        tokens=tokens, tokens_low=low, exact=exact, column_rows=np.diff(np.append(starts, rows)),
+        top_k=top_k, budget=budget, partitions=job.partitions, heldout_cap=HELDOUT_CAP,
+        vocab_size=vocab.source_vocab_size, where=where,
+        initial_rows=0 if store is None else int(store.meta.get("occupied_rows") or 0),
+    )  # fmt: skip
+    log.info("disk: %s", estimate)
+    check_disk(estimate)
+    return estimate
 
 
 @contextmanager
