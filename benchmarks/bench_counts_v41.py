@@ -176,18 +176,18 @@ def prepare(workdir: Path, scale: int) -> dict:
     from engramctl import CanonicalVocab
 
     CanonicalVocab.from_tokenizer("deepseek-v4").save(workdir / "vocab.parquet")
-    lines = (SAMPLE / "train.jsonl").read_bytes().splitlines(keepends=True)
+    data = (SAMPLE / "train.jsonl").read_bytes()
     corpora = {}
-    for name, part in (("slice 1/4", 4), ("slice 1/2", 2)):
+    for name, part in (("slice 1/4", 4), ("slice 1/2", 2)):  # the first lines, by bytes
         path = workdir / f"slice{part}.jsonl"
-        path.write_bytes(b"".join(lines[: len(lines) // part]))
+        path.write_bytes(data[: data.index(b"\n", len(data) // part) + 1])
         corpora[name] = [str(path)]
     copies = 1
     while copies <= scale:
         folder = workdir / f"x{copies}"
         folder.mkdir()
         for copy in range(copies):
-            (folder / f"train{copy}.jsonl").write_bytes(b"".join(lines))
+            (folder / f"train{copy}.jsonl").write_bytes(data)
         corpora[f"repeat {copies}x"] = [str(folder)]
         copies *= 2
     return corpora
