@@ -31,6 +31,7 @@ from .spacesaving import RowTable, gather_rows, sorted_slots, table_histogram, t
 log = logging.getLogger(__name__)
 
 MAX_BUCKETS = 256  # row buckets at most (a bucket past the budget then grows past it)
+MIN_SLICE = 1 << 12  # pairs given to the row table at once in RAM, at least
 REPLAY_PAIRS = 1 << 22  # pairs read back per step when a bucket is replayed
 WRITE_ROWS = 1 << 20  # rows gathered per write
 SENTINEL = 2**63 - 1  # the row id of the all-zero row every store ends with
@@ -98,6 +99,7 @@ class PairAccumulator:
         self.buckets = 0
         self.files: list = []
         self.scratch_bytes = 0  # bytes of row-bucket files written (pairs and saved summaries)
+        self.seen = 0  # pairs given to :meth:`add` (kept or not)
         if initial is not None:
             need = int(len(initial[0]) / 0.7 * 2 * (16 + 8 * self.top_k))  # as the table grows
             if not buckets and need <= self.budget // 2:
@@ -113,25 +115,60 @@ class PairAccumulator:
 
     def add(self, rows, targets, keep, expected_growth: float = 1.0) -> None:
         """Count the kept pairs; ``expected_growth``: how much more input is to come than has
-        come (sizes the buckets if this call spills)."""
-        if not self.spilled:
-            self.table.add(rows, targets, keep)
-            if self.table.nbytes > self.budget:
-                self.spill(math.ceil(2 * expected_growth * self.table.nbytes / self.budget))
+        come (sizes the buckets if this call spills).
+
+        In RAM the pairs go to the table a slice at a time (:meth:`slice_pairs`), the budget
+        checked after each, so one batch cannot carry the table far past it; once spilled
+        the rest of the batch goes to the bucket files."""
+        n, before = rows.shape[0], self.seen
+        self.seen += n
+        if self.spilled:
+            self._append(rows, targets, keep)
             return
+        step = self.slice_pairs(rows.shape[1])
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            self.table.add(rows[lo:hi], targets[lo:hi], keep[lo:hi])
+            if self.table.nbytes > self.budget:
+                growth = expected_growth * (before + n) / (before + hi)  # seen: up to ``hi``
+                self.spill(math.ceil(2 * growth * self.table.nbytes / self.budget))
+                if hi < n:
+                    self._append(rows[hi:], targets[hi:], keep[hi:])
+                return
+
+    def slice_pairs(self, columns: int) -> int:
+        """Pairs given to the table at once in RAM: the rows they can add (``columns`` each, at
+        most twice ``(16 + 8 K) / LOAD`` bytes a row as the table doubles) stay under an eighth
+        of the budget; at least :data:`MIN_SLICE`."""
+        per_pair = 2 * columns * (16 + 8 * self.top_k) / 0.7
+        return max(MIN_SLICE, int(self.budget / 8 / per_pair))
+
+    def _append(self, rows, targets, keep) -> None:
+        """Append the kept pairs to their buckets' files, column by column, each in order (a
+        column's rows are contiguous, so it reaches one bucket or a few: no batch-wide sort)."""
         kept = np.flatnonzero(keep)
-        r = np.ascontiguousarray(rows[kept].T).reshape(-1)  # column by column, each in order
-        y = np.tile(np.asarray(targets, np.int32)[kept], rows.shape[1])
-        bucket = r // self.width
-        order = np.argsort(bucket, kind="stable")
-        bounds = np.searchsorted(bucket[order], np.arange(self.buckets + 1))
-        for b in range(self.buckets):
-            if bounds[b + 1] > bounds[b]:
-                pick = order[bounds[b] : bounds[b + 1]]
-                for path, array in zip(self.files[b], (r, y), strict=True):
-                    with open(path, "ab") as handle:
-                        array[pick].tofile(handle)
-                    self.scratch_bytes += pick.shape[0] * array.itemsize
+        if not kept.shape[0]:
+            return
+        y = np.asarray(targets)[kept].astype(np.int32)
+        for g in range(rows.shape[1]):
+            r = rows[kept, g]
+            bucket = r // self.width
+            first, last = int(bucket.min()), int(bucket.max())
+            if first == last:
+                self._write(first, r, y)
+                continue
+            order = np.argsort(bucket, kind="stable")
+            bounds = np.searchsorted(bucket[order], np.arange(first, last + 2))
+            for b in range(first, last + 1):
+                if bounds[b - first + 1] > bounds[b - first]:
+                    pick = order[bounds[b - first] : bounds[b - first + 1]]
+                    self._write(b, r[pick], y[pick])
+
+    def _write(self, b: int, r, y) -> None:
+        for path, array in zip(self.files[b], (r, y), strict=True):
+            with open(path, "ab") as handle:
+                array.tofile(handle)
+            self.scratch_bytes += array.nbytes
 
     def spill(self, buckets: int, source=None) -> None:
         """Save the table's summaries (or ``source``'s) in ``buckets`` row ranges; later pairs

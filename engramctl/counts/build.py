@@ -168,10 +168,20 @@ class _PairMaker:
         return context, ids, valid
 
 
-def _full_rows(counts) -> int:
-    """Rows whose K slots are all taken (where truncation may have happened)."""
-    return sum(int(np.count_nonzero(counts[lo : lo + (1 << 20), -1]))
-               for lo in range(0, counts.shape[0], 1 << 20))  # fmt: skip
+def _full_rows(path: Path, block: int = 1 << 20) -> int:
+    """Rows whose K slots are all taken (where truncation may have happened) in the counts
+    file at ``path``, read a block of rows at a time (file reads, not a mapping: the pages
+    read are not held in the build's RSS, which stays flat in the memory's size)."""
+    counts = np.load(path, mmap_mode="r")
+    rows, K, offset, dtype = counts.shape[0], counts.shape[1], counts.offset, counts.dtype
+    del counts
+    full = 0
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        for lo in range(0, rows, block):
+            part = np.fromfile(handle, dtype, count=min(block, rows - lo) * K).reshape(-1, K)
+            full += int(np.count_nonzero(part[:, -1]))
+    return full
 
 
 def column_starts(layout, layer_ids, bases) -> np.ndarray:
@@ -348,7 +358,7 @@ def build_counts(
         discounts = _discounts(unigram, lay, layer_ids, before.hist, before.occupied)
         gate = _fit_gate(before, unigram, lay, layer_ids, discounts, rows_h, targets_h)
         discounts = _discounts(unigram, lay, layer_ids, hist, occupied)
-        full = _full_rows(np.load(tmp / f"counts{suffix}.npy", mmap_mode="r"))
+        full = _full_rows(tmp / f"counts{suffix}.npy")
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,

@@ -190,10 +190,10 @@ def check_disk(estimate: DiskEstimate) -> None:
     advice = ("put --out on a larger file system, count fewer layers (--layers) or a smaller "
               "corpus (--limit-tokens)")  # fmt: skip
     if e.spill_low > e.free:
-        what = "the corpus's" if e.exact else f"at least {e.tokens_low:,} of the corpus's ~"
+        what = f"{e.tokens:,}" if e.exact else f"at least {e.tokens_low:,} (of ~{e.tokens:,})"
         raise EngramError(
-            f"not enough disk for build-counts under {e.where}: spilling {what}{e.tokens:,} "
-            f"tokens x {e.columns} columns needs {format_bytes(e.spill_low)} of scratch at the "
+            f"not enough disk for build-counts under {e.where}: spilling {what} tokens x "
+            f"{e.columns} columns needs {format_bytes(e.spill_low)} of scratch at the "
             f"least (12 B per token and column), {format_bytes(e.free)} is free; {advice}"
             + ("" if e.spills == "always" else ", or give it more --max-memory")
         )

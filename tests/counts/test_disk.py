@@ -204,3 +204,33 @@ def test_a_full_disk_mid_build_is_one_line(tmp_path, tiny_vocab, wide_layout, co
         assert leftovers(tmp_path) == ["m.zarr"]
     else:
         assert leftovers(tmp_path) == []
+
+
+def test_a_batch_spills_between_its_slices_and_counts_the_same(tmp_path, monkeypatch):
+    """In RAM a batch goes to the table a slice at a time; a budget passed mid-batch spills
+    there and the rest of the batch goes to the bucket files: the memory is the one a build in
+    RAM writes, bit for bit, and the table never held the whole batch's rows."""
+    monkeypatch.setattr(accumulate, "MIN_SLICE", 256)
+    rng = np.random.default_rng(3)
+    P, G, R = 3000, 4, 5000
+    rows = rng.integers(0, R, size=(P, G)) + np.arange(G) * R  # mostly new rows: the table grows
+    targets = rng.zipf(1.3, size=P) % 50
+    keep = rng.random(P) < 0.95
+    starts = np.arange(G) * R
+    written = {}
+    for name, budget in (("ram", 1 << 30), ("spilled", 1 << 17)):
+        acc = accumulate.PairAccumulator(total_rows=G * R, starts=starts, top_k=3, budget=budget,
+                                         workdir=tmp_path / f"{name}.spill")  # fmt: skip
+        acc.add(rows, targets, keep)
+        if name == "spilled":  # spilled after slice j (0 < j < 12): the rest went to files
+            assert acc.spilled and acc.slice_pairs(G) == 256
+            states = sum(p.stat().st_size for p in acc.workdir.glob("state*.npz"))
+            filed = (acc.scratch_bytes - states) // (12 * G)
+            assert filed in [int(keep[256 * j :].sum()) for j in range(1, 12)]
+        out = tmp_path / name
+        out.mkdir()
+        acc.finish(np.zeros((0, G), np.int64), np.zeros(0, np.int64), out)
+        written[name] = {p.name: np.load(p) for p in out.iterdir()}
+    assert written["ram"].keys() == written["spilled"].keys()
+    for key, array in written["ram"].items():
+        np.testing.assert_array_equal(array, written["spilled"][key])
