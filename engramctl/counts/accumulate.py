@@ -26,7 +26,7 @@ import numpy as np
 
 from .._numba import njit, prange
 from .._system import format_bytes
-from .spacesaving import RowTable, gather_rows, sorted_slots, table_histogram, table_slots
+from .spacesaving import LOAD, RowTable, gather_rows, sorted_slots, table_histogram, table_slots
 
 log = logging.getLogger(__name__)
 
@@ -117,15 +117,18 @@ class PairAccumulator:
         """Count the kept pairs; ``expected_growth``: how much more input is to come than has
         come (sizes the buckets if this call spills).
 
-        In RAM the pairs go to the table a slice at a time (:meth:`slice_pairs`), the budget
-        checked after each, so one batch cannot carry the table far past it; once spilled
-        the rest of the batch goes to the bucket files."""
+        In RAM, unless the whole batch fits the budget left at its worst, the pairs go to the
+        table a slice at a time (:meth:`slice_pairs`), the budget checked after each, so one
+        batch cannot carry the table far past it; once spilled the rest of the batch goes to
+        the bucket files."""
         n, before = rows.shape[0], self.seen
         self.seen += n
         if self.spilled:
             self._append(rows, targets, keep)
             return
         step = self.slice_pairs(rows.shape[1])
+        if n * self.pair_bytes(rows.shape[1]) <= self.budget - self.table.nbytes:
+            step = max(1, n)  # even with every pair's rows new the table stays in the budget
         for lo in range(0, n, step):
             hi = min(n, lo + step)
             self.table.add(rows[lo:hi], targets[lo:hi], keep[lo:hi])
@@ -136,12 +139,15 @@ class PairAccumulator:
                     self._append(rows[hi:], targets[hi:], keep[hi:])
                 return
 
+    def pair_bytes(self, columns: int) -> float:
+        """The most a pair can grow the table: ``columns`` new rows at twice ``(16 + 8 K) /
+        LOAD`` bytes each (the table doubles)."""
+        return 2 * columns * (16 + 8 * self.top_k) / LOAD
+
     def slice_pairs(self, columns: int) -> int:
-        """Pairs given to the table at once in RAM: the rows they can add (``columns`` each, at
-        most twice ``(16 + 8 K) / LOAD`` bytes a row as the table doubles) stay under an eighth
-        of the budget; at least :data:`MIN_SLICE`."""
-        per_pair = 2 * columns * (16 + 8 * self.top_k) / 0.7
-        return max(MIN_SLICE, int(self.budget / 8 / per_pair))
+        """Pairs given to the table at once in RAM when a batch may not fit: at their worst
+        (:meth:`pair_bytes`) an eighth of the budget; at least :data:`MIN_SLICE`."""
+        return max(MIN_SLICE, int(self.budget / 8 / self.pair_bytes(columns)))
 
     def _append(self, rows, targets, keep) -> None:
         """Append the kept pairs to their buckets' files, column by column, each in order (a

@@ -40,14 +40,13 @@ import numpy as np
 
 from .._system import format_bytes
 from ..errors import EngramError
+from .spacesaving import HEAPS, LOAD  # Heaps' law from below; the row table's load factor
 
 log = logging.getLogger(__name__)
 
 PAIR_BYTES = 12  # a spilled pair, per column: row id (int64) and target (int32)
 DOC_TOKENS = 16  # the low end assumes documents of 16 tokens or more on average
 TEXT_LOW = 3  # the low end of a text corpus's tokens: its estimate / 3 (9 bytes per token)
-HEAPS = 0.7  # occupied rows of a hashed column grow at least as pairs ** HEAPS (from below)
-LOAD = 0.7  # the row table's load factor (:mod:`.spacesaving`)
 
 
 def row_bytes(top_k: int) -> int:
