@@ -77,7 +77,8 @@ CountsMemoryOpt = Annotated[
     typer.Option(
         "--max-memory",
         help="RAM for the row summaries, e.g. 8G or 50% (default: 25% of RAM); beyond it the "
-        "build spills row buckets to disk and counts them one after another (same memory).",
+        "build spills row buckets to disk beside --out (12 B per token and column; free space "
+        "checked before the pass) and counts them one after another (same memory).",
     ),
 ]
 CountsPartitionsOpt = Annotated[
