@@ -11,9 +11,10 @@ pass), each build in a fresh subprocess after one untimed warm-up (numba cache, 
 - *repeats*: the whole file 1x, 2x, 4x (``--scale``): the same rows, more pairs: what the pass
   holds per corpus token.
 
-For each: tokens, seconds, peak RSS (VmHWM: file-backed pages included) and the largest
-anonymous and file-backed RSS sampled every 20 ms (with the phase each peaked in: the pass, the
-buckets' write-out, the gate's fit, the commit), the row-bucket scratch written (the
+For each: tokens, seconds, peak RSS (VmHWM: file-backed pages included), the anonymous RSS
+before the build (imports, vocab, layout) and the largest anonymous and file-backed RSS sampled
+every 20 ms (with the phase each peaked in: the pass, the buckets' write-out, the gate's fit,
+the commit), the row-bucket scratch written (the
 accumulator's count) and the most disk the output's directory took (sampled), the disk the
 build projected before the pass (:mod:`engramctl.counts.disk`), the memory's bytes and
 occupied rows. Then, on the largest memory: what opening it costs in RSS (``open_counts``,
@@ -117,6 +118,9 @@ def case_build(workdir: Path, inputs: list[str], max_memory: int) -> dict:
     root.mkdir()
     out = root / "c.zarr"
     job = BuildCountsJob(inputs=tuple(inputs), out=out, max_memory=max_memory)
+    import numba  # noqa: F401 (loaded by the build anyway: not the build's own RSS)
+
+    at_start = proc_status()
     sampler = Sampler(root)
     _phased(sampler, accumulate.PairAccumulator, "finish", "write-out", "gate")
     _phased(sampler, build, "write_metadata", "commit", "done")
@@ -125,10 +129,11 @@ def case_build(workdir: Path, inputs: list[str], max_memory: int) -> dict:
         report = build_counts(job=job, vocab=vocab, layout=layout)
     seconds = time.perf_counter() - started
     meta = read_metadata(out)
-    return {"seconds": seconds, "tokens": report.tokens, "bytes": report.bytes,
+    return {"seconds": seconds, "tokens": report.tokens, "held": report.heldout_pairs,
+            "bytes": report.bytes,
             "occupied_rows": meta["occupied_rows"], "scratch_bytes": report.scratch_bytes,
             "disk_peak": sampler.disk, "rss_peak": sampler.peak, "vmhwm_mib": peak_rss_mib(),
-            "estimate": report.disk, "out": str(out)}  # fmt: skip
+            "estimate": report.disk, "out": str(out), "start": at_start}  # fmt: skip
 
 
 def case_open(workdir: Path, path: str) -> dict:
@@ -221,7 +226,8 @@ def main(argv=None) -> dict:
         print(f"build-counts, deepseek-v4.1 layout (both layers, 49 columns), K 8, "
               f"--max-memory {args.max_memory}: spilled; one build per line, each in a fresh "
               "process")  # fmt: skip
-        print(f"  {'corpus':12s} {'tokens':>10s} {'s':>7s} {'VmHWM':>7s} {'anon':>13s} "
+        print(f"  {'corpus':12s} {'tokens':>10s} {'held':>8s} {'s':>7s} {'VmHWM':>7s} "
+              f"{'anon':>19s} "
               f"{'file':>16s} {'scratch':>8s} {'disk peak':>18s} {'projected':>17s} "
               f"{'memory':>8s} {'rows':>11s}")  # fmt: skip
         results = {}
@@ -231,8 +237,10 @@ def main(argv=None) -> dict:
             anon, file = r["rss_peak"]["RssAnon"], r["rss_peak"]["RssFile"]
             e = r["estimate"]
             print(
-                f"  {name:12s} {r['tokens']:10,} {r['seconds']:7.1f} {r['vmhwm_mib']:6.0f}M "
-                f"{anon[0]:5.0f}M {anon[1]:>7s} {file[0]:5.0f}M {file[1]:>10s} "
+                f"  {name:12s} {r['tokens']:10,} {r['held']:8,} {r['seconds']:7.1f} "
+                f"{r['vmhwm_mib']:6.0f}M "
+                f"{r['start']['RssAnon']:4.0f}->{anon[0]:4.0f}M {anon[1]:>7s} "
+                f"{file[0]:5.0f}M {file[1]:>10s} "
                 f"{r['scratch_bytes'] / 2**20:7.0f}M {r['disk_peak'][0] / 2**20:7.0f}M "
                 f"{r['disk_peak'][1]:>10s} {e['spill'] / 2**20:6.0f}M+{e['memory'] / 2**20:6.0f}M"
                 f" {r['bytes'] / 2**20:7.0f}M {r['occupied_rows']:11,}"
