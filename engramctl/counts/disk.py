@@ -12,8 +12,9 @@ both from the corpus's size and the layout, before any work:
 - pairs: tokens less the held-out pairs (5%, at most :data:`~.build.HELDOUT_CAP`), and, at
   the low end, one token in :data:`DOC_TOKENS` (a document's first token has no context);
 - occupied rows: at most ``rows_c (1 - exp(-pairs / rows_c))`` per column (every context new,
-  hashed into the column's ``rows_c`` rows: an upper bound); at least ``min(rows_c,
-  pairs ** HEAPS)`` per hashed column (Heaps' law from below, as the row table's growth uses);
+  hashed into the column's ``rows_c`` rows: an upper bound); at least the same with
+  ``pairs ** HEAPS`` distinct contexts per hashed column (Heaps' law from below, as the row
+  table's growth uses);
 - the spill: from the first pair with ``--partitions``; otherwise from where the row table
   passes the budget (about ``(16 + 8 K) / LOAD`` bytes per occupied row): the *central*
   estimate takes the upper occupancy (the earliest spill), the *low* one the lower occupancy
@@ -22,8 +23,8 @@ both from the corpus's size and the layout, before any work:
 At the end of the pass every bucket file exists at once, so the spill alone is a floor of the
 peak; the buckets are then removed one by one as the memory is written, so the peak lies
 between the larger of spill and memory and their sum. :func:`check_disk` refuses in one line
-when the floor (low tokens, latest spill) is more than is free, and warns when the central
-spill plus the memory's upper bound is.
+when a floor (the spill at the low end: low tokens, latest spill; or the memory at the low end)
+is more than is free, and warns when the central spill plus the memory's upper bound is.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class DiskEstimate:
     spill: int  # bucket files at the end of the pass (central)
     spill_low: int  # the same at the low end: what the build writes for sure
     memory: int  # the memory written, at most (every context new)
+    memory_low: int  # the memory at the low end (Heaps' law from below): written for sure
     needed: int  # spill + memory (central; the peak is at most this)
 
     def to_dict(self) -> dict:
@@ -118,9 +120,10 @@ def occupied_upper(pairs: float, column_rows: np.ndarray) -> float:
 
 
 def occupied_lower(pairs: float, column_rows: np.ndarray) -> float:
-    """Occupied rows after ``pairs`` pairs by Heaps' law from below (level 1 not counted)."""
+    """Occupied rows after ``pairs`` pairs with ``pairs ** HEAPS`` distinct contexts per hashed
+    column (Heaps' law from below; level 1 not counted), hashed into its rows."""
     rows = np.asarray(column_rows[1:], np.float64)
-    return float(np.sum(np.minimum(rows, float(pairs) ** HEAPS)))
+    return float(np.sum(rows * -np.expm1(-(float(pairs) ** HEAPS) / rows)))
 
 
 def _spill_start(budget: int, top_k: int, column_rows, occupied) -> float:
@@ -175,11 +178,12 @@ def estimate_disk(*, tokens: int, tokens_low: int, exact: bool, column_rows, top
     spill_low = PAIR_BYTES * G * max(0.0, pairs_low - start_late)
     rows = min(float(column_rows.sum()), occupied_upper(pairs, column_rows) + initial_rows)
     memory = per_row * (rows + 1) + 16 * vocab_size  # + the all-zero row, unigram, id map
+    memory_low = per_row * (occupied_lower(pairs_low, column_rows) + 1) + 16 * vocab_size
     free = shutil.disk_usage(where).free
     return DiskEstimate(
         where=str(where), free=int(free), tokens=int(tokens), tokens_low=int(tokens_low),
         exact=bool(exact), columns=G, spills=spills, spill=int(spill), spill_low=int(spill_low),
-        memory=int(memory), needed=int(spill + memory),
+        memory=int(memory), memory_low=int(memory_low), needed=int(spill + memory),
     )  # fmt: skip
 
 
@@ -188,13 +192,19 @@ def check_disk(estimate: DiskEstimate) -> None:
     e = estimate
     advice = ("put --out on a larger file system, count fewer layers (--layers) or a smaller "
               "corpus (--limit-tokens)")  # fmt: skip
+    what = f"{e.tokens:,}" if e.exact else f"at least {e.tokens_low:,} (of ~{e.tokens:,})"
     if e.spill_low > e.free:
-        what = f"{e.tokens:,}" if e.exact else f"at least {e.tokens_low:,} (of ~{e.tokens:,})"
         raise EngramError(
             f"not enough disk for build-counts under {e.where}: spilling {what} tokens x "
             f"{e.columns} columns needs {format_bytes(e.spill_low)} of scratch at the "
             f"least (12 B per token and column), {format_bytes(e.free)} is free; {advice}"
             + ("" if e.spills == "always" else ", or give it more --max-memory")
+        )
+    if e.memory_low > e.free:
+        raise EngramError(
+            f"not enough disk for build-counts under {e.where}: the memory of {what} tokens x "
+            f"{e.columns} columns needs {format_bytes(e.memory_low)} at the least (occupied "
+            f"rows from below by Heaps' law), {format_bytes(e.free)} is free; {advice}"
         )
     if e.needed > e.free:
         log.warning(

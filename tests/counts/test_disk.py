@@ -234,3 +234,16 @@ def test_a_batch_spills_between_its_slices_and_counts_the_same(tmp_path, monkeyp
     assert written["ram"].keys() == written["spilled"].keys()
     for key, array in written["ram"].items():
         np.testing.assert_array_equal(array, written["spilled"][key])
+
+
+def test_refused_when_the_memory_cannot_fit(tmp_path, tiny_vocab, wide_layout, corpus,
+                                            monkeypatch):  # fmt: skip
+    """No spill, but the memory's floor (Heaps' law from below) is more than is free."""
+    layout = resolved(wide_layout)
+    projected = build_counts(job=job(tmp_path, corpus), vocab=tiny_vocab, layout=layout).disk
+    assert projected["spill_low"] == 0 < projected["memory_low"] <= projected["memory"]
+    free_space(monkeypatch, projected["memory_low"] - 1)
+    with pytest.raises(EngramError, match="the memory of .* needs .* at the least"):
+        build_counts(job=job(tmp_path, corpus, overwrite=True), vocab=tiny_vocab, layout=layout)
+    free_space(monkeypatch, projected["memory_low"])  # at the floor: warned, built
+    build_counts(job=job(tmp_path, corpus, overwrite=True), vocab=tiny_vocab, layout=layout)
