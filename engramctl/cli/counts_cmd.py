@@ -77,7 +77,8 @@ CountsMemoryOpt = Annotated[
     typer.Option(
         "--max-memory",
         help="RAM for the row summaries, e.g. 8G or 50% (default: 25% of RAM); beyond it the "
-        "build spills row buckets to disk and counts them one after another (same memory).",
+        "build spills row buckets to disk beside --out (12 B per token and column; free space "
+        "checked before the pass) and counts them one after another (same memory).",
     ),
 ]
 CountsPartitionsOpt = Annotated[
@@ -214,6 +215,10 @@ def _render(report) -> None:
     table.add_row("rows with all K slots taken", f"{report.full_rows:,}")
     table.add_row("size", f"{format_bytes(report.bytes)} "
                           f"({report.bytes / report.tokens:,.1f} B per corpus token)")  # fmt: skip
+    if report.scratch_bytes:
+        projected = f"; projected {format_bytes(report.disk['spill'])}" if report.disk else ""
+        table.add_row("row-bucket scratch", f"{format_bytes(report.scratch_bytes)} at the "
+                                            f"pass's end{projected} (removed)")  # fmt: skip
     table.add_row("discounts (unigram, 1..M)", ", ".join(f"{d:.3f}" for d in report.discounts))
     gate = report.gate
     if gate.get("fitted"):

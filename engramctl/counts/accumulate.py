@@ -26,11 +26,12 @@ import numpy as np
 
 from .._numba import njit, prange
 from .._system import format_bytes
-from .rowtable import RowTable, add_histogram, sorted_slots
+from .rowtable import LOAD, RowTable, add_histogram, sorted_slots
 
 log = logging.getLogger(__name__)
 
 MAX_BUCKETS = 256  # row buckets at most (a bucket past the budget then grows past it)
+MIN_SLICE = 1 << 12  # pairs given to the row table at once in RAM, at least
 REPLAY_PAIRS = 1 << 22  # pairs read back per step when a bucket is replayed
 WRITE_ROWS = 1 << 20  # rows gathered per write
 SENTINEL = 2**63 - 1  # the row id of the all-zero row every store ends with
@@ -101,6 +102,8 @@ class PairAccumulator:
         self.width = 0  # rows per bucket once spilled
         self.buckets = 0
         self.files: list = []
+        self.scratch_bytes = 0  # bytes of row-bucket files written (pairs and saved summaries)
+        self.seen = 0  # pairs given to :meth:`add` (kept or not)
         if initial is not None:
             need = int(len(initial[0]) / 0.7 * 2 * (16 + 8 * self.top_k))  # as the table grows
             if not buckets and need <= self.budget // 2:
@@ -116,24 +119,66 @@ class PairAccumulator:
 
     def add(self, rows, targets, keep, expected_growth: float = 1.0) -> None:
         """Count the kept pairs; ``expected_growth``: how much more input is to come than has
-        come (sizes the buckets if this call spills)."""
-        if not self.spilled:  # (rows grow about as pairs ** GROWTH: Heaps' law)
-            self.table.add(rows, targets, keep, scale=expected_growth**GROWTH)
-            if self.table.nbytes > self.budget:
-                self.spill(math.ceil(2 * expected_growth * self.table.nbytes / self.budget))
+        come (sizes the buckets if this call spills).
+
+        In RAM, unless the whole batch fits the budget left at its worst, the pairs go to the
+        table a slice at a time (:meth:`slice_pairs`), the budget checked after each, so one
+        batch cannot carry the table far past it; once spilled the rest of the batch goes to
+        the bucket files."""
+        n, before = rows.shape[0], self.seen
+        self.seen += n
+        if self.spilled:
+            self._append(rows, targets, keep)
             return
+        step = self.slice_pairs(rows.shape[1])
+        if n * self.pair_bytes(rows.shape[1]) <= self.budget - self.table.nbytes:
+            step = max(1, n)  # even with every pair's rows new the table stays in the budget
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            self.table.add(rows[lo:hi], targets[lo:hi], keep[lo:hi], scale=expected_growth**GROWTH)
+            if self.table.nbytes > self.budget:
+                growth = expected_growth * (before + n) / (before + hi)  # seen: up to ``hi``
+                self.spill(math.ceil(2 * growth * self.table.nbytes / self.budget))
+                if hi < n:
+                    self._append(rows[hi:], targets[hi:], keep[hi:])
+                return
+
+    def pair_bytes(self, columns: int) -> float:
+        """The most a pair can grow the table: ``columns`` new rows at twice ``(16 + 8 K) /
+        LOAD`` bytes each (the table doubles)."""
+        return 2 * columns * (16 + 8 * self.top_k) / LOAD
+
+    def slice_pairs(self, columns: int) -> int:
+        """Pairs given to the table at once in RAM when a batch may not fit: at their worst
+        (:meth:`pair_bytes`) an eighth of the budget; at least :data:`MIN_SLICE`."""
+        return max(MIN_SLICE, int(self.budget / 8 / self.pair_bytes(columns)))
+
+    def _append(self, rows, targets, keep) -> None:
+        """Append the kept pairs to their buckets' files, column by column, each in order (a
+        column's rows are contiguous, so it reaches one bucket or a few: no batch-wide sort)."""
         kept = np.flatnonzero(keep)
-        r = np.ascontiguousarray(rows[kept].T).reshape(-1)  # column by column, each in order
-        y = np.tile(np.asarray(targets, np.int32)[kept], rows.shape[1])
-        bucket = r // self.width
-        order = np.argsort(bucket, kind="stable")
-        bounds = np.searchsorted(bucket[order], np.arange(self.buckets + 1))
-        for b in range(self.buckets):
-            if bounds[b + 1] > bounds[b]:
-                pick = order[bounds[b] : bounds[b + 1]]
-                for path, array in zip(self.files[b], (r, y), strict=True):
-                    with open(path, "ab") as handle:
-                        array[pick].tofile(handle)
+        if not kept.shape[0]:
+            return
+        y = np.asarray(targets)[kept].astype(np.int32)
+        for g in range(rows.shape[1]):
+            r = rows[kept, g]
+            bucket = r // self.width
+            first, last = int(bucket.min()), int(bucket.max())
+            if first == last:
+                self._write(first, r, y)
+                continue
+            order = np.argsort(bucket, kind="stable")
+            bounds = np.searchsorted(bucket[order], np.arange(first, last + 2))
+            for b in range(first, last + 1):
+                if bounds[b - first + 1] > bounds[b - first]:
+                    pick = order[bounds[b - first] : bounds[b - first + 1]]
+                    self._write(b, r[pick], y[pick])
+
+    def _write(self, b: int, r, y) -> None:
+        for path, array in zip(self.files[b], (r, y), strict=True):
+            with open(path, "ab") as handle:
+                array.tofile(handle)
+            self.scratch_bytes += array.nbytes
 
     def spill(self, buckets: int, source=None) -> None:
         """Save the table's summaries (or ``source``'s) in ``buckets`` row ranges; later pairs
@@ -149,6 +194,7 @@ class PairAccumulator:
             np.savez(self.workdir / f"state{b}.npz", keys=np.asarray(keys[part]),
                      tokens=np.asarray(tokens[part]), counts=np.asarray(counts[part]),
                      totals=np.asarray(totals[part]))  # fmt: skip
+            self.scratch_bytes += (self.workdir / f"state{b}.npz").stat().st_size
             self.files.append((self.workdir / f"rows{b}.bin", self.workdir / f"targets{b}.bin"))
             for path in self.files[-1]:
                 path.write_bytes(b"")

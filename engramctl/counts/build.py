@@ -11,7 +11,7 @@ total/K) for the rows that occur only, in RAM up to ``max_memory`` and in row bu
 to disk beyond it; every row sees its continuations in corpus order, so the result depends on
 neither threads nor buckets.
 
-One pair in 20 (blocks of :data:`BLOCK` pairs, at most :data:`HELDOUT_CAP`) is held out: the
+One pair in 20 (blocks of :data:`BLOCK` pairs, at most :func:`heldout_cap`) is held out: the
 gate is fitted on them (:mod:`engramctl.counts.gate`) against the rows as counted before them,
 and they are counted last. The memory is written under a temporary name and renamed when
 complete.
@@ -36,12 +36,14 @@ from ..errors import EngramError, UsageError
 from ..hashing import hash_canonical
 from ..layout import ResolvedLayout
 from .accumulate import PairAccumulator
+from .disk import DiskEstimate, check_disk, corpus_tokens, disk_full_is_one_line, estimate_disk
 from .store import FORMAT, FORMAT_VERSION, write_metadata
 
 log = logging.getLogger(__name__)
 
 HELDOUT_EVERY = 20  # one block in 20 held out for the gate (5%)
 HELDOUT_CAP = 1 << 17  # held-out pairs at most (their rows stay in RAM until the fit)
+SNAPSHOT_BYTES = 1 << 26  # and at most so many that their rows' summaries fit 64 MiB
 BLOCK = 256  # pairs per held-out block (16 for corpora under ~1M tokens)
 
 
@@ -106,6 +108,8 @@ class BuildCountsReport:
     seconds: float
     discounts: list
     gate: dict
+    disk: dict | None = None  # the disk projected before the pass (:class:`.disk.DiskEstimate`)
+    scratch_bytes: int = 0  # row-bucket files written (0: the build did not spill)
 
     def to_dict(self) -> dict:
         from dataclasses import asdict
@@ -165,10 +169,27 @@ class _PairMaker:
         return context, ids, valid
 
 
-def _full_rows(counts) -> int:
-    """Rows whose K slots are all taken (where truncation may have happened)."""
-    return sum(int(np.count_nonzero(counts[lo : lo + (1 << 20), -1]))
-               for lo in range(0, counts.shape[0], 1 << 20))  # fmt: skip
+def _full_rows(path: Path, block: int = 1 << 20) -> int:
+    """Rows whose K slots are all taken (where truncation may have happened) in the counts
+    file at ``path``, read a block of rows at a time (file reads, not a mapping: the pages
+    read are not held in the build's RSS, which stays flat in the memory's size)."""
+    counts = np.load(path, mmap_mode="r")
+    rows, K, offset, dtype = counts.shape[0], counts.shape[1], counts.offset, counts.dtype
+    del counts
+    full = 0
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        for lo in range(0, rows, block):
+            part = np.fromfile(handle, dtype, count=min(block, rows - lo) * K).reshape(-1, K)
+            full += int(np.count_nonzero(part[:, -1]))
+    return full
+
+
+def heldout_cap(columns: int, top_k: int) -> int:
+    """Held-out pairs at most: :data:`HELDOUT_CAP`, fewer where their rows' summaries (kept
+    in RAM until the gate's fit: ``columns`` rows of ``16 + 8 K`` bytes a pair) would pass
+    :data:`SNAPSHOT_BYTES` (at V4.1's layout, 49 columns and K = 8: 17,120 pairs)."""
+    return int(min(HELDOUT_CAP, max(1024, SNAPSHOT_BYTES // (columns * (16 + 8 * top_k)))))
 
 
 def column_starts(layout, layer_ids, bases) -> np.ndarray:
@@ -253,12 +274,14 @@ def build_counts(
         top_k = store.top_k
         remove_strays(job.out, store.meta["manifest"])  # an interrupted append's files
         suffix = f".{int(store.meta.get('generation', 0)) + 1}"
+    budget = job.max_memory or parse_memory("25%")
+    starts = column_starts(lay, layer_ids, bases)
+    where = Path(job.out) if job.append else Path(job.out).absolute().parent
+    disk = _check_disk(job, files, starts, rows, top_k, budget, vocab, store, where)
     place = _in_place(Path(job.out), store.meta["manifest"]) if job.append else \
         atomic_directory(Path(job.out), label="building", replace=job.overwrite)  # fmt: skip
-    with place as tmp:
+    with place as tmp, disk_full_is_one_line(where):
         tmp.mkdir(parents=True, exist_ok=job.append)
-        budget = job.max_memory or parse_memory("25%")
-        starts = column_starts(lay, layer_ids, bases)
         spill = " (then spilling row buckets to disk)" if job.partitions < 2 else ""
         log.info("row summaries: %s of RAM%s", format_bytes(budget), spill)
         initial = (
@@ -274,6 +297,7 @@ def build_counts(
         if store is not None:
             unigram += np.asarray(store.unigram)
         estimated = max(1, estimate_tokens(files, job.corpus))
+        cap = heldout_cap(len(starts), top_k)
         maker = _PairMaker(lay, layer_ids, vocab, bases)
         tokens = documents = pairs = 0
         held_rows, held_targets, held = [], [], 0
@@ -303,7 +327,7 @@ def build_counts(
                 context, targets, valid = maker.pairs(ids, batch.offsets, batch.doc_start)
                 index = pairs + np.cumsum(valid) - 1  # the running number of each valid pair
                 hold = valid & ((index // block) % HELDOUT_EVERY == HELDOUT_EVERY - 1)
-                room = HELDOUT_CAP - held
+                room = cap - held
                 if hold.sum() > room:
                     hold[np.flatnonzero(hold)[room:]] = False
                 if hold.any():
@@ -338,11 +362,12 @@ def build_counts(
         G = starts.shape[0]
         rows_h = np.concatenate(held_rows) if held else np.zeros((0, G), np.int64)
         targets_h = np.concatenate(held_targets) if held else np.zeros(0, np.int64)
+        scratch = acc.scratch_bytes
         before, hist, occupied, stored = acc.finish(rows_h, targets_h, tmp, suffix)
         discounts = _discounts(unigram, lay, layer_ids, before.hist, before.occupied)
         gate = _fit_gate(before, unigram, lay, layer_ids, discounts, rows_h, targets_h)
         discounts = _discounts(unigram, lay, layer_ids, hist, occupied)
-        full = _full_rows(np.load(tmp / f"counts{suffix}.npy", mmap_mode="r"))
+        full = _full_rows(tmp / f"counts{suffix}.npy")
         meta = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -393,7 +418,23 @@ def build_counts(
         path=str(job.out), tokens=tokens, documents=documents, pairs=pairs, heldout_pairs=held,
         rows=int(rows), occupied_rows=int(stored - 1), top_k=top_k, full_rows=full, bytes=size,
         seconds=time.perf_counter() - started, discounts=discounts, gate=gate,
+        disk=disk.to_dict(), scratch_bytes=scratch,
     )  # fmt: skip
+
+
+def _check_disk(job, files, starts, rows, top_k, budget, vocab, store, where) -> DiskEstimate:
+    """Project the build's disk (:mod:`.disk`) and refuse or warn before any work."""
+    tokens, low, exact = corpus_tokens(files, job.corpus, job.limit_tokens)
+    estimate = estimate_disk(
+        tokens=tokens, tokens_low=low, exact=exact, column_rows=np.diff(np.append(starts, rows)),
+        top_k=top_k, budget=budget, partitions=job.partitions,
+        heldout_cap=heldout_cap(len(starts), top_k),
+        vocab_size=vocab.source_vocab_size, where=where,
+        initial_rows=0 if store is None else int(store.meta.get("occupied_rows") or 0),
+    )  # fmt: skip
+    log.info("disk: %s", estimate)
+    check_disk(estimate)
+    return estimate
 
 
 @contextmanager
