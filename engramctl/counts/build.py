@@ -36,6 +36,7 @@ from ..errors import EngramError, UsageError
 from ..layout import ResolvedLayout
 from .accumulate import PairAccumulator
 from .buildparts import (
+    BuildCountsReport,
     PairMaker,
     check_counted,
     check_ids,
@@ -66,6 +67,7 @@ class BuildCountsJob:
     max_memory: int | None = None  # RAM for row summaries before spilling (None: 25% of RAM)
     partitions: int = 0  # >= 2: spill into this many row buckets (0, 1: only over max_memory)
     append: bool = False  # add the corpus to the memory at ``out`` (one commit)
+    scheduler: str | None = None  # count on Dask: an address or local:N (:mod:`.build_dask`)
 
     def check(self) -> None:
         if isinstance(self.top_k, bool) or self.top_k < 1:
@@ -80,6 +82,10 @@ class BuildCountsJob:
             raise UsageError(f"--max-memory must be positive, got {self.max_memory}")
         if self.limit_tokens is not None and self.limit_tokens < 1:
             raise UsageError(f"--limit-tokens must be at least 1, got {self.limit_tokens}")
+        if self.scheduler and self.limit_tokens is not None:
+            raise UsageError("--limit-tokens counts the first tokens in order; drop --scheduler")
+        if self.scheduler and self.append:
+            raise UsageError("--append is not done on Dask yet; drop --scheduler")
         out = Path(self.out)
         if self.append:
             from .store import is_counts_store
@@ -94,30 +100,6 @@ class BuildCountsJob:
             raise EngramError(f"{out} exists; pass --overwrite to replace it")
         if not out.parent.exists():
             raise EngramError(f"directory {out.parent} does not exist; create it first")
-
-
-@dataclass(frozen=True)
-class BuildCountsReport:
-    """What a build counted and wrote."""
-
-    path: str
-    tokens: int
-    documents: int
-    pairs: int  # (context, next token) pairs counted
-    heldout_pairs: int  # of them, held out for the gate's fit (counted after it)
-    rows: int  # rows of the layout (level 1 and every counted layer)
-    occupied_rows: int  # of them, the rows counted (the store holds these only)
-    top_k: int
-    full_rows: int  # rows whose K slots are all taken (where truncation may have happened)
-    bytes: int
-    seconds: float
-    discounts: list
-    gate: dict
-
-    def to_dict(self) -> dict:
-        from dataclasses import asdict
-
-        return asdict(self)
 
 
 def build_counts(
@@ -142,6 +124,11 @@ def build_counts(
     from ..hashing import NgramHasher
 
     job.check()
+    if job.scheduler:
+        from .build_dask import build_counts_dask
+
+        return build_counts_dask(job=job, vocab=vocab, layout=layout, tokenizer=tokenizer,
+                                 progress=progress)  # fmt: skip
     job.corpus.validate()
     started = time.perf_counter()
     lay, layer_ids = layout.layout, tuple(layout.layer_ids)

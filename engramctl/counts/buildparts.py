@@ -5,6 +5,8 @@ metadata written at the end. Both builds call these, so their memories agree bit
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..errors import EngramError
@@ -14,6 +16,30 @@ HELDOUT_EVERY = 20  # one block in 20 held out for the gate (5%)
 HELDOUT_CAP = 1 << 17  # held-out pairs at most (their rows stay in RAM until the fit)
 BLOCK = 256  # pairs per held-out block (16 for corpora under ~1M tokens)
 HEAD_PAIRS = HELDOUT_EVERY * HELDOUT_CAP  # no pair at or past this running index is held out
+
+
+@dataclass(frozen=True)
+class BuildCountsReport:
+    """What a build counted and wrote."""
+
+    path: str
+    tokens: int
+    documents: int
+    pairs: int  # (context, next token) pairs counted
+    heldout_pairs: int  # of them, held out for the gate's fit (counted after it)
+    rows: int  # rows of the layout (level 1 and every counted layer)
+    occupied_rows: int  # of them, the rows counted (the store holds these only)
+    top_k: int
+    full_rows: int  # rows whose K slots are all taken (where truncation may have happened)
+    bytes: int
+    seconds: float
+    discounts: list
+    gate: dict
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
 
 
 def heldout_block(files, options) -> int:

@@ -1,0 +1,176 @@
+"""``build-counts --scheduler``: the memory built on Dask is one process's, bit for bit (every
+array file, every metadata figure but the time), for shards cut at document starts and inside
+documents, held-out pairs on both sides of a shard boundary, with and without --partitions;
+killed workers re-run; refusals are one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+
+import numpy as np
+import pytest
+
+from engramctl.corpus.files import CorpusOptions
+from engramctl.counts import BuildCountsJob, build_counts
+from engramctl.errors import EngramError, UsageError
+
+from .conftest import random_docs, resolved, write_token_corpus
+
+SEP = 3  # the document separator of the flat token stream
+TIMES = ("build_seconds", "meta_sha256")  # the time, and the checksum that covers it
+
+
+@pytest.fixture(scope="module")
+def layout(tiny_vocab):
+    """Small heads (collisions) and two layers."""
+    from tests.conftest import make_layout
+
+    return make_layout((1009, 1013), vocab_size=tiny_vocab.canonical_vocab_size, layers=(1, 4))
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory, tiny_vocab):
+    """JSON Lines of ids (one document a line) and a flat uint16 stream with separators
+    (long documents: shards cut inside them)."""
+    root = tmp_path_factory.mktemp("dcounts")
+    V = tiny_vocab.source_vocab_size
+    jsonl = write_token_corpus(root / "c.jsonl", random_docs(3, V, count=120, high=80))
+    docs = random_docs(4, V, count=12, low=40, high=400)
+    stream = np.concatenate([np.append(d[d != SEP], SEP) for d in docs]).astype(np.uint16)
+    stream.tofile(root / "s.u16")
+    return {"jsonl": jsonl, "stream": root / "s.u16"}
+
+
+def _options(kind):
+    if kind == "jsonl":
+        return CorpusOptions(tokens_field="ids", batch_tokens=97)
+    return CorpusOptions(doc_sep_id=SEP, batch_tokens=97)
+
+
+def _job(corpora, kind, out, **fields):
+    return BuildCountsJob(inputs=(str(corpora[kind]),), out=out, top_k=2,
+                          corpus=_options(kind), **fields)  # fmt: skip
+
+
+def assert_same_memory(a, b):
+    """Every file of two memories byte for byte, zarr.json but its time and checksum."""
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    for name in names:
+        if name != "zarr.json":
+            assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    meta = [json.loads((d / "zarr.json").read_text()) for d in (a, b)]
+    for doc in meta:
+        for key in TIMES:
+            doc["attributes"]["engramctl_counts"].pop(key)
+    assert meta[0] == meta[1]
+
+
+def _in_process_client():
+    distributed = pytest.importorskip("distributed")
+    return distributed.Client(processes=False, n_workers=1, threads_per_worker=2,
+                              dashboard_address=None)  # fmt: skip
+
+
+# ------------------------------------------------- in one process (patchable): the held-out cap
+@pytest.mark.parametrize("kind", ["jsonl", "stream"])
+def test_heldout_pairs_across_shard_boundaries(kind, corpora, tiny_vocab, layout, tmp_path,
+                                                monkeypatch):  # fmt: skip
+    """A cap of 64 held-out pairs (blocks of 16, 1280 pairs where they may be): shards before,
+    across and past that point; the same memory as one process, with and without buckets."""
+    import engramctl.counts.buildparts as parts
+    import engramctl.counts.dask_tasks as tasks
+    from engramctl.counts.build_dask import build_counts_dask
+
+    monkeypatch.setattr(parts, "HELDOUT_CAP", 64)
+    monkeypatch.setattr(parts, "HEAD_PAIRS", 64 * parts.HELDOUT_EVERY)
+    monkeypatch.setattr(tasks, "HEAD_PAIRS", 64 * parts.HELDOUT_EVERY)
+    one = build_counts(job=_job(corpora, kind, tmp_path / "one.zarr"), vocab=tiny_vocab,
+                       layout=resolved(layout))  # fmt: skip
+    assert one.heldout_pairs == 64 and one.pairs > 2 * 1280 and one.full_rows > 0
+    with _in_process_client() as client:
+        for partitions in (0, 3):
+            out = tmp_path / f"d{partitions}.zarr"
+            report = build_counts_dask(job=_job(corpora, kind, out, partitions=partitions),
+                                       vocab=tiny_vocab, layout=resolved(layout), client=client,
+                                       shard_bytes=700)  # fmt: skip
+            assert_same_memory(tmp_path / "one.zarr", out)
+            assert report.heldout_pairs == 64 and report.pairs == one.pairs
+            assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no scratch left
+
+
+def test_shards_cut_inside_documents_start_from_their_context(corpora):
+    from engramctl.corpus.files import discover_files
+    from engramctl.corpus.readers import token_context
+    from engramctl.corpus.shards import split_files
+
+    options = _options("stream")
+    shards = split_files(discover_files([str(corpora["stream"])]), options, 700)
+    inside = [s for s in shards if not token_context(s, options, 3)[1]]
+    assert len(shards) > 4 and len(inside) >= 2  # the priming path is exercised
+
+
+# ------------------------------------------------------------------- a real LocalCluster
+@pytest.fixture(scope="module")
+def client():
+    pytest.importorskip("distributed")
+    from engramctl.cluster import open_client
+
+    with open_client("local:2") as c:
+        yield c
+
+
+def test_local_cluster_memory_equals_one_process(client, corpora, tiny_vocab, layout, tmp_path):
+    from engramctl.counts.build_dask import build_counts_dask
+
+    client.wait_for_workers(2, timeout=60)
+    for kind in ("jsonl", "stream"):
+        one = tmp_path / f"one-{kind}.zarr"
+        build_counts(job=_job(corpora, kind, one), vocab=tiny_vocab, layout=resolved(layout))
+        seen = []
+        out = tmp_path / f"d-{kind}.zarr"
+        report = build_counts_dask(job=_job(corpora, kind, out), vocab=tiny_vocab,
+                                   layout=resolved(layout), client=client, shard_bytes=1500,
+                                   progress=lambda *a: seen.append(a))  # fmt: skip
+        assert_same_memory(one, out)
+        assert report.heldout_pairs > 0 and report.full_rows > 0
+        assert seen[-1][0] == seen[-1][1] and seen[-1][3] == report.tokens
+
+
+def test_killed_worker_is_rerun_and_the_memory_is_the_same(client, corpora, tiny_vocab, layout,
+                                                           tmp_path):  # fmt: skip
+    from engramctl.counts.build_dask import build_counts_dask
+
+    client.wait_for_workers(2, timeout=60)
+    one = tmp_path / "one.zarr"
+    build_counts(job=_job(corpora, "jsonl", one), vocab=tiny_vocab, layout=resolved(layout))
+    killed = []
+
+    def kill_one(done, total, documents, tokens):
+        if done and not killed:
+            pid = next(iter(client.run(os.getpid).values()))
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    out = tmp_path / "d.zarr"
+    build_counts_dask(job=_job(corpora, "jsonl", out), vocab=tiny_vocab, layout=resolved(layout),
+                      client=client, shard_bytes=1500, progress=kill_one)  # fmt: skip
+    assert killed
+    assert_same_memory(one, out)
+
+
+def test_refusals_are_one_line(tmp_path, corpora, tiny_vocab, layout):
+    with pytest.raises(UsageError, match="--limit-tokens .* drop --scheduler"):
+        _job(corpora, "jsonl", tmp_path / "a.zarr", limit_tokens=5, scheduler="local:2").check()
+    with pytest.raises(UsageError, match="--append .* drop --scheduler"):
+        _job(corpora, "jsonl", tmp_path / "a.zarr", append=True, scheduler="local:2").check()
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    job = _job(corpora, "jsonl", tmp_path / "b.zarr", scheduler=f"127.0.0.1:{port}")
+    with pytest.raises(EngramError, match="cannot reach the dask scheduler"):
+        build_counts(job=job, vocab=tiny_vocab, layout=resolved(layout))
+    assert not (tmp_path / "b.zarr").exists()
