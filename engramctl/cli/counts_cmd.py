@@ -23,6 +23,7 @@ from .options import (
     LayoutFlags,
     ModelFlags,
     OverwriteOpt,
+    SchedulerOpt,
     VocabOpt,
     finite_number,
     load_vocab,
@@ -118,6 +119,7 @@ def build_counts_command(
     max_memory: CountsMemoryOpt = None,
     partitions: CountsPartitionsOpt = None,
     append: AppendFlag = False,
+    scheduler: SchedulerOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonFlag = False,
 ) -> None:
@@ -132,11 +134,18 @@ def build_counts_command(
     --append adds a corpus to an existing memory: the new files are written beside the old
     and zarr.json's rename commits them (an interrupted append leaves the old memory).
 
+    With --scheduler the corpus is cut into shards whose pairs Dask workers write into row
+    buckets under --out's temporary directory (it must be on a file system every worker mounts
+    at the same path), then each bucket is counted on a worker (--max-memory per bucket task):
+    the same memory, bit for bit, as one process. --limit-tokens and --append are refused there.
+
     Example:
     engramctl build-counts code.jsonl --vocab vocab.parquet --like t.zarr \\
         --out code-counts.zarr --top-k 8
     engramctl build-counts more.jsonl --vocab vocab.parquet --append \\
         --out code-counts.zarr
+    engramctl build-counts code.jsonl --vocab vocab.parquet --like t.zarr \\
+        --out code-counts.zarr --scheduler local:4
     """
     from .._system import parse_memory
     from ..corpus.files import CorpusOptions
@@ -153,7 +162,7 @@ def build_counts_command(
         inputs=tuple(corpus), out=out, tokenizer=tokenizer, top_k=top_k,
         limit_tokens=limit_tokens, overwrite=overwrite, append=append,
         max_memory=parse_memory(max_memory) if max_memory else None,
-        partitions=0 if partitions is None else partitions,
+        partitions=0 if partitions is None else partitions, scheduler=scheduler,
         corpus=CorpusOptions(
             format=corpus_format.value, text_field=text_field, tokens_field=tokens_field,
             doc_sep=doc_sep, doc_sep_id=doc_sep_id,

@@ -72,7 +72,7 @@ def assert_same_memory(a, b):
 def _in_process_client():
     distributed = pytest.importorskip("distributed")
     return distributed.Client(processes=False, n_workers=1, threads_per_worker=2,
-                              dashboard_address=None)  # fmt: skip
+                              dashboard_address=":0")  # fmt: skip
 
 
 # ------------------------------------------------- in one process (patchable): the held-out cap
@@ -174,3 +174,56 @@ def test_refusals_are_one_line(tmp_path, corpora, tiny_vocab, layout):
     with pytest.raises(EngramError, match="cannot reach the dask scheduler"):
         build_counts(job=job, vocab=tiny_vocab, layout=resolved(layout))
     assert not (tmp_path / "b.zarr").exists()
+
+
+def test_cli_scheduler_text_memory_equals_one_process(client, tiny_vocab, tiny_tokenizer_path,
+                                                      layout, tmp_path):  # fmt: skip
+    """Text tokenized on the workers, through the CLI and a scheduler address."""
+    from typer.testing import CliRunner
+
+    from engramctl.cli import app
+    from tests.conftest import TINY_TOKENS
+
+    client.wait_for_workers(2, timeout=60)
+    rng = np.random.default_rng(7)
+    words = [t for t in TINY_TOKENS if not t.startswith("<")]
+    lines = [" ".join(rng.choice(words, int(rng.integers(2, 40)))) for _ in range(150)]
+    corpus = tmp_path / "text.jsonl"
+    corpus.write_text("".join(json.dumps({"text": line}) + "\n" for line in lines))
+    tiny_vocab.save(tmp_path / "vocab.parquet")
+    base = ["build-counts", corpus, "--vocab", tmp_path / "vocab.parquet", "--tokenizer",
+            tiny_tokenizer_path, "--ngram-vocab", "1009,1013", "--max-ngram", 3, "--heads", 2,
+            "--layers", "1,4", "--top-k", 2, "--json"]  # fmt: skip
+    runs = {}
+    for name, extra in (("one", []), ("dask", ["--scheduler", client.scheduler.address])):
+        result = CliRunner().invoke(app, [str(a) for a in (*base, "--out", tmp_path / name,
+                                                           *extra)])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        runs[name] = json.loads(result.output)
+    assert_same_memory(tmp_path / "one", tmp_path / "dask")
+    assert runs["one"]["heldout_pairs"] > 0 and runs["one"]["full_rows"] > 0
+    assert {k: v for k, v in runs["one"].items() if k not in ("seconds", "path")} == \
+        {k: v for k, v in runs["dask"].items() if k not in ("seconds", "path")}  # fmt: skip
+
+
+def test_bad_input_on_a_worker_is_one_error_and_writes_nothing(tmp_path, tiny_vocab, layout,
+                                                                monkeypatch):  # fmt: skip
+    import engramctl.counts.build_dask as module
+
+    V = tiny_vocab.source_vocab_size
+    docs = random_docs(5, V, count=40)
+    docs[30] = np.array([1, V + 5, 2])
+    corpus = write_token_corpus(tmp_path / "bad.jsonl", docs)
+    job = BuildCountsJob(inputs=(str(corpus),), out=tmp_path / "out.zarr", top_k=2,
+                         corpus=CorpusOptions(tokens_field="ids"))  # fmt: skip
+    with _in_process_client() as client:
+        with pytest.raises(EngramError, match=rf"bad.jsonl line 31: token id {V + 5} is outside"):
+            module.build_counts_dask(job=job, vocab=tiny_vocab, layout=resolved(layout),
+                                     client=client, shard_bytes=300)  # fmt: skip
+        assert not [p for p in tmp_path.iterdir() if p.name != "bad.jsonl"]
+        monkeypatch.setattr(module, "_missing_dir", lambda path: [path])  # a worker elsewhere
+        write_token_corpus(corpus, docs[:30])
+        with pytest.raises(EngramError, match="needs --out on a file system every worker"):
+            module.build_counts_dask(job=job, vocab=tiny_vocab, layout=resolved(layout),
+                                     client=client)  # fmt: skip
+        assert not [p for p in tmp_path.iterdir() if p.name != "bad.jsonl"]
