@@ -69,6 +69,13 @@ def assert_same_memory(a, b):
     assert meta[0] == meta[1]
 
 
+class Calls(list):
+    """A progress callback that keeps its calls."""
+
+    def __call__(self, *args):
+        self.append(args)
+
+
 def _in_process_client():
     distributed = pytest.importorskip("distributed")
     return distributed.Client(processes=False, n_workers=1, threads_per_worker=2,
@@ -130,11 +137,11 @@ def test_local_cluster_memory_equals_one_process(client, corpora, tiny_vocab, la
     for kind in ("jsonl", "stream"):
         one = tmp_path / f"one-{kind}.zarr"
         build_counts(job=_job(corpora, kind, one), vocab=tiny_vocab, layout=resolved(layout))
-        seen = []
+        seen = Calls()
         out = tmp_path / f"d-{kind}.zarr"
         report = build_counts_dask(job=_job(corpora, kind, out), vocab=tiny_vocab,
                                    layout=resolved(layout), client=client, shard_bytes=1500,
-                                   progress=lambda *a: seen.append(a))  # fmt: skip
+                                   progress=seen)  # fmt: skip
         assert_same_memory(one, out)
         assert report.heldout_pairs > 0 and report.full_rows > 0
         assert seen[-1][0] == seen[-1][1] and seen[-1][3] == report.tokens
