@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,8 +83,6 @@ class BuildCountsJob:
             raise UsageError(f"--limit-tokens must be at least 1, got {self.limit_tokens}")
         if self.scheduler and self.limit_tokens is not None:
             raise UsageError("--limit-tokens counts the first tokens in order; drop --scheduler")
-        if self.scheduler and self.append:
-            raise UsageError("--append is not done on Dask yet; drop --scheduler")
         out = Path(self.out)
         if self.append:
             from .store import is_counts_store
@@ -142,7 +139,7 @@ def build_counts(
     bases, rows = layout_bases(lay, layer_ids, vocab.canonical_vocab_size)
     store, suffix, top_k = None, "", job.top_k
     if job.append:
-        from .append import check_appendable, remove_strays
+        from .append import check_appendable, in_place, remove_strays
         from .store import open_counts
 
         store = open_counts(job.out)
@@ -150,7 +147,7 @@ def build_counts(
         top_k = store.top_k
         remove_strays(job.out, store.meta["manifest"])  # an interrupted append's files
         suffix = f".{int(store.meta.get('generation', 0)) + 1}"
-    place = _in_place(Path(job.out), store.meta["manifest"]) if job.append else \
+    place = in_place(Path(job.out), store.meta["manifest"]) if job.append else \
         atomic_directory(Path(job.out), label="building", replace=job.overwrite)  # fmt: skip
     with place as tmp:
         tmp.mkdir(parents=True, exist_ok=job.append)
@@ -246,21 +243,3 @@ def build_counts(
         rows=int(rows), occupied_rows=int(stored - 1), top_k=top_k, full_rows=full, bytes=size,
         seconds=time.perf_counter() - started, discounts=discounts, gate=gate,
     )  # fmt: skip
-
-
-@contextmanager
-def _in_place(path: Path, manifest: dict):
-    """``--append`` writes into the memory's own directory (new file names; ``zarr.json``'s
-    rename is the commit): one line for a file system error; a failure before the commit
-    removes the new files (the memory stays as it was)."""
-    from .append import remove_strays
-    from .store import read_metadata
-
-    try:
-        yield path
-    except BaseException as exc:
-        if read_metadata(path)["manifest"] == manifest:  # not committed
-            remove_strays(path, manifest)
-        if isinstance(exc, OSError):
-            raise EngramError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        raise

@@ -94,7 +94,7 @@ def build_counts_dask(*, job, vocab, layout, tokenizer=None, progress=None, clie
 
     Parameters
     ----------
-    job : a :class:`~.build.BuildCountsJob` (``limit_tokens`` and ``append`` refused).
+    job : a :class:`~.build.BuildCountsJob` (``limit_tokens`` refused).
     vocab, layout, tokenizer, progress : as for ``build_counts``; ``progress`` is called as shard
         tasks finish.
     client : an open ``distributed.Client`` to use instead of opening ``job.scheduler``.
@@ -128,35 +128,50 @@ def build_counts_dask(*, job, vocab, layout, tokenizer=None, progress=None, clie
     starts = column_starts(lay, layer_ids, bases)
     resolved = [replace(f, path=f.path.resolve()) for f in files]  # workers may run elsewhere
     shards = split_files(resolved, job.corpus, shard_bytes or DEFAULT_SHARD_BYTES)
-    budget = _task_budget(client, job)
+    budget = _task_budget(client, job, starts.shape[0])
+    store, suffix, top_k, initial = None, "", job.top_k, None
+    if job.append:
+        from .append import check_appendable, in_place, remove_strays
+        from .store import open_counts
+
+        store = open_counts(job.out)
+        check_appendable(store, vocab, lay, layer_ids, job.top_k)
+        top_k = store.top_k
+        remove_strays(job.out, store.meta["manifest"])  # an interrupted append's files
+        suffix = f".{int(store.meta.get('generation', 0)) + 1}"
+        initial = {name: str(Path(job.out).resolve() / store.meta["manifest"][name]["file"])
+                   for name in ROW_ARRAYS}  # fmt: skip
     workers = max(1, len(client.scheduler_info().get("workers", {})))
-    estimated = estimate_tokens(files, job.corpus)
+    estimated = estimate_tokens(files, job.corpus)  # (+ the memory's rows, per column)
+    estimated += int(store.meta["occupied_rows"]) // starts.shape[0] if store else 0
     buckets = choose_buckets(job.partitions, workers, rows, starts.shape[0], estimated,
-                             job.top_k, budget)  # fmt: skip
+                             top_k, budget)  # fmt: skip
     _check_sees(client, _files_missing, [str(f.path) for f in resolved], "the corpus files",
                 "the corpus must be on a file system every worker mounts at the same "
                 "path")  # fmt: skip
-    with atomic_directory(Path(job.out), label="building", replace=job.overwrite) as tmp:
+    place = in_place(Path(job.out), store.meta["manifest"]) if job.append else \
+        atomic_directory(Path(job.out), label="building", replace=job.overwrite)  # fmt: skip
+    with place as tmp:
         tmp = tmp.resolve()
-        scratch = tmp / ".dask"
+        scratch = tmp / ".spill-dask"  # (an interrupted append's is removed as a stray)
         scratch.mkdir(parents=True)
         _check_sees(client, _missing_dir, str(scratch), "the output's temporary directory",
                     "--scheduler needs --out on a file system every worker mounts at the same "
                     "path (the workers write their pairs there)")  # fmt: skip
         setup = DaskSetup(vocab, tokenizer, lay, layer_ids, bases, starts, int(rows),
-                          job.corpus, buckets, job.top_k, budget, str(scratch))  # fmt: skip
+                          job.corpus, buckets, top_k, budget, str(scratch), initial)  # fmt: skip
         log.info("%d shards, %d row buckets, %s of row summaries per bucket task", len(shards),
                  buckets, format_bytes(budget))  # fmt: skip
         totals, buckets = _run(client, setup, shards, files, heldout_block(files, job.corpus),
                                progress)  # fmt: skip
         try:
-            parts = _concatenate(tmp, scratch, setup, buckets)
+            parts = _concatenate(tmp, scratch, setup, buckets, suffix)
         except BaseException as exc:
             _give_up(client, buckets, exc)
-        return _write(job, tmp, setup, files, totals, parts, started)
+        return _write(job, tmp, setup, files, totals, parts, started, store, suffix)
 
 
-def _task_budget(client, job) -> int:
+def _task_budget(client, job, columns: int) -> int:
     """Bytes of row summaries a bucket task holds before it spills: ``--max-memory``, else a
     third of the smallest worker memory limit (25% of this machine's RAM without limits);
     refused when a worker's limit is below it plus a batch of pairs."""
@@ -164,7 +179,8 @@ def _task_budget(client, job) -> int:
 
     limits = [v for v in worker_memory_limits(client).values() if v]
     budget = job.max_memory or (min(limits) // 3 if limits else parse_memory("25%"))
-    check_worker_memory(client, budget + job.corpus.batch_tokens * 8 * 64,
+    batch = job.corpus.batch_tokens * (columns * 8 * 4 + 64)  # a batch's pairs, a few copies
+    check_worker_memory(client, budget + batch,
                         what=f"build-counts with {format_bytes(budget)} of row summaries",
                         advice="give the workers more memory (dask worker --memory-limit) or "
                         "lower --max-memory")  # fmt: skip
@@ -195,7 +211,7 @@ def _run(client, setup: DaskSetup, shards, files, block: int, progress):
                         [{}] * len(shards))  # fmt: skip
     try:
         done = 0
-        if progress:
+        if progress is not None:
             progress(0, total_bytes, 0, 0)
         for future in as_completed(list(futures), loop=client.loop):
             i = futures[future]
@@ -206,7 +222,7 @@ def _run(client, setup: DaskSetup, shards, files, block: int, progress):
             totals.tokens += result.tokens
             totals.documents += result.documents
             done += shards[i].size
-            if progress:
+            if progress is not None:
                 progress(done, total_bytes, totals.documents, totals.tokens)
         from .buildparts import check_counted
 
@@ -231,12 +247,12 @@ def _give_up(client, futures, exc):
     raise exc
 
 
-def _concatenate(tmp: Path, scratch: Path, setup: DaskSetup, buckets):
+def _concatenate(tmp: Path, scratch: Path, setup: DaskSetup, buckets, suffix: str):
     """The buckets' rows appended to the store in order (each bucket's pairs and files removed
     once its result is here); returns the parts of the snapshot, the counts of counts and the
     held-out entries."""
     G, K = setup.starts.shape[0], setup.top_k
-    writers = [NpyAppender(tmp / f"{name}.npy", dtype, (K,) if name in ("tokens", "counts")
+    writers = [NpyAppender(tmp / f"{name}{suffix}.npy", dtype, (K,) if name in ("tokens", "counts")
                            else ())
                for name, dtype in zip(ROW_ARRAYS, ROW_DTYPES, strict=True)]  # fmt: skip
     snap = [[] for _ in ROW_ARRAYS]
@@ -269,8 +285,10 @@ def _concatenate(tmp: Path, scratch: Path, setup: DaskSetup, buckets):
     return before, hist[2], hist[3], writers[0].rows, rows_h, targets_h
 
 
-def _write(job, tmp: Path, setup: DaskSetup, files, totals: PassTotals, parts, started):
-    """The metadata (one process's code) and the report."""
+def _write(job, tmp: Path, setup: DaskSetup, files, totals: PassTotals, parts, started, store,
+           suffix: str):  # fmt: skip
+    """The metadata (one process's code; an append's as one process writes it) and the
+    report."""
     from ..corpus.files import CorpusWarnings, corpus_bytes
     from .buildparts import BuildCountsReport, corpus_summary, memory_meta
     from .store import write_metadata
@@ -283,13 +301,24 @@ def _write(job, tmp: Path, setup: DaskSetup, files, totals: PassTotals, parts, s
     pairs, held = sum(totals.pairs), int(rows_h.shape[0])
     corpus = corpus_summary(files, corpus_bytes(files), totals.tokens, totals.documents, pairs,
                             held, found.counts)  # fmt: skip
-    meta = memory_meta(directory=tmp, suffix="", layout=setup.layout, layer_ids=setup.layer_ids,
+    if store is not None:
+        totals.unigram += np.asarray(store.unigram)
+    meta = memory_meta(directory=tmp, suffix=suffix, layout=setup.layout, layer_ids=setup.layer_ids,
                        bases=setup.bases, rows=setup.total_rows, vocab=setup.vocab,
                        tokenizer_name=job.tokenizer, top_k=setup.top_k, unigram=totals.unigram,
                        counted=(before, hist, occupied, stored), held_rows=rows_h,
                        held_targets=targets_h, corpus=corpus, started=started)  # fmt: skip
+    if store is not None:
+        from .append import merged_corpus, remove_strays
+
+        meta["corpus"] = merged_corpus(store.meta["corpus"], meta["corpus"])
+        meta["generation"] = int(suffix[1:])
+        meta["build_seconds"] += float(store.meta.get("build_seconds", 0.0))
     written = write_metadata(tmp, meta, {"unigram": totals.unigram,
-                                         "canonical": setup.vocab.canonical_ids})  # fmt: skip
+                                         "canonical": setup.vocab.canonical_ids},
+                             suffix)  # the commit  # fmt: skip
+    if store is not None:
+        remove_strays(tmp, written["manifest"])  # the replaced files
     size = sum(entry["bytes"] for entry in written["manifest"].values())
     return BuildCountsReport(
         path=str(job.out), tokens=totals.tokens, documents=totals.documents, pairs=pairs,

@@ -41,6 +41,7 @@ class DaskSetup:
     top_k: int
     budget: int  # bytes of row summaries a bucket task holds before it spills
     scratch: str  # absolute, on a file system every worker mounts
+    initial: dict | None = None  # --append: the memory's row arrays (name -> absolute path)
 
     @property
     def width(self) -> int:
@@ -174,6 +175,17 @@ def _shard_bucket(directory: Path, b: int):
     return np.memmap(path, np.int64, "r"), targets, head
 
 
+def _initial(setup: DaskSetup, b: int):
+    """``--append``: the memory's summaries of bucket ``b``'s rows (memory-mapped slices)."""
+    if setup.initial is None:
+        return None
+    arrays = [np.load(setup.initial[name], mmap_mode="r")
+              for name in ("row_ids", "tokens", "counts", "totals")]  # fmt: skip
+    lo, hi = b * setup.width, (b + 1) * setup.width
+    i, j = np.searchsorted(arrays[0][:-1], [lo, hi])  # (the last row is the all-zero sentinel)
+    return tuple(a[i:j] for a in arrays)
+
+
 def count_bucket(b: int, setup: DaskSetup, offsets: list, block: int) -> BucketResult:
     """Runs on a worker: replay row bucket ``b``'s pairs of every shard in shard order, the
     held-out ones (by the shards' pair ``offsets``) last; write its rows to ``scratch/b{b}/``."""
@@ -183,8 +195,8 @@ def count_bucket(b: int, setup: DaskSetup, offsets: list, block: int) -> BucketR
     attempt.mkdir()
     try:
         acc = PairAccumulator(total_rows=setup.total_rows, starts=setup.starts,
-                              top_k=setup.top_k, budget=setup.budget,
-                              workdir=attempt / ".spill")  # fmt: skip
+                              top_k=setup.top_k, budget=setup.budget, workdir=attempt / ".spill",
+                              initial=_initial(setup, b))  # fmt: skip
         shards = [scratch / f"s{s:05d}" for s in range(len(offsets))]
         total = sum((d / f"rows{b}.bin").stat().st_size // 8 for d in shards
                     if (d / f"rows{b}.bin").exists())  # fmt: skip

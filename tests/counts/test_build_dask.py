@@ -169,11 +169,33 @@ def test_killed_worker_is_rerun_and_the_memory_is_the_same(client, corpora, tiny
     assert_same_memory(one, out)
 
 
+def test_append_on_dask_equals_append_in_one_process(client, corpora, tiny_vocab, layout,
+                                                      tmp_path):  # fmt: skip
+    """The memory's rows are each bucket's starting state; the same commit as one process's."""
+    import shutil
+
+    from engramctl.counts import open_counts, verify_counts
+    from engramctl.counts.build_dask import build_counts_dask
+
+    client.wait_for_workers(2, timeout=60)
+    base = tmp_path / "base.zarr"
+    build_counts(job=_job(corpora, "stream", base), vocab=tiny_vocab, layout=resolved(layout))
+    for name in ("one.zarr", "dask.zarr"):
+        shutil.copytree(base, tmp_path / name)
+    build_counts(job=_job(corpora, "jsonl", tmp_path / "one.zarr", append=True),
+                 vocab=tiny_vocab, layout=resolved(layout))  # fmt: skip
+    build_counts_dask(job=_job(corpora, "jsonl", tmp_path / "dask.zarr", append=True,
+                               partitions=3), vocab=tiny_vocab, layout=resolved(layout),
+                      client=client, shard_bytes=1500)  # fmt: skip
+    assert_same_memory(tmp_path / "one.zarr", tmp_path / "dask.zarr")
+    store = open_counts(tmp_path / "dask.zarr")
+    assert store.meta["generation"] == 1 and verify_counts(tmp_path / "dask.zarr") == []
+    assert store.meta["corpus"]["tokens"] > open_counts(base).meta["corpus"]["tokens"]
+
+
 def test_refusals_are_one_line(tmp_path, corpora, tiny_vocab, layout):
     with pytest.raises(UsageError, match="--limit-tokens .* drop --scheduler"):
         _job(corpora, "jsonl", tmp_path / "a.zarr", limit_tokens=5, scheduler="local:2").check()
-    with pytest.raises(UsageError, match="--append .* drop --scheduler"):
-        _job(corpora, "jsonl", tmp_path / "a.zarr", append=True, scheduler="local:2").check()
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
