@@ -256,3 +256,31 @@ def test_bad_input_on_a_worker_is_one_error_and_writes_nothing(tmp_path, tiny_vo
             module.build_counts_dask(job=job, vocab=tiny_vocab, layout=resolved(layout),
                                      client=client)  # fmt: skip
         assert not [p for p in tmp_path.iterdir() if p.name != "bad.jsonl"]
+
+
+def _dies(*args):
+    """A task whose workers kept dying (what the scheduler raises after allowed-failures)."""
+    from types import SimpleNamespace
+
+    from distributed.scheduler import KilledWorker
+
+    raise KilledWorker("engramctl-counts-s0", SimpleNamespace(address="tcp://w:1"), 3)
+
+
+def test_workers_that_keep_dying_are_one_error(corpora, tiny_vocab, layout, tmp_path,
+                                               monkeypatch):  # fmt: skip
+    import engramctl.counts.build_dask as module
+
+    out = tmp_path / "out.zarr"
+    with _in_process_client() as client:
+        for task in ("pair_shard", "count_bucket"):
+            with monkeypatch.context() as patch:
+                patch.setattr(module, task, _dies)
+                with pytest.raises(EngramError) as info:
+                    module.build_counts_dask(job=_job(corpora, "jsonl", out), vocab=tiny_vocab,
+                                             layout=resolved(layout), client=client,
+                                             shard_bytes=1500)  # fmt: skip
+            message = str(info.value)
+            assert message.startswith("dask workers kept dying while building the count memory")
+            assert "\n" not in message and "nothing was written" in message
+            assert not list(tmp_path.iterdir())
