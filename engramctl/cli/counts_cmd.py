@@ -78,7 +78,8 @@ CountsMemoryOpt = Annotated[
     typer.Option(
         "--max-memory",
         help="RAM for the row summaries, e.g. 8G or 50% (default: 25% of RAM); beyond it the "
-        "build spills row buckets to disk and counts them one after another (same memory).",
+        "build spills row buckets to disk and counts them one after another (same memory). "
+        "With --scheduler: per bucket task (default: a third of a worker's memory limit).",
     ),
 ]
 CountsPartitionsOpt = Annotated[
@@ -86,7 +87,8 @@ CountsPartitionsOpt = Annotated[
     typer.Option(
         "--partitions",
         help="Count in N row buckets from the start (pairs spilled beside the output, each "
-        "bucket counted on its own: ~1/N the RAM; the memory is the same bit for bit).",
+        "bucket counted on its own: ~1/N the RAM; the memory is the same bit for bit). With "
+        "--scheduler: the buckets the workers count (default: sized from --max-memory).",
     ),
 ]
 

@@ -65,7 +65,7 @@ class PassTotals:
 
 
 # ------------------------------------------------------------------------------- the driver
-def _missing_dir(path: str) -> list[str]:
+def missing_directory(path: str) -> list[str]:
     """Runs on a worker: ``[path]`` if this worker cannot write into directory ``path``."""
     return [] if os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK) else [path]
 
@@ -155,7 +155,7 @@ def build_counts_dask(*, job, vocab, layout, tokenizer=None, progress=None, clie
         tmp = tmp.resolve()
         scratch = tmp / ".spill-dask"  # (an interrupted append's is removed as a stray)
         scratch.mkdir(parents=True)
-        _check_sees(client, _missing_dir, str(scratch), "the output's temporary directory",
+        _check_sees(client, missing_directory, str(scratch), "the output's temporary directory",
                     "--scheduler needs --out on a file system every worker mounts at the same "
                     "path (the workers write their pairs there)")  # fmt: skip
         setup = DaskSetup(vocab, tokenizer, lay, layer_ids, bases, starts, int(rows),

@@ -250,7 +250,7 @@ def test_bad_input_on_a_worker_is_one_error_and_writes_nothing(tmp_path, tiny_vo
             module.build_counts_dask(job=job, vocab=tiny_vocab, layout=resolved(layout),
                                      client=client, shard_bytes=300)  # fmt: skip
         assert not [p for p in tmp_path.iterdir() if p.name != "bad.jsonl"]
-        monkeypatch.setattr(module, "_missing_dir", lambda path: [path])  # a worker elsewhere
+        monkeypatch.setattr(module, "missing_directory", lambda path: [path])  # a worker elsewhere
         write_token_corpus(corpus, docs[:30])
         with pytest.raises(EngramError, match="needs --out on a file system every worker"):
             module.build_counts_dask(job=job, vocab=tiny_vocab, layout=resolved(layout),
