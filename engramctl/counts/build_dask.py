@@ -5,14 +5,14 @@ The corpus is cut into shards as ``hash-stats --scheduler`` cuts it
 cut anywhere: a shard there starts from the context of the tokens before it). Two waves of
 tasks, with the pairs on a file system the workers share (the output's temporary directory):
 
-1. **Shard tasks** (:func:`pair_shard`) turn a shard's tokens into (context row, next token)
+1. **Shard tasks** (:func:`~.dask_tasks.pair_shard`) turn a shard's tokens into (context row, next token)
    pairs with the one-process code (:class:`~.buildparts.PairMaker`) and append them to one file
    per row bucket (``B`` contiguous row ranges), column by column and in order, exactly as a
    spilled one-process build appends them. A shard does not know how many pairs come before it,
    so it cannot tell which of its pairs are held out for the gate; but no pair at or past
    :data:`~.buildparts.HEAD_PAIRS` (2.6M) is, so its first HEAD_PAIRS pairs go first into each
    bucket file with their shard-local pair index beside them (4 bytes an entry).
-2. **Bucket tasks** (:func:`count_bucket`), once every shard is done and the driver knows each
+2. **Bucket tasks** (:func:`~.dask_tasks.count_bucket`), once every shard is done and the driver knows each
    shard's pair offset: bucket ``b`` replays the shards' files in shard order (corpus order),
    sets aside the held-out entries (global index = offset + local index), and counts them last
    through :meth:`~.accumulate.PairAccumulator.finish`, the one-process code (which spills again
@@ -26,7 +26,8 @@ one-process code (:func:`~.buildparts.memory_meta`).
 
 A task writes under a name of its own and renames it when complete, so a task Dask re-runs
 after a worker died starts clean; the driver deletes a bucket's files once it holds the
-bucket's result. Scratch disk: the spilled pairs (12 bytes per pair and column, as a spilled
+bucket's result. ``--append``: each bucket task starts from the memory's rows of its range, and
+the commit is the one-process one (:func:`~.append.in_place`). Scratch disk: the spilled pairs (12 bytes per pair and column, as a spilled
 one-process build) plus the store once more until the buckets are concatenated.
 """
 
