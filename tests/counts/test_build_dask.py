@@ -109,6 +109,16 @@ def test_heldout_pairs_across_shard_boundaries(kind, corpora, tiny_vocab, layout
             assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no scratch left
 
 
+def test_buckets_fit_half_the_budget_and_one_per_worker():
+    from engramctl.counts.build_dask import choose_buckets
+
+    assert choose_buckets(5, 2, 10**6, 3, 10**5, 8, 1 << 30) == 5  # --partitions
+    assert choose_buckets(0, 3, 10**6, 3, 10, 8, 1 << 30) == 3  # small: one per worker
+    rows = 10**6  # every row reached: 10**6 x 80 B / 0.7 x 2 = 229 MB, buckets of <= 16 MB
+    assert choose_buckets(0, 2, rows, 3, 10**9, 8, 32 << 20) == 14
+    assert choose_buckets(0, 2, 10**12, 3, 10**12, 8, 1 << 20) == 256  # at most 256
+
+
 def test_shards_cut_inside_documents_start_from_their_context(corpora):
     from engramctl.corpus.files import discover_files
     from engramctl.corpus.readers import token_context
