@@ -101,9 +101,13 @@ def test_heldout_pairs_across_shard_boundaries(kind, corpora, tiny_vocab, layout
     with _in_process_client() as client:
         for partitions in (0, 3):
             out = tmp_path / f"d{partitions}.zarr"
-            report = build_counts_dask(job=_job(corpora, kind, out, partitions=partitions),
-                                       vocab=tiny_vocab, layout=resolved(layout), client=client,
-                                       shard_bytes=700)  # fmt: skip
+            report = build_counts_dask(
+                job=_job(corpora, kind, out, partitions=partitions),
+                vocab=tiny_vocab,
+                layout=resolved(layout),
+                client=client,
+                shard_bytes={"jsonl": 2000, "stream": 700}[kind],
+            )
             assert_same_memory(tmp_path / "one.zarr", out)
             assert report.heldout_pairs == 64 and report.pairs == one.pairs
             assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no scratch left
@@ -140,30 +144,35 @@ def client():
         yield c
 
 
-def test_local_cluster_memory_equals_one_process(client, corpora, tiny_vocab, layout, tmp_path):
+@pytest.fixture(scope="module")
+def one_jsonl(tmp_path_factory, corpora, tiny_vocab, layout):
+    """The JSON Lines corpus's memory built in one process."""
+    out = tmp_path_factory.mktemp("one") / "one.zarr"
+    build_counts(job=_job(corpora, "jsonl", out), vocab=tiny_vocab, layout=resolved(layout))
+    return out
+
+
+def test_local_cluster_memory_equals_one_process(client, corpora, one_jsonl, tiny_vocab, layout,
+                                                 tmp_path):  # fmt: skip
     from engramctl.counts.build_dask import build_counts_dask
 
     client.wait_for_workers(2, timeout=60)
-    for kind in ("jsonl", "stream"):
-        one = tmp_path / f"one-{kind}.zarr"
-        build_counts(job=_job(corpora, kind, one), vocab=tiny_vocab, layout=resolved(layout))
-        seen = Calls()
-        out = tmp_path / f"d-{kind}.zarr"
-        report = build_counts_dask(job=_job(corpora, kind, out), vocab=tiny_vocab,
-                                   layout=resolved(layout), client=client, shard_bytes=1500,
-                                   progress=seen)  # fmt: skip
-        assert_same_memory(one, out)
-        assert report.heldout_pairs > 0 and report.full_rows > 0
-        assert seen[-1][0] == seen[-1][1] and seen[-1][3] == report.tokens
+    seen = Calls()
+    out = tmp_path / "d.zarr"
+    report = build_counts_dask(job=_job(corpora, "jsonl", out), vocab=tiny_vocab,
+                               layout=resolved(layout), client=client, shard_bytes=4000,
+                               progress=seen)  # fmt: skip
+    assert_same_memory(one_jsonl, out)
+    assert report.heldout_pairs > 0 and report.full_rows > 0
+    assert seen[-1][0] == seen[-1][1] and seen[-1][3] == report.tokens and len(seen) > 3
 
 
-def test_killed_worker_is_rerun_and_the_memory_is_the_same(client, corpora, tiny_vocab, layout,
+def test_killed_worker_is_rerun_and_the_memory_is_the_same(client, corpora, one_jsonl,
+                                                           tiny_vocab, layout,
                                                            tmp_path):  # fmt: skip
     from engramctl.counts.build_dask import build_counts_dask
 
     client.wait_for_workers(2, timeout=60)
-    one = tmp_path / "one.zarr"
-    build_counts(job=_job(corpora, "jsonl", one), vocab=tiny_vocab, layout=resolved(layout))
     killed = []
 
     def kill_one(done, total, documents, tokens):
@@ -176,7 +185,7 @@ def test_killed_worker_is_rerun_and_the_memory_is_the_same(client, corpora, tiny
     build_counts_dask(job=_job(corpora, "jsonl", out), vocab=tiny_vocab, layout=resolved(layout),
                       client=client, shard_bytes=1500, progress=kill_one)  # fmt: skip
     assert killed
-    assert_same_memory(one, out)
+    assert_same_memory(one_jsonl, out)
 
 
 def test_append_on_dask_equals_append_in_one_process(client, corpora, tiny_vocab, layout,
@@ -196,7 +205,7 @@ def test_append_on_dask_equals_append_in_one_process(client, corpora, tiny_vocab
                  vocab=tiny_vocab, layout=resolved(layout))  # fmt: skip
     build_counts_dask(job=_job(corpora, "jsonl", tmp_path / "dask.zarr", append=True,
                                partitions=3), vocab=tiny_vocab, layout=resolved(layout),
-                      client=client, shard_bytes=1500)  # fmt: skip
+                      client=client, shard_bytes=4000)  # fmt: skip
     assert_same_memory(tmp_path / "one.zarr", tmp_path / "dask.zarr")
     store = open_counts(tmp_path / "dask.zarr")
     assert store.meta["generation"] == 1 and verify_counts(tmp_path / "dask.zarr") == []
