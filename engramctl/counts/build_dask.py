@@ -3,16 +3,17 @@
 The corpus is cut into shards as ``hash-stats --scheduler`` cuts it
 (:func:`engramctl.corpus.shards.split_files`: at document starts, except flat token streams,
 cut anywhere: a shard there starts from the context of the tokens before it). Two waves of
-tasks, with the pairs on a file system the workers share (the output's temporary directory):
+tasks (:mod:`.dask_tasks`), with the pairs on a file system the workers share (the output's
+temporary directory):
 
-1. **Shard tasks** (:func:`~.dask_tasks.pair_shard`) turn a shard's tokens into (context row, next token)
-   pairs with the one-process code (:class:`~.buildparts.PairMaker`) and append them to one file
-   per row bucket (``B`` contiguous row ranges), column by column and in order, exactly as a
+1. **Shard tasks** (``pair_shard``) turn a shard's tokens into (context row, next token) pairs
+   with the one-process code (:class:`~.buildparts.PairMaker`) and append them to one file per
+   row bucket (``B`` contiguous row ranges), column by column and in order, exactly as a
    spilled one-process build appends them. A shard does not know how many pairs come before it,
    so it cannot tell which of its pairs are held out for the gate; but no pair at or past
    :data:`~.buildparts.HEAD_PAIRS` (2.6M) is, so its first HEAD_PAIRS pairs go first into each
    bucket file with their shard-local pair index beside them (4 bytes an entry).
-2. **Bucket tasks** (:func:`~.dask_tasks.count_bucket`), once every shard is done and the driver knows each
+2. **Bucket tasks** (``count_bucket``), once every shard is done and the driver knows each
    shard's pair offset: bucket ``b`` replays the shards' files in shard order (corpus order),
    sets aside the held-out entries (global index = offset + local index), and counts them last
    through :meth:`~.accumulate.PairAccumulator.finish`, the one-process code (which spills again
@@ -27,8 +28,9 @@ one-process code (:func:`~.buildparts.memory_meta`).
 A task writes under a name of its own and renames it when complete, so a task Dask re-runs
 after a worker died starts clean; the driver deletes a bucket's files once it holds the
 bucket's result. ``--append``: each bucket task starts from the memory's rows of its range, and
-the commit is the one-process one (:func:`~.append.in_place`). Scratch disk: the spilled pairs (12 bytes per pair and column, as a spilled
-one-process build) plus the store once more until the buckets are concatenated.
+the commit is the one-process one (:func:`~.append.in_place`). Scratch disk: the spilled pairs
+(12 bytes per pair and column, as a spilled one-process build) plus the store once more until
+the buckets are concatenated.
 """
 
 from __future__ import annotations
@@ -165,6 +167,8 @@ def build_counts_dask(*, job, vocab, layout, tokenizer=None, progress=None, clie
                  buckets, format_bytes(budget))  # fmt: skip
         totals, buckets = _run(client, setup, shards, files, heldout_block(files, job.corpus),
                                progress)  # fmt: skip
+        log.info("pairs of %d shards written; counting %d row buckets on the workers",
+                 len(shards), len(buckets))  # fmt: skip
         try:
             parts = _concatenate(tmp, scratch, setup, buckets, suffix)
         except BaseException as exc:
@@ -267,6 +271,7 @@ def _concatenate(tmp: Path, scratch: Path, setup: DaskSetup, buckets, suffix: st
             for name in ("rows", "targets", "index"):
                 (directory / f"{name}{b}.bin").unlink(missing_ok=True)
         _append_bucket(scratch / f"b{b:03d}", writers)
+        log.info("row bucket %d of %d counted: %d rows", b + 1, len(buckets), part.rows - 1)
         for i, array in enumerate(part.snapshot):
             snap[i].append(array)
         for total, array in zip(hist, (part.hist_before, part.occupied_before, part.hist_after,
