@@ -222,6 +222,21 @@ def test_refusals_are_one_line(tmp_path, corpora, tiny_vocab, layout):
     with pytest.raises(EngramError, match="cannot reach the dask scheduler"):
         build_counts(job=job, vocab=tiny_vocab, layout=resolved(layout))
     assert not (tmp_path / "b.zarr").exists()
+    from typer.testing import CliRunner
+
+    from engramctl.cli import app
+
+    tiny_vocab.save(tmp_path / "vocab.parquet")
+    base = ["build-counts", corpora["jsonl"], "--vocab", tmp_path / "vocab.parquet",
+            "--tokens-field", "ids", "--ngram-vocab", "1009,1013", "--max-ngram", 3, "--heads",
+            2, "--out", tmp_path / "c.zarr"]  # fmt: skip
+    for extra, code, message in (
+        (["--scheduler", f"127.0.0.1:{port}"], 1, "cannot reach the dask scheduler"),
+        (["--scheduler", "local:2", "--limit-tokens", 9], 2, "drop --scheduler"),
+    ):
+        result = CliRunner().invoke(app, [str(a) for a in (*base, *extra)])
+        assert result.exit_code == code and message in result.output, result.output
+        assert "Traceback" not in result.output and not (tmp_path / "c.zarr").exists()
 
 
 def test_cli_scheduler_text_memory_equals_one_process(client, tiny_vocab, tiny_tokenizer_path,
