@@ -77,8 +77,10 @@ class Calls(list):
 
 
 def _in_process_client():
+    """A cluster in this process (so a monkeypatch reaches its tasks), one worker thread (numba's
+    workqueue layer refuses parallel kernels launched from two threads at once)."""
     distributed = pytest.importorskip("distributed")
-    return distributed.Client(processes=False, n_workers=1, threads_per_worker=2,
+    return distributed.Client(processes=False, n_workers=1, threads_per_worker=1,
                               dashboard_address=":0")  # fmt: skip
 
 
