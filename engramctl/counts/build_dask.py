@@ -165,14 +165,15 @@ def build_counts_dask(*, job, vocab, layout, tokenizer=None, progress=None, clie
                           job.corpus, buckets, top_k, budget, str(scratch), initial)  # fmt: skip
         log.info("%d shards, %d row buckets, %s of row summaries per bucket task", len(shards),
                  buckets, format_bytes(budget))  # fmt: skip
+        run = uuid.uuid4().hex[:12]  # fresh task keys: never reuse a result of an earlier run
         totals, buckets = _run(client, setup, shards, files, heldout_block(files, job.corpus),
-                               progress)  # fmt: skip
+                               progress, run)  # fmt: skip
         log.info("pairs of %d shards written; counting %d row buckets on the workers",
                  len(shards), len(buckets))  # fmt: skip
         try:
             parts = _concatenate(tmp, scratch, setup, buckets, suffix)
         except BaseException as exc:
-            _give_up(client, buckets, exc)
+            _give_up(client, buckets, exc, run)
         return _write(job, tmp, setup, files, totals, parts, started, store, suffix)
 
 
@@ -198,13 +199,12 @@ def _check_sees(client, missing, arg, what: str, advice: str) -> None:
     check_workers_see(client, missing, arg, what=what, advice=advice)
 
 
-def _run(client, setup: DaskSetup, shards, files, block: int, progress):
+def _run(client, setup: DaskSetup, shards, files, block: int, progress, run: str):
     """Both waves of tasks; returns the shards' results (in order) and the buckets'."""
     from distributed import as_completed
 
     from ..cluster import submit_shared
 
-    run = uuid.uuid4().hex[:12]  # fresh task keys: never reuse a result of an earlier run
     total_bytes = sum(f.size for f in files)
     with warnings.catch_warnings():  # the vocab and tokenizer are a few MiB, sent once
         warnings.filterwarnings("ignore", "Sending large graph", UserWarning)
@@ -238,12 +238,32 @@ def _run(client, setup: DaskSetup, shards, files, block: int, progress):
                    for b in range(setup.buckets)]  # fmt: skip
         return totals, pending
     except BaseException as exc:
-        _give_up(client, [shared, *pending], exc)
+        _give_up(client, [shared, *pending], exc, run)
 
 
-def _give_up(client, futures, exc):
-    """Cancel the tasks left and raise ``exc`` (workers that kept dying: one line)."""
+def running_tasks(prefix: str, dask_worker=None) -> list[str]:
+    """Runs on a worker: the keys starting with ``prefix`` it is still executing (a cancelled
+    task runs on until it returns)."""
+    return [str(ts.key) for ts in dask_worker.state.executing if str(ts.key).startswith(prefix)]
+
+
+def _give_up(client, futures, exc, run: str, wait_s: float = 300.0):
+    """Cancel the tasks left, wait until none of this run's tasks is still running (so none
+    writes into the temporary directory as it is removed), and raise ``exc`` (workers that kept
+    dying: one line)."""
     client.cancel(futures)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            running = client.run(running_tasks, f"engramctl-counts-{run}-")
+        except Exception:  # the cluster is gone: nothing runs there any more
+            break
+        if not any(running.values()):
+            break
+        time.sleep(0.1)
+    else:
+        log.warning("dask tasks of this build still run after %.0f s; their scratch files "
+                    "may be left beside the output", wait_s)  # fmt: skip
     if type(exc).__name__ == "KilledWorker":
         raise EngramError(
             f"dask workers kept dying while building the count memory ({exc}); check their "
