@@ -23,6 +23,7 @@ from .options import (
     LayoutFlags,
     ModelFlags,
     OverwriteOpt,
+    SchedulerOpt,
     VocabOpt,
     finite_number,
     load_vocab,
@@ -78,7 +79,8 @@ CountsMemoryOpt = Annotated[
         "--max-memory",
         help="RAM for the row summaries, e.g. 8G or 50% (default: 25% of RAM); beyond it the "
         "build spills row buckets to disk beside --out (12 B per token and column; free space "
-        "checked before the pass) and counts them one after another (same memory).",
+        "checked before the pass) and counts them one after another (same memory). "
+        "With --scheduler: per bucket task (default: a third of a worker's memory limit).",
     ),
 ]
 CountsPartitionsOpt = Annotated[
@@ -86,7 +88,8 @@ CountsPartitionsOpt = Annotated[
     typer.Option(
         "--partitions",
         help="Count in N row buckets from the start (pairs spilled beside the output, each "
-        "bucket counted on its own: ~1/N the RAM; the memory is the same bit for bit).",
+        "bucket counted on its own: ~1/N the RAM; the memory is the same bit for bit). With "
+        "--scheduler: the buckets the workers count (default: sized from --max-memory).",
     ),
 ]
 
@@ -119,6 +122,7 @@ def build_counts_command(
     max_memory: CountsMemoryOpt = None,
     partitions: CountsPartitionsOpt = None,
     append: AppendFlag = False,
+    scheduler: SchedulerOpt = None,
     overwrite: OverwriteOpt = False,
     json_out: JsonFlag = False,
 ) -> None:
@@ -133,11 +137,18 @@ def build_counts_command(
     --append adds a corpus to an existing memory: the new files are written beside the old
     and zarr.json's rename commits them (an interrupted append leaves the old memory).
 
+    With --scheduler the corpus is cut into shards whose pairs Dask workers write into row
+    buckets under --out's temporary directory (it must be on a file system every worker mounts
+    at the same path), then each bucket is counted on a worker (--max-memory per bucket task):
+    the same memory, bit for bit, as one process. --limit-tokens and --append are refused there.
+
     Example:
     engramctl build-counts code.jsonl --vocab vocab.parquet --like t.zarr \\
         --out code-counts.zarr --top-k 8
     engramctl build-counts more.jsonl --vocab vocab.parquet --append \\
         --out code-counts.zarr
+    engramctl build-counts code.jsonl --vocab vocab.parquet --like t.zarr \\
+        --out code-counts.zarr --scheduler local:4
     """
     from .._system import parse_memory
     from ..corpus.files import CorpusOptions
@@ -154,7 +165,7 @@ def build_counts_command(
         inputs=tuple(corpus), out=out, tokenizer=tokenizer, top_k=top_k,
         limit_tokens=limit_tokens, overwrite=overwrite, append=append,
         max_memory=parse_memory(max_memory) if max_memory else None,
-        partitions=0 if partitions is None else partitions,
+        partitions=0 if partitions is None else partitions, scheduler=scheduler,
         corpus=CorpusOptions(
             format=corpus_format.value, text_field=text_field, tokens_field=tokens_field,
             doc_sep=doc_sep, doc_sep_id=doc_sep_id,

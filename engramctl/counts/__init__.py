@@ -5,6 +5,7 @@
   heads) as a numba query kernel and a numpy whole-distribution function;
 - :mod:`.store`: the memory on disk (zarr group metadata + memory-mapped arrays), verify, info;
 - :mod:`.build`: ``build-counts``, one streaming pass with the SpaceSaving kernel;
+- :mod:`.build_dask`: the same build on Dask workers (``--scheduler``), bit for bit;
 - :mod:`.gate`: λ(context), fitted at build time on a held-out slice;
 - :mod:`.query`: :class:`~.query.CountsModel`, scoring raw-id streams and whole distributions.
 

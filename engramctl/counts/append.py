@@ -16,6 +16,7 @@ the result is the build over the old corpus followed by the new one.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import EngramError
@@ -71,3 +72,20 @@ def merged_corpus(old: dict, new: dict) -> dict:
     merged["appends"] = [*old.get("appends", []), {k: new[k] for k in new if k != "files"}
                          | {"files": list(new.get("files", []))[:100]}]  # fmt: skip
     return merged
+
+
+@contextmanager
+def in_place(path: Path, manifest: dict):
+    """``--append`` writes into the memory's own directory (new file names; ``zarr.json``'s
+    rename is the commit): one line for a file system error; a failure before the commit
+    removes the new files (the memory stays as it was)."""
+    from .store import read_metadata
+
+    try:
+        yield path
+    except BaseException as exc:
+        if read_metadata(path)["manifest"] == manifest:  # not committed
+            remove_strays(path, manifest)
+        if isinstance(exc, OSError):
+            raise EngramError(f"cannot write {path}: {exc.strerror or exc}") from exc
+        raise

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,18 +32,26 @@ from ..corpus.files import CorpusOptions, corpus_bytes, discover_files
 from ..corpus.readers import read_batches
 from ..corpus.tokenize import TextTokenizer, tokenized_batches
 from ..errors import EngramError, UsageError
-from ..hashing import hash_canonical
 from ..layout import ResolvedLayout
 from .accumulate import PairAccumulator
+from .buildparts import (
+    BuildCountsReport,
+    PairMaker,
+    check_counted,
+    check_ids,
+    column_starts,
+    corpus_summary,
+    corpus_tokenizer,
+    heldout_block,
+    heldout_cap,
+    is_heldout,
+    layout_bases,
+    memory_meta,
+)
 from .disk import DiskEstimate, check_disk, corpus_tokens, disk_full_is_one_line, estimate_disk
-from .store import FORMAT, FORMAT_VERSION, write_metadata
+from .store import write_metadata
 
 log = logging.getLogger(__name__)
-
-HELDOUT_EVERY = 20  # one block in 20 held out for the gate (5%)
-HELDOUT_CAP = 1 << 17  # held-out pairs at most (their rows stay in RAM until the fit)
-SNAPSHOT_BYTES = 1 << 26  # and at most so many that their rows' summaries fit 64 MiB
-BLOCK = 256  # pairs per held-out block (16 for corpora under ~1M tokens)
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,7 @@ class BuildCountsJob:
     max_memory: int | None = None  # RAM for row summaries before spilling (None: 25% of RAM)
     partitions: int = 0  # >= 2: spill into this many row buckets (0, 1: only over max_memory)
     append: bool = False  # add the corpus to the memory at ``out`` (one commit)
+    scheduler: str | None = None  # count on Dask: an address or local:N (:mod:`.build_dask`)
 
     def check(self) -> None:
         if isinstance(self.top_k, bool) or self.top_k < 1:
@@ -75,6 +83,8 @@ class BuildCountsJob:
             raise UsageError(f"--max-memory must be positive, got {self.max_memory}")
         if self.limit_tokens is not None and self.limit_tokens < 1:
             raise UsageError(f"--limit-tokens must be at least 1, got {self.limit_tokens}")
+        if self.scheduler and self.limit_tokens is not None:
+            raise UsageError("--limit-tokens counts the first tokens in order; drop --scheduler")
         out = Path(self.out)
         if self.append:
             from .store import is_counts_store
@@ -89,135 +99,6 @@ class BuildCountsJob:
             raise EngramError(f"{out} exists; pass --overwrite to replace it")
         if not out.parent.exists():
             raise EngramError(f"directory {out.parent} does not exist; create it first")
-
-
-@dataclass(frozen=True)
-class BuildCountsReport:
-    """What a build counted and wrote."""
-
-    path: str
-    tokens: int
-    documents: int
-    pairs: int  # (context, next token) pairs counted
-    heldout_pairs: int  # of them, held out for the gate's fit (counted after it)
-    rows: int  # rows of the layout (level 1 and every counted layer)
-    occupied_rows: int  # of them, the rows counted (the store holds these only)
-    top_k: int
-    full_rows: int  # rows whose K slots are all taken (where truncation may have happened)
-    bytes: int
-    seconds: float
-    discounts: list
-    gate: dict
-    disk: dict | None = None  # the disk projected before the pass (:class:`.disk.DiskEstimate`)
-    scratch_bytes: int = 0  # row-bucket files written (0: the build did not spill)
-
-    def to_dict(self) -> dict:
-        from dataclasses import asdict
-
-        return asdict(self)
-
-
-# ----------------------------------------------------------------------------- the pass
-class _PairMaker:
-    """Turns batches of raw ids into (context rows, next raw id) pairs, context carried."""
-
-    def __init__(self, layout, layer_ids, vocab, bases):
-        self.layout, self.layer_ids = layout, tuple(layer_ids)
-        self.lut = np.ascontiguousarray(vocab.canonical_ids, dtype=np.int64)
-        self.vocab_size = vocab.source_vocab_size
-        self.pad = layout.pad_canonical_id(vocab)
-        self.K = layout.max_ngram - 1
-        self.params = [(layout.multipliers(L), layout.head_rows(L), layout.head_offsets(L))
-                       for L in self.layer_ids]  # fmt: skip
-        self.bases = bases
-        self.columns = 1 + len(self.layer_ids) * layout.heads_per_layer
-        self.carry_canon = np.full(self.K, self.pad, dtype=np.int64)
-        self.carry_rows = np.zeros(self.columns, dtype=np.int64)
-        self.carry_valid = False
-
-    def pairs(self, ids, offsets, doc_start) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(rows (T, G), targets (T,), valid (T,))`` of one batch's tokens."""
-        ids = np.asarray(ids, dtype=np.int64)
-        T, K = ids.shape[0], self.K
-        canon = self.lut[ids]
-        lengths = np.diff(np.asarray(offsets, dtype=np.int64))
-        starts = np.asarray(doc_start, dtype=bool)
-        piece_of = np.repeat(np.arange(len(lengths)), lengths)
-        inserted = np.cumsum(starts) * K  # pads inserted up to each piece (a doc start: K pads)
-        pos = np.arange(T) + inserted[piece_of]
-        extended = np.full(K + T + int(inserted[-1]), self.pad, dtype=np.int64)
-        extended[:K] = self.carry_canon
-        extended[K + pos] = canon
-        # row 0: the carried context (the previous batch's last position); rows 1..T: this batch
-        rows = np.empty((T + 1, self.columns), dtype=np.int64)
-        rows[0] = self.carry_rows
-        rows[1:, 0] = canon
-        H = self.layout.heads_per_layer
-        for i, (mult, head_rows, head_offsets) in enumerate(self.params):
-            hashed = hash_canonical(
-                extended[None, :], mult, head_rows, self.layout.heads, offsets=head_offsets
-            )[0]
-            rows[1:, 1 + i * H : 1 + (i + 1) * H] = hashed[pos] + self.bases[i]
-        first_of_doc = np.zeros(T, dtype=bool)
-        first_of_doc[np.asarray(offsets[:-1])[starts & (lengths > 0)]] = True
-        context = rows[:-1]  # the context of token t ends at t - 1 (a view: no copy)
-        valid = ~first_of_doc
-        valid[0] &= self.carry_valid
-        self.carry_canon = extended[-K:].copy()
-        self.carry_rows = rows[-1].copy()
-        self.carry_valid = True
-        return context, ids, valid
-
-
-def _full_rows(path: Path, block: int = 1 << 20) -> int:
-    """Rows whose K slots are all taken (where truncation may have happened) in the counts
-    file at ``path``, read a block of rows at a time (file reads, not a mapping: the pages
-    read are not held in the build's RSS, which stays flat in the memory's size)."""
-    counts = np.load(path, mmap_mode="r")
-    rows, K, offset, dtype = counts.shape[0], counts.shape[1], counts.offset, counts.dtype
-    del counts
-    full = 0
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        for lo in range(0, rows, block):
-            part = np.fromfile(handle, dtype, count=min(block, rows - lo) * K).reshape(-1, K)
-            full += int(np.count_nonzero(part[:, -1]))
-    return full
-
-
-def heldout_cap(columns: int, top_k: int) -> int:
-    """Held-out pairs at most: :data:`HELDOUT_CAP`, fewer where their rows' summaries (kept
-    in RAM until the gate's fit: ``columns`` rows of ``16 + 8 K`` bytes a pair) would pass
-    :data:`SNAPSHOT_BYTES` (at V4.1's layout, 49 columns and K = 8: 17,120 pairs)."""
-    return int(min(HELDOUT_CAP, max(1024, SNAPSHOT_BYTES // (columns * (16 + 8 * top_k)))))
-
-
-def column_starts(layout, layer_ids, bases) -> np.ndarray:
-    """The first row of each column (level 1, then each layer's heads): ascending."""
-    starts = [0]
-    for i, layer in enumerate(layer_ids):
-        starts.extend(int(bases[i]) + int(o) for o in layout.head_offsets(layer))
-    starts = np.asarray(starts, np.int64)
-    assert (np.diff(starts) > 0).all(), "columns must tile the rows in order"
-    return starts
-
-
-def _discounts(unigram, layout, layer_ids, hist, occupied) -> list:
-    """Each level's Ney discount from its counts of counts (``hist`` (G, 4) per column).
-    Level 1 reads its exact rows; level k the head of order k (any counted layer) with the most
-    occupied rows: the one with the fewest collisions, exact when one head has none."""
-    from .smoothing import ney_discount
-
-    n = np.bincount(np.minimum(np.asarray(unigram), 3).astype(np.int64), minlength=4)
-    discounts = [ney_discount(int(n[1]), int(n[2])), ney_discount(int(hist[0, 1]),
-                                                                  int(hist[0, 2]))]  # fmt: skip
-    H = layout.heads_per_layer
-    for k in range(2, layout.max_ngram + 1):
-        heads = range((k - 2) * layout.heads, (k - 1) * layout.heads)
-        columns = [1 + i * H + h for i in range(len(layer_ids)) for h in heads]
-        g = max(columns, key=lambda c: (occupied[c], -c))
-        discounts.append(ney_discount(int(hist[g, 1]), int(hist[g, 2])))
-    return discounts
 
 
 def build_counts(
@@ -242,31 +123,25 @@ def build_counts(
     from ..hashing import NgramHasher
 
     job.check()
+    if job.scheduler:
+        from .build_dask import build_counts_dask
+
+        return build_counts_dask(job=job, vocab=vocab, layout=layout, tokenizer=tokenizer,
+                                 progress=progress)  # fmt: skip
     job.corpus.validate()
     started = time.perf_counter()
     lay, layer_ids = layout.layout, tuple(layout.layer_ids)
     NgramHasher(lay, vocab)  # refuses a layout made for another vocab
     files = discover_files(job.inputs, format=job.corpus.format)
-    needs_tokenizer = any(f.format != "tokens" for f in files) and not job.corpus.tokens_field
-    if needs_tokenizer and tokenizer is None:
-        from ..tokenizer import load_checked_tokenizer
-
-        tokenizer = TextTokenizer(
-            load_checked_tokenizer(job.tokenizer, sha256=vocab.source_sha256)[0]
-        )
+    tokenizer = corpus_tokenizer(files, job, vocab, tokenizer)
     total_bytes = corpus_bytes(files)
     from ..corpus.files import estimate_tokens
 
-    block = BLOCK if estimate_tokens(files, job.corpus) >= 1 << 20 else 16
-    canonical_size = vocab.canonical_vocab_size
-    bases, rows = [], canonical_size
-    for layer in layer_ids:
-        bases.append(rows)
-        rows += lay.layer_rows(layer)
-    bases = np.array(bases, dtype=np.int64)
+    block = heldout_block(files, job.corpus)
+    bases, rows = layout_bases(lay, layer_ids, vocab.canonical_vocab_size)
     store, suffix, top_k = None, "", job.top_k
     if job.append:
-        from .append import check_appendable, remove_strays
+        from .append import check_appendable, in_place, remove_strays
         from .store import open_counts
 
         store = open_counts(job.out)
@@ -276,9 +151,10 @@ def build_counts(
         suffix = f".{int(store.meta.get('generation', 0)) + 1}"
     budget = job.max_memory or parse_memory("25%")
     starts = column_starts(lay, layer_ids, bases)
+    cap = heldout_cap(len(starts), top_k, block)
     where = Path(job.out) if job.append else Path(job.out).absolute().parent
-    disk = _check_disk(job, files, starts, rows, top_k, budget, vocab, store, where)
-    place = _in_place(Path(job.out), store.meta["manifest"]) if job.append else \
+    disk = _check_disk(job, files, starts, rows, top_k, budget, cap, vocab, store, where)
+    place = in_place(Path(job.out), store.meta["manifest"]) if job.append else \
         atomic_directory(Path(job.out), label="building", replace=job.overwrite)  # fmt: skip
     with place as tmp, disk_full_is_one_line(where):
         tmp.mkdir(parents=True, exist_ok=job.append)
@@ -297,8 +173,7 @@ def build_counts(
         if store is not None:
             unigram += np.asarray(store.unigram)
         estimated = max(1, estimate_tokens(files, job.corpus))
-        cap = heldout_cap(len(starts), top_k)
-        maker = _PairMaker(lay, layer_ids, vocab, bases)
+        maker = PairMaker(lay, layer_ids, vocab, bases)
         tokens = documents = pairs = 0
         held_rows, held_targets, held = [], [], 0
         from ..corpus.files import CorpusWarnings
@@ -317,19 +192,10 @@ def build_counts(
                     ids = batch.ids = ids[:keep]
                 if ids.shape[0] == 0:
                     continue
-                if ids.min() < 0 or ids.max() >= vocab.source_vocab_size:
-                    bad = int(np.flatnonzero((ids < 0) | (ids >= vocab.source_vocab_size))[0])
-                    raise EngramError(
-                        f"{batch.locate(bad)}: token id {int(ids[bad])} is outside the "
-                        f"tokenizer's vocab (0..{vocab.source_vocab_size - 1}); use the vocab "
-                        "built from the tokenizer that produced these ids"
-                    )
+                check_ids(batch, ids, vocab.source_vocab_size)
                 context, targets, valid = maker.pairs(ids, batch.offsets, batch.doc_start)
                 index = pairs + np.cumsum(valid) - 1  # the running number of each valid pair
-                hold = valid & ((index // block) % HELDOUT_EVERY == HELDOUT_EVERY - 1)
-                room = cap - held
-                if hold.sum() > room:
-                    hold[np.flatnonzero(hold)[room:]] = False
+                hold = valid & is_heldout(index, block, cap)
                 if hold.any():
                     held_rows.append(context[hold])
                     held_targets.append(targets[hold])
@@ -352,56 +218,20 @@ def build_counts(
                     break
         finally:
             batches.close()
-        if tokens == 0:
-            names = ", ".join(str(f.path) for f in files[:3])
-            raise EngramError(f"the corpus tokenizes to nothing ({names}); nothing to count")
-        if pairs == 0:
-            raise EngramError(
-                "the corpus has no document of two tokens or more: no next token to count"
-            )
+        check_counted(files, tokens, pairs)
         G = starts.shape[0]
         rows_h = np.concatenate(held_rows) if held else np.zeros((0, G), np.int64)
         targets_h = np.concatenate(held_targets) if held else np.zeros(0, np.int64)
         scratch = acc.scratch_bytes
-        before, hist, occupied, stored = acc.finish(rows_h, targets_h, tmp, suffix)
-        discounts = _discounts(unigram, lay, layer_ids, before.hist, before.occupied)
-        gate = _fit_gate(before, unigram, lay, layer_ids, discounts, rows_h, targets_h)
-        discounts = _discounts(unigram, lay, layer_ids, hist, occupied)
-        full = _full_rows(tmp / f"counts{suffix}.npy")
-        meta = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "layout": lay.to_dict(),
-            "layers": {
-                str(L): {"base": int(b), "rows": int(lay.layer_rows(L))}
-                for L, b in zip(layer_ids, bases, strict=True)
-            },  # fmt: skip
-            "rows": int(rows),
-            "occupied_rows": int(stored - 1),
-            "canonical_vocab_size": int(canonical_size),
-            "vocab_size": int(vocab.source_vocab_size),
-            "vocab_fingerprint": vocab.fingerprint,
-            "tokenizer": {
-                "name": vocab.source_name or job.tokenizer,
-                "sha256": vocab.source_sha256,
-            },  # fmt: skip
-            "top_k": int(top_k),
-            "discounts": discounts,
-            "smoothing": "interpolated absolute discounting, Ney discounts, count-min over heads",
-            "gate": gate,
-            "corpus": {
-                "files": [str(f.path) for f in files][:100],
-                "file_count": len(files),
-                "bytes": int(total_bytes),
-                "tokens": tokens,
-                "documents": documents,
-                "pairs": pairs,
-                "heldout_pairs": held,
-                "warnings": warnings.counts,
-            },  # fmt: skip
-            "full_rows": full,
-            "build_seconds": time.perf_counter() - started,
-        }
+        counted = acc.finish(rows_h, targets_h, tmp, suffix)
+        corpus = corpus_summary(files, total_bytes, tokens, documents, pairs, held,
+                                warnings.counts)  # fmt: skip
+        meta = memory_meta(directory=tmp, suffix=suffix, layout=lay, layer_ids=layer_ids,
+                           bases=bases, rows=rows, vocab=vocab, tokenizer_name=job.tokenizer,
+                           top_k=top_k, unigram=unigram, counted=counted, held_rows=rows_h,
+                           held_targets=targets_h, corpus=corpus, started=started)  # fmt: skip
+        stored, full, discounts, gate = (counted[3], meta["full_rows"], meta["discounts"],
+                                         meta["gate"])  # fmt: skip
         if store is not None:
             from .append import merged_corpus
 
@@ -422,52 +252,15 @@ def build_counts(
     )  # fmt: skip
 
 
-def _check_disk(job, files, starts, rows, top_k, budget, vocab, store, where) -> DiskEstimate:
+def _check_disk(job, files, starts, rows, top_k, budget, cap, vocab, store, where) -> DiskEstimate:
     """Project the build's disk (:mod:`.disk`) and refuse or warn before any work."""
     tokens, low, exact = corpus_tokens(files, job.corpus, job.limit_tokens)
     estimate = estimate_disk(
         tokens=tokens, tokens_low=low, exact=exact, column_rows=np.diff(np.append(starts, rows)),
-        top_k=top_k, budget=budget, partitions=job.partitions,
-        heldout_cap=heldout_cap(len(starts), top_k),
+        top_k=top_k, budget=budget, partitions=job.partitions, heldout_cap=cap,
         vocab_size=vocab.source_vocab_size, where=where,
         initial_rows=0 if store is None else int(store.meta.get("occupied_rows") or 0),
     )  # fmt: skip
     log.info("disk: %s", estimate)
     check_disk(estimate)
     return estimate
-
-
-@contextmanager
-def _in_place(path: Path, manifest: dict):
-    """``--append`` writes into the memory's own directory (new file names; ``zarr.json``'s
-    rename is the commit): one line for a file system error; a failure before the commit
-    removes the new files (the memory stays as it was)."""
-    from .append import remove_strays
-    from .store import read_metadata
-
-    try:
-        yield path
-    except BaseException as exc:
-        if read_metadata(path)["manifest"] == manifest:  # not committed
-            remove_strays(path, manifest)
-        if isinstance(exc, OSError):
-            raise EngramError(f"cannot write {path}: {exc.strerror or exc}") from exc
-        raise
-
-
-def _fit_gate(before, unigram, layout, layer_ids, discounts, rows, targets):
-    """Fit the gate on the held-out pairs against the rows as counted without them."""
-    from .accumulate import locate
-    from .gate import fit_gate, unfitted_gate
-    from .query import level_columns
-    from .smoothing import level_probability_kernel, unigram_probabilities
-
-    if not rows.shape[0]:
-        return unfitted_gate("no held-out positions (the corpus is too small)")
-    cols, ncols = level_columns(layout, len(layer_ids))
-    p0 = unigram_probabilities(unigram, discounts[0])
-    out = np.empty((rows.shape[0], 4))
-    level_probability_kernel(locate(before.row_ids, rows), targets, cols, ncols, before.tokens,
-                             before.counts, before.totals, p0, np.asarray(discounts),
-                             out)  # fmt: skip
-    return fit_gate(out[:, 0], p0[targets], out[:, 1:4], layout.max_ngram)
