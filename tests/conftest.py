@@ -125,3 +125,19 @@ def write_small_corpus(root: Path, *, docs: int = 3, held_chars: int = 3000) -> 
     held["text"] = held["text"][:held_chars]
     (root / "heldout.jsonl").write_text(json.dumps(held) + "\n")
     return root
+
+
+class KillOneWorker:
+    """A Dask run's progress callback that SIGKILLs one worker process at the first report of
+    work done (once); ``killed`` holds its pid."""
+
+    def __init__(self, client):
+        self.client, self.killed = client, []
+
+    def __call__(self, done, total, documents, tokens):
+        import signal
+
+        if done and not self.killed:
+            pid = next(iter(self.client.run(os.getpid).values()))
+            os.kill(pid, signal.SIGKILL)
+            self.killed.append(pid)

@@ -6,8 +6,6 @@ killed workers re-run; refusals are one line."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 
 import numpy as np
@@ -16,6 +14,7 @@ import pytest
 from engramctl.corpus.files import CorpusOptions
 from engramctl.counts import BuildCountsJob, build_counts
 from engramctl.errors import EngramError, UsageError
+from tests.conftest import KillOneWorker
 
 from .conftest import random_docs, resolved, write_token_corpus
 
@@ -175,18 +174,12 @@ def test_killed_worker_is_rerun_and_the_memory_is_the_same(client, corpora, one_
     from engramctl.counts.build_dask import build_counts_dask
 
     client.wait_for_workers(2, timeout=60)
-    killed = []
-
-    def kill_one(done, total, documents, tokens):
-        if done and not killed:
-            pid = next(iter(client.run(os.getpid).values()))
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
+    kill_one = KillOneWorker(client)
 
     out = tmp_path / "d.zarr"
     build_counts_dask(job=_job(corpora, "jsonl", out), vocab=tiny_vocab, layout=resolved(layout),
                       client=client, shard_bytes=1500, progress=kill_one)  # fmt: skip
-    assert killed
+    assert kill_one.killed
     assert_same_memory(one_jsonl, out)
 
 

@@ -4,8 +4,6 @@ workers, bad schedulers, version mismatch, too little worker memory)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from engramctl.corpus.shards import split_files
 from engramctl.errors import EngramError, UsageError
 from engramctl.stats.run import load_matching_tokenizer, plan_hash_stats, run_hash_stats
 from engramctl.stats.run_dask import ShardSetup, count_shard, merge_counts, worker_memory
-from tests.conftest import SAMPLE
+from tests.conftest import SAMPLE, KillOneWorker
 
 runner = CliRunner()
 TIMING = ("seconds", "tokens_per_second")
@@ -193,16 +191,10 @@ def test_killed_worker_is_retried_and_text_report_identical(client, corpora, ds_
     tokenizer = load_matching_tokenizer("deepseek-v4", ds_vocab)
     single = run_hash_stats(plan, vocab=ds_vocab, tokenizer=tokenizer)
     assert single.warnings["invalid_utf8"]["count"] >= 2  # ours on line 121, in a later shard
-    killed = []
-
-    def kill_one(done, total, documents, tokens):
-        if done and not killed:
-            pid = next(iter(client.run(os.getpid).values()))
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
+    kill_one = KillOneWorker(client)
 
     report = run_on_dask(plan, ds_vocab, client, tokenizer, shard_bytes=6_000, progress=kill_one)
-    assert killed
+    assert kill_one.killed
     assert figures(report) == figures(single)
 
 

@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import os
-import signal
-
 import pytest
 
 from engramctl.stats.run import load_matching_tokenizer, plan_hash_stats, run_hash_stats
+from tests.conftest import KillOneWorker
 from tests.stats import test_hash_stats_dask as base
 from tests.stats.test_partition import figures
 
@@ -38,16 +36,10 @@ def test_partitioned_dask_survives_a_killed_worker(client, corpora, ds_vocab, de
     from dataclasses import replace
 
     single = run_hash_stats(replace(plan, partitions=None), vocab=ds_vocab, tokenizer=tokenizer)
-    killed = []
-
-    def kill_one(done, total, documents, tokens):
-        if done and not killed:
-            pid = next(iter(client.run(os.getpid).values()))
-            os.kill(pid, signal.SIGKILL)
-            killed.append(pid)
+    kill_one = KillOneWorker(client)
 
     report = run_on_dask(plan, ds_vocab, client, tokenizer, shard_bytes=6_000, progress=kill_one)
-    assert killed
+    assert kill_one.killed
     assert single.warnings["invalid_utf8"]["count"] >= 2
     assert figures(report) == figures(single)
 
