@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .._system import format_bytes, parse_memory
-from ..corpus.files import CorpusOptions, corpus_bytes, discover_files
+from ..corpus.files import CorpusOptions, corpus_bytes
 from ..corpus.readers import read_batches
 from ..corpus.tokenize import TextTokenizer, tokenized_batches
 from ..errors import EngramError, UsageError
@@ -39,14 +39,12 @@ from .buildparts import (
     PairMaker,
     check_counted,
     check_ids,
-    column_starts,
     corpus_summary,
-    corpus_tokenizer,
     heldout_block,
     heldout_cap,
     is_heldout,
-    layout_bases,
     memory_meta,
+    start_pass,
 )
 from .disk import DiskEstimate, check_disk, corpus_tokens, disk_full_is_one_line, estimate_disk
 from .store import write_metadata
@@ -120,7 +118,6 @@ def build_counts(
     progress : called after each batch with ``(bytes done, bytes total, documents, tokens)``.
     """
     from .._files import atomic_directory
-    from ..hashing import NgramHasher
 
     job.check()
     if job.scheduler:
@@ -128,29 +125,18 @@ def build_counts(
 
         return build_counts_dask(job=job, vocab=vocab, layout=layout, tokenizer=tokenizer,
                                  progress=progress)  # fmt: skip
-    job.corpus.validate()
-    started = time.perf_counter()
-    lay, layer_ids = layout.layout, tuple(layout.layer_ids)
-    NgramHasher(lay, vocab)  # refuses a layout made for another vocab
-    files = discover_files(job.inputs, format=job.corpus.format)
-    tokenizer = corpus_tokenizer(files, job, vocab, tokenizer)
+    begun = start_pass(job, vocab, layout, tokenizer)
+    started, lay, layer_ids = begun.started, begun.layout, begun.layer_ids
+    files, tokenizer, bases, rows = begun.files, begun.tokenizer, begun.bases, begun.rows
+    starts, store, suffix, top_k = begun.starts, begun.store, begun.suffix, begun.top_k
     total_bytes = corpus_bytes(files)
     from ..corpus.files import estimate_tokens
 
     block = heldout_block(files, job.corpus)
-    bases, rows = layout_bases(lay, layer_ids, vocab.canonical_vocab_size)
-    store, suffix, top_k = None, "", job.top_k
     if job.append:
-        from .append import check_appendable, in_place, remove_strays
-        from .store import open_counts
+        from .append import in_place, remove_strays
 
-        store = open_counts(job.out)
-        check_appendable(store, vocab, lay, layer_ids, job.top_k)
-        top_k = store.top_k
-        remove_strays(job.out, store.meta["manifest"])  # an interrupted append's files
-        suffix = f".{int(store.meta.get('generation', 0)) + 1}"
     budget = job.max_memory or parse_memory("25%")
-    starts = column_starts(lay, layer_ids, bases)
     cap = heldout_cap(len(starts), top_k, block)
     where = Path(job.out) if job.append else Path(job.out).absolute().parent
     disk = _check_disk(job, files, starts, rows, top_k, budget, cap, vocab, store, where)

@@ -116,32 +116,21 @@ def build_counts_dask(*, job, vocab, layout, tokenizer=None, progress=None, clie
                                      progress=progress, client=opened,
                                      shard_bytes=shard_bytes)  # fmt: skip
     from .._files import atomic_directory
-    from ..corpus.files import discover_files, estimate_tokens
+    from ..corpus.files import estimate_tokens
     from ..corpus.shards import DEFAULT_SHARD_BYTES, split_files
-    from ..hashing import NgramHasher
-    from .buildparts import column_starts, corpus_tokenizer, heldout_block, layout_bases
+    from .buildparts import heldout_block, start_pass
 
-    job.corpus.validate()
-    started = time.perf_counter()
-    lay, layer_ids = layout.layout, tuple(layout.layer_ids)
-    NgramHasher(lay, vocab)  # refuses a layout made for another vocab
-    files = discover_files(job.inputs, format=job.corpus.format)
-    tokenizer = corpus_tokenizer(files, job, vocab, tokenizer)
-    bases, rows = layout_bases(lay, layer_ids, vocab.canonical_vocab_size)
-    starts = column_starts(lay, layer_ids, bases)
+    begun = start_pass(job, vocab, layout, tokenizer)
+    started, lay, layer_ids = begun.started, begun.layout, begun.layer_ids
+    files, tokenizer, bases, rows = begun.files, begun.tokenizer, begun.bases, begun.rows
+    starts, store, suffix, top_k = begun.starts, begun.store, begun.suffix, begun.top_k
     resolved = [replace(f, path=f.path.resolve()) for f in files]  # workers may run elsewhere
     shards = split_files(resolved, job.corpus, shard_bytes or DEFAULT_SHARD_BYTES)
     budget = _task_budget(client, job, starts.shape[0])
-    store, suffix, top_k, initial = None, "", job.top_k, None
+    initial = None
     if job.append:
-        from .append import check_appendable, in_place, remove_strays
-        from .store import open_counts
+        from .append import in_place
 
-        store = open_counts(job.out)
-        check_appendable(store, vocab, lay, layer_ids, job.top_k)
-        top_k = store.top_k
-        remove_strays(job.out, store.meta["manifest"])  # an interrupted append's files
-        suffix = f".{int(store.meta.get('generation', 0)) + 1}"
         initial = {name: str(Path(job.out).resolve() / store.meta["manifest"][name]["file"])
                    for name in ROW_ARRAYS}  # fmt: skip
     workers = max(1, len(client.scheduler_info().get("workers", {})))

@@ -289,3 +289,50 @@ def check_counted(files, tokens: int, pairs: int) -> None:
         raise EngramError(
             "the corpus has no document of two tokens or more: no next token to count"
         )
+
+
+@dataclass(frozen=True)
+class PassStart:
+    """What a build knows before its pass (one process and Dask alike)."""
+
+    started: float  # time.perf_counter() at the start
+    layout: object  # the EngramLayout
+    layer_ids: tuple
+    files: list  # the corpus files found
+    tokenizer: object  # for text input (None for token files)
+    bases: np.ndarray  # each counted layer's first row
+    rows: int  # rows of the layout (level 1 and every counted layer)
+    starts: np.ndarray  # each column's first row
+    store: object  # with --append: the memory added to (else None)
+    suffix: str  # the new files' suffix ("" for a new memory, ".N" for the Nth append)
+    top_k: int
+
+
+def start_pass(job, vocab, layout, tokenizer=None) -> PassStart:
+    """Check the job against the vocab and layout, find the corpus, load the tokenizer and,
+    with ``--append``, open the memory (refusing one built otherwise; an interrupted append's
+    files removed)."""
+    import time
+
+    from ..corpus.files import discover_files
+    from ..hashing import NgramHasher
+
+    job.corpus.validate()
+    started = time.perf_counter()
+    lay, layer_ids = layout.layout, tuple(layout.layer_ids)
+    NgramHasher(lay, vocab)  # refuses a layout made for another vocab
+    files = discover_files(job.inputs, format=job.corpus.format)
+    tokenizer = corpus_tokenizer(files, job, vocab, tokenizer)
+    bases, rows = layout_bases(lay, layer_ids, vocab.canonical_vocab_size)
+    store, suffix, top_k = None, "", job.top_k
+    if job.append:
+        from .append import check_appendable, remove_strays
+        from .store import open_counts
+
+        store = open_counts(job.out)
+        check_appendable(store, vocab, lay, layer_ids, job.top_k)
+        top_k = store.top_k
+        remove_strays(job.out, store.meta["manifest"])  # an interrupted append's files
+        suffix = f".{int(store.meta.get('generation', 0)) + 1}"
+    return PassStart(started, lay, layer_ids, files, tokenizer, bases, rows,
+                     column_starts(lay, layer_ids, bases), store, suffix, top_k)  # fmt: skip
