@@ -327,7 +327,7 @@ class RowTable:
         """Records a shard needs to hold about ``rows`` occupied rows in all below the load
         factor (a multiple of 64; an estimate past ``max_bytes`` is cut to it)."""
         if self.max_bytes:
-            rows = min(rows, self.max_bytes * LOAD / (16 + 8 * self.top_k) / self.shards)
+            rows = min(rows, self.max_bytes * LOAD / (16 + 8 * self.top_k))  # in all shards
         return -(-int(max(1.0, rows / self.shards / LOAD)) // 64) * 64
 
     def reserve(self, rows: int) -> None:

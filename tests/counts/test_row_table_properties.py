@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -268,3 +269,13 @@ def test_finish_histograms_equal_a_plain_recount(build):
                 tuple(a[touched] for a in before))  # fmt: skip
     assert snap.row_ids[-1] == SENTINEL and not snap.counts[-1].any() and snap.totals[-1] == 0
     assert G == hist_after.shape[0]
+
+
+@pytest.mark.parametrize("shards", [1, 2, 4, 8])
+def test_an_estimate_is_cut_to_max_bytes_in_all_shards(shards):
+    """The cut was per shard (``max_bytes / S`` in all): a table near its cap took ~log1.5(2 S)
+    extra rehashes, one per 1.5x step, before it reached the budget."""
+    table = RowTable(4, shards=shards, max_bytes=8 << 20)
+    table.reserve(10**8)
+    record = 8 * (2 + 4)
+    assert 8 << 20 >= table.nbytes - shards * 64 * record > (8 << 20) - 2 * shards * 64 * record
