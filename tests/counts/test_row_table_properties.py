@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engramctl.counts.accumulate import SENTINEL, PairAccumulator
-from engramctl.counts.rowtable import EMPTY, RowTable, add_histogram
+from engramctl.counts.rowtable import EMPTY, HASH_MULT, MAX_PROBE, RowTable, add_histogram
 from engramctl.counts.spacesaving import space_saving_reference
 
 TOP = 2**63 - 1  # RowTable.add's default hi
@@ -279,3 +279,39 @@ def test_an_estimate_is_cut_to_max_bytes_in_all_shards(shards):
     table.reserve(10**8)
     record = 8 * (2 + 4)
     assert 8 << 20 >= table.nbytes - shards * 64 * record > (8 << 20) - 2 * shards * 64 * record
+
+
+def _rows_hashed_to(top32: np.ndarray) -> np.ndarray:
+    """Row ids (< 2 ** 62) whose hashes' top 32 bits are ``top32`` (the hash is a
+    multiplication: invert it)."""
+    inverse = pow(int(HASH_MULT), -1, 2**64)
+    found = [r for r in ((int(t) << 32) * inverse % 2**64 for t in top32) if r < 2**62]
+    return np.array(found, np.int64)
+
+
+def test_rows_that_share_a_home_at_every_size_are_held():
+    """More rows than ``MAX_PROBE`` whose hashes share their top 32 bits (one home slot at every
+    size): each probe walk past ``MAX_PROBE`` grew the table 1.5x, and no growth shortens it (the
+    table grew until memory ran out). Now a stuck insert walks on."""
+    inverse = pow(int(HASH_MULT), -1, 2**64)
+    rows = np.array([r for r in (t * inverse % 2**64 for t in range(1, 4 * MAX_PROBE + 400))
+                     if r < 2**62][: MAX_PROBE + 200], np.int64)  # fmt: skip
+    assert np.unique((rows.astype(np.uint64) * HASH_MULT) >> np.uint64(32)).shape == (1,)
+    targets = np.arange(rows.shape[0]) % 5
+    table = RowTable(2, shards=1)
+    table.add(rows, targets)
+    batches = ((rows[:, None], targets, np.ones(rows.shape[0], bool)),)
+    assert_same(table.extract(), reference(batches, 2))
+    assert table.capacity < 4 * table.capacity_for(rows.shape[0])
+
+
+def test_a_batch_dense_in_hash_space_does_not_overgrow_the_table():
+    """Rows whose hashes are consecutive in their top 32 bits: a sweep's projection over the
+    whole hash space is huge, and the kernel stopped (each stop growing the table 1.5x) every
+    ``LOCAL_SAMPLE`` new rows even once every pair left fit (the table grew until memory ran
+    out). Now a projection stops a sweep only where the pairs left could overfill the table."""
+    rows = _rows_hashed_to(np.arange(40_000))[:20_000]
+    table = RowTable(2, shards=1)
+    table.add(rows, np.zeros(rows.shape[0]))
+    assert table.occupied == rows.shape[0]
+    assert table.capacity < 4 * table.capacity_for(rows.shape[0])
