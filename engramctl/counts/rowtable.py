@@ -390,6 +390,8 @@ class RowTable:
     def load(self, keys, tokens, counts, totals) -> None:
         """Put summaries read back (:meth:`extract`'s arrays) into an empty table."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
+        if self.occupied or any(np.shape(a)[1:] != (self.top_k,) for a in (tokens, counts)):
+            raise ValueError(f"load() takes (N, {self.top_k}) summaries into an empty table")
         shard = keys & (self.shards - 1)
         per = np.bincount(shard, minlength=self.shards)
         need = int(per.max() / LOAD) + 1

@@ -351,3 +351,14 @@ def test_sweeps_stopped_to_grow_midway_equal_the_reference(shards, scale):
         table.add(rows, targets, keep, scale=scale)
     assert_consistent(table)
     assert_same(table.extract(), reference(batches, 3))
+
+
+def test_load_refuses_another_k_or_a_table_in_use():
+    """(The load kernel reads K words a row unchecked: another K read past the arrays.)"""
+    keys, tokens, counts, totals = feed(RowTable(3), [(np.arange(9), np.arange(9), None)]).extract()
+    with pytest.raises(ValueError, match=r"\(N, 4\)"):
+        RowTable(4).load(keys, tokens, counts, totals)
+    used = RowTable(3)
+    used.add(np.arange(2), np.arange(2))
+    with pytest.raises(ValueError, match="empty"):
+        used.load(keys, tokens, counts, totals)
