@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engramctl.counts.accumulate import SENTINEL, PairAccumulator
+from engramctl.counts.accumulate import MIN_SLICE, SENTINEL, PairAccumulator
 from engramctl.counts.rowtable import EMPTY, HASH_MULT, MAX_PROBE, RowTable, add_histogram
 from engramctl.counts.spacesaving import space_saving_kernel, space_saving_reference
 
@@ -248,7 +248,21 @@ def builds(draw):
 @settings(max_examples=30, deadline=None)
 @given(builds())
 def test_finish_histograms_equal_a_plain_recount(build):
-    starts, total_rows, batches, held_rows, held_targets, small, buckets, K = build
+    check_finish(*build)
+
+
+def test_finish_after_a_spill_in_the_middle_of_a_batch():
+    """A batch longer than a slice (``MIN_SLICE`` pairs) over a small budget: the table spills
+    after its first slice and the rest of the batch goes to the bucket files."""
+    rng = np.random.default_rng(5)
+    starts = np.array([0, 5000], np.int64)
+    rows = (starts + rng.integers(0, 5000, (MIN_SLICE + 1500, 2))).astype(np.int64)
+    targets = rng.integers(0, 7, rows.shape[0])
+    batches = ((rows, targets, rng.random(rows.shape[0]) < 0.9),)
+    check_finish(starts, 10_000, batches, rows[:30], targets[:30], True, 0, 2)
+
+
+def check_finish(starts, total_rows, batches, held_rows, held_targets, small, buckets, K):
     # a small budget: under the new table's size, so the first batch spills (into a few buckets)
     budget = RowTable(K).nbytes - 1 if small else 1 << 30
     G = starts.shape[0]
