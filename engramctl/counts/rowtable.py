@@ -132,14 +132,15 @@ HASH_SPACE = float(2**32)  # the stretch of hash space a run spans (its top 32 b
 
 
 @njit(cache=True, parallel=True)
-def _insert_kernel(keys, ys, starts, rec, used, limit, resume, swept):
+def _insert_kernel(keys, ys, starts, rec, used, limit, resume, swept, max_probe):
     """Insert the ordered pairs ``keys``/``ys``, shard by shard in parallel (linear probing
     from the home slot). A shard stops (``resume[s]``: in, where its run starts; out, where it
     stopped, its run's end when done) before its ``used`` passes ``limit``, when the new rows
-    of the stretch it swept project past ``limit`` for the whole run, or when a probe walks
-    ``MAX_PROBE`` records; ``swept[s]`` (out): the stretch of hash space it swept (in units of
-    ``2 ** -32``), so the caller projects the run's new rows and grows the table to hold them
-    before it goes on."""
+    of the stretch it swept project past ``limit`` for the whole run (and the pairs left could
+    take it past: a projection is no reason to stop where every pair's row fits), or when a
+    probe walks ``max_probe`` records; ``swept[s]`` (out): the stretch of hash space it swept
+    (in units of ``2 ** -32``), so the caller projects the run's new rows and grows the table
+    to hold them before it goes on."""
     S, C, _ = rec.shape
     for s in prange(S):
         n = used[s]
@@ -163,7 +164,11 @@ def _insert_kernel(keys, ys, starts, rec, used, limit, resume, swept):
                     break
                 if k == EMPTY:
                     new = n - n0
-                    if n >= limit or (new >= LOCAL_SAMPLE and n0 + new * HASH_SPACE / span > limit):
+                    if n >= limit or (
+                        new >= LOCAL_SAMPLE
+                        and n0 + new * HASH_SPACE / span > limit
+                        and n + end - j > limit
+                    ):
                         stop = True
                     else:
                         rec[s, i, 0] = np.uint64(r + 1)
@@ -171,7 +176,7 @@ def _insert_kernel(keys, ys, starts, rec, used, limit, resume, swept):
                     break
                 i = _next(i, C)
                 probes += 1
-                if probes >= MAX_PROBE:
+                if probes >= max_probe:
                     stop = True
                     break
             if stop:
@@ -327,7 +332,7 @@ class RowTable:
         """Records a shard needs to hold about ``rows`` occupied rows in all below the load
         factor (a multiple of 64; an estimate past ``max_bytes`` is cut to it)."""
         if self.max_bytes:
-            rows = min(rows, self.max_bytes * LOAD / (16 + 8 * self.top_k) / self.shards)
+            rows = min(rows, self.max_bytes * LOAD / (16 + 8 * self.top_k))  # in all shards
         return -(-int(max(1.0, rows / self.shards / LOAD)) // 64) * 64
 
     def reserve(self, rows: int) -> None:
@@ -360,12 +365,19 @@ class RowTable:
         _scatter_kernel(rows, targets, bucket, S << bits, keys, ys, starts, S, bits)
         del bucket
         resume, swept = starts[:-1].copy(), np.ones(S, np.int64)
+        max_probe, grown = MAX_PROBE, False
         while True:
-            before = self.used.copy()
+            before, at = self.used.copy(), resume.copy()
             _insert_kernel(keys, ys, starts, self.rec, self.used,
-                           int(self.capacity * LOAD), resume, swept)  # fmt: skip
+                           int(self.capacity * LOAD), resume, swept, max_probe)  # fmt: skip
             if (resume == starts[1:]).all():
                 return
+            if grown and (resume == at).all():
+                # stuck after a growth: a probe walk no growth shortens (rows whose hashes share
+                # their top 32 bits share a home at every size), so walk on without a limit
+                max_probe = 2**62
+                continue
+            grown = True
             # each shard's new rows to come, projected from the stretch of homes it swept
             # (the hash is uniform), and at most one a pair left
             left = starts[1:] - resume
@@ -378,6 +390,8 @@ class RowTable:
     def load(self, keys, tokens, counts, totals) -> None:
         """Put summaries read back (:meth:`extract`'s arrays) into an empty table."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
+        if self.occupied or any(np.shape(a)[1:] != (self.top_k,) for a in (tokens, counts)):
+            raise ValueError(f"load() takes (N, {self.top_k}) summaries into an empty table")
         shard = keys & (self.shards - 1)
         per = np.bincount(shard, minlength=self.shards)
         need = int(per.max() / LOAD) + 1
