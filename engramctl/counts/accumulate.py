@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .._numba import njit, prange
 from .._system import format_bytes
 from .rowtable import LOAD, RowTable, add_histogram, sorted_slots
 
@@ -279,36 +278,3 @@ def _write_sorted(table: RowTable, writers, starts, hist, occupied) -> None:
         add_histogram(block[0], block[2], starts, hist, occupied)
         for writer, array in zip(writers, block, strict=True):
             writer.append(array)
-
-
-def locate_reference(row_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """numpy specification of :func:`locate`."""
-    last = row_ids.shape[0] - 1
-    idx = np.minimum(np.searchsorted(row_ids, rows), last)
-    idx[np.asarray(row_ids[idx]) != rows] = last
-    return idx
-
-
-@njit(cache=True, parallel=True)
-def _locate_kernel(row_ids, rows, out):
-    last = row_ids.shape[0] - 1
-    for j in prange(rows.shape[0]):
-        r = rows[j]
-        lo, hi = 0, last  # row_ids[last] is the sentinel, above every row
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if row_ids[mid] < r:
-                lo = mid + 1
-            else:
-                hi = mid
-        out[j] = lo if row_ids[lo] == r else last
-
-
-def locate(row_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Indices into a sorted store of ``rows`` (any shape); absent rows map to the last
-    (all-zero) row. A binary search per row, in parallel."""
-    rows = np.asarray(rows, dtype=np.int64)
-    flat = np.ascontiguousarray(rows).reshape(-1)
-    out = np.empty(flat.shape[0], np.int64)
-    _locate_kernel(row_ids, flat, out)
-    return out.reshape(rows.shape)

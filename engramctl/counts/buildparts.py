@@ -203,8 +203,8 @@ def discounts_of(unigram, layout, layer_ids, hist, occupied) -> list:
 
 def fit_build_gate(before, unigram, layout, layer_ids, discounts, rows, targets):
     """Fit the gate on the held-out pairs against the rows as counted without them."""
-    from .accumulate import locate
     from .gate import fit_gate, unfitted_gate
+    from .locate import RowLocator
     from .query import level_columns
     from .smoothing import level_probability_kernel, unigram_probabilities
 
@@ -213,9 +213,9 @@ def fit_build_gate(before, unigram, layout, layer_ids, discounts, rows, targets)
     cols, ncols = level_columns(layout, len(layer_ids))
     p0 = unigram_probabilities(unigram, discounts[0])
     out = np.empty((rows.shape[0], 4))
-    level_probability_kernel(locate(before.row_ids, rows), targets, cols, ncols, before.tokens,
-                             before.counts, before.totals, p0, np.asarray(discounts),
-                             out)  # fmt: skip
+    local = RowLocator.build(before.row_ids)(rows)
+    level_probability_kernel(local, targets, cols, ncols, before.tokens, before.counts,
+                             before.totals, p0, np.asarray(discounts), out)  # fmt: skip
     return fit_gate(out[:, 0], p0[targets], out[:, 1:4], layout.max_ngram)
 
 

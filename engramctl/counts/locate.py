@@ -8,7 +8,7 @@ whose id is ``>= b << shift``, with about two ids per bucket (4 B of RAM per occ
 lookup reads two directory entries and binary-searches a bucket of a few ids (a dense stretch,
 as the unigram column, only makes its buckets' searches a few steps longer).
 
-:func:`~engramctl.counts.accumulate.locate_reference` (``np.searchsorted``) is the
+:func:`locate_reference` (``np.searchsorted``) is the
 specification it is held to (tests).
 """
 
@@ -21,6 +21,15 @@ import numpy as np
 from .._numba import njit, prange
 
 IDS_PER_BUCKET = 2  # the directory's mean bucket size
+
+
+def locate_reference(row_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """numpy specification of :class:`RowLocator`: indices of ``rows`` in sorted ``row_ids``
+    (the sentinel last), absent rows mapped to the last."""
+    last = row_ids.shape[0] - 1
+    idx = np.minimum(np.searchsorted(row_ids, rows), last)
+    idx[np.asarray(row_ids[idx]) != rows] = last
+    return idx
 
 
 @njit(cache=True)
@@ -96,7 +105,7 @@ class RowLocator:
 
     def __call__(self, rows) -> np.ndarray:
         """Indices into the store of ``rows`` (any shape); an absent row maps to the last
-        (all-zero) row. Equal to :func:`~engramctl.counts.accumulate.locate_reference`."""
+        (all-zero) row. Equal to :func:`locate_reference`."""
         rows = np.asarray(rows, dtype=np.int64)
         flat = np.ascontiguousarray(rows).reshape(-1)
         out = np.empty(flat.shape[0], np.int64)

@@ -292,23 +292,10 @@ class RowTable:
     def _empty(self, capacity: int) -> np.ndarray:
         return np.zeros((self.shards, capacity, 2 + self.top_k), np.uint64)  # all free
 
-    # the record's fields as (strided) views: (S, C) and (S, C, K)
     @property
     def keys(self) -> np.ndarray:
         """The row ids (S, C), ``EMPTY`` where free (a copy)."""
         return self.rec[:, :, 0].view(np.int64) - 1
-
-    @property
-    def totals(self) -> np.ndarray:
-        return self.rec[:, :, 1]
-
-    @property
-    def tokens(self) -> np.ndarray:
-        return self.rec.view(np.int32)[:, :, 4::2]
-
-    @property
-    def counts(self) -> np.ndarray:
-        return self.rec.view(np.uint32)[:, :, 5::2]
 
     @property
     def capacity(self) -> int:

@@ -131,10 +131,10 @@ def test_dense_format_1_store_reads_the_same(builds, tmp_path, tiny_vocab):
 
 
 def test_locate_equals_its_reference():
-    from engramctl.counts.accumulate import locate, locate_reference
+    from engramctl.counts.locate import RowLocator, locate_reference
 
     rng = np.random.default_rng(4)
     row_ids = np.append(np.unique(rng.integers(0, 10_000, 3000)), 2**63 - 1)
     rows = rng.integers(0, 10_050, size=(400, 7))
-    np.testing.assert_array_equal(locate(row_ids, rows), locate_reference(row_ids, rows))
-    assert locate(row_ids[-1:], rows).max() == 0  # an empty store: every row absent
+    np.testing.assert_array_equal(RowLocator.build(row_ids)(rows), locate_reference(row_ids, rows))
+    assert RowLocator.build(row_ids[-1:])(rows).max() == 0  # an empty store: every row absent

@@ -1,13 +1,13 @@
 """The row ids' radix directory (:mod:`engramctl.counts.locate`) held to ``np.searchsorted``
-and to the binary search it replaces, on sparse, dense, clustered and empty stores."""
+on sparse, dense, clustered and empty stores."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from engramctl.counts.accumulate import SENTINEL, locate, locate_reference
-from engramctl.counts.locate import RowLocator
+from engramctl.counts.accumulate import SENTINEL
+from engramctl.counts.locate import RowLocator, locate_reference
 
 
 def _store(rng, kind: str) -> np.ndarray:
@@ -41,7 +41,6 @@ def test_locator_equals_the_reference(kind, seed):
     assert got.shape == rows.shape
     valid = rows >= 0  # (searchsorted has no notion of a negative row: it is absent)
     np.testing.assert_array_equal(got[valid], locate_reference(row_ids, rows[valid]))
-    np.testing.assert_array_equal(got[valid], locate(row_ids, rows[valid]))
     assert (got[~valid] == row_ids.shape[0] - 1).all()
     hits = got != row_ids.shape[0] - 1
     np.testing.assert_array_equal(row_ids[got[hits]], rows[hits])
