@@ -19,13 +19,15 @@ import logging
 import math
 import shutil
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .._system import format_bytes
-from .rowtable import LOAD, RowTable, add_histogram, sorted_slots
+from .rowtable import LOAD, RowTable, add_histogram
+from .store import crc32_combine
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,8 @@ GROWTH = 0.5
 
 class NpyAppender:
     """A ``.npy`` file written by appending rows: a fixed 128-byte header, rewritten with the
-    final shape on :meth:`close` (``np.load`` reads it as any ``.npy``)."""
+    final shape on :meth:`close` (``np.load`` reads it as any ``.npy``). The file's CRC-32
+    is taken as it is written (:attr:`crc`, 8 hex digits, after :meth:`close`)."""
 
     HEADER = 128
 
@@ -51,10 +54,15 @@ class NpyAppender:
         self.handle = open(self.path, "wb")
         self.handle.write(b"\0" * self.HEADER)
         self.rows = 0
+        self.data_crc, self.data_bytes = 0, 0
+        self.crc: str | None = None
 
     def append(self, array) -> None:
         array = np.ascontiguousarray(array, dtype=self.dtype)
-        self.handle.write(memoryview(array.reshape(-1).view(np.uint8)))
+        data = memoryview(array.reshape(-1).view(np.uint8))
+        self.handle.write(data)
+        self.data_crc = zlib.crc32(data, self.data_crc)
+        self.data_bytes += data.nbytes
         self.rows += array.shape[0]
 
     def close(self) -> None:
@@ -66,6 +74,8 @@ class NpyAppender:
         self.handle.seek(0)
         self.handle.write(header)
         self.handle.close()
+        whole = crc32_combine(zlib.crc32(header), self.data_crc, self.data_bytes)
+        self.crc = None if whole is None else f"{whole:08x}"
 
 
 @dataclass
@@ -97,12 +107,14 @@ class PairAccumulator:
         self.total_rows, self.top_k, self.budget = int(total_rows), int(top_k), int(budget)
         self.starts = np.asarray(starts, np.int64)
         self.workdir = Path(workdir)
-        self.table: RowTable | None = RowTable(top_k, max_bytes=self.budget // 2)
+        self.table: RowTable | None = RowTable(top_k, self.starts, self.total_rows,
+                                               max_bytes=self.budget // 2)  # fmt: skip
         self.width = 0  # rows per bucket once spilled
         self.buckets = 0
         self.files: list = []
         self.scratch_bytes = 0  # bytes of row-bucket files written (pairs and saved summaries)
         self.seen = 0  # pairs given to :meth:`add` (kept or not)
+        self.crcs: dict = {}  # the row arrays' CRC-32s, taken as :meth:`finish` wrote them
         if initial is not None:
             need = int(len(initial[0]) / 0.7 * 2 * (16 + 8 * self.top_k))  # as the table grows
             if not buckets and need <= self.budget // 2:
@@ -202,7 +214,8 @@ class PairAccumulator:
     def _bucket_table(self, b: int) -> RowTable:
         """Bucket ``b``'s summaries: saved at the spill, then its pairs replayed in order."""
         rows_file, targets_file = self.files[b]
-        table = RowTable(self.top_k, max_bytes=self.budget // 2)
+        table = RowTable(self.top_k, self.starts, self.total_rows, lo=b * self.width,
+                         hi=(b + 1) * self.width, max_bytes=self.budget // 2)  # fmt: skip
         with np.load(self.workdir / f"state{b}.npz") as state:
             table.load(state["keys"], state["tokens"], state["counts"], state["totals"])
         empty = rows_file.stat().st_size == 0  # (np.memmap refuses an empty file)
@@ -211,6 +224,7 @@ class PairAccumulator:
         for lo in range(0, rows.shape[0], REPLAY_PAIRS):
             table.add(np.asarray(rows[lo : lo + REPLAY_PAIRS]),
                       np.asarray(targets[lo : lo + REPLAY_PAIRS]))  # fmt: skip
+        table.release()
         if table.nbytes > self.budget:
             log.warning("row bucket %d of %d holds %s of summaries, over the budget of %s",
                         b, self.buckets, format_bytes(table.nbytes),
@@ -240,20 +254,23 @@ class PairAccumulator:
                    NpyAppender(out / f"totals{suffix}.npy", np.uint64)]  # fmt: skip
         ranges = [(0, 2**63 - 1)] if not self.spilled else \
             [(b * self.width, (b + 1) * self.width) for b in range(self.buckets)]  # fmt: skip
+        if self.table is not None:
+            self.table.release()  # the batches' scratch
         for b, (lo, hi) in enumerate(ranges):
             table = self.table if not self.spilled else self._bucket_table(b)
             # the rows the gate's fit reads, sorted, as counted before the held-out pairs
-            held = table.gather(table.slots_of(held_rows))
+            held = table.summaries_of(held_rows)
             for i, part in enumerate(held):
                 snap[i] = np.concatenate([snap[i], part])
             table.add(held_rows, held_targets, None, lo, hi)
+            table.release()
             hist, occ = np.zeros((G, 4), np.int64), np.zeros(G, np.int64)
             _write_sorted(table, writers, self.starts, hist, occ)  # counted as they are written
             hist_after += hist
             occ_after += occ
             # before the held-out pairs: the rows they touched as they were, not as they are
             add_histogram(held[0], held[2], self.starts, hist, occ)
-            now = table.gather(table.slots_of(held_rows))
+            now = table.summaries_of(held_rows)
             add_histogram(now[0], now[2], self.starts, hist, occ, sign=-1)
             hist_before += hist
             occ_before += occ
@@ -262,6 +279,8 @@ class PairAccumulator:
         for writer, value in zip(writers, (SENTINEL, 0, 0, 0), strict=True):
             writer.append(np.full((1, *writer.inner), value, writer.dtype))
             writer.close()
+        names = ("row_ids", "tokens", "counts", "totals")
+        self.crcs = {name: w.crc for name, w in zip(names, writers, strict=True) if w.crc}
         shutil.rmtree(self.workdir, ignore_errors=True)
         snap = [np.concatenate([a, np.zeros((1, *a.shape[1:]), a.dtype)]) for a in snap]
         snap[0][-1] = SENTINEL
@@ -272,9 +291,7 @@ class PairAccumulator:
 def _write_sorted(table: RowTable, writers, starts, hist, occupied) -> None:
     """Append the table's occupied rows, sorted by row id, to the four writers in blocks, and
     add their counts of counts per column to ``hist``/``occupied`` (:func:`add_histogram`)."""
-    order = sorted_slots(table)
-    for lo in range(0, order.shape[0], WRITE_ROWS):
-        block = table.gather(order[lo : lo + WRITE_ROWS])
+    for block in table.sorted_blocks():
         add_histogram(block[0], block[2], starts, hist, occupied)
         for writer, array in zip(writers, block, strict=True):
             writer.append(array)

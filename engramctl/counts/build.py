@@ -225,7 +225,7 @@ def build_counts(
             meta["generation"] = int(suffix[1:])
             meta["build_seconds"] += float(store.meta.get("build_seconds", 0.0))
         arrays = {"unigram": unigram, "canonical": vocab.canonical_ids}
-        written = write_metadata(tmp, meta, arrays, suffix)  # the commit
+        written = write_metadata(tmp, meta, arrays, suffix, crcs=acc.crcs)  # the commit
         if store is not None:
             del store, initial
             remove_strays(tmp, written["manifest"])  # the replaced files

@@ -63,6 +63,26 @@ def crc32_of_file(path: Path, block: int = 1 << 24) -> str:
     return f"{value & 0xFFFFFFFF:08x}"
 
 
+def crc32_combine(crc1: int, crc2: int, len2: int) -> int | None:
+    """CRC-32 of ``A + B`` from ``crc32(A)``, ``crc32(B)`` and ``len(B)`` (zlib's
+    ``crc32_combine``, which Python's :mod:`zlib` does not expose); None without libz."""
+    global _COMBINE
+    if _COMBINE is None:
+        try:
+            import ctypes
+
+            lib = ctypes.CDLL("libz.so.1")
+            lib.crc32_combine.restype = ctypes.c_ulong
+            lib.crc32_combine.argtypes = [ctypes.c_ulong, ctypes.c_ulong, ctypes.c_long]
+            _COMBINE = lib.crc32_combine
+        except (OSError, AttributeError):
+            _COMBINE = False
+    return None if _COMBINE is False else int(_COMBINE(crc1, crc2, len2)) & 0xFFFFFFFF
+
+
+_COMBINE = None
+
+
 def _write_sparse(path: Path, array: np.ndarray, block: int = 1 << 22) -> str:
     """Write ``array`` as ``.npy``, leaving all-zero blocks as holes (most rows of a memory are
     empty: a sparse file takes the disk its data takes); the file's CRC-32."""
@@ -89,17 +109,20 @@ def _meta_checksum(meta: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
-def write_metadata(directory: Path, meta: dict, arrays: dict, suffix: str = "") -> dict:
-    """Write the arrays given (files already written are read back), record each file's
-    manifest entry (bytes, shape, dtype, CRC-32), checksum the metadata, write ``zarr.json``
-    (under a temporary name, then renamed: the commit). Array files are
-    ``<name><suffix>.npy``. The metadata written is returned."""
+def write_metadata(directory: Path, meta: dict, arrays: dict, suffix: str = "",
+                   crcs: dict | None = None) -> dict:  # fmt: skip
+    """Write the arrays given (files already written are read back, unless ``crcs`` has
+    their CRC-32, taken as they were written), record each file's manifest entry (bytes,
+    shape, dtype, CRC-32), checksum the metadata, write ``zarr.json`` (under a temporary name,
+    then renamed: the commit). Array files are ``<name><suffix>.npy``. The metadata written
+    is returned."""
     manifest = {}
+    crcs = crcs or {}
     for name in ARRAYS:
         path = directory / f"{name}{suffix}.npy"
         array = arrays.get(name)
         if array is None:  # written already (the row arrays, appended by the build)
-            crc = crc32_of_file(path)
+            crc = crcs.get(name) or crc32_of_file(path)
             array = np.load(path, mmap_mode="r")
         else:
             crc = _write_sparse(path, array)

@@ -3,7 +3,7 @@ dense specification (:func:`~engramctl.counts.spacesaving.space_saving_reference
 :meth:`~engramctl.counts.accumulate.PairAccumulator.finish`'s counts of counts against a plain
 numpy recomputation.
 
-hypothesis draws the shape of a case (batch sizes 0..N, shards, starting capacity, ``max_bytes``,
+hypothesis draws the shape of a case (batch sizes 0..N, the columns (segments), ``max_bytes``,
 K, how rows repeat, dense or huge row ids, the ``keep`` mask, ``lo``/``hi``); a seeded
 generator draws the arrays, so examples stay small and fast.
 """
@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engramctl.counts.accumulate import MIN_SLICE, SENTINEL, PairAccumulator
-from engramctl.counts.rowtable import EMPTY, HASH_MULT, MAX_PROBE, RowTable, add_histogram
+from engramctl.counts.rowtable import MAX_PROBE, SLACK, RowTable, add_histogram
 from engramctl.counts.spacesaving import space_saving_kernel, space_saving_reference
 
 TOP = 2**63 - 1  # RowTable.add's default hi
@@ -32,11 +32,15 @@ class Case:
 
     batches: tuple
     top_k: int
-    shards: int
-    capacity: int
+    starts: np.ndarray  # the columns' first rows (the table's segments)
+    end: int  # the row after the last column's
     max_bytes: int
     lo: int
     hi: int
+
+    def table(self, **change) -> RowTable:
+        kw = {"starts": self.starts, "end": self.end, "max_bytes": self.max_bytes, **change}
+        return RowTable(self.top_k, **kw)
 
 
 def _rows_pool(rng, pool: int, huge: bool) -> np.ndarray:
@@ -75,8 +79,10 @@ def cases(draw, max_pairs: int = 160):
         lo, hi = int(a), int(b) + int(draw(st.booleans()))
     else:
         lo, hi = 0, TOP
-    return Case(tuple(batches), draw(st.integers(1, 8)), draw(st.sampled_from([1, 2, 4])),
-                draw(st.sampled_from([1, 64, 100, 4096])),
+    end = 2**62 if huge else pool
+    cuts = rng.choice(ids, size=draw(st.sampled_from([0, 1, 4])))
+    starts = np.unique(np.concatenate([[0], cuts[cuts > 0]])).astype(np.int64)
+    return Case(tuple(batches), draw(st.integers(1, 8)), starts, end,
                 draw(st.sampled_from([0, 1, 5000])), lo, hi)  # fmt: skip
 
 
@@ -122,17 +128,6 @@ def assert_same(got, want) -> None:
         np.testing.assert_array_equal(a, b, err_msg=name)
 
 
-def assert_consistent(table: RowTable) -> None:
-    """Each shard holds its own rows, ``used`` counts them, and a free record is all zeros."""
-    keys = table.keys
-    for s in range(table.shards):
-        held = keys[s][keys[s] != EMPTY]
-        assert held.shape[0] == table.used[s] < table.capacity
-        assert ((held & (table.shards - 1)) == s).all()
-        assert np.unique(held).shape[0] == held.shape[0]
-    assert not table.rec[keys == EMPTY].any()
-
-
 def count_of_counts(keys, counts, starts):
     """Plain numpy: per column, rows held and slots with count 0, 1, 2, 3+."""
     G = starts.shape[0]
@@ -151,60 +146,55 @@ SETTINGS = settings(max_examples=40, deadline=None)
 @SETTINGS
 @given(cases())
 def test_extract_equals_the_dense_reference(case):
-    table = RowTable(case.top_k, shards=case.shards, capacity=case.capacity,
-                     max_bytes=case.max_bytes)  # fmt: skip
-    feed(table, case.batches, case.lo, case.hi)
-    assert_consistent(table)
+    table = feed(case.table(), case.batches, case.lo, case.hi)
+    table.check()
     got = table.extract()
     assert_same(got, reference(case.batches, case.top_k, case.lo, case.hi))
     assert table.occupied == got[0].shape[0]
+    blocks = list(table.sorted_blocks())  # the write-out: a segment at a time, the same rows
+    assert_same([np.concatenate([b[i] for b in blocks] + [got[i][:0]]) for i in range(4)], got)
 
 
 @SETTINGS
-@given(cases(), st.integers(0, 4), st.sampled_from([1, 2, 4]))
-def test_load_then_more_equals_one_table_fed_everything(case, cut, shards):
+@given(cases(), st.integers(0, 4), st.booleans())
+def test_load_then_more_equals_one_table_fed_everything(case, cut, one_column):
     cut = min(cut, len(case.batches))
-    first = feed(RowTable(case.top_k, shards=case.shards, capacity=case.capacity),
-                 case.batches[:cut], case.lo, case.hi)  # fmt: skip
-    again = RowTable(case.top_k, shards=shards, capacity=case.capacity, max_bytes=case.max_bytes)
+    first = feed(case.table(max_bytes=0), case.batches[:cut], case.lo, case.hi)
+    again = case.table(starts=case.starts[:1]) if one_column else case.table()
     again.load(*first.extract())
-    assert_consistent(again)
+    again.check()
     assert_same(again.extract(), first.extract())
     feed(again, case.batches[cut:], case.lo, case.hi)
-    assert_consistent(again)
-    whole = feed(RowTable(case.top_k, shards=case.shards), case.batches, case.lo, case.hi)
+    again.check()
+    whole = feed(case.table(max_bytes=0), case.batches, case.lo, case.hi)
     assert_same(again.extract(), whole.extract())
 
 
 @SETTINGS
 @given(cases(), st.integers(0, 2**32 - 1))
-def test_find_slots_of_and_gather_agree_with_extract(case, seed):
-    table = feed(RowTable(case.top_k, shards=case.shards, capacity=case.capacity),
-                 case.batches, case.lo, case.hi)  # fmt: skip
+def test_summaries_of_agree_with_extract(case, seed):
+    table = feed(case.table(), case.batches, case.lo, case.hi)
     keys, tokens, counts, totals = table.extract()
-    slots = table.find(keys)
-    assert (slots >= 0).all() and np.unique(slots).shape[0] == slots.shape[0]
-    assert_same(table.gather(slots), (keys, tokens, counts, totals))
     rng = np.random.default_rng(seed)
     absent = np.setdiff1d(rng.integers(0, 2**62, 50), keys)
     absent = np.concatenate([absent, np.setdiff1d(keys + 1, keys), np.setdiff1d(keys - 1, keys)])
     absent = absent[absent >= 0]
-    assert (table.find(absent) == -1).all()
-    # any shape, repeats and absent rows welcome: the slots of the present rows, in row order
+    assert table.summaries_of(absent)[0].shape == (0,)
+    # any shape, repeats and absent rows welcome: the present rows' summaries, in row order
     probe = np.concatenate([rng.permutation(np.repeat(keys, rng.integers(0, 3, keys.shape[0]))),
                             absent[:20]])  # fmt: skip
     rng.shuffle(probe)
-    present = np.unique(probe[np.isin(probe, keys)])
-    want = slots[np.searchsorted(keys, present)]
-    np.testing.assert_array_equal(table.slots_of(probe), want)
-    np.testing.assert_array_equal(table.slots_of(probe.reshape(-1, 1)[: probe.shape[0]]), want)
-    assert table.slots_of(np.zeros((0, 3), np.int64)).shape == (0,)
+    pick = np.isin(keys, probe)
+    want = tuple(a[pick] for a in (keys, tokens, counts, totals))
+    assert_same(table.summaries_of(probe), want)
+    assert_same(table.summaries_of(probe.reshape(-1, 1)), want)
+    assert table.summaries_of(np.zeros((0, 3), np.int64))[0].shape == (0,)
 
 
 @SETTINGS
 @given(cases(), st.integers(1, 5), st.integers(0, 2**32 - 1))
 def test_add_histogram_equals_a_numpy_count_of_counts(case, G, seed):
-    keys, _, counts, _ = feed(RowTable(case.top_k, shards=case.shards), case.batches).extract()
+    keys, _, counts, _ = feed(case.table(), case.batches).extract()
     rng = np.random.default_rng(seed)
     top = int(keys.max()) + 1 if keys.shape[0] else 1
     starts = np.concatenate([[0], np.sort(rng.integers(0, top + 1, G - 1))]).astype(np.int64)
@@ -264,7 +254,7 @@ def test_finish_after_a_spill_in_the_middle_of_a_batch():
 
 def check_finish(starts, total_rows, batches, held_rows, held_targets, small, buckets, K):
     # a small budget: under the new table's size, so the first batch spills (into a few buckets)
-    budget = RowTable(K).nbytes - 1 if small else 1 << 30
+    budget = RowTable(K, starts, total_rows).nbytes - 1 if small else 1 << 30
     G = starts.shape[0]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -301,78 +291,87 @@ def check_finish(starts, total_rows, batches, held_rows, held_targets, small, bu
     assert G == hist_after.shape[0]
 
 
-@pytest.mark.parametrize("shards", [1, 2, 4, 8])
-def test_an_estimate_is_cut_to_max_bytes_in_all_shards(shards):
-    """The cut was per shard (``max_bytes / S`` in all): a table near its cap took ~log1.5(2 S)
-    extra rehashes, one per 1.5x step, before it reached the budget."""
-    table = RowTable(4, shards=shards, max_bytes=8 << 20)
+@pytest.mark.parametrize("columns", [1, 2, 5])
+def test_an_estimate_is_cut_to_max_bytes_in_all_segments(columns):
+    """``reserve`` (rows to come) stays within ``max_bytes`` over all segments together."""
+    starts = np.arange(columns, dtype=np.int64) * 10**9
+    table = RowTable(4, starts=starts, end=columns * 10**9, max_bytes=8 << 20)
     table.reserve(10**8)
     record = 8 * (2 + 4)
-    assert 8 << 20 >= table.nbytes - shards * 64 * record > (8 << 20) - 2 * shards * 64 * record
+    assert 8 << 20 >= table.nbytes - columns * (SLACK + 1) * record > (8 << 20) * 0.9
 
 
-def _rows_hashed_to(top32: np.ndarray) -> np.ndarray:
-    """Row ids (< 2 ** 62) whose hashes' top 32 bits are ``top32`` (the hash is a
-    multiplication: invert it)."""
-    inverse = pow(int(HASH_MULT), -1, 2**64)
-    found = [r for r in ((int(t) << 32) * inverse % 2**64 for t in top32) if r < 2**62]
-    return np.array(found, np.int64)
+def test_rows_crowded_in_a_stretch_are_held_in_bounded_memory():
+    """Rows all in the first 0.01% of a column's span (not the uniform hashes homes assume):
+    long probes grow the segment, up to a bounded multiple of the homes its rows need, then
+    probes walk on; rows crowded at the span's end run into the slack, which grows."""
+    rng = np.random.default_rng(3)
+    front = np.unique(rng.integers(0, 10**5, 6000))
+    back = 10**9 - 1 - np.arange(3 * MAX_PROBE)
+    for rows in (front, back):
+        targets = rows % 5
+        table = RowTable(2, starts=np.zeros(1, np.int64), end=10**9)
+        for part in np.array_split(np.arange(rows.shape[0]), 3):
+            table.add(rows[part], targets[part])
+        table.check()
+        batches = ((rows[:, None], targets, np.ones(rows.shape[0], bool)),)
+        assert_same(table.extract(), reference(batches, 2))
+        assert table.capacity(0) <= 2 * 16 * rows.shape[0] / 0.7 + 64
 
 
-def test_rows_that_share_a_home_at_every_size_are_held():
-    """More rows than ``MAX_PROBE`` whose hashes share their top 32 bits (one home slot at every
-    size): each probe walk past ``MAX_PROBE`` grew the table 1.5x, and no growth shortens it (the
-    table grew until memory ran out). Now a stuck insert walks on."""
-    inverse = pow(int(HASH_MULT), -1, 2**64)
-    rows = np.array([r for r in (t * inverse % 2**64 for t in range(1, 4 * MAX_PROBE + 400))
-                     if r < 2**62][: MAX_PROBE + 200], np.int64)  # fmt: skip
-    assert np.unique((rows.astype(np.uint64) * HASH_MULT) >> np.uint64(32)).shape == (1,)
-    targets = np.arange(rows.shape[0]) % 5
-    table = RowTable(2, shards=1)
-    table.add(rows, targets)
-    batches = ((rows[:, None], targets, np.ones(rows.shape[0], bool)),)
-    assert_same(table.extract(), reference(batches, 2))
-    assert table.capacity < 4 * table.capacity_for(rows.shape[0])
+def test_a_dense_column_becomes_direct_mapped():
+    """A column whose rows fill most of its span (level 1: canonical ids) grows to its span:
+    each row at its own slot, no probing, read out already sorted."""
+    rows = np.arange(0, 30_000, dtype=np.int64)
+    table = RowTable(2, starts=np.array([0, 40_000]), end=10**6)
+    table.add(np.concatenate([rows, rows[::-1]]), np.arange(60_000) % 7)
+    table.check()
+    assert table.capacity(0) == 40_000
+    assert_same(
+        table.extract(),
+        reference(
+            (
+                (
+                    np.concatenate([rows, rows[::-1]])[:, None],
+                    np.arange(60_000) % 7,
+                    np.ones(60_000, bool),
+                ),
+            ),
+            2,
+        ),
+    )
 
 
-def test_a_batch_dense_in_hash_space_does_not_overgrow_the_table():
-    """Rows whose hashes are consecutive in their top 32 bits: a sweep's projection over the
-    whole hash space is huge, and the kernel stopped (each stop growing the table 1.5x) every
-    ``LOCAL_SAMPLE`` new rows even once every pair left fit (the table grew until memory ran
-    out). Now a projection stops a sweep only where the pairs left could overfill the table."""
-    rows = _rows_hashed_to(np.arange(40_000))[:20_000]
-    table = RowTable(2, shards=1)
-    table.add(rows, np.zeros(rows.shape[0]))
-    assert table.occupied == rows.shape[0]
-    assert table.capacity < 4 * table.capacity_for(rows.shape[0])
-
-
-@pytest.mark.parametrize("shards", [1, 2, 4])
+@pytest.mark.parametrize("columns", [2, 3])
 @pytest.mark.parametrize("scale", [1.0, 8.0])
-def test_sweeps_stopped_to_grow_midway_equal_the_reference(shards, scale):
-    """Batches of many new rows into a table with room for a few thousand: the kernel projects
-    the batch's new rows from the stretch it swept, stops midway, the table grows and the sweep
-    resumes (the paths small batches never take)."""
-    rng = np.random.default_rng(shards)
+def test_batches_of_many_new_rows_equal_the_reference(columns, scale):
+    """Batches of many new rows into segments with room for 64: each grows before its sweep
+    (counting the batch's new rows when they might not fit), ``scale`` ahead or not."""
+    rng = np.random.default_rng(columns)
     batches = []
     for P in (20_000, 7_000, 30_000):
         rows = np.concatenate(
-            [rng.integers(0, 40_000, (P, 1)), 10**12 + rng.integers(0, 10**9, (P, 1))], 1
+            [rng.integers(0, 40_000, (P, 1)), 40_000 + rng.integers(0, 10**9, (P, 1))], 1
         )
         batches.append((rows.astype(np.int64), rng.integers(0, 9, P), rng.random(P) < 0.9))
-    table = RowTable(3, shards=shards, capacity=4096)
+    starts = np.array([0, 40_000, 40_000 + 10**8][:columns], np.int64)
+    table = RowTable(3, starts=starts, end=40_000 + 10**9)
     for rows, targets, keep in batches:
         table.add(rows, targets, keep, scale=scale)
-    assert_consistent(table)
+    table.check()
     assert_same(table.extract(), reference(batches, 3))
 
 
 def test_load_refuses_another_k_or_a_table_in_use():
     """(The load kernel reads K words a row unchecked: another K read past the arrays.)"""
-    keys, tokens, counts, totals = feed(RowTable(3), [(np.arange(9), np.arange(9), None)]).extract()
+    keys, tokens, counts, totals = feed(
+        RowTable(3, end=9), [(np.arange(9), np.arange(9), None)]
+    ).extract()
     with pytest.raises(ValueError, match=r"\(N, 4\)"):
-        RowTable(4).load(keys, tokens, counts, totals)
-    used = RowTable(3)
+        RowTable(4, end=9).load(keys, tokens, counts, totals)
+    with pytest.raises(ValueError, match="segments"):
+        RowTable(3, end=5).load(keys, tokens, counts, totals)
+    used = RowTable(3, end=9)
     used.add(np.arange(2), np.arange(2))
     with pytest.raises(ValueError, match="empty"):
         used.load(keys, tokens, counts, totals)

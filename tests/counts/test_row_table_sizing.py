@@ -1,13 +1,16 @@
 """The row table's fast paths held to their plain forms: sized at once from an estimate (or cut
-to ``max_bytes``) it holds the same summaries as grown by doubling, and its radix-sorted
-write-out order is ``argsort`` of the keys."""
+to ``max_bytes``) it holds the same summaries as grown step by step, and its write-out (a
+sequential sweep of each segment, runs sorted in place) is ``argsort`` of the keys."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from engramctl.counts.rowtable import EMPTY, RowTable, sorted_slots
+from engramctl.counts.rowtable import RowTable
+
+STARTS = np.array([0, 300, 10**6], np.int64)  # a dense column (unigram-like), two hashed ones
+END = 10**6 + 10**9
 
 
 def _pairs(seed, P=4000, G=3):
@@ -21,26 +24,44 @@ def _pairs(seed, P=4000, G=3):
 @pytest.mark.parametrize("max_bytes", [0, 4096])
 def test_sizing_does_not_change_the_summaries(reserve, max_bytes):
     rows, targets = _pairs(reserve % 7)
-    plain = RowTable(4, shards=2, capacity=8)
+    plain = RowTable(4, STARTS, END)
     for part in np.array_split(np.arange(rows.shape[0]), 4):
         plain.add(rows[part], targets[part])
-    sized = RowTable(4, shards=2, capacity=8, max_bytes=max_bytes)
+    sized = RowTable(4, STARTS, END, max_bytes=max_bytes)
     sized.reserve(reserve)
     for part in np.array_split(np.arange(rows.shape[0]), 4):
         sized.reserve(sized.occupied * 2)
-        sized.add(rows[part], targets[part])
+        sized.add(rows[part], targets[part], scale=4.0)
+    sized.check()
     for a, b in zip(plain.extract(), sized.extract(), strict=True):
         np.testing.assert_array_equal(a, b)
-    if max_bytes and reserve == 10**5:  # the estimate was cut; doubling went on as needed
-        assert sized.capacity <= 2 * plain.capacity
+    if max_bytes and reserve == 10**5:  # the estimate was cut; growth went on as needed
+        assert sized.nbytes <= 2 * plain.nbytes
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_sorted_slots_equal_argsort(seed):
+def test_the_sorted_write_out_equals_argsort(seed):
     rows, targets = _pairs(seed)
-    table = RowTable(2, shards=4, capacity=8)
-    table.add(rows, targets)
-    keys = table.keys.reshape(-1)
-    where = np.flatnonzero(keys != EMPTY)
-    np.testing.assert_array_equal(sorted_slots(table), where[np.argsort(keys[where])])
-    assert sorted_slots(RowTable(2, shards=2)).shape == (0,)
+    table = RowTable(2, STARTS, END)
+    for part in np.array_split(np.arange(rows.shape[0]), 3):  # runs of rows from 3 batches
+        table.add(rows[part], targets[part])
+    blocks = list(table.sorted_blocks())
+    keys = np.concatenate([b[0] for b in blocks])
+    want = np.unique(rows)
+    np.testing.assert_array_equal(keys, want)
+    assert len(blocks) == 2  # a block per segment that holds rows (300..10**6 holds none)
+    assert list(RowTable(2, STARTS, END).sorted_blocks()) == []
+
+
+def test_the_appender_crc_equals_the_files(tmp_path):
+    """The row arrays' CRC-32s are taken as they are written (header rewritten at the end,
+    combined in): the manifest's, as reading the file back gives."""
+    from engramctl.counts.accumulate import NpyAppender
+    from engramctl.counts.store import crc32_of_file
+
+    writer = NpyAppender(tmp_path / "a.npy", np.uint32, (3,))
+    for n in (0, 5, 1000):
+        writer.append(np.arange(3 * n, dtype=np.uint32).reshape(n, 3))
+    writer.close()
+    assert writer.crc == crc32_of_file(tmp_path / "a.npy")
+    assert np.load(tmp_path / "a.npy").shape == (1005, 3)
