@@ -36,10 +36,6 @@ MIN_SLICE = 1 << 12  # pairs given to the row table at once in RAM, at least
 REPLAY_PAIRS = 1 << 22  # pairs read back per step when a bucket is replayed
 WRITE_ROWS = 1 << 20  # rows gathered per write
 SENTINEL = 2**63 - 1  # the row id of the all-zero row every store ends with
-# Occupied rows grow about as (pairs seen) ** GROWTH or slower (Heaps' law: n-gram rows of text
-# 0.7-0.9, slower as a layout's rows fill: 0.34 on the sample corpus at demo-v1): a table that
-# must grow is grown for the corpus's rows at this rate (too low: one more rehash; too high: RAM)
-GROWTH = 0.5
 
 
 class NpyAppender:
@@ -115,6 +111,7 @@ class PairAccumulator:
         self.scratch_bytes = 0  # bytes of row-bucket files written (pairs and saved summaries)
         self.seen = 0  # pairs given to :meth:`add` (kept or not)
         self.crcs: dict = {}  # the row arrays' CRC-32s, taken as :meth:`finish` wrote them
+        self.full_rows = 0  # rows written with all K slots taken (:meth:`finish` counts them)
         if initial is not None:
             need = int(len(initial[0]) / 0.7 * 2 * (16 + 8 * self.top_k))  # as the table grows
             if not buckets and need <= self.budget // 2:
@@ -146,7 +143,7 @@ class PairAccumulator:
             step = max(1, n)  # even with every pair's rows new the table stays in the budget
         for lo in range(0, n, step):
             hi = min(n, lo + step)
-            self.table.add(rows[lo:hi], targets[lo:hi], keep[lo:hi], scale=expected_growth**GROWTH)
+            self.table.add(rows[lo:hi], targets[lo:hi], keep[lo:hi], ahead=expected_growth)
             if self.table.nbytes > self.budget:
                 growth = expected_growth * (before + n) / (before + hi)  # seen: up to ``hi``
                 self.spill(math.ceil(2 * growth * self.table.nbytes / self.budget))
@@ -265,7 +262,7 @@ class PairAccumulator:
             table.add(held_rows, held_targets, None, lo, hi)
             table.release()
             hist, occ = np.zeros((G, 4), np.int64), np.zeros(G, np.int64)
-            _write_sorted(table, writers, self.starts, hist, occ)  # counted as they are written
+            self.full_rows += _write_sorted(table, writers, self.starts, hist, occ)
             hist_after += hist
             occ_after += occ
             # before the held-out pairs: the rows they touched as they were, not as they are
@@ -288,10 +285,14 @@ class PairAccumulator:
                 writers[0].rows)  # fmt: skip
 
 
-def _write_sorted(table: RowTable, writers, starts, hist, occupied) -> None:
-    """Append the table's occupied rows, sorted by row id, to the four writers in blocks, and
-    add their counts of counts per column to ``hist``/``occupied`` (:func:`add_histogram`)."""
+def _write_sorted(table: RowTable, writers, starts, hist, occupied) -> int:
+    """Append the table's occupied rows, sorted by row id, to the four writers a segment at a
+    time, and add their counts of counts per column to ``hist``/``occupied``
+    (:func:`add_histogram`). Returns the rows whose K slots are all taken."""
+    full = 0
     for block in table.sorted_blocks():
         add_histogram(block[0], block[2], starts, hist, occupied)
+        full += int(np.count_nonzero(block[2][:, -1]))
         for writer, array in zip(writers, block, strict=True):
             writer.append(array)
+    return full

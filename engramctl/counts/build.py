@@ -125,6 +125,7 @@ def build_counts(
 
         return build_counts_dask(job=job, vocab=vocab, layout=layout, tokenizer=tokenizer,
                                  progress=progress)  # fmt: skip
+    _import_in_background("scipy.optimize")  # the gate's fit, at the end: ~0.5 s to import
     begun = start_pass(job, vocab, layout, tokenizer)
     started, lay, layer_ids = begun.started, begun.layout, begun.layer_ids
     files, tokenizer, bases, rows = begun.files, begun.tokenizer, begun.bases, begun.rows
@@ -215,7 +216,8 @@ def build_counts(
         meta = memory_meta(directory=tmp, suffix=suffix, layout=lay, layer_ids=layer_ids,
                            bases=bases, rows=rows, vocab=vocab, tokenizer_name=job.tokenizer,
                            top_k=top_k, unigram=unigram, counted=counted, held_rows=rows_h,
-                           held_targets=targets_h, corpus=corpus, started=started)  # fmt: skip
+                           held_targets=targets_h, corpus=corpus, started=started,
+                           full=acc.full_rows)  # fmt: skip
         stored, full, discounts, gate = (counted[3], meta["full_rows"], meta["discounts"],
                                          meta["gate"])  # fmt: skip
         if store is not None:
@@ -236,6 +238,21 @@ def build_counts(
         seconds=time.perf_counter() - started, discounts=discounts, gate=gate,
         disk=disk.to_dict(), scratch_bytes=scratch,
     )  # fmt: skip
+
+
+def _import_in_background(module: str) -> None:
+    """Import ``module`` on a daemon thread (the pass mostly waits on the tokenizer and
+    numba kernels, which release the GIL), so it is loaded when needed."""
+    import importlib
+    import threading
+
+    def load():
+        try:
+            importlib.import_module(module)
+        except ImportError:  # reported where it is needed
+            pass
+
+    threading.Thread(target=load, name=f"import {module}", daemon=True).start()
 
 
 def _check_disk(job, files, starts, rows, top_k, budget, cap, vocab, store, where) -> DiskEstimate:

@@ -221,7 +221,7 @@ def fit_build_gate(before, unigram, layout, layer_ids, discounts, rows, targets)
 
 def memory_meta(
     *, directory, suffix, layout, layer_ids, bases, rows, vocab, tokenizer_name, top_k, unigram,
-    counted, held_rows, held_targets, corpus, started,
+    counted, held_rows, held_targets, corpus, started, full=None,
 ) -> dict:  # fmt: skip
     """The memory's metadata once its row arrays are written under ``directory``: the
     discounts (before the held-out pairs, for the gate's fit, and after), the gate fitted on
@@ -229,6 +229,8 @@ def memory_meta(
 
     ``counted``: what :meth:`.accumulate.PairAccumulator.finish` returns (the snapshot before
     the held-out pairs, the counts of counts and occupied rows after, rows written).
+    ``full``: the rows whose K slots are all taken, when counted as they were written (else
+    the counts file is read back for them).
     """
     import time
 
@@ -238,7 +240,7 @@ def memory_meta(
     discounts = discounts_of(unigram, layout, layer_ids, before.hist, before.occupied)
     gate = fit_build_gate(before, unigram, layout, layer_ids, discounts, held_rows, held_targets)
     discounts = discounts_of(unigram, layout, layer_ids, hist, occupied)
-    full = full_rows(directory / f"counts{suffix}.npy")
+    full = full_rows(directory / f"counts{suffix}.npy") if full is None else int(full)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

@@ -56,11 +56,14 @@ from .rowkernels import (
     sorted_kernel,
 )
 
-LOAD = 0.7  # a segment grows before more of its records are taken
+LOAD = 0.8  # a segment grows before more of its records are taken
 SLACK = 64  # records past a segment's last home: a probe runs on into them, never wraps
 MAX_PROBE = 256  # a new row this many records past its home grows the segment (rows crowded)
 CROWD_CAP = 16  # ... up to this many times the homes its rows need (then probes walk on)
 MIN_GROWTH = 1.25  # a segment that grows takes at least this many times its homes
+# a segment's rows grow about as (its pairs) ** e; before a segment has history, e is taken as
+# this (Heaps' law: n-gram rows of text 0.7-0.9, slower as a layout's rows fill)
+GROWTH = 0.5
 TOP = 2**63 - 1  # the id space when no columns are given: rows in [0, TOP)
 
 
@@ -118,6 +121,7 @@ class RowTable:
         self.firsts = edges.astype(np.int64)  # segment s: rows [firsts[s], firsts[s + 1])
         S = max(0, self.firsts.shape[0] - 1)
         self.used = np.zeros(S, np.int64)
+        self.pairs = np.zeros(S, np.int64)  # pairs given to each segment so far
         self.caps = np.array([self._capacity(s, 0) for s in range(S)], np.int64)  # homes
         self.segments = [self._empty(int(c)) for c in self.caps]
         self.threads = _threads()
@@ -169,12 +173,15 @@ class RowTable:
 
     # -- adding pairs --------------------------------------------------------------------
     def add(self, rows, targets, keep=None, lo: int = 0, hi: int = TOP,
-            scale: float = 1.0) -> None:  # fmt: skip
+            ahead: float = 1.0) -> None:  # fmt: skip
         """Add ``targets[p]`` to each row ``rows[p, g]`` in ``[lo, hi)`` of each kept pair.
 
-        ``scale``: a segment that must grow for this batch grows for ``scale`` times the rows
-        it is to hold (the rows later batches will bring: one rehash while it is small instead
-        of one per batch while it is large), within ``max_bytes``.
+        ``ahead``: the input still to come, as a multiple of the input so far (1: none). A
+        segment that must grow for this batch grows for the rows it is projected to end with
+        (one rehash while it is small instead of one per batch while it is large), within
+        ``max_bytes``: its rows times ``ahead ** e``, ``e`` its own growth exponent over this
+        batch (rows against pairs, Heaps' law: near 1 for new contexts, near 0 for a column
+        that has seen most of its rows), :data:`GROWTH` on its first batch.
         """
         rows = np.asarray(rows, dtype=np.int64)
         if rows.ndim == 1:
@@ -194,6 +201,8 @@ class RowTable:
         keys, ys, tmp_keys, tmp_ys = self._buffers(n)
         scatter_kernel(rows, targets, keep, lo, hi, self.firsts, offsets, keys, ys)
         todo = [s for s in np.argsort(-per, kind="stable") if per[s]]  # largest first
+        pairs_before = self.pairs.copy()
+        self.pairs += per
 
         def one(s: int) -> None:
             a, b = int(seg_start[s]), int(seg_start[s + 1])
@@ -203,12 +212,16 @@ class RowTable:
                 new = new_rows_kernel(self.segments[s], self.capacity(s), self._fac(s),
                                        tmp_keys, a, b)  # fmt: skip
                 if self.used[s] + new > limit:
-                    need = self.used[s] + new
-                    ahead = int(need * max(1.0, scale))
-                    extra = (ahead - need) / LOAD * self.record_bytes
+                    need = int(self.used[s] + new)
+                    exponent = GROWTH
+                    if self.used[s] and pairs_before[s]:
+                        exponent = math.log(need / self.used[s]) / math.log(
+                            self.pairs[s] / pairs_before[s])  # fmt: skip
+                    projected = int(need * max(1.0, ahead) ** min(1.0, max(0.2, exponent)))
+                    extra = (projected - need) / LOAD * self.record_bytes
                     if self.max_bytes and self.nbytes + extra > self.max_bytes:
-                        ahead = need
-                    self._grow(s, ahead)
+                        projected = need
+                    self._grow(s, projected)
             while a < b:
                 may_grow = self.capacity(s) < min(self.span(s), CROWD_CAP * self._capacity(
                     s, int(self.used[s]) + 1))  # fmt: skip

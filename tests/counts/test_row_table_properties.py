@@ -322,24 +322,15 @@ def test_rows_crowded_in_a_stretch_are_held_in_bounded_memory():
 def test_a_dense_column_becomes_direct_mapped():
     """A column whose rows fill most of its span (level 1: canonical ids) grows to its span:
     each row at its own slot, no probing, read out already sorted."""
-    rows = np.arange(0, 30_000, dtype=np.int64)
+    rows = np.arange(0, 38_000, dtype=np.int64)
+    rows = np.concatenate([rows, rows[::-1]])
+    targets = np.arange(rows.shape[0]) % 7
     table = RowTable(2, starts=np.array([0, 40_000]), end=10**6)
-    table.add(np.concatenate([rows, rows[::-1]]), np.arange(60_000) % 7)
+    table.add(rows, targets)
     table.check()
     assert table.capacity(0) == 40_000
-    assert_same(
-        table.extract(),
-        reference(
-            (
-                (
-                    np.concatenate([rows, rows[::-1]])[:, None],
-                    np.arange(60_000) % 7,
-                    np.ones(60_000, bool),
-                ),
-            ),
-            2,
-        ),
-    )
+    batches = ((rows[:, None], targets, np.ones(rows.shape[0], bool)),)
+    assert_same(table.extract(), reference(batches, 2))
 
 
 @pytest.mark.parametrize("columns", [2, 3])
@@ -357,7 +348,7 @@ def test_batches_of_many_new_rows_equal_the_reference(columns, scale):
     starts = np.array([0, 40_000, 40_000 + 10**8][:columns], np.int64)
     table = RowTable(3, starts=starts, end=40_000 + 10**9)
     for rows, targets, keep in batches:
-        table.add(rows, targets, keep, scale=scale)
+        table.add(rows, targets, keep, ahead=scale)
     table.check()
     assert_same(table.extract(), reference(batches, 3))
 

@@ -31,7 +31,7 @@ def test_sizing_does_not_change_the_summaries(reserve, max_bytes):
     sized.reserve(reserve)
     for part in np.array_split(np.arange(rows.shape[0]), 4):
         sized.reserve(sized.occupied * 2)
-        sized.add(rows[part], targets[part], scale=4.0)
+        sized.add(rows[part], targets[part], ahead=4.0)
     sized.check()
     for a, b in zip(plain.extract(), sized.extract(), strict=True):
         np.testing.assert_array_equal(a, b)
