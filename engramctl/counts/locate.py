@@ -1,26 +1,47 @@
-"""Finding layout rows among a store's sorted row ids, through a radix directory.
+"""Finding layout rows among a store's sorted row ids, through a radix directory in bounded RAM.
 
 A format-2 count memory stores its occupied rows only, ``row_ids`` ascending, the all-zero
 sentinel row last; each query row must be located among them (``P x G`` of them per batch).
 A binary search over the whole store is ~20 scattered reads a row. :class:`RowLocator` keeps a
 directory built once, in one sequential pass over the ids: ``starts[b]`` is the first position
-whose id is ``>= b << shift``, with about two ids per bucket (4 B of RAM per occupied row), so a
-lookup reads two directory entries and binary-searches a bucket of a few ids (a dense stretch,
-as the unigram column, only makes its buckets' searches a few steps longer).
+whose id is ``>= b << shift``, so a lookup reads two directory entries and then searches one
+bucket of the ids.
 
-:func:`locate_reference` (``np.searchsorted``) is the
-specification it is held to (tests).
+The directory's RAM is capped (``max_bytes``, :data:`DEFAULT_MAX_BYTES` = 64 MiB): its entries
+are uint32 while the store has fewer than 2**32 rows (int64 beyond), and its bucket width is the
+finest power of two that gives about :data:`IDS_PER_BUCKET` ids a bucket *and* fits the cap.
+A small store (the sample's 5.2M rows: 21 MiB) gets the fine directory, two ids a bucket; a
+larger one gets coarser buckets instead of more RAM: at a fully occupied V4.1 memory (768M
+rows) 12M entries (48 MiB), ~64 ids (512 B) a bucket, where the fine directory would take 3-6 GB.
+
+The trade is RAM against reads per lookup. A bucket of a few hundred bytes stays within one or
+two pages of the memory-mapped ids (a page holds 512), so a coarse bucket costs cache lines, not
+page faults. Inside a bucket the search starts from an interpolated guess (the ids are hashes,
+near-uniform within each column; level 1's are dense, where the guess is exact) and gallops
+from it to a small bracket it binary-searches: a few reads near the guess instead of
+``log2(bucket)`` spread over the bucket. A bucket of at most :data:`BINARY_BELOW` ids is
+binary-searched directly. (``benchmarks/bench_locate.py`` measures both.)
+
+Building reads the ids once in order, in blocks: a ``.npy`` memory map (what
+:func:`~engramctl.counts.store.open_counts` gives) is read through its file, not its mapping,
+so the pass adds neither the ids' pages to the process's RSS nor more than a block of RAM.
+
+:func:`locate_reference` (``np.searchsorted``) is the specification it is held to (tests).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from .._numba import njit, prange
 
-IDS_PER_BUCKET = 2  # the directory's mean bucket size
+IDS_PER_BUCKET = 2  # the finest directory's mean bucket size
+DEFAULT_MAX_BYTES = 64 << 20  # the directory's RAM cap
+BINARY_BELOW = 8  # buckets of at most this many ids are binary-searched without a guess
+BLOCK_IDS = 1 << 20  # ids read per block while building (8 MiB)
 
 
 def locate_reference(row_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -32,20 +53,41 @@ def locate_reference(row_ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return idx
 
 
+def directory_shift(n: int, top: int, itemsize: int, max_bytes: int) -> int:
+    """Bits of a row id below its bucket: the finest power-of-two bucket width giving about
+    :data:`IDS_PER_BUCKET` of ``n`` ids below ``top`` a bucket whose ``(top >> shift) + 2``
+    entries of ``itemsize`` bytes fit ``max_bytes``."""
+    shift = max(0, (top // max(1, n // IDS_PER_BUCKET)).bit_length() - 1)
+    while ((top >> shift) + 2) * itemsize > max_bytes:
+        shift += 1
+    return shift
+
+
 @njit(cache=True)
-def _directory_kernel(ids, shift, starts):
-    """``starts[b]``: the first position of sorted ``ids`` whose id is ``>= b << shift``."""
-    j = 0
-    n = ids.shape[0]
-    for b in range(starts.shape[0]):
-        bound = np.int64(b) << shift
-        while j < n and ids[j] < bound:
-            j += 1
-        starts[b] = j
+def _directory_block(ids, first, prev, shift, starts, b):
+    """Fill ``starts[b:]`` from one block of the sorted ids (position ``first`` on): each bucket
+    up to an id's own gets that id's position. Returns the next bucket to fill, or -1 when the
+    ids are negative or not ascending (``prev``: the id before the block)."""
+    last = starts.shape[0] - 1
+    for i in range(ids.shape[0]):
+        r = ids[i]
+        if r < prev:
+            return -1
+        prev = r
+        top = r >> shift
+        if top >= last:  # above the last id: not ascending
+            return -1
+        while b <= top:
+            starts[b] = first + i
+            b += 1
+    return b
 
 
 @njit(cache=True, parallel=True)
-def _locate_kernel(ids, starts, shift, absent, rows, out):
+def _locate_kernel(ids, starts, shift, width, absent, rows, out):
+    """``out[j]``: the position of ``rows[j]`` in ``ids`` through the directory, else ``absent``.
+
+    ``width`` is ``2.0 ** shift`` (as a float: a bucket can be 2**63 wide)."""
     buckets = starts.shape[0] - 1
     for j in prange(rows.shape[0]):
         r = rows[j]
@@ -55,15 +97,84 @@ def _locate_kernel(ids, starts, shift, absent, rows, out):
         b = r >> shift
         if b >= buckets:
             continue
-        lo, hi = starts[b], starts[b + 1]
-        while lo < hi:
+        lo = np.int64(starts[b])
+        end = np.int64(starts[b + 1])
+        hi = end
+        if end - lo > BINARY_BELOW:  # narrow [lo, hi) around an interpolated guess
+            frac = (r - (b << shift)) / width
+            g = lo + np.int64(frac * (end - lo))
+            if g >= end:
+                g = end - 1
+            if ids[g] < r:  # the first id >= r is after g: gallop right
+                step = np.int64(1)
+                a = g
+                while True:
+                    c = a + step
+                    if c >= end:
+                        c = end
+                        break
+                    if ids[c] >= r:
+                        break
+                    a = c
+                    step <<= 1
+                lo, hi = a + 1, c
+            else:  # it is g or before: gallop left
+                step = np.int64(1)
+                c = g
+                while True:
+                    a = c - step
+                    if a < lo:
+                        a = lo - 1
+                        break
+                    if ids[a] < r:
+                        break
+                    c = a
+                    step <<= 1
+                lo, hi = a + 1, c
+        while lo < hi:  # the first id >= r in [lo, hi), else hi
             mid = (lo + hi) >> 1
             if ids[mid] < r:
                 lo = mid + 1
             else:
                 hi = mid
-        if lo < starts[b + 1] and ids[lo] == r:
+        if lo < end and ids[lo] == r:
             out[j] = lo
+
+
+def _file_of(row_ids):
+    """``(path, offset)`` when ``row_ids`` is a whole ``.npy``-style memory map of native int64
+    (its file holds exactly these ids from ``offset`` to its end), else None."""
+    if not isinstance(row_ids, np.memmap) or row_ids.filename is None:
+        return None
+    if row_ids.dtype != np.dtype(np.int64) or not row_ids.flags.c_contiguous:
+        return None
+    try:
+        size = os.path.getsize(row_ids.filename)
+    except OSError:
+        return None
+    if size - int(row_ids.offset) != row_ids.nbytes:  # a slice of the mapping: not its file
+        return None
+    return row_ids.filename, int(row_ids.offset)
+
+
+def _blocks(row_ids, n: int, block: int):
+    """The first ``n`` ids in order, ``block`` at a time (read from the file of a memory map)."""
+    found = _file_of(row_ids)
+    if found is None:
+        ids = np.asarray(row_ids)[:n]
+        for first in range(0, n, block):
+            yield first, np.ascontiguousarray(ids[first : first + block], dtype=np.int64)
+        return
+    path, offset = found
+    buf = np.empty(min(block, max(1, n)), dtype=np.int64)
+    with open(path, "rb", buffering=0) as f:
+        f.seek(offset)
+        for first in range(0, n, block):
+            view = buf[: min(block, n - first)]
+            got = f.readinto(memoryview(view).cast("B"))
+            if got != view.nbytes:
+                raise ValueError(f"{path} ended before its {n} row ids")
+            yield first, view
 
 
 @dataclass(frozen=True)
@@ -75,7 +186,8 @@ class RowLocator:
     row_ids : numpy.ndarray
         The store's row ids (int64, ascending, the sentinel row last; memory-mapped or in RAM).
     starts : numpy.ndarray
-        The directory: ``starts[b]`` is the first position whose id is ``>= b << shift``.
+        The directory (uint32, or int64 from 2**32 rows): ``starts[b]`` is the first position
+        whose id is ``>= b << shift``.
     shift : int
         Bits of a row id below its bucket.
     """
@@ -85,23 +197,56 @@ class RowLocator:
     shift: int
 
     @classmethod
-    def build(cls, row_ids) -> RowLocator:
-        """The directory of ``row_ids`` (sorted int64, the sentinel last), in one pass."""
-        row_ids = np.ascontiguousarray(row_ids, dtype=np.int64)
-        if row_ids.ndim != 1 or row_ids.shape[0] < 1:
+    def build(
+        cls, row_ids, max_bytes: int = DEFAULT_MAX_BYTES, block: int = BLOCK_IDS
+    ) -> RowLocator:
+        """The directory of ``row_ids`` in one pass, in at most ``max_bytes`` of RAM.
+
+        Parameters
+        ----------
+        row_ids : array_like
+            Sorted non-negative int64 ids, the sentinel (2**63-1) last; a memory map is read
+            through its file in blocks, never whole.
+        max_bytes : int
+            The directory's RAM cap (at least 16 bytes: two int64 entries); coarser buckets
+            beyond it, never more RAM.
+        block : int
+            Ids read at a time while building.
+
+        Raises
+        ------
+        ValueError
+            ``row_ids`` is not 1-D, lacks its sentinel, or is not ascending and non-negative;
+            ``max_bytes`` below 16.
+        """
+        shape = np.shape(row_ids)
+        if len(shape) != 1 or shape[0] < 1:
             raise ValueError("row_ids must be a 1-D array ending with the sentinel row")
-        stored = row_ids[:-1]  # the sentinel is never searched: an absent row maps to it
-        n = stored.shape[0]
-        top = int(stored[-1]) + 1 if n else 1
-        shift = max(0, (top // max(1, n // IDS_PER_BUCKET)).bit_length() - 1)
-        starts = np.empty((top >> shift) + 2, dtype=np.int64)
-        _directory_kernel(stored, np.int64(shift), starts)
-        return cls(row_ids, starts, shift)
+        if max_bytes < 16:
+            raise ValueError(f"max_bytes must be at least 16 (two directory entries), got {max_bytes}")
+        n = shape[0] - 1  # the sentinel is never searched: an absent row maps to it
+        top = int(row_ids[n - 1]) + 1 if n else 1
+        dtype = np.dtype(np.uint32) if n < 2**32 else np.dtype(np.int64)
+        shift = directory_shift(n, top, dtype.itemsize, max_bytes)
+        starts = np.empty((top >> shift) + 2, dtype=dtype)
+        b, prev = 0, 0
+        for first, ids in _blocks(row_ids, n, max(1, int(block))):
+            b = _directory_block(ids, np.int64(first), np.int64(prev), np.int64(shift), starts, b)
+            if b < 0:
+                raise ValueError("row_ids must be non-negative and ascending (is the store damaged?)")
+            prev = int(ids[-1])
+        starts[b:] = n
+        return cls(np.asarray(row_ids), starts, shift)
 
     @property
     def nbytes(self) -> int:
         """RAM of the directory (the ids aside)."""
         return int(self.starts.nbytes)
+
+    @property
+    def ids_per_bucket(self) -> float:
+        """Mean stored ids a bucket: what a lookup searches after the directory."""
+        return (self.row_ids.shape[0] - 1) / max(1, self.starts.shape[0] - 1)
 
     def __call__(self, rows) -> np.ndarray:
         """Indices into the store of ``rows`` (any shape); an absent row maps to the last
@@ -110,5 +255,7 @@ class RowLocator:
         flat = np.ascontiguousarray(rows).reshape(-1)
         out = np.empty(flat.shape[0], np.int64)
         absent = np.int64(self.row_ids.shape[0] - 1)
-        _locate_kernel(self.row_ids, self.starts, np.int64(self.shift), absent, flat, out)
+        shift = np.int64(self.shift)
+        width = float(2.0**self.shift)
+        _locate_kernel(self.row_ids, self.starts, shift, width, absent, flat, out)
         return out.reshape(rows.shape)
