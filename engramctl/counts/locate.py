@@ -223,7 +223,7 @@ class RowLocator:
         if len(shape) != 1 or shape[0] < 1:
             raise ValueError("row_ids must be a 1-D array ending with the sentinel row")
         if max_bytes < 16:
-            raise ValueError(f"max_bytes must be at least 16 (two directory entries), got {max_bytes}")
+            raise ValueError(f"max_bytes must be at least 16 (two int64 entries), got {max_bytes}")
         n = shape[0] - 1  # the sentinel is never searched: an absent row maps to it
         top = int(row_ids[n - 1]) + 1 if n else 1
         dtype = np.dtype(np.uint32) if n < 2**32 else np.dtype(np.int64)
@@ -233,7 +233,7 @@ class RowLocator:
         for first, ids in _blocks(row_ids, n, max(1, int(block))):
             b = _directory_block(ids, np.int64(first), np.int64(prev), np.int64(shift), starts, b)
             if b < 0:
-                raise ValueError("row_ids must be non-negative and ascending (is the store damaged?)")
+                raise ValueError("row_ids must be non-negative and ascending (a damaged store?)")
             prev = int(ids[-1])
         starts[b:] = n
         return cls(np.asarray(row_ids), starts, shift)

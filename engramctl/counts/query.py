@@ -69,7 +69,8 @@ class CountsModel:
         if self._locator is None:
             from .locate import RowLocator
 
-            self._locator = RowLocator.build(self.row_ids)
+            # the store's own array: a memory map is read through its file, in blocks
+            self._locator = RowLocator.build(self.store.row_ids)
         return self._locator(rows)
 
     @property
