@@ -40,7 +40,9 @@ from .._numba import njit, prange
 
 IDS_PER_BUCKET = 2  # the finest directory's mean bucket size
 DEFAULT_MAX_BYTES = 64 << 20  # the directory's RAM cap
-BINARY_BELOW = 8  # buckets of at most this many ids are binary-searched without a guess
+BINARY_BELOW = 8  # buckets of at most this many ids: the first guess is the middle
+LOOKUP_BLOCK = 1024  # rows looked up a pass at a time (a coarse directory)
+COARSE_ABOVE = 4.0  # mean ids a bucket above which lookups go in passes (_locate_coarse)
 BLOCK_IDS = 1 << 20  # ids read per block while building (8 MiB)
 
 
@@ -83,62 +85,97 @@ def _directory_block(ids, first, prev, shift, starts, b):
     return b
 
 
-@njit(cache=True, parallel=True)
-def _locate_kernel(ids, starts, shift, width, absent, rows, out):
-    """``out[j]``: the position of ``rows[j]`` in ``ids`` through the directory, else ``absent``.
+@njit(cache=True, inline="always")
+def _first_at_least(ids, lo, hi, r):
+    """The first position in ``[lo, hi)`` of sorted ``ids`` whose id is ``>= r``, else ``hi``."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if ids[mid] < r:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
-    ``width`` is ``2.0 ** shift`` (as a float: a bucket can be 2**63 wide)."""
+
+@njit(cache=True, parallel=True)
+def _locate_fine(ids, starts, shift, absent, rows, out):
+    """:func:`_locate_coarse` for a directory of a few ids a bucket: a binary search in the
+    bucket, row by row (the three passes cost more than they save there)."""
     buckets = starts.shape[0] - 1
     for j in prange(rows.shape[0]):
         r = rows[j]
         out[j] = absent
-        if r < 0:
-            continue
         b = r >> shift
-        if b >= buckets:
+        if r < 0 or b >= buckets:
             continue
-        lo = np.int64(starts[b])
         end = np.int64(starts[b + 1])
-        hi = end
-        if end - lo > BINARY_BELOW:  # narrow [lo, hi) around an interpolated guess
-            frac = (r - (b << shift)) / width
-            g = lo + np.int64(frac * (end - lo))
-            if g >= end:
-                g = end - 1
-            if ids[g] < r:  # the first id >= r is after g: gallop right
-                step = np.int64(1)
-                a = g
-                while True:
-                    c = a + step
-                    if c >= end:
-                        c = end
-                        break
-                    if ids[c] >= r:
-                        break
+        p = _first_at_least(ids, np.int64(starts[b]), end, r)
+        if p < end and ids[p] == r:
+            out[j] = p
+
+
+@njit(cache=True, parallel=True)
+def _locate_coarse(ids, starts, shift, width, absent, rows, out):
+    """``out[j]``: the position of ``rows[j]`` in ``ids`` through the directory, else ``absent``.
+
+    ``width`` is ``2.0 ** shift`` (as a float: a bucket can be 2**63 wide). In blocks of
+    :data:`LOOKUP_BLOCK` rows, three passes: every row's two directory entries, then every row's
+    first guess in ``ids``, then each search from its guess. The first two passes' loads do not
+    depend on one another, so the memory serves many at once; the third finds its lines cached.
+    """
+    n = rows.shape[0]
+    buckets = starts.shape[0] - 1
+    for block in prange((n + LOOKUP_BLOCK - 1) // LOOKUP_BLOCK):
+        first = block * LOOKUP_BLOCK
+        m = min(n, first + LOOKUP_BLOCK) - first
+        los = np.empty(m, np.int64)
+        ends = np.empty(m, np.int64)
+        guesses = np.empty(m, np.int64)
+        seen = np.empty(m, np.int64)
+        for i in range(m):  # the bucket of each row (an empty one: absent)
+            r = rows[first + i]
+            b = r >> shift
+            if r < 0 or b >= buckets:
+                los[i] = 0
+                ends[i] = 0
+            else:
+                los[i] = np.int64(starts[b])
+                ends[i] = np.int64(starts[b + 1])
+        for i in range(m):  # a first guess: the middle, or interpolated in a larger bucket
+            lo, end = los[i], ends[i]
+            if end - lo <= BINARY_BELOW:
+                g = (lo + end) >> 1
+            else:
+                r = rows[first + i]
+                g = lo + np.int64((r - ((r >> shift) << shift)) / width * (end - lo))
+                if g >= end:
+                    g = end - 1
+            guesses[i] = g
+            seen[i] = ids[g] if lo < end else 0
+        for i in range(m):  # gallop from the guess to a bracket, binary-search it
+            r = rows[first + i]
+            lo, end, g = los[i], ends[i], guesses[i]
+            out[first + i] = absent
+            if lo >= end:
+                continue
+            if seen[i] < r:  # the first id >= r is after g
+                a, step = g, np.int64(1)
+                c = a + step
+                while c < end and ids[c] < r:
                     a = c
                     step <<= 1
-                lo, hi = a + 1, c
-            else:  # it is g or before: gallop left
-                step = np.int64(1)
-                c = g
-                while True:
-                    a = c - step
-                    if a < lo:
-                        a = lo - 1
-                        break
-                    if ids[a] < r:
-                        break
+                    c = a + step
+                p = _first_at_least(ids, a + 1, min(c, end), r)
+            else:  # it is g or before
+                c, step = g, np.int64(1)
+                a = c - step
+                while a >= lo and ids[a] >= r:
                     c = a
                     step <<= 1
-                lo, hi = a + 1, c
-        while lo < hi:  # the first id >= r in [lo, hi), else hi
-            mid = (lo + hi) >> 1
-            if ids[mid] < r:
-                lo = mid + 1
-            else:
-                hi = mid
-        if lo < end and ids[lo] == r:
-            out[j] = lo
+                    a = c - step
+                p = _first_at_least(ids, max(a, lo - 1) + 1, c, r)
+            if p < end and ids[p] == r:
+                out[first + i] = p
 
 
 def _file_of(row_ids):
@@ -256,6 +293,9 @@ class RowLocator:
         out = np.empty(flat.shape[0], np.int64)
         absent = np.int64(self.row_ids.shape[0] - 1)
         shift = np.int64(self.shift)
-        width = float(2.0**self.shift)
-        _locate_kernel(self.row_ids, self.starts, shift, width, absent, flat, out)
+        if self.ids_per_bucket <= COARSE_ABOVE:
+            _locate_fine(self.row_ids, self.starts, shift, absent, flat, out)
+        else:
+            width = float(2.0**self.shift)
+            _locate_coarse(self.row_ids, self.starts, shift, width, absent, flat, out)
         return out.reshape(rows.shape)
