@@ -105,13 +105,21 @@ def _locate_fine(ids, starts, shift, absent, rows, out):
     for j in prange(rows.shape[0]):
         r = rows[j]
         out[j] = absent
-        b = r >> shift
-        if r < 0 or b >= buckets:
+        if r < 0:
             continue
-        end = np.int64(starts[b + 1])
-        p = _first_at_least(ids, np.int64(starts[b]), end, r)
-        if p < end and ids[p] == r:
-            out[j] = p
+        b = r >> shift
+        if b >= buckets:
+            continue
+        lo, hi = np.int64(starts[b]), np.int64(starts[b + 1])
+        end = hi
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if ids[mid] < r:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < end and ids[lo] == r:
+            out[j] = lo
 
 
 @njit(cache=True, parallel=True)
@@ -134,13 +142,13 @@ def _locate_coarse(ids, starts, shift, width, absent, rows, out):
         seen = np.empty(m, np.int64)
         for i in range(m):  # the bucket of each row (an empty one: absent)
             r = rows[first + i]
-            b = r >> shift
-            if r < 0 or b >= buckets:
-                los[i] = 0
-                ends[i] = 0
-            else:
-                los[i] = np.int64(starts[b])
-                ends[i] = np.int64(starts[b + 1])
+            los[i] = 0
+            ends[i] = 0
+            if r >= 0:
+                b = r >> shift
+                if b < buckets:
+                    los[i] = np.int64(starts[b])
+                    ends[i] = np.int64(starts[b + 1])
         for i in range(m):  # a first guess: the middle, or interpolated in a larger bucket
             lo, end = los[i], ends[i]
             if end - lo <= BINARY_BELOW:
