@@ -299,8 +299,8 @@ def report(memory: dict, times: dict, title: str) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=0, help="numba threads (0: all)")
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=1, help="numba threads (0: all)")
     parser.add_argument("--big", type=int, default=200_000_000)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--scale", help=argparse.SUPPRESS)
