@@ -69,8 +69,7 @@ class CountsModel:
         if self._locator is None:
             from .locate import RowLocator
 
-            # the store's own array: a memory map is read through its file, in blocks
-            self._locator = RowLocator.build(self.store.row_ids)
+            self._locator = RowLocator.build(self.row_ids)
         return self._locator(rows)
 
     @property

@@ -84,7 +84,7 @@ def test_the_capped_directory_equals_the_reference(store):
 
 
 @pytest.mark.parametrize("max_bytes", [16, 64, 1024, DEFAULT_MAX_BYTES])
-def test_a_memory_map_is_read_through_its_file_with_the_same_directory(tmp_path, max_bytes):
+def test_a_memory_map_gives_the_same_directory(tmp_path, max_bytes):
     rng = np.random.default_rng(3)
     ids = np.concatenate([np.arange(3000), 10**9 + rng.choice(10**8, 4000, replace=False)])
     row_ids = np.append(np.unique(ids).astype(np.int64), SENTINEL)
@@ -96,7 +96,7 @@ def test_a_memory_map_is_read_through_its_file_with_the_same_directory(tmp_path,
     np.testing.assert_array_equal(from_file.starts, in_ram.starts)
     rows = _queries(rng, row_ids)
     np.testing.assert_array_equal(from_file(rows), locate_reference(row_ids, rows))
-    # a slice of the mapping is not its file (its offset is the file's): the mapping is read
+    # a slice of a mapping (its offset inside the mapping is not the file's header)
     np.save(tmp_path / "long.npy", np.concatenate([[7, 1], row_ids]))
     sliced = np.load(tmp_path / "long.npy", mmap_mode="r")[2:]
     np.testing.assert_array_equal(
