@@ -280,14 +280,19 @@ def report(memory: dict, times: dict, title: str) -> dict:
     names = list(times["today"])
     head = "  ".join(f"{n + ' batch':>14s}" for n in names)
     print(f"  {'variant':14s} {'directory':>10s} {'ids/bucket':>10s} {'build':>7s}  {head}"
-          f"  {'anon +build':>11s} {'file +build':>11s} {'peak RSS':>9s}")  # fmt: skip
+          f"  {'anon +build':>11s} {'file +build':>11s} {'peak RSS':>9s} {'(anon':>9s}"
+          f" {'file)':>9s}")  # fmt: skip
     for variant, r in memory.items():
         cells = "  ".join(f"{times[variant][n] * 1e3:11.2f} ms" for n in names)
+        mib = [round(r[k]) for k in ("anon_build_mib", "file_build_mib", "peak_rss_mib",
+                                     "anon_end_mib", "file_end_mib")]  # fmt: skip
         print(
             f"  {variant:14s} {r['nbytes'] / 2**20:6.1f} MiB {r['ids_per_bucket']:10.1f} "
-            f"{r['build_s']:5.2f} s  {cells}  {r['anon_build_mib']:7.0f} MiB "
-            f"{r['file_build_mib']:7.0f} MiB {r['peak_rss_mib']:5.0f} MiB"
+            f"{r['build_s']:5.2f} s  {cells}  {mib[0]:7d} MiB {mib[1]:7d} MiB {mib[2]:5d} MiB "
+            f"{mib[3]:5d} MiB {mib[4]:5d} MiB"
         )
+    print("  (peak RSS: the variant's own process, after one lookup of each batch; then its")
+    print("  anonymous and file-backed RSS: libraries, and at (b) the mapped ids' pages touched)")
     ratios = {}
     for variant in memory:
         if variant != "today":
