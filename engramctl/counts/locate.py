@@ -199,12 +199,15 @@ def _locate_coarse(ids, starts, shift, width, absent, rows, out):
 
 
 def _mapping_of(ids: np.ndarray):
-    """The :class:`mmap.mmap` under a read-only memory-mapped array and the array's byte offset
-    in it; None for an array in RAM (or a writable or copy-on-write mapping)."""
-    base = ids
+    """The :class:`mmap.mmap` under an array of a read-only :class:`numpy.memmap` (mode "r")
+    and the array's byte offset in it; None otherwise (an array in RAM; a writable or
+    copy-on-write mapping, whose changed pages ``MADV_DONTNEED`` would throw away)."""
+    base, modes = ids, set()
     while base is not None and not isinstance(base, mmap.mmap):
+        if isinstance(base, np.memmap):
+            modes.add(base.mode)
         base = getattr(base, "base", None)
-    if base is None or ids.flags.writeable or not hasattr(mmap, "MADV_DONTNEED"):
+    if base is None or modes != {"r"} or not hasattr(mmap, "MADV_DONTNEED"):
         return None
     start = np.frombuffer(base, dtype=np.uint8).ctypes.data
     return base, ids.ctypes.data - start

@@ -105,6 +105,21 @@ def test_a_memory_map_gives_the_same_directory(tmp_path, max_bytes):
     )
 
 
+def test_a_copy_on_write_map_keeps_its_changes(tmp_path):
+    """The build lets a read-only map's pages go; a copy-on-write map's changed pages must stay
+    (a read-only view of one included)."""
+    row_ids = np.append(np.arange(0, 3_000_000, 7, dtype=np.int64), SENTINEL)
+    np.save(tmp_path / "row_ids.npy", row_ids)
+    changed = np.load(tmp_path / "row_ids.npy", mmap_mode="c")
+    changed[: row_ids.size - 1] += 1  # still ascending, in every page
+    view = changed.view()
+    view.flags.writeable = False
+    rows = np.concatenate([row_ids[:-1], row_ids[:-1] + 1])
+    for ids in (changed, view):
+        got = RowLocator.build(ids, max_bytes=4096, block=1000)(rows)
+        np.testing.assert_array_equal(got, locate_reference(np.asarray(changed), rows))
+
+
 def test_a_small_store_keeps_the_fine_directory():
     row_ids = np.append(np.arange(0, 40_000, 3, dtype=np.int64), SENTINEL)
     locator = RowLocator.build(row_ids)
