@@ -213,13 +213,10 @@ def _mapping_of(ids: np.ndarray):
     return base, ids.ctypes.data - start
 
 
-def _blocks(row_ids, n: int, block: int):
+def _blocks(ids: np.ndarray, n: int, block: int):
     """The first ``n`` ids in order, ``block`` at a time. A memory map's pages are let go as
     each block is done (``MADV_DONTNEED``: they stay in the page cache, this process's RSS does
     not keep them), so the pass holds at most a block of the ids."""
-    ids = np.asarray(row_ids)
-    if ids.dtype != np.int64 or not ids.flags.c_contiguous:
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
     mapping = _mapping_of(ids)
     page = mmap.PAGESIZE
     for first in range(0, n, block):
@@ -274,24 +271,28 @@ class RowLocator:
             ``row_ids`` is not 1-D, lacks its sentinel, or is not ascending and non-negative;
             ``max_bytes`` below 16.
         """
-        shape = np.shape(row_ids)
-        if len(shape) != 1 or shape[0] < 1:
+        ids = np.asarray(row_ids)
+        if ids.dtype != np.int64 or not ids.flags.c_contiguous:  # (a store's are already)
+            ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if ids.ndim != 1 or ids.shape[0] < 1:
             raise ValueError("row_ids must be a 1-D array ending with the sentinel row")
         if max_bytes < 16:
             raise ValueError(f"max_bytes must be at least 16 (two int64 entries), got {max_bytes}")
-        n = shape[0] - 1  # the sentinel is never searched: an absent row maps to it
-        top = int(row_ids[n - 1]) + 1 if n else 1
+        n = ids.shape[0] - 1  # the sentinel is never searched: an absent row maps to it
+        if n and int(ids[0]) < 0:
+            raise ValueError("row_ids must be non-negative and ascending (a damaged store?)")
+        top = int(ids[n - 1]) + 1 if n else 1
         dtype = np.dtype(np.uint32) if n < 2**32 else np.dtype(np.int64)
         shift = directory_shift(n, top, dtype.itemsize, max_bytes)
         starts = np.empty((top >> shift) + 2, dtype=dtype)
         b, prev = 0, 0
-        for first, ids in _blocks(row_ids, n, max(1, int(block))):
-            b = _directory_block(ids, np.int64(first), np.int64(prev), np.int64(shift), starts, b)
+        for first, part in _blocks(ids, n, max(1, int(block))):
+            b = _directory_block(part, np.int64(first), np.int64(prev), np.int64(shift), starts, b)
             if b < 0:
                 raise ValueError("row_ids must be non-negative and ascending (a damaged store?)")
-            prev = int(ids[-1])
+            prev = int(part[-1])
         starts[b:] = n
-        return cls(np.asarray(row_ids), starts, shift)
+        return cls(ids, starts, shift)
 
     @property
     def nbytes(self) -> int:

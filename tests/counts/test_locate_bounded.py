@@ -150,6 +150,8 @@ def test_the_directory_stays_under_its_cap_at_any_size(stored):
         (np.array([5, 3, 9, SENTINEL]), 16, "ascending"),
         (np.array([9, 3, 5, SENTINEL]), DEFAULT_MAX_BYTES, "ascending"),
         (np.array([-4, 3, 9, SENTINEL]), DEFAULT_MAX_BYTES, "non-negative"),
+        (np.array([-(2**62), -5, SENTINEL]), DEFAULT_MAX_BYTES, "non-negative"),
+        (np.array([3, -(2**62), SENTINEL]), DEFAULT_MAX_BYTES, "non-negative"),
         (np.array([1, 3, SENTINEL]), 15, "at least 16"),
     ],
 )
