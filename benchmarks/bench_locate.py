@@ -17,7 +17,8 @@ batch: 2,048 positions x 33 columns), after one untimed call each, each checked 
 - ``capped-binary``: the same directory searched row by row by today's binary search (what the
   coarse directory's passes and interpolated guess buy; the same as ``capped`` where the
   directory is fine);
-- ``capped-8MiB``: the shipped lookups under an 8 MiB cap (the RAM-vs-reads trade).
+- ``capped-8MiB``, ``capped-128MiB``: the shipped lookups under another cap (the RAM-vs-reads
+  trade).
 
 Scales: (a) the memory ``build-counts`` makes of the sample's ``train.jsonl`` at demo-v1 (its
 ``row_ids`` read into RAM), queried with the held-out file's first 2,048 positions' rows
@@ -50,7 +51,7 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_data" / "corpus"
 SENTINEL = np.iinfo(np.int64).max
 BATCH = 67_584  # 2,048 positions x 33 columns (demo-v1)
-VARIANTS = ("today", "capped", "capped-binary", "capped-8MiB")
+VARIANTS = ("today", "capped", "capped-binary", "capped-8MiB", "capped-128MiB")
 SCRATCH_BYTES = 128 << 20  # read between timed calls: 4x the L3 cache
 
 
@@ -121,8 +122,8 @@ def build_variant(variant: str, row_ids):
         return Binary(*today_build(row_ids))
     if variant == "capped":
         return RowLocator.build(row_ids)
-    if variant == "capped-8MiB":
-        return RowLocator.build(row_ids, max_bytes=8 << 20)
+    if variant.endswith("MiB"):  # capped-<N>MiB
+        return RowLocator.build(row_ids, max_bytes=int(variant[7:-3]) << 20)
     capped = RowLocator.build(row_ids)
     return Binary(capped.row_ids, capped.starts, capped.shift)
 

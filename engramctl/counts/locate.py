@@ -26,12 +26,13 @@ memory serves many at once. A fine directory is searched row by row (binary, a b
 two ids; the passes cost more than they save there).
 
 Measured (``benchmarks/bench_locate.py``, one thread, cold caches, a batch of 67,584 rows, this
-shared 2-core machine, four runs): on the sample's memory in RAM the capped directory (20 MiB)
-looks up 1.2-1.3x as fast as the directory before the cap (int64, 40 MiB); on 201M ids
+shared 2-core machine, five runs): on the sample's memory in RAM the capped directory (20 MiB)
+looks up 1.17-1.27x as fast as the directory before the cap (int64, 40 MiB); on 201M ids
 memory-mapped (1.5 GB) its 48 MiB look up stored rows at 0.96-1.00x the speed of that
 directory's 1,537 MiB, and uniform random rows (half absent, which that directory often finds
 in an empty bucket without reading the ids) at 0.77-0.82x; row-by-row binary search in the same
-coarse buckets was 0.83-0.85x and 0.68-0.72x. Its build takes 0.3 s against 5-6 s.
+coarse buckets was 0.83-0.86x and 0.68-0.73x. A 128 MiB cap (8 ids a bucket there) measured
+1.03x / 0.85x, an 8 MiB one (128 ids) 0.83x / 0.71x. The default builds in 0.3 s against 5-6 s.
 
 Building reads the ids once in order, in blocks; a read-only memory map (what
 :func:`~engramctl.counts.store.open_counts` gives) lets each block's pages go once read
