@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .._system import format_bytes
-from .rowtable import LOAD, RowTable, add_histogram
+from .rowtable import LOAD, RowTable, add_histogram, sorted_unique
 from .store import crc32_combine
 
 log = logging.getLogger(__name__)
@@ -253,10 +253,12 @@ class PairAccumulator:
             [(b * self.width, (b + 1) * self.width) for b in range(self.buckets)]  # fmt: skip
         if self.table is not None:
             self.table.release()  # the batches' scratch
+        held_rows = np.asarray(held_rows)
+        touched = sorted_unique(held_rows)  # the rows the snapshots read (sorted once)
         for b, (lo, hi) in enumerate(ranges):
             table = self.table if not self.spilled else self._bucket_table(b)
             # the rows the gate's fit reads, sorted, as counted before the held-out pairs
-            held = table.summaries_of(held_rows)
+            held = table.summaries_of(touched)
             for i, part in enumerate(held):
                 snap[i] = np.concatenate([snap[i], part])
             table.add(held_rows, held_targets, None, lo, hi)
@@ -267,7 +269,7 @@ class PairAccumulator:
             occ_after += occ
             # before the held-out pairs: the rows they touched as they were, not as they are
             add_histogram(held[0], held[2], self.starts, hist, occ)
-            now = table.summaries_of(held_rows)
+            now = table.summaries_of(touched)
             add_histogram(now[0], now[2], self.starts, hist, occ, sign=-1)
             hist_before += hist
             occ_before += occ
@@ -290,7 +292,7 @@ def _write_sorted(table: RowTable, writers, starts, hist, occupied) -> int:
     time, and add their counts of counts per column to ``hist``/``occupied``
     (:func:`add_histogram`). Returns the rows whose K slots are all taken."""
     full = 0
-    for block in table.sorted_blocks():
+    for block in table.sorted_blocks(reuse=True):
         add_histogram(block[0], block[2], starts, hist, occupied)
         full += int(np.count_nonzero(block[2][:, -1]))
         for writer, array in zip(writers, block, strict=True):
