@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -134,6 +135,8 @@ class RowTable:
         self.caps = np.array([self._capacity(s, 0) for s in range(S)], np.int64)  # homes
         self.segments = [self._empty(int(c)) for c in self.caps]
         self.threads = _threads()
+        self._sizing = threading.Lock()  # segments growing on threads: one sizes at a time
+        self._growing = 0  # bytes the growths under way on other threads add
         self._scratch = None  # (keys, ys, sorted keys, sorted ys) of the last batch's size
 
     # -- sizes ---------------------------------------------------------------------------
@@ -167,18 +170,30 @@ class RowTable:
         """Homes of segment ``s``."""
         return int(self.caps[s])
 
-    def _grow(self, s: int, rows: int, slack: int = SLACK) -> None:
+    def _homes(self, s: int, rows: int) -> int:
+        """Homes of segment ``s`` grown for ``rows`` occupied rows (:meth:`_grow`)."""
+        return self._capacity(s, max(int(rows), int(MIN_GROWTH * LOAD * self.caps[s])))
+
+    def _grow(self, s: int, rows: int, slack: int = SLACK, pending: int = 0) -> None:
         """Rehash segment ``s`` into one with homes for ``rows`` occupied rows (at least
         :data:`MIN_GROWTH` times its homes, unless at its span) and ``slack`` records past
-        them."""
+        them. ``pending``: bytes counted in ``_growing`` for this growth, taken off as the new
+        segment takes the old one's place."""
         old = self.segments[s]
-        homes = self._capacity(s, max(int(rows), int(MIN_GROWTH * LOAD * self.caps[s])))
-        while True:
-            new = self._empty(homes, slack)
-            if rehash_kernel(old, homes, self._fac(s, homes), new):
-                break
-            slack *= 2  # a run longer than the slack at the end: more slack
-        self.segments[s], self.caps[s] = new, homes
+        homes = self._homes(s, rows)
+        try:
+            while True:
+                new = self._empty(homes, slack)
+                if rehash_kernel(old, homes, self._fac(s, homes), new):
+                    break
+                slack *= 2  # a run longer than the slack at the end: more slack
+        except BaseException:
+            with self._sizing:
+                self._growing -= pending
+            raise
+        with self._sizing:  # in one step: a thread sizing meanwhile counts this growth once
+            self.segments[s], self.caps[s] = new, homes
+            self._growing -= pending
 
     # -- adding pairs --------------------------------------------------------------------
     def add(self, rows, targets, keep=None, lo: int = 0, hi: int = TOP,
@@ -228,9 +243,14 @@ class RowTable:
                             self.pairs[s] / pairs_before[s])  # fmt: skip
                     projected = int(need * max(1.0, ahead) ** min(1.0, max(0.2, exponent)))
                     extra = (projected - need) / LOAD * self.record_bytes
-                    if self.max_bytes and self.nbytes + extra > self.max_bytes:
-                        projected = need
-                    self._grow(s, projected)
+                    with self._sizing:  # the table as it is once the growths under way end
+                        if self.max_bytes and self.nbytes + self._growing + extra > \
+                                self.max_bytes:  # fmt: skip
+                            projected = need
+                        adds = (self._homes(s, projected) + SLACK) * self.record_bytes - \
+                            self.segments[s].nbytes  # fmt: skip
+                        self._growing += adds
+                    self._grow(s, projected, pending=adds)
             while a < b:
                 may_grow = self.capacity(s) < min(self.span(s), CROWD_CAP * self._capacity(
                     s, int(self.used[s]) + 1))  # fmt: skip
