@@ -6,9 +6,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
 from engramctl.counts import rowtable
-from engramctl.counts.rowtable import RowTable
+from engramctl.counts.rowtable import MAX_PROBE, RowTable, max_probe
 
 G = 8  # hashed columns, each its own segment (filled on threads)
 STARTS = np.arange(G, dtype=np.int64) * 10**9
@@ -51,3 +52,28 @@ def test_projected_growth_on_threads_stays_within_max_bytes(monkeypatch):
     assert sorted(many.caps) == sorted(one.caps)  # as many projections as one thread makes
     for a, b in zip(many.extract(), one.extract(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("homes", "longest"),
+    # the longest probe of uniform rows (hashes) added in batches of 1/16 of a segment at load
+    # 0.8 (measured: 5M, 20M, 50M homes); about 43 ln(homes) - 477 past that (V4.1: ~500M)
+    [(5_000_000, 201), (20_000_000, 252), (50_000_000, 302), (500_000_000, 385)],
+)
+def test_hashed_rows_at_the_load_factor_do_not_count_as_crowded(homes, longest):
+    """A fixed limit of 256 records took the ordinary longest probe of a segment of ~20M
+    hashed rows for a crowd and grew it to twice its homes (measured: 25M rows in 50M homes,
+    load 0.50, instead of 0.64-0.8). The limit grows with the segment, with room to spare."""
+    assert max_probe(homes) >= 2 * longest
+
+
+def test_rows_crowded_in_a_small_segment_still_grow_it():
+    """The limit stays near :data:`MAX_PROBE` in a small segment: rows all homed in its
+    first stretch grow it (the crowd growth), up to its bounded multiple."""
+    assert MAX_PROBE <= max_probe(64) < 1.1 * MAX_PROBE
+    rows = np.arange(3000, dtype=np.int64)  # the first 3000 of 10**9 rows: one home at first
+    table = RowTable(1, np.zeros(1, np.int64), 10**9)
+    for part in np.array_split(rows, 6):
+        table.add(part, part % 3)
+    table.check()
+    assert 2 * 3000 / 0.8 < table.capacity(0) <= 2 * 16 * 3000 / 0.8 + 64
