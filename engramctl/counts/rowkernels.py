@@ -26,7 +26,7 @@ def add_record(rec, i, y):
     :func:`~.spacesaving.space_saving_reference`)."""
     W = rec.shape[1]
     rec[i, 1] += np.uint64(1)
-    uy = np.uint64(y)
+    uy = np.uint64(y) & LOW32  # the token's 32 bits (a negative int32 not widened)
     slot = -1
     low = 2
     lowc = np.uint64(COUNT_MAX) + np.uint64(1)

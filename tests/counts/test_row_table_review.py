@@ -77,3 +77,20 @@ def test_rows_crowded_in_a_small_segment_still_grow_it():
         table.add(part, part % 3)
     table.check()
     assert 2 * 3000 / 0.8 < table.capacity(0) <= 2 * 16 * 3000 / 0.8 + 64
+
+
+def test_negative_tokens_are_counted_as_the_dense_kernel_counts_them():
+    """A negative token (int32) was widened with its sign into the record's count half: its
+    slot read back count 2 ** 32 - 1, and it never matched itself again."""
+    rows = np.array([5, 5, 5, 7, 5], np.int64)
+    targets = np.array([-1, -1, 3, -(2**31), -1], np.int64)
+    table = RowTable(2, end=10)
+    table.add(rows, targets)
+    keys, tokens, counts, totals = table.extract()
+    np.testing.assert_array_equal(keys, [5, 7])
+    np.testing.assert_array_equal(tokens, [[-1, 3], [-(2**31), 0]])
+    np.testing.assert_array_equal(counts, [[3, 1], [1, 0]])
+    np.testing.assert_array_equal(totals, [4, 1])
+    found = table.summaries_of([7, 5])
+    np.testing.assert_array_equal(found[1], tokens)
+    np.testing.assert_array_equal(found[2], counts)
