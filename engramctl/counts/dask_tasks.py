@@ -196,7 +196,8 @@ def count_bucket(b: int, setup: DaskSetup, offsets: list, block: int) -> BucketR
     try:
         acc = PairAccumulator(total_rows=setup.total_rows, starts=setup.starts,
                               top_k=setup.top_k, budget=setup.budget, workdir=attempt / ".spill",
-                              initial=_initial(setup, b))  # fmt: skip
+                              initial=_initial(setup, b), lo=b * setup.width,
+                              hi=(b + 1) * setup.width)  # fmt: skip
         shards = [scratch / f"s{s:05d}" for s in range(len(offsets))]
         total = sum((d / f"rows{b}.bin").stat().st_size // 8 for d in shards
                     if (d / f"rows{b}.bin").exists())  # fmt: skip
