@@ -247,14 +247,17 @@ def sorted_kernel(rec, first, keys, tokens, counts, totals, at):
 
 @njit(cache=True, nogil=True)
 def load_kernel(rec, C, fac, first, keys, tokens, counts, totals, a, b):
-    """Summaries read back (sorted by row id, unique) into the empty segment ``rec``."""
+    """Summaries read back (sorted by row id, unique) into the empty segment ``rec``. Returns
+    1, 0 when ``rec`` ran out, -1 at a row id not above the one before."""
     W = rec.shape[1]
     at = 0
     for j in range(a, b):
+        if j > a and keys[j] <= keys[j - 1]:
+            return -1
         r = keys[j] - first
         i = max(home(r, fac, C), at)  # sorted keys: the run from its home is occupied
         if i >= rec.shape[0]:
-            return False
+            return 0
         rec[i, 0] = np.uint64(r + 1)
         rec[i, 1] = np.uint64(totals[j])
         for k in range(W - 2):
@@ -262,7 +265,7 @@ def load_kernel(rec, C, fac, first, keys, tokens, counts, totals, a, b):
                 np.uint64(tokens[j, k]) & LOW32
             )
         at = i + 1
-    return True
+    return 1
 
 
 @njit(cache=True, nogil=True)

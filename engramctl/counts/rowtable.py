@@ -44,6 +44,7 @@ import numpy as np
 
 from .._numba import njit
 from .._system import return_freed_memory
+from ..errors import EngramError
 from .rowkernels import (
     LOW32,
     find_kernel,
@@ -317,6 +318,8 @@ class RowTable:
             raise ValueError(f"load() takes (N, {self.top_k}) summaries into an empty table")
         tokens, counts = np.ascontiguousarray(tokens), np.ascontiguousarray(counts)
         totals = np.ascontiguousarray(totals)
+        if not keys.ndim == 1 or any(a.shape[0] != keys.shape[0] for a in (tokens, counts, totals)):
+            raise ValueError("load() takes row ids, tokens, counts and totals of as many rows")
         bounds = np.searchsorted(keys, self.firsts)
         if bounds[0] != 0 or bounds[-1] != keys.shape[0]:
             raise ValueError("load() takes rows inside the table's segments only")
@@ -326,8 +329,12 @@ class RowTable:
             homes, slack = self._capacity(s, rows), SLACK
             while True:
                 rec = self._empty(homes, slack)
-                if load_kernel(rec, homes, self._fac(s, homes), self.firsts[s], keys, tokens,
-                                counts, totals, a, b):  # fmt: skip
+                done = load_kernel(rec, homes, self._fac(s, homes), self.firsts[s], keys, tokens,
+                                   counts, totals, a, b)  # fmt: skip
+                if done < 0:  # (read as they are, such rows would be held twice or lost)
+                    raise EngramError("the summaries loaded are not sorted by row id, each row "
+                                      "once: the count memory is damaged; rebuild it")  # fmt: skip
+                if done:
                     break
                 slack *= 2
             self.segments[s], self.caps[s], self.used[s] = rec, homes, b - a

@@ -137,3 +137,28 @@ def test_an_accumulator_of_a_row_range_cuts_its_table_and_buckets_to_it(tmp_path
               for name in ("row_ids", "tokens", "counts", "totals")]  # fmt: skip
     for a, b in zip(stored, plain.extract(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_load_refuses_rows_out_of_order_or_twice():
+    """Summaries not sorted by row id, each once (a damaged memory's) were loaded as they
+    came: a row twice was held twice (and written twice), a row out of order could be lost
+    to lookups. Now one clear error; arrays of unequal length are refused too."""
+    from engramctl.errors import EngramError
+
+    table = feed_one(RowTable(2, end=10**6), np.arange(0, 10**6, 997))
+    keys, tokens, counts, totals = table.extract()
+    n = keys.shape[0]
+    for pick in (np.r_[0:5, 4:n], np.arange(n)[::-1]):  # a row twice; rows out of order
+        with pytest.raises(EngramError, match="not sorted by row id"):
+            RowTable(2, end=10**6).load(keys[pick], tokens[pick], counts[pick], totals[pick])
+    with pytest.raises(ValueError, match="as many rows"):
+        RowTable(2, end=10**6).load(keys, tokens[:-1], counts, totals)
+    again = RowTable(2, end=10**6)
+    again.load(keys, tokens, counts, totals)
+    for a, b in zip(again.extract(), table.extract(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def feed_one(table: RowTable, rows) -> RowTable:
+    table.add(rows, rows % 5)
+    return table
