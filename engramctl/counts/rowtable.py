@@ -223,8 +223,12 @@ class RowTable:
         if rows.ndim == 1:
             rows = rows[:, None]
         targets = np.ascontiguousarray(targets, dtype=np.int64)
-        P, G = rows.shape
+        P = rows.shape[0]
         keep = np.ones(P, bool) if keep is None else np.ascontiguousarray(keep, dtype=bool)
+        if rows.ndim != 2 or targets.shape != (P,) or keep.shape != (P,):  # (kernels: unchecked)
+            raise ValueError(f"add() takes rows (P, G) or (P,), targets and keep (P,); got "
+                             f"rows {rows.shape}, {targets.shape}, {keep.shape}")  # fmt: skip
+        G = rows.shape[1]
         S = len(self.segments)
         if P == 0 or S == 0:
             return

@@ -162,3 +162,16 @@ def test_load_refuses_rows_out_of_order_or_twice():
 def feed_one(table: RowTable, rows) -> RowTable:
     table.add(rows, rows % 5)
     return table
+
+
+def test_add_refuses_targets_or_keep_of_another_length():
+    """The kernels read ``targets[p]`` and ``keep[p]`` for each of the P pairs unchecked: a
+    shorter array was read past its end (tokens from whatever memory followed)."""
+    table = RowTable(2, end=100)
+    with pytest.raises(ValueError, match=r"\(10, 1\), \(5,\), \(10,\)"):
+        table.add(np.arange(10), np.arange(5))
+    with pytest.raises(ValueError, match="keep"):
+        table.add(np.arange(10), np.arange(10), np.ones(3, bool))
+    with pytest.raises(ValueError, match="rows"):
+        table.add(np.zeros((2, 2, 2), np.int64), np.arange(2))
+    assert table.occupied == 0
