@@ -175,3 +175,16 @@ def test_add_refuses_targets_or_keep_of_another_length():
     with pytest.raises(ValueError, match="rows"):
         table.add(np.zeros((2, 2, 2), np.int64), np.arange(2))
     assert table.occupied == 0
+
+
+def test_an_infinite_ahead_is_cut_to_max_bytes():
+    """``ahead`` inf (input to come unknown, taken as unbounded) raised OverflowError turning
+    the projected rows into an int; now the projection stops at the span, then at
+    ``max_bytes``."""
+    rows = np.arange(0, 10**9, 10**5, dtype=np.int64)
+    table = RowTable(2, end=10**9, max_bytes=1 << 20)
+    table.add(rows, rows % 7, ahead=float("inf"))
+    table.add(rows + 1, rows % 7, ahead=float("inf"))
+    table.check()
+    assert table.nbytes <= 1 << 20
+    assert table.occupied == 2 * rows.shape[0]
