@@ -257,8 +257,9 @@ class RowTable:
                     if self.used[s] and pairs_before[s]:
                         exponent = math.log(need / self.used[s]) / math.log(
                             self.pairs[s] / pairs_before[s])  # fmt: skip
-                    projected = int(min(self.span(s), need * max(1.0, ahead) ** min(
-                        1.0, max(0.2, exponent))))  # (ahead inf: no more than the span)
+                    projected = int(
+                        min(self.span(s), need * max(1.0, ahead) ** min(1.0, max(0.2, exponent)))
+                    )  # (ahead inf: no more than the span)
                     extra = (projected - need) / LOAD * self.record_bytes
                     with self._sizing:  # the table as it is once the growths under way end
                         if self.max_bytes and self.nbytes + self._growing + extra > \
