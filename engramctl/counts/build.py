@@ -213,7 +213,7 @@ def build_counts(
         counted = acc.finish(rows_h, targets_h, tmp, suffix)
         corpus = corpus_summary(files, total_bytes, tokens, documents, pairs, held,
                                 warnings.counts)  # fmt: skip
-        meta = memory_meta(directory=tmp, suffix=suffix, layout=lay, layer_ids=layer_ids,
+        meta = memory_meta(layout=lay, layer_ids=layer_ids,
                            bases=bases, rows=rows, vocab=vocab, tokenizer_name=job.tokenizer,
                            top_k=top_k, unigram=unigram, counted=counted, held_rows=rows_h,
                            held_targets=targets_h, corpus=corpus, started=started,

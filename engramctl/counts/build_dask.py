@@ -273,13 +273,14 @@ def _concatenate(tmp: Path, scratch: Path, setup: DaskSetup, buckets, suffix: st
     hist = [np.zeros((G, 4), np.int64), np.zeros(G, np.int64), np.zeros((G, 4), np.int64),
             np.zeros(G, np.int64)]  # fmt: skip
     held = [[], [], []]
+    full = 0  # rows with all K slots taken
     for b, future in enumerate(buckets):
         part: BucketResult = future.result()
         future.release()
         for directory in scratch.glob("s*"):  # the bucket's pairs: counted
             for name in ("rows", "targets", "index"):
                 (directory / f"{name}{b}.bin").unlink(missing_ok=True)
-        _append_bucket(scratch / f"b{b:03d}", writers)
+        full += _append_bucket(scratch / f"b{b:03d}", writers)
         log.info("row bucket %d of %d counted: %d rows", b + 1, len(buckets), part.rows - 1)
         for i, array in enumerate(part.snapshot):
             snap[i].append(array)
@@ -297,7 +298,8 @@ def _concatenate(tmp: Path, scratch: Path, setup: DaskSetup, buckets, suffix: st
     snap[0][-1] = SENTINEL
     before = Snapshot(*snap, hist[0], hist[1])
     rows_h, targets_h = _held_pairs(*(np.concatenate(a) for a in held), setup.starts)
-    return before, hist[2], hist[3], writers[0].rows, rows_h, targets_h
+    crcs = {name: w.crc for name, w in zip(ROW_ARRAYS, writers, strict=True) if w.crc}
+    return before, hist[2], hist[3], writers[0].rows, rows_h, targets_h, full, crcs
 
 
 def _write(job, tmp: Path, setup: DaskSetup, files, totals: PassTotals, parts, started, store,
@@ -308,7 +310,7 @@ def _write(job, tmp: Path, setup: DaskSetup, files, totals: PassTotals, parts, s
     from .buildparts import BuildCountsReport, corpus_summary, memory_meta
     from .store import write_metadata
 
-    before, hist, occupied, stored, rows_h, targets_h = parts
+    before, hist, occupied, stored, rows_h, targets_h, full, crcs = parts
     found = CorpusWarnings()
     for shard in totals.warnings:  # the first of each kind in corpus order
         for kind, entry in shard.items():
@@ -318,11 +320,12 @@ def _write(job, tmp: Path, setup: DaskSetup, files, totals: PassTotals, parts, s
                             held, found.counts)  # fmt: skip
     if store is not None:
         totals.unigram += np.asarray(store.unigram)
-    meta = memory_meta(directory=tmp, suffix=suffix, layout=setup.layout, layer_ids=setup.layer_ids,
+    meta = memory_meta(layout=setup.layout, layer_ids=setup.layer_ids,
                        bases=setup.bases, rows=setup.total_rows, vocab=setup.vocab,
                        tokenizer_name=job.tokenizer, top_k=setup.top_k, unigram=totals.unigram,
                        counted=(before, hist, occupied, stored), held_rows=rows_h,
-                       held_targets=targets_h, corpus=corpus, started=started)  # fmt: skip
+                       held_targets=targets_h, corpus=corpus, started=started,
+                       full=full)  # fmt: skip
     if store is not None:
         from .append import merged_corpus, remove_strays
 
@@ -331,7 +334,7 @@ def _write(job, tmp: Path, setup: DaskSetup, files, totals: PassTotals, parts, s
         meta["build_seconds"] += float(store.meta.get("build_seconds", 0.0))
     written = write_metadata(tmp, meta, {"unigram": totals.unigram,
                                          "canonical": setup.vocab.canonical_ids},
-                             suffix)  # the commit  # fmt: skip
+                             suffix, crcs=crcs)  # the commit  # fmt: skip
     if store is not None:
         remove_strays(tmp, written["manifest"])  # the replaced files
     size = sum(entry["bytes"] for entry in written["manifest"].values())
@@ -343,15 +346,21 @@ def _write(job, tmp: Path, setup: DaskSetup, files, totals: PassTotals, parts, s
     )  # fmt: skip
 
 
-def _append_bucket(directory: Path, writers) -> None:
-    """Append a bucket's rows (not its sentinel) to the store's writers; remove its files."""
+def _append_bucket(directory: Path, writers) -> int:
+    """Append a bucket's rows (not its sentinel) to the store's writers; remove its files.
+    Returns the rows whose K slots are all taken (counted in the counts as they pass)."""
+    full = 0
     for name, writer in zip(ROW_ARRAYS, writers, strict=True):
         path = directory / f"{name}.npy"
         array = np.load(path, mmap_mode="r")
         for lo in range(0, array.shape[0] - 1, WRITE_ROWS):
-            writer.append(np.asarray(array[lo : min(lo + WRITE_ROWS, array.shape[0] - 1)]))
+            block = np.asarray(array[lo : min(lo + WRITE_ROWS, array.shape[0] - 1)])
+            writer.append(block)
+            if name == "counts":
+                full += int(np.count_nonzero(block[:, -1]))
         del array
     shutil.rmtree(directory)
+    return full
 
 
 def _held_pairs(g, rows, targets, starts) -> tuple[np.ndarray, np.ndarray]:

@@ -157,22 +157,6 @@ class PairMaker:
         return context, ids, valid
 
 
-def full_rows(path, block: int = 1 << 20) -> int:
-    """Rows whose K slots are all taken (where truncation may have happened) in the counts
-    file at ``path``, read a block of rows at a time (file reads, not a mapping: the pages
-    read are not held in the build's RSS, which stays flat in the memory's size)."""
-    counts = np.load(path, mmap_mode="r")
-    rows, K, offset, dtype = counts.shape[0], counts.shape[1], counts.offset, counts.dtype
-    del counts
-    full = 0
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        for lo in range(0, rows, block):
-            part = np.fromfile(handle, dtype, count=min(block, rows - lo) * K).reshape(-1, K)
-            full += int(np.count_nonzero(part[:, -1]))
-    return full
-
-
 def column_starts(layout, layer_ids, bases) -> np.ndarray:
     """The first row of each column (level 1, then each layer's heads): ascending."""
     starts = [0]
@@ -220,17 +204,17 @@ def fit_build_gate(before, unigram, layout, layer_ids, discounts, rows, targets)
 
 
 def memory_meta(
-    *, directory, suffix, layout, layer_ids, bases, rows, vocab, tokenizer_name, top_k, unigram,
-    counted, held_rows, held_targets, corpus, started, full=None,
+    *, layout, layer_ids, bases, rows, vocab, tokenizer_name, top_k, unigram,
+    counted, held_rows, held_targets, corpus, started, full,
 ) -> dict:  # fmt: skip
-    """The memory's metadata once its row arrays are written under ``directory``: the
+    """The memory's metadata once its row arrays are written: the
     discounts (before the held-out pairs, for the gate's fit, and after), the gate fitted on
     the held-out pairs, the full rows, the corpus summary.
 
     ``counted``: what :meth:`.accumulate.PairAccumulator.finish` returns (the snapshot before
     the held-out pairs, the counts of counts and occupied rows after, rows written).
-    ``full``: the rows whose K slots are all taken, when counted as they were written (else
-    the counts file is read back for them).
+    ``full``: the rows whose K slots are all taken (where truncation may have happened),
+    counted as the rows were written.
     """
     import time
 
@@ -240,7 +224,6 @@ def memory_meta(
     discounts = discounts_of(unigram, layout, layer_ids, before.hist, before.occupied)
     gate = fit_build_gate(before, unigram, layout, layer_ids, discounts, held_rows, held_targets)
     discounts = discounts_of(unigram, layout, layer_ids, hist, occupied)
-    full = full_rows(directory / f"counts{suffix}.npy") if full is None else int(full)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -263,7 +246,7 @@ def memory_meta(
         "smoothing": "interpolated absolute discounting, Ney discounts, count-min over heads",
         "gate": gate,
         "corpus": corpus,
-        "full_rows": full,
+        "full_rows": int(full),
         "build_seconds": time.perf_counter() - started,
     }
 

@@ -118,7 +118,7 @@ def _threads() -> int:
 
 
 class RowTable:
-    """The SpaceSaving summaries of the rows that occur, in RAM (about 1.4-2 x ``16 + 8 K``
+    """The SpaceSaving summaries of the rows that occur, in RAM (about 1.25-2 x ``16 + 8 K``
     bytes per occupied row), a segment per column; the same summaries as the dense kernel (see
     the module docstring).
 
@@ -129,8 +129,8 @@ class RowTable:
     end : the row after the last column's last (default ``2 ** 63 - 1``).
     lo, hi : only rows in ``[lo, hi)`` will be given (a spilled bucket's range): segments are
         the columns cut to it, so homes spread over the rows that can come.
-    max_bytes : a growth sized for rows to come (``scale``) stops short of this; growth for
-        the rows at hand does not.
+    max_bytes : a growth sized for rows to come (``ahead`` in :meth:`add`) stops short of
+        this; growth for the rows at hand does not.
     """
 
     def __init__(self, top_k: int, starts=None, end: int = TOP, lo: int = 0, hi: int = TOP,
@@ -303,18 +303,6 @@ class RowTable:
     def release(self) -> None:
         """Free the batch scratch (:meth:`add` makes it again when needed)."""
         self._scratch = None
-
-    def reserve(self, rows: int) -> None:
-        """Grow every segment at once to hold its share (by span) of about ``rows`` occupied
-        rows, within ``max_bytes``: one rehash instead of one per growth."""
-        total = float(self.firsts[-1] - self.firsts[0]) if len(self.segments) else 0.0
-        for s in range(len(self.segments)):
-            want = int(rows * self.span(s) / total) if total else 0
-            if self.max_bytes:
-                want = min(want, int(self.max_bytes * LOAD / self.record_bytes
-                                     * self.span(s) / total))  # fmt: skip
-            if self._capacity(s, want) > self.capacity(s):
-                self._grow(s, want)
 
     # -- reading back --------------------------------------------------------------------
     def load(self, keys, tokens, counts, totals) -> None:

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engramctl.counts.accumulate import MIN_SLICE, SENTINEL, PairAccumulator
-from engramctl.counts.rowtable import MAX_PROBE, SLACK, RowTable, add_histogram
+from engramctl.counts.rowtable import MAX_PROBE, RowTable, add_histogram
 from engramctl.counts.spacesaving import space_saving_kernel, space_saving_reference
 
 TOP = 2**63 - 1  # RowTable.add's default hi
@@ -293,12 +293,21 @@ def check_finish(starts, total_rows, batches, held_rows, held_targets, small, bu
 
 @pytest.mark.parametrize("columns", [1, 2, 5])
 def test_an_estimate_is_cut_to_max_bytes_in_all_segments(columns):
-    """``reserve`` (rows to come) stays within ``max_bytes`` over all segments together."""
+    """Growth for rows to come (``ahead``) stays within ``max_bytes`` over all segments
+    together; growth for the rows at hand is not cut."""
     starts = np.arange(columns, dtype=np.int64) * 10**9
-    table = RowTable(4, starts=starts, end=columns * 10**9, max_bytes=8 << 20)
-    table.reserve(10**8)
-    record = 8 * (2 + 4)
-    assert 8 << 20 >= table.nbytes - columns * (SLACK + 1) * record > (8 << 20) * 0.9
+    rng = np.random.default_rng(columns)
+    rows = starts + rng.integers(0, 10**9, (2000, columns))
+    targets = rng.integers(0, 9, 2000)
+    table = RowTable(4, starts=starts, end=columns * 10**9, max_bytes=1 << 20)
+    table.add(rows, targets, ahead=400)
+    assert table.nbytes <= 1 << 20
+    assert table.occupied == 2000 * columns  # the rows at hand fit
+    wide = RowTable(4, starts=starts, end=columns * 10**9)
+    wide.add(rows, targets, ahead=400)
+    assert wide.nbytes > 1 << 20  # uncut, the projection would have passed it
+    for got, want in zip(table.extract(), wide.extract(), strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_rows_crowded_in_a_stretch_are_held_in_bounded_memory():
