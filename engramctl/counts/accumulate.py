@@ -159,7 +159,8 @@ class PairAccumulator:
 
     def pair_bytes(self, columns: int) -> float:
         """The most a pair can grow the table: ``columns`` new rows at twice ``(16 + 8 K) /
-        LOAD`` bytes each (the table doubles)."""
+        LOAD`` bytes each (a segment that grows takes 1.25-2x its homes at once; growth for
+        rows to come stays within half the budget)."""
         return 2 * columns * (16 + 8 * self.top_k) / LOAD
 
     def slice_pairs(self, columns: int) -> int:

@@ -9,8 +9,8 @@ depends only on the sequence of continuations it saw, in order.
 - :func:`space_saving_reference` / :func:`space_saving_kernel`: the dense form (an array of
   every table row), the plain specification the table below is held to (tests);
 - :class:`~.rowtable.RowTable` (:mod:`.rowtable`): the same summaries for the rows that occur
-  only, in an open-addressing hash table keyed by row id (memory grows with occupied rows, never
-  with table rows), read out sorted by row id.
+  only, in an open-addressing segment per column with homes monotone in the row id (memory
+  grows with occupied rows, never with table rows), read out sorted by row id.
 """
 
 from __future__ import annotations
